@@ -1,0 +1,1 @@
+//! (being written) Dispatches a parsed command; PID-1 mode calls this too.

@@ -1,0 +1,198 @@
+//! The command line: clap definitions (whose doc comments are the help text) and
+//! the dispatcher that PID-1 mode reuses.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand};
+
+/// Back up and restore whole disks over a USB4/Thunderbolt cable.
+///
+/// Two machines joined by a USB4/Thunderbolt cable (Linux >= 7.2, thunderbolt_stream)
+/// copy disk images with no network: run `rescue serve --store DIR` on the machine
+/// that keeps the images and `rescue backup` or `rescue restore` on the other.
+///
+/// Exit codes: 0 success; 1 error; 2 usage error; 3 completed, but some sectors
+/// could not be read (see the mapfile); 4 verification failed; 5 the peer went away
+/// (cable unplugged or peer stopped; run the same command again to resume);
+/// 6 refused for safety (mounted, too small, not confirmed); 130 interrupted.
+#[derive(Debug, Parser)]
+#[command(name = "rescue", version, propagate_version = true, max_term_width = 100)]
+pub struct Cli {
+    /// Filesystem root for /sys, /proc, /dev and ConfigFS (for tests and chroots).
+    #[arg(long, global = true, value_name = "DIR", default_value = "/", hide = true)]
+    pub root: PathBuf,
+
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Show Thunderbolt domains, connected peers, stream services and streams.
+    Status(StatusArgs),
+    /// List the disks of this machine that can be backed up or restored to.
+    Disks(DisksArgs),
+    /// Keep backups: accept backups into a store and serve them to restoring peers.
+    Serve(ServeArgs),
+    /// Send disks of this machine to the peer running `rescue serve`.
+    Backup(BackupArgs),
+    /// Write a backup held by the peer back onto disks of this machine.
+    Restore(RestoreArgs),
+    /// Check a stored backup against its manifest and digests.
+    Verify(VerifyArgs),
+    /// Copy stdin to the peer and the peer's bytes to stdout, like `dd` on a stream.
+    Cat(CatArgs),
+    /// Set up or tear down a stream without using it, printing its /dev node.
+    Link(LinkArgs),
+    /// Run as the init process of the rescue initramfs (PID 1).
+    Init(InitArgs),
+}
+
+/// How to reach the peer: automatic stream set-up, an existing device, or a socket.
+#[derive(Debug, Clone, Args, Default)]
+pub struct ConnectArgs {
+    /// Use this stream instead of setting one up: a device such as /dev/tbstream0,
+    /// or unix:PATH for a UNIX socket (serve listens there, the others connect).
+    #[arg(long, short = 'd', value_name = "D")]
+    pub device: Option<String>,
+
+    /// The peer's stream service (e.g. 0-1.0) when several peers are connected.
+    #[arg(long, value_name = "SERVICE")]
+    pub peer: Option<String>,
+
+    /// Name of the stream in ConfigFS (at most 8 characters).
+    #[arg(long, value_name = "NAME", default_value = "backup")]
+    pub name: String,
+
+    /// How long to wait for the peer to appear, in seconds (0 waits forever).
+    #[arg(long, value_name = "SECS", default_value_t = 300)]
+    pub wait: u64,
+}
+
+impl ConnectArgs {
+    pub fn wait_timeout(&self) -> Option<Duration> {
+        (self.wait > 0).then(|| Duration::from_secs(self.wait))
+    }
+}
+
+#[derive(Debug, Clone, Args, Default)]
+pub struct StatusArgs {
+    /// Print JSON instead of text.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Clone, Args, Default)]
+pub struct DisksArgs {
+    /// Also show loop, ram, zram and optical devices.
+    #[arg(long)]
+    pub all: bool,
+    /// Print JSON instead of text.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct ServeArgs {
+    /// Directory that keeps the backups (DIR/<host>/<backup-id>/).
+    #[arg(long, short = 's', value_name = "DIR")]
+    pub store: PathBuf,
+
+    #[command(flatten)]
+    pub connect: ConnectArgs,
+
+    /// Stop after one session instead of waiting for the next peer.
+    #[arg(long)]
+    pub once: bool,
+}
+
+#[derive(Debug, Clone, Args, Default)]
+pub struct BackupArgs {
+    #[command(flatten)]
+    pub connect: ConnectArgs,
+
+    /// A label stored with the backup (e.g. "before-reinstall").
+    #[arg(long, value_name = "NAME")]
+    pub label: Option<String>,
+
+    /// Start a new backup even if an interrupted one could be resumed.
+    #[arg(long)]
+    pub fresh: bool,
+
+    /// Chunk size in KiB (the unit of verification and resume).
+    #[arg(long, value_name = "KIB", default_value_t = 1024, hide = true)]
+    pub chunk_kib: u32,
+
+    /// Disks to send: /dev paths, names such as nvme0n1, or image files.
+    /// Without any, every eligible disk (see `rescue disks`) is sent.
+    #[arg(value_name = "DISK")]
+    pub disks: Vec<String>,
+}
+
+#[derive(Debug, Clone, Args, Default)]
+pub struct RestoreArgs {
+    #[command(flatten)]
+    pub connect: ConnectArgs,
+
+    /// Only list the backups the peer holds.
+    #[arg(long)]
+    pub list: bool,
+
+    /// Backup to restore (as listed); the newest complete one of this host by default.
+    #[arg(long, value_name = "ID")]
+    pub backup: Option<String>,
+
+    /// Host whose backups to consider (default: this machine's hostname).
+    #[arg(long, value_name = "HOST")]
+    pub host: Option<String>,
+
+    /// Write backed-up disk NAME onto TARGET (a disk or an image file). Repeatable.
+    /// Without it, each disk goes to the local disk with the same serial number.
+    #[arg(long = "map", value_name = "NAME=TARGET")]
+    pub map: Vec<String>,
+
+    /// Do not ask for confirmation before overwriting.
+    #[arg(long, short = 'y')]
+    pub yes: bool,
+
+    /// After writing, read every target back and compare it with the backup's digest.
+    #[arg(long)]
+    pub verify: bool,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct VerifyArgs {
+    /// A backup directory (holding manifest.json), or a store to check every backup in.
+    #[arg(value_name = "DIR")]
+    pub dir: PathBuf,
+}
+
+#[derive(Debug, Clone, Args, Default)]
+pub struct CatArgs {
+    #[command(flatten)]
+    pub connect: ConnectArgs,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct LinkArgs {
+    /// up: create the stream in ConfigFS; down: remove it.
+    #[arg(value_enum)]
+    pub action: LinkAction,
+
+    #[command(flatten)]
+    pub connect: ConnectArgs,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum LinkAction {
+    Up,
+    Down,
+}
+
+#[derive(Debug, Clone, Args, Default)]
+pub struct InitArgs {
+    /// Do not mount /proc, /sys, /dev (for testing init mode outside an initramfs).
+    #[arg(long, hide = true)]
+    pub no_mount: bool,
+}
