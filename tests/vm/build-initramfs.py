@@ -1,0 +1,235 @@
+#!/usr/bin/env python3
+"""Build the small busybox initramfs used by the paired-VM cable tests.
+
+    tests/vm/build-initramfs.py --kernel-dir DIR [--ko PATH ...] [--module NAME ...] [--out FILE]
+
+DIR is what scripts/fetch-kernel.sh prints (vmlinuz + lib/modules/<kver>/). The archive
+(cpio newc, uncompressed: the kernel unpacks that fastest) holds:
+
+  /init                tests/vm/guest/init (busybox sh PID 1 with a console command loop)
+  /lib/vmlib.sh        tests/vm/guest/vmlib.sh (helpers for the host's commands)
+  /bin/busybox         the host's static busybox (Debian package busybox-static)
+  /lib/modules/*.ko    the modules to load, decompressed, with their dependencies
+  /lib/modules/load.list  load order (dependencies first), one module name per line
+  /dev/console         so PID 1 has a console before devtmpfs is mounted
+
+Default modules: virtio_blk, configfs, thunderbolt, thunderbolt_stream (from the kernel
+tree; configfs is a module in Debian's 7.3 kernel, not built in) and every --ko given
+(e.g. usb4vcable.ko), whose dependencies are read from its .modinfo and resolved in
+modules.dep. A module whose vermagic does not match the kernel is refused.
+
+Output: FILE (default ${USB4RESCUE_CACHE:-/var/cache/usb4rescue}/initramfs/vm-test-<kver>.cpio),
+written atomically and reproducibly (fixed mtimes, sorted). The path is printed last.
+Never commit the output.
+"""
+import argparse
+import lzma
+import os
+import shutil
+import stat
+import sys
+import tempfile
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+DEFAULT_MODULES = ["virtio_blk", "configfs", "thunderbolt", "thunderbolt_stream"]
+
+
+def die(msg):
+    print(f"build-initramfs: ERROR: {msg}", file=sys.stderr)
+    sys.exit(1)
+
+
+def log(msg):
+    print(f"build-initramfs: {msg}", file=sys.stderr)
+
+
+class Cpio:
+    """Minimal cpio "newc" writer (what the kernel's initramfs unpacker reads)."""
+
+    def __init__(self):
+        self.entries = {}
+
+    def add(self, path, mode, data=b"", rdev=(0, 0)):
+        self.entries[path.lstrip("/")] = (mode, data, rdev)
+
+    def dir(self, path):
+        self.add(path, stat.S_IFDIR | 0o755)
+
+    def file(self, path, data, perm=0o644):
+        self.add(path, stat.S_IFREG | perm, data)
+
+    def symlink(self, path, target):
+        self.add(path, stat.S_IFLNK | 0o777, target.encode())
+
+    def chardev(self, path, major, minor, perm=0o600):
+        self.add(path, stat.S_IFCHR | perm, b"", (major, minor))
+
+    def bytes(self):
+        out = bytearray()
+        ino = 1
+
+        def entry(name, mode, data, rdev):
+            nonlocal ino
+            nameb = name.encode() + b"\0"
+            hdr = "070701" + "".join(
+                f"{v:08x}"
+                for v in (ino, mode, 0, 0, 2 if stat.S_ISDIR(mode) else 1, 0, len(data),
+                          0, 0, rdev[0], rdev[1], len(nameb), 0)
+            )
+            ino += 1
+            out.extend(hdr.encode())
+            out.extend(nameb)
+            out.extend(b"\0" * (-(110 + len(nameb)) % 4))
+            out.extend(data)
+            out.extend(b"\0" * (-len(data) % 4))
+
+        for name in sorted(self.entries):
+            entry(name, *self.entries[name])
+        entry("TRAILER!!!", 0, b"", (0, 0))
+        out.extend(b"\0" * (-len(out) % 512))
+        return bytes(out)
+
+
+def modinfo(data):
+    """Fields of a module's .modinfo (key=value\\0 strings) found by scanning the ELF."""
+    info = {}
+    for key in (b"depends=", b"vermagic=", b"name="):
+        i = data.find(b"\0" + key)
+        if i >= 0:
+            j = data.index(b"\0", i + 1)
+            info[key[:-1].decode()] = data[i + 1 + len(key):j].decode(errors="replace")
+    return info
+
+
+def read_module(path):
+    data = path.read_bytes()
+    if path.name.endswith(".xz"):
+        data = lzma.decompress(data)
+    elif path.name.endswith(".zst"):
+        die(f"{path}: zstd-compressed modules are not supported (python has no zstd)")
+    return data
+
+
+def modname(path):
+    n = path.name
+    for suf in (".xz", ".zst", ".gz"):
+        if n.endswith(suf):
+            n = n[: -len(suf)]
+    return n[:-3] if n.endswith(".ko") else n
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                 formatter_class=argparse.RawDescriptionHelpFormatter,
+                                 epilog=__doc__.split("\n\n", 2)[2])
+    ap.add_argument("--kernel-dir", required=True, type=Path)
+    ap.add_argument("--ko", action="append", default=[], type=Path,
+                    help="out-of-tree module to include and load (after its deps)")
+    ap.add_argument("--module", action="append", default=None,
+                    help=f"in-tree module to load (default: {' '.join(DEFAULT_MODULES)})")
+    ap.add_argument("--out", type=Path)
+    ap.add_argument("--busybox", type=Path, default=Path(shutil.which("busybox") or "/bin/busybox"))
+    a = ap.parse_args()
+
+    mods_root = a.kernel_dir / "lib" / "modules"
+    kvers = [p.name for p in mods_root.iterdir()] if mods_root.is_dir() else []
+    if len(kvers) != 1:
+        die(f"{mods_root}: expected exactly one <kver> directory, found {kvers} (run scripts/fetch-kernel.sh)")
+    kver = kvers[0]
+    mdir = mods_root / kver
+    dep_file = mdir / "modules.dep"
+    if not dep_file.is_file():
+        die(f"{dep_file} missing (fetch-kernel.sh runs depmod; re-run it)")
+
+    # modules.dep: "kernel/x/y.ko.xz: dep1 dep2"
+    by_name, deps = {}, {}
+    for line in dep_file.read_text().splitlines():
+        if ":" not in line:
+            continue
+        m, d = line.split(":", 1)
+        p = mdir / m
+        n = modname(p)
+        by_name[n.replace("-", "_")] = p
+        deps[p] = [mdir / x for x in d.split()]
+    builtin = set()
+    bi = mdir / "modules.builtin"
+    if bi.is_file():
+        builtin = {modname(Path(x)).replace("-", "_") for x in bi.read_text().split()}
+
+    order, seen = [], set()
+
+    def want(path):  # depth-first, dependencies first
+        if path in seen:
+            return
+        seen.add(path)
+        for d in deps.get(path, []):
+            want(d)
+        order.append(path)
+
+    def want_name(n):
+        key = n.replace("-", "_")
+        if key in builtin:
+            log(f"{n}: built into the kernel")
+            return
+        if key not in by_name:
+            die(f"module {n} not found in {mdir} (not built for this kernel?)")
+        want(by_name[key])
+
+    for n in a.module or DEFAULT_MODULES:
+        want_name(n)
+
+    extra = []
+    for ko in a.ko:
+        if not ko.is_file():
+            die(f"{ko}: no such module file")
+        data = read_module(ko)
+        info = modinfo(data)
+        vm = info.get("vermagic", "").split(" ")[0]
+        if vm and vm != kver:
+            die(f"{ko} was built for kernel {vm}, but the VM kernel is {kver}: rebuild it")
+        for d in filter(None, info.get("depends", "").split(",")):
+            want_name(d)
+        extra.append((modname(ko), data))
+
+    c = Cpio()
+    for d in ("bin", "sbin", "dev", "proc", "sys", "tmp", "run", "root", "etc", "lib",
+              "lib/modules", "usr", "usr/bin", "usr/sbin", "mnt"):
+        c.dir(d)
+    c.chardev("dev/console", 5, 1)
+    c.chardev("dev/null", 1, 3, 0o666)
+    bb = a.busybox
+    if not bb.is_file():
+        die(f"{bb} missing: apt-get install busybox-static")
+    bbdata = bb.read_bytes()
+    if b"/lib64/ld-linux" in bbdata[:4096] or b"ld-linux-x86-64" in bbdata[:8192]:
+        die(f"{bb} is dynamically linked: install busybox-static (apt-get install busybox-static)")
+    c.file("bin/busybox", bbdata, 0o755)
+    c.symlink("bin/sh", "busybox")
+    c.file("init", (HERE / "guest" / "init").read_bytes(), 0o755)
+    c.file("lib/vmlib.sh", (HERE / "guest" / "vmlib.sh").read_bytes(), 0o644)
+    c.file("etc/hostname", b"vm\n")
+    names = []
+    for p in order:
+        n = modname(p)
+        c.file(f"lib/modules/{n}.ko", read_module(p))
+        names.append(n)
+    for n, data in extra:
+        c.file(f"lib/modules/{n}.ko", data)
+        names.append(n)
+    c.file("lib/modules/load.list", ("\n".join(names) + "\n").encode())
+
+    out = a.out or Path(os.environ.get("USB4RESCUE_CACHE", "/var/cache/usb4rescue")) / "initramfs" / f"vm-test-{kver}.cpio"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    blob = c.bytes()
+    fd, tmp = tempfile.mkstemp(dir=out.parent, prefix=".initramfs.")
+    with os.fdopen(fd, "wb") as f:
+        f.write(blob)
+    os.chmod(tmp, 0o644)
+    os.replace(tmp, out)
+    log(f"{out}: {len(blob) // 1024} KiB, modules: {' '.join(names)}")
+    print(out)
+
+
+if __name__ == "__main__":
+    main()

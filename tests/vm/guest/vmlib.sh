@@ -1,0 +1,58 @@
+# Helpers sourced before every host command in the test VM (see init).
+
+CFS=/sys/kernel/config/thunderbolt/stream
+TBDEV=/sys/bus/thunderbolt/devices
+
+# bg NAME CMD...: run CMD in the background; output in /tmp/bg.NAME.out, exit code
+# in /tmp/bg.NAME.rc once it ends.
+bg() {
+    _n=$1; shift
+    rm -f "/tmp/bg.$_n.rc" "/tmp/bg.$_n.out"
+    ( "$@" > "/tmp/bg.$_n.out" 2>&1; echo $? > "/tmp/bg.$_n.rc.tmp"; mv "/tmp/bg.$_n.rc.tmp" "/tmp/bg.$_n.rc" ) </dev/null >/dev/null 2>&1 &
+    echo $! > "/tmp/bg.$_n.pid"
+}
+
+# bgwait NAME [TIMEOUT_S]: wait for a bg job, print its output, return its exit code
+# (124 on timeout: the job keeps running).
+bgwait() {
+    _n=$1 _t=${2:-60} _i=0
+    while [ ! -f "/tmp/bg.$_n.rc" ]; do
+        [ "$_i" -ge $((_t * 10)) ] && { echo "bgwait: $_n still running after ${_t}s"; return 124; }
+        usleep 100000; _i=$((_i + 1))
+    done
+    cat "/tmp/bg.$_n.out"
+    return "$(cat "/tmp/bg.$_n.rc")"
+}
+
+# bgkill NAME: stop a bg job (and the command it runs).
+bgkill() {
+    [ -f "/tmp/bg.$1.pid" ] || return 0
+    _p=$(cat "/tmp/bg.$1.pid")
+    for _c in $(cat /proc/*/stat 2>/dev/null | awk -v p="$_p" '$4 == p {print $1}'); do kill "$_c" 2>/dev/null; done
+    kill "$_p" 2>/dev/null
+    return 0
+}
+
+# wr FILE VALUE: write VALUE to FILE; print "ok" or the error text (exit code 1).
+wr() {
+    if _e=$( { printf '%s\n' "$2" > "$1"; } 2>&1 ); then echo ok; else echo "ERR ${_e##*: }"; return 1; fi
+}
+
+# mk DIR: mkdir, print "ok" or the error text.
+mk() {
+    if _e=$(mkdir "$1" 2>&1); then echo ok; else echo "ERR ${_e##*: }"; return 1; fi
+}
+
+# waitfor TIMEOUT_S TEST...: retry `TEST...` every 0.1 s until it succeeds.
+waitfor() {
+    _t=$1 _i=0; shift
+    until "$@" >/dev/null 2>&1; do
+        [ "$_i" -ge $((_t * 10)) ] && { echo "waitfor: timed out after ${_t}s: $*"; return 124; }
+        usleep 100000; _i=$((_i + 1))
+    done
+}
+
+# badlog: print kernel log lines that mean a kernel bug (empty when clean).
+badlog() {
+    dmesg | grep -E 'Oops|BUG:|WARNING:|Call Trace|general protection|Kernel panic|list_del corruption|UBSAN|KASAN' || true
+}
