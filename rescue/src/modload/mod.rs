@@ -444,13 +444,14 @@ fn cmdline_params(cmdline: &str) -> HashMap<String, Vec<String>> {
         let Some((key, _)) = word.split_once('=') else {
             continue;
         };
-        if let Some((module, _)) = key.split_once('.') {
-            if !module.is_empty() && module != "rescue" {
-                let param = &word[module.len() + 1..];
-                out.entry(normalize(module))
-                    .or_default()
-                    .push(param.to_string());
-            }
+        if let Some((module, _)) = key.split_once('.')
+            && !module.is_empty()
+            && module != "rescue"
+        {
+            let param = &word[module.len() + 1..];
+            out.entry(normalize(module))
+                .or_default()
+                .push(param.to_string());
         }
     }
     out
