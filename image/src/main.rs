@@ -1,2 +1,138 @@
-//! (being written)
-fn main() {}
+//! The `image` command: builds the rescue initramfs and lists existing ones.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::{Context, Result};
+use clap::{Parser, Subcommand};
+use rescue_image::{Compress, Options, build, list};
+
+/// Build the usb4rescue initramfs (newc cpio, xz or gzip), reproducibly and without root.
+#[derive(Debug, Parser)]
+#[command(name = "image", version)]
+struct Cli {
+    /// List an image instead of building one (same as `image list FILE`).
+    #[arg(long, value_name = "FILE", exclusive = true)]
+    list: Option<PathBuf>,
+
+    #[command(subcommand)]
+    command: Option<Cmd>,
+}
+
+#[derive(Debug, Subcommand)]
+enum Cmd {
+    /// Build an initramfs.
+    Build {
+        /// Kernel directory holding lib/modules/<kver>/ (as scripts/fetch-kernel.sh prints).
+        #[arg(long, value_name = "DIR")]
+        kernel_dir: PathBuf,
+        /// Kernel release, when lib/modules holds several.
+        #[arg(long, value_name = "KVER")]
+        kver: Option<String>,
+        /// The static rescue binary, installed as /init.
+        #[arg(long, value_name = "PATH")]
+        rescue: PathBuf,
+        /// An out-of-tree module to add under lib/modules/<kver>/extra/ (repeatable).
+        #[arg(long = "extra-module", value_name = "PATH.ko")]
+        extra_module: Vec<PathBuf>,
+        /// Another kernel module to include with its dependencies (repeatable).
+        #[arg(long = "module", value_name = "NAME")]
+        module: Vec<String>,
+        /// Compression of the archive.
+        #[arg(long, value_enum, default_value = "xz")]
+        compress: Compress,
+        /// Output file.
+        #[arg(short = 'o', long, value_name = "OUT")]
+        output: PathBuf,
+        /// Print every module included.
+        #[arg(long, short = 'v')]
+        verbose: bool,
+    },
+    /// List the contents of an image, with its size and compression.
+    List {
+        #[arg(value_name = "FILE")]
+        file: PathBuf,
+    },
+}
+
+fn mtime() -> Result<u32> {
+    match std::env::var("SOURCE_DATE_EPOCH") {
+        Ok(s) if !s.trim().is_empty() => s.trim().parse().context("SOURCE_DATE_EPOCH"),
+        _ => Ok(0),
+    }
+}
+
+fn list_file(file: &std::path::Path) -> Result<()> {
+    let l = rescue_image::read_image(file)?;
+    print!("{}", list::render(&l));
+    Ok(())
+}
+
+fn run(cli: Cli) -> Result<()> {
+    if let Some(f) = cli.list {
+        return list_file(&f);
+    }
+    match cli.command {
+        None => anyhow::bail!("nothing to do: use `image build ...` or `image list FILE`"),
+        Some(Cmd::List { file }) => list_file(&file),
+        Some(Cmd::Build {
+            kernel_dir,
+            kver,
+            rescue,
+            extra_module,
+            module,
+            compress,
+            output,
+            verbose,
+        }) => {
+            let opts = Options {
+                kernel_dir,
+                kver,
+                rescue,
+                extra_modules: extra_module,
+                modules: module,
+                compress,
+                mtime: mtime()?,
+            };
+            let s = build(&opts, &output)?;
+            if verbose {
+                for m in &s.modules {
+                    println!("module {m}");
+                }
+            }
+            println!(
+                "kernel {}: {} modules; built in: {}; not in this kernel: {}",
+                s.kver,
+                s.modules.len(),
+                if s.builtin.is_empty() {
+                    "-".into()
+                } else {
+                    s.builtin.join(" ")
+                },
+                if s.missing.is_empty() {
+                    "-".into()
+                } else {
+                    s.missing.join(" ")
+                },
+            );
+            println!(
+                "wrote {}: {} bytes ({:.2} MiB; {} bytes uncompressed)",
+                output.display(),
+                s.compressed,
+                s.compressed as f64 / 1048576.0,
+                s.uncompressed
+            );
+            Ok(())
+        }
+    }
+}
+
+fn main() -> ExitCode {
+    match run(Cli::parse()) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("image: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,224 @@
+//! Builds images from a fake kernel directory and checks them: determinism, the
+//! module closure and index filtering, modes and owners, xz CRC32, and parse-back.
+
+#![allow(clippy::unwrap_used)]
+
+use std::fs;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use rescue_image::list::xz_check;
+use rescue_image::{Compress, Options, build, read_image};
+
+const KVER: &str = "7.3.4-fake";
+
+fn write(path: &Path, bytes: &[u8]) {
+    fs::create_dir_all(path.parent().unwrap()).unwrap();
+    fs::write(path, bytes).unwrap();
+}
+
+fn xz(bytes: &[u8]) -> Vec<u8> {
+    let mut e = xz2::write::XzEncoder::new(Vec::new(), 6);
+    e.write_all(bytes).unwrap();
+    e.finish().unwrap()
+}
+
+/// A kernel dir with the USB4 stack, a storage driver with a dependency, a built-in
+/// module, a softdep and an unrelated module that must stay out.
+fn fake_kernel(dir: &Path) -> PathBuf {
+    let m = dir.join("lib/modules").join(KVER);
+    for (rel, body) in [
+        ("kernel/fs/configfs/configfs.ko.xz", "configfs"),
+        (
+            "kernel/drivers/thunderbolt/thunderbolt.ko.xz",
+            "thunderbolt",
+        ),
+        ("kernel/drivers/thunderbolt/thunderbolt_stream.ko.xz", "tbs"),
+        ("kernel/drivers/nvme/host/nvme.ko.xz", "nvme"),
+        ("kernel/drivers/nvme/host/nvme-core.ko.xz", "nvme_core"),
+        ("kernel/lib/crc32c_generic.ko.xz", "crc"),
+        ("kernel/drivers/gpu/drm/i915/i915.ko.xz", "i915"),
+    ] {
+        write(&m.join(rel), &xz(body.as_bytes()));
+    }
+    write(
+        &m.join("modules.dep"),
+        b"kernel/drivers/gpu/drm/i915/i915.ko.xz:\n\
+kernel/fs/configfs/configfs.ko.xz:\n\
+kernel/drivers/thunderbolt/thunderbolt.ko.xz: kernel/fs/configfs/configfs.ko.xz\n\
+kernel/drivers/thunderbolt/thunderbolt_stream.ko.xz: kernel/drivers/thunderbolt/thunderbolt.ko.xz kernel/fs/configfs/configfs.ko.xz\n\
+kernel/drivers/nvme/host/nvme.ko.xz: kernel/drivers/nvme/host/nvme-core.ko.xz\n\
+kernel/drivers/nvme/host/nvme-core.ko.xz:\n\
+kernel/lib/crc32c_generic.ko.xz:\n",
+    );
+    write(
+        &m.join("modules.alias"),
+        b"alias pci:v*d*sv*sd*bc01sc08i02* nvme\nalias pci:v00008086d*sv*sd*bc03sc*i* i915\n",
+    );
+    write(
+        &m.join("modules.builtin"),
+        b"kernel/drivers/virtio/virtio_pci.ko\n",
+    );
+    write(
+        &m.join("modules.softdep"),
+        b"softdep nvme_core pre: crc32c_generic\nsoftdep i915 pre: foo\n",
+    );
+    write(&dir.join("vmlinuz"), b"kernel");
+    dir.to_path_buf()
+}
+
+/// An out-of-tree module with a .modinfo-like string table.
+fn fake_extra(dir: &Path) -> PathBuf {
+    let p = dir.join("usb4vcable.ko");
+    write(
+        &p,
+        b"\x7fELF....\0name=usb4vcable\0depends=thunderbolt,configfs\0alias=pci:v00001AF4d00001110sv*sd*bc*sc*i*\0vermagic=7.3.4 SMP\0",
+    );
+    p
+}
+
+fn opts(t: &Path, compress: Compress) -> Options {
+    let rescue = t.join("rescue");
+    write(&rescue, b"\x7fELF static rescue");
+    Options {
+        kernel_dir: fake_kernel(&t.join("k")),
+        kver: None,
+        rescue,
+        extra_modules: vec![fake_extra(t)],
+        modules: vec![],
+        compress,
+        mtime: 1_700_000_000,
+    }
+}
+
+#[test]
+fn builds_deterministic_xz_with_crc32_and_the_closure() {
+    let t = tempfile::tempdir().unwrap();
+    let o = opts(t.path(), Compress::Xz);
+    let a = t.path().join("a.img");
+    let b = t.path().join("b.img");
+    let s = build(&o, &a).unwrap();
+    build(&o, &b).unwrap();
+    assert_eq!(
+        fs::read(&a).unwrap(),
+        fs::read(&b).unwrap(),
+        "not reproducible"
+    );
+    assert_eq!(xz_check(&fs::read(&a).unwrap()), Some("CRC32"));
+
+    assert_eq!(s.kver, KVER);
+    assert_eq!(
+        s.modules,
+        vec![
+            "configfs",
+            "crc32c_generic",
+            "nvme",
+            "nvme_core",
+            "thunderbolt",
+            "thunderbolt_stream",
+            "usb4vcable"
+        ]
+    );
+    assert!(s.builtin.contains(&"virtio_pci".to_string()));
+
+    let l = read_image(&a).unwrap();
+    assert_eq!(l.compression, "xz");
+    let get = |p: &str| {
+        l.entries
+            .iter()
+            .find(|e| e.path == p)
+            .unwrap_or_else(|| panic!("{p}"))
+    };
+    let init = get("init");
+    assert_eq!(init.mode, 0o100755);
+    assert_eq!(init.data, b"\x7fELF static rescue");
+    assert_eq!(get("bin/rescue").data, b"/init");
+    assert_eq!(get("dev/console").rdev, (5, 1));
+    assert_eq!(get("dev/console").mode, 0o020600);
+    assert_eq!(get("tmp").mode, 0o041777);
+    for d in ["proc", "sys", "run", "dev"] {
+        assert!(get(d).is_dir());
+    }
+    for e in &l.entries {
+        assert_eq!((e.uid, e.gid, e.mtime), (0, 0, 1_700_000_000), "{}", e.path);
+    }
+    // Parents precede children (the kernel does not create directories itself).
+    for (i, e) in l.entries.iter().enumerate() {
+        if let Some((parent, _)) = e.path.rsplit_once('/') {
+            assert!(
+                l.entries[..i].iter().any(|p| p.path == parent),
+                "{}",
+                e.path
+            );
+        }
+    }
+    // Inode numbers are unique.
+    let mut inos: Vec<u32> = l.entries.iter().map(|e| e.ino).collect();
+    inos.sort();
+    inos.dedup();
+    assert_eq!(inos.len(), l.entries.len());
+
+    // Modules keep their compression; the unrelated one stays out.
+    let base = format!("lib/modules/{KVER}");
+    let tbs = get(&format!(
+        "{base}/kernel/drivers/thunderbolt/thunderbolt_stream.ko.xz"
+    ));
+    assert!(tbs.data.starts_with(b"\xfd7zXZ"));
+    assert!(!l.entries.iter().any(|e| e.path.contains("i915")));
+    assert!(
+        get(&format!("{base}/extra/usb4vcable.ko"))
+            .data
+            .starts_with(b"\x7fELF")
+    );
+
+    let dep = String::from_utf8(get(&format!("{base}/modules.dep")).data.clone()).unwrap();
+    assert!(!dep.contains("i915"));
+    assert!(dep.contains(
+        "kernel/drivers/thunderbolt/thunderbolt_stream.ko.xz: kernel/drivers/thunderbolt/thunderbolt.ko.xz kernel/fs/configfs/configfs.ko.xz\n"
+    ));
+    assert!(dep.contains("extra/usb4vcable.ko: kernel/drivers/thunderbolt/thunderbolt.ko.xz kernel/fs/configfs/configfs.ko.xz\n"));
+    assert!(dep.contains("kernel/fs/configfs/configfs.ko.xz:\n"));
+    let alias = String::from_utf8(get(&format!("{base}/modules.alias")).data.clone()).unwrap();
+    assert_eq!(
+        alias,
+        "alias pci:v*d*sv*sd*bc01sc08i02* nvme\nalias pci:v00001AF4d00001110sv*sd*bc*sc*i* usb4vcable\n"
+    );
+    let softdep = String::from_utf8(get(&format!("{base}/modules.softdep")).data.clone()).unwrap();
+    assert_eq!(softdep, "softdep nvme_core pre: crc32c_generic\n");
+    assert!(
+        get(&format!("{base}/modules.builtin"))
+            .data
+            .starts_with(b"kernel/drivers/virtio")
+    );
+}
+
+#[test]
+fn gzip_and_source_date_epoch_change_only_what_they_should() {
+    let t = tempfile::tempdir().unwrap();
+    let mut o = opts(t.path(), Compress::Gzip);
+    let a = t.path().join("a.img");
+    build(&o, &a).unwrap();
+    let l = read_image(&a).unwrap();
+    assert_eq!(l.compression, "gzip");
+    assert!(l.xz_check.is_none());
+    o.mtime = 0;
+    let b = t.path().join("b.img");
+    build(&o, &b).unwrap();
+    let lb = read_image(&b).unwrap();
+    assert!(lb.entries.iter().all(|e| e.mtime == 0));
+    assert_eq!(l.entries.len(), lb.entries.len());
+}
+
+#[test]
+fn several_kernels_need_kver() {
+    let t = tempfile::tempdir().unwrap();
+    let mut o = opts(t.path(), Compress::None);
+    let other = o.kernel_dir.join("lib/modules/6.1.0/modules.dep");
+    write(&other, b"");
+    let e = build(&o, &t.path().join("x.img")).unwrap_err();
+    assert!(format!("{e:#}").contains("--kver"));
+    o.kver = Some(KVER.into());
+    build(&o, &t.path().join("x.img")).unwrap();
+    let l = read_image(&t.path().join("x.img")).unwrap();
+    assert_eq!(l.compression, "none");
+}
