@@ -17,7 +17,8 @@ Library (used by tests/vm/):
 Each VM: q35, TCG (KVM only if USB4RESCUE_KVM=1 *and* a probe boot works: nested KVM
 hangs here), 1 vCPU, 512 MiB, no default devices, serial console on a unix socket
 (send() types into it) whose output QEMU also writes to <workdir>/<name>.log (wait_for()
-reads that), virtio-blk disks (raw files; Disk(read_errors=[sector...]) puts blkdebug in
+reads that), a second serial port (ttyS1, also a socket + <name>.cmd.log) for run()'s
+command channel so kernel messages never mix with command output, virtio-blk disks (raw files; Disk(read_errors=[sector...]) puts blkdebug in
 front to fail reads of those sectors with EIO), one ivshmem-plain device per cable.
 The kernel command line always gets console=ttyS0 panic=-1 (a panic ends QEMU, with
 -no-reboot) and vm.name=<name> (hostname in the test initramfs).
@@ -329,6 +330,98 @@ class Result:
         return self.rc == 0
 
 
+class _Chan:
+    """A serial port: QEMU unix-socket chardev whose output QEMU also logs to a file."""
+
+    def __init__(self, vm: "VM", cid: str, log_path: Path, sock_path: Path):
+        self.vm, self.id, self.log_path, self.sock_path = vm, cid, log_path, sock_path
+        self.sock: socket.socket | None = None
+        self.cursor = 0
+        self.lock = threading.Lock()
+
+    def qemu_args(self) -> list[str]:
+        return ["-chardev", f"socket,id={self.id},path={self.sock_path},server=on,wait=off,"
+                            f"logfile={self.log_path},logappend=off",
+                "-serial", f"chardev:{self.id}"]
+
+    def reset(self):
+        for p in (self.log_path, self.sock_path):
+            if p.exists():
+                p.unlink()
+        self.cursor = 0
+
+    def connect(self, deadline: float):
+        proc = self.vm.proc
+        while True:
+            if proc.poll() is not None:
+                raise VMError(f"{self.vm.name}: QEMU exited at start (rc={proc.returncode}): "
+                              f"{self.vm.stderr_text().strip()[-2000:]}")
+            s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            try:
+                s.connect(str(self.sock_path))
+                break
+            except (FileNotFoundError, ConnectionRefusedError):
+                s.close()
+                if time.monotonic() > deadline:
+                    raise VMError(f"{self.vm.name}: serial socket {self.sock_path} never appeared")
+                time.sleep(0.02)
+        self.sock = s
+        # Drain the socket so the guest's serial output never stalls (QEMU logs it).
+        threading.Thread(target=self._drain, args=(s,), daemon=True).start()
+
+    @staticmethod
+    def _drain(s: socket.socket):
+        try:
+            while s.recv(65536):
+                pass
+        except OSError:
+            pass
+
+    def close(self):
+        if self.sock:
+            try:
+                self.sock.close()
+            except OSError:
+                pass
+            self.sock = None
+        try:
+            self.sock_path.unlink()
+        except FileNotFoundError:
+            pass
+
+    def text(self) -> str:
+        try:
+            return self.log_path.read_bytes().decode("utf-8", "replace").replace("\r", "")
+        except FileNotFoundError:
+            return ""
+
+    def send(self, data: bytes):
+        if not self.sock:
+            raise VMError(f"{self.vm.name}: not running")
+        with self.lock:
+            self.sock.sendall(data)
+
+    def wait_for(self, pat: re.Pattern, timeout: float, start: int | None) -> re.Match:
+        pos = self.cursor if start is None else start
+        deadline = time.monotonic() + timeout
+        while True:
+            txt = self.text()
+            m = pat.search(txt, pos)
+            if m:
+                self.cursor = m.end()
+                return m
+            vm = self.vm
+            if not vm.alive():
+                why = "lifetime limit" if vm.timed_out else f"rc={vm.proc.returncode if vm.proc else None}"
+                raise VMError(f"{vm.name}: QEMU exited ({why}) while waiting for {pat.pattern!r}\n"
+                              f"--- last console lines ---\n{vm.tail()}\n--- qemu stderr ---\n"
+                              f"{vm.stderr_text()[-1000:]}")
+            if time.monotonic() > deadline:
+                raise VMTimeout(f"{vm.name}: no {pat.pattern!r} within {timeout}s on {self.log_path.name}\n"
+                                f"--- last lines ---\n" + "\n".join(txt.splitlines()[-30:]))
+            time.sleep(0.05)
+
+
 class VM:
     """One QEMU VM with a serial console captured to a log file and typed into by send()."""
 
@@ -341,17 +434,16 @@ class VM:
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.memory, self.smp, self.accel, self.qemu = memory, smp, accel, qemu
         self.extra_args = list(extra_args or [])
-        self.log_path = self.workdir / f"{name}.log"
+        self.log_path = self.workdir / f"{name}.log"            # console (ttyS0)
         self.sock_path = self.workdir / f"{name}.sock"
+        self.cmd_log_path = self.workdir / f"{name}.cmd.log"    # command channel (ttyS1)
         self.stderr_path = self.workdir / f"{name}.qemu-stderr"
+        self.console = _Chan(self, "con0", self.log_path, self.sock_path)
+        self.cmdchan = _Chan(self, "cmd0", self.cmd_log_path, self.workdir / f"{name}.cmd.sock")
         self.proc: subprocess.Popen | None = None
-        self.sock: socket.socket | None = None
-        self.cursor = 0          # wait_for() searches the log from here
         self.cmdline: list[str] = []
-        self._drain: threading.Thread | None = None
         self._deadline_timer: threading.Timer | None = None
         self._cmd_ids = itertools.count(1)
-        self._send_lock = threading.Lock()
         self.timed_out = False
         _live.add(self)
 
@@ -363,9 +455,8 @@ class VM:
         if self.proc:
             raise VMError(f"{self.name}: already started")
         accel = self.accel or choose_accel(kernel)
-        for p in (self.log_path, self.sock_path):
-            if p.exists():
-                p.unlink()
+        for ch in (self.console, self.cmdchan):
+            ch.reset()
         cmd = [self.qemu, "-name", self.name, "-nodefaults", "-no-user-config",
                "-machine", "q35", "-accel", accel, "-cpu", "host" if accel == "kvm" else "max",
                "-smp", str(self.smp), "-m", str(self.memory), "-display", "none", "-no-reboot",
@@ -373,9 +464,7 @@ class VM:
         if initrd:
             cmd += ["-initrd", initrd]
         cmd += ["-append", f"console=ttyS0 panic=-1 loglevel=5 vm.name={self.name} {append}".strip()]
-        cmd += ["-chardev", f"socket,id=con0,path={self.sock_path},server=on,wait=off,"
-                            f"logfile={self.log_path},logappend=off",
-                "-serial", "chardev:con0"]
+        cmd += self.console.qemu_args() + self.cmdchan.qemu_args()
         for i, d in enumerate(disks or []):
             cmd += d.qemu_args(i, self.workdir, self.name)
         for i, (cable, side) in enumerate(cables or []):
@@ -385,11 +474,16 @@ class VM:
         cmd += self.extra_args
         self.cmdline = cmd
         (self.workdir / f"{self.name}.cmdline").write_text(shlex.join(cmd) + "\n")
-        self.cursor = 0
         self.proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
                                      stderr=open(self.stderr_path, "wb"),
                                      start_new_session=True, preexec_fn=_set_pdeathsig)
-        self._connect()
+        try:
+            deadline = time.monotonic() + 10
+            for ch in (self.console, self.cmdchan):
+                ch.connect(deadline)
+        except BaseException:
+            self.kill()
+            raise
         if timeout:
             self._deadline_timer = threading.Timer(timeout, self._deadline)
             self._deadline_timer.daemon = True
@@ -399,35 +493,6 @@ class VM:
     def cable_device_args(self, cable: Cable, side: str, idx: int) -> list[str]:
         """QEMU arguments for cable `idx` of this VM, plugged in as `side` ('a' or 'b')."""
         return cable.qemu_args(f"cable{idx}", side)
-
-    def _connect(self):
-        deadline = time.monotonic() + 10
-        while True:
-            if self.proc.poll() is not None:
-                raise VMError(f"{self.name}: QEMU exited at start (rc={self.proc.returncode}): "
-                              f"{self.stderr_text().strip()[-2000:]}")
-            try:
-                s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-                s.connect(str(self.sock_path))
-                break
-            except (FileNotFoundError, ConnectionRefusedError):
-                s.close()
-                if time.monotonic() > deadline:
-                    self.kill()
-                    raise VMError(f"{self.name}: serial socket {self.sock_path} never appeared")
-                time.sleep(0.02)
-        self.sock = s
-        # Drain the socket so the guest's serial output never stalls (QEMU logs it).
-        self._drain = threading.Thread(target=self._drain_loop, args=(s,), daemon=True)
-        self._drain.start()
-
-    @staticmethod
-    def _drain_loop(s: socket.socket):
-        try:
-            while s.recv(65536):
-                pass
-        except OSError:
-            pass
 
     def _deadline(self):
         if self.alive():
@@ -456,16 +521,8 @@ class VM:
                 self.proc.wait(5)
             except subprocess.TimeoutExpired:
                 pass
-        if self.sock:
-            try:
-                self.sock.close()
-            except OSError:
-                pass
-            self.sock = None
-        try:
-            self.sock_path.unlink()
-        except FileNotFoundError:
-            pass
+        for ch in (self.console, self.cmdchan):
+            ch.close()
 
     close = kill
 
@@ -476,11 +533,17 @@ class VM:
         self.kill()
 
     # ---- console
+    @property
+    def cursor(self) -> int:
+        return self.console.cursor
+
+    @cursor.setter
+    def cursor(self, v: int):
+        self.console.cursor = v
+
     def log_text(self) -> str:
-        try:
-            return self.log_path.read_bytes().decode("utf-8", "replace").replace("\r", "")
-        except FileNotFoundError:
-            return ""
+        """The console (ttyS0) log so far, CR removed."""
+        return self.console.text()
 
     def stderr_text(self) -> str:
         try:
@@ -492,64 +555,43 @@ class VM:
         return "\n".join(self.log_text().splitlines()[-n:])
 
     def mark(self) -> int:
-        """Move the wait_for() cursor to the end of the log; return it."""
+        """Move the wait_for() cursor to the end of the console log; return it."""
         self.cursor = len(self.log_text())
         return self.cursor
 
     def wait_for(self, regex: str | re.Pattern, timeout: float = 60, start: int | None = None) -> re.Match:
-        """Wait until `regex` matches the serial log after the cursor (or `start`).
+        """Wait until `regex` matches the console log after the cursor (or `start`).
 
         Moves the cursor past the match. Raises VMTimeout (with the log's tail) on timeout
         and VMError if QEMU exits first."""
         pat = re.compile(regex) if isinstance(regex, str) else regex
-        pos = self.cursor if start is None else start
-        deadline = time.monotonic() + timeout
-        while True:
-            txt = self.log_text()
-            m = pat.search(txt, pos)
-            if m:
-                self.cursor = m.end()
-                return m
-            if not self.alive():
-                why = "lifetime limit" if self.timed_out else f"rc={self.proc.returncode if self.proc else None}"
-                raise VMError(f"{self.name}: QEMU exited ({why}) while waiting for {pat.pattern!r}\n"
-                              f"--- last serial lines ---\n{self.tail()}\n--- qemu stderr ---\n"
-                              f"{self.stderr_text()[-1000:]}")
-            if time.monotonic() > deadline:
-                raise VMTimeout(f"{self.name}: no {pat.pattern!r} within {timeout}s\n"
-                                f"--- last serial lines ---\n{self.tail()}")
-            time.sleep(0.05)
+        return self.console.wait_for(pat, timeout, start)
 
     def send(self, text: str | bytes):
-        """Type `text` into the serial console."""
-        if not self.sock:
-            raise VMError(f"{self.name}: not running")
-        data = text.encode() if isinstance(text, str) else text
-        with self._send_lock:
-            self.sock.sendall(data)
+        """Type `text` into the serial console (ttyS0)."""
+        self.console.send(text.encode() if isinstance(text, str) else text)
 
     def wait_ready(self, timeout: float = 120) -> str:
         """Wait for the test initramfs' '@@READY <host> <kver>' line; return the kernel release."""
-        m = self.wait_for(r"@@READY (\S+) (\S+)", timeout)
+        m = self.cmdchan.wait_for(re.compile(r"@@READY (\S+) (\S+)"), timeout, None)
         failed = re.findall(r"@@MOD (\S+) FAILED", self.log_text())
         if failed:
             raise VMError(f"{self.name}: modules failed to load: {failed}\n{self.tail()}")
         return m.group(2)
 
     def run(self, script: str, timeout: float = 60, check: bool = False) -> Result:
-        """Run a shell script in the guest's command loop (tests/vm/guest/init); wait for it.
+        """Run a shell script in the guest's command loop (on ttyS1, see tests/vm/guest/init).
 
         Returns Result(rc, out). check=True raises VMError on rc != 0. On timeout raises
         VMTimeout: the guest loop is then still busy with the script."""
         cid = f"{os.getpid()}.{next(self._cmd_ids)}"
         b64 = base64.b64encode(script.encode()).decode()
-        if len(b64) > 3800:
-            raise VMError("script too long for one console line (max ~2.8 KB)")
-        self.mark()
-        self.send(f"@@X {cid} {b64}\n")
-        begin = self.wait_for(re.compile(rf"@@B {re.escape(cid)}\n"), min(timeout, 30))
-        end = self.wait_for(re.compile(rf"@@E {re.escape(cid)} (\d+)\n"), timeout)
-        out = self.log_text()[begin.end():end.start()]
+        ch = self.cmdchan
+        ch.cursor = len(ch.text())
+        ch.send(f"@@X {cid} {b64}\n".encode())
+        begin = ch.wait_for(re.compile(rf"@@B {re.escape(cid)}\n"), min(timeout, 30), None)
+        end = ch.wait_for(re.compile(rf"@@E {re.escape(cid)} (\d+)\n"), timeout, None)
+        out = ch.text()[begin.end():end.start()]
         r = Result(int(end.group(1)), out)
         if check and r.rc != 0:
             raise VMError(f"{self.name}: command failed (rc={r.rc}):\n{script}\n--- output ---\n{out}")
