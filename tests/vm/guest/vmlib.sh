@@ -56,3 +56,54 @@ waitfor() {
 badlog() {
     dmesg | grep -E 'Oops|BUG:|WARNING:|Call Trace|general protection|Kernel panic|list_del corruption|UBSAN|KASAN' || true
 }
+
+# svc: name of the first thunderbolt service with key "stream" (e.g. 0-1.0).
+svc() {
+    for _d in "$TBDEV"/*.*; do
+        [ "$(cat "$_d/key" 2>/dev/null)" = stream ] && { basename "$_d"; return 0; }
+    done
+    return 1
+}
+
+# linkwait TIMEOUT_S: wait until a stream service is present; print its name.
+linkwait() {
+    waitfor "${1:-30}" svc || return 124
+    svc
+}
+
+# mkstream CONN NAME [IN OUT]: make the connection (if missing) and stream groups,
+# write HopIDs if given; print "index in out".
+mkstream() {
+    [ -d "$CFS/$1" ] || mkdir "$CFS/$1" || return 1
+    mkdir "$CFS/$1/$2" || return 1
+    if [ $# -ge 4 ]; then
+        echo "$3" > "$CFS/$1/$2/in_hopid" || return 1
+        echo "$4" > "$CFS/$1/$2/out_hopid" || return 1
+    fi
+    streaminfo "$1" "$2"
+}
+
+# streaminfo CONN NAME: print "index in_hopid out_hopid".
+streaminfo() {
+    echo "$(cat "$CFS/$1/$2/index") $(cat "$CFS/$1/$2/in_hopid") $(cat "$CFS/$1/$2/out_hopid")"
+}
+
+# rmstreams: remove every stream and connection group.
+rmstreams() {
+    for _g in "$CFS"/*/*/; do [ -d "$_g" ] && rmdir "$_g"; done
+    for _g in "$CFS"/*/; do [ -d "$_g" ] && rmdir "$_g"; done
+    ! ls "$CFS"/*/ >/dev/null 2>&1
+}
+
+# waitopen DEV TIMEOUT_S: wait until some process has DEV (e.g. /dev/tbstream0) open.
+waitopen() {
+    waitfor "${2:-10}" sh -c "ls -l /proc/[0-9]*/fd/ 2>/dev/null | grep -q ' $1\$'"
+}
+
+# now: seconds since boot with centiseconds.
+now() { cut -d' ' -f1 /proc/uptime; }
+
+# killbg: stop every bg job.
+killbg() {
+    for _f in /tmp/bg.*.pid; do [ -f "$_f" ] || continue; _n=${_f#/tmp/bg.}; bgkill "${_n%.pid}"; rm -f "$_f"; done
+}
