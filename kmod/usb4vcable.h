@@ -1,0 +1,103 @@
+/* SPDX-License-Identifier: GPL-2.0 */
+/*
+ * usb4vcable - shared memory layout of the virtual USB4 cable.
+ *
+ * This layout is shared with the host tool qemu/cable-ctl (Rust); keep
+ * both in sync and bump USB4VC_VERSION on any incompatible change. All
+ * fields are little endian. Every field has exactly one writer (the host
+ * tool, side "a" or side "b"), because atomic read-modify-write across two
+ * TCG guests is not reliable.
+ */
+#ifndef USB4VCABLE_H
+#define USB4VCABLE_H
+
+#include <linux/types.h>
+
+#define USB4VC_MAGIC		0x3142435634425355ULL	/* "USB4VCB1" */
+#define USB4VC_VERSION		1
+#define USB4VC_HDR_SIZE		0x3000
+#define USB4VC_FRAME_SIZE	4096
+#define USB4VC_MAX_CHAN		32
+#define USB4VC_MAX_PROPS	16
+#define USB4VC_PROP_NAME	12
+#define USB4VC_HOSTNAME		72
+#define USB4VC_MIN_HOPID	8
+
+/* Frame types: the PDF values of the upstream driver */
+#define USB4VC_FRAME_DATA	2
+#define USB4VC_FRAME_CLOSE	3
+
+/* Frame flags, set by the receiver */
+#define USB4VC_FLAG_CRC		0x1
+
+/* Side states */
+#define USB4VC_STATE_FREE	0
+#define USB4VC_STATE_PRESENT	1
+
+struct usb4vc_hdr {
+	u64 magic;		/* 0x000 USB4VC_MAGIC */
+	u32 version;		/* 0x008 USB4VC_VERSION */
+	u32 hdr_size;		/* 0x00c USB4VC_HDR_SIZE */
+	u64 total_size;		/* 0x010 size of the whole region */
+	u32 nchan;		/* 0x018 channels per direction (HopIDs 8..7+nchan) */
+	u32 nslots;		/* 0x01c frames per channel ring, power of two */
+	u32 frame_size;		/* 0x020 USB4VC_FRAME_SIZE */
+	u32 reserved0;		/* 0x024 */
+	u64 rings_off;		/* 0x028 offset of the first ring */
+	u64 ring_stride;	/* 0x030 bytes per ring (descriptors + payload) */
+	u8 pad0[0x100 - 0x38];
+	/* Host control: written only by cable-ctl */
+	u32 plugged;		/* 0x100 1 = cable plugged, 0 = unplugged */
+	u32 ctrl_gen;		/* 0x104 bumped by cable-ctl on every change */
+	u64 rate_bps;		/* 0x108 TX rate cap per direction, 0 = none */
+	u32 corrupt_req[2];	/* 0x110 cumulative frames to corrupt: a2b, b2a */
+	u8 pad1[0x1000 - 0x118];
+};
+
+struct usb4vc_prop {
+	char name[USB4VC_PROP_NAME];	/* stream name, NUL terminated */
+	s32 in_hopid;
+	s32 out_hopid;
+};
+
+/* One per side: side a at 0x1000, side b at 0x2000. Written by its owner. */
+struct usb4vc_side {
+	u64 nonce;		/* 0x000 owner's claim, 0 = free */
+	u64 heartbeat;		/* 0x008 incremented every 100 ms */
+	u32 state;		/* 0x010 USB4VC_STATE_* */
+	u32 session;		/* 0x014 bumped on every claim */
+	u8 uuid[16];		/* 0x018 host UUID (unique_id) */
+	char hostname[USB4VC_HOSTNAME];	/* 0x028 */
+	u32 link_up;		/* 0x070 this side sees the link up */
+	u32 max_hopid;		/* 0x074 our maxhopid */
+	u64 reserved1;		/* 0x078 */
+	u64 tx_frames;		/* 0x080 counters, updated every 100 ms */
+	u64 tx_bytes;		/* 0x088 */
+	u64 rx_frames;		/* 0x090 */
+	u64 rx_bytes;		/* 0x098 */
+	u64 crc_errors;		/* 0x0a0 frames corrupted on receive */
+	u64 close_tx;		/* 0x0a8 */
+	u64 close_rx;		/* 0x0b0 */
+	u64 stale_drops;	/* 0x0b8 frames of an old session dropped */
+	u32 corrupt_done;	/* 0x0c0 compared with hdr corrupt_req[rx dir] */
+	u8 pad2[0x100 - 0xc4];
+	u32 props_gen;		/* 0x100 odd while being updated */
+	u32 props_count;	/* 0x104 */
+	struct usb4vc_prop props[USB4VC_MAX_PROPS];	/* 0x108 */
+	u8 pad3[0x400 - 0x248];
+	u32 rx_post[USB4VC_MAX_CHAN];	/* 0x400 RX ring posted: gen, 0 = closed */
+	u32 rx_cons[USB4VC_MAX_CHAN];	/* 0x480 RX consumer index */
+	u32 tx_prod[USB4VC_MAX_CHAN];	/* 0x500 TX producer index */
+	u8 pad4[0x1000 - 0x580];
+};
+
+/* Descriptor of one frame slot */
+struct usb4vc_desc {
+	u32 len;		/* payload bytes, 1..4096 (0 for CLOSE) */
+	u16 type;		/* USB4VC_FRAME_* */
+	u16 flags;		/* USB4VC_FLAG_* */
+	u32 gen;		/* receiver's rx_post value seen by the sender */
+	u32 seq;		/* sender's producer index */
+};
+
+#endif /* USB4VCABLE_H */

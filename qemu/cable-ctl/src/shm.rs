@@ -1,0 +1,386 @@
+//! The usb4vcable shared-memory layout (mirror of kmod/usb4vcable.h, version 1).
+
+use anyhow::{Context, Result, bail};
+use std::fs::OpenOptions;
+use std::os::fd::AsRawFd;
+use std::path::Path;
+use std::ptr;
+
+pub const MAGIC: u64 = 0x3142_4356_3442_5355; // "USB4VCB1"
+pub const VERSION: u32 = 1;
+pub const HDR_SIZE: u64 = 0x3000;
+pub const FRAME_SIZE: u64 = 4096;
+pub const DESC_SIZE: u64 = 16;
+pub const MAX_CHAN: u32 = 32;
+pub const MAX_PROPS: usize = 16;
+
+// Header offsets
+const H_MAGIC: usize = 0x000;
+const H_VERSION: usize = 0x008;
+const H_HDR_SIZE: usize = 0x00c;
+const H_TOTAL: usize = 0x010;
+const H_NCHAN: usize = 0x018;
+const H_NSLOTS: usize = 0x01c;
+const H_FRAME: usize = 0x020;
+const H_RINGS_OFF: usize = 0x028;
+const H_STRIDE: usize = 0x030;
+const H_PLUGGED: usize = 0x100;
+const H_CTRL_GEN: usize = 0x104;
+const H_RATE: usize = 0x108;
+const H_CORRUPT: usize = 0x110;
+
+// Side area offsets (side a at 0x1000, side b at 0x2000)
+const S_HEARTBEAT: usize = 0x008;
+const S_STATE: usize = 0x010;
+const S_SESSION: usize = 0x014;
+const S_UUID: usize = 0x018;
+const S_HOSTNAME: usize = 0x028;
+const S_HOSTNAME_LEN: usize = 72;
+const S_LINK_UP: usize = 0x070;
+const S_MAX_HOPID: usize = 0x074;
+const S_COUNTERS: usize = 0x080;
+const S_CORRUPT_DONE: usize = 0x0c0;
+const S_PROPS_GEN: usize = 0x100;
+const S_PROPS_COUNT: usize = 0x104;
+const S_PROPS: usize = 0x108;
+const PROP_SIZE: usize = 20;
+
+pub struct Geometry {
+    pub total_size: u64,
+    pub nchan: u32,
+    pub nslots: u32,
+}
+
+pub struct Control {
+    pub plugged: bool,
+    pub rate: u64,
+    pub corrupt_req: [u32; 2],
+}
+
+#[derive(Default, Clone)]
+pub struct SideInfo {
+    pub state: u32,
+    pub alive: bool,
+    pub heartbeat: u64,
+    pub session: u32,
+    pub uuid: String,
+    pub hostname: String,
+    pub link_up: u32,
+    pub max_hopid: u32,
+    pub tx_frames: u64,
+    pub tx_bytes: u64,
+    pub rx_frames: u64,
+    pub rx_bytes: u64,
+    pub crc_errors: u64,
+    pub close_tx: u64,
+    pub close_rx: u64,
+    pub stale_drops: u64,
+    pub corrupt_done: u32,
+    pub props: Vec<(String, i32, i32)>,
+}
+
+impl SideInfo {
+    pub fn state_name(&self) -> &'static str {
+        match self.state {
+            0 => "free",
+            1 => "present",
+            _ => "invalid",
+        }
+    }
+}
+
+/// A mapping of the cable's shared memory.
+pub struct Shm {
+    base: *mut u8,
+    len: usize,
+}
+
+impl Drop for Shm {
+    fn drop(&mut self) {
+        // SAFETY: base/len come from a successful mmap in map().
+        unsafe {
+            libc::munmap(self.base.cast(), self.len);
+        }
+    }
+}
+
+fn map(path: &Path, create: Option<u64>) -> Result<Shm> {
+    let f = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(create.is_some())
+        .truncate(false)
+        .open(path)
+        .with_context(|| format!("cannot open {}", path.display()))?;
+    if let Some(size) = create {
+        let cur = f.metadata()?.len();
+        if cur != size {
+            f.set_len(size)
+                .with_context(|| format!("cannot resize {} to {size}", path.display()))?;
+        }
+    }
+    let len = f.metadata()?.len();
+    if len < HDR_SIZE {
+        bail!(
+            "{} is {} bytes: too small for a usb4vcable cable",
+            path.display(),
+            len
+        );
+    }
+    let len = usize::try_from(len)?;
+    // SAFETY: mapping a regular file we opened read-write; the mapping outlives f.
+    let p = unsafe {
+        libc::mmap(
+            ptr::null_mut(),
+            len,
+            libc::PROT_READ | libc::PROT_WRITE,
+            libc::MAP_SHARED,
+            f.as_raw_fd(),
+            0,
+        )
+    };
+    if p == libc::MAP_FAILED {
+        bail!(
+            "mmap of {} failed: {}",
+            path.display(),
+            std::io::Error::last_os_error()
+        );
+    }
+    Ok(Shm {
+        base: p.cast(),
+        len,
+    })
+}
+
+impl Shm {
+    /// Map an initialised cable; fails with a clear message if `init` was not run.
+    pub fn open(path: &Path) -> Result<Shm> {
+        let s = map(path, None)?;
+        let magic = s.r64(H_MAGIC);
+        if magic != MAGIC {
+            bail!(
+                "{} is not an initialised usb4vcable cable (magic {:#x}); run `cable-ctl --shm {} init --size BYTES` before starting the VMs",
+                path.display(),
+                magic,
+                path.display()
+            );
+        }
+        let v = s.r32(H_VERSION);
+        if v != VERSION {
+            bail!("cable layout version {v}, this tool speaks {VERSION}");
+        }
+        Ok(s)
+    }
+
+    fn check(&self, off: usize, n: usize) {
+        assert!(off + n <= self.len, "offset {off:#x} outside the mapping");
+    }
+
+    pub fn r32(&self, off: usize) -> u32 {
+        self.check(off, 4);
+        // SAFETY: in bounds (checked), 4-byte aligned offsets in the layout.
+        unsafe { ptr::read_volatile(self.base.add(off).cast::<u32>()) }
+    }
+
+    pub fn r64(&self, off: usize) -> u64 {
+        self.check(off, 8);
+        // SAFETY: as above, 8-byte aligned.
+        unsafe { ptr::read_volatile(self.base.add(off).cast::<u64>()) }
+    }
+
+    pub fn w32(&self, off: usize, v: u32) {
+        self.check(off, 4);
+        // SAFETY: as above.
+        unsafe { ptr::write_volatile(self.base.add(off).cast::<u32>(), v) }
+    }
+
+    pub fn w64(&self, off: usize, v: u64) {
+        self.check(off, 8);
+        // SAFETY: as above.
+        unsafe { ptr::write_volatile(self.base.add(off).cast::<u64>(), v) }
+    }
+
+    fn bytes(&self, off: usize, n: usize) -> Vec<u8> {
+        (0..n)
+            .map(|i| {
+                self.check(off + i, 1);
+                // SAFETY: in bounds.
+                unsafe { ptr::read_volatile(self.base.add(off + i)) }
+            })
+            .collect()
+    }
+
+    fn bump_gen(&self) {
+        self.w32(H_CTRL_GEN, self.r32(H_CTRL_GEN).wrapping_add(1));
+    }
+
+    pub fn geometry(&self) -> Geometry {
+        Geometry {
+            total_size: self.r64(H_TOTAL),
+            nchan: self.r32(H_NCHAN),
+            nslots: self.r32(H_NSLOTS),
+        }
+    }
+
+    pub fn control(&self) -> Control {
+        Control {
+            plugged: self.r32(H_PLUGGED) != 0,
+            rate: self.r64(H_RATE),
+            corrupt_req: [self.r32(H_CORRUPT), self.r32(H_CORRUPT + 4)],
+        }
+    }
+
+    pub fn set_plugged(&self, on: bool) {
+        self.w32(H_PLUGGED, u32::from(on));
+        self.bump_gen();
+    }
+
+    pub fn set_rate(&self, bps: u64) {
+        self.w64(H_RATE, bps);
+        self.bump_gen();
+    }
+
+    pub fn add_corrupt(&self, dir: usize, n: u32) {
+        let off = H_CORRUPT + 4 * dir;
+        self.w32(off, self.r32(off).wrapping_add(n));
+        self.bump_gen();
+    }
+
+    pub fn side(&self, s: usize) -> SideInfo {
+        let b = 0x1000 * (s + 1);
+        let u = self.bytes(b + S_UUID, 16);
+        let uuid = format!(
+            "{}-{}-{}-{}-{}",
+            hex(&u[0..4]),
+            hex(&u[4..6]),
+            hex(&u[6..8]),
+            hex(&u[8..10]),
+            hex(&u[10..16])
+        );
+        let hn = self.bytes(b + S_HOSTNAME, S_HOSTNAME_LEN);
+        let end = hn.iter().position(|&c| c == 0).unwrap_or(hn.len());
+        let c = |i: usize| self.r64(b + S_COUNTERS + 8 * i);
+        let mut props = Vec::new();
+        // Seqlock read of the published stream directories.
+        for _ in 0..100 {
+            let g = self.r32(b + S_PROPS_GEN);
+            if g & 1 == 1 {
+                std::thread::yield_now();
+                continue;
+            }
+            props.clear();
+            let n = (self.r32(b + S_PROPS_COUNT) as usize).min(MAX_PROPS);
+            for i in 0..n {
+                let o = b + S_PROPS + i * PROP_SIZE;
+                let name = self.bytes(o, 12);
+                let e = name.iter().position(|&c| c == 0).unwrap_or(12);
+                props.push((
+                    String::from_utf8_lossy(&name[..e]).into_owned(),
+                    self.r32(o + 12) as i32,
+                    self.r32(o + 16) as i32,
+                ));
+            }
+            if self.r32(b + S_PROPS_GEN) == g {
+                break;
+            }
+        }
+        SideInfo {
+            state: self.r32(b + S_STATE),
+            alive: false,
+            heartbeat: self.r64(b + S_HEARTBEAT),
+            session: self.r32(b + S_SESSION),
+            uuid,
+            hostname: String::from_utf8_lossy(&hn[..end]).into_owned(),
+            link_up: self.r32(b + S_LINK_UP),
+            max_hopid: self.r32(b + S_MAX_HOPID),
+            tx_frames: c(0),
+            tx_bytes: c(1),
+            rx_frames: c(2),
+            rx_bytes: c(3),
+            crc_errors: c(4),
+            close_tx: c(5),
+            close_rx: c(6),
+            stale_drops: c(7),
+            corrupt_done: self.r32(b + S_CORRUPT_DONE),
+            props,
+        }
+    }
+}
+
+fn hex(b: &[u8]) -> String {
+    b.iter().map(|x| format!("{x:02x}")).collect()
+}
+
+/// Ring geometry for a region of `size` bytes: the most frames per ring (a power of
+/// two) such that 2 * `nchan` rings fit after the header.
+pub fn layout(size: u64, nchan: u32) -> Result<(u32, u64)> {
+    if nchan == 0 || nchan > MAX_CHAN {
+        bail!("--channels must be 1..{MAX_CHAN}");
+    }
+    let stride =
+        |slots: u64| (slots * DESC_SIZE).div_ceil(FRAME_SIZE) * FRAME_SIZE + slots * FRAME_SIZE;
+    let mut slots: u64 = 4;
+    if HDR_SIZE + 2 * u64::from(nchan) * stride(slots) > size {
+        bail!(
+            "{size} bytes is too small for {nchan} channels (need at least {})",
+            HDR_SIZE + 2 * u64::from(nchan) * stride(4)
+        );
+    }
+    while slots < 4096 && HDR_SIZE + 2 * u64::from(nchan) * stride(slots * 2) <= size {
+        slots *= 2;
+    }
+    Ok((u32::try_from(slots)?, stride(slots)))
+}
+
+/// Create or resize the file and write a fresh header (plugged, no faults).
+pub fn init(path: &Path, size: u64, nchan: u32) -> Result<Geometry> {
+    if !size.is_power_of_two() {
+        bail!("--size must be a power of two (QEMU ivshmem requires it)");
+    }
+    let (nslots, stride) = layout(size, nchan)?;
+    let s = map(path, Some(size))?;
+    // Invalidate first, clear header and both side areas, then publish the magic last.
+    s.w64(H_MAGIC, 0);
+    for off in (8..HDR_SIZE as usize).step_by(8) {
+        s.w64(off, 0);
+    }
+    s.w32(H_VERSION, VERSION);
+    s.w32(H_HDR_SIZE, HDR_SIZE as u32);
+    s.w64(H_TOTAL, size);
+    s.w32(H_NCHAN, nchan);
+    s.w32(H_NSLOTS, nslots);
+    s.w32(H_FRAME, FRAME_SIZE as u32);
+    s.w64(H_RINGS_OFF, HDR_SIZE);
+    s.w64(H_STRIDE, stride);
+    s.w32(H_PLUGGED, 1);
+    std::sync::atomic::fence(std::sync::atomic::Ordering::SeqCst);
+    s.w64(H_MAGIC, MAGIC);
+    Ok(Geometry {
+        total_size: size,
+        nchan,
+        nslots,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn layout_16m() {
+        let (slots, stride) = layout(16 << 20, 8).unwrap();
+        assert_eq!(slots, 128);
+        assert_eq!(stride, 4096 + 128 * 4096);
+    }
+
+    #[test]
+    fn layout_4m() {
+        let (slots, _) = layout(4 << 20, 8).unwrap();
+        assert_eq!(slots, 32);
+    }
+
+    #[test]
+    fn too_small() {
+        assert!(layout(64 << 10, 8).is_err());
+    }
+}

@@ -1,0 +1,61 @@
+#!/bin/bash
+# SPDX-License-Identifier: GPL-2.0
+#
+# Build kmod/ (usb4vcable.ko) for the current trixie-backports kernel inside
+# the trixie build root made by scripts/buildroot.sh. The module is copied to
+# ${USB4RESCUE_CACHE:-/var/cache/usb4rescue}/kmod/<kver>/usb4vcable.ko and that
+# path is printed on stdout (last line). Nothing is written into the source
+# tree.
+#
+# Environment:
+#   USB4RESCUE_CACHE  cache directory (default /var/cache/usb4rescue)
+#   KMOD_EXTRA        extra make arguments, e.g. "W=1"
+set -euo pipefail
+
+HERE=$(cd "$(dirname "$0")/.." && pwd)
+CACHE=${USB4RESCUE_CACHE:-/var/cache/usb4rescue}
+SRC=$HERE/kmod
+
+log() { echo "build-kmod: $*" >&2; }
+die() { echo "build-kmod: ERROR: $*" >&2; exit 1; }
+
+[ "$(id -u)" = 0 ] || die "must run as root (chroot)"
+[ -f "$SRC/usb4vcable.c" ] || die "no $SRC/usb4vcable.c"
+
+ROOT=$("$HERE/scripts/buildroot.sh" | tail -n1)
+[ -d "$ROOT" ] || die "build root not available"
+KVER=$(cat "$ROOT/.usb4rescue-ok")
+[ -d "$ROOT/lib/modules/$KVER/build" ] || die "no headers for $KVER in $ROOT"
+
+WORK=/usr/src/usb4vcable-build
+MOUNTED=
+cleanup() {
+	if [ -n "$MOUNTED" ]; then
+		umount "$ROOT/proc" 2>/dev/null || umount -l "$ROOT/proc" || true
+	fi
+	rm -rf --one-file-system "${ROOT:?}$WORK"
+}
+trap cleanup EXIT
+
+rm -rf --one-file-system "${ROOT:?}$WORK"
+mkdir -p "$ROOT$WORK"
+cp -a "$SRC"/Kbuild "$SRC"/Makefile "$SRC"/*.c "$SRC"/*.h "$ROOT$WORK/"
+
+if ! mountpoint -q "$ROOT/proc"; then
+	mount -t proc proc "$ROOT/proc"
+	MOUNTED=1
+fi
+
+log "building usb4vcable for $KVER"
+# shellcheck disable=SC2086
+if ! chroot "$ROOT" make -C "/lib/modules/$KVER/build" M="$WORK" \
+	${KMOD_EXTRA:-} modules >&2; then
+	die "module build failed"
+fi
+
+OUT=$CACHE/kmod/$KVER
+mkdir -p "$OUT"
+install -m 0644 "$ROOT$WORK/usb4vcable.ko" "$OUT/usb4vcable.ko.tmp"
+mv "$OUT/usb4vcable.ko.tmp" "$OUT/usb4vcable.ko"
+log "built $OUT/usb4vcable.ko"
+echo "$OUT/usb4vcable.ko"
