@@ -1,1 +1,98 @@
-//! (being written) Dispatches a parsed command; PID-1 mode calls this too.
+//! Runs a parsed command and returns its exit code. The binary and PID-1 mode
+//! both come through here.
+
+use anyhow::Result;
+
+use crate::Root;
+use crate::cli::{Command, LinkAction};
+use crate::exit::{self, Exit};
+use crate::fabric::link::{self, Link, LinkOpts};
+
+/// Runs `cmd` against the system below `root`.
+pub fn run(root: &Root, cmd: Command) -> Result<u8> {
+    match cmd {
+        Command::Status(a) => {
+            let s = crate::fabric::status::collect(root);
+            if a.json {
+                println!("{}", serde_json::to_string_pretty(&s)?);
+            } else {
+                print!("{}", crate::fabric::status::render(&s));
+            }
+            Ok(exit::OK)
+        }
+        Command::Disks(a) => {
+            let d = crate::disks::list(root, a.all)?;
+            if a.json {
+                println!("{}", serde_json::to_string_pretty(&d)?);
+            } else {
+                print!("{}", crate::disks::render_table(&d));
+            }
+            Ok(exit::OK)
+        }
+        Command::Serve(a) => crate::serve::run(root, &a),
+        Command::Backup(a) => crate::backup::run(root, &a),
+        Command::Restore(a) => crate::restore::run(root, &a),
+        Command::Verify(a) => crate::verify::run(&a.dir),
+        Command::Cat(a) => crate::catcmd::run(root, &a),
+        Command::Link(a) => match a.action {
+            LinkAction::Up => {
+                let mut l = Link::up(
+                    root,
+                    &LinkOpts {
+                        peer: a.connect.peer.clone(),
+                        name: a.connect.name.clone(),
+                        wait: a.connect.wait_timeout(),
+                        role: link::Role::Auto,
+                        teardown: true,
+                    },
+                )?;
+                l.keep();
+                println!("{}", l.dev.display());
+                eprintln!(
+                    "stream {}/{} ready (HopIDs in {} out {}); remove it with `rescue link down --peer {} --name {}`",
+                    l.service, l.name, l.in_hopid, l.out_hopid, l.service, l.name
+                );
+                Ok(exit::OK)
+            }
+            LinkAction::Down => {
+                let service = match &a.connect.peer {
+                    Some(p) => p.clone(),
+                    None => {
+                        let matching: Vec<String> = link::configured(root)
+                            .into_iter()
+                            .filter(|(_, n)| *n == a.connect.name)
+                            .map(|(s, _)| s)
+                            .collect();
+                        match matching.as_slice() {
+                            [one] => one.clone(),
+                            [] => {
+                                return Err(Exit::new(
+                                    exit::USAGE,
+                                    format!("no stream named {:?} is set up", a.connect.name),
+                                )
+                                .into());
+                            }
+                            many => {
+                                return Err(Exit::new(
+                                    exit::USAGE,
+                                    format!(
+                                        "streams named {:?} exist for {}: choose with --peer",
+                                        a.connect.name,
+                                        many.join(", ")
+                                    ),
+                                )
+                                .into());
+                            }
+                        }
+                    }
+                };
+                link::remove(root, &service, &a.connect.name)?;
+                eprintln!("removed stream {service}/{}", a.connect.name);
+                Ok(exit::OK)
+            }
+        },
+        Command::Init(_) => {
+            Err(Exit::new(exit::USAGE, "`rescue init` only runs as the init process (PID 1)").into())
+        }
+    }
+}

@@ -1,7 +1,28 @@
 //! The `rescue` binary: parses the command line and hands over to the library.
+//! As PID 1 (or when called as `init`) it becomes the rescue system's init.
 
 use std::process::ExitCode;
 
+use clap::Parser;
+use rescue::cli::{Cli, Command};
+use rescue::{Root, exit};
+
 fn main() -> ExitCode {
-    ExitCode::SUCCESS
+    let argv0 = std::env::args().next().unwrap_or_default();
+    if std::process::id() == 1 || argv0.ends_with("init") {
+        rescue::init::main();
+    }
+    let cli = Cli::parse();
+    if let Command::Init(_) = cli.command {
+        rescue::init::main();
+    }
+    rescue::signals::install();
+    let root = Root::new(&cli.root);
+    match rescue::app::run(&root, cli.command) {
+        Ok(code) => ExitCode::from(code),
+        Err(e) => {
+            eprintln!("rescue: {e:#}");
+            ExitCode::from(exit::code_of(&e))
+        }
+    }
 }

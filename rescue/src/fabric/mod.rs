@@ -2,4 +2,5 @@
 //! report (`status`) and stream set-up in ConfigFS (`link`).
 
 pub mod bus;
+pub mod link;
 pub mod status;

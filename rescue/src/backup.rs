@@ -1,0 +1,220 @@
+//! `rescue backup`: send this machine's disks to the peer running `rescue serve`.
+
+use std::time::Instant;
+
+use anyhow::{Context, Result, bail};
+
+use crate::Root;
+use crate::cli::BackupArgs;
+use crate::exit::{self, Exit};
+use crate::progress::{self, Bar, Mode};
+use crate::proto::msg::{self, BackupBegin, BackupReady, DiskEnd, DiskInfo, Role, SessionDone, SessionEnd, kind};
+use crate::session;
+use crate::source::{self, Source};
+use crate::util::human_bytes;
+use crate::xfer::{self, Geometry};
+
+/// What one disk's transfer amounted to.
+#[derive(Debug, Clone)]
+pub struct DiskReport {
+    pub name: String,
+    pub size: u64,
+    pub stats: xfer::SendStats,
+    pub sha256: String,
+    pub ok: bool,
+    pub message: String,
+    pub seconds: f64,
+}
+
+/// The disks to send: those named, or every eligible one.
+fn sources(root: &Root, args: &BackupArgs) -> Result<Vec<Source>> {
+    let specs: Vec<String> = if args.disks.is_empty() {
+        let all = crate::disks::list(root, false).context("listing disks")?;
+        if all.is_empty() {
+            bail!("no disks found to back up (`rescue disks --all` shows every block device)");
+        }
+        all.into_iter().map(|d| d.name).collect()
+    } else {
+        args.disks.clone()
+    };
+    let mut out = Vec::new();
+    for s in &specs {
+        let src = source::open(root, s)?;
+        if let Some(b) = &src.busy {
+            eprintln!(
+                "warning: {b}; the copy of {} may be inconsistent (unmount it or back up from the rescue system)",
+                src.name
+            );
+        }
+        out.push(src);
+    }
+    Ok(out)
+}
+
+pub fn run(root: &Root, args: &BackupArgs) -> Result<u8> {
+    if !(64..=8192).contains(&args.chunk_kib) || !args.chunk_kib.is_power_of_two() {
+        return Err(Exit::new(exit::USAGE, "--chunk-kib must be a power of two from 64 to 8192").into());
+    }
+    let chunk = args.chunk_kib * 1024;
+    let srcs = sources(root, args)?;
+    for s in &srcs {
+        eprintln!(
+            "disk {}: {} ({}){}",
+            s.name,
+            s.path.display(),
+            human_bytes(s.size),
+            s.model
+                .as_deref()
+                .map(|m| format!(", {m}"))
+                .unwrap_or_default()
+        );
+    }
+    let mut sess = session::connect(root, &args.connect, Role::Backup)?;
+    let begin = BackupBegin {
+        label: args.label.clone(),
+        chunk_size: chunk,
+        fresh: args.fresh,
+        disks: srcs
+            .iter()
+            .map(|s| DiskInfo {
+                name: s.name.clone(),
+                source_path: s.path.display().to_string(),
+                size: s.size,
+                logical_sector_size: s.sector,
+                model: s.model.clone(),
+                serial: s.serial.clone(),
+                details: s.details.clone(),
+            })
+            .collect(),
+    };
+    let f = sess
+        .conn
+        .request(kind::BACKUP_BEGIN, &begin, &[kind::BACKUP_READY], "starting the backup")?;
+    let ready: BackupReady = msg::from_json(&f)?;
+    if ready.have.len() != srcs.len() {
+        bail!("the peer answered for {} disks, we asked for {}", ready.have.len(), srcs.len());
+    }
+    eprintln!(
+        "backup {} on {}: {}",
+        ready.backup_id,
+        sess.peer.identity.hostname,
+        ready.location
+    );
+    let mode = progress::Mode::detect();
+    let started = Instant::now();
+    let mut reports = Vec::new();
+    for (i, src) in srcs.iter().enumerate() {
+        let geo = Geometry { size: src.size, chunk };
+        let have = &ready.have[i];
+        if ready.resumed {
+            let held = xfer::Have::new(have).held();
+            eprintln!(
+                "{}: resuming, {} of {} chunks already verified on the peer",
+                src.name,
+                held,
+                geo.count()
+            );
+        }
+        let bar = Bar::new(&src.name, src.size, mode);
+        let t = Instant::now();
+        let reader = &src.reader;
+        let stats = xfer::send_disk(
+            &mut sess.conn,
+            i as u32,
+            geo,
+            have,
+            |off, len| reader.read_chunk(off, len),
+            xfer::digest_fresh,
+            &bar,
+        )?;
+        bar.finish();
+        let done = xfer::finish_disk(
+            &mut sess.conn,
+            i as u32,
+            &DiskEnd {
+                disk: i as u32,
+                bytes_read: stats.bytes_read,
+                unreadable_bytes: stats.unreadable_bytes,
+            },
+        )?;
+        let r = DiskReport {
+            name: src.name.clone(),
+            size: src.size,
+            stats,
+            sha256: done.sha256.clone(),
+            ok: done.ok,
+            message: done.message.clone(),
+            seconds: t.elapsed().as_secs_f64(),
+        };
+        print_disk(&r, mode);
+        reports.push(r);
+    }
+    let f = sess.conn.request(
+        kind::SESSION_END,
+        &SessionEnd { ok: reports.iter().all(|r| r.ok) },
+        &[kind::SESSION_DONE],
+        "finishing the backup",
+    )?;
+    let done: SessionDone = msg::from_json(&f)?;
+    let corrupt = sess
+        .conn
+        .stats
+        .corrupt_frames
+        .load(std::sync::atomic::Ordering::Relaxed);
+    sess.close();
+    Ok(summary(&reports, started.elapsed().as_secs_f64(), corrupt, &done.message))
+}
+
+fn print_disk(r: &DiskReport, _mode: Mode) {
+    if r.ok {
+        eprintln!("{}: verified by the peer, sha256 {}", r.name, r.sha256);
+    } else {
+        eprintln!("{}: NOT verified: {}", r.name, r.message);
+    }
+}
+
+/// Prints the final summary and picks the exit code.
+pub fn summary(reports: &[DiskReport], secs: f64, corrupt: u64, peer_msg: &str) -> u8 {
+    let mut code = exit::OK;
+    println!("backup summary:");
+    for r in reports {
+        let s = &r.stats;
+        let unreadable_sectors = s.unreadable_bytes / 512;
+        println!(
+            "  {}: {} read, {} sent, {} skipped as zero, {} already on the peer, {} unreadable, {:.1}s, {}/s, sha256 {}",
+            r.name,
+            human_bytes(s.bytes_read),
+            human_bytes(s.bytes_sent),
+            human_bytes(s.zero_bytes),
+            human_bytes(s.skipped_bytes),
+            human_bytes(s.unreadable_bytes),
+            r.seconds,
+            human_bytes((s.bytes_read as f64 / r.seconds.max(0.001)) as u64),
+            if r.sha256.is_empty() { "-" } else { &r.sha256 }
+        );
+        if s.resent_chunks > 0 {
+            println!("    {} chunk(s) re-sent after damage in transit", s.resent_chunks);
+        }
+        if !r.ok {
+            code = exit::VERIFY_FAILED;
+        } else if unreadable_sectors > 0 && code == exit::OK {
+            code = exit::UNREADABLE;
+        }
+    }
+    if corrupt > 0 {
+        println!("  {corrupt} damaged message(s) were detected and repeated");
+    }
+    let unreadable: u64 = reports.iter().map(|r| r.stats.unreadable_bytes / 512).sum();
+    match code {
+        exit::OK => println!("completed in {secs:.1}s: every disk verified{}", peer_msg_suffix(peer_msg)),
+        exit::UNREADABLE => println!(
+            "completed with {unreadable} unreadable sectors in {secs:.1}s (filled with zeros; see the .map files on the peer)"
+        ),
+        _ => println!("FAILED: some disks did not verify; run the same command again to re-send them"),
+    }
+    code
+}
+
+fn peer_msg_suffix(m: &str) -> String {
+    if m.is_empty() { String::new() } else { format!(" ({m})") }
+}

@@ -1,0 +1,160 @@
+//! Progress display: an indicatif bar per disk on a terminal, and plain periodic
+//! lines otherwise (a serial console or a log file is often not a TTY, and
+//! indicatif draws nothing there).
+
+use std::io::IsTerminal;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+
+use crate::util::human_bytes;
+
+/// How progress is shown.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    Bars,
+    Lines,
+    Quiet,
+}
+
+impl Mode {
+    /// Bars when stderr is a terminal, plain lines otherwise.
+    pub fn detect() -> Mode {
+        if std::env::var_os("RESCUE_PLAIN").is_some() || !std::io::stderr().is_terminal() {
+            Mode::Lines
+        } else {
+            Mode::Bars
+        }
+    }
+}
+
+struct Plain {
+    last_print: Instant,
+    pos: u64,
+    started: Instant,
+}
+
+/// One disk's progress.
+pub struct Bar {
+    name: String,
+    total: u64,
+    bar: Option<ProgressBar>,
+    plain: Option<Mutex<Plain>>,
+    every: Duration,
+}
+
+impl Bar {
+    pub fn new(name: &str, total: u64, mode: Mode) -> Bar {
+        match mode {
+            Mode::Bars => {
+                let pb = ProgressBar::with_draw_target(Some(total), ProgressDrawTarget::stderr());
+                let style = ProgressStyle::with_template(
+                    "{prefix:>10} [{bar:30}] {bytes}/{total_bytes} {binary_bytes_per_sec} ETA {eta}",
+                )
+                .unwrap_or_else(|_| ProgressStyle::default_bar())
+                .progress_chars("=> ");
+                pb.set_style(style);
+                pb.set_prefix(name.to_string());
+                Bar {
+                    name: name.into(),
+                    total,
+                    bar: Some(pb),
+                    plain: None,
+                    every: Duration::ZERO,
+                }
+            }
+            Mode::Lines => Bar {
+                name: name.into(),
+                total,
+                bar: None,
+                plain: Some(Mutex::new(Plain {
+                    last_print: Instant::now(),
+                    pos: 0,
+                    started: Instant::now(),
+                })),
+                every: Duration::from_secs(5),
+            },
+            Mode::Quiet => Bar::hidden(),
+        }
+    }
+
+    pub fn hidden() -> Bar {
+        Bar {
+            name: String::new(),
+            total: 0,
+            bar: None,
+            plain: None,
+            every: Duration::ZERO,
+        }
+    }
+
+    pub fn set_position(&self, pos: u64) {
+        if let Some(b) = &self.bar {
+            b.set_position(pos);
+            b.reset_eta();
+        }
+        if let Some(p) = &self.plain
+            && let Ok(mut p) = p.lock()
+        {
+            p.pos = pos;
+        }
+    }
+
+    pub fn inc(&self, n: u64) {
+        if let Some(b) = &self.bar {
+            b.inc(n);
+        }
+        if let Some(p) = &self.plain
+            && let Ok(mut p) = p.lock()
+        {
+            p.pos += n;
+            if p.last_print.elapsed() >= self.every {
+                p.last_print = Instant::now();
+                eprintln!("{}", self.line(p.pos, p.started.elapsed()));
+            }
+        }
+    }
+
+    fn line(&self, pos: u64, elapsed: Duration) -> String {
+        let pct = if self.total > 0 {
+            pos as f64 * 100.0 / self.total as f64
+        } else {
+            100.0
+        };
+        let rate = pos as f64 / elapsed.as_secs_f64().max(0.001);
+        let eta = if rate > 0.0 && self.total > pos {
+            let s = ((self.total - pos) as f64 / rate) as u64;
+            format!(", ETA {}:{:02}:{:02}", s / 3600, (s / 60) % 60, s % 60)
+        } else {
+            String::new()
+        };
+        format!(
+            "{}: {} / {} ({pct:.0}%), {}/s{eta}",
+            self.name,
+            human_bytes(pos),
+            human_bytes(self.total),
+            human_bytes(rate as u64)
+        )
+    }
+
+    /// Prints a message without tearing the bar.
+    pub fn println(&self, msg: &str) {
+        match &self.bar {
+            Some(b) => b.println(msg),
+            None => eprintln!("{msg}"),
+        }
+    }
+
+    pub fn finish(&self) {
+        if let Some(b) = &self.bar {
+            b.finish_and_clear();
+        }
+    }
+}
+
+/// Prints a status message to stderr (progress and logs go there, so `rescue cat`
+/// keeps stdout clean).
+pub fn note(msg: &str) {
+    eprintln!("{msg}");
+}

@@ -1,0 +1,403 @@
+//! A protocol connection over any byte stream: a reader thread that turns bytes
+//! into frames, a keepalive thread so a busy peer is not mistaken for a dead one,
+//! and request/response helpers that survive a corrupted message.
+
+use std::io::{self, Read, Write};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::mpsc::{self, Receiver, RecvTimeoutError, SyncSender};
+use std::sync::{Arc, Mutex};
+use std::thread::{self, JoinHandle};
+use std::time::{Duration, Instant};
+
+use anyhow::{Result, bail};
+
+use super::frame::{self, Frame, FrameError, FrameReader, Header, Read1};
+use super::msg::{self, ErrorMsg, kind};
+use crate::exit::{self, Exit};
+use crate::transport::Stream;
+
+/// How often each side proves it is alive while it has nothing else to say.
+const KEEPALIVE: Duration = Duration::from_secs(2);
+/// A request is sent again when no answer came in this long (and the peer lives).
+const REQUEST_RETRY: Duration = Duration::from_secs(20);
+
+/// A chunk ready to be sent, produced by the local read/hash pipeline.
+#[derive(Debug)]
+pub struct OutChunk {
+    pub offset: u64,
+    pub len: u32,
+    pub zero: bool,
+    pub sha256: [u8; 32],
+    pub bad: Vec<(u32, u32)>,
+    pub data: Vec<u8>,
+}
+
+/// Everything the main loop of a session waits for, in one queue.
+#[derive(Debug)]
+pub enum Event {
+    Frame(Frame),
+    /// The stream ended or failed; no more frames will come.
+    Closed(Closed),
+    /// From the local pipeline: the next chunk to send.
+    Chunk(OutChunk),
+    /// The local pipeline has produced every chunk.
+    SourceDone,
+    /// The local pipeline failed (source unreadable as a whole, store bitrot, ...).
+    SourceFailed(String),
+}
+
+#[derive(Debug, Clone)]
+pub enum Closed {
+    /// The peer closed its end (EOF).
+    Eof,
+    /// The cable or the peer is gone (ENXIO, reset).
+    Gone(String),
+    /// The peer speaks something we cannot read.
+    Protocol(String),
+    /// We stopped reading (shutdown).
+    Stopped,
+}
+
+impl Closed {
+    /// The error a user sees when the stream ends in the middle of something.
+    pub fn into_error(self, doing: &str) -> anyhow::Error {
+        match self {
+            Closed::Eof => Exit::new(
+                exit::PEER_GONE,
+                format!(
+                    "the peer closed the connection while {doing}; run the same command again to resume"
+                ),
+            )
+            .into(),
+            Closed::Gone(why) => Exit::new(
+                exit::PEER_GONE,
+                format!(
+                    "the peer is gone while {doing} ({why}): is the cable plugged in and rescue running on the other machine? Run the same command again to resume"
+                ),
+            )
+            .into(),
+            Closed::Protocol(why) => anyhow::anyhow!("protocol error while {doing}: {why}"),
+            Closed::Stopped => Exit::new(exit::INTERRUPTED, "interrupted").into(),
+        }
+    }
+}
+
+/// Counters a session reports at the end.
+#[derive(Debug, Default)]
+pub struct Stats {
+    pub bytes_out: AtomicU64,
+    pub bytes_in: AtomicU64,
+    pub corrupt_frames: AtomicU64,
+    pub skipped_bytes: AtomicU64,
+}
+
+pub struct Conn {
+    writer: Arc<Mutex<Box<dyn Write + Send>>>,
+    events: Receiver<Event>,
+    sender: SyncSender<Event>,
+    stop: Arc<AtomicBool>,
+    threads: Vec<JoinHandle<()>>,
+    pub stats: Arc<Stats>,
+    /// The last answer we gave, to repeat when the same request comes again.
+    reply_cache: Option<(u8, u32, Header, Vec<u8>)>,
+    closed: Option<Closed>,
+    stream: Stream,
+}
+
+fn classify(e: &io::Error) -> Closed {
+    match e.raw_os_error() {
+        Some(libc::ENXIO) => Closed::Gone("no such device: cable unplugged or peer gone".into()),
+        Some(libc::ECONNRESET) | Some(libc::EPIPE) => Closed::Gone("connection reset".into()),
+        Some(libc::ESHUTDOWN) | Some(libc::ENODEV) => Closed::Gone(e.to_string()),
+        _ => Closed::Gone(e.to_string()),
+    }
+}
+
+impl Conn {
+    /// Starts the reader and keepalive threads on an open stream.
+    pub fn new(stream: Stream) -> Result<Conn> {
+        let (sender, events) = mpsc::sync_channel(24);
+        let stop = Arc::new(AtomicBool::new(false));
+        let stats = Arc::new(Stats::default());
+        let reader = stream.reader(stop.clone())?;
+        let writer: Arc<Mutex<Box<dyn Write + Send>>> = Arc::new(Mutex::new(stream.writer()?));
+        let last_tx = Arc::new(Mutex::new(Instant::now()));
+
+        let mut threads = Vec::new();
+        {
+            let sender = sender.clone();
+            let stats = stats.clone();
+            threads.push(
+                thread::Builder::new()
+                    .name("rx".into())
+                    .spawn(move || read_loop(reader, sender, stats))?,
+            );
+        }
+        {
+            let writer = writer.clone();
+            let stop = stop.clone();
+            threads.push(
+                thread::Builder::new()
+                    .name("keepalive".into())
+                    .spawn(move || keepalive_loop(writer, stop, last_tx))?,
+            );
+        }
+        Ok(Conn {
+            writer,
+            events,
+            sender,
+            stop,
+            threads,
+            stats,
+            reply_cache: None,
+            closed: None,
+            stream,
+        })
+    }
+
+    /// A handle through which local producers (the read pipeline) queue events.
+    pub fn event_sender(&self) -> SyncSender<Event> {
+        self.sender.clone()
+    }
+
+    /// Sends one frame.
+    pub fn send(&self, header: Header, payload: &[u8]) -> Result<()> {
+        let mut w = self
+            .writer
+            .lock()
+            .map_err(|_| anyhow::anyhow!("writer lock poisoned"))?;
+        frame::write_frame(&mut *w, header, payload).map_err(|e| {
+            let closed = classify(&e);
+            closed.into_error("sending")
+        })?;
+        self.stats
+            .bytes_out
+            .fetch_add((frame::HEADER_LEN + payload.len()) as u64, Ordering::Relaxed);
+        Ok(())
+    }
+
+    /// Sends a control message with a JSON body.
+    pub fn send_json<T: serde::Serialize>(&self, k: u8, body: &T) -> Result<()> {
+        self.send(Header::new(k, 0, 0), &msg::to_json(body))
+    }
+
+    /// Sends an error for the peer to print, ignoring failures (we are failing already).
+    pub fn send_error(&self, code: &str, message: &str) {
+        let _ = self.send_json(
+            kind::ERROR,
+            &ErrorMsg {
+                code: code.into(),
+                message: message.into(),
+            },
+        );
+    }
+
+    /// Waits for the next event. `None` after `timeout`.
+    pub fn next_event(&mut self, timeout: Duration) -> Option<Event> {
+        if let Some(c) = &self.closed {
+            return Some(Event::Closed(c.clone()));
+        }
+        match self.events.recv_timeout(timeout) {
+            Ok(Event::Closed(c)) => {
+                self.closed = Some(c.clone());
+                Some(Event::Closed(c))
+            }
+            Ok(ev) => Some(ev),
+            Err(RecvTimeoutError::Timeout) => None,
+            Err(RecvTimeoutError::Disconnected) => Some(Event::Closed(Closed::Stopped)),
+        }
+    }
+
+    /// Waits for a control message of one of `kinds` (ERROR becomes an error).
+    /// Other frames are handed to `other` (e.g. stale chunk acks); corrupted ones
+    /// are counted and make `on_corrupt` run (to repeat a request).
+    pub fn wait_control(
+        &mut self,
+        kinds: &[u8],
+        doing: &str,
+        mut on_retry: impl FnMut(&Conn) -> Result<()>,
+    ) -> Result<Frame> {
+        let mut last = Instant::now();
+        loop {
+            match self.next_event(Duration::from_millis(500)) {
+                Some(Event::Frame(f)) => {
+                    if !f.intact {
+                        self.stats.corrupt_frames.fetch_add(1, Ordering::Relaxed);
+                        on_retry(self)?;
+                        last = Instant::now();
+                        continue;
+                    }
+                    if f.header.kind == kind::ERROR {
+                        return Err(peer_error(&f));
+                    }
+                    if kinds.contains(&f.header.kind) {
+                        return Ok(f);
+                    }
+                    if f.header.kind == kind::BYE {
+                        return Err(Closed::Eof.into_error(doing));
+                    }
+                }
+                Some(Event::Closed(c)) => return Err(c.into_error(doing)),
+                Some(_) => {}
+                None => {
+                    if last.elapsed() > REQUEST_RETRY {
+                        on_retry(self)?;
+                        last = Instant::now();
+                    }
+                }
+            }
+        }
+    }
+
+    /// Sends a request and waits for its answer, repeating it when a message was
+    /// lost to corruption.
+    pub fn request<T: serde::Serialize>(
+        &mut self,
+        k: u8,
+        body: &T,
+        answers: &[u8],
+        doing: &str,
+    ) -> Result<Frame> {
+        let payload = msg::to_json(body);
+        self.send(Header::new(k, 0, 0), &payload)?;
+        self.wait_control(answers, doing, |c| c.send(Header::new(k, 0, 0), &payload))
+    }
+
+    /// Answers a request and remembers the answer for a repeated request.
+    pub fn reply(&mut self, request: &Frame, header: Header, payload: Vec<u8>) -> Result<()> {
+        self.send(header, &payload)?;
+        self.reply_cache = Some((
+            request.header.kind,
+            request.header.payload_crc,
+            header,
+            payload,
+        ));
+        Ok(())
+    }
+
+    pub fn reply_json<T: serde::Serialize>(&mut self, request: &Frame, k: u8, body: &T) -> Result<()> {
+        self.reply(request, Header::new(k, 0, 0), msg::to_json(body))
+    }
+
+    /// If `request` repeats the last one answered, answers it again and says so.
+    pub fn answered_before(&self, request: &Frame) -> Result<bool> {
+        if let Some((k, crc, h, p)) = &self.reply_cache
+            && *k == request.header.kind
+            && *crc == request.header.payload_crc
+        {
+            self.send(*h, p)?;
+            return Ok(true);
+        }
+        Ok(false)
+    }
+
+    /// Says goodbye and stops the threads. The peer reads BYE, then EOF.
+    pub fn close(mut self) {
+        let _ = self.send(Header::new(kind::BYE, 0, 0), &[]);
+        self.shutdown();
+    }
+
+    fn shutdown(&mut self) {
+        self.stop.store(true, Ordering::SeqCst);
+        self.stream.shutdown();
+        // Drain so a reader blocked on a full queue can see the stop flag.
+        while self.events.try_recv().is_ok() {}
+        for t in self.threads.drain(..) {
+            while !t.is_finished() {
+                while self.events.try_recv().is_ok() {}
+                thread::sleep(Duration::from_millis(5));
+            }
+            let _ = t.join();
+        }
+    }
+}
+
+impl Drop for Conn {
+    fn drop(&mut self) {
+        self.shutdown();
+    }
+}
+
+/// The message of an ERROR frame from the peer, as an error.
+pub fn peer_error(f: &Frame) -> anyhow::Error {
+    match msg::from_json::<ErrorMsg>(f) {
+        Ok(e) => {
+            let code = match e.code.as_str() {
+                "refused" => exit::REFUSED,
+                "verify" => exit::VERIFY_FAILED,
+                _ => exit::ERROR,
+            };
+            Exit::new(code, format!("the peer reports: {}", e.message)).into()
+        }
+        Err(err) => err,
+    }
+}
+
+fn read_loop(reader: Box<dyn Read + Send>, sender: SyncSender<Event>, stats: Arc<Stats>) {
+    let mut fr = FrameReader::new(reader);
+    loop {
+        let ev = match fr.read_frame() {
+            Ok(Read1::Frame(f)) => {
+                stats
+                    .bytes_in
+                    .fetch_add((frame::HEADER_LEN + f.payload.len()) as u64, Ordering::Relaxed);
+                stats.skipped_bytes.store(fr.skipped, Ordering::Relaxed);
+                if f.header.kind == kind::PING && f.intact {
+                    continue;
+                }
+                Event::Frame(f)
+            }
+            Ok(Read1::Eof) => Event::Closed(Closed::Eof),
+            Err(FrameError::Io(e)) if e.kind() == io::ErrorKind::Other && e.to_string() == crate::transport::STOPPED => {
+                Event::Closed(Closed::Stopped)
+            }
+            Err(FrameError::Io(e)) => Event::Closed(classify(&e)),
+            Err(e) => Event::Closed(Closed::Protocol(e.to_string())),
+        };
+        let end = matches!(ev, Event::Closed(_));
+        if sender.send(ev).is_err() || end {
+            return;
+        }
+    }
+}
+
+fn keepalive_loop(
+    writer: Arc<Mutex<Box<dyn Write + Send>>>,
+    stop: Arc<AtomicBool>,
+    _last_tx: Arc<Mutex<Instant>>,
+) {
+    let mut next = Instant::now() + KEEPALIVE;
+    while !stop.load(Ordering::SeqCst) {
+        thread::sleep(Duration::from_millis(100));
+        if Instant::now() < next {
+            continue;
+        }
+        next = Instant::now() + KEEPALIVE;
+        let Ok(mut w) = writer.lock() else { return };
+        if frame::write_frame(&mut *w, Header::new(kind::PING, 0, 0), &[]).is_err() {
+            return;
+        }
+    }
+}
+
+/// Waits for the peer's first message of `kind` after connecting, with a deadline.
+pub fn expect_within(conn: &mut Conn, k: u8, within: Duration, doing: &str) -> Result<Frame> {
+    let deadline = Instant::now() + within;
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            bail!("no answer from the peer while {doing} (waited {}s)", within.as_secs());
+        }
+        match conn.next_event(left.min(Duration::from_millis(500))) {
+            Some(Event::Frame(f)) if f.intact && f.header.kind == k => return Ok(f),
+            Some(Event::Frame(f)) if f.intact && f.header.kind == kind::ERROR => {
+                return Err(peer_error(&f));
+            }
+            Some(Event::Frame(f)) if !f.intact => {
+                conn.stats.corrupt_frames.fetch_add(1, Ordering::Relaxed);
+            }
+            Some(Event::Closed(c)) => return Err(c.into_error(doing)),
+            _ => {}
+        }
+    }
+}

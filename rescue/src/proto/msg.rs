@@ -1,0 +1,384 @@
+//! Messages of protocol v1: their type numbers, the JSON bodies of control
+//! messages and the binary layout of data chunks. See docs/protocol.md.
+
+use serde::{Deserialize, Serialize};
+
+use super::frame::Frame;
+
+/// Message types (the `kind` byte of a frame header).
+pub mod kind {
+    pub const HELLO: u8 = 1;
+    pub const ERROR: u8 = 2;
+    pub const BACKUP_BEGIN: u8 = 3;
+    pub const BACKUP_READY: u8 = 4;
+    pub const CHUNK: u8 = 5;
+    pub const ACK: u8 = 6;
+    pub const NAK: u8 = 7;
+    pub const DISK_END: u8 = 8;
+    pub const DISK_DONE: u8 = 9;
+    pub const SESSION_END: u8 = 10;
+    pub const SESSION_DONE: u8 = 11;
+    pub const LIST: u8 = 12;
+    pub const LISTING: u8 = 13;
+    pub const RESTORE_BEGIN: u8 = 14;
+    pub const RESTORE_READY: u8 = 15;
+    pub const PING: u8 = 16;
+    pub const BYE: u8 = 17;
+
+    pub fn name(k: u8) -> &'static str {
+        match k {
+            HELLO => "HELLO",
+            ERROR => "ERROR",
+            BACKUP_BEGIN => "BACKUP_BEGIN",
+            BACKUP_READY => "BACKUP_READY",
+            CHUNK => "CHUNK",
+            ACK => "ACK",
+            NAK => "NAK",
+            DISK_END => "DISK_END",
+            DISK_DONE => "DISK_DONE",
+            SESSION_END => "SESSION_END",
+            SESSION_DONE => "SESSION_DONE",
+            LIST => "LIST",
+            LISTING => "LISTING",
+            RESTORE_BEGIN => "RESTORE_BEGIN",
+            RESTORE_READY => "RESTORE_READY",
+            PING => "PING",
+            BYE => "BYE",
+            _ => "unknown",
+        }
+    }
+}
+
+/// Chunk flag: the chunk is all zeros and carries no data.
+pub const FLAG_ZERO: u16 = 1;
+
+/// Largest JSON body accepted for a control message.
+pub const MAX_CONTROL: usize = 4 * 1024 * 1024;
+
+/// Who a peer is. Both sides print the other's identity.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Identity {
+    pub hostname: String,
+    #[serde(default)]
+    pub machine_id: String,
+    #[serde(default)]
+    pub dmi_vendor: String,
+    #[serde(default)]
+    pub dmi_product: String,
+    #[serde(default)]
+    pub dmi_serial: String,
+    pub tool_version: String,
+}
+
+impl Identity {
+    /// "hostB (Dell Inc. XPS 13, serial ABC)".
+    pub fn describe(&self) -> String {
+        let mut hw = Vec::new();
+        for s in [&self.dmi_vendor, &self.dmi_product] {
+            if !s.is_empty() {
+                hw.push(s.as_str());
+            }
+        }
+        let mut out = self.hostname.clone();
+        if !hw.is_empty() || !self.dmi_serial.is_empty() {
+            out.push_str(" (");
+            out.push_str(&hw.join(" "));
+            if !self.dmi_serial.is_empty() {
+                if !hw.is_empty() {
+                    out.push_str(", ");
+                }
+                out.push_str("serial ");
+                out.push_str(&self.dmi_serial);
+            }
+            out.push(')');
+        }
+        out.push_str(&format!(", rescue {}", self.tool_version));
+        out
+    }
+}
+
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum Role {
+    Serve,
+    Backup,
+    Restore,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Hello {
+    pub protocol: u32,
+    pub min_protocol: u32,
+    pub role: Role,
+    pub identity: Identity,
+}
+
+/// An error that crosses the wire: the peer prints `message` and stops.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ErrorMsg {
+    /// Machine-readable: "no_space", "bad_request", "not_found", "busy", "io", ...
+    pub code: String,
+    pub message: String,
+}
+
+/// Describes one disk of a backup.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct DiskInfo {
+    /// Short name as on the source machine ("nvme0n1", or an image file's stem).
+    pub name: String,
+    /// Where it was read from ("/dev/nvme0n1").
+    pub source_path: String,
+    pub size: u64,
+    pub logical_sector_size: u32,
+    #[serde(default)]
+    pub model: Option<String>,
+    #[serde(default)]
+    pub serial: Option<String>,
+    /// Full metadata from `rescue disks` when the source is a block device.
+    #[serde(default)]
+    pub details: Option<serde_json::Value>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct BackupBegin {
+    pub label: Option<String>,
+    pub chunk_size: u32,
+    pub fresh: bool,
+    pub disks: Vec<DiskInfo>,
+}
+
+/// Ranges of chunk indices [start, end) the receiver already holds, verified.
+pub type ChunkRanges = Vec<(u64, u64)>;
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct BackupReady {
+    pub backup_id: String,
+    /// Where the receiver keeps it, for the user's information.
+    pub location: String,
+    pub resumed: bool,
+    /// Per disk (same order as BACKUP_BEGIN): chunks already verified.
+    pub have: Vec<ChunkRanges>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct DiskEnd {
+    pub disk: u32,
+    pub bytes_read: u64,
+    pub unreadable_bytes: u64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct DiskDone {
+    pub disk: u32,
+    pub ok: bool,
+    /// SHA-256 of the whole image as stored.
+    pub sha256: String,
+    pub message: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct SessionEnd {
+    pub ok: bool,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct SessionDone {
+    pub ok: bool,
+    pub message: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ListReq {
+    /// Only backups of this host (by hostname), or all when None.
+    pub host: Option<String>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct BackupSummary {
+    pub host: String,
+    pub backup_id: String,
+    pub label: Option<String>,
+    pub status: String,
+    pub created: String,
+    pub finished: Option<String>,
+    pub machine_id: String,
+    pub disks: Vec<DiskSummary>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct DiskSummary {
+    pub name: String,
+    pub size: u64,
+    pub model: Option<String>,
+    pub serial: Option<String>,
+    pub sha256: Option<String>,
+    pub unreadable_bytes: u64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Listing {
+    pub backups: Vec<BackupSummary>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct RestoreBegin {
+    pub host: String,
+    pub backup_id: String,
+    /// Names of the disks wanted, in the order the chunks should come.
+    pub disks: Vec<String>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct RestoreReady {
+    pub chunk_size: u32,
+    pub disks: Vec<DiskSummary>,
+}
+
+/// Encodes a control body.
+pub fn to_json<T: Serialize>(v: &T) -> Vec<u8> {
+    // Serialising our own plain structs cannot fail; an empty body would be
+    // rejected by the peer with a clear message anyway.
+    serde_json::to_vec(v).unwrap_or_default()
+}
+
+/// Decodes a control body, naming the message in the error.
+pub fn from_json<T: for<'de> Deserialize<'de>>(frame: &Frame) -> anyhow::Result<T> {
+    if frame.payload.len() > MAX_CONTROL {
+        anyhow::bail!(
+            "peer sent a {}-byte {} message (limit {MAX_CONTROL})",
+            frame.payload.len(),
+            kind::name(frame.header.kind)
+        );
+    }
+    serde_json::from_slice(&frame.payload).map_err(|e| {
+        anyhow::anyhow!(
+            "peer sent a malformed {} message: {e}",
+            kind::name(frame.header.kind)
+        )
+    })
+}
+
+/// The binary body of a CHUNK: digest, length, unreadable ranges, then data.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ChunkBody {
+    pub sha256: [u8; 32],
+    pub len: u32,
+    /// Unreadable byte ranges inside the chunk, relative to its start (filled with zeros).
+    pub bad: Vec<(u32, u32)>,
+    /// Empty for a zero chunk (FLAG_ZERO).
+    pub data: Vec<u8>,
+}
+
+pub const CHUNK_FIXED: usize = 32 + 4 + 4;
+/// More bad ranges than sectors in the largest chunk cannot be real.
+const MAX_BAD_RANGES: usize = 16 * 1024;
+
+impl ChunkBody {
+    /// Serialises digest, length and bad ranges, followed by `data`.
+    pub fn encode_prefix(sha256: &[u8; 32], len: u32, bad: &[(u32, u32)]) -> Vec<u8> {
+        let mut v = Vec::with_capacity(CHUNK_FIXED + bad.len() * 8);
+        v.extend_from_slice(sha256);
+        v.extend_from_slice(&len.to_le_bytes());
+        v.extend_from_slice(&(bad.len() as u32).to_le_bytes());
+        for (o, l) in bad {
+            v.extend_from_slice(&o.to_le_bytes());
+            v.extend_from_slice(&l.to_le_bytes());
+        }
+        v
+    }
+
+    /// Parses a chunk body; `zero` says whether data is expected. Every length is
+    /// checked against the payload, so hostile input gives an error, not a panic.
+    pub fn decode(mut payload: Vec<u8>, zero: bool, max_len: u32) -> Result<ChunkBody, String> {
+        if payload.len() < CHUNK_FIXED {
+            return Err(format!("chunk body too short ({} bytes)", payload.len()));
+        }
+        let mut sha256 = [0u8; 32];
+        sha256.copy_from_slice(&payload[0..32]);
+        let len = u32::from_le_bytes([payload[32], payload[33], payload[34], payload[35]]);
+        let nbad = u32::from_le_bytes([payload[36], payload[37], payload[38], payload[39]]) as usize;
+        if len == 0 || len > max_len {
+            return Err(format!("chunk length {len} outside 1..={max_len}"));
+        }
+        if nbad > MAX_BAD_RANGES || CHUNK_FIXED + nbad * 8 > payload.len() {
+            return Err(format!("chunk claims {nbad} unreadable ranges"));
+        }
+        let mut bad = Vec::with_capacity(nbad);
+        for i in 0..nbad {
+            let p = CHUNK_FIXED + i * 8;
+            let o = u32::from_le_bytes([payload[p], payload[p + 1], payload[p + 2], payload[p + 3]]);
+            let l = u32::from_le_bytes([
+                payload[p + 4],
+                payload[p + 5],
+                payload[p + 6],
+                payload[p + 7],
+            ]);
+            if l == 0 || u64::from(o) + u64::from(l) > u64::from(len) {
+                return Err(format!("unreadable range {o}+{l} outside the chunk"));
+            }
+            bad.push((o, l));
+        }
+        let data_start = CHUNK_FIXED + nbad * 8;
+        let data_len = payload.len() - data_start;
+        if zero {
+            if data_len != 0 {
+                return Err("zero chunk carries data".into());
+            }
+            payload.clear();
+        } else {
+            if data_len != len as usize {
+                return Err(format!("chunk says {len} bytes but carries {data_len}"));
+            }
+            payload.drain(..data_start);
+        }
+        Ok(ChunkBody {
+            sha256,
+            len,
+            bad,
+            data: payload,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn chunk_roundtrip() {
+        let sha = [7u8; 32];
+        let mut p = ChunkBody::encode_prefix(&sha, 4, &[(1, 2)]);
+        p.extend_from_slice(b"abcd");
+        let c = ChunkBody::decode(p, false, 1 << 20).unwrap();
+        assert_eq!(c.data, b"abcd");
+        assert_eq!(c.bad, vec![(1, 2)]);
+        assert_eq!(c.sha256, sha);
+    }
+
+    #[test]
+    fn chunk_rejects_hostile_lengths() {
+        let sha = [0u8; 32];
+        let p = ChunkBody::encode_prefix(&sha, 4, &[]);
+        assert!(ChunkBody::decode(p.clone(), false, 1 << 20).is_err());
+        assert!(ChunkBody::decode(p[..10].to_vec(), false, 1 << 20).is_err());
+        let mut p = ChunkBody::encode_prefix(&sha, 4, &[(3, 9)]);
+        p.extend_from_slice(b"abcd");
+        assert!(ChunkBody::decode(p, false, 1 << 20).is_err());
+        let mut p = ChunkBody::encode_prefix(&sha, u32::MAX, &[]);
+        p[36..40].copy_from_slice(&u32::MAX.to_le_bytes());
+        assert!(ChunkBody::decode(p, true, 1 << 20).is_err());
+    }
+
+    #[test]
+    fn identity_description() {
+        let id = Identity {
+            hostname: "hostb".into(),
+            dmi_vendor: "ACME".into(),
+            dmi_product: "Box 9".into(),
+            dmi_serial: "S1".into(),
+            tool_version: "0.1.0".into(),
+            ..Default::default()
+        };
+        assert_eq!(id.describe(), "hostb (ACME Box 9, serial S1), rescue 0.1.0");
+    }
+}

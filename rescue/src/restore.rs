@@ -1,0 +1,506 @@
+//! `rescue restore`: write a backup the peer holds onto local disks, after
+//! safety checks (size, mounted, held, exclusive open) and a confirmation.
+
+use std::fs::{File, OpenOptions};
+use std::io::IsTerminal;
+use std::os::unix::fs::{FileExt, OpenOptionsExt};
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use anyhow::{Context, Result};
+use sha2::{Digest, Sha256};
+
+use crate::Root;
+use crate::blkdev;
+use crate::cli::RestoreArgs;
+use crate::exit::{self, Exit};
+use crate::progress::{self, Bar};
+use crate::proto::frame::Header;
+use crate::proto::msg::{
+    self, BackupSummary, DiskDone, DiskSummary, ListReq, Listing, RestoreBegin, RestoreReady,
+    Role, SessionEnd, kind,
+};
+use crate::session::{self, Session};
+use crate::store::image::punch_or_zero;
+use crate::util::{hex, human_bytes};
+use crate::xfer::{self, Geometry, Sink, SinkPipeline, Verified};
+
+/// A local disk or file about to be overwritten.
+pub struct Target {
+    pub spec: String,
+    pub path: PathBuf,
+    pub file: File,
+    pub size: u64,
+    pub block: bool,
+    pub description: String,
+    created: bool,
+}
+
+fn refuse(msg: String) -> anyhow::Error {
+    Exit::new(exit::REFUSED, msg).into()
+}
+
+/// Opens a restore target after the safety checks. `need` is the image size.
+pub fn open_target(root: &Root, spec: &str, need: u64) -> Result<Target> {
+    let path = if spec.contains('/') {
+        if Path::new(spec).is_absolute() && !root.is_host() {
+            root.path(spec)
+        } else {
+            PathBuf::from(spec)
+        }
+    } else {
+        root.path(format!("/dev/{spec}"))
+    };
+    let meta = std::fs::metadata(&path);
+    let is_block = meta
+        .as_ref()
+        .is_ok_and(|m| std::os::unix::fs::FileTypeExt::is_block_device(&m.file_type()));
+    if is_block {
+        let name = std::fs::canonicalize(&path)
+            .ok()
+            .and_then(|p| p.file_name().map(|n| n.to_string_lossy().into_owned()))
+            .unwrap_or_else(|| spec.to_string());
+        let disk = crate::disks::find(root, &name).ok();
+        if let Some(d) = &disk
+            && let Some(why) = d.busy_reason()
+        {
+            return Err(refuse(format!(
+                "refusing to restore onto {spec}: {why}; unmount it (and stop what holds it) first"
+            )));
+        }
+        // O_EXCL on a block device fails with EBUSY while anything has it mounted
+        // or claimed: the kernel's own answer to "is it in use".
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .custom_flags(libc::O_EXCL | libc::O_CLOEXEC)
+            .open(&path)
+            .map_err(|e| match e.raw_os_error() {
+                Some(libc::EBUSY) => refuse(format!(
+                    "refusing to restore onto {spec}: it is in use (mounted, part of a RAID/LVM, or open elsewhere)"
+                )),
+                _ => anyhow::Error::new(e).context(format!("opening {spec} for writing")),
+            })?;
+        let size = blkdev::size_of(&file)?;
+        if size < need {
+            return Err(refuse(format!(
+                "refusing to restore onto {spec}: it holds {} ({size} bytes) but the image is {} ({need} bytes)",
+                human_bytes(size),
+                human_bytes(need)
+            )));
+        }
+        let description = match &disk {
+            Some(d) => format!(
+                "{} ({}, serial {}, {})",
+                path.display(),
+                d.model.as_deref().unwrap_or("unknown model"),
+                d.serial.as_deref().unwrap_or("unknown"),
+                human_bytes(size)
+            ),
+            None => format!("{} ({})", path.display(), human_bytes(size)),
+        };
+        return Ok(Target {
+            spec: spec.into(),
+            path,
+            file,
+            size,
+            block: true,
+            description,
+            created: false,
+        });
+    }
+    match meta {
+        Ok(m) if m.is_file() => {
+            if m.len() < need {
+                return Err(refuse(format!(
+                    "refusing to restore onto {spec}: the file holds {} ({} bytes) but the image is {} ({need} bytes); make it at least that large (truncate -s {need} {spec})",
+                    human_bytes(m.len()),
+                    m.len(),
+                    human_bytes(need)
+                )));
+            }
+            let file = OpenOptions::new()
+                .read(true)
+                .write(true)
+                .open(&path)
+                .with_context(|| format!("opening {spec} for writing"))?;
+            Ok(Target {
+                spec: spec.into(),
+                description: format!("{} (image file, {})", path.display(), human_bytes(m.len())),
+                path,
+                file,
+                size: m.len(),
+                block: false,
+                created: false,
+            })
+        }
+        Ok(_) => Err(refuse(format!("{spec} is neither a disk nor a regular file"))),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound && spec.contains('/') => {
+            let file = OpenOptions::new()
+                .read(true)
+                .write(true)
+                .create_new(true)
+                .open(&path)
+                .with_context(|| format!("creating {spec}"))?;
+            file.set_len(need).with_context(|| format!("sizing {spec}"))?;
+            Ok(Target {
+                spec: spec.into(),
+                description: format!("{} (new image file)", path.display()),
+                path,
+                file,
+                size: need,
+                block: false,
+                created: true,
+            })
+        }
+        Err(e) => Err(anyhow::Error::new(e).context(format!(
+            "{spec}: no such disk (`rescue disks` lists them)"
+        ))),
+    }
+}
+
+/// Writes verified chunks onto the target.
+struct TargetSink {
+    file: File,
+    block: bool,
+    fresh_file: bool,
+}
+
+impl Sink for TargetSink {
+    fn write(&mut self, c: &Verified) -> Result<()> {
+        if c.zero {
+            if self.fresh_file {
+                return Ok(());
+            }
+            if self.block {
+                if !blkdev::zero_out(&self.file, c.offset, u64::from(c.len)) {
+                    let z = vec![0u8; c.len as usize];
+                    self.file.write_all_at(&z, c.offset).context("writing zeros")?;
+                }
+                return Ok(());
+            }
+            return punch_or_zero(&self.file, c.offset, u64::from(c.len));
+        }
+        self.file
+            .write_all_at(&c.data, c.offset)
+            .with_context(|| format!("writing at offset {}", c.offset))
+    }
+
+    fn checkpoint(&mut self) -> Result<()> {
+        Ok(())
+    }
+}
+
+fn list(s: &mut Session, host: Option<String>) -> Result<Vec<BackupSummary>> {
+    let f = s
+        .conn
+        .request(kind::LIST, &ListReq { host }, &[kind::LISTING], "listing backups")?;
+    let l: Listing = msg::from_json(&f)?;
+    Ok(l.backups)
+}
+
+fn print_list(backups: &[BackupSummary]) {
+    if backups.is_empty() {
+        println!("the peer holds no backups");
+        return;
+    }
+    println!("{:<20} {:<34} {:<30} disks", "HOST", "BACKUP", "STATUS");
+    for b in backups {
+        let disks: Vec<String> = b
+            .disks
+            .iter()
+            .map(|d| format!("{} ({})", d.name, human_bytes(d.size)))
+            .collect();
+        println!("{:<20} {:<34} {:<30} {}", b.host, b.backup_id, b.status, disks.join(", "));
+    }
+}
+
+fn choose(backups: &[BackupSummary], args: &RestoreArgs, me: &msg::Identity) -> Result<BackupSummary> {
+    let complete = |b: &&BackupSummary| b.status.starts_with("complete");
+    if let Some(id) = &args.backup {
+        let found: Vec<&BackupSummary> = backups.iter().filter(|b| &b.backup_id == id).collect();
+        return match found.len() {
+            1 => Ok(found[0].clone()),
+            0 => Err(Exit::new(
+                exit::USAGE,
+                format!("the peer has no backup {id} (`rescue restore --list` shows them)"),
+            )
+            .into()),
+            _ => Err(Exit::new(
+                exit::USAGE,
+                format!("several hosts have a backup {id}: add --host"),
+            )
+            .into()),
+        };
+    }
+    let host = args.host.clone().unwrap_or_else(|| me.hostname.clone());
+    let host = crate::store::names::sanitize(&host, "host");
+    let mine = backups
+        .iter()
+        .filter(complete)
+        .find(|b| b.host == host || (!me.machine_id.is_empty() && b.machine_id == me.machine_id));
+    match mine {
+        Some(b) => Ok(b.clone()),
+        None => {
+            let hosts: std::collections::BTreeSet<&str> =
+                backups.iter().map(|b| b.host.as_str()).collect();
+            Err(Exit::new(
+                exit::USAGE,
+                format!(
+                    "the peer holds no complete backup of {host}; it has backups of: {}. Choose with --host or --backup (see --list)",
+                    if hosts.is_empty() { "nothing".to_string() } else { hosts.into_iter().collect::<Vec<_>>().join(", ") }
+                ),
+            )
+            .into())
+        }
+    }
+}
+
+/// Pairs every backed-up disk with a target: --map, else the local disk with
+/// the same serial number, else ask.
+fn map_targets(root: &Root, b: &BackupSummary, args: &RestoreArgs) -> Result<Vec<(DiskSummary, String)>> {
+    let mut maps = std::collections::BTreeMap::new();
+    for m in &args.map {
+        let Some((n, t)) = m.split_once('=') else {
+            return Err(Exit::new(exit::USAGE, format!("--map {m:?} must look like NAME=TARGET")).into());
+        };
+        if !b.disks.iter().any(|d| d.name == n) {
+            return Err(Exit::new(
+                exit::USAGE,
+                format!(
+                    "--map {n}: the backup has no disk {n} (it has {})",
+                    b.disks.iter().map(|d| d.name.as_str()).collect::<Vec<_>>().join(", ")
+                ),
+            )
+            .into());
+        }
+        maps.insert(n.to_string(), t.to_string());
+    }
+    let local = if maps.len() < b.disks.len() {
+        crate::disks::list(root, false).unwrap_or_default()
+    } else {
+        Vec::new()
+    };
+    let mut out = Vec::new();
+    for d in &b.disks {
+        if let Some(t) = maps.get(&d.name) {
+            out.push((d.clone(), t.clone()));
+            continue;
+        }
+        if !args.map.is_empty() {
+            // With an explicit map, unmapped disks are left alone.
+            continue;
+        }
+        let by_serial = d.serial.as_ref().and_then(|s| {
+            local
+                .iter()
+                .find(|l| l.serial.as_deref() == Some(s.as_str()))
+        });
+        match by_serial {
+            Some(l) => out.push((d.clone(), l.name.clone())),
+            None => {
+                if args.yes || !std::io::stdin().is_terminal() {
+                    return Err(Exit::new(
+                        exit::USAGE,
+                        format!(
+                            "no local disk has the serial of {} ({}); say where it goes with --map {}=DISK",
+                            d.name,
+                            d.serial.as_deref().unwrap_or("no serial recorded"),
+                            d.name
+                        ),
+                    )
+                    .into());
+                }
+                eprint!(
+                    "where should {} ({}, {}) go? local disks: {}\ntarget (or empty to skip): ",
+                    d.name,
+                    d.model.as_deref().unwrap_or("unknown model"),
+                    human_bytes(d.size),
+                    local.iter().map(|l| l.name.as_str()).collect::<Vec<_>>().join(", ")
+                );
+                let mut line = String::new();
+                std::io::stdin().read_line(&mut line).context("reading the answer")?;
+                let t = line.trim();
+                if !t.is_empty() {
+                    out.push((d.clone(), t.to_string()));
+                }
+            }
+        }
+    }
+    if out.is_empty() {
+        return Err(Exit::new(exit::USAGE, "nothing to restore: no disk was given a target").into());
+    }
+    Ok(out)
+}
+
+pub fn run(root: &Root, args: &RestoreArgs) -> Result<u8> {
+    let mut s = session::connect(root, &args.connect, Role::Restore)?;
+    if args.list {
+        let all = list(&mut s, args.host.clone())?;
+        print_list(&all);
+        s.close();
+        return Ok(exit::OK);
+    }
+    let backups = list(&mut s, None)?;
+    let chosen = choose(&backups, args, &s.me)?;
+    let pairs = map_targets(root, &chosen, args)?;
+    let mut targets = Vec::new();
+    for (d, t) in &pairs {
+        targets.push(open_target(root, t, d.size)?);
+    }
+    eprintln!(
+        "restore backup {} of {} (taken {}) from {}:",
+        chosen.backup_id,
+        chosen.host,
+        chosen.created,
+        s.peer.identity.hostname
+    );
+    for ((d, _), t) in pairs.iter().zip(&targets) {
+        eprintln!(
+            "  {} ({}, serial {}, {}) -> {}",
+            d.name,
+            d.model.as_deref().unwrap_or("unknown model"),
+            d.serial.as_deref().unwrap_or("unknown"),
+            human_bytes(d.size),
+            t.description
+        );
+        if d.unreadable_bytes > 0 {
+            eprintln!(
+                "    note: {} of this disk could not be read at backup time and will be zeros",
+                human_bytes(d.unreadable_bytes)
+            );
+        }
+    }
+    if !args.yes {
+        if !std::io::stdin().is_terminal() {
+            for t in &targets {
+                cleanup_created(t);
+            }
+            return Err(refuse(
+                "not restoring without confirmation: run it on a terminal or add --yes".into(),
+            ));
+        }
+        if !session::confirm("everything on the targets above will be overwritten. Type 'yes' to continue: ")? {
+            for t in &targets {
+                cleanup_created(t);
+            }
+            return Err(refuse("not confirmed; nothing was written".into()));
+        }
+    }
+    let f = s.conn.request(
+        kind::RESTORE_BEGIN,
+        &RestoreBegin {
+            host: chosen.host.clone(),
+            backup_id: chosen.backup_id.clone(),
+            disks: pairs.iter().map(|(d, _)| d.name.clone()).collect(),
+        },
+        &[kind::RESTORE_READY],
+        "starting the restore",
+    )?;
+    let ready: RestoreReady = msg::from_json(&f)?;
+    let mode = progress::Mode::detect();
+    let mut code = exit::OK;
+    let started = Instant::now();
+    for (i, ((d, _), t)) in pairs.iter().zip(targets.into_iter()).enumerate() {
+        let geo = Geometry {
+            size: d.size,
+            chunk: ready.chunk_size,
+        };
+        let bar = Bar::new(&d.name, d.size, mode);
+        let t0 = Instant::now();
+        let sink = TargetSink {
+            file: t.file.try_clone().context("duplicating the target descriptor")?,
+            block: t.block,
+            fresh_file: t.created,
+        };
+        let pipe = SinkPipeline::start(sink, d.size);
+        let (end_frame, damaged) = xfer::receive_disk(&mut s.conn, i as u32, geo, &Vec::new(), &pipe, &bar)?;
+        bar.finish();
+        let (_sink, whole) = pipe.finish()?;
+        t.file.sync_all().with_context(|| format!("syncing {}", t.spec))?;
+        if t.block
+            && let Err(e) = blkdev::reread_partitions(&t.file)
+        {
+            eprintln!("note: the kernel could not re-read the partition table of {} ({e:#}); reboot or run partprobe", t.spec);
+        }
+        let want = d.sha256.clone().unwrap_or_default();
+        let got = whole.map(|w| hex(&w));
+        let mut ok = got.as_deref().is_none_or(|g| g == want);
+        let mut message = String::new();
+        if !ok {
+            message = format!("image digest {} does not match the backup's {want}", got.unwrap_or_default());
+        }
+        if ok && args.verify {
+            eprintln!("{}: reading {} back to verify", d.name, t.spec);
+            let h = read_back(&t.file, d.size, &Bar::new(&format!("{} verify", d.name), d.size, mode))?;
+            if h != want {
+                ok = false;
+                message = format!("read back {h}, the backup's digest is {want}");
+            }
+        }
+        s.conn.reply(
+            &end_frame,
+            Header::new(kind::DISK_DONE, i as u32, 0),
+            msg::to_json(&DiskDone {
+                disk: i as u32,
+                ok,
+                sha256: want.clone(),
+                message: message.clone(),
+            }),
+        )?;
+        if ok {
+            eprintln!(
+                "{}: written to {} and verified in {:.1}s{}, sha256 {want}",
+                d.name,
+                t.spec,
+                t0.elapsed().as_secs_f64(),
+                if args.verify { " (read back)" } else { "" }
+            );
+            if damaged > 0 {
+                eprintln!("  {damaged} chunk(s) arrived damaged and were sent again");
+            }
+        } else {
+            eprintln!("{}: VERIFICATION FAILED: {message}", d.name);
+            code = exit::VERIFY_FAILED;
+        }
+    }
+    let _ = s.conn.request(
+        kind::SESSION_END,
+        &SessionEnd { ok: code == exit::OK },
+        &[kind::SESSION_DONE],
+        "finishing the restore",
+    );
+    s.close();
+    if code == exit::OK {
+        println!(
+            "restore of {} completed and verified in {:.1}s",
+            chosen.backup_id,
+            started.elapsed().as_secs_f64()
+        );
+    } else {
+        println!("restore FAILED verification; the target disks are not trustworthy");
+    }
+    Ok(code)
+}
+
+fn cleanup_created(t: &Target) {
+    if t.created {
+        let _ = std::fs::remove_file(&t.path);
+    }
+}
+
+/// Reads the first `size` bytes of the target and returns their SHA-256.
+fn read_back(f: &File, size: u64, bar: &Bar) -> Result<String> {
+    let mut h = Sha256::new();
+    let mut buf = vec![0u8; 1 << 20];
+    let mut pos = 0u64;
+    while pos < size {
+        let n = (size - pos).min(buf.len() as u64) as usize;
+        f.read_exact_at(&mut buf[..n], pos).context("reading the target back")?;
+        h.update(&buf[..n]);
+        pos += n as u64;
+        bar.inc(n as u64);
+    }
+    bar.finish();
+    Ok(hex(&h.finalize()))
+}

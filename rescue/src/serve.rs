@@ -1,0 +1,311 @@
+//! `rescue serve`: keep backups. Receives backups into the store and sends
+//! stored backups to peers that restore.
+
+use std::sync::Mutex;
+use std::time::Instant;
+
+use anyhow::{Context, Result};
+
+use crate::Root;
+use crate::cli::ServeArgs;
+use crate::progress::{self, Bar};
+use crate::proto::frame::{Frame, Header};
+use crate::proto::msg::{
+    self, BackupBegin, BackupReady, DiskDone, DiskEnd, ListReq, Listing, RestoreBegin,
+    RestoreReady, SessionDone, kind,
+};
+use crate::session::{self, Session};
+use crate::store::image::{ImageSink, ImageSource, ZeroDigests};
+use crate::store::{BackupStatus, Store};
+use crate::util::human_bytes;
+use crate::xfer::{self, Geometry, SinkPipeline};
+
+pub fn run(root: &Root, args: &ServeArgs) -> Result<u8> {
+    let store = Store::open(&args.store)?;
+    eprintln!("keeping backups in {}", store.dir().display());
+    session::serve(root, &args.connect, args.once, |s| handle(&store, s))?;
+    Ok(crate::exit::OK)
+}
+
+/// One peer's session: any number of requests until it says goodbye.
+fn handle(store: &Store, mut s: Session) -> Result<bool> {
+    let peer = s.peer.identity.hostname.clone();
+    let result = (|| -> Result<()> {
+        while let Some(req) = session::next_request(&mut s.conn)? {
+            if s.conn.answered_before(&req)? {
+                continue;
+            }
+            match req.header.kind {
+                kind::BACKUP_BEGIN => receive_backup(store, &mut s, &req)?,
+                kind::LIST => {
+                    let q: ListReq = msg::from_json(&req)?;
+                    let backups = store
+                        .list(q.host.as_deref())
+                        .iter()
+                        .map(|b| b.manifest.summary(&b.host))
+                        .collect();
+                    s.conn.reply_json(&req, kind::LISTING, &Listing { backups })?;
+                }
+                kind::RESTORE_BEGIN => send_backup(store, &mut s, &req)?,
+                kind::SESSION_END => {
+                    s.conn.reply_json(
+                        &req,
+                        kind::SESSION_DONE,
+                        &SessionDone { ok: true, message: String::new() },
+                    )?;
+                }
+                kind::ERROR => {
+                    return Err(crate::proto::conn::peer_error(&req));
+                }
+                other => {
+                    s.conn.send_error(
+                        "bad_request",
+                        &format!("unexpected {} message", kind::name(other)),
+                    );
+                }
+            }
+        }
+        Ok(())
+    })();
+    match &result {
+        Ok(()) => eprintln!("session with {peer} ended"),
+        Err(e) => eprintln!("session with {peer} failed: {e:#}"),
+    }
+    s.close();
+    result.map(|()| true)
+}
+
+fn receive_backup(store: &Store, s: &mut Session, req: &Frame) -> Result<()> {
+    let begin: BackupBegin = match msg::from_json(req) {
+        Ok(b) => b,
+        Err(e) => {
+            s.conn.send_error("bad_request", &format!("{e:#}"));
+            return Err(e);
+        }
+    };
+    let (mut b, have, resumed) = match store.begin_backup(&s.peer.identity, &s.me, &begin) {
+        Ok(x) => x,
+        Err(e) => {
+            s.conn.send_error("bad_request", &format!("{e:#}"));
+            return Err(e);
+        }
+    };
+    let location = b.path.display().to_string();
+    eprintln!(
+        "{} backup {} from {}: {} disk(s) into {location}",
+        if resumed { "resuming" } else { "receiving" },
+        b.manifest.backup_id,
+        s.peer.identity.describe(),
+        b.manifest.disks.len()
+    );
+    s.conn.reply_json(
+        req,
+        kind::BACKUP_READY,
+        &BackupReady {
+            backup_id: b.manifest.backup_id.clone(),
+            location,
+            resumed,
+            have: have.clone(),
+        },
+    )?;
+    let mode = progress::Mode::detect();
+    for i in 0..b.manifest.disks.len() {
+        let d = b.manifest.disks[i].clone();
+        let geo = Geometry {
+            size: d.size,
+            chunk: b.manifest.chunk_size,
+        };
+        let bar = Bar::new(&d.name, d.size, mode);
+        let t = Instant::now();
+        let sink = ImageSink::open(&b, i)?;
+        let pipe = SinkPipeline::start(sink, d.size);
+        let received = xfer::receive_disk(&mut s.conn, i as u32, geo, &have[i], &pipe, &bar);
+        bar.finish();
+        let (end_frame, damaged) = match received {
+            Ok(x) => x,
+            Err(e) => {
+                let detail = format!("{e:#}");
+                if let Err(werr) = pipe.failed() {
+                    s.conn.send_error("no_space", &format!("{werr:#}"));
+                }
+                // Keep what was written: it is journaled, and a resume continues from it.
+                let _ = pipe.finish().map(|(mut sink, _)| sink.finalize_partial());
+                b.manifest.updated = crate::util::iso8601(crate::util::now_secs());
+                let _ = b.save();
+                eprintln!("{}: interrupted: {detail}", d.name);
+                return Err(e);
+            }
+        };
+        let end: DiskEnd = msg::from_json(&end_frame).unwrap_or(DiskEnd {
+            disk: i as u32,
+            bytes_read: 0,
+            unreadable_bytes: 0,
+        });
+        let (mut sink, whole) = pipe.finish()?;
+        let full_have = xfer::Have::new(&have[i]).held() == geo.count();
+        let verdict = if full_have && d.complete && d.sha256.is_some() {
+            Ok(d.sha256.clone().unwrap_or_default())
+        } else {
+            sink.finalize(whole)?
+        };
+        let unreadable = sink.unreadable_bytes();
+        let done = match verdict {
+            Ok(sha) => {
+                let md = &mut b.manifest.disks[i];
+                md.sha256 = Some(sha.clone());
+                md.complete = true;
+                md.unreadable_bytes = unreadable;
+                eprintln!(
+                    "{}: stored and verified in {:.1}s, sha256 {sha}{}{}",
+                    d.name,
+                    t.elapsed().as_secs_f64(),
+                    if unreadable > 0 {
+                        format!(", {} unreadable on the source", human_bytes(unreadable))
+                    } else {
+                        String::new()
+                    },
+                    if damaged > 0 {
+                        format!(", {damaged} damaged chunk(s) asked for again")
+                    } else {
+                        String::new()
+                    }
+                );
+                DiskDone {
+                    disk: i as u32,
+                    ok: true,
+                    sha256: sha,
+                    message: String::new(),
+                }
+            }
+            Err(why) => {
+                eprintln!("{}: verification FAILED: {why}", d.name);
+                b.manifest.status = BackupStatus::Failed;
+                DiskDone {
+                    disk: i as u32,
+                    ok: false,
+                    sha256: String::new(),
+                    message: why,
+                }
+            }
+        };
+        let _ = end.bytes_read;
+        b.save()?;
+        s.conn.reply(
+            &end_frame,
+            Header::new(kind::DISK_DONE, i as u32, 0),
+            msg::to_json(&done),
+        )?;
+    }
+    // The session end confirms everything; a lost SESSION_END is repeated by the peer.
+    let req = loop {
+        match session::next_request(&mut s.conn)? {
+            Some(f) if f.header.kind == kind::SESSION_END => break f,
+            Some(f) if s.conn.answered_before(&f)? => continue,
+            Some(_) => continue,
+            None => {
+                b.save()?;
+                return Ok(());
+            }
+        }
+    };
+    b.finish()?;
+    let status = b.manifest.status;
+    eprintln!("backup {} is {}", b.manifest.backup_id, status.word());
+    s.conn.reply_json(
+        &req,
+        kind::SESSION_DONE,
+        &SessionDone {
+            ok: status.is_complete(),
+            message: format!("stored as {}/{}", b.host, b.manifest.backup_id),
+        },
+    )?;
+    Ok(())
+}
+
+fn send_backup(store: &Store, s: &mut Session, req: &Frame) -> Result<()> {
+    let want: RestoreBegin = msg::from_json(req)?;
+    let b = match store.open_backup(&want.host, &want.backup_id) {
+        Ok(b) => b,
+        Err(e) => {
+            s.conn.send_error("not_found", &format!("{e:#}"));
+            return Err(e);
+        }
+    };
+    if !b.manifest.status.is_complete() {
+        let m = format!(
+            "backup {} is {}, not complete: finish it (run the backup again) before restoring",
+            b.manifest.backup_id,
+            b.manifest.status.word()
+        );
+        s.conn.send_error("refused", &m);
+        anyhow::bail!("{m}");
+    }
+    let mut disks = Vec::new();
+    for name in &want.disks {
+        match b.manifest.disks.iter().find(|d| &d.name == name) {
+            Some(d) => disks.push(d.clone()),
+            None => {
+                let m = format!("backup {} has no disk {name:?}", b.manifest.backup_id);
+                s.conn.send_error("not_found", &m);
+                anyhow::bail!("{m}");
+            }
+        }
+    }
+    let summary = b.manifest.summary(&b.host);
+    s.conn.reply_json(
+        req,
+        kind::RESTORE_READY,
+        &RestoreReady {
+            chunk_size: b.manifest.chunk_size,
+            disks: disks
+                .iter()
+                .filter_map(|d| summary.disks.iter().find(|x| x.name == d.name).cloned())
+                .collect(),
+        },
+    )?;
+    eprintln!(
+        "sending backup {} ({} disk(s)) to {}",
+        b.manifest.backup_id,
+        disks.len(),
+        s.peer.identity.hostname
+    );
+    let mode = progress::Mode::detect();
+    for (i, d) in disks.iter().enumerate() {
+        let src = ImageSource::open(&b, d)?;
+        let zeros = Mutex::new(ZeroDigests::default());
+        let geo = Geometry {
+            size: d.size,
+            chunk: b.manifest.chunk_size,
+        };
+        let bar = Bar::new(&d.name, d.size, mode);
+        let stats = xfer::send_disk(
+            &mut s.conn,
+            i as u32,
+            geo,
+            &Vec::new(),
+            |off, len| src.read(off, len),
+            |off, raw| {
+                let mut z = zeros.lock().map_err(|_| anyhow::anyhow!("lock poisoned"))?;
+                src.digest(off, raw, &mut z)
+            },
+            &bar,
+        )
+        .with_context(|| format!("sending {}", d.name))?;
+        bar.finish();
+        let done = xfer::finish_disk(
+            &mut s.conn,
+            i as u32,
+            &DiskEnd {
+                disk: i as u32,
+                bytes_read: stats.bytes_read,
+                unreadable_bytes: 0,
+            },
+        )?;
+        if done.ok {
+            eprintln!("{}: restored and verified by the peer", d.name);
+        } else {
+            eprintln!("{}: the peer reports: {}", d.name, done.message);
+        }
+    }
+    Ok(())
+}

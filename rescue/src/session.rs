@@ -1,0 +1,299 @@
+//! Getting a connected, introduced peer: set the stream up (or use --device),
+//! open it, and exchange HELLO messages. Used by every command that talks to the
+//! peer.
+
+use std::sync::atomic::AtomicBool;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+
+use crate::Root;
+use crate::cli::ConnectArgs;
+use crate::fabric::link::{self, Link, LinkOpts};
+use crate::identity;
+use crate::proto::PROTOCOL;
+use crate::proto::conn::{Conn, Event, expect_within};
+use crate::proto::msg::{self, Hello, Identity, Role, kind};
+use crate::transport::{self, Endpoint, Stream};
+
+/// A peer we are talking to. `conn` is declared first so it is dropped (the
+/// device closed) before the link's ConfigFS groups are removed.
+pub struct Session {
+    pub conn: Conn,
+    pub peer: Hello,
+    pub me: Identity,
+    pub link: Option<Link>,
+}
+
+impl Session {
+    /// Ends the session politely (BYE), then tears the stream down.
+    pub fn close(self) {
+        let Session { conn, link, .. } = self;
+        conn.close();
+        drop(link);
+    }
+}
+
+fn hello(role: Role, me: &Identity) -> Hello {
+    Hello {
+        protocol: PROTOCOL,
+        min_protocol: 1,
+        role,
+        identity: me.clone(),
+    }
+}
+
+/// Exchanges HELLO. Ours is sent again when theirs arrives, in case the first
+/// was lost before the peer was listening.
+fn introduce(conn: &mut Conn, role: Role, me: &Identity, within: Option<Duration>) -> Result<Hello> {
+    let ours = hello(role, me);
+    conn.send_json(kind::HELLO, &ours)?;
+    let f = match within {
+        Some(w) => expect_within(conn, kind::HELLO, w, "waiting for the peer's greeting")?,
+        None => loop {
+            match conn.next_event(Duration::from_secs(1)) {
+                Some(Event::Frame(f)) if f.intact && f.header.kind == kind::HELLO => break f,
+                Some(Event::Closed(c)) => return Err(c.into_error("waiting for a peer")),
+                _ => {}
+            }
+        },
+    };
+    let theirs: Hello = msg::from_json(&f)?;
+    conn.send_json(kind::HELLO, &ours)?;
+    if theirs.protocol < 1 || theirs.min_protocol > PROTOCOL {
+        let m = format!(
+            "the peer speaks protocol {} (needs >= {}), this rescue speaks {PROTOCOL}: use the same rescue version on both machines",
+            theirs.protocol, theirs.min_protocol
+        );
+        conn.send_error("version", &m);
+        bail!("{m}");
+    }
+    if role != Role::Serve && theirs.role != Role::Serve {
+        let m = format!(
+            "the peer {} is running `rescue {}` too; one machine must run `rescue serve`",
+            theirs.identity.hostname,
+            match theirs.role {
+                Role::Backup => "backup",
+                Role::Restore => "restore",
+                Role::Serve => "serve",
+            }
+        );
+        conn.send_error("role", &m);
+        bail!("{m}");
+    }
+    eprintln!("connected to {}", theirs.identity.describe());
+    Ok(theirs)
+}
+
+/// Connects as a client (backup, restore).
+pub fn connect(root: &Root, args: &ConnectArgs, role: Role) -> Result<Session> {
+    let me = identity::local(root);
+    let wait = args.wait_timeout();
+    match args.device.as_deref().map(Endpoint::parse) {
+        Some(Endpoint::Unix(p)) => {
+            let mut conn = Conn::new(Stream::connect_unix(&p, wait)?)?;
+            let peer = introduce(&mut conn, role, &me, Some(Duration::from_secs(30)))?;
+            Ok(Session { conn, peer, me, link: None })
+        }
+        Some(Endpoint::Device(p)) => {
+            let dev = if p.is_absolute() && !root.is_host() { root.path(&p) } else { p };
+            let mut conn = Conn::new(Stream::open_device(&dev)?)?;
+            let peer = introduce(&mut conn, role, &me, wait.or(Some(Duration::from_secs(300))))?;
+            Ok(Session { conn, peer, me, link: None })
+        }
+        None => {
+            let opts = LinkOpts {
+                peer: args.peer.clone(),
+                name: args.name.clone(),
+                wait,
+                role: link::Role::Adopt,
+                teardown: true,
+            };
+            let mut link = Link::up(root, &opts)?;
+            eprintln!(
+                "stream {}/{} is {} (HopIDs in {} out {})",
+                link.service,
+                link.name,
+                link.dev.display(),
+                link.in_hopid,
+                link.out_hopid
+            );
+            let start = Instant::now();
+            loop {
+                let mut conn = Conn::new(Stream::open_device(&link.dev)?)?;
+                match introduce(&mut conn, role, &me, Some(Duration::from_secs(10))) {
+                    Ok(peer) => {
+                        return Ok(Session {
+                            conn,
+                            peer,
+                            me,
+                            link: Some(link),
+                        });
+                    }
+                    Err(e) => {
+                        if wait.is_some_and(|w| start.elapsed() >= w) {
+                            return Err(e.context("the peer did not answer on the stream"));
+                        }
+                        eprintln!("no answer on {} yet; setting the stream up again", link.dev.display());
+                        drop(conn);
+                        link.refresh(root, wait)?;
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Runs `handle` for every peer that connects, until it returns false or
+/// (with `once`) after the first session.
+pub fn serve(
+    root: &Root,
+    args: &ConnectArgs,
+    once: bool,
+    mut handle: impl FnMut(Session) -> Result<bool>,
+) -> Result<()> {
+    let me = identity::local(root);
+    let stop = AtomicBool::new(false);
+    let mut sessions = 0u64;
+    let mut run = |s: Session| -> Result<bool> {
+        sessions += 1;
+        match handle(s) {
+            Ok(more) => Ok(more && !once),
+            Err(e) if once => Err(e),
+            Err(e) => {
+                eprintln!("session ended with an error: {e:#}");
+                Ok(true)
+            }
+        }
+    };
+    match args.device.as_deref().map(Endpoint::parse) {
+        Some(Endpoint::Unix(p)) => {
+            let l = transport::listen_unix(&p)?;
+            eprintln!("waiting for a peer on {} (Ctrl-C to stop)", p.display());
+            let _cleanup = RemoveOnDrop(p.clone());
+            while let Some(stream) = transport::accept_unix(&l, &stop)? {
+                let mut conn = Conn::new(stream)?;
+                let peer = match introduce(&mut conn, Role::Serve, &me, Some(Duration::from_secs(30))) {
+                    Ok(p) => p,
+                    Err(e) => {
+                        eprintln!("a peer connected but the greeting failed: {e:#}");
+                        continue;
+                    }
+                };
+                if !run(Session { conn, peer, me: me.clone(), link: None })? {
+                    break;
+                }
+            }
+        }
+        endpoint => {
+            let (dev, mut link) = match endpoint {
+                Some(Endpoint::Device(p)) => {
+                    (if p.is_absolute() && !root.is_host() { root.path(&p) } else { p }, None)
+                }
+                _ => {
+                    let opts = LinkOpts {
+                        peer: args.peer.clone(),
+                        name: args.name.clone(),
+                        wait: None,
+                        role: link::Role::Publish,
+                        teardown: true,
+                    };
+                    let link = Link::up(root, &opts)?;
+                    eprintln!(
+                        "stream {}/{} is {} (HopIDs in {} out {})",
+                        link.service,
+                        link.name,
+                        link.dev.display(),
+                        link.in_hopid,
+                        link.out_hopid
+                    );
+                    (link.dev.clone(), Some(link))
+                }
+            };
+            loop {
+                eprintln!("waiting for a peer on {} (Ctrl-C to stop)", dev.display());
+                let mut conn = match Stream::open_device(&dev).and_then(Conn::new) {
+                    Ok(c) => c,
+                    Err(e) => {
+                        if once {
+                            return Err(e);
+                        }
+                        eprintln!("{e:#}; retrying");
+                        std::thread::sleep(Duration::from_secs(1));
+                        continue;
+                    }
+                };
+                let peer = match introduce(&mut conn, Role::Serve, &me, None) {
+                    Ok(p) => p,
+                    Err(e) => {
+                        if once {
+                            return Err(e);
+                        }
+                        eprintln!("{e:#}");
+                        drop(conn);
+                        std::thread::sleep(Duration::from_millis(500));
+                        continue;
+                    }
+                };
+                let session = Session {
+                    conn,
+                    peer,
+                    me: me.clone(),
+                    link: None,
+                };
+                if !run(session)? {
+                    break;
+                }
+            }
+            if let Some(l) = link.as_mut() {
+                l.down();
+            }
+        }
+    }
+    Ok(())
+}
+
+struct RemoveOnDrop(std::path::PathBuf);
+
+impl Drop for RemoveOnDrop {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
+}
+
+/// Waits for the next control request of a session (serve side). Returns None
+/// when the peer said goodbye or closed.
+pub fn next_request(conn: &mut Conn) -> Result<Option<crate::proto::frame::Frame>> {
+    loop {
+        match conn.next_event(Duration::from_secs(1)) {
+            Some(Event::Frame(f)) => {
+                if !f.intact {
+                    conn.stats
+                        .corrupt_frames
+                        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    continue;
+                }
+                match f.header.kind {
+                    kind::BYE => return Ok(None),
+                    kind::HELLO | kind::ACK | kind::NAK | kind::CHUNK | kind::PING => continue,
+                    _ => return Ok(Some(f)),
+                }
+            }
+            Some(Event::Closed(_)) => return Ok(None),
+            _ => {}
+        }
+    }
+}
+
+/// Reads a yes/no style confirmation from stdin.
+pub fn confirm(prompt: &str) -> Result<bool> {
+    use std::io::{BufRead, Write};
+    eprint!("{prompt}");
+    std::io::stderr().flush().ok();
+    let mut line = String::new();
+    std::io::stdin()
+        .lock()
+        .read_line(&mut line)
+        .context("reading the answer")?;
+    Ok(line.trim().eq_ignore_ascii_case("yes"))
+}

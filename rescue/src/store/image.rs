@@ -1,0 +1,401 @@
+//! One disk image in the store: the sparse `.img`, the `.chunks` journal (the
+//! SHA-256 of every verified chunk, 32 bytes per chunk index; all zeros = not
+//! yet held) and the ddrescue `.map`. The journal is written only after the image
+//! data it describes was synced, so after a power loss it never claims more than
+//! is really on disk; that is what makes resume safe.
+
+use std::collections::HashMap;
+use std::fs::File;
+use std::io::Read;
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use anyhow::{Context, Result, bail};
+use sha2::{Digest, Sha256};
+
+use super::mapfile::{Map, Status};
+use super::{BackupDir, ManifestDisk, open_in};
+use crate::proto::conn::OutChunk;
+use crate::proto::msg::ChunkRanges;
+use crate::util::{self, hex};
+use crate::xfer::{self, Geometry, RawChunk, Sink, Verified};
+
+const DIGEST: u64 = 32;
+
+/// SHA-256 of `len` zero bytes, remembered per length.
+#[derive(Default)]
+pub struct ZeroDigests(HashMap<u32, [u8; 32]>);
+
+impl ZeroDigests {
+    pub fn get(&mut self, len: u32) -> [u8; 32] {
+        *self.0.entry(len).or_insert_with(|| {
+            let mut h = Sha256::new();
+            xfer::hash_zeros(&mut h, u64::from(len));
+            h.finalize().into()
+        })
+    }
+}
+
+/// Reads the journal: which chunks are held, as index ranges.
+pub fn journal_ranges(dir: &Path, d: &ManifestDisk, chunk: u32) -> Result<ChunkRanges> {
+    let geo = Geometry {
+        size: d.size,
+        chunk,
+    };
+    let Ok(mut f) = open_in(dir, &d.chunks, false, false) else {
+        return Ok(Vec::new());
+    };
+    let mut ranges: ChunkRanges = Vec::new();
+    let mut buf = vec![0u8; 32 * 4096];
+    let mut index = 0u64;
+    loop {
+        let n = read_full(&mut f, &mut buf).context("reading the chunk journal")?;
+        if n == 0 {
+            break;
+        }
+        for rec in buf[..n].chunks_exact(32) {
+            if index >= geo.count() {
+                break;
+            }
+            if rec.iter().any(|&b| b != 0) {
+                match ranges.last_mut() {
+                    Some(r) if r.1 == index => r.1 += 1,
+                    _ => ranges.push((index, index + 1)),
+                }
+            }
+            index += 1;
+        }
+    }
+    Ok(ranges)
+}
+
+fn read_full(f: &mut File, buf: &mut [u8]) -> std::io::Result<usize> {
+    let mut n = 0;
+    while n < buf.len() {
+        match f.read(&mut buf[n..])? {
+            0 => break,
+            k => n += k,
+        }
+    }
+    Ok(n)
+}
+
+fn map_header(d: &ManifestDisk) -> String {
+    format!(
+        "Mapfile. Created by usb4rescue {}\nImage: {} from {} ({} bytes)",
+        env!("CARGO_PKG_VERSION"),
+        d.image,
+        d.source_path,
+        d.size
+    )
+}
+
+/// Writes received chunks into a store image.
+pub struct ImageSink {
+    dir: PathBuf,
+    disk: ManifestDisk,
+    geo: Geometry,
+    img: File,
+    journal: File,
+    map: Map,
+    /// (chunk index, digest) written but not yet synced.
+    pending: Vec<(u64, [u8; 32])>,
+    map_dirty: bool,
+    map_written: Instant,
+    /// The image file was created empty now: zero chunks need no writing.
+    fresh: bool,
+    zeros: ZeroDigests,
+}
+
+impl ImageSink {
+    pub fn open(b: &BackupDir, index: usize) -> Result<ImageSink> {
+        let d = b
+            .manifest
+            .disks
+            .get(index)
+            .context("no such disk in the backup")?
+            .clone();
+        let geo = Geometry {
+            size: d.size,
+            chunk: b.manifest.chunk_size,
+        };
+        let existed = b.path.join(&d.image).exists();
+        let img = open_in(&b.path, &d.image, true, true)?;
+        let len = img.metadata()?.len();
+        if len != d.size {
+            img.set_len(d.size)
+                .with_context(|| format!("sizing {} to {} bytes", d.image, d.size))?;
+        }
+        let journal = open_in(&b.path, &d.chunks, true, true)?;
+        let map = match std::fs::read_to_string(b.path.join(&d.map)) {
+            Ok(t) => Map::parse(&t, d.size).unwrap_or_else(|_| Map::new(d.size)),
+            Err(_) => Map::new(d.size),
+        };
+        Ok(ImageSink {
+            dir: b.path.clone(),
+            geo,
+            img,
+            journal,
+            map,
+            pending: Vec::new(),
+            map_dirty: true,
+            map_written: Instant::now(),
+            fresh: !existed,
+            zeros: ZeroDigests::default(),
+            disk: d,
+        })
+    }
+
+    fn write_map(&mut self) -> Result<()> {
+        let text = self.map.render(&map_header(&self.disk));
+        util::write_atomic(&self.dir.join(&self.disk.map), text.as_bytes())?;
+        self.map_dirty = false;
+        self.map_written = Instant::now();
+        Ok(())
+    }
+
+    /// Makes what was received durable after an interruption, for a later resume.
+    pub fn finalize_partial(&mut self) -> Result<()> {
+        self.checkpoint()?;
+        self.write_map()
+    }
+
+    /// Bytes the source could not read, as recorded.
+    pub fn unreadable_bytes(&self) -> u64 {
+        self.map.bytes(Status::Bad)
+    }
+
+    /// Final check: every chunk's digest in the journal matches the image, and
+    /// the whole-image SHA-256. `whole` is the digest computed while receiving
+    /// in order; without it the image is read back. Damaged chunks are dropped
+    /// from the journal so a resume sends them again.
+    pub fn finalize(&mut self, whole: Option<[u8; 32]>) -> Result<std::result::Result<String, String>> {
+        self.checkpoint()?;
+        self.write_map()?;
+        if let Some(w) = whole {
+            return Ok(Ok(hex(&w)));
+        }
+        match verify_image(&self.dir, &self.disk, self.geo.chunk, &mut self.zeros, None)? {
+            Ok(h) => Ok(Ok(h)),
+            Err(bad) => {
+                let zero = [0u8; 32];
+                for &i in &bad {
+                    self.journal.write_all_at(&zero, i * DIGEST)?;
+                    let off = self.geo.offset(i);
+                    self.map
+                        .set(off, u64::from(self.geo.len_of(i)), Status::NonTried);
+                }
+                self.journal.sync_data()?;
+                self.write_map()?;
+                Ok(Err(format!(
+                    "{} chunk(s) of {} do not match their digests (first at offset {}); run the backup again to re-send them",
+                    bad.len(),
+                    self.disk.image,
+                    bad.first().map(|&i| self.geo.offset(i)).unwrap_or(0)
+                )))
+            }
+        }
+    }
+}
+
+impl Sink for ImageSink {
+    fn write(&mut self, c: &Verified) -> Result<()> {
+        let index = c.offset / u64::from(self.geo.chunk);
+        let digest = if c.zero {
+            if !self.fresh {
+                punch_or_zero(&self.img, c.offset, u64::from(c.len))?;
+            }
+            self.zeros.get(c.len)
+        } else {
+            self.img.write_all_at(&c.data, c.offset).map_err(|e| {
+                let e = anyhow::Error::new(e);
+                if is_enospc(&e) {
+                    e.context(format!(
+                        "no space left in the store for {} (needs up to {} more); free space and run the backup again to resume",
+                        self.disk.image,
+                        util::human_bytes(self.geo.size.saturating_sub(c.offset))
+                    ))
+                } else {
+                    e.context(format!("writing {}", self.disk.image))
+                }
+            })?;
+            c.sha256
+        };
+        self.map.set(c.offset, u64::from(c.len), Status::Finished);
+        for &(o, l) in &c.bad {
+            self.map.set(c.offset + u64::from(o), u64::from(l), Status::Bad);
+            self.map_dirty = true;
+        }
+        self.pending.push((index, digest));
+        Ok(())
+    }
+
+    fn checkpoint(&mut self) -> Result<()> {
+        if !self.pending.is_empty() {
+            self.img
+                .sync_data()
+                .with_context(|| format!("syncing {}", self.disk.image))?;
+            // The map must know about unreadable ranges before the journal
+            // claims their chunks, or a crash would lose that knowledge.
+            if self.map_dirty {
+                self.write_map()?;
+            }
+            for (i, d) in self.pending.drain(..) {
+                self.journal
+                    .write_all_at(&d, i * DIGEST)
+                    .context("writing the chunk journal")?;
+            }
+        }
+        if self.map_written.elapsed().as_secs() >= 10 {
+            self.write_map()?;
+        }
+        Ok(())
+    }
+}
+
+fn is_enospc(e: &anyhow::Error) -> bool {
+    e.chain().any(|c| {
+        c.downcast_ref::<std::io::Error>()
+            .and_then(|io| io.raw_os_error())
+            == Some(libc::ENOSPC)
+    })
+}
+
+/// Makes a range read as zeros: punch a hole, or write zeros where that fails.
+pub fn punch_or_zero(f: &File, offset: u64, len: u64) -> Result<()> {
+    use std::os::fd::AsRawFd;
+    // SAFETY: fallocate on our own open descriptor; no memory is passed.
+    let r = unsafe {
+        libc::fallocate(
+            f.as_raw_fd(),
+            libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE,
+            offset as libc::off_t,
+            len as libc::off_t,
+        )
+    };
+    if r == 0 {
+        return Ok(());
+    }
+    let zeros = vec![0u8; len.min(1 << 20) as usize];
+    let mut done = 0;
+    while done < len {
+        let n = (len - done).min(zeros.len() as u64) as usize;
+        f.write_all_at(&zeros[..n], offset + done)
+            .context("writing zeros")?;
+        done += n as u64;
+    }
+    Ok(())
+}
+
+/// Reads an image back and checks every journaled chunk; returns the
+/// whole-image SHA-256, or the indices of chunks that do not match. With
+/// `progress`, reports bytes checked.
+pub fn verify_image(
+    dir: &Path,
+    d: &ManifestDisk,
+    chunk: u32,
+    zeros: &mut ZeroDigests,
+    progress: Option<&crate::progress::Bar>,
+) -> Result<std::result::Result<String, Vec<u64>>> {
+    let geo = Geometry {
+        size: d.size,
+        chunk,
+    };
+    let img = open_in(dir, &d.image, false, false)?;
+    let journal = open_in(dir, &d.chunks, false, false)?;
+    if img.metadata()?.len() != d.size {
+        bail!("{} is {} bytes, the manifest says {}", d.image, img.metadata()?.len(), d.size);
+    }
+    let mut whole = Sha256::new();
+    let mut buf = vec![0u8; chunk as usize];
+    let mut bad = Vec::new();
+    let mut rec = [0u8; 32];
+    for i in 0..geo.count() {
+        let len = geo.len_of(i) as usize;
+        img.read_exact_at(&mut buf[..len], geo.offset(i))
+            .with_context(|| format!("reading {}", d.image))?;
+        whole.update(&buf[..len]);
+        if journal.read_exact_at(&mut rec, i * DIGEST).is_err() || rec == [0u8; 32] {
+            bad.push(i);
+            continue;
+        }
+        let got = if xfer::is_zero(&buf[..len]) {
+            zeros.get(len as u32)
+        } else {
+            xfer::sha256(&buf[..len])
+        };
+        if got != rec {
+            bad.push(i);
+        }
+        if let Some(p) = progress {
+            p.inc(len as u64);
+        }
+    }
+    if bad.is_empty() {
+        Ok(Ok(hex(&whole.finalize())))
+    } else {
+        Ok(Err(bad))
+    }
+}
+
+/// Reads a stored image for a restore, checking each chunk against the journal
+/// so a store that rotted is caught before its bytes reach a disk.
+pub struct ImageSource {
+    img: File,
+    journal: File,
+    name: String,
+    chunk: u32,
+}
+
+impl ImageSource {
+    pub fn open(b: &BackupDir, d: &ManifestDisk) -> Result<ImageSource> {
+        Ok(ImageSource {
+            img: open_in(&b.path, &d.image, false, false)?,
+            journal: open_in(&b.path, &d.chunks, false, false)?,
+            name: d.image.clone(),
+            chunk: b.manifest.chunk_size,
+        })
+    }
+
+    pub fn read(&self, offset: u64, len: u32) -> Result<RawChunk> {
+        let mut data = vec![0u8; len as usize];
+        self.img
+            .read_exact_at(&mut data, offset)
+            .with_context(|| format!("reading {} at {offset}", self.name))?;
+        Ok(RawChunk {
+            data,
+            bad: Vec::new(),
+        })
+    }
+
+    /// Hashes a chunk and compares it with the digest recorded at backup time.
+    pub fn digest(&self, offset: u64, raw: RawChunk, zeros: &mut ZeroDigests) -> Result<OutChunk> {
+        let mut rec = [0u8; 32];
+        let index = offset / u64::from(self.chunk);
+        self.journal
+            .read_exact_at(&mut rec, index * DIGEST)
+            .with_context(|| format!("reading the digest of chunk {index} of {}", self.name))?;
+        let len = raw.data.len() as u32;
+        let zero = xfer::is_zero(&raw.data);
+        let got = if zero {
+            zeros.get(len)
+        } else {
+            xfer::sha256(&raw.data)
+        };
+        if got != rec {
+            bail!(
+                "the stored image {} is damaged at offset {offset} (its digest does not match the one recorded at backup time); this backup cannot be restored faithfully",
+                self.name
+            );
+        }
+        Ok(OutChunk {
+            offset,
+            len,
+            zero,
+            sha256: got,
+            bad: raw.bad,
+            data: if zero { Vec::new() } else { raw.data },
+        })
+    }
+}

@@ -1,0 +1,670 @@
+//! The data phase, the same in both directions (backup: client to server;
+//! restore: server to client). The sending side reads and hashes chunks on two
+//! threads and keeps a bounded window of unacknowledged chunks; the receiving
+//! side verifies each chunk's SHA-256 before handing it to a writer thread, acks
+//! cumulatively, and asks again (NAK) for anything damaged or missing.
+
+use std::collections::VecDeque;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc::{self, Receiver, SyncSender, TrySendError};
+use std::sync::{Arc, Mutex};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use anyhow::{Result, anyhow, bail};
+use sha2::{Digest, Sha256};
+
+use crate::proto::conn::{Conn, Event, OutChunk, peer_error};
+use crate::proto::frame::{Frame, Header};
+use crate::proto::msg::{self, ChunkBody, ChunkRanges, FLAG_ZERO, kind};
+use crate::progress::Bar;
+
+/// Chunks in flight (sent, not yet acknowledged). Bounds memory on both sides.
+pub const WINDOW: usize = 12;
+/// With no acknowledgement for this long, everything in flight is sent again.
+const STALL: Duration = Duration::from_secs(10);
+
+/// Chunk geometry of one disk.
+#[derive(Debug, Clone, Copy)]
+pub struct Geometry {
+    pub size: u64,
+    pub chunk: u32,
+}
+
+impl Geometry {
+    pub fn count(&self) -> u64 {
+        self.size.div_ceil(u64::from(self.chunk))
+    }
+
+    pub fn len_of(&self, index: u64) -> u32 {
+        let start = index * u64::from(self.chunk);
+        (self.size - start).min(u64::from(self.chunk)) as u32
+    }
+
+    pub fn offset(&self, index: u64) -> u64 {
+        index * u64::from(self.chunk)
+    }
+}
+
+/// Chunk indices the receiver already holds, with a cursor to find the next gap.
+pub struct Have<'a> {
+    ranges: &'a ChunkRanges,
+}
+
+impl<'a> Have<'a> {
+    pub fn new(ranges: &'a ChunkRanges) -> Self {
+        Have { ranges }
+    }
+
+    /// The first index >= `i` that is not held.
+    pub fn next_missing(&self, mut i: u64) -> u64 {
+        for &(s, e) in self.ranges.iter() {
+            if i >= s && i < e {
+                i = e;
+            }
+        }
+        i
+    }
+
+    pub fn held(&self) -> u64 {
+        self.ranges.iter().map(|(s, e)| e.saturating_sub(*s)).sum()
+    }
+}
+
+/// Whole chunk read from a source, before hashing.
+pub struct RawChunk {
+    pub data: Vec<u8>,
+    pub bad: Vec<(u32, u32)>,
+}
+
+/// Whether a buffer is all zeros. OR-folding 4 KiB blocks vectorises well and
+/// still stops early on data.
+pub fn is_zero(data: &[u8]) -> bool {
+    data.chunks(4096)
+        .all(|blk| blk.iter().fold(0u8, |acc, &b| acc | b) == 0)
+}
+
+pub fn sha256(data: &[u8]) -> [u8; 32] {
+    Sha256::digest(data).into()
+}
+
+#[derive(Debug, Default, Clone)]
+pub struct SendStats {
+    pub chunks_sent: u64,
+    pub bytes_sent: u64,
+    pub zero_bytes: u64,
+    pub resent_chunks: u64,
+    pub skipped_bytes: u64,
+    pub unreadable_bytes: u64,
+    pub bytes_read: u64,
+}
+
+/// Sends every chunk of disk `disk` the receiver does not hold. `read` fetches a
+/// chunk (on a reader thread), `digest` hashes or checks it (on a second thread).
+#[allow(clippy::too_many_arguments)]
+pub fn send_disk<R, D>(
+    conn: &mut Conn,
+    disk: u32,
+    geo: Geometry,
+    have: &ChunkRanges,
+    mut read: R,
+    digest: D,
+    bar: &Bar,
+) -> Result<SendStats>
+where
+    R: FnMut(u64, u32) -> Result<RawChunk> + Send,
+    D: Fn(u64, RawChunk) -> Result<OutChunk> + Send + Sync,
+{
+    let have = Have::new(have);
+    let mut stats = SendStats {
+        skipped_bytes: have_bytes(&have, geo),
+        ..Default::default()
+    };
+    bar.set_position(stats.skipped_bytes);
+    let cancel = Arc::new(AtomicBool::new(false));
+    let (credit_tx, credit_rx) = mpsc::sync_channel::<()>(WINDOW);
+    for _ in 0..WINDOW {
+        let _ = credit_tx.send(());
+    }
+    let events = conn.event_sender();
+    let (raw_tx, raw_rx) = mpsc::sync_channel::<(u64, RawChunk)>(2);
+
+    thread::scope(|s| -> Result<SendStats> {
+        let cancel_r = cancel.clone();
+        s.spawn(move || {
+            let mut i = have.next_missing(0);
+            while i < geo.count() {
+                if credit_rx.recv().is_err() || cancel_r.load(Ordering::SeqCst) {
+                    return;
+                }
+                let off = geo.offset(i);
+                match read(off, geo.len_of(i)) {
+                    Ok(raw) => {
+                        if raw_tx.send((off, raw)).is_err() {
+                            return;
+                        }
+                    }
+                    Err(e) => {
+                        let _ = raw_tx.send((
+                            u64::MAX,
+                            RawChunk {
+                                data: format!("{e:#}").into_bytes(),
+                                bad: Vec::new(),
+                            },
+                        ));
+                        return;
+                    }
+                }
+                i = have.next_missing(i + 1);
+            }
+        });
+        let cancel_d = cancel.clone();
+        let digest = &digest;
+        s.spawn(move || {
+            let push = |ev: Event| push_event(&events, ev, &cancel_d);
+            for (off, raw) in raw_rx {
+                if off == u64::MAX {
+                    push(Event::SourceFailed(String::from_utf8_lossy(&raw.data).into_owned()));
+                    return;
+                }
+                match digest(off, raw) {
+                    Ok(c) => {
+                        if !push(Event::Chunk(c)) {
+                            return;
+                        }
+                    }
+                    Err(e) => {
+                        push(Event::SourceFailed(format!("{e:#}")));
+                        return;
+                    }
+                }
+            }
+            push(Event::SourceDone);
+        });
+
+        let result = send_loop(conn, disk, &credit_tx, &mut stats, bar);
+        cancel.store(true, Ordering::SeqCst);
+        drop(credit_tx);
+        // Unblock the pipeline threads so the scope can end.
+        while conn.next_event(Duration::from_millis(1)).is_some_and(|e| {
+            !matches!(e, Event::SourceDone | Event::SourceFailed(_) | Event::Closed(_))
+        }) {}
+        result.map(|()| stats)
+    })
+}
+
+fn have_bytes(have: &Have, geo: Geometry) -> u64 {
+    have.ranges
+        .iter()
+        .map(|&(s, e)| {
+            let e = e.min(geo.count());
+            if e <= s {
+                0
+            } else {
+                geo.offset(e).min(geo.size) - geo.offset(s)
+            }
+        })
+        .sum()
+}
+
+fn push_event(tx: &SyncSender<Event>, mut ev: Event, cancel: &AtomicBool) -> bool {
+    loop {
+        match tx.try_send(ev) {
+            Ok(()) => return true,
+            Err(TrySendError::Full(e)) => {
+                if cancel.load(Ordering::SeqCst) {
+                    return false;
+                }
+                ev = e;
+                thread::sleep(Duration::from_micros(200));
+            }
+            Err(TrySendError::Disconnected(_)) => return false,
+        }
+    }
+}
+
+fn send_chunk(conn: &Conn, disk: u32, c: &OutChunk) -> Result<()> {
+    let mut h = Header::new(kind::CHUNK, disk, c.offset);
+    if c.zero {
+        h.flags |= FLAG_ZERO;
+    }
+    let mut payload = ChunkBody::encode_prefix(&c.sha256, c.len, &c.bad);
+    if !c.zero {
+        payload.extend_from_slice(&c.data);
+    }
+    conn.send(h, &payload)
+}
+
+fn send_loop(
+    conn: &mut Conn,
+    disk: u32,
+    credits: &SyncSender<()>,
+    stats: &mut SendStats,
+    bar: &Bar,
+) -> Result<()> {
+    let mut unacked: VecDeque<OutChunk> = VecDeque::new();
+    let mut source_done = false;
+    let mut last_progress = Instant::now();
+    let mut told_resend = false;
+    loop {
+        if source_done && unacked.is_empty() {
+            return Ok(());
+        }
+        match conn.next_event(Duration::from_millis(100)) {
+            Some(Event::Chunk(c)) => {
+                send_chunk(conn, disk, &c)?;
+                stats.chunks_sent += 1;
+                stats.bytes_read += u64::from(c.len);
+                stats.unreadable_bytes += c.bad.iter().map(|b| u64::from(b.1)).sum::<u64>();
+                if c.zero {
+                    stats.zero_bytes += u64::from(c.len);
+                } else {
+                    stats.bytes_sent += u64::from(c.len);
+                }
+                if unacked.is_empty() {
+                    last_progress = Instant::now();
+                }
+                unacked.push_back(c);
+            }
+            Some(Event::SourceDone) => source_done = true,
+            Some(Event::SourceFailed(m)) => {
+                conn.send_error("source", &m);
+                bail!("{m}");
+            }
+            Some(Event::Frame(f)) if f.intact => match f.header.kind {
+                kind::ACK | kind::NAK if f.header.disk == disk => {
+                    let before = unacked.len();
+                    while unacked
+                        .front()
+                        .is_some_and(|c| c.offset + u64::from(c.len) <= f.header.offset)
+                    {
+                        if let Some(c) = unacked.pop_front() {
+                            bar.inc(u64::from(c.len));
+                        }
+                        let _ = credits.try_send(());
+                    }
+                    if unacked.len() != before {
+                        last_progress = Instant::now();
+                    }
+                    if f.header.kind == kind::NAK {
+                        if !told_resend {
+                            bar.println(&format!(
+                                "chunk at offset {} arrived damaged at the peer; sending it again",
+                                f.header.offset
+                            ));
+                            told_resend = true;
+                        }
+                        for c in unacked.iter().filter(|c| c.offset >= f.header.offset) {
+                            send_chunk(conn, disk, c)?;
+                            stats.resent_chunks += 1;
+                        }
+                        last_progress = Instant::now();
+                    }
+                }
+                kind::ERROR => return Err(peer_error(&f)),
+                kind::BYE => bail!("the peer ended the session while receiving"),
+                _ => {}
+            },
+            Some(Event::Frame(_)) => {
+                conn.stats
+                    .corrupt_frames
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            }
+            Some(Event::Closed(c)) => return Err(c.into_error("sending data")),
+            None => {}
+        }
+        if !unacked.is_empty() && last_progress.elapsed() > STALL {
+            for c in &unacked {
+                send_chunk(conn, disk, c)?;
+                stats.resent_chunks += 1;
+            }
+            last_progress = Instant::now();
+        }
+    }
+}
+
+/// A chunk that passed verification, on its way to the writer.
+#[derive(Debug, Clone)]
+pub struct Verified {
+    pub offset: u64,
+    pub len: u32,
+    pub zero: bool,
+    pub sha256: [u8; 32],
+    pub bad: Vec<(u32, u32)>,
+    pub data: Arc<Vec<u8>>,
+}
+
+/// Where verified chunks go (the store, or a disk being restored).
+pub trait Sink: Send {
+    fn write(&mut self, c: &Verified) -> Result<()>;
+    /// Makes everything written so far durable (called every few seconds).
+    fn checkpoint(&mut self) -> Result<()>;
+}
+
+/// Runs a sink on a writer thread and hashes the whole image in order on another.
+pub struct SinkPipeline<S: Sink + 'static> {
+    tx: Option<SyncSender<Verified>>,
+    writer: Option<thread::JoinHandle<Result<S>>>,
+    hasher: Option<thread::JoinHandle<(u64, bool, [u8; 32])>>,
+    error: Arc<Mutex<Option<String>>>,
+    size: u64,
+}
+
+impl<S: Sink + 'static> SinkPipeline<S> {
+    pub fn start(mut sink: S, size: u64) -> Self {
+        let (tx, rx) = mpsc::sync_channel::<Verified>(4);
+        let (htx, hrx) = mpsc::sync_channel::<Verified>(4);
+        let error = Arc::new(Mutex::new(None));
+        let err2 = error.clone();
+        let writer = thread::spawn(move || -> Result<S> {
+            let mut last = Instant::now();
+            let mut since = 0u64;
+            for c in rx {
+                if let Err(e) = sink.write(&c) {
+                    if let Ok(mut g) = err2.lock() {
+                        *g = Some(format!("{e:#}"));
+                    }
+                    return Err(e);
+                }
+                since += u64::from(c.len);
+                let _ = htx.send(c);
+                if since >= 256 << 20 || last.elapsed() > Duration::from_secs(3) {
+                    if let Err(e) = sink.checkpoint() {
+                        if let Ok(mut g) = err2.lock() {
+                            *g = Some(format!("{e:#}"));
+                        }
+                        return Err(e);
+                    }
+                    since = 0;
+                    last = Instant::now();
+                }
+            }
+            drop(htx);
+            sink.checkpoint()?;
+            Ok(sink)
+        });
+        let hasher = thread::spawn(move || hash_in_order(hrx));
+        SinkPipeline {
+            tx: Some(tx),
+            writer: Some(writer),
+            hasher: Some(hasher),
+            error,
+            size,
+        }
+    }
+
+    /// Queues a verified chunk (blocks while the writer is behind).
+    pub fn submit(&self, c: Verified) -> Result<()> {
+        self.failed()?;
+        match &self.tx {
+            Some(tx) => tx
+                .send(c)
+                .map_err(|_| anyhow!("{}", self.error_text().unwrap_or("writer stopped".into()))),
+            None => bail!("writer already finished"),
+        }
+    }
+
+    fn error_text(&self) -> Option<String> {
+        self.error.lock().ok().and_then(|g| g.clone())
+    }
+
+    /// An error the writer hit (disk full, I/O error), if any.
+    pub fn failed(&self) -> Result<()> {
+        match self.error_text() {
+            Some(e) => bail!("{e}"),
+            None => Ok(()),
+        }
+    }
+
+    /// Waits for the writer; returns the sink and the whole-image SHA-256 when
+    /// every byte went through in order (else the caller re-reads the image).
+    pub fn finish(mut self) -> Result<(S, Option<[u8; 32]>)> {
+        drop(self.tx.take());
+        let sink = match self.writer.take().map(|w| w.join()) {
+            Some(Ok(r)) => r?,
+            _ => bail!("the writer thread failed"),
+        };
+        let whole = match self.hasher.take().map(|h| h.join()) {
+            Some(Ok((covered, contiguous, digest))) if contiguous && covered == self.size => {
+                Some(digest)
+            }
+            _ => None,
+        };
+        Ok((sink, whole))
+    }
+}
+
+impl<S: Sink + 'static> Drop for SinkPipeline<S> {
+    fn drop(&mut self) {
+        drop(self.tx.take());
+        if let Some(w) = self.writer.take() {
+            let _ = w.join();
+        }
+        if let Some(h) = self.hasher.take() {
+            let _ = h.join();
+        }
+    }
+}
+
+static ZEROS: [u8; 64 * 1024] = [0; 64 * 1024];
+
+/// Feeds `len` zero bytes to a hasher without allocating them.
+pub fn hash_zeros(h: &mut Sha256, mut len: u64) {
+    while len > 0 {
+        let n = len.min(ZEROS.len() as u64) as usize;
+        h.update(&ZEROS[..n]);
+        len -= n as u64;
+    }
+}
+
+fn hash_in_order(rx: Receiver<Verified>) -> (u64, bool, [u8; 32]) {
+    let mut h = Sha256::new();
+    let mut pos = 0u64;
+    let mut contiguous = true;
+    for c in rx {
+        if !contiguous {
+            continue;
+        }
+        if c.offset != pos {
+            contiguous = false;
+            continue;
+        }
+        if c.zero {
+            hash_zeros(&mut h, u64::from(c.len));
+        } else {
+            h.update(&c.data[..]);
+        }
+        pos += u64::from(c.len);
+    }
+    (pos, contiguous, h.finalize().into())
+}
+
+/// Why a received chunk was not accepted.
+enum Reject {
+    Damaged(String),
+}
+
+/// Receives disk `disk` into `pipe` until the sender's DISK_END. Returns that
+/// frame (to answer it) and how many damaged chunks were asked for again.
+pub fn receive_disk<S: Sink + 'static>(
+    conn: &mut Conn,
+    disk: u32,
+    geo: Geometry,
+    have: &ChunkRanges,
+    pipe: &SinkPipeline<S>,
+    bar: &Bar,
+) -> Result<(Frame, u64)> {
+    let have = Have::new(have);
+    let mut next = have.next_missing(0);
+    bar.set_position(have_bytes(&have, geo));
+    let mut last_nak: Option<(u64, Instant)> = None;
+    let mut damaged = 0u64;
+    let mut nak = |conn: &Conn, next_off: u64, force: bool| -> Result<()> {
+        let due = match last_nak {
+            Some((o, t)) => o != next_off || t.elapsed() > Duration::from_secs(1) || force,
+            None => true,
+        };
+        if due {
+            conn.send(Header::new(kind::NAK, disk, next_off), &[])?;
+            last_nak = Some((next_off, Instant::now()));
+        }
+        Ok(())
+    };
+    loop {
+        pipe.failed()?;
+        let ev = conn.next_event(Duration::from_millis(500));
+        let f = match ev {
+            Some(Event::Frame(f)) => f,
+            Some(Event::Closed(c)) => return Err(c.into_error("receiving data")),
+            _ => continue,
+        };
+        let next_off = if next < geo.count() { geo.offset(next) } else { geo.size };
+        if !f.intact {
+            conn.stats
+                .corrupt_frames
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            if f.header.kind == kind::CHUNK && f.header.disk == disk && f.header.offset >= next_off {
+                damaged += 1;
+                bar.println(&format!(
+                    "damaged chunk at offset {} (CRC mismatch): asking for it again",
+                    f.header.offset
+                ));
+                nak(conn, next_off, true)?;
+            }
+            continue;
+        }
+        match f.header.kind {
+            kind::CHUNK if f.header.disk == disk => {
+                if f.header.offset == next_off && next < geo.count() {
+                    match accept(&f, geo, next) {
+                        Ok(v) => {
+                            let len = u64::from(v.len);
+                            pipe.submit(v)?;
+                            bar.inc(len);
+                            next = have.next_missing(next + 1);
+                            let ack = if next < geo.count() { geo.offset(next) } else { geo.size };
+                            conn.send(Header::new(kind::ACK, disk, ack), &[])?;
+                        }
+                        Err(Reject::Damaged(why)) => {
+                            damaged += 1;
+                            bar.println(&format!(
+                                "chunk at offset {} failed verification ({why}): asking for it again",
+                                f.header.offset
+                            ));
+                            nak(conn, next_off, true)?;
+                        }
+                    }
+                } else if f.header.offset > next_off {
+                    nak(conn, next_off, false)?;
+                } else {
+                    conn.send(Header::new(kind::ACK, disk, next_off), &[])?;
+                }
+            }
+            kind::DISK_END if f.header.disk == disk => {
+                if next < geo.count() {
+                    bail!(
+                        "the sender finished disk {disk} but chunks from offset {next_off} are missing"
+                    );
+                }
+                return Ok((f, damaged));
+            }
+            kind::DISK_END => {
+                // A repeat for the previous disk: our answer was lost.
+                conn.answered_before(&f)?;
+            }
+            kind::ERROR => return Err(peer_error(&f)),
+            kind::BYE => bail!("the peer ended the session in the middle of a disk"),
+            _ => {}
+        }
+    }
+}
+
+fn accept(f: &Frame, geo: Geometry, index: u64) -> std::result::Result<Verified, Reject> {
+    let zero = f.header.flags & FLAG_ZERO != 0;
+    let body = ChunkBody::decode(f.payload.clone(), zero, geo.chunk)
+        .map_err(Reject::Damaged)?;
+    let want = geo.len_of(index);
+    if body.len != want {
+        return Err(Reject::Damaged(format!("length {} instead of {want}", body.len)));
+    }
+    if !zero && sha256(&body.data) != body.sha256 {
+        return Err(Reject::Damaged("SHA-256 mismatch".into()));
+    }
+    Ok(Verified {
+        offset: f.header.offset,
+        len: body.len,
+        zero,
+        sha256: body.sha256,
+        bad: body.bad,
+        data: Arc::new(body.data),
+    })
+}
+
+/// Builds the chunk to send from raw bytes: zero detection and SHA-256.
+pub fn digest_fresh(offset: u64, raw: RawChunk) -> Result<OutChunk> {
+    let len = raw.data.len() as u32;
+    if is_zero(&raw.data) {
+        return Ok(OutChunk {
+            offset,
+            len,
+            zero: true,
+            sha256: [0; 32],
+            bad: raw.bad,
+            data: Vec::new(),
+        });
+    }
+    Ok(OutChunk {
+        offset,
+        len,
+        zero: false,
+        sha256: sha256(&raw.data),
+        bad: raw.bad,
+        data: raw.data,
+    })
+}
+
+/// Sends DISK_END and waits for DISK_DONE (repeating DISK_END if either is lost).
+pub fn finish_disk(conn: &mut Conn, disk: u32, end: &msg::DiskEnd) -> Result<msg::DiskDone> {
+    let payload = msg::to_json(end);
+    conn.send(Header::new(kind::DISK_END, disk, 0), &payload)?;
+    let f = conn.wait_control(&[kind::DISK_DONE], "finishing a disk", |c| {
+        c.send(Header::new(kind::DISK_END, disk, 0), &payload)
+    })?;
+    msg::from_json(&f)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn zero_detection() {
+        assert!(is_zero(&[0u8; 1000]));
+        let mut v = vec![0u8; 1 << 20];
+        assert!(is_zero(&v));
+        v[777_777] = 1;
+        assert!(!is_zero(&v));
+        v[777_777] = 0;
+        let last = v.len() - 1;
+        v[last] = 3;
+        assert!(!is_zero(&v));
+        assert!(!is_zero(&[0, 0, 1]));
+    }
+
+    #[test]
+    fn have_cursor() {
+        let r = vec![(0, 3), (5, 7)];
+        let h = Have::new(&r);
+        assert_eq!(h.next_missing(0), 3);
+        assert_eq!(h.next_missing(4), 4);
+        assert_eq!(h.next_missing(5), 7);
+        assert_eq!(h.held(), 5);
+    }
+
+    #[test]
+    fn geometry() {
+        let g = Geometry { size: 2500, chunk: 1000 };
+        assert_eq!(g.count(), 3);
+        assert_eq!(g.len_of(2), 500);
+    }
+}
