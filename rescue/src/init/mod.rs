@@ -1,1 +1,323 @@
-//! (being written)
+//! PID-1 mode: the init process of the rescue initramfs. Mounts the pseudo
+//! filesystems, takes the console, loads drivers, reads `rescue.*` from the kernel
+//! command line, runs the requested mode, then powers off, reboots or shows the
+//! menu. It never exits: errors and panics end on a retry / reboot / power-off
+//! prompt, because PID 1 exiting panics the kernel.
+//!
+//! Console markers for tests and people (one line each, starting with `RESCUE: `):
+//! `starting`, `modules: ...`, `warning: ...`, `ready mode=M host=H disks=... uptime=S`,
+//! `<mode> started`, `<mode> finished: OK`, `<mode> failed: REASON (exit N)`,
+//! `done rc=N`, `menu`, `fatal: ...`, `powering off`, `rebooting`.
+
+pub mod cmdline;
+pub mod console;
+pub mod drivers;
+pub mod hostname;
+pub mod menu;
+pub mod mounts;
+pub mod store;
+pub mod system;
+
+use std::io::{BufRead, Write};
+use std::panic::{AssertUnwindSafe, catch_unwind};
+use std::thread;
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+
+use crate::cli::InitArgs;
+use crate::modload::{self, KernelSys, Loader, ModuleSys};
+use crate::root::Root;
+pub use cmdline::{Config, Fabric, Mode};
+pub use drivers::DriverReport;
+pub use menu::{Backend, Menu, MenuEnd, Peer, Power};
+
+/// How long to wait for disks to appear after the drivers are in.
+pub const DISK_SETTLE: Duration = Duration::from_secs(3);
+/// How long to wait for USB devices between the two modalias passes.
+pub const USB_SETTLE: Duration = Duration::from_secs(2);
+
+/// What boot preparation found.
+pub struct Prepared<S: ModuleSys> {
+    pub config: Config,
+    pub loader: Option<Loader<S>>,
+    pub drivers: DriverReport,
+    pub disks: Vec<String>,
+    pub hostname: Option<String>,
+}
+
+/// Reads the configuration, sets the hostname, loads drivers, mounts ConfigFS and
+/// waits for disks. Problems become `RESCUE: warning:` lines, never errors: a
+/// rescue system with one missing driver is still useful.
+pub fn prepare<S: ModuleSys>(
+    root: &Root,
+    sys: S,
+    out: &mut dyn Write,
+    usb_settle: Duration,
+    disk_settle: Duration,
+) -> Prepared<S> {
+    let cmdline = root.read_attr("/proc/cmdline").unwrap_or_default();
+    let config = Config::parse(&cmdline);
+    for w in &config.warnings {
+        let _ = writeln!(out, "RESCUE: warning: {w}");
+    }
+
+    let hostname = hostname::choose(root, config.hostname.as_deref());
+    if let Some(h) = &hostname
+        && root.is_host()
+        && let Err(e) = nix::unistd::sethostname(h)
+    {
+        let _ = writeln!(out, "RESCUE: warning: sethostname {h}: {e}");
+    }
+
+    let mut drivers = DriverReport::default();
+    let loader = match Loader::with_sys(root, None, sys) {
+        Ok(mut l) => {
+            drivers = drivers::bring_up(&mut l, root, config.fabric, usb_settle);
+            Some(l)
+        }
+        Err(e) => {
+            let _ = writeln!(out, "RESCUE: warning: no module loading: {e:#}");
+            None
+        }
+    };
+    if drivers.loaded.is_empty() {
+        let _ = writeln!(out, "RESCUE: modules: none loaded");
+    } else {
+        let _ = writeln!(out, "RESCUE: modules: {}", drivers.loaded.join(" "));
+    }
+    for w in &drivers.warnings {
+        let _ = writeln!(out, "RESCUE: warning: {w}");
+    }
+    if root.is_host()
+        && let Err(e) = mounts::mount_configfs()
+    {
+        let _ = writeln!(out, "RESCUE: warning: {e:#}");
+    }
+
+    let settled = modload::wait_for_disks(root, disk_settle);
+    let disks: Vec<String> = settled
+        .names
+        .into_iter()
+        .filter(|n| !n.starts_with("loop") && !n.starts_with("ram") && !n.starts_with("zram"))
+        .collect();
+    Prepared {
+        config,
+        loader,
+        drivers,
+        disks,
+        hostname,
+    }
+}
+
+/// The `RESCUE: ready` line.
+pub fn ready_line(root: &Root, p: &Prepared<impl ModuleSys>) -> String {
+    let uptime = root
+        .read_attr("/proc/uptime")
+        .and_then(|u| u.split_whitespace().next().map(str::to_string))
+        .unwrap_or_else(|| "?".into());
+    let host = p
+        .hostname
+        .clone()
+        .or_else(|| root.read_attr("/proc/sys/kernel/hostname"))
+        .unwrap_or_else(|| "?".into());
+    let fabric = if p.drivers.virtual_cable {
+        "virtual"
+    } else if drivers::has_domain(root) {
+        "usb4"
+    } else {
+        "none"
+    };
+    format!(
+        "RESCUE: ready mode={} host={host} disks={} fabric={fabric} uptime={uptime}s",
+        p.config.mode.name(),
+        if p.disks.is_empty() {
+            "-".to_string()
+        } else {
+            p.disks.join(",")
+        }
+    )
+}
+
+/// How `after_boot` ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Ending {
+    /// A power action was requested and the backend accepted it (on a real
+    /// machine it does not return; fakes record it).
+    Power(Power),
+    /// The menu's input ended.
+    Menu(MenuEnd),
+}
+
+/// After boot: runs the configured mode, powers off or reboots if asked, and
+/// otherwise shows the menu until its input ends. Returns the mode's exit code
+/// (0 for menu mode) and how it ended.
+pub fn after_boot<R: BufRead, W: Write>(
+    backend: &mut dyn Backend,
+    config: &Config,
+    mut input: R,
+    mut out: W,
+) -> (u8, Ending) {
+    let mut rc = crate::exit::OK;
+    if config.mode != Mode::Menu {
+        let mut m = Menu::new(&mut input, &mut out, &mut *backend, config.clone());
+        rc = m.run_mode(config.mode);
+    }
+    if config.poweroff || config.reboot {
+        let (p, what) = if config.poweroff {
+            (Power::PowerOff, "powering off")
+        } else {
+            (Power::Reboot, "rebooting")
+        };
+        let _ = writeln!(out, "RESCUE: {what}");
+        let _ = out.flush();
+        match backend.power(p) {
+            Ok(()) => return (rc, Ending::Power(p)),
+            Err(e) => {
+                let _ = writeln!(out, "RESCUE: warning: {e:#}; showing the menu instead");
+            }
+        }
+    }
+    let menu_config = Config {
+        mode: Mode::Menu,
+        ..config.clone()
+    };
+    let end = Menu::new(&mut input, &mut out, backend, menu_config).run();
+    (rc, Ending::Menu(end))
+}
+
+/// Starts a thread that reaps children, which PID 1 inherits from every orphan.
+/// It would also steal exit statuses from our own `std::process` children, so it
+/// runs only as PID 1, where rescue spawns none.
+fn start_reaper() {
+    let _ = thread::Builder::new().name("reaper".into()).spawn(|| {
+        loop {
+            match nix::sys::wait::waitpid(None, None) {
+                Err(nix::errno::Errno::ECHILD) | Err(_) => thread::sleep(Duration::from_secs(1)),
+                Ok(_) => {}
+            }
+        }
+    });
+}
+
+/// One pass of PID 1 after the console is set up: prepare, run, menu.
+fn pid1_pass(root: &Root) -> Result<()> {
+    let mut out = std::io::stdout();
+    let p = prepare(root, KernelSys, &mut out, USB_SETTLE, DISK_SETTLE);
+    let _ = writeln!(out, "{}", ready_line(root, &p));
+    let config = p.config.clone();
+    let mut sys = system::System::new(root.clone(), p.loader, config.peer.clone());
+    let stdin = std::io::stdin();
+    after_boot(&mut sys, &config, stdin.lock(), std::io::stdout());
+    // The menu ended: its input closed (Ctrl-D). Show it again, gently.
+    let menu_config = Config {
+        mode: Mode::Menu,
+        poweroff: false,
+        reboot: false,
+        ..config
+    };
+    loop {
+        let mut m = Menu::new(
+            stdin.lock(),
+            std::io::stdout(),
+            &mut sys,
+            menu_config.clone(),
+        );
+        m.run();
+        thread::sleep(Duration::from_secs(1));
+    }
+}
+
+/// The error screen: shows what failed and asks what to do. Returns when the
+/// person (or a timeout with no input) chooses to retry.
+fn fatal_screen(msg: &str) {
+    let mut out = std::io::stdout();
+    let _ = writeln!(out, "RESCUE: fatal: {}", msg.replace('\n', " "));
+    loop {
+        let _ = write!(out, "r = retry, b = reboot, p = power off [r/b/p]: ");
+        let _ = out.flush();
+        let mut s = String::new();
+        match std::io::stdin().read_line(&mut s) {
+            Ok(0) | Err(_) => {
+                // No keyboard: try again later rather than spin.
+                thread::sleep(Duration::from_secs(10));
+                return;
+            }
+            Ok(_) => {}
+        }
+        let p = match s.trim() {
+            "" | "r" => return,
+            "b" => Power::Reboot,
+            "p" => Power::PowerOff,
+            _ => continue,
+        };
+        if let Err(e) = system::power(p) {
+            let _ = writeln!(out, "{e:#}");
+        }
+    }
+}
+
+fn panic_text(p: &(dyn std::any::Any + Send)) -> String {
+    if let Some(s) = p.downcast_ref::<&str>() {
+        format!("panic: {s}")
+    } else if let Some(s) = p.downcast_ref::<String>() {
+        format!("panic: {s}")
+    } else {
+        "panic".into()
+    }
+}
+
+/// The entry point when running as PID 1 (main.rs calls this). Never returns.
+pub fn main() -> ! {
+    let root = Root::host();
+    let mount_errors = mounts::mount_early();
+    let console = console::setup(&root);
+    start_reaper();
+    let mut out = std::io::stdout();
+    let _ = writeln!(
+        out,
+        "RESCUE: starting usb4rescue {} as init",
+        env!("CARGO_PKG_VERSION")
+    );
+    for e in mount_errors {
+        let _ = writeln!(out, "RESCUE: warning: {e}");
+    }
+    if let Err(e) = console {
+        let _ = writeln!(out, "RESCUE: warning: console: {e:#}");
+    }
+    loop {
+        let msg = match catch_unwind(AssertUnwindSafe(|| pid1_pass(&root))) {
+            Ok(Ok(())) => continue,
+            Ok(Err(e)) => format!("{e:#}"),
+            Err(p) => panic_text(p.as_ref()),
+        };
+        // A panic inside the error screen must not end PID 1 either.
+        let _ = catch_unwind(AssertUnwindSafe(|| fatal_screen(&msg)));
+    }
+}
+
+/// `rescue init`: as PID 1 this is `main()`; otherwise (testing outside an
+/// initramfs) it runs the same flow on this system with `--no-mount` honoured,
+/// never reboots, and returns when the menu's input ends.
+pub fn command(root: &Root, args: &InitArgs) -> Result<u8> {
+    if nix::unistd::getpid().as_raw() == 1 && root.is_host() {
+        main();
+    }
+    if !args.no_mount && root.is_host() {
+        for e in mounts::mount_early() {
+            eprintln!("RESCUE: warning: {e}");
+        }
+    }
+    let mut out = std::io::stdout();
+    let p = prepare(root, KernelSys, &mut out, USB_SETTLE, DISK_SETTLE);
+    writeln!(out, "{}", ready_line(root, &p)).context("stdout")?;
+    let config = p.config.clone();
+    let mut sys = system::System::new(root.clone(), p.loader, config.peer.clone());
+    let (rc, _) = after_boot(
+        &mut sys,
+        &config,
+        std::io::stdin().lock(),
+        std::io::stdout(),
+    );
+    Ok(rc)
+}

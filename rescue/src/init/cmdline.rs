@@ -1,0 +1,275 @@
+//! The `rescue.*` kernel command line options that configure PID-1 mode, and the
+//! `rescue::cli::Command` each mode turns into.
+
+use std::path::PathBuf;
+
+use crate::cli::{BackupArgs, Command, ConnectArgs, RestoreArgs, ServeArgs};
+
+/// What init does once the system is up.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Mode {
+    #[default]
+    Menu,
+    Backup,
+    Serve,
+    Restore,
+}
+
+impl Mode {
+    pub fn name(self) -> &'static str {
+        match self {
+            Mode::Menu => "menu",
+            Mode::Backup => "backup",
+            Mode::Serve => "serve",
+            Mode::Restore => "restore",
+        }
+    }
+}
+
+/// Which USB4STREAM transport to bring up.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Fabric {
+    /// Real Thunderbolt/USB4 hardware if any, else the virtual cable if installed.
+    #[default]
+    Auto,
+    /// Real hardware only; never load the virtual cable.
+    Usb4,
+    /// Always load the virtual cable (VM tests).
+    Virtual,
+}
+
+/// Settings from the kernel command line.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Config {
+    pub mode: Mode,
+    /// `LABEL=x`, `UUID=y` or a /dev path: where serve keeps images.
+    pub store: Option<String>,
+    pub disks: Vec<String>,
+    pub peer: Option<String>,
+    pub yes: bool,
+    pub poweroff: bool,
+    pub reboot: bool,
+    pub fabric: Fabric,
+    pub hostname: Option<String>,
+    pub label: Option<String>,
+    pub verify: bool,
+    /// Options we could not understand, to show on the console rather than fail on.
+    pub warnings: Vec<String>,
+}
+
+/// Splits a command line into words like the kernel does: spaces separate words,
+/// double quotes group (and are removed).
+pub fn split(cmdline: &str) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut cur = String::new();
+    let mut quoted = false;
+    let mut any = false;
+    for c in cmdline.chars() {
+        match c {
+            '"' => {
+                quoted = !quoted;
+                any = true;
+            }
+            c if c.is_whitespace() && !quoted => {
+                if any {
+                    out.push(std::mem::take(&mut cur));
+                    any = false;
+                }
+            }
+            c => {
+                cur.push(c);
+                any = true;
+            }
+        }
+    }
+    if any {
+        out.push(cur);
+    }
+    out
+}
+
+fn parse_bool(v: Option<&str>) -> Option<bool> {
+    match v.map(|s| s.to_ascii_lowercase()).as_deref() {
+        None | Some("") | Some("1") | Some("y") | Some("yes") | Some("true") | Some("on") => {
+            Some(true)
+        }
+        Some("0") | Some("n") | Some("no") | Some("false") | Some("off") => Some(false),
+        _ => None,
+    }
+}
+
+impl Config {
+    /// Parses the `rescue.*` words; everything else belongs to the kernel or modules.
+    pub fn parse(cmdline: &str) -> Config {
+        let mut c = Config::default();
+        for word in split(cmdline) {
+            let Some(opt) = word.strip_prefix("rescue.") else {
+                continue;
+            };
+            let (key, val) = match opt.split_once('=') {
+                Some((k, v)) => (k, Some(v)),
+                None => (opt, None),
+            };
+            let nonempty = val.map(str::trim).filter(|v| !v.is_empty());
+            match key {
+                "mode" => match nonempty {
+                    Some("menu") => c.mode = Mode::Menu,
+                    Some("backup") => c.mode = Mode::Backup,
+                    Some("serve") => c.mode = Mode::Serve,
+                    Some("restore") => c.mode = Mode::Restore,
+                    _ => c.warnings.push(format!(
+                        "{word}: expected backup, serve, restore or menu; using menu"
+                    )),
+                },
+                "fabric" => match nonempty {
+                    Some("auto") => c.fabric = Fabric::Auto,
+                    Some("usb4") => c.fabric = Fabric::Usb4,
+                    Some("virtual") => c.fabric = Fabric::Virtual,
+                    _ => c.warnings.push(format!(
+                        "{word}: expected auto, usb4 or virtual; using auto"
+                    )),
+                },
+                "store" => c.store = nonempty.map(str::to_string),
+                "disks" => {
+                    c.disks = nonempty
+                        .unwrap_or_default()
+                        .split(',')
+                        .map(str::trim)
+                        .filter(|d| !d.is_empty())
+                        .map(str::to_string)
+                        .collect()
+                }
+                "peer" => c.peer = nonempty.map(str::to_string),
+                "hostname" => c.hostname = nonempty.map(str::to_string),
+                "label" => c.label = nonempty.map(str::to_string),
+                "yes" | "poweroff" | "reboot" | "verify" => match parse_bool(val) {
+                    Some(b) => match key {
+                        "yes" => c.yes = b,
+                        "poweroff" => c.poweroff = b,
+                        "reboot" => c.reboot = b,
+                        _ => c.verify = b,
+                    },
+                    None => c.warnings.push(format!("{word}: expected 1 or 0; ignored")),
+                },
+                _ => c
+                    .warnings
+                    .push(format!("{word}: unknown rescue option; ignored")),
+            }
+        }
+        if c.poweroff && c.reboot {
+            c.warnings
+                .push("both rescue.poweroff and rescue.reboot given: powering off".into());
+            c.reboot = false;
+        }
+        c
+    }
+
+    /// How to reach the peer: the configured service, waiting as long as it takes
+    /// (at a rescue console the person plugs the cable in when ready).
+    pub fn connect(&self) -> ConnectArgs {
+        ConnectArgs {
+            device: None,
+            peer: self.peer.clone(),
+            name: "backup".into(),
+            wait: 0,
+        }
+    }
+
+    pub fn backup_command(&self) -> Command {
+        Command::Backup(BackupArgs {
+            connect: self.connect(),
+            label: self.label.clone(),
+            fresh: false,
+            chunk_kib: 1024,
+            disks: self.disks.clone(),
+        })
+    }
+
+    /// A serve command keeping images in `store` (the mounted store directory).
+    /// With poweroff/reboot requested it stops after one session so that happens.
+    pub fn serve_command(&self, store: PathBuf) -> Command {
+        Command::Serve(ServeArgs {
+            store,
+            connect: self.connect(),
+            once: self.poweroff || self.reboot,
+        })
+    }
+
+    pub fn restore_command(&self) -> Command {
+        Command::Restore(RestoreArgs {
+            connect: self.connect(),
+            list: false,
+            backup: None,
+            host: None,
+            map: Vec::new(),
+            yes: self.yes,
+            verify: self.verify,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn splits_like_the_kernel() {
+        assert_eq!(split("a  b=\"c d\" \"e\"f"), vec!["a", "b=c d", "ef"]);
+        assert!(split("  ").is_empty());
+    }
+
+    #[test]
+    fn parses_everything() {
+        let c = Config::parse(
+            "BOOT_IMAGE=/vmlinuz console=ttyS0 rescue.mode=backup rescue.store=LABEL=backups \
+             rescue.disks=sda,nvme0n1 rescue.peer=0-1.0 rescue.yes=1 rescue.poweroff \
+             rescue.fabric=virtual rescue.hostname=hostA rescue.label=\"before reinstall\" \
+             rescue.verify=1",
+        );
+        assert_eq!(c.mode, Mode::Backup);
+        assert_eq!(c.store.as_deref(), Some("LABEL=backups"));
+        assert_eq!(c.disks, vec!["sda", "nvme0n1"]);
+        assert_eq!(c.peer.as_deref(), Some("0-1.0"));
+        assert!(c.yes && c.poweroff && !c.reboot && c.verify);
+        assert_eq!(c.fabric, Fabric::Virtual);
+        assert_eq!(c.hostname.as_deref(), Some("hostA"));
+        assert_eq!(c.label.as_deref(), Some("before reinstall"));
+        assert!(c.warnings.is_empty(), "{:?}", c.warnings);
+    }
+
+    #[test]
+    fn bad_values_warn_and_default() {
+        let c = Config::parse("rescue.mode=dance rescue.yes=maybe rescue.bogus=1 rescue.fabric=x");
+        assert_eq!(c.mode, Mode::Menu);
+        assert!(!c.yes);
+        assert_eq!(c.fabric, Fabric::Auto);
+        assert_eq!(c.warnings.len(), 4, "{:?}", c.warnings);
+        assert_eq!(Config::parse("").mode, Mode::Menu);
+    }
+
+    #[test]
+    fn builds_commands() {
+        let c = Config::parse("rescue.mode=serve rescue.poweroff=1 rescue.peer=0-1.0");
+        match c.serve_command("/run/rescue/store".into()) {
+            Command::Serve(s) => {
+                assert!(s.once);
+                assert_eq!(s.connect.name, "backup");
+                assert_eq!(s.connect.peer.as_deref(), Some("0-1.0"));
+                assert_eq!(s.store, PathBuf::from("/run/rescue/store"));
+            }
+            other => panic!("{other:?}"),
+        }
+        match Config::parse("rescue.disks=sda rescue.label=x").backup_command() {
+            Command::Backup(b) => {
+                assert_eq!(b.disks, vec!["sda"]);
+                assert_eq!(b.label.as_deref(), Some("x"));
+                assert_eq!(b.chunk_kib, 1024);
+            }
+            other => panic!("{other:?}"),
+        }
+        match Config::parse("rescue.yes=1 rescue.verify=1").restore_command() {
+            Command::Restore(r) => assert!(r.yes && r.verify && !r.list),
+            other => panic!("{other:?}"),
+        }
+    }
+}

@@ -1,0 +1,124 @@
+//! The real machine behind the menu: disks from /sys/block, the peer from the
+//! Thunderbolt bus, commands through the app dispatcher, the store mounted from
+//! its superblock, reboot(2) for power actions.
+
+use std::path::PathBuf;
+
+use anyhow::{Context, Result, bail};
+
+use crate::cli::Command;
+use crate::disks;
+use crate::fabric::bus;
+use crate::init::menu::{Backend, Peer, Power};
+use crate::init::{drivers, store};
+use crate::modload::{Loader, ModuleSys};
+use crate::root::Root;
+
+/// The running system (or a fake root in tests, where power actions refuse).
+pub struct System<S: ModuleSys> {
+    pub root: Root,
+    pub loader: Option<Loader<S>>,
+    /// The configured `rescue.peer`, preferred when several peers are connected.
+    pub peer: Option<String>,
+}
+
+impl<S: ModuleSys> System<S> {
+    pub fn new(root: Root, loader: Option<Loader<S>>, peer: Option<String>) -> Self {
+        System { root, loader, peer }
+    }
+}
+
+/// The peer as the Thunderbolt bus shows it.
+pub fn peer_state(root: &Root, prefer: Option<&str>) -> Peer {
+    if !root.path("/sys/bus/thunderbolt").exists() {
+        return Peer::NoFabric("thunderbolt driver not loaded".into());
+    }
+    if !drivers::has_domain(root) {
+        return Peer::NoFabric("no USB4/Thunderbolt controller found".into());
+    }
+    let services = bus::stream_services(root);
+    let svc = prefer
+        .and_then(|p| services.iter().find(|s| s.name == p))
+        .or_else(|| services.first());
+    match svc {
+        None => Peer::Waiting,
+        Some(s) => {
+            let name = bus::xdomain_of(root, s)
+                .and_then(|x| x.device_name.or(Some(x.name)))
+                .unwrap_or_else(|| s.xdomain.clone());
+            Peer::Found {
+                name,
+                service: s.name.clone(),
+            }
+        }
+    }
+}
+
+impl<S: ModuleSys> Backend for System<S> {
+    fn hostname(&self) -> String {
+        self.root
+            .read_attr("/proc/sys/kernel/hostname")
+            .unwrap_or_else(|| "(unknown)".into())
+    }
+
+    fn disks_table(&mut self) -> String {
+        match disks::list(&self.root, false) {
+            Ok(d) => disks::render_table(&d),
+            Err(e) => format!("cannot list disks: {e:#}\n"),
+        }
+    }
+
+    fn disk_names(&mut self) -> Vec<String> {
+        disks::list(&self.root, false)
+            .map(|d| d.into_iter().map(|d| d.name).collect())
+            .unwrap_or_default()
+    }
+
+    fn peer(&mut self) -> Peer {
+        peer_state(&self.root, self.peer.as_deref())
+    }
+
+    fn run(&mut self, cmd: Command) -> Result<u8> {
+        crate::app::run(&self.root, cmd)
+    }
+
+    fn mount_store(&mut self, spec: &str) -> Result<PathBuf> {
+        let loader = &mut self.loader;
+        let mut load_fs = |fstype: &str| {
+            if let Some(l) = loader.as_mut() {
+                // Best effort: built-in filesystems need nothing, and mount(2) says
+                // clearly when the type is unknown.
+                let _ = l.load(fstype);
+                if fstype == "vfat" {
+                    for nls in ["nls_cp437", "nls_iso8859_1", "nls_utf8", "nls_ascii"] {
+                        let _ = l.load(nls);
+                    }
+                }
+            }
+        };
+        store::mount_store(&self.root, spec, &mut load_fs)
+    }
+
+    fn power(&mut self, p: Power) -> Result<()> {
+        if !self.root.is_host() || nix::unistd::getpid().as_raw() != 1 {
+            bail!("not the init process of this machine: not rebooting or powering off");
+        }
+        power(p)
+    }
+}
+
+/// Syncs and reboots or powers off. Returns only on failure.
+pub fn power(p: Power) -> Result<()> {
+    use nix::sys::reboot::{RebootMode, reboot};
+    nix::unistd::sync();
+    let mode = match p {
+        Power::Reboot => RebootMode::RB_AUTOBOOT,
+        Power::PowerOff => RebootMode::RB_POWER_OFF,
+    };
+    let e = reboot(mode).err();
+    Err(anyhow::anyhow!(
+        "reboot(2) failed: {}",
+        e.map(|e| e.desc()).unwrap_or("?")
+    ))
+    .context("power")
+}

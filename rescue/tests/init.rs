@@ -1,0 +1,422 @@
+//! PID-1 mode without being PID 1: boot preparation on a fake tree (command line,
+//! hostname, drivers, virtual cable rule), the store lookup by superblock, and the
+//! menu and mode flow scripted through a fake backend.
+
+#![allow(clippy::unwrap_used)]
+
+use std::ffi::CStr;
+use std::fs::{self, File};
+use std::io::Cursor;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use nix::errno::Errno;
+use rescue::Root;
+use rescue::cli::Command;
+use rescue::init::menu::{Backend, MenuEnd, Peer, Power};
+use rescue::init::{Ending, Fabric, Mode, after_boot, prepare, ready_line, store};
+use rescue::modload::ModuleSys;
+
+const REL: &str = "7.3.4-test";
+
+#[derive(Default)]
+struct Recorder(Vec<String>);
+
+impl ModuleSys for Recorder {
+    fn init_module(&mut self, name: &str, _image: &[u8], _p: &CStr) -> Result<(), Errno> {
+        self.0.push(name.to_string());
+        Ok(())
+    }
+    fn finit_compressed(&mut self, name: &str, _f: &File, _p: &CStr) -> Result<(), Errno> {
+        self.0.push(name.to_string());
+        Ok(())
+    }
+}
+
+fn write(path: &Path, bytes: &[u8]) {
+    fs::create_dir_all(path.parent().unwrap()).unwrap();
+    fs::write(path, bytes).unwrap();
+}
+
+/// A rescue initramfs as the kernel would show it after boot, without hardware.
+fn tree(cmdline: &str, with_vcable: bool, with_domain: bool) -> tempfile::TempDir {
+    let t = tempfile::tempdir().unwrap();
+    let r = t.path();
+    let m = r.join(format!("lib/modules/{REL}"));
+    write(&r.join("proc/sys/kernel/osrelease"), REL.as_bytes());
+    write(&r.join("proc/sys/kernel/hostname"), b"(none)\n");
+    write(&r.join("proc/cmdline"), cmdline.as_bytes());
+    write(&r.join("proc/uptime"), b"2.50 1.00\n");
+    write(&r.join("sys/class/dmi/id/product_name"), b"Test Box\n");
+    write(&r.join("sys/class/dmi/id/product_serial"), b"SN123\n");
+    let mut dep = String::from(
+        "kernel/fs/configfs/configfs.ko:\n\
+kernel/drivers/thunderbolt/thunderbolt.ko: kernel/fs/configfs/configfs.ko\n\
+kernel/drivers/thunderbolt/thunderbolt_stream.ko: kernel/drivers/thunderbolt/thunderbolt.ko kernel/fs/configfs/configfs.ko\n\
+kernel/drivers/block/virtio_blk.ko:\n",
+    );
+    for f in [
+        "kernel/fs/configfs/configfs.ko",
+        "kernel/drivers/thunderbolt/thunderbolt.ko",
+        "kernel/drivers/thunderbolt/thunderbolt_stream.ko",
+        "kernel/drivers/block/virtio_blk.ko",
+    ] {
+        write(&m.join(f), b"\x7fELF");
+    }
+    let mut alias = String::from("alias virtio:d00000002v* virtio_blk\n");
+    if with_vcable {
+        write(&m.join("extra/usb4vcable.ko"), b"\x7fELF");
+        dep.push_str("extra/usb4vcable.ko: kernel/drivers/thunderbolt/thunderbolt.ko kernel/fs/configfs/configfs.ko\n");
+        alias.push_str("alias pci:v00001AF4d00001110sv*sd*bc*sc*i* usb4vcable\n");
+    }
+    write(&m.join("modules.dep"), dep.as_bytes());
+    write(&m.join("modules.alias"), alias.as_bytes());
+    write(
+        &m.join("modules.builtin"),
+        b"kernel/drivers/virtio/virtio_pci.ko\n",
+    );
+    // A virtio disk without its driver and the ivshmem device of the virtual cable.
+    write(
+        &r.join("sys/bus/virtio/devices/virtio0/modalias"),
+        b"virtio:d00000002v00001AF4\n",
+    );
+    write(
+        &r.join("sys/bus/pci/devices/0000:00:05.0/modalias"),
+        b"pci:v00001AF4d00001110sv00001AF4sd00001100bc05sc00i00\n",
+    );
+    fs::create_dir_all(r.join("sys/block/vda")).unwrap();
+    fs::create_dir_all(r.join("sys/block/loop0")).unwrap();
+    if with_domain {
+        fs::create_dir_all(r.join("sys/bus/thunderbolt/devices/domain0")).unwrap();
+    }
+    t
+}
+
+fn prep(t: &tempfile::TempDir) -> (Vec<String>, String, rescue::init::Prepared<Recorder>) {
+    let mut out = Vec::new();
+    let p = prepare(
+        &Root::new(t.path()),
+        Recorder::default(),
+        &mut out,
+        Duration::from_millis(50),
+        Duration::from_secs(3),
+    );
+    let loaded = p.loader.as_ref().unwrap().sys().0.clone();
+    (loaded, String::from_utf8(out).unwrap(), p)
+}
+
+#[test]
+fn prepare_loads_stack_and_drivers_and_picks_vcable_in_auto() {
+    let t = tree(
+        "console=ttyS0 rescue.mode=backup rescue.disks=vda",
+        true,
+        false,
+    );
+    let (loaded, out, p) = prep(&t);
+    assert_eq!(
+        loaded,
+        vec![
+            "configfs",
+            "thunderbolt",
+            "thunderbolt_stream",
+            "virtio_blk",
+            "usb4vcable"
+        ]
+    );
+    assert!(p.drivers.virtual_cable);
+    assert_eq!(p.config.mode, Mode::Backup);
+    assert_eq!(p.disks, vec!["vda"]);
+    assert_eq!(p.hostname.as_deref(), Some("test-box-sn123"));
+    assert!(
+        out.contains(
+            "RESCUE: modules: configfs thunderbolt thunderbolt_stream virtio_blk usb4vcable"
+        ),
+        "{out}"
+    );
+    let ready = ready_line(&Root::new(t.path()), &p);
+    assert_eq!(
+        ready,
+        "RESCUE: ready mode=backup host=test-box-sn123 disks=vda fabric=virtual uptime=2.50s"
+    );
+}
+
+#[test]
+fn real_domain_or_usb4_means_no_virtual_cable() {
+    let t = tree("rescue.fabric=auto", true, true);
+    let (loaded, _, p) = prep(&t);
+    assert!(!loaded.contains(&"usb4vcable".to_string()));
+    assert!(!p.drivers.virtual_cable);
+
+    let t = tree("rescue.fabric=usb4", true, false);
+    let (loaded, _, _) = prep(&t);
+    assert!(!loaded.contains(&"usb4vcable".to_string()), "{loaded:?}");
+
+    // Forced virtual without the module: a warning, not a failure.
+    let t = tree("rescue.fabric=virtual rescue.hostname=hostB", false, false);
+    let (_, out, p) = prep(&t);
+    assert_eq!(p.config.fabric, Fabric::Virtual);
+    assert!(
+        out.contains("RESCUE: warning: module usb4vcable not found"),
+        "{out}"
+    );
+    assert_eq!(p.hostname.as_deref(), Some("hostb"));
+}
+
+/// A machine that records what the menu asked of it.
+#[derive(Default)]
+struct Fake {
+    ran: Vec<Command>,
+    rc: u8,
+    powered: Vec<Power>,
+    stores: Vec<String>,
+    peer: Option<String>,
+}
+
+impl Backend for Fake {
+    fn hostname(&self) -> String {
+        "hostA".into()
+    }
+    fn disks_table(&mut self) -> String {
+        "NAME SIZE\nvda  1 GiB\nvdb  2 GiB\n".into()
+    }
+    fn disk_names(&mut self) -> Vec<String> {
+        vec!["vda".into(), "vdb".into()]
+    }
+    fn peer(&mut self) -> Peer {
+        match &self.peer {
+            Some(n) => Peer::Found {
+                name: n.clone(),
+                service: "0-1.0".into(),
+            },
+            None => Peer::Waiting,
+        }
+    }
+    fn run(&mut self, cmd: Command) -> anyhow::Result<u8> {
+        self.ran.push(cmd);
+        if self.rc == 99 {
+            anyhow::bail!("peer vanished");
+        }
+        Ok(self.rc)
+    }
+    fn mount_store(&mut self, spec: &str) -> anyhow::Result<PathBuf> {
+        self.stores.push(spec.to_string());
+        if spec == "LABEL=missing" {
+            anyhow::bail!("no filesystem with label missing");
+        }
+        Ok(PathBuf::from("/run/rescue/store"))
+    }
+    fn power(&mut self, p: Power) -> anyhow::Result<()> {
+        self.powered.push(p);
+        Ok(())
+    }
+}
+
+fn drive(fake: &mut Fake, cmdline: &str, input: &str) -> (u8, Ending, String) {
+    let config = rescue::init::Config::parse(cmdline);
+    let mut out = Vec::new();
+    let (rc, end) = after_boot(fake, &config, Cursor::new(input.to_string()), &mut out);
+    (rc, end, String::from_utf8(out).unwrap())
+}
+
+#[test]
+fn backup_mode_runs_reports_and_powers_off() {
+    let mut f = Fake::default();
+    let (rc, end, out) = drive(
+        &mut f,
+        "rescue.mode=backup rescue.disks=vda rescue.poweroff=1 rescue.label=x",
+        "",
+    );
+    assert_eq!(rc, 0);
+    assert_eq!(end, Ending::Power(Power::PowerOff));
+    assert!(
+        out.contains("RESCUE: backup finished: OK\nRESCUE: done rc=0\nRESCUE: powering off\n"),
+        "{out}"
+    );
+    match &f.ran[..] {
+        [Command::Backup(b)] => {
+            assert_eq!(b.disks, vec!["vda"]);
+            assert_eq!(b.label.as_deref(), Some("x"));
+            assert_eq!(b.connect.wait, 0);
+        }
+        other => panic!("{other:?}"),
+    }
+}
+
+#[test]
+fn failures_say_why_and_fall_back_to_the_menu() {
+    let mut f = Fake {
+        rc: 5,
+        ..Default::default()
+    };
+    let (rc, end, out) = drive(&mut f, "rescue.mode=restore rescue.yes=1", "");
+    assert_eq!(rc, 5);
+    assert_eq!(end, Ending::Menu(MenuEnd::Eof));
+    assert!(
+        out.contains(
+            "RESCUE: restore failed: the other machine went away (run again to resume) (exit 5)"
+        ),
+        "{out}"
+    );
+    assert!(out.contains("RESCUE: done rc=5"));
+    assert!(out.contains("RESCUE: menu"));
+
+    let mut f = Fake {
+        rc: 99,
+        ..Default::default()
+    };
+    let (rc, _, out) = drive(&mut f, "rescue.mode=backup", "");
+    assert_eq!(rc, 1);
+    assert!(
+        out.contains("RESCUE: backup failed: peer vanished (exit 1)"),
+        "{out}"
+    );
+
+    let mut f = Fake::default();
+    let (rc, _, out) = drive(&mut f, "rescue.mode=serve rescue.store=LABEL=missing", "");
+    assert_eq!(rc, 1);
+    assert!(
+        out.contains("RESCUE: serve failed: no filesystem with label missing"),
+        "{out}"
+    );
+    let (rc, _, _) = drive(&mut f, "rescue.mode=serve", "");
+    assert_eq!(rc, 2);
+}
+
+#[test]
+fn serve_mode_mounts_the_store() {
+    let mut f = Fake::default();
+    let (rc, _, out) = drive(&mut f, "rescue.mode=serve rescue.store=LABEL=backups", "");
+    assert_eq!(rc, 0);
+    assert_eq!(f.stores, vec!["LABEL=backups"]);
+    match &f.ran[..] {
+        [Command::Serve(s)] => {
+            assert_eq!(s.store, PathBuf::from("/run/rescue/store"));
+            assert!(!s.once);
+        }
+        other => panic!("{other:?}"),
+    }
+    assert!(out.contains("RESCUE: serve finished: OK"));
+}
+
+#[test]
+fn menu_backup_asks_and_confirms() {
+    let mut f = Fake {
+        peer: Some("hostB".into()),
+        ..Default::default()
+    };
+    // Backup of vdb, label "old", refuse once, then accept; then refresh; then EOF.
+    let (_, end, out) = drive(&mut f, "", "1\nvdb\nold\nn\n1\n\n\ny\n4\n");
+    assert_eq!(end, Ending::Menu(MenuEnd::Eof));
+    assert!(out.contains("cable: peer found: hostB (0-1.0)"), "{out}");
+    assert!(out.contains("Send vdb to hostB? [y/N]"));
+    assert!(out.contains("Cancelled."));
+    match &f.ran[..] {
+        [Command::Backup(b)] => {
+            assert_eq!(b.disks, vec!["vda", "vdb"]);
+            assert_eq!(b.label, None);
+        }
+        other => panic!("{other:?}"),
+    }
+    assert!(out.contains("RESCUE: backup finished: OK"));
+    assert!(f.powered.is_empty());
+}
+
+#[test]
+fn menu_unknown_disk_and_waiting_status() {
+    let mut f = Fake::default();
+    let (_, _, out) = drive(&mut f, "", "1\nsdz\n9\n");
+    assert!(
+        out.contains("plug the cable into the other machine"),
+        "{out}"
+    );
+    assert!(out.contains("Unknown disk(s): sdz"));
+    assert!(out.contains("unknown choice \"9\""));
+    assert!(f.ran.is_empty());
+}
+
+#[test]
+fn menu_restore_lists_then_requires_yes() {
+    let mut f = Fake::default();
+    let (_, _, out) = drive(&mut f, "", "3\n\nno\n3\n2026-11-21T10\nyes\ny\n");
+    assert!(out.contains("Cancelled."), "{out}");
+    // list, list, restore
+    assert_eq!(f.ran.len(), 3);
+    assert!(matches!(&f.ran[0], Command::Restore(r) if r.list));
+    match &f.ran[2] {
+        Command::Restore(r) => {
+            assert!(!r.list && r.yes && r.verify);
+            assert_eq!(r.backup.as_deref(), Some("2026-11-21T10"));
+        }
+        other => panic!("{other:?}"),
+    }
+}
+
+#[test]
+fn menu_serve_and_power() {
+    let mut f = Fake::default();
+    let (_, _, _) = drive(&mut f, "", "2\nLABEL=usb\n6\nn\n5\ny\n");
+    assert_eq!(f.stores, vec!["LABEL=usb"]);
+    match &f.ran[..] {
+        [Command::Serve(s)] => assert!(s.once),
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(f.powered, vec![Power::Reboot]);
+}
+
+fn ext4_image(path: &Path, label: &str) {
+    let mut b = vec![0u8; store::PROBE_LEN];
+    b[1024 + 0x38] = 0x53;
+    b[1024 + 0x39] = 0xEF;
+    b[1024 + 0x68] = 0xAB;
+    b[1024 + 0x78..1024 + 0x78 + label.len()].copy_from_slice(label.as_bytes());
+    write(path, &b);
+}
+
+fn fat32_image(path: &Path, label: &str) {
+    let mut b = vec![0u8; 4096];
+    b[0x52..0x5a].copy_from_slice(b"FAT32   ");
+    b[0x42] = 0x29;
+    b[0x43..0x47].copy_from_slice(&[0x34, 0x12, 0xCD, 0xAB]);
+    let mut l = [b' '; 11];
+    l[..label.len()].copy_from_slice(label.as_bytes());
+    b[0x47..0x52].copy_from_slice(&l);
+    b[510] = 0x55;
+    b[511] = 0xAA;
+    write(path, &b);
+}
+
+#[test]
+fn store_found_by_label_uuid_and_path() {
+    let t = tempfile::tempdir().unwrap();
+    let r = t.path();
+    for n in ["vda", "vda1", "vdb", "vdb1"] {
+        fs::create_dir_all(r.join("sys/class/block").join(n)).unwrap();
+    }
+    write(&r.join("dev/vda"), &[0u8; 8192]);
+    ext4_image(&r.join("dev/vda1"), "backups");
+    write(&r.join("dev/vdb"), &[0u8; 100]);
+    fat32_image(&r.join("dev/vdb1"), "RESCUE");
+    let root = Root::new(r);
+
+    let f = store::find(&root, "LABEL=backups").unwrap();
+    assert_eq!(f.name, "/dev/vda1");
+    assert_eq!(f.fs.fstype, "ext4");
+    let f = store::find(&root, "LABEL=RESCUE").unwrap();
+    assert_eq!((f.name.as_str(), f.fs.fstype), ("/dev/vdb1", "vfat"));
+    let f = store::find(&root, "UUID=abcd-1234").unwrap();
+    assert_eq!(f.name, "/dev/vdb1");
+    let f = store::find(&root, "/dev/vda1").unwrap();
+    assert_eq!(f.fs.label.as_deref(), Some("backups"));
+    let e = format!("{:#}", store::find(&root, "LABEL=nope").unwrap_err());
+    assert!(e.contains("/dev/vda1 (ext4 label=backups"), "{e}");
+    assert!(store::find(&root, "/dev/vda").is_err());
+    assert!(store::find(&root, "backups").is_err());
+
+    // Mounting on a fake root only resolves and prepares the directory.
+    let mut asked = Vec::new();
+    let dir =
+        store::mount_store(&root, "LABEL=RESCUE", &mut |t| asked.push(t.to_string())).unwrap();
+    assert_eq!(dir, r.join("run/rescue/store"));
+    assert!(dir.is_dir());
+    assert_eq!(asked, vec!["vfat"]);
+}
