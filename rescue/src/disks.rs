@@ -624,7 +624,7 @@ pub fn human_size(bytes: u64) -> String {
         div *= 1024;
         unit += 1;
     }
-    if bytes % div == 0 {
+    if bytes.is_multiple_of(div) {
         return format!("{} {}", bytes / div, UNITS[unit]);
     }
     let v = bytes as f64 / div as f64;
@@ -733,6 +733,7 @@ fn disk_state(_name: &str, mounts: &[String], holders: &[Holder], swap: bool) ->
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
 

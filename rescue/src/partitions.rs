@@ -411,7 +411,7 @@ fn looks_like_mbr(mbr: &[u8]) -> bool {
         || &mbr[54..59] == b"FAT16"
         || &mbr[82..87] == b"FAT32";
     let any_used = (0..4).any(|i| mbr[446 + i * 16 + 4] != 0);
-    !(fs_boot_sector && !any_used)
+    !fs_boot_sector || any_used
 }
 
 struct MbrSlot {
@@ -583,6 +583,7 @@ pub fn mbr_type_name(kind: u8) -> &'static str {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
 

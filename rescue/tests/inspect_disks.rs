@@ -1,6 +1,8 @@
 //! Disk listing against fake sysfs/proc/dev trees (tests/fixtures/laptop and
 //! server), with partition tables written into the copied tree as sparse images.
 
+#![allow(clippy::unwrap_used)]
+
 mod inspect_support;
 
 use std::path::Path;

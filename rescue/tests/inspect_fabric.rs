@@ -2,6 +2,8 @@
 //! trees: tests/fixtures/tb-ready (peer connected, stream configured) and
 //! tb-insecure (no IOMMU, module not loaded, ConfigFS not mounted, no uevent files).
 
+#![allow(clippy::unwrap_used)]
+
 mod inspect_support;
 
 use std::fs;

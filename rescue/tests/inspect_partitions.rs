@@ -1,6 +1,8 @@
 //! Partition table reading on generated GPT and MBR images, including damaged and
 //! hostile ones (which must give an error or a partial table, never a panic).
 
+#![allow(clippy::unwrap_used)]
+
 mod inspect_support;
 
 use std::path::Path;
@@ -233,9 +235,8 @@ fn truncated_images_do_not_panic() {
         0, 1, 100, 511, 512, 513, 600, 1024, 1100, 2048, 5000, 17408, 20000,
     ] {
         std::fs::write(&img, &bytes[..len]).unwrap();
-        match read_table(&img, 512) {
-            Ok(Some(t)) => assert!(!t.warnings.is_empty() || t.kind == "dos" || len > 17408),
-            Ok(None) | Err(_) => {}
+        if let Ok(Some(t)) = read_table(&img, 512) {
+            assert!(!t.warnings.is_empty() || t.kind == "dos" || len > 17408);
         }
     }
     assert!(read_table(&dir.path().join("missing"), 512).is_err());

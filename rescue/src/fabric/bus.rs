@@ -300,6 +300,7 @@ pub fn xdomain_of(root: &Root, service: &Service) -> Option<XDomain> {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
 

@@ -502,6 +502,7 @@ pub fn render(s: &Status) -> String {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
 
