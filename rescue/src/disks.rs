@@ -50,6 +50,9 @@ pub struct Disk {
     pub holders: Vec<Holder>,
     /// Whether the whole disk is an active swap area.
     pub swap: bool,
+    /// Set when the mount table could not be read, so being unused is not proven.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub usage_unknown: Option<String>,
 }
 
 /// A partition of a disk, from sysfs, with the table's type and label when readable.
@@ -100,6 +103,12 @@ impl Disk {
     /// "sda2 is mounted on /boot; sda3 is active swap".
     pub fn busy_reason(&self) -> Option<String> {
         let mut reasons = Vec::new();
+        if let Some(why) = &self.usage_unknown {
+            reasons.push(format!(
+                "cannot tell whether {} is in use: {why}",
+                self.name
+            ));
+        }
         usage_reasons(
             &self.name,
             &self.mounts,
@@ -167,6 +176,8 @@ fn usage_reasons(
 
 /// What is in use on the system: read once per listing.
 struct Usage {
+    /// Why the mount table is unknown; a disk is then not assumed to be free.
+    unknown: Option<String>,
     mounts: Vec<Mount>,
     /// Each mount's source resolved to a /dev path (symlinks followed in the root).
     sources: Vec<Option<String>>,
@@ -175,9 +186,11 @@ struct Usage {
 
 impl Usage {
     fn read(root: &Root) -> Self {
-        // Without /proc the safety checks have nothing to go on; the disks are still
-        // worth listing, and the caller refusing nothing is better than listing nothing.
-        let mounts = mountinfo::read(root).unwrap_or_default();
+        // Without /proc the disks are still worth listing, but none counts as free.
+        let (mounts, unknown) = match mountinfo::read(root) {
+            Ok(m) => (m, None),
+            Err(e) => (Vec::new(), Some(format!("{e:#}"))),
+        };
         let sources = mounts
             .iter()
             .map(|m| {
@@ -190,6 +203,7 @@ impl Usage {
             .map(|s| resolve_in_root(root, s))
             .collect();
         Usage {
+            unknown,
             mounts,
             sources,
             swaps,
@@ -309,7 +323,8 @@ fn hidden(root: &Root, name: &str) -> bool {
     {
         return true;
     }
-    if attr("device/type").as_deref() == Some("5") {
+    // Paths of native NVMe multipath (nvme0c0n1) are marked hidden by the kernel.
+    if attr("device/type").as_deref() == Some("5") || attr("hidden").as_deref() == Some("1") {
         return true;
     }
     if root
@@ -352,7 +367,8 @@ fn read_disk(root: &Root, name: &str, usage: &Usage) -> anyhow::Result<Disk> {
         sectors: num("size").unwrap_or(0),
         logical_block_size: logical,
         physical_block_size: physical,
-        vendor: attr("device/vendor"),
+        // virtio and NVMe controllers show a numeric PCI vendor id here, not a name.
+        vendor: attr("device/vendor").filter(|v| !v.starts_with("0x")),
         model: attr("device/model").or_else(|| attr("device/name")),
         serial: serial(root, &base),
         wwn: attr("device/wwid").or_else(|| attr("wwid")),
@@ -363,6 +379,7 @@ fn read_disk(root: &Root, name: &str, usage: &Usage) -> anyhow::Result<Disk> {
         mounts: usage.mounts_of(&path, devnum),
         holders: holders(root, &format!("{base}/holders"), usage),
         swap: usage.is_swap(&path),
+        usage_unknown: usage.unknown.clone(),
         ..Disk::default()
     };
 

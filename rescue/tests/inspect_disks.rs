@@ -311,6 +311,12 @@ fn odd_sysfs_values_do_not_panic() {
     assert_eq!(list.len(), 1);
     assert_eq!(list[0].logical_block_size, 512);
     assert!(list[0].partitions.is_empty());
+    // No /proc here: the disk must not pass for unused.
+    let why = list[0].busy_reason().unwrap();
+    assert!(
+        why.starts_with("cannot tell whether sdz is in use: reading /proc/self/mountinfo"),
+        "{why}"
+    );
     let _ = disks::render_table(&list);
     let _ = Path::new("/");
 }

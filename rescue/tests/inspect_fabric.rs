@@ -181,6 +181,25 @@ fn old_kernel_and_no_controller() {
         "{:?}",
         s.problems
     );
+
+    // Built in counts as loaded.
+    put(
+        "lib/modules/7.2.0-custom/modules.builtin",
+        "kernel/drivers/thunderbolt/thunderbolt.ko\nkernel/drivers/thunderbolt/thunderbolt_stream.ko\n",
+    );
+    let s = status::collect(&r);
+    assert!(
+        s.modules.iter().all(|m| m.builtin && m.loaded),
+        "{:?}",
+        s.modules
+    );
+    assert_eq!(s.problems.len(), 2, "{:?}", s.problems);
+    assert!(
+        s.problems[0].contains("missing although thunderbolt_stream is loaded"),
+        "{:?}",
+        s.problems
+    );
+    assert!(status::render(&s).contains("thunderbolt_stream built in"));
 }
 
 #[test]

@@ -52,7 +52,7 @@ pub struct XDomain {
     pub vendor: Option<String>,
     /// The peer's UUID.
     pub unique_id: Option<String>,
-    /// "20.0 Gb/s".
+    /// Speed per lane, e.g. "20.0 Gb/s".
     pub rx_speed: Option<String>,
     pub tx_speed: Option<String>,
     pub rx_lanes: Option<u32>,

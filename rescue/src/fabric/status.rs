@@ -189,7 +189,7 @@ fn module_status(root: &Root, release: Option<&str>, name: &str) -> ModuleStatus
     let loaded = root.path(format!("/sys/module/{name}")).is_dir();
     ModuleStatus {
         name: name.to_string(),
-        loaded,
+        loaded: loaded || builtin,
         builtin,
         available: builtin || loaded || listed("modules.dep"),
     }
