@@ -246,7 +246,10 @@ pub fn list(root: &Root, all: bool) -> anyhow::Result<Vec<Disk>> {
         if !all && hidden(root, &name) {
             continue;
         }
-        disks.push(read_disk(root, &name, &usage)?);
+        // A device may vanish between listing and reading (USB unplugged); skip it.
+        if let Ok(d) = read_disk(root, &name, &usage) {
+            disks.push(d);
+        }
     }
     Ok(disks)
 }
@@ -728,6 +731,12 @@ pub fn render_table(disks: &[Disk]) -> String {
         }
         out.push_str(line.trim_end());
         out.push('\n');
+    }
+    // A damaged table is exactly what a rescue tool must not hide.
+    for d in disks {
+        for w in &d.table_warnings {
+            out.push_str(&format!("note: {}: {w}\n", d.name));
+        }
     }
     out
 }

@@ -320,3 +320,33 @@ fn odd_sysfs_values_do_not_panic() {
     let _ = disks::render_table(&list);
     let _ = Path::new("/");
 }
+
+#[test]
+fn damaged_table_is_reported() {
+    let (_t, dir) = fixture_root("laptop");
+    let mut g = gpt_layout(
+        512,
+        NVME_SECTORS,
+        "9d1f3c2a-4b5e-4f60-8a7b-1c2d3e4f5a6b",
+        &[GptPart {
+            type_guid: EFI,
+            uuid: "a1b2c3d4-0001-4000-8000-000000000001",
+            first: 2048,
+            last: 1_050_623,
+            name: "EFI",
+        }],
+    );
+    g.primary_header[16] ^= 1;
+    g.backup_header[16] ^= 1;
+    g.write(&dir.join("dev/nvme0n1"));
+    let list = disks::list(&Root::new(&dir), false).unwrap();
+    assert_eq!(
+        list[0].partitions[0].type_name.as_deref(),
+        Some("EFI System")
+    );
+    let text = disks::render_table(&list);
+    assert!(
+        text.contains("note: nvme0n1: GPT header CRC32 is invalid"),
+        "{text}"
+    );
+}
