@@ -35,7 +35,7 @@ bgkill() {
 
 # wr FILE VALUE: write VALUE to FILE; print "ok" or the error text (exit code 1).
 wr() {
-    if _e=$( { printf '%s\n' "$2" > "$1"; } 2>&1 ); then echo ok; else echo "ERR ${_e##*: }"; return 1; fi
+    if _e=$( { echo "$2" > "$1"; } 2>&1 ); then echo ok; else echo "ERR ${_e##*: }"; return 1; fi
 }
 
 # mk DIR: mkdir, print "ok" or the error text.

@@ -1,0 +1,114 @@
+#!/usr/bin/env bash
+# run-cable-tests.sh: the paired-VM virtual-cable test suite, from a fresh machine.
+#
+#   tests/vm/run-cable-tests.sh [-k PATTERN]... [-q]
+#
+# 1. scripts/fetch-kernel.sh      Debian trixie-backports kernel + modules (cached)
+# 2. scripts/build-kmod.sh        usb4vcable.ko for that kernel (trixie build root)
+# 3. cargo build -p cable-ctl     the host fault tool
+# 4. tests/vm/build-initramfs.py  busybox initramfs with configfs, virtio_blk, the real
+#                                 thunderbolt + thunderbolt_stream, and usb4vcable.ko
+# 5. tests/vm/test_cable.py       the tests (QEMU, TCG unless USB4RESCUE_KVM=1 and KVM works)
+#
+# Exits non-zero on any failure; the last line is always "N passed, N failed". A failed
+# build step counts as one failure and the tests that do not need it still run.
+# Everything built goes under ${USB4RESCUE_CACHE:-/var/cache/usb4rescue} (never the repo).
+# USB4RESCUE_KEEP=1 keeps VM logs of passing tests (failing tests always keep theirs and
+# print the directory).
+set -uo pipefail
+
+HERE=$(cd "$(dirname "$0")" && pwd)
+TOP=$(cd "$HERE/../.." && pwd)
+CACHE=${USB4RESCUE_CACHE:-/var/cache/usb4rescue}
+export USB4RESCUE_CACHE=$CACHE
+
+log() { printf 'run-cable-tests: %s\n' "$*" >&2; }
+setup_failures=0
+fail_step() { log "FAILED: $*"; setup_failures=$((setup_failures + 1)); }
+finish() { # finish PASSED FAILED
+    echo "$1 passed, $2 failed"
+    [ "$2" -eq 0 ] && [ "$1" -gt 0 ]
+    exit $?
+}
+
+need() { # need COMMAND PACKAGE
+    command -v "$1" >/dev/null 2>&1 && return 0
+    log "installing $2"
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -q "$2" >&2 ||
+        { apt-get update -q >&2 && DEBIAN_FRONTEND=noninteractive apt-get install -y -q "$2" >&2; } ||
+        { log "cannot install $2 (needed for $1)"; return 1; }
+}
+need qemu-system-x86_64 qemu-system-x86 || finish 0 1
+need python3 python3 || finish 0 1
+[ -x /bin/busybox ] && file -L /bin/busybox 2>/dev/null | grep -q 'statically linked' ||
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -q busybox-static >&2 || finish 0 1
+python3 -c 'import sys; sys.exit(sys.version_info < (3, 11))' ||
+    { log "python3 >= 3.11 needed"; finish 0 1; }
+
+t_start=$(date +%s)
+
+# 1. kernel
+KDIR=$("$TOP/scripts/fetch-kernel.sh" | tail -n1) && [ -f "$KDIR/vmlinuz" ] ||
+    { log "scripts/fetch-kernel.sh failed: no kernel, nothing can run"; finish 0 1; }
+KVER=$(basename "$KDIR")
+log "kernel $KVER ($KDIR)"
+
+# 2. usb4vcable.ko
+KO=
+if [ -x "$TOP/scripts/build-kmod.sh" ]; then
+    KO=$("$TOP/scripts/build-kmod.sh" | tail -n1)
+    if [ -z "$KO" ] || [ ! -f "$KO" ]; then
+        fail_step "scripts/build-kmod.sh did not produce usb4vcable.ko (see its output above)"
+        KO=
+    else
+        log "module $KO"
+    fi
+else
+    fail_step "scripts/build-kmod.sh missing"
+fi
+
+# 3. cable-ctl
+CABLE_CTL=
+if command -v cargo >/dev/null 2>&1 || [ -x "$HOME/.cargo/bin/cargo" ]; then
+    CARGO=$(command -v cargo || echo "$HOME/.cargo/bin/cargo")
+    if (cd "$TOP" && "$CARGO" build -q -p cable-ctl >&2); then
+        tdir=$(cd "$TOP" && "$CARGO" metadata -q --format-version 1 --no-deps |
+               python3 -c 'import json, sys; print(json.load(sys.stdin)["target_directory"])')
+        CABLE_CTL=$tdir/debug/cable-ctl
+        [ -x "$CABLE_CTL" ] || { fail_step "cargo built cable-ctl but $CABLE_CTL is missing"; CABLE_CTL=; }
+    else
+        fail_step "cargo build -p cable-ctl failed"
+    fi
+else
+    fail_step "cargo not found (install Rust >= 1.88 with rustup; Debian 12's cargo is too old)"
+fi
+[ -n "$CABLE_CTL" ] && "$CABLE_CTL" --help >/dev/null 2>&1 || [ -z "$CABLE_CTL" ] ||
+    log "warning: $CABLE_CTL --help fails"
+
+# 4. initramfs
+ko_args=()
+[ -n "$KO" ] && ko_args=(--ko "$KO")
+INITRD=$(python3 "$HERE/build-initramfs.py" --kernel-dir "$KDIR" "${ko_args[@]}" \
+         --out "$CACHE/initramfs/vm-cable-test-$KVER.cpio" | tail -n1) && [ -f "$INITRD" ] ||
+    { log "tests/vm/build-initramfs.py failed"; finish 0 $((setup_failures + 1)); }
+log "initramfs $INITRD; set-up took $(( $(date +%s) - t_start ))s"
+
+# 5. tests
+export USB4RESCUE_VM_KERNEL=$KDIR/vmlinuz USB4RESCUE_VM_INITRD=$INITRD
+[ -n "$CABLE_CTL" ] && export USB4RESCUE_CABLE_CTL=$CABLE_CTL
+out=$(mktemp /tmp/run-cable-tests.XXXXXX)
+python3 "$HERE/test_cable.py" "$@" > "$out" &
+pid=$!
+trap 'kill -TERM $pid 2>/dev/null' INT TERM HUP
+wait $pid
+wait $pid 2>/dev/null   # again if a signal interrupted the first wait
+trap - INT TERM HUP
+python3 "$TOP/qemu/vmpair.py" cleanup >/dev/null 2>&1
+last=$(tail -n1 "$out")
+rm -f "$out"
+log "total wall time $(( $(date +%s) - t_start ))s"
+if [[ $last =~ ^([0-9]+)\ passed,\ ([0-9]+)\ failed$ ]]; then
+    finish "${BASH_REMATCH[1]}" $((BASH_REMATCH[2] + setup_failures))
+fi
+log "the test runner ended without a result line"
+finish 0 $((setup_failures + 1))
