@@ -91,6 +91,8 @@ class VMTestCase(unittest.TestCase):
     @classmethod
     def tearDownClass(cls):
         if cls.rig:
+            if cls.rig.failed:
+                log(f"[{cls.__name__}] VM logs kept in {cls.rig.workdir}")
             cls.rig.close()
             cls.rig = None
 

@@ -179,11 +179,16 @@ echo "@@R sha=$(head -c {length} {path} | sha256sum | cut -d' ' -f1)"
         irx, itx = self.streams("backup")
         self.start_reader("bravo", "rx", irx, "/dev/vda")
         t0 = time.monotonic()
-        self.sh("alpha", f"dd if=/dev/vda of=/dev/tbstream{itx} bs=256k", timeout=600)
+        out = self.sh("alpha", f"""t0=$(now)
+dd if=/dev/vda of=/dev/tbstream{itx} bs=256k || exit 1
+echo "@@R dt=$(echo "$t0 $(now)" | awk '{{print $2 - $1}}')"
+""", timeout=600)
         rx_sha = self.recv_sha("bravo", "rx", "/dev/vda", self.data_size, timeout=300)
         dt = time.monotonic() - t0
+        dd_dt = max(float(field(out, "dt")), 0.01)
         tx_sha = field(self.sh("alpha", 'echo "@@R sha=$(sha256sum /dev/vda | cut -d" " -f1)"'), "sha")
-        log(f"64 MiB alpha -> bravo in {dt:.1f}s ({self.data_size / MiB / dt:.1f} MiB/s)")
+        log(f"64 MiB alpha -> bravo: sender's dd {dd_dt:.1f}s ({self.data_size / MiB / dd_dt:.1f} MiB/s), "
+            f"{dt:.1f}s until the receiver's SHA-256 was known")
         self.assertEqual(tx_sha, self.data_sha, "sender's disk does not read back as written")
         self.assertEqual(rx_sha, self.data_sha, "received data differs from sent data")
         self.assertEqual(sha256_file(self.recv_img, self.data_size), self.data_sha,
@@ -281,7 +286,7 @@ echo "@@R dt=$(echo "$t0 $t1" | awk '{{print $2 - $1}}')"
             self.sh("bravo", f"bgwait {job} 120", timeout=180)
             return max(float(field(out, "dt")), 0.01)
 
-        n1 = 16 * MiB
+        n1 = 32 * MiB
         dt1 = timed(n1, "free")
         rate1 = n1 / dt1
         cap = max(256 << 10, int(rate1 / 4))
@@ -401,6 +406,19 @@ SUITE_ORDER = (RealDriverTest, CableTest, ChainTest)
 
 
 class _Result(unittest.TextTestResult):
+    def _keep_logs(self, test):
+        rig = getattr(type(test), "rig", None)
+        if rig is not None:
+            rig.failed = True   # tearDownClass keeps the VM logs and prints where
+
+    def addFailure(self, test, err):
+        self._keep_logs(test)
+        super().addFailure(test, err)
+
+    def addError(self, test, err):
+        self._keep_logs(test)
+        super().addError(test, err)
+
     def startTest(self, test):
         self._t0 = time.monotonic()
         super().startTest(test)
