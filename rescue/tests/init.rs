@@ -63,10 +63,12 @@ kernel/drivers/block/virtio_blk.ko:\n",
     ] {
         write(&m.join(f), b"\x7fELF");
     }
-    let mut alias = String::from("alias virtio:d00000002v* virtio_blk\n");
+    let mut alias = String::from(
+        "alias virtio:d00000002v* virtio_blk\nalias pci:v*d*sv*sd*bc0Csc03i40* thunderbolt\n",
+    );
     if with_vcable {
         write(&m.join("extra/usb4vcable.ko"), b"\x7fELF");
-        dep.push_str("extra/usb4vcable.ko: kernel/drivers/thunderbolt/thunderbolt.ko kernel/fs/configfs/configfs.ko\n");
+        dep.push_str("extra/usb4vcable.ko: kernel/fs/configfs/configfs.ko\n");
         alias.push_str("alias pci:v00001AF4d00001110sv*sd*bc*sc*i* usb4vcable\n");
     }
     write(&m.join("modules.dep"), dep.as_bytes());
@@ -87,7 +89,11 @@ kernel/drivers/block/virtio_blk.ko:\n",
     fs::create_dir_all(r.join("sys/block/vda")).unwrap();
     fs::create_dir_all(r.join("sys/block/loop0")).unwrap();
     if with_domain {
-        fs::create_dir_all(r.join("sys/bus/thunderbolt/devices/domain0")).unwrap();
+        // A USB4 host interface (class 0c0340) that the real driver claims.
+        write(
+            &r.join("sys/bus/pci/devices/0000:00:0d.2/modalias"),
+            b"pci:v00008086d00009A1Bsv00001028sd00000A37bc0Csc03i40\n",
+        );
     }
     t
 }
@@ -113,24 +119,13 @@ fn prepare_loads_stack_and_drivers_and_picks_vcable_in_auto() {
         false,
     );
     let (loaded, out, p) = prep(&t);
-    assert_eq!(
-        loaded,
-        vec![
-            "configfs",
-            "thunderbolt",
-            "thunderbolt_stream",
-            "virtio_blk",
-            "usb4vcable"
-        ]
-    );
+    assert_eq!(loaded, vec!["configfs", "usb4vcable", "virtio_blk"]);
     assert!(p.drivers.virtual_cable);
     assert_eq!(p.config.mode, Mode::Backup);
     assert_eq!(p.disks, vec!["vda"]);
     assert_eq!(p.hostname.as_deref(), Some("test-box-sn123"));
     assert!(
-        out.contains(
-            "RESCUE: modules: configfs thunderbolt thunderbolt_stream virtio_blk usb4vcable"
-        ),
+        out.contains("RESCUE: modules: configfs usb4vcable virtio_blk"),
         "{out}"
     );
     let ready = ready_line(&Root::new(t.path()), &p);
@@ -144,8 +139,24 @@ fn prepare_loads_stack_and_drivers_and_picks_vcable_in_auto() {
 fn real_domain_or_usb4_means_no_virtual_cable() {
     let t = tree("rescue.fabric=auto", true, true);
     let (loaded, _, p) = prep(&t);
-    assert!(!loaded.contains(&"usb4vcable".to_string()));
+    assert_eq!(
+        loaded,
+        vec![
+            "configfs",
+            "thunderbolt",
+            "thunderbolt_stream",
+            "virtio_blk"
+        ]
+    );
     assert!(!p.drivers.virtual_cable);
+
+    // Without the module installed, auto means the real stack.
+    let t = tree("", false, false);
+    let (loaded, _, _) = prep(&t);
+    assert!(
+        loaded.contains(&"thunderbolt_stream".to_string()),
+        "{loaded:?}"
+    );
 
     let t = tree("rescue.fabric=usb4", true, false);
     let (loaded, _, _) = prep(&t);
@@ -159,7 +170,7 @@ fn real_domain_or_usb4_means_no_virtual_cable() {
         out.contains("RESCUE: warning: module usb4vcable not found"),
         "{out}"
     );
-    assert_eq!(p.hostname.as_deref(), Some("hostb"));
+    assert_eq!(p.hostname.as_deref(), Some("hostB"));
 }
 
 /// A machine that records what the menu asked of it.

@@ -2,18 +2,21 @@
 //! drivers for the hardware present (by modalias, twice, because USB devices only
 //! appear once their host controller driver is in), and the virtual cable.
 //!
-//! Virtual cable rule: `rescue.fabric=virtual` always loads `usb4vcable`;
-//! `rescue.fabric=usb4` never does; `auto` (the default) loads it only when the
-//! module is installed and, after the real drivers are in, no Thunderbolt/USB4
-//! domain exists (no /sys/bus/thunderbolt/devices/domain*): real hardware wins,
-//! and a rescue stick without the module behaves exactly as on bare metal. The
-//! modalias pass never loads it by itself, so `usb4` really means no virtual cable.
+//! Virtual cable rule: `usb4vcable` replaces `thunderbolt` + `thunderbolt_stream`
+//! (it registers the thunderbolt bus and ConfigFS subsystem itself and refuses to
+//! load next to them), so the choice is made before either is loaded, from the
+//! hardware present: `rescue.fabric=virtual` loads the virtual cable;
+//! `rescue.fabric=usb4` loads the real stack; `auto` (the default) loads the
+//! virtual cable only when its module is installed, a device it drives exists
+//! (the ivshmem PCI device 1af4:1110, matched through modules.alias) and no device
+//! matches the real `thunderbolt` driver's aliases; otherwise the real stack.
+//! The modalias pass never loads the stack that was not chosen.
 
 use std::fs;
 use std::time::Duration;
 
 use crate::init::cmdline::Fabric;
-use crate::modload::{Loader, ModuleSys, rescue_drivers, settle};
+use crate::modload::{self, Loader, ModuleSys, rescue_drivers, settle};
 use crate::root::Root;
 
 pub const VCABLE: &str = "usb4vcable";
@@ -29,8 +32,36 @@ pub struct DriverReport {
     pub virtual_cable: bool,
 }
 
-fn alias_filter(name: &str, path: &str) -> bool {
+const REAL_STACK: &[&str] = &["thunderbolt", "thunderbolt_stream"];
+
+fn real_filter(name: &str, path: &str) -> bool {
     name != VCABLE && rescue_drivers(name, path)
+}
+
+fn virtual_filter(name: &str, path: &str) -> bool {
+    !REAL_STACK.contains(&name) && name != VCABLE && rescue_drivers(name, path)
+}
+
+/// Whether any device present has a modalias that `module`'s aliases match.
+fn hardware_for<S: ModuleSys>(loader: &Loader<S>, devices: &[String], module: &str) -> bool {
+    devices
+        .iter()
+        .any(|d| loader.index().match_modalias(d).iter().any(|m| m == module))
+}
+
+/// Decides between the virtual cable and the real USB4 stack (see the module doc).
+pub fn use_virtual<S: ModuleSys>(loader: &Loader<S>, root: &Root, fabric: Fabric) -> bool {
+    match fabric {
+        Fabric::Virtual => true,
+        Fabric::Usb4 => false,
+        Fabric::Auto => {
+            if !loader.available(VCABLE) {
+                return false;
+            }
+            let devices = modload::device_modaliases(root);
+            hardware_for(loader, &devices, VCABLE) && !hardware_for(loader, &devices, "thunderbolt")
+        }
+    }
 }
 
 /// Whether the kernel has a Thunderbolt/USB4 domain (a host controller bound).
@@ -52,7 +83,8 @@ pub fn bring_up<S: ModuleSys>(
     usb_settle: Duration,
 ) -> DriverReport {
     let mut rep = DriverReport::default();
-    loader.set_alias_filter(alias_filter);
+    let virt = use_virtual(loader, root, fabric);
+    loader.set_alias_filter(if virt { virtual_filter } else { real_filter });
     let load = |loader: &mut Loader<S>, rep: &mut DriverReport, name: &str| -> bool {
         match loader.load(name) {
             Ok(r) => {
@@ -66,9 +98,15 @@ pub fn bring_up<S: ModuleSys>(
             }
         }
     };
-    for m in ["configfs", "thunderbolt", "thunderbolt_stream"] {
-        if loader.available(m) || !loader.is_present(m) {
-            load(loader, &mut rep, m);
+    let stack: &[&str] = if virt {
+        &["configfs", VCABLE]
+    } else {
+        &["configfs", "thunderbolt", "thunderbolt_stream"]
+    };
+    for m in stack {
+        let ok = load(loader, &mut rep, m);
+        if *m == VCABLE {
+            rep.virtual_cable = ok;
         }
     }
     for pass in 0..2 {
@@ -96,14 +134,6 @@ pub fn bring_up<S: ModuleSys>(
         if !rep.warnings.contains(&w) {
             rep.warnings.push(w);
         }
-    }
-    let want_vcable = match fabric {
-        Fabric::Virtual => true,
-        Fabric::Usb4 => false,
-        Fabric::Auto => loader.available(VCABLE) && !has_domain(root),
-    };
-    if want_vcable {
-        rep.virtual_cable = load(loader, &mut rep, VCABLE);
     }
     rep
 }

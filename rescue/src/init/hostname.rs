@@ -4,11 +4,11 @@
 
 use crate::root::Root;
 
-/// Lowercase letters, digits and single dashes; at most 63 characters.
+/// ASCII letters, digits and single dashes; at most 63 characters. Case is kept:
+/// a configured `hostB` stays `hostB` (it names the store directory).
 pub fn sanitize(s: &str) -> String {
     let mut out = String::new();
     for c in s.chars() {
-        let c = c.to_ascii_lowercase();
         if c.is_ascii_alphanumeric() {
             out.push(c);
         } else if !out.is_empty() && !out.ends_with('-') {
@@ -44,7 +44,7 @@ fn placeholder(s: &str) -> bool {
 /// product UUID's tail, or machine-id's head) so identical models differ.
 pub fn derive(root: &Root) -> String {
     let attr = |p: &str| root.read_attr(p).filter(|v| !placeholder(v));
-    let product = attr("/sys/class/dmi/id/product_name").map(|p| sanitize(&p));
+    let product = attr("/sys/class/dmi/id/product_name").map(|p| sanitize(&p.to_ascii_lowercase()));
     let unique = attr("/sys/class/dmi/id/product_serial")
         .or_else(|| {
             attr("/sys/class/dmi/id/product_uuid")
@@ -52,7 +52,7 @@ pub fn derive(root: &Root) -> String {
                 .map(|v| v.into_iter().rev().collect())
         })
         .or_else(|| attr("/etc/machine-id").map(|m| m.chars().take(8).collect()))
-        .map(|u| sanitize(&u));
+        .map(|u| sanitize(&u.to_ascii_lowercase()));
     let product = product.filter(|p| !p.is_empty());
     let unique = unique.filter(|u| !u.is_empty());
     let name = match (product, unique) {
@@ -89,9 +89,9 @@ mod tests {
     fn sanitizes() {
         assert_eq!(
             sanitize("Standard PC (i440FX + PIIX, 1996)"),
-            "standard-pc-i440fx-piix-1996"
+            "Standard-PC-i440FX-PIIX-1996"
         );
-        assert_eq!(sanitize("--A__b--"), "a-b");
+        assert_eq!(sanitize("--A__b--"), "A-b");
         assert_eq!(sanitize(&"x".repeat(100)).len(), 63);
     }
 
@@ -109,7 +109,7 @@ mod tests {
         .expect("w");
         let r = Root::new(t.path());
         assert_eq!(derive(&r), "thinkpad-x1-carbon-4f4e4d32");
-        assert_eq!(choose(&r, Some("Host A")).as_deref(), Some("host-a"));
+        assert_eq!(choose(&r, Some("Host A")).as_deref(), Some("Host-A"));
         // No /proc hostname in the fake tree counts as unset.
         assert_eq!(
             choose(&r, None).as_deref(),
