@@ -72,6 +72,7 @@ BAD_KERNEL_RE = re.compile(
 
 _live: "weakref.WeakSet[VM]" = weakref.WeakSet()
 _live_cables: "weakref.WeakSet[Cable]" = weakref.WeakSet()
+_live_rigs: "weakref.WeakSet[Rig]" = weakref.WeakSet()
 
 
 class VMError(RuntimeError):
@@ -95,6 +96,11 @@ def _cleanup_all():
             c.remove()
         except Exception:
             pass
+    for r in list(_live_rigs):
+        try:
+            r.close()
+        except Exception:
+            pass
 
 
 atexit.register(_cleanup_all)
@@ -102,14 +108,16 @@ _handlers_installed = False
 
 
 def install_signal_handlers():
-    """SIGTERM/SIGHUP -> SystemExit so `finally`/`with`/atexit clean-up runs (main thread)."""
+    """SIGTERM/SIGHUP: stop every VM, remove every cable, then raise KeyboardInterrupt (as
+    Ctrl-C does) so `finally`/`with` clean-up runs and unittest stops the run (it records
+    any other exception, SystemExit included, as a test error and goes on). Main thread."""
     global _handlers_installed
     if _handlers_installed or threading.current_thread() is not threading.main_thread():
         return
 
     def h(signum, frame):
         _cleanup_all()
-        raise SystemExit(128 + signum)
+        raise KeyboardInterrupt(f"signal {signum}")
 
     for s in (signal.SIGTERM, signal.SIGHUP):
         if signal.getsignal(s) in (signal.SIG_DFL, None):
@@ -625,6 +633,7 @@ class Rig:
         self.vms: list[VM] = []
         self.cables: list[Cable] = []
         self.failed = False
+        _live_rigs.add(self)
 
     def vm(self, name: str, **kw) -> VM:
         v = VM(name, self.workdir, **kw)

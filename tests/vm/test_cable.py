@@ -444,7 +444,18 @@ def main(argv=None):
     t0 = time.monotonic()
     runner = unittest.TextTestRunner(verbosity=1 if a.q else 2, resultclass=_Result,
                                      stream=sys.stderr)
-    res = runner.run(suite)
+    res = runner._makeResult()
+    interrupted = False
+    res.startTestRun()
+    try:
+        suite(res)
+    except KeyboardInterrupt:  # Ctrl-C / SIGTERM (vmpair turns it into this): VMs are gone
+        interrupted = True
+        print("\ninterrupted: VMs stopped, cables removed", file=sys.stderr)
+    finally:
+        res.stopTestRun()
+    res.printErrors()
+    print(f"Ran {res.testsRun} tests", file=sys.stderr)
     failed, bad_tests = 0, set()
     for test, _ in res.failures + res.errors:
         m = re.match(r"setUpClass \((?:[\w.]*\.)?(\w+)\)", str(test))
@@ -453,6 +464,7 @@ def main(argv=None):
         elif test.id() not in bad_tests:
             bad_tests.add(test.id())
             failed += 1
+    failed += interrupted
     skipped = len(res.skipped)
     passed = max(res.testsRun - len(bad_tests) - skipped, 0)
     print(f"suite wall time {time.monotonic() - t0:.0f}s; {skipped} skipped", file=sys.stderr)
