@@ -52,11 +52,16 @@ fn sources(root: &Root, args: &BackupArgs) -> Result<Vec<Source>> {
 }
 
 pub fn run(root: &Root, args: &BackupArgs) -> Result<u8> {
+    let srcs = sources(root, args)?;
+    run_with(root, args, srcs)
+}
+
+/// Backs up already opened sources (tests use this to inject read errors).
+pub fn run_with(root: &Root, args: &BackupArgs, srcs: Vec<Source>) -> Result<u8> {
     if !(64..=8192).contains(&args.chunk_kib) || !args.chunk_kib.is_power_of_two() {
         return Err(Exit::new(exit::USAGE, "--chunk-kib must be a power of two from 64 to 8192").into());
     }
     let chunk = args.chunk_kib * 1024;
-    let srcs = sources(root, args)?;
     for s in &srcs {
         eprintln!(
             "disk {}: {} ({}){}",

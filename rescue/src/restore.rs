@@ -42,7 +42,7 @@ fn refuse(msg: String) -> anyhow::Error {
 
 /// Opens a restore target after the safety checks. `need` is the image size.
 pub fn open_target(root: &Root, spec: &str, need: u64) -> Result<Target> {
-    let path = if spec.contains('/') {
+    let path = if spec.contains('/') || Path::new(spec).is_file() {
         if Path::new(spec).is_absolute() && !root.is_host() {
             root.path(spec)
         } else {

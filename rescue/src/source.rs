@@ -154,7 +154,7 @@ pub struct Source {
 /// Opens a disk named like `nvme0n1`, `/dev/sda` or `/dev/disk/by-id/...`, or an
 /// image file path.
 pub fn open(root: &Root, spec: &str) -> Result<Source> {
-    let path = if spec.contains('/') {
+    let path = if spec.contains('/') || Path::new(spec).is_file() {
         if Path::new(spec).is_absolute() && !root.is_host() {
             root.path(spec)
         } else {

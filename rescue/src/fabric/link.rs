@@ -105,7 +105,8 @@ pub fn valid_service_name(s: &str) -> bool {
 pub fn valid_stream_name(s: &str) -> bool {
     !s.is_empty()
         && s.len() <= MAX_NAME
-        && s.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
+        && s.chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
 }
 
 fn read_int(p: &Path) -> Option<i64> {
@@ -121,7 +122,9 @@ pub fn not_ready(root: &Root) -> Option<String> {
     if root.path(STREAM_ROOT).is_dir() {
         return None;
     }
-    if !root.path("/sys/kernel/config").is_dir() || !root.path("/sys/kernel/config/thunderbolt").exists() {
+    if !root.path("/sys/kernel/config").is_dir()
+        || !root.path("/sys/kernel/config/thunderbolt").exists()
+    {
         if !root.path("/sys/module/thunderbolt_stream").exists() {
             return Some(
                 "the thunderbolt_stream kernel module is not loaded: run `modprobe thunderbolt_stream` \
@@ -303,8 +306,12 @@ impl Link {
                 for attr in ["in_hopid", "out_hopid"] {
                     write_attr(&self.stream_dir.join(attr), "-1").map_err(|e| {
                         let why = match e.raw_os_error() {
-                            Some(libc::ENOSPC) => "no free HopID (too many streams to this peer)".to_string(),
-                            Some(libc::EBUSY) => "the stream is open in another program".to_string(),
+                            Some(libc::ENOSPC) => {
+                                "no free HopID (too many streams to this peer)".to_string()
+                            }
+                            Some(libc::EBUSY) => {
+                                "the stream is open in another program".to_string()
+                            }
                             _ => e.to_string(),
                         };
                         anyhow::anyhow!("setting {attr} of {}: {why}", self.stream_dir.display())
@@ -429,7 +436,10 @@ pub fn remove(root: &Root, service: &str, name: &str) -> Result<()> {
         bail!("no stream {service}/{name} in ConfigFS");
     }
     fs::remove_dir(&dir).map_err(|e| match e.raw_os_error() {
-        Some(libc::EBUSY) => anyhow::anyhow!("{} is in use (a program has the device open)", dir.display()),
+        Some(libc::EBUSY) => anyhow::anyhow!(
+            "{} is in use (a program has the device open)",
+            dir.display()
+        ),
         _ => anyhow::Error::new(e).context(format!("removing {}", dir.display())),
     })?;
     if fs::read_dir(&conn_dir).is_ok_and(|mut d| d.next().is_none()) {

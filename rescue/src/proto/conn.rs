@@ -166,14 +166,33 @@ impl Conn {
             .writer
             .lock()
             .map_err(|_| anyhow::anyhow!("writer lock poisoned"))?;
-        frame::write_frame(&mut *w, header, payload).map_err(|e| {
-            let closed = classify(&e);
-            closed.into_error("sending")
-        })?;
+        if let Err(e) = frame::write_frame(&mut *w, header, payload) {
+            drop(w);
+            // The peer often says why before it hangs up (disk full): prefer that.
+            if let Some(err) = self.pending_error() {
+                return Err(err);
+            }
+            return Err(classify(&e).into_error("sending"));
+        }
         self.stats
             .bytes_out
             .fetch_add((frame::HEADER_LEN + payload.len()) as u64, Ordering::Relaxed);
         Ok(())
+    }
+
+    /// An ERROR the peer sent that is still queued, waiting briefly for it.
+    fn pending_error(&self) -> Option<anyhow::Error> {
+        let until = Instant::now() + Duration::from_millis(500);
+        while Instant::now() < until {
+            match self.events.recv_timeout(Duration::from_millis(50)) {
+                Ok(Event::Frame(f)) if f.intact && f.header.kind == kind::ERROR => {
+                    return Some(peer_error(&f));
+                }
+                Ok(Event::Closed(_)) | Err(RecvTimeoutError::Disconnected) => return None,
+                _ => {}
+            }
+        }
+        None
     }
 
     /// Sends a control message with a JSON body.

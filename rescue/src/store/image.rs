@@ -199,6 +199,32 @@ impl ImageSink {
     }
 }
 
+impl ImageSink {
+    /// Writes a data chunk. Into a fresh (all-hole) image only the non-zero 4 KiB
+    /// blocks are written, so the image stays as sparse as the disk's content.
+    fn write_data(&self, offset: u64, data: &[u8]) -> std::io::Result<()> {
+        if !self.fresh {
+            return self.img.write_all_at(data, offset);
+        }
+        const BLK: usize = 4096;
+        let mut i = 0;
+        while i < data.len() {
+            while i < data.len() && xfer::is_zero(&data[i..(i + BLK).min(data.len())]) {
+                i += BLK;
+            }
+            let start = i;
+            while i < data.len() && !xfer::is_zero(&data[i..(i + BLK).min(data.len())]) {
+                i += BLK;
+            }
+            let end = i.min(data.len());
+            if end > start {
+                self.img.write_all_at(&data[start..end], offset + start as u64)?;
+            }
+        }
+        Ok(())
+    }
+}
+
 impl Sink for ImageSink {
     fn write(&mut self, c: &Verified) -> Result<()> {
         let index = c.offset / u64::from(self.geo.chunk);
@@ -208,7 +234,7 @@ impl Sink for ImageSink {
             }
             self.zeros.get(c.len)
         } else {
-            self.img.write_all_at(&c.data, c.offset).map_err(|e| {
+            self.write_data(c.offset, &c.data).map_err(|e| {
                 let e = anyhow::Error::new(e);
                 if is_enospc(&e) {
                     e.context(format!(

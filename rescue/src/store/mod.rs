@@ -158,9 +158,9 @@ impl Store {
         if !dir.is_dir() {
             bail!("the store {} is not a directory", dir.display());
         }
-        Ok(Store {
-            dir: dir.to_path_buf(),
-        })
+        let dir = fs::canonicalize(dir)
+            .with_context(|| format!("resolving the store directory {}", dir.display()))?;
+        Ok(Store { dir })
     }
 
     pub fn dir(&self) -> &Path {

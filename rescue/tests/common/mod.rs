@@ -1,0 +1,291 @@
+//! Helpers shared by the host end-to-end tests: sample images, a `rescue serve`
+//! child process, and a UNIX-socket proxy that cuts or corrupts the stream.
+#![allow(dead_code, clippy::unwrap_used)]
+
+use std::fs;
+use std::io::{Read, Write};
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::thread;
+use std::time::{Duration, Instant};
+
+pub fn bin() -> &'static str {
+    env!("CARGO_BIN_EXE_rescue")
+}
+
+/// Deterministic pseudo-random bytes (xorshift), so failures reproduce.
+pub fn random_bytes(len: usize, seed: u64) -> Vec<u8> {
+    let mut x = seed | 1;
+    let mut v = Vec::with_capacity(len + 8);
+    while v.len() < len {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        v.extend_from_slice(&x.to_le_bytes());
+    }
+    v.truncate(len);
+    v
+}
+
+/// A random image of `mib` MiB.
+pub fn random_image(path: &Path, mib: usize, seed: u64) {
+    fs::write(path, random_bytes(mib << 20, seed)).unwrap();
+}
+
+/// A sparse image: mostly zeros with data scattered at a few odd offsets.
+pub fn sparse_image(path: &Path, mib: u64, seed: u64) {
+    let f = fs::File::create(path).unwrap();
+    f.set_len(mib << 20).unwrap();
+    use std::os::unix::fs::FileExt;
+    for (i, off) in [0u64, 3 << 20, (5 << 20) + 4097, (mib << 20) - 700].iter().enumerate() {
+        let data = random_bytes(if i == 1 { 300_000 } else { 600 }, seed + i as u64);
+        f.write_all_at(&data, *off).unwrap();
+    }
+}
+
+pub fn sha256_file(p: &Path) -> String {
+    let out = Command::new("sha256sum").arg(p).output().unwrap();
+    String::from_utf8_lossy(&out.stdout)
+        .split_whitespace()
+        .next()
+        .unwrap_or_default()
+        .to_string()
+}
+
+/// `rescue serve` on a UNIX socket, killed on drop.
+pub struct Server {
+    pub child: Child,
+    pub sock: PathBuf,
+    pub store: PathBuf,
+    pub log: PathBuf,
+}
+
+impl Server {
+    pub fn start(dir: &Path, store: &Path) -> Server {
+        let sock = dir.join("serve.sock");
+        let log = dir.join("serve.log");
+        let child = Command::new(bin())
+            .args(["serve", "--store"])
+            .arg(store)
+            .arg("--device")
+            .arg(format!("unix:{}", sock.display()))
+            .env("RESCUE_PLAIN", "1")
+            .stdout(fs::File::create(dir.join("serve.out")).unwrap())
+            .stderr(fs::File::create(&log).unwrap())
+            .spawn()
+            .unwrap();
+        let t = Instant::now();
+        while !sock.exists() {
+            assert!(t.elapsed() < Duration::from_secs(10), "serve did not start");
+            thread::sleep(Duration::from_millis(20));
+        }
+        Server {
+            child,
+            sock,
+            store: store.to_path_buf(),
+            log,
+        }
+    }
+
+    pub fn endpoint(&self) -> String {
+        format!("unix:{}", self.sock.display())
+    }
+
+    pub fn log_text(&self) -> String {
+        fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Runs the rescue binary with `args`, plain progress, a timeout of 120 s.
+pub fn rescue(args: &[&str]) -> Output {
+    let mut child = Command::new(bin())
+        .args(args)
+        .env("RESCUE_PLAIN", "1")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let t = Instant::now();
+    loop {
+        if child.try_wait().unwrap().is_some() {
+            return child.wait_with_output().unwrap();
+        }
+        if t.elapsed() > Duration::from_secs(120) {
+            let _ = child.kill();
+            let out = child.wait_with_output().unwrap();
+            panic!(
+                "rescue {args:?} hung; stderr:\n{}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        thread::sleep(Duration::from_millis(20));
+    }
+}
+
+pub fn text(o: &Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    )
+}
+
+/// The single backup directory in a store.
+pub fn backup_dirs(store: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    for h in fs::read_dir(store).unwrap().flatten() {
+        if h.path().is_dir() {
+            for b in fs::read_dir(h.path()).unwrap().flatten() {
+                if b.path().join("manifest.json").exists() {
+                    out.push(b.path());
+                }
+            }
+        }
+    }
+    out.sort();
+    out
+}
+
+/// What the proxy does to the bytes going one way.
+#[derive(Default, Clone)]
+pub struct Faults {
+    /// Drop the connection once this many client-to-server bytes went through.
+    pub cut_after: Option<u64>,
+    /// Flip one bit at these client-to-server stream offsets.
+    pub flip_c2s: Vec<u64>,
+    /// Flip one bit at these server-to-client stream offsets.
+    pub flip_s2c: Vec<u64>,
+}
+
+/// A UNIX-socket proxy between a client and the server, injecting faults.
+pub struct Proxy {
+    pub sock: PathBuf,
+    pub c2s_bytes: Arc<AtomicU64>,
+    stop: Arc<AtomicBool>,
+    pub faults: Arc<Mutex<Faults>>,
+    handle: Option<thread::JoinHandle<()>>,
+}
+
+impl Proxy {
+    pub fn start(dir: &Path, server: &Path, faults: Faults) -> Proxy {
+        let sock = dir.join("proxy.sock");
+        let _ = fs::remove_file(&sock);
+        let l = UnixListener::bind(&sock).unwrap();
+        l.set_nonblocking(true).unwrap();
+        let stop = Arc::new(AtomicBool::new(false));
+        let c2s_bytes = Arc::new(AtomicU64::new(0));
+        let faults = Arc::new(Mutex::new(faults));
+        let (stop2, bytes2, faults2, server) =
+            (stop.clone(), c2s_bytes.clone(), faults.clone(), server.to_path_buf());
+        let handle = thread::spawn(move || {
+            while !stop2.load(Ordering::SeqCst) {
+                let client = match l.accept() {
+                    Ok((c, _)) => c,
+                    Err(_) => {
+                        thread::sleep(Duration::from_millis(10));
+                        continue;
+                    }
+                };
+                client.set_nonblocking(false).unwrap();
+                let upstream = UnixStream::connect(&server).unwrap();
+                let f = faults2.lock().unwrap().clone();
+                bytes2.store(0, Ordering::SeqCst);
+                let a = pump(
+                    client.try_clone().unwrap(),
+                    upstream.try_clone().unwrap(),
+                    f.cut_after,
+                    f.flip_c2s.clone(),
+                    bytes2.clone(),
+                    vec![client.try_clone().unwrap(), upstream.try_clone().unwrap()],
+                );
+                let b = pump(
+                    upstream.try_clone().unwrap(),
+                    client.try_clone().unwrap(),
+                    None,
+                    f.flip_s2c.clone(),
+                    Arc::new(AtomicU64::new(0)),
+                    vec![],
+                );
+                let _ = a.join();
+                let _ = b.join();
+            }
+        });
+        Proxy {
+            sock,
+            c2s_bytes,
+            stop,
+            faults,
+            handle: Some(handle),
+        }
+    }
+
+    pub fn endpoint(&self) -> String {
+        format!("unix:{}", self.sock.display())
+    }
+
+    pub fn set(&self, f: Faults) {
+        *self.faults.lock().unwrap() = f;
+    }
+}
+
+impl Drop for Proxy {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::SeqCst);
+        if let Some(h) = self.handle.take() {
+            let _ = h.join();
+        }
+    }
+}
+
+fn pump(
+    mut from: UnixStream,
+    mut to: UnixStream,
+    cut_after: Option<u64>,
+    flips: Vec<u64>,
+    counter: Arc<AtomicU64>,
+    cut: Vec<UnixStream>,
+) -> thread::JoinHandle<()> {
+    thread::spawn(move || {
+        let mut buf = vec![0u8; 64 * 1024];
+        let mut pos = 0u64;
+        loop {
+            let n = match from.read(&mut buf) {
+                Ok(0) | Err(_) => break,
+                Ok(n) => n,
+            };
+            let mut n = n;
+            if let Some(c) = cut_after
+                && pos + n as u64 >= c
+            {
+                n = (c - pos) as usize;
+                let _ = to.write_all(&buf[..n]);
+                for s in &cut {
+                    let _ = s.shutdown(std::net::Shutdown::Both);
+                }
+                break;
+            }
+            for &f in &flips {
+                if f >= pos && f < pos + n as u64 {
+                    buf[(f - pos) as usize] ^= 0x10;
+                }
+            }
+            if to.write_all(&buf[..n]).is_err() {
+                break;
+            }
+            pos += n as u64;
+            counter.store(pos, Ordering::SeqCst);
+        }
+        let _ = to.shutdown(std::net::Shutdown::Write);
+    })
+}

@@ -1,0 +1,361 @@
+//! Host end-to-end tests: `rescue serve` and `rescue backup`/`restore` over UNIX
+//! sockets, with cuts, bit flips, unreadable sources, a full store and hostile
+//! peers. No root and no VM needed (the full-store case uses a tmpfs when root).
+#![allow(clippy::unwrap_used)]
+
+mod common;
+
+use std::fs;
+use std::io::{Read, Write};
+use std::os::unix::net::UnixStream;
+use std::process::Command;
+use std::time::Duration;
+
+use common::*;
+
+#[test]
+fn backup_and_restore_two_images() {
+    let d = tempfile::tempdir().unwrap();
+    let (a, b) = (d.path().join("rand.img"), d.path().join("sparse.img"));
+    random_image(&a, 9, 1);
+    sparse_image(&b, 16, 2);
+    let srv = Server::start(d.path(), &d.path().join("store"));
+    let o = rescue(&["backup", "-d", &srv.endpoint(), "--label", "t1", a.to_str().unwrap(), b.to_str().unwrap()]);
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+    assert!(text(&o).contains("every disk verified"), "{}", text(&o));
+    assert!(text(&o).contains("skipped as zero"));
+
+    let dirs = backup_dirs(&srv.store);
+    assert_eq!(dirs.len(), 1);
+    let bd = &dirs[0];
+    let check = Command::new("sha256sum").arg("-c").arg("SHA256SUMS").current_dir(bd).output().unwrap();
+    assert!(check.status.success(), "{}", String::from_utf8_lossy(&check.stdout));
+    assert_eq!(sha256_file(&bd.join("rand.img")), sha256_file(&a));
+    assert_eq!(sha256_file(&bd.join("sparse.img")), sha256_file(&b));
+    // Zero chunks become holes: the sparse image takes far less than 16 MiB.
+    use std::os::unix::fs::MetadataExt;
+    let blocks = fs::metadata(bd.join("sparse.img")).unwrap().blocks() * 512;
+    assert!(blocks < 1 << 20, "sparse image uses {blocks} bytes");
+    let map = fs::read_to_string(bd.join("rand.map")).unwrap();
+    assert!(map.contains("0x00000000  0x00900000  +"), "{map}");
+
+    // List, then restore onto a blank file and a new file.
+    let o = rescue(&["restore", "-d", &srv.endpoint(), "--list"]);
+    assert!(text(&o).contains("t1"), "{}", text(&o));
+    let ra = d.path().join("ra.img");
+    let rb = d.path().join("rb.img");
+    fs::File::create(&rb).unwrap().set_len(16 << 20).unwrap();
+    let host = bd.parent().unwrap().file_name().unwrap().to_str().unwrap().to_string();
+    let o = rescue(&[
+        "restore", "-d", &srv.endpoint(), "--host", &host,
+        "--map", &format!("rand={}", ra.display()),
+        "--map", &format!("sparse={}", rb.display()),
+        "--yes", "--verify",
+    ]);
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+    assert_eq!(sha256_file(&ra), sha256_file(&a));
+    assert_eq!(sha256_file(&rb), sha256_file(&b));
+
+    // And the store verifies.
+    let o = rescue(&["verify", bd.to_str().unwrap()]);
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+}
+
+#[test]
+fn cut_stream_resumes_without_resending_verified_chunks() {
+    let d = tempfile::tempdir().unwrap();
+    let a = d.path().join("disk.img");
+    random_image(&a, 24, 3);
+    let srv = Server::start(d.path(), &d.path().join("store"));
+    let px = Proxy::start(d.path(), &srv.sock, Faults::default());
+    // Cut during the handshake, then twice during the data.
+    for cut in [200u64, 5 << 20, 11 << 20] {
+        px.set(Faults { cut_after: Some(cut), ..Default::default() });
+        let o = rescue(&["backup", "-d", &px.endpoint(), a.to_str().unwrap()]);
+        assert_eq!(o.status.code(), Some(5), "cut at {cut}: {}", text(&o));
+        assert!(text(&o).to_lowercase().contains("run the same command again to resume"), "{}", text(&o));
+    }
+    // How many chunks the store holds now (journal entries).
+    let bd = backup_dirs(&srv.store).pop().unwrap();
+    let journal = fs::read(bd.join("disk.chunks")).unwrap();
+    let held = journal.chunks(32).filter(|c| c.iter().any(|&b| b != 0)).count() as u64;
+    assert!(held >= 8, "only {held} chunks survived the cuts");
+    px.set(Faults::default());
+    let o = rescue(&["backup", "-d", &px.endpoint(), a.to_str().unwrap()]);
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+    assert!(text(&o).contains("resuming"), "{}", text(&o));
+    // The last run carried only the chunks that were missing (plus framing).
+    let sent = px.c2s_bytes.load(std::sync::atomic::Ordering::SeqCst);
+    let missing = 24 - held;
+    assert!(sent < (missing + 1) << 20, "re-sent verified data: {sent} bytes for {missing} chunks");
+    assert!(sent > (missing - 1) << 20, "{sent} bytes for {missing} chunks");
+    assert_eq!(backup_dirs(&srv.store).len(), 1, "resume must not start a new backup");
+    assert_eq!(sha256_file(&bd.join("disk.img")), sha256_file(&a));
+    let check = Command::new("sha256sum").arg("-c").arg("SHA256SUMS").current_dir(&bd).output().unwrap();
+    assert!(check.status.success());
+}
+
+#[test]
+fn flipped_bits_are_detected_and_resent() {
+    let d = tempfile::tempdir().unwrap();
+    let a = d.path().join("disk.img");
+    random_image(&a, 12, 4);
+    let srv = Server::start(d.path(), &d.path().join("store"));
+    // Bits flipped in chunk data, near frame boundaries, and in acknowledgements.
+    let flips: Vec<u64> = (2..10).map(|k| (k << 20) + k * 77 + 5).collect();
+    let px = Proxy::start(
+        d.path(),
+        &srv.sock,
+        Faults {
+            flip_c2s: flips,
+            flip_s2c: vec![700, 900, 1500, 2200],
+            ..Default::default()
+        },
+    );
+    let o = rescue(&["backup", "-d", &px.endpoint(), a.to_str().unwrap()]);
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+    let bd = backup_dirs(&srv.store).pop().unwrap();
+    assert_eq!(sha256_file(&bd.join("disk.img")), sha256_file(&a));
+    let log = srv.log_text();
+    assert!(log.contains("asking for it again"), "server log:\n{log}");
+}
+
+#[test]
+fn unreadable_sectors_are_zeroed_and_mapped() {
+    use rescue::source::{BlockRead, DiskReader, Source};
+    struct Flaky(Vec<u8>);
+    impl BlockRead for Flaky {
+        fn read_at(&self, buf: &mut [u8], off: u64) -> std::io::Result<usize> {
+            // Sectors 2050..2054 (bytes 1049600..1051648) cannot be read.
+            let (s, e) = (off, off + buf.len() as u64);
+            if s < 1_051_648 && e > 1_049_600 {
+                return Err(std::io::Error::from_raw_os_error(libc::EIO));
+            }
+            let n = buf.len().min(self.0.len().saturating_sub(off as usize));
+            buf[..n].copy_from_slice(&self.0[off as usize..off as usize + n]);
+            Ok(n)
+        }
+    }
+    let d = tempfile::tempdir().unwrap();
+    let data = random_bytes(3 << 20, 5);
+    let srv = Server::start(d.path(), &d.path().join("store"));
+    let src = Source {
+        name: "failing".into(),
+        path: "/dev/failing".into(),
+        size: data.len() as u64,
+        sector: 512,
+        model: Some("Dying Disk".into()),
+        serial: Some("BAD1".into()),
+        details: None,
+        busy: None,
+        reader: DiskReader::new(Box::new(Flaky(data.clone())), None, 512, data.len() as u64),
+    };
+    let args = rescue::cli::BackupArgs {
+        connect: rescue::cli::ConnectArgs {
+            device: Some(srv.endpoint()),
+            name: "backup".into(),
+            wait: 30,
+            peer: None,
+        },
+        chunk_kib: 1024,
+        ..Default::default()
+    };
+    let code = rescue::backup::run_with(&rescue::Root::host(), &args, vec![src]).unwrap();
+    assert_eq!(code, rescue::exit::UNREADABLE);
+    let bd = backup_dirs(&srv.store).pop().unwrap();
+    let map = fs::read_to_string(bd.join("failing.map")).unwrap();
+    let lines: Vec<&str> = map.lines().filter(|l| !l.starts_with('#')).skip(1).collect();
+    assert_eq!(
+        lines,
+        vec![
+            "0x00000000  0x00100400  +",
+            "0x00100400  0x00000800  -",
+            "0x00100C00  0x001FF400  +",
+        ],
+        "{map}"
+    );
+    let img = fs::read(bd.join("failing.img")).unwrap();
+    assert!(img[1_049_600..1_051_648].iter().all(|&b| b == 0));
+    assert_eq!(&img[..1_049_600], &data[..1_049_600]);
+    assert_eq!(&img[1_051_648..], &data[1_051_648..]);
+    let m: serde_json::Value = serde_json::from_slice(&fs::read(bd.join("manifest.json")).unwrap()).unwrap();
+    assert_eq!(m["status"], "complete-with-errors");
+    assert_eq!(m["disks"][0]["unreadable_bytes"], 2048);
+}
+
+#[test]
+fn restore_refuses_a_smaller_target() {
+    let d = tempfile::tempdir().unwrap();
+    let a = d.path().join("big.img");
+    random_image(&a, 4, 6);
+    let srv = Server::start(d.path(), &d.path().join("store"));
+    let o = rescue(&["backup", "-d", &srv.endpoint(), a.to_str().unwrap()]);
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+    let small = d.path().join("small.img");
+    fs::write(&small, vec![7u8; 1 << 20]).unwrap();
+    let o = rescue(&["restore", "-d", &srv.endpoint(), "--host", &host_of(&srv), "--map", &format!("big={}", small.display()), "--yes"]);
+    assert_eq!(o.status.code(), Some(6), "{}", text(&o));
+    assert!(text(&o).contains("1048576 bytes") && text(&o).contains("4194304 bytes"), "{}", text(&o));
+    assert_eq!(fs::read(&small).unwrap(), vec![7u8; 1 << 20]);
+    // Without --yes and without a terminal, nothing is written either.
+    let ok = d.path().join("ok.img");
+    fs::write(&ok, vec![9u8; 4 << 20]).unwrap();
+    let o = rescue(&["restore", "-d", &srv.endpoint(), "--host", &host_of(&srv), "--map", &format!("big={}", ok.display())]);
+    assert_eq!(o.status.code(), Some(6), "{}", text(&o));
+    assert_eq!(fs::read(&ok).unwrap(), vec![9u8; 4 << 20]);
+}
+
+fn host_of(srv: &Server) -> String {
+    let bd = backup_dirs(&srv.store).pop().unwrap();
+    bd.parent().unwrap().file_name().unwrap().to_str().unwrap().to_string()
+}
+
+/// Sends raw bytes to the server as a fake peer.
+fn raw_frame(kind: u8, payload: &[u8]) -> Vec<u8> {
+    let mut v = Vec::new();
+    rescue::proto::frame::write_frame(&mut v, rescue::proto::frame::Header::new(kind, 0, 0), payload).unwrap();
+    v
+}
+
+fn hello_bytes() -> Vec<u8> {
+    raw_frame(
+        1,
+        br#"{"protocol":1,"min_protocol":1,"role":"backup","identity":{"hostname":"../../evil","tool_version":"x"}}"#,
+    )
+}
+
+fn read_some(s: &mut UnixStream) -> Vec<u8> {
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let mut out = Vec::new();
+    let mut buf = [0u8; 65536];
+    loop {
+        match s.read(&mut buf) {
+            Ok(0) | Err(_) => break,
+            Ok(n) => {
+                out.extend_from_slice(&buf[..n]);
+                if out.windows(4).filter(|w| w == b"U4RS").count() >= 3 {
+                    break;
+                }
+            }
+        }
+    }
+    out
+}
+
+#[test]
+fn hostile_peers_cannot_escape_the_store_or_crash_the_server() {
+    let d = tempfile::tempdir().unwrap();
+    let store = d.path().join("store");
+    let srv = Server::start(d.path(), &store);
+    // Garbage, an oversized length, malformed JSON: each connection fails alone.
+    let mut huge = rescue::proto::frame::Header::new(3, 0, 0);
+    huge.len = u32::MAX;
+    for junk in [
+        b"GET / HTTP/1.1\r\n\r\n".to_vec(),
+        huge.encode().to_vec(),
+        [hello_bytes(), raw_frame(3, b"{not json")].concat(),
+        [hello_bytes(), raw_frame(3, br#"{"label":null,"chunk_size":1048576,"fresh":false,"disks":[]}"#)].concat(),
+        [hello_bytes(), raw_frame(3, br#"{"label":null,"chunk_size":12345,"fresh":false,"disks":[{"name":"a","source_path":"x","size":10,"logical_sector_size":512}]}"#)].concat(),
+    ] {
+        let mut s = UnixStream::connect(&srv.sock).unwrap();
+        s.write_all(&junk).unwrap();
+        let _ = read_some(&mut s);
+    }
+    // Names that try to escape, duplicates, control characters, a long name.
+    let long = "x".repeat(3000);
+    let begin = serde_json::json!({
+        "label": "../../../etc",
+        "chunk_size": 65536,
+        "fresh": true,
+        "disks": [
+            {"name": "../../../../tmp/evil", "source_path": "/dev/a", "size": 4096, "logical_sector_size": 512},
+            {"name": "/etc/passwd", "source_path": "/dev/b", "size": 4096, "logical_sector_size": 512},
+            {"name": "sda", "source_path": "/dev/c", "size": 4096, "logical_sector_size": 512},
+            {"name": "SDA", "source_path": "/dev/d", "size": 4096, "logical_sector_size": 512},
+            {"name": "a\u{0}b\n\u{1b}[2J", "source_path": "/dev/e", "size": 4096, "logical_sector_size": 512},
+            {"name": long, "source_path": "/dev/f", "size": 4096, "logical_sector_size": 512},
+            {"name": "..", "source_path": "/dev/g", "size": 4096, "logical_sector_size": 512}
+        ]
+    });
+    let mut s = UnixStream::connect(&srv.sock).unwrap();
+    s.write_all(&[hello_bytes(), raw_frame(3, begin.to_string().as_bytes())].concat()).unwrap();
+    let reply = read_some(&mut s);
+    assert!(reply.windows(4).any(|w| w == b"U4RS"), "no reply");
+    drop(s);
+    std::thread::sleep(Duration::from_millis(300));
+    // Everything created lives below the store, with safe names.
+    let mut files = Vec::new();
+    for e in walk(&store) {
+        let rel = e.strip_prefix(&store).unwrap().to_string_lossy().into_owned();
+        assert!(!rel.contains(".."), "{rel}");
+        assert!(!rel.chars().any(|c| c.is_control()), "{rel:?}");
+        files.push(rel);
+    }
+    let manifest = files.iter().find(|f| f.ends_with("manifest.json")).unwrap();
+    let m: serde_json::Value = serde_json::from_slice(&fs::read(store.join(manifest)).unwrap()).unwrap();
+    let names: Vec<String> = m["disks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|d| d["image"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(names.len(), 7);
+    for n in &names {
+        assert!(rescue::store::names::is_safe(n.trim_end_matches(".img")), "{n:?}");
+        assert!(n.len() <= 70, "{n}");
+    }
+    assert!(names.contains(&"sda.img".to_string()) && names.contains(&"SDA-2.img".to_string()), "{names:?}");
+    let unique: std::collections::HashSet<String> = names.iter().map(|n| n.to_lowercase()).collect();
+    assert_eq!(unique.len(), 7, "{names:?}");
+    assert!(!d.path().join("tmp").exists() && !std::path::Path::new("/tmp/evil.img").exists());
+    // The server still works for an honest peer.
+    let a = d.path().join("honest.img");
+    random_image(&a, 1, 9);
+    let o = rescue(&["backup", "-d", &srv.endpoint(), a.to_str().unwrap()]);
+    assert_eq!(o.status.code(), Some(0), "{}\nserver:\n{}", text(&o), srv.log_text());
+}
+
+fn walk(p: &std::path::Path) -> Vec<std::path::PathBuf> {
+    let mut out = Vec::new();
+    for e in fs::read_dir(p).unwrap().flatten() {
+        let ft = e.file_type().unwrap();
+        assert!(!ft.is_symlink());
+        if ft.is_dir() {
+            out.extend(walk(&e.path()));
+        } else {
+            out.push(e.path());
+        }
+    }
+    out
+}
+
+#[test]
+fn full_store_stops_the_sender_with_the_reason() {
+    if unsafe_free_euid() != 0 {
+        eprintln!("skipped: mounting a small tmpfs needs root");
+        return;
+    }
+    let d = tempfile::tempdir().unwrap();
+    let mnt = d.path().join("small");
+    fs::create_dir(&mnt).unwrap();
+    let ok = Command::new("mount").args(["-t", "tmpfs", "-o", "size=6m", "tmpfs"]).arg(&mnt).status().unwrap();
+    assert!(ok.success());
+    struct Umount(std::path::PathBuf);
+    impl Drop for Umount {
+        fn drop(&mut self) {
+            let _ = Command::new("umount").arg(&self.0).status();
+        }
+    }
+    let _u = Umount(mnt.clone());
+    let a = d.path().join("big.img");
+    random_image(&a, 16, 10);
+    let srv = Server::start(d.path(), &mnt.join("store"));
+    let o = rescue(&["backup", "-d", &srv.endpoint(), a.to_str().unwrap()]);
+    assert_ne!(o.status.code(), Some(0));
+    assert!(text(&o).contains("no space left"), "{}", text(&o));
+    drop(srv);
+}
+
+fn unsafe_free_euid() -> u32 {
+    nix::unistd::geteuid().as_raw()
+}
