@@ -1,0 +1,221 @@
+//! Stream set-up against a fake sysfs/ConfigFS tree whose kernel side is
+//! simulated here: `index` and HopIDs appear as the driver would write them,
+//! the peer's published HopIDs are adopted (reversed) only when a stream group
+//! is created, and -1 allocates. Both start orders are covered.
+#![allow(clippy::unwrap_used)]
+
+use std::collections::HashMap;
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::thread;
+use std::time::Duration;
+
+use rescue::Root;
+use rescue::fabric::link::{Link, LinkOpts, Role, STREAM_ROOT};
+
+/// A fake machine with one peer connected as 0-1, offering service 0-1.0.
+fn fake_tree(dir: &Path, local_uuid: &str, peer_uuid: &str) -> Root {
+    let r = Root::new(dir);
+    let dev = r.path("/sys/bus/thunderbolt/devices");
+    for (name, attrs) in [
+        ("domain0", vec![("security", "user"), ("iommu_dma_protection", "1")]),
+        ("0-0", vec![("unique_id", local_uuid), ("device_name", "hosta"), ("vendor_name", "Test")]),
+        (
+            "0-1",
+            vec![("unique_id", peer_uuid), ("device_name", "hostb"), ("vendor_name", "Test"), ("maxhopid", "15")],
+        ),
+        (
+            "0-1.0",
+            vec![("key", "stream"), ("prtcid", "1"), ("prtcvers", "1"), ("prtcrevs", "0"), ("prtcstns", "0")],
+        ),
+    ] {
+        let d = dev.join(name);
+        fs::create_dir_all(&d).unwrap();
+        for (k, v) in attrs {
+            fs::write(d.join(k), format!("{v}\n")).unwrap();
+        }
+    }
+    fs::write(dev.join("0-1/uevent"), "DEVTYPE=thunderbolt_xdomain\n").unwrap();
+    fs::write(dev.join("0-1.0/uevent"), "DEVTYPE=thunderbolt_service\n").unwrap();
+    fs::write(dev.join("0-0/uevent"), "DEVTYPE=thunderbolt_device\n").unwrap();
+    fs::write(dev.join("domain0/uevent"), "DEVTYPE=thunderbolt_domain\n").unwrap();
+    fs::create_dir_all(r.path(STREAM_ROOT)).unwrap();
+    fs::create_dir_all(r.path("/dev")).unwrap();
+    fs::create_dir_all(r.path("/sys/module/thunderbolt_stream")).unwrap();
+    r
+}
+
+/// The simulated driver: what the peer published, and the groups it has seen.
+struct Kernel {
+    published: Mutex<HashMap<String, (i64, i64)>>,
+    stop: AtomicBool,
+    seen: Mutex<HashMap<PathBuf, u32>>,
+}
+
+fn read_i(p: &Path) -> Option<i64> {
+    fs::read_to_string(p).ok()?.trim().parse().ok()
+}
+
+impl Kernel {
+    fn start(root: Root) -> (Arc<Kernel>, thread::JoinHandle<()>) {
+        let k = Arc::new(Kernel {
+            published: Mutex::new(HashMap::new()),
+            stop: AtomicBool::new(false),
+            seen: Mutex::new(HashMap::new()),
+        });
+        let k2 = k.clone();
+        let h = thread::spawn(move || {
+            let mut next_index = 0u32;
+            while !k2.stop.load(Ordering::SeqCst) {
+                k2.tick(&root, &mut next_index);
+                thread::sleep(Duration::from_millis(10));
+            }
+        });
+        (k, h)
+    }
+
+    fn tick(&self, root: &Root, next_index: &mut u32) {
+        let Ok(conns) = fs::read_dir(root.path(STREAM_ROOT)) else { return };
+        let mut seen = self.seen.lock().unwrap();
+        seen.retain(|p, _| p.exists());
+        for c in conns.flatten() {
+            let Ok(streams) = fs::read_dir(c.path()) else { continue };
+            for s in streams.flatten() {
+                let p = s.path();
+                let name = s.file_name().to_string_lossy().into_owned();
+                if !seen.contains_key(&p) {
+                    // mkdir: attach now and adopt what the peer published, reversed.
+                    let idx = *next_index;
+                    *next_index += 1;
+                    let (i, o) = self
+                        .published
+                        .lock()
+                        .unwrap()
+                        .get(&name)
+                        .map(|&(pi, po)| (po, pi))
+                        .unwrap_or((0, 0));
+                    fs::write(p.join("index"), format!("{idx}\n")).unwrap();
+                    fs::write(p.join("in_hopid"), format!("{i}\n")).unwrap();
+                    fs::write(p.join("out_hopid"), format!("{o}\n")).unwrap();
+                    fs::write(p.join("ring_size"), "256\n").unwrap();
+                    fs::write(p.join("throttling"), "8192\n").unwrap();
+                    fs::write(root.path(format!("/dev/tbstream{idx}")), "").unwrap();
+                    seen.insert(p.clone(), idx);
+                    continue;
+                }
+                // A user write of -1 allocates.
+                for (attr, val) in [("in_hopid", 9), ("out_hopid", 8)] {
+                    if read_i(&p.join(attr)) == Some(-1) {
+                        fs::write(p.join(attr), format!("{val}\n")).unwrap();
+                    }
+                }
+            }
+        }
+    }
+}
+
+fn opts(role: Role) -> LinkOpts {
+    LinkOpts {
+        peer: None,
+        name: "backup".into(),
+        wait: Some(Duration::from_secs(10)),
+        role,
+        teardown: true,
+    }
+}
+
+#[test]
+fn adopter_started_after_the_peer_published() {
+    let d = tempfile::tempdir().unwrap();
+    let root = fake_tree(d.path(), "a-uuid", "b-uuid");
+    let (k, h) = Kernel::start(root.clone());
+    k.published.lock().unwrap().insert("backup".into(), (10, 11));
+    let link = Link::up(&root, &opts(Role::Adopt)).unwrap();
+    // Peer in 10 -> our out 10; peer out 11 -> our in 11.
+    assert_eq!((link.in_hopid, link.out_hopid), (11, 10));
+    assert_eq!(link.service, "0-1.0");
+    assert_eq!(link.dev, root.path("/dev/tbstream0"));
+    drop(link);
+    assert!(!root.path(STREAM_ROOT).join("0-1.0").exists(), "tear-down left groups");
+    k.stop.store(true, Ordering::SeqCst);
+    h.join().unwrap();
+}
+
+#[test]
+fn adopter_started_before_the_peer_waits_and_recreates() {
+    let d = tempfile::tempdir().unwrap();
+    let root = fake_tree(d.path(), "a-uuid", "b-uuid");
+    let (k, h) = Kernel::start(root.clone());
+    let k2 = k.clone();
+    let late = thread::spawn(move || {
+        thread::sleep(Duration::from_millis(800));
+        k2.published.lock().unwrap().insert("backup".into(), (12, 13));
+    });
+    let link = Link::up(&root, &opts(Role::Adopt)).unwrap();
+    assert_eq!((link.in_hopid, link.out_hopid), (13, 12), "HopIDs must come from the late publication");
+    late.join().unwrap();
+    drop(link);
+    k.stop.store(true, Ordering::SeqCst);
+    h.join().unwrap();
+}
+
+#[test]
+fn publisher_allocates_and_keeps_foreign_groups() {
+    let d = tempfile::tempdir().unwrap();
+    let root = fake_tree(d.path(), "a-uuid", "b-uuid");
+    // A connection group made by someone else must survive our tear-down.
+    fs::create_dir_all(root.path(STREAM_ROOT).join("0-1.0")).unwrap();
+    let (k, h) = Kernel::start(root.clone());
+    let link = Link::up(&root, &opts(Role::Publish)).unwrap();
+    assert_eq!((link.in_hopid, link.out_hopid), (9, 8));
+    drop(link);
+    assert!(root.path(STREAM_ROOT).join("0-1.0").is_dir());
+    assert!(!root.path(STREAM_ROOT).join("0-1.0/backup").exists());
+    k.stop.store(true, Ordering::SeqCst);
+    h.join().unwrap();
+}
+
+#[test]
+fn auto_role_follows_the_uuid_order() {
+    let d = tempfile::tempdir().unwrap();
+    // Our UUID sorts after the peer's: we publish.
+    let root = fake_tree(d.path(), "ffff-local", "0000-peer");
+    let (k, h) = Kernel::start(root.clone());
+    let link = Link::up(&root, &opts(Role::Auto)).unwrap();
+    assert_eq!(link.role, Role::Publish);
+    drop(link);
+    k.stop.store(true, Ordering::SeqCst);
+    h.join().unwrap();
+    let d = tempfile::tempdir().unwrap();
+    let root = fake_tree(d.path(), "0000-local", "ffff-peer");
+    let (k, h) = Kernel::start(root.clone());
+    k.published.lock().unwrap().insert("backup".into(), (8, 9));
+    let link = Link::up(&root, &opts(Role::Auto)).unwrap();
+    assert_eq!(link.role, Role::Adopt);
+    assert_eq!((link.in_hopid, link.out_hopid), (9, 8));
+    drop(link);
+    k.stop.store(true, Ordering::SeqCst);
+    h.join().unwrap();
+}
+
+#[test]
+fn clear_errors_without_module_or_peer() {
+    let d = tempfile::tempdir().unwrap();
+    let root = Root::new(d.path());
+    let e = Link::up(&root, &opts(Role::Adopt)).unwrap_err();
+    assert!(format!("{e:#}").contains("modprobe thunderbolt_stream"), "{e:#}");
+
+    let root = fake_tree(d.path(), "a", "b");
+    fs::remove_dir_all(root.path("/sys/bus/thunderbolt/devices/0-1.0")).unwrap();
+    let mut o = opts(Role::Adopt);
+    o.wait = Some(Duration::from_millis(600));
+    let e = Link::up(&root, &o).unwrap_err();
+    assert!(format!("{e:#}").contains("no peer found"), "{e:#}");
+    assert_eq!(rescue::exit::code_of(&e), rescue::exit::PEER_GONE);
+
+    let mut o = opts(Role::Adopt);
+    o.name = "muchtoolong".into();
+    assert!(Link::up(&root, &o).is_err());
+}
