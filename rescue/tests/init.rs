@@ -102,6 +102,7 @@ fn prep(t: &tempfile::TempDir) -> (Vec<String>, String, rescue::init::Prepared<R
     let mut out = Vec::new();
     let p = prepare(
         &Root::new(t.path()),
+        false,
         Recorder::default(),
         &mut out,
         Duration::from_millis(50),

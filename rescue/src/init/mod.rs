@@ -26,7 +26,7 @@ use std::time::Duration;
 use anyhow::{Context, Result};
 
 use crate::cli::InitArgs;
-use crate::modload::{self, KernelSys, Loader, ModuleSys};
+use crate::modload::{self, DryRun, KernelSys, Loader, ModuleSys};
 use crate::root::Root;
 pub use cmdline::{Config, Fabric, Mode};
 pub use drivers::DriverReport;
@@ -48,9 +48,11 @@ pub struct Prepared<S: ModuleSys> {
 
 /// Reads the configuration, sets the hostname, loads drivers, mounts ConfigFS and
 /// waits for disks. Problems become `RESCUE: warning:` lines, never errors: a
-/// rescue system with one missing driver is still useful.
+/// rescue system with one missing driver is still useful. Only with `live` (PID 1
+/// on the real root) does it change the system: hostname, ConfigFS mount.
 pub fn prepare<S: ModuleSys>(
     root: &Root,
+    live: bool,
     sys: S,
     out: &mut dyn Write,
     usb_settle: Duration,
@@ -64,7 +66,7 @@ pub fn prepare<S: ModuleSys>(
 
     let hostname = hostname::choose(root, config.hostname.as_deref());
     if let Some(h) = &hostname
-        && root.is_host()
+        && live
         && let Err(e) = nix::unistd::sethostname(h)
     {
         let _ = writeln!(out, "RESCUE: warning: sethostname {h}: {e}");
@@ -89,9 +91,7 @@ pub fn prepare<S: ModuleSys>(
     for w in &drivers.warnings {
         let _ = writeln!(out, "RESCUE: warning: {w}");
     }
-    if root.is_host()
-        && let Err(e) = mounts::mount_configfs()
-    {
+    if live && let Err(e) = mounts::mount_configfs() {
         let _ = writeln!(out, "RESCUE: warning: {e:#}");
     }
 
@@ -203,7 +203,14 @@ fn start_reaper() {
 /// One pass of PID 1 after the console is set up: prepare, run, menu.
 fn pid1_pass(root: &Root) -> Result<()> {
     let mut out = std::io::stdout();
-    let p = prepare(root, KernelSys, &mut out, USB_SETTLE, DISK_SETTLE);
+    let p = prepare(
+        root,
+        root.is_host(),
+        KernelSys,
+        &mut out,
+        USB_SETTLE,
+        DISK_SETTLE,
+    );
     let _ = writeln!(out, "{}", ready_line(root, &p));
     let config = p.config.clone();
     let mut sys = system::System::new(root.clone(), p.loader, config.peer.clone());
@@ -268,8 +275,20 @@ fn panic_text(p: &(dyn std::any::Any + Send)) -> String {
 }
 
 /// The entry point when running as PID 1 (main.rs calls this). Never returns.
+/// Called by a process that is not PID 1, it runs `command` instead (no mounts,
+/// no module loading, no reboot) and exits with its code.
 pub fn main() -> ! {
     let root = Root::host();
+    if nix::unistd::getpid().as_raw() != 1 {
+        let rc = match command(&root, &InitArgs { no_mount: true }) {
+            Ok(rc) => rc,
+            Err(e) => {
+                eprintln!("rescue: {e:#}");
+                crate::exit::code_of(&e)
+            }
+        };
+        std::process::exit(i32::from(rc));
+    }
     let mount_errors = mounts::mount_early();
     let console = console::setup(&root);
     start_reaper();
@@ -296,9 +315,11 @@ pub fn main() -> ! {
     }
 }
 
-/// `rescue init`: as PID 1 this is `main()`; otherwise (testing outside an
-/// initramfs) it runs the same flow on this system with `--no-mount` honoured,
-/// never reboots, and returns when the menu's input ends.
+/// `rescue init`: as PID 1 this is `main()`. Otherwise (trying init mode outside
+/// an initramfs) it runs the same flow without mounting (unless asked), without
+/// loading modules (it prints what it would load), without changing the hostname
+/// and without rebooting, and returns the mode's exit code when the menu's input
+/// ends.
 pub fn command(root: &Root, args: &InitArgs) -> Result<u8> {
     if nix::unistd::getpid().as_raw() == 1 && root.is_host() {
         main();
@@ -309,8 +330,24 @@ pub fn command(root: &Root, args: &InitArgs) -> Result<u8> {
         }
     }
     let mut out = std::io::stdout();
-    let p = prepare(root, KernelSys, &mut out, USB_SETTLE, DISK_SETTLE);
-    writeln!(out, "{}", ready_line(root, &p)).context("stdout")?;
+    let view = root.clone();
+    let p = prepare(
+        &view,
+        false,
+        DryRun::default(),
+        &mut out,
+        USB_SETTLE,
+        DISK_SETTLE,
+    );
+    if let Some(l) = &p.loader {
+        writeln!(
+            out,
+            "RESCUE: not PID 1: would load: {}",
+            l.sys().would_load.join(" ")
+        )
+        .context("stdout")?;
+    }
+    writeln!(out, "{}", ready_line(&view, &p)).context("stdout")?;
     let config = p.config.clone();
     let mut sys = system::System::new(root.clone(), p.loader, config.peer.clone());
     let (rc, _) = after_boot(

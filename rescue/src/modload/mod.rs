@@ -21,7 +21,7 @@ pub use decompress::{Compression, read_module};
 pub use glob::glob_match;
 pub use index::{ModIndex, normalize};
 pub use settle::{Settled, wait_for_disks};
-pub use sys::{KernelSys, ModuleSys};
+pub use sys::{DryRun, KernelSys, ModuleSys};
 
 /// What happened to one module of a closure.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

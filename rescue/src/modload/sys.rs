@@ -37,3 +37,22 @@ impl ModuleSys for KernelSys {
         )
     }
 }
+
+/// Loads nothing and records what would have been loaded: for running init mode
+/// outside an initramfs, where touching the host's kernel would be a surprise.
+#[derive(Debug, Default, Clone)]
+pub struct DryRun {
+    pub would_load: Vec<String>,
+}
+
+impl ModuleSys for DryRun {
+    fn init_module(&mut self, name: &str, _image: &[u8], _params: &CStr) -> Result<(), Errno> {
+        self.would_load.push(name.to_string());
+        Ok(())
+    }
+
+    fn finit_compressed(&mut self, name: &str, _file: &File, _params: &CStr) -> Result<(), Errno> {
+        self.would_load.push(name.to_string());
+        Ok(())
+    }
+}
