@@ -235,31 +235,54 @@ fn pid1_pass(root: &Root) -> Result<()> {
     }
 }
 
-/// The error screen: shows what failed and asks what to do. Returns when the
-/// person (or a timeout with no input) chooses to retry.
-fn fatal_screen(msg: &str) {
-    let mut out = std::io::stdout();
+/// What the person chose on the error screen.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FatalChoice {
+    Retry,
+    Power(Power),
+    /// The console gave no input (closed or absent): retry after a pause.
+    NoInput,
+}
+
+/// The error screen: shows what failed and asks whether to retry, reboot or power
+/// off. There is no shell to drop into.
+pub fn fatal_prompt<R: BufRead, W: Write>(mut input: R, mut out: W, msg: &str) -> FatalChoice {
     let _ = writeln!(out, "RESCUE: fatal: {}", msg.replace('\n', " "));
     loop {
         let _ = write!(out, "r = retry, b = reboot, p = power off [r/b/p]: ");
         let _ = out.flush();
         let mut s = String::new();
-        match std::io::stdin().read_line(&mut s) {
-            Ok(0) | Err(_) => {
+        match input.read_line(&mut s) {
+            Ok(0) | Err(_) => return FatalChoice::NoInput,
+            Ok(_) => {}
+        }
+        match s.trim() {
+            "" | "r" => return FatalChoice::Retry,
+            "b" => return FatalChoice::Power(Power::Reboot),
+            "p" => return FatalChoice::Power(Power::PowerOff),
+            other => {
+                let _ = writeln!(out, "unknown choice {other:?}");
+            }
+        }
+    }
+}
+
+/// The error screen on the real console; returns when it is time to retry.
+fn fatal_screen(msg: &str) {
+    let mut msg = msg.to_string();
+    loop {
+        match fatal_prompt(std::io::stdin().lock(), std::io::stdout(), &msg) {
+            FatalChoice::Retry => return,
+            FatalChoice::NoInput => {
                 // No keyboard: try again later rather than spin.
                 thread::sleep(Duration::from_secs(10));
                 return;
             }
-            Ok(_) => {}
-        }
-        let p = match s.trim() {
-            "" | "r" => return,
-            "b" => Power::Reboot,
-            "p" => Power::PowerOff,
-            _ => continue,
-        };
-        if let Err(e) = system::power(p) {
-            let _ = writeln!(out, "{e:#}");
+            FatalChoice::Power(p) => {
+                if let Err(e) = system::power(p) {
+                    msg = format!("{e:#}");
+                }
+            }
         }
     }
 }
@@ -357,4 +380,29 @@ pub fn command(root: &Root, args: &InitArgs) -> Result<u8> {
         std::io::stdout(),
     );
     Ok(rc)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn fatal_prompt_choices() {
+        let ask = |input: &str| {
+            let mut out = Vec::new();
+            let c = fatal_prompt(
+                std::io::Cursor::new(input.to_string()),
+                &mut out,
+                "boom\nbad",
+            );
+            (c, String::from_utf8(out).unwrap_or_default())
+        };
+        let (c, out) = ask("x\np\n");
+        assert_eq!(c, FatalChoice::Power(Power::PowerOff));
+        assert!(out.starts_with("RESCUE: fatal: boom bad\n"), "{out}");
+        assert!(out.contains("unknown choice \"x\""));
+        assert_eq!(ask("\n").0, FatalChoice::Retry);
+        assert_eq!(ask("b\n").0, FatalChoice::Power(Power::Reboot));
+        assert_eq!(ask("").0, FatalChoice::NoInput);
+    }
 }
