@@ -27,19 +27,29 @@ if [ -z "$noload" ]; then
 	insmod /lib/modules/usb4vcable.ko $params && echo "@@MOD ok" || echo "@@MOD FAILED"
 fi
 echo "@@READY $name"
-# Keep ttyS1 open for good: a last close would reset its termios.
-exec 3<>/dev/ttyS1
-stty raw -echo <&3 2>/dev/null
+# The command loop runs in a child: orphaned background jobs of commands are
+# reparented to PID 1, and their SIGCHLD would interrupt a read() in the middle of a
+# command line. The loop keeps ttyS1 open for good (a last close resets its termios).
+cmdloop() {
+	exec 3<>/dev/ttyS1
+	stty raw -echo <&3 2>/dev/null
+	while :; do
+		if ! read -r tag id b64 <&3; then
+			usleep 100000
+			continue
+		fi
+		[ "$tag" = "@@X" ] || continue
+		echo "$b64" | base64 -d > /tmp/cmd.sh
+		{
+			echo "@@B $id"
+			sh /tmp/cmd.sh </dev/null 2>&1 3>&-
+			echo "@@E $id $?"
+		} >&3
+	done
+}
+cmdloop &
+trap '' CHLD
 while :; do
-	if ! read -r tag id b64 <&3; then
-		usleep 100000
-		continue
-	fi
-	[ "$tag" = "@@X" ] || continue
-	echo "$b64" | base64 -d > /tmp/cmd.sh
-	{
-		echo "@@B $id"
-		sh /tmp/cmd.sh </dev/null 2>&1 3>&-
-		echo "@@E $id $?"
-	} >&3
+	wait
+	sleep 1
 done

@@ -62,6 +62,9 @@ def build_initramfs(kdir, ko, out, extra=()):
         cfs = kdir / f"lib/modules/{kver}/kernel/fs/configfs/configfs.ko.xz"
         (root / "lib/modules/configfs.ko").write_bytes(lzma.decompress(cfs.read_bytes()))
         shutil.copy(ko, root / "lib/modules/usb4vcable.ko")
+        tbk = kdir / f"lib/modules/{kver}/kernel/drivers/thunderbolt/thunderbolt.ko.xz"
+        if tbk.exists():
+            (root / "lib/modules/thunderbolt.ko").write_bytes(lzma.decompress(tbk.read_bytes()))
         tb = Path("/tmp/tbtest")
         subprocess.run(["gcc", "-static", "-O2", "-o", str(tb), str(HERE / "tbtest.c")], check=True)
         shutil.copy(tb, root / "bin/tbtest")
