@@ -1,0 +1,131 @@
+#!/usr/bin/env python3
+"""Times rescue backup over a UNIX socket against dd|dd and bmaptool copy.
+
+Each tool copies the same image into the same directory; every copy ends with
+data synced to disk (rescue syncs, bmaptool syncs, dd gets conv=fsync), and
+the source is read once before each run so all start from a warm page cache.
+"""
+import argparse, os, shutil, subprocess, sys, tempfile, time
+
+def run(cmd, **kw):
+    return subprocess.run(cmd, check=True, **kw)
+
+def make_images(d, mib, sparse_only=False):
+    rand = os.path.join(d, f"rand-{mib}M.img")
+    sparse = os.path.join(d, f"sparse90-{mib}M.img")
+    if not sparse_only and not os.path.exists(rand):
+        with open("/dev/urandom", "rb") as src, open(rand + ".tmp", "wb") as f:
+            for _ in range(mib):
+                f.write(src.read(1 << 20))
+        os.rename(rand + ".tmp", rand)
+    if not os.path.exists(sparse):
+        with open("/dev/urandom", "rb") as src, open(sparse + ".tmp", "wb") as f:
+            f.truncate(mib << 20)
+            for i in range(0, mib, 10):  # 1 MiB of data every 10 MiB: 90 % zeros
+                f.seek(i << 20)
+                f.write(src.read(1 << 20))
+        os.rename(sparse + ".tmp", sparse)
+    return rand, sparse
+
+def warm(path):
+    run(["sync"])
+    with open(path, "rb") as f:
+        while f.read(8 << 20):
+            pass
+
+def gnu_time(cmd, out, **kw):
+    """Runs cmd under /usr/bin/time; returns (wall seconds, peak RSS KiB)."""
+    t0 = time.monotonic()
+    run(["/usr/bin/time", "-f", "%M", "-o", out] + cmd, **kw)
+    wall = time.monotonic() - t0
+    return wall, int(open(out).read().split()[-1])
+
+def rescue_backup(rescue, img, work):
+    store = os.path.join(work, "store")
+    shutil.rmtree(store, ignore_errors=True)
+    sock = os.path.join(work, "s.sock")
+    srss = os.path.join(work, "serve.rss")
+    serve = subprocess.Popen(["/usr/bin/time", "-f", "%M", "-o", srss, rescue, "serve",
+                              "--store", store, "--device", "unix:" + sock, "--once"],
+                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    while not os.path.exists(sock):
+        time.sleep(0.01)
+    warm(img)
+    wall, crss = gnu_time([rescue, "backup", "--device", "unix:" + sock, img],
+                          os.path.join(work, "backup.rss"),
+                          stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                          env=dict(os.environ, RESCUE_PLAIN="1"))
+    serve.wait(timeout=120)
+    return wall, crss, int(open(srss).read().split()[-1]), store
+
+def dd_pipe(img, work):
+    out = os.path.join(work, "dd.out")
+    warm(img)
+    t0 = time.monotonic()
+    run(["sh", "-c", f"dd if='{img}' bs=1M status=none | dd of='{out}' bs=1M conv=fsync status=none"])
+    wall = time.monotonic() - t0
+    os.remove(out)
+    return wall
+
+def bmap_copy(img, work):
+    bmap = img + ".bmap"
+    if not os.path.exists(bmap):
+        run(["bmaptool", "create", "-o", bmap, img], stderr=subprocess.DEVNULL)
+    out = os.path.join(work, "bmap.out")
+    if os.path.exists(out):
+        os.remove(out)
+    warm(img)
+    t0 = time.monotonic()
+    run(["bmaptool", "copy", "--bmap", bmap, img, out], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    wall = time.monotonic() - t0
+    os.remove(out)
+    return wall
+
+def hash_rate(rescue, store):
+    """rescue verify re-reads and hashes the stored image: its rate shows
+    whether SHA-256 runs on the CPU's SHA extensions (> 1 GB/s) or not."""
+    t0 = time.monotonic()
+    run([rescue, "verify", store], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        env=dict(os.environ, RESCUE_PLAIN="1"))
+    return time.monotonic() - t0
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--rescue", required=True)
+    ap.add_argument("--mib", type=int, default=1024)
+    ap.add_argument("--big", action="store_true", help="also check peak RSS on a 4 GiB image")
+    a = ap.parse_args()
+    rescue = os.path.abspath(a.rescue)
+    d = os.environ.get("BENCH_DIR", "/var/tmp/usb4rescue-bench")
+    os.makedirs(d, exist_ok=True)
+    rand, sparse = make_images(d, a.mib)
+    work = tempfile.mkdtemp(dir=d)
+    shani = "sha_ni" in open("/proc/cpuinfo").read()
+    print(f"# bench: {a.mib} MiB images in {d}; CPU SHA extensions: {'yes' if shani else 'no'}; "
+          f"load {open('/proc/loadavg').read().split()[0]}")
+    print(f"{'image':<12} {'rescue s':>9} {'dd|dd s':>8} {'bmap s':>7} {'r/dd':>6} {'r/bmap':>7} {'RSS send':>9} {'RSS recv':>9}")
+    ok = True
+    for name, img, target in (("random", rand, ("bmap", 1.0)), ("90%-zeros", sparse, ("dd", 0.5))):
+        r, crss, srss, store = rescue_backup(rescue, img, work)
+        dd = dd_pipe(img, work)
+        bm = bmap_copy(img, work)
+        print(f"{name:<12} {r:9.2f} {dd:8.2f} {bm:7.2f} {r/dd:6.2f} {r/bm:7.2f} {crss/1024:7.1f}Mi {srss/1024:7.1f}Mi")
+        ratio = r / (bm if target[0] == "bmap" else dd)
+        met = ratio <= target[1] and crss <= 65536 and srss <= 65536
+        ok &= met
+        print(f"  target: rescue <= {target[1]}x {target[0]}, RSS <= 64 MiB: {'met' if met else 'NOT met'}")
+        if name == "random":
+            v = hash_rate(rescue, store)
+            print(f"  rescue verify (read + SHA-256 of the stored image): {a.mib / 1024 / v:.2f} GiB/s")
+        shutil.rmtree(store, ignore_errors=True)
+    if a.big:
+        _, big = make_images(d, 4096, sparse_only=True)
+        r, crss, srss, store = rescue_backup(rescue, big, work)
+        print(f"4 GiB 90%-zeros: rescue {r:.2f}s, RSS send {crss/1024:.1f} MiB, recv {srss/1024:.1f} MiB")
+        ok &= crss <= 65536 and srss <= 65536
+        shutil.rmtree(store, ignore_errors=True)
+    shutil.rmtree(work, ignore_errors=True)
+    print("all targets met" if ok else "some targets NOT met (see above)")
+
+if __name__ == "__main__":
+    sys.exit(main())

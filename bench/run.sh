@@ -1,0 +1,17 @@
+#!/usr/bin/env bash
+# Benchmarks `rescue serve` + `rescue backup` over a UNIX socket against
+# `dd | dd` and `bmaptool copy` on the same images, in one run, and prints the
+# ratios and peak RSS. Usage: bench/run.sh [--mib N] [--big]
+# Installs bmap-tools and GNU time when missing; images live in
+# ${BENCH_DIR:-/var/tmp/usb4rescue-bench} (not in the tree).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+need=()
+command -v bmaptool >/dev/null || need+=(bmap-tools)
+[ -x /usr/bin/time ] || need+=(time)
+if [ ${#need[@]} -gt 0 ]; then
+    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}" >/dev/null \
+        || { echo "bench: could not install ${need[*]} (apt-get failed)" >&2; exit 1; }
+fi
+cargo build --release -q -p rescue
+exec python3 bench/bench.py --rescue target/release/rescue "$@"
