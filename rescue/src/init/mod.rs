@@ -18,7 +18,7 @@ pub mod mounts;
 pub mod store;
 pub mod system;
 
-use std::io::{BufRead, Write};
+use std::io::{BufRead, BufReader, Read, Write};
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::thread;
 use std::time::Duration;
@@ -186,6 +186,23 @@ pub fn after_boot<R: BufRead, W: Write>(
     (rc, Ending::Menu(end))
 }
 
+/// Standard input that takes std's stdin lock only for each read. The menu keeps
+/// its input while a command runs, and commands read the console themselves (the
+/// restore confirmation): holding `stdin().lock()` across them would deadlock.
+pub struct ConsoleIn;
+
+impl Read for ConsoleIn {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        std::io::stdin().read(buf)
+    }
+}
+
+/// The menu's input on the console: a one-byte BufReader so it never reads past
+/// the line it needs (the rest stays in std's stdin buffer for whoever reads next).
+pub fn console_input() -> BufReader<ConsoleIn> {
+    BufReader::with_capacity(1, ConsoleIn)
+}
+
 /// Starts a thread that reaps children, which PID 1 inherits from every orphan.
 /// It would also steal exit statuses from our own `std::process` children, so it
 /// runs only as PID 1, where rescue spawns none.
@@ -214,8 +231,7 @@ fn pid1_pass(root: &Root) -> Result<()> {
     let _ = writeln!(out, "{}", ready_line(root, &p));
     let config = p.config.clone();
     let mut sys = system::System::new(root.clone(), p.loader, config.peer.clone());
-    let stdin = std::io::stdin();
-    after_boot(&mut sys, &config, stdin.lock(), std::io::stdout());
+    after_boot(&mut sys, &config, console_input(), std::io::stdout());
     // The menu ended: its input closed (Ctrl-D). Show it again, gently.
     let menu_config = Config {
         mode: Mode::Menu,
@@ -225,7 +241,7 @@ fn pid1_pass(root: &Root) -> Result<()> {
     };
     loop {
         let mut m = Menu::new(
-            stdin.lock(),
+            console_input(),
             std::io::stdout(),
             &mut sys,
             menu_config.clone(),
@@ -376,7 +392,7 @@ pub fn command(root: &Root, args: &InitArgs) -> Result<u8> {
     let (rc, _) = after_boot(
         &mut sys,
         &config,
-        std::io::stdin().lock(),
+        console_input(),
         std::io::stdout(),
     );
     Ok(rc)
