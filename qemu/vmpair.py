@@ -248,6 +248,10 @@ class Cable:
         if init and ctl:
             self.cable_ctl = ctl
             self.ctl("init", "--size", str(self.size))
+        elif init:
+            print(f"vmpair: warning: cable-ctl not found (cargo build -p cable-ctl, or set "
+                  f"USB4RESCUE_CABLE_CTL): {self.path} is left zeroed and usb4vcable will "
+                  f"refuse it as having no header", file=sys.stderr)
         return self
 
     def ctl(self, *args: str, timeout: float = 30) -> str:
