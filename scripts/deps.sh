@@ -1,0 +1,49 @@
+# deps.sh: sourced by scripts/test.sh and scripts/demo.sh. ensure_deps installs
+# what the builds and tests need on a Debian host and says what is missing when
+# it cannot.
+
+DEBIAN_PACKAGES=(
+    build-essential     # cc for crates that build C (xz2's liblzma)
+    musl-tools          # musl-gcc for the static rescue binary
+    file                # checks that rescue is statically linked
+    qemu-system-x86     # the paired VMs
+    qemu-utils          # qemu-img for disk images
+    mmdebstrap          # the trixie build root for kmod/
+    busybox-static      # the cable test initramfs
+    cpio
+    xz-utils
+    e2fsprogs           # ext4 disks for the scenarios
+    fdisk               # sfdisk for GPT test disks
+    time                # /usr/bin/time for peak RSS
+    python3
+)
+
+ensure_deps() {
+    local missing=() p
+    for p in "${DEBIAN_PACKAGES[@]}"; do
+        dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+    done
+    if [ ${#missing[@]} -gt 0 ]; then
+        if [ "$(id -u)" != 0 ]; then
+            echo "missing Debian packages: ${missing[*]} (run as root, or: apt-get install ${missing[*]})" >&2
+            return 1
+        fi
+        echo "installing: ${missing[*]}"
+        { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}"; } >/dev/null ||
+            { echo "apt-get could not install: ${missing[*]}" >&2; return 1; }
+    fi
+    if ! command -v cargo >/dev/null; then
+        if [ -x "$HOME/.cargo/bin/cargo" ]; then
+            export PATH="$HOME/.cargo/bin:$PATH"
+        else
+            echo "cargo not found: install Rust >= 1.88 with rustup (Debian 12's cargo is too old)" >&2
+            return 1
+        fi
+    fi
+    if command -v rustup >/dev/null; then
+        rustup target list --installed | grep -q x86_64-unknown-linux-musl ||
+            rustup target add x86_64-unknown-linux-musl ||
+            { echo "rustup could not add the x86_64-unknown-linux-musl target" >&2; return 1; }
+    fi
+    return 0
+}

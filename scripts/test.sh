@@ -1,0 +1,88 @@
+#!/usr/bin/env bash
+# test.sh: runs every test of usb4rescue on a fresh Debian machine (as root):
+#
+#   1. installs what is missing (Debian packages, the Rust musl target),
+#   2. cargo fmt --check and cargo clippy -D warnings on the workspace,
+#   3. cargo test --workspace (unit tests, fixture trees, host end-to-end over
+#      UNIX sockets with cuts, bit flips, unreadable sectors, a full store),
+#   4. the static build: rescue for x86_64-unknown-linux-musl must be statically
+#      linked and run in an empty chroot,
+#   5. the protocol decoder fuzzer for a bounded time (FUZZ_SECS, default 30),
+#   6. the paired-VM virtual-cable tests (tests/vm/run-cable-tests.sh),
+#   7. the paired-VM rescue scenarios (tests/scenarios/run.sh).
+#
+# USB4RESCUE_SKIP_VM=1 skips 6 and 7 (no QEMU); USB4RESCUE_SKIP_FUZZ=1 skips 5.
+# Downloads and builds are cached in ${USB4RESCUE_CACHE:-/var/cache/usb4rescue}.
+# The last line is "N passed, N failed" counting the groups above; the exit status
+# is non-zero when any group failed.
+set -uo pipefail
+cd "$(dirname "$0")/.."
+TOP=$PWD
+export USB4RESCUE_CACHE=${USB4RESCUE_CACHE:-/var/cache/usb4rescue}
+export CARGO_TERM_COLOR=never
+. scripts/deps.sh
+
+passed=0
+failed=0
+failures=()
+group() { # group NAME COMMAND...
+    local name=$1 t0=$SECONDS
+    shift
+    echo "=== $name"
+    if "$@"; then
+        passed=$((passed + 1))
+        echo "=== $name: ok ($((SECONDS - t0))s)"
+    else
+        failed=$((failed + 1))
+        failures+=("$name")
+        echo "=== $name: FAILED ($((SECONDS - t0))s)"
+    fi
+}
+
+static_build() {
+    cargo build --release --locked --target x86_64-unknown-linux-musl -p rescue || return 1
+    local bin=target/x86_64-unknown-linux-musl/release/rescue
+    file "$bin"
+    file "$bin" | grep -Eq 'statically linked|static-pie linked' || { echo "rescue is not static"; return 1; }
+    local empty
+    empty=$(mktemp -d)
+    cp "$bin" "$empty/rescue"
+    chroot "$empty" /rescue --version
+    local rc=$?
+    rm -rf "$empty"
+    return $rc
+}
+
+fuzz() {
+    rescue/fuzz/run.sh "${FUZZ_SECS:-30}"
+}
+
+lint() {
+    cargo fmt --all -- --check && cargo clippy --locked --workspace --all-targets -- -D warnings
+}
+
+vm_scenarios() {
+    if [ ! -x tests/scenarios/run.sh ]; then
+        echo "tests/scenarios/run.sh is missing"
+        return 1
+    fi
+    tests/scenarios/run.sh
+}
+
+t_start=$SECONDS
+group "dependencies" ensure_deps
+group "format and lint" lint
+group "cargo test" cargo test --locked --workspace
+group "static build" static_build
+if [ "${USB4RESCUE_SKIP_FUZZ:-0}" != 1 ]; then
+    group "fuzz ${FUZZ_SECS:-30}s" fuzz
+fi
+if [ "${USB4RESCUE_SKIP_VM:-0}" != 1 ]; then
+    group "VM: virtual cable" tests/vm/run-cable-tests.sh
+    group "VM: rescue scenarios" vm_scenarios
+fi
+echo
+echo "test.sh: $((SECONDS - t_start))s in all"
+for f in "${failures[@]}"; do echo "FAILED: $f"; done
+echo "$passed passed, $failed failed"
+[ "$failed" -eq 0 ]
