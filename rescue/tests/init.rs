@@ -349,7 +349,7 @@ fn menu_unknown_disk_and_waiting_status() {
 #[test]
 fn menu_restore_lists_then_requires_yes() {
     let mut f = Fake::default();
-    let (_, _, out) = drive(&mut f, "", "3\n\nno\n3\n2026-11-21T10\nyes\ny\n");
+    let (_, _, out) = drive(&mut f, "", "3\n\n\nno\n3\n2026-11-21T10\nvda=vdb\nyes\ny\n");
     assert!(out.contains("Cancelled."), "{out}");
     // list, list, restore
     assert_eq!(f.ran.len(), 3);
@@ -358,6 +358,7 @@ fn menu_restore_lists_then_requires_yes() {
         Command::Restore(r) => {
             assert!(!r.list && r.yes && r.verify);
             assert_eq!(r.backup.as_deref(), Some("2026-11-21T10"));
+            assert_eq!(r.map, vec!["vda=vdb"]);
         }
         other => panic!("{other:?}"),
     }

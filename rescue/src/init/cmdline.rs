@@ -53,6 +53,11 @@ pub struct Config {
     pub hostname: Option<String>,
     pub label: Option<String>,
     pub verify: bool,
+    /// `rescue.map=NAME=TARGET,...`: where restore writes each backed-up disk
+    /// (needed when the disks have no serial numbers to match).
+    pub map: Vec<String>,
+    /// `rescue.backup=ID`: which backup restore writes (default: the newest).
+    pub backup: Option<String>,
     /// Options we could not understand, to show on the console rather than fail on.
     pub warnings: Vec<String>,
 }
@@ -140,6 +145,16 @@ impl Config {
                         .collect()
                 }
                 "peer" => c.peer = nonempty.map(str::to_string),
+                "backup" => c.backup = nonempty.map(str::to_string),
+                "map" => {
+                    c.map = nonempty
+                        .unwrap_or_default()
+                        .split(',')
+                        .map(str::trim)
+                        .filter(|m| !m.is_empty())
+                        .map(str::to_string)
+                        .collect()
+                }
                 "hostname" => c.hostname = nonempty.map(str::to_string),
                 "label" => c.label = nonempty.map(str::to_string),
                 "yes" | "poweroff" | "reboot" | "verify" => match parse_bool(val) {
@@ -199,9 +214,9 @@ impl Config {
         Command::Restore(RestoreArgs {
             connect: self.connect(),
             list: false,
-            backup: None,
+            backup: self.backup.clone(),
             host: None,
-            map: Vec::new(),
+            map: self.map.clone(),
             yes: self.yes,
             verify: self.verify,
         })
@@ -267,8 +282,16 @@ mod tests {
             }
             other => panic!("{other:?}"),
         }
-        match Config::parse("rescue.yes=1 rescue.verify=1").restore_command() {
-            Command::Restore(r) => assert!(r.yes && r.verify && !r.list),
+        match Config::parse(
+            "rescue.yes=1 rescue.verify=1 rescue.map=vda=vdb,sda=/dev/sdb rescue.backup=b1",
+        )
+        .restore_command()
+        {
+            Command::Restore(r) => {
+                assert!(r.yes && r.verify && !r.list);
+                assert_eq!(r.map, vec!["vda=vdb", "sda=/dev/sdb"]);
+                assert_eq!(r.backup.as_deref(), Some("b1"));
+            }
             other => panic!("{other:?}"),
         }
     }

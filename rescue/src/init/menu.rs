@@ -352,6 +352,17 @@ impl<'a, R: BufRead, W: Write> Menu<'a, R, W> {
         if id == "q" {
             return Some(());
         }
+        let map: Vec<String> = if self.config.map.is_empty() {
+            let m = self.ask(
+                "Where to write each disk (NAME=TARGET ..., e.g. vda=vda; Enter = the local disk with the same serial number):",
+            )?;
+            m.split([' ', ','])
+                .filter(|s| !s.is_empty())
+                .map(str::to_string)
+                .collect()
+        } else {
+            self.config.map.clone()
+        };
         let _ = writeln!(
             self.out,
             "Restoring OVERWRITES the disks of this machine that the backup maps to."
@@ -369,7 +380,7 @@ impl<'a, R: BufRead, W: Write> Menu<'a, R, W> {
             list: false,
             backup: (!id.is_empty()).then_some(id),
             host: None,
-            map: Vec::new(),
+            map,
             yes: true,
             verify,
         });

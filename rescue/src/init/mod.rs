@@ -8,6 +8,12 @@
 //! `starting`, `modules: ...`, `warning: ...`, `ready mode=M host=H disks=... uptime=S`,
 //! `<mode> started`, `<mode> finished: OK`, `<mode> failed: REASON (exit N)`,
 //! `done rc=N`, `menu`, `fatal: ...`, `powering off`, `rebooting`.
+//!
+//! Kernel command line: `rescue.mode=backup|serve|restore|menu`, `rescue.store=`,
+//! `rescue.disks=`, `rescue.peer=`, `rescue.yes=1`, `rescue.poweroff=1`,
+//! `rescue.reboot=1`, `rescue.fabric=auto|usb4|virtual`, `rescue.hostname=`,
+//! `rescue.label=`, `rescue.verify=1`, and for restore `rescue.map=NAME=TARGET,...`
+//! and `rescue.backup=ID` (see `cmdline`).
 
 pub mod cmdline;
 pub mod console;
@@ -389,12 +395,7 @@ pub fn command(root: &Root, args: &InitArgs) -> Result<u8> {
     writeln!(out, "{}", ready_line(&view, &p)).context("stdout")?;
     let config = p.config.clone();
     let mut sys = system::System::new(root.clone(), p.loader, config.peer.clone());
-    let (rc, _) = after_boot(
-        &mut sys,
-        &config,
-        console_input(),
-        std::io::stdout(),
-    );
+    let (rc, _) = after_boot(&mut sys, &config, console_input(), std::io::stdout());
     Ok(rc)
 }
 
