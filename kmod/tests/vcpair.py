@@ -88,7 +88,7 @@ class VM:
         cmd = [os.environ.get("QEMU", "qemu-system-x86_64"), "-accel", "tcg", "-m", str(mem),
                "-nographic", "-no-reboot", "-nodefaults", "-kernel", str(rig.kernel),
                "-initrd", str(rig.initrd),
-               "-append", f"console=ttyS0 panic=-1 loglevel=7 vc.name={name} {params}",
+               "-append", f"console=ttyS0 panic=-1 no_timer_check loglevel=7 vc.name={name} {params}",
                "-serial", f"file:{self.log}",
                "-chardev", f"socket,id=cmd,path={self.sock},server=on,wait=off",
                "-serial", "chardev:cmd"]
