@@ -92,6 +92,12 @@ use_cached_or_die() { # use_cached_or_die REASON
   reachable Debian mirror, then re-run $0."
 }
 
+# One run at a time per cache (concurrent apt runs on the same private state clash).
+if command -v flock >/dev/null 2>&1; then
+    exec 9>"$APTDIR/.lock"
+    flock -w 600 9 || die "another fetch-kernel.sh holds $APTDIR/.lock for 10 minutes"
+fi
+
 [ "$OFFLINE" = 1 ] && use_cached_or_die "USB4RESCUE_OFFLINE=1: not contacting the archive"
 
 # Private apt configuration: never the host's sources, lists, cache or dpkg status.

@@ -100,6 +100,39 @@ echo "@@R devices=$(ls {TBDEV} | tr '\\n' ' ')"
     def test_02_configfs_errnos(self):
         check_configfs_errnos(self, "solo")
 
+    @classmethod
+    def disks(cls, name):
+        # vdb: 1 MiB whose sector 100 fails reads with EIO (blkdebug), for test_03.
+        return [Disk(str(cls.rig.workdir / "solo-bad.img"), size=MiB, read_errors=[100])]
+
+    def test_03_rig_console_and_blkdebug(self):
+        """vmpair itself: typing into the console shell, and blkdebug read errors."""
+        v = self.vm["solo"]
+        v.mark()
+        v.send("echo console-$((6 * 7))\n")
+        v.wait_for(r"console-42", 20)
+        out = self.sh("solo", """
+# page-cache reads: 4 KiB pages, so sectors 96..103 share sector 100's fate
+dd if=/dev/vda of=/dev/null bs=512 count=96 2>/dev/null && echo "@@R before=ok"
+dd if=/dev/vda of=/dev/null bs=512 skip=104 count=8 2>/dev/null && echo "@@R after=ok"
+dd if=/dev/vda of=/dev/null bs=512 skip=100 count=1 2>&1 | tail -1 | sed 's/^/@@R bad=/'
+""")
+        self.assertEqual(field(out, "before"), "ok")
+        self.assertEqual(field(out, "after"), "ok")
+        self.assertIn("Input/output error", field(out, "bad"))
+
+    def test_09_panic_ends_qemu(self):
+        """panic=-1 + -no-reboot: a guest panic ends QEMU, and the harness sees it."""
+        v = self.vm["solo"]
+        v.send("echo c > /proc/sysrq-trigger\n")
+        deadline = time.monotonic() + 60
+        while v.alive() and time.monotonic() < deadline:
+            time.sleep(0.2)
+        self.assertFalse(v.alive(), "QEMU still running 60 s after a guest panic")
+        self.assertTrue(any("Kernel panic" in l for l in v.kernel_problems()),
+                        "no 'Kernel panic' in the console log")
+        self.expect_gone = True
+
 
 # ----------------------------------------------------------------------------- cable
 class CableTest(VMTestCase):
