@@ -1,0 +1,111 @@
+#!/usr/bin/env bash
+# run.sh: the end-to-end rescue scenarios (backup, restore, menu, safety, unplug,
+# corruption, failing source) in QEMU VMs booting the real rescue initramfs.
+#
+#   tests/scenarios/run.sh [--only NAME[,NAME...]] [--keep] [--demo]
+#
+# 1. apt: qemu-system-x86, e2fsprogs, fdisk, busybox-static, musl-tools (only if missing)
+# 2. scripts/fetch-kernel.sh      kernel + modules (cached)
+# 3. scripts/build-kmod.sh        usb4vcable.ko (trixie build root, cached)
+# 4. cargo build -p cable-ctl     host fault tool
+# 5. static rescue (musl, stripped) -> $CACHE/scenarios/rescue
+# 6. image build ... --extra-module usb4vcable.ko -> $CACHE/scenarios/rescue-initrd.img
+#    (rebuilt only when rescue, the module or the kernel changed)
+# 7. busybox test initramfs (tests/vm/build-initramfs.py, + ext4) with the same rescue
+#    appended as /bin/rescue (a second cpio member): the "mounted target" check only
+# 8. tests/scenarios/scenarios.py
+#
+# The last line is always "N passed, N failed"; exit status non-zero on any failure.
+# Nothing is written into the repository: builds go to ${USB4RESCUE_CACHE:-/var/cache/usb4rescue},
+# disk images and logs to a /tmp directory (kept, and printed, when something fails).
+set -uo pipefail
+
+HERE=$(cd "$(dirname "$0")" && pwd)
+TOP=$(cd "$HERE/../.." && pwd)
+CACHE=${USB4RESCUE_CACHE:-/var/cache/usb4rescue}
+export USB4RESCUE_CACHE=$CACHE
+OUT=$CACHE/scenarios
+mkdir -p "$OUT"
+
+log() { printf 'scenarios: %s\n' "$*" >&2; }
+finish() { echo "$1 passed, $2 failed"; [ "$2" -eq 0 ] && [ "$1" -gt 0 ]; exit $?; }
+step() { # step NAME: prints how long the previous step took
+    local now; now=$(date +%s.%N)
+    [ -n "${STEP_NAME:-}" ] && printf 'scenarios: %-28s %6.1fs\n' "$STEP_NAME" "$(echo "$now - $STEP_T" | bc)" >&2
+    STEP_NAME=$1; STEP_T=$now
+}
+
+T0=$(date +%s)
+step "packages"
+pkgs=()
+command -v qemu-system-x86_64 >/dev/null || pkgs+=(qemu-system-x86)
+command -v mkfs.ext4 >/dev/null && command -v debugfs >/dev/null && command -v e2fsck >/dev/null || pkgs+=(e2fsprogs)
+command -v sfdisk >/dev/null || pkgs+=(fdisk)
+command -v musl-gcc >/dev/null || pkgs+=(musl-tools)
+command -v bc >/dev/null || pkgs+=(bc)
+command -v python3 >/dev/null || pkgs+=(python3)
+command -v strip >/dev/null || pkgs+=(binutils)
+{ [ -x /bin/busybox ] && file -L /bin/busybox 2>/dev/null | grep -q 'statically linked'; } || pkgs+=(busybox-static file)
+if [ ${#pkgs[@]} -gt 0 ]; then
+    log "installing ${pkgs[*]}"
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -q "${pkgs[@]}" >&2 ||
+        { apt-get update -q >&2 && DEBIAN_FRONTEND=noninteractive apt-get install -y -q "${pkgs[@]}" >&2; } ||
+        { log "cannot install ${pkgs[*]}"; finish 0 1; }
+fi
+CARGO=$(command -v cargo || echo "$HOME/.cargo/bin/cargo")
+[ -x "$CARGO" ] || { log "cargo not found (install rustup)"; finish 0 1; }
+if command -v rustup >/dev/null && ! rustup target list --installed | grep -q x86_64-unknown-linux-musl; then
+    rustup target add x86_64-unknown-linux-musl >&2 || { log "rustup target add musl failed"; finish 0 1; }
+fi
+TDIR=$(cd "$TOP" && "$CARGO" metadata -q --format-version 1 --no-deps |
+       python3 -c 'import json, sys; print(json.load(sys.stdin)["target_directory"])')
+
+step "kernel"
+KDIR=$("$TOP/scripts/fetch-kernel.sh" | tail -n1) && [ -f "$KDIR/vmlinuz" ] ||
+    { log "scripts/fetch-kernel.sh failed"; finish 0 1; }
+KVER=$(basename "$KDIR")
+
+step "usb4vcable.ko"
+KO=$("$TOP/scripts/build-kmod.sh" | tail -n1)
+[ -n "$KO" ] && [ -f "$KO" ] || { log "scripts/build-kmod.sh did not produce usb4vcable.ko"; finish 0 1; }
+
+step "cable-ctl"
+(cd "$TOP" && nice "$CARGO" build -q --release -p cable-ctl >&2) || { log "cargo build -p cable-ctl failed"; finish 0 1; }
+CABLE_CTL=$TDIR/release/cable-ctl
+
+step "rescue (static, musl)"
+(cd "$TOP" && nice "$CARGO" build -q --release --target x86_64-unknown-linux-musl -p rescue >&2) ||
+    { log "cargo build --target x86_64-unknown-linux-musl -p rescue failed"; finish 0 1; }
+strip -o "$OUT/rescue.new" "$TDIR/x86_64-unknown-linux-musl/release/rescue" || finish 0 1
+if cmp -s "$OUT/rescue.new" "$OUT/rescue"; then rm -f "$OUT/rescue.new"; else mv "$OUT/rescue.new" "$OUT/rescue"; fi
+
+step "initramfs (image build)"
+KEY=$(cat "$OUT/rescue" "$KO" "$KDIR/vmlinuz" "$KDIR/lib/modules/$KVER/modules.dep" \
+      $(cd "$TOP" && git ls-files -z image | xargs -0 -I{} echo "$TOP/{}") 2>/dev/null | sha256sum | cut -c1-16)
+INITRD=$OUT/rescue-initrd-$KEY.img
+if [ ! -f "$INITRD" ]; then
+    (cd "$TOP" && nice "$CARGO" run -q --release -p image -- build --kernel-dir "$KDIR" --rescue "$OUT/rescue" \
+        --extra-module "$KO" -o "$INITRD.tmp" >&2) && mv "$INITRD.tmp" "$INITRD" ||
+        { log "image build failed"; finish 0 1; }
+    find "$OUT" -name 'rescue-initrd-*.img' ! -name "$(basename "$INITRD")" -delete
+fi
+log "initramfs $INITRD ($(du -k "$INITRD" | cut -f1) KiB)"
+
+step "shell initramfs"
+SHELL_INITRD=$OUT/shell-initrd-$KEY.cpio
+if [ ! -f "$SHELL_INITRD" ]; then
+    python3 "$TOP/tests/vm/build-initramfs.py" --kernel-dir "$KDIR" --ko "$KO" \
+        --module virtio_blk --module configfs --module ext4 --out "$OUT/shell-base.cpio" >&2 &&
+    python3 "$HERE/append_cpio.py" "$OUT/shell-base.cpio" "$OUT/rescue=/bin/rescue" -o "$SHELL_INITRD.tmp" &&
+        mv "$SHELL_INITRD.tmp" "$SHELL_INITRD" || { log "shell initramfs failed (the 'mounted' check will fail)"; SHELL_INITRD=; }
+    find "$OUT" -name 'shell-initrd-*.cpio' ! -name "$(basename "${SHELL_INITRD:-none}")" -delete
+fi
+step "done building"
+log "built in $(( $(date +%s) - T0 ))s"
+
+python3 "$TOP/qemu/vmpair.py" cleanup >/dev/null 2>&1
+python3 "$HERE/scenarios.py" --kernel "$KDIR/vmlinuz" --initrd "$INITRD" \
+    ${SHELL_INITRD:+--shell-initrd "$SHELL_INITRD"} --cable-ctl "$CABLE_CTL" "$@"
+rc=$?
+log "wall time $(( $(date +%s) - T0 ))s (builds included)"
+exit $rc

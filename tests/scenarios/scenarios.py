@@ -1,0 +1,775 @@
+#!/usr/bin/env python3
+"""End-to-end scenarios of the usb4rescue rescue system in QEMU VMs (stdlib only).
+
+Every VM boots the real rescue initramfs (rescue as /init, built by image/ with
+usb4vcable.ko) and is configured only through the kernel command line (rescue.*) and
+its serial console. VMs are joined by one virtual cable (qemu/vmpair.py, qemu/cable-ctl):
+B (the image store, `rescue.mode=serve`) is side "b" for the whole run; the client
+machines (A backs up, C restores) take turns on side "a", like one cable moved from
+machine to machine. Results are checked from the host: disk image files are hashed, and
+B's store disk is read with debugfs (on a copy whose ext4 journal was replayed with
+e2fsck, no mount). Any Oops/BUG:/WARNING:/Call Trace in a guest log fails the scenario
+that booted that guest.
+
+    tests/scenarios/scenarios.py --kernel K/vmlinuz --initrd RESCUE.img \
+        [--shell-initrd SHELL.cpio] [--cable-ctl PATH] [--only NAME,...] [--demo]
+
+tests/scenarios/run.sh builds everything and calls this. The last line is always
+"N passed, N failed"; the exit status is non-zero on any failure.
+"""
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+import random
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+import traceback
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+REPO = HERE.parent.parent
+sys.path.insert(0, str(REPO / "qemu"))
+
+import vmpair  # noqa: E402
+from vmpair import Disk, Rig, VMError  # noqa: E402
+
+MiB = 1 << 20
+# What the brief calls a kernel bug in a guest log (vmpair.BAD_KERNEL_RE is a superset).
+BAD_RE = re.compile(r"Oops|BUG:|WARNING:|Call Trace")
+READY_RE = r"RESCUE: ready mode=(\S+) host=(\S+) disks=(\S+) fabric=(\S+) uptime=([\d.]+)s"
+DONE_RE = r"RESCUE: done rc=(\d+)"
+
+# Serials tie backed-up disks to restore targets (rescue restore maps by serial).
+SER_SYS, SER_DATA = "A-SYS-0001", "A-DATA-0002"
+
+BOOT_TIMEOUT = 240       # QEMU start -> "RESCUE: ready" (TCG on a busy 2-core host)
+XFER_TIMEOUT = 600       # one backup or restore
+VM_LIFETIME = 1800
+
+
+class Fail(AssertionError):
+    pass
+
+
+def log(msg: str):
+    print(f"  {time.strftime('%H:%M:%S')} {msg}", flush=True)
+
+
+def run(cmd, **kw) -> subprocess.CompletedProcess:
+    kw.setdefault("check", True)
+    kw.setdefault("capture_output", True)
+    kw.setdefault("text", True)
+    try:
+        return subprocess.run(cmd, **kw)
+    except subprocess.CalledProcessError as e:
+        raise Fail(f"{' '.join(map(str, cmd))} failed (rc={e.returncode}): {e.stderr or e.stdout}")
+
+
+def sha256(path: Path | str) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while True:
+            b = f.read(4 * MiB)
+            if not b:
+                break
+            h.update(b)
+    return h.hexdigest()
+
+
+def check(cond, msg):
+    if not cond:
+        raise Fail(msg)
+
+
+# ------------------------------------------------------------------ disk images
+
+def make_fs_tree(d: Path, seed: int, data_mib: int):
+    """A directory of files for mkfs.ext4 -d: random data, text, nested dirs, a symlink."""
+    rnd = random.Random(seed)
+    (d / "etc").mkdir(parents=True)
+    (d / "home/user/docs").mkdir(parents=True)
+    (d / "var/lib/data").mkdir(parents=True)
+    (d / "etc/hostname").write_text("hosta\n")
+    (d / "etc/fstab").write_text("LABEL=asys / ext4 defaults 0 1\n")
+    for i in range(40):
+        (d / f"home/user/docs/note{i:02}.txt").write_text(
+            "".join(f"line {j} of note {i}: {rnd.random()}\n" for j in range(200)))
+    left = data_mib * MiB
+    i = 0
+    while left > 0:
+        n = min(left, rnd.choice([1, 2, 3, 5]) * MiB + rnd.randrange(4096))
+        (d / f"var/lib/data/blob{i:03}.bin").write_bytes(rnd.randbytes(n))
+        left -= n
+        i += 1
+    os.symlink("../var/lib/data/blob000.bin", d / "etc/blob-link")
+
+
+def make_ext4_disk(path: Path, size: int, seed: int, data_mib: int, label: str):
+    if path.exists():
+        path.unlink()
+    with tempfile.TemporaryDirectory(prefix="scen-tree-") as t:
+        make_fs_tree(Path(t) / "root", seed, data_mib)
+        run(["mkfs.ext4", "-q", "-F", "-L", label, "-E", "root_owner=0:0",
+             "-d", str(Path(t) / "root"), str(path), str(size // 1024) + "k"],
+            env={**os.environ, "E2FSPROGS_FAKE_TIME": "1700000000"})
+
+
+def make_gpt_disk(path: Path, size: int, seed: int):
+    """GPT with two partitions (sfdisk on the image file), random data in both."""
+    if path.exists():
+        path.unlink()
+    with open(path, "wb") as f:
+        f.truncate(size)
+    run(["sfdisk", "-q", str(path)], input="label: gpt\n"
+        "start=2048, size=40960, type=0FC63DAF-8483-4772-8EC4-8EF2A5F69C2D, name=alpha\n"
+        "start=43008, type=0FC63DAF-8483-4772-8EC4-8EF2A5F69C2D, name=beta\n")
+    rnd = random.Random(seed)
+    with open(path, "r+b") as f:
+        for off, n in ((2048 * 512, 6 * MiB), (30 * MiB, 1 * MiB), (43008 * 512, 5 * MiB),
+                       (60 * MiB, 512 * 1024)):
+            f.seek(off)
+            f.write(rnd.randbytes(n))
+    out = run(["sfdisk", "-d", str(path)]).stdout
+    check("name=\"alpha\"" in out and "name=\"beta\"" in out, f"sfdisk did not make 2 partitions:\n{out}")
+
+
+def make_random_disk(path: Path, size: int, seed: int):
+    rnd = random.Random(seed)
+    with open(path, "wb") as f:
+        f.write(rnd.randbytes(size))
+
+
+def make_store(path: Path, size: int):
+    if path.exists():
+        path.unlink()
+    run(["mkfs.ext4", "-q", "-F", "-L", "store", str(path), str(size // 1024) + "k"])
+
+
+def blank(path: Path, size: int):
+    if path.exists():
+        path.unlink()
+    with open(path, "wb") as f:
+        f.truncate(size)
+
+
+# ------------------------------------------------------------------ the rig
+
+class Suite:
+    def __init__(self, a):
+        self.args = a
+        self.kernel = a.kernel
+        self.initrd = a.initrd
+        self.rig = Rig(a.workdir, keep=True, cable_ctl=a.cable_ctl)
+        self.w = self.rig.workdir
+        self.cable = self.rig.cable("ab")
+        self.cable.create()
+        self.b = None
+        self.figures: dict[str, object] = {}
+        self.boot_times: list[tuple[str, float, float]] = []
+        self.vm_serial = 0
+        self.checked_logs: set[str] = set()
+
+    # ---- VMs
+    def boot(self, name: str, append: str, disks: list[Disk], side="a", initrd=None,
+             wait_ready=True):
+        self.vm_serial += 1
+        vm = self.rig.vm(f"{name}{self.vm_serial}")
+        t0 = time.monotonic()
+        vm.start(self.kernel, initrd or self.initrd, f"quiet {append}", disks,
+                 [(self.cable, side)], timeout=VM_LIFETIME)
+        vm.started_at = t0
+        if wait_ready:
+            m = vm.wait_for(READY_RE, BOOT_TIMEOUT)
+            dt = time.monotonic() - t0
+            self.boot_times.append((vm.name, dt, float(m.group(5))))
+            log(f"{vm.name}: ready in {dt:.1f}s (kernel uptime {m.group(5)}s): "
+                f"mode={m.group(1)} host={m.group(2)} disks={m.group(3)} fabric={m.group(4)}")
+            check(m.group(4) == "virtual", f"{vm.name}: fabric={m.group(4)}, expected the virtual cable")
+        return vm
+
+    def kernel_check(self, vm):
+        bad = [l for l in vm.log_text().splitlines() if BAD_RE.search(l)]
+        if bad:
+            raise Fail(f"{vm.name}: kernel problems in the serial log ({vm.log_path}):\n  "
+                       + "\n  ".join(bad[:20]))
+
+    def stop(self, vm):
+        """Stop a client VM (powering off if it was told to) and check its log."""
+        if vm.alive():
+            try:
+                vm.proc.wait(20) if "rescue.poweroff=1" in " ".join(vm.cmdline) else None
+            except subprocess.TimeoutExpired:
+                pass
+        vm.kill()
+        self.kernel_check(vm)
+
+    def ensure_b(self):
+        """B: serves into the ext4 store labelled "store"; kept for the whole run."""
+        if self.b and self.b.alive():
+            return self.b
+        self.store_img = self.w / "b-store.img"
+        make_store(self.store_img, 1024 * MiB)
+        self.b = self.boot("b", "rescue.mode=serve rescue.store=LABEL=store rescue.hostname=hostb",
+                           [Disk(str(self.store_img))], side="b")
+        self.b.wait_for(r"RESCUE: serve started", 60)
+        self.b.wait_for(r"waiting for a peer", 120)
+        return self.b
+
+    def b_mark(self) -> int:
+        return self.b.mark()
+
+    def wait_b_session_end(self, start: int, timeout=120) -> re.Match:
+        return self.b.wait_for(r"session with .* (ended|failed.*)\n", timeout, start=start)
+
+    def cable_status(self) -> dict:
+        return json.loads(self.cable.ctl("status", "--json"))
+
+    # ---- the store, read from the host
+    def snapshot_store(self) -> Path:
+        """A copy of B's store disk with its journal replayed (B keeps it mounted)."""
+        snap = self.w / "store-snap.img"
+        if snap.exists():
+            snap.unlink()
+        run(["cp", "--sparse=always", str(self.store_img), str(snap)])
+        r = run(["e2fsck", "-f", "-y", "-E", "journal_only", str(snap)], check=False)
+        check(r.returncode in (0, 1, 2), f"e2fsck -E journal_only on the store copy: rc={r.returncode}\n{r.stdout}{r.stderr}")
+        return snap
+
+    def dump_backup(self, host: str, backup_id: str) -> Path:
+        snap = self.snapshot_store()
+        out = self.w / f"dump-{backup_id}"
+        if out.exists():
+            shutil.rmtree(out)
+        out.mkdir()
+        r = run(["debugfs", "-R", f"rdump /{host}/{backup_id} {out}", str(snap)])
+        d = out / backup_id
+        check(d.is_dir(), f"debugfs rdump /{host}/{backup_id}: nothing dumped\n{r.stderr}")
+        snap.unlink()
+        return d
+
+    def check_backup_dir(self, d: Path, expect: dict[str, Path]):
+        """Images equal the source disks byte for byte; sha256sum -c SHA256SUMS holds."""
+        for name, src in expect.items():
+            img = d / f"{name}.img"
+            check(img.is_file(), f"{img} missing; the backup holds {sorted(p.name for p in d.iterdir())}")
+            check(img.stat().st_size == src.stat().st_size,
+                  f"{img}: {img.stat().st_size} bytes, source {src} has {src.stat().st_size}")
+            hi, hs = sha256(img), sha256(src)
+            check(hi == hs, f"{img} differs from {src}: sha256 {hi} vs {hs}")
+        r = run(["sha256sum", "-c", "SHA256SUMS"], cwd=d, check=False)
+        check(r.returncode == 0, f"sha256sum -c SHA256SUMS in {d} failed:\n{r.stdout}{r.stderr}")
+        listed = {l.split()[-1].lstrip("*") for l in (d / "SHA256SUMS").read_text().splitlines() if l.strip()}
+        for name in expect:
+            check(f"{name}.img" in listed, f"SHA256SUMS does not list {name}.img: {sorted(listed)}")
+
+    # ---- the source machine A's disks (made once)
+    def a_disks(self) -> dict[str, Path]:
+        if not hasattr(self, "_a_disks"):
+            sysd, datad = self.w / "a-vda.img", self.w / "a-vdb.img"
+            make_ext4_disk(sysd, 256 * MiB, seed=1, data_mib=self.args.data_mib, label="asys")
+            make_gpt_disk(datad, 64 * MiB, seed=2)
+            self._a_disks = {"vda": sysd, "vdb": datad}
+            self.a_hashes = {k: sha256(v) for k, v in self._a_disks.items()}
+            self.a_data_bytes = sum(nonzero_bytes(p) for p in self._a_disks.values())
+        return self._a_disks
+
+    def a_disk_list(self, readonly=True) -> list[Disk]:
+        d = self.a_disks()
+        return [Disk(str(d["vda"]), serial=SER_SYS, readonly=readonly),
+                Disk(str(d["vdb"]), serial=SER_DATA, readonly=readonly)]
+
+    def backup_from_a(self, extra: str, expect_rc=0, name="a", disks=None, host="hosta",
+                      during=None) -> dict:
+        """Boots a client in backup mode; returns rc, backup id, console text, timings."""
+        b = self.ensure_b()
+        bstart = self.b_mark()
+        vm = self.boot(name, f"rescue.mode=backup rescue.yes=1 rescue.hostname={host} {extra}",
+                       disks if disks is not None else self.a_disk_list())
+        m = vm.wait_for(r"backup (\S+) on hostb: ", 180)
+        bid = m.group(1)
+        t0 = time.monotonic()
+        st0 = self.cable_status()
+        res = {"vm": vm, "id": bid, "t0": t0, "bstart": bstart, "tx0": st0["a"]["tx_bytes"]}
+        if during:
+            during(vm, res)
+        m = vm.wait_for(DONE_RE, XFER_TIMEOUT)
+        res["secs"] = time.monotonic() - t0
+        res["rc"] = int(m.group(1))
+        st1 = self.cable_status()
+        res["tx_bytes"] = st1["a"]["tx_bytes"] - st0["a"]["tx_bytes"]
+        res["log"] = vm.log_text()
+        if res["rc"] == expect_rc:
+            self.wait_b_session_end(bstart)
+        return res
+
+
+def nonzero_bytes(p: Path, chunk=MiB) -> int:
+    n = 0
+    z = bytes(chunk)
+    with open(p, "rb") as f:
+        while True:
+            b = f.read(chunk)
+            if not b:
+                break
+            if b != z[:len(b)]:
+                n += len(b)
+    return n
+
+
+def fmt_rate(nbytes, secs):
+    return f"{nbytes / MiB / max(secs, 1e-3):.1f} MiB/s"
+
+
+# ------------------------------------------------------------------ scenarios
+
+def s1_backup(s: Suite):
+    """A backs up two disks (ext4 with files, GPT with 2 partitions) unattended to B."""
+    disks = s.a_disks()
+    r = s.backup_from_a("rescue.poweroff=1")
+    vm = r["vm"]
+    check(r["rc"] == 0, f"backup exited rc={r['rc']}:\n{vm.tail(30)}")
+    check("RESCUE: backup finished: OK" in r["log"], "no 'RESCUE: backup finished: OK'")
+    s.stop(vm)
+    d = s.dump_backup("hosta", r["id"])
+    s.check_backup_dir(d, disks)
+    man = json.loads((d / "manifest.json").read_text())
+    check(man["status"] == "complete", f"manifest status {man['status']}")
+    s.backup1 = r["id"]
+    total = sum(p.stat().st_size for p in disks.values())
+    s.figures["backup"] = (f"{total / MiB:.0f} MiB of disks ({s.a_data_bytes / MiB:.1f} MiB non-zero) "
+                           f"in {r['secs']:.1f}s = {fmt_rate(total, r['secs'])} logical, "
+                           f"{fmt_rate(r['tx_bytes'], r['secs'])} on the cable "
+                           f"({r['tx_bytes'] / MiB:.1f} MiB sent by A)")
+    summary = [l for l in r["log"].splitlines() if re.match(r"\s+vd[ab]: .* read, ", l)]
+    for l in summary:
+        log("A: " + l.strip())
+    log(f"backup {r['id']}: images equal A's disks; sha256sum -c OK; {s.figures['backup']}")
+
+
+def restore_vm_disks(s: Suite, prefix: str, sizes=(256 * MiB, 64 * MiB)) -> dict[str, Path]:
+    out = {}
+    for name, size in zip(("vda", "vdb"), sizes):
+        p = s.w / f"{prefix}-{name}.img"
+        blank(p, size)
+        out[name] = p
+    return out
+
+
+def s2_restore(s: Suite):
+    """C with blank disks (same serials) restores A's newest backup unattended."""
+    s.a_disks()
+    s.ensure_b()
+    if not hasattr(s, "backup1"):
+        s1_backup(s)
+    tgt = restore_vm_disks(s, "c")
+    bstart = s.b_mark()
+    vm = s.boot("c", "rescue.mode=restore rescue.yes=1 rescue.verify=1 rescue.hostname=hosta "
+                     "rescue.poweroff=1",
+                [Disk(str(tgt["vda"]), serial=SER_SYS), Disk(str(tgt["vdb"]), serial=SER_DATA)])
+    m = vm.wait_for(r"restore backup (\S+) of (\S+)", 180)
+    t0 = time.monotonic()
+    check(m.group(1) == s.backup1, f"restored {m.group(1)}, expected the newest backup {s.backup1}")
+    m = vm.wait_for(DONE_RE, XFER_TIMEOUT)
+    secs = time.monotonic() - t0
+    rc = int(m.group(1))
+    check(rc == 0, f"restore rc={rc}:\n{vm.tail(30)}")
+    s.wait_b_session_end(bstart)
+    s.stop(vm)
+    for name, p in tgt.items():
+        h = sha256(p)
+        check(h == s.a_hashes[name], f"C's {name} ({p}) differs from A's: {h} vs {s.a_hashes[name]}")
+    total = sum(p.stat().st_size for p in tgt.values())
+    s.figures["restore"] = f"{total / MiB:.0f} MiB in {secs:.1f}s incl. read-back verify = {fmt_rate(total, secs)}"
+    log(f"C's disks equal A's; {s.figures['restore']}")
+
+
+def s3_unplug(s: Suite):
+    """Cable pulled mid-backup; replugged; resumed from the console menu; exact result."""
+    disks = s.a_disks()
+    s.ensure_b()
+    info = {}
+
+    def during(vm, res):
+        # Slow the cable so the cut lands mid-transfer, then cut after ~1/3 of the data.
+        s.cable.ctl("rate", "--bytes-per-sec", str(3 * MiB))
+        want = res["tx0"] + max(4 * MiB, s.a_data_bytes // 3)
+        deadline = time.monotonic() + 300
+        while s.cable_status()["a"]["tx_bytes"] < want:
+            check(time.monotonic() < deadline, "the backup did not send a third of its data in 300s")
+            check(not re.search(DONE_RE, vm.log_text()[vm.cursor:]),
+                  f"backup ended before the cut:\n{vm.tail(20)}")
+            time.sleep(0.3)
+        info["cut_at"] = s.cable_status()["a"]["tx_bytes"] - res["tx0"]
+        s.cable.ctl("unplug")
+        log(f"unplugged after {info['cut_at'] / MiB:.1f} MiB")
+
+    try:
+        r = s.backup_from_a("rescue.label=unplug", expect_rc=5, during=during)
+    finally:
+        s.cable.ctl("rate", "--bytes-per-sec", "0")
+    vm = r["vm"]
+    check(r["rc"] == 5, f"after the cut the backup exited rc={r['rc']}, expected 5 (peer gone):\n{vm.tail(20)}")
+    failed = re.search(r"RESCUE: backup failed: (.*)", r["log"])
+    log(f"A: {failed.group(0) if failed else '?'}")
+    vm.wait_for(r"RESCUE: menu", 60)
+    s.b.wait_for(r"session with .* failed", 120, start=r["bstart"])
+    time.sleep(2)
+    s.cable.ctl("plug")
+    bstart = s.b_mark()
+    # The menu: 1 = back up; Enter = the default disks; label comes from rescue.label; y.
+    vm.wait_for(r"Choice \[1-6\]:", 30)
+    vm.send("1\n")
+    vm.wait_for(r"Disks to send \(Enter = ([^;]*);", 60)
+    vm.send("\n")
+    vm.wait_for(r"Send .* \[y/N\]", 60)
+    vm.send("y\n")
+    res = {}
+    for name in ("vda", "vdb"):
+        m = vm.wait_for(rf"{name}: resuming, (\d+) of (\d+) chunks already verified", 180)
+        res[name] = (int(m.group(1)), int(m.group(2)))
+    m = vm.wait_for(DONE_RE, XFER_TIMEOUT)
+    rc = int(m.group(1))
+    check(rc == 0, f"resumed backup rc={rc}:\n{vm.tail(30)}")
+    s.wait_b_session_end(bstart)
+    resent = re.findall(r"\s+(vd[ab]): (\S+ \S+) read, (\S+ \S+) sent, .* (\S+ \S+) already on the peer",
+                        vm.log_text()[r["vm"].cursor - 4000:])
+    s.stop(vm)
+    d = s.dump_backup("hosta", r["id"])
+    s.check_backup_dir(d, disks)
+    held = sum(h for h, _ in res.values())
+    tot = sum(t for _, t in res.values())
+    check(held > 0, f"nothing was kept across the cut: {res}")
+    s.figures["unplug"] = (f"cut after {info['cut_at'] / MiB:.1f} MiB on the cable; resume: "
+                           + ", ".join(f"{n} {h} of {t} chunks already verified" for n, (h, t) in res.items())
+                           + "; " + "; ".join(f"{n}: {rd} read, {se} sent, {al} already on the peer"
+                                            for n, rd, se, al in resent))
+    log(s.figures["unplug"])
+    log(f"{tot - held} of {tot} chunks were read again after the cut; result byte-identical")
+
+
+def s4_corruption(s: Suite):
+    """Frames corrupted on the cable (a2b and b2a) are detected and re-sent; images exact."""
+    disks = s.a_disks()
+    s.ensure_b()
+    rounds = []
+
+    def during(vm, res):
+        # One corrupted frame at a time, each once the transfer has moved on, so that each
+        # lands in a different chunk and shows up as one message on B.
+        s.cable.ctl("rate", "--bytes-per-sec", str(4 * MiB))
+        for i in range(4):
+            st = s.cable_status()
+            want = st["a"]["tx_bytes"] + 2 * MiB
+            deadline = time.monotonic() + 120
+            while s.cable_status()["a"]["tx_bytes"] < want:
+                if re.search(DONE_RE, vm.log_text()[vm.cursor:]) or time.monotonic() > deadline:
+                    return
+                time.sleep(0.2)
+            crc0 = s.cable_status()["b"]["crc_errors"]
+            s.cable.ctl("corrupt", "--dir", "a2b", "--frames", "1")
+            deadline = time.monotonic() + 60
+            while True:
+                st = s.cable_status()
+                if st["corrupt_pending"]["a2b"] == 0:
+                    break
+                if time.monotonic() > deadline or re.search(DONE_RE, vm.log_text()[vm.cursor:]):
+                    break
+                time.sleep(0.2)
+            rounds.append(st["b"]["crc_errors"] - crc0)
+        s.cable.ctl("rate", "--bytes-per-sec", "0")
+
+    crc_before = s.cable_status()["b"]["crc_errors"]
+    try:
+        r = s.backup_from_a("rescue.label=corrupt rescue.poweroff=1", during=during)
+    finally:
+        s.cable.ctl("rate", "--bytes-per-sec", "0")
+    vm = r["vm"]
+    check(r["rc"] == 0, f"backup with corrupted frames rc={r['rc']}:\n{vm.tail(30)}")
+    s.stop(vm)
+    crc = s.cable_status()["b"]["crc_errors"] - crc_before
+    blog = s.b.log_text()[r["bstart"]:]
+    damaged = re.findall(r"damaged chunk at offset \d+ .*asking for it again|chunk at offset \d+ failed verification.*", blog)
+    for l in damaged:
+        log("B: " + l)
+    check(crc > 0, f"no corrupted frame reached B (cable-ctl crc errors {crc}, rounds {rounds})")
+    check(len(damaged) == crc,
+          f"{crc} corrupted frames reached B but B reported {len(damaged)} damaged chunks:\n" + "\n".join(damaged))
+    d = s.dump_backup("hosta", r["id"])
+    s.check_backup_dir(d, disks)
+    s.figures["corruption"] = f"{crc} frames corrupted a2b, {len(damaged)} detected and re-sent, images exact"
+    log(s.figures["corruption"])
+
+
+# Sectors (512 B) made unreadable on the failing disk: 16 KiB at 10 MiB + 3 KiB... kept
+# 4 KiB aligned (the guest reads whole pages on the first, buffered pass).
+BAD_START, BAD_COUNT = 20480 + 8, 24
+
+
+def s5_failing_source(s: Suite):
+    """blkdebug read errors on the source: exit 3, mapfile marks exactly that range '-'."""
+    s.ensure_b()
+    src = s.w / "f-vda.img"
+    make_random_disk(src, 32 * MiB, seed=5)
+    bad = list(range(BAD_START, BAD_START + BAD_COUNT))
+    r = s.backup_from_a("rescue.poweroff=1", expect_rc=3, name="f", host="hostf",
+                        disks=[Disk(str(src), serial="F-BAD-0003", read_errors=bad)])
+    vm = r["vm"]
+    check(r["rc"] == 3, f"backup of the failing disk rc={r['rc']}, expected 3:\n{vm.tail(30)}")
+    m = re.search(r"completed with (\d+) unreadable sectors", r["log"])
+    check(m, f"no 'completed with N unreadable sectors' line:\n{vm.tail(30)}")
+    check(int(m.group(1)) == BAD_COUNT, f"A says {m.group(1)} unreadable sectors, {BAD_COUNT} were injected")
+    s.wait_b_session_end(r["bstart"]) if False else None
+    s.stop(vm)
+    d = s.dump_backup("hostf", r["id"])
+    mp = (d / "vda.map").read_text()
+    rows = []
+    for l in mp.splitlines():
+        if l.startswith("#") or not l.strip():
+            continue
+        parts = l.split()
+        if len(parts) >= 3 and parts[0].startswith("0x") and parts[1].startswith("0x"):
+            rows.append((int(parts[0], 16), int(parts[1], 16), parts[2]))
+    bad_rows = [(p, n) for p, n, st in rows if st == "-"]
+    want = [(BAD_START * 512, BAD_COUNT * 512)]
+    check(bad_rows == want, f"mapfile '-' ranges {[(hex(p), hex(n)) for p, n in bad_rows]}, "
+                            f"expected {[(hex(p), hex(n)) for p, n in want]}\n{mp}")
+    others = {st for _, _, st in rows if st != "-"}
+    check(others == {"+"}, f"mapfile has other statuses than + and -: {others}\n{mp}")
+    # The image: the source with the unreadable sectors as zeros.
+    exp = bytearray(src.read_bytes())
+    exp[BAD_START * 512:(BAD_START + BAD_COUNT) * 512] = bytes(BAD_COUNT * 512)
+    got = (d / "vda.img").read_bytes()
+    check(hashlib.sha256(got).digest() == hashlib.sha256(exp).digest(),
+          "the stored image is not the source with zeros in the unreadable range")
+    man = json.loads((d / "manifest.json").read_text())
+    check(man["status"] == "complete-with-errors", f"manifest status {man['status']}")
+    s.figures["failing"] = (f"{BAD_COUNT} injected sectors at {BAD_START}: rc=3, "
+                            f"'{m.group(0)}', mapfile '-' at {hex(BAD_START * 512)}+{hex(BAD_COUNT * 512)} only")
+    log(s.figures["failing"])
+    log("mapfile:\n" + "\n".join("      " + l for l in mp.splitlines()))
+
+
+def s6_safety(s: Suite):
+    """Restore onto a too-small disk (init mode) and onto a mounted disk (shell guest): refused."""
+    s.a_disks()
+    s.ensure_b()
+    if not hasattr(s, "backup1"):
+        s1_backup(s)
+    # (a) too small: same serials, the system disk 128 MiB instead of 256 MiB.
+    tgt = restore_vm_disks(s, "small", sizes=(128 * MiB, 64 * MiB))
+    for p in tgt.values():
+        with open(p, "r+b") as f:
+            f.write(b"UNTOUCHED" * 1000)
+    before = {k: sha256(p) for k, p in tgt.items()}
+    vm = s.boot("small", "rescue.mode=restore rescue.yes=1 rescue.hostname=hosta",
+                [Disk(str(tgt["vda"]), serial=SER_SYS), Disk(str(tgt["vdb"]), serial=SER_DATA)])
+    m = vm.wait_for(DONE_RE, 300)
+    rc = int(m.group(1))
+    txt = vm.log_text()
+    msg = re.search(r"RESCUE: restore failed: (.*)", txt)
+    check(rc == 6, f"restore onto a smaller disk: rc={rc}, expected 6:\n{vm.tail(20)}")
+    check(msg and "refusing to restore onto vda" in msg.group(1) and "image is" in msg.group(1),
+          f"unclear message: {msg.group(0) if msg else vm.tail(20)}")
+    log(f"too small: {msg.group(0)}")
+    s.stop(vm)
+    for k, p in tgt.items():
+        check(sha256(p) == before[k], f"the too-small target {k} was changed")
+    s.figures["safety-small"] = msg.group(0)
+
+    # (b) mounted: rescue's init never mounts a restore target, so this part runs the same
+    # rescue binary as a command in the busybox test guest (tests/vm/guest/init), which
+    # mounts the target's ext4 first, then runs `rescue restore --yes`.
+    if not s.args.shell_initrd:
+        raise Fail("no --shell-initrd given: the mounted-target half cannot run")
+    tgt = restore_vm_disks(s, "mnt")
+    run(["mkfs.ext4", "-q", "-F", "-L", "mnttarget", str(tgt["vda"]), str(256 * MiB // 1024) + "k"])
+    before = {k: sha256(p) for k, p in tgt.items()}
+    s.vm_serial += 1
+    vm = s.rig.vm(f"shell{s.vm_serial}")
+    vm.start(s.kernel, s.args.shell_initrd, "vm.noload=thunderbolt,thunderbolt_stream",
+             [Disk(str(tgt["vda"]), serial=SER_SYS), Disk(str(tgt["vdb"]), serial=SER_DATA)],
+             [(s.cable, "a")], timeout=VM_LIFETIME)
+    vm.wait_ready(BOOT_TIMEOUT)
+    vm.run("mkdir -p /mnt/t && mount -t ext4 /dev/vda /mnt/t && grep ' /mnt/t ' /proc/mounts",
+           timeout=60, check=True)
+    r = vm.run("rescue restore --host hosta --yes 2>&1; echo rc=$?", timeout=300)
+    out = r.out
+    m = re.search(r"rc=(\d+)", out)
+    rc = int(m.group(1)) if m else -1
+    msg = re.search(r"rescue: (refusing to restore onto vda.*)", out)
+    vm.run("umount /mnt/t; sync", timeout=60)
+    vm.kill()
+    s.kernel_check(vm)
+    check(rc == 6, f"restore onto a mounted disk: rc={rc}, expected 6:\n{out}")
+    check(msg and "mounted" in msg.group(1), f"unclear message:\n{out}")
+    log(f"mounted: rescue: {msg.group(1)}")
+    for k, p in tgt.items():
+        check(sha256(p) == before[k], f"the mounted target {k} was changed")
+    s.figures["safety-mounted"] = msg.group(1)
+
+
+def s7_menu(s: Suite):
+    """The console menu: 3 = restore, Enter = newest of this machine, yes, verify y."""
+    s.a_disks()
+    s.ensure_b()
+    if not hasattr(s, "backup1"):
+        s1_backup(s)
+    tgt = restore_vm_disks(s, "menu")
+    bstart = s.b_mark()
+    vm = s.boot("menu", "rescue.hostname=hosta",
+                [Disk(str(tgt["vda"]), serial=SER_SYS), Disk(str(tgt["vdb"]), serial=SER_DATA)])
+    vm.wait_for(r"==== usb4rescue on hosta ====", 60)
+    vm.wait_for(r"cable: peer found: hostb", 60)
+    vm.wait_for(r"Choice \[1-6\]:", 60)
+    vm.send("4\n")                        # refresh: shows the menu again
+    vm.wait_for(r"Choice \[1-6\]:", 60)
+    vm.send("3\n")
+    m = vm.wait_for(r"HOST\s+BACKUP\s+STATUS\s+disks\n((?:.*\n)+?)Backup to restore", 180)
+    listing = m.group(1)
+    check("hosta" in listing and "complete" in listing, f"backup list:\n{listing}")
+    vm.send("\n")
+    vm.wait_for(r"Type yes to overwrite them:", 60)
+    vm.send("yes\n")
+    vm.wait_for(r"Read the disks back and verify afterwards\? \[y/N\]", 60)
+    vm.send("y\n")
+    vm.wait_for(r"RESCUE: restore started", 60)
+    m = vm.wait_for(DONE_RE, XFER_TIMEOUT)
+    rc = int(m.group(1))
+    check(rc == 0, f"menu restore rc={rc}:\n{vm.tail(30)}")
+    vm.wait_for(r"Choice \[1-6\]:", 60)   # back in the menu
+    s.wait_b_session_end(bstart)
+    vm.send("6\n")
+    vm.wait_for(r"Power off now\? \[y/N\]", 60)
+    vm.send("y\n")
+    try:
+        vm.proc.wait(60)
+    except subprocess.TimeoutExpired:
+        raise Fail(f"the menu's power off did not stop the VM:\n{vm.tail(10)}")
+    s.stop(vm)
+    for name, p in tgt.items():
+        h = sha256(p)
+        check(h == s.a_hashes[name], f"menu-restored {name} differs from A's")
+    log("menu: listed, restored, verified and powered off; disks equal A's")
+
+
+SCENARIOS = [
+    ("backup", s1_backup),
+    ("restore", s2_restore),
+    ("menu", s7_menu),
+    ("safety", s6_safety),
+    ("unplug", s3_unplug),
+    ("corruption", s4_corruption),
+    ("failing-source", s5_failing_source),
+]
+
+
+def demo(s: Suite):
+    """scripts/demo.sh: A -> B -> C with a plain summary."""
+    print("\n=== usb4rescue demo: machine A backs up its disks to B over the virtual USB4 cable,"
+          " then machine C (blank disks) restores them from B ===", flush=True)
+    s1_backup(s)
+    s2_restore(s)
+    disks = s.a_disks()
+    print("\n=== summary ===")
+    for n, p in disks.items():
+        print(f"  {n}: {p.stat().st_size / MiB:.0f} MiB  sha256 {s.a_hashes[n][:16]}...  "
+              f"A == B's image == C's disk")
+    print(f"  backup:  {s.figures['backup']}")
+    print(f"  restore: {s.figures['restore']}")
+    for name, dt, up in s.boot_times:
+        print(f"  boot {name}: RESCUE: ready {dt:.1f}s after QEMU start (kernel uptime {up:.1f}s)")
+    print("  verified: B checked every chunk and the whole-disk sha256 (SHA256SUMS, sha256sum -c"
+          " on the host), C read its disks back and compared, the host compared all hashes")
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--kernel", required=True)
+    ap.add_argument("--initrd", required=True, help="the rescue initramfs (image build ... --extra-module usb4vcable.ko)")
+    ap.add_argument("--shell-initrd", help="busybox test initramfs + rescue binary (safety: mounted target)")
+    ap.add_argument("--cable-ctl")
+    ap.add_argument("--workdir", help="default: a new directory under /tmp")
+    ap.add_argument("--only", help="comma-separated scenario names")
+    ap.add_argument("--data-mib", type=int, default=40, help="MiB of file data on A's ext4 disk")
+    ap.add_argument("--demo", action="store_true")
+    ap.add_argument("--keep", action="store_true", help="keep the work directory")
+    a = ap.parse_args()
+    if a.cable_ctl:
+        os.environ["USB4RESCUE_CABLE_CTL"] = a.cable_ctl
+    a.workdir = a.workdir or tempfile.mkdtemp(prefix="usb4rescue-scen-")
+    s = Suite(a)
+    passed = failed = 0
+    t_all = time.monotonic()
+    results = []
+    try:
+        if a.demo:
+            try:
+                demo(s)
+                passed = 1
+            except Exception as e:
+                failed = 1
+                print(f"DEMO FAILED: {e}\n(logs in {s.w})")
+                traceback.print_exc()
+        else:
+            names = a.only.split(",") if a.only else [n for n, _ in SCENARIOS]
+            for name, fn in SCENARIOS:
+                if name not in names:
+                    continue
+                print(f"--- scenario {name}: {fn.__doc__.strip().splitlines()[0]}", flush=True)
+                t0 = time.monotonic()
+                try:
+                    fn(s)
+                    ok, why = True, ""
+                except (Fail, VMError, AssertionError, subprocess.SubprocessError, OSError) as e:
+                    ok, why = False, str(e)
+                except Exception as e:
+                    ok, why = False, f"{type(e).__name__}: {e}\n{traceback.format_exc()}"
+                dt = time.monotonic() - t0
+                results.append((name, ok, dt))
+                if ok:
+                    passed += 1
+                    print(f"PASS {name} ({dt:.0f}s)", flush=True)
+                else:
+                    failed += 1
+                    print(f"FAIL {name} ({dt:.0f}s): {why}", flush=True)
+                    # A broken B poisons what follows: boot a fresh one next time.
+                    if s.b and (not s.b.alive() or "B" in why[:3]):
+                        s.b.kill()
+            # B ran the whole time: check its log too.
+            if s.b:
+                try:
+                    s.b.kill()
+                    s.kernel_check(s.b)
+                except Fail as e:
+                    failed += 1
+                    print(f"FAIL b-kernel-log: {e}")
+    finally:
+        s.rig.close()
+        for p in s.w.glob("*.img"):
+            p.unlink()
+        if failed == 0 and not a.keep:
+            shutil.rmtree(s.w, ignore_errors=True)
+        else:
+            print(f"logs in {s.w}")
+    total = time.monotonic() - t_all
+    print("\ntimings:")
+    for name, ok, dt in results:
+        print(f"  {name:<16} {'pass' if ok else 'FAIL'} {dt:6.1f}s")
+    for name, dt, up in s.boot_times:
+        print(f"  boot {name:<11} RESCUE: ready {dt:5.1f}s after QEMU start (kernel uptime {up:.1f}s)")
+    for k, v in s.figures.items():
+        print(f"  {k}: {v}")
+    print(f"  scenarios total {total:.0f}s")
+    print(f"{passed} passed, {failed} failed")
+    return 0 if failed == 0 and passed > 0 else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
