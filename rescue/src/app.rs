@@ -91,8 +91,10 @@ pub fn run(root: &Root, cmd: Command) -> Result<u8> {
                 Ok(exit::OK)
             }
         },
-        Command::Init(_) => {
-            Err(Exit::new(exit::USAGE, "`rescue init` only runs as the init process (PID 1)").into())
-        }
+        Command::Init(_) => Err(Exit::new(
+            exit::USAGE,
+            "`rescue init` only runs as the init process (PID 1)",
+        )
+        .into()),
     }
 }

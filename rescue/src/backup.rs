@@ -8,7 +8,9 @@ use crate::Root;
 use crate::cli::BackupArgs;
 use crate::exit::{self, Exit};
 use crate::progress::{self, Bar, Mode};
-use crate::proto::msg::{self, BackupBegin, BackupReady, DiskEnd, DiskInfo, Role, SessionDone, SessionEnd, kind};
+use crate::proto::msg::{
+    self, BackupBegin, BackupReady, DiskEnd, DiskInfo, Role, SessionDone, SessionEnd, kind,
+};
 use crate::session;
 use crate::source::{self, Source};
 use crate::util::human_bytes;
@@ -59,7 +61,11 @@ pub fn run(root: &Root, args: &BackupArgs) -> Result<u8> {
 /// Backs up already opened sources (tests use this to inject read errors).
 pub fn run_with(root: &Root, args: &BackupArgs, srcs: Vec<Source>) -> Result<u8> {
     if !(64..=8192).contains(&args.chunk_kib) || !args.chunk_kib.is_power_of_two() {
-        return Err(Exit::new(exit::USAGE, "--chunk-kib must be a power of two from 64 to 8192").into());
+        return Err(Exit::new(
+            exit::USAGE,
+            "--chunk-kib must be a power of two from 64 to 8192",
+        )
+        .into());
     }
     let chunk = args.chunk_kib * 1024;
     for s in &srcs {
@@ -92,24 +98,32 @@ pub fn run_with(root: &Root, args: &BackupArgs, srcs: Vec<Source>) -> Result<u8>
             })
             .collect(),
     };
-    let f = sess
-        .conn
-        .request(kind::BACKUP_BEGIN, &begin, &[kind::BACKUP_READY], "starting the backup")?;
+    let f = sess.conn.request(
+        kind::BACKUP_BEGIN,
+        &begin,
+        &[kind::BACKUP_READY],
+        "starting the backup",
+    )?;
     let ready: BackupReady = msg::from_json(&f)?;
     if ready.have.len() != srcs.len() {
-        bail!("the peer answered for {} disks, we asked for {}", ready.have.len(), srcs.len());
+        bail!(
+            "the peer answered for {} disks, we asked for {}",
+            ready.have.len(),
+            srcs.len()
+        );
     }
     eprintln!(
         "backup {} on {}: {}",
-        ready.backup_id,
-        sess.peer.identity.hostname,
-        ready.location
+        ready.backup_id, sess.peer.identity.hostname, ready.location
     );
     let mode = progress::Mode::detect();
     let started = Instant::now();
     let mut reports = Vec::new();
     for (i, src) in srcs.iter().enumerate() {
-        let geo = Geometry { size: src.size, chunk };
+        let geo = Geometry {
+            size: src.size,
+            chunk,
+        };
         let have = &ready.have[i];
         if ready.resumed {
             let held = xfer::Have::new(have).held();
@@ -156,7 +170,9 @@ pub fn run_with(root: &Root, args: &BackupArgs, srcs: Vec<Source>) -> Result<u8>
     }
     let f = sess.conn.request(
         kind::SESSION_END,
-        &SessionEnd { ok: reports.iter().all(|r| r.ok) },
+        &SessionEnd {
+            ok: reports.iter().all(|r| r.ok),
+        },
         &[kind::SESSION_DONE],
         "finishing the backup",
     )?;
@@ -167,7 +183,12 @@ pub fn run_with(root: &Root, args: &BackupArgs, srcs: Vec<Source>) -> Result<u8>
         .corrupt_frames
         .load(std::sync::atomic::Ordering::Relaxed);
     sess.close();
-    Ok(summary(&reports, started.elapsed().as_secs_f64(), corrupt, &done.message))
+    Ok(summary(
+        &reports,
+        started.elapsed().as_secs_f64(),
+        corrupt,
+        &done.message,
+    ))
 }
 
 fn print_disk(r: &DiskReport, _mode: Mode) {
@@ -198,7 +219,10 @@ pub fn summary(reports: &[DiskReport], secs: f64, corrupt: u64, peer_msg: &str) 
             if r.sha256.is_empty() { "-" } else { &r.sha256 }
         );
         if s.resent_chunks > 0 {
-            println!("    {} chunk(s) re-sent after damage in transit", s.resent_chunks);
+            println!(
+                "    {} chunk(s) re-sent after damage in transit",
+                s.resent_chunks
+            );
         }
         if !r.ok {
             code = exit::VERIFY_FAILED;
@@ -211,15 +235,24 @@ pub fn summary(reports: &[DiskReport], secs: f64, corrupt: u64, peer_msg: &str) 
     }
     let unreadable: u64 = reports.iter().map(|r| r.stats.unreadable_bytes / 512).sum();
     match code {
-        exit::OK => println!("completed in {secs:.1}s: every disk verified{}", peer_msg_suffix(peer_msg)),
+        exit::OK => println!(
+            "completed in {secs:.1}s: every disk verified{}",
+            peer_msg_suffix(peer_msg)
+        ),
         exit::UNREADABLE => println!(
             "completed with {unreadable} unreadable sectors in {secs:.1}s (filled with zeros; see the .map files on the peer)"
         ),
-        _ => println!("FAILED: some disks did not verify; run the same command again to re-send them"),
+        _ => println!(
+            "FAILED: some disks did not verify; run the same command again to re-send them"
+        ),
     }
     code
 }
 
 fn peer_msg_suffix(m: &str) -> String {
-    if m.is_empty() { String::new() } else { format!(" ({m})") }
+    if m.is_empty() {
+        String::new()
+    } else {
+        format!(" ({m})")
+    }
 }

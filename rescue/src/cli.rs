@@ -17,10 +17,21 @@ use clap::{Args, Parser, Subcommand};
 /// (cable unplugged or peer stopped; run the same command again to resume);
 /// 6 refused for safety (mounted, too small, not confirmed); 130 interrupted.
 #[derive(Debug, Parser)]
-#[command(name = "rescue", version, propagate_version = true, max_term_width = 100)]
+#[command(
+    name = "rescue",
+    version,
+    propagate_version = true,
+    max_term_width = 100
+)]
 pub struct Cli {
     /// Filesystem root for /sys, /proc, /dev and ConfigFS (for tests and chroots).
-    #[arg(long, global = true, value_name = "DIR", default_value = "/", hide = true)]
+    #[arg(
+        long,
+        global = true,
+        value_name = "DIR",
+        default_value = "/",
+        hide = true
+    )]
     pub root: PathBuf,
 
     #[command(subcommand)]

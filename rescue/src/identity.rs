@@ -66,7 +66,13 @@ fn fallback_hostname(product: &str, serial: &str, machine_id: &str) -> String {
         base = "unnamed-host".into();
     }
     base.chars()
-        .map(|c| if c.is_ascii_alphanumeric() || c == '-' { c.to_ascii_lowercase() } else { '-' })
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '-' {
+                c.to_ascii_lowercase()
+            } else {
+                '-'
+            }
+        })
         .collect::<String>()
         .trim_matches('-')
         .to_string()
@@ -86,7 +92,11 @@ mod tests {
         std::fs::write(r.path("/proc/sys/kernel/hostname"), "(none)\n").unwrap();
         std::fs::write(r.path("/sys/class/dmi/id/product_name"), "ThinkPad X1\n").unwrap();
         std::fs::write(r.path("/sys/class/dmi/id/product_serial"), "PF0ABC\n").unwrap();
-        std::fs::write(r.path("/sys/class/dmi/id/sys_vendor"), "To Be Filled By O.E.M.\n").unwrap();
+        std::fs::write(
+            r.path("/sys/class/dmi/id/sys_vendor"),
+            "To Be Filled By O.E.M.\n",
+        )
+        .unwrap();
         let id = local(&r);
         assert_eq!(id.hostname, "thinkpad-x1-pf0abc");
         assert_eq!(id.dmi_vendor, "");

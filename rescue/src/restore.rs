@@ -17,8 +17,8 @@ use crate::exit::{self, Exit};
 use crate::progress::{self, Bar};
 use crate::proto::frame::Header;
 use crate::proto::msg::{
-    self, BackupSummary, DiskDone, DiskSummary, ListReq, Listing, RestoreBegin, RestoreReady,
-    Role, SessionEnd, kind,
+    self, BackupSummary, DiskDone, DiskSummary, ListReq, Listing, RestoreBegin, RestoreReady, Role,
+    SessionEnd, kind,
 };
 use crate::session::{self, Session};
 use crate::store::image::punch_or_zero;
@@ -134,7 +134,9 @@ pub fn open_target(root: &Root, spec: &str, need: u64) -> Result<Target> {
                 created: false,
             })
         }
-        Ok(_) => Err(refuse(format!("{spec} is neither a disk nor a regular file"))),
+        Ok(_) => Err(refuse(format!(
+            "{spec} is neither a disk nor a regular file"
+        ))),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound && spec.contains('/') => {
             let file = OpenOptions::new()
                 .read(true)
@@ -142,7 +144,8 @@ pub fn open_target(root: &Root, spec: &str, need: u64) -> Result<Target> {
                 .create_new(true)
                 .open(&path)
                 .with_context(|| format!("creating {spec}"))?;
-            file.set_len(need).with_context(|| format!("sizing {spec}"))?;
+            file.set_len(need)
+                .with_context(|| format!("sizing {spec}"))?;
             Ok(Target {
                 spec: spec.into(),
                 description: format!("{} (new image file)", path.display()),
@@ -153,9 +156,8 @@ pub fn open_target(root: &Root, spec: &str, need: u64) -> Result<Target> {
                 created: true,
             })
         }
-        Err(e) => Err(anyhow::Error::new(e).context(format!(
-            "{spec}: no such disk (`rescue disks` lists them)"
-        ))),
+        Err(e) => Err(anyhow::Error::new(e)
+            .context(format!("{spec}: no such disk (`rescue disks` lists them)"))),
     }
 }
 
@@ -175,7 +177,9 @@ impl Sink for TargetSink {
             if self.block {
                 if !blkdev::zero_out(&self.file, c.offset, u64::from(c.len)) {
                     let z = vec![0u8; c.len as usize];
-                    self.file.write_all_at(&z, c.offset).context("writing zeros")?;
+                    self.file
+                        .write_all_at(&z, c.offset)
+                        .context("writing zeros")?;
                 }
                 return Ok(());
             }
@@ -192,9 +196,12 @@ impl Sink for TargetSink {
 }
 
 fn list(s: &mut Session, host: Option<String>) -> Result<Vec<BackupSummary>> {
-    let f = s
-        .conn
-        .request(kind::LIST, &ListReq { host }, &[kind::LISTING], "listing backups")?;
+    let f = s.conn.request(
+        kind::LIST,
+        &ListReq { host },
+        &[kind::LISTING],
+        "listing backups",
+    )?;
     let l: Listing = msg::from_json(&f)?;
     Ok(l.backups)
 }
@@ -211,11 +218,21 @@ fn print_list(backups: &[BackupSummary]) {
             .iter()
             .map(|d| format!("{} ({})", d.name, human_bytes(d.size)))
             .collect();
-        println!("{:<20} {:<34} {:<30} {}", b.host, b.backup_id, b.status, disks.join(", "));
+        println!(
+            "{:<20} {:<34} {:<30} {}",
+            b.host,
+            b.backup_id,
+            b.status,
+            disks.join(", ")
+        );
     }
 }
 
-fn choose(backups: &[BackupSummary], args: &RestoreArgs, me: &msg::Identity) -> Result<BackupSummary> {
+fn choose(
+    backups: &[BackupSummary],
+    args: &RestoreArgs,
+    me: &msg::Identity,
+) -> Result<BackupSummary> {
     let complete = |b: &&BackupSummary| b.status.starts_with("complete");
     if let Some(id) = &args.backup {
         let found: Vec<&BackupSummary> = backups.iter().filter(|b| &b.backup_id == id).collect();
@@ -258,18 +275,30 @@ fn choose(backups: &[BackupSummary], args: &RestoreArgs, me: &msg::Identity) -> 
 
 /// Pairs every backed-up disk with a target: --map, else the local disk with
 /// the same serial number, else ask.
-fn map_targets(root: &Root, b: &BackupSummary, args: &RestoreArgs) -> Result<Vec<(DiskSummary, String)>> {
+fn map_targets(
+    root: &Root,
+    b: &BackupSummary,
+    args: &RestoreArgs,
+) -> Result<Vec<(DiskSummary, String)>> {
     let mut maps = std::collections::BTreeMap::new();
     for m in &args.map {
         let Some((n, t)) = m.split_once('=') else {
-            return Err(Exit::new(exit::USAGE, format!("--map {m:?} must look like NAME=TARGET")).into());
+            return Err(Exit::new(
+                exit::USAGE,
+                format!("--map {m:?} must look like NAME=TARGET"),
+            )
+            .into());
         };
         if !b.disks.iter().any(|d| d.name == n) {
             return Err(Exit::new(
                 exit::USAGE,
                 format!(
                     "--map {n}: the backup has no disk {n} (it has {})",
-                    b.disks.iter().map(|d| d.name.as_str()).collect::<Vec<_>>().join(", ")
+                    b.disks
+                        .iter()
+                        .map(|d| d.name.as_str())
+                        .collect::<Vec<_>>()
+                        .join(", ")
                 ),
             )
             .into());
@@ -316,10 +345,16 @@ fn map_targets(root: &Root, b: &BackupSummary, args: &RestoreArgs) -> Result<Vec
                     d.name,
                     d.model.as_deref().unwrap_or("unknown model"),
                     human_bytes(d.size),
-                    local.iter().map(|l| l.name.as_str()).collect::<Vec<_>>().join(", ")
+                    local
+                        .iter()
+                        .map(|l| l.name.as_str())
+                        .collect::<Vec<_>>()
+                        .join(", ")
                 );
                 let mut line = String::new();
-                std::io::stdin().read_line(&mut line).context("reading the answer")?;
+                std::io::stdin()
+                    .read_line(&mut line)
+                    .context("reading the answer")?;
                 let t = line.trim();
                 if !t.is_empty() {
                     out.push((d.clone(), t.to_string()));
@@ -328,7 +363,11 @@ fn map_targets(root: &Root, b: &BackupSummary, args: &RestoreArgs) -> Result<Vec
         }
     }
     if out.is_empty() {
-        return Err(Exit::new(exit::USAGE, "nothing to restore: no disk was given a target").into());
+        return Err(Exit::new(
+            exit::USAGE,
+            "nothing to restore: no disk was given a target",
+        )
+        .into());
     }
     Ok(out)
 }
@@ -350,10 +389,7 @@ pub fn run(root: &Root, args: &RestoreArgs) -> Result<u8> {
     }
     eprintln!(
         "restore backup {} of {} (taken {}) from {}:",
-        chosen.backup_id,
-        chosen.host,
-        chosen.created,
-        s.peer.identity.hostname
+        chosen.backup_id, chosen.host, chosen.created, s.peer.identity.hostname
     );
     for ((d, _), t) in pairs.iter().zip(&targets) {
         eprintln!(
@@ -380,7 +416,9 @@ pub fn run(root: &Root, args: &RestoreArgs) -> Result<u8> {
                 "not restoring without confirmation: run it on a terminal or add --yes".into(),
             ));
         }
-        if !session::confirm("everything on the targets above will be overwritten. Type 'yes' to continue: ")? {
+        if !session::confirm(
+            "everything on the targets above will be overwritten. Type 'yes' to continue: ",
+        )? {
             for t in &targets {
                 cleanup_created(t);
             }
@@ -401,7 +439,7 @@ pub fn run(root: &Root, args: &RestoreArgs) -> Result<u8> {
     let mode = progress::Mode::detect();
     let mut code = exit::OK;
     let started = Instant::now();
-    for (i, ((d, _), t)) in pairs.iter().zip(targets.into_iter()).enumerate() {
+    for (i, ((d, _), t)) in pairs.iter().zip(targets).enumerate() {
         let geo = Geometry {
             size: d.size,
             chunk: ready.chunk_size,
@@ -409,30 +447,46 @@ pub fn run(root: &Root, args: &RestoreArgs) -> Result<u8> {
         let bar = Bar::new(&d.name, d.size, mode);
         let t0 = Instant::now();
         let sink = TargetSink {
-            file: t.file.try_clone().context("duplicating the target descriptor")?,
+            file: t
+                .file
+                .try_clone()
+                .context("duplicating the target descriptor")?,
             block: t.block,
             fresh_file: t.created,
         };
         let pipe = SinkPipeline::start(sink, d.size);
-        let (end_frame, damaged) = xfer::receive_disk(&mut s.conn, i as u32, geo, &Vec::new(), &pipe, &bar)?;
+        let (end_frame, damaged) =
+            xfer::receive_disk(&mut s.conn, i as u32, geo, &Vec::new(), &pipe, &bar)?;
         bar.finish();
         let (_sink, whole) = pipe.finish()?;
-        t.file.sync_all().with_context(|| format!("syncing {}", t.spec))?;
+        t.file
+            .sync_all()
+            .with_context(|| format!("syncing {}", t.spec))?;
         if t.block
             && let Err(e) = blkdev::reread_partitions(&t.file)
         {
-            eprintln!("note: the kernel could not re-read the partition table of {} ({e:#}); reboot or run partprobe", t.spec);
+            eprintln!(
+                "note: the kernel could not re-read the partition table of {} ({e:#}); reboot or run partprobe",
+                t.spec
+            );
         }
         let want = d.sha256.clone().unwrap_or_default();
         let got = whole.map(|w| hex(&w));
         let mut ok = got.as_deref().is_none_or(|g| g == want);
         let mut message = String::new();
         if !ok {
-            message = format!("image digest {} does not match the backup's {want}", got.unwrap_or_default());
+            message = format!(
+                "image digest {} does not match the backup's {want}",
+                got.unwrap_or_default()
+            );
         }
         if ok && args.verify {
             eprintln!("{}: reading {} back to verify", d.name, t.spec);
-            let h = read_back(&t.file, d.size, &Bar::new(&format!("{} verify", d.name), d.size, mode))?;
+            let h = read_back(
+                &t.file,
+                d.size,
+                &Bar::new(&format!("{} verify", d.name), d.size, mode),
+            )?;
             if h != want {
                 ok = false;
                 message = format!("read back {h}, the backup's digest is {want}");
@@ -466,7 +520,9 @@ pub fn run(root: &Root, args: &RestoreArgs) -> Result<u8> {
     }
     let _ = s.conn.request(
         kind::SESSION_END,
-        &SessionEnd { ok: code == exit::OK },
+        &SessionEnd {
+            ok: code == exit::OK,
+        },
         &[kind::SESSION_DONE],
         "finishing the restore",
     );
@@ -496,7 +552,8 @@ fn read_back(f: &File, size: u64, bar: &Bar) -> Result<String> {
     let mut pos = 0u64;
     while pos < size {
         let n = (size - pos).min(buf.len() as u64) as usize;
-        f.read_exact_at(&mut buf[..n], pos).context("reading the target back")?;
+        f.read_exact_at(&mut buf[..n], pos)
+            .context("reading the target back")?;
         h.update(&buf[..n]);
         pos += n as u64;
         bar.inc(n as u64);

@@ -44,14 +44,18 @@ fn handle(store: &Store, mut s: Session) -> Result<bool> {
                         .iter()
                         .map(|b| b.manifest.summary(&b.host))
                         .collect();
-                    s.conn.reply_json(&req, kind::LISTING, &Listing { backups })?;
+                    s.conn
+                        .reply_json(&req, kind::LISTING, &Listing { backups })?;
                 }
                 kind::RESTORE_BEGIN => send_backup(store, &mut s, &req)?,
                 kind::SESSION_END => {
                     s.conn.reply_json(
                         &req,
                         kind::SESSION_DONE,
-                        &SessionDone { ok: true, message: String::new() },
+                        &SessionDone {
+                            ok: true,
+                            message: String::new(),
+                        },
                     )?;
                 }
                 kind::ERROR => {
@@ -109,7 +113,7 @@ fn receive_backup(store: &Store, s: &mut Session, req: &Frame) -> Result<()> {
         },
     )?;
     let mode = progress::Mode::detect();
-    for i in 0..b.manifest.disks.len() {
+    for (i, held) in have.iter().enumerate() {
         let d = b.manifest.disks[i].clone();
         let geo = Geometry {
             size: d.size,
@@ -119,7 +123,7 @@ fn receive_backup(store: &Store, s: &mut Session, req: &Frame) -> Result<()> {
         let t = Instant::now();
         let sink = ImageSink::open(&b, i)?;
         let pipe = SinkPipeline::start(sink, d.size);
-        let received = xfer::receive_disk(&mut s.conn, i as u32, geo, &have[i], &pipe, &bar);
+        let received = xfer::receive_disk(&mut s.conn, i as u32, geo, held, &pipe, &bar);
         bar.finish();
         let (end_frame, damaged) = match received {
             Ok(x) => x,
@@ -142,7 +146,7 @@ fn receive_backup(store: &Store, s: &mut Session, req: &Frame) -> Result<()> {
             unreadable_bytes: 0,
         });
         let (mut sink, whole) = pipe.finish()?;
-        let full_have = xfer::Have::new(&have[i]).held() == geo.count();
+        let full_have = xfer::Have::new(held).held() == geo.count();
         let verdict = if full_have && d.complete && d.sha256.is_some() {
             Ok(d.sha256.clone().unwrap_or_default())
         } else {

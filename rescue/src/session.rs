@@ -45,7 +45,12 @@ fn hello(role: Role, me: &Identity) -> Hello {
 
 /// Exchanges HELLO. Ours is sent again when theirs arrives, in case the first
 /// was lost before the peer was listening.
-fn introduce(conn: &mut Conn, role: Role, me: &Identity, within: Option<Duration>) -> Result<Hello> {
+fn introduce(
+    conn: &mut Conn,
+    role: Role,
+    me: &Identity,
+    within: Option<Duration>,
+) -> Result<Hello> {
     let ours = hello(role, me);
     conn.send_json(kind::HELLO, &ours)?;
     let f = match within {
@@ -93,13 +98,32 @@ pub fn connect(root: &Root, args: &ConnectArgs, role: Role) -> Result<Session> {
         Some(Endpoint::Unix(p)) => {
             let mut conn = Conn::new(Stream::connect_unix(&p, wait)?)?;
             let peer = introduce(&mut conn, role, &me, Some(Duration::from_secs(30)))?;
-            Ok(Session { conn, peer, me, link: None })
+            Ok(Session {
+                conn,
+                peer,
+                me,
+                link: None,
+            })
         }
         Some(Endpoint::Device(p)) => {
-            let dev = if p.is_absolute() && !root.is_host() { root.path(&p) } else { p };
+            let dev = if p.is_absolute() && !root.is_host() {
+                root.path(&p)
+            } else {
+                p
+            };
             let mut conn = Conn::new(Stream::open_device(&dev)?)?;
-            let peer = introduce(&mut conn, role, &me, wait.or(Some(Duration::from_secs(300))))?;
-            Ok(Session { conn, peer, me, link: None })
+            let peer = introduce(
+                &mut conn,
+                role,
+                &me,
+                wait.or(Some(Duration::from_secs(300))),
+            )?;
+            Ok(Session {
+                conn,
+                peer,
+                me,
+                link: None,
+            })
         }
         None => {
             let opts = LinkOpts {
@@ -134,7 +158,10 @@ pub fn connect(root: &Root, args: &ConnectArgs, role: Role) -> Result<Session> {
                         if wait.is_some_and(|w| start.elapsed() >= w) {
                             return Err(e.context("the peer did not answer on the stream"));
                         }
-                        eprintln!("no answer on {} yet; setting the stream up again", link.dev.display());
+                        eprintln!(
+                            "no answer on {} yet; setting the stream up again",
+                            link.dev.display()
+                        );
                         drop(conn);
                         link.refresh(root, wait)?;
                     }
@@ -173,23 +200,34 @@ pub fn serve(
             let _cleanup = RemoveOnDrop(p.clone());
             while let Some(stream) = transport::accept_unix(&l, &stop)? {
                 let mut conn = Conn::new(stream)?;
-                let peer = match introduce(&mut conn, Role::Serve, &me, Some(Duration::from_secs(30))) {
-                    Ok(p) => p,
-                    Err(e) => {
-                        eprintln!("a peer connected but the greeting failed: {e:#}");
-                        continue;
-                    }
-                };
-                if !run(Session { conn, peer, me: me.clone(), link: None })? {
+                let peer =
+                    match introduce(&mut conn, Role::Serve, &me, Some(Duration::from_secs(30))) {
+                        Ok(p) => p,
+                        Err(e) => {
+                            eprintln!("a peer connected but the greeting failed: {e:#}");
+                            continue;
+                        }
+                    };
+                if !run(Session {
+                    conn,
+                    peer,
+                    me: me.clone(),
+                    link: None,
+                })? {
                     break;
                 }
             }
         }
         endpoint => {
             let (dev, mut link) = match endpoint {
-                Some(Endpoint::Device(p)) => {
-                    (if p.is_absolute() && !root.is_host() { root.path(&p) } else { p }, None)
-                }
+                Some(Endpoint::Device(p)) => (
+                    if p.is_absolute() && !root.is_host() {
+                        root.path(&p)
+                    } else {
+                        p
+                    },
+                    None,
+                ),
                 _ => {
                     let opts = LinkOpts {
                         peer: args.peer.clone(),

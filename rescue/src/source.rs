@@ -39,7 +39,12 @@ pub struct DiskReader {
 }
 
 impl DiskReader {
-    pub fn new(primary: Box<dyn BlockRead>, direct: Option<Box<dyn BlockRead>>, sector: u32, size: u64) -> Self {
+    pub fn new(
+        primary: Box<dyn BlockRead>,
+        direct: Option<Box<dyn BlockRead>>,
+        sector: u32,
+        size: u64,
+    ) -> Self {
         DiskReader {
             primary,
             direct,
@@ -64,14 +69,25 @@ impl DiskReader {
         while pos < data.len() {
             let n = PIECE.min(data.len() - pos);
             if read_exact(&*self.primary, &mut data[pos..pos + n], offset + pos as u64).is_err() {
-                self.read_sectors(&mut data[pos..pos + n], offset + pos as u64, pos as u32, &mut bad)?;
+                self.read_sectors(
+                    &mut data[pos..pos + n],
+                    offset + pos as u64,
+                    pos as u32,
+                    &mut bad,
+                )?;
             }
             pos += n;
         }
         Ok(RawChunk { data, bad })
     }
 
-    fn read_sectors(&self, buf: &mut [u8], offset: u64, rel: u32, bad: &mut Vec<(u32, u32)>) -> Result<()> {
+    fn read_sectors(
+        &self,
+        buf: &mut [u8],
+        offset: u64,
+        rel: u32,
+        bad: &mut Vec<(u32, u32)>,
+    ) -> Result<()> {
         let s = self.sector as usize;
         let mut aligned = AlignedBuf::new(s);
         let mut pos = 0usize;
@@ -108,7 +124,12 @@ fn read_exact(r: &dyn BlockRead, buf: &mut [u8], offset: u64) -> io::Result<()> 
     let mut done = 0;
     while done < buf.len() {
         match r.read_at(&mut buf[done..], offset + done as u64) {
-            Ok(0) => return Err(io::Error::new(io::ErrorKind::UnexpectedEof, "source shrank while reading")),
+            Ok(0) => {
+                return Err(io::Error::new(
+                    io::ErrorKind::UnexpectedEof,
+                    "source shrank while reading",
+                ));
+            }
             Ok(n) => done += n,
             Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
             Err(e) => return Err(e),
@@ -171,7 +192,9 @@ pub fn open(root: &Root, spec: &str) -> Result<Source> {
         };
         anyhow::anyhow!("{spec}: {hint} ({e})")
     })?;
-    let meta = file.metadata().with_context(|| format!("inspecting {spec}"))?;
+    let meta = file
+        .metadata()
+        .with_context(|| format!("inspecting {spec}"))?;
     let is_block = blkdev::is_block(&file);
     if !is_block && !meta.is_file() {
         bail!("{spec} is neither a disk nor an image file");

@@ -37,7 +37,10 @@ pub fn check_backup(dir: &Path) -> Result<Vec<String>> {
                         "{}: SHA-256 {sha} but the manifest says {want}",
                         d.image
                     )),
-                    None => problems.push(format!("{}: not complete (no digest in the manifest)", d.image)),
+                    None => problems.push(format!(
+                        "{}: not complete (no digest in the manifest)",
+                        d.image
+                    )),
                 }
                 let line = format!("{sha}  {}", d.image);
                 if d.complete && !sums.lines().any(|l| l == line) {
@@ -50,7 +53,11 @@ pub fn check_backup(dir: &Path) -> Result<Vec<String>> {
             Ok(t) => match Map::parse(&t, d.size) {
                 Ok(map) => {
                     if map.bytes(Status::NonTried) > 0 {
-                        problems.push(format!("{}: {} bytes never received", d.map, map.bytes(Status::NonTried)));
+                        problems.push(format!(
+                            "{}: {} bytes never received",
+                            d.map,
+                            map.bytes(Status::NonTried)
+                        ));
                     }
                     if map.bytes(Status::Bad) != d.unreadable_bytes {
                         problems.push(format!(
@@ -76,7 +83,11 @@ pub fn run(dir: &Path) -> Result<u8> {
     let targets: Vec<std::path::PathBuf> = if dir.join(MANIFEST).is_file() {
         vec![dir.to_path_buf()]
     } else if dir.is_dir() {
-        Store::open(dir)?.list(None).into_iter().map(|b| b.path).collect()
+        Store::open(dir)?
+            .list(None)
+            .into_iter()
+            .map(|b| b.path)
+            .collect()
     } else {
         bail!("{}: no such directory", dir.display());
     };
@@ -101,7 +112,10 @@ pub fn run(dir: &Path) -> Result<u8> {
         }
     }
     if failed > 0 {
-        println!("{failed} of {} backup(s) failed verification", targets.len());
+        println!(
+            "{failed} of {} backup(s) failed verification",
+            targets.len()
+        );
         Ok(exit::VERIFY_FAILED)
     } else {
         println!("all {} backup(s) verified", targets.len());

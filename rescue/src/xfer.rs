@@ -14,10 +14,10 @@ use std::time::{Duration, Instant};
 use anyhow::{Result, anyhow, bail};
 use sha2::{Digest, Sha256};
 
+use crate::progress::Bar;
 use crate::proto::conn::{Conn, Event, OutChunk, peer_error};
 use crate::proto::frame::{Frame, Header};
 use crate::proto::msg::{self, ChunkBody, ChunkRanges, FLAG_ZERO, kind};
-use crate::progress::Bar;
 
 /// Chunks in flight (sent, not yet acknowledged). Bounds memory on both sides.
 pub const WINDOW: usize = 12;
@@ -164,7 +164,9 @@ where
             let push = |ev: Event| push_event(&events, ev, &cancel_d);
             for (off, raw) in raw_rx {
                 if off == u64::MAX {
-                    push(Event::SourceFailed(String::from_utf8_lossy(&raw.data).into_owned()));
+                    push(Event::SourceFailed(
+                        String::from_utf8_lossy(&raw.data).into_owned(),
+                    ));
                     return;
                 }
                 match digest(off, raw) {
@@ -187,7 +189,10 @@ where
         drop(credit_tx);
         // Unblock the pipeline threads so the scope can end.
         while conn.next_event(Duration::from_millis(1)).is_some_and(|e| {
-            !matches!(e, Event::SourceDone | Event::SourceFailed(_) | Event::Closed(_))
+            !matches!(
+                e,
+                Event::SourceDone | Event::SourceFailed(_) | Event::Closed(_)
+            )
         }) {}
         result.map(|()| stats)
     })
@@ -518,12 +523,17 @@ pub fn receive_disk<S: Sink + 'static>(
             Some(Event::Closed(c)) => return Err(c.into_error("receiving data")),
             _ => continue,
         };
-        let next_off = if next < geo.count() { geo.offset(next) } else { geo.size };
+        let next_off = if next < geo.count() {
+            geo.offset(next)
+        } else {
+            geo.size
+        };
         if !f.intact {
             conn.stats
                 .corrupt_frames
                 .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-            if f.header.kind == kind::CHUNK && f.header.disk == disk && f.header.offset >= next_off {
+            if f.header.kind == kind::CHUNK && f.header.disk == disk && f.header.offset >= next_off
+            {
                 damaged += 1;
                 bar.println(&format!(
                     "damaged chunk at offset {} (CRC mismatch): asking for it again",
@@ -542,7 +552,11 @@ pub fn receive_disk<S: Sink + 'static>(
                             pipe.submit(v)?;
                             bar.inc(len);
                             next = have.next_missing(next + 1);
-                            let ack = if next < geo.count() { geo.offset(next) } else { geo.size };
+                            let ack = if next < geo.count() {
+                                geo.offset(next)
+                            } else {
+                                geo.size
+                            };
                             conn.send(Header::new(kind::ACK, disk, ack), &[])?;
                         }
                         Err(Reject::Damaged(why)) => {
@@ -581,11 +595,13 @@ pub fn receive_disk<S: Sink + 'static>(
 
 fn accept(f: &Frame, geo: Geometry, index: u64) -> std::result::Result<Verified, Reject> {
     let zero = f.header.flags & FLAG_ZERO != 0;
-    let body = ChunkBody::decode(f.payload.clone(), zero, geo.chunk)
-        .map_err(Reject::Damaged)?;
+    let body = ChunkBody::decode(f.payload.clone(), zero, geo.chunk).map_err(Reject::Damaged)?;
     let want = geo.len_of(index);
     if body.len != want {
-        return Err(Reject::Damaged(format!("length {} instead of {want}", body.len)));
+        return Err(Reject::Damaged(format!(
+            "length {} instead of {want}",
+            body.len
+        )));
     }
     if !zero && sha256(&body.data) != body.sha256 {
         return Err(Reject::Damaged("SHA-256 mismatch".into()));
@@ -663,7 +679,10 @@ mod tests {
 
     #[test]
     fn geometry() {
-        let g = Geometry { size: 2500, chunk: 1000 };
+        let g = Geometry {
+            size: 2500,
+            chunk: 1000,
+        };
         assert_eq!(g.count(), 3);
         assert_eq!(g.len_of(2), 500);
     }

@@ -20,7 +20,15 @@ fn backup_and_restore_two_images() {
     random_image(&a, 9, 1);
     sparse_image(&b, 16, 2);
     let srv = Server::start(d.path(), &d.path().join("store"));
-    let o = rescue(&["backup", "-d", &srv.endpoint(), "--label", "t1", a.to_str().unwrap(), b.to_str().unwrap()]);
+    let o = rescue(&[
+        "backup",
+        "-d",
+        &srv.endpoint(),
+        "--label",
+        "t1",
+        a.to_str().unwrap(),
+        b.to_str().unwrap(),
+    ]);
     assert_eq!(o.status.code(), Some(0), "{}", text(&o));
     assert!(text(&o).contains("every disk verified"), "{}", text(&o));
     assert!(text(&o).contains("skipped as zero"));
@@ -28,8 +36,17 @@ fn backup_and_restore_two_images() {
     let dirs = backup_dirs(&srv.store);
     assert_eq!(dirs.len(), 1);
     let bd = &dirs[0];
-    let check = Command::new("sha256sum").arg("-c").arg("SHA256SUMS").current_dir(bd).output().unwrap();
-    assert!(check.status.success(), "{}", String::from_utf8_lossy(&check.stdout));
+    let check = Command::new("sha256sum")
+        .arg("-c")
+        .arg("SHA256SUMS")
+        .current_dir(bd)
+        .output()
+        .unwrap();
+    assert!(
+        check.status.success(),
+        "{}",
+        String::from_utf8_lossy(&check.stdout)
+    );
     assert_eq!(sha256_file(&bd.join("rand.img")), sha256_file(&a));
     assert_eq!(sha256_file(&bd.join("sparse.img")), sha256_file(&b));
     // Zero chunks become holes: the sparse image takes far less than 16 MiB.
@@ -45,12 +62,26 @@ fn backup_and_restore_two_images() {
     let ra = d.path().join("ra.img");
     let rb = d.path().join("rb.img");
     fs::File::create(&rb).unwrap().set_len(16 << 20).unwrap();
-    let host = bd.parent().unwrap().file_name().unwrap().to_str().unwrap().to_string();
+    let host = bd
+        .parent()
+        .unwrap()
+        .file_name()
+        .unwrap()
+        .to_str()
+        .unwrap()
+        .to_string();
     let o = rescue(&[
-        "restore", "-d", &srv.endpoint(), "--host", &host,
-        "--map", &format!("rand={}", ra.display()),
-        "--map", &format!("sparse={}", rb.display()),
-        "--yes", "--verify",
+        "restore",
+        "-d",
+        &srv.endpoint(),
+        "--host",
+        &host,
+        "--map",
+        &format!("rand={}", ra.display()),
+        "--map",
+        &format!("sparse={}", rb.display()),
+        "--yes",
+        "--verify",
     ]);
     assert_eq!(o.status.code(), Some(0), "{}", text(&o));
     assert_eq!(sha256_file(&ra), sha256_file(&a));
@@ -70,15 +101,27 @@ fn cut_stream_resumes_without_resending_verified_chunks() {
     let px = Proxy::start(d.path(), &srv.sock, Faults::default());
     // Cut during the handshake, then twice during the data.
     for cut in [200u64, 5 << 20, 11 << 20] {
-        px.set(Faults { cut_after: Some(cut), ..Default::default() });
+        px.set(Faults {
+            cut_after: Some(cut),
+            ..Default::default()
+        });
         let o = rescue(&["backup", "-d", &px.endpoint(), a.to_str().unwrap()]);
         assert_eq!(o.status.code(), Some(5), "cut at {cut}: {}", text(&o));
-        assert!(text(&o).to_lowercase().contains("run the same command again to resume"), "{}", text(&o));
+        assert!(
+            text(&o)
+                .to_lowercase()
+                .contains("run the same command again to resume"),
+            "{}",
+            text(&o)
+        );
     }
     // How many chunks the store holds now (journal entries).
     let bd = backup_dirs(&srv.store).pop().unwrap();
     let journal = fs::read(bd.join("disk.chunks")).unwrap();
-    let held = journal.chunks(32).filter(|c| c.iter().any(|&b| b != 0)).count() as u64;
+    let held = journal
+        .chunks(32)
+        .filter(|c| c.iter().any(|&b| b != 0))
+        .count() as u64;
     assert!(held >= 8, "only {held} chunks survived the cuts");
     px.set(Faults::default());
     let o = rescue(&["backup", "-d", &px.endpoint(), a.to_str().unwrap()]);
@@ -87,11 +130,26 @@ fn cut_stream_resumes_without_resending_verified_chunks() {
     // The last run carried only the chunks that were missing (plus framing).
     let sent = px.c2s_bytes.load(std::sync::atomic::Ordering::SeqCst);
     let missing = 24 - held;
-    assert!(sent < (missing + 1) << 20, "re-sent verified data: {sent} bytes for {missing} chunks");
-    assert!(sent > (missing - 1) << 20, "{sent} bytes for {missing} chunks");
-    assert_eq!(backup_dirs(&srv.store).len(), 1, "resume must not start a new backup");
+    assert!(
+        sent < (missing + 1) << 20,
+        "re-sent verified data: {sent} bytes for {missing} chunks"
+    );
+    assert!(
+        sent > (missing - 1) << 20,
+        "{sent} bytes for {missing} chunks"
+    );
+    assert_eq!(
+        backup_dirs(&srv.store).len(),
+        1,
+        "resume must not start a new backup"
+    );
     assert_eq!(sha256_file(&bd.join("disk.img")), sha256_file(&a));
-    let check = Command::new("sha256sum").arg("-c").arg("SHA256SUMS").current_dir(&bd).output().unwrap();
+    let check = Command::new("sha256sum")
+        .arg("-c")
+        .arg("SHA256SUMS")
+        .current_dir(&bd)
+        .output()
+        .unwrap();
     assert!(check.status.success());
 }
 
@@ -164,7 +222,11 @@ fn unreadable_sectors_are_zeroed_and_mapped() {
     assert_eq!(code, rescue::exit::UNREADABLE);
     let bd = backup_dirs(&srv.store).pop().unwrap();
     let map = fs::read_to_string(bd.join("failing.map")).unwrap();
-    let lines: Vec<&str> = map.lines().filter(|l| !l.starts_with('#')).skip(1).collect();
+    let lines: Vec<&str> = map
+        .lines()
+        .filter(|l| !l.starts_with('#'))
+        .skip(1)
+        .collect();
     assert_eq!(
         lines,
         vec![
@@ -178,7 +240,8 @@ fn unreadable_sectors_are_zeroed_and_mapped() {
     assert!(img[1_049_600..1_051_648].iter().all(|&b| b == 0));
     assert_eq!(&img[..1_049_600], &data[..1_049_600]);
     assert_eq!(&img[1_051_648..], &data[1_051_648..]);
-    let m: serde_json::Value = serde_json::from_slice(&fs::read(bd.join("manifest.json")).unwrap()).unwrap();
+    let m: serde_json::Value =
+        serde_json::from_slice(&fs::read(bd.join("manifest.json")).unwrap()).unwrap();
     assert_eq!(m["status"], "complete-with-errors");
     assert_eq!(m["disks"][0]["unreadable_bytes"], 2048);
 }
@@ -193,27 +256,59 @@ fn restore_refuses_a_smaller_target() {
     assert_eq!(o.status.code(), Some(0), "{}", text(&o));
     let small = d.path().join("small.img");
     fs::write(&small, vec![7u8; 1 << 20]).unwrap();
-    let o = rescue(&["restore", "-d", &srv.endpoint(), "--host", &host_of(&srv), "--map", &format!("big={}", small.display()), "--yes"]);
+    let o = rescue(&[
+        "restore",
+        "-d",
+        &srv.endpoint(),
+        "--host",
+        &host_of(&srv),
+        "--map",
+        &format!("big={}", small.display()),
+        "--yes",
+    ]);
     assert_eq!(o.status.code(), Some(6), "{}", text(&o));
-    assert!(text(&o).contains("1048576 bytes") && text(&o).contains("4194304 bytes"), "{}", text(&o));
+    assert!(
+        text(&o).contains("1048576 bytes") && text(&o).contains("4194304 bytes"),
+        "{}",
+        text(&o)
+    );
     assert_eq!(fs::read(&small).unwrap(), vec![7u8; 1 << 20]);
     // Without --yes and without a terminal, nothing is written either.
     let ok = d.path().join("ok.img");
     fs::write(&ok, vec![9u8; 4 << 20]).unwrap();
-    let o = rescue(&["restore", "-d", &srv.endpoint(), "--host", &host_of(&srv), "--map", &format!("big={}", ok.display())]);
+    let o = rescue(&[
+        "restore",
+        "-d",
+        &srv.endpoint(),
+        "--host",
+        &host_of(&srv),
+        "--map",
+        &format!("big={}", ok.display()),
+    ]);
     assert_eq!(o.status.code(), Some(6), "{}", text(&o));
     assert_eq!(fs::read(&ok).unwrap(), vec![9u8; 4 << 20]);
 }
 
 fn host_of(srv: &Server) -> String {
     let bd = backup_dirs(&srv.store).pop().unwrap();
-    bd.parent().unwrap().file_name().unwrap().to_str().unwrap().to_string()
+    bd.parent()
+        .unwrap()
+        .file_name()
+        .unwrap()
+        .to_str()
+        .unwrap()
+        .to_string()
 }
 
 /// Sends raw bytes to the server as a fake peer.
 fn raw_frame(kind: u8, payload: &[u8]) -> Vec<u8> {
     let mut v = Vec::new();
-    rescue::proto::frame::write_frame(&mut v, rescue::proto::frame::Header::new(kind, 0, 0), payload).unwrap();
+    rescue::proto::frame::write_frame(
+        &mut v,
+        rescue::proto::frame::Header::new(kind, 0, 0),
+        payload,
+    )
+    .unwrap();
     v
 }
 
@@ -278,7 +373,8 @@ fn hostile_peers_cannot_escape_the_store_or_crash_the_server() {
         ]
     });
     let mut s = UnixStream::connect(&srv.sock).unwrap();
-    s.write_all(&[hello_bytes(), raw_frame(3, begin.to_string().as_bytes())].concat()).unwrap();
+    s.write_all(&[hello_bytes(), raw_frame(3, begin.to_string().as_bytes())].concat())
+        .unwrap();
     let reply = read_some(&mut s);
     assert!(reply.windows(4).any(|w| w == b"U4RS"), "no reply");
     drop(s);
@@ -286,13 +382,18 @@ fn hostile_peers_cannot_escape_the_store_or_crash_the_server() {
     // Everything created lives below the store, with safe names.
     let mut files = Vec::new();
     for e in walk(&store) {
-        let rel = e.strip_prefix(&store).unwrap().to_string_lossy().into_owned();
+        let rel = e
+            .strip_prefix(&store)
+            .unwrap()
+            .to_string_lossy()
+            .into_owned();
         assert!(!rel.contains(".."), "{rel}");
         assert!(!rel.chars().any(|c| c.is_control()), "{rel:?}");
         files.push(rel);
     }
     let manifest = files.iter().find(|f| f.ends_with("manifest.json")).unwrap();
-    let m: serde_json::Value = serde_json::from_slice(&fs::read(store.join(manifest)).unwrap()).unwrap();
+    let m: serde_json::Value =
+        serde_json::from_slice(&fs::read(store.join(manifest)).unwrap()).unwrap();
     let names: Vec<String> = m["disks"]
         .as_array()
         .unwrap()
@@ -301,18 +402,31 @@ fn hostile_peers_cannot_escape_the_store_or_crash_the_server() {
         .collect();
     assert_eq!(names.len(), 7);
     for n in &names {
-        assert!(rescue::store::names::is_safe(n.trim_end_matches(".img")), "{n:?}");
+        assert!(
+            rescue::store::names::is_safe(n.trim_end_matches(".img")),
+            "{n:?}"
+        );
         assert!(n.len() <= 70, "{n}");
     }
-    assert!(names.contains(&"sda.img".to_string()) && names.contains(&"SDA-2.img".to_string()), "{names:?}");
-    let unique: std::collections::HashSet<String> = names.iter().map(|n| n.to_lowercase()).collect();
+    assert!(
+        names.contains(&"sda.img".to_string()) && names.contains(&"SDA-2.img".to_string()),
+        "{names:?}"
+    );
+    let unique: std::collections::HashSet<String> =
+        names.iter().map(|n| n.to_lowercase()).collect();
     assert_eq!(unique.len(), 7, "{names:?}");
     assert!(!d.path().join("tmp").exists() && !std::path::Path::new("/tmp/evil.img").exists());
     // The server still works for an honest peer.
     let a = d.path().join("honest.img");
     random_image(&a, 1, 9);
     let o = rescue(&["backup", "-d", &srv.endpoint(), a.to_str().unwrap()]);
-    assert_eq!(o.status.code(), Some(0), "{}\nserver:\n{}", text(&o), srv.log_text());
+    assert_eq!(
+        o.status.code(),
+        Some(0),
+        "{}\nserver:\n{}",
+        text(&o),
+        srv.log_text()
+    );
 }
 
 fn walk(p: &std::path::Path) -> Vec<std::path::PathBuf> {
@@ -338,7 +452,11 @@ fn full_store_stops_the_sender_with_the_reason() {
     let d = tempfile::tempdir().unwrap();
     let mnt = d.path().join("small");
     fs::create_dir(&mnt).unwrap();
-    let ok = Command::new("mount").args(["-t", "tmpfs", "-o", "size=6m", "tmpfs"]).arg(&mnt).status().unwrap();
+    let ok = Command::new("mount")
+        .args(["-t", "tmpfs", "-o", "size=6m", "tmpfs"])
+        .arg(&mnt)
+        .status()
+        .unwrap();
     assert!(ok.success());
     struct Umount(std::path::PathBuf);
     impl Drop for Umount {

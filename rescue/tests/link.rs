@@ -20,15 +20,36 @@ fn fake_tree(dir: &Path, local_uuid: &str, peer_uuid: &str) -> Root {
     let r = Root::new(dir);
     let dev = r.path("/sys/bus/thunderbolt/devices");
     for (name, attrs) in [
-        ("domain0", vec![("security", "user"), ("iommu_dma_protection", "1")]),
-        ("0-0", vec![("unique_id", local_uuid), ("device_name", "hosta"), ("vendor_name", "Test")]),
+        (
+            "domain0",
+            vec![("security", "user"), ("iommu_dma_protection", "1")],
+        ),
+        (
+            "0-0",
+            vec![
+                ("unique_id", local_uuid),
+                ("device_name", "hosta"),
+                ("vendor_name", "Test"),
+            ],
+        ),
         (
             "0-1",
-            vec![("unique_id", peer_uuid), ("device_name", "hostb"), ("vendor_name", "Test"), ("maxhopid", "15")],
+            vec![
+                ("unique_id", peer_uuid),
+                ("device_name", "hostb"),
+                ("vendor_name", "Test"),
+                ("maxhopid", "15"),
+            ],
         ),
         (
             "0-1.0",
-            vec![("key", "stream"), ("prtcid", "1"), ("prtcvers", "1"), ("prtcrevs", "0"), ("prtcstns", "0")],
+            vec![
+                ("key", "stream"),
+                ("prtcid", "1"),
+                ("prtcvers", "1"),
+                ("prtcrevs", "0"),
+                ("prtcstns", "0"),
+            ],
         ),
     ] {
         let d = dev.join(name);
@@ -77,11 +98,15 @@ impl Kernel {
     }
 
     fn tick(&self, root: &Root, next_index: &mut u32) {
-        let Ok(conns) = fs::read_dir(root.path(STREAM_ROOT)) else { return };
+        let Ok(conns) = fs::read_dir(root.path(STREAM_ROOT)) else {
+            return;
+        };
         let mut seen = self.seen.lock().unwrap();
         seen.retain(|p, _| p.exists());
         for c in conns.flatten() {
-            let Ok(streams) = fs::read_dir(c.path()) else { continue };
+            let Ok(streams) = fs::read_dir(c.path()) else {
+                continue;
+            };
             for s in streams.flatten() {
                 let p = s.path();
                 let name = s.file_name().to_string_lossy().into_owned();
@@ -131,14 +156,20 @@ fn adopter_started_after_the_peer_published() {
     let d = tempfile::tempdir().unwrap();
     let root = fake_tree(d.path(), "a-uuid", "b-uuid");
     let (k, h) = Kernel::start(root.clone());
-    k.published.lock().unwrap().insert("backup".into(), (10, 11));
+    k.published
+        .lock()
+        .unwrap()
+        .insert("backup".into(), (10, 11));
     let link = Link::up(&root, &opts(Role::Adopt)).unwrap();
     // Peer in 10 -> our out 10; peer out 11 -> our in 11.
     assert_eq!((link.in_hopid, link.out_hopid), (11, 10));
     assert_eq!(link.service, "0-1.0");
     assert_eq!(link.dev, root.path("/dev/tbstream0"));
     drop(link);
-    assert!(!root.path(STREAM_ROOT).join("0-1.0").exists(), "tear-down left groups");
+    assert!(
+        !root.path(STREAM_ROOT).join("0-1.0").exists(),
+        "tear-down left groups"
+    );
     k.stop.store(true, Ordering::SeqCst);
     h.join().unwrap();
 }
@@ -151,10 +182,17 @@ fn adopter_started_before_the_peer_waits_and_recreates() {
     let k2 = k.clone();
     let late = thread::spawn(move || {
         thread::sleep(Duration::from_millis(800));
-        k2.published.lock().unwrap().insert("backup".into(), (12, 13));
+        k2.published
+            .lock()
+            .unwrap()
+            .insert("backup".into(), (12, 13));
     });
     let link = Link::up(&root, &opts(Role::Adopt)).unwrap();
-    assert_eq!((link.in_hopid, link.out_hopid), (13, 12), "HopIDs must come from the late publication");
+    assert_eq!(
+        (link.in_hopid, link.out_hopid),
+        (13, 12),
+        "HopIDs must come from the late publication"
+    );
     late.join().unwrap();
     drop(link);
     k.stop.store(true, Ordering::SeqCst);
@@ -205,7 +243,10 @@ fn clear_errors_without_module_or_peer() {
     let d = tempfile::tempdir().unwrap();
     let root = Root::new(d.path());
     let e = Link::up(&root, &opts(Role::Adopt)).unwrap_err();
-    assert!(format!("{e:#}").contains("modprobe thunderbolt_stream"), "{e:#}");
+    assert!(
+        format!("{e:#}").contains("modprobe thunderbolt_stream"),
+        "{e:#}"
+    );
 
     let root = fake_tree(d.path(), "a", "b");
     fs::remove_dir_all(root.path("/sys/bus/thunderbolt/devices/0-1.0")).unwrap();

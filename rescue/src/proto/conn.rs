@@ -174,9 +174,10 @@ impl Conn {
             }
             return Err(classify(&e).into_error("sending"));
         }
-        self.stats
-            .bytes_out
-            .fetch_add((frame::HEADER_LEN + payload.len()) as u64, Ordering::Relaxed);
+        self.stats.bytes_out.fetch_add(
+            (frame::HEADER_LEN + payload.len()) as u64,
+            Ordering::Relaxed,
+        );
         Ok(())
     }
 
@@ -294,7 +295,12 @@ impl Conn {
         Ok(())
     }
 
-    pub fn reply_json<T: serde::Serialize>(&mut self, request: &Frame, k: u8, body: &T) -> Result<()> {
+    pub fn reply_json<T: serde::Serialize>(
+        &mut self,
+        request: &Frame,
+        k: u8,
+        body: &T,
+    ) -> Result<()> {
         self.reply(request, Header::new(k, 0, 0), msg::to_json(body))
     }
 
@@ -357,9 +363,10 @@ fn read_loop(reader: Box<dyn Read + Send>, sender: SyncSender<Event>, stats: Arc
     loop {
         let ev = match fr.read_frame() {
             Ok(Read1::Frame(f)) => {
-                stats
-                    .bytes_in
-                    .fetch_add((frame::HEADER_LEN + f.payload.len()) as u64, Ordering::Relaxed);
+                stats.bytes_in.fetch_add(
+                    (frame::HEADER_LEN + f.payload.len()) as u64,
+                    Ordering::Relaxed,
+                );
                 stats.skipped_bytes.store(fr.skipped, Ordering::Relaxed);
                 if f.header.kind == kind::PING && f.intact {
                     continue;
@@ -367,7 +374,10 @@ fn read_loop(reader: Box<dyn Read + Send>, sender: SyncSender<Event>, stats: Arc
                 Event::Frame(f)
             }
             Ok(Read1::Eof) => Event::Closed(Closed::Eof),
-            Err(FrameError::Io(e)) if e.kind() == io::ErrorKind::Other && e.to_string() == crate::transport::STOPPED => {
+            Err(FrameError::Io(e))
+                if e.kind() == io::ErrorKind::Other
+                    && e.to_string() == crate::transport::STOPPED =>
+            {
                 Event::Closed(Closed::Stopped)
             }
             Err(FrameError::Io(e)) => Event::Closed(classify(&e)),
@@ -405,7 +415,10 @@ pub fn expect_within(conn: &mut Conn, k: u8, within: Duration, doing: &str) -> R
     loop {
         let left = deadline.saturating_duration_since(Instant::now());
         if left.is_zero() {
-            bail!("no answer from the peer while {doing} (waited {}s)", within.as_secs());
+            bail!(
+                "no answer from the peer while {doing} (waited {}s)",
+                within.as_secs()
+            );
         }
         match conn.next_event(left.min(Duration::from_millis(500))) {
             Some(Event::Frame(f)) if f.intact && f.header.kind == k => return Ok(f),

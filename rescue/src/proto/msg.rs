@@ -296,7 +296,8 @@ impl ChunkBody {
         let mut sha256 = [0u8; 32];
         sha256.copy_from_slice(&payload[0..32]);
         let len = u32::from_le_bytes([payload[32], payload[33], payload[34], payload[35]]);
-        let nbad = u32::from_le_bytes([payload[36], payload[37], payload[38], payload[39]]) as usize;
+        let nbad =
+            u32::from_le_bytes([payload[36], payload[37], payload[38], payload[39]]) as usize;
         if len == 0 || len > max_len {
             return Err(format!("chunk length {len} outside 1..={max_len}"));
         }
@@ -306,7 +307,8 @@ impl ChunkBody {
         let mut bad = Vec::with_capacity(nbad);
         for i in 0..nbad {
             let p = CHUNK_FIXED + i * 8;
-            let o = u32::from_le_bytes([payload[p], payload[p + 1], payload[p + 2], payload[p + 3]]);
+            let o =
+                u32::from_le_bytes([payload[p], payload[p + 1], payload[p + 2], payload[p + 3]]);
             let l = u32::from_le_bytes([
                 payload[p + 4],
                 payload[p + 5],

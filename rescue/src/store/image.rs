@@ -170,7 +170,10 @@ impl ImageSink {
     /// the whole-image SHA-256. `whole` is the digest computed while receiving
     /// in order; without it the image is read back. Damaged chunks are dropped
     /// from the journal so a resume sends them again.
-    pub fn finalize(&mut self, whole: Option<[u8; 32]>) -> Result<std::result::Result<String, String>> {
+    pub fn finalize(
+        &mut self,
+        whole: Option<[u8; 32]>,
+    ) -> Result<std::result::Result<String, String>> {
         self.checkpoint()?;
         self.write_map()?;
         if let Some(w) = whole {
@@ -218,7 +221,8 @@ impl ImageSink {
             }
             let end = i.min(data.len());
             if end > start {
-                self.img.write_all_at(&data[start..end], offset + start as u64)?;
+                self.img
+                    .write_all_at(&data[start..end], offset + start as u64)?;
             }
         }
         Ok(())
@@ -250,7 +254,8 @@ impl Sink for ImageSink {
         };
         self.map.set(c.offset, u64::from(c.len), Status::Finished);
         for &(o, l) in &c.bad {
-            self.map.set(c.offset + u64::from(o), u64::from(l), Status::Bad);
+            self.map
+                .set(c.offset + u64::from(o), u64::from(l), Status::Bad);
             self.map_dirty = true;
         }
         self.pending.push((index, digest));
@@ -331,7 +336,12 @@ pub fn verify_image(
     let img = open_in(dir, &d.image, false, false)?;
     let journal = open_in(dir, &d.chunks, false, false)?;
     if img.metadata()?.len() != d.size {
-        bail!("{} is {} bytes, the manifest says {}", d.image, img.metadata()?.len(), d.size);
+        bail!(
+            "{} is {} bytes, the manifest says {}",
+            d.image,
+            img.metadata()?.len(),
+            d.size
+        );
     }
     let mut whole = Sha256::new();
     let mut buf = vec![0u8; chunk as usize];

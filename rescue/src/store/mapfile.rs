@@ -93,7 +93,11 @@ impl Map {
 
     /// Total bytes with `status`.
     pub fn bytes(&self, status: Status) -> u64 {
-        self.runs.iter().filter(|r| r.2 == status).map(|r| r.1).sum()
+        self.runs
+            .iter()
+            .filter(|r| r.2 == status)
+            .map(|r| r.1)
+            .sum()
     }
 
     /// The runs with `status`.
@@ -149,7 +153,8 @@ impl Map {
                 u64::from_str_radix(s, 16).map_err(|_| format!("line {}: bad number", i + 1))
             };
             let (pos, len) = (num(f[0])?, num(f[1])?);
-            let st = Status::from_ch(f[2]).ok_or(format!("line {}: unknown status {}", i + 1, f[2]))?;
+            let st =
+                Status::from_ch(f[2]).ok_or(format!("line {}: unknown status {}", i + 1, f[2]))?;
             map.set(pos, len, st);
         }
         Ok(map)

@@ -45,7 +45,10 @@ impl BackupStatus {
     }
 
     pub fn is_complete(self) -> bool {
-        matches!(self, BackupStatus::Complete | BackupStatus::CompleteWithErrors)
+        matches!(
+            self,
+            BackupStatus::Complete | BackupStatus::CompleteWithErrors
+        )
     }
 }
 
@@ -330,17 +333,29 @@ impl Store {
 /// Rejects a BACKUP_BEGIN no honest sender produces.
 fn validate_begin(b: &BackupBegin) -> Result<()> {
     if !(64 * 1024..=8 * 1024 * 1024).contains(&b.chunk_size) || !b.chunk_size.is_power_of_two() {
-        bail!("chunk size {} is not a power of two between 64 KiB and 8 MiB", b.chunk_size);
+        bail!(
+            "chunk size {} is not a power of two between 64 KiB and 8 MiB",
+            b.chunk_size
+        );
     }
     if b.disks.is_empty() || b.disks.len() > 256 {
-        bail!("a backup must have between 1 and 256 disks, not {}", b.disks.len());
+        bail!(
+            "a backup must have between 1 and 256 disks, not {}",
+            b.disks.len()
+        );
     }
     for d in &b.disks {
         if d.size == 0 || d.size > (1u64 << 56) {
             bail!("disk {:?} has an impossible size {}", d.name, d.size);
         }
-        if !(512..=65536).contains(&d.logical_sector_size) || !d.logical_sector_size.is_power_of_two() {
-            bail!("disk {:?} has an impossible sector size {}", d.name, d.logical_sector_size);
+        if !(512..=65536).contains(&d.logical_sector_size)
+            || !d.logical_sector_size.is_power_of_two()
+        {
+            bail!(
+                "disk {:?} has an impossible sector size {}",
+                d.name,
+                d.logical_sector_size
+            );
         }
     }
     Ok(())
@@ -381,7 +396,8 @@ pub fn read_manifest(dir: &Path) -> Result<Manifest> {
 
 impl BackupDir {
     pub fn save(&self) -> Result<()> {
-        let mut data = serde_json::to_vec_pretty(&self.manifest).context("encoding the manifest")?;
+        let mut data =
+            serde_json::to_vec_pretty(&self.manifest).context("encoding the manifest")?;
         data.push(b'\n');
         util::write_atomic(&self.path.join(MANIFEST), &data)
     }

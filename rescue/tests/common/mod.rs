@@ -40,7 +40,10 @@ pub fn sparse_image(path: &Path, mib: u64, seed: u64) {
     let f = fs::File::create(path).unwrap();
     f.set_len(mib << 20).unwrap();
     use std::os::unix::fs::FileExt;
-    for (i, off) in [0u64, 3 << 20, (5 << 20) + 4097, (mib << 20) - 700].iter().enumerate() {
+    for (i, off) in [0u64, 3 << 20, (5 << 20) + 4097, (mib << 20) - 700]
+        .iter()
+        .enumerate()
+    {
         let data = random_bytes(if i == 1 { 300_000 } else { 600 }, seed + i as u64);
         f.write_all_at(&data, *off).unwrap();
     }
@@ -186,8 +189,12 @@ impl Proxy {
         let stop = Arc::new(AtomicBool::new(false));
         let c2s_bytes = Arc::new(AtomicU64::new(0));
         let faults = Arc::new(Mutex::new(faults));
-        let (stop2, bytes2, faults2, server) =
-            (stop.clone(), c2s_bytes.clone(), faults.clone(), server.to_path_buf());
+        let (stop2, bytes2, faults2, server) = (
+            stop.clone(),
+            c2s_bytes.clone(),
+            faults.clone(),
+            server.to_path_buf(),
+        );
         let handle = thread::spawn(move || {
             while !stop2.load(Ordering::SeqCst) {
                 let client = match l.accept() {
