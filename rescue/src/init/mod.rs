@@ -85,7 +85,11 @@ pub fn prepare<S: ModuleSys>(
             Some(l)
         }
         Err(e) => {
-            let _ = writeln!(out, "RESCUE: warning: no module loading: {e:#}");
+            let _ = writeln!(
+                out,
+                "RESCUE: warning: no module loading: {e:#}{}",
+                other_kernels_hint(root)
+            );
             None
         }
     };
@@ -113,6 +117,27 @@ pub fn prepare<S: ModuleSys>(
         drivers,
         disks,
         hostname,
+    }
+}
+
+/// When the modules directory for the running kernel is missing, the image was
+/// most likely built for another kernel: say which ones it has.
+fn other_kernels_hint(root: &Root) -> String {
+    let mut have: Vec<String> = std::fs::read_dir(root.path("/lib/modules"))
+        .map(|rd| {
+            rd.filter_map(|e| e.ok())
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .collect()
+        })
+        .unwrap_or_default();
+    have.sort();
+    if have.is_empty() {
+        String::new()
+    } else {
+        format!(
+            " (this image has modules for {}: was it built for another kernel?)",
+            have.join(", ")
+        )
     }
 }
 
