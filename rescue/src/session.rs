@@ -34,6 +34,9 @@ impl Session {
     }
 }
 
+/// A peer that sends nothing, not even its 2-second keepalive, for this long is gone.
+const PEER_SILENCE: Duration = Duration::from_secs(60);
+
 fn hello(role: Role, me: &Identity) -> Hello {
     Hello {
         protocol: PROTOCOL,
@@ -87,6 +90,7 @@ fn introduce(
         bail!("{m}");
     }
     eprintln!("connected to {}", theirs.identity.describe());
+    conn.set_liveness(PEER_SILENCE);
     Ok(theirs)
 }
 

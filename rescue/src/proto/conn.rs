@@ -89,6 +89,8 @@ pub struct Stats {
     pub bytes_in: AtomicU64,
     pub corrupt_frames: AtomicU64,
     pub skipped_bytes: AtomicU64,
+    /// When the last frame (any, keepalives included) arrived, in ms since the start.
+    pub last_rx_ms: AtomicU64,
 }
 
 pub struct Conn {
@@ -102,6 +104,9 @@ pub struct Conn {
     reply_cache: Option<(u8, u32, Header, Vec<u8>)>,
     closed: Option<Closed>,
     stream: Stream,
+    started: Instant,
+    /// After the handshake: a peer silent for this long is gone.
+    liveness: Option<Duration>,
 }
 
 fn classify(e: &io::Error) -> Closed {
@@ -121,7 +126,7 @@ impl Conn {
         let stats = Arc::new(Stats::default());
         let reader = stream.reader(stop.clone())?;
         let writer: Arc<Mutex<Box<dyn Write + Send>>> = Arc::new(Mutex::new(stream.writer()?));
-        let last_tx = Arc::new(Mutex::new(Instant::now()));
+        let started = Instant::now();
 
         let mut threads = Vec::new();
         {
@@ -130,7 +135,7 @@ impl Conn {
             threads.push(
                 thread::Builder::new()
                     .name("rx".into())
-                    .spawn(move || read_loop(reader, sender, stats))?,
+                    .spawn(move || read_loop(reader, sender, stats, started))?,
             );
         }
         {
@@ -139,7 +144,7 @@ impl Conn {
             threads.push(
                 thread::Builder::new()
                     .name("keepalive".into())
-                    .spawn(move || keepalive_loop(writer, stop, last_tx))?,
+                    .spawn(move || keepalive_loop(writer, stop))?,
             );
         }
         Ok(Conn {
@@ -152,6 +157,8 @@ impl Conn {
             reply_cache: None,
             closed: None,
             stream,
+            started,
+            liveness: None,
         })
     }
 
@@ -212,10 +219,36 @@ impl Conn {
         );
     }
 
+    /// From now on, a peer that sends nothing (not even keepalives) for `limit`
+    /// is treated as gone.
+    pub fn set_liveness(&mut self, limit: Duration) {
+        self.stats
+            .last_rx_ms
+            .store(self.started.elapsed().as_millis() as u64, Ordering::Relaxed);
+        self.liveness = Some(limit);
+    }
+
+    fn silent_for(&self) -> Duration {
+        let last = self.stats.last_rx_ms.load(Ordering::Relaxed);
+        self.started
+            .elapsed()
+            .saturating_sub(Duration::from_millis(last))
+    }
+
     /// Waits for the next event. `None` after `timeout`.
     pub fn next_event(&mut self, timeout: Duration) -> Option<Event> {
         if let Some(c) = &self.closed {
             return Some(Event::Closed(c.clone()));
+        }
+        if let Some(limit) = self.liveness
+            && self.silent_for() > limit
+        {
+            let c = Closed::Gone(format!(
+                "no word from the peer for {}s",
+                self.silent_for().as_secs()
+            ));
+            self.closed = Some(c.clone());
+            return Some(Event::Closed(c));
         }
         match self.events.recv_timeout(timeout) {
             Ok(Event::Closed(c)) => {
@@ -358,7 +391,12 @@ pub fn peer_error(f: &Frame) -> anyhow::Error {
     }
 }
 
-fn read_loop(reader: Box<dyn Read + Send>, sender: SyncSender<Event>, stats: Arc<Stats>) {
+fn read_loop(
+    reader: Box<dyn Read + Send>,
+    sender: SyncSender<Event>,
+    stats: Arc<Stats>,
+    started: Instant,
+) {
     let mut fr = FrameReader::new(reader);
     loop {
         let ev = match fr.read_frame() {
@@ -368,6 +406,9 @@ fn read_loop(reader: Box<dyn Read + Send>, sender: SyncSender<Event>, stats: Arc
                     Ordering::Relaxed,
                 );
                 stats.skipped_bytes.store(fr.skipped, Ordering::Relaxed);
+                stats
+                    .last_rx_ms
+                    .store(started.elapsed().as_millis() as u64, Ordering::Relaxed);
                 if f.header.kind == kind::PING && f.intact {
                     continue;
                 }
@@ -390,11 +431,7 @@ fn read_loop(reader: Box<dyn Read + Send>, sender: SyncSender<Event>, stats: Arc
     }
 }
 
-fn keepalive_loop(
-    writer: Arc<Mutex<Box<dyn Write + Send>>>,
-    stop: Arc<AtomicBool>,
-    _last_tx: Arc<Mutex<Instant>>,
-) {
+fn keepalive_loop(writer: Arc<Mutex<Box<dyn Write + Send>>>, stop: Arc<AtomicBool>) {
     let mut next = Instant::now() + KEEPALIVE;
     while !stop.load(Ordering::SeqCst) {
         thread::sleep(Duration::from_millis(100));
