@@ -265,8 +265,8 @@ class Cable:
             raise VMError(f"cable-ctl {' '.join(args)} failed (rc={r.returncode}): {r.stderr.strip()}")
         return r.stdout
 
-    def qemu_args(self, dev_id: str, side: str) -> list[str]:
-        # The side a/b rule is usb4vcable's (kmod/README.md): see VM.cable_device_args.
+    def qemu_args(self, dev_id: str) -> list[str]:
+        # Which side a VM takes is usb4vcable's side= parameter (see VM.start).
         return [
             "-object", f"memory-backend-file,id={dev_id},share=on,mem-path={self.path},size={self.size}",
             "-device", f"ivshmem-plain,memdev={dev_id},id={dev_id}dev",
@@ -438,8 +438,6 @@ class _Chan:
 class VM:
     """One QEMU VM with a serial console captured to a log file and typed into by send()."""
 
-    _ids = itertools.count(1)
-
     def __init__(self, name: str, workdir: str | Path, memory: int = 512, smp: int = 1,
                  accel: str | None = None, qemu: str = QEMU, extra_args: list[str] | None = None):
         self.name = name
@@ -485,16 +483,17 @@ class VM:
         cmd += self.console.qemu_args() + self.cmdchan.qemu_args()
         for i, d in enumerate(disks or []):
             cmd += d.qemu_args(i, self.workdir, self.name)
-        for i, (cable, side) in enumerate(cables or []):
+        for i, (cable, _side) in enumerate(cables or []):
             if not cable.created:
                 cable.create()
-            cmd += self.cable_device_args(cable, side, i)
+            cmd += cable.qemu_args(f"cable{i}")
         cmd += self.extra_args
         self.cmdline = cmd
         (self.workdir / f"{self.name}.cmdline").write_text(shlex.join(cmd) + "\n")
-        self.proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                                     stderr=open(self.stderr_path, "wb"),
-                                     start_new_session=True, preexec_fn=_set_pdeathsig)
+        with open(self.stderr_path, "wb") as err:
+            self.proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                                         stderr=err, start_new_session=True,
+                                         preexec_fn=_set_pdeathsig)
         try:
             deadline = time.monotonic() + 10
             for ch in (self.console, self.cmdchan):
@@ -507,10 +506,6 @@ class VM:
             self._deadline_timer.daemon = True
             self._deadline_timer.start()
         return self
-
-    def cable_device_args(self, cable: Cable, side: str, idx: int) -> list[str]:
-        """QEMU arguments for cable `idx` of this VM, plugged in as `side` ('a' or 'b')."""
-        return cable.qemu_args(f"cable{idx}", side)
 
     def _deadline(self):
         if self.alive():

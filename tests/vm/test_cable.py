@@ -15,13 +15,13 @@ Every test fails if a guest's kernel log shows Oops / BUG: / WARNING: / Call Tra
 """
 from __future__ import annotations
 
-import os
 import re
 import sys
 import time
 import unittest
 from pathlib import Path
 
+sys.dont_write_bytecode = True   # no __pycache__ in the source tree
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from harness import (CFS, MiB, TBDEV, Disk, VMTestCase, field, log,  # noqa: E402
