@@ -433,3 +433,38 @@ fn store_found_by_label_uuid_and_path() {
     assert!(dir.is_dir());
     assert_eq!(asked, vec!["vfat"]);
 }
+
+#[test]
+fn system_backend_reads_peer_and_identity_from_the_bus() {
+    use rescue::init::system::System;
+    use rescue::modload::DryRun;
+    let t = tempfile::tempdir().unwrap();
+    let r = t.path();
+    let dev = r.join("sys/bus/thunderbolt/devices");
+    let root = Root::new(r);
+    let mut sys: System<DryRun> = System::new(root.clone(), None, None);
+    assert!(matches!(sys.peer(), Peer::NoFabric(_)));
+    fs::create_dir_all(dev.join("domain0")).unwrap();
+    write(
+        &dev.join("0-0/unique_id"),
+        b"11111111-2222-3333-4444-555555555555\n",
+    );
+    assert_eq!(sys.peer(), Peer::Waiting);
+    assert_eq!(
+        sys.identity().as_deref(),
+        Some("USB4 host 11111111-2222-3333-4444-555555555555 (domain0)")
+    );
+    write(&dev.join("0-1/device_name"), b"hostB\n");
+    write(&dev.join("0-1/maxhopid"), b"15\n");
+    write(&dev.join("0-1.0/key"), b"stream\n");
+    write(&dev.join("0-1.0/prtcid"), b"1\n");
+    assert_eq!(
+        sys.peer(),
+        Peer::Found {
+            name: "hostB".into(),
+            service: "0-1.0".into()
+        }
+    );
+    // Power actions refuse on anything but the real root as PID 1.
+    assert!(sys.power(Power::Reboot).is_err());
+}

@@ -45,6 +45,10 @@ pub enum Power {
 /// Everything the menu and the boot flow need from the machine.
 pub trait Backend {
     fn hostname(&self) -> String;
+    /// How peers see this machine on the cable (its USB4 host UUID), if known.
+    fn identity(&mut self) -> Option<String> {
+        None
+    }
     /// The `rescue disks` table.
     fn disks_table(&mut self) -> String;
     /// Names of the disks a backup would send by default.
@@ -151,9 +155,13 @@ impl<'a, R: BufRead, W: Write> Menu<'a, R, W> {
         let host = self.backend.hostname();
         let table = self.backend.disks_table();
         let peer = self.backend.peer();
+        let ident = self.backend.identity();
         let o = &mut self.out;
         let _ = writeln!(o);
         let _ = writeln!(o, "==== usb4rescue on {host} ====");
+        if let Some(i) = ident {
+            let _ = writeln!(o, "This machine on the cable: {i}");
+        }
         let _ = writeln!(o, "Disks of this machine:");
         let _ = write!(o, "{table}");
         if !table.ends_with('\n') {

@@ -61,6 +61,12 @@ impl<S: ModuleSys> Backend for System<S> {
             .unwrap_or_else(|| "(unknown)".into())
     }
 
+    fn identity(&mut self) -> Option<String> {
+        let d = bus::domains(&self.root).into_iter().next()?;
+        let uuid = bus::local_uuid(&self.root, d.index)?;
+        Some(format!("USB4 host {uuid} (domain{})", d.index))
+    }
+
     fn disks_table(&mut self) -> String {
         match disks::list(&self.root, false) {
             Ok(d) => disks::render_table(&d),
