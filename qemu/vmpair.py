@@ -24,9 +24,8 @@ The kernel command line always gets console=ttyS0 panic=-1 (a panic ends QEMU, w
 -no-reboot) and vm.name=<name> (hostname in the test initramfs).
 
 Three VMs: B in the middle gets two cables, one ivshmem device each; usb4vcable makes
-one domain per device (domain0, domain1). Its side= parameter is per module, so B is
-side "b" of both cables (cables "ab" and "cb"); usb4vcable.side=<s> is added to a VM's
-command line when all its cables share side <s>.
+one domain per device (domain0, domain1). usb4vcable.side=<s1>,<s2>... (the side of each
+cable, in order) is added to every VM's command line.
 
 Clean-up: a VM's QEMU dies with the Python process (PR_SET_PDEATHSIG), is killed on
 close()/context exit/atexit/SIGTERM/SIGINT and by its own deadline (timeout=). Cable
@@ -474,12 +473,13 @@ class VM:
                "-kernel", kernel]
         if initrd:
             cmd += ["-initrd", initrd]
-        sides = {side for _, side in cables or []}
-        if len(sides) == 1 and "usb4vcable.side=" not in append:
-            # usb4vcable's side= parameter applies to all its cables: set it when they agree,
-            # else leave "auto" (first free side of each cable).
-            append = f"usb4vcable.side={sides.pop()} {append}"
-        cmd += ["-append", f"console=ttyS0 panic=-1 loglevel=5 vm.name={self.name} {append}".strip()]
+        if cables and "usb4vcable.side=" not in append:
+            # usb4vcable's side= lists the side of each cable in probe (PCI) order, which is
+            # the order of the ivshmem devices below.
+            append = f"usb4vcable.side={','.join(side for _, side in cables)} {append}"
+        # no_timer_check: a loaded host can make TCG fail the kernel's IO-APIC timer check.
+        cmd += ["-append", f"console=ttyS0 panic=-1 no_timer_check loglevel=5 "
+                           f"vm.name={self.name} {append}".strip()]
         cmd += self.console.qemu_args() + self.cmdchan.qemu_args()
         for i, d in enumerate(disks or []):
             cmd += d.qemu_args(i, self.workdir, self.name)
@@ -694,7 +694,7 @@ def main(argv=None):
   vmpair.py up --kernel K/vmlinuz --initrd I.cpio --console a
   # run commands in the test initramfs' command loop, then stop:
   vmpair.py up --kernel K/vmlinuz --initrd I.cpio --run a='ls /sys/bus/thunderbolt/devices'
-  # three VMs a-b-c: b has two cables ("ab" and "cb", side b of both)
+  # three VMs a-b-c: b has two cables ("ab" as side b, "bc" as side a)
   vmpair.py up --vms 3 ... --console b
   vmpair.py probe-kvm --kernel K/vmlinuz      # does KVM really work here?
   vmpair.py cleanup                           # remove stale /dev/shm/usb4rescue-* files
@@ -734,9 +734,8 @@ env: USB4RESCUE_KVM=1 (try KVM), USB4RESCUE_CABLE_CTL, USB4RESCUE_KEEP=1 (keep l
         vms = {n: rig.vm(n) for n in names}
         cables: dict[str, list] = {n: [] for n in names}
         if not a.no_cable:
-            # a -- b -- c: b is side "b" of both cables (ab and cb), so one usb4vcable.side
-            # value fits every VM.
-            for x, y in (("a", "b"), ("c", "b"))[: a.vms - 1]:
+            # a -- b -- c: cable "ab" (a is side a) and cable "bc" (b is side a).
+            for x, y in (("a", "b"), ("b", "c"))[: a.vms - 1]:
                 c = rig.cable(x + y, a.cable_size)
                 cables[x].append((c, "a"))
                 cables[y].append((c, "b"))

@@ -404,7 +404,7 @@ class ChainTest(VMTestCase):
     """Three VMs: alpha -- bravo -- charlie; bravo has two cables (two domains)."""
 
     vm_names = ("alpha", "bravo", "charlie")
-    cables = (("alpha", "bravo"), ("charlie", "bravo"))
+    cables = (("alpha", "bravo"), ("bravo", "charlie"))   # bravo: side b, then side a
 
     def test_01_two_cables(self):
         out = self.sh("bravo", f"""waitfor 60 sh -c '[ $(ls -d {TBDEV}/*.* 2>/dev/null | wc -l) -ge 2 ]' || exit 1
