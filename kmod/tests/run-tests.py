@@ -394,6 +394,64 @@ def t_refuse_with_thunderbolt(rig):
           "usb4vcable loaded next to thunderbolt")
 
 
+@test
+def t_restart_auto(rig):
+    a = rig.vm("alpha")
+    b = rig.vm("beta")
+    rig.wait_ready()
+    wait_link(a)
+    b.kill()
+    wait_link(a, False, 5)
+    c = rig.vm("gamma")
+    c.wait_for("@@READY", 90)
+    t = time.time()
+    wait_link(c, True, 15)
+    print(f"restarted peer linked after {time.time() - t:.1f}s;",
+          sh(a, f"cat {TB}/0-1/device_name"), rig.ctl("status").splitlines()[3:6])
+    check(sh(a, f"cat {TB}/0-1/device_name") == "gamma", "peer name after restart")
+    bi = setup_recv(c)
+    ai = setup_send(a)
+    bg(c, "rx", f"cat /dev/tbstream{bi}")
+    time.sleep(0.5)
+    sh(a, f"echo hi > /dev/tbstream{ai}")
+    rc, out = bgwait(c, "rx", 20)
+    check(out == "hi", f"data after restart: {out!r}")
+
+
+@test
+def t_three_vms(rig):
+    bc = rig.shm + "-bc"
+    rig.ctl("init", "--size", str(rig.size), shm=bc)
+    a = rig.vm("alpha", "", cables=[rig.shm])
+    b = rig.vm("beta", "", cables=[rig.shm, bc])
+    c = rig.vm("gamma", "", cables=[bc])
+    rig.wait_ready()
+    wait_link(a)
+    wait_link(b)
+    end = time.time() + 20
+    while sh(b, f"test -e {TB}/1-1.0 && echo y") != "y":
+        check(time.time() < end, "1-1.0 missing on beta")
+        time.sleep(0.3)
+    print(sh(b, f"ls {TB}; cat {TB}/0-1/device_name {TB}/1-1/device_name"))
+    names = sh(b, f"cat {TB}/0-1/device_name {TB}/1-1/device_name").split()
+    check(sorted(names) == ["alpha", "gamma"], f"peers of beta: {names}")
+    # a stream on each domain at once
+    svc = {"alpha": "0-1.0", "gamma": "1-1.0"}
+    for peer_vm in (a, c):
+        bsvc = svc[peer_vm.name] if names[0] == peer_vm.name or names[1] == peer_vm.name else None
+        bsvc = "0-1.0" if names[0] == peer_vm.name else "1-1.0"
+        pi = sh(peer_vm, f"mkdir -p {CFS}/0-1.0/d && echo -1 > {CFS}/0-1.0/d/in_hopid && "
+                f"echo -1 > {CFS}/0-1.0/d/out_hopid && cat {CFS}/0-1.0/d/index")
+        bidx = sh(b, f"mkdir -p {CFS}/{bsvc}/d && cat {CFS}/{bsvc}/d/index {CFS}/{bsvc}/d/out_hopid")
+        bi, bout = bidx.split()
+        check(int(bout) > 0, f"beta {bsvc}: HopIDs not adopted")
+        bg(peer_vm, "rx", f"cat /dev/tbstream{pi}")
+        time.sleep(0.5)
+        sh(b, f"echo to-{peer_vm.name} > /dev/tbstream{bi}")
+        rc, out = bgwait(peer_vm, "rx", 20)
+        check(out == f"to-{peer_vm.name}", f"{peer_vm.name} got {out!r}")
+
+
 def main():
     args = sys.argv[1:]
     if "--list" in args:
