@@ -13,12 +13,14 @@ fn main() -> ExitCode {
         rescue::init::main();
     }
     let cli = Cli::parse();
-    if let Command::Init(_) = cli.command {
-        rescue::init::main();
-    }
     rescue::signals::install();
     let root = Root::new(&cli.root);
-    match rescue::app::run(&root, cli.command) {
+    let result = match &cli.command {
+        // Outside PID 1, `rescue init` is a dry run against --root (tests).
+        Command::Init(args) => rescue::init::command(&root, args),
+        _ => rescue::app::run(&root, cli.command),
+    };
+    match result {
         Ok(code) => ExitCode::from(code),
         Err(e) => {
             eprintln!("rescue: {e:#}");

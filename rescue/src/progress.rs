@@ -19,9 +19,14 @@ pub enum Mode {
 }
 
 impl Mode {
-    /// Bars when stderr is a terminal, plain lines otherwise.
+    /// Bars when stderr is a terminal, plain lines otherwise. As PID 1 the
+    /// terminal is the kernel console, often a serial line read by a log or a
+    /// test: plain lines there too.
     pub fn detect() -> Mode {
-        if std::env::var_os("RESCUE_PLAIN").is_some() || !std::io::stderr().is_terminal() {
+        if std::env::var_os("RESCUE_PLAIN").is_some()
+            || !std::io::stderr().is_terminal()
+            || std::process::id() == 1
+        {
             Mode::Lines
         } else {
             Mode::Bars

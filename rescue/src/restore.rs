@@ -186,7 +186,7 @@ impl Sink for TargetSink {
             return punch_or_zero(&self.file, c.offset, u64::from(c.len));
         }
         self.file
-            .write_all_at(&c.data, c.offset)
+            .write_all_at(c.bytes(), c.offset)
             .with_context(|| format!("writing at offset {}", c.offset))
     }
 

@@ -233,11 +233,12 @@ fn send_chunk(conn: &Conn, disk: u32, c: &OutChunk) -> Result<()> {
     if c.zero {
         h.flags |= FLAG_ZERO;
     }
-    let mut payload = ChunkBody::encode_prefix(&c.sha256, c.len, &c.bad);
-    if !c.zero {
-        payload.extend_from_slice(&c.data);
+    let prefix = ChunkBody::encode_prefix(&c.sha256, c.len, &c.bad);
+    if c.zero {
+        conn.send(h, &prefix)
+    } else {
+        conn.send_parts(h, &[&prefix, &c.data])
     }
-    conn.send(h, &payload)
 }
 
 fn send_loop(
@@ -336,7 +337,16 @@ pub struct Verified {
     pub zero: bool,
     pub sha256: [u8; 32],
     pub bad: Vec<(u32, u32)>,
-    pub data: Arc<Vec<u8>>,
+    /// The frame payload; the chunk's bytes are `payload[start..]`.
+    pub payload: Arc<Vec<u8>>,
+    pub start: usize,
+}
+
+impl Verified {
+    /// The chunk's data (empty for a zero chunk).
+    pub fn bytes(&self) -> &[u8] {
+        &self.payload[self.start..]
+    }
 }
 
 /// Where verified chunks go (the store, or a disk being restored).
@@ -477,7 +487,7 @@ fn hash_in_order(rx: Receiver<Verified>) -> (u64, bool, [u8; 32]) {
         if c.zero {
             hash_zeros(&mut h, u64::from(c.len));
         } else {
-            h.update(&c.data[..]);
+            h.update(c.bytes());
         }
         pos += u64::from(c.len);
     }
@@ -546,7 +556,8 @@ pub fn receive_disk<S: Sink + 'static>(
         match f.header.kind {
             kind::CHUNK if f.header.disk == disk => {
                 if f.header.offset == next_off && next < geo.count() {
-                    match accept(&f, geo, next) {
+                    let at = f.header.offset;
+                    match accept(f, geo, next) {
                         Ok(v) => {
                             let len = u64::from(v.len);
                             pipe.submit(v)?;
@@ -562,8 +573,7 @@ pub fn receive_disk<S: Sink + 'static>(
                         Err(Reject::Damaged(why)) => {
                             damaged += 1;
                             bar.println(&format!(
-                                "chunk at offset {} failed verification ({why}): asking for it again",
-                                f.header.offset
+                                "chunk at offset {at} failed verification ({why}): asking for it again"
                             ));
                             nak(conn, next_off, true)?;
                         }
@@ -593,9 +603,10 @@ pub fn receive_disk<S: Sink + 'static>(
     }
 }
 
-fn accept(f: &Frame, geo: Geometry, index: u64) -> std::result::Result<Verified, Reject> {
+fn accept(f: Frame, geo: Geometry, index: u64) -> std::result::Result<Verified, Reject> {
     let zero = f.header.flags & FLAG_ZERO != 0;
-    let body = ChunkBody::decode(f.payload.clone(), zero, geo.chunk).map_err(Reject::Damaged)?;
+    let offset = f.header.offset;
+    let body = ChunkBody::decode(f.payload, zero, geo.chunk).map_err(Reject::Damaged)?;
     let want = geo.len_of(index);
     if body.len != want {
         return Err(Reject::Damaged(format!(
@@ -603,16 +614,17 @@ fn accept(f: &Frame, geo: Geometry, index: u64) -> std::result::Result<Verified,
             body.len
         )));
     }
-    if !zero && sha256(&body.data) != body.sha256 {
+    if !zero && sha256(body.data()) != body.sha256 {
         return Err(Reject::Damaged("SHA-256 mismatch".into()));
     }
     Ok(Verified {
-        offset: f.header.offset,
+        offset,
         len: body.len,
         zero,
         sha256: body.sha256,
         bad: body.bad,
-        data: Arc::new(body.data),
+        start: body.start,
+        payload: Arc::new(body.payload),
     })
 }
 

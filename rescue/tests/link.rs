@@ -110,7 +110,8 @@ impl Kernel {
             for s in streams.flatten() {
                 let p = s.path();
                 let name = s.file_name().to_string_lossy().into_owned();
-                if !seen.contains_key(&p) {
+                // A group removed and made again between two ticks has lost its files.
+                if !seen.contains_key(&p) || !p.join("index").exists() {
                     // mkdir: attach now and adopt what the peer published, reversed.
                     let idx = *next_index;
                     *next_index += 1;

@@ -175,6 +175,11 @@ fn pick_service(root: &Root, opts: &LinkOpts) -> Result<String> {
                 .into());
             }
         }
+        if crate::signals::cancelled() {
+            return Err(
+                Exit::new(exit::INTERRUPTED, "interrupted while waiting for a peer").into(),
+            );
+        }
         if opts.wait.is_some_and(|w| start.elapsed() >= w) {
             return Err(Exit::new(
                 exit::PEER_GONE,
@@ -318,6 +323,13 @@ impl Link {
                     })?;
                 }
                 published = true;
+            }
+            if crate::signals::cancelled() {
+                return Err(Exit::new(
+                    exit::INTERRUPTED,
+                    "interrupted while setting the stream up",
+                )
+                .into());
             }
             if wait.is_some_and(|w| start.elapsed() >= w) {
                 return Err(Exit::new(

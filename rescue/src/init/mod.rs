@@ -362,6 +362,7 @@ pub fn main() -> ! {
     let mount_errors = mounts::mount_early();
     let console = console::setup(&root);
     start_reaper();
+    crate::signals::install_cancel();
     let mut out = std::io::stdout();
     let _ = writeln!(
         out,

@@ -169,11 +169,16 @@ impl Conn {
 
     /// Sends one frame.
     pub fn send(&self, header: Header, payload: &[u8]) -> Result<()> {
+        self.send_parts(header, &[payload])
+    }
+
+    /// Sends one frame whose payload is `parts` one after the other.
+    pub fn send_parts(&self, header: Header, parts: &[&[u8]]) -> Result<()> {
         let mut w = self
             .writer
             .lock()
             .map_err(|_| anyhow::anyhow!("writer lock poisoned"))?;
-        if let Err(e) = frame::write_frame(&mut *w, header, payload) {
+        if let Err(e) = frame::write_frame_parts(&mut *w, header, parts) {
             drop(w);
             // The peer often says why before it hangs up (disk full): prefer that.
             if let Some(err) = self.pending_error() {
@@ -181,10 +186,10 @@ impl Conn {
             }
             return Err(classify(&e).into_error("sending"));
         }
-        self.stats.bytes_out.fetch_add(
-            (frame::HEADER_LEN + payload.len()) as u64,
-            Ordering::Relaxed,
-        );
+        let len: usize = parts.iter().map(|p| p.len()).sum();
+        self.stats
+            .bytes_out
+            .fetch_add((frame::HEADER_LEN + len) as u64, Ordering::Relaxed);
         Ok(())
     }
 
@@ -239,6 +244,10 @@ impl Conn {
     pub fn next_event(&mut self, timeout: Duration) -> Option<Event> {
         if let Some(c) = &self.closed {
             return Some(Event::Closed(c.clone()));
+        }
+        if crate::signals::cancelled() {
+            self.closed = Some(Closed::Stopped);
+            return Some(Event::Closed(Closed::Stopped));
         }
         if let Some(limit) = self.liveness
             && self.silent_for() > limit

@@ -214,23 +214,42 @@ impl<R: Read> FrameReader<R> {
 }
 
 /// Writes one frame: header then payload, with the payload CRC filled in.
-pub fn write_frame<W: Write>(w: &mut W, mut header: Header, payload: &[u8]) -> io::Result<()> {
-    header.len = u32::try_from(payload.len())
+pub fn write_frame<W: Write>(w: &mut W, header: Header, payload: &[u8]) -> io::Result<()> {
+    write_frame_parts(w, header, &[payload])
+}
+
+/// Writes one frame whose payload is the concatenation of `parts`, without
+/// copying them together first (a chunk's data is a megabyte).
+pub fn write_frame_parts<W: Write>(
+    w: &mut W,
+    mut header: Header,
+    parts: &[&[u8]],
+) -> io::Result<()> {
+    let total: usize = parts.iter().map(|p| p.len()).sum();
+    header.len = u32::try_from(total)
         .ok()
         .filter(|&l| l <= MAX_PAYLOAD)
         .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "frame payload too large"))?;
-    header.payload_crc = crc32fast::hash(payload);
-    let h = header.encode();
-    if payload.len() <= 64 * 1024 {
-        // One write for small frames: fewer syscalls, and the stream device sends
-        // each write as its own set of 4 KiB frames.
-        let mut v = Vec::with_capacity(HEADER_LEN + payload.len());
-        v.extend_from_slice(&h);
-        v.extend_from_slice(payload);
-        w.write_all(&v)?;
-    } else {
-        w.write_all(&h)?;
-        w.write_all(payload)?;
+    let mut crc = crc32fast::Hasher::new();
+    for p in parts {
+        crc.update(p);
+    }
+    header.payload_crc = crc.finalize();
+    // Header and small parts go out in one write: fewer syscalls, and the stream
+    // device turns every write into its own 4 KiB frames.
+    let mut small = Vec::with_capacity(HEADER_LEN + 4096);
+    small.extend_from_slice(&header.encode());
+    for p in parts {
+        if p.len() <= 64 * 1024 {
+            small.extend_from_slice(p);
+        } else {
+            w.write_all(&small)?;
+            small.clear();
+            w.write_all(p)?;
+        }
+    }
+    if !small.is_empty() {
+        w.write_all(&small)?;
     }
     Ok(())
 }

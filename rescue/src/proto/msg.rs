@@ -265,8 +265,10 @@ pub struct ChunkBody {
     pub len: u32,
     /// Unreadable byte ranges inside the chunk, relative to its start (filled with zeros).
     pub bad: Vec<(u32, u32)>,
-    /// Empty for a zero chunk (FLAG_ZERO).
-    pub data: Vec<u8>,
+    /// The whole payload; the chunk's data is `payload[start..]` (kept in place
+    /// rather than moved: it is a megabyte per chunk).
+    pub payload: Vec<u8>,
+    pub start: usize,
 }
 
 pub const CHUNK_FIXED: usize = 32 + 4 + 4;
@@ -274,6 +276,11 @@ pub const CHUNK_FIXED: usize = 32 + 4 + 4;
 const MAX_BAD_RANGES: usize = 16 * 1024;
 
 impl ChunkBody {
+    /// The chunk's data (empty for a zero chunk).
+    pub fn data(&self) -> &[u8] {
+        &self.payload[self.start..]
+    }
+
     /// Serialises digest, length and bad ranges, followed by `data`.
     pub fn encode_prefix(sha256: &[u8; 32], len: u32, bad: &[(u32, u32)]) -> Vec<u8> {
         let mut v = Vec::with_capacity(CHUNK_FIXED + bad.len() * 8);
@@ -289,7 +296,7 @@ impl ChunkBody {
 
     /// Parses a chunk body; `zero` says whether data is expected. Every length is
     /// checked against the payload, so hostile input gives an error, not a panic.
-    pub fn decode(mut payload: Vec<u8>, zero: bool, max_len: u32) -> Result<ChunkBody, String> {
+    pub fn decode(payload: Vec<u8>, zero: bool, max_len: u32) -> Result<ChunkBody, String> {
         if payload.len() < CHUNK_FIXED {
             return Err(format!("chunk body too short ({} bytes)", payload.len()));
         }
@@ -322,22 +329,18 @@ impl ChunkBody {
         }
         let data_start = CHUNK_FIXED + nbad * 8;
         let data_len = payload.len() - data_start;
-        if zero {
-            if data_len != 0 {
-                return Err("zero chunk carries data".into());
-            }
-            payload.clear();
-        } else {
-            if data_len != len as usize {
-                return Err(format!("chunk says {len} bytes but carries {data_len}"));
-            }
-            payload.drain(..data_start);
+        if zero && data_len != 0 {
+            return Err("zero chunk carries data".into());
+        }
+        if !zero && data_len != len as usize {
+            return Err(format!("chunk says {len} bytes but carries {data_len}"));
         }
         Ok(ChunkBody {
             sha256,
             len,
             bad,
-            data: payload,
+            payload,
+            start: data_start,
         })
     }
 }
@@ -352,7 +355,7 @@ mod tests {
         let mut p = ChunkBody::encode_prefix(&sha, 4, &[(1, 2)]);
         p.extend_from_slice(b"abcd");
         let c = ChunkBody::decode(p, false, 1 << 20).unwrap();
-        assert_eq!(c.data, b"abcd");
+        assert_eq!(c.data(), b"abcd");
         assert_eq!(c.bad, vec![(1, 2)]);
         assert_eq!(c.sha256, sha);
     }

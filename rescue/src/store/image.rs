@@ -238,7 +238,7 @@ impl Sink for ImageSink {
             }
             self.zeros.get(c.len)
         } else {
-            self.write_data(c.offset, &c.data).map_err(|e| {
+            self.write_data(c.offset, c.bytes()).map_err(|e| {
                 let e = anyhow::Error::new(e);
                 if is_enospc(&e) {
                     e.context(format!(
