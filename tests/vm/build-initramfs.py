@@ -18,17 +18,20 @@ tree; configfs is a module in Debian's 7.3 kernel, not built in) and every --ko 
 (e.g. usb4vcable.ko), whose dependencies are read from its .modinfo and resolved in
 modules.dep. A module whose vermagic does not match the kernel is refused.
 
-Output: FILE (default ${USB4RESCUE_CACHE:-/var/cache/usb4rescue}/initramfs/vm-test-<kver>.cpio),
-written atomically and reproducibly (fixed mtimes, sorted). The path is printed last.
-Never commit the output.
+Output: FILE, or by default ${USB4RESCUE_CACHE:-/var/cache/usb4rescue}/initramfs/
+vm-test-<kver>-<sha256 prefix>.cpio (named by content, so parallel runs never replace an
+image a running VM uses; unused ones are pruned after 2 days). Written atomically and
+reproducibly (fixed mtimes, sorted). The path is printed last. Never commit the output.
 """
 import argparse
+import hashlib
 import lzma
 import os
 import shutil
 import stat
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
@@ -219,9 +222,27 @@ def main():
         names.append(n)
     c.file("lib/modules/load.list", ("\n".join(names) + "\n").encode())
 
-    out = a.out or Path(os.environ.get("USB4RESCUE_CACHE", "/var/cache/usb4rescue")) / "initramfs" / f"vm-test-{kver}.cpio"
-    out.parent.mkdir(parents=True, exist_ok=True)
     blob = c.bytes()
+    if a.out:
+        out = a.out
+    else:
+        # Named by content: runs in parallel (CI, a developer) never replace each other's
+        # image under a running VM. Images unused for 2 days are pruned.
+        d = Path(os.environ.get("USB4RESCUE_CACHE", "/var/cache/usb4rescue")) / "initramfs"
+        out = d / f"vm-test-{kver}-{hashlib.sha256(blob).hexdigest()[:12]}.cpio"
+        if d.is_dir():
+            for old in d.glob("vm-test-*.cpio"):
+                try:
+                    if old != out and time.time() - old.stat().st_mtime > 2 * 86400:
+                        old.unlink()
+                except FileNotFoundError:
+                    pass
+        if out.is_file() and out.stat().st_size == len(blob):
+            os.utime(out)
+            log(f"{out}: unchanged, modules: {' '.join(names)}")
+            print(out)
+            return
+    out.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=out.parent, prefix=".initramfs.")
     with os.fdopen(fd, "wb") as f:
         f.write(blob)

@@ -54,9 +54,24 @@ KVER=$(basename "$KDIR")
 log "kernel $KVER ($KDIR)"
 
 # 2. usb4vcable.ko
+# build-kmod.sh builds in a fixed directory of the shared build root: serialise our
+# calls, and try once more when a build from elsewhere pulled that directory away.
+build_kmod() {
+    mkdir -p "$CACHE/kmod"
+    if command -v flock >/dev/null 2>&1; then
+        flock -w 900 "$CACHE/kmod/.run-cable-tests.lock" "$TOP/scripts/build-kmod.sh"
+    else
+        "$TOP/scripts/build-kmod.sh"
+    fi
+}
 KO=
 if [ -x "$TOP/scripts/build-kmod.sh" ]; then
-    KO=$("$TOP/scripts/build-kmod.sh" | tail -n1)
+    KO=$(build_kmod | tail -n1)
+    if [ -z "$KO" ] || [ ! -f "$KO" ]; then
+        log "build-kmod.sh failed; trying once more in 5 s (a concurrent build can break it)"
+        sleep 5
+        KO=$(build_kmod | tail -n1)
+    fi
     if [ -z "$KO" ] || [ ! -f "$KO" ]; then
         fail_step "scripts/build-kmod.sh did not produce usb4vcable.ko (see its output above)"
         KO=
@@ -88,8 +103,8 @@ fi
 # 4. initramfs
 ko_args=()
 [ -n "$KO" ] && ko_args=(--ko "$KO")
-INITRD=$(python3 "$HERE/build-initramfs.py" --kernel-dir "$KDIR" "${ko_args[@]}" \
-         --out "$CACHE/initramfs/vm-cable-test-$KVER.cpio" | tail -n1) && [ -f "$INITRD" ] ||
+INITRD=$(python3 "$HERE/build-initramfs.py" --kernel-dir "$KDIR" "${ko_args[@]}" | tail -n1) &&
+    [ -f "$INITRD" ] ||
     { log "tests/vm/build-initramfs.py failed"; finish 0 $((setup_failures + 1)); }
 log "initramfs $INITRD; set-up took $(( $(date +%s) - t_start ))s"
 
