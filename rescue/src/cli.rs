@@ -96,7 +96,7 @@ pub struct StatusArgs {
 
 #[derive(Debug, Clone, Args, Default)]
 pub struct DisksArgs {
-    /// Also show loop, ram, zram and optical devices.
+    /// Also show loop, ram, zram, optical and stacked (device-mapper, md RAID) devices.
     #[arg(long)]
     pub all: bool,
     /// Print JSON instead of text.
