@@ -1,0 +1,378 @@
+#!/usr/bin/env python3
+# SPDX-License-Identifier: GPL-2.0-only
+"""VM tests of the packaging (run by tests/packaging/run.sh, which builds the inputs).
+
+dracut-backup   the dracut initramfs (module usb4rescue + test-only usb4vcable-test) boots
+                with rd.usb4rescue=backup ... against a peer VM running `rescue serve`
+                (the rescue initramfs of image/), backs the VM's root disk up over the
+                virtual cable, then the boot continues into the root filesystem's init.
+                The stored image must equal the disk byte for byte.
+dracut-plain    the same initramfs without rd.usb4rescue: reaches the root's init, no
+                usb4rescue output, no Thunderbolt module loaded.
+usb-menu        the mkosi USB image boots under OVMF (UEFI) to the rescue menu.
+usb-backup      the same image with a kernel parameter added at the systemd-boot menu
+                backs the image's own disk up to a peer running `rescue serve`.
+
+Prints "PASS name (Ns)" / "FAIL name (Ns): why" per test; exit status 1 if any failed.
+"""
+from __future__ import annotations
+
+import argparse
+import hashlib
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+import traceback
+from pathlib import Path
+
+TOP = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(TOP / "qemu"))
+from vmpair import VM, Disk, Rig, VMError, _set_pdeathsig  # noqa: E402
+
+MiB = 1 << 20
+BAD_RE = re.compile(r"Oops|BUG:|WARNING:|Call Trace|Kernel panic|general protection")
+
+
+class Fail(Exception):
+    pass
+
+
+def check(cond, msg):
+    if not cond:
+        raise Fail(msg)
+
+
+def log(msg):
+    print(f"vmtests: {msg}", flush=True)
+
+
+def run(cmd, **kw):
+    kw.setdefault("check", True)
+    return subprocess.run(cmd, capture_output=True, text=True, **kw)
+
+
+def sha256(path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while b := f.read(4 * MiB):
+            h.update(b)
+    return h.hexdigest()
+
+
+def kernel_check(vm):
+    bad = [line for line in vm.log_text().splitlines() if BAD_RE.search(line)]
+    check(not bad, f"{vm.name}: kernel problems in {vm.log_path}:\n  " + "\n  ".join(bad[:10]))
+
+
+# ------------------------------------------------------------------ disks
+
+INIT = """#!/bin/busybox sh
+# The root filesystem's init in the dracut tests: proves the boot got here.
+/bin/busybox mount -t proc proc /proc
+/bin/busybox mount -t sysfs sysfs /sys
+echo "ROOTFS: init reached, root $(/bin/busybox awk '$2 == "/" {print $1, $4}' /proc/mounts)"
+echo "ROOTFS: modules: $(/bin/busybox cut -d' ' -f1 /proc/modules | /bin/busybox tr '\\n' ' ')"
+echo "ROOTFS: powering off"
+/bin/busybox sync
+/bin/busybox poweroff -f
+"""
+
+
+def make_root_disk(path: Path, busybox: str, size=48 * MiB):
+    """ext4 (label testroot) with a busybox /sbin/init and 8 MiB of random data."""
+    tree = Path(tempfile.mkdtemp(prefix="rootfs-", dir=path.parent))
+    try:
+        for d in ("bin", "sbin", "proc", "sys", "dev", "run", "tmp", "etc", "sysroot", "data"):
+            (tree / d).mkdir()
+        shutil.copy(busybox, tree / "bin/busybox")
+        (tree / "bin/sh").symlink_to("busybox")
+        (tree / "sbin/init").write_text(INIT)
+        (tree / "sbin/init").chmod(0o755)
+        (tree / "etc/os-release").write_text('ID=usb4rescue-test\nNAME="usb4rescue dracut test root"\n')
+        (tree / "data/random.bin").write_bytes(os.urandom(8 * MiB))
+        if path.exists():
+            path.unlink()
+        run(["mkfs.ext4", "-q", "-F", "-L", "testroot", "-d", str(tree), str(path), f"{size // 1024}k"])
+    finally:
+        shutil.rmtree(tree, ignore_errors=True)
+
+
+def make_store(path: Path, size=256 * MiB):
+    if path.exists():
+        path.unlink()
+    run(["mkfs.ext4", "-q", "-F", "-L", "store", str(path), f"{size // 1024}k"])
+
+
+def stored_image(w: Path, store: Path, host: str, disk: str) -> Path:
+    """The newest <disk>.img of <host> in the store disk (B killed: journal replayed on a copy)."""
+    snap = w / "store-snap.img"
+    run(["cp", "--sparse=always", str(store), str(snap)])
+    r = run(["e2fsck", "-f", "-y", "-E", "journal_only", str(snap)], check=False)
+    check(r.returncode in (0, 1, 2), f"e2fsck on the store copy: rc={r.returncode} {r.stderr}")
+    out = w / f"dump-{host}"
+    shutil.rmtree(out, ignore_errors=True)
+    out.mkdir()
+    run(["debugfs", "-R", f"rdump /{host} {out}", str(snap)])
+    snap.unlink()
+    imgs = sorted((out / host).glob(f"*/{disk}.img"))
+    check(imgs, f"no {host}/*/{disk}.img in the store: {sorted(p.relative_to(out) for p in out.rglob('*'))}")
+    return imgs[-1]
+
+
+# ------------------------------------------------------------------ the peer
+
+class Env:
+    def __init__(self, a):
+        self.a = a
+        self.rig = Rig(a.workdir, keep=True, cable_ctl=a.cable_ctl)
+        self.w = self.rig.workdir
+        self.n = 0
+
+    def vm(self, name, cls=VM, **kw):
+        self.n += 1
+        v = cls(f"{name}{self.n}", self.w, **kw)
+        self.rig.vms.append(v)
+        return v
+
+    def peer(self, cable, host="hostb"):
+        """B: `rescue serve` (rescue initramfs as PID 1) into an ext4 store, cable side b."""
+        store = self.w / f"store{self.n + 1}.img"
+        make_store(store)
+        b = self.vm("b")
+        b.start(self.a.kernel, self.a.peer_initrd,
+                f"quiet rescue.mode=serve rescue.store=LABEL=store rescue.hostname={host}",
+                [Disk(str(store))], [(cable, "b")], timeout=self.a.vm_lifetime)
+        b.wait_for(r"RESCUE: serve started", 180)
+        b.wait_for(r"waiting for a peer", 180)
+        return b, store
+
+
+# ------------------------------------------------------------------ dracut
+
+def t_dracut_backup(e: Env):
+    root = e.w / "root.img"
+    make_root_disk(root, e.a.busybox)
+    digest = sha256(root)
+    cable = e.rig.cable(f"d{os.getpid() % 1000}")
+    cable.create()
+    b, store = e.peer(cable)
+    m0 = b.mark()
+    a = e.vm("a", memory=1024)
+    t0 = time.monotonic()
+    a.start(e.a.kernel, e.a.dracut_initrd,
+            "root=/dev/vda ro rd.usb4rescue=backup rd.usb4rescue.fabric=virtual "
+            "rd.usb4rescue.hostname=hosta rd.usb4rescue.label=dracut rd.usb4rescue.wait=120",
+            [Disk(str(root))], [(cable, "a")], timeout=e.a.vm_lifetime)
+    a.wait_for(r"usb4rescue: backup started", 300)
+    log(f"{a.name}: rescue started {time.monotonic() - t0:.0f}s after power-on")
+    m = a.wait_for(r"usb4rescue: backup finished rc=(\d+)", 600)
+    check(m.group(1) == "0", f"{a.name}: rescue backup rc={m.group(1)}:\n{a.tail(30)}")
+    a.wait_for(r"usb4rescue: continuing the boot", 30)
+    log(f"{a.name}: backup done {time.monotonic() - t0:.0f}s after power-on")
+    m = a.wait_for(r"ROOTFS: init reached, root (\S+) (\S+)", 300)
+    log(f"{a.name}: root's init reached {time.monotonic() - t0:.0f}s after power-on (root {m.group(1)})")
+    b.wait_for(r"session with .* (ended|failed.*)\n", 120, start=m0)
+    a.wait_for(r"ROOTFS: powering off", 30)
+    try:
+        a.proc.wait(30)
+    except subprocess.TimeoutExpired:
+        pass
+    a.kill()
+    b.kill()
+    kernel_check(a)
+    kernel_check(b)
+    img = stored_image(e.w, store, "hosta", "vda")
+    got = sha256(img)
+    check(got == digest, f"stored vda.img sha256 {got} != root disk {digest}")
+    sums = (img.parent / "SHA256SUMS").read_text()
+    check(digest in sums, f"SHA256SUMS does not hold the disk's digest:\n{sums}")
+    log(f"stored {img.relative_to(e.w)} equals the root disk (sha256 {digest[:16]}...)")
+
+
+def t_dracut_plain(e: Env):
+    root = e.w / "root-plain.img"
+    make_root_disk(root, e.a.busybox)
+    a = e.vm("plain", memory=1024)
+    t0 = time.monotonic()
+    a.start(e.a.kernel, e.a.dracut_initrd, "root=/dev/vda ro", [Disk(str(root))],
+            timeout=e.a.vm_lifetime)
+    m = a.wait_for(r"ROOTFS: modules: (.*)\n", 300)
+    log(f"{a.name}: root's init reached {time.monotonic() - t0:.0f}s after power-on")
+    mods = m.group(1).split()
+    a.wait_for(r"ROOTFS: powering off", 30)
+    a.kill()
+    text = a.log_text()
+    check("usb4rescue" not in text and "RESCUE:" not in text,
+          "usb4rescue output without rd.usb4rescue:\n" +
+          "\n".join(line for line in text.splitlines() if "usb4rescue" in line or "RESCUE" in line))
+    for mod in ("thunderbolt", "thunderbolt_stream", "usb4vcable"):
+        check(mod not in mods, f"{mod} loaded without rd.usb4rescue (modules: {mods})")
+    kernel_check(a)
+
+
+# ------------------------------------------------------------------ mkosi image
+
+class UefiVM(VM):
+    """A VM that boots a disk image with OVMF (UEFI), no -kernel: the USB stick case."""
+
+    def start_uefi(self, image: str, ovmf: str, cables=(), timeout=900, snapshot=True):
+        cmd = [self.qemu, "-name", self.name, "-nodefaults", "-no-user-config",
+               "-machine", "q35", "-accel", os.environ.get("USB4RESCUE_ACCEL", "tcg"), "-cpu", "max",
+               "-smp", "1", "-m", str(self.memory), "-display", "none", "-no-reboot",
+               "-bios", ovmf]
+        for ch in (self.console, self.cmdchan):
+            ch.reset()
+        cmd += self.console.qemu_args() + self.cmdchan.qemu_args()
+        # The stick as a USB mass-storage device, as on a real machine.
+        cmd += ["-device", "qemu-xhci,id=xhci",
+                "-drive", f"if=none,id=stick,format=raw,file={image}" + (",snapshot=on" if snapshot else ""),
+                "-device", "usb-storage,bus=xhci.0,drive=stick,removable=on"]
+        for i, (cable, _side) in enumerate(cables):
+            if not cable.created:
+                cable.create()
+            cmd += cable.qemu_args(f"cable{i}")
+        self.cmdline = cmd
+        (self.workdir / f"{self.name}.cmdline").write_text(" ".join(cmd) + "\n")
+        with open(self.stderr_path, "wb") as err:
+            self.proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                                         stderr=err, start_new_session=True, preexec_fn=_set_pdeathsig)
+        deadline = time.monotonic() + 10
+        for ch in (self.console, self.cmdchan):
+            ch.connect(deadline)
+        if timeout:
+            import threading
+            self._deadline_timer = threading.Timer(timeout, self._deadline)
+            self._deadline_timer.daemon = True
+            self._deadline_timer.start()
+        return self
+
+
+def boot_usb(e: Env, name: str, extra: str | None, cables=()):
+    """Boots the USB image; with `extra`, edits the systemd-boot entry's command line
+    ('e' at the boot menu) and appends it, as a person would."""
+    v = e.vm(name, cls=UefiVM, memory=1024)
+    t0 = time.monotonic()
+    v.start_uefi(e.a.usb_image, e.a.ovmf, cables=cables, timeout=e.a.vm_lifetime)
+    if extra is not None:
+        # systemd-boot shows its menu (timeout set in the image) on the serial console.
+        v.wait_for(r"usb4rescue|Boot in|Linux", 300)
+        time.sleep(2)
+        v.send("e")
+        time.sleep(2)
+        # Ctrl-E (end of line), then the new words, then Enter.
+        v.send(b"\x05")
+        time.sleep(1)
+        v.send(" " + extra)
+        time.sleep(1)
+        v.send("\r")
+    v.t0 = t0
+    return v
+
+
+def t_usb_menu(e: Env):
+    v = boot_usb(e, "usb", None)
+    m = v.wait_for(r"RESCUE: ready mode=(\S+) host=(\S+) disks=(\S+)", 600)
+    dt = time.monotonic() - v.t0
+    log(f"{v.name}: 'RESCUE: ready' {dt:.0f}s after power-on (mode={m.group(1)} disks={m.group(3)})")
+    check(m.group(1) == "menu", f"mode={m.group(1)}, expected menu")
+    v.wait_for(r"RESCUE: menu", 60)
+    v.wait_for(r"1\) Back up this machine", 10, start=0)
+    # The menu answers on the console: refresh it.
+    mk = v.mark()
+    v.send("4\n")
+    v.wait_for(r"RESCUE: menu", 60, start=mk)
+    v.kill()
+    kernel_check(v)
+
+
+def t_usb_backup(e: Env):
+    cable = e.rig.cable(f"u{os.getpid() % 1000}")
+    cable.create()
+    b, store = e.peer(cable)
+    m0 = b.mark()
+    v = boot_usb(e, "usbb",
+                 "rescue.mode=backup rescue.fabric=virtual rescue.hostname=stick "
+                 "rescue.label=usb usb4vcable.side=a rescue.poweroff=1", cables=[(cable, "a")])
+    m = v.wait_for(r"RESCUE: ready mode=(\S+) host=(\S+) disks=(\S+) fabric=(\S+)", 600)
+    log(f"{v.name}: 'RESCUE: ready' {time.monotonic() - v.t0:.0f}s after power-on: "
+        f"mode={m.group(1)} disks={m.group(3)} fabric={m.group(4)}")
+    check(m.group(1) == "backup", f"mode={m.group(1)}: the added kernel parameters were not used")
+    check(m.group(4) == "virtual", f"fabric={m.group(4)}: the virtual cable did not come up")
+    disk = m.group(3).split(",")[0]
+    m = v.wait_for(r"RESCUE: done rc=(\d+)", 900)
+    check(m.group(1) == "0", f"backup rc={m.group(1)}:\n{v.tail(30)}")
+    b.wait_for(r"session with .* (ended|failed.*)\n", 120, start=m0)
+    log(f"{v.name}: backup of {disk} done {time.monotonic() - v.t0:.0f}s after power-on")
+    v.kill()
+    b.kill()
+    kernel_check(v)
+    img = stored_image(e.w, store, "stick", disk)
+    # The image was booted with snapshot=on: the stick file is unchanged, and the disk
+    # rescue read is the stick (its size and its GPT must match).
+    size = os.path.getsize(e.a.usb_image)
+    check(img.stat().st_size == size, f"stored {disk}.img is {img.stat().st_size} bytes, the stick {size}")
+    with open(img, "rb") as f, open(e.a.usb_image, "rb") as g:
+        f.seek(512)
+        g.seek(512)
+        check(f.read(512) == g.read(512), "stored image's GPT header differs from the stick's")
+
+
+TESTS = [("dracut-backup", t_dracut_backup), ("dracut-plain", t_dracut_plain),
+         ("usb-menu", t_usb_menu), ("usb-backup", t_usb_backup)]
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--kernel")
+    ap.add_argument("--dracut-initrd")
+    ap.add_argument("--peer-initrd")
+    ap.add_argument("--usb-image")
+    ap.add_argument("--ovmf", default="/usr/share/ovmf/OVMF.fd")
+    ap.add_argument("--busybox", default="/bin/busybox")
+    ap.add_argument("--cable-ctl")
+    ap.add_argument("--workdir")
+    ap.add_argument("--only", help="comma-separated test names")
+    ap.add_argument("--vm-lifetime", type=float, default=1200)
+    ap.add_argument("--keep", action="store_true")
+    a = ap.parse_args()
+    if a.cable_ctl:
+        os.environ["USB4RESCUE_CABLE_CTL"] = a.cable_ctl
+    a.workdir = Path(a.workdir or tempfile.mkdtemp(prefix="usb4rescue-pkg-"))
+    names = a.only.split(",") if a.only else [n for n, _ in TESTS]
+    e = Env(a)
+    passed = failed = 0
+    try:
+        for name, fn in TESTS:
+            if name not in names:
+                continue
+            t0 = time.monotonic()
+            try:
+                fn(e)
+                passed += 1
+                print(f"PASS {name} ({time.monotonic() - t0:.0f}s)", flush=True)
+            except (Fail, VMError, subprocess.SubprocessError, OSError) as ex:
+                failed += 1
+                print(f"FAIL {name} ({time.monotonic() - t0:.0f}s): {ex}", flush=True)
+            except Exception as ex:
+                failed += 1
+                print(f"FAIL {name}: {type(ex).__name__}: {ex}\n{traceback.format_exc()}", flush=True)
+            for v in list(e.rig.vms):
+                v.kill()
+    finally:
+        e.rig.close()
+        for p in Path(a.workdir).glob("*.img"):
+            p.unlink()
+        if failed == 0 and not a.keep:
+            shutil.rmtree(a.workdir, ignore_errors=True)
+        else:
+            print(f"logs in {a.workdir}")
+    print(f"vmtests: {passed} passed, {failed} failed")
+    sys.exit(1 if failed else 0)
+
+
+if __name__ == "__main__":
+    main()
