@@ -35,7 +35,32 @@ fn sources(root: &Root, args: &BackupArgs) -> Result<Vec<Source>> {
         if all.is_empty() {
             bail!("no disks found to back up (`rescue disks --all` shows every block device)");
         }
-        all.into_iter().map(|d| d.name).collect()
+        let mut names = Vec::new();
+        for d in all {
+            // The disk the running system lives on (a rescue USB stick, or this
+            // machine's own system disk while it runs) changes under the copy:
+            // only when named explicitly.
+            let holds_root = d.mounts.iter().any(|m| m == "/")
+                || d.partitions
+                    .iter()
+                    .any(|p| p.mounts.iter().any(|m| m == "/"))
+                || d.holders.iter().any(|h| h.mounts.iter().any(|m| m == "/"))
+                || d.partitions
+                    .iter()
+                    .any(|p| p.holders.iter().any(|h| h.mounts.iter().any(|m| m == "/")));
+            if holds_root {
+                eprintln!(
+                    "skipping {}: it holds the running system (mounted on /); name it to back it up anyway",
+                    d.name
+                );
+                continue;
+            }
+            names.push(d.name);
+        }
+        if names.is_empty() {
+            bail!("no disk to back up besides the running system's; name the disks to send");
+        }
+        names
     } else {
         args.disks.clone()
     };
