@@ -40,8 +40,11 @@ need() { # need COMMAND PACKAGE
 }
 need qemu-system-x86_64 qemu-system-x86 || finish 0 1
 need python3 python3 || finish 0 1
-[ -x /bin/busybox ] && file -L /bin/busybox 2>/dev/null | grep -q 'statically linked' ||
+# A dynamic busybox names its ELF interpreter in its first page; the static one does not.
+if [ ! -x /bin/busybox ] || head -c 4096 /bin/busybox | grep -qa 'ld-linux'; then
+    log "installing busybox-static"
     DEBIAN_FRONTEND=noninteractive apt-get install -y -q busybox-static >&2 || finish 0 1
+fi
 python3 -c 'import sys; sys.exit(sys.version_info < (3, 11))' ||
     { log "python3 >= 3.11 needed"; finish 0 1; }
 
