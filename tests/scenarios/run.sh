@@ -66,25 +66,44 @@ KDIR=$("$TOP/scripts/fetch-kernel.sh" | tail -n1) && [ -f "$KDIR/vmlinuz" ] ||
 KVER=$(basename "$KDIR")
 
 step "usb4vcable.ko"
+# The build root is shared too: a concurrent build-kmod.sh of someone else can make ours
+# fail. Try twice, then fall back to the module cached by an earlier build (loudly).
 KO=$("$TOP/scripts/build-kmod.sh" | tail -n1)
-[ -n "$KO" ] && [ -f "$KO" ] || { log "scripts/build-kmod.sh did not produce usb4vcable.ko"; finish 0 1; }
+if [ -z "$KO" ] || [ ! -f "$KO" ]; then
+    sleep 5
+    KO=$("$TOP/scripts/build-kmod.sh" | tail -n1)
+fi
+if [ -z "$KO" ] || [ ! -f "$KO" ]; then
+    KO=$CACHE/kmod/$KVER/usb4vcable.ko
+    [ -f "$KO" ] || { log "scripts/build-kmod.sh did not produce usb4vcable.ko"; finish 0 1; }
+    log "WARNING: scripts/build-kmod.sh failed twice; using the cached $KO ($(date -r "$KO" '+%F %T'))"
+fi
+# Our own copy: others rebuild the cached one while we run.
+cp "$KO" "$OUT/usb4vcable.ko.new" && mv "$OUT/usb4vcable.ko.new" "$OUT/usb4vcable.ko" && KO=$OUT/usb4vcable.ko
 
 step "cable-ctl"
 (cd "$TOP" && nice "$CARGO" build -q --release -p cable-ctl >&2) || { log "cargo build -p cable-ctl failed"; finish 0 1; }
 CABLE_CTL=$TDIR/release/cable-ctl
 
 step "rescue (static, musl)"
-(cd "$TOP" && nice "$CARGO" build -q --release --target x86_64-unknown-linux-musl -p rescue >&2) ||
-    { log "cargo build --target x86_64-unknown-linux-musl -p rescue failed"; finish 0 1; }
-strip -o "$OUT/rescue.new" "$TDIR/x86_64-unknown-linux-musl/release/rescue" || finish 0 1
-if cmp -s "$OUT/rescue.new" "$OUT/rescue"; then rm -f "$OUT/rescue.new"; else mv "$OUT/rescue.new" "$OUT/rescue"; fi
+# The checkout is shared with engineers who edit rescue/ while this runs: when the
+# working tree does not build, the last rescue built here is used (loudly).
+if (cd "$TOP" && nice "$CARGO" build -q --release --target x86_64-unknown-linux-musl -p rescue >&2); then
+    strip -o "$OUT/rescue.new" "$TDIR/x86_64-unknown-linux-musl/release/rescue" || finish 0 1
+    if cmp -s "$OUT/rescue.new" "$OUT/rescue"; then rm -f "$OUT/rescue.new"; else mv "$OUT/rescue.new" "$OUT/rescue"; fi
+elif [ -f "$OUT/rescue" ]; then
+    log "WARNING: rescue does not build from the working tree (see above); using the rescue"
+    log "WARNING: built here at $(date -r "$OUT/rescue" '+%F %T') ($OUT/rescue)"
+else
+    log "cargo build --target x86_64-unknown-linux-musl -p rescue failed"; finish 0 1
+fi
 
 step "initramfs (image build)"
 KEY=$(cat "$OUT/rescue" "$KO" "$KDIR/vmlinuz" "$KDIR/lib/modules/$KVER/modules.dep" \
       $(cd "$TOP" && git ls-files -z image | xargs -0 -I{} echo "$TOP/{}") 2>/dev/null | sha256sum | cut -c1-16)
 INITRD=$OUT/rescue-initrd-$KEY.img
 if [ ! -f "$INITRD" ]; then
-    (cd "$TOP" && nice "$CARGO" run -q --release -p image -- build --kernel-dir "$KDIR" --rescue "$OUT/rescue" \
+    (cd "$TOP" && nice "$CARGO" run -q -p image -- build --kernel-dir "$KDIR" --rescue "$OUT/rescue" \
         --extra-module "$KO" -o "$INITRD.tmp" >&2) && mv "$INITRD.tmp" "$INITRD" ||
         { log "image build failed"; finish 0 1; }
     find "$OUT" -name 'rescue-initrd-*.img' ! -name "$(basename "$INITRD")" -delete
