@@ -28,7 +28,7 @@
 #include <linux/kthread.h>
 #include <linux/ktime.h>
 #include <linux/list.h>
-#include <linux/miscdevice.h>
+#include <linux/cdev.h>
 #include <linux/module.h>
 #include <linux/mutex.h>
 #include <linux/pci.h>
@@ -42,6 +42,7 @@
 #include <linux/utsname.h>
 #include <linux/uuid.h>
 #include <linux/wait.h>
+#include <linux/xarray.h>
 
 #include "usb4vcable.h"
 
@@ -162,7 +163,7 @@ struct vc_conn {
 struct vc_sdev {
 	struct config_group group;
 	struct kref kref;
-	struct miscdevice misc;
+	struct device *chardev;
 	int index;
 	int in_hopid;
 	int out_hopid;
@@ -197,6 +198,20 @@ static DEFINE_MUTEX(vc_mutex);	/* conns, links, attach/detach */
 static LIST_HEAD(vc_conns);
 static DEFINE_IDA(vc_indices);
 static DEFINE_IDA(vc_domains);
+
+/*
+ * /dev/tbstreamN: a private char device region rather than miscdevice, because
+ * misc_open() calls our open() with the global misc_mtx held and open() may
+ * block until the peer appears (that would stall every misc device and our own
+ * mkdir/rmdir). Minor = index; vc_minors maps it to the stream device.
+ */
+#define VC_MAX_STREAMS	256
+static dev_t vc_devt;
+static struct cdev vc_cdev;
+static DEFINE_XARRAY(vc_minors);
+static const struct class vc_class = {
+	.name = "tbstream",
+};
 
 /* ------------------------------------------------------------------ */
 /* Shared memory helpers */
@@ -792,9 +807,7 @@ static struct vc_sdev *vc_sdev_get(struct vc_sdev *sdev)
 
 static inline struct vc_sdev *vc_sdev_from_file(struct file *file)
 {
-	struct miscdevice *misc = file->private_data;
-
-	return container_of(misc, struct vc_sdev, misc);
+	return file->private_data;
 }
 
 static inline void vc_sdev_kick(struct vc_sdev *sdev)
@@ -1242,10 +1255,17 @@ static __poll_t vc_poll(struct file *file, struct poll_table_struct *wait)
 
 static int vc_open(struct inode *inode, struct file *file)
 {
-	struct vc_sdev *sdev = vc_sdev_from_file(file);
+	struct vc_sdev *sdev;
 	int ret;
 
-	vc_sdev_get(sdev);
+	xa_lock(&vc_minors);
+	sdev = xa_load(&vc_minors, iminor(inode));
+	if (sdev)
+		vc_sdev_get(sdev);
+	xa_unlock(&vc_minors);
+	if (!sdev)
+		return -ENXIO;
+	file->private_data = sdev;
 
 	if (mutex_lock_interruptible(&sdev->lock)) {
 		vc_sdev_put(sdev);
@@ -1532,7 +1552,6 @@ static void vc_sdev_release(struct kref *kref)
 	mutex_unlock(&vc_mutex);
 
 	ida_free(&vc_indices, sdev->index);
-	kfree(sdev->misc.name);
 	kfree(sdev);
 }
 
@@ -1540,8 +1559,9 @@ static void vc_sdev_item_release(struct config_item *item)
 {
 	struct vc_sdev *sdev = to_vc_sdev(item);
 
-	if (sdev->misc.minor != MISC_DYNAMIC_MINOR || sdev->misc.this_device)
-		misc_deregister(&sdev->misc);
+	xa_erase(&vc_minors, sdev->index);
+	if (sdev->chardev)
+		device_destroy(&vc_class, MKDEV(MAJOR(vc_devt), sdev->index));
 	vc_sdev_put(sdev);
 }
 
@@ -1575,7 +1595,7 @@ static struct config_group *vc_sdev_make_group(struct config_group *group,
 	if (!sdev)
 		return ERR_PTR(-ENOMEM);
 
-	index = ida_alloc(&vc_indices, GFP_KERNEL);
+	index = ida_alloc_max(&vc_indices, VC_MAX_STREAMS - 1, GFP_KERNEL);
 	if (index < 0) {
 		kfree(sdev);
 		return ERR_PTR(index);
@@ -1592,16 +1612,12 @@ static struct config_group *vc_sdev_make_group(struct config_group *group,
 	INIT_LIST_HEAD(&sdev->link_node);
 	INIT_LIST_HEAD(&sdev->active_node);
 	kref_init(&sdev->kref);
-	sdev->misc.minor = MISC_DYNAMIC_MINOR;
-	sdev->misc.fops = &vc_fops;
 
 	config_group_init_type_name(&sdev->group, name, &vc_sdev_type);
 
-	sdev->misc.name = kasprintf(GFP_KERNEL, "tbstream%d", index);
-	if (!sdev->misc.name) {
-		ret = -ENOMEM;
+	ret = xa_err(xa_store(&vc_minors, index, sdev, GFP_KERNEL));
+	if (ret)
 		goto err_put;
-	}
 
 	mutex_lock(&vc_mutex);
 	list_add_tail(&sdev->conn_node, &conn->sdevs);
@@ -1609,9 +1625,12 @@ static struct config_group *vc_sdev_make_group(struct config_group *group,
 		vc_sdev_attach(sdev, conn->link);
 	mutex_unlock(&vc_mutex);
 
-	ret = misc_register(&sdev->misc);
-	if (ret) {
-		sdev->misc.this_device = NULL;
+	sdev->chardev = device_create(&vc_class, NULL,
+				      MKDEV(MAJOR(vc_devt), index), sdev,
+				      "tbstream%d", index);
+	if (IS_ERR(sdev->chardev)) {
+		ret = PTR_ERR(sdev->chardev);
+		sdev->chardev = NULL;
 		mutex_lock(&vc_mutex);
 		list_del_init(&sdev->conn_node);
 		vc_sdev_detach(sdev);
@@ -1622,7 +1641,6 @@ static struct config_group *vc_sdev_make_group(struct config_group *group,
 
 err_put:
 	/* Calls vc_sdev_item_release() */
-	sdev->misc.minor = MISC_DYNAMIC_MINOR;
 	config_group_put(&sdev->group);
 	return ERR_PTR(ret);
 }
@@ -2373,6 +2391,18 @@ static int __init vc_init(void)
 	if (ret)
 		goto err_bus;
 
+	ret = alloc_chrdev_region(&vc_devt, 0, VC_MAX_STREAMS, "tbstream");
+	if (ret)
+		goto err_driver;
+	cdev_init(&vc_cdev, &vc_fops);
+	vc_cdev.owner = THIS_MODULE;
+	ret = cdev_add(&vc_cdev, vc_devt, VC_MAX_STREAMS);
+	if (ret)
+		goto err_region;
+	ret = class_register(&vc_class);
+	if (ret)
+		goto err_cdev;
+
 	config_group_init(&vc_subsys.su_group);
 	mutex_init(&vc_subsys.su_mutex);
 	config_group_init_type_name(&vc_stream_group, "stream", &vc_stream_type);
@@ -2381,7 +2411,7 @@ static int __init vc_init(void)
 	if (ret) {
 		pr_err("cannot register ConfigFS subsystem 'thunderbolt' (%d)\n",
 		       ret);
-		goto err_driver;
+		goto err_class;
 	}
 
 	ret = pci_register_driver(&vc_pci_driver);
@@ -2391,6 +2421,12 @@ static int __init vc_init(void)
 
 err_configfs:
 	configfs_unregister_subsystem(&vc_subsys);
+err_class:
+	class_unregister(&vc_class);
+err_cdev:
+	cdev_del(&vc_cdev);
+err_region:
+	unregister_chrdev_region(vc_devt, VC_MAX_STREAMS);
 err_driver:
 	driver_unregister(&vc_stream_driver);
 err_bus:
@@ -2403,8 +2439,12 @@ static void __exit vc_exit(void)
 {
 	pci_unregister_driver(&vc_pci_driver);
 	configfs_unregister_subsystem(&vc_subsys);
+	class_unregister(&vc_class);
+	cdev_del(&vc_cdev);
+	unregister_chrdev_region(vc_devt, VC_MAX_STREAMS);
 	driver_unregister(&vc_stream_driver);
 	bus_unregister(&vc_bus);
+	xa_destroy(&vc_minors);
 	ida_destroy(&vc_indices);
 	ida_destroy(&vc_domains);
 }

@@ -22,12 +22,18 @@ die() { echo "build-kmod: ERROR: $*" >&2; exit 1; }
 [ "$(id -u)" = 0 ] || die "must run as root (chroot)"
 [ -f "$SRC/usb4vcable.c" ] || die "no $SRC/usb4vcable.c"
 
+mkdir -p "$CACHE"
+# One build at a time: the build root's /proc mount is shared.
+exec 9>"$CACHE/build-kmod.lock"
+flock 9
+
 ROOT=$("$HERE/scripts/buildroot.sh" | tail -n1)
 [ -d "$ROOT" ] || die "build root not available"
 KVER=$(cat "$ROOT/.usb4rescue-ok")
 [ -d "$ROOT/lib/modules/$KVER/build" ] || die "no headers for $KVER in $ROOT"
 
-WORK=/usr/src/usb4vcable-build
+WORK=$(mktemp -d "$ROOT/usr/src/usb4vcable-build.XXXXXX")
+WORK=${WORK#"$ROOT"}
 MOUNTED=
 cleanup() {
 	if [ -n "$MOUNTED" ]; then
@@ -37,8 +43,6 @@ cleanup() {
 }
 trap cleanup EXIT
 
-rm -rf --one-file-system "${ROOT:?}$WORK"
-mkdir -p "$ROOT$WORK"
 cp -a "$SRC"/Kbuild "$SRC"/Makefile "$SRC"/*.c "$SRC"/*.h "$ROOT$WORK/"
 
 if ! mountpoint -q "$ROOT/proc"; then

@@ -91,6 +91,9 @@ resolve_kver() {
 }
 
 ensure_host_tools
+mkdir -p "$CACHE"
+exec 8>"$CACHE/buildroot.lock"
+flock 8
 KVER=$(resolve_kver)
 log "kernel headers version: $KVER"
 

@@ -26,13 +26,14 @@ if [ -z "$noload" ]; then
 	# shellcheck disable=SC2086
 	insmod /lib/modules/usb4vcable.ko $params && echo "@@MOD ok" || echo "@@MOD FAILED"
 fi
-echo "@@READY $name"
 # The command loop runs in a child: orphaned background jobs of commands are
 # reparented to PID 1, and their SIGCHLD would interrupt a read() in the middle of a
 # command line. The loop keeps ttyS1 open for good (a last close resets its termios).
 cmdloop() {
 	exec 3<>/dev/ttyS1
 	stty raw -echo <&3 2>/dev/null
+	# Only now: bytes that reach a serial port nobody has open are lost.
+	echo "@@READY $name"
 	while :; do
 		if ! read -r tag id b64 <&3; then
 			usleep 100000

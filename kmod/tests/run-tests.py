@@ -260,6 +260,10 @@ def t_unplug_replug(rig):
     bg(a, "open", f"tbtest open /dev/tbstream{ai}")
     time.sleep(1)
     check(sh(a, "cat /tmp/open.rc 2>/dev/null") == "", "blocking open returned while unplugged")
+    # a blocked open must not hold any global lock: mkdir/rmdir/open of others still work
+    out = sh(a, f"mkdir {CFS}/0-1.0/other && tbtest open-nb /dev/tbstream$(cat {CFS}/0-1.0/other/index); "
+             f"rmdir {CFS}/0-1.0/other && echo done", timeout=10)
+    check(out.splitlines() == ["ENXIO", "done"], f"while an open blocks: {out!r}")
     rig.ctl("plug")
     rc, out = bgwait(a, "open", 10)
     check(rc == 0 and out == "ok", f"open after replug: {out}")
