@@ -54,7 +54,8 @@ install() {
     local bin
     bin=$(usb4rescue_bin) || return 1
     inst_simple "$bin" /usr/bin/rescue
-    inst_multiple -o modprobe mount umount mkdir sleep poweroff reboot sync
+    inst_multiple modprobe mount umount mkdir sleep cat udevadm
+    inst_multiple -o poweroff reboot sync
     inst_script "$moddir/usb4rescue-run.sh" /usr/bin/usb4rescue-run
     inst_hook pre-mount 40 "$moddir/usb4rescue-pre-mount.sh"
 }

@@ -93,7 +93,13 @@ else
         modprobe "$m" || say "warning: cannot load $m (rescue needs Linux >= 7.2 with CONFIG_USB4_STREAM)"
     done
 fi
-if ! grep -q ' /sys/kernel/config ' /proc/mounts; then
+configfs_mounted() {
+    while read -r _ mnt _; do
+        [ "$mnt" = /sys/kernel/config ] && return 0
+    done < /proc/mounts
+    return 1
+}
+if ! configfs_mounted; then
     mount -t configfs configfs /sys/kernel/config ||
         say "warning: cannot mount ConfigFS on /sys/kernel/config"
 fi
@@ -115,10 +121,13 @@ case "$mode" in
         set -- backup "$@"
         [ -n "$label" ] && set -- "$@" --label "$label"
         disks=$(arg disks)
-        if [ -n "$disks" ]; then
-            # shellcheck disable=SC2046 # a comma-separated list of disk names
-            set -- "$@" $(echo "$disks" | tr ',' ' ')
-        fi
+        set -f
+        oldifs=$IFS
+        IFS=,
+        # shellcheck disable=SC2086 # split the comma-separated list of disk names
+        set -- "$@" $disks
+        IFS=$oldifs
+        set +f
         ;;
     restore)
         set -- restore "$@"
@@ -127,9 +136,15 @@ case "$mode" in
         [ -n "$host" ] && set -- "$@" --host "$host"
         flag yes && set -- "$@" --yes
         flag verify && set -- "$@" --verify
-        for m in $(arg map | tr ',' ' '); do
-            set -- "$@" --map "$m"
+        maps=$(arg map)
+        set -f
+        oldifs=$IFS
+        IFS=,
+        for m in $maps; do
+            [ -n "$m" ] && set -- "$@" --map "$m"
         done
+        IFS=$oldifs
+        set +f
         ;;
     serve)
         spec=$(arg store)

@@ -23,7 +23,11 @@ installkernel() {
     hostonly='' instmods configfs
 }
 
-# called by dracut: nothing else to install
+# called by dracut: keep udev from loading the real stack for the virtual cable's
+# services (usb4vcable registers the thunderbolt bus itself; thunderbolt would clash)
 install() {
-    return 0
+    mkdir -p "$initdir/etc/modprobe.d"
+    printf '%s\n' "# usb4vcable-test: the virtual cable replaces the real stack" \
+        "blacklist thunderbolt_stream" "blacklist thunderbolt" \
+        > "$initdir/etc/modprobe.d/usb4vcable-test.conf"
 }

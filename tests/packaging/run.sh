@@ -1,0 +1,129 @@
+#!/bin/bash
+# SPDX-License-Identifier: GPL-2.0-only
+#
+# run.sh: the packaging tests (dracut module and mkosi USB image), end to end.
+#
+#   tests/packaging/run.sh [--only dracut|usb] [--keep]
+#
+#  1. prepare.sh          packaging root (trixie + mkosi 25.3 + dracut 106), kernel,
+#                         usb4vcable.ko, static rescue, cable-ctl, the peer's initramfs
+#  2. dracut-install      `make -C dracut-module install` into the packaging root
+#  3. dracut-build        dracut --add 'usb4rescue usb4vcable-test' for the trixie-backports
+#                         kernel (usb4vcable-test: tests/packaging/dracut/, test only)
+#  4. lsinitrd            our files are in the initramfs
+#  5. mkosi-build         tests/packaging/build-image.sh (mkosi.conf), image < 150 MiB
+#  6. VM tests            vmtests.py: dracut-backup, dracut-plain, usb-menu, usb-backup
+#
+# The last line is "N passed, N failed"; the exit status is non-zero on any failure.
+# Builds go to ${USB4RESCUE_CACHE:-/var/cache/usb4rescue}/packaging, VM logs to a /tmp
+# directory (kept and printed when something fails).
+set -uo pipefail
+PLOG_NAME=packaging
+# shellcheck source=tests/packaging/lib.sh
+. "$(dirname "$0")/lib.sh"
+
+ONLY=all
+KEEP=()
+while [ $# -gt 0 ]; do
+    case "$1" in
+        --only) ONLY=$2; shift 2 ;;
+        --keep) KEEP=(--keep); shift ;;
+        *) echo "usage: $0 [--only dracut|usb] [--keep]" >&2; exit 2 ;;
+    esac
+done
+PASSED=0
+FAILED=0
+T0=$(date +%s)
+pass() { PASSED=$((PASSED + 1)); echo "PASS $1"; }
+fail() { FAILED=$((FAILED + 1)); echo "FAIL $1: $2"; }
+finish() {
+    plog "wall time $(( $(date +%s) - T0 ))s"
+    echo "$PASSED passed, $FAILED failed"
+    [ "$FAILED" -eq 0 ] && [ "$PASSED" -gt 0 ]
+    exit $?
+}
+[ "$(id -u)" = 0 ] || { fail setup "must run as root"; finish; }
+
+if ! "$TOP/tests/packaging/prepare.sh"; then
+    fail prepare "tests/packaging/prepare.sh failed (see above)"
+    finish
+fi
+# shellcheck source=/dev/null
+. "$PKGOUT/inputs.env"
+plog "inputs ready after $(( $(date +%s) - T0 ))s"
+
+for f in "$TOP"/dracut-module/*.sh; do
+    case "$f" in
+        */module-setup.sh) bash -n "$f" ;;
+        *) sh -n "$f" ;;
+    esac || fail "syntax $(basename "$f")" "shell syntax error"
+done
+
+VMTESTS=()
+if [ "$ONLY" = all ] || [ "$ONLY" = dracut ]; then
+    DRACUT_INITRD=$PKGOUT/dracut-initrd.img
+    if make -s -C "$TOP/dracut-module" install DESTDIR="$PKGROOT" RESCUE="$PKGOUT/rescue" &&
+        [ -x "$PKGROOT/usr/lib/dracut/modules.d/90usb4rescue/module-setup.sh" ] &&
+        [ -x "$PKGROOT/usr/local/sbin/rescue" ]; then
+        pass dracut-install
+    else
+        fail dracut-install "make -C dracut-module install DESTDIR=$PKGROOT failed"
+    fi
+    t=$(date +%s)
+    rm -f "$DRACUT_INITRD"
+    # --no-hostonly: the build root's hardware is not the VM's. The virtio and ext4
+    # drivers are what the test VM's root disk needs.
+    if in_pkgroot "USB4VCABLE_KO=/out/usb4vcable.ko nice dracut --force --no-hostonly --no-hostonly-cmdline \
+            --add 'usb4rescue usb4vcable-test' \
+            --omit 'btrfs crypt dm lvm mdraid nvdimm tpm2-tss multipath iscsi nfs plymouth' \
+            --add-drivers 'virtio_pci virtio_blk ext4' /out/dracut-initrd.img $KVER" \
+            "$PKGOUT:/out" "$KDIR/lib/modules/$KVER:/lib/modules/$KVER" \
+            "$TOP/tests/packaging/dracut/90usb4vcable-test:/usr/lib/dracut/modules.d/90usb4vcable-test" \
+            > "$PKGOUT/dracut.log" 2>&1 && [ -s "$DRACUT_INITRD" ]; then
+        pass "dracut-build ($(( $(date +%s) - t ))s, $(( $(stat -c %s "$DRACUT_INITRD") >> 20 )) MiB)"
+    else
+        tail -n 30 "$PKGOUT/dracut.log"
+        fail dracut-build "dracut failed (log: $PKGOUT/dracut.log)"
+    fi
+    if [ -s "$DRACUT_INITRD" ]; then
+        in_pkgroot "lsinitrd /out/dracut-initrd.img" "$PKGOUT:/out" > "$PKGOUT/lsinitrd.txt" 2>&1
+        missing=()
+        for want in "^usb4rescue\$" "^usb4vcable-test\$" " usr/bin/rescue\$" " usr/bin/usb4rescue-run\$" \
+            "hooks/pre-mount/[0-9]*-usb4rescue-pre-mount.sh\$" "/thunderbolt/thunderbolt.ko" \
+            "/thunderbolt/thunderbolt_stream.ko" "/configfs/configfs.ko" "extra/usb4vcable.ko"; do
+            grep -q -- "$want" "$PKGOUT/lsinitrd.txt" || missing+=("$want")
+        done
+        if [ ${#missing[@]} -eq 0 ]; then pass lsinitrd; else fail lsinitrd "not in the initramfs: ${missing[*]}"; fi
+        VMTESTS+=(dracut-backup dracut-plain)
+    fi
+fi
+
+if [ "$ONLY" = all ] || [ "$ONLY" = usb ]; then
+    t=$(date +%s)
+    if IMG=$("$TOP/tests/packaging/build-image.sh" | tail -n1) && [ -f "$IMG" ]; then
+        size=$(stat -c %s "$IMG")
+        pass "mkosi-build ($(( $(date +%s) - t ))s)"
+        if [ "$size" -lt $((150 << 20)) ]; then pass "image-size ($((size >> 20)) MiB)"; else fail image-size "$((size >> 20)) MiB >= 150 MiB"; fi
+        VMTESTS+=(usb-menu usb-backup)
+    else
+        fail mkosi-build "tests/packaging/build-image.sh failed (log: $PKGOUT/mkosi.log)"
+    fi
+fi
+
+if [ ${#VMTESTS[@]} -gt 0 ]; then
+    python3 "$TOP/qemu/vmpair.py" cleanup > /dev/null 2>&1
+    only=$(IFS=,; echo "${VMTESTS[*]}")
+    python3 "$TOP/tests/packaging/vmtests.py" --kernel "$KDIR/vmlinuz" \
+        --dracut-initrd "$PKGOUT/dracut-initrd.img" --peer-initrd "$PEER_INITRD" \
+        --usb-image "$PKGOUT/image/usb4rescue.raw" --cable-ctl "$CABLE_CTL" \
+        --only "$only" "${KEEP[@]}" 2>&1 | tee "$PKGOUT/vmtests.log"
+    line=$(grep -a '^vmtests: [0-9]* passed, [0-9]* failed' "$PKGOUT/vmtests.log" | tail -n1)
+    if [ -n "$line" ]; then
+        set -- $line
+        PASSED=$((PASSED + $2))
+        FAILED=$((FAILED + $4))
+    else
+        fail vmtests "vmtests.py ended without a summary"
+    fi
+fi
+finish
