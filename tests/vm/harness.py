@@ -99,8 +99,13 @@ class VMTestCase(unittest.TestCase):
     @classmethod
     def boot(cls):
         rig = cls.rig
+        cls.boots = getattr(cls, "boots", 0) + 1
         for v in list(rig.vms):
             v.kill()
+            # Keep the logs of the VMs being replaced (a failed test's evidence).
+            for p in (v.log_path, v.cmd_log_path):
+                if p.exists():
+                    p.rename(p.with_name(p.name.replace(v.name, f"{v.name}.boot{cls.boots - 1}", 1)))
         for c in list(rig.cables):
             c.remove()
         rig.vms.clear()
