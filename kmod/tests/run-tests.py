@@ -399,6 +399,34 @@ def t_refuse_with_thunderbolt(rig):
 
 
 @test
+def t_pci_unbind(rig):
+    a, b = pair(rig)
+    bi = setup_recv(b)
+    ai = setup_send(a)
+    bg(b, "rx", f"dd if=/dev/tbstream{bi} of=/dev/null bs=64k")
+    time.sleep(0.3)
+    bg(a, "tx", f"dd if=/dev/zero of=/dev/tbstream{ai} bs=64k count=1000000")
+    time.sleep(1)
+    dev = sh(a, "basename $(dirname $(readlink -f /sys/bus/thunderbolt/devices/domain0))")
+    out = sh(a, f"echo {dev} > /sys/bus/pci/drivers/usb4vcable/unbind; echo rc=$?; "
+             f"ls {TB} | tr '\\n' ' '")
+    print("unbind:", out)
+    rc, o = bgwait(a, "tx", 10)
+    check(rc != 0 and "No such device or address" in o, f"writer after unbind: {o!r}")
+    rc, o = bgwait(b, "rx", 10)
+    check(rc != 0, f"reader after peer unbind: {o!r}")
+    out = sh(a, f"echo {dev} > /sys/bus/pci/drivers/usb4vcable/bind; echo rc=$?")
+    check("rc=0" in out, f"bind: {out}")
+    wait_link(a)
+    wait_link(b)
+    bg(b, "rx", f"cat /dev/tbstream{bi}")
+    time.sleep(0.5)
+    sh(a, f"echo back > /dev/tbstream{ai}")
+    rc, out = bgwait(b, "rx", 20)
+    check(out == "back", f"after rebind: {out!r}")
+
+
+@test
 def t_restart_auto(rig):
     a = rig.vm("alpha")
     b = rig.vm("beta")
