@@ -79,8 +79,14 @@ resolve_kver() {
 		>"$APTDIR/sources.list"
 	# Refresh the metadata at most every 6 hours.
 	if [ -z "$(find "$APTDIR/lists" -maxdepth 1 -name '*Packages*' -mmin -360 2>/dev/null)" ]; then
-		apt_private update >&2 ||
+		if ! apt_private update >&2; then
+			if [ -s "$ROOT/.usb4rescue-ok" ]; then
+				log "WARNING: apt-get update of trixie-backports failed; using the cached build root's kernel $(cat "$ROOT/.usb4rescue-ok")"
+				cat "$ROOT/.usb4rescue-ok"
+				return
+			fi
 			die "apt-get update of trixie-backports metadata failed (network? mirror $MIRROR)"
+		fi
 	fi
 	local dep
 	dep=$(apt_cache_private show linux-headers-amd64 2>/dev/null |
