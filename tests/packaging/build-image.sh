@@ -36,13 +36,12 @@ mv "$PKGOUT/stick-initrd.img.tmp" "$PKGOUT/stick-initrd.img"
 plog "mkosi build (about 3-5 minutes; the log is $PKGOUT/mkosi.log)"
 T1=$(date +%s)
 if ! in_pkgroot "cd /src && nice mkosi --output-directory=/out --cache-directory=/mkosi-cache \
-        --initrd=/out/stick-initrd.img --environment=USB4RESCUE_KVER=$KVER -f build" \
-        "$PKGOUT/image:/out" "$PKGOUT/mkosi-cache:/mkosi-cache" \
+        --initrd=/pkg/stick-initrd.img --environment=USB4RESCUE_KVER=$KVER -f build" \
+        "$PKGOUT/image:/out" "$PKGOUT/mkosi-cache:/mkosi-cache" "$PKGOUT:/pkg" \
         > "$PKGOUT/mkosi.log" 2>&1; then
     tail -n 40 "$PKGOUT/mkosi.log" >&2
     pdie "mkosi build failed (log: $PKGOUT/mkosi.log)"
 fi
-cp "$PKGOUT/stick-initrd.img" "$PKGOUT/image/"
 IMG=$PKGOUT/image/usb4rescue.raw
 [ -f "$IMG" ] || pdie "mkosi did not produce $IMG"
 plog "mkosi build: $(( $(date +%s) - T1 ))s; total $(( $(date +%s) - T0 ))s"
