@@ -101,13 +101,20 @@ fi
 [ "$OFFLINE" = 1 ] && use_cached_or_die "USB4RESCUE_OFFLINE=1: not contacting the archive"
 
 # Private apt configuration: never the host's sources, lists, cache or dpkg status.
-keyrings=()
-for k in /usr/share/keyrings/debian-archive-keyring.gpg \
-         /usr/share/keyrings/debian-archive-trixie-automatic.gpg \
-         /usr/share/keyrings/debian-archive-trixie-stable.gpg; do
-    [ -f "$k" ] && keyrings+=("$k")
-done
-[ ${#keyrings[@]} -gt 0 ] || need gpgv debian-archive-keyring
+find_keyrings() {
+    keyrings=()
+    for k in /usr/share/keyrings/debian-archive-keyring.gpg \
+             /usr/share/keyrings/debian-archive-trixie-automatic.gpg \
+             /usr/share/keyrings/debian-archive-trixie-stable.gpg; do
+        [ -f "$k" ] && keyrings+=("$k")
+    done
+    [ ${#keyrings[@]} -gt 0 ]
+}
+if ! find_keyrings; then
+    log "installing debian-archive-keyring (Debian's archive signing keys)"
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -q debian-archive-keyring >&2
+    find_keyrings || die "no Debian archive keyring in /usr/share/keyrings: apt-get install debian-archive-keyring"
+fi
 signed_by=$(IFS=,; printf '%s' "${keyrings[*]}")
 src_line=$(printf 'deb [arch=amd64 signed-by=%s] %s %s main' "$signed_by" "$MIRROR" "$SUITE")
 if [ "$(cat "$APTDIR/sources.list" 2>/dev/null)" != "$src_line" ]; then
