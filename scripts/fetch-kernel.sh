@@ -228,5 +228,6 @@ depmod -b "$tmp/out" "$kver" || die "depmod -b $tmp/out $kver failed"
 printf '%s\n' "${debs[@]}" > "$tmp/out/.complete"
 rm -rf "$kdir"
 mv "$tmp/out" "$kdir"
+for p in "${pkgs[@]}"; do rm -f "$APTDIR/cache/archives/${p}_"*.deb; done   # unpacked: not needed
 log "kernel $kver ready in $kdir"
 printf '%s\n' "$kdir"
