@@ -43,8 +43,6 @@ from vmpair import Disk, Rig, VMError  # noqa: E402
 MiB = 1 << 20
 # What the brief calls a kernel bug in a guest log (vmpair.BAD_KERNEL_RE is a superset).
 BAD_RE = re.compile(r"Oops|BUG:|WARNING:|Call Trace")
-READY_RE = r"RESCUE: ready mode=(\S+) host=(\S+) disks=(\S+) fabric=(\S+) uptime=([\d.]+)s"
-DONE_RE = r"RESCUE: done rc=(\d+)"
 
 # Serials tie backed-up disks to restore targets (rescue restore maps by serial).
 SER_SYS, SER_DATA = "A-SYS-0001", "A-DATA-0002"
@@ -57,6 +55,65 @@ KOPTS = "usb4vcable.hb_timeout_ms=10000"
 BOOT_TIMEOUT = 240       # QEMU start -> "RESCUE: ready" (TCG on a busy 2-core host)
 XFER_TIMEOUT = 600       # one backup or restore
 VM_LIFETIME = 1800
+
+
+def T(regex: str) -> str:
+    """`regex` tolerant of doubled characters: every literal character may repeat.
+
+    The serial console logs occasionally show a character twice ("veriffied", "seee",
+    "Choice [1--6]", a few per thousand lines, under load; where it happens is not known:
+    guest 8250 driver or QEMU's chardev). Markers matched literally would then time out
+    now and then, so every marker pattern goes through this."""
+    out, i, n = [], 0, len(regex)
+    quant = "*+?{"
+    while i < n:
+        c = regex[i]
+        if c == "\\":
+            e = regex[i:i + 2]
+            i += 2
+            out.append(e)
+            if e[1] in "dDsSwWnbB":      # classes and \n: leave as written
+                continue
+        elif c == "[":
+            j = i + 1
+            if regex[j] == "^":
+                j += 1
+            if regex[j] == "]":
+                j += 1
+            while regex[j] != "]":
+                j += 2 if regex[j] == "\\" else 1
+            out.append(regex[i:j + 1])
+            i = j + 1
+            continue
+        elif c == "(":
+            if regex.startswith("(?:", i):
+                out.append("(?:")
+                i += 3
+            else:
+                out.append(c)
+                i += 1
+            continue
+        elif c in ")|.^$*+?":
+            out.append(c)
+            i += 1
+            continue
+        elif c == "{":
+            j = regex.index("}", i)
+            out.append(regex[i:j + 1])
+            i = j + 1
+            continue
+        else:
+            out.append(re.escape(c))
+            i += 1
+        if i < n and regex[i] in quant:
+            continue
+        out.append("+")
+    return "".join(out)
+
+
+READY_RE = T(r"RESCUE: ready mode=(\S+) host=(\S+) disks=(\S+) fabric=(\S+) uptime=([\d.]+)s")
+DONE_RE = T(r"RESCUE: done rc=(\d+)")
+CHOICE_RE = T(r"Choice \[[^\]\n]*\]:")
 
 
 class Fail(AssertionError):
@@ -223,15 +280,15 @@ class Suite:
         make_store(self.store_img, 1024 * MiB)
         self.b = self.boot("b", "rescue.mode=serve rescue.store=LABEL=store rescue.hostname=hostb",
                            [Disk(str(self.store_img))], side="b")
-        self.b.wait_for(r"RESCUE: serve started", 60)
-        self.b.wait_for(r"waiting for a peer", 120)
+        self.b.wait_for(T(r"RESCUE: serve started"), 60)
+        self.b.wait_for(T(r"waiting for a peer"), 120)
         return self.b
 
     def b_mark(self) -> int:
         return self.b.mark()
 
     def wait_b_session_end(self, start: int, timeout=120) -> re.Match:
-        return self.b.wait_for(r"session with .* (ended|failed.*)\n", timeout, start=start)
+        return self.b.wait_for(T(r"session with .* (ended|failed.*)\n"), timeout, start=start)
 
     def cable_status(self) -> dict:
         return json.loads(self.cable.ctl("status", "--json"))
@@ -253,6 +310,17 @@ class Suite:
         if out.exists():
             shutil.rmtree(out)
         out.mkdir()
+        # The id was read from a console log that may show a character twice: take the
+        # store's own name for it (newest of the same label, when the text differs).
+        ls = run(["debugfs", "-R", f"ls -p /{host}", str(snap)]).stdout
+        names = [f.split("/")[5] for f in ls.splitlines() if f.count("/") >= 6]
+        names = [n for n in names if re.match(r"\d{8}-\d{6}", n)]
+        if backup_id not in names:
+            label = backup_id[16:] if len(backup_id) > 16 else ""
+            same = sorted(n for n in names if n[16:] == label and squeeze(n) == squeeze(backup_id))
+            check(same, f"backup {backup_id} not in the store's /{host}: {names}")
+            log(f"(console said {backup_id}; the store has {same[-1]})")
+            backup_id = same[-1]
         r = run(["debugfs", "-R", f"rdump /{host}/{backup_id} {out}", str(snap)])
         d = out / backup_id
         check(d.is_dir(), f"debugfs rdump /{host}/{backup_id}: nothing dumped\n{r.stderr}")
@@ -297,7 +365,7 @@ class Suite:
         bstart = self.b_mark()
         vm = self.boot(name, f"rescue.mode=backup rescue.yes=1 rescue.hostname={host} {extra}",
                        disks if disks is not None else self.a_disk_list())
-        m = vm.wait_for(r"backup (\S+) on hostb: ", 180)
+        m = vm.wait_for(T(r"backup (\S+) on hostb: "), 180)
         bid = m.group(1)
         t0 = time.monotonic()
         st0 = self.cable_status()
@@ -313,6 +381,11 @@ class Suite:
         if res["rc"] == expect_rc:
             self.wait_b_session_end(bstart)
         return res
+
+
+def squeeze(t: str) -> str:
+    """`t` with runs of one character collapsed (compares console text with T()'s tolerance)."""
+    return re.sub(r"(.)\1+", r"\1", t)
 
 
 def nonzero_bytes(p: Path, chunk=MiB) -> int:
@@ -340,7 +413,7 @@ def s1_backup(s: Suite):
     r = s.backup_from_a("rescue.poweroff=1")
     vm = r["vm"]
     check(r["rc"] == 0, f"backup exited rc={r['rc']}:\n{vm.tail(30)}")
-    check("RESCUE: backup finished: OK" in r["log"], "no 'RESCUE: backup finished: OK'")
+    check(re.search(T("RESCUE: backup finished: OK"), r["log"]), "no 'RESCUE: backup finished: OK'")
     s.stop(vm)
     d = s.dump_backup("hosta", r["id"])
     s.check_backup_dir(d, disks)
@@ -378,9 +451,9 @@ def s2_restore(s: Suite):
     vm = s.boot("c", "rescue.mode=restore rescue.yes=1 rescue.verify=1 rescue.hostname=hosta "
                      "rescue.poweroff=1",
                 [Disk(str(tgt["vda"]), serial=SER_SYS), Disk(str(tgt["vdb"]), serial=SER_DATA)])
-    m = vm.wait_for(r"restore backup (\S+) of (\S+)", 180)
+    m = vm.wait_for(T(r"restore backup (\S+) of (\S+)"), 180)
     t0 = time.monotonic()
-    check(m.group(1) == s.backup1, f"restored {m.group(1)}, expected the newest backup {s.backup1}")
+    check(squeeze(m.group(1)) == squeeze(s.backup1), f"restored {m.group(1)}, expected the newest backup {s.backup1}")
     m = vm.wait_for(DONE_RE, XFER_TIMEOUT)
     secs = time.monotonic() - t0
     rc = int(m.group(1))
@@ -421,29 +494,29 @@ def s3_unplug(s: Suite):
         s.cable.ctl("rate", "--bytes-per-sec", "0")
     vm = r["vm"]
     check(r["rc"] == 5, f"after the cut the backup exited rc={r['rc']}, expected 5 (peer gone):\n{vm.tail(20)}")
-    failed = re.search(r"RESCUE: backup failed: (.*)", r["log"])
+    failed = re.search(T(r"RESCUE: backup failed: (.*)"), r["log"])
     log(f"A: {failed.group(0) if failed else '?'}")
-    vm.wait_for(r"RESCUE: menu", 60)
-    s.b.wait_for(r"session with .* failed", 120, start=r["bstart"])
+    vm.wait_for(T(r"RESCUE: menu"), 60)
+    s.b.wait_for(T(r"session with .* failed"), 120, start=r["bstart"])
     time.sleep(2)
     s.cable.ctl("plug")
     bstart = s.b_mark()
     # The menu: 1 = back up; Enter = the default disks; label comes from rescue.label; y.
-    vm.wait_for(r"Choice \[1-6\]:", 30)
+    vm.wait_for(CHOICE_RE, 30)
     vm.send("1\n")
-    vm.wait_for(r"Disks to send \(Enter = ([^;]*);", 60)
+    vm.wait_for(T(r"Disks to send \(Enter = ([^;]*);"), 60)
     vm.send("\n")
-    vm.wait_for(r"Send .* \[y/N\]", 60)
+    vm.wait_for(T(r"Send .* \[y/N\]"), 60)
     vm.send("y\n")
     res = {}
     for name in ("vda", "vdb"):
-        m = vm.wait_for(rf"{name}: resuming, (\d+) of (\d+) chunks already verified", 180)
+        m = vm.wait_for(T(rf"{name}: resuming, (\d+) of (\d+) chunks already verified"), 180)
         res[name] = (int(m.group(1)), int(m.group(2)))
     m = vm.wait_for(DONE_RE, XFER_TIMEOUT)
     rc = int(m.group(1))
     check(rc == 0, f"resumed backup rc={rc}:\n{vm.tail(30)}")
     s.wait_b_session_end(bstart)
-    resent = re.findall(r"\s+(vd[ab]): (\S+ \S+) read, (\S+ \S+) sent, .* (\S+ \S+) already on the peer",
+    resent = re.findall(T(r"\s+(vd[ab]): (\S+ \S+) read, (\S+ \S+) sent, .* (\S+ \S+) already on the peer"),
                         vm.log_text()[r["vm"].cursor - 4000:])
     s.stop(vm)
     d = s.dump_backup("hosta", r["id"])
@@ -500,7 +573,7 @@ def s4_corruption(s: Suite):
     s.stop(vm)
     crc = s.cable_status()["b"]["crc_errors"] - crc_before
     blog = s.b.log_text()[r["bstart"]:]
-    damaged = re.findall(r"damaged chunk at offset \d+ .*asking for it again|chunk at offset \d+ failed verification.*", blog)
+    damaged = re.findall(T(r"damaged chunk at offset \d+ .*asking for it again") + "|" + T(r"chunk at offset \d+ failed verification.*"), blog)
     for l in damaged:
         log("B: " + l)
     check(crc > 0, f"no corrupted frame reached B (cable-ctl crc errors {crc}, rounds {rounds})")
@@ -527,7 +600,7 @@ def s5_failing_source(s: Suite):
                         disks=[Disk(str(src), serial="F-BAD-0003", read_errors=bad)])
     vm = r["vm"]
     check(r["rc"] == 3, f"backup of the failing disk rc={r['rc']}, expected 3:\n{vm.tail(30)}")
-    m = re.search(r"completed with (\d+) unreadable sectors", r["log"])
+    m = re.search(T(r"completed with (\d+) unreadable sectors"), r["log"])
     check(m, f"no 'completed with N unreadable sectors' line:\n{vm.tail(30)}")
     check(int(m.group(1)) == BAD_COUNT, f"A says {m.group(1)} unreadable sectors, {BAD_COUNT} were injected")
     s.wait_b_session_end(r["bstart"]) if False else None
@@ -578,7 +651,7 @@ def s6_safety(s: Suite):
     m = vm.wait_for(DONE_RE, 300)
     rc = int(m.group(1))
     txt = vm.log_text()
-    msg = re.search(r"RESCUE: restore failed: (.*)", txt)
+    msg = re.search(T(r"RESCUE: restore failed: (.*)"), txt)
     check(rc == 6, f"restore onto a smaller disk: rc={rc}, expected 6:\n{vm.tail(20)}")
     check(msg and "refusing to restore onto vda" in msg.group(1) and "image is" in msg.group(1),
           f"unclear message: {msg.group(0) if msg else vm.tail(20)}")
@@ -594,7 +667,11 @@ def s6_safety(s: Suite):
     if not s.args.shell_initrd:
         raise Fail("no --shell-initrd given: the mounted-target half cannot run")
     tgt = restore_vm_disks(s, "mnt")
-    run(["mkfs.ext4", "-q", "-F", "-L", "mnttarget", str(tgt["vda"]), str(256 * MiB // 1024) + "k"])
+    with tempfile.TemporaryDirectory(prefix="scen-mnt-") as t:
+        (Path(t) / "marker.txt").write_text("this filesystem must survive\n")
+        run(["mkfs.ext4", "-q", "-F", "-L", "mnttarget", "-d", t, str(tgt["vda"]), str(256 * MiB // 1024) + "k"])
+    with open(tgt["vdb"], "r+b") as f:
+        f.write(b"UNTOUCHED" * 1000)
     before = {k: sha256(p) for k, p in tgt.items()}
     s.vm_serial += 1
     vm = s.rig.vm(f"shell{s.vm_serial}")
@@ -606,25 +683,33 @@ def s6_safety(s: Suite):
            timeout=60, check=True)
     r = vm.run("rescue restore --host hosta --yes 2>&1; echo rc=$?", timeout=300)
     out = r.out
-    m = re.search(r"rc=(\d+)", out)
+    m = re.search(T(r"rc=(\d+)"), out)
     rc = int(m.group(1)) if m else -1
-    msg = re.search(r"rescue: (refusing to restore onto vda.*)", out)
+    msg = re.search(T(r"rescue: (refusing to restore onto vda.*)"), out)
     vm.run("umount /mnt/t; sync", timeout=60)
     vm.kill()
     s.kernel_check(vm)
     check(rc == 6, f"restore onto a mounted disk: rc={rc}, expected 6:\n{out}")
     check(msg and "mounted" in msg.group(1), f"unclear message:\n{out}")
     log(f"mounted: rescue: {msg.group(1)}")
-    for k, p in tgt.items():
-        check(sha256(p) == before[k], f"the mounted target {k} was changed")
+    # Mounting changes vda's superblock (mount count, times), so vda is checked for what
+    # a restore would break: the filesystem is clean and holds its file, and it is not
+    # A's disk. vdb (not mounted) must not have changed at all: targets are all checked
+    # before anything is written.
+    check(sha256(tgt["vdb"]) == before["vdb"], "vdb changed although the restore was refused")
+    check(sha256(tgt["vda"]) != s.a_hashes["vda"], "vda holds A's disk: the restore wrote it")
+    r = run(["e2fsck", "-f", "-n", str(tgt["vda"])], check=False)
+    check(r.returncode == 0, f"the mounted target's ext4 is not clean after the refused restore:\n{r.stdout}")
+    r = run(["debugfs", "-R", "cat /marker.txt", str(tgt["vda"])])
+    check("this filesystem must survive" in r.stdout, f"marker file lost: {r.stdout!r} {r.stderr!r}")
     s.figures["safety-mounted"] = msg.group(1)
 
 
 def drive(vm, prompts: list[tuple[str, str]], until: str, timeout: float) -> list[str]:
     """Answers console prompts in whatever order (and subset) they come, until `until`
     shows. Returns the prompts answered. Each prompt is answered at most once."""
-    pats = [(re.compile(p), a) for p, a in prompts]
-    end = re.compile(until)
+    pats = [(re.compile(T(p)), a) for p, a in prompts]
+    end = re.compile(T(until))
     done = []
     deadline = time.monotonic() + timeout
     while True:
@@ -658,13 +743,13 @@ def s7_menu(s: Suite):
     bstart = s.b_mark()
     vm = s.boot("menu", "rescue.hostname=hosta",
                 [Disk(str(tgt["vda"]), serial=SER_SYS), Disk(str(tgt["vdb"]), serial=SER_DATA)])
-    vm.wait_for(r"==== usb4rescue on hosta ====", 60)
-    vm.wait_for(r"cable: peer found: hostb", 60)
-    vm.wait_for(r"Choice \[1-6\]:", 60)
+    vm.wait_for(T(r"==== usb4rescue on hosta ===="), 60)
+    vm.wait_for(T(r"cable: peer found: hostb"), 60)
+    vm.wait_for(CHOICE_RE, 60)
     vm.send("4\n")                        # refresh: shows the menu again
-    vm.wait_for(r"Choice \[1-6\]:", 60)
+    vm.wait_for(CHOICE_RE, 60)
     vm.send("3\n")
-    m = vm.wait_for(r"HOST\s+BACKUP\s+STATUS\s+disks\n((?:.*\n)+?)Backup to restore[^\n]*:", 180)
+    m = vm.wait_for(T(r"HOST\s+BACKUP\s+STATUS\s+disks\n((?:.*\n)+?)Backup to restore[^\n]*:"), 180)
     listing = m.group(1)
     check("hosta" in listing and "complete" in listing, f"backup list:\n{listing}")
     vm.send("\n")
@@ -677,10 +762,10 @@ def s7_menu(s: Suite):
     m = vm.wait_for(DONE_RE, XFER_TIMEOUT)
     rc = int(m.group(1))
     check(rc == 0, f"menu restore rc={rc}:\n{vm.tail(30)}")
-    vm.wait_for(r"Choice \[1-6\]:", 60)   # back in the menu
+    vm.wait_for(CHOICE_RE, 60)   # back in the menu
     s.wait_b_session_end(bstart)
     vm.send("6\n")
-    vm.wait_for(r"Power off now\? \[y/N\]", 60)
+    vm.wait_for(T(r"Power off now\? \[y/N\]"), 60)
     vm.send("y\n")
     try:
         vm.proc.wait(60)
@@ -693,6 +778,54 @@ def s7_menu(s: Suite):
     log("menu: listed, restored, verified and powered off; disks equal A's")
 
 
+def s8_dd_baseline(s: Suite):
+    """Raw dd over a second virtual cable between two busybox guests (throughput baseline)."""
+    if not s.args.shell_initrd:
+        raise Fail("no --shell-initrd given")
+    size = 64 * MiB
+    src, dst = s.w / "dd-src.img", s.w / "dd-dst.img"
+    make_random_disk(src, size, seed=8)
+    blank(dst, size)
+    cab = s.rig.cable("dd")
+    cab.create()
+    vms = {}
+    for name, side, disk in (("ddrx", "b", dst), ("ddtx", "a", src)):
+        s.vm_serial += 1
+        v = s.rig.vm(f"{name}{s.vm_serial}")
+        v.start(s.kernel, s.args.shell_initrd, f"{KOPTS} vm.noload=thunderbolt,thunderbolt_stream",
+                [Disk(str(disk))], [(cab, side)], timeout=VM_LIFETIME)
+        vms[name] = v
+    try:
+        for v in vms.values():
+            v.wait_ready(BOOT_TIMEOUT)
+        svc = {n: v.run("linkwait 60", timeout=90, check=True).out.strip().splitlines()[-1]
+               for n, v in vms.items()}
+        rx, tx = vms["ddrx"], vms["ddtx"]
+        irx = int(rx.run(f"mkstream {svc['ddrx']} bench -1 -1", check=True).out.split()[-3])
+        rx.run(f"bg rx dd if=/dev/tbstream{irx} of=/dev/vda bs=256k; waitopen /dev/tbstream{irx} 10",
+               check=True)
+        itx = int(tx.run(f"mkstream {svc['ddtx']} bench", check=True).out.split()[-3])
+        t0 = time.monotonic()
+        out = tx.run(f"t0=$(now); dd if=/dev/vda of=/dev/tbstream{itx} bs=256k 2>&1 || exit 1; "
+                     f"echo \"@@T $t0 $(now)\"", timeout=300, check=True).out
+        r = rx.run("bgwait rx 300; sync", timeout=360)
+        wall = time.monotonic() - t0
+        check(r.rc == 0, f"receiver's dd failed: {r.out}")
+        m = re.search(T(r"@@T ([\d.]+) ([\d.]+)"), out)
+        dd_secs = float(m.group(2)) - float(m.group(1))
+    finally:
+        for v in vms.values():
+            v.kill()
+            s.kernel_check(v)
+        cab.remove()
+    h = sha256(dst)
+    check(h == sha256(src), "dd over the cable: the receiver's disk differs from the sender's")
+    s.figures["dd"] = (f"raw dd of 64 MiB random data over the cable: sender's dd {dd_secs:.1f}s "
+                       f"({size / MiB / dd_secs:.1f} MiB/s), {wall:.1f}s host wall clock until the "
+                       f"receiver's dd ended ({fmt_rate(size, wall)})")
+    log(s.figures["dd"])
+
+
 SCENARIOS = [
     ("backup", s1_backup),
     ("restore", s2_restore),
@@ -701,6 +834,7 @@ SCENARIOS = [
     ("unplug", s3_unplug),
     ("corruption", s4_corruption),
     ("failing-source", s5_failing_source),
+    ("dd-baseline", s8_dd_baseline),
 ]
 
 
