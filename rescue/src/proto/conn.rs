@@ -479,3 +479,62 @@ pub fn expect_within(conn: &mut Conn, k: u8, within: Duration, doing: &str) -> R
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::net::UnixStream;
+
+    #[test]
+    fn a_silent_peer_is_gone() {
+        let (a, _b) = UnixStream::pair().unwrap();
+        let mut c = Conn::new(Stream::Unix(a)).unwrap();
+        c.set_liveness(Duration::from_millis(300));
+        let t = Instant::now();
+        loop {
+            match c.next_event(Duration::from_millis(50)) {
+                Some(Event::Closed(Closed::Gone(why))) => {
+                    assert!(why.contains("no word from the peer"), "{why}");
+                    break;
+                }
+                Some(other) => panic!("unexpected {other:?}"),
+                None => assert!(t.elapsed() < Duration::from_secs(10), "never noticed"),
+            }
+        }
+    }
+
+    #[test]
+    fn keepalives_keep_a_quiet_peer_alive_and_requests_are_answered_once() {
+        let (a, b) = UnixStream::pair().unwrap();
+        let mut c = Conn::new(Stream::Unix(a)).unwrap();
+        let mut d = Conn::new(Stream::Unix(b)).unwrap();
+        c.set_liveness(Duration::from_millis(2500));
+        // d says nothing but its keepalive for 3 s: c must not give up.
+        let t = Instant::now();
+        while t.elapsed() < Duration::from_secs(3) {
+            if let Some(Event::Closed(why)) = c.next_event(Duration::from_millis(100)) {
+                panic!("closed: {why:?}");
+            }
+        }
+        // A repeated request gets the cached answer, not a second action.
+        c.send_json(kind::LIST, &msg::ListReq { host: None })
+            .unwrap();
+        c.send_json(kind::LIST, &msg::ListReq { host: None })
+            .unwrap();
+        let mut answered = 0;
+        let mut repeats = 0;
+        let t = Instant::now();
+        while answered + repeats < 2 && t.elapsed() < Duration::from_secs(5) {
+            if let Some(Event::Frame(f)) = d.next_event(Duration::from_millis(100)) {
+                if d.answered_before(&f).unwrap() {
+                    repeats += 1;
+                } else {
+                    answered += 1;
+                    d.reply_json(&f, kind::LISTING, &msg::Listing { backups: vec![] })
+                        .unwrap();
+                }
+            }
+        }
+        assert_eq!((answered, repeats), (1, 1));
+    }
+}
