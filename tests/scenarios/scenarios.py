@@ -820,6 +820,16 @@ def s8_dd_baseline(s: Suite):
         cab.remove()
     h = sha256(dst)
     check(h == sha256(src), "dd over the cable: the receiver's disk differs from the sender's")
+    # The same 64 MiB through rescue (backup to B over the main cable), for comparison.
+    r = s.backup_from_a("rescue.poweroff=1", name="r", host="hostr",
+                        disks=[Disk(str(src), serial="R-RND-0001", readonly=True)])
+    check(r["rc"] == 0, f"rescue backup of the random disk rc={r['rc']}:\n{r['vm'].tail(20)}")
+    s.stop(r["vm"])
+    m = re.search(T(r"vda: (\S+ \S+) read, (\S+ \S+) sent, .*, ([\d.]+)s, (\S+ \S+)/s"), r["log"])
+    s.figures["rescue-random"] = (f"rescue backup of the same 64 MiB random disk: {m.group(0).strip() if m else '?'}; "
+                                  f"host wall clock from 'backup ... on hostb' to 'done': {r['secs']:.1f}s "
+                                  f"({fmt_rate(size, r['secs'])})")
+    log(s.figures["rescue-random"])
     s.figures["dd"] = (f"raw dd of 64 MiB random data over the cable: sender's dd {dd_secs:.1f}s "
                        f"({size / MiB / dd_secs:.1f} MiB/s), {wall:.1f}s host wall clock until the "
                        f"receiver's dd ended ({fmt_rate(size, wall)})")
