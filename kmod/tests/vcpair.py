@@ -12,7 +12,7 @@ qemu/vmpair.py). Used by kmod/tests/run-tests.py and kmod/bench.sh.
 
 Environment: KVER / KERNEL_DIR (default: the newest
 ${USB4RESCUE_CACHE:-/var/cache/usb4rescue}/kernel/<kver>/ made by scripts/fetch-kernel.sh),
-KO (usb4vcable.ko, default ${USB4RESCUE_CACHE}/kmod/<kver>/usb4vcable.ko),
+KO (usb4vcable.ko, default ${USB4RESCUE_CACHE}/kmod/<kver>/usb4vcable.ko), SMP (vCPUs, 1),
 CABLE_CTL (default: cargo build output in /tmp/target-kmod or target/).
 """
 import base64
@@ -86,7 +86,7 @@ class VM:
         self.log = rig.dir / f"{name}.log"
         self.sock = rig.dir / f"{name}.sock"
         cmd = [os.environ.get("QEMU", "qemu-system-x86_64"), "-accel", "tcg", "-m", str(mem),
-               "-nographic", "-no-reboot", "-nodefaults", "-kernel", str(rig.kernel),
+               "-nographic", "-no-reboot", "-nodefaults", "-smp", os.environ.get("SMP", "1"), "-kernel", str(rig.kernel),
                "-initrd", str(rig.initrd),
                "-append", f"console=ttyS0 panic=-1 no_timer_check loglevel=7 vc.name={name} {params}",
                "-serial", f"file:{self.log}",
