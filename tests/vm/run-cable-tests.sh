@@ -16,6 +16,7 @@
 # USB4RESCUE_KEEP=1 keeps VM logs of passing tests (failing tests always keep theirs and
 # print the directory).
 set -uo pipefail
+case "${1:-}" in -h|--help) sed -n '2,/^set -uo/p' "$0" | sed '$d; s/^# \{0,1\}//'; exit 0 ;; esac
 
 HERE=$(cd "$(dirname "$0")" && pwd)
 TOP=$(cd "$HERE/../.." && pwd)
