@@ -484,6 +484,50 @@ def t_three_vms(rig):
         check(out == f"to-{peer_vm.name}", f"{peer_vm.name} got {out!r}")
 
 
+@test
+def t_soak(rig):
+    """Transfers in both directions while the host unplugs/replugs, corrupts and changes
+    the rate at random; only kernel health and liveness are checked (SOAK_S seconds)."""
+    import os
+    import random
+    a, b = pair(rig)
+    bi = setup_recv(b, "x")
+    ai = setup_send(a, "x")
+    ai2 = setup_recv(a, "y")
+    bi2 = setup_send(b, "y")
+    loop = "while :; do {cmd} 2>/dev/null; usleep 100000; done"
+    bg(b, "r1", loop.format(cmd=f"dd if=/dev/tbstream{bi} of=/dev/null bs=64k"))
+    bg(a, "r2", loop.format(cmd=f"dd if=/dev/tbstream{ai2} of=/dev/null bs=64k"))
+    bg(a, "w1", loop.format(cmd=f"dd if=/dev/zero of=/dev/tbstream{ai} bs=64k count=2000"))
+    bg(b, "w2", loop.format(cmd=f"dd if=/dev/zero of=/dev/tbstream{bi2} bs=4k count=20000"))
+    end = time.time() + float(os.environ.get("SOAK_S", "60"))
+    rnd = random.Random(1)
+    n = 0
+    while time.time() < end:
+        op = rnd.choice(["unplug", "corrupt", "rate", "rate0", "sleep", "sleep"])
+        if op == "unplug":
+            rig.ctl("unplug")
+            time.sleep(rnd.uniform(0.05, 1.0))
+            rig.ctl("plug")
+        elif op == "corrupt":
+            rig.ctl("corrupt", "--dir", rnd.choice(["a2b", "b2a"]), "--frames", str(rnd.randint(1, 5)))
+        elif op == "rate":
+            rig.ctl("rate", "--bytes-per-sec", str(rnd.choice([1 << 20, 8 << 20, 64 << 20])))
+        elif op == "rate0":
+            rig.ctl("rate", "--bytes-per-sec", "0")
+        time.sleep(rnd.uniform(0.1, 1.5))
+        n += 1
+    rig.ctl("plug")
+    rig.ctl("rate", "--bytes-per-sec", "0")
+    wait_link(a)
+    wait_link(b)
+    st = rig.ctl("status")
+    print(f"{n} faults injected;", " | ".join(l.strip() for l in st.splitlines() if "tx " in l))
+    for v in (a, b):
+        sh(v, "kill $(cat /tmp/r1.pid /tmp/r2.pid /tmp/w1.pid /tmp/w2.pid 2>/dev/null) 2>/dev/null; "
+           "killall dd 2>/dev/null; true")
+
+
 def main():
     args = sys.argv[1:]
     if "--list" in args:
