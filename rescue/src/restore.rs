@@ -4,7 +4,7 @@
 use std::fs::{File, OpenOptions};
 use std::io::IsTerminal;
 use std::os::unix::fs::{FileExt, OpenOptionsExt};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::time::Instant;
 
 use anyhow::{Context, Result};
@@ -42,15 +42,7 @@ fn refuse(msg: String) -> anyhow::Error {
 
 /// Opens a restore target after the safety checks. `need` is the image size.
 pub fn open_target(root: &Root, spec: &str, need: u64) -> Result<Target> {
-    let path = if spec.contains('/') || Path::new(spec).is_file() {
-        if Path::new(spec).is_absolute() && !root.is_host() {
-            root.path(spec)
-        } else {
-            PathBuf::from(spec)
-        }
-    } else {
-        root.path(format!("/dev/{spec}"))
-    };
+    let path = root.disk_path(spec);
     let meta = std::fs::metadata(&path);
     let is_block = meta
         .as_ref()

@@ -37,6 +37,21 @@ impl Root {
         self.0.join(rel)
     }
 
+    /// Where a disk named on the command line lives: `nvme0n1` means /dev/nvme0n1
+    /// below this root; a path (or an existing file in the current directory) is
+    /// taken as given, absolute paths mapped into a fake root.
+    pub fn disk_path(&self, spec: &str) -> PathBuf {
+        if spec.contains('/') || Path::new(spec).is_file() {
+            if Path::new(spec).is_absolute() && !self.is_host() {
+                self.path(spec)
+            } else {
+                PathBuf::from(spec)
+            }
+        } else {
+            self.path(format!("/dev/{spec}"))
+        }
+    }
+
     /// Reads a sysfs-style attribute: trimmed text, `None` when absent or unreadable.
     pub fn read_attr(&self, abs: impl AsRef<Path>) -> Option<String> {
         read_trimmed(&self.path(abs)).ok()

@@ -138,14 +138,7 @@ pub fn connect(root: &Root, args: &ConnectArgs, role: Role) -> Result<Session> {
                 teardown: true,
             };
             let mut link = Link::up(root, &opts)?;
-            eprintln!(
-                "stream {}/{} is {} (HopIDs in {} out {})",
-                link.service,
-                link.name,
-                link.dev.display(),
-                link.in_hopid,
-                link.out_hopid
-            );
+            link.announce();
             let start = Instant::now();
             loop {
                 let mut conn = Conn::new(Stream::open_device(&link.dev)?)?;
@@ -241,14 +234,7 @@ pub fn serve(
                         teardown: true,
                     };
                     let link = Link::up(root, &opts)?;
-                    eprintln!(
-                        "stream {}/{} is {} (HopIDs in {} out {})",
-                        link.service,
-                        link.name,
-                        link.dev.display(),
-                        link.in_hopid,
-                        link.out_hopid
-                    );
+                    link.announce();
                     (link.dev.clone(), Some(link))
                 }
             };

@@ -7,7 +7,7 @@
 use std::fs::{File, OpenOptions};
 use std::io;
 use std::os::unix::fs::{FileExt, OpenOptionsExt};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use anyhow::{Context, Result, bail};
 
@@ -175,15 +175,7 @@ pub struct Source {
 /// Opens a disk named like `nvme0n1`, `/dev/sda` or `/dev/disk/by-id/...`, or an
 /// image file path.
 pub fn open(root: &Root, spec: &str) -> Result<Source> {
-    let path = if spec.contains('/') || Path::new(spec).is_file() {
-        if Path::new(spec).is_absolute() && !root.is_host() {
-            root.path(spec)
-        } else {
-            PathBuf::from(spec)
-        }
-    } else {
-        root.path(format!("/dev/{spec}"))
-    };
+    let path = root.disk_path(spec);
     let file = File::open(&path).map_err(|e| {
         let hint = match e.kind() {
             io::ErrorKind::NotFound => "no such disk or file; `rescue disks` lists the disks",

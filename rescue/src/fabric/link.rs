@@ -375,6 +375,18 @@ impl Link {
         Ok(())
     }
 
+    /// Tells the user which device the stream is and with which HopIDs.
+    pub fn announce(&self) {
+        eprintln!(
+            "stream {}/{} is {} (HopIDs in {} out {})",
+            self.service,
+            self.name,
+            self.dev.display(),
+            self.in_hopid,
+            self.out_hopid
+        );
+    }
+
     /// Re-creates an adopted stream so it picks up HopIDs the peer published
     /// again (after the peer restarted). Only for groups we created.
     pub fn refresh(&mut self, root: &Root, wait: Option<Duration>) -> Result<()> {
