@@ -533,7 +533,7 @@ def s3_unplug(s: Suite):
 
 
 def s4_corruption(s: Suite):
-    """Frames corrupted on the cable (a2b and b2a) are detected and re-sent; images exact."""
+    """Frames corrupted on the cable (a2b) are detected and re-sent; images exact."""
     disks = s.a_disks()
     s.ensure_b()
     rounds = []
@@ -577,11 +577,19 @@ def s4_corruption(s: Suite):
     for l in damaged:
         log("B: " + l)
     check(crc > 0, f"no corrupted frame reached B (cable-ctl crc errors {crc}, rounds {rounds})")
-    check(len(damaged) == crc,
-          f"{crc} corrupted frames reached B but B reported {len(damaged)} damaged chunks:\n" + "\n".join(damaged))
+    # usb4vcable flips 4 bytes of the 4 KiB frame, byte 0 included. When that frame starts
+    # a rescue frame, its 32-byte header is destroyed: rescue skips it as garbage and asks
+    # for the chunk again when the next one arrives out of order, without a log line
+    # (proto/frame.rs read_frame, xfer.rs receive_disk). So B's log can show fewer lines
+    # than corrupted frames; that no corrupted byte was accepted is proven by the images.
+    check(1 <= len(damaged) <= crc,
+          f"{crc} corrupted frames reached B, B reported {len(damaged)} damaged chunks:\n" + "\n".join(damaged))
     d = s.dump_backup("hosta", r["id"])
     s.check_backup_dir(d, disks)
-    s.figures["corruption"] = f"{crc} frames corrupted a2b, {len(damaged)} detected and re-sent, images exact"
+    silent = crc - len(damaged)
+    s.figures["corruption"] = (f"{crc} frames corrupted a2b, {len(damaged)} reported by B as damaged chunks"
+                               + (f", {silent} hit a frame header (skipped and re-requested without a log line)"
+                                  if silent else "") + "; images exact")
     log(s.figures["corruption"])
 
 
@@ -708,19 +716,19 @@ def s6_safety(s: Suite):
 def drive(vm, prompts: list[tuple[str, str]], until: str, timeout: float) -> list[str]:
     """Answers console prompts in whatever order (and subset) they come, until `until`
     shows. Returns the prompts answered. Each prompt is answered at most once."""
-    pats = [(re.compile(T(p)), a) for p, a in prompts]
+    pats = [(re.compile(T(p)), a, p) for p, a in prompts]
     end = re.compile(T(until))
-    done = []
+    done: list[str] = []
     deadline = time.monotonic() + timeout
     while True:
         txt = vm.log_text()
         m = end.search(txt, vm.cursor)
-        hits = [(pm.start(), pm, a, p) for p, a in pats if p.pattern not in done
-                for pm in [p.search(txt, vm.cursor)] if pm]
+        hits = [(pm.start(), pm, a, p) for rx, a, p in pats if p not in done
+                for pm in [rx.search(txt, vm.cursor)] if pm]
         if hits and (not m or min(hits, key=lambda h: h[0])[0] < m.start()):
             _, pm, a, p = min(hits, key=lambda h: h[0])
             vm.cursor = pm.end()
-            done.append(p.pattern)
+            done.append(p)
             vm.send(a)
             continue
         if m:
@@ -758,7 +766,7 @@ def s7_menu(s: Suite):
         (r"Type yes to overwrite them: ?", "yes\n"),
         (r"verify afterwards\? \[y/N\] ?", "y\n"),
     ], r"RESCUE: restore started", 120)
-    check(any("yes" in a for a in answers), f"the menu never asked to type yes: {answers}")
+    check(any(a.startswith("Type yes") for a in answers), f"the menu never asked to type yes: {answers}")
     m = vm.wait_for(DONE_RE, XFER_TIMEOUT)
     rc = int(m.group(1))
     check(rc == 0, f"menu restore rc={rc}:\n{vm.tail(30)}")
