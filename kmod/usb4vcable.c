@@ -2048,6 +2048,9 @@ static bool vc_poll_once(struct vc_cable *c)
 	if (time_after_eq(now, c->hb_next)) {
 		WRITE_ONCE(c->me->heartbeat, READ_ONCE(c->me->heartbeat) + 1);
 		WRITE_ONCE(c->me->state, USB4VC_STATE_PRESENT);
+		/* The hostname may be set after the module was loaded */
+		strscpy(c->me->hostname, init_utsname()->nodename,
+			sizeof(c->me->hostname));
 		vc_publish_counters(c);
 		c->hb_next = now + VC_HB_INTERVAL;
 	}
