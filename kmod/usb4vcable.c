@@ -200,6 +200,28 @@ static DEFINE_IDA(vc_indices);
 static DEFINE_IDA(vc_domains);
 
 /*
+ * Live object count (links, devices, connections, streams, cables): must be 0
+ * at module exit. A cheap leak check where kmemleak is not available.
+ */
+static atomic_t vc_live_objs = ATOMIC_INIT(0);
+
+static void *vc_zalloc(size_t size)
+{
+	void *p = kzalloc(size, GFP_KERNEL);
+
+	if (p)
+		atomic_inc(&vc_live_objs);
+	return p;
+}
+
+static void vc_free(void *p)
+{
+	if (p)
+		atomic_dec(&vc_live_objs);
+	kfree(p);
+}
+
+/*
  * /dev/tbstreamN: a private char device region rather than miscdevice, because
  * misc_open() calls our open() with the global misc_mtx held and open() may
  * block until the peer appears (that would stall every misc device and our own
@@ -261,7 +283,7 @@ static inline int vc_rx_dir(struct vc_cable *c)
 
 static void vc_link_release(struct kref *kref)
 {
-	kfree(container_of(kref, struct vc_link, kref));
+	vc_free(container_of(kref, struct vc_link, kref));
 }
 
 static struct vc_link *vc_link_get(struct vc_link *link)
@@ -298,7 +320,7 @@ struct vc_dev {
 
 static void vc_dev_release(struct device *dev)
 {
-	kfree(to_vc_dev(dev));
+	vc_free(to_vc_dev(dev));
 }
 
 /* Domain */
@@ -556,7 +578,7 @@ static struct device *vc_dev_create(struct device *parent,
 	struct vc_dev *vd;
 	int ret;
 
-	vd = kzalloc(sizeof(*vd), GFP_KERNEL);
+	vd = vc_zalloc(sizeof(*vd));
 	if (!vd)
 		return ERR_PTR(-ENOMEM);
 
@@ -1552,7 +1574,7 @@ static void vc_sdev_release(struct kref *kref)
 	mutex_unlock(&vc_mutex);
 
 	ida_free(&vc_indices, sdev->index);
-	kfree(sdev);
+	vc_free(sdev);
 }
 
 static void vc_sdev_item_release(struct config_item *item)
@@ -1591,13 +1613,13 @@ static struct config_group *vc_sdev_make_group(struct config_group *group,
 	if (strlen(name) > VC_KEY_SIZE)
 		return ERR_PTR(-ENAMETOOLONG);
 
-	sdev = kzalloc(sizeof(*sdev), GFP_KERNEL);
+	sdev = vc_zalloc(sizeof(*sdev));
 	if (!sdev)
 		return ERR_PTR(-ENOMEM);
 
 	index = ida_alloc_max(&vc_indices, VC_MAX_STREAMS - 1, GFP_KERNEL);
 	if (index < 0) {
-		kfree(sdev);
+		vc_free(sdev);
 		return ERR_PTR(index);
 	}
 
@@ -1667,7 +1689,7 @@ static struct configfs_group_operations vc_conn_group_ops = {
 
 static void vc_conn_release(struct config_item *item)
 {
-	kfree(to_vc_conn(to_config_group(item)));
+	vc_free(to_vc_conn(to_config_group(item)));
 }
 
 static struct configfs_item_operations vc_conn_item_ops = {
@@ -1707,7 +1729,7 @@ static struct config_group *vc_conn_make_group(struct config_group *group,
 	if (sscanf(name, "%u-%llx.%u", &domain, &route, &index) != 3)
 		return ERR_PTR(-EINVAL);
 
-	conn = kzalloc(sizeof(*conn), GFP_KERNEL);
+	conn = vc_zalloc(sizeof(*conn));
 	if (!conn)
 		return ERR_PTR(-ENOMEM);
 	INIT_LIST_HEAD(&conn->sdevs);
@@ -1771,7 +1793,7 @@ static void vc_link_up(struct vc_cable *c)
 	char name[16];
 	int max;
 
-	link = kzalloc(sizeof(*link), GFP_KERNEL);
+	link = vc_zalloc(sizeof(*link));
 	if (!link)
 		return;
 	kref_init(&link->kref);
@@ -1832,7 +1854,7 @@ err_xd:
 	device_unregister(link->xd_dev);
 err_free:
 	dev_err(&c->pdev->dev, "failed to create the XDomain devices\n");
-	kfree(link);
+	vc_free(link);
 }
 
 static void vc_link_down(struct vc_cable *c, const char *why)
@@ -2229,7 +2251,7 @@ static int vc_probe(struct pci_dev *pdev, const struct pci_device_id *id)
 	struct vc_cable *c;
 	int ret;
 
-	c = kzalloc(sizeof(*c), GFP_KERNEL);
+	c = vc_zalloc(sizeof(*c));
 	if (!c)
 		return -ENOMEM;
 	c->pdev = pdev;
@@ -2322,7 +2344,7 @@ err_region:
 err_disable:
 	pci_disable_device(pdev);
 err_free:
-	kfree(c);
+	vc_free(c);
 	return ret;
 }
 
@@ -2344,7 +2366,7 @@ static void vc_remove(struct pci_dev *pdev)
 	memunmap(c->base);
 	pci_release_region(pdev, 2);
 	pci_disable_device(pdev);
-	kfree(c);
+	vc_free(c);
 }
 
 static const struct pci_device_id vc_pci_ids[] = {
@@ -2450,6 +2472,8 @@ static void __exit vc_exit(void)
 	xa_destroy(&vc_minors);
 	ida_destroy(&vc_indices);
 	ida_destroy(&vc_domains);
+	if (atomic_read(&vc_live_objs))
+		pr_err("%d objects leaked\n", atomic_read(&vc_live_objs));
 }
 module_exit(vc_exit);
 

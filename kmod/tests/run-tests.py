@@ -379,6 +379,8 @@ echo "reloads ok $i"
     out = sh(b, script, timeout=1200)
     print(out, f"({time.time() - t:.1f}s)")
     check(f"reloads ok {n}" in out, "reload loop failed")
+    check("objects leaked" not in b.console(), "leak reported at module exit")
+    print("module exits without a leak report:", b.console().count("link down: driver removed"))
     print("reader reopened", sh(a, "wc -l < /tmp/reopens"), "times")
     sh(b, "insmod /lib/modules/usb4vcable.ko side=b")
     wait_link(a)

@@ -173,7 +173,7 @@ class VM:
     def bad_dmesg(self):
         """Lines of the console that show an oops, WARN, BUG or stuck task."""
         bad = ("Oops", "WARNING:", "BUG:", "Call Trace", "blocked for more than",
-               "general protection", "kernel panic", "Kernel panic")
+               "general protection", "kernel panic", "Kernel panic", "objects leaked")
         return [l for l in self.console().splitlines() if any(b in l for b in bad)]
 
 
