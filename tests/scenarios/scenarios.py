@@ -422,10 +422,11 @@ def s1_backup(s: Suite):
     s.backup1 = r["id"]
     total = sum(p.stat().st_size for p in disks.values())
     s.figures["backup"] = (f"{total / MiB:.0f} MiB of disks ({s.a_data_bytes / MiB:.1f} MiB non-zero) "
-                           f"in {r['secs']:.1f}s = {fmt_rate(total, r['secs'])} logical, "
-                           f"{fmt_rate(r['tx_bytes'], r['secs'])} on the cable "
-                           f"({r['tx_bytes'] / MiB:.1f} MiB sent by A)")
-    summary = [l for l in r["log"].splitlines() if re.match(r"\s+vd[ab]: .* read, ", l)]
+                           f"in {r['secs']:.1f}s = {fmt_rate(total, r['secs'])} of disk; "
+                           f"{r['tx_bytes'] / MiB:.1f} MiB crossed the cable (zero chunks are not sent), "
+                           f"{fmt_rate(r['tx_bytes'], r['secs'])} averaged over the backup")
+    summary = [l for l in r["log"].splitlines() if re.match(T(r"\s+vd[ab]: .* read, "), l)]
+    s.backup_lines = [l.strip() for l in summary]
     for l in summary:
         log("A: " + l.strip())
     log(f"backup {r['id']}: images equal A's disks; sha256sum -c OK; {s.figures['backup']}")
@@ -594,8 +595,8 @@ def s4_corruption(s: Suite):
 
 
 # Sectors (512 B) made unreadable on the failing disk (--bad-sectors START:COUNT):
-# 12 KiB at 10 MiB + 4 KiB by default.
-BAD_START, BAD_COUNT = 20480 + 8, 24
+# 13 sectors from 10 MiB + 1.5 KiB by default: neither end on a 4 KiB page boundary.
+BAD_START, BAD_COUNT = 20483, 13
 
 
 def s5_failing_source(s: Suite):
@@ -869,6 +870,8 @@ def demo(s: Suite):
         print(f"  {n}: {p.stat().st_size / MiB:.0f} MiB  sha256 {s.a_hashes[n][:16]}...  "
               f"A == B's image == C's disk")
     print(f"  backup:  {s.figures['backup']}")
+    for l in getattr(s, "backup_lines", []):
+        print(f"           {l}")
     print(f"  restore: {s.figures['restore']}")
     for name, dt, up in s.boot_times:
         print(f"  boot {name}: RESCUE: ready {dt:.1f}s after QEMU start (kernel uptime {up:.1f}s)")
