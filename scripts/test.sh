@@ -9,10 +9,13 @@
 #      linked and run in an empty chroot,
 #   5. the protocol decoder fuzzer for a bounded time (FUZZ_SECS, default 30),
 #   6. the paired-VM virtual-cable tests (tests/vm/run-cable-tests.sh),
-#   7. the paired-VM rescue scenarios (tests/scenarios/run.sh).
+#   7. the virtual cable's robustness tests (kmod/tests: heartbeat, 50 reloads with
+#      data moving, refusing to load beside thunderbolt, PCI unbind),
+#   8. the paired-VM rescue scenarios (tests/scenarios/run.sh).
 #
-# USB4RESCUE_SKIP_VM=1 skips 6 and 7 (no QEMU); USB4RESCUE_SKIP_FUZZ=1 skips 5.
-# Downloads and builds are cached in ${USB4RESCUE_CACHE:-/var/cache/usb4rescue}.
+# USB4RESCUE_SKIP_VM=1 skips 6 to 8 (no QEMU); USB4RESCUE_SKIP_FUZZ=1 skips 5.
+# Downloads and builds are cached in ${USB4RESCUE_CACHE:-/var/cache/usb4rescue},
+# cargo's target directory included (CARGO_TARGET_DIR), so a rerun builds little.
 # The last line is "N passed, N failed" counting the groups above; the exit status
 # is non-zero when any group failed.
 set -uo pipefail
@@ -20,6 +23,7 @@ cd "$(dirname "$0")/.."
 TOP=$PWD
 export USB4RESCUE_CACHE=${USB4RESCUE_CACHE:-/var/cache/usb4rescue}
 export CARGO_TERM_COLOR=never
+export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$USB4RESCUE_CACHE/target}
 . scripts/deps.sh
 
 passed=0
@@ -41,7 +45,7 @@ group() { # group NAME COMMAND...
 
 static_build() {
     cargo build --release --locked --target x86_64-unknown-linux-musl -p rescue || return 1
-    local bin=target/x86_64-unknown-linux-musl/release/rescue
+    local bin=$CARGO_TARGET_DIR/x86_64-unknown-linux-musl/release/rescue
     file "$bin"
     file "$bin" | grep -Eq 'statically linked|static-pie linked' || { echo "rescue is not static"; return 1; }
     local empty
@@ -59,6 +63,12 @@ fuzz() {
 
 lint() {
     cargo fmt --all -- --check && cargo clippy --locked --workspace --all-targets -- -D warnings
+}
+
+kmod_robustness() {
+    cargo build -q --locked -p cable-ctl || return 1
+    CABLE_CTL=$CARGO_TARGET_DIR/debug/cable-ctl python3 kmod/tests/run-tests.py \
+        heartbeat reload50 refuse_with_thunderbolt pci_unbind
 }
 
 vm_scenarios() {
@@ -79,6 +89,7 @@ if [ "${USB4RESCUE_SKIP_FUZZ:-0}" != 1 ]; then
 fi
 if [ "${USB4RESCUE_SKIP_VM:-0}" != 1 ]; then
     group "VM: virtual cable" tests/vm/run-cable-tests.sh
+    group "VM: virtual cable robustness" kmod_robustness
     group "VM: rescue scenarios" vm_scenarios
 fi
 echo

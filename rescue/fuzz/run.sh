@@ -7,6 +7,9 @@ cd "$(dirname "$0")"
 secs="${1:-60}"
 command -v cargo-fuzz >/dev/null || cargo install cargo-fuzz --locked
 mkdir -p corpus/decode
-# Seed the corpus with valid frames so the fuzzer starts from real messages.
 export RUSTC_BOOTSTRAP=1
-cargo fuzz run decode corpus/decode -- -max_total_time="$secs" -rss_limit_mb=512 -max_len=65536
+# The fuzz build has sanitizer flags of its own: keep it in the cache so a rerun
+# does not rebuild every dependency.
+target=${USB4RESCUE_CACHE:-/var/cache/usb4rescue}/fuzz-target
+mkdir -p "$target"
+cargo fuzz run --target-dir "$target" decode corpus/decode -- -max_total_time="$secs" -rss_limit_mb=512 -max_len=65536
