@@ -12,7 +12,7 @@
 #                         kernel (usb4vcable-test: tests/packaging/dracut/, test only)
 #  4. lsinitrd            our files are in the initramfs
 #  5. mkosi-build         tests/packaging/build-image.sh (mkosi.conf), image < 150 MiB
-#  6. VM tests            vmtests.py: dracut-backup, dracut-plain, usb-menu, usb-backup
+#  6. VM tests            vmtests.py: dracut-backup, dracut-plain, usb-menu, usb-backup, usb-bios
 #
 # The last line is "N passed, N failed"; the exit status is non-zero on any failure.
 # Builds go to ${USB4RESCUE_CACHE:-/var/cache/usb4rescue}/packaging, VM logs to a /tmp
@@ -104,7 +104,7 @@ if [ "$ONLY" = all ] || [ "$ONLY" = usb ]; then
         size=$(stat -c %s "$IMG")
         pass "mkosi-build ($(( $(date +%s) - t ))s)"
         if [ "$size" -lt $((150 << 20)) ]; then pass "image-size ($((size >> 20)) MiB)"; else fail image-size "$((size >> 20)) MiB >= 150 MiB"; fi
-        VMTESTS+=(usb-menu usb-backup)
+        VMTESTS+=(usb-menu usb-backup usb-bios)
     else
         fail mkosi-build "tests/packaging/build-image.sh failed (log: $PKGOUT/mkosi.log)"
     fi

@@ -10,8 +10,10 @@ dracut-backup   the dracut initramfs (module usb4rescue + test-only usb4vcable-t
 dracut-plain    the same initramfs without rd.usb4rescue: reaches the root's init, no
                 usb4rescue output, no Thunderbolt module loaded.
 usb-menu        the mkosi USB image boots under OVMF (UEFI) to the rescue menu.
-usb-backup      the same image with a kernel parameter added at the systemd-boot menu
-                backs the image's own disk up to a peer running `rescue serve`.
+usb-backup      the same image with kernel parameters added at the systemd-boot menu
+                backs the machine's disk up to a peer running `rescue serve`.
+usb-bios        the same image under SeaBIOS (legacy BIOS, GRUB) reaches rescue (seen on
+                the virtual cable: rescue loads usb4vcable).
 
 Prints "PASS name (Ns)" / "FAIL name (Ns): why" per test; exit status 1 if any failed.
 """
@@ -19,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import hashlib
+import json
 import os
 import re
 import shutil
@@ -217,20 +220,22 @@ def t_dracut_plain(e: Env):
 # ------------------------------------------------------------------ mkosi image
 
 class UefiVM(VM):
-    """A VM that boots a disk image with OVMF (UEFI), no -kernel: the USB stick case."""
+    """A VM that boots a disk image from a USB stick, with OVMF (UEFI) or SeaBIOS, no
+    -kernel: the USB stick case."""
 
     def start_uefi(self, image: str, ovmf: str, cables=(), disks=(), timeout=900, snapshot=True):
         cmd = [self.qemu, "-name", self.name, "-nodefaults", "-no-user-config",
                "-machine", "q35", "-accel", os.environ.get("USB4RESCUE_ACCEL", "tcg"), "-cpu", "max",
-               "-smp", "1", "-m", str(self.memory), "-display", "none", "-no-reboot",
-               "-bios", ovmf]
+               "-smp", "1", "-m", str(self.memory), "-display", "none", "-no-reboot"]
+        if ovmf:  # UEFI; without it QEMU's SeaBIOS: legacy BIOS
+            cmd += ["-bios", ovmf]
         for ch in (self.console, self.cmdchan):
             ch.reset()
         cmd += self.console.qemu_args() + self.cmdchan.qemu_args()
         # The stick as a USB mass-storage device, as on a real machine.
         cmd += ["-device", "qemu-xhci,id=xhci",
                 "-drive", f"if=none,id=stick,format=raw,file={image}" + (",snapshot=on" if snapshot else ""),
-                "-device", "usb-storage,bus=xhci.0,drive=stick,removable=on"]
+                "-device", "usb-storage,bus=xhci.0,drive=stick,removable=on,bootindex=1"]
         for i, d in enumerate(disks):  # the machine's own disks (virtio)
             cmd += d.qemu_args(i, self.workdir, self.name)
         for i, (cable, _side) in enumerate(cables):
@@ -323,8 +328,35 @@ def t_usb_backup(e: Env):
     log(f"stored {img.relative_to(e.w)} equals the machine's disk")
 
 
+def t_usb_bios(e: Env):
+    """Legacy BIOS (SeaBIOS): GRUB boots the kernel and the rescue initramfs. GRUB and
+    the rescue menu use the screen (no serial input under SeaBIOS): the proof that rescue
+    runs is on the cable, where rescue's driver set-up (rescue.fabric=auto finds the
+    ivshmem device) brings up usb4vcable, whose side "a" then beats with the hostname
+    rescue chose."""
+    cable = e.rig.cable(f"s{os.getpid() % 1000}")
+    cable.create()
+    v = e.vm("bios", cls=UefiVM, memory=1024)
+    t0 = time.monotonic()
+    v.start_uefi(e.a.usb_image, None, cables=[(cable, "a")], timeout=e.a.vm_lifetime)
+    st = {}
+    while time.monotonic() - t0 < 300:
+        check(v.alive(), f"{v.name}: QEMU ended:\n{v.tail(20)}\n{v.stderr_text()}")
+        st = json.loads(cable.ctl("status", "--json"))
+        if any(st[side]["alive"] and st[side]["hostname"] for side in ("a", "b")):
+            break
+        time.sleep(3)
+    else:
+        raise Fail(f"{v.name}: usb4vcable never came up within 300 s (cable: {st})\n{v.tail(20)}")
+    side = "a" if st["a"]["alive"] else "b"
+    log(f"{v.name}: usb4vcable up {time.monotonic() - t0:.0f}s after power-on "
+        f"(hostname {st[side]['hostname']!r})")
+    v.kill()
+    kernel_check(v)
+
+
 TESTS = [("dracut-backup", t_dracut_backup), ("dracut-plain", t_dracut_plain),
-         ("usb-menu", t_usb_menu), ("usb-backup", t_usb_backup)]
+         ("usb-menu", t_usb_menu), ("usb-backup", t_usb_backup), ("usb-bios", t_usb_bios)]
 
 
 def main():
