@@ -60,10 +60,10 @@ VM_LIFETIME = 1800
 def T(regex: str) -> str:
     """`regex` tolerant of doubled characters: every literal character may repeat.
 
-    The serial console logs occasionally show a character twice ("veriffied", "seee",
-    "Choice [1--6]", a few per thousand lines, under load; where it happens is not known:
-    guest 8250 driver or QEMU's chardev). Markers matched literally would then time out
-    now and then, so every marker pattern goes through this."""
+    The console log files vmpair waits on occasionally show a character twice
+    ("veriffied", "seee", "Choice [1--6]"): QEMU 7.2's chardev logfile= writes some bytes
+    twice (the socket stream itself is intact; see README.md). Markers matched literally
+    would then time out now and then, so every marker pattern goes through this."""
     out, i, n = [], 0, len(regex)
     quant = "*+?{"
     while i < n:
