@@ -9,6 +9,8 @@ use std::fs::File;
 use std::io::Read;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
+use std::sync::mpsc::{self, SyncSender, TrySendError};
+use std::thread::JoinHandle;
 use std::time::Instant;
 
 use anyhow::{Context, Result, bail};
@@ -106,6 +108,44 @@ pub struct ImageSink {
     /// The image file was created empty now: zero chunks need no writing.
     fresh: bool,
     zeros: ZeroDigests,
+    syncer: Option<Syncer>,
+}
+
+type Batch = Vec<(u64, [u8; 32])>;
+
+/// Syncs the image, then records the journal entries of what was synced, on
+/// its own thread: the writer keeps writing while the disk flushes.
+struct Syncer {
+    tx: SyncSender<Batch>,
+    handle: JoinHandle<Result<()>>,
+}
+
+impl Syncer {
+    fn start(img: &File, journal: &File, name: &str) -> Result<Syncer> {
+        let img = img
+            .try_clone()
+            .context("duplicating the image descriptor")?;
+        let journal = journal
+            .try_clone()
+            .context("duplicating the journal descriptor")?;
+        let name = name.to_string();
+        let (tx, rx) = mpsc::sync_channel::<Batch>(1);
+        let handle = std::thread::Builder::new()
+            .name("sync".into())
+            .spawn(move || -> Result<()> {
+                for batch in rx {
+                    img.sync_data().with_context(|| format!("syncing {name}"))?;
+                    for (i, d) in batch {
+                        journal
+                            .write_all_at(&d, i * DIGEST)
+                            .context("writing the chunk journal")?;
+                    }
+                }
+                Ok(())
+            })
+            .context("starting the sync thread")?;
+        Ok(Syncer { tx, handle })
+    }
 }
 
 impl ImageSink {
@@ -143,8 +183,36 @@ impl ImageSink {
             map_written: Instant::now(),
             fresh: !existed,
             zeros: ZeroDigests::default(),
+            syncer: None,
             disk: d,
         })
+    }
+
+    /// Waits until everything written is synced and journaled.
+    fn flush(&mut self) -> Result<()> {
+        if let Some(sy) = self.syncer.take() {
+            let batch = std::mem::take(&mut self.pending);
+            let sent = batch.is_empty() || sy.tx.send(batch).is_ok();
+            drop(sy.tx);
+            match sy.handle.join() {
+                Ok(r) => r?,
+                Err(_) => bail!("the sync thread failed"),
+            }
+            if !sent {
+                bail!("the sync thread stopped early");
+            }
+        }
+        if !self.pending.is_empty() {
+            self.img
+                .sync_data()
+                .with_context(|| format!("syncing {}", self.disk.image))?;
+            for (i, d) in self.pending.drain(..) {
+                self.journal
+                    .write_all_at(&d, i * DIGEST)
+                    .context("writing the chunk journal")?;
+            }
+        }
+        Ok(())
     }
 
     fn write_map(&mut self) -> Result<()> {
@@ -157,7 +225,10 @@ impl ImageSink {
 
     /// Makes what was received durable after an interruption, for a later resume.
     pub fn finalize_partial(&mut self) -> Result<()> {
-        self.checkpoint()?;
+        if self.map_dirty {
+            self.write_map()?;
+        }
+        self.flush()?;
         self.write_map()
     }
 
@@ -264,18 +335,25 @@ impl Sink for ImageSink {
 
     fn checkpoint(&mut self) -> Result<()> {
         if !self.pending.is_empty() {
-            self.img
-                .sync_data()
-                .with_context(|| format!("syncing {}", self.disk.image))?;
             // The map must know about unreadable ranges before the journal
             // claims their chunks, or a crash would lose that knowledge.
             if self.map_dirty {
                 self.write_map()?;
             }
-            for (i, d) in self.pending.drain(..) {
-                self.journal
-                    .write_all_at(&d, i * DIGEST)
-                    .context("writing the chunk journal")?;
+            if self.syncer.is_none() {
+                self.syncer = Some(Syncer::start(&self.img, &self.journal, &self.disk.image)?);
+            }
+            if let Some(sy) = &self.syncer {
+                match sy.tx.try_send(std::mem::take(&mut self.pending)) {
+                    Ok(()) => {}
+                    // Still syncing the previous batch: keep collecting.
+                    Err(TrySendError::Full(batch)) => self.pending = batch,
+                    Err(TrySendError::Disconnected(batch)) => {
+                        // The thread ended with an error; flush() reports it.
+                        self.pending = batch;
+                        return self.flush();
+                    }
+                }
             }
         }
         if self.map_written.elapsed().as_secs() >= 10 {
