@@ -514,6 +514,7 @@ pub fn receive_disk<S: Sink + 'static>(
     bar.set_position(have_bytes(&have, geo));
     let mut last_nak: Option<(u64, Instant)> = None;
     let mut damaged = 0u64;
+    let mut bad_headers = conn.stats.bad_headers.load(Ordering::Relaxed);
     let mut nak = |conn: &Conn, next_off: u64, force: bool| -> Result<()> {
         let due = match last_nak {
             Some((o, t)) => o != next_off || t.elapsed() > Duration::from_secs(1) || force,
@@ -538,6 +539,18 @@ pub fn receive_disk<S: Sink + 'static>(
         } else {
             geo.size
         };
+        // A damaged header cannot say what it carried: the frame was skipped and
+        // whatever it was (often a chunk) is asked for again below.
+        let now_bad = conn.stats.bad_headers.load(Ordering::Relaxed);
+        if now_bad > bad_headers {
+            damaged += now_bad - bad_headers;
+            bar.println(&format!(
+                "{} damaged message header(s) skipped; asking again from offset {next_off}",
+                now_bad - bad_headers
+            ));
+            bad_headers = now_bad;
+            nak(conn, next_off, true)?;
+        }
         if !f.intact {
             conn.stats
                 .corrupt_frames

@@ -89,6 +89,8 @@ pub struct Stats {
     pub bytes_in: AtomicU64,
     pub corrupt_frames: AtomicU64,
     pub skipped_bytes: AtomicU64,
+    /// Frame headers found damaged (the frame was skipped to resynchronise).
+    pub bad_headers: AtomicU64,
     /// When the last frame (any, keepalives included) arrived, in ms since the start.
     pub last_rx_ms: AtomicU64,
 }
@@ -415,6 +417,7 @@ fn read_loop(
                     Ordering::Relaxed,
                 );
                 stats.skipped_bytes.store(fr.skipped, Ordering::Relaxed);
+                stats.bad_headers.store(fr.bad_headers, Ordering::Relaxed);
                 stats
                     .last_rx_ms
                     .store(started.elapsed().as_millis() as u64, Ordering::Relaxed);
