@@ -11,6 +11,7 @@
 #  3. dracut-build        dracut --add 'usb4rescue usb4vcable-test' for the trixie-backports
 #                         kernel (usb4vcable-test: tests/packaging/dracut/, test only)
 #  4. lsinitrd            our files are in the initramfs
+#     dracut-optin        without --add usb4rescue, the installed module stays out
 #  5. mkosi-build         tests/packaging/build-image.sh (mkosi.conf), image < 150 MiB
 #  6. VM tests            vmtests.py: dracut-backup, dracut-plain, usb-menu, usb-backup, usb-bios
 #
@@ -96,6 +97,19 @@ if [ "$ONLY" = all ] || [ "$ONLY" = dracut ]; then
         if [ ${#missing[@]} -eq 0 ]; then pass lsinitrd; else fail lsinitrd "not in the initramfs: ${missing[*]}"; fi
         VMTESTS+=(dracut-backup dracut-plain)
     fi
+    # Opt-in: installed, but not asked for, the module stays out (--no-kernel: fast).
+    if in_pkgroot "dracut -q --force --no-kernel --kver $KVER /out/optin.img > /dev/null 2>&1 &&
+            lsinitrd /out/optin.img" "$PKGOUT:/out" > "$PKGOUT/lsinitrd-optin.txt" 2>&1 &&
+        grep -q 'dracut modules:' "$PKGOUT/lsinitrd-optin.txt"; then
+        if grep -q usb4rescue "$PKGOUT/lsinitrd-optin.txt"; then
+            fail dracut-optin "usb4rescue is in an initramfs built without --add usb4rescue"
+        else
+            pass dracut-optin
+        fi
+    else
+        fail dracut-optin "dracut --no-kernel failed ($PKGOUT/lsinitrd-optin.txt)"
+    fi
+    rm -f "$PKGOUT/optin.img"
 fi
 
 if [ "$ONLY" = all ] || [ "$ONLY" = usb ]; then
