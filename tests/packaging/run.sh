@@ -13,7 +13,7 @@
 #  4. lsinitrd            our files are in the initramfs
 #     dracut-optin        without --add usb4rescue, the installed module stays out
 #  5. mkosi-build         tests/packaging/build-image.sh (mkosi.conf), image < 150 MiB
-#  6. VM tests            vmtests.py: dracut-backup, dracut-plain, usb-menu, usb-backup, usb-bios
+#  6. VM tests            vmtests.py: dracut-backup, dracut-plain, dracut-menu, usb-menu, usb-backup, usb-bios
 #
 # The last line is "N passed, N failed"; the exit status is non-zero on any failure.
 # Builds go to ${USB4RESCUE_CACHE:-/var/cache/usb4rescue}/packaging, VM logs to a /tmp
@@ -95,7 +95,7 @@ if [ "$ONLY" = all ] || [ "$ONLY" = dracut ]; then
             grep -q -- "$want" "$PKGOUT/lsinitrd.txt" || missing+=("$want")
         done
         if [ ${#missing[@]} -eq 0 ]; then pass lsinitrd; else fail lsinitrd "not in the initramfs: ${missing[*]}"; fi
-        VMTESTS+=(dracut-backup dracut-plain)
+        VMTESTS+=(dracut-backup dracut-plain dracut-menu)
     fi
     # Opt-in: installed, but not asked for, the module stays out (--no-kernel: fast).
     if in_pkgroot "dracut -q --force --no-kernel --kver $KVER /out/optin.img > /dev/null 2>&1 &&

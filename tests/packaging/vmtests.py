@@ -7,6 +7,8 @@ dracut-backup   the dracut initramfs (module usb4rescue + test-only usb4vcable-t
                 (the rescue initramfs of image/), backs the VM's root disk up over the
                 virtual cable, then the boot continues into the root filesystem's init.
                 The stored image must equal the disk byte for byte.
+dracut-menu     rd.usb4rescue=menu: the menu on the console, Ctrl-D leaves it, the boot
+                continues.
 dracut-plain    the same initramfs without rd.usb4rescue: reaches the root's init, no
                 usb4rescue output, no Thunderbolt module loaded.
 usb-menu        the mkosi USB image boots under OVMF (UEFI) to the rescue menu.
@@ -217,6 +219,30 @@ def t_dracut_plain(e: Env):
     kernel_check(a)
 
 
+def t_dracut_menu(e: Env):
+    """rd.usb4rescue=menu: the rescue menu on the console; Ctrl-D leaves it and the boot
+    goes on to the root filesystem."""
+    root = e.w / "root-menu.img"
+    make_root_disk(root, e.a.busybox)
+    a = e.vm("menu", memory=1024)
+    t0 = time.monotonic()
+    a.start(e.a.kernel, e.a.dracut_initrd, "root=/dev/vda ro rd.usb4rescue=menu rd.usb4rescue.fabric=usb4",
+            [Disk(str(root))], timeout=e.a.vm_lifetime)
+    a.wait_for(r"RESCUE: menu", 300)
+    a.wait_for(r"1\) Back up this machine", 10, start=0)
+    log(f"{a.name}: rescue menu {time.monotonic() - t0:.0f}s after power-on")
+    mk = a.mark()
+    a.send("4\n")  # refresh: the menu reads the console
+    a.wait_for(r"RESCUE: menu", 60, start=mk)
+    a.send("\x04")  # Ctrl-D: leave the menu
+    a.wait_for(r"usb4rescue: menu finished rc=0", 60)
+    a.wait_for(r"ROOTFS: init reached", 300)
+    log(f"{a.name}: left the menu, root's init reached {time.monotonic() - t0:.0f}s after power-on")
+    a.wait_for(r"ROOTFS: powering off", 30)
+    a.kill()
+    kernel_check(a)
+
+
 # ------------------------------------------------------------------ mkosi image
 
 class UefiVM(VM):
@@ -355,7 +381,7 @@ def t_usb_bios(e: Env):
     kernel_check(v)
 
 
-TESTS = [("dracut-backup", t_dracut_backup), ("dracut-plain", t_dracut_plain),
+TESTS = [("dracut-backup", t_dracut_backup), ("dracut-plain", t_dracut_plain), ("dracut-menu", t_dracut_menu),
          ("usb-menu", t_usb_menu), ("usb-backup", t_usb_backup), ("usb-bios", t_usb_bios)]
 
 
