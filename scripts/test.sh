@@ -11,9 +11,11 @@
 #   6. the paired-VM virtual-cable tests (tests/vm/run-cable-tests.sh),
 #   7. the virtual cable's robustness tests (kmod/tests: heartbeat, 50 reloads with
 #      data moving, refusing to load beside thunderbolt, PCI unbind),
-#   8. the paired-VM rescue scenarios (tests/scenarios/run.sh).
+#   8. the paired-VM rescue scenarios (tests/scenarios/run.sh),
+#   9. packaging: the dracut module and the mkosi-built USB image, booted in QEMU
+#      (tests/packaging/run.sh).
 #
-# USB4RESCUE_SKIP_VM=1 skips 6 to 8 (no QEMU); USB4RESCUE_SKIP_FUZZ=1 skips 5.
+# USB4RESCUE_SKIP_VM=1 skips 6 to 9 (no QEMU); USB4RESCUE_SKIP_FUZZ=1 skips 5.
 # Downloads and builds are cached in ${USB4RESCUE_CACHE:-/var/cache/usb4rescue},
 # cargo's target directory included (CARGO_TARGET_DIR), so a rerun builds little.
 # The last line is "N passed, N failed" counting the groups above; the exit status
@@ -91,6 +93,7 @@ if [ "${USB4RESCUE_SKIP_VM:-0}" != 1 ]; then
     group "VM: virtual cable" tests/vm/run-cable-tests.sh
     group "VM: virtual cable robustness" kmod_robustness
     group "VM: rescue scenarios" vm_scenarios
+    group "VM: packaging (dracut, USB image)" tests/packaging/run.sh
 fi
 echo
 echo "test.sh: $((SECONDS - t_start))s in all"
