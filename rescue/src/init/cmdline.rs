@@ -108,6 +108,15 @@ impl Config {
     pub fn parse(cmdline: &str) -> Config {
         let mut c = Config::default();
         for word in split(cmdline) {
+            // `rd.usb4rescue.*` are the same options as seen by the dracut module,
+            // and `rd.usb4rescue=MODE` is its `rescue.mode=MODE`.
+            let word = match word.strip_prefix("rd.usb4rescue=") {
+                Some(mode) => format!("rescue.mode={mode}"),
+                None => match word.strip_prefix("rd.usb4rescue.") {
+                    Some(rest) => format!("rescue.{rest}"),
+                    None => word,
+                },
+            };
             let Some(opt) = word.strip_prefix("rescue.") else {
                 continue;
             };
@@ -294,5 +303,14 @@ mod tests {
             }
             other => panic!("{other:?}"),
         }
+    }
+
+    #[test]
+    fn dracut_prefix_means_the_same() {
+        let c =
+            Config::parse("quiet rd.usb4rescue=backup rd.usb4rescue.label=x rd.usb4rescue.yes=1");
+        assert_eq!(c.mode, Mode::Backup);
+        assert_eq!(c.label.as_deref(), Some("x"));
+        assert!(c.yes);
     }
 }
