@@ -6,6 +6,7 @@
 pub mod app;
 pub mod backup;
 pub mod blkdev;
+pub mod bufpool;
 pub mod catcmd;
 pub mod cli;
 pub mod disks;

@@ -60,7 +60,7 @@ impl DiskReader {
     /// Reads `len` bytes at `offset`. Unreadable sectors come back as zeros and
     /// are listed (relative to `offset`) in `bad`.
     pub fn read_chunk(&self, offset: u64, len: u32) -> Result<RawChunk> {
-        let mut data = vec![0u8; len as usize];
+        let mut data = crate::bufpool::take(len as usize);
         let mut bad = Vec::new();
         if read_exact(&*self.primary, &mut data, offset).is_ok() {
             return Ok(RawChunk { data, bad });

@@ -342,6 +342,16 @@ pub struct Verified {
     pub start: usize,
 }
 
+impl Drop for Verified {
+    fn drop(&mut self) {
+        // The last holder (writer or hasher) recycles the buffer.
+        let p = std::mem::replace(&mut self.payload, Arc::new(Vec::new()));
+        if let Ok(v) = Arc::try_unwrap(p) {
+            crate::bufpool::give(v);
+        }
+    }
+}
+
 impl Verified {
     /// The chunk's data (empty for a zero chunk).
     pub fn bytes(&self) -> &[u8] {
@@ -645,12 +655,14 @@ fn accept(f: Frame, geo: Geometry, index: u64) -> std::result::Result<Verified, 
 pub fn digest_fresh(offset: u64, raw: RawChunk) -> Result<OutChunk> {
     let len = raw.data.len() as u32;
     if is_zero(&raw.data) {
+        let RawChunk { data, bad } = raw;
+        crate::bufpool::give(data);
         return Ok(OutChunk {
             offset,
             len,
             zero: true,
             sha256: [0; 32],
-            bad: raw.bad,
+            bad,
             data: Vec::new(),
         });
     }

@@ -32,6 +32,12 @@ pub struct OutChunk {
     pub data: Vec<u8>,
 }
 
+impl Drop for OutChunk {
+    fn drop(&mut self) {
+        crate::bufpool::give(std::mem::take(&mut self.data));
+    }
+}
+
 /// Everything the main loop of a session waits for, in one queue.
 #[derive(Debug)]
 pub enum Event {

@@ -196,7 +196,7 @@ impl<R: Read> FrameReader<R> {
     }
 
     fn read_payload(&mut self, len: usize) -> io::Result<Option<Vec<u8>>> {
-        let mut payload = vec![0u8; len];
+        let mut payload = crate::bufpool::take(len);
         let from_buf = self.avail().min(len);
         payload[..from_buf].copy_from_slice(&self.buf[self.start..self.start + from_buf]);
         self.start += from_buf;

@@ -473,7 +473,7 @@ impl ImageSource {
     }
 
     pub fn read(&self, offset: u64, len: u32) -> Result<RawChunk> {
-        let mut data = vec![0u8; len as usize];
+        let mut data = crate::bufpool::take(len as usize);
         self.img
             .read_exact_at(&mut data, offset)
             .with_context(|| format!("reading {} at {offset}", self.name))?;
@@ -509,7 +509,12 @@ impl ImageSource {
             zero,
             sha256: got,
             bad: raw.bad,
-            data: if zero { Vec::new() } else { raw.data },
+            data: if zero {
+                crate::bufpool::give(raw.data);
+                Vec::new()
+            } else {
+                raw.data
+            },
         })
     }
 }

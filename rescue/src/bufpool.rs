@@ -1,0 +1,56 @@
+//! Recycles the megabyte buffers chunks travel in. Allocating a fresh one per
+//! chunk costs an mmap, 256 page faults with kernel zeroing and an munmap each
+//! time (large allocations bypass the heap in both glibc and musl); reusing a
+//! few keeps the data path free of that.
+
+use std::sync::Mutex;
+
+/// More buffers than the window and the queues can hold are not worth keeping.
+const KEEP: usize = 48;
+
+static POOL: Mutex<Vec<Vec<u8>>> = Mutex::new(Vec::new());
+
+/// A zeroed buffer of `len` bytes, recycled when one is available.
+pub fn take(len: usize) -> Vec<u8> {
+    let reused = POOL.lock().ok().and_then(|mut p| {
+        let i = p.iter().position(|b| b.capacity() >= len)?;
+        Some(p.swap_remove(i))
+    });
+    match reused {
+        Some(mut b) => {
+            b.clear();
+            b.resize(len, 0);
+            b
+        }
+        None => vec![0u8; len],
+    }
+}
+
+/// Hands a buffer back for reuse (small ones are simply dropped).
+pub fn give(b: Vec<u8>) {
+    if b.capacity() < 64 * 1024 {
+        return;
+    }
+    if let Ok(mut p) = POOL.lock()
+        && p.len() < KEEP
+    {
+        p.push(b);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reuses_and_zeroes() {
+        let mut b = take(100_000);
+        b.fill(7);
+        let cap = b.capacity();
+        give(b);
+        let b = take(90_000);
+        assert!(b.capacity() >= 90_000);
+        assert!(b.iter().all(|&x| x == 0));
+        assert!(cap >= 90_000);
+    }
+}
