@@ -43,8 +43,10 @@ ensure_host_tools() {
 }
 
 # Private apt configuration: only reads the archive metadata.
-apt_private() {
-	apt-get -q \
+apt_with_private_config() {
+	local tool=$1
+	shift
+	"$tool" \
 		-o Dir::Etc::SourceList="$APTDIR/sources.list" \
 		-o Dir::Etc::SourceParts=/dev/null \
 		-o Dir::Etc::Preferences=/dev/null \
@@ -55,18 +57,8 @@ apt_private() {
 		-o APT::Architecture=amd64 \
 		"$@"
 }
-apt_cache_private() {
-	apt-cache \
-		-o Dir::Etc::SourceList="$APTDIR/sources.list" \
-		-o Dir::Etc::SourceParts=/dev/null \
-		-o Dir::Etc::Preferences=/dev/null \
-		-o Dir::Etc::PreferencesParts=/dev/null \
-		-o Dir::State::Lists="$APTDIR/lists" \
-		-o Dir::State::Status="$APTDIR/status" \
-		-o Dir::Cache="$APTDIR/cache" \
-		-o APT::Architecture=amd64 \
-		"$@"
-}
+apt_private() { apt_with_private_config apt-get -q "$@"; }
+apt_cache_private() { apt_with_private_config apt-cache "$@"; }
 
 resolve_kver() {
 	if [ -n "${KVER:-}" ]; then

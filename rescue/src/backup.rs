@@ -7,7 +7,7 @@ use anyhow::{Context, Result, bail};
 use crate::Root;
 use crate::cli::BackupArgs;
 use crate::exit::{self, Exit};
-use crate::progress::{self, Bar, Mode};
+use crate::progress::{self, Bar};
 use crate::proto::msg::{
     self, BackupBegin, BackupReady, DiskEnd, DiskInfo, Role, SessionDone, SessionEnd, kind,
 };
@@ -190,7 +190,7 @@ pub fn run_with(root: &Root, args: &BackupArgs, srcs: Vec<Source>) -> Result<u8>
             message: done.message.clone(),
             seconds: t.elapsed().as_secs_f64(),
         };
-        print_disk(&r, mode);
+        print_disk(&r);
         reports.push(r);
     }
     let f = sess.conn.request(
@@ -216,7 +216,7 @@ pub fn run_with(root: &Root, args: &BackupArgs, srcs: Vec<Source>) -> Result<u8>
     ))
 }
 
-fn print_disk(r: &DiskReport, _mode: Mode) {
+fn print_disk(r: &DiskReport) {
     if r.ok {
         eprintln!("{}: verified by the peer, sha256 {}", r.name, r.sha256);
     } else {

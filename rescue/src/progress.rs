@@ -157,9 +157,3 @@ impl Bar {
         }
     }
 }
-
-/// Prints a status message to stderr (progress and logs go there, so `rescue cat`
-/// keeps stdout clean).
-pub fn note(msg: &str) {
-    eprintln!("{msg}");
-}

@@ -140,11 +140,6 @@ fn receive_backup(store: &Store, s: &mut Session, req: &Frame) -> Result<()> {
                 return Err(e);
             }
         };
-        let end: DiskEnd = msg::from_json(&end_frame).unwrap_or(DiskEnd {
-            disk: i as u32,
-            bytes_read: 0,
-            unreadable_bytes: 0,
-        });
         let (mut sink, whole) = pipe.finish()?;
         let full_have = xfer::Have::new(held).held() == geo.count();
         let verdict = if full_have && d.complete && d.sha256.is_some() {
@@ -192,7 +187,6 @@ fn receive_backup(store: &Store, s: &mut Session, req: &Frame) -> Result<()> {
                 }
             }
         };
-        let _ = end.bytes_read;
         b.save()?;
         s.conn.reply(
             &end_frame,

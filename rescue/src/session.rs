@@ -34,6 +34,15 @@ impl Session {
     }
 }
 
+/// A stream device named on the command line, mapped into a fake root (tests).
+fn device_path(root: &Root, p: std::path::PathBuf) -> std::path::PathBuf {
+    if p.is_absolute() && !root.is_host() {
+        root.path(&p)
+    } else {
+        p
+    }
+}
+
 /// A peer that sends nothing, not even its 2-second keepalive, for this long is gone.
 const PEER_SILENCE: Duration = Duration::from_secs(60);
 
@@ -110,11 +119,7 @@ pub fn connect(root: &Root, args: &ConnectArgs, role: Role) -> Result<Session> {
             })
         }
         Some(Endpoint::Device(p)) => {
-            let dev = if p.is_absolute() && !root.is_host() {
-                root.path(&p)
-            } else {
-                p
-            };
+            let dev = device_path(root, p);
             let mut conn = Conn::new(Stream::open_device(&dev)?)?;
             let peer = introduce(
                 &mut conn,
@@ -217,14 +222,7 @@ pub fn serve(
         }
         endpoint => {
             let (dev, mut link) = match endpoint {
-                Some(Endpoint::Device(p)) => (
-                    if p.is_absolute() && !root.is_host() {
-                        root.path(&p)
-                    } else {
-                        p
-                    },
-                    None,
-                ),
+                Some(Endpoint::Device(p)) => (device_path(root, p), None),
                 _ => {
                     let opts = LinkOpts {
                         peer: args.peer.clone(),
