@@ -14,4 +14,4 @@ if [ ${#need[@]} -gt 0 ]; then
         || { echo "bench: could not install ${need[*]} (apt-get failed)" >&2; exit 1; }
 fi
 cargo build --release -q -p rescue
-exec python3 bench/bench.py --rescue target/release/rescue "$@"
+exec python3 bench/bench.py --rescue "${CARGO_TARGET_DIR:-target}/release/rescue" "$@"

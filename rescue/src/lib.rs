@@ -9,6 +9,7 @@ pub mod blkdev;
 pub mod bufpool;
 pub mod catcmd;
 pub mod cli;
+pub mod direct;
 pub mod disks;
 pub mod exit;
 pub mod fabric;

@@ -13,6 +13,7 @@ use sha2::{Digest, Sha256};
 use crate::Root;
 use crate::blkdev;
 use crate::cli::RestoreArgs;
+use crate::direct::DirectWriter;
 use crate::exit::{self, Exit};
 use crate::progress::{self, Bar};
 use crate::proto::frame::Header;
@@ -156,6 +157,9 @@ pub fn open_target(root: &Root, spec: &str, need: u64) -> Result<Target> {
 /// Writes verified chunks onto the target.
 struct TargetSink {
     file: File,
+    /// Data goes to the device directly: no page-cache copy, and a later
+    /// `--verify` reads what is really on the disk, not cached pages.
+    direct: DirectWriter,
     block: bool,
     fresh_file: bool,
 }
@@ -177,8 +181,8 @@ impl Sink for TargetSink {
             }
             return punch_or_zero(&self.file, c.offset, u64::from(c.len));
         }
-        self.file
-            .write_all_at(c.bytes(), c.offset)
+        self.direct
+            .write_at(&self.file, c.bytes(), c.offset)
             .with_context(|| format!("writing at offset {}", c.offset))
     }
 
@@ -443,6 +447,7 @@ pub fn run(root: &Root, args: &RestoreArgs) -> Result<u8> {
                 .file
                 .try_clone()
                 .context("duplicating the target descriptor")?,
+            direct: DirectWriter::open(&t.path, &t.file, ready.chunk_size as usize),
             block: t.block,
             fresh_file: t.created,
         };

@@ -89,14 +89,14 @@ impl DiskReader {
         bad: &mut Vec<(u32, u32)>,
     ) -> Result<()> {
         let s = self.sector as usize;
-        let mut aligned = AlignedBuf::new(s);
+        let mut aligned = crate::direct::AlignedBuf::new(s);
         let mut pos = 0usize;
         while pos < buf.len() {
             let n = s.min(buf.len() - pos);
             let off = offset + pos as u64;
             let ok = match &self.direct {
                 Some(d) if n == s => {
-                    let b = aligned.as_mut(s);
+                    let b = aligned.get_mut(s);
                     if read_exact(&**d, b, off).is_ok() {
                         buf[pos..pos + n].copy_from_slice(b);
                         true
@@ -136,25 +136,6 @@ fn read_exact(r: &dyn BlockRead, buf: &mut [u8], offset: u64) -> io::Result<()> 
         }
     }
     Ok(())
-}
-
-/// A sector-aligned buffer for O_DIRECT reads.
-struct AlignedBuf {
-    raw: Vec<u8>,
-}
-
-impl AlignedBuf {
-    fn new(sector: usize) -> Self {
-        AlignedBuf {
-            raw: vec![0u8; sector * 2 + 4096],
-        }
-    }
-
-    fn as_mut(&mut self, len: usize) -> &mut [u8] {
-        let addr = self.raw.as_ptr() as usize;
-        let skip = (4096 - addr % 4096) % 4096;
-        &mut self.raw[skip..skip + len]
-    }
 }
 
 /// What is being backed up.

@@ -18,6 +18,7 @@ use sha2::{Digest, Sha256};
 
 use super::mapfile::{Map, Status};
 use super::{BackupDir, ManifestDisk, open_in};
+use crate::direct::DirectWriter;
 use crate::proto::conn::OutChunk;
 use crate::proto::msg::ChunkRanges;
 use crate::util::{self, hex};
@@ -99,6 +100,8 @@ pub struct ImageSink {
     disk: ManifestDisk,
     geo: Geometry,
     img: File,
+    /// Chunk data goes to the image through this (O_DIRECT when possible).
+    direct: DirectWriter,
     journal: File,
     map: Map,
     /// (chunk index, digest) written but not yet synced.
@@ -167,6 +170,8 @@ impl ImageSink {
             img.set_len(d.size)
                 .with_context(|| format!("sizing {} to {} bytes", d.image, d.size))?;
         }
+        let direct =
+            DirectWriter::open(&b.path.join(&d.image), &img, b.manifest.chunk_size as usize);
         let journal = open_in(&b.path, &d.chunks, true, true)?;
         let map = match std::fs::read_to_string(b.path.join(&d.map)) {
             Ok(t) => Map::parse(&t, d.size).unwrap_or_else(|_| Map::new(d.size)),
@@ -176,6 +181,7 @@ impl ImageSink {
             dir: b.path.clone(),
             geo,
             img,
+            direct,
             journal,
             map,
             pending: Vec::new(),
@@ -276,27 +282,29 @@ impl ImageSink {
 impl ImageSink {
     /// Writes a data chunk. Into a fresh (all-hole) image only the non-zero 4 KiB
     /// blocks are written, so the image stays as sparse as the disk's content.
-    fn write_data(&self, offset: u64, data: &[u8]) -> std::io::Result<()> {
+    fn write_data(&mut self, offset: u64, data: &[u8]) -> std::io::Result<()> {
         self.write_data_inner(offset, data)?;
-        // Start writeback of this chunk now, without waiting for it: the disk
-        // works while we receive, and the periodic and final syncs find little
-        // left to flush.
-        use std::os::fd::AsRawFd;
-        // SAFETY: sync_file_range on our own descriptor; no memory is passed.
-        unsafe {
-            libc::sync_file_range(
-                self.img.as_raw_fd(),
-                offset as libc::off64_t,
-                data.len() as libc::off64_t,
-                libc::SYNC_FILE_RANGE_WRITE,
-            );
+        if !self.direct.is_direct() {
+            // Start writeback of this chunk now, without waiting for it: the
+            // disk works while we receive, and the periodic and final syncs
+            // find little left to flush.
+            use std::os::fd::AsRawFd;
+            // SAFETY: sync_file_range on our own descriptor; no memory is passed.
+            unsafe {
+                libc::sync_file_range(
+                    self.img.as_raw_fd(),
+                    offset as libc::off64_t,
+                    data.len() as libc::off64_t,
+                    libc::SYNC_FILE_RANGE_WRITE,
+                );
+            }
         }
         Ok(())
     }
 
-    fn write_data_inner(&self, offset: u64, data: &[u8]) -> std::io::Result<()> {
+    fn write_data_inner(&mut self, offset: u64, data: &[u8]) -> std::io::Result<()> {
         if !self.fresh {
-            return self.img.write_all_at(data, offset);
+            return self.direct.write_at(&self.img, data, offset);
         }
         const BLK: usize = 4096;
         let mut i = 0;
@@ -310,8 +318,8 @@ impl ImageSink {
             }
             let end = i.min(data.len());
             if end > start {
-                self.img
-                    .write_all_at(&data[start..end], offset + start as u64)?;
+                self.direct
+                    .write_at(&self.img, &data[start..end], offset + start as u64)?;
             }
         }
         Ok(())
