@@ -4,8 +4,11 @@
 Each tool copies the same image into the same directory; every copy ends with
 data synced to disk (rescue syncs, bmaptool syncs, dd gets conv=fsync), and
 the source is read once before each run so all start from a warm page cache.
+The tools take turns for --rounds rounds and the medians are compared: a
+virtual disk's write speed swings by 2-3x within minutes, and one round each
+would mostly measure that.
 """
-import argparse, os, shutil, subprocess, sys, tempfile, time
+import argparse, os, shutil, statistics, subprocess, sys, tempfile, time
 
 def run(cmd, **kw):
     return subprocess.run(cmd, check=True, **kw)
@@ -94,6 +97,7 @@ def main():
     ap.add_argument("--rescue", required=True)
     ap.add_argument("--mib", type=int, default=1024)
     ap.add_argument("--big", action="store_true", help="also check peak RSS on a 4 GiB image")
+    ap.add_argument("--rounds", type=int, default=3, help="rounds per tool; medians are compared")
     a = ap.parse_args()
     rescue = os.path.abspath(a.rescue)
     d = os.environ.get("BENCH_DIR", "/var/tmp/usb4rescue-bench")
@@ -106,10 +110,18 @@ def main():
     print(f"{'image':<12} {'rescue s':>9} {'dd|dd s':>8} {'bmap s':>7} {'r/dd':>6} {'r/bmap':>7} {'RSS send':>9} {'RSS recv':>9}")
     ok = True
     for name, img, target in (("random", rand, ("bmap", 1.0)), ("90%-zeros", sparse, ("dd", 0.5))):
-        r, crss, srss, store = rescue_backup(rescue, img, work)
-        dd = dd_pipe(img, work)
-        bm = bmap_copy(img, work)
+        rs, dds, bms, crss, srss = [], [], [], 0, 0
+        for _ in range(a.rounds):
+            r, c, sv, store = rescue_backup(rescue, img, work)
+            rs.append(r)
+            crss, srss = max(crss, c), max(srss, sv)
+            dds.append(dd_pipe(img, work))
+            bms.append(bmap_copy(img, work))
+        r, dd, bm = (statistics.median(x) for x in (rs, dds, bms))
         print(f"{name:<12} {r:9.2f} {dd:8.2f} {bm:7.2f} {r/dd:6.2f} {r/bm:7.2f} {crss/1024:7.1f}Mi {srss/1024:7.1f}Mi")
+        if a.rounds > 1:
+            rng = lambda xs: f"{min(xs):.2f}-{max(xs):.2f}"
+            print(f"  (medians of {a.rounds} rounds; ranges: rescue {rng(rs)}, dd|dd {rng(dds)}, bmaptool {rng(bms)})")
         ratio = r / (bm if target[0] == "bmap" else dd)
         met = ratio <= target[1] and crss <= 65536 and srss <= 65536
         ok &= met

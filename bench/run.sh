@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Benchmarks `rescue serve` + `rescue backup` over a UNIX socket against
 # `dd | dd` and `bmaptool copy` on the same images, in one run, and prints the
-# ratios and peak RSS. Usage: bench/run.sh [--mib N] [--big]
+# ratios and peak RSS. Usage: bench/run.sh [--mib N] [--rounds N] [--big]
 # Installs bmap-tools and GNU time when missing; images live in
 # ${BENCH_DIR:-/var/tmp/usb4rescue-bench} (not in the tree).
 set -euo pipefail

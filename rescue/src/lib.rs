@@ -24,6 +24,7 @@ pub mod restore;
 pub mod root;
 pub mod serve;
 pub mod session;
+pub mod sha256x2;
 pub mod signals;
 pub mod source;
 pub mod store;

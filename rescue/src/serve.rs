@@ -282,9 +282,9 @@ fn send_backup(store: &Store, s: &mut Session, req: &Frame) -> Result<()> {
             geo,
             &Vec::new(),
             |off, len| src.read(off, len),
-            |off, raw| {
+            |off, raw, pre| {
                 let mut z = zeros.lock().map_err(|_| anyhow::anyhow!("lock poisoned"))?;
-                src.digest(off, raw, &mut z)
+                src.digest(off, raw, pre, &mut z)
             },
             &bar,
         )

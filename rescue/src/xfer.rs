@@ -6,7 +6,7 @@
 
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::mpsc::{self, Receiver, SyncSender, TrySendError};
+use std::sync::mpsc::{self, SyncSender, TrySendError};
 use std::sync::{Arc, Mutex};
 use std::thread;
 use std::time::{Duration, Instant};
@@ -18,6 +18,7 @@ use crate::progress::Bar;
 use crate::proto::conn::{Conn, Event, OutChunk, peer_error};
 use crate::proto::frame::{Frame, Header};
 use crate::proto::msg::{self, ChunkBody, ChunkRanges, FLAG_ZERO, kind};
+use crate::sha256x2::Stream;
 
 /// Chunks in flight (sent, not yet acknowledged). Bounds memory on both sides.
 pub const WINDOW: usize = 12;
@@ -100,7 +101,9 @@ pub struct SendStats {
 }
 
 /// Sends every chunk of disk `disk` the receiver does not hold. `read` fetches a
-/// chunk (on a reader thread), `digest` hashes or checks it (on a second thread).
+/// chunk (on a reader thread), `digest` hashes or checks it (on a second thread,
+/// which hashes two chunks at a time when two are ready and passes the SHA-256
+/// it computed, see sha256x2).
 #[allow(clippy::too_many_arguments)]
 pub fn send_disk<R, D>(
     conn: &mut Conn,
@@ -113,7 +116,7 @@ pub fn send_disk<R, D>(
 ) -> Result<SendStats>
 where
     R: FnMut(u64, u32) -> Result<RawChunk> + Send,
-    D: Fn(u64, RawChunk) -> Result<OutChunk> + Send + Sync,
+    D: Fn(u64, RawChunk, Option<[u8; 32]>) -> Result<OutChunk> + Send + Sync,
 {
     let have = Have::new(have);
     let mut stats = SendStats {
@@ -162,22 +165,50 @@ where
         let digest = &digest;
         s.spawn(move || {
             let push = |ev: Event| push_event(&events, ev, &cancel_d);
-            for (off, raw) in raw_rx {
-                if off == u64::MAX {
-                    push(Event::SourceFailed(
-                        String::from_utf8_lossy(&raw.data).into_owned(),
-                    ));
-                    return;
+            let mut queue: VecDeque<(u64, RawChunk)> = VecDeque::new();
+            loop {
+                if queue.is_empty() {
+                    match raw_rx.recv() {
+                        Ok(x) => queue.push_back(x),
+                        Err(_) => break,
+                    }
                 }
-                match digest(off, raw) {
-                    Ok(c) => {
-                        if !push(Event::Chunk(c)) {
+                if queue.len() == 1
+                    && let Ok(x) = raw_rx.try_recv()
+                {
+                    queue.push_back(x);
+                }
+                // Two data chunks ready: one interleaved pass for both digests.
+                let mut pre = [None, None];
+                if let [(a_off, a), (b_off, b)] = queue.make_contiguous()
+                    && *a_off != u64::MAX
+                    && *b_off != u64::MAX
+                    && !is_zero(&a.data)
+                    && !is_zero(&b.data)
+                {
+                    let (da, db) = crate::sha256x2::digest_pair(&a.data, &b.data);
+                    pre = [Some(da), Some(db)];
+                }
+                for p in pre.into_iter().take(queue.len()) {
+                    let Some((off, raw)) = queue.pop_front() else {
+                        break;
+                    };
+                    if off == u64::MAX {
+                        push(Event::SourceFailed(
+                            String::from_utf8_lossy(&raw.data).into_owned(),
+                        ));
+                        return;
+                    }
+                    match digest(off, raw, p) {
+                        Ok(c) => {
+                            if !push(Event::Chunk(c)) {
+                                return;
+                            }
+                        }
+                        Err(e) => {
+                            push(Event::SourceFailed(format!("{e:#}")));
                             return;
                         }
-                    }
-                    Err(e) => {
-                        push(Event::SourceFailed(format!("{e:#}")));
-                        return;
                     }
                 }
             }
@@ -366,19 +397,28 @@ pub trait Sink: Send {
     fn checkpoint(&mut self) -> Result<()>;
 }
 
-/// Runs a sink on a writer thread and hashes the whole image in order on another.
+/// Runs a sink on a writer thread, and checks chunks while hashing the whole
+/// image in order.
 pub struct SinkPipeline<S: Sink + 'static> {
     tx: Option<SyncSender<Verified>>,
     writer: Option<thread::JoinHandle<Result<S>>>,
-    hasher: Option<thread::JoinHandle<(u64, bool, [u8; 32])>>,
+    whole: Mutex<Whole>,
     error: Arc<Mutex<Option<String>>>,
     size: u64,
+}
+
+/// The whole-image SHA-256, fed with every chunk in order from offset 0.
+struct Whole {
+    stream: Stream,
+    pos: u64,
+    /// False once a chunk was skipped (held from an earlier run): the caller
+    /// then reads the image back instead.
+    contiguous: bool,
 }
 
 impl<S: Sink + 'static> SinkPipeline<S> {
     pub fn start(mut sink: S, size: u64) -> Self {
         let (tx, rx) = mpsc::sync_channel::<Verified>(4);
-        let (htx, hrx) = mpsc::sync_channel::<Verified>(4);
         let error = Arc::new(Mutex::new(None));
         let err2 = error.clone();
         let writer = thread::spawn(move || -> Result<S> {
@@ -392,7 +432,7 @@ impl<S: Sink + 'static> SinkPipeline<S> {
                     return Err(e);
                 }
                 since += u64::from(c.len);
-                let _ = htx.send(c);
+                drop(c);
                 if since >= 256 << 20 || last.elapsed() > Duration::from_secs(3) {
                     if let Err(e) = sink.checkpoint() {
                         if let Ok(mut g) = err2.lock() {
@@ -404,17 +444,52 @@ impl<S: Sink + 'static> SinkPipeline<S> {
                     last = Instant::now();
                 }
             }
-            drop(htx);
             sink.checkpoint()?;
             Ok(sink)
         });
-        let hasher = thread::spawn(move || hash_in_order(hrx));
         SinkPipeline {
             tx: Some(tx),
             writer: Some(writer),
-            hasher: Some(hasher),
+            whole: Mutex::new(Whole {
+                stream: Stream::new(),
+                pos: 0,
+                contiguous: true,
+            }),
             error,
             size,
+        }
+    }
+
+    /// Whether `data`, the chunk at `offset`, has the SHA-256 `want`. A chunk
+    /// that continues the image in order also feeds the whole-image digest, in
+    /// the same pass over its bytes (see sha256x2); one that fails does not.
+    pub fn check(&self, offset: u64, data: &[u8], want: &[u8; 32]) -> bool {
+        let Ok(mut w) = self.whole.lock() else {
+            return sha256(data) == *want;
+        };
+        if !w.contiguous || w.pos != offset {
+            w.contiguous = false;
+            return sha256(data) == *want;
+        }
+        let before = w.stream.clone();
+        if w.stream.update_and_digest(data) == *want {
+            w.pos += data.len() as u64;
+            true
+        } else {
+            w.stream = before;
+            false
+        }
+    }
+
+    /// Records an all-zero chunk at `offset` in the whole-image digest.
+    pub fn zero(&self, offset: u64, len: u32) {
+        if let Ok(mut w) = self.whole.lock() {
+            if w.contiguous && w.pos == offset {
+                w.stream.update_zeros(u64::from(len));
+                w.pos += u64::from(len);
+            } else {
+                w.contiguous = false;
+            }
         }
     }
 
@@ -449,10 +524,8 @@ impl<S: Sink + 'static> SinkPipeline<S> {
             Some(Ok(r)) => r?,
             _ => bail!("the writer thread failed"),
         };
-        let whole = match self.hasher.take().map(|h| h.join()) {
-            Some(Ok((covered, contiguous, digest))) if contiguous && covered == self.size => {
-                Some(digest)
-            }
+        let whole = match self.whole.get_mut() {
+            Ok(w) if w.contiguous && w.pos == self.size => Some(w.stream.clone().finish()),
             _ => None,
         };
         Ok((sink, whole))
@@ -464,9 +537,6 @@ impl<S: Sink + 'static> Drop for SinkPipeline<S> {
         drop(self.tx.take());
         if let Some(w) = self.writer.take() {
             let _ = w.join();
-        }
-        if let Some(h) = self.hasher.take() {
-            let _ = h.join();
         }
     }
 }
@@ -480,28 +550,6 @@ pub fn hash_zeros(h: &mut Sha256, mut len: u64) {
         h.update(&ZEROS[..n]);
         len -= n as u64;
     }
-}
-
-fn hash_in_order(rx: Receiver<Verified>) -> (u64, bool, [u8; 32]) {
-    let mut h = Sha256::new();
-    let mut pos = 0u64;
-    let mut contiguous = true;
-    for c in rx {
-        if !contiguous {
-            continue;
-        }
-        if c.offset != pos {
-            contiguous = false;
-            continue;
-        }
-        if c.zero {
-            hash_zeros(&mut h, u64::from(c.len));
-        } else {
-            h.update(c.bytes());
-        }
-        pos += u64::from(c.len);
-    }
-    (pos, contiguous, h.finalize().into())
 }
 
 /// Why a received chunk was not accepted.
@@ -580,7 +628,7 @@ pub fn receive_disk<S: Sink + 'static>(
             kind::CHUNK if f.header.disk == disk => {
                 if f.header.offset == next_off && next < geo.count() {
                     let at = f.header.offset;
-                    match accept(f, geo, next) {
+                    match accept(f, geo, next, pipe) {
                         Ok(v) => {
                             let len = u64::from(v.len);
                             pipe.submit(v)?;
@@ -626,7 +674,12 @@ pub fn receive_disk<S: Sink + 'static>(
     }
 }
 
-fn accept(f: Frame, geo: Geometry, index: u64) -> std::result::Result<Verified, Reject> {
+fn accept<S: Sink + 'static>(
+    f: Frame,
+    geo: Geometry,
+    index: u64,
+    pipe: &SinkPipeline<S>,
+) -> std::result::Result<Verified, Reject> {
     let zero = f.header.flags & FLAG_ZERO != 0;
     let offset = f.header.offset;
     let body = ChunkBody::decode(f.payload, zero, geo.chunk).map_err(Reject::Damaged)?;
@@ -637,7 +690,9 @@ fn accept(f: Frame, geo: Geometry, index: u64) -> std::result::Result<Verified, 
             body.len
         )));
     }
-    if !zero && sha256(body.data()) != body.sha256 {
+    if zero {
+        pipe.zero(offset, body.len);
+    } else if !pipe.check(offset, body.data(), &body.sha256) {
         return Err(Reject::Damaged("SHA-256 mismatch".into()));
     }
     Ok(Verified {
@@ -651,8 +706,9 @@ fn accept(f: Frame, geo: Geometry, index: u64) -> std::result::Result<Verified, 
     })
 }
 
-/// Builds the chunk to send from raw bytes: zero detection and SHA-256.
-pub fn digest_fresh(offset: u64, raw: RawChunk) -> Result<OutChunk> {
+/// Builds the chunk to send from raw bytes: zero detection and SHA-256
+/// (`pre` when already computed).
+pub fn digest_fresh(offset: u64, raw: RawChunk, pre: Option<[u8; 32]>) -> Result<OutChunk> {
     let len = raw.data.len() as u32;
     if is_zero(&raw.data) {
         let RawChunk { data, bad } = raw;
@@ -670,7 +726,7 @@ pub fn digest_fresh(offset: u64, raw: RawChunk) -> Result<OutChunk> {
         offset,
         len,
         zero: false,
-        sha256: sha256(&raw.data),
+        sha256: pre.unwrap_or_else(|| sha256(&raw.data)),
         bad: raw.bad,
         data: raw.data,
     })
@@ -712,6 +768,44 @@ mod tests {
         assert_eq!(h.next_missing(4), 4);
         assert_eq!(h.next_missing(5), 7);
         assert_eq!(h.held(), 5);
+    }
+
+    struct NullSink;
+
+    impl Sink for NullSink {
+        fn write(&mut self, _: &Verified) -> Result<()> {
+            Ok(())
+        }
+        fn checkpoint(&mut self) -> Result<()> {
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn whole_digest_skips_rejected_chunks() {
+        let a = vec![1u8; 4096];
+        let b = vec![2u8; 4000];
+        let pipe = SinkPipeline::start(NullSink, 4096 * 2 + 4000);
+        assert!(pipe.check(0, &a, &sha256(&a)));
+        pipe.zero(4096, 4096);
+        // Damaged in transit: rejected, and must not enter the image digest.
+        assert!(!pipe.check(8192, &b, &sha256(&a)));
+        assert!(pipe.check(8192, &b, &sha256(&b)));
+        let (_, whole) = pipe.finish().unwrap();
+        let mut all = a.clone();
+        all.extend(vec![0u8; 4096]);
+        all.extend(&b);
+        assert_eq!(whole, Some(sha256(&all)));
+    }
+
+    #[test]
+    fn no_whole_digest_after_a_gap() {
+        let a = vec![1u8; 4096];
+        let pipe = SinkPipeline::start(NullSink, 8192);
+        // Chunk 0 was held from an earlier run: only chunk 1 arrives.
+        assert!(pipe.check(4096, &a, &sha256(&a)));
+        let (_, whole) = pipe.finish().unwrap();
+        assert_eq!(whole, None);
     }
 
     #[test]

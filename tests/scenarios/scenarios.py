@@ -26,6 +26,7 @@ import os
 import random
 import re
 import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -55,6 +56,7 @@ KOPTS = "usb4vcable.hb_timeout_ms=10000"
 BOOT_TIMEOUT = 240       # QEMU start -> "RESCUE: ready" (TCG on a busy 2-core host)
 XFER_TIMEOUT = 600       # one backup or restore
 VM_LIFETIME = 1800
+CFS = "/sys/kernel/config/thunderbolt/stream"
 
 
 def T(regex: str) -> str:
@@ -792,62 +794,109 @@ def s7_menu(s: Suite):
     log("menu: listed, restored, verified and powered off; disks equal A's")
 
 
-def s8_dd_baseline(s: Suite):
-    """Raw dd over a second virtual cable between two busybox guests (throughput baseline)."""
+def qemu_cpu_secs(v) -> float:
+    """User + system CPU time of a VM's QEMU process so far."""
+    f = Path(f"/proc/{v.proc.pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(f[11]) + int(f[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def bench_cable(s: Suite, rounds: int, mib: int):
+    """Throughput bench: rescue backup against raw dd over the same virtual cable.
+
+    Two busybox guests (with the same static rescue as /bin/rescue) share one cable.
+    Each round moves the same random disk of A both ways of B's choosing: raw
+    `dd if=/dev/vda of=/dev/tbstreamN bs=256k` into `dd of=/dev/vda` (the upstream
+    example), and `rescue backup --device /dev/tbstreamN /dev/vda` into
+    `rescue serve --once` on an ext4 store disk. Each run gets a fresh stream, page
+    caches are dropped first, the order alternates between rounds, and the time runs
+    until the receiver's process ended and synced. Medians are compared."""
     if not s.args.shell_initrd:
         raise Fail("no --shell-initrd given")
-    size = 64 * MiB
-    src, dst = s.w / "dd-src.img", s.w / "dd-dst.img"
+    size = mib * MiB
+    src, dst, store = s.w / "bench-src.img", s.w / "bench-dst.img", s.w / "bench-store.img"
     make_random_disk(src, size, seed=8)
     blank(dst, size)
-    cab = s.rig.cable("dd")
+    make_store(store, max(4 * size, 256 * MiB))
+    cab = s.rig.cable("bench")
     cab.create()
-    vms = {}
-    for name, side, disk in (("ddrx", "b", dst), ("ddtx", "a", src)):
-        s.vm_serial += 1
-        v = s.rig.vm(f"{name}{s.vm_serial}")
-        v.start(s.kernel, s.args.shell_initrd, f"{KOPTS} vm.noload=thunderbolt,thunderbolt_stream",
-                [Disk(str(disk))], [(cab, side)], timeout=VM_LIFETIME)
-        vms[name] = v
+    smp = s.args.smp
+    rx = s.rig.vm("benchrx", smp=smp)
+    tx = s.rig.vm("benchtx", smp=smp)
+    opts = f"{KOPTS} vm.noload=thunderbolt,thunderbolt_stream"
+    rx.start(s.kernel, s.args.shell_initrd, opts, [Disk(str(dst)), Disk(str(store))], [(cab, "b")],
+             timeout=VM_LIFETIME)
+    tx.start(s.kernel, s.args.shell_initrd, opts, [Disk(str(src), readonly=True)], [(cab, "a")],
+             timeout=VM_LIFETIME)
+    times: dict[str, list[float]] = {"dd": [], "rescue": []}
+    cpus: dict[str, list[tuple[float, float]]] = {"dd": [], "rescue": []}
     try:
-        for v in vms.values():
+        for v in (rx, tx):
             v.wait_ready(BOOT_TIMEOUT)
-        svc = {n: v.run("linkwait 60", timeout=90, check=True).out.strip().splitlines()[-1]
-               for n, v in vms.items()}
-        rx, tx = vms["ddrx"], vms["ddtx"]
-        irx = int(rx.run(f"mkstream {svc['ddrx']} bench -1 -1", check=True).out.split()[-3])
-        rx.run(f"bg rx dd if=/dev/tbstream{irx} of=/dev/vda bs=256k; waitopen /dev/tbstream{irx} 10",
-               check=True)
-        itx = int(tx.run(f"mkstream {svc['ddtx']} bench", check=True).out.split()[-3])
-        t0 = time.monotonic()
-        out = tx.run(f"t0=$(now); dd if=/dev/vda of=/dev/tbstream{itx} bs=256k 2>&1 || exit 1; "
-                     f"echo \"@@T $t0 $(now)\"", timeout=300, check=True).out
-        r = rx.run("bgwait rx 300; sync", timeout=360)
-        wall = time.monotonic() - t0
-        check(r.rc == 0, f"receiver's dd failed: {r.out}")
-        m = re.search(T(r"@@T ([\d.]+) ([\d.]+)"), out)
-        dd_secs = float(m.group(2)) - float(m.group(1))
+        svc = {v.name: v.run("linkwait 60", timeout=90, check=True).out.strip().splitlines()[-1]
+               for v in (rx, tx)}
+        rx.run("mkdir -p /st && mount -t ext4 /dev/vdb /st", check=True)
+        sha_ni = "sha_ni" in tx.run("cat /proc/cpuinfo", check=True).out
+        want = sha256(src)
+        n = 0
+        for rnd in range(rounds):
+            for tool in (("dd", "rescue") if rnd % 2 == 0 else ("rescue", "dd")):
+                n += 1
+                name = f"b{n}"
+                irx = int(rx.run(f"mkstream {svc[rx.name]} {name} -1 -1", check=True).out.split()[-3])
+                itx = int(tx.run(f"mkstream {svc[tx.name]} {name}", check=True).out.split()[-3])
+                if tool == "dd":
+                    rxcmd = f"dd if=/dev/tbstream{irx} of=/dev/vda bs=256k"
+                    txcmd = f"dd if=/dev/vda of=/dev/tbstream{itx} bs=256k"
+                else:
+                    rxcmd = f"rescue serve --store /st --device /dev/tbstream{irx} --once"
+                    txcmd = f"RESCUE_PLAIN=1 rescue backup --device /dev/tbstream{itx} /dev/vda"
+                rx.run(f"sync; echo 3 > /proc/sys/vm/drop_caches; bg rx {rxcmd}; "
+                       f"waitopen /dev/tbstream{irx} 10", check=True)
+                tx.run("sync; echo 3 > /proc/sys/vm/drop_caches", check=True)
+                c0 = (qemu_cpu_secs(rx), qemu_cpu_secs(tx))
+                t0 = time.monotonic()
+                out = tx.run(f"{txcmd} 2>&1", timeout=600)
+                r = rx.run("bgwait rx 600; rc=$?; sync; exit $rc", timeout=660)
+                dt = time.monotonic() - t0
+                c1 = (qemu_cpu_secs(rx), qemu_cpu_secs(tx))
+                check(out.rc == 0 and r.rc == 0,
+                      f"{tool}: sender rc={out.rc}, receiver rc={r.rc}:\n{out.out[-800:]}\n{r.out[-800:]}")
+                times[tool].append(dt)
+                cpus[tool].append((c1[0] - c0[0], c1[1] - c0[1]))
+                log(f"round {rnd + 1} {tool:<6} {dt:5.2f}s {fmt_rate(size, dt)}; QEMU CPU: "
+                    f"receiver {c1[0] - c0[0]:.2f}s, sender {c1[1] - c0[1]:.2f}s")
+                if tool == "dd":
+                    got = sha256(dst)
+                    check(got == want, "dd over the cable: the receiver's disk differs from the sender's")
+                else:
+                    check(want in out.out, f"rescue did not report the disk's sha256:\n{out.out[-800:]}")
+                    rx.run("rm -rf /st/*", check=True)
+                rx.run(f"rmdir {CFS}/{svc[rx.name]}/{name}", check=True)
+                tx.run(f"rmdir {CFS}/{svc[tx.name]}/{name}", check=True)
     finally:
-        for v in vms.values():
+        for v in (rx, tx):
             v.kill()
             s.kernel_check(v)
         cab.remove()
-    h = sha256(dst)
-    check(h == sha256(src), "dd over the cable: the receiver's disk differs from the sender's")
-    # The same 64 MiB through rescue (backup to B over the main cable), for comparison.
-    r = s.backup_from_a("rescue.poweroff=1", name="r", host="hostr",
-                        disks=[Disk(str(src), serial="R-RND-0001", readonly=True)])
-    check(r["rc"] == 0, f"rescue backup of the random disk rc={r['rc']}:\n{r['vm'].tail(20)}")
-    s.stop(r["vm"])
-    m = re.search(T(r"vda: (\S+ \S+) read, (\S+ \S+) sent, .*, ([\d.]+)s, (\S+ \S+)/s"), r["log"])
-    s.figures["rescue-random"] = (f"rescue backup of the same 64 MiB random disk: {m.group(0).strip() if m else '?'}; "
-                                  f"host wall clock from 'backup ... on hostb' to 'done': {r['secs']:.1f}s "
-                                  f"({fmt_rate(size, r['secs'])})")
-    log(s.figures["rescue-random"])
-    s.figures["dd"] = (f"raw dd of 64 MiB random data over the cable: sender's dd {dd_secs:.1f}s "
-                       f"({size / MiB / dd_secs:.1f} MiB/s), {wall:.1f}s host wall clock until the "
-                       f"receiver's dd ended ({fmt_rate(size, wall)})")
-    log(s.figures["dd"])
+    med = {k: statistics.median(v) for k, v in times.items()}
+    ratio = med["dd"] / med["rescue"]
+    cpu = {k: (statistics.median(c[0] for c in v), statistics.median(c[1] for c in v))
+           for k, v in cpus.items()}
+    cores = os.cpu_count() or 1
+    accel = tx.cmdline[tx.cmdline.index("-accel") + 1]
+    qver = subprocess.run([tx.cmdline[0], "--version"], capture_output=True, text=True).stdout.split("\n")[0]
+    print(f"\ncable bench: {mib} MiB of random data, {rounds} rounds, {smp} vCPU(s) per VM, "
+          f"{accel}, {qver}, {cores} host cores, guest CPU SHA extensions: {'yes' if sha_ni else 'no'}")
+    for k in ("dd", "rescue"):
+        print(f"  {k:<7} median {med[k]:5.2f}s ({fmt_rate(size, med[k])}), range "
+              f"{min(times[k]):.2f}-{max(times[k]):.2f}s; QEMU CPU per run: receiver {cpu[k][0]:.2f}s, "
+              f"sender {cpu[k][1]:.2f}s")
+    print(f"  rescue throughput / raw dd throughput: {ratio:.2f}x (target >= 0.9x: "
+          f"{'met' if ratio >= 0.9 else 'NOT met'})")
+    used = (sum(cpu["rescue"]) / med["rescue"]) / cores
+    print(f"  host CPU busy during rescue: {100 * used:.0f}% of {cores} cores "
+          f"({sum(cpu['rescue']):.2f} core-s, dd {sum(cpu['dd']):.2f} core-s)")
+    return ratio
 
 
 SCENARIOS = [
@@ -858,7 +907,6 @@ SCENARIOS = [
     ("unplug", s3_unplug),
     ("corruption", s4_corruption),
     ("failing-source", s5_failing_source),
-    ("dd-baseline", s8_dd_baseline),
 ]
 
 
@@ -895,6 +943,10 @@ def main():
     ap.add_argument("--bad-sectors", default=f"{BAD_START}:{BAD_COUNT}",
                     help="failing-source: first unreadable sector and count (default %(default)s)")
     ap.add_argument("--demo", action="store_true")
+    ap.add_argument("--bench", type=int, metavar="ROUNDS",
+                    help="instead of the scenarios: rescue vs raw dd over the cable, ROUNDS rounds")
+    ap.add_argument("--bench-mib", type=int, default=64, help="bench: MiB of random data (default %(default)s)")
+    ap.add_argument("--smp", type=int, default=1, help="bench: vCPUs per VM (default %(default)s)")
     ap.add_argument("--keep", action="store_true", help="keep the work directory")
     a = ap.parse_args()
     if a.cable_ctl:
@@ -905,7 +957,15 @@ def main():
     t_all = time.monotonic()
     results = []
     try:
-        if a.demo:
+        if a.bench:
+            try:
+                bench_cable(s, a.bench, a.bench_mib)
+                passed = 1
+            except Exception as e:
+                failed = 1
+                print(f"BENCH FAILED: {e}\n(logs in {s.w})")
+                traceback.print_exc()
+        elif a.demo:
             try:
                 demo(s)
                 passed = 1

@@ -510,7 +510,13 @@ impl ImageSource {
     }
 
     /// Hashes a chunk and compares it with the digest recorded at backup time.
-    pub fn digest(&self, offset: u64, raw: RawChunk, zeros: &mut ZeroDigests) -> Result<OutChunk> {
+    pub fn digest(
+        &self,
+        offset: u64,
+        raw: RawChunk,
+        pre: Option<[u8; 32]>,
+        zeros: &mut ZeroDigests,
+    ) -> Result<OutChunk> {
         let mut rec = [0u8; 32];
         let index = offset / u64::from(self.chunk);
         self.journal
@@ -521,7 +527,7 @@ impl ImageSource {
         let got = if zero {
             zeros.get(len)
         } else {
-            xfer::sha256(&raw.data)
+            pre.unwrap_or_else(|| xfer::sha256(&raw.data))
         };
         if got != rec {
             bail!(
