@@ -21,6 +21,7 @@ use super::{BackupDir, ManifestDisk, open_in};
 use crate::direct::DirectWriter;
 use crate::proto::conn::OutChunk;
 use crate::proto::msg::ChunkRanges;
+use crate::sha256x2::Stream;
 use crate::util::{self, hex};
 use crate::xfer::{self, Geometry, RawChunk, Sink, Verified};
 
@@ -447,7 +448,7 @@ pub fn verify_image(
             d.size
         );
     }
-    let mut whole = Sha256::new();
+    let mut whole = Stream::new();
     let mut buf = vec![0u8; chunk as usize];
     let mut bad = Vec::new();
     let mut rec = [0u8; 32];
@@ -455,15 +456,17 @@ pub fn verify_image(
         let len = geo.len_of(i) as usize;
         img.read_exact_at(&mut buf[..len], geo.offset(i))
             .with_context(|| format!("reading {}", d.image))?;
-        whole.update(&buf[..len]);
         if journal.read_exact_at(&mut rec, i * DIGEST).is_err() || rec == [0u8; 32] {
+            whole.update(&buf[..len]);
             bad.push(i);
             continue;
         }
+        // The chunk's digest and the image's from one pass over the bytes.
         let got = if xfer::is_zero(&buf[..len]) {
+            whole.update_zeros(len as u64);
             zeros.get(len as u32)
         } else {
-            xfer::sha256(&buf[..len])
+            whole.update_and_digest(&buf[..len])
         };
         if got != rec {
             bad.push(i);
@@ -473,7 +476,7 @@ pub fn verify_image(
         }
     }
     if bad.is_empty() {
-        Ok(Ok(hex(&whole.finalize())))
+        Ok(Ok(hex(&whole.finish())))
     } else {
         Ok(Err(bad))
     }
