@@ -170,6 +170,12 @@ pub struct RestoreArgs {
     /// After writing, read every target back and compare it with the backup's digest.
     #[arg(long)]
     pub verify: bool,
+
+    /// The targets already hold part of this backup (an earlier restore was cut
+    /// short): read them first, compare every chunk with the digests the backup
+    /// recorded, and transfer only the chunks that differ.
+    #[arg(long)]
+    pub resume: bool,
 }
 
 #[derive(Debug, Clone, Args)]

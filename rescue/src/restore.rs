@@ -18,11 +18,11 @@ use crate::exit::{self, Exit};
 use crate::progress::{self, Bar};
 use crate::proto::frame::Header;
 use crate::proto::msg::{
-    self, BackupSummary, DiskDone, DiskSummary, ListReq, Listing, RestoreBegin, RestoreReady, Role,
-    SessionEnd, kind,
+    self, BackupSummary, ChunkRanges, DigestsReq, DiskDone, DiskSummary, ListReq, Listing,
+    MAX_DIGESTS, RestoreBegin, RestoreReady, Role, SessionEnd, kind,
 };
 use crate::session::{self, Session};
-use crate::store::image::punch_or_zero;
+use crate::store::image::{ZeroDigests, punch_or_zero};
 use crate::util::{hex, human_bytes};
 use crate::xfer::{self, Geometry, Sink, SinkPipeline, Verified};
 
@@ -421,18 +421,30 @@ pub fn run(root: &Root, args: &RestoreArgs) -> Result<u8> {
             return Err(refuse("not confirmed; nothing was written".into()));
         }
     }
+    let mode = progress::Mode::detect();
+    let mut have = Vec::new();
+    if args.resume {
+        for ((d, _), t) in pairs.iter().zip(&targets) {
+            let h = if t.created {
+                Vec::new()
+            } else {
+                held_on_target(&mut s, &chosen, d, t, mode)?
+            };
+            have.push(h);
+        }
+    }
     let f = s.conn.request(
         kind::RESTORE_BEGIN,
         &RestoreBegin {
             host: chosen.host.clone(),
             backup_id: chosen.backup_id.clone(),
             disks: pairs.iter().map(|(d, _)| d.name.clone()).collect(),
+            have: have.clone(),
         },
         &[kind::RESTORE_READY],
         "starting the restore",
     )?;
     let ready: RestoreReady = msg::from_json(&f)?;
-    let mode = progress::Mode::detect();
     let mut code = exit::OK;
     let started = Instant::now();
     for (i, ((d, _), t)) in pairs.iter().zip(targets).enumerate() {
@@ -452,8 +464,10 @@ pub fn run(root: &Root, args: &RestoreArgs) -> Result<u8> {
             fresh_file: t.created,
         };
         let pipe = SinkPipeline::start(sink, d.size);
+        let held = xfer::normalize(have.get(i).cloned().unwrap_or_default(), geo.count());
         let (end_frame, damaged) =
-            xfer::receive_disk(&mut s.conn, i as u32, geo, &Vec::new(), &pipe, &bar)?;
+            xfer::receive_disk(&mut s.conn, i as u32, geo, &held, &pipe, &bar)
+                .map_err(resume_hint)?;
         bar.finish();
         let (_sink, whole) = pipe.finish()?;
         t.file
@@ -534,6 +548,108 @@ pub fn run(root: &Root, args: &RestoreArgs) -> Result<u8> {
         println!("restore FAILED verification; the target disks are not trustworthy");
     }
     Ok(code)
+}
+
+/// A restore cut short continues with --resume; the connection's generic
+/// advice ("run the same command again") would start it over.
+fn resume_hint(e: anyhow::Error) -> anyhow::Error {
+    match e.downcast_ref::<Exit>() {
+        Some(x) if x.code == exit::PEER_GONE => {
+            let m = x
+                .message
+                .replace(
+                    "run the same command again to resume",
+                    "add --resume to the same command to continue where it stopped",
+                )
+                .replace(
+                    "Run the same command again to resume",
+                    "Add --resume to the same command to continue where it stopped",
+                );
+            Exit::new(exit::PEER_GONE, m).into()
+        }
+        _ => e,
+    }
+}
+
+/// Which chunks the target already holds (restore --resume): reads it and
+/// compares each chunk's SHA-256 with the one the backup recorded, fetched from
+/// the peer in batches.
+fn held_on_target(
+    s: &mut Session,
+    b: &BackupSummary,
+    d: &DiskSummary,
+    t: &Target,
+    mode: progress::Mode,
+) -> Result<ChunkRanges> {
+    let bar = Bar::new(&format!("{} compare", d.name), d.size, mode);
+    let mut zeros = ZeroDigests::default();
+    let mut ranges: ChunkRanges = Vec::new();
+    let mut first = 0u64;
+    loop {
+        let f = s.conn.request(
+            kind::DIGESTS_REQ,
+            &DigestsReq {
+                host: b.host.clone(),
+                backup_id: b.backup_id.clone(),
+                disk: d.name.clone(),
+                first,
+                count: MAX_DIGESTS,
+            },
+            &[kind::DIGESTS],
+            "asking for the backup's chunk digests",
+        )?;
+        let p = &f.payload;
+        let field = |at: usize| -> Option<u32> {
+            Some(u32::from_le_bytes(p.get(at..at + 4)?.try_into().ok()?))
+        };
+        let (Some(chunk), Some(n)) = (field(0), field(4)) else {
+            anyhow::bail!("the peer sent a truncated DIGESTS message");
+        };
+        if chunk == 0 || p.len() != 8 + n as usize * 32 {
+            anyhow::bail!("the peer sent a malformed DIGESTS message");
+        }
+        let geo = Geometry {
+            size: d.size,
+            chunk,
+        };
+        if n == 0 || first >= geo.count() {
+            break;
+        }
+        let mut buf = vec![0u8; chunk as usize];
+        for (k, rec) in p[8..].chunks_exact(32).enumerate() {
+            let i = first + k as u64;
+            if i >= geo.count() {
+                break;
+            }
+            let len = geo.len_of(i) as usize;
+            t.file
+                .read_exact_at(&mut buf[..len], geo.offset(i))
+                .with_context(|| format!("reading {} at offset {}", t.spec, geo.offset(i)))?;
+            let got = if xfer::is_zero(&buf[..len]) {
+                zeros.get(len as u32)
+            } else {
+                xfer::sha256(&buf[..len])
+            };
+            if rec.iter().any(|&x| x != 0) && got[..] == rec[..] {
+                match ranges.last_mut() {
+                    Some(r) if r.1 == i => r.1 += 1,
+                    _ => ranges.push((i, i + 1)),
+                }
+            }
+            bar.inc(len as u64);
+        }
+        first += u64::from(n);
+        if first >= geo.count() {
+            break;
+        }
+    }
+    bar.finish();
+    let held: u64 = ranges.iter().map(|r| r.1 - r.0).sum();
+    eprintln!(
+        "{}: resuming, {held} chunk(s) already on {} match the backup and will not be sent",
+        d.name, t.spec
+    );
+    Ok(ranges)
 }
 
 fn cleanup_created(t: &Target) {

@@ -11,8 +11,8 @@ use crate::cli::ServeArgs;
 use crate::progress::{self, Bar};
 use crate::proto::frame::{Frame, Header};
 use crate::proto::msg::{
-    self, BackupBegin, BackupReady, DiskDone, DiskEnd, ListReq, Listing, RestoreBegin,
-    RestoreReady, SessionDone, kind,
+    self, BackupBegin, BackupReady, DigestsReq, DiskDone, DiskEnd, ListReq, Listing, MAX_DIGESTS,
+    RestoreBegin, RestoreReady, SessionDone, kind,
 };
 use crate::session::{self, Session};
 use crate::store::image::{ImageSink, ImageSource, ZeroDigests};
@@ -48,6 +48,7 @@ fn handle(store: &Store, mut s: Session) -> Result<bool> {
                         .reply_json(&req, kind::LISTING, &Listing { backups })?;
                 }
                 kind::RESTORE_BEGIN => send_backup(store, &mut s, &req)?,
+                kind::DIGESTS_REQ => send_digests(store, &mut s, &req)?,
                 kind::SESSION_END => {
                     s.conn.reply_json(
                         &req,
@@ -220,6 +221,56 @@ fn receive_backup(store: &Store, s: &mut Session, req: &Frame) -> Result<()> {
     Ok(())
 }
 
+/// Answers a DIGESTS_REQ from the chunk journal of a stored disk.
+fn send_digests(store: &Store, s: &mut Session, req: &Frame) -> Result<()> {
+    let q: DigestsReq = msg::from_json(req)?;
+    let answer = (|| -> Result<Vec<u8>> {
+        if q.count > MAX_DIGESTS {
+            anyhow::bail!(
+                "asked for {} digests at once (limit {MAX_DIGESTS})",
+                q.count
+            );
+        }
+        let b = store.open_backup(&q.host, &q.backup_id)?;
+        let d = b
+            .manifest
+            .disks
+            .iter()
+            .find(|d| d.name == q.disk)
+            .with_context(|| format!("backup {} has no disk {:?}", q.backup_id, q.disk))?;
+        let geo = Geometry {
+            size: d.size,
+            chunk: b.manifest.chunk_size,
+        };
+        let first = q.first.min(geo.count());
+        let n = (geo.count() - first).min(u64::from(q.count)) as usize;
+        let mut out = Vec::with_capacity(8 + n * 32);
+        out.extend_from_slice(&b.manifest.chunk_size.to_le_bytes());
+        out.extend_from_slice(&(n as u32).to_le_bytes());
+        out.resize(8 + n * 32, 0);
+        let journal = crate::store::open_in(&b.path, &d.chunks, false, false)?;
+        // A journal shorter than the disk leaves zeros: "not held".
+        let mut at = 0;
+        while at < n * 32 {
+            use std::os::unix::fs::FileExt;
+            match journal.read_at(&mut out[8 + at..], first * 32 + at as u64) {
+                Ok(0) => break,
+                Ok(k) => at += k,
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(anyhow::Error::new(e).context("reading the chunk journal")),
+            }
+        }
+        Ok(out)
+    })();
+    match answer {
+        Ok(p) => s.conn.reply(req, Header::new(kind::DIGESTS, 0, q.first), p),
+        Err(e) => {
+            s.conn.send_error("not_found", &format!("{e:#}"));
+            Err(e)
+        }
+    }
+}
+
 fn send_backup(store: &Store, s: &mut Session, req: &Frame) -> Result<()> {
     let want: RestoreBegin = msg::from_json(req)?;
     let b = match store.open_backup(&want.host, &want.backup_id) {
@@ -276,11 +327,14 @@ fn send_backup(store: &Store, s: &mut Session, req: &Frame) -> Result<()> {
             chunk: b.manifest.chunk_size,
         };
         let bar = Bar::new(&d.name, d.size, mode);
+        // What the restoring side already holds (restore --resume), cleaned up:
+        // it comes from the peer.
+        let have = xfer::normalize(want.have.get(i).cloned().unwrap_or_default(), geo.count());
         let stats = xfer::send_disk(
             &mut s.conn,
             i as u32,
             geo,
-            &Vec::new(),
+            &have,
             |off, len| src.read(off, len),
             |off, raw, pre| {
                 let mut z = zeros.lock().map_err(|_| anyhow::anyhow!("lock poisoned"))?;

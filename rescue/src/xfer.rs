@@ -72,6 +72,22 @@ impl<'a> Have<'a> {
     }
 }
 
+/// Sorts and merges index ranges and clips them to `count` chunks, so ranges
+/// from a peer cannot confuse the cursor or the progress figures.
+pub fn normalize(mut ranges: ChunkRanges, count: u64) -> ChunkRanges {
+    ranges.retain(|&(s, e)| s < e && s < count);
+    ranges.sort_unstable();
+    let mut out: ChunkRanges = Vec::with_capacity(ranges.len());
+    for (s, e) in ranges {
+        let e = e.min(count);
+        match out.last_mut() {
+            Some(last) if s <= last.1 => last.1 = last.1.max(e),
+            _ => out.push((s, e)),
+        }
+    }
+    out
+}
+
 /// Whole chunk read from a source, before hashing.
 pub struct RawChunk {
     pub data: Vec<u8>,

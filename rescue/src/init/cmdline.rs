@@ -53,6 +53,8 @@ pub struct Config {
     pub hostname: Option<String>,
     pub label: Option<String>,
     pub verify: bool,
+    /// rescue.resume=1: a restore continues onto targets that hold part of it.
+    pub resume: bool,
     /// `rescue.map=NAME=TARGET,...`: where restore writes each backed-up disk
     /// (needed when the disks have no serial numbers to match).
     pub map: Vec<String>,
@@ -166,11 +168,12 @@ impl Config {
                 }
                 "hostname" => c.hostname = nonempty.map(str::to_string),
                 "label" => c.label = nonempty.map(str::to_string),
-                "yes" | "poweroff" | "reboot" | "verify" => match parse_bool(val) {
+                "yes" | "poweroff" | "reboot" | "verify" | "resume" => match parse_bool(val) {
                     Some(b) => match key {
                         "yes" => c.yes = b,
                         "poweroff" => c.poweroff = b,
                         "reboot" => c.reboot = b,
+                        "resume" => c.resume = b,
                         _ => c.verify = b,
                     },
                     None => c.warnings.push(format!("{word}: expected 1 or 0; ignored")),
@@ -228,6 +231,7 @@ impl Config {
             map: self.map.clone(),
             yes: self.yes,
             verify: self.verify,
+            resume: self.resume,
         })
     }
 }

@@ -391,6 +391,7 @@ impl<'a, R: BufRead, W: Write> Menu<'a, R, W> {
             map,
             yes: true,
             verify,
+            resume: self.config.resume,
         });
         run_and_report(&mut self.out, self.backend, "restore", cmd);
         Some(())

@@ -24,6 +24,8 @@ pub mod kind {
     pub const RESTORE_READY: u8 = 15;
     pub const PING: u8 = 16;
     pub const BYE: u8 = 17;
+    pub const DIGESTS_REQ: u8 = 18;
+    pub const DIGESTS: u8 = 19;
 
     pub fn name(k: u8) -> &'static str {
         match k {
@@ -44,6 +46,8 @@ pub mod kind {
             RESTORE_READY => "RESTORE_READY",
             PING => "PING",
             BYE => "BYE",
+            DIGESTS_REQ => "DIGESTS_REQ",
+            DIGESTS => "DIGESTS",
             _ => "unknown",
         }
     }
@@ -226,7 +230,28 @@ pub struct RestoreBegin {
     pub backup_id: String,
     /// Names of the disks wanted, in the order the chunks should come.
     pub disks: Vec<String>,
+    /// Per disk, in the same order: chunk index ranges the restoring side
+    /// already holds, checked against the backup's digests (restore --resume).
+    /// They are not sent. Absent: send everything.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub have: Vec<ChunkRanges>,
 }
+
+/// Asks for the SHA-256 the backup recorded for chunks `first..first + count`
+/// of one of its disks (restore --resume). Answered by DIGESTS: the backup's
+/// chunk size (u32 LE), the number of digests n (u32 LE), then n * 32 bytes
+/// (all zeros for a chunk the backup does not hold).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct DigestsReq {
+    pub host: String,
+    pub backup_id: String,
+    pub disk: String,
+    pub first: u64,
+    pub count: u32,
+}
+
+/// The most digests one DIGESTS message carries (it stays within MAX_CONTROL).
+pub const MAX_DIGESTS: u32 = ((MAX_CONTROL - 8) / 32) as u32;
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct RestoreReady {

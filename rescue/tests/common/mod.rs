@@ -169,12 +169,15 @@ pub struct Faults {
     pub flip_c2s: Vec<u64>,
     /// Flip one bit at these server-to-client stream offsets.
     pub flip_s2c: Vec<u64>,
+    /// Drop the connection once this many server-to-client bytes went through.
+    pub cut_s2c_after: Option<u64>,
 }
 
 /// A UNIX-socket proxy between a client and the server, injecting faults.
 pub struct Proxy {
     pub sock: PathBuf,
     pub c2s_bytes: Arc<AtomicU64>,
+    pub s2c_bytes: Arc<AtomicU64>,
     stop: Arc<AtomicBool>,
     pub faults: Arc<Mutex<Faults>>,
     handle: Option<thread::JoinHandle<()>>,
@@ -188,10 +191,12 @@ impl Proxy {
         l.set_nonblocking(true).unwrap();
         let stop = Arc::new(AtomicBool::new(false));
         let c2s_bytes = Arc::new(AtomicU64::new(0));
+        let s2c_bytes = Arc::new(AtomicU64::new(0));
         let faults = Arc::new(Mutex::new(faults));
-        let (stop2, bytes2, faults2, server) = (
+        let (stop2, bytes2, back2, faults2, server) = (
             stop.clone(),
             c2s_bytes.clone(),
+            s2c_bytes.clone(),
             faults.clone(),
             server.to_path_buf(),
         );
@@ -208,6 +213,7 @@ impl Proxy {
                 let upstream = UnixStream::connect(&server).unwrap();
                 let f = faults2.lock().unwrap().clone();
                 bytes2.store(0, Ordering::SeqCst);
+                back2.store(0, Ordering::SeqCst);
                 let a = pump(
                     client.try_clone().unwrap(),
                     upstream.try_clone().unwrap(),
@@ -219,10 +225,10 @@ impl Proxy {
                 let b = pump(
                     upstream.try_clone().unwrap(),
                     client.try_clone().unwrap(),
-                    None,
+                    f.cut_s2c_after,
                     f.flip_s2c.clone(),
-                    Arc::new(AtomicU64::new(0)),
-                    vec![],
+                    back2.clone(),
+                    vec![client.try_clone().unwrap(), upstream.try_clone().unwrap()],
                 );
                 let _ = a.join();
                 let _ = b.join();
@@ -231,6 +237,7 @@ impl Proxy {
         Proxy {
             sock,
             c2s_bytes,
+            s2c_bytes,
             stop,
             faults,
             handle: Some(handle),
