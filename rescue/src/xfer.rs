@@ -798,6 +798,21 @@ mod tests {
     }
 
     #[test]
+    fn peer_ranges_are_sorted_merged_and_clipped() {
+        let r = vec![
+            (5, 2),
+            (10, 20),
+            (0, 3),
+            (2, 4),
+            (18, u64::MAX),
+            (100, 200),
+            (7, 7),
+        ];
+        assert_eq!(normalize(r, 30), vec![(0, 4), (10, 30)]);
+        assert_eq!(normalize(Vec::new(), 30), Vec::<(u64, u64)>::new());
+    }
+
+    #[test]
     fn whole_digest_skips_rejected_chunks() {
         let a = vec![1u8; 4096];
         let b = vec![2u8; 4000];

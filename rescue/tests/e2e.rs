@@ -418,6 +418,9 @@ fn hostile_peers_cannot_escape_the_store_or_crash_the_server() {
         [hello_bytes(), raw_frame(3, b"{not json")].concat(),
         [hello_bytes(), raw_frame(3, br#"{"label":null,"chunk_size":1048576,"fresh":false,"disks":[]}"#)].concat(),
         [hello_bytes(), raw_frame(3, br#"{"label":null,"chunk_size":12345,"fresh":false,"disks":[{"name":"a","source_path":"x","size":10,"logical_sector_size":512}]}"#)].concat(),
+        // Digest requests: escaping names, too many at once.
+        [hello_bytes(), raw_frame(18, br#"{"host":"..","backup_id":"../..","disk":"/etc/passwd","first":0,"count":10}"#)].concat(),
+        [hello_bytes(), raw_frame(18, br#"{"host":"h","backup_id":"b","disk":"d","first":18446744073709551615,"count":4294967295}"#)].concat(),
     ] {
         let mut s = UnixStream::connect(&srv.sock).unwrap();
         s.write_all(&junk).unwrap();
