@@ -4,7 +4,7 @@
 //! side verifies each chunk's SHA-256 before handing it to a writer thread, acks
 //! cumulatively, and asks again (NAK) for anything damaged or missing.
 
-use std::collections::VecDeque;
+use std::collections::{BTreeMap, VecDeque};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{self, SyncSender, TrySendError};
 use std::sync::{Arc, Mutex};
@@ -327,9 +327,12 @@ fn send_loop(
             Some(Event::Frame(f)) if f.intact => match f.header.kind {
                 kind::ACK | kind::NAK if f.header.disk == disk => {
                     let before = unacked.len();
-                    while unacked
-                        .front()
-                        .is_some_and(|c| c.offset + u64::from(c.len) <= f.header.offset)
+                    // Only an ACK is cumulative: a NAK may name a chunk beyond
+                    // others that are still on their way.
+                    while f.header.kind == kind::ACK
+                        && unacked
+                            .front()
+                            .is_some_and(|c| c.offset + u64::from(c.len) <= f.header.offset)
                     {
                         if let Some(c) = unacked.pop_front() {
                             bar.inc(u64::from(c.len));
@@ -347,7 +350,9 @@ fn send_loop(
                             ));
                             told_resend = true;
                         }
-                        for c in unacked.iter().filter(|c| c.offset >= f.header.offset) {
+                        // Selective repeat: the receiver keeps the chunks that
+                        // came after a damaged one, so only that one goes again.
+                        if let Some(c) = unacked.iter().find(|c| c.offset == f.header.offset) {
                             send_chunk(conn, disk, c)?;
                             stats.resent_chunks += 1;
                         }
@@ -586,6 +591,9 @@ pub fn receive_disk<S: Sink + 'static>(
     let have = Have::new(have);
     let mut next = have.next_missing(0);
     bar.set_position(have_bytes(&have, geo));
+    // Intact chunks that arrived after a missing one, kept until the gap is
+    // filled (selective repeat: at most a window's worth).
+    let mut early: BTreeMap<u64, Frame> = BTreeMap::new();
     let mut last_nak: Option<(u64, Instant)> = None;
     let mut damaged = 0u64;
     let mut bad_headers = conn.stats.bad_headers.load(Ordering::Relaxed);
@@ -636,36 +644,62 @@ pub fn receive_disk<S: Sink + 'static>(
                     "damaged chunk at offset {} (CRC mismatch): asking for it again",
                     f.header.offset
                 ));
-                nak(conn, next_off, true)?;
+                // The header has its own CRC: its offset is trustworthy.
+                nak(conn, f.header.offset, true)?;
             }
             continue;
         }
         match f.header.kind {
             kind::CHUNK if f.header.disk == disk => {
                 if f.header.offset == next_off && next < geo.count() {
-                    let at = f.header.offset;
-                    match accept(f, geo, next, pipe) {
-                        Ok(v) => {
-                            let len = u64::from(v.len);
-                            pipe.submit(v)?;
-                            bar.inc(len);
-                            next = have.next_missing(next + 1);
-                            let ack = if next < geo.count() {
-                                geo.offset(next)
-                            } else {
-                                geo.size
-                            };
-                            conn.send(Header::new(kind::ACK, disk, ack), &[])?;
+                    // This chunk, then any kept ones it makes contiguous.
+                    let mut f = f;
+                    let mut accepted = false;
+                    loop {
+                        let at = f.header.offset;
+                        match accept(f, geo, next, pipe) {
+                            Ok(v) => {
+                                let len = u64::from(v.len);
+                                pipe.submit(v)?;
+                                bar.inc(len);
+                                next = have.next_missing(next + 1);
+                                accepted = true;
+                            }
+                            Err(Reject::Damaged(why)) => {
+                                damaged += 1;
+                                bar.println(&format!(
+                                    "chunk at offset {at} failed verification ({why}): asking for it again"
+                                ));
+                                nak(conn, at, true)?;
+                                break;
+                            }
                         }
-                        Err(Reject::Damaged(why)) => {
-                            damaged += 1;
-                            bar.println(&format!(
-                                "chunk at offset {at} failed verification ({why}): asking for it again"
-                            ));
-                            nak(conn, next_off, true)?;
+                        if next >= geo.count() {
+                            break;
+                        }
+                        match early.remove(&geo.offset(next)) {
+                            Some(k) => f = k,
+                            None => break,
                         }
                     }
+                    let ack = if next < geo.count() {
+                        geo.offset(next)
+                    } else {
+                        geo.size
+                    };
+                    early.retain(|&o, _| o > ack);
+                    if accepted {
+                        conn.send(Header::new(kind::ACK, disk, ack), &[])?;
+                    }
+                    // Kept chunks beyond a new gap: that one is missing too.
+                    if accepted && !early.is_empty() {
+                        nak(conn, ack, false)?;
+                    }
                 } else if f.header.offset > next_off {
+                    let window_end = next_off.saturating_add(WINDOW as u64 * u64::from(geo.chunk));
+                    if f.header.offset < window_end && early.len() < WINDOW {
+                        early.entry(f.header.offset).or_insert(f);
+                    }
                     nak(conn, next_off, false)?;
                 } else {
                     conn.send(Header::new(kind::ACK, disk, next_off), &[])?;

@@ -243,6 +243,16 @@ fn flipped_bits_are_detected_and_resent() {
     assert_eq!(sha256_file(&bd.join("disk.img")), sha256_file(&a));
     let log = srv.log_text();
     assert!(log.contains("asking for it again"), "server log:\n{log}");
+    // Selective repeat: about one re-send per damaged chunk (8 flips in data),
+    // not a window's worth each.
+    let out = text(&o);
+    let resent: u64 = out
+        .split(" chunk(s) re-sent")
+        .next()
+        .and_then(|h| h.split_whitespace().last())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no re-send count: {out}"));
+    assert!((1..=12).contains(&resent), "{resent} chunks re-sent: {out}");
 }
 
 #[test]
