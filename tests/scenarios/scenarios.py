@@ -594,9 +594,13 @@ def s4_corruption(s: Suite):
     d = s.dump_backup("hosta", r["id"])
     s.check_backup_dir(d, disks)
     silent = crc - len(damaged)
+    # Selective repeat: about one re-send per corrupted frame, not a window's worth.
+    m = re.search(T(r"(\d+) chunk\(s\) re-sent after damage in transit"), r["log"])
+    resent = int(m.group(1)) if m else 0
+    check(resent <= 2 * crc + 2, f"{resent} chunks re-sent for {crc} corrupted frames")
     s.figures["corruption"] = (f"{crc} frames corrupted a2b, {len(damaged)} reported by B as damaged chunks"
                                + (f", {silent} hit a frame header (skipped and re-requested without a log line)"
-                                  if silent else "") + "; images exact")
+                                  if silent else "") + f"; A re-sent {resent} chunk(s); images exact")
     log(s.figures["corruption"])
 
 
