@@ -365,6 +365,29 @@ fn menu_restore_lists_then_requires_yes() {
 }
 
 #[test]
+fn menu_offers_to_continue_a_restore_that_was_cut() {
+    // Every command "fails" with exit 5: the peer went away mid-restore.
+    let mut f = Fake {
+        rc: 5,
+        ..Default::default()
+    };
+    let (_, _, out) = drive(&mut f, "", "3\n\n\nyes\nn\n3\n\n\nyes\nn\ny\n");
+    assert!(
+        out.contains("Continue the restore that was cut off"),
+        "{out}"
+    );
+    let resumes: Vec<bool> = f
+        .ran
+        .iter()
+        .filter_map(|c| match c {
+            Command::Restore(r) if !r.list => Some(r.resume),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(resumes, vec![false, true]);
+}
+
+#[test]
 fn menu_serve_and_power() {
     let mut f = Fake::default();
     let (_, _, _) = drive(&mut f, "", "2\nLABEL=usb\n6\nn\n5\ny\n");

@@ -118,6 +118,8 @@ pub struct Menu<'a, R: BufRead, W: Write> {
     out: W,
     backend: &'a mut dyn Backend,
     config: Config,
+    /// The last restore stopped because the peer went away: offer to continue it.
+    restore_cut: bool,
 }
 
 impl<'a, R: BufRead, W: Write> Menu<'a, R, W> {
@@ -127,6 +129,7 @@ impl<'a, R: BufRead, W: Write> Menu<'a, R, W> {
             out,
             backend,
             config,
+            restore_cut: false,
         }
     }
 
@@ -382,6 +385,11 @@ impl<'a, R: BufRead, W: Write> Menu<'a, R, W> {
         }
         let verify =
             self.config.verify || self.confirm("Read the disks back and verify afterwards?")?;
+        let resume = self.config.resume
+            || (self.restore_cut
+                && self.confirm(
+                    "Continue the restore that was cut off (keeps what the disks already hold)?",
+                )?);
         let base = self.config.connect();
         let cmd = Command::Restore(RestoreArgs {
             connect: base,
@@ -391,9 +399,10 @@ impl<'a, R: BufRead, W: Write> Menu<'a, R, W> {
             map,
             yes: true,
             verify,
-            resume: self.config.resume,
+            resume,
         });
-        run_and_report(&mut self.out, self.backend, "restore", cmd);
+        let rc = run_and_report(&mut self.out, self.backend, "restore", cmd);
+        self.restore_cut = rc == exit::PEER_GONE;
         Some(())
     }
 
