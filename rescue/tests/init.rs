@@ -385,6 +385,26 @@ fn menu_offers_to_continue_a_restore_that_was_cut() {
         })
         .collect();
     assert_eq!(resumes, vec![false, true]);
+
+    // The same after an unattended restore (rescue.mode=restore) was cut.
+    let mut f = Fake {
+        rc: 5,
+        ..Default::default()
+    };
+    let (_, _, out) = drive(
+        &mut f,
+        "rescue.mode=restore rescue.yes=1",
+        "3\n\n\nyes\nn\ny\n",
+    );
+    assert!(
+        out.contains("Continue the restore that was cut off"),
+        "{out}"
+    );
+    let last = f.ran.iter().rev().find_map(|c| match c {
+        Command::Restore(r) if !r.list => Some(r.resume),
+        _ => None,
+    });
+    assert_eq!(last, Some(true));
 }
 
 #[test]

@@ -475,6 +475,66 @@ def s2_restore(s: Suite):
     log(f"C's disks equal A's; {s.figures['restore']}")
 
 
+def s3b_restore_unplug(s: Suite):
+    """Cable pulled mid-restore; replugged; the menu offers to continue; only the rest is sent."""
+    s.a_disks()
+    s.ensure_b()
+    if not hasattr(s, "backup1"):
+        s1_backup(s)
+    tgt = restore_vm_disks(s, "r")
+    bstart0 = s.b_mark()
+    vm = s.boot("rc", "rescue.mode=restore rescue.yes=1 rescue.hostname=hosta",
+                [Disk(str(tgt["vda"]), serial=SER_SYS), Disk(str(tgt["vdb"]), serial=SER_DATA)])
+    try:
+        vm.wait_for(T(r"restore backup (\S+) of (\S+)"), 180)
+        # B sends: slow the cable and cut once about a third of the data went b -> a.
+        s.cable.ctl("rate", "--bytes-per-sec", str(3 * MiB))
+        tx0 = s.cable_status()["b"]["tx_bytes"]
+        want = tx0 + max(4 * MiB, s.a_data_bytes // 3)
+        deadline = time.monotonic() + 300
+        while s.cable_status()["b"]["tx_bytes"] < want:
+            check(time.monotonic() < deadline, "the restore did not move a third of its data in 300s")
+            check(not re.search(DONE_RE, vm.log_text()[vm.cursor:]),
+                  f"restore ended before the cut:\n{vm.tail(20)}")
+            time.sleep(0.3)
+        cut_at = s.cable_status()["b"]["tx_bytes"] - tx0
+        s.cable.ctl("unplug")
+    finally:
+        s.cable.ctl("rate", "--bytes-per-sec", "0")
+    m = vm.wait_for(DONE_RE, 120)
+    check(int(m.group(1)) == 5, f"after the cut the restore exited rc={m.group(1)}, expected 5:\n{vm.tail(20)}")
+    check(re.search(T(r"--resume"), vm.log_text()), f"no hint to resume:\n{vm.tail(20)}")
+    vm.wait_for(T(r"RESCUE: menu"), 60)
+    s.b.wait_for(T(r"session with .* failed"), 120, start=bstart0)
+    time.sleep(2)
+    s.cable.ctl("plug")
+    bstart = s.b_mark()
+    # The menu: 3 = restore; Enter = newest; Enter = disks by serial; yes; no read-back;
+    # y = continue the restore that was cut off.
+    for prompt, answer in ((CHOICE_RE, "3"), (T(r"Backup to restore"), ""),
+                           (T(r"Where to write each disk"), ""), (T(r"Type yes"), "yes"),
+                           (T(r"verify afterwards\? \[y/N\]"), "n"),
+                           (T(r"Continue the restore that was cut off.*\[y/N\]"), "y")):
+        vm.wait_for(prompt, 120)
+        vm.send(answer + "\n")
+    kept = {}
+    for name in ("vda", "vdb"):
+        m = vm.wait_for(T(rf"{name}: resuming, (\d+) chunk\(s\) already on"), 300)
+        kept[name] = int(m.group(1))
+    m = vm.wait_for(DONE_RE, XFER_TIMEOUT)
+    check(int(m.group(1)) == 0, f"resumed restore rc={m.group(1)}:\n{vm.tail(30)}")
+    s.wait_b_session_end(bstart)
+    s.stop(vm)
+    for name, p in tgt.items():
+        h = sha256(p)
+        check(h == s.a_hashes[name], f"{name} after the resumed restore differs from A's")
+    check(sum(kept.values()) > 0, f"nothing was kept across the cut: {kept}")
+    s.figures["restore-unplug"] = (f"cut after {cut_at / MiB:.1f} MiB; resumed from the menu keeping "
+                                   + ", ".join(f"{n} {k} chunks" for n, k in kept.items())
+                                   + "; disks equal A's")
+    log(s.figures["restore-unplug"])
+
+
 def s3_unplug(s: Suite):
     """Cable pulled mid-backup; replugged; resumed from the console menu; exact result."""
     disks = s.a_disks()
@@ -922,6 +982,7 @@ SCENARIOS = [
     ("menu", s7_menu),
     ("safety", s6_safety),
     ("unplug", s3_unplug),
+    ("restore-unplug", s3b_restore_unplug),
     ("corruption", s4_corruption),
     ("failing-source", s5_failing_source),
 ]

@@ -133,6 +133,11 @@ impl<'a, R: BufRead, W: Write> Menu<'a, R, W> {
         }
     }
 
+    /// The restore that ran before the menu stopped because the peer went away.
+    pub fn restore_was_cut(&mut self) {
+        self.restore_cut = true;
+    }
+
     /// Reads one line; None at end of input.
     fn line(&mut self) -> Option<String> {
         let _ = self.out.flush();

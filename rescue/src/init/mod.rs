@@ -213,7 +213,11 @@ pub fn after_boot<R: BufRead, W: Write>(
         mode: Mode::Menu,
         ..config.clone()
     };
-    let end = Menu::new(&mut input, &mut out, backend, menu_config).run();
+    let mut menu = Menu::new(&mut input, &mut out, backend, menu_config);
+    if config.mode == Mode::Restore && rc == crate::exit::PEER_GONE {
+        menu.restore_was_cut();
+    }
+    let end = menu.run();
     (rc, Ending::Menu(end))
 }
 
