@@ -438,6 +438,24 @@ def s1_backup(s: Suite):
     log(f"backup {r['id']}: images equal A's disks; sha256sum -c OK; {s.figures['backup']}")
 
 
+def needs_backup(s: Suite):
+    """B running, holding A's first backup (made here when run alone)."""
+    s.a_disks()
+    s.ensure_b()
+    if not hasattr(s, "backup1"):
+        s1_backup(s)
+
+
+def boot_restore_vm(s: Suite, prefix: str, name: str, append: str):
+    """A VM with blank disks carrying A's serials; returns (vm, disks, B's log mark)."""
+    needs_backup(s)
+    tgt = restore_vm_disks(s, prefix)
+    bstart = s.b_mark()
+    vm = s.boot(name, append,
+                [Disk(str(tgt["vda"]), serial=SER_SYS), Disk(str(tgt["vdb"]), serial=SER_DATA)])
+    return vm, tgt, bstart
+
+
 def restore_vm_disks(s: Suite, prefix: str, sizes=(256 * MiB, 64 * MiB)) -> dict[str, Path]:
     out = {}
     for name, size in zip(("vda", "vdb"), sizes):
@@ -449,15 +467,8 @@ def restore_vm_disks(s: Suite, prefix: str, sizes=(256 * MiB, 64 * MiB)) -> dict
 
 def s2_restore(s: Suite):
     """C with blank disks (same serials) restores A's newest backup unattended."""
-    s.a_disks()
-    s.ensure_b()
-    if not hasattr(s, "backup1"):
-        s1_backup(s)
-    tgt = restore_vm_disks(s, "c")
-    bstart = s.b_mark()
-    vm = s.boot("c", "rescue.mode=restore rescue.yes=1 rescue.verify=1 rescue.hostname=hosta "
-                     "rescue.poweroff=1",
-                [Disk(str(tgt["vda"]), serial=SER_SYS), Disk(str(tgt["vdb"]), serial=SER_DATA)])
+    vm, tgt, bstart = boot_restore_vm(s, "c", "c", "rescue.mode=restore rescue.yes=1 rescue.verify=1 "
+                                      "rescue.hostname=hosta rescue.poweroff=1")
     m = vm.wait_for(T(r"restore backup (\S+) of (\S+)"), 180)
     t0 = time.monotonic()
     check(squeeze(m.group(1)) == squeeze(s.backup1), f"restored {m.group(1)}, expected the newest backup {s.backup1}")
@@ -477,14 +488,7 @@ def s2_restore(s: Suite):
 
 def s3b_restore_unplug(s: Suite):
     """Cable pulled mid-restore; replugged; the menu offers to continue; only the rest is sent."""
-    s.a_disks()
-    s.ensure_b()
-    if not hasattr(s, "backup1"):
-        s1_backup(s)
-    tgt = restore_vm_disks(s, "r")
-    bstart0 = s.b_mark()
-    vm = s.boot("rc", "rescue.mode=restore rescue.yes=1 rescue.hostname=hosta",
-                [Disk(str(tgt["vda"]), serial=SER_SYS), Disk(str(tgt["vdb"]), serial=SER_DATA)])
+    vm, tgt, bstart0 = boot_restore_vm(s, "r", "rc", "rescue.mode=restore rescue.yes=1 rescue.hostname=hosta")
     try:
         vm.wait_for(T(r"restore backup (\S+) of (\S+)"), 180)
         # B sends: slow the cable and cut once about a third of the data went b -> a.
@@ -716,10 +720,7 @@ def s5_failing_source(s: Suite):
 
 def s6_safety(s: Suite):
     """Restore onto a too-small disk (init mode) and onto a mounted disk (shell guest): refused."""
-    s.a_disks()
-    s.ensure_b()
-    if not hasattr(s, "backup1"):
-        s1_backup(s)
+    needs_backup(s)
     # (a) too small: same serials, the system disk 128 MiB instead of 256 MiB.
     tgt = restore_vm_disks(s, "small", sizes=(128 * MiB, 64 * MiB))
     for p in tgt.values():
@@ -815,14 +816,7 @@ def drive(vm, prompts: list[tuple[str, str]], until: str, timeout: float) -> lis
 
 def s7_menu(s: Suite):
     """The console menu: 3 = restore, Enter = newest of this machine, yes, verify y."""
-    s.a_disks()
-    s.ensure_b()
-    if not hasattr(s, "backup1"):
-        s1_backup(s)
-    tgt = restore_vm_disks(s, "menu")
-    bstart = s.b_mark()
-    vm = s.boot("menu", "rescue.hostname=hosta",
-                [Disk(str(tgt["vda"]), serial=SER_SYS), Disk(str(tgt["vdb"]), serial=SER_DATA)])
+    vm, tgt, bstart = boot_restore_vm(s, "menu", "menu", "rescue.hostname=hosta")
     vm.wait_for(T(r"==== usb4rescue on hosta ===="), 60)
     vm.wait_for(T(r"cable: peer found: hostb"), 60)
     vm.wait_for(CHOICE_RE, 60)
