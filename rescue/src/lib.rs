@@ -20,6 +20,7 @@ pub mod mountinfo;
 pub mod partitions;
 pub mod progress;
 pub mod proto;
+pub mod readahead;
 pub mod restore;
 pub mod root;
 pub mod serve;

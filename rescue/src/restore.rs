@@ -21,6 +21,7 @@ use crate::proto::msg::{
     self, BackupSummary, ChunkRanges, DigestsReq, DiskDone, DiskSummary, ListReq, Listing,
     MAX_DIGESTS, RestoreBegin, RestoreReady, Role, SessionEnd, kind,
 };
+use crate::readahead;
 use crate::session::{self, Session};
 use crate::store::image::{ZeroDigests, punch_or_zero};
 use crate::util::{hex, human_bytes};
@@ -615,29 +616,35 @@ fn held_on_target(
         if n == 0 || first >= geo.count() {
             break;
         }
-        let mut buf = vec![0u8; chunk as usize];
-        for (k, rec) in p[8..].chunks_exact(32).enumerate() {
-            let i = first + k as u64;
-            if i >= geo.count() {
-                break;
-            }
-            let len = geo.len_of(i) as usize;
-            t.file
-                .read_exact_at(&mut buf[..len], geo.offset(i))
-                .with_context(|| format!("reading {} at offset {}", t.spec, geo.offset(i)))?;
-            let got = if xfer::is_zero(&buf[..len]) {
-                zeros.get(len as u32)
-            } else {
-                xfer::sha256(&buf[..len])
-            };
-            if rec.iter().any(|&x| x != 0) && got[..] == rec[..] {
-                match ranges.last_mut() {
-                    Some(r) if r.1 == i => r.1 += 1,
-                    _ => ranges.push((i, i + 1)),
+        // The target's chunks covered by this batch, read ahead while hashing.
+        let end = (first + u64::from(n)).min(geo.count());
+        let from = geo.offset(first);
+        let bytes = geo.offset(end).min(geo.size) - from;
+        let mut i = first;
+        readahead::for_each_piece(
+            &t.file,
+            from,
+            from + bytes,
+            chunk as usize,
+            |_, b| -> Result<()> {
+                let rec = &p[8 + ((i - first) as usize) * 32..][..32];
+                let got = if xfer::is_zero(b) {
+                    zeros.get(b.len() as u32)
+                } else {
+                    xfer::sha256(b)
+                };
+                if rec.iter().any(|&x| x != 0) && got[..] == rec[..] {
+                    match ranges.last_mut() {
+                        Some(r) if r.1 == i => r.1 += 1,
+                        _ => ranges.push((i, i + 1)),
+                    }
                 }
-            }
-            bar.inc(len as u64);
-        }
+                bar.inc(b.len() as u64);
+                i += 1;
+                Ok(())
+            },
+        )
+        .with_context(|| format!("reading {}", t.spec))?;
         first += u64::from(n);
         if first >= geo.count() {
             break;
@@ -661,16 +668,12 @@ fn cleanup_created(t: &Target) {
 /// Reads the first `size` bytes of the target and returns their SHA-256.
 fn read_back(f: &File, size: u64, bar: &Bar) -> Result<String> {
     let mut h = Sha256::new();
-    let mut buf = vec![0u8; 1 << 20];
-    let mut pos = 0u64;
-    while pos < size {
-        let n = (size - pos).min(buf.len() as u64) as usize;
-        f.read_exact_at(&mut buf[..n], pos)
-            .context("reading the target back")?;
-        h.update(&buf[..n]);
-        pos += n as u64;
-        bar.inc(n as u64);
-    }
+    readahead::for_each_piece(f, 0, size, 4 << 20, |_, b| -> Result<()> {
+        h.update(b);
+        bar.inc(b.len() as u64);
+        Ok(())
+    })
+    .context("reading the target back")?;
     bar.finish();
     Ok(hex(&h.finalize()))
 }

@@ -372,7 +372,9 @@ fn send_loop(
             None => {}
         }
         if !unacked.is_empty() && last_progress.elapsed() > STALL {
-            for c in &unacked {
+            // Nothing acknowledged for a long time: send again the chunk the
+            // receiver's cumulative ACK waits for; it asks for any others.
+            if let Some(c) = unacked.front() {
                 send_chunk(conn, disk, c)?;
                 stats.resent_chunks += 1;
             }
@@ -699,28 +701,40 @@ pub fn receive_disk<S: Sink + 'static>(
     loop {
         pipe.failed()?;
         let ev = conn.next_event(Duration::from_millis(500));
-        let f = match ev {
-            Some(Event::Frame(f)) => f,
-            Some(Event::Closed(c)) => return Err(c.into_error("receiving data")),
-            _ => continue,
-        };
+        if let Some(Event::Closed(c)) = ev {
+            return Err(c.into_error("receiving data"));
+        }
         let next_off = if next < geo.count() {
             geo.offset(next)
         } else {
             geo.size
         };
         // A damaged header cannot say what it carried: the frame was skipped and
-        // whatever it was (often a chunk) is asked for again below.
+        // the expected chunk (often what it was) is asked for again. Checked
+        // even when nothing else arrives: the lost frame may have been the
+        // last the sender's window allowed.
         let now_bad = conn.stats.bad_headers.load(Ordering::Relaxed);
         if now_bad > bad_headers {
             damaged += now_bad - bad_headers;
             bar.println(&format!(
-                "{} damaged message header(s) skipped; asking again from offset {next_off}",
+                "{} damaged message header(s) skipped; asking again for offset {next_off}",
                 now_bad - bad_headers
             ));
             bad_headers = now_bad;
-            nak(conn, next_off, true)?;
+            if next < geo.count() {
+                nak(conn, next_off, true)?;
+            }
         }
+        let f = match ev {
+            Some(Event::Frame(f)) => f,
+            _ => {
+                // Quiet while chunks wait behind a gap: ask again (at most once a second).
+                if !early.is_empty() {
+                    nak(conn, next_off, false)?;
+                }
+                continue;
+            }
+        };
         if !f.intact {
             conn.stats
                 .corrupt_frames

@@ -434,10 +434,6 @@ pub fn verify_image(
     zeros: &mut ZeroDigests,
     progress: Option<&crate::progress::Bar>,
 ) -> Result<std::result::Result<String, Vec<u64>>> {
-    let geo = Geometry {
-        size: d.size,
-        chunk,
-    };
     let img = open_in(dir, &d.image, false, false)?;
     let journal = open_in(dir, &d.chunks, false, false)?;
     if img.metadata()?.len() != d.size {
@@ -449,32 +445,34 @@ pub fn verify_image(
         );
     }
     let mut whole = Stream::new();
-    let mut buf = vec![0u8; chunk as usize];
     let mut bad = Vec::new();
     let mut rec = [0u8; 32];
-    for i in 0..geo.count() {
-        let len = geo.len_of(i) as usize;
-        img.read_exact_at(&mut buf[..len], geo.offset(i))
-            .with_context(|| format!("reading {}", d.image))?;
-        if journal.read_exact_at(&mut rec, i * DIGEST).is_err() || rec == [0u8; 32] {
-            whole.update(&buf[..len]);
-            bad.push(i);
-            continue;
+    let mut i = 0u64;
+    // Chunk by chunk, read ahead on another thread while this one hashes.
+    crate::readahead::for_each_piece(&img, 0, d.size, chunk as usize, |_, b| -> Result<()> {
+        let index = i;
+        i += 1;
+        if journal.read_exact_at(&mut rec, index * DIGEST).is_err() || rec == [0u8; 32] {
+            whole.update(b);
+            bad.push(index);
+            return Ok(());
         }
         // The chunk's digest and the image's from one pass over the bytes.
-        let got = if xfer::is_zero(&buf[..len]) {
-            whole.update_zeros(len as u64);
-            zeros.get(len as u32)
+        let got = if xfer::is_zero(b) {
+            whole.update_zeros(b.len() as u64);
+            zeros.get(b.len() as u32)
         } else {
-            whole.update_and_digest(&buf[..len])
+            whole.update_and_digest(b)
         };
         if got != rec {
-            bad.push(i);
+            bad.push(index);
         }
         if let Some(p) = progress {
-            p.inc(len as u64);
+            p.inc(b.len() as u64);
         }
-    }
+        Ok(())
+    })
+    .with_context(|| format!("reading {}", d.image))?;
     if bad.is_empty() {
         Ok(Ok(hex(&whole.finish())))
     } else {
