@@ -668,6 +668,42 @@ enum Reject {
     Damaged(String),
 }
 
+/// The receiver's ACKs and NAKs. Once a send fails (the peer is gone) it
+/// stops sending and keeps the error, so the frames already received are
+/// still checked and written (a resume then skips them) before it is returned.
+struct Answers {
+    disk: u32,
+    last_nak: Option<(u64, Instant)>,
+    gone: Option<anyhow::Error>,
+}
+
+impl Answers {
+    fn send(&mut self, conn: &Conn, h: Header) {
+        if self.gone.is_none()
+            && let Err(e) = conn.send_keeping_queue(h, &[])
+        {
+            self.gone = Some(e);
+        }
+    }
+
+    fn ack(&mut self, conn: &Conn, offset: u64) {
+        self.send(conn, Header::new(kind::ACK, self.disk, offset));
+    }
+
+    /// Asks for the chunk at `offset` again; at most once a second for the
+    /// same offset unless `force`.
+    fn nak(&mut self, conn: &Conn, offset: u64, force: bool) {
+        let due = match self.last_nak {
+            Some((o, t)) => o != offset || t.elapsed() > Duration::from_secs(1) || force,
+            None => true,
+        };
+        if due {
+            self.send(conn, Header::new(kind::NAK, self.disk, offset));
+            self.last_nak = Some((offset, Instant::now()));
+        }
+    }
+}
+
 /// Receives disk `disk` into `pipe` until the sender's DISK_END. Returns that
 /// frame (to answer it) and how many damaged chunks were asked for again.
 pub fn receive_disk<S: Sink + 'static>(
@@ -684,25 +720,24 @@ pub fn receive_disk<S: Sink + 'static>(
     // Intact chunks that arrived after a missing one, kept until the gap is
     // filled (selective repeat: at most a window's worth).
     let mut early: BTreeMap<u64, Frame> = BTreeMap::new();
-    let mut last_nak: Option<(u64, Instant)> = None;
+    let mut ans = Answers {
+        disk,
+        last_nak: None,
+        gone: None,
+    };
     let mut damaged = 0u64;
     let mut bad_headers = conn.stats.bad_headers.load(Ordering::Relaxed);
-    let mut nak = |conn: &Conn, next_off: u64, force: bool| -> Result<()> {
-        let due = match last_nak {
-            Some((o, t)) => o != next_off || t.elapsed() > Duration::from_secs(1) || force,
-            None => true,
-        };
-        if due {
-            conn.send(Header::new(kind::NAK, disk, next_off), &[])?;
-            last_nak = Some((next_off, Instant::now()));
-        }
-        Ok(())
-    };
     loop {
         pipe.failed()?;
         let ev = conn.next_event(Duration::from_millis(500));
         if let Some(Event::Closed(c)) = ev {
             return Err(c.into_error("receiving data"));
+        }
+        if ev.is_none()
+            && let Some(e) = ans.gone.take()
+        {
+            // The peer went away and everything it had sent is written.
+            return Err(e);
         }
         let next_off = if next < geo.count() {
             geo.offset(next)
@@ -722,7 +757,7 @@ pub fn receive_disk<S: Sink + 'static>(
             ));
             bad_headers = now_bad;
             if next < geo.count() {
-                nak(conn, next_off, true)?;
+                ans.nak(conn, next_off, true);
             }
         }
         let f = match ev {
@@ -730,7 +765,7 @@ pub fn receive_disk<S: Sink + 'static>(
             _ => {
                 // Quiet while chunks wait behind a gap: ask again (at most once a second).
                 if !early.is_empty() {
-                    nak(conn, next_off, false)?;
+                    ans.nak(conn, next_off, false);
                 }
                 continue;
             }
@@ -747,7 +782,7 @@ pub fn receive_disk<S: Sink + 'static>(
                     f.header.offset
                 ));
                 // The header has its own CRC: its offset is trustworthy.
-                nak(conn, f.header.offset, true)?;
+                ans.nak(conn, f.header.offset, true);
             }
             continue;
         }
@@ -772,7 +807,7 @@ pub fn receive_disk<S: Sink + 'static>(
                                 bar.println(&format!(
                                     "chunk at offset {at} failed verification ({why}): asking for it again"
                                 ));
-                                nak(conn, at, true)?;
+                                ans.nak(conn, at, true);
                                 break;
                             }
                         }
@@ -791,20 +826,20 @@ pub fn receive_disk<S: Sink + 'static>(
                     };
                     early.retain(|&o, _| o > ack);
                     if accepted {
-                        conn.send(Header::new(kind::ACK, disk, ack), &[])?;
+                        ans.ack(conn, ack);
                     }
                     // Kept chunks beyond a new gap: that one is missing too.
                     if accepted && !early.is_empty() {
-                        nak(conn, ack, false)?;
+                        ans.nak(conn, ack, false);
                     }
                 } else if f.header.offset > next_off {
                     let window_end = next_off.saturating_add(WINDOW as u64 * u64::from(geo.chunk));
                     if f.header.offset < window_end && early.len() < WINDOW {
                         early.entry(f.header.offset).or_insert(f);
                     }
-                    nak(conn, next_off, false)?;
+                    ans.nak(conn, next_off, false);
                 } else {
-                    conn.send(Header::new(kind::ACK, disk, next_off), &[])?;
+                    ans.ack(conn, next_off);
                 }
             }
             kind::DISK_END if f.header.disk == disk => {

@@ -198,8 +198,9 @@ fn cut_restore_resumes_with_only_the_missing_chunks() {
         .and_then(|r| r.split_whitespace().next())
         .and_then(|n| n.parse().ok())
         .unwrap_or_else(|| panic!("no resume line: {out}"));
-    // How many depends on how far the client got before its ACKs hit the cut.
-    assert!(held >= 1, "no chunk kept: {out}");
+    // Every chunk that fully arrived before the cut (15 of the 16 MiB) is kept:
+    // the receiver writes what it had received even after its ACKs failed.
+    assert!(held >= 12, "only {held} chunks kept: {out}");
     // The second run carried only the chunks that were missing (plus framing).
     let sent = px.s2c_bytes.load(std::sync::atomic::Ordering::SeqCst);
     assert!(

@@ -182,18 +182,28 @@ impl Conn {
 
     /// Sends one frame whose payload is `parts` one after the other.
     pub fn send_parts(&self, header: Header, parts: &[&[u8]]) -> Result<()> {
+        self.write_parts(header, parts).map_err(|e| {
+            // The peer often says why before it hangs up (disk full): prefer that.
+            self.pending_error()
+                .unwrap_or_else(|| classify(&e).into_error("sending"))
+        })
+    }
+
+    /// Sends a frame without looking for a queued ERROR when that fails: the
+    /// queue is left as it is, for a receiver that still wants to process the
+    /// chunks that arrived before the peer went away (it meets any ERROR there).
+    pub fn send_keeping_queue(&self, header: Header, payload: &[u8]) -> Result<()> {
+        self.write_parts(header, &[payload])
+            .map_err(|e| classify(&e).into_error("sending"))
+    }
+
+    fn write_parts(&self, header: Header, parts: &[&[u8]]) -> std::io::Result<()> {
         let mut w = self
             .writer
             .lock()
-            .map_err(|_| anyhow::anyhow!("writer lock poisoned"))?;
-        if let Err(e) = frame::write_frame_parts(&mut *w, header, parts) {
-            drop(w);
-            // The peer often says why before it hangs up (disk full): prefer that.
-            if let Some(err) = self.pending_error() {
-                return Err(err);
-            }
-            return Err(classify(&e).into_error("sending"));
-        }
+            .map_err(|_| std::io::Error::other("writer lock poisoned"))?;
+        frame::write_frame_parts(&mut *w, header, parts)?;
+        drop(w);
         let len: usize = parts.iter().map(|p| p.len()).sum();
         self.stats
             .bytes_out
