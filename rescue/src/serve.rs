@@ -336,9 +336,9 @@ fn send_backup(store: &Store, s: &mut Session, req: &Frame) -> Result<()> {
             geo,
             &have,
             |off, len| src.read(off, len),
-            |off, raw, pre| {
+            |off, raw, known| {
                 let mut z = zeros.lock().map_err(|_| anyhow::anyhow!("lock poisoned"))?;
-                src.digest(off, raw, pre, &mut z)
+                src.digest(off, raw, known, &mut z)
             },
             &bar,
         )

@@ -88,6 +88,16 @@ pub fn normalize(mut ranges: ChunkRanges, count: u64) -> ChunkRanges {
     out
 }
 
+/// What the sender's hashing thread learned about a raw chunk before handing
+/// it to the `digest` step, so that step does not scan or hash it again.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Known {
+    /// Every byte is zero.
+    pub zero: bool,
+    /// Its SHA-256, when computed (two chunks at a time, see sha256x2).
+    pub sha256: Option<[u8; 32]>,
+}
+
 /// Whole chunk read from a source, before hashing.
 pub struct RawChunk {
     pub data: Vec<u8>,
@@ -118,8 +128,8 @@ pub struct SendStats {
 
 /// Sends every chunk of disk `disk` the receiver does not hold. `read` fetches a
 /// chunk (on a reader thread), `digest` hashes or checks it (on a second thread,
-/// which hashes two chunks at a time when two are ready and passes the SHA-256
-/// it computed, see sha256x2).
+/// which looks for zeros once and hashes two data chunks at a time when two are
+/// ready, and passes what it found as `Known`).
 #[allow(clippy::too_many_arguments)]
 pub fn send_disk<R, D>(
     conn: &mut Conn,
@@ -132,7 +142,7 @@ pub fn send_disk<R, D>(
 ) -> Result<SendStats>
 where
     R: FnMut(u64, u32) -> Result<RawChunk> + Send,
-    D: Fn(u64, RawChunk, Option<[u8; 32]>) -> Result<OutChunk> + Send + Sync,
+    D: Fn(u64, RawChunk, Known) -> Result<OutChunk> + Send + Sync,
 {
     let have = Have::new(have);
     let mut stats = SendStats {
@@ -181,41 +191,45 @@ where
         let digest = &digest;
         s.spawn(move || {
             let push = |ev: Event| push_event(&events, ev, &cancel_d);
-            let mut queue: VecDeque<(u64, RawChunk)> = VecDeque::new();
+            // (offset, chunk, what is known); offset u64::MAX carries a read error.
+            let mut queue: VecDeque<(u64, RawChunk, Known)> = VecDeque::new();
+            let queue_up = |q: &mut VecDeque<_>, (off, raw): (u64, RawChunk)| {
+                let known = Known {
+                    zero: off != u64::MAX && is_zero(&raw.data),
+                    sha256: None,
+                };
+                q.push_back((off, raw, known));
+            };
             loop {
                 if queue.is_empty() {
                     match raw_rx.recv() {
-                        Ok(x) => queue.push_back(x),
+                        Ok(x) => queue_up(&mut queue, x),
                         Err(_) => break,
                     }
                 }
                 if queue.len() == 1
                     && let Ok(x) = raw_rx.try_recv()
                 {
-                    queue.push_back(x);
+                    queue_up(&mut queue, x);
                 }
                 // Two data chunks ready: one interleaved pass for both digests.
-                let mut pre = [None, None];
-                if let [(a_off, a), (b_off, b)] = queue.make_contiguous()
+                if let [(a_off, a, ka), (b_off, b, kb)] = queue.make_contiguous()
                     && *a_off != u64::MAX
                     && *b_off != u64::MAX
-                    && !is_zero(&a.data)
-                    && !is_zero(&b.data)
+                    && !ka.zero
+                    && !kb.zero
                 {
                     let (da, db) = crate::sha256x2::digest_pair(&a.data, &b.data);
-                    pre = [Some(da), Some(db)];
+                    (ka.sha256, kb.sha256) = (Some(da), Some(db));
                 }
-                for p in pre.into_iter().take(queue.len()) {
-                    let Some((off, raw)) = queue.pop_front() else {
-                        break;
-                    };
+                while let Some((off, raw, known)) = queue.pop_front() {
                     if off == u64::MAX {
                         push(Event::SourceFailed(
                             String::from_utf8_lossy(&raw.data).into_owned(),
                         ));
                         return;
                     }
-                    match digest(off, raw, p) {
+                    match digest(off, raw, known) {
                         Ok(c) => {
                             if !push(Event::Chunk(c)) {
                                 return;
@@ -893,11 +907,10 @@ fn accept<S: Sink + 'static>(
     })
 }
 
-/// Builds the chunk to send from raw bytes: zero detection and SHA-256
-/// (`pre` when already computed).
-pub fn digest_fresh(offset: u64, raw: RawChunk, pre: Option<[u8; 32]>) -> Result<OutChunk> {
+/// Builds the chunk to send from raw bytes and what is known about them.
+pub fn digest_fresh(offset: u64, raw: RawChunk, known: Known) -> Result<OutChunk> {
     let len = raw.data.len() as u32;
-    if is_zero(&raw.data) {
+    if known.zero {
         let RawChunk { data, bad } = raw;
         crate::bufpool::give(data);
         return Ok(OutChunk {
@@ -913,7 +926,7 @@ pub fn digest_fresh(offset: u64, raw: RawChunk, pre: Option<[u8; 32]>) -> Result
         offset,
         len,
         zero: false,
-        sha256: pre.unwrap_or_else(|| sha256(&raw.data)),
+        sha256: known.sha256.unwrap_or_else(|| sha256(&raw.data)),
         bad: raw.bad,
         data: raw.data,
     })

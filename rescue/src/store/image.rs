@@ -23,7 +23,7 @@ use crate::proto::conn::OutChunk;
 use crate::proto::msg::ChunkRanges;
 use crate::sha256x2::Stream;
 use crate::util::{self, hex};
-use crate::xfer::{self, Geometry, RawChunk, Sink, Verified};
+use crate::xfer::{self, Geometry, Known, RawChunk, Sink, Verified};
 
 const DIGEST: u64 = 32;
 
@@ -515,7 +515,7 @@ impl ImageSource {
         &self,
         offset: u64,
         raw: RawChunk,
-        pre: Option<[u8; 32]>,
+        known: Known,
         zeros: &mut ZeroDigests,
     ) -> Result<OutChunk> {
         let mut rec = [0u8; 32];
@@ -524,11 +524,11 @@ impl ImageSource {
             .read_exact_at(&mut rec, index * DIGEST)
             .with_context(|| format!("reading the digest of chunk {index} of {}", self.name))?;
         let len = raw.data.len() as u32;
-        let zero = xfer::is_zero(&raw.data);
+        let zero = known.zero;
         let got = if zero {
             zeros.get(len)
         } else {
-            pre.unwrap_or_else(|| xfer::sha256(&raw.data))
+            known.sha256.unwrap_or_else(|| xfer::sha256(&raw.data))
         };
         if got != rec {
             bail!(
