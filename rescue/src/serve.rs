@@ -15,7 +15,7 @@ use crate::proto::msg::{
     RestoreBegin, RestoreReady, SessionDone, kind,
 };
 use crate::session::{self, Session};
-use crate::store::image::{ImageSink, ImageSource, ZeroDigests};
+use crate::store::image::{ImageSink, ImageSource, ZeroDigests, journal_digests};
 use crate::store::{BackupStatus, Store};
 use crate::util::human_bytes;
 use crate::xfer::{self, Geometry, SinkPipeline};
@@ -247,19 +247,7 @@ fn send_digests(store: &Store, s: &mut Session, req: &Frame) -> Result<()> {
         let mut out = Vec::with_capacity(8 + n * 32);
         out.extend_from_slice(&b.manifest.chunk_size.to_le_bytes());
         out.extend_from_slice(&(n as u32).to_le_bytes());
-        out.resize(8 + n * 32, 0);
-        let journal = crate::store::open_in(&b.path, &d.chunks, false, false)?;
-        // A journal shorter than the disk leaves zeros: "not held".
-        let mut at = 0;
-        while at < n * 32 {
-            use std::os::unix::fs::FileExt;
-            match journal.read_at(&mut out[8 + at..], first * 32 + at as u64) {
-                Ok(0) => break,
-                Ok(k) => at += k,
-                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-                Err(e) => return Err(anyhow::Error::new(e).context("reading the chunk journal")),
-            }
-        }
+        out.extend(journal_digests(&b.path, &d.chunks, first, n)?);
         Ok(out)
     })();
     match answer {

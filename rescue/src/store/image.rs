@@ -6,7 +6,7 @@
 
 use std::collections::HashMap;
 use std::fs::File;
-use std::io::Read;
+use std::io::{Read, Seek, SeekFrom};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::mpsc::{self, SyncSender, TrySendError};
@@ -74,6 +74,47 @@ pub fn journal_ranges(dir: &Path, d: &ManifestDisk, chunk: u32) -> Result<ChunkR
     Ok(ranges)
 }
 
+/// The records of journal file `chunks` for chunks `first..first + n`, 32
+/// bytes each; all zeros where it holds nothing (never written, or shorter).
+pub fn journal_digests(dir: &Path, chunks: &str, first: u64, n: usize) -> Result<Vec<u8>> {
+    let mut f = open_in(dir, chunks, false, false)?;
+    let mut out = vec![0u8; n * DIGEST as usize];
+    f.seek(SeekFrom::Start(first * DIGEST))
+        .and_then(|_| read_full(&mut f, &mut out))
+        .context("reading the chunk journal")?;
+    Ok(out)
+}
+
+/// Syncs an image, then records in its journal the chunks that sync made
+/// durable: one write per run of consecutive chunk indices (they arrive in
+/// order), not one 32-byte write per chunk.
+fn sync_then_journal(
+    img: &File,
+    journal: &File,
+    name: &str,
+    batch: &[(u64, [u8; 32])],
+) -> Result<()> {
+    img.sync_data().with_context(|| format!("syncing {name}"))?;
+    write_journal(journal, batch)
+}
+
+fn write_journal(journal: &File, batch: &[(u64, [u8; 32])]) -> Result<()> {
+    let mut at = 0;
+    while at < batch.len() {
+        let start = batch[at].0;
+        let mut end = at + 1;
+        while end < batch.len() && batch[end].0 == start + (end - at) as u64 {
+            end += 1;
+        }
+        let run: Vec<u8> = batch[at..end].iter().flat_map(|(_, d)| *d).collect();
+        journal
+            .write_all_at(&run, start * DIGEST)
+            .context("writing the chunk journal")?;
+        at = end;
+    }
+    Ok(())
+}
+
 fn read_full(f: &mut File, buf: &mut [u8]) -> std::io::Result<usize> {
     let mut n = 0;
     while n < buf.len() {
@@ -138,12 +179,7 @@ impl Syncer {
             .name("sync".into())
             .spawn(move || -> Result<()> {
                 for batch in rx {
-                    img.sync_data().with_context(|| format!("syncing {name}"))?;
-                    for (i, d) in batch {
-                        journal
-                            .write_all_at(&d, i * DIGEST)
-                            .context("writing the chunk journal")?;
-                    }
+                    sync_then_journal(&img, &journal, &name, &batch)?;
                 }
                 Ok(())
             })
@@ -210,14 +246,8 @@ impl ImageSink {
             }
         }
         if !self.pending.is_empty() {
-            self.img
-                .sync_data()
-                .with_context(|| format!("syncing {}", self.disk.image))?;
-            for (i, d) in self.pending.drain(..) {
-                self.journal
-                    .write_all_at(&d, i * DIGEST)
-                    .context("writing the chunk journal")?;
-            }
+            sync_then_journal(&self.img, &self.journal, &self.disk.image, &self.pending)?;
+            self.pending.clear();
         }
         Ok(())
     }
@@ -549,5 +579,33 @@ impl ImageSource {
                 raw.data
             },
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn journal_runs_are_written_whole_and_read_back_with_gaps_as_zeros() {
+        let dir = tempfile::tempdir().unwrap();
+        let j = open_in(dir.path(), "d.chunks", true, true).unwrap();
+        // Two runs (3..6 and 9..10), out of the order they came in.
+        let batch: Vec<(u64, [u8; 32])> = [9u64, 3, 4, 5]
+            .iter()
+            .map(|&i| (i, [i as u8 + 1; 32]))
+            .collect();
+        write_journal(&j, &batch).unwrap();
+        let got = journal_digests(dir.path(), "d.chunks", 2, 10).unwrap();
+        assert_eq!(got.len(), 10 * 32);
+        for (k, rec) in got.chunks(32).enumerate() {
+            let i = 2 + k as u64;
+            let want = if [3, 4, 5, 9].contains(&i) {
+                i as u8 + 1
+            } else {
+                0
+            };
+            assert!(rec.iter().all(|&b| b == want), "chunk {i}: {rec:?}");
+        }
     }
 }
