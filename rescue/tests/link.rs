@@ -122,19 +122,37 @@ impl Kernel {
                         .get(&name)
                         .map(|&(pi, po)| (po, pi))
                         .unwrap_or((0, 0));
-                    fs::write(p.join("index"), format!("{idx}\n")).unwrap();
-                    fs::write(p.join("in_hopid"), format!("{i}\n")).unwrap();
-                    fs::write(p.join("out_hopid"), format!("{o}\n")).unwrap();
-                    fs::write(p.join("ring_size"), "256\n").unwrap();
-                    fs::write(p.join("throttling"), "8192\n").unwrap();
+                    // `index` last: rescue reads the group once it appears, as
+                    // ConfigFS shows all attributes at once. The group may be
+                    // removed again meanwhile (the adopter re-creates it): then
+                    // there is nothing to attach.
                     fs::write(root.path(format!("/dev/tbstream{idx}")), "").unwrap();
-                    seen.insert(p.clone(), idx);
+                    // A HopID the user wrote already (-1: allocate) is kept, as
+                    // in ConfigFS; the next tick allocates it. Nothing adopted
+                    // (0) is left unwritten: a missing file reads as 0, and a
+                    // write of 0 could land after the user's -1.
+                    let attached = [
+                        ("in_hopid", format!("{i}\n")),
+                        ("out_hopid", format!("{o}\n")),
+                        ("ring_size", "256\n".into()),
+                        ("throttling", "8192\n".into()),
+                        ("index", format!("{idx}\n")),
+                    ]
+                    .iter()
+                    .all(|(attr, v)| {
+                        let hopid = attr.ends_with("_hopid");
+                        let keep = hopid && (v == "0\n" || read_i(&p.join(attr)).is_some());
+                        keep || fs::write(p.join(attr), v).is_ok()
+                    });
+                    if attached {
+                        seen.insert(p.clone(), idx);
+                    }
                     continue;
                 }
                 // A user write of -1 allocates.
                 for (attr, val) in [("in_hopid", 9), ("out_hopid", 8)] {
                     if read_i(&p.join(attr)) == Some(-1) {
-                        fs::write(p.join(attr), format!("{val}\n")).unwrap();
+                        let _ = fs::write(p.join(attr), format!("{val}\n"));
                     }
                 }
             }
