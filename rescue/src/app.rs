@@ -30,8 +30,14 @@ pub fn run(root: &Root, cmd: Command) -> Result<u8> {
             Ok(exit::OK)
         }
         Command::Serve(a) => crate::serve::run(root, &a),
-        Command::Backup(a) => crate::backup::run(root, &a),
-        Command::Restore(a) => crate::restore::run(root, &a),
+        Command::Backup(a) => crate::backup::run(root, &a)
+            .map_err(|e| exit::advise_resume(e, "run the same command again to resume")),
+        Command::Restore(a) => crate::restore::run(root, &a).map_err(|e| {
+            exit::advise_resume(
+                e,
+                "add --resume to the same command to continue where it stopped",
+            )
+        }),
         Command::Verify(a) => crate::verify::run(&a.dir),
         Command::Cat(a) => crate::catcmd::run(root, &a),
         Command::Link(a) => match a.action {

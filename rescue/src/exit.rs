@@ -39,9 +39,52 @@ impl fmt::Display for Exit {
 
 impl std::error::Error for Exit {}
 
+/// Adds how to carry on to an error that ended a transfer because the peer
+/// went away: each command knows its own way to resume (backup: run it again;
+/// restore: add --resume). Other errors pass through unchanged.
+pub fn advise_resume(err: anyhow::Error, advice: &str) -> anyhow::Error {
+    if code_of(&err) != PEER_GONE {
+        return err;
+    }
+    let m = format!("{err:#}");
+    let sentence = if m.ends_with('?') || m.ends_with('.') {
+        let mut c = advice.chars();
+        let first = c.next().map(|f| f.to_uppercase().collect::<String>());
+        format!(" {}{}", first.unwrap_or_default(), c.as_str())
+    } else {
+        format!("; {advice}")
+    };
+    Exit::new(PEER_GONE, format!("{m}{sentence}")).into()
+}
+
 /// The exit code an error chain asks for (the first `Exit` in it), else `ERROR`.
 pub fn code_of(err: &anyhow::Error) -> u8 {
     err.chain()
         .find_map(|e| e.downcast_ref::<Exit>().map(|x| x.code))
         .unwrap_or(ERROR)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn resume_advice_only_for_a_peer_that_went_away() {
+        let gone: anyhow::Error = Exit::new(PEER_GONE, "the peer is gone: is the cable in?").into();
+        let e = advise_resume(gone, "run the same command again to resume");
+        assert_eq!(code_of(&e), PEER_GONE);
+        assert_eq!(
+            format!("{e:#}"),
+            "the peer is gone: is the cable in? Run the same command again to resume"
+        );
+        let eof: anyhow::Error = Exit::new(PEER_GONE, "the peer closed the connection").into();
+        let e = advise_resume(eof, "add --resume");
+        assert_eq!(
+            format!("{e:#}"),
+            "the peer closed the connection; add --resume"
+        );
+        let other = advise_resume(anyhow::anyhow!("disk full"), "add --resume");
+        assert_eq!(code_of(&other), ERROR);
+        assert_eq!(format!("{other:#}"), "disk full");
+    }
 }

@@ -467,8 +467,7 @@ pub fn run(root: &Root, args: &RestoreArgs) -> Result<u8> {
         let pipe = SinkPipeline::start(sink, d.size);
         let held = xfer::normalize(have.get(i).cloned().unwrap_or_default(), geo.count());
         let (end_frame, damaged) =
-            xfer::receive_disk(&mut s.conn, i as u32, geo, &held, &pipe, &bar)
-                .map_err(resume_hint)?;
+            xfer::receive_disk(&mut s.conn, i as u32, geo, &held, &pipe, &bar)?;
         bar.finish();
         let (_sink, whole) = pipe.finish()?;
         t.file
@@ -549,27 +548,6 @@ pub fn run(root: &Root, args: &RestoreArgs) -> Result<u8> {
         println!("restore FAILED verification; the target disks are not trustworthy");
     }
     Ok(code)
-}
-
-/// A restore cut short continues with --resume; the connection's generic
-/// advice ("run the same command again") would start it over.
-fn resume_hint(e: anyhow::Error) -> anyhow::Error {
-    match e.downcast_ref::<Exit>() {
-        Some(x) if x.code == exit::PEER_GONE => {
-            let m = x
-                .message
-                .replace(
-                    "run the same command again to resume",
-                    "add --resume to the same command to continue where it stopped",
-                )
-                .replace(
-                    "Run the same command again to resume",
-                    "Add --resume to the same command to continue where it stopped",
-                );
-            Exit::new(exit::PEER_GONE, m).into()
-        }
-        _ => e,
-    }
 }
 
 /// Which chunks the target already holds (restore --resume): reads it and

@@ -70,15 +70,13 @@ impl Closed {
         match self {
             Closed::Eof => Exit::new(
                 exit::PEER_GONE,
-                format!(
-                    "the peer closed the connection while {doing}; run the same command again to resume"
-                ),
+                format!("the peer closed the connection while {doing}"),
             )
             .into(),
             Closed::Gone(why) => Exit::new(
                 exit::PEER_GONE,
                 format!(
-                    "the peer is gone while {doing} ({why}): is the cable plugged in and rescue running on the other machine? Run the same command again to resume"
+                    "the peer is gone while {doing} ({why}): is the cable plugged in and rescue running on the other machine?"
                 ),
             )
             .into(),
