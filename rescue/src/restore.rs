@@ -597,7 +597,7 @@ fn held_on_target(
         // The target's chunks covered by this batch, read ahead while hashing.
         let end = (first + u64::from(n)).min(geo.count());
         let from = geo.offset(first);
-        let bytes = geo.offset(end).min(geo.size) - from;
+        let bytes = geo.start_of(end) - from;
         let mut i = first;
         readahead::for_each_piece(
             &t.file,

@@ -42,13 +42,19 @@ impl Root {
     /// taken as given, absolute paths mapped into a fake root.
     pub fn disk_path(&self, spec: &str) -> PathBuf {
         if spec.contains('/') || Path::new(spec).is_file() {
-            if Path::new(spec).is_absolute() && !self.is_host() {
-                self.path(spec)
-            } else {
-                PathBuf::from(spec)
-            }
+            self.given_path(Path::new(spec))
         } else {
             self.path(format!("/dev/{spec}"))
+        }
+    }
+
+    /// A path the user gave: absolute ones are mapped below a fake root
+    /// (tests), relative ones and everything on the real root stay as given.
+    pub fn given_path(&self, p: &Path) -> PathBuf {
+        if p.is_absolute() && !self.is_host() {
+            self.path(p)
+        } else {
+            p.to_path_buf()
         }
     }
 

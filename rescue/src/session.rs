@@ -34,15 +34,6 @@ impl Session {
     }
 }
 
-/// A stream device named on the command line, mapped into a fake root (tests).
-fn device_path(root: &Root, p: std::path::PathBuf) -> std::path::PathBuf {
-    if p.is_absolute() && !root.is_host() {
-        root.path(&p)
-    } else {
-        p
-    }
-}
-
 /// A peer that sends nothing, not even its 2-second keepalive, for this long is gone.
 const PEER_SILENCE: Duration = Duration::from_secs(60);
 
@@ -119,7 +110,7 @@ pub fn connect(root: &Root, args: &ConnectArgs, role: Role) -> Result<Session> {
             })
         }
         Some(Endpoint::Device(p)) => {
-            let dev = device_path(root, p);
+            let dev = root.given_path(&p);
             let mut conn = Conn::new(Stream::open_device(&dev)?)?;
             let peer = introduce(
                 &mut conn,
@@ -222,7 +213,7 @@ pub fn serve(
         }
         endpoint => {
             let (dev, mut link) = match endpoint {
-                Some(Endpoint::Device(p)) => (device_path(root, p), None),
+                Some(Endpoint::Device(p)) => (root.given_path(&p), None),
                 _ => {
                     let opts = LinkOpts {
                         peer: args.peer.clone(),

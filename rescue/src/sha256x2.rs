@@ -116,11 +116,7 @@ impl Stream {
     }
 
     pub fn finish(mut self) -> [u8; 32] {
-        let len = self.len;
-        let tail = self.buf[..self.buf_len].to_vec();
-        let mut state = self.state;
-        self.buf_len = 0;
-        pad_tail(&mut state, &tail, len)
+        pad_tail(&mut self.state, &self.buf[..self.buf_len], self.len)
     }
 }
 

@@ -45,6 +45,12 @@ impl Geometry {
     pub fn offset(&self, index: u64) -> u64 {
         index * u64::from(self.chunk)
     }
+
+    /// Where chunk `index` starts, or the end of the image from the count on:
+    /// the offset an ACK names once everything before `index` is held.
+    pub fn start_of(&self, index: u64) -> u64 {
+        self.offset(index).min(self.size)
+    }
 }
 
 /// Chunk indices the receiver already holds, with a cursor to find the next gap.
@@ -267,7 +273,7 @@ fn have_bytes(have: &Have, geo: Geometry) -> u64 {
             if e <= s {
                 0
             } else {
-                geo.offset(e).min(geo.size) - geo.offset(s)
+                geo.start_of(e) - geo.offset(s)
             }
         })
         .sum()
@@ -666,17 +672,6 @@ impl<S: Sink + 'static> Drop for SinkPipeline<S> {
     }
 }
 
-static ZEROS: [u8; 64 * 1024] = [0; 64 * 1024];
-
-/// Feeds `len` zero bytes to a hasher without allocating them.
-pub fn hash_zeros(h: &mut Sha256, mut len: u64) {
-    while len > 0 {
-        let n = len.min(ZEROS.len() as u64) as usize;
-        h.update(&ZEROS[..n]);
-        len -= n as u64;
-    }
-}
-
 /// Why a received chunk was not accepted.
 enum Reject {
     Damaged(String),
@@ -753,11 +748,7 @@ pub fn receive_disk<S: Sink + 'static>(
             // The peer went away and everything it had sent is written.
             return Err(e);
         }
-        let next_off = if next < geo.count() {
-            geo.offset(next)
-        } else {
-            geo.size
-        };
+        let next_off = geo.start_of(next);
         // A damaged header cannot say what it carried: the frame was skipped and
         // the expected chunk (often what it was) is asked for again. Checked
         // even when nothing else arrives: the lost frame may have been the
@@ -833,11 +824,7 @@ pub fn receive_disk<S: Sink + 'static>(
                             None => break,
                         }
                     }
-                    let ack = if next < geo.count() {
-                        geo.offset(next)
-                    } else {
-                        geo.size
-                    };
+                    let ack = geo.start_of(next);
                     early.retain(|&o, _| o > ack);
                     if accepted {
                         ans.ack(conn, ack);
@@ -1067,5 +1054,9 @@ mod tests {
         };
         assert_eq!(g.count(), 3);
         assert_eq!(g.len_of(2), 500);
+        assert_eq!(
+            (g.start_of(2), g.start_of(3), g.start_of(4)),
+            (2000, 2500, 2500)
+        );
     }
 }

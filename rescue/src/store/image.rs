@@ -14,7 +14,6 @@ use std::thread::JoinHandle;
 use std::time::Instant;
 
 use anyhow::{Context, Result, bail};
-use sha2::{Digest, Sha256};
 
 use super::mapfile::{Map, Status};
 use super::{BackupDir, ManifestDisk, open_in};
@@ -34,9 +33,9 @@ pub struct ZeroDigests(HashMap<u32, [u8; 32]>);
 impl ZeroDigests {
     pub fn get(&mut self, len: u32) -> [u8; 32] {
         *self.0.entry(len).or_insert_with(|| {
-            let mut h = Sha256::new();
-            xfer::hash_zeros(&mut h, u64::from(len));
-            h.finalize().into()
+            let mut s = Stream::new();
+            s.update_zeros(u64::from(len));
+            s.finish()
         })
     }
 }
