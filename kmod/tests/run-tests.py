@@ -66,6 +66,19 @@ def setup_recv(vm, name="backup"):
               f"cat {CFS}/0-1.0/{name}/index")
 
 
+def zero_flow(rig, count):
+    """A pair with a stream each way set up and `count` 64 KiB blocks of zeros
+    flowing a -> b in the background (jobs "rx" on b, "tx" on a). Returns
+    (a, b, a's stream index, b's stream index)."""
+    a, b = pair(rig)
+    bi = setup_recv(b)
+    ai = setup_send(a)
+    bg(b, "rx", f"dd if=/dev/tbstream{bi} of=/dev/null bs=64k")
+    time.sleep(0.3)
+    bg(a, "tx", f"dd if=/dev/zero of=/dev/tbstream{ai} bs=64k count={count}")
+    return a, b, ai, bi
+
+
 def setup_send(vm, name="backup"):
     """Sender side: no HopIDs, adopted from the peer's properties."""
     out = sh(vm, f"mkdir -p {CFS}/0-1.0 && mkdir {CFS}/0-1.0/{name} && "
@@ -238,12 +251,7 @@ def t_bidir_multi(rig):
 
 @test
 def t_unplug_replug(rig):
-    a, b = pair(rig)
-    bi = setup_recv(b)
-    ai = setup_send(a)
-    bg(b, "rx", f"dd if=/dev/tbstream{bi} of=/dev/null bs=64k")
-    time.sleep(0.3)
-    bg(a, "tx", f"dd if=/dev/zero of=/dev/tbstream{ai} bs=64k count=100000")
+    a, b, ai, bi = zero_flow(rig, 100000)
     time.sleep(2)
     rig.ctl("unplug")
     t = time.time()
@@ -327,12 +335,7 @@ def t_rate(rig):
 
 @test
 def t_heartbeat(rig):
-    a, b = pair(rig)
-    bi = setup_recv(b)
-    ai = setup_send(a)
-    bg(b, "rx", f"dd if=/dev/tbstream{bi} of=/dev/null bs=64k")
-    time.sleep(0.3)
-    bg(a, "tx", f"dd if=/dev/zero of=/dev/tbstream{ai} bs=64k count=1000000")
+    a, b, ai, bi = zero_flow(rig, 1000000)
     time.sleep(1.5)
     b.kill()
     t0 = time.time()
@@ -402,12 +405,7 @@ def t_refuse_with_thunderbolt(rig):
 
 @test
 def t_pci_unbind(rig):
-    a, b = pair(rig)
-    bi = setup_recv(b)
-    ai = setup_send(a)
-    bg(b, "rx", f"dd if=/dev/tbstream{bi} of=/dev/null bs=64k")
-    time.sleep(0.3)
-    bg(a, "tx", f"dd if=/dev/zero of=/dev/tbstream{ai} bs=64k count=1000000")
+    a, b, ai, bi = zero_flow(rig, 1000000)
     time.sleep(1)
     dev = sh(a, "basename $(dirname $(readlink -f /sys/bus/thunderbolt/devices/domain0))")
     out = sh(a, f"echo {dev} > /sys/bus/pci/drivers/usb4vcable/unbind; echo rc=$?; "

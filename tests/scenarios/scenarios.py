@@ -486,23 +486,30 @@ def s2_restore(s: Suite):
     log(f"C's disks equal A's; {s.figures['restore']}")
 
 
+def unplug_after_a_third(s: Suite, vm, side: str, what: str) -> int:
+    """Slows the cable so the cut lands mid-transfer, waits until about a third of
+    the data left `side` ("a" or "b"), unplugs; returns the bytes moved until then."""
+    s.cable.ctl("rate", "--bytes-per-sec", str(3 * MiB))
+    tx0 = s.cable_status()[side]["tx_bytes"]
+    want = tx0 + max(4 * MiB, s.a_data_bytes // 3)
+    deadline = time.monotonic() + 300
+    while s.cable_status()[side]["tx_bytes"] < want:
+        check(time.monotonic() < deadline, f"the {what} did not move a third of its data in 300s")
+        check(not re.search(DONE_RE, vm.log_text()[vm.cursor:]),
+              f"{what} ended before the cut:\n{vm.tail(20)}")
+        time.sleep(0.3)
+    moved = s.cable_status()[side]["tx_bytes"] - tx0
+    s.cable.ctl("unplug")
+    log(f"unplugged after {moved / MiB:.1f} MiB")
+    return moved
+
+
 def s3b_restore_unplug(s: Suite):
     """Cable pulled mid-restore; replugged; the menu offers to continue; only the rest is sent."""
     vm, tgt, bstart0 = boot_restore_vm(s, "r", "rc", "rescue.mode=restore rescue.yes=1 rescue.hostname=hosta")
     try:
         vm.wait_for(T(r"restore backup (\S+) of (\S+)"), 180)
-        # B sends: slow the cable and cut once about a third of the data went b -> a.
-        s.cable.ctl("rate", "--bytes-per-sec", str(3 * MiB))
-        tx0 = s.cable_status()["b"]["tx_bytes"]
-        want = tx0 + max(4 * MiB, s.a_data_bytes // 3)
-        deadline = time.monotonic() + 300
-        while s.cable_status()["b"]["tx_bytes"] < want:
-            check(time.monotonic() < deadline, "the restore did not move a third of its data in 300s")
-            check(not re.search(DONE_RE, vm.log_text()[vm.cursor:]),
-                  f"restore ended before the cut:\n{vm.tail(20)}")
-            time.sleep(0.3)
-        cut_at = s.cable_status()["b"]["tx_bytes"] - tx0
-        s.cable.ctl("unplug")
+        cut_at = unplug_after_a_third(s, vm, "b", "restore")  # B sends
     finally:
         s.cable.ctl("rate", "--bytes-per-sec", "0")
     m = vm.wait_for(DONE_RE, 120)
@@ -546,18 +553,7 @@ def s3_unplug(s: Suite):
     info = {}
 
     def during(vm, res):
-        # Slow the cable so the cut lands mid-transfer, then cut after ~1/3 of the data.
-        s.cable.ctl("rate", "--bytes-per-sec", str(3 * MiB))
-        want = res["tx0"] + max(4 * MiB, s.a_data_bytes // 3)
-        deadline = time.monotonic() + 300
-        while s.cable_status()["a"]["tx_bytes"] < want:
-            check(time.monotonic() < deadline, "the backup did not send a third of its data in 300s")
-            check(not re.search(DONE_RE, vm.log_text()[vm.cursor:]),
-                  f"backup ended before the cut:\n{vm.tail(20)}")
-            time.sleep(0.3)
-        info["cut_at"] = s.cable_status()["a"]["tx_bytes"] - res["tx0"]
-        s.cable.ctl("unplug")
-        log(f"unplugged after {info['cut_at'] / MiB:.1f} MiB")
+        info["cut_at"] = unplug_after_a_third(s, vm, "a", "backup")
 
     try:
         r = s.backup_from_a("rescue.label=unplug", expect_rc=5, during=during)
