@@ -224,13 +224,15 @@ fn receive_backup(store: &Store, s: &mut Session, req: &Frame) -> Result<()> {
 /// Answers a DIGESTS_REQ from the chunk journal of a stored disk.
 fn send_digests(store: &Store, s: &mut Session, req: &Frame) -> Result<()> {
     let q: DigestsReq = msg::from_json(req)?;
+    if q.count > MAX_DIGESTS {
+        let m = format!(
+            "asked for {} digests at once (limit {MAX_DIGESTS})",
+            q.count
+        );
+        s.conn.send_error("bad_request", &m);
+        anyhow::bail!("{m}");
+    }
     let answer = (|| -> Result<Vec<u8>> {
-        if q.count > MAX_DIGESTS {
-            anyhow::bail!(
-                "asked for {} digests at once (limit {MAX_DIGESTS})",
-                q.count
-            );
-        }
         let b = store.open_backup(&q.host, &q.backup_id)?;
         let d = b
             .manifest

@@ -38,7 +38,6 @@ HERE = Path(__file__).resolve().parent
 REPO = HERE.parent.parent
 sys.path.insert(0, str(REPO / "qemu"))
 
-import vmpair  # noqa: E402
 from vmpair import Disk, Rig, VMError  # noqa: E402
 
 MiB = 1 << 20
@@ -367,7 +366,7 @@ class Suite:
     def backup_from_a(self, extra: str, expect_rc=0, name="a", disks=None, host="hosta",
                       during=None) -> dict:
         """Boots a client in backup mode; returns rc, backup id, console text, timings."""
-        b = self.ensure_b()
+        self.ensure_b()
         bstart = self.b_mark()
         vm = self.boot(name, f"rescue.mode=backup rescue.yes=1 rescue.hostname={host} {extra}",
                        disks if disks is not None else self.a_disk_list())
