@@ -465,9 +465,11 @@ pub fn run(root: &Root, args: &RestoreArgs) -> Result<u8> {
             fresh_file: t.created,
         };
         let pipe = SinkPipeline::start(sink, d.size);
-        let held = xfer::normalize(have.get(i).cloned().unwrap_or_default(), geo.count());
+        // Ours, sorted and merged as held_on_target built them.
+        let none = Vec::new();
+        let held = have.get(i).unwrap_or(&none);
         let (end_frame, damaged) =
-            xfer::receive_disk(&mut s.conn, i as u32, geo, &held, &pipe, &bar)?;
+            xfer::receive_disk(&mut s.conn, i as u32, geo, held, &pipe, &bar)?;
         bar.finish();
         let (_sink, whole) = pipe.finish()?;
         t.file
