@@ -1,0 +1,8 @@
+//! Hostile-peer suite: a peer that lies, floods, stalls or forges, against the real
+//! `rescue serve` and the real clients. One module per kind of attack; each test
+//! fails on the defect it names. Helpers shared with e2e live in ../common.
+#![allow(clippy::unwrap_used)]
+
+#[path = "../common/mod.rs"]
+#[allow(dead_code)]
+mod common;
