@@ -102,11 +102,23 @@ if [ -e "$ROOT/.usb4rescue-ok" ] && [ "$(cat "$ROOT/.usb4rescue-ok")" = "$KVER" 
 	exit 0
 fi
 
+# mmdebstrap gives apt a pipe by number ("cat >&N") that apt runs through dash, and
+# dash takes only fds 0-9. Lock fds inherited from our callers (ours, build-kmod.sh's,
+# flock wrappers') push that pipe to 10 or above ("Bad fd number"), so mmdebstrap runs
+# with every inherited fd above 2 closed (the locks stay held by this shell).
+without_inherited_fds() {
+	local fd closes=""
+	for fd in $(ls /proc/$$/fd); do
+		[ "$fd" -gt 2 ] && closes+=" $fd>&-"
+	done
+	eval '"$@"'"$closes"
+}
+
 log "creating $ROOT (mmdebstrap, about 30-60 s)"
 TMPROOT=$(mktemp -d "$CACHE/buildroot.tmp.XXXXXX")
 trap 'rm -rf --one-file-system "$TMPROOT"' EXIT
 rmdir "$TMPROOT"
-if ! mmdebstrap --variant=apt \
+if ! without_inherited_fds mmdebstrap --variant=apt \
 	--include="gcc-14,make,libc6-dev,linux-headers-$KVER,kmod,xz-utils" \
 	trixie "$TMPROOT" \
 	"deb $MIRROR trixie main" \

@@ -8,8 +8,8 @@ secs="${1:-60}"
 command -v cargo-fuzz >/dev/null || cargo install cargo-fuzz --locked
 mkdir -p corpus/decode
 export RUSTC_BOOTSTRAP=1
-# The fuzz build has sanitizer flags of its own: keep it in the cache so a rerun
+# The fuzz build has sanitizer flags of its own: keep it beside cargo's target dir so a rerun
 # does not rebuild every dependency.
-target=${USB4RESCUE_CACHE:-/var/cache/usb4rescue}/fuzz-target
+target=${CARGO_TARGET_DIR:-${USB4RESCUE_CACHE:-/var/cache/usb4rescue}/target}/fuzz
 mkdir -p "$target"
 cargo fuzz run --target-dir "$target" decode corpus/decode -- -max_total_time="$secs" -rss_limit_mb=512 -max_len=65536
