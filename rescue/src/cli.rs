@@ -154,7 +154,9 @@ pub struct RestoreArgs {
     #[arg(long, value_name = "ID")]
     pub backup: Option<String>,
 
-    /// Host whose backups to consider (default: this machine's hostname).
+    /// Host whose backups to consider. Default: this machine's hostname, else a
+    /// backup with this machine's machine-id (cloned systems share one: then the
+    /// confirmation names the hostname it was made under).
     #[arg(long, value_name = "HOST")]
     pub host: Option<String>,
 

@@ -558,3 +558,85 @@ fn full_store_stops_the_sender_with_the_reason() {
 fn unsafe_free_euid() -> u32 {
     nix::unistd::geteuid().as_raw()
 }
+
+/// A fake root whose identity is `hostname` with `machine_id` (cloned systems
+/// share one).
+fn machine(dir: &std::path::Path, hostname: &str, machine_id: &str) -> std::path::PathBuf {
+    let r = dir.join(hostname);
+    fs::create_dir_all(r.join("proc/sys/kernel")).unwrap();
+    fs::create_dir_all(r.join("etc")).unwrap();
+    fs::write(r.join("proc/sys/kernel/hostname"), format!("{hostname}\n")).unwrap();
+    fs::write(r.join("etc/machine-id"), format!("{machine_id}\n")).unwrap();
+    r
+}
+
+#[test]
+fn explicit_host_wins_over_a_shared_machine_id() {
+    let d = tempfile::tempdir().unwrap();
+    let id = "0123456789abcdef0123456789abcdef";
+    let (alpha, beta, gamma) = (
+        machine(d.path(), "alpha", id),
+        machine(d.path(), "beta", id),
+        machine(d.path(), "gamma", id),
+    );
+    random_image(&alpha.join("disk.img"), 2, 21);
+    random_image(&beta.join("disk.img"), 2, 22);
+    let srv = Server::start(d.path(), &d.path().join("store"));
+    let ep = srv.endpoint();
+    // beta first, alpha second: alpha's is the newest backup with that machine-id.
+    for (r, label) in [(&beta, "a-first"), (&alpha, "b-second")] {
+        let o = rescue(&[
+            "--root",
+            r.to_str().unwrap(),
+            "backup",
+            "-d",
+            &ep,
+            "--label",
+            label,
+            "/disk.img",
+        ]);
+        assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+    }
+    let restore = |r: &std::path::Path, extra: &[&str]| {
+        let mut args = vec![
+            "--root",
+            r.to_str().unwrap(),
+            "restore",
+            "-d",
+            &ep,
+            "--map",
+            "disk=/t.img",
+            "--yes",
+        ];
+        args.extend_from_slice(extra);
+        rescue(&args)
+    };
+    let t = alpha.join("t.img");
+    fs::write(&t, vec![5u8; 2 << 20]).unwrap();
+    // On alpha, --host beta restores beta's backup, not alpha's newer one.
+    let o = restore(&alpha, &["--host", "beta"]);
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+    assert_eq!(sha256_file(&t), sha256_file(&beta.join("disk.img")));
+    // A host without backups is an error naming the hosts there are; nothing written.
+    fs::write(&t, vec![5u8; 2 << 20]).unwrap();
+    let o = restore(&alpha, &["--host", "nosuch"]);
+    assert_eq!(o.status.code(), Some(2), "{}", text(&o));
+    assert!(
+        text(&o).contains("no backups of host nosuch") && text(&o).contains("alpha, beta"),
+        "{}",
+        text(&o)
+    );
+    assert_eq!(fs::read(&t).unwrap(), vec![5u8; 2 << 20]);
+    // Without --host, a machine named gamma with the same machine-id gets the
+    // newest backup of that machine-id, and the confirmation says whose it is.
+    let t = gamma.join("t.img");
+    fs::write(&t, vec![5u8; 2 << 20]).unwrap();
+    let o = restore(&gamma, &[]);
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+    assert_eq!(sha256_file(&t), sha256_file(&alpha.join("disk.img")));
+    assert!(
+        text(&o).contains("made under the hostname alpha, not this machine's gamma"),
+        "{}",
+        text(&o)
+    );
+}
