@@ -4,5 +4,4 @@
 #![allow(clippy::unwrap_used)]
 
 #[path = "../common/mod.rs"]
-#[allow(dead_code)]
 mod common;
