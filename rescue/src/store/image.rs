@@ -379,10 +379,8 @@ impl Sink for ImageSink {
             })?;
             c.sha256
         };
-        self.map.set(c.offset, u64::from(c.len), Status::Finished);
-        for &(o, l) in &c.bad {
-            self.map
-                .set(c.offset + u64::from(o), u64::from(l), Status::Bad);
+        self.map.set_chunk(c.offset, u64::from(c.len), &c.bad);
+        if !c.bad.is_empty() {
             self.map_dirty = true;
         }
         self.pending.push((index, digest));

@@ -2,6 +2,7 @@
 //! be read (`-`), or are not there yet (`?`). The format is ddrescue's, so its
 //! tools (ddrescuelog) read ours.
 
+use std::collections::BTreeMap;
 use std::fmt::Write as _;
 
 /// A block status in ddrescue's alphabet.
@@ -34,20 +35,25 @@ impl Status {
 }
 
 /// The status of every byte of a `size`-byte image, as merged runs.
+///
+/// Kept in a B-tree keyed by run start, so marking a range costs O(log n) plus
+/// the runs it replaces: a failing disk (or a hostile peer) can report tens of
+/// thousands of unreadable ranges per chunk, and re-sorting every run for each
+/// of them made one such chunk cost seconds of CPU.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Map {
     size: u64,
-    /// (start, len, status), sorted, contiguous, covering [0, size).
-    runs: Vec<(u64, u64, Status)>,
+    /// start -> (end, status): contiguous, covering [0, size), and no two
+    /// neighbours with the same status.
+    runs: BTreeMap<u64, (u64, Status)>,
 }
 
 impl Map {
     pub fn new(size: u64) -> Map {
-        let runs = if size > 0 {
-            vec![(0, size, Status::NonTried)]
-        } else {
-            Vec::new()
-        };
+        let mut runs = BTreeMap::new();
+        if size > 0 {
+            runs.insert(0, (size, Status::NonTried));
+        }
         Map { size, runs }
     }
 
@@ -58,52 +64,106 @@ impl Map {
     /// Marks [start, start+len) (clipped to the image) with `status`.
     pub fn set(&mut self, start: u64, len: u64, status: Status) {
         let end = start.saturating_add(len).min(self.size);
+        if start < end {
+            self.replace(start, end, &[(start, end, status)]);
+        }
+    }
+
+    /// Marks one received chunk: [start, start+len) finished except the
+    /// unreadable `bad` ranges (offsets within the chunk, in any order,
+    /// possibly overlapping). One pass for the whole chunk, so a chunk with
+    /// thousands of bad ranges costs O(k log k), not a map update per range.
+    pub fn set_chunk(&mut self, start: u64, len: u64, bad: &[(u32, u32)]) {
+        let end = start.saturating_add(len).min(self.size);
         if start >= end {
             return;
         }
-        let mut out = Vec::with_capacity(self.runs.len() + 2);
-        for &(s, l, st) in &self.runs {
-            let e = s + l;
-            if e <= start || s >= end {
-                out.push((s, l, st));
-                continue;
-            }
-            if s < start {
-                out.push((s, start - s, st));
-            }
-            if e > end {
-                out.push((end, e - end, st));
-            }
+        let mut holes: Vec<(u64, u64)> = bad
+            .iter()
+            .map(|&(o, l)| {
+                let s = start.saturating_add(u64::from(o)).min(end);
+                (s, s.saturating_add(u64::from(l)).min(end))
+            })
+            .filter(|h| h.0 < h.1)
+            .collect();
+        if !holes.is_sorted() {
+            holes.sort_unstable();
         }
-        out.push((start, end - start, status));
-        out.sort_by_key(|r| r.0);
-        let mut merged: Vec<(u64, u64, Status)> = Vec::with_capacity(out.len());
-        for r in out {
-            if let Some(last) = merged.last_mut()
-                && last.2 == r.2
-                && last.0 + last.1 == r.0
+        let mut runs: Vec<(u64, u64, Status)> = Vec::with_capacity(2 * holes.len() + 1);
+        let mut at = start;
+        for (s, e) in holes {
+            match runs.last_mut() {
+                // Overlapping or touching the previous hole: extend it.
+                Some(last) if last.2 == Status::Bad && s <= last.1 => last.1 = last.1.max(e),
+                _ => {
+                    if s > at {
+                        runs.push((at, s, Status::Finished));
+                    }
+                    runs.push((s, e, Status::Bad));
+                }
+            }
+            at = runs.last().map_or(at, |r| r.1);
+        }
+        if at < end {
+            runs.push((at, end, Status::Finished));
+        }
+        self.replace(start, end, &runs);
+    }
+
+    /// Replaces [start, end) by `runs`: (start, end, status), in order,
+    /// contiguous, covering exactly that range, neighbours differing.
+    fn replace(&mut self, start: u64, end: u64, runs: &[(u64, u64, Status)]) {
+        self.split_at(start);
+        self.split_at(end);
+        while let Some((&s, _)) = self.runs.range(start..end).next() {
+            self.runs.remove(&s);
+        }
+        for (i, &(s, e, st)) in runs.iter().enumerate() {
+            // Only the first run can merge with what precedes it.
+            if i == 0
+                && let Some((&ps, &(pe, pst))) = self.runs.range(..s).next_back()
+                && pe == s
+                && pst == st
             {
-                last.1 += r.1;
-                continue;
+                self.runs.insert(ps, (e, st));
+            } else {
+                self.runs.insert(s, (e, st));
             }
-            merged.push(r);
         }
-        self.runs = merged;
+        // And only the last with what follows.
+        if let Some(&(ne, nst)) = self.runs.get(&end)
+            && let Some((&ps, &(_, pst))) = self.runs.range(..end).next_back()
+            && pst == nst
+        {
+            self.runs.remove(&end);
+            self.runs.insert(ps, (ne, nst));
+        }
+    }
+
+    /// Makes a run start at `at` (splitting the one that covers it).
+    fn split_at(&mut self, at: u64) {
+        if let Some((&s, &(e, st))) = self.runs.range(..=at).next_back()
+            && s < at
+            && at < e
+        {
+            self.runs.insert(s, (at, st));
+            self.runs.insert(at, (e, st));
+        }
+    }
+
+    /// The runs in order, as (start, len, status).
+    fn iter(&self) -> impl Iterator<Item = (u64, u64, Status)> + '_ {
+        self.runs.iter().map(|(&s, &(e, st))| (s, e - s, st))
     }
 
     /// Total bytes with `status`.
     pub fn bytes(&self, status: Status) -> u64 {
-        self.runs
-            .iter()
-            .filter(|r| r.2 == status)
-            .map(|r| r.1)
-            .sum()
+        self.iter().filter(|r| r.2 == status).map(|r| r.1).sum()
     }
 
     /// The runs with `status`.
     pub fn ranges(&self, status: Status) -> Vec<(u64, u64)> {
-        self.runs
-            .iter()
+        self.iter()
             .filter(|r| r.2 == status)
             .map(|r| (r.0, r.1))
             .collect()
@@ -115,14 +175,14 @@ impl Map {
         for line in header.lines() {
             let _ = writeln!(s, "# {line}");
         }
-        let (pos, status) = match self.runs.iter().find(|r| r.2 == Status::NonTried) {
+        let (pos, status) = match self.iter().find(|r| r.2 == Status::NonTried) {
             Some(r) => (r.0, '?'),
             None => (self.size, '+'),
         };
         let _ = writeln!(s, "# current_pos  current_status  current_pass");
         let _ = writeln!(s, "0x{pos:08X}     {status}               1");
         let _ = writeln!(s, "#      pos        size  status");
-        for &(start, len, st) in &self.runs {
+        for (start, len, st) in self.iter() {
             let _ = writeln!(s, "0x{start:08X}  0x{len:08X}  {}", st.ch());
         }
         s
@@ -177,6 +237,74 @@ mod tests {
         assert_eq!(m.bytes(Status::Finished), 95);
         m.set(90, 1000, Status::NonTried);
         assert_eq!(m.bytes(Status::NonTried), 10);
+    }
+
+    #[test]
+    fn set_agrees_with_a_byte_by_byte_model() {
+        let mut m = Map::new(300);
+        let mut model = vec![Status::NonTried; 300];
+        let mut x = 12345u64;
+        let all = [Status::NonTried, Status::Bad, Status::Finished];
+        for _ in 0..2000 {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            let (start, len, st) = (x % 310, (x >> 20) % 40, all[(x >> 40) as usize % 3]);
+            let mut mark = |from: u64, n: u64, st: Status| {
+                let to = (from + n).min(300).min(start + len);
+                for b in model.iter_mut().take(to as usize).skip(from as usize) {
+                    *b = st;
+                }
+            };
+            let n = (x >> 60) as u32;
+            if n < 6 {
+                m.set(start, len, st);
+                mark(start, len, st);
+            } else {
+                // A chunk with bad ranges, unsorted, overlapping, sticking out.
+                let bad: Vec<(u32, u32)> = (0..n - 6)
+                    .map(|k| {
+                        let y = x.rotate_right(7 * k);
+                        ((y % 45) as u32, ((y >> 8) % 9) as u32)
+                    })
+                    .collect();
+                m.set_chunk(start, len, &bad);
+                mark(start, len, Status::Finished);
+                for &(o, l) in &bad {
+                    mark(start + u64::from(o), u64::from(l), Status::Bad);
+                }
+            }
+            let runs: Vec<_> = m.iter().collect();
+            let mut at = 0;
+            for (i, &(s, l, st)) in runs.iter().enumerate() {
+                assert_eq!(s, at, "runs are contiguous");
+                assert!(l > 0);
+                assert!(i == 0 || runs[i - 1].2 != st, "neighbours are merged");
+                assert!(model[s as usize..(s + l) as usize].iter().all(|&b| b == st));
+                at = s + l;
+            }
+            assert_eq!(at, 300);
+        }
+    }
+
+    #[test]
+    fn many_unreadable_ranges_per_chunk_are_not_quadratic() {
+        // A failing disk with every other sector bad: 16,384 ranges in each of
+        // 24 chunks of 8 MiB, marked as ImageSink::write does. Re-sorting the
+        // runs for every range took minutes; well under a second here. The bound
+        // only catches quadratic behaviour.
+        const CHUNK: u64 = 8 << 20;
+        let t = std::time::Instant::now();
+        let mut m = Map::new(24 * CHUNK);
+        for c in 0..24 {
+            let bad: Vec<(u32, u32)> = (0..16_384u32).map(|r| (r * 512, 256)).collect();
+            m.set_chunk(c * CHUNK, CHUNK, &bad);
+        }
+        let took = t.elapsed();
+        assert_eq!(m.ranges(Status::Bad).len(), 24 * 16_384);
+        assert_eq!(m.bytes(Status::Bad), 24 * 16_384 * 256);
+        assert_eq!(m.bytes(Status::NonTried), 0);
+        assert!(took.as_secs() < 5, "24 chunks took {took:?}");
     }
 
     #[test]
