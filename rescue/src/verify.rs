@@ -7,9 +7,10 @@ use anyhow::{Result, bail};
 
 use crate::exit;
 use crate::progress::{self, Bar};
-use crate::store::image::{ZeroDigests, verify_image};
+use crate::store::image::{ZeroDigests, held_bytes, journal_ranges, verify_image};
 use crate::store::mapfile::{Map, Status};
-use crate::store::{self, MANIFEST, SUMS, Store};
+use crate::store::{self, MANIFEST, ManifestDisk, SUMS, Store};
+use crate::xfer::Geometry;
 
 /// Checks one backup directory; returns the problems found.
 pub fn check_backup(dir: &Path) -> Result<Vec<String>> {
@@ -51,23 +52,7 @@ pub fn check_backup(dir: &Path) -> Result<Vec<String>> {
         }
         match std::fs::read_to_string(dir.join(&d.map)) {
             Ok(t) => match Map::parse(&t, d.size) {
-                Ok(map) => {
-                    if map.bytes(Status::NonTried) > 0 {
-                        problems.push(format!(
-                            "{}: {} bytes never received",
-                            d.map,
-                            map.bytes(Status::NonTried)
-                        ));
-                    }
-                    if map.bytes(Status::Bad) != d.unreadable_bytes {
-                        problems.push(format!(
-                            "{}: {} unreadable bytes, the manifest says {}",
-                            d.map,
-                            map.bytes(Status::Bad),
-                            d.unreadable_bytes
-                        ));
-                    }
-                }
+                Ok(map) => check_map(dir, d, m.chunk_size, &map, &mut problems)?,
                 Err(e) => problems.push(format!("{}: {e}", d.map)),
             },
             Err(e) => problems.push(format!("{}: {e}", d.map)),
@@ -77,6 +62,51 @@ pub fn check_backup(dir: &Path) -> Result<Vec<String>> {
         problems.push(format!("the backup is {}", m.status.word()));
     }
     Ok(problems)
+}
+
+/// The mapfile against the chunk journal (which chunks are held) and the
+/// manifest (how much was unreadable); each problem names both files.
+fn check_map(
+    dir: &Path,
+    d: &ManifestDisk,
+    chunk: u32,
+    map: &Map,
+    problems: &mut Vec<String>,
+) -> Result<()> {
+    let geo = Geometry {
+        size: d.size,
+        chunk,
+    };
+    let held = held_bytes(&journal_ranges(dir, d, chunk)?, geo);
+    let (unmarked, claimed) = map.disagreement(&held);
+    if unmarked > 0 {
+        problems.push(format!(
+            "{}: marks {unmarked} bytes as not received that {} holds (the mapfile is behind the journal; running the backup again brings it in line)",
+            d.map, d.chunks
+        ));
+    }
+    if claimed > 0 {
+        problems.push(format!(
+            "{}: marks {claimed} bytes as received that {} does not hold",
+            d.map, d.chunks
+        ));
+    }
+    let missing = map.bytes(Status::NonTried).saturating_sub(unmarked);
+    if missing > 0 && d.complete {
+        problems.push(format!(
+            "{}: {missing} bytes never received, but {MANIFEST} says {} is complete",
+            d.map, d.name
+        ));
+    }
+    if map.bytes(Status::Bad) != d.unreadable_bytes {
+        problems.push(format!(
+            "{}: {} unreadable bytes, {MANIFEST} says {}",
+            d.map,
+            map.bytes(Status::Bad),
+            d.unreadable_bytes
+        ));
+    }
+    Ok(())
 }
 
 pub fn run(dir: &Path) -> Result<u8> {

@@ -153,6 +153,87 @@ fn cut_stream_resumes_without_resending_verified_chunks() {
     assert!(check.status.success());
 }
 
+/// Starts `rescue backup` of `img` to `endpoint` in the background.
+fn backup_in_background(
+    endpoint: String,
+    img: &std::path::Path,
+) -> std::thread::JoinHandle<std::process::Output> {
+    let img = img.to_str().unwrap().to_string();
+    std::thread::spawn(move || rescue(&["backup", "-d", &endpoint, &img]))
+}
+
+/// Waits until the proxy has delivered `n` client bytes (it then holds the rest).
+fn wait_delivered(px: &Proxy, n: u64) {
+    let t = std::time::Instant::now();
+    while px.c2s_bytes.load(std::sync::atomic::Ordering::SeqCst) < n {
+        assert!(t.elapsed() < Duration::from_secs(120), "the backup stalled");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    // Let the server take in what it was given.
+    std::thread::sleep(Duration::from_millis(500));
+}
+
+/// The data lines of a mapfile (without the comments and the status line).
+fn map_lines(path: &std::path::Path) -> Vec<String> {
+    fs::read_to_string(path)
+        .unwrap()
+        .lines()
+        .filter(|l| !l.starts_with('#'))
+        .skip(1)
+        .map(str::to_string)
+        .collect()
+}
+
+#[test]
+fn server_killed_mid_backup_resumes_to_a_backup_that_verifies() {
+    let d = tempfile::tempdir().unwrap();
+    let a = d.path().join("disk.img");
+    random_image(&a, 36, 11);
+    let store = d.path().join("store");
+    let mut srv = Server::start(d.path(), &store);
+    // At 3 MiB/s the server journals what it synced every 3 s but rewrites
+    // the mapfile every 10 s: killed at 60 % (after 7 s), its map is behind
+    // its journal, as after a crash at any time.
+    let hold = (36u64 << 20) * 6 / 10;
+    let px = Proxy::start(
+        d.path(),
+        &srv.sock,
+        Faults {
+            rate_c2s: Some(3 << 20),
+            hold_c2s_after: Some(hold),
+            ..Default::default()
+        },
+    );
+    let client = backup_in_background(px.endpoint(), &a);
+    wait_delivered(&px, hold);
+    srv.signal("KILL");
+    let o = client.join().unwrap();
+    assert_eq!(o.status.code(), Some(5), "{}", text(&o));
+    // Before the resume, verify names the files that disagree.
+    let bd = backup_dirs(&store).pop().unwrap();
+    let o = rescue(&["verify", bd.to_str().unwrap()]);
+    assert_eq!(o.status.code(), Some(4), "{}", text(&o));
+    assert!(
+        text(&o).contains("disk.map: marks") && text(&o).contains("that disk.chunks holds"),
+        "{}",
+        text(&o)
+    );
+
+    let srv = Server::start(d.path(), &store);
+    let o = rescue(&["backup", "-d", &srv.endpoint(), a.to_str().unwrap()]);
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+    assert!(text(&o).contains("resuming"), "{}", text(&o));
+    assert_eq!(backup_dirs(&store), vec![bd.clone()]);
+    assert_eq!(sha256_file(&bd.join("disk.img")), sha256_file(&a));
+    assert_eq!(
+        map_lines(&bd.join("disk.map")),
+        vec!["0x00000000  0x02400000  +"],
+        "every byte is received"
+    );
+    let o = rescue(&["verify", bd.to_str().unwrap()]);
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+}
+
 #[test]
 fn cut_restore_resumes_with_only_the_missing_chunks() {
     let d = tempfile::tempdir().unwrap();

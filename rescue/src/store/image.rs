@@ -73,6 +73,56 @@ pub fn journal_ranges(dir: &Path, d: &ManifestDisk, chunk: u32) -> Result<ChunkR
     Ok(ranges)
 }
 
+/// The byte ranges (start, len) of the chunks in `ranges`.
+pub fn held_bytes(ranges: &ChunkRanges, geo: Geometry) -> Vec<(u64, u64)> {
+    ranges
+        .iter()
+        .map(|&(a, b)| (geo.start_of(a), geo.start_of(b) - geo.start_of(a)))
+        .filter(|r| r.1 > 0)
+        .collect()
+}
+
+/// Before a resume: the chunks the journal holds, with the mapfile made to
+/// agree. A crash leaves the map behind the journal (it is rewritten every
+/// few seconds, the journal at every sync) or ahead of it (damaged chunks
+/// dropped from the journal first); left so, the resumed backup kept `?`
+/// ranges for chunks it never asked for again. A journal without a readable
+/// map is dropped: which of its chunks had unreadable sectors is unknown, so
+/// they are received again.
+pub fn resume_ranges(dir: &Path, d: &ManifestDisk, chunk: u32) -> Result<ChunkRanges> {
+    let held = journal_ranges(dir, d, chunk)?;
+    let geo = Geometry {
+        size: d.size,
+        chunk,
+    };
+    let Some(mut map) = read_map(dir, d) else {
+        if !held.is_empty() {
+            let j = open_in(dir, &d.chunks, true, false)?;
+            j.set_len(0)
+                .and_then(|()| j.sync_data())
+                .with_context(|| format!("emptying {}", d.chunks))?;
+        }
+        save_map(dir, d, &Map::new(d.size))?;
+        return Ok(Vec::new());
+    };
+    let bytes = held_bytes(&held, geo);
+    if map.disagreement(&bytes) != (0, 0) {
+        map.follow_journal(&bytes);
+        save_map(dir, d, &map)?;
+    }
+    Ok(held)
+}
+
+/// A disk's mapfile, if it exists and parses.
+fn read_map(dir: &Path, d: &ManifestDisk) -> Option<Map> {
+    let text = std::fs::read_to_string(dir.join(&d.map)).ok()?;
+    Map::parse(&text, d.size).ok()
+}
+
+fn save_map(dir: &Path, d: &ManifestDisk, map: &Map) -> Result<()> {
+    util::write_atomic(&dir.join(&d.map), map.render(&map_header(d)).as_bytes())
+}
+
 /// The records of journal file `chunks` for chunks `first..first + n`, 32
 /// bytes each; all zeros where it holds nothing (never written, or shorter).
 pub fn journal_digests(dir: &Path, chunks: &str, first: u64, n: usize) -> Result<Vec<u8>> {
@@ -209,10 +259,7 @@ impl ImageSink {
         let direct =
             DirectWriter::open(&b.path.join(&d.image), &img, b.manifest.chunk_size as usize);
         let journal = open_in(&b.path, &d.chunks, true, true)?;
-        let map = match std::fs::read_to_string(b.path.join(&d.map)) {
-            Ok(t) => Map::parse(&t, d.size).unwrap_or_else(|_| Map::new(d.size)),
-            Err(_) => Map::new(d.size),
-        };
+        let map = read_map(&b.path, &d).unwrap_or_else(|| Map::new(d.size));
         Ok(ImageSink {
             dir: b.path.clone(),
             geo,
@@ -252,8 +299,7 @@ impl ImageSink {
     }
 
     fn write_map(&mut self) -> Result<()> {
-        let text = self.map.render(&map_header(&self.disk));
-        util::write_atomic(&self.dir.join(&self.disk.map), text.as_bytes())?;
+        save_map(&self.dir, &self.disk, &self.map)?;
         self.map_dirty = false;
         self.map_written = Instant::now();
         Ok(())
@@ -582,6 +628,55 @@ impl ImageSource {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    pub(crate) fn disk(size: u64) -> ManifestDisk {
+        ManifestDisk {
+            name: "d".into(),
+            source_name: "d".into(),
+            source_path: "/dev/d".into(),
+            size,
+            logical_sector_size: 512,
+            model: None,
+            serial: None,
+            details: None,
+            image: "d.img".into(),
+            map: "d.map".into(),
+            chunks: "d.chunks".into(),
+            sha256: None,
+            unreadable_bytes: 0,
+            complete: false,
+        }
+    }
+
+    #[test]
+    fn resume_brings_a_stale_map_in_line_with_the_journal() {
+        let dir = tempfile::tempdir().unwrap();
+        // 10 chunks of 64 KiB, the last one short. The journal holds 0-6 and
+        // 9; the map was last written after chunk 2 (one unreadable range in
+        // chunk 1) and still claims chunk 8, dropped from the journal later.
+        let (c, d) = (64 * 1024u64, disk(9 * 64 * 1024 + 1000));
+        let j = open_in(dir.path(), "d.chunks", true, true).unwrap();
+        let batch: Vec<(u64, [u8; 32])> = [0, 1, 2, 3, 4, 5, 6, 9].map(|i| (i, [7; 32])).to_vec();
+        write_journal(&j, &batch).unwrap();
+        let mut stale = Map::new(d.size);
+        stale.set_chunk(0, 3 * c, &[(70_000, 512)]);
+        stale.set(8 * c, c, Status::Finished);
+        save_map(dir.path(), &d, &stale).unwrap();
+
+        let held = resume_ranges(dir.path(), &d, c as u32).unwrap();
+        assert_eq!(held, vec![(0, 7), (9, 10)]);
+        let map = read_map(dir.path(), &d).unwrap();
+        assert_eq!(map.ranges(Status::Bad), vec![(70_000, 512)]);
+        assert_eq!(map.ranges(Status::NonTried), vec![(7 * c, 2 * c)]);
+        assert_eq!(map.bytes(Status::Finished), d.size - 2 * c - 512);
+
+        // Without a readable map the journal cannot say which chunks had
+        // unreadable sectors: it is dropped and everything is received again.
+        std::fs::write(dir.path().join("d.map"), "garbage\n").unwrap();
+        assert_eq!(resume_ranges(dir.path(), &d, c as u32).unwrap(), vec![]);
+        assert_eq!(journal_ranges(dir.path(), &d, c as u32).unwrap(), vec![]);
+        assert_eq!(read_map(dir.path(), &d).unwrap(), Map::new(d.size));
+    }
 
     #[test]
     fn journal_runs_are_written_whole_and_read_back_with_gaps_as_zeros() {

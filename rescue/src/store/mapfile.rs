@@ -169,6 +169,76 @@ impl Map {
             .collect()
     }
 
+    /// Bytes with `status` within [from, to).
+    fn bytes_in(&self, from: u64, to: u64, status: Status) -> u64 {
+        let first = self
+            .runs
+            .range(..=from)
+            .next_back()
+            .map_or(from, |(&s, _)| s);
+        self.runs
+            .range(first..to)
+            .filter(|(_, r)| r.1 == status)
+            .map(|(&s, &(e, _))| e.min(to).saturating_sub(s.max(from)))
+            .sum()
+    }
+
+    /// The parts of the image outside `held` (sorted, disjoint (start, len)).
+    fn outside(&self, held: &[(u64, u64)]) -> Vec<(u64, u64)> {
+        let mut out = Vec::new();
+        let mut at = 0;
+        for &(s, l) in held {
+            if s > at {
+                out.push((at, s - at));
+            }
+            at = at.max(s.saturating_add(l));
+        }
+        if at < self.size {
+            out.push((at, self.size - at));
+        }
+        out
+    }
+
+    /// How the map disagrees with `held`, the byte ranges (start, len; sorted,
+    /// disjoint) whose chunks the journal holds: (bytes held but marked not
+    /// received, bytes marked received or unreadable but not held).
+    pub fn disagreement(&self, held: &[(u64, u64)]) -> (u64, u64) {
+        let unmarked = held
+            .iter()
+            .map(|&(s, l)| self.bytes_in(s, s.saturating_add(l), Status::NonTried))
+            .sum();
+        let claimed = self
+            .outside(held)
+            .iter()
+            .map(|&(s, l)| l - self.bytes_in(s, s + l, Status::NonTried))
+            .sum();
+        (unmarked, claimed)
+    }
+
+    /// Makes the map agree with the journal, which is written only after the
+    /// data it describes is synced and so is the truth about what is held:
+    /// outside `held` nothing is received; inside, what the map still calls
+    /// not received is finished. Unreadable ranges inside `held` stay (the map
+    /// is written before the journal claims a chunk with unreadable sectors).
+    pub fn follow_journal(&mut self, held: &[(u64, u64)]) {
+        for (s, l) in self.outside(held) {
+            self.set(s, l, Status::NonTried);
+        }
+        for &(s, l) in held {
+            let e = s.saturating_add(l).min(self.size);
+            let first = self.runs.range(..=s).next_back().map_or(s, |(&k, _)| k);
+            let todo: Vec<(u64, u64)> = self
+                .runs
+                .range(first..e)
+                .filter(|(_, r)| r.1 == Status::NonTried)
+                .map(|(&rs, &(re, _))| (rs.max(s), re.min(e)))
+                .collect();
+            for (a, b) in todo {
+                self.set(a, b - a, Status::Finished);
+            }
+        }
+    }
+
     /// Renders the mapfile text.
     pub fn render(&self, header: &str) -> String {
         let mut s = String::new();
@@ -305,6 +375,30 @@ mod tests {
         assert_eq!(m.bytes(Status::Bad), 24 * 16_384 * 256);
         assert_eq!(m.bytes(Status::NonTried), 0);
         assert!(took.as_secs() < 5, "24 chunks took {took:?}");
+    }
+
+    #[test]
+    fn a_map_behind_or_ahead_of_the_journal_is_made_to_follow_it() {
+        // Chunks of 10 bytes; the journal holds chunks 0-5 and 8. The map was
+        // last written after chunk 2 (with an unreadable range in chunk 1) and
+        // still marks chunk 7, whose journal record was dropped as damaged.
+        let mut m = Map::new(100);
+        m.set_chunk(0, 30, &[(13, 4)]);
+        m.set(70, 10, Status::Finished);
+        let held = [(0, 60), (80, 10)];
+        assert_eq!(m.disagreement(&held), (40, 10));
+        m.follow_journal(&held);
+        assert_eq!(m.disagreement(&held), (0, 0));
+        assert_eq!(m.ranges(Status::Bad), vec![(13, 4)]);
+        assert_eq!(
+            m.ranges(Status::Finished),
+            vec![(0, 13), (17, 43), (80, 10)]
+        );
+        assert_eq!(m.ranges(Status::NonTried), vec![(60, 20), (90, 10)]);
+        // A map that agrees is left as it is.
+        let before = m.clone();
+        m.follow_journal(&held);
+        assert_eq!(m, before);
     }
 
     #[test]

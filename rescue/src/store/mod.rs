@@ -241,7 +241,7 @@ impl Store {
         {
             let mut have = Vec::new();
             for d in &b.manifest.disks {
-                have.push(image::journal_ranges(&b.path, d, b.manifest.chunk_size)?);
+                have.push(image::resume_ranges(&b.path, d, b.manifest.chunk_size)?);
             }
             b.manifest.status = BackupStatus::InProgress;
             b.manifest.updated = util::iso8601(util::now_secs());

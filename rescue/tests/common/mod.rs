@@ -70,6 +70,8 @@ impl Server {
     pub fn start(dir: &Path, store: &Path) -> Server {
         let sock = dir.join("serve.sock");
         let log = dir.join("serve.log");
+        // A server killed before left its socket file: wait for the new one.
+        let _ = fs::remove_file(&sock);
         let child = Command::new(bin())
             .args(["serve", "--store"])
             .arg(store)
@@ -99,6 +101,29 @@ impl Server {
 
     pub fn log_text(&self) -> String {
         fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// Sends signal `sig` ("KILL", "TERM", "INT") and waits (at most 60 s)
+    /// for the server to exit; returns its exit code (None when killed).
+    pub fn signal(&mut self, sig: &str) -> Option<i32> {
+        let ok = Command::new("kill")
+            .arg(format!("-{sig}"))
+            .arg(self.child.id().to_string())
+            .status()
+            .unwrap()
+            .success();
+        assert!(ok, "kill -{sig} failed");
+        let t = Instant::now();
+        loop {
+            if let Some(st) = self.child.try_wait().unwrap() {
+                return st.code();
+            }
+            assert!(
+                t.elapsed() < Duration::from_secs(60),
+                "serve did not exit after SIG{sig}"
+            );
+            thread::sleep(Duration::from_millis(20));
+        }
     }
 }
 
@@ -171,6 +196,11 @@ pub struct Faults {
     pub flip_s2c: Vec<u64>,
     /// Drop the connection once this many server-to-client bytes went through.
     pub cut_s2c_after: Option<u64>,
+    /// Deliver client-to-server bytes at most this fast (bytes per second).
+    pub rate_c2s: Option<u64>,
+    /// Stop delivering client-to-server bytes after this many, keeping the
+    /// connection open (the server waits mid-transfer, to be killed).
+    pub hold_c2s_after: Option<u64>,
 }
 
 /// A UNIX-socket proxy between a client and the server, injecting faults.
@@ -217,16 +247,23 @@ impl Proxy {
                 let a = pump(
                     client.try_clone().unwrap(),
                     upstream.try_clone().unwrap(),
-                    f.cut_after,
-                    f.flip_c2s.clone(),
+                    Pace {
+                        cut_after: f.cut_after,
+                        flips: f.flip_c2s.clone(),
+                        rate: f.rate_c2s,
+                        hold_after: f.hold_c2s_after,
+                    },
                     bytes2.clone(),
                     vec![client.try_clone().unwrap(), upstream.try_clone().unwrap()],
                 );
                 let b = pump(
                     upstream.try_clone().unwrap(),
                     client.try_clone().unwrap(),
-                    f.cut_s2c_after,
-                    f.flip_s2c.clone(),
+                    Pace {
+                        cut_after: f.cut_s2c_after,
+                        flips: f.flip_s2c.clone(),
+                        ..Default::default()
+                    },
                     back2.clone(),
                     vec![client.try_clone().unwrap(), upstream.try_clone().unwrap()],
                 );
@@ -262,23 +299,57 @@ impl Drop for Proxy {
     }
 }
 
+/// What one direction of the proxy does to its bytes.
+#[derive(Default)]
+struct Pace {
+    cut_after: Option<u64>,
+    flips: Vec<u64>,
+    rate: Option<u64>,
+    hold_after: Option<u64>,
+}
+
 fn pump(
     mut from: UnixStream,
     mut to: UnixStream,
-    cut_after: Option<u64>,
-    flips: Vec<u64>,
+    pace: Pace,
     counter: Arc<AtomicU64>,
     cut: Vec<UnixStream>,
 ) -> thread::JoinHandle<()> {
+    let Pace {
+        cut_after,
+        flips,
+        rate,
+        hold_after,
+    } = pace;
     thread::spawn(move || {
         let mut buf = vec![0u8; 64 * 1024];
         let mut pos = 0u64;
+        let started = Instant::now();
         loop {
-            let n = match from.read(&mut buf) {
+            let n = match from.read(&mut buf[..rate.map_or(64 * 1024, |_| 16 * 1024)]) {
                 Ok(0) | Err(_) => break,
                 Ok(n) => n,
             };
             let mut n = n;
+            if let Some(h) = hold_after
+                && pos + n as u64 > h
+            {
+                // Deliver up to the hold, then swallow the rest until a side closes.
+                let k = h.saturating_sub(pos) as usize;
+                if k > 0 && to.write_all(&buf[..k]).is_err() {
+                    break;
+                }
+                pos += k as u64;
+                counter.store(pos, Ordering::SeqCst);
+                while matches!(from.read(&mut buf), Ok(k) if k > 0) {}
+                break;
+            }
+            if let Some(r) = rate {
+                let due = Duration::from_secs_f64((pos + n as u64) as f64 / r as f64);
+                if let Some(wait) = due.checked_sub(started.elapsed()) {
+                    thread::sleep(wait);
+                }
+            }
             if let Some(c) = cut_after
                 && pos + n as u64 >= c
             {
