@@ -40,6 +40,16 @@ pub fn run(root: &Root, cmd: Command) -> Result<u8> {
         }),
         Command::Verify(a) => crate::verify::run(&a.dir),
         Command::Cat(a) => crate::catcmd::run(root, &a),
+        Command::Link(a) if a.connect.device.is_some() => {
+            // A wrong path is named as such; a right one is still not link's business.
+            crate::transport::endpoint(root, a.connect.device.as_deref())?;
+            Err(Exit::new(
+                exit::USAGE,
+                "`rescue link` sets a stream up from --peer and --name; --device names one \
+                 that exists already: give it to serve, backup, restore or cat instead",
+            )
+            .into())
+        }
         Command::Link(a) => match a.action {
             LinkAction::Up => {
                 let mut l = Link::up(

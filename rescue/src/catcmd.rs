@@ -13,14 +13,14 @@ use crate::Root;
 use crate::cli::CatArgs;
 use crate::exit;
 use crate::fabric::link::{self, Link, LinkOpts};
-use crate::transport::{Endpoint, Stream};
+use crate::transport::{self, Endpoint, Stream};
 
 pub fn run(root: &Root, args: &CatArgs) -> Result<u8> {
     let c = &args.connect;
     let mut _link = None;
-    let stream = match c.device.as_deref().map(Endpoint::parse) {
+    let stream = match transport::endpoint(root, c.device.as_deref())? {
         Some(Endpoint::Unix(p)) => Stream::connect_unix(&p, c.wait_timeout())?,
-        Some(Endpoint::Device(p)) => Stream::open_device(&p)?,
+        Some(Endpoint::Device(p)) => Stream::open_named_device(root, &p, None)?,
         None => {
             let l = Link::up(
                 root,
@@ -33,7 +33,7 @@ pub fn run(root: &Root, args: &CatArgs) -> Result<u8> {
                 },
             )?;
             eprintln!("stream {}/{} is {}", l.service, l.name, l.dev.display());
-            let s = Stream::open_device(&l.dev)?;
+            let s = Stream::open_device(&l.dev, None)?;
             _link = Some(l);
             s
         }

@@ -77,13 +77,22 @@ pub struct ConnectArgs {
     pub name: String,
 
     /// How long to wait for the peer to appear, in seconds (0 waits forever).
-    #[arg(long, value_name = "SECS", default_value_t = 300)]
-    pub wait: u64,
+    /// Default: 300 for the commands that connect; serve waits forever unless
+    /// given, and with it gives up when no peer comes (exit 5).
+    #[arg(long, value_name = "SECS")]
+    pub wait: Option<u64>,
 }
 
 impl ConnectArgs {
+    /// How long a connecting command waits for the peer (300 s by default).
     pub fn wait_timeout(&self) -> Option<Duration> {
-        (self.wait > 0).then(|| Duration::from_secs(self.wait))
+        let w = self.wait.unwrap_or(300);
+        (w > 0).then(|| Duration::from_secs(w))
+    }
+
+    /// How long serve waits for the next peer: for ever unless --wait is given.
+    pub fn serve_wait(&self) -> Option<Duration> {
+        self.wait.filter(|&w| w > 0).map(Duration::from_secs)
     }
 }
 

@@ -21,6 +21,8 @@ use crate::util::human_bytes;
 use crate::xfer::{self, Geometry, SinkPipeline};
 
 pub fn run(root: &Root, args: &ServeArgs) -> Result<u8> {
+    // Before the store is touched: a wrong --device changes nothing anywhere.
+    crate::transport::endpoint(root, args.connect.device.as_deref())?;
     let store = Store::open(&args.store)?;
     eprintln!("keeping backups in {}", store.dir().display());
     session::serve(root, &args.connect, args.once, |s| handle(&store, s))?;
@@ -36,7 +38,10 @@ fn handle(store: &Store, mut s: Session) -> Result<bool> {
                 continue;
             }
             match req.header.kind {
-                kind::BACKUP_BEGIN => receive_backup(store, &mut s, &req)?,
+                kind::BACKUP_BEGIN => {
+                    let _cut = crate::signals::transfer(cut_advice(&peer));
+                    receive_backup(store, &mut s, &req)?
+                }
                 kind::LIST => {
                     let q: ListReq = msg::from_json(&req)?;
                     let backups = store
@@ -47,7 +52,10 @@ fn handle(store: &Store, mut s: Session) -> Result<bool> {
                     s.conn
                         .reply_json(&req, kind::LISTING, &Listing { backups })?;
                 }
-                kind::RESTORE_BEGIN => send_backup(store, &mut s, &req)?,
+                kind::RESTORE_BEGIN => {
+                    let _cut = crate::signals::transfer(cut_advice(&peer));
+                    send_backup(store, &mut s, &req)?
+                }
                 kind::DIGESTS_REQ => send_digests(store, &mut s, &req)?,
                 kind::SESSION_END => {
                     s.conn.reply_json(
@@ -78,6 +86,13 @@ fn handle(store: &Store, mut s: Session) -> Result<bool> {
     }
     s.close();
     result.map(|()| true)
+}
+
+/// What an interrupt during a transfer tells the user (none while idle).
+fn cut_advice(peer: &str) -> String {
+    format!(
+        "The transfer with {peer} was cut: start serve again, then run the same command on {peer} to resume it."
+    )
 }
 
 fn receive_backup(store: &Store, s: &mut Session, req: &Frame) -> Result<()> {

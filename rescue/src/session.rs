@@ -2,6 +2,7 @@
 //! open it, and exchange HELLO messages. Used by every command that talks to the
 //! peer.
 
+use std::cell::Cell;
 use std::sync::atomic::AtomicBool;
 use std::time::{Duration, Instant};
 
@@ -9,11 +10,13 @@ use anyhow::{Context, Result, bail};
 
 use crate::Root;
 use crate::cli::ConnectArgs;
+use crate::exit::{self, Exit};
 use crate::fabric::link::{self, Link, LinkOpts};
 use crate::identity;
 use crate::proto::PROTOCOL;
 use crate::proto::conn::{Conn, Event, expect_within};
 use crate::proto::msg::{self, Hello, Identity, Role, kind};
+use crate::signals;
 use crate::transport::{self, Endpoint, Stream};
 
 /// A peer we are talking to. `conn` is declared first so it is dropped (the
@@ -96,9 +99,22 @@ fn introduce(
 
 /// Connects as a client (backup, restore).
 pub fn connect(root: &Root, args: &ConnectArgs, role: Role) -> Result<Session> {
+    let s = connect_to(root, args, role)?;
+    // From here on an interrupt cuts a transfer that the same command resumes.
+    signals::set_resume_advice(Some(
+        match role {
+            Role::Restore => "Add --resume to the same command to continue where it stopped.",
+            _ => "Run the same command again to resume.",
+        }
+        .into(),
+    ));
+    Ok(s)
+}
+
+fn connect_to(root: &Root, args: &ConnectArgs, role: Role) -> Result<Session> {
     let me = identity::local(root);
     let wait = args.wait_timeout();
-    match args.device.as_deref().map(Endpoint::parse) {
+    match transport::endpoint(root, args.device.as_deref())? {
         Some(Endpoint::Unix(p)) => {
             let mut conn = Conn::new(Stream::connect_unix(&p, wait)?)?;
             let peer = introduce(&mut conn, role, &me, Some(Duration::from_secs(30)))?;
@@ -109,9 +125,9 @@ pub fn connect(root: &Root, args: &ConnectArgs, role: Role) -> Result<Session> {
                 link: None,
             })
         }
-        Some(Endpoint::Device(p)) => {
-            let dev = root.given_path(&p);
-            let mut conn = Conn::new(Stream::open_device(&dev)?)?;
+        Some(Endpoint::Device(dev)) => {
+            let until = wait.map(|w| Instant::now() + w);
+            let mut conn = Conn::new(Stream::open_named_device(root, &dev, until)?)?;
             let peer = introduce(
                 &mut conn,
                 role,
@@ -137,7 +153,7 @@ pub fn connect(root: &Root, args: &ConnectArgs, role: Role) -> Result<Session> {
             link.announce();
             let start = Instant::now();
             loop {
-                let mut conn = Conn::new(Stream::open_device(&link.dev)?)?;
+                let mut conn = Conn::new(Stream::open_device(&link.dev, None)?)?;
                 match introduce(&mut conn, role, &me, Some(Duration::from_secs(10))) {
                     Ok(peer) => {
                         return Ok(Session {
@@ -164,8 +180,50 @@ pub fn connect(root: &Root, args: &ConnectArgs, role: Role) -> Result<Session> {
     }
 }
 
-/// Runs `handle` for every peer that connects, until it returns false or
-/// (with `once`) after the first session.
+/// How long serve still waits for the next peer (`--wait`; unbounded without).
+#[derive(Clone, Copy)]
+struct Patience {
+    wait: Option<Duration>,
+    until: Option<Instant>,
+}
+
+impl Patience {
+    fn new(wait: Option<Duration>) -> Self {
+        Patience {
+            wait,
+            until: wait.map(|w| Instant::now() + w),
+        }
+    }
+
+    fn over(&self) -> bool {
+        self.until.is_some_and(|t| Instant::now() >= t)
+    }
+
+    fn left(&self) -> Option<Duration> {
+        self.until
+            .map(|t| t.saturating_duration_since(Instant::now()))
+    }
+
+    /// Ends serve once the wait is over: an error when no peer came at all.
+    fn give_up(&self, served: u64) -> Result<()> {
+        let secs = self.wait.unwrap_or_default().as_secs();
+        if served == 0 {
+            return Err(Exit::new(
+                exit::PEER_GONE,
+                format!(
+                    "no peer connected within {secs}s (--wait {secs}): start `rescue backup` or \
+                     `rescue restore` on the other machine, or give a longer --wait (0 waits for ever)"
+                ),
+            )
+            .into());
+        }
+        eprintln!("no further peer within {secs}s (--wait {secs}); stopping");
+        Ok(())
+    }
+}
+
+/// Runs `handle` for every peer that connects, until it returns false, (with
+/// `once`) after the first session, or when no peer comes within `--wait`.
 pub fn serve(
     root: &Root,
     args: &ConnectArgs,
@@ -174,9 +232,9 @@ pub fn serve(
 ) -> Result<()> {
     let me = identity::local(root);
     let stop = AtomicBool::new(false);
-    let mut sessions = 0u64;
+    let served = Cell::new(0u64);
     let mut run = |s: Session| -> Result<bool> {
-        sessions += 1;
+        served.set(served.get() + 1);
         match handle(s) {
             Ok(more) => Ok(more && !once),
             Err(e) if once => Err(e),
@@ -186,12 +244,20 @@ pub fn serve(
             }
         }
     };
-    match args.device.as_deref().map(Endpoint::parse) {
+    let mut patience = Patience::new(args.serve_wait());
+    match transport::endpoint(root, args.device.as_deref())? {
         Some(Endpoint::Unix(p)) => {
             let l = transport::listen_unix(&p)?;
             eprintln!("waiting for a peer on {} (Ctrl-C to stop)", p.display());
             let _cleanup = RemoveOnDrop(p.clone());
-            while let Some(stream) = transport::accept_unix(&l, &stop)? {
+            loop {
+                let Some(stream) = transport::accept_unix(&l, &stop, patience.until)? else {
+                    // None without a deadline passing: stopped.
+                    if patience.over() {
+                        return patience.give_up(served.get());
+                    }
+                    return Ok(());
+                };
                 let mut conn = Conn::new(stream)?;
                 let peer =
                     match introduce(&mut conn, Role::Serve, &me, Some(Duration::from_secs(30))) {
@@ -207,32 +273,39 @@ pub fn serve(
                     me: me.clone(),
                     link: None,
                 })? {
-                    break;
+                    return Ok(());
                 }
+                patience = Patience::new(patience.wait);
             }
         }
         endpoint => {
-            let (dev, mut link) = match endpoint {
-                Some(Endpoint::Device(p)) => (root.given_path(&p), None),
+            let (dev, named, _link) = match endpoint {
+                Some(Endpoint::Device(p)) => (p, true, None),
                 _ => {
                     let opts = LinkOpts {
                         peer: args.peer.clone(),
                         name: args.name.clone(),
-                        wait: None,
+                        wait: patience.wait,
                         role: link::Role::Publish,
                         teardown: true,
                     };
                     let link = Link::up(root, &opts)?;
                     link.announce();
-                    (link.dev.clone(), Some(link))
+                    (link.dev.clone(), false, Some(link))
                 }
             };
             loop {
                 eprintln!("waiting for a peer on {} (Ctrl-C to stop)", dev.display());
-                let mut conn = match Stream::open_device(&dev).and_then(Conn::new) {
+                let opened = if named {
+                    Stream::open_named_device(root, &dev, patience.until)
+                } else {
+                    Stream::open_device(&dev, patience.until)
+                };
+                let mut conn = match opened.and_then(Conn::new) {
                     Ok(c) => c,
+                    Err(_) if patience.over() => return patience.give_up(served.get()),
                     Err(e) => {
-                        if once {
+                        if once || exit::code_of(&e) == exit::USAGE {
                             return Err(e);
                         }
                         eprintln!("{e:#}; retrying");
@@ -240,8 +313,9 @@ pub fn serve(
                         continue;
                     }
                 };
-                let peer = match introduce(&mut conn, Role::Serve, &me, None) {
+                let peer = match introduce(&mut conn, Role::Serve, &me, patience.left()) {
                     Ok(p) => p,
+                    Err(_) if patience.over() => return patience.give_up(served.get()),
                     Err(e) => {
                         if once {
                             return Err(e);
@@ -259,15 +333,12 @@ pub fn serve(
                     link: None,
                 };
                 if !run(session)? {
-                    break;
+                    return Ok(());
                 }
-            }
-            if let Some(l) = link.as_mut() {
-                l.down();
+                patience = Patience::new(patience.wait);
             }
         }
     }
-    Ok(())
 }
 
 struct RemoveOnDrop(std::path::PathBuf);

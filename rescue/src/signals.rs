@@ -2,13 +2,55 @@
 //! signal, removes the ConfigFS groups this process created, and exits (signal
 //! handlers cannot safely do that work; a waiting thread can). PID 1 must never
 //! exit, so there Ctrl-C only raises a flag that the running flow notices and
-//! returns from with exit code 130.
+//! returns from with exit code 130. How to resume is said only when a signal
+//! cuts a transfer, not when it stops an idle command.
 
+use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use nix::sys::signal::{SaFlags, SigAction, SigHandler, SigSet, Signal, sigaction};
 
 static CANCEL: AtomicBool = AtomicBool::new(false);
+
+/// What to tell the user when a signal cuts the command now: set while a
+/// transfer is under way, None while idle (nothing to resume).
+static ADVICE: Mutex<Option<String>> = Mutex::new(None);
+
+/// Sets (or with None clears) the advice printed when a signal cuts the command.
+pub fn set_resume_advice(advice: Option<String>) {
+    if let Ok(mut a) = ADVICE.lock() {
+        *a = advice;
+    }
+}
+
+/// A transfer under way: an interrupt until this is dropped says how to resume.
+pub struct Transfer(());
+
+/// Marks a transfer under way with the advice for resuming it.
+pub fn transfer(advice: String) -> Transfer {
+    set_resume_advice(Some(advice));
+    Transfer(())
+}
+
+impl Drop for Transfer {
+    fn drop(&mut self) {
+        set_resume_advice(None);
+    }
+}
+
+/// The line printed when `sig` ends the command.
+fn interrupted_line(sig: &str, removed: bool, advice: Option<&str>) -> String {
+    let mut m = format!("rescue: interrupted by {sig}");
+    if removed {
+        m.push_str("; stream set-up removed");
+    }
+    m.push('.');
+    if let Some(a) = advice {
+        m.push(' ');
+        m.push_str(a);
+    }
+    m
+}
 
 /// Whether the user asked to stop (PID-1 mode).
 pub fn cancelled() -> bool {
@@ -53,9 +95,34 @@ pub fn install() {
         .name("signals".into())
         .spawn(move || {
             if let Ok(sig) = set.wait() {
-                crate::fabric::link::teardown_all();
-                eprintln!("rescue: interrupted by {sig}; stream set-up removed. Run the same command again to resume.");
+                let removed = crate::fabric::link::teardown_all();
+                let advice = ADVICE.lock().ok().and_then(|a| a.clone());
+                eprintln!(
+                    "{}",
+                    interrupted_line(sig.as_str(), removed, advice.as_deref())
+                );
                 std::process::exit(i32::from(crate::exit::INTERRUPTED));
             }
         });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn resume_advice_only_while_a_transfer_runs() {
+        assert_eq!(
+            interrupted_line("SIGTERM", false, None),
+            "rescue: interrupted by SIGTERM."
+        );
+        let t = transfer("Run the same command again to resume.".into());
+        let advice = ADVICE.lock().unwrap().clone();
+        assert_eq!(
+            interrupted_line("SIGINT", true, advice.as_deref()),
+            "rescue: interrupted by SIGINT; stream set-up removed. Run the same command again to resume."
+        );
+        drop(t);
+        assert_eq!(*ADVICE.lock().unwrap(), None);
+    }
 }

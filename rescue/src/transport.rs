@@ -1,11 +1,13 @@
 //! The byte streams a session runs over: a USB4STREAM device (/dev/tbstreamN) or a
 //! UNIX socket (tests, bridging). Reads poll with a timeout so a reader thread can
 //! be stopped, which a blocking read on the stream device would not allow.
+//! A path given as `--device` is checked before it is opened: only a USB4STREAM
+//! character device is ever written to (a typo such as /dev/sda must not be).
 
-use std::fs::{File, OpenOptions};
+use std::fs::{self, File, Metadata, OpenOptions};
 use std::io::{self, Read, Write};
 use std::os::fd::AsFd;
-use std::os::unix::fs::OpenOptionsExt;
+use std::os::unix::fs::{FileTypeExt, MetadataExt, OpenOptionsExt};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -15,6 +17,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result, bail};
 use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
 
+use crate::Root;
 use crate::exit::{self, Exit};
 
 /// The error text a stopped reader returns.
@@ -45,18 +48,41 @@ impl Endpoint {
 
 impl Stream {
     /// Opens a stream device read-write. Blocks until the stream is attached to a
-    /// live peer, as the driver does.
-    pub fn open_device(path: &Path) -> Result<Stream> {
-        let file = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .custom_flags(libc::O_CLOEXEC)
-            .open(path)
-            .map_err(|e| device_open_error(path, e))?;
+    /// live peer, as the driver does, or with a deadline only until then. For
+    /// devices rescue set up itself; a path from the command line goes through
+    /// `open_named_device`.
+    pub fn open_device(path: &Path, until: Option<Instant>) -> Result<Stream> {
+        let file = match until {
+            None => open_rw(path, false).map_err(|e| device_open_error(path, e))?,
+            Some(t) => open_attached_by(path, t)?,
+        };
         Ok(Stream::Device {
             file,
             path: path.to_path_buf(),
         })
+    }
+
+    /// Opens a stream device named by `--device` after checking that it is one
+    /// (exit 2 otherwise, and the path is never opened for writing).
+    pub fn open_named_device(root: &Root, path: &Path, until: Option<Instant>) -> Result<Stream> {
+        let checked = check_stream_device(root, path)?;
+        let s = Stream::open_device(path, until)?;
+        // The path could have been replaced between the check and the open.
+        let now = s
+            .dup_file()?
+            .metadata()
+            .with_context(|| format!("checking {}", path.display()))?;
+        if !now.file_type().is_char_device() || now.rdev() != checked.rdev {
+            return Err(Exit::new(
+                exit::USAGE,
+                format!(
+                    "{} changed while it was being opened; not using it",
+                    path.display()
+                ),
+            )
+            .into());
+        }
+        Ok(s)
     }
 
     /// Connects to a UNIX socket, retrying until `wait` passes (the server may
@@ -166,10 +192,227 @@ fn device_open_error(path: &Path, e: io::Error) -> anyhow::Error {
     Exit::new(exit::PEER_GONE, why).into()
 }
 
+/// Opens read-write without becoming the controlling terminal of anything.
+fn open_rw(path: &Path, nonblock: bool) -> io::Result<File> {
+    let flags = libc::O_CLOEXEC | libc::O_NOCTTY | if nonblock { libc::O_NONBLOCK } else { 0 };
+    OpenOptions::new()
+        .read(true)
+        .write(true)
+        .custom_flags(flags)
+        .open(path)
+}
+
+/// Opens a stream device once its peer is attached, trying until `until`: a
+/// non-blocking open fails with ENXIO while the stream is not attached, where a
+/// blocking one would wait for ever. The descriptor is made blocking again.
+fn open_attached_by(path: &Path, until: Instant) -> Result<File> {
+    let start = Instant::now();
+    loop {
+        match open_rw(path, true) {
+            Ok(f) => {
+                let fd = f.as_fd();
+                let fl = nix::fcntl::fcntl(fd, nix::fcntl::FcntlArg::F_GETFL)
+                    .context("reading the stream's flags")?;
+                let fl = nix::fcntl::OFlag::from_bits_truncate(fl) - nix::fcntl::OFlag::O_NONBLOCK;
+                nix::fcntl::fcntl(fd, nix::fcntl::FcntlArg::F_SETFL(fl))
+                    .context("making the stream blocking")?;
+                return Ok(f);
+            }
+            Err(e) if e.raw_os_error() == Some(libc::ENXIO) && Instant::now() < until => {
+                std::thread::sleep(Duration::from_millis(200));
+            }
+            Err(e) if e.raw_os_error() == Some(libc::ENXIO) => {
+                return Err(Exit::new(
+                    exit::PEER_GONE,
+                    format!(
+                        "no peer attached to {} within {}s (is the cable plugged in and rescue running on the other machine?)",
+                        path.display(),
+                        start.elapsed().as_secs()
+                    ),
+                )
+                .into());
+            }
+            Err(e) => return Err(device_open_error(path, e)),
+        }
+    }
+}
+
+/// What a `--device` path is: decided from its stat and, for a character
+/// device, its sysfs entry, before anything opens it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum DeviceKind {
+    /// /dev/tbstreamN of thunderbolt_stream (a misc device) or usb4vcable.
+    Stream,
+    Missing,
+    Regular,
+    Directory,
+    Block,
+    Tty(String),
+    /// Another character device, named as sysfs names it.
+    OtherChar(String),
+    /// A FIFO, a socket or something stranger.
+    Other(&'static str),
+}
+
+/// The parts of a stat result the decision needs (so tests can make them up).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct NodeStat {
+    pub kind: NodeType,
+    pub rdev: u64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum NodeType {
+    Regular,
+    Dir,
+    Block,
+    Char,
+    Fifo,
+    Socket,
+    Other,
+}
+
+impl NodeStat {
+    fn of(m: &Metadata) -> NodeStat {
+        let t = m.file_type();
+        let kind = if t.is_file() {
+            NodeType::Regular
+        } else if t.is_dir() {
+            NodeType::Dir
+        } else if t.is_block_device() {
+            NodeType::Block
+        } else if t.is_char_device() {
+            NodeType::Char
+        } else if t.is_fifo() {
+            NodeType::Fifo
+        } else if t.is_socket() {
+            NodeType::Socket
+        } else {
+            NodeType::Other
+        };
+        NodeStat {
+            kind,
+            rdev: m.rdev(),
+        }
+    }
+}
+
+/// Linux's encoding of dev_t (glibc's gnu_dev_major/minor).
+fn major_minor(rdev: u64) -> (u64, u64) {
+    let major = ((rdev >> 8) & 0xfff) | ((rdev >> 32) & !0xfff);
+    let minor = (rdev & 0xff) | ((rdev >> 12) & !0xff);
+    (major, minor)
+}
+
+/// Decides what a path is from its stat (None: it does not exist) and the
+/// sysfs tree below `root`.
+pub(crate) fn classify(root: &Root, stat: Option<NodeStat>) -> DeviceKind {
+    let Some(st) = stat else {
+        return DeviceKind::Missing;
+    };
+    match st.kind {
+        NodeType::Char => classify_char(root, st.rdev),
+        NodeType::Regular => DeviceKind::Regular,
+        NodeType::Dir => DeviceKind::Directory,
+        NodeType::Block => DeviceKind::Block,
+        NodeType::Fifo => DeviceKind::Other("FIFO (named pipe)"),
+        NodeType::Socket => DeviceKind::Other("UNIX socket (write unix:PATH for a socket)"),
+        NodeType::Other => DeviceKind::Other("special file"),
+    }
+}
+
+/// A character device is a stream when /sys/dev/char/MAJ:MIN names it
+/// tbstreamN, in the misc class (thunderbolt_stream) or the tbstream class
+/// (usb4vcable).
+fn classify_char(root: &Root, rdev: u64) -> DeviceKind {
+    let (major, minor) = major_minor(rdev);
+    let entry = format!("/sys/dev/char/{major}:{minor}");
+    let base = |p: PathBuf| -> Option<String> {
+        fs::read_link(p)
+            .ok()?
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+    };
+    let name = root
+        .read_attr(format!("{entry}/uevent"))
+        .and_then(|u| {
+            u.lines()
+                .find_map(|l| l.strip_prefix("DEVNAME="))
+                .map(str::to_string)
+        })
+        .or_else(|| base(root.path(&entry)));
+    let subsystem = base(root.path(format!("{entry}/subsystem")));
+    let stream_name = |n: &str| {
+        n.strip_prefix("tbstream")
+            .is_some_and(|d| !d.is_empty() && d.bytes().all(|b| b.is_ascii_digit()))
+    };
+    match (name, subsystem.as_deref()) {
+        (Some(n), None | Some("misc") | Some("tbstream")) if stream_name(&n) => DeviceKind::Stream,
+        (n, Some("tty")) => DeviceKind::Tty(n.unwrap_or_else(|| format!("{major}:{minor}"))),
+        (Some(n), _) => DeviceKind::OtherChar(n),
+        (None, _) => DeviceKind::OtherChar(format!("{major}:{minor}, unknown to {entry}")),
+    }
+}
+
+/// Refuses (exit 2) a `--device` path that is not a USB4STREAM device; returns
+/// its stat otherwise. Nothing is opened.
+pub(crate) fn check_stream_device(root: &Root, path: &Path) -> Result<NodeStat> {
+    let stat = match fs::metadata(path) {
+        Ok(m) => Some(NodeStat::of(&m)),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => None,
+        Err(e) => return Err(e).with_context(|| format!("looking at {}", path.display())),
+    };
+    let kind = classify(root, stat);
+    match (kind, stat) {
+        (DeviceKind::Stream, Some(st)) => Ok(st),
+        (kind, _) => Err(refusal(path, &kind)),
+    }
+}
+
+fn refusal(path: &Path, kind: &DeviceKind) -> anyhow::Error {
+    let what = match kind {
+        DeviceKind::Missing => {
+            "does not exist (set a stream up with `rescue link up`, or leave out --device)".into()
+        }
+        DeviceKind::Regular => "is a regular file".into(),
+        DeviceKind::Directory => "is a directory".into(),
+        DeviceKind::Block => {
+            "is a block device (a disk or partition: protocol frames would overwrite its data)"
+                .into()
+        }
+        DeviceKind::Tty(n) => format!("is a terminal ({n})"),
+        DeviceKind::OtherChar(n) => format!("is a character device ({n})"),
+        DeviceKind::Other(w) => format!("is a {w}"),
+        DeviceKind::Stream => "is a stream".into(),
+    };
+    Exit::new(
+        exit::USAGE,
+        format!(
+            "--device {}: {what}, not a USB4STREAM stream device, so rescue did not open it. \
+             Give a stream such as /dev/tbstream0 (`rescue status` lists them), unix:PATH for a \
+             UNIX socket, or leave out --device to set the stream up automatically",
+            path.display()
+        ),
+    )
+    .into()
+}
+
+/// Parses `--device` and checks a device path (mapped below `root`) before
+/// anything opens it: exit 2 unless it is a USB4STREAM device.
+pub fn endpoint(root: &Root, device: Option<&str>) -> Result<Option<Endpoint>> {
+    match device.map(Endpoint::parse) {
+        Some(Endpoint::Device(p)) => {
+            let p = root.given_path(&p);
+            check_stream_device(root, &p)?;
+            Ok(Some(Endpoint::Device(p)))
+        }
+        other => Ok(other),
+    }
+}
+
 /// Listens on a UNIX socket path, replacing a stale socket file.
 pub fn listen_unix(path: &Path) -> Result<UnixListener> {
     if let Ok(meta) = std::fs::symlink_metadata(path) {
-        use std::os::unix::fs::FileTypeExt;
         if meta.file_type().is_socket() {
             if UnixStream::connect(path).is_ok() {
                 bail!("{} is in use by another server", path.display());
@@ -177,16 +420,27 @@ pub fn listen_unix(path: &Path) -> Result<UnixListener> {
             std::fs::remove_file(path)
                 .with_context(|| format!("removing stale socket {}", path.display()))?;
         } else {
-            bail!("{} exists and is not a socket", path.display());
+            return Err(Exit::new(
+                exit::USAGE,
+                format!(
+                    "unix:{}: the path exists and is not a socket; give a new path",
+                    path.display()
+                ),
+            )
+            .into());
         }
     }
     UnixListener::bind(path).with_context(|| format!("listening on {}", path.display()))
 }
 
-/// Accepts one connection, giving up when `stop` is set.
-pub fn accept_unix(l: &UnixListener, stop: &AtomicBool) -> Result<Option<Stream>> {
+/// Accepts one connection, giving up (None) when `stop` is set or `until` passes.
+pub fn accept_unix(
+    l: &UnixListener,
+    stop: &AtomicBool,
+    until: Option<Instant>,
+) -> Result<Option<Stream>> {
     loop {
-        if stop.load(Ordering::SeqCst) {
+        if stop.load(Ordering::SeqCst) || until.is_some_and(|t| Instant::now() >= t) {
             return Ok(None);
         }
         let mut fds = [PollFd::new(l.as_fd(), PollFlags::POLLIN)];
@@ -228,5 +482,117 @@ impl Read for PollReader {
                 other => return other,
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::symlink;
+
+    fn makedev(major: u64, minor: u64) -> u64 {
+        (minor & 0xff) | ((major & 0xfff) << 8) | ((minor & !0xff) << 12) | ((major & !0xfff) << 32)
+    }
+
+    /// A fake /sys/dev/char entry shaped like the kernel's: a link to the
+    /// device directory, whose uevent names the node and whose subsystem links
+    /// to its class.
+    fn char_entry(root: &Path, major: u64, minor: u64, class: &str, name: &str) {
+        let dev = root.join(format!("sys/devices/virtual/{class}/{name}"));
+        fs::create_dir_all(&dev).unwrap();
+        fs::write(
+            dev.join("uevent"),
+            format!("MAJOR={major}\nMINOR={minor}\nDEVNAME={name}\n"),
+        )
+        .unwrap();
+        fs::create_dir_all(root.join(format!("sys/class/{class}"))).unwrap();
+        symlink(format!("../../../../class/{class}"), dev.join("subsystem")).unwrap();
+        fs::create_dir_all(root.join("sys/dev/char")).unwrap();
+        symlink(
+            format!("../../devices/virtual/{class}/{name}"),
+            root.join(format!("sys/dev/char/{major}:{minor}")),
+        )
+        .unwrap();
+    }
+
+    fn chr(major: u64, minor: u64) -> Option<NodeStat> {
+        Some(NodeStat {
+            kind: NodeType::Char,
+            rdev: makedev(major, minor),
+        })
+    }
+
+    #[test]
+    fn only_tbstream_character_devices_are_streams() {
+        let d = tempfile::tempdir().unwrap();
+        // thunderbolt_stream registers misc devices; usb4vcable has its own class.
+        char_entry(d.path(), 10, 120, "misc", "tbstream0");
+        char_entry(d.path(), 511, 300, "tbstream", "tbstream12");
+        char_entry(d.path(), 10, 229, "misc", "fuse");
+        char_entry(d.path(), 4, 1, "tty", "tty1");
+        char_entry(d.path(), 5, 7, "tty", "tbstream7");
+        char_entry(d.path(), 1, 3, "mem", "null");
+        let root = Root::new(d.path());
+        assert_eq!(classify(&root, chr(10, 120)), DeviceKind::Stream);
+        assert_eq!(classify(&root, chr(511, 300)), DeviceKind::Stream);
+        assert_eq!(
+            classify(&root, chr(10, 229)),
+            DeviceKind::OtherChar("fuse".into())
+        );
+        assert_eq!(classify(&root, chr(4, 1)), DeviceKind::Tty("tty1".into()));
+        // A tty that happens to be called tbstream7 is still a tty.
+        assert_eq!(
+            classify(&root, chr(5, 7)),
+            DeviceKind::Tty("tbstream7".into())
+        );
+        assert_eq!(
+            classify(&root, chr(1, 3)),
+            DeviceKind::OtherChar("null".into())
+        );
+        assert!(matches!(
+            classify(&root, chr(240, 9)),
+            DeviceKind::OtherChar(why) if why.contains("240:9")
+        ));
+        let other = |kind| {
+            classify(
+                &root,
+                Some(NodeStat {
+                    kind,
+                    rdev: makedev(10, 120),
+                }),
+            )
+        };
+        assert_eq!(other(NodeType::Block), DeviceKind::Block);
+        assert_eq!(other(NodeType::Regular), DeviceKind::Regular);
+        assert_eq!(other(NodeType::Dir), DeviceKind::Directory);
+        assert!(matches!(other(NodeType::Fifo), DeviceKind::Other(_)));
+        assert_eq!(classify(&root, None), DeviceKind::Missing);
+    }
+
+    #[test]
+    fn anything_but_a_stream_is_refused_with_a_usage_error_naming_it() {
+        let d = tempfile::tempdir().unwrap();
+        char_entry(d.path(), 1, 3, "mem", "null");
+        let root = Root::new(d.path());
+        let file = d.path().join("disk.img");
+        fs::write(&file, b"precious").unwrap();
+        for (path, says) in [
+            (file.clone(), "regular file"),
+            (d.path().to_path_buf(), "directory"),
+            (d.path().join("nosuch"), "does not exist"),
+            // The real /dev/null, judged by the fake sysfs above.
+            (PathBuf::from("/dev/null"), "character device (null)"),
+        ] {
+            let err = check_stream_device(&root, &path).unwrap_err();
+            assert_eq!(exit::code_of(&err), exit::USAGE, "{path:?}");
+            let m = format!("{err:#}");
+            assert!(m.contains(says) && m.contains("/dev/tbstream0"), "{m}");
+        }
+        assert_eq!(fs::read(&file).unwrap(), b"precious");
+        assert_eq!(endpoint(&root, None).unwrap(), None);
+        assert_eq!(
+            endpoint(&root, Some("unix:/tmp/x.sock")).unwrap(),
+            Some(Endpoint::Unix("/tmp/x.sock".into()))
+        );
     }
 }

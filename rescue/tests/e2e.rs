@@ -93,6 +93,111 @@ fn backup_and_restore_two_images() {
 }
 
 #[test]
+fn device_must_be_a_stream_and_anything_else_is_never_written() {
+    let d = tempfile::tempdir().unwrap();
+    // What a typo might name instead of /dev/tbstream0: a disk image, a directory,
+    // a path that does not exist, another character device.
+    let file = d.path().join("disk.img");
+    let original = random_bytes(64 << 10, 7);
+    fs::write(&file, &original).unwrap();
+    let f = file.to_str().unwrap();
+    let store = d.path().join("store");
+    let st = store.to_str().unwrap();
+    let img = d.path().join("src.img");
+    random_image(&img, 1, 8);
+    let src = img.to_str().unwrap();
+    let cases: Vec<(Vec<&str>, &str)> = vec![
+        (vec!["backup", "--device", f, src], "regular file"),
+        (
+            vec!["serve", "--store", st, "--once", "--device", f],
+            "regular file",
+        ),
+        (
+            vec!["restore", "--device", f, "--yes", "--map", "x=/tmp/nowhere"],
+            "regular file",
+        ),
+        (vec!["cat", "--device", f], "regular file"),
+        (vec!["link", "up", "--device", f], "regular file"),
+        (
+            vec!["backup", "-d", d.path().to_str().unwrap(), src],
+            "directory",
+        ),
+        (
+            vec!["backup", "-d", "/nonexistent/tbstream9", src],
+            "does not exist",
+        ),
+        (vec!["backup", "-d", "/dev/null", src], "character device"),
+    ];
+    for (args, says) in cases {
+        let o = rescue(&args);
+        assert_eq!(o.status.code(), Some(2), "{args:?}: {}", text(&o));
+        assert!(
+            text(&o).contains(says) && text(&o).contains("/dev/tbstream0"),
+            "{args:?}: {}",
+            text(&o)
+        );
+        assert_eq!(
+            fs::read(&file).unwrap(),
+            original,
+            "{args:?} wrote into the file"
+        );
+    }
+    assert!(
+        !store.exists(),
+        "serve touched its store before refusing --device"
+    );
+}
+
+#[test]
+fn serve_wait_bounds_the_wait_for_a_peer() {
+    let d = tempfile::tempdir().unwrap();
+    let sock = d.path().join("s.sock");
+    let t = std::time::Instant::now();
+    let o = rescue(&[
+        "serve",
+        "--store",
+        d.path().join("store").to_str().unwrap(),
+        "--device",
+        &format!("unix:{}", sock.display()),
+        "--wait",
+        "2",
+    ]);
+    // Generous: it must give up, not wait for ever (it did after 20 s and more).
+    assert!(t.elapsed() < Duration::from_secs(30), "{:?}", t.elapsed());
+    assert_eq!(o.status.code(), Some(5), "{}", text(&o));
+    assert!(
+        text(&o).contains("no peer connected within 2s"),
+        "{}",
+        text(&o)
+    );
+    assert!(!sock.exists(), "socket left behind");
+}
+
+#[test]
+fn interrupting_an_idle_serve_gives_no_resume_advice() {
+    let d = tempfile::tempdir().unwrap();
+    let mut srv = Server::start(d.path(), &d.path().join("store"));
+    std::thread::sleep(Duration::from_millis(300));
+    let pid = nix::unistd::Pid::from_raw(srv.child.id() as i32);
+    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM).unwrap();
+    let t = std::time::Instant::now();
+    let status = loop {
+        if let Some(s) = srv.child.try_wait().unwrap() {
+            break s;
+        }
+        assert!(
+            t.elapsed() < Duration::from_secs(20),
+            "serve ignored SIGTERM"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    assert_eq!(status.code(), Some(130), "{}", srv.log_text());
+    let log = srv.log_text();
+    assert!(log.contains("interrupted by SIGTERM"), "{log}");
+    assert!(!log.to_lowercase().contains("resume"), "{log}");
+}
+
+#[test]
 fn cut_stream_resumes_without_resending_verified_chunks() {
     let d = tempfile::tempdir().unwrap();
     let a = d.path().join("disk.img");
@@ -371,7 +476,7 @@ fn unreadable_sectors_are_zeroed_and_mapped() {
         connect: rescue::cli::ConnectArgs {
             device: Some(srv.endpoint()),
             name: "backup".into(),
-            wait: 30,
+            wait: Some(30),
             peer: None,
         },
         chunk_kib: 1024,

@@ -248,7 +248,7 @@ fn backup_mode_runs_reports_and_powers_off() {
         [Command::Backup(b)] => {
             assert_eq!(b.disks, vec!["vda"]);
             assert_eq!(b.label.as_deref(), Some("x"));
-            assert_eq!(b.connect.wait, 0);
+            assert_eq!(b.connect.wait, Some(0));
         }
         other => panic!("{other:?}"),
     }

@@ -30,12 +30,16 @@ pub const MAX_NAME: usize = 8;
 static CREATED: Mutex<Vec<PathBuf>> = Mutex::new(Vec::new());
 
 /// Removes every directory we created, newest first (called on SIGINT/SIGTERM).
-pub fn teardown_all() {
+/// Returns whether there was anything to remove.
+pub fn teardown_all() -> bool {
+    let mut any = false;
     if let Ok(mut v) = CREATED.lock() {
         while let Some(p) = v.pop() {
             let _ = fs::remove_dir(&p);
+            any = true;
         }
     }
+    any
 }
 
 fn register(p: &Path) {

@@ -198,7 +198,7 @@ impl Config {
             device: None,
             peer: self.peer.clone(),
             name: "backup".into(),
-            wait: 0,
+            wait: Some(0),
         }
     }
 
