@@ -105,24 +105,31 @@ pub fn run_with(root: &Root, args: &BackupArgs, srcs: Vec<Source>) -> Result<u8>
                 .unwrap_or_default()
         );
     }
-    let mut sess = session::connect(root, &args.connect, Role::Backup)?;
     let begin = BackupBegin {
         label: args.label.clone(),
         chunk_size: chunk,
         fresh: args.fresh,
         disks: srcs
             .iter()
-            .map(|s| DiskInfo {
-                name: s.name.clone(),
-                source_path: s.path.display().to_string(),
-                size: s.size,
-                logical_sector_size: s.sector,
-                model: s.model.clone(),
-                serial: s.serial.clone(),
-                details: s.details.clone(),
+            .map(|s| {
+                DiskInfo {
+                    name: s.name.clone(),
+                    source_path: s.path.display().to_string(),
+                    size: s.size,
+                    logical_sector_size: s.sector,
+                    model: s.model.clone(),
+                    serial: s.serial.clone(),
+                    details: s.details.clone(),
+                }
+                .cleaned()
             })
             .collect(),
     };
+    // The peer refuses what does not pass these checks: say so before connecting.
+    if let Err(why) = msg::Bounded::check(&begin) {
+        return Err(Exit::new(exit::USAGE, format!("cannot send this backup: {why}")).into());
+    }
+    let mut sess = session::connect(root, &args.connect, Role::Backup)?;
     let f = sess.conn.request(
         kind::BACKUP_BEGIN,
         &begin,

@@ -163,9 +163,7 @@ pub struct RestoreArgs {
     #[arg(long, value_name = "ID")]
     pub backup: Option<String>,
 
-    /// Host whose backups to consider. Default: this machine's hostname, else a
-    /// backup with this machine's machine-id (cloned systems share one: then the
-    /// confirmation names the hostname it was made under).
+    /// Host whose backups to list or restore (default: this machine's hostname).
     #[arg(long, value_name = "HOST")]
     pub host: Option<String>,
 

@@ -26,6 +26,9 @@ pub fn local(root: &Root) -> Identity {
         dmi_serial,
         tool_version: env!("CARGO_PKG_VERSION").to_string(),
     }
+    // What the firmware or kernel says can be anything; the peer refuses
+    // control characters and overlong fields.
+    .cleaned()
 }
 
 /// Firmware fills DMI fields with placeholders; those identify nothing.

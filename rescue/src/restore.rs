@@ -192,15 +192,32 @@ impl Sink for TargetSink {
     }
 }
 
+/// The backups of `host` (None: of this machine) the peer lets us see, asking
+/// page by page; a peer that never stops paging is cut off at 64 MiB.
 fn list(s: &mut Session, host: Option<String>) -> Result<Vec<BackupSummary>> {
-    let f = s.conn.request(
-        kind::LIST,
-        &ListReq { host },
-        &[kind::LISTING],
-        "listing backups",
-    )?;
-    let l: Listing = msg::from_json(&f)?;
-    Ok(l.backups)
+    let mut out = Vec::new();
+    let (mut start, mut bytes) = (0u32, 0usize);
+    loop {
+        let f = s.conn.request(
+            kind::LIST,
+            &ListReq {
+                host: host.clone(),
+                start,
+            },
+            &[kind::LISTING],
+            "listing backups",
+        )?;
+        bytes += f.payload.len();
+        let l: Listing = msg::from_json(&f)?;
+        out.extend(l.backups);
+        match l.next {
+            None => return Ok(out),
+            Some(n) if n > start && bytes < 64 << 20 => start = n,
+            Some(_) => {
+                anyhow::bail!("the peer's listing does not end; stopped after {bytes} bytes")
+            }
+        }
+    }
 }
 
 fn print_list(backups: &[BackupSummary]) {
@@ -225,92 +242,45 @@ fn print_list(backups: &[BackupSummary]) {
     }
 }
 
-/// The backup to restore, and a note for the confirmation when it was found by
-/// machine-id under another hostname. An explicit --backup or --host always
-/// wins; without them this machine's hostname, then its machine-id, decides
-/// (cloned systems share machine-ids, so that is only the fallback).
+/// The backup to restore from the peer's listing of one host's backups (--host,
+/// else this machine's hostname: the peer lists nothing else): --backup picks by
+/// id, else the newest complete one.
 fn choose(
     backups: &[BackupSummary],
     args: &RestoreArgs,
     me: &msg::Identity,
-) -> Result<(BackupSummary, Option<String>)> {
-    let complete = |b: &&BackupSummary| b.status.starts_with("complete");
-    let host = args
-        .host
-        .as_deref()
-        .map(|h| crate::store::names::sanitize(h, "host"));
+) -> Result<BackupSummary> {
+    let host = crate::store::names::sanitize(args.host.as_deref().unwrap_or(&me.hostname), "host");
+    let hint = if args.host.is_some() {
+        ""
+    } else {
+        "; for another machine's backups add --host HOST"
+    };
+    let mut of_host = backups.iter().filter(|b| b.host == host).peekable();
     if let Some(id) = &args.backup {
-        let found: Vec<&BackupSummary> = backups
-            .iter()
-            .filter(|b| &b.backup_id == id && host.as_ref().is_none_or(|h| &b.host == h))
-            .collect();
-        return match found.len() {
-            1 => Ok((found[0].clone(), None)),
-            0 => Err(usage(format!(
-                "the peer has no backup {id}{}; {} (`rescue restore --list` shows them)",
-                host.as_ref()
-                    .map(|h| format!(" of host {h}"))
-                    .unwrap_or_default(),
-                held_hosts(backups)
-            ))),
-            _ => Err(usage(format!(
-                "several hosts have a backup {id}: add --host"
-            ))),
-        };
+        return of_host.find(|b| &b.backup_id == id).cloned().ok_or_else(|| {
+            usage(format!(
+                "the peer has no backup {id} of host {host}{hint} (`rescue restore --list` shows them)"
+            ))
+        });
     }
-    if let Some(host) = host {
-        let of_host: Vec<&BackupSummary> = backups.iter().filter(|b| b.host == host).collect();
-        if of_host.is_empty() {
-            return Err(usage(format!(
-                "the peer holds no backups of host {host}; {}. Choose with --host or --backup (see --list)",
-                held_hosts(backups)
-            )));
-        }
-        return match of_host.into_iter().find(complete) {
-            Some(b) => Ok((b.clone(), None)),
-            None => Err(usage(format!(
+    if of_host.peek().is_none() {
+        return Err(usage(format!(
+            "the peer holds no backups of host {host}{hint}"
+        )));
+    }
+    of_host
+        .find(|b| b.status.starts_with("complete"))
+        .cloned()
+        .ok_or_else(|| {
+            usage(format!(
                 "the peer holds no complete backup of host {host} (see --list): finish one (run the backup again) or choose another with --backup"
-            ))),
-        };
-    }
-    let mine = crate::store::names::sanitize(&me.hostname, "host");
-    if let Some(b) = backups.iter().filter(complete).find(|b| b.host == mine) {
-        return Ok((b.clone(), None));
-    }
-    let by_id = backups
-        .iter()
-        .filter(complete)
-        .find(|b| !me.machine_id.is_empty() && b.machine_id == me.machine_id);
-    match by_id {
-        Some(b) => Ok((
-            b.clone(),
-            Some(format!(
-                "note: this backup was made under the hostname {}, not this machine's {mine}; it was chosen because it has this machine's machine-id (cloned systems share it: choose with --host or --backup if it is not the right one)",
-                b.host
-            )),
-        )),
-        None => Err(usage(format!(
-            "the peer holds no complete backup of {mine}; {}. Choose with --host or --backup (see --list)",
-            held_hosts(backups)
-        ))),
-    }
+            ))
+        })
 }
 
 fn usage(msg: String) -> anyhow::Error {
     Exit::new(exit::USAGE, msg).into()
-}
-
-/// "it has backups of: a, b", from a listing of every host.
-fn held_hosts(backups: &[BackupSummary]) -> String {
-    let hosts: std::collections::BTreeSet<&str> = backups.iter().map(|b| b.host.as_str()).collect();
-    if hosts.is_empty() {
-        "it holds no backups at all".to_string()
-    } else {
-        format!(
-            "it has backups of: {}",
-            hosts.into_iter().collect::<Vec<_>>().join(", ")
-        )
-    }
 }
 
 /// Pairs every backed-up disk with a target: --map, else the local disk with
@@ -420,8 +390,8 @@ pub fn run(root: &Root, args: &RestoreArgs) -> Result<u8> {
         s.close();
         return Ok(exit::OK);
     }
-    let backups = list(&mut s, None)?;
-    let (chosen, chosen_note) = choose(&backups, args, &s.me)?;
+    let backups = list(&mut s, args.host.clone())?;
+    let chosen = choose(&backups, args, &s.me)?;
     let pairs = map_targets(root, &chosen, args)?;
     let mut targets = Vec::new();
     for (d, t) in &pairs {
@@ -431,9 +401,6 @@ pub fn run(root: &Root, args: &RestoreArgs) -> Result<u8> {
         "restore backup {} of {} (taken {}) from {}:",
         chosen.backup_id, chosen.host, chosen.created, s.peer.identity.hostname
     );
-    if let Some(n) = &chosen_note {
-        eprintln!("  {n}");
-    }
     for ((d, _), t) in pairs.iter().zip(&targets) {
         eprintln!(
             "  {} ({}, serial {}, {}) -> {}",

@@ -11,8 +11,8 @@ use crate::cli::ServeArgs;
 use crate::progress::{self, Bar};
 use crate::proto::frame::{Frame, Header};
 use crate::proto::msg::{
-    self, BackupBegin, BackupReady, DigestsReq, DiskDone, DiskEnd, ListReq, Listing, MAX_DIGESTS,
-    RestoreBegin, RestoreReady, SessionDone, kind,
+    self, BackupBegin, BackupReady, Bounded, DigestsReq, DiskDone, DiskEnd, ListReq, Listing,
+    MAX_DIGESTS, RestoreBegin, RestoreReady, SessionDone, kind,
 };
 use crate::session::{self, Session};
 use crate::store::image::{ImageSink, ImageSource, ZeroDigests, journal_digests};
@@ -42,16 +42,7 @@ fn handle(store: &Store, mut s: Session) -> Result<bool> {
                     let _cut = crate::signals::transfer(cut_advice(&peer));
                     receive_backup(store, &mut s, &req)?
                 }
-                kind::LIST => {
-                    let q: ListReq = msg::from_json(&req)?;
-                    let backups = store
-                        .list(q.host.as_deref())
-                        .iter()
-                        .map(|b| b.manifest.summary(&b.host))
-                        .collect();
-                    s.conn
-                        .reply_json(&req, kind::LISTING, &Listing { backups })?;
-                }
+                kind::LIST => send_listing(store, &mut s, &req)?,
                 kind::RESTORE_BEGIN => {
                     let _cut = crate::signals::transfer(cut_advice(&peer));
                     send_backup(store, &mut s, &req)?
@@ -95,14 +86,14 @@ fn cut_advice(peer: &str) -> String {
     )
 }
 
+/// Decodes a request; one the peer should not have sent is answered with
+/// `bad_request` saying why, so the peer prints the reason.
+fn decode<T: for<'de> serde::Deserialize<'de> + Bounded>(s: &Session, req: &Frame) -> Result<T> {
+    msg::from_json(req).inspect_err(|e| s.conn.send_error("bad_request", &format!("{e:#}")))
+}
+
 fn receive_backup(store: &Store, s: &mut Session, req: &Frame) -> Result<()> {
-    let begin: BackupBegin = match msg::from_json(req) {
-        Ok(b) => b,
-        Err(e) => {
-            s.conn.send_error("bad_request", &format!("{e:#}"));
-            return Err(e);
-        }
-    };
+    let begin: BackupBegin = decode(s, req)?;
     let (mut b, have, resumed) = match store.begin_backup(&s.peer.identity, &s.me, &begin) {
         Ok(x) => x,
         Err(e) => {
@@ -234,6 +225,56 @@ fn receive_backup(store: &Store, s: &mut Session, req: &Frame) -> Result<()> {
         },
     )?;
     Ok(())
+}
+
+/// How much of a LISTING body the backups may fill (the rest is the envelope).
+const LISTING_BUDGET: usize = msg::MAX_CONTROL - 1024;
+
+/// Answers a LIST: the backups of the host it names (the peer's own when it names
+/// none), from `start` on, as many as fit in one message; `next` says where the
+/// rest begins. A backup whose stored metadata would not pass the peer's checks
+/// (written by an older version, or edited) is left out with a log line, so it
+/// cannot make the others unreachable.
+fn send_listing(store: &Store, s: &mut Session, req: &Frame) -> Result<()> {
+    let q: ListReq = decode(s, req)?;
+    let host = q
+        .host
+        .clone()
+        .unwrap_or_else(|| s.peer.identity.hostname.clone());
+    let mut backups = Vec::new();
+    let mut next = None;
+    let mut size = 0;
+    for (i, b) in store
+        .list(Some(&host))
+        .iter()
+        .enumerate()
+        .skip(q.start as usize)
+    {
+        let summary = b.manifest.summary(&b.host);
+        let len = msg::to_json(&summary).len() + 1;
+        if let Err(why) = summary.check() {
+            eprintln!(
+                "not listing {}: its manifest is unacceptable to a peer: {why}",
+                b.path.display()
+            );
+            continue;
+        }
+        if len > LISTING_BUDGET {
+            eprintln!(
+                "not listing {}: its manifest is {len} bytes as a summary (limit {LISTING_BUDGET})",
+                b.path.display()
+            );
+            continue;
+        }
+        if size + len > LISTING_BUDGET {
+            next = Some(i as u32);
+            break;
+        }
+        size += len;
+        backups.push(summary);
+    }
+    s.conn
+        .reply_json(req, kind::LISTING, &Listing { backups, next })
 }
 
 /// Answers a DIGESTS_REQ from the chunk journal of a stored disk.

@@ -534,10 +534,8 @@ mod tests {
             }
         }
         // A repeated request gets the cached answer, not a second action.
-        c.send_json(kind::LIST, &msg::ListReq { host: None })
-            .unwrap();
-        c.send_json(kind::LIST, &msg::ListReq { host: None })
-            .unwrap();
+        c.send_json(kind::LIST, &msg::ListReq::default()).unwrap();
+        c.send_json(kind::LIST, &msg::ListReq::default()).unwrap();
         let mut answered = 0;
         let mut repeats = 0;
         let t = Instant::now();
@@ -547,7 +545,7 @@ mod tests {
                     repeats += 1;
                 } else {
                     answered += 1;
-                    d.reply_json(&f, kind::LISTING, &msg::Listing { backups: vec![] })
+                    d.reply_json(&f, kind::LISTING, &msg::Listing::default())
                         .unwrap();
                 }
             }

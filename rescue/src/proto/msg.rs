@@ -191,10 +191,13 @@ pub struct SessionDone {
     pub message: String,
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct ListReq {
-    /// Only backups of this host (by hostname), or all when None.
+    /// Backups of this host (by hostname); None: of the asking machine.
     pub host: Option<String>,
+    /// Skip this many (a LISTING that did not fit one message said `next`).
+    #[serde(default)]
+    pub start: u32,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -219,9 +222,12 @@ pub struct DiskSummary {
     pub unreadable_bytes: u64,
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct Listing {
     pub backups: Vec<BackupSummary>,
+    /// More follow: ask again with `start` = this.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub next: Option<u32>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -266,8 +272,10 @@ pub fn to_json<T: Serialize>(v: &T) -> Vec<u8> {
     serde_json::to_vec(v).unwrap_or_default()
 }
 
-/// Decodes a control body, naming the message in the error.
-pub fn from_json<T: for<'de> Deserialize<'de>>(frame: &Frame) -> anyhow::Result<T> {
+/// Decodes a control body and checks every string in it against the bounds
+/// below, naming the message in the error. Both sides decode through here, so
+/// nothing a peer sent is stored, compared or printed before it was bounded.
+pub fn from_json<T: for<'de> Deserialize<'de> + Bounded>(frame: &Frame) -> anyhow::Result<T> {
     if frame.payload.len() > MAX_CONTROL {
         anyhow::bail!(
             "peer sent a {}-byte {} message (limit {MAX_CONTROL})",
@@ -275,12 +283,242 @@ pub fn from_json<T: for<'de> Deserialize<'de>>(frame: &Frame) -> anyhow::Result<
             kind::name(frame.header.kind)
         );
     }
-    serde_json::from_slice(&frame.payload).map_err(|e| {
+    let v: T = serde_json::from_slice(&frame.payload).map_err(|e| {
         anyhow::anyhow!(
             "peer sent a malformed {} message: {e}",
             kind::name(frame.header.kind)
         )
-    })
+    })?;
+    v.check().map_err(|e| {
+        anyhow::anyhow!(
+            "peer sent an unacceptable {} message: {e}",
+            kind::name(frame.header.kind)
+        )
+    })?;
+    Ok(v)
+}
+
+/// The longest strings a peer may send, by what they are. Honest values are far
+/// shorter; the limits keep one message (and everything stored from it, and
+/// every LISTING that repeats it) small.
+pub mod limit {
+    /// Host names, machine-ids, backup ids, disk names, codes, dates, digests.
+    pub const NAME: usize = 255;
+    /// Labels, disk models and serial numbers, DMI fields, tool versions.
+    pub const TEXT: usize = 256;
+    /// Paths (where a disk was read from, where the server keeps a backup).
+    pub const PATH: usize = 4096;
+    /// Human messages (ERROR, DISK_DONE, SESSION_DONE).
+    pub const MESSAGE: usize = 8192;
+}
+
+/// A message whose strings can be checked against [`limit`] (none by default).
+pub trait Bounded {
+    fn check(&self) -> Result<(), String> {
+        Ok(())
+    }
+}
+
+/// One string: at most `max` bytes, no control characters (escape sequences,
+/// CR, LF, DEL, C1). Human messages (`lines`) may hold newlines and tabs; they
+/// are escaped when printed.
+fn bounded(field: &str, s: &str, max: usize, lines: bool) -> Result<(), String> {
+    if s.len() > max {
+        return Err(format!(
+            "its {field} is {} bytes long (limit {max})",
+            s.len()
+        ));
+    }
+    match s
+        .chars()
+        .find(|&c| c.is_control() && !(lines && (c == '\n' || c == '\t')))
+    {
+        Some(c) => Err(format!(
+            "its {field} contains the control character U+{:04X}",
+            u32::from(c)
+        )),
+        None => Ok(()),
+    }
+}
+
+fn name(field: &str, s: &str) -> Result<(), String> {
+    bounded(field, s, limit::NAME, false)
+}
+
+fn text(field: &str, s: &Option<String>) -> Result<(), String> {
+    s.as_deref()
+        .map_or(Ok(()), |s| bounded(field, s, limit::TEXT, false))
+}
+
+fn message(field: &str, s: &str) -> Result<(), String> {
+    bounded(field, s, limit::MESSAGE, true)
+}
+
+/// What an honest sender does with a string from its own system (a disk model
+/// from sysfs, a file name, a DMI field) before sending it: control characters
+/// become `?` and it is cut to `max` bytes, so the peer accepts it.
+pub fn clean(s: &str, max: usize) -> String {
+    let mut out = String::with_capacity(s.len().min(max));
+    for c in s.chars() {
+        let c = if c.is_control() { '?' } else { c };
+        if out.len() + c.len_utf8() > max {
+            break;
+        }
+        out.push(c);
+    }
+    out
+}
+
+impl Bounded for Identity {
+    fn check(&self) -> Result<(), String> {
+        name("hostname", &self.hostname)?;
+        name("machine_id", &self.machine_id)?;
+        for (f, v) in [
+            ("dmi_vendor", &self.dmi_vendor),
+            ("dmi_product", &self.dmi_product),
+            ("dmi_serial", &self.dmi_serial),
+            ("tool_version", &self.tool_version),
+        ] {
+            bounded(f, v, limit::TEXT, false)?;
+        }
+        Ok(())
+    }
+}
+
+impl Identity {
+    /// The same identity with every field made acceptable to a peer ([`clean`]).
+    pub fn cleaned(&self) -> Identity {
+        Identity {
+            hostname: clean(&self.hostname, limit::NAME),
+            machine_id: clean(&self.machine_id, limit::NAME),
+            dmi_vendor: clean(&self.dmi_vendor, limit::TEXT),
+            dmi_product: clean(&self.dmi_product, limit::TEXT),
+            dmi_serial: clean(&self.dmi_serial, limit::TEXT),
+            tool_version: clean(&self.tool_version, limit::TEXT),
+        }
+    }
+}
+
+impl Bounded for Hello {
+    fn check(&self) -> Result<(), String> {
+        self.identity.check()
+    }
+}
+
+impl Bounded for ErrorMsg {
+    fn check(&self) -> Result<(), String> {
+        name("code", &self.code)?;
+        message("message", &self.message)
+    }
+}
+
+impl Bounded for DiskInfo {
+    fn check(&self) -> Result<(), String> {
+        name("disk name", &self.name)?;
+        bounded("source_path", &self.source_path, limit::PATH, false)?;
+        text("model", &self.model)?;
+        text("serial", &self.serial)
+    }
+}
+
+impl DiskInfo {
+    /// The same disk with its strings made acceptable to a peer ([`clean`]).
+    pub fn cleaned(mut self) -> DiskInfo {
+        self.name = clean(&self.name, limit::NAME);
+        self.source_path = clean(&self.source_path, limit::PATH);
+        self.model = self.model.map(|m| clean(&m, limit::TEXT));
+        self.serial = self.serial.map(|s| clean(&s, limit::TEXT));
+        self
+    }
+}
+
+impl Bounded for BackupBegin {
+    fn check(&self) -> Result<(), String> {
+        text("label", &self.label)?;
+        self.disks.iter().try_for_each(Bounded::check)
+    }
+}
+
+impl Bounded for BackupReady {
+    fn check(&self) -> Result<(), String> {
+        name("backup_id", &self.backup_id)?;
+        bounded("location", &self.location, limit::PATH, false)
+    }
+}
+
+impl Bounded for DiskEnd {}
+
+impl Bounded for DiskDone {
+    fn check(&self) -> Result<(), String> {
+        name("sha256", &self.sha256)?;
+        message("message", &self.message)
+    }
+}
+
+impl Bounded for SessionEnd {}
+
+impl Bounded for SessionDone {
+    fn check(&self) -> Result<(), String> {
+        message("message", &self.message)
+    }
+}
+
+impl Bounded for ListReq {
+    fn check(&self) -> Result<(), String> {
+        self.host.as_deref().map_or(Ok(()), |h| name("host", h))
+    }
+}
+
+impl Bounded for DiskSummary {
+    fn check(&self) -> Result<(), String> {
+        name("disk name", &self.name)?;
+        text("model", &self.model)?;
+        text("serial", &self.serial)?;
+        self.sha256.as_deref().map_or(Ok(()), |s| name("sha256", s))
+    }
+}
+
+impl Bounded for BackupSummary {
+    fn check(&self) -> Result<(), String> {
+        name("host", &self.host)?;
+        name("backup_id", &self.backup_id)?;
+        text("label", &self.label)?;
+        name("status", &self.status)?;
+        name("created", &self.created)?;
+        self.finished
+            .as_deref()
+            .map_or(Ok(()), |f| name("finished", f))?;
+        name("machine_id", &self.machine_id)?;
+        self.disks.iter().try_for_each(Bounded::check)
+    }
+}
+
+impl Bounded for Listing {
+    fn check(&self) -> Result<(), String> {
+        self.backups.iter().try_for_each(Bounded::check)
+    }
+}
+
+impl Bounded for RestoreBegin {
+    fn check(&self) -> Result<(), String> {
+        name("host", &self.host)?;
+        name("backup_id", &self.backup_id)?;
+        self.disks.iter().try_for_each(|d| name("disk name", d))
+    }
+}
+
+impl Bounded for DigestsReq {
+    fn check(&self) -> Result<(), String> {
+        name("host", &self.host)?;
+        name("backup_id", &self.backup_id)?;
+        name("disk name", &self.disk)
+    }
+}
+
+impl Bounded for RestoreReady {
+    fn check(&self) -> Result<(), String> {
+        self.disks.iter().try_for_each(Bounded::check)
+    }
 }
 
 /// The binary body of a CHUNK: digest, length, unreadable ranges, then data.
@@ -397,6 +635,54 @@ mod tests {
         let mut p = ChunkBody::encode_prefix(&sha, u32::MAX, &[]);
         p[36..40].copy_from_slice(&u32::MAX.to_le_bytes());
         assert!(ChunkBody::decode(p, true, 1 << 20).is_err());
+    }
+
+    #[test]
+    fn strings_are_bounded_on_decode() {
+        let frame = |body: &str| Frame {
+            header: crate::proto::frame::Header::new(kind::LIST, 0, 0),
+            payload: body.as_bytes().to_vec(),
+            intact: true,
+        };
+        let ok: ListReq = from_json(&frame(r#"{"host":"hosta"}"#)).unwrap();
+        assert_eq!((ok.host.as_deref(), ok.start), (Some("hosta"), 0));
+        let long = format!(r#"{{"host":"{}"}}"#, "h".repeat(limit::NAME + 1));
+        let e = from_json::<ListReq>(&frame(&long)).unwrap_err().to_string();
+        assert!(
+            e.contains("LIST") && e.contains("host") && e.contains("limit"),
+            "{e}"
+        );
+        for bad in [
+            r#"{"host":"a\u001b[2Jb"}"#,
+            r#"{"host":"a\nb"}"#,
+            r#"{"host":"\u009b"}"#,
+        ] {
+            assert!(from_json::<ListReq>(&frame(bad)).is_err(), "{bad}");
+        }
+        // Human messages may span lines; escape sequences are refused there too.
+        let e: ErrorMsg = from_json(&frame(r#"{"code":"x","message":"a\nb"}"#)).unwrap();
+        assert_eq!(e.message, "a\nb");
+        assert!(
+            from_json::<ErrorMsg>(&frame(r#"{"code":"x","message":"\u001b]0;t\u0007"}"#)).is_err()
+        );
+    }
+
+    #[test]
+    fn clean_makes_local_strings_acceptable() {
+        assert_eq!(clean("Samsung\x1b[0m SSD\n", 64), "Samsung?[0m SSD?");
+        assert_eq!(clean("ééé", 5), "éé");
+        let d = DiskInfo {
+            name: "a\rb".into(),
+            source_path: "/x".into(),
+            size: 1,
+            logical_sector_size: 512,
+            model: Some("m".repeat(1000)),
+            serial: None,
+            details: None,
+        }
+        .cleaned();
+        assert!(d.check().is_ok());
+        assert_eq!(d.model.map(|m| m.len()), Some(limit::TEXT));
     }
 
     #[test]

@@ -193,12 +193,14 @@ impl Store {
                 if !is_real_dir(&b.path()) {
                     continue;
                 }
-                if let Ok(m) = read_manifest(&b.path()) {
-                    out.push(BackupDir {
+                match read_manifest(&b.path()) {
+                    Ok(m) => out.push(BackupDir {
                         path: b.path(),
                         host: hname.clone(),
                         manifest: m,
-                    });
+                    }),
+                    // One broken backup must not hide the others: skip it, say so.
+                    Err(e) => eprintln!("skipping {}: {e:#}", b.path().display()),
                 }
             }
         }
