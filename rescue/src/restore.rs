@@ -7,7 +7,7 @@ use std::os::unix::fs::{FileExt, OpenOptionsExt};
 use std::path::PathBuf;
 use std::time::Instant;
 
-use anyhow::{Context, Result};
+use anyhow::{Context, Result, bail};
 use sha2::{Digest, Sha256};
 
 use crate::Root;
@@ -35,73 +35,117 @@ pub struct Target {
     pub size: u64,
     pub block: bool,
     pub description: String,
-    created: bool,
+    /// Set when this restore created the file: it goes again on failure.
+    created: Option<Created>,
+}
+
+/// A file this restore created. Dropping it removes the file unless `keep`
+/// was called, so every way out of a failed restore (an error, a refusal, a
+/// lying peer) takes it away, not only the paths that remember to.
+struct Created {
+    path: PathBuf,
+    /// Its inode: what is removed is the file we made, not one put there since.
+    ino: u64,
+    keep: bool,
+}
+
+impl Drop for Created {
+    fn drop(&mut self) {
+        use std::os::unix::fs::MetadataExt;
+        let ours = std::fs::symlink_metadata(&self.path).is_ok_and(|m| m.ino() == self.ino);
+        if !self.keep && ours {
+            let _ = std::fs::remove_file(&self.path);
+        }
+    }
+}
+
+impl Target {
+    /// The restore got far enough that the file is worth keeping (it
+    /// succeeded, or it can be continued with --resume).
+    fn keep(&mut self) {
+        if let Some(c) = &mut self.created {
+            c.keep = true;
+        }
+    }
+}
+
+/// A target after the checks: an opened disk or file, or a file to create
+/// once the user has confirmed (nothing is created before that).
+pub enum Planned {
+    Open(Target),
+    New {
+        spec: String,
+        path: PathBuf,
+        size: u64,
+    },
+}
+
+impl Planned {
+    fn description(&self) -> String {
+        match self {
+            Planned::Open(t) => t.description.clone(),
+            Planned::New { path, size, .. } => {
+                format!(
+                    "{} (new image file, {})",
+                    path.display(),
+                    human_bytes(*size)
+                )
+            }
+        }
+    }
+
+    /// Opens the target, creating a new file now.
+    fn open(self) -> Result<Target> {
+        let (spec, path, size) = match self {
+            Planned::Open(t) => return Ok(t),
+            Planned::New { spec, path, size } => (spec, path, size),
+        };
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create_new(true)
+            .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
+            .open(&path)
+            .with_context(|| format!("creating {spec}"))?;
+        let ino = std::os::unix::fs::MetadataExt::ino(
+            &file
+                .metadata()
+                .with_context(|| format!("inspecting {spec}"))?,
+        );
+        let t = Target {
+            description: format!("{} (new image file)", path.display()),
+            created: Some(Created {
+                path: path.clone(),
+                ino,
+                keep: false,
+            }),
+            spec,
+            path,
+            file,
+            size,
+            block: false,
+        };
+        t.file
+            .set_len(size)
+            .with_context(|| format!("sizing {} to {size} bytes", t.spec))?;
+        Ok(t)
+    }
 }
 
 fn refuse(msg: String) -> anyhow::Error {
     Exit::new(exit::REFUSED, msg).into()
 }
 
-/// Opens a restore target after the safety checks. `need` is the image size.
-pub fn open_target(root: &Root, spec: &str, need: u64) -> Result<Target> {
+/// Checks a restore target and opens it, or plans to create it (a path that
+/// does not exist yet). `need` is the image size.
+pub fn open_target(root: &Root, spec: &str, need: u64) -> Result<Planned> {
     let path = root.disk_path(spec);
     let meta = std::fs::metadata(&path);
     let is_block = meta
         .as_ref()
         .is_ok_and(|m| std::os::unix::fs::FileTypeExt::is_block_device(&m.file_type()));
     if is_block {
-        let name = std::fs::canonicalize(&path)
-            .ok()
-            .and_then(|p| p.file_name().map(|n| n.to_string_lossy().into_owned()))
-            .unwrap_or_else(|| spec.to_string());
-        let disk = crate::disks::find(root, &name).ok();
-        if let Some(d) = &disk
-            && let Some(why) = d.busy_reason()
-        {
-            return Err(refuse(format!(
-                "refusing to restore onto {spec}: {why}; unmount it (and stop what holds it) first"
-            )));
-        }
-        // O_EXCL on a block device fails with EBUSY while anything has it mounted
-        // or claimed: the kernel's own answer to "is it in use".
-        let file = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .custom_flags(libc::O_EXCL | libc::O_CLOEXEC)
-            .open(&path)
-            .map_err(|e| match e.raw_os_error() {
-                Some(libc::EBUSY) => refuse(format!(
-                    "refusing to restore onto {spec}: it is in use (mounted, part of a RAID/LVM, or open elsewhere)"
-                )),
-                _ => anyhow::Error::new(e).context(format!("opening {spec} for writing")),
-            })?;
-        let size = blkdev::size_of(&file)?;
-        if size < need {
-            return Err(refuse(format!(
-                "refusing to restore onto {spec}: it holds {} ({size} bytes) but the image is {} ({need} bytes)",
-                human_bytes(size),
-                human_bytes(need)
-            )));
-        }
-        let description = match &disk {
-            Some(d) => format!(
-                "{} ({}, serial {}, {})",
-                path.display(),
-                d.model.as_deref().unwrap_or("unknown model"),
-                d.serial.as_deref().unwrap_or("unknown"),
-                human_bytes(size)
-            ),
-            None => format!("{} ({})", path.display(), human_bytes(size)),
-        };
-        return Ok(Target {
-            spec: spec.into(),
-            path,
-            file,
-            size,
-            block: true,
-            description,
-            created: false,
-        });
+        return open_block(root, spec, path, need).map(Planned::Open);
     }
     match meta {
         Ok(m) if m.is_file() => {
@@ -118,41 +162,115 @@ pub fn open_target(root: &Root, spec: &str, need: u64) -> Result<Target> {
                 .write(true)
                 .open(&path)
                 .with_context(|| format!("opening {spec} for writing"))?;
-            Ok(Target {
+            Ok(Planned::Open(Target {
                 spec: spec.into(),
                 description: format!("{} (image file, {})", path.display(), human_bytes(m.len())),
                 path,
                 file,
                 size: m.len(),
                 block: false,
-                created: false,
-            })
+                created: None,
+            }))
         }
         Ok(_) => Err(refuse(format!(
             "{spec} is neither a disk nor a regular file"
         ))),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound && spec.contains('/') => {
-            let file = OpenOptions::new()
-                .read(true)
-                .write(true)
-                .create_new(true)
-                .open(&path)
-                .with_context(|| format!("creating {spec}"))?;
-            file.set_len(need)
-                .with_context(|| format!("sizing {spec}"))?;
-            Ok(Target {
+            check_room(spec, &path, need)?;
+            Ok(Planned::New {
                 spec: spec.into(),
-                description: format!("{} (new image file)", path.display()),
                 path,
-                file,
                 size: need,
-                block: false,
-                created: true,
             })
         }
         Err(e) => Err(anyhow::Error::new(e)
             .context(format!("{spec}: no such disk (`rescue disks` lists them)"))),
     }
+}
+
+/// A new image file must fit its filesystem: a peer's size claim alone must
+/// not create a 15 TiB file, nor a restore fill a disk and fail at the end.
+fn check_room(spec: &str, path: &std::path::Path, need: u64) -> Result<()> {
+    let dir = match path.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d,
+        _ => std::path::Path::new("."),
+    };
+    let free = free_bytes(dir).with_context(|| {
+        format!(
+            "{spec}: cannot create it, its directory {} is not usable",
+            dir.display()
+        )
+    })?;
+    if free < need {
+        return Err(refuse(format!(
+            "refusing to create {spec}: the image is {} ({need} bytes) but {} has only {} free; free space or choose another place (if the image is mostly empty, create a sparse file first: truncate -s {need} {spec})",
+            human_bytes(need),
+            dir.display(),
+            human_bytes(free)
+        )));
+    }
+    Ok(())
+}
+
+/// Bytes an unprivileged writer may still use on the filesystem of `dir`.
+fn free_bytes(dir: &std::path::Path) -> Result<u64> {
+    let st = nix::sys::statvfs::statvfs(dir).map_err(std::io::Error::from)?;
+    Ok(st.blocks_available().saturating_mul(st.fragment_size()))
+}
+
+fn open_block(root: &Root, spec: &str, path: PathBuf, need: u64) -> Result<Target> {
+    let name = std::fs::canonicalize(&path)
+        .ok()
+        .and_then(|p| p.file_name().map(|n| n.to_string_lossy().into_owned()))
+        .unwrap_or_else(|| spec.to_string());
+    let disk = crate::disks::find(root, &name).ok();
+    if let Some(d) = &disk
+        && let Some(why) = d.busy_reason()
+    {
+        return Err(refuse(format!(
+            "refusing to restore onto {spec}: {why}; unmount it (and stop what holds it) first"
+        )));
+    }
+    // O_EXCL on a block device fails with EBUSY while anything has it mounted
+    // or claimed: the kernel's own answer to "is it in use".
+    let file = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .custom_flags(libc::O_EXCL | libc::O_CLOEXEC)
+        .open(&path)
+        .map_err(|e| match e.raw_os_error() {
+            Some(libc::EBUSY) => refuse(format!(
+                "refusing to restore onto {spec}: it is in use (mounted, part of a RAID/LVM, or open elsewhere)"
+            )),
+            _ => anyhow::Error::new(e).context(format!("opening {spec} for writing")),
+        })?;
+    let size = blkdev::size_of(&file)?;
+    if size < need {
+        return Err(refuse(format!(
+            "refusing to restore onto {spec}: it holds {} ({size} bytes) but the image is {} ({need} bytes)",
+            human_bytes(size),
+            human_bytes(need)
+        )));
+    }
+    let description = match &disk {
+        Some(d) => format!(
+            "{} ({}, serial {}, {})",
+            path.display(),
+            d.model.as_deref().unwrap_or("unknown model"),
+            d.serial.as_deref().unwrap_or("unknown"),
+            human_bytes(size)
+        ),
+        None => format!("{} ({})", path.display(), human_bytes(size)),
+    };
+    Ok(Target {
+        spec: spec.into(),
+        path,
+        file,
+        size,
+        block: true,
+        description,
+        created: None,
+    })
 }
 
 /// Writes verified chunks onto the target.
@@ -392,23 +510,24 @@ pub fn run(root: &Root, args: &RestoreArgs) -> Result<u8> {
     }
     let backups = list(&mut s, args.host.clone())?;
     let chosen = choose(&backups, args, &s.me)?;
+    check_listed(&chosen)?;
     let pairs = map_targets(root, &chosen, args)?;
-    let mut targets = Vec::new();
+    let mut planned = Vec::new();
     for (d, t) in &pairs {
-        targets.push(open_target(root, t, d.size)?);
+        planned.push(open_target(root, t, d.size)?);
     }
     eprintln!(
         "restore backup {} of {} (taken {}) from {}:",
         chosen.backup_id, chosen.host, chosen.created, s.peer.identity.hostname
     );
-    for ((d, _), t) in pairs.iter().zip(&targets) {
+    for ((d, _), t) in pairs.iter().zip(&planned) {
         eprintln!(
             "  {} ({}, serial {}, {}) -> {}",
             d.name,
             d.model.as_deref().unwrap_or("unknown model"),
             d.serial.as_deref().unwrap_or("unknown"),
             human_bytes(d.size),
-            t.description
+            t.description()
         );
         if d.unreadable_bytes > 0 {
             eprintln!(
@@ -419,9 +538,6 @@ pub fn run(root: &Root, args: &RestoreArgs) -> Result<u8> {
     }
     if !args.yes {
         if !std::io::stdin().is_terminal() {
-            for t in &targets {
-                cleanup_created(t);
-            }
             return Err(refuse(
                 "not restoring without confirmation: run it on a terminal or add --yes".into(),
             ));
@@ -429,20 +545,116 @@ pub fn run(root: &Root, args: &RestoreArgs) -> Result<u8> {
         if !session::confirm(
             "everything on the targets above will be overwritten. Type 'yes' to continue: ",
         )? {
-            for t in &targets {
-                cleanup_created(t);
-            }
             return Err(refuse("not confirmed; nothing was written".into()));
         }
     }
+    // Only now are new image files created; a failure from here on removes them.
+    let mut targets = Vec::new();
+    for p in planned {
+        targets.push(p.open()?);
+    }
+    let started = Instant::now();
+    let result = transfer(&mut s, &chosen, &pairs, &mut targets, args);
+    if let Err(e) = &result
+        && exit::code_of(e) == exit::PEER_GONE
+    {
+        // Cut off: what was written is what --resume continues from.
+        targets.iter_mut().for_each(Target::keep);
+    }
+    let code = result?;
+    s.close();
+    if code == exit::OK {
+        println!(
+            "restore of {} completed and verified in {:.1}s",
+            chosen.backup_id,
+            started.elapsed().as_secs_f64()
+        );
+    } else {
+        println!("restore FAILED verification; the target disks are not trustworthy");
+    }
+    Ok(code)
+}
+
+/// A backup the peer lists is only restorable as it describes it: 1 to 256
+/// disks of sizes a disk can have (a lying size would become a file that big).
+fn check_listed(b: &BackupSummary) -> Result<()> {
+    if b.disks.is_empty() || b.disks.len() > 256 {
+        bail!(
+            "the peer lists backup {} with {} disks (1 to 256 are possible)",
+            b.backup_id,
+            b.disks.len()
+        );
+    }
+    for d in &b.disks {
+        if d.size == 0 || d.size > xfer::MAX_DISK_SIZE {
+            bail!(
+                "the peer lists disk {:?} of backup {} with an impossible size of {} bytes",
+                d.name,
+                b.backup_id,
+                d.size
+            );
+        }
+    }
+    Ok(())
+}
+
+/// RESTORE_READY must describe the disks asked for, in that order, with the
+/// sizes the listing gave, in a chunk size an honest server uses; and with
+/// --resume the chunk size the DIGESTS came in, or the held ranges would name
+/// other chunks than the ones compared.
+fn check_ready(
+    ready: &RestoreReady,
+    pairs: &[(DiskSummary, String)],
+    digest_chunk: Option<u32>,
+) -> Result<()> {
+    xfer::check_chunk_size(ready.chunk_size).context("the peer's RESTORE_READY")?;
+    let names = |v: &mut dyn Iterator<Item = (&str, u64)>| {
+        v.map(|(n, s)| format!("{n:?} ({s} bytes)"))
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    let same = ready.disks.len() == pairs.len()
+        && ready
+            .disks
+            .iter()
+            .zip(pairs)
+            .all(|(r, (d, _))| r.name == d.name && r.size == d.size);
+    if !same {
+        bail!(
+            "the peer's RESTORE_READY describes disks {} where {} were asked for",
+            names(&mut ready.disks.iter().map(|d| (d.name.as_str(), d.size))),
+            names(&mut pairs.iter().map(|(d, _)| (d.name.as_str(), d.size)))
+        );
+    }
+    if let Some(c) = digest_chunk
+        && c != ready.chunk_size
+    {
+        bail!(
+            "the peer's RESTORE_READY says chunk size {} but its DIGESTS said {c}: the chunks compared for --resume are not the ones it would skip; not restoring",
+            ready.chunk_size
+        );
+    }
+    Ok(())
+}
+
+/// The data phase: --resume's comparison, RESTORE_BEGIN, then every disk.
+/// Returns the exit code; a target that was written and verified is kept.
+fn transfer(
+    s: &mut Session,
+    chosen: &BackupSummary,
+    pairs: &[(DiskSummary, String)],
+    targets: &mut [Target],
+    args: &RestoreArgs,
+) -> Result<u8> {
     let mode = progress::Mode::detect();
     let mut have = Vec::new();
+    let mut digest_chunk = None;
     if args.resume {
-        for ((d, _), t) in pairs.iter().zip(&targets) {
-            let h = if t.created {
+        for ((d, _), t) in pairs.iter().zip(targets.iter()) {
+            let h = if t.created.is_some() {
                 Vec::new()
             } else {
-                held_on_target(&mut s, &chosen, d, t, mode)?
+                held_on_target(s, chosen, d, t, mode, &mut digest_chunk)?
             };
             have.push(h);
         }
@@ -459,88 +671,19 @@ pub fn run(root: &Root, args: &RestoreArgs) -> Result<u8> {
         "starting the restore",
     )?;
     let ready: RestoreReady = msg::from_json(&f)?;
+    check_ready(&ready, pairs, digest_chunk)?;
     let mut code = exit::OK;
-    let started = Instant::now();
-    for (i, ((d, _), t)) in pairs.iter().zip(targets).enumerate() {
+    for (i, ((d, _), t)) in pairs.iter().zip(targets.iter_mut()).enumerate() {
         let geo = Geometry {
             size: d.size,
             chunk: ready.chunk_size,
         };
-        let bar = Bar::new(&d.name, d.size, mode);
-        let t0 = Instant::now();
-        let sink = TargetSink {
-            file: t
-                .file
-                .try_clone()
-                .context("duplicating the target descriptor")?,
-            direct: DirectWriter::open(&t.path, &t.file, ready.chunk_size as usize),
-            block: t.block,
-            fresh_file: t.created,
-        };
-        let pipe = SinkPipeline::start(sink, d.size);
         // Ours, sorted and merged as held_on_target built them.
         let none = Vec::new();
         let held = have.get(i).unwrap_or(&none);
-        let (end_frame, damaged) =
-            xfer::receive_disk(&mut s.conn, i as u32, geo, held, &pipe, &bar)?;
-        bar.finish();
-        let (_sink, whole) = pipe.finish()?;
-        t.file
-            .sync_all()
-            .with_context(|| format!("syncing {}", t.spec))?;
-        if t.block
-            && let Err(e) = blkdev::reread_partitions(&t.file)
-        {
-            eprintln!(
-                "note: the kernel could not re-read the partition table of {} ({e:#}); reboot or run partprobe",
-                t.spec
-            );
-        }
-        let want = d.sha256.clone().unwrap_or_default();
-        let got = whole.map(|w| hex(&w));
-        let mut ok = got.as_deref().is_none_or(|g| g == want);
-        let mut message = String::new();
-        if !ok {
-            message = format!(
-                "image digest {} does not match the backup's {want}",
-                got.unwrap_or_default()
-            );
-        }
-        if ok && args.verify {
-            eprintln!("{}: reading {} back to verify", d.name, t.spec);
-            let h = read_back(
-                &t.file,
-                d.size,
-                &Bar::new(&format!("{} verify", d.name), d.size, mode),
-            )?;
-            if h != want {
-                ok = false;
-                message = format!("read back {h}, the backup's digest is {want}");
-            }
-        }
-        s.conn.reply(
-            &end_frame,
-            Header::new(kind::DISK_DONE, i as u32, 0),
-            msg::to_json(&DiskDone {
-                disk: i as u32,
-                ok,
-                sha256: want.clone(),
-                message: message.clone(),
-            }),
-        )?;
-        if ok {
-            eprintln!(
-                "{}: written to {} and verified in {:.1}s{}, sha256 {want}",
-                d.name,
-                t.spec,
-                t0.elapsed().as_secs_f64(),
-                if args.verify { " (read back)" } else { "" }
-            );
-            if damaged > 0 {
-                eprintln!("  {damaged} chunk(s) arrived damaged and were sent again");
-            }
+        if restore_disk(s, i as u32, d, t, geo, held, args, mode)? {
+            t.keep();
         } else {
-            eprintln!("{}: VERIFICATION FAILED: {message}", d.name);
             code = exit::VERIFY_FAILED;
         }
     }
@@ -552,17 +695,95 @@ pub fn run(root: &Root, args: &RestoreArgs) -> Result<u8> {
         &[kind::SESSION_DONE],
         "finishing the restore",
     );
-    s.close();
-    if code == exit::OK {
-        println!(
-            "restore of {} completed and verified in {:.1}s",
-            chosen.backup_id,
-            started.elapsed().as_secs_f64()
-        );
-    } else {
-        println!("restore FAILED verification; the target disks are not trustworthy");
-    }
     Ok(code)
+}
+
+/// Receives one disk onto its target, checks it and answers DISK_DONE.
+/// Whether it verified.
+#[allow(clippy::too_many_arguments)]
+fn restore_disk(
+    s: &mut Session,
+    i: u32,
+    d: &DiskSummary,
+    t: &Target,
+    geo: Geometry,
+    held: &ChunkRanges,
+    args: &RestoreArgs,
+    mode: progress::Mode,
+) -> Result<bool> {
+    let bar = Bar::new(&d.name, d.size, mode);
+    let t0 = Instant::now();
+    let sink = TargetSink {
+        file: t
+            .file
+            .try_clone()
+            .context("duplicating the target descriptor")?,
+        direct: DirectWriter::open(&t.path, &t.file, geo.chunk as usize),
+        block: t.block,
+        fresh_file: t.created.is_some(),
+    };
+    let pipe = SinkPipeline::start(sink, d.size);
+    let (end_frame, damaged) = xfer::receive_disk(&mut s.conn, i, geo, held, &pipe, &bar)?;
+    bar.finish();
+    let (_sink, whole) = pipe.finish()?;
+    t.file
+        .sync_all()
+        .with_context(|| format!("syncing {}", t.spec))?;
+    if t.block
+        && let Err(e) = blkdev::reread_partitions(&t.file)
+    {
+        eprintln!(
+            "note: the kernel could not re-read the partition table of {} ({e:#}); reboot or run partprobe",
+            t.spec
+        );
+    }
+    let want = d.sha256.clone().unwrap_or_default();
+    let got = whole.map(|w| hex(&w));
+    let mut ok = got.as_deref().is_none_or(|g| g == want);
+    let mut message = String::new();
+    if !ok {
+        message = format!(
+            "image digest {} does not match the backup's {want}",
+            got.unwrap_or_default()
+        );
+    }
+    if ok && args.verify {
+        eprintln!("{}: reading {} back to verify", d.name, t.spec);
+        let h = read_back(
+            &t.file,
+            d.size,
+            &Bar::new(&format!("{} verify", d.name), d.size, mode),
+        )?;
+        if h != want {
+            ok = false;
+            message = format!("read back {h}, the backup's digest is {want}");
+        }
+    }
+    s.conn.reply(
+        &end_frame,
+        Header::new(kind::DISK_DONE, i, 0),
+        msg::to_json(&DiskDone {
+            disk: i,
+            ok,
+            sha256: want.clone(),
+            message: message.clone(),
+        }),
+    )?;
+    if ok {
+        eprintln!(
+            "{}: written to {} and verified in {:.1}s{}, sha256 {want}",
+            d.name,
+            t.spec,
+            t0.elapsed().as_secs_f64(),
+            if args.verify { " (read back)" } else { "" }
+        );
+        if damaged > 0 {
+            eprintln!("  {damaged} chunk(s) arrived damaged and were sent again");
+        }
+    } else {
+        eprintln!("{}: VERIFICATION FAILED: {message}", d.name);
+    }
+    Ok(ok)
 }
 
 /// Which chunks the target already holds (restore --resume): reads it and
@@ -574,6 +795,7 @@ fn held_on_target(
     d: &DiskSummary,
     t: &Target,
     mode: progress::Mode,
+    digest_chunk: &mut Option<u32>,
 ) -> Result<ChunkRanges> {
     let bar = Bar::new(&format!("{} compare", d.name), d.size, mode);
     let mut zeros = ZeroDigests::default();
@@ -597,15 +819,30 @@ fn held_on_target(
             Some(u32::from_le_bytes(p.get(at..at + 4)?.try_into().ok()?))
         };
         let (Some(chunk), Some(n)) = (field(0), field(4)) else {
-            anyhow::bail!("the peer sent a truncated DIGESTS message");
+            bail!("the peer sent a truncated DIGESTS message");
         };
-        if chunk == 0 || p.len() != 8 + n as usize * 32 {
-            anyhow::bail!("the peer sent a malformed DIGESTS message");
+        xfer::check_chunk_size(chunk).context("the peer's DIGESTS")?;
+        if p.len() != 8 + n as usize * 32 {
+            bail!("the peer sent a malformed DIGESTS message");
+        }
+        match *digest_chunk {
+            Some(c) if c != chunk => {
+                bail!("the peer's DIGESTS changed chunk size from {c} to {chunk} bytes")
+            }
+            _ => *digest_chunk = Some(chunk),
         }
         let geo = Geometry {
             size: d.size,
             chunk,
         };
+        let left = geo.count().saturating_sub(first);
+        if n > MAX_DIGESTS || u64::from(n) > left || f.header.offset != first {
+            bail!(
+                "the peer sent more digests than asked for, or for other chunks ({n} at chunk {} where {} from chunk {first} were asked for)",
+                f.header.offset,
+                left.min(u64::from(MAX_DIGESTS))
+            );
+        }
         if n == 0 || first >= geo.count() {
             break;
         }
@@ -650,12 +887,6 @@ fn held_on_target(
         d.name, t.spec
     );
     Ok(ranges)
-}
-
-fn cleanup_created(t: &Target) {
-    if t.created {
-        let _ = std::fs::remove_file(&t.path);
-    }
 }
 
 /// Reads the first `size` bytes of the target and returns their SHA-256.

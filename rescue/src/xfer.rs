@@ -25,6 +25,19 @@ pub const WINDOW: usize = 12;
 /// With no acknowledgement for this long, everything in flight is sent again.
 const STALL: Duration = Duration::from_secs(10);
 
+/// The largest disk a peer may describe (2^56 bytes, 64 PiB).
+pub const MAX_DISK_SIZE: u64 = 1 << 56;
+
+/// Whether a chunk size from the peer is one an honest peer uses: a power of
+/// two from 64 KiB to 8 MiB. Anything else divides by zero in `Geometry`,
+/// allocates gigabytes per buffer, or does not fit a frame.
+pub fn check_chunk_size(chunk: u32) -> Result<()> {
+    if !(64 << 10..=8 << 20).contains(&chunk) || !chunk.is_power_of_two() {
+        bail!("chunk size {chunk} is impossible (a power of two from 64 KiB to 8 MiB)");
+    }
+    Ok(())
+}
+
 /// Chunk geometry of one disk.
 #[derive(Debug, Clone, Copy)]
 pub struct Geometry {

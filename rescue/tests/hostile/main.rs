@@ -7,4 +7,5 @@
 mod common;
 
 mod listing;
+mod lying_server;
 mod peer;
