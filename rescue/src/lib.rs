@@ -13,6 +13,7 @@ pub mod direct;
 pub mod disks;
 pub mod exit;
 pub mod fabric;
+pub mod fsprobe;
 pub mod identity;
 pub mod init;
 pub mod modload;
