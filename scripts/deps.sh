@@ -14,6 +14,12 @@ DEBIAN_PACKAGES=(
     xz-utils
     e2fsprogs           # ext4 disks for the scenarios
     fdisk               # sfdisk for GPT test disks
+    dosfstools          # mkfs.vfat, and below the other mkfs tools that
+    xfsprogs            #   rescue/tests/fixtures/mkfixtures.sh makes the
+    btrfs-progs         #   filesystem fixtures of `rescue disks` with
+    ntfs-3g
+    exfatprogs
+    cryptsetup-bin
     time                # /usr/bin/time for peak RSS
     python3
 )

@@ -108,7 +108,8 @@ pub struct DisksArgs {
     /// Also show loop, ram, zram, optical and stacked (device-mapper, md RAID) devices.
     #[arg(long)]
     pub all: bool,
-    /// Print JSON instead of text.
+    /// Print JSON instead of text (sizes also in bytes and in the disk's own logical
+    /// sectors, loop devices' backing files).
     #[arg(long)]
     pub json: bool,
 }

@@ -1,15 +1,17 @@
-//! The block devices of this machine (/sys/block): what `rescue disks` lists, what a
-//! backup sends and describes in its manifest, and the checks that keep a restore
-//! away from a disk that is mounted, held by device mapper or md, or used as swap.
+//! The block devices of this machine (/sys/block): what `rescue disks` lists (with the
+//! filesystems their superblocks name), what a backup sends and describes in its
+//! manifest, and the checks that keep a restore away from a disk that is mounted, held
+//! by device mapper or md, or used as swap.
 
 use std::collections::HashSet;
-use std::fs;
+use std::fs::{self, File};
 use std::path::{Component, Path, PathBuf};
 
 use anyhow::{Context, bail};
 use serde::{Deserialize, Serialize};
 
 use crate::Root;
+use crate::fsprobe::{self, FsInfo, Window};
 use crate::mountinfo::{self, Mount};
 use crate::partitions;
 
@@ -23,8 +25,9 @@ pub struct Disk {
     pub path: String,
     pub major: u32,
     pub minor: u32,
-    /// Size in 512-byte units, as sysfs reports it whatever the sector size.
+    /// Size in the disk's own logical sectors (`logical_block_size` bytes each).
     pub sectors: u64,
+    pub size_bytes: u64,
     pub logical_block_size: u32,
     pub physical_block_size: u32,
     pub vendor: Option<String>,
@@ -53,9 +56,15 @@ pub struct Disk {
     /// Set when the mount table could not be read, so being unused is not proven.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub usage_unknown: Option<String>,
+    /// A filesystem (or LUKS, LVM, md, swap) on the whole disk, without a partition table.
+    pub filesystem: Option<FsInfo>,
+    /// The file behind a loop device.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub backing_file: Option<String>,
 }
 
-/// A partition of a disk, from sysfs, with the table's type and label when readable.
+/// A partition of a disk, from sysfs, with the table's type and name when readable and
+/// the filesystem its superblock names.
 #[derive(Serialize, Deserialize, Debug, Clone, Default, PartialEq)]
 #[serde(default)]
 pub struct Partition {
@@ -66,16 +75,23 @@ pub struct Partition {
     pub minor: u32,
     pub start_bytes: u64,
     pub size_bytes: u64,
+    /// Start and size in the disk's logical sectors.
+    pub start_sector: u64,
+    pub sectors: u64,
     pub read_only: bool,
     pub type_name: Option<String>,
     pub type_id: Option<String>,
-    /// GPT partition name.
-    pub label: Option<String>,
+    /// GPT partition name (PARTLABEL), not the filesystem's label.
+    #[serde(alias = "label")]
+    pub partname: Option<String>,
     /// GPT partition GUID, or MBR "<signature>-<nn>" (PARTUUID).
-    pub uuid: Option<String>,
+    #[serde(alias = "uuid")]
+    pub partuuid: Option<String>,
     pub mounts: Vec<String>,
     pub holders: Vec<Holder>,
     pub swap: bool,
+    /// What the partition's superblock says it holds.
+    pub filesystem: Option<FsInfo>,
 }
 
 /// A device stacked on a disk or partition (holders/ in sysfs).
@@ -96,7 +112,7 @@ pub struct Holder {
 impl Disk {
     /// The size in bytes.
     pub fn size_bytes(&self) -> u64 {
-        self.sectors.saturating_mul(512)
+        self.size_bytes
     }
 
     /// Why writing to this disk would destroy data in use, or `None` when it is free:
@@ -243,7 +259,7 @@ pub fn list(root: &Root, all: bool) -> anyhow::Result<Vec<Disk>> {
     let usage = Usage::read(root);
     let mut disks = Vec::new();
     for name in names {
-        if !all && hidden(root, &name) {
+        if (!all && hidden(root, &name)) || unused_loop(root, &name) {
             continue;
         }
         // A device may vanish between listing and reading (USB unplugged); skip it.
@@ -340,6 +356,16 @@ fn hidden(root: &Root, name: &str) -> bool {
     !list_dir(&root.path(format!("/sys/block/{name}/slaves"))).is_empty()
 }
 
+/// A loop device without a file behind it (0 B) is a free slot, not a disk: not
+/// listed, even with --all.
+fn unused_loop(root: &Root, name: &str) -> bool {
+    name.starts_with("loop")
+        && root
+            .read_u64(format!("/sys/block/{name}/size"))
+            .unwrap_or(0)
+            == 0
+}
+
 fn read_disk(root: &Root, name: &str, usage: &Usage) -> anyhow::Result<Disk> {
     let base = format!("/sys/block/{name}");
     if !root.path(&base).is_dir() {
@@ -361,13 +387,16 @@ fn read_disk(root: &Root, name: &str, usage: &Usage) -> anyhow::Result<Disk> {
         .and_then(|v| u32::try_from(v).ok())
         .filter(|v| *v >= 512)
         .unwrap_or(logical);
+    // sysfs counts 512-byte units whatever the sector size.
+    let size_bytes = num("size").unwrap_or(0).saturating_mul(512);
 
     let mut disk = Disk {
         name: name.to_string(),
         path: path.clone(),
         major: devnum.map_or(0, |d| d.0),
         minor: devnum.map_or(0, |d| d.1),
-        sectors: num("size").unwrap_or(0),
+        sectors: size_bytes / u64::from(logical),
+        size_bytes,
         logical_block_size: logical,
         physical_block_size: physical,
         // virtio and NVMe controllers show a numeric PCI vendor id here, not a name.
@@ -383,6 +412,7 @@ fn read_disk(root: &Root, name: &str, usage: &Usage) -> anyhow::Result<Disk> {
         holders: holders(root, &format!("{base}/holders"), usage),
         swap: usage.is_swap(&path),
         usage_unknown: usage.unknown.clone(),
+        backing_file: attr("loop/backing_file"),
         ..Disk::default()
     };
 
@@ -400,13 +430,17 @@ fn read_disk(root: &Root, name: &str, usage: &Usage) -> anyhow::Result<Disk> {
             .read_attr(format!("{pbase}/dev"))
             .and_then(|d| mountinfo::parse_devnum(&d));
         let ppath = format!("/dev/{entry}");
+        let start_bytes = pattr("start").unwrap_or(0).saturating_mul(512);
+        let size_bytes = pattr("size").unwrap_or(0).saturating_mul(512);
         parts.push(Partition {
             name: entry.clone(),
             number,
             major: pdev.map_or(0, |d| d.0),
             minor: pdev.map_or(0, |d| d.1),
-            start_bytes: pattr("start").unwrap_or(0).saturating_mul(512),
-            size_bytes: pattr("size").unwrap_or(0).saturating_mul(512),
+            start_bytes,
+            size_bytes,
+            start_sector: start_bytes / u64::from(logical),
+            sectors: size_bytes / u64::from(logical),
             read_only: pattr("ro").is_some_and(|v| v != 0),
             mounts: usage.mounts_of(&ppath, pdev),
             holders: holders(root, &format!("{pbase}/holders"), usage),
@@ -420,6 +454,7 @@ fn read_disk(root: &Root, name: &str, usage: &Usage) -> anyhow::Result<Disk> {
 
     if disk.sectors > 0 {
         add_table(root, &mut disk);
+        add_filesystems(root, &mut disk);
     }
     Ok(disk)
 }
@@ -437,8 +472,8 @@ fn add_table(root: &Root, disk: &mut Disk) {
                 if let Some(e) = t.entries.iter().find(|e| e.number == p.number) {
                     p.type_name = Some(e.type_name.clone());
                     p.type_id = Some(e.type_id.clone());
-                    p.label = e.name.clone();
-                    p.uuid = e.uuid.clone();
+                    p.partname = e.name.clone();
+                    p.partuuid = e.uuid.clone();
                 }
             }
             disk.table = Some(t.kind);
@@ -449,6 +484,21 @@ fn add_table(root: &Root, disk: &mut Disk) {
         Err(e) => disk
             .table_warnings
             .push(format!("partition table not read: {}", e.root_cause())),
+    }
+}
+
+/// What the superblocks say, each partition read through its window of the disk so a
+/// probe cannot run into the next one. The whole disk is probed only when it has no
+/// partitions; what cannot be read shows no filesystem.
+fn add_filesystems(root: &Root, disk: &mut Disk) {
+    let Ok(f) = File::open(root.path(&disk.path)) else {
+        return;
+    };
+    if disk.table.is_none() && disk.partitions.is_empty() {
+        disk.filesystem = fsprobe::probe(&Window::new(&f, 0, disk.size_bytes));
+    }
+    for p in &mut disk.partitions {
+        p.filesystem = fsprobe::probe(&Window::new(&f, p.start_bytes, p.size_bytes));
     }
 }
 
@@ -655,88 +705,120 @@ pub fn human_size(bytes: u64) -> String {
     }
 }
 
+/// The columns of `rescue disks`: a disk's model and serial share theirs with a
+/// partition's type and GPT name; FSTYPE, LABEL and UUID come from the superblock.
+const COLUMNS: [&str; 9] = [
+    "NAME",
+    "SIZE",
+    "TRAN",
+    "MODEL / TYPE",
+    "SERIAL / PARTNAME",
+    "FSTYPE",
+    "LABEL",
+    "UUID",
+    "STATE",
+];
+
 /// The human table behind `rescue disks`: one line per disk, its partitions
 /// indented below, with what keeps each in use.
 pub fn render_table(disks: &[Disk]) -> String {
     if disks.is_empty() {
         return "no disks found (--all also shows loop, ram, zram and optical devices)\n".into();
     }
-    let mut rows: Vec<[String; 6]> = vec![[
-        "NAME".into(),
-        "SIZE".into(),
-        "TRAN".into(),
-        "MODEL / TYPE".into(),
-        "SERIAL / LABEL".into(),
-        "STATE".into(),
-    ]];
+    let mut rows: Vec<Vec<String>> = vec![COLUMNS.iter().map(|c| c.to_string()).collect()];
     for d in disks {
-        let mut state = Vec::new();
-        if d.is_busy() {
-            state.push("in use".to_string());
-        }
-        state.extend(disk_state(&d.name, &d.mounts, &d.holders, d.swap));
-        if d.removable {
-            state.push("removable".into());
-        }
-        if d.read_only {
-            state.push("read-only".into());
-        }
-        let model = match (&d.vendor, &d.model) {
-            (_, Some(m)) => m.clone(),
-            (Some(v), None) => v.clone(),
-            (None, None) => "-".into(),
-        };
-        rows.push([
-            d.name.clone(),
-            human_size(d.size_bytes()),
-            d.transport.clone(),
-            model,
-            d.serial.clone().unwrap_or_else(|| "-".into()),
-            state.join(", "),
-        ]);
-        for p in &d.partitions {
-            rows.push([
-                format!("  {}", p.name),
-                human_size(p.size_bytes),
-                String::new(),
-                p.type_name.clone().unwrap_or_default(),
-                p.label.clone().unwrap_or_default(),
-                disk_state(&p.name, &p.mounts, &p.holders, p.swap).join(", "),
-            ]);
-        }
+        rows.push(disk_row(d));
+        rows.extend(d.partitions.iter().map(partition_row));
     }
-    let mut width = [0usize; 6];
-    for r in &rows {
-        for (w, c) in width.iter_mut().zip(r.iter()) {
-            *w = (*w).max(c.chars().count());
-        }
-    }
-    let mut out = String::new();
-    for r in &rows {
-        let mut line = String::new();
-        for (i, c) in r.iter().enumerate() {
-            let pad = width[i].saturating_sub(c.chars().count());
-            if i == 1 {
-                line.push_str(&" ".repeat(pad));
-                line.push_str(c);
-            } else {
-                line.push_str(c);
-                if i + 1 < r.len() {
-                    line.push_str(&" ".repeat(pad));
-                }
-            }
-            if i + 1 < r.len() {
-                line.push_str("  ");
-            }
-        }
-        out.push_str(line.trim_end());
-        out.push('\n');
-    }
+    let mut out = align(&rows);
     // A damaged table is exactly what a rescue tool must not hide.
     for d in disks {
         for w in &d.table_warnings {
             out.push_str(&format!("note: {}: {w}\n", d.name));
         }
+    }
+    out
+}
+
+fn disk_row(d: &Disk) -> Vec<String> {
+    let mut state = Vec::new();
+    if d.is_busy() {
+        state.push("in use".to_string());
+    }
+    state.extend(disk_state(&d.name, &d.mounts, &d.holders, d.swap));
+    if d.removable {
+        state.push("removable".into());
+    }
+    if d.read_only {
+        state.push("read-only".into());
+    }
+    // A loop device has no model: what it shows is its file.
+    let model = d
+        .model
+        .clone()
+        .or_else(|| d.vendor.clone())
+        .or_else(|| d.backing_file.clone())
+        .unwrap_or_else(|| "-".into());
+    let mut row = vec![
+        d.name.clone(),
+        human_size(d.size_bytes()),
+        d.transport.clone(),
+        model,
+        d.serial.clone().unwrap_or_else(|| "-".into()),
+    ];
+    row.extend(fs_cells(d.filesystem.as_ref()));
+    row.push(state.join(", "));
+    row
+}
+
+fn partition_row(p: &Partition) -> Vec<String> {
+    let mut row = vec![
+        format!("  {}", p.name),
+        human_size(p.size_bytes),
+        String::new(),
+        p.type_name.clone().unwrap_or_default(),
+        p.partname.clone().unwrap_or_default(),
+    ];
+    row.extend(fs_cells(p.filesystem.as_ref()));
+    row.push(disk_state(&p.name, &p.mounts, &p.holders, p.swap).join(", "));
+    row
+}
+
+fn fs_cells(fs: Option<&FsInfo>) -> [String; 3] {
+    match fs {
+        Some(f) => [
+            f.fstype.clone(),
+            f.label.clone().unwrap_or_default(),
+            f.uuid.clone().unwrap_or_default(),
+        ],
+        None => Default::default(),
+    }
+}
+
+/// Pads the cells into columns, SIZE right-aligned, without trailing blanks.
+fn align(rows: &[Vec<String>]) -> String {
+    let mut width = vec![0usize; COLUMNS.len()];
+    for r in rows {
+        for (w, c) in width.iter_mut().zip(r.iter()) {
+            *w = (*w).max(c.chars().count());
+        }
+    }
+    let mut out = String::new();
+    for r in rows {
+        let mut line = String::new();
+        for (i, c) in r.iter().enumerate() {
+            let pad = " ".repeat(width[i].saturating_sub(c.chars().count()));
+            if i == 1 {
+                line.push_str(&pad);
+                line.push_str(c);
+            } else {
+                line.push_str(c);
+                line.push_str(&pad);
+            }
+            line.push_str("  ");
+        }
+        out.push_str(line.trim_end());
+        out.push('\n');
     }
     out
 }

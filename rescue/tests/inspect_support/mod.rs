@@ -1,6 +1,7 @@
 //! Shared helpers of the inspection tests (disks, partitions, fabric): copying a
-//! fixture tree into a temporary root, writing small GPT/MBR images, and comparing
-//! output with expected files (UPDATE_EXPECT=1 rewrites them).
+//! fixture tree into a temporary root, writing small GPT/MBR images and the mkfs-made
+//! filesystems of fixtures/fs into them, and comparing output with expected files
+//! (UPDATE_EXPECT=1 rewrites them).
 
 #![allow(dead_code)]
 
@@ -78,6 +79,7 @@ pub const LINUX_FS: &str = "0fc63daf-8483-4772-8e79-3d69d8477de4";
 pub const LINUX_SWAP: &str = "0657fd6d-a4ab-43c4-84e5-0933c84b4f4f";
 pub const LINUX_RAID: &str = "a19d880f-05fc-4d3b-a006-743f0f84911e";
 pub const LINUX_LVM: &str = "e6d6d379-f507-44c2-a23c-238f2a3df928";
+pub const MS_DATA: &str = "ebd0a0a2-b9e5-4433-87c0-68b6b72699c7";
 
 pub struct GptPart<'a> {
     pub type_guid: &'a str,
@@ -210,4 +212,57 @@ pub fn write_image(path: &Path, len: u64, writes: &[(u64, &[u8])]) {
         f.seek(SeekFrom::Start(*off)).unwrap();
         f.write_all(bytes).unwrap();
     }
+}
+
+/// A filesystem kept by mkfixtures.sh in fixtures/fs/NAME.od (`od -A x -t x1z` text,
+/// "*" standing for repeats of the line before): its (offset, bytes) runs.
+pub fn fs_image(name: &str) -> Vec<(u64, Vec<u8>)> {
+    let path = fixtures().join("fs").join(format!("{name}.od"));
+    let text = fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    let mut runs: Vec<(u64, Vec<u8>)> = Vec::new();
+    let mut push = |at: u64, bytes: &[u8]| match runs.last_mut() {
+        Some((o, b)) if *o + b.len() as u64 == at => b.extend_from_slice(bytes),
+        _ => runs.push((at, bytes.to_vec())),
+    };
+    let mut last: Option<(u64, Vec<u8>)> = None;
+    let mut repeat = false;
+    for line in text.lines() {
+        if line.trim() == "*" {
+            repeat = true;
+            continue;
+        }
+        // The printable column starts at '>'; before it only hex.
+        let mut words = line.split('>').next().unwrap().split_whitespace();
+        let at = u64::from_str_radix(words.next().unwrap(), 16).unwrap();
+        let bytes: Vec<u8> = words.map(|w| u8::from_str_radix(w, 16).unwrap()).collect();
+        if std::mem::take(&mut repeat) {
+            let (mut o, prev) = last.clone().unwrap();
+            o += prev.len() as u64;
+            while o < at {
+                push(o, &prev);
+                o += prev.len() as u64;
+            }
+        }
+        if bytes.is_empty() {
+            last = None; // the end of one dumped range
+        } else {
+            push(at, &bytes);
+            last = Some((at, bytes));
+        }
+    }
+    runs
+}
+
+/// Writes fixture filesystem `name` into the (sparse) image at `path`, `at` bytes in.
+pub fn put_fs(path: &Path, at: u64, name: &str) {
+    let f = fs::OpenOptions::new().write(true).open(path).unwrap();
+    for (off, bytes) in fs_image(name) {
+        f.write_all_at(&bytes, at + off).unwrap();
+    }
+}
+
+/// Writes `bytes` at `at` into an existing (sparse) image.
+pub fn put_bytes(path: &Path, at: u64, bytes: &[u8]) {
+    let f = fs::OpenOptions::new().write(true).open(path).unwrap();
+    f.write_all_at(bytes, at).unwrap();
 }
