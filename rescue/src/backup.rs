@@ -13,7 +13,7 @@ use crate::proto::msg::{
 };
 use crate::session;
 use crate::source::{self, Source};
-use crate::util::human_bytes;
+use crate::util::{Peer, human_bytes};
 use crate::xfer::{self, Geometry};
 
 /// What one disk's transfer amounted to.
@@ -146,7 +146,9 @@ pub fn run_with(root: &Root, args: &BackupArgs, srcs: Vec<Source>) -> Result<u8>
     }
     eprintln!(
         "backup {} on {}: {}",
-        ready.backup_id, sess.peer.identity.hostname, ready.location
+        Peer(&ready.backup_id),
+        Peer(&sess.peer.identity.hostname),
+        Peer(&ready.location)
     );
     let mode = progress::Mode::detect();
     let started = Instant::now();
@@ -225,9 +227,13 @@ pub fn run_with(root: &Root, args: &BackupArgs, srcs: Vec<Source>) -> Result<u8>
 
 fn print_disk(r: &DiskReport) {
     if r.ok {
-        eprintln!("{}: verified by the peer, sha256 {}", r.name, r.sha256);
+        eprintln!(
+            "{}: verified by the peer, sha256 {}",
+            r.name,
+            Peer(&r.sha256)
+        );
     } else {
-        eprintln!("{}: NOT verified: {}", r.name, r.message);
+        eprintln!("{}: NOT verified: {}", r.name, Peer(&r.message));
     }
 }
 
@@ -248,7 +254,7 @@ pub fn summary(reports: &[DiskReport], secs: f64, corrupt: u64, peer_msg: &str) 
             human_bytes(s.unreadable_bytes),
             r.seconds,
             human_bytes((s.bytes_read as f64 / r.seconds.max(0.001)) as u64),
-            if r.sha256.is_empty() { "-" } else { &r.sha256 }
+            Peer(if r.sha256.is_empty() { "-" } else { &r.sha256 })
         );
         if s.resent_chunks > 0 {
             println!(
@@ -285,6 +291,6 @@ fn peer_msg_suffix(m: &str) -> String {
     if m.is_empty() {
         String::new()
     } else {
-        format!(" ({m})")
+        format!(" ({})", Peer(m))
     }
 }

@@ -24,7 +24,7 @@ use crate::proto::msg::{
 use crate::readahead;
 use crate::session::{self, Session};
 use crate::store::image::{ZeroDigests, punch_or_zero};
-use crate::util::{hex, human_bytes};
+use crate::util::{Peer, hex, human_bytes};
 use crate::xfer::{self, Geometry, Sink, SinkPipeline, Verified};
 
 /// A local disk or file about to be overwritten.
@@ -348,13 +348,13 @@ fn print_list(backups: &[BackupSummary]) {
         let disks: Vec<String> = b
             .disks
             .iter()
-            .map(|d| format!("{} ({})", d.name, human_bytes(d.size)))
+            .map(|d| format!("{} ({})", Peer(&d.name), human_bytes(d.size)))
             .collect();
         println!(
             "{:<20} {:<34} {:<30} {}",
-            b.host,
-            b.backup_id,
-            b.status,
+            Peer(&b.host),
+            Peer(&b.backup_id),
+            Peer(&b.status),
             disks.join(", ")
         );
     }
@@ -422,11 +422,13 @@ fn map_targets(
                 exit::USAGE,
                 format!(
                     "--map {n}: the backup has no disk {n} (it has {})",
-                    b.disks
-                        .iter()
-                        .map(|d| d.name.as_str())
-                        .collect::<Vec<_>>()
-                        .join(", ")
+                    Peer(
+                        &b.disks
+                            .iter()
+                            .map(|d| d.name.as_str())
+                            .collect::<Vec<_>>()
+                            .join(", ")
+                    )
                 ),
             )
             .into());
@@ -461,17 +463,17 @@ fn map_targets(
                         exit::USAGE,
                         format!(
                             "no local disk has the serial of {} ({}); say where it goes with --map {}=DISK",
-                            d.name,
-                            d.serial.as_deref().unwrap_or("no serial recorded"),
-                            d.name
+                            Peer(&d.name),
+                            Peer(d.serial.as_deref().unwrap_or("no serial recorded")),
+                            Peer(&d.name)
                         ),
                     )
                     .into());
                 }
                 eprint!(
                     "where should {} ({}, {}) go? local disks: {}\ntarget (or empty to skip): ",
-                    d.name,
-                    d.model.as_deref().unwrap_or("unknown model"),
+                    Peer(&d.name),
+                    Peer(d.model.as_deref().unwrap_or("unknown model")),
                     human_bytes(d.size),
                     local
                         .iter()
@@ -518,14 +520,17 @@ pub fn run(root: &Root, args: &RestoreArgs) -> Result<u8> {
     }
     eprintln!(
         "restore backup {} of {} (taken {}) from {}:",
-        chosen.backup_id, chosen.host, chosen.created, s.peer.identity.hostname
+        Peer(&chosen.backup_id),
+        Peer(&chosen.host),
+        Peer(&chosen.created),
+        Peer(&s.peer.identity.hostname)
     );
     for ((d, _), t) in pairs.iter().zip(&planned) {
         eprintln!(
             "  {} ({}, serial {}, {}) -> {}",
-            d.name,
-            d.model.as_deref().unwrap_or("unknown model"),
-            d.serial.as_deref().unwrap_or("unknown"),
+            Peer(&d.name),
+            Peer(d.model.as_deref().unwrap_or("unknown model")),
+            Peer(d.serial.as_deref().unwrap_or("unknown")),
             human_bytes(d.size),
             t.description()
         );
@@ -566,7 +571,7 @@ pub fn run(root: &Root, args: &RestoreArgs) -> Result<u8> {
     if code == exit::OK {
         println!(
             "restore of {} completed and verified in {:.1}s",
-            chosen.backup_id,
+            Peer(&chosen.backup_id),
             started.elapsed().as_secs_f64()
         );
     } else {
@@ -581,7 +586,7 @@ fn check_listed(b: &BackupSummary) -> Result<()> {
     if b.disks.is_empty() || b.disks.len() > 256 {
         bail!(
             "the peer lists backup {} with {} disks (1 to 256 are possible)",
-            b.backup_id,
+            Peer(&b.backup_id),
             b.disks.len()
         );
     }
@@ -590,7 +595,7 @@ fn check_listed(b: &BackupSummary) -> Result<()> {
             bail!(
                 "the peer lists disk {:?} of backup {} with an impossible size of {} bytes",
                 d.name,
-                b.backup_id,
+                Peer(&b.backup_id),
                 d.size
             );
         }
@@ -711,7 +716,7 @@ fn restore_disk(
     args: &RestoreArgs,
     mode: progress::Mode,
 ) -> Result<bool> {
-    let bar = Bar::new(&d.name, d.size, mode);
+    let bar = Bar::new(&Peer(&d.name).to_string(), d.size, mode);
     let t0 = Instant::now();
     let sink = TargetSink {
         file: t
@@ -748,11 +753,11 @@ fn restore_disk(
         );
     }
     if ok && args.verify {
-        eprintln!("{}: reading {} back to verify", d.name, t.spec);
+        eprintln!("{}: reading {} back to verify", Peer(&d.name), t.spec);
         let h = read_back(
             &t.file,
             d.size,
-            &Bar::new(&format!("{} verify", d.name), d.size, mode),
+            &Bar::new(&format!("{} verify", Peer(&d.name)), d.size, mode),
         )?;
         if h != want {
             ok = false;
@@ -771,17 +776,18 @@ fn restore_disk(
     )?;
     if ok {
         eprintln!(
-            "{}: written to {} and verified in {:.1}s{}, sha256 {want}",
-            d.name,
+            "{}: written to {} and verified in {:.1}s{}, sha256 {}",
+            Peer(&d.name),
             t.spec,
             t0.elapsed().as_secs_f64(),
-            if args.verify { " (read back)" } else { "" }
+            if args.verify { " (read back)" } else { "" },
+            Peer(&want)
         );
         if damaged > 0 {
             eprintln!("  {damaged} chunk(s) arrived damaged and were sent again");
         }
     } else {
-        eprintln!("{}: VERIFICATION FAILED: {message}", d.name);
+        eprintln!("{}: VERIFICATION FAILED: {}", Peer(&d.name), Peer(&message));
     }
     Ok(ok)
 }
@@ -797,7 +803,7 @@ fn held_on_target(
     mode: progress::Mode,
     digest_chunk: &mut Option<u32>,
 ) -> Result<ChunkRanges> {
-    let bar = Bar::new(&format!("{} compare", d.name), d.size, mode);
+    let bar = Bar::new(&format!("{} compare", Peer(&d.name)), d.size, mode);
     let mut zeros = ZeroDigests::default();
     let mut ranges: ChunkRanges = Vec::new();
     let mut first = 0u64;
@@ -884,7 +890,8 @@ fn held_on_target(
     let held: u64 = ranges.iter().map(|r| r.1 - r.0).sum();
     eprintln!(
         "{}: resuming, {held} chunk(s) already on {} match the backup and will not be sent",
-        d.name, t.spec
+        Peer(&d.name),
+        t.spec
     );
     Ok(ranges)
 }

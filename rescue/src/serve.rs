@@ -17,7 +17,7 @@ use crate::proto::msg::{
 use crate::session::{self, Session};
 use crate::store::image::{ImageSink, ImageSource, ZeroDigests, journal_digests};
 use crate::store::{BackupStatus, Store};
-use crate::util::human_bytes;
+use crate::util::{Peer, human_bytes};
 use crate::xfer::{self, Geometry, SinkPipeline};
 
 pub fn run(root: &Root, args: &ServeArgs) -> Result<u8> {
@@ -31,7 +31,7 @@ pub fn run(root: &Root, args: &ServeArgs) -> Result<u8> {
 
 /// One peer's session: any number of requests until it says goodbye.
 fn handle(store: &Store, mut s: Session) -> Result<bool> {
-    let peer = s.peer.identity.hostname.clone();
+    let peer = Peer(&s.peer.identity.hostname).to_string();
     let result = (|| -> Result<()> {
         while let Some(req) = session::next_request(&mut s.conn)? {
             if s.conn.answered_before(&req)? {
@@ -362,7 +362,7 @@ fn send_backup(store: &Store, s: &mut Session, req: &Frame) -> Result<()> {
         "sending backup {} ({} disk(s)) to {}",
         b.manifest.backup_id,
         disks.len(),
-        s.peer.identity.hostname
+        Peer(&s.peer.identity.hostname)
     );
     let mode = progress::Mode::detect();
     for (i, d) in disks.iter().enumerate() {
@@ -402,7 +402,7 @@ fn send_backup(store: &Store, s: &mut Session, req: &Frame) -> Result<()> {
         if done.ok {
             eprintln!("{}: restored and verified by the peer", d.name);
         } else {
-            eprintln!("{}: the peer reports: {}", d.name, done.message);
+            eprintln!("{}: the peer reports: {}", d.name, Peer(&done.message));
         }
     }
     Ok(())

@@ -1,5 +1,8 @@
-//! Small helpers shared by several modules: time stamps, sizes, hex, atomic writes.
+//! Small helpers shared by several modules: time stamps, sizes, hex, atomic writes,
+//! escaping what a peer sent before it reaches a terminal.
 
+use std::borrow::Cow;
+use std::fmt;
 use std::fs::{self, File};
 use std::io::Write;
 use std::path::Path;
@@ -69,6 +72,49 @@ pub fn human_bytes(n: u64) -> String {
     }
 }
 
+/// A string that came from the peer (or from the other machine's firmware),
+/// escaped when displayed: control characters (escape sequences, CR, LF, DEL,
+/// C1) and invisible or direction-changing characters are shown as `\n`,
+/// `\x1b`, `\u{202e}`, so a peer can neither drive the terminal nor forge a
+/// line of our output. Width and alignment (`{:<20}`) apply to the escaped text.
+/// JSON output does not need it: serde_json escapes control characters itself.
+pub struct Peer<'a>(pub &'a str);
+
+impl fmt::Display for Peer<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.pad(&printable(self.0))
+    }
+}
+
+/// Characters that move text around or hide it without being control characters.
+fn invisible(c: char) -> bool {
+    matches!(c, '\u{061c}' | '\u{200b}'..='\u{200f}' | '\u{202a}'..='\u{202e}'
+        | '\u{2060}'..='\u{2069}' | '\u{feff}')
+}
+
+/// `s` with everything [`Peer`] escapes escaped (borrowed when nothing is).
+pub fn printable(s: &str) -> Cow<'_, str> {
+    if !s.chars().any(|c| c.is_control() || invisible(c)) {
+        return Cow::Borrowed(s);
+    }
+    let mut out = String::with_capacity(s.len() + 8);
+    for c in s.chars() {
+        match c {
+            '\n' => out.push_str("\\n"),
+            '\r' => out.push_str("\\r"),
+            '\t' => out.push_str("\\t"),
+            c if u32::from(c) < 0x80 && c.is_control() => {
+                out.push_str(&format!("\\x{:02x}", u32::from(c)))
+            }
+            c if c.is_control() || invisible(c) => {
+                out.push_str(&format!("\\u{{{:x}}}", u32::from(c)))
+            }
+            c => out.push(c),
+        }
+    }
+    Cow::Owned(out)
+}
+
 pub fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
@@ -104,6 +150,17 @@ mod tests {
         assert_eq!(iso8601(0), "1970-01-01T00:00:00Z");
         assert_eq!(iso8601(1_795_309_323), "2026-11-22T01:02:03Z");
         assert_eq!(compact_time(1_795_309_323), "20261122-010203");
+    }
+
+    #[test]
+    fn escapes_what_the_peer_sent() {
+        assert_eq!(Peer("hostb").to_string(), "hostb");
+        assert_eq!(
+            Peer("a\x1b[2J\r\nrestore of x completed\u{9b}\u{202e}").to_string(),
+            "a\\x1b[2J\\r\\nrestore of x completed\\u{9b}\\u{202e}"
+        );
+        assert_eq!(format!("[{:<6}]", Peer("a\tb")), "[a\\tb  ]");
+        assert_eq!(printable("Grüße"), "Grüße");
     }
 
     #[test]

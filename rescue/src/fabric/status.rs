@@ -10,6 +10,7 @@ use crate::Root;
 use crate::disks::natural_cmp;
 use crate::fabric::bus::{self, Domain, Router, Service, XDomain};
 use crate::mountinfo;
+use crate::util::Peer;
 
 const STREAM_CONFIGFS: &str = "/sys/kernel/config/thunderbolt/stream";
 const STREAM_MODULE: &str = "thunderbolt_stream";
@@ -417,9 +418,10 @@ pub fn render(s: &Status) -> String {
         o.push_str(&format!(
             "  {}  {} ({}), uuid {}\n",
             x.name,
-            opt(&x.device_name),
-            opt(&x.vendor_name),
-            opt(&x.unique_id)
+            // The peer host chose its own device and vendor names.
+            Peer(opt(&x.device_name)),
+            Peer(opt(&x.vendor_name)),
+            Peer(opt(&x.unique_id))
         ));
         let lanes = |l: Option<u32>| l.map(|n| format!(" x{n}")).unwrap_or_default();
         if x.rx_speed.is_some() || x.tx_speed.is_some() {

@@ -410,7 +410,11 @@ pub fn peer_error(f: &Frame) -> anyhow::Error {
                 "verify" => exit::VERIFY_FAILED,
                 _ => exit::ERROR,
             };
-            Exit::new(code, format!("the peer reports: {}", e.message)).into()
+            Exit::new(
+                code,
+                format!("the peer reports: {}", crate::util::Peer(&e.message)),
+            )
+            .into()
         }
         Err(err) => err,
     }

@@ -97,7 +97,8 @@ impl Identity {
             out.push(')');
         }
         out.push_str(&format!(", rescue {}", self.tool_version));
-        out
+        // Every part came from the peer: escaped for the terminal.
+        crate::util::printable(&out).into_owned()
     }
 }
 

@@ -6,6 +6,7 @@
 #[path = "../common/mod.rs"]
 mod common;
 
+mod escapes;
 mod listing;
 mod lying_server;
 mod peer;

@@ -114,3 +114,38 @@ pub fn host_of(bd: &Path) -> String {
         .to_string_lossy()
         .into_owned()
 }
+
+/// A fake `rescue serve` on a UNIX socket for one client: it greets, answers
+/// each request kind in `script` once with (reply kind, body), and closes a
+/// moment after the last answer (or when the client does).
+pub fn fake_server(
+    dir: &Path,
+    script: Vec<(u8, u8, Value)>,
+) -> (String, std::thread::JoinHandle<()>) {
+    let sock = dir.join("fake.sock");
+    let l = std::os::unix::net::UnixListener::bind(&sock).unwrap();
+    let h = std::thread::spawn(move || {
+        let Ok((s, _)) = l.accept() else { return };
+        s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+        let mut w = s.try_clone().unwrap();
+        let mut r = FrameReader::new(s);
+        let hello = json!({"protocol": 1, "min_protocol": 1, "role": "serve",
+                           "identity": identity("fake", "")});
+        let send = |w: &mut UnixStream, k: u8, v: &Value| {
+            let _ = write_frame(w, Header::new(k, 0, 0), &serde_json::to_vec(v).unwrap());
+        };
+        send(&mut w, kind::HELLO, &hello);
+        let mut script = script;
+        while let Ok(Read1::Frame(f)) = r.read_frame() {
+            if let Some(i) = script.iter().position(|(k, _, _)| *k == f.header.kind) {
+                let (_, reply, body) = script.remove(i);
+                send(&mut w, reply, &body);
+                if script.is_empty() {
+                    std::thread::sleep(Duration::from_millis(300));
+                    return;
+                }
+            }
+        }
+    });
+    (format!("unix:{}", sock.display()), h)
+}
