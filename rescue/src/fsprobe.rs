@@ -113,7 +113,7 @@ pub fn probe(v: &dyn Volume) -> Option<FsInfo> {
         .or_else(|| ext(h))
         .or_else(|| ntfs(h, v))
         .or_else(|| exfat(h, v))
-        .or_else(|| fat(h))
+        .or_else(|| fat(h, v))
         .or_else(|| squashfs(h))
         .or_else(|| btrfs(v))
         .or_else(|| swap(h, v))
@@ -338,8 +338,10 @@ fn squashfs(h: Bytes) -> Option<FsInfo> {
 }
 
 /// FAT12/16/32 by the extended boot record (boot signature 0x29), which holds the
-/// serial and label: at 0x40 for FAT32, at 0x24 for FAT12/16.
-fn fat(h: Bytes) -> Option<FsInfo> {
+/// serial and a label: at 0x40 for FAT32, at 0x24 for FAT12/16. The label that counts
+/// is the root directory's (Windows writes only that one, leaving "NO NAME" in the boot
+/// sector), as for blkid; the boot sector's is the fallback.
+fn fat(h: Bytes, v: &dyn Volume) -> Option<FsInfo> {
     if !h.is(510, &[0x55, 0xaa]) {
         return None;
     }
@@ -353,8 +355,45 @@ fn fat(h: Bytes) -> Option<FsInfo> {
     if h.u8(ebr + 2)? != 0x29 {
         return None;
     }
-    let label = label_text(h.get(ebr + 7, 11)?).filter(|l| l != "NO NAME");
+    let label = fat_root_label(h, v, ebr == 0x40)
+        .or_else(|| label_text(h.get(ebr + 7, 11)?))
+        .filter(|l| l != "NO NAME");
     found("vfat", label, Some(serial_text(h.arr(ebr + 3)?)))
+}
+
+/// The volume label entry of the FAT root directory: a fixed area after the FATs on
+/// FAT12/16, the root cluster on FAT32 (its first cluster is all that is read).
+fn fat_root_label(h: Bytes, v: &dyn Volume, fat32: bool) -> Option<String> {
+    let sector = u64::from(h.le16(0x0b)?);
+    let cluster = sector.checked_mul(u64::from(h.u8(0x0d)?))?;
+    let fats = u64::from(h.u8(0x10)?);
+    let reserved = u64::from(h.le16(0x0e)?);
+    let (fat_size, root_len) = if fat32 {
+        (u64::from(h.le32(0x24)?), cluster)
+    } else {
+        (u64::from(h.le16(0x16)?), u64::from(h.le16(0x11)?) * 32)
+    };
+    let data = reserved
+        .checked_add(fats.checked_mul(fat_size)?)?
+        .checked_mul(sector)?;
+    let off = if fat32 {
+        let root = u64::from(h.le32(0x2c)?).checked_sub(2)?;
+        data.checked_add(root.checked_mul(cluster)?)?
+    } else {
+        data
+    };
+    let dir = v.read(off, usize::try_from(root_len.min(LABEL_READ_MAX)).ok()?);
+    for e in dir.chunks_exact(32) {
+        let attr = *e.get(11)?;
+        match e.first()? {
+            0x00 => return None, // end of directory
+            0xe5 => {}           // deleted
+            // A volume label, not a long-name piece (0x0f) nor a directory.
+            _ if attr != 0x0f && attr & 0x18 == 0x08 => return label_text(e.get(..11)?),
+            _ => {}
+        }
+    }
+    None
 }
 
 fn exfat(h: Bytes, v: &dyn Volume) -> Option<FsInfo> {
