@@ -7,6 +7,7 @@ pub mod app;
 pub mod backup;
 pub mod blkdev;
 pub mod bufpool;
+pub mod busy;
 pub mod catcmd;
 pub mod cli;
 pub mod direct;

@@ -12,6 +12,7 @@ use sha2::{Digest, Sha256};
 
 use crate::Root;
 use crate::blkdev;
+use crate::busy;
 use crate::cli::RestoreArgs;
 use crate::direct::DirectWriter;
 use crate::exit::{self, Exit};
@@ -157,11 +158,17 @@ pub fn open_target(root: &Root, spec: &str, need: u64) -> Result<Planned> {
                     human_bytes(need)
                 )));
             }
+            if let Some(why) = busy::file_in_use(root, &path) {
+                return Err(refuse(format!(
+                    "refusing to restore onto {spec}: {why}; detach it first (losetup -d)"
+                )));
+            }
             let file = OpenOptions::new()
                 .read(true)
                 .write(true)
                 .open(&path)
                 .with_context(|| format!("opening {spec} for writing"))?;
+            refuse_if_locked(spec, &file)?;
             Ok(Planned::Open(Target {
                 spec: spec.into(),
                 description: format!("{} (image file, {})", path.display(), human_bytes(m.len())),
@@ -185,6 +192,16 @@ pub fn open_target(root: &Root, spec: &str, need: u64) -> Result<Planned> {
         }
         Err(e) => Err(anyhow::Error::new(e)
             .context(format!("{spec}: no such disk (`rescue disks` lists them)"))),
+    }
+}
+
+/// A disk or image another program holds a lock on is in use (a running VM's).
+fn refuse_if_locked(spec: &str, file: &File) -> Result<()> {
+    match busy::lock_holder(file) {
+        Some(why) => Err(refuse(format!(
+            "refusing to restore onto {spec}: {why}; stop that program first"
+        ))),
+        None => Ok(()),
     }
 }
 
@@ -224,9 +241,13 @@ fn open_block(root: &Root, spec: &str, path: PathBuf, need: u64) -> Result<Targe
         .and_then(|p| p.file_name().map(|n| n.to_string_lossy().into_owned()))
         .unwrap_or_else(|| spec.to_string());
     let disk = crate::disks::find(root, &name).ok();
-    if let Some(d) = &disk
-        && let Some(why) = d.busy_reason()
-    {
+    // What disks knows (its partitions mounted, held, swap), then everything
+    // stacked on it to any depth (loop devices on it or on a file on it, dm on md).
+    let why = disk
+        .as_ref()
+        .and_then(|d| d.busy_reason())
+        .or_else(|| busy::device_in_use(root, &name));
+    if let Some(why) = why {
         return Err(refuse(format!(
             "refusing to restore onto {spec}: {why}; unmount it (and stop what holds it) first"
         )));
@@ -244,6 +265,7 @@ fn open_block(root: &Root, spec: &str, path: PathBuf, need: u64) -> Result<Targe
             )),
             _ => anyhow::Error::new(e).context(format!("opening {spec} for writing")),
         })?;
+    refuse_if_locked(spec, &file)?;
     let size = blkdev::size_of(&file)?;
     if size < need {
         return Err(refuse(format!(

@@ -342,12 +342,7 @@ fn server_killed_mid_backup_resumes_to_a_backup_that_verifies() {
 #[test]
 fn cut_restore_resumes_with_only_the_missing_chunks() {
     let d = tempfile::tempdir().unwrap();
-    let a = d.path().join("disk.img");
-    random_image(&a, 24, 7);
-    let srv = Server::start(d.path(), &d.path().join("store"));
-    let o = rescue(&["backup", "-d", &srv.endpoint(), a.to_str().unwrap()]);
-    assert_eq!(o.status.code(), Some(0), "{}", text(&o));
-    let host = host_of(&srv);
+    let (srv, a, host) = served_backup(d.path(), 24, 7);
     let t = d.path().join("target.img");
     fs::File::create(&t).unwrap().set_len(24 << 20).unwrap();
     let map = format!("disk={}", t.display());
@@ -551,6 +546,22 @@ fn restore_refuses_a_smaller_target() {
     ]);
     assert_eq!(o.status.code(), Some(6), "{}", text(&o));
     assert_eq!(fs::read(&ok).unwrap(), vec![9u8; 4 << 20]);
+}
+
+/// A server holding one backup of `disk.img`, `mib` MiB of random bytes:
+/// the server, the image and the host the backup is filed under.
+fn served_backup(
+    dir: &std::path::Path,
+    mib: usize,
+    seed: u64,
+) -> (Server, std::path::PathBuf, String) {
+    let a = dir.join("disk.img");
+    random_image(&a, mib, seed);
+    let srv = Server::start(dir, &dir.join("store"));
+    let o = rescue(&["backup", "-d", &srv.endpoint(), a.to_str().unwrap()]);
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+    let host = host_of(&srv);
+    (srv, a, host)
 }
 
 fn host_of(srv: &Server) -> String {
@@ -834,4 +845,74 @@ fn explicit_host_wins_over_a_shared_machine_id() {
         text(&o)
     );
     assert_eq!(fs::read(&t).unwrap(), vec![5u8; 2 << 20]);
+}
+
+#[test]
+fn restore_refuses_a_locked_image_and_a_loop_backing_file() {
+    use std::os::fd::AsRawFd;
+    let d = tempfile::tempdir().unwrap();
+    let (srv, a, host) = served_backup(d.path(), 2, 31);
+    // Held with flock by this process, as a VM manager holds its disks.
+    let t = d.path().join("vm.img");
+    fs::write(&t, vec![5u8; 2 << 20]).unwrap();
+    let holder = fs::File::open(&t).unwrap();
+    // SAFETY: flock on a descriptor this test owns.
+    assert_eq!(
+        unsafe { libc::flock(holder.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) },
+        0
+    );
+    let map = format!("disk={}", t.display());
+    let args = [
+        "restore",
+        "-d",
+        &srv.endpoint(),
+        "--host",
+        &host,
+        "--map",
+        &map,
+        "--yes",
+    ];
+    let o = rescue(&args);
+    assert_eq!(o.status.code(), Some(6), "{}", text(&o));
+    assert!(text(&o).contains("holds a lock on it"), "{}", text(&o));
+    assert_eq!(fs::read(&t).unwrap(), vec![5u8; 2 << 20]);
+    // The probe kept no lock: once the holder is gone the restore goes ahead.
+    drop(holder);
+    let o = rescue(&args);
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+    assert_eq!(sha256_file(&t), sha256_file(&a));
+    // An image file that backs a loop device (in the fake sysfs) is refused too.
+    let r = d.path().join("root");
+    fs::create_dir_all(r.join("sys/block/loop3/loop")).unwrap();
+    fs::create_dir_all(r.join("proc/self")).unwrap();
+    fs::create_dir_all(r.join("images")).unwrap();
+    fs::write(
+        r.join("sys/block/loop3/loop/backing_file"),
+        "/images/vm.img\n",
+    )
+    .unwrap();
+    fs::write(r.join("proc/self/mountinfo"), "").unwrap();
+    fs::write(r.join("images/vm.img"), vec![5u8; 2 << 20]).unwrap();
+    let o = rescue(&[
+        "--root",
+        r.to_str().unwrap(),
+        "restore",
+        "-d",
+        &srv.endpoint(),
+        "--host",
+        &host,
+        "--map",
+        "disk=/images/vm.img",
+        "--yes",
+    ]);
+    assert_eq!(o.status.code(), Some(6), "{}", text(&o));
+    assert!(
+        text(&o).contains("it is the backing file of loop3"),
+        "{}",
+        text(&o)
+    );
+    assert_eq!(
+        fs::read(r.join("images/vm.img")).unwrap(),
+        vec![5u8; 2 << 20]
+    );
 }
