@@ -1,11 +1,12 @@
 //! Recognising what a volume holds from its superblock, the way blkid names it: ext2/3/4,
 //! xfs, btrfs, vfat (FAT12/16/32), exfat, ntfs, squashfs, swap, LUKS, LVM2 PV and md RAID
-//! 1.x members, with label and UUID. `rescue disks` shows these and the PID-1 store lookup
-//! (init/store.rs) finds its store by them. Superblocks come from failing or hostile
-//! disks: every field is read through bounds-checked accessors, never by indexing.
+//! members (metadata 0.90, 1.0, 1.1, 1.2), with label and UUID. `rescue disks` shows
+//! these and the PID-1 store lookup (init/store.rs) finds its store by them. Superblocks
+//! come from failing or hostile disks: every field is read through bounds-checked
+//! accessors, never by indexing.
 
 use std::fs::File;
-use std::io;
+use std::io::{self, Seek, SeekFrom};
 use std::os::unix::fs::FileExt;
 use std::path::Path;
 
@@ -39,9 +40,15 @@ pub trait Volume {
     /// Up to `len` bytes at `offset`: fewer at the end of the volume, and fewer or none
     /// when the read fails (nothing is recognised in what could not be read).
     fn read(&self, offset: u64, len: usize) -> Vec<u8>;
+    /// Its size, when known (md keeps some superblocks at the end).
+    fn size(&self) -> Option<u64>;
 }
 
 impl Volume for &[u8] {
+    fn size(&self) -> Option<u64> {
+        Some(self.len() as u64)
+    }
+
     fn read(&self, offset: u64, len: usize) -> Vec<u8> {
         let Ok(start) = usize::try_from(offset) else {
             return Vec::new();
@@ -66,6 +73,10 @@ impl<'a> Window<'a> {
 }
 
 impl Volume for Window<'_> {
+    fn size(&self) -> Option<u64> {
+        (self.len != u64::MAX).then_some(self.len)
+    }
+
     fn read(&self, offset: u64, len: usize) -> Vec<u8> {
         let avail = self.len.saturating_sub(offset);
         let want = usize::try_from(avail).unwrap_or(usize::MAX).min(len);
@@ -92,8 +103,10 @@ impl Volume for Window<'_> {
 
 /// Probes a whole device or image file.
 pub fn probe_path(path: &Path) -> io::Result<Option<FsInfo>> {
-    let f = File::open(path)?;
-    Ok(probe(&Window::new(&f, 0, u64::MAX)))
+    let mut f = File::open(path)?;
+    // The size of a block device too (its metadata says 0).
+    let size = f.seek(SeekFrom::End(0)).unwrap_or(u64::MAX);
+    Ok(probe(&Window::new(&f, 0, size)))
 }
 
 /// Probes bytes from the start of a volume (at least `PROBE_LEN` of them to see btrfs).
@@ -108,7 +121,7 @@ pub fn probe(v: &dyn Volume) -> Option<FsInfo> {
     let h = Bytes(&head);
     luks(h)
         .or_else(|| lvm(h))
-        .or_else(|| md(h))
+        .or_else(|| md(h, v))
         .or_else(|| xfs(h))
         .or_else(|| ext(h))
         .or_else(|| ntfs(h, v))
@@ -264,17 +277,41 @@ fn lvm_uuid(h: Bytes, label: usize) -> Option<String> {
     Some(parts.join("-"))
 }
 
-/// md RAID member with a version 1.1 (at 0) or 1.2 (at 4 KiB) superblock. 0.90 and 1.0
-/// keep theirs at the end of the device and are not recognised.
-fn md(h: Bytes) -> Option<FsInfo> {
-    let at = [0usize, 4096]
-        .into_iter()
-        .find(|&at| h.le32(at) == Some(0xa92b_4efc) && h.le32(at + 4) == Some(1))?;
-    found(
-        "linux_raid_member",
-        label_text(h.get(at + 32, 32)?),
-        uuid_text(h.get(at + 16, 16)?),
-    )
+/// md RAID member: a version 1.1 (at 0) or 1.2 (at 4 KiB) superblock, else 1.0 (8 KiB
+/// before the end, 4 KiB aligned) or 0.90 (the last 64 KiB-aligned 64 KiB), both of
+/// which leave the member's data, often a plain filesystem, at its start.
+fn md(h: Bytes, v: &dyn Volume) -> Option<FsInfo> {
+    const MAGIC: u32 = 0xa92b_4efc;
+    let is_md = |b: Bytes, at: usize, major: u32| {
+        b.le32(at) == Some(MAGIC) && b.le32(at + 4) == Some(major)
+    };
+    let v1 = |b: Bytes, at: usize| {
+        found(
+            "linux_raid_member",
+            label_text(b.get(at + 32, 32)?),
+            uuid_text(b.get(at + 16, 16)?),
+        )
+    };
+    if let Some(at) = [0usize, 4096].into_iter().find(|&at| is_md(h, at, 1)) {
+        return v1(h, at);
+    }
+    let size = v.size()?;
+    if let Some(end) = size.checked_sub(8192).filter(|e| *e >= 8192) {
+        let sb = v.read(end & !4095, 256);
+        if is_md(Bytes(&sb), 0, 1) {
+            return v1(Bytes(&sb), 0);
+        }
+    }
+    let at = (size & !65535).checked_sub(65536).filter(|a| *a > 0)?;
+    let sb = v.read(at, 64);
+    let b = Bytes(&sb);
+    if !is_md(b, 0, 0) {
+        return None;
+    }
+    // The set UUID is split: word 5, then words 13 to 15.
+    let mut uuid = b.get(0x14, 4)?.to_vec();
+    uuid.extend_from_slice(b.get(0x34, 12)?);
+    found("linux_raid_member", None, uuid_text(&uuid))
 }
 
 fn xfs(h: Bytes) -> Option<FsInfo> {
@@ -593,6 +630,27 @@ mod tests {
         b
     }
 
+    /// md members with the superblock at the end: 1.0 and 0.90, over an ext4 start.
+    fn md_at_end(major: u32) -> Vec<u8> {
+        let mut b = ext(0x40, 0x4);
+        b.resize(1 << 20, 0);
+        let at = if major == 1 {
+            (b.len() - 8192) & !4095
+        } else {
+            b.len() - 65536
+        };
+        put(&mut b, at, &0xa92b_4efcu32.to_le_bytes());
+        put(&mut b, at + 4, &major.to_le_bytes());
+        if major == 1 {
+            put(&mut b, at + 16, &UUID);
+            put(&mut b, at + 32, b"boot");
+        } else {
+            put(&mut b, at + 0x14, &UUID[..4]);
+            put(&mut b, at + 0x34, &UUID[4..]);
+        }
+        b
+    }
+
     fn swap64k() -> Vec<u8> {
         let mut b = vec![0u8; 65536];
         put(&mut b, 1024, &1u32.to_le_bytes());
@@ -637,6 +695,14 @@ mod tests {
             probe_bytes(&swap64k()),
             info("swap", Some("swap0"), Some(UUID_TEXT))
         );
+        assert_eq!(
+            probe_bytes(&md_at_end(1)),
+            info("linux_raid_member", Some("boot"), Some(UUID_TEXT))
+        );
+        assert_eq!(
+            probe_bytes(&md_at_end(0)),
+            info("linux_raid_member", None, Some(UUID_TEXT))
+        );
         let mut hib = swap64k();
         put(&mut hib, 65536 - 10, b"S1SUSPEND\0");
         assert_eq!(probe_bytes(&hib).unwrap().fstype, "swsuspend");
@@ -662,10 +728,17 @@ mod tests {
     /// nothing, and never panics.
     #[test]
     fn truncated_superblocks_do_not_panic() {
-        for b in [ext(0x40, 4), luks2(), lvm(), md12(), swap64k()] {
+        for b in [
+            ext(0x40, 4),
+            luks2(),
+            lvm(),
+            md12(),
+            swap64k(),
+            md_at_end(1),
+        ] {
             let full = probe_bytes(&b);
             assert!(full.is_some());
-            for n in (0..b.len()).step_by(7) {
+            for n in (0..b.len()).step_by(if b.len() > PROBE_LEN { 509 } else { 7 }) {
                 let _ = probe_bytes(&b[..n]);
             }
         }
