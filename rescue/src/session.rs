@@ -3,7 +3,8 @@
 //! peer.
 
 use std::cell::Cell;
-use std::sync::atomic::AtomicBool;
+use std::os::unix::net::UnixListener;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
@@ -14,8 +15,9 @@ use crate::exit::{self, Exit};
 use crate::fabric::link::{self, Link, LinkOpts};
 use crate::identity;
 use crate::proto::PROTOCOL;
-use crate::proto::conn::{Conn, Event, expect_within};
-use crate::proto::msg::{self, Hello, Identity, Role, kind};
+use crate::proto::conn::{self, Closed, Conn, Event, expect_within};
+use crate::proto::frame::{self, Header};
+use crate::proto::msg::{self, ErrorMsg, Hello, Identity, Role, kind};
 use crate::signals;
 use crate::transport::{self, Endpoint, Stream};
 
@@ -36,9 +38,6 @@ impl Session {
         drop(link);
     }
 }
-
-/// A peer that sends nothing, not even its 2-second keepalive, for this long is gone.
-const PEER_SILENCE: Duration = Duration::from_secs(60);
 
 fn hello(role: Role, me: &Identity) -> Hello {
     Hello {
@@ -93,7 +92,7 @@ fn introduce(
         bail!("{m}");
     }
     eprintln!("connected to {}", theirs.identity.describe());
-    conn.set_liveness(PEER_SILENCE);
+    conn.set_liveness(conn::peer_silence());
     Ok(theirs)
 }
 
@@ -250,8 +249,14 @@ pub fn serve(
             let l = transport::listen_unix(&p)?;
             eprintln!("waiting for a peer on {} (Ctrl-C to stop)", p.display());
             let _cleanup = RemoveOnDrop(p.clone());
+            // A peer that connected while the last session was closing.
+            let mut next: Option<Stream> = None;
             loop {
-                let Some(stream) = transport::accept_unix(&l, &stop, patience.until)? else {
+                let stream = match next.take() {
+                    Some(s) => Some(s),
+                    None => transport::accept_unix(&l, &stop, patience.until)?,
+                };
+                let Some(stream) = stream else {
                     // None without a deadline passing: stopped.
                     if patience.over() {
                         return patience.give_up(served.get());
@@ -267,12 +272,22 @@ pub fn serve(
                             continue;
                         }
                     };
-                if !run(Session {
-                    conn,
-                    peer,
-                    me: me.clone(),
-                    link: None,
-                })? {
+                conn.require_progress(conn::peer_progress());
+                let host = peer.identity.hostname.clone();
+                let over = AtomicBool::new(false);
+                let (more, waiting) = std::thread::scope(|sc| {
+                    let busy = sc.spawn(|| answer_busy(&l, &host, &over));
+                    let more = run(Session {
+                        conn,
+                        peer,
+                        me: me.clone(),
+                        link: None,
+                    });
+                    over.store(true, Ordering::SeqCst);
+                    (more, busy.join().ok().flatten())
+                });
+                next = waiting;
+                if !more? {
                     return Ok(());
                 }
                 patience = Patience::new(patience.wait);
@@ -326,6 +341,7 @@ pub fn serve(
                         continue;
                     }
                 };
+                conn.require_progress(conn::peer_progress());
                 let session = Session {
                     conn,
                     peer,
@@ -339,6 +355,38 @@ pub fn serve(
             }
         }
     }
+}
+
+/// How long a peer that connects during a session waits before it is told the
+/// server is busy: a session whose client has just left ends within it (the
+/// next command of a script must not be turned away).
+const BUSY_GRACE: Duration = Duration::from_secs(3);
+
+/// While a session runs, tells each other peer that connects to the socket who
+/// holds the server and to try again, instead of leaving it to time out waiting
+/// for a greeting: serve runs one session at a time. Returns a peer that came
+/// while the session was ending, for serve to take next.
+fn answer_busy(l: &UnixListener, host: &str, over: &AtomicBool) -> Option<Stream> {
+    let why = msg::to_json(&ErrorMsg {
+        code: "busy".into(),
+        message: format!("busy with a session for {host}; try again when it is over"),
+    });
+    while let Ok(Some(stream)) = transport::accept_unix(l, over, None) {
+        let t = Instant::now();
+        while t.elapsed() < BUSY_GRACE && !over.load(Ordering::SeqCst) {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        if over.load(Ordering::SeqCst) {
+            return Some(stream);
+        }
+        if let Stream::Unix(mut s) = stream {
+            // A peer that does not read must not hold this thread either.
+            let _ = s.set_write_timeout(Some(Duration::from_secs(2)));
+            let _ = frame::write_frame(&mut s, Header::new(kind::ERROR, 0, 0), &why);
+            let _ = frame::write_frame(&mut s, Header::new(kind::BYE, 0, 0), &[]);
+        }
+    }
+    None
 }
 
 struct RemoveOnDrop(std::path::PathBuf);
@@ -367,7 +415,12 @@ pub fn next_request(conn: &mut Conn) -> Result<Option<crate::proto::frame::Frame
                     _ => return Ok(Some(f)),
                 }
             }
-            Some(Event::Closed(_)) => return Ok(None),
+            Some(Event::Closed(c)) => {
+                if let Closed::Gone(why) = &c {
+                    eprintln!("the peer is gone: {why}");
+                }
+                return Ok(None);
+            }
             _ => {}
         }
     }

@@ -121,6 +121,8 @@ impl DiskReader {
 }
 
 fn read_exact(r: &dyn BlockRead, buf: &mut [u8], offset: u64) -> io::Result<()> {
+    // Reported in keepalives: a disk read sector by sector is slow, not stuck.
+    crate::proto::conn::note_work();
     let mut done = 0;
     while done < buf.len() {
         match r.read_at(&mut buf[done..], offset + done as u64) {

@@ -23,6 +23,22 @@ use crate::exit::{self, Exit};
 /// The error text a stopped reader returns.
 pub const STOPPED: &str = "stopped";
 
+/// A liveness bound, which tests shorten through the environment variable
+/// `var` (milliseconds); a real cable keeps the default.
+pub fn bound(var: &str, default: Duration) -> Duration {
+    std::env::var(var)
+        .ok()
+        .and_then(|v| v.parse::<u64>().ok())
+        .map_or(default, Duration::from_millis)
+}
+
+/// A write the peer takes not one byte of for this long fails: a peer that
+/// never reads must not hold us in write(). An honest reader stops only while
+/// its own disk stalls. Tests shorten it with RESCUE_WRITE_STALL_MS.
+pub fn write_stall() -> Duration {
+    bound("RESCUE_WRITE_STALL_MS", Duration::from_secs(60))
+}
+
 /// Where a session's bytes go.
 #[derive(Debug)]
 pub enum Stream {
@@ -157,8 +173,13 @@ impl Stream {
         }))
     }
 
+    /// A writer that gives up when the peer takes nothing for `write_stall()`.
     pub fn writer(&self) -> Result<Box<dyn Write + Send>> {
-        Ok(Box::new(self.dup_file()?))
+        Ok(Box::new(PollWriter {
+            file: self.dup_file()?,
+            socket: matches!(self, Stream::Unix(_)),
+            stall: write_stall(),
+        }))
     }
 
     /// Wakes anything blocked on the stream (sockets only; a device read wakes by poll).
@@ -482,6 +503,68 @@ impl Read for PollReader {
                 other => return other,
             }
         }
+    }
+}
+
+/// Writes only when poll says the stream takes data, so a write waits at most
+/// `stall` for the peer to read. A socket is written with MSG_DONTWAIT (a
+/// blocking send would wait for room for the whole buffer); the stream device
+/// queues what its ring holds and returns.
+struct PollWriter {
+    file: File,
+    socket: bool,
+    stall: Duration,
+}
+
+impl Write for PollWriter {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        let start = Instant::now();
+        loop {
+            let left = self.stall.saturating_sub(start.elapsed());
+            if left.is_zero() {
+                return Err(io::Error::new(
+                    io::ErrorKind::TimedOut,
+                    format!(
+                        "the peer has not read anything for {}s",
+                        self.stall.as_secs_f64().round()
+                    ),
+                ));
+            }
+            let slice = left.min(Duration::from_secs(1)).as_millis() as u16;
+            let mut fds = [PollFd::new(self.file.as_fd(), PollFlags::POLLOUT)];
+            match poll(&mut fds, PollTimeout::from(slice.max(1))) {
+                Ok(0) => continue,
+                Ok(_) => {}
+                Err(nix::errno::Errno::EINTR) => continue,
+                Err(e) => return Err(io::Error::from_raw_os_error(e as i32)),
+            }
+            let r = if self.socket {
+                use nix::sys::socket::{MsgFlags, send};
+                send(
+                    std::os::fd::AsRawFd::as_raw_fd(&self.file),
+                    buf,
+                    MsgFlags::MSG_DONTWAIT | MsgFlags::MSG_NOSIGNAL,
+                )
+                .map_err(|e| io::Error::from_raw_os_error(e as i32))
+            } else {
+                (&self.file).write(buf)
+            };
+            match r {
+                Err(e)
+                    if matches!(
+                        e.kind(),
+                        io::ErrorKind::WouldBlock | io::ErrorKind::Interrupted
+                    ) =>
+                {
+                    continue;
+                }
+                other => return other,
+            }
+        }
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
     }
 }
 

@@ -1,10 +1,13 @@
 //! A protocol connection over any byte stream: a reader thread that turns bytes
 //! into frames, a keepalive thread so a busy peer is not mistaken for a dead one,
-//! and request/response helpers that survive a corrupted message.
+//! and request/response helpers that survive a corrupted message. It also keeps
+//! a peer from holding a session without doing anything (see "Liveness" in
+//! docs/protocol.md): silence, keepalives without progress, a stalled write.
 
+use std::cell::RefCell;
 use std::io::{self, Read, Write};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::mpsc::{self, Receiver, RecvTimeoutError, SyncSender};
+use std::sync::mpsc::{self, Receiver, RecvTimeoutError, SyncSender, TryRecvError, TrySendError};
 use std::sync::{Arc, Mutex};
 use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
@@ -20,6 +23,32 @@ use crate::transport::Stream;
 const KEEPALIVE: Duration = Duration::from_secs(2);
 /// A request is sent again when no answer came in this long (and the peer lives).
 const REQUEST_RETRY: Duration = Duration::from_secs(20);
+
+/// A peer that completes no frame for this long while we read is gone: an honest
+/// one sends a keepalive every 2 s, so this is ten missed in a row. It also ends
+/// a frame that trickles in or stops half-way (a header announcing 8 MiB, then
+/// nothing). Tests shorten it with RESCUE_PEER_SILENCE_MS.
+pub fn peer_silence() -> Duration {
+    crate::transport::bound("RESCUE_PEER_SILENCE_MS", Duration::from_secs(20))
+}
+
+/// serve drops a peer that sends nothing but keepalives, and reports no local
+/// work in them, for this long. An honest peer's keepalives count its reads
+/// (a failing disk read sector by sector, a target compared for --resume), so
+/// only a peer that does nothing, or a person leaving a prompt unanswered,
+/// reaches it. Tests shorten it with RESCUE_PEER_PROGRESS_MS.
+pub fn peer_progress() -> Duration {
+    crate::transport::bound("RESCUE_PEER_PROGRESS_MS", Duration::from_secs(300))
+}
+
+/// Local work done, sent in every keepalive (the PING header's offset) so the
+/// peer can tell a slow honest side from one that only keeps the line open.
+static WORK: AtomicU64 = AtomicU64::new(0);
+
+/// Counts one piece of local work (a read of the source or of a target).
+pub fn note_work() {
+    WORK.fetch_add(1, Ordering::Relaxed);
+}
 
 /// A chunk ready to be sent, produced by the local read/hash pipeline.
 #[derive(Debug)]
@@ -95,8 +124,15 @@ pub struct Stats {
     pub skipped_bytes: AtomicU64,
     /// Frame headers found damaged (the frame was skipped to resynchronise).
     pub bad_headers: AtomicU64,
-    /// When the last frame (any, keepalives included) arrived, in ms since the start.
+    /// When the last frame (any, keepalives included) arrived, or the reader
+    /// last waited for us to take one, in ms since the start.
     pub last_rx_ms: AtomicU64,
+    /// When the peer last made progress (a message other than a keepalive, a
+    /// keepalive reporting new work, or our answer starting its turn), in ms.
+    pub last_progress_ms: AtomicU64,
+    /// The reader holds a frame and waits for room in the queue: the peer is
+    /// waiting for us, its silence is ours.
+    pub reader_waiting: AtomicBool,
 }
 
 pub struct Conn {
@@ -108,11 +144,16 @@ pub struct Conn {
     pub stats: Arc<Stats>,
     /// The last answer we gave, to repeat when the same request comes again.
     reply_cache: Option<(u8, u32, Header, Vec<u8>)>,
-    closed: Option<Closed>,
+    /// How the stream ended, once known (also when a failed send saw it first).
+    closed: RefCell<Option<Closed>>,
     stream: Stream,
     started: Instant,
     /// After the handshake: a peer silent for this long is gone.
     liveness: Option<Duration>,
+    /// serve: a peer without progress for this long is dropped.
+    progress: Option<Duration>,
+    /// A write failed: nothing more (not even BYE) is worth waiting to send.
+    broken: AtomicBool,
 }
 
 fn classify(e: &io::Error) -> Closed {
@@ -161,10 +202,12 @@ impl Conn {
             threads,
             stats,
             reply_cache: None,
-            closed: None,
+            closed: RefCell::new(None),
             stream,
             started,
             liveness: None,
+            progress: None,
+            broken: AtomicBool::new(false),
         })
     }
 
@@ -200,7 +243,9 @@ impl Conn {
             .writer
             .lock()
             .map_err(|_| std::io::Error::other("writer lock poisoned"))?;
-        frame::write_frame_parts(&mut *w, header, parts)?;
+        frame::write_frame_parts(&mut *w, header, parts).inspect_err(|_| {
+            self.broken.store(true, Ordering::Relaxed);
+        })?;
         drop(w);
         let len: usize = parts.iter().map(|p| p.len()).sum();
         self.stats
@@ -210,6 +255,8 @@ impl Conn {
     }
 
     /// An ERROR the peer sent that is still queued, waiting briefly for it.
+    /// The end of the stream met on the way is kept for `next_event`, which
+    /// would otherwise wait for an event that never comes.
     fn pending_error(&self) -> Option<anyhow::Error> {
         let until = Instant::now() + Duration::from_millis(500);
         while Instant::now() < until {
@@ -217,7 +264,11 @@ impl Conn {
                 Ok(Event::Frame(f)) if f.intact && f.header.kind == kind::ERROR => {
                     return Some(peer_error(&f));
                 }
-                Ok(Event::Closed(_)) | Err(RecvTimeoutError::Disconnected) => return None,
+                Ok(Event::Closed(c)) => {
+                    self.closed.replace(Some(c));
+                    return None;
+                }
+                Err(RecvTimeoutError::Disconnected) => return None,
                 _ => {}
             }
         }
@@ -245,39 +296,90 @@ impl Conn {
     pub fn set_liveness(&mut self, limit: Duration) {
         self.stats
             .last_rx_ms
-            .store(self.started.elapsed().as_millis() as u64, Ordering::Relaxed);
+            .store(self.now_ms(), Ordering::Relaxed);
         self.liveness = Some(limit);
     }
 
-    fn silent_for(&self) -> Duration {
-        let last = self.stats.last_rx_ms.load(Ordering::Relaxed);
-        self.started
-            .elapsed()
-            .saturating_sub(Duration::from_millis(last))
+    /// From now on (serve), a peer that makes no progress for `limit` is
+    /// dropped: keepalives alone do not keep a session.
+    pub fn require_progress(&mut self, limit: Duration) {
+        self.rearm();
+        self.progress = Some(limit);
+    }
+
+    /// Our answer went out: the peer's turn starts now.
+    fn rearm(&self) {
+        self.stats
+            .last_progress_ms
+            .store(self.now_ms(), Ordering::Relaxed);
+    }
+
+    fn now_ms(&self) -> u64 {
+        self.started.elapsed().as_millis() as u64
+    }
+
+    fn since(&self, at: &AtomicU64) -> Duration {
+        Duration::from_millis(self.now_ms().saturating_sub(at.load(Ordering::Relaxed)))
+    }
+
+    /// Why the peer counts as gone now, if it does. Called only with nothing
+    /// queued, so a busy main loop never blames the peer for its own delay.
+    /// The flag says whether the peer is still listening (to be told why).
+    fn stalled(&self) -> Option<(Closed, bool)> {
+        if self.stats.reader_waiting.load(Ordering::Relaxed) {
+            return None;
+        }
+        if let Some(limit) = self.liveness {
+            let quiet = self.since(&self.stats.last_rx_ms);
+            if quiet > limit {
+                return Some((
+                    Closed::Gone(format!("no word from the peer for {}s", quiet.as_secs())),
+                    false,
+                ));
+            }
+        }
+        if let Some(limit) = self.progress {
+            let idle = self.since(&self.stats.last_progress_ms);
+            if idle > limit {
+                return Some((
+                    Closed::Gone(format!(
+                        "only keepalives from the peer for {}s, no progress",
+                        idle.as_secs()
+                    )),
+                    true,
+                ));
+            }
+        }
+        None
     }
 
     /// Waits for the next event. `None` after `timeout`.
     pub fn next_event(&mut self, timeout: Duration) -> Option<Event> {
-        if let Some(c) = &self.closed {
+        if let Some(c) = self.closed.borrow().as_ref() {
             return Some(Event::Closed(c.clone()));
         }
         if crate::signals::cancelled() {
-            self.closed = Some(Closed::Stopped);
+            self.closed.replace(Some(Closed::Stopped));
             return Some(Event::Closed(Closed::Stopped));
         }
-        if let Some(limit) = self.liveness
-            && self.silent_for() > limit
-        {
-            let c = Closed::Gone(format!(
-                "no word from the peer for {}s",
-                self.silent_for().as_secs()
-            ));
-            self.closed = Some(c.clone());
-            return Some(Event::Closed(c));
-        }
-        match self.events.recv_timeout(timeout) {
+        let got = match self.events.try_recv() {
+            Ok(ev) => Ok(ev),
+            Err(TryRecvError::Disconnected) => Err(RecvTimeoutError::Disconnected),
+            Err(TryRecvError::Empty) => {
+                if let Some((c, tell)) = self.stalled() {
+                    // A peer that keeps the line open hears why it is dropped.
+                    if let (true, Closed::Gone(why)) = (tell, &c) {
+                        self.send_error("timeout", &format!("closing the session: {why}"));
+                    }
+                    self.closed.replace(Some(c.clone()));
+                    return Some(Event::Closed(c));
+                }
+                self.events.recv_timeout(timeout)
+            }
+        };
+        match got {
             Ok(Event::Closed(c)) => {
-                self.closed = Some(c.clone());
+                self.closed.replace(Some(c.clone()));
                 Some(Event::Closed(c))
             }
             Ok(ev) => Some(ev),
@@ -344,6 +446,7 @@ impl Conn {
     /// Answers a request and remembers the answer for a repeated request.
     pub fn reply(&mut self, request: &Frame, header: Header, payload: Vec<u8>) -> Result<()> {
         self.send(header, &payload)?;
+        self.rearm();
         self.reply_cache = Some((
             request.header.kind,
             request.header.payload_crc,
@@ -369,14 +472,23 @@ impl Conn {
             && *crc == request.header.payload_crc
         {
             self.send(*h, p)?;
+            self.rearm();
             return Ok(true);
         }
         Ok(false)
     }
 
     /// Says goodbye and stops the threads. The peer reads BYE, then EOF.
+    /// Skipped when the stream is known broken: a peer that stopped reading
+    /// would hold us for the write deadline.
     pub fn close(mut self) {
-        let _ = self.send(Header::new(kind::BYE, 0, 0), &[]);
+        let ended = matches!(
+            self.closed.borrow().as_ref(),
+            Some(Closed::Gone(_) | Closed::Protocol(_))
+        );
+        if !ended && !self.broken.load(Ordering::Relaxed) {
+            let _ = self.write_parts(Header::new(kind::BYE, 0, 0), &[&[]]);
+        }
         self.shutdown();
     }
 
@@ -426,7 +538,12 @@ fn read_loop(
     stats: Arc<Stats>,
     started: Instant,
 ) {
+    let now_ms = || started.elapsed().as_millis() as u64;
     let mut fr = FrameReader::new(reader);
+    // The work counter of the peer's last keepalive.
+    let mut work = 0u64;
+    // The last frame queued, to drop repeats of it while the queue is full.
+    let mut queued: Option<Header> = None;
     loop {
         let ev = match fr.read_frame() {
             Ok(Read1::Frame(f)) => {
@@ -436,11 +553,16 @@ fn read_loop(
                 );
                 stats.skipped_bytes.store(fr.skipped, Ordering::Relaxed);
                 stats.bad_headers.store(fr.bad_headers, Ordering::Relaxed);
-                stats
-                    .last_rx_ms
-                    .store(started.elapsed().as_millis() as u64, Ordering::Relaxed);
+                stats.last_rx_ms.store(now_ms(), Ordering::Relaxed);
                 if f.header.kind == kind::PING && f.intact {
+                    if f.header.offset != work {
+                        work = f.header.offset;
+                        stats.last_progress_ms.store(now_ms(), Ordering::Relaxed);
+                    }
                     continue;
+                }
+                if f.intact {
+                    stats.last_progress_ms.store(now_ms(), Ordering::Relaxed);
                 }
                 Event::Frame(f)
             }
@@ -455,7 +577,31 @@ fn read_loop(
             Err(e) => Event::Closed(Closed::Protocol(e.to_string())),
         };
         let end = matches!(ev, Event::Closed(_));
-        if sender.send(ev).is_err() || end {
+        let header = match &ev {
+            Event::Frame(f) if f.intact => Some(f.header),
+            _ => None,
+        };
+        let ev = match sender.try_send(ev) {
+            Ok(()) => None,
+            // The same frame again (a request repeated while we were busy): the
+            // one queued is still there and gets the answer, so this one can go.
+            Err(TrySendError::Full(_)) if header.is_some() && header == queued => continue,
+            Err(TrySendError::Full(ev)) => Some(ev),
+            Err(TrySendError::Disconnected(_)) => return,
+        };
+        if let Some(ev) = ev {
+            stats.reader_waiting.store(true, Ordering::Relaxed);
+            let sent = sender.send(ev);
+            // The peer was waiting for us meanwhile: its clocks restart.
+            stats.last_rx_ms.store(now_ms(), Ordering::Relaxed);
+            stats.last_progress_ms.store(now_ms(), Ordering::Relaxed);
+            stats.reader_waiting.store(false, Ordering::Relaxed);
+            if sent.is_err() {
+                return;
+            }
+        }
+        queued = header;
+        if end {
             return;
         }
     }
@@ -470,7 +616,8 @@ fn keepalive_loop(writer: Arc<Mutex<Box<dyn Write + Send>>>, stop: Arc<AtomicBoo
         }
         next = Instant::now() + KEEPALIVE;
         let Ok(mut w) = writer.lock() else { return };
-        if frame::write_frame(&mut *w, Header::new(kind::PING, 0, 0), &[]).is_err() {
+        let ping = Header::new(kind::PING, 0, WORK.load(Ordering::Relaxed));
+        if frame::write_frame(&mut *w, ping, &[]).is_err() {
             return;
         }
     }

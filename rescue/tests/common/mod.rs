@@ -68,6 +68,11 @@ pub struct Server {
 
 impl Server {
     pub fn start(dir: &Path, store: &Path) -> Server {
+        Server::start_env(dir, store, &[])
+    }
+
+    /// A server with extra environment (e.g. shorter liveness bounds).
+    pub fn start_env(dir: &Path, store: &Path, env: &[(&str, &str)]) -> Server {
         let sock = dir.join("serve.sock");
         let log = dir.join("serve.log");
         // A server killed before left its socket file: wait for the new one.
@@ -78,6 +83,7 @@ impl Server {
             .arg("--device")
             .arg(format!("unix:{}", sock.display()))
             .env("RESCUE_PLAIN", "1")
+            .envs(env.iter().copied())
             .stdout(fs::File::create(dir.join("serve.out")).unwrap())
             .stderr(fs::File::create(&log).unwrap())
             .spawn()

@@ -8,5 +8,6 @@ mod common;
 
 mod escapes;
 mod listing;
+mod liveness;
 mod lying_server;
 mod peer;
