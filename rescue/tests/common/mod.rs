@@ -140,16 +140,21 @@ impl Drop for Server {
     }
 }
 
-/// Runs the rescue binary with `args`, plain progress, a timeout of 120 s.
-pub fn rescue(args: &[&str]) -> Output {
-    let mut child = Command::new(bin())
+/// Starts the rescue binary with `args`, plain progress, output piped.
+pub fn spawn_rescue(args: &[&str]) -> Child {
+    Command::new(bin())
         .args(args)
         .env("RESCUE_PLAIN", "1")
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
-        .unwrap();
+        .unwrap()
+}
+
+/// Runs the rescue binary with `args`, plain progress, a timeout of 120 s.
+pub fn rescue(args: &[&str]) -> Output {
+    let mut child = spawn_rescue(args);
     let t = Instant::now();
     loop {
         if child.try_wait().unwrap().is_some() {

@@ -6,7 +6,6 @@
 
 use std::io::Write;
 use std::os::unix::net::UnixStream;
-use std::process::{Command, Stdio};
 use std::thread;
 use std::time::{Duration, Instant};
 
@@ -68,6 +67,24 @@ impl Intruder {
     fn ping(&mut self, work: u64) -> bool {
         self.frame(Header::new(kind::PING, 0, work), &[])
     }
+
+    /// Keepalives every `every` for at most `lasting`, the n-th reporting
+    /// `work(n)`, until the server hangs up; then the connection closes.
+    fn keep_pinging(
+        mut self,
+        lasting: Duration,
+        every: Duration,
+        work: impl Fn(u64) -> u64 + Send + 'static,
+    ) -> thread::JoinHandle<()> {
+        let t = Instant::now();
+        thread::spawn(move || {
+            let mut n = 0;
+            while t.elapsed() < lasting && self.ping(work(n)) {
+                n += 1;
+                thread::sleep(every);
+            }
+        })
+    }
 }
 
 /// Waits until the server's log holds `what`; returns how long that took.
@@ -100,14 +117,9 @@ fn serves_again(srv: &Server, host: &str) {
 fn keepalives_alone_do_not_keep_a_session() {
     let d = tempfile::tempdir().unwrap();
     let srv = Server::start_env(d.path(), &d.path().join("store"), FAST);
-    let mut p = Intruder::greet(&srv, "pinger", Role::Restore);
-    let t = Instant::now();
+    let p = Intruder::greet(&srv, "pinger", Role::Restore);
     // Keepalives well inside the silence bound, all reporting the same work.
-    let pinger = thread::spawn(move || {
-        while t.elapsed() < Duration::from_secs(15) && p.ping(7) {
-            thread::sleep(Duration::from_millis(500));
-        }
-    });
+    let pinger = p.keep_pinging(Duration::from_secs(15), Duration::from_millis(500), |_| 7);
     let took = wait_log(&srv, "only keepalives", Duration::from_secs(15));
     assert!(took < Duration::from_secs(12), "dropped after {took:?}");
     serves_again(&srv, "pinger");
@@ -223,14 +235,7 @@ fn a_peer_that_never_reads_does_not_hold_the_server() {
     );
     wait_log(&srv, "sending backup", Duration::from_secs(10));
     // Keepalives that report work, so only the stalled write can end it.
-    let t = Instant::now();
-    let pinger = thread::spawn(move || {
-        let mut work = 0;
-        while t.elapsed() < Duration::from_secs(20) && p.ping(work) {
-            work += 1;
-            thread::sleep(Duration::from_millis(300));
-        }
-    });
+    let pinger = p.keep_pinging(Duration::from_secs(20), Duration::from_millis(300), |n| n);
     let took = wait_log(&srv, "has not read anything", Duration::from_secs(20));
     assert!(took < Duration::from_secs(15), "dropped after {took:?}");
     serves_again(&srv, "sink");
@@ -241,25 +246,17 @@ fn a_peer_that_never_reads_does_not_hold_the_server() {
 fn a_second_peer_hears_who_holds_the_server() {
     let d = tempfile::tempdir().unwrap();
     let srv = Server::start(d.path(), &d.path().join("store"));
-    let mut p = Intruder::greet(&srv, "holder", Role::Backup);
+    let p = Intruder::greet(&srv, "holder", Role::Backup);
+    // Long enough for the second peer to be answered (after BUSY_GRACE, 3 s).
+    let holder = p.keep_pinging(Duration::from_secs(8), Duration::from_millis(200), |n| n);
     let t = Instant::now();
-    let mut second = Command::new(bin())
-        .args(["restore", "-d", &srv.endpoint(), "--list"])
-        .env("RESCUE_PLAIN", "1")
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut work = 0;
+    let mut second = spawn_rescue(&["restore", "-d", &srv.endpoint(), "--list"]);
     while second.try_wait().unwrap().is_none() {
         assert!(
             t.elapsed() < Duration::from_secs(15),
             "the second peer still waits for a greeting"
         );
-        work += 1;
-        p.ping(work);
-        thread::sleep(Duration::from_millis(100));
+        thread::sleep(Duration::from_millis(50));
     }
     let o = second.wait_with_output().unwrap();
     assert_ne!(o.status.code(), Some(0), "{}", text(&o));
@@ -268,6 +265,7 @@ fn a_second_peer_hears_who_holds_the_server() {
         "{}",
         text(&o)
     );
-    drop(p);
+    // The holder hangs up after 8 s; its session then ends.
+    holder.join().unwrap();
     serves_again(&srv, "holder");
 }
