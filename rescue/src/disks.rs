@@ -14,6 +14,7 @@ use crate::Root;
 use crate::fsprobe::{self, FsInfo, Window};
 use crate::mountinfo::{self, Mount};
 use crate::partitions;
+use crate::util::printable;
 
 /// A whole disk.
 #[derive(Serialize, Deserialize, Debug, Clone, Default, PartialEq)]
@@ -795,16 +796,22 @@ fn fs_cells(fs: Option<&FsInfo>) -> [String; 3] {
     }
 }
 
-/// Pads the cells into columns, SIZE right-aligned, without trailing blanks.
+/// Pads the cells into columns, SIZE right-aligned, without trailing blanks. Every cell
+/// is escaped first: models, serials and GPT names come from the devices, and a hostile
+/// one must not drive the terminal.
 fn align(rows: &[Vec<String>]) -> String {
+    let rows: Vec<Vec<String>> = rows
+        .iter()
+        .map(|r| r.iter().map(|c| printable(c).into_owned()).collect())
+        .collect();
     let mut width = vec![0usize; COLUMNS.len()];
-    for r in rows {
+    for r in &rows {
         for (w, c) in width.iter_mut().zip(r.iter()) {
             *w = (*w).max(c.chars().count());
         }
     }
     let mut out = String::new();
-    for r in rows {
+    for r in &rows {
         let mut line = String::new();
         for (i, c) in r.iter().enumerate() {
             let pad = " ".repeat(width[i].saturating_sub(c.chars().count()));
