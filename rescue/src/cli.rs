@@ -186,6 +186,19 @@ pub struct RestoreArgs {
     /// recorded, and transfer only the chunks that differ.
     #[arg(long)]
     pub resume: bool,
+
+    /// When the store cannot produce a chunk intact (its bytes no longer match
+    /// the digest recorded at backup time), write everything else, zeros there,
+    /// and a GNU ddrescue mapfile of what is missing (exit 3). Without it the
+    /// restore stops at that chunk, naming it and its partition (exit 4).
+    #[arg(long)]
+    pub skip_damaged: bool,
+
+    /// The mapfile --skip-damaged writes (PATH.NAME per disk with several
+    /// disks). Default: TARGET.map beside an image file, NAME.map in the
+    /// current directory for a disk.
+    #[arg(long, value_name = "PATH", requires = "skip_damaged")]
+    pub damaged_map: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone, Args)]

@@ -4,7 +4,7 @@
 use std::fs::{File, OpenOptions};
 use std::io::IsTerminal;
 use std::os::unix::fs::{FileExt, OpenOptionsExt};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use anyhow::{Context, Result, bail};
@@ -16,6 +16,7 @@ use crate::busy;
 use crate::cli::RestoreArgs;
 use crate::direct::DirectWriter;
 use crate::exit::{self, Exit};
+use crate::partitions;
 use crate::progress::{self, Bar};
 use crate::proto::frame::Header;
 use crate::proto::msg::{
@@ -25,8 +26,11 @@ use crate::proto::msg::{
 use crate::readahead;
 use crate::session::{self, Session};
 use crate::store::image::{ZeroDigests, punch_or_zero};
+use crate::store::mapfile::{Map, Status};
 use crate::util::{Peer, hex, human_bytes};
-use crate::xfer::{self, Geometry, Sink, SinkPipeline, Verified};
+use crate::xfer::{
+    self, Geometry, OnDamaged, Received, Sink, SinkPipeline, StoreDamaged, Verified,
+};
 
 /// A local disk or file about to be overwritten.
 pub struct Target {
@@ -563,6 +567,7 @@ pub fn run(root: &Root, args: &RestoreArgs) -> Result<u8> {
             );
         }
     }
+    let mapfiles = damaged_maps(args, &pairs, &planned)?;
     if !args.yes {
         if !std::io::stdin().is_terminal() {
             return Err(refuse(
@@ -581,7 +586,7 @@ pub fn run(root: &Root, args: &RestoreArgs) -> Result<u8> {
         targets.push(p.open()?);
     }
     let started = Instant::now();
-    let result = transfer(&mut s, &chosen, &pairs, &mut targets, args);
+    let result = transfer(&mut s, &chosen, &pairs, &mut targets, &mapfiles, args);
     if let Err(e) = &result
         && exit::code_of(e) == exit::PEER_GONE
     {
@@ -596,10 +601,46 @@ pub fn run(root: &Root, args: &RestoreArgs) -> Result<u8> {
             Peer(&chosen.backup_id),
             started.elapsed().as_secs_f64()
         );
+    } else if code == exit::UNREADABLE {
+        println!(
+            "restore of {} completed EXCEPT the chunks the store could not produce (zeros there, listed in the mapfile(s) named above)",
+            Peer(&chosen.backup_id)
+        );
     } else {
         println!("restore FAILED verification; the target disks are not trustworthy");
     }
     Ok(code)
+}
+
+/// Where --skip-damaged writes each disk's mapfile: --damaged-map (PATH.NAME
+/// with several disks), else TARGET.map beside an image file, else NAME.map in
+/// the current directory. An existing file there is never overwritten (it may
+/// be the mapfile of a ddrescue run), so that is refused before anything starts.
+fn damaged_maps(
+    args: &RestoreArgs,
+    pairs: &[(DiskSummary, String)],
+    planned: &[Planned],
+) -> Result<Vec<PathBuf>> {
+    let mut out = Vec::new();
+    for ((d, _), p) in pairs.iter().zip(planned) {
+        let name = crate::store::names::sanitize(&d.name, "disk");
+        let path = match (&args.damaged_map, p) {
+            (Some(m), _) if pairs.len() == 1 => m.clone(),
+            (Some(m), _) => PathBuf::from(format!("{}.{name}", m.display())),
+            (None, Planned::Open(t)) if t.block => PathBuf::from(format!("{name}.map")),
+            (None, Planned::Open(Target { path, .. }) | Planned::New { path, .. }) => {
+                PathBuf::from(format!("{}.map", path.display()))
+            }
+        };
+        if args.skip_damaged && std::fs::symlink_metadata(&path).is_ok() {
+            return Err(refuse(format!(
+                "--skip-damaged would write the mapfile {}, which exists; move it away or choose another with --damaged-map",
+                path.display()
+            )));
+        }
+        out.push(path);
+    }
+    Ok(out)
 }
 
 /// A backup the peer lists is only restorable as it describes it: 1 to 256
@@ -671,6 +712,7 @@ fn transfer(
     chosen: &BackupSummary,
     pairs: &[(DiskSummary, String)],
     targets: &mut [Target],
+    mapfiles: &[PathBuf],
     args: &RestoreArgs,
 ) -> Result<u8> {
     let mode = progress::Mode::detect();
@@ -693,6 +735,7 @@ fn transfer(
             backup_id: chosen.backup_id.clone(),
             disks: pairs.iter().map(|(d, _)| d.name.clone()).collect(),
             have: have.clone(),
+            accepts_damaged: true,
         },
         &[kind::RESTORE_READY],
         "starting the restore",
@@ -708,10 +751,22 @@ fn transfer(
         // Ours, sorted and merged as held_on_target built them.
         let none = Vec::new();
         let held = have.get(i).unwrap_or(&none);
-        if restore_disk(s, i as u32, d, t, geo, held, args, mode)? {
-            t.keep();
-        } else {
-            code = exit::VERIFY_FAILED;
+        let job = DiskJob {
+            i: i as u32,
+            d,
+            t,
+            geo,
+            held,
+        };
+        match restore_disk(s, &job, args, mode, &mapfiles[i])? {
+            Outcome::Verified => t.keep(),
+            Outcome::Incomplete => {
+                t.keep();
+                if code == exit::OK {
+                    code = exit::UNREADABLE;
+                }
+            }
+            Outcome::Failed => code = exit::VERIFY_FAILED,
         }
     }
     let _ = s.conn.request(
@@ -725,50 +780,46 @@ fn transfer(
     Ok(code)
 }
 
+/// How the restore of one disk ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Outcome {
+    Verified,
+    Failed,
+    /// Written except chunks the store could not produce (--skip-damaged):
+    /// zeros there, listed in the mapfile.
+    Incomplete,
+}
+
+/// One disk of the restore: what it is and where it goes.
+struct DiskJob<'a> {
+    /// Its index in RESTORE_BEGIN.
+    i: u32,
+    d: &'a DiskSummary,
+    t: &'a Target,
+    geo: Geometry,
+    /// Chunks the target already holds (--resume).
+    held: &'a ChunkRanges,
+}
+
 /// Receives one disk onto its target, checks it and answers DISK_DONE.
-/// Whether it verified.
-#[allow(clippy::too_many_arguments)]
 fn restore_disk(
     s: &mut Session,
-    i: u32,
-    d: &DiskSummary,
-    t: &Target,
-    geo: Geometry,
-    held: &ChunkRanges,
+    job: &DiskJob,
     args: &RestoreArgs,
     mode: progress::Mode,
-) -> Result<bool> {
-    let bar = Bar::new(&Peer(&d.name).to_string(), d.size, mode);
+    mapfile: &Path,
+) -> Result<Outcome> {
+    let DiskJob { i, d, t, .. } = *job;
     let t0 = Instant::now();
-    let sink = TargetSink {
-        file: t
-            .file
-            .try_clone()
-            .context("duplicating the target descriptor")?,
-        direct: DirectWriter::open(&t.path, &t.file, geo.chunk as usize),
-        block: t.block,
-        fresh_file: t.created.is_some(),
-    };
-    let pipe = SinkPipeline::start(sink, d.size);
-    let (end_frame, damaged) = xfer::receive_disk(&mut s.conn, i, geo, held, &pipe, &bar)?;
-    bar.finish();
-    let (_sink, whole) = pipe.finish()?;
-    t.file
-        .sync_all()
-        .with_context(|| format!("syncing {}", t.spec))?;
-    if t.block
-        && let Err(e) = blkdev::reread_partitions(&t.file)
-    {
-        eprintln!(
-            "note: the kernel could not re-read the partition table of {} ({e:#}); reboot or run partprobe",
-            t.spec
-        );
-    }
+    let (r, whole) = receive_onto(s, job, args, mode)?;
     let want = d.sha256.clone().unwrap_or_default();
     let got = whole.map(|w| hex(&w));
     let mut ok = got.as_deref().is_none_or(|g| g == want);
     let mut message = String::new();
-    if !ok {
+    if !r.lost.is_empty() {
+        ok = false;
+        message = skipped_damaged(d, t, &r.lost, mapfile)?;
+    } else if !ok {
         message = format!(
             "image digest {} does not match the backup's {want}",
             got.unwrap_or_default()
@@ -787,7 +838,7 @@ fn restore_disk(
         }
     }
     s.conn.reply(
-        &end_frame,
+        &r.end,
         Header::new(kind::DISK_DONE, i, 0),
         msg::to_json(&DiskDone {
             disk: i,
@@ -796,22 +847,174 @@ fn restore_disk(
             message: message.clone(),
         }),
     )?;
-    if ok {
-        eprintln!(
-            "{}: written to {} and verified in {:.1}s{}, sha256 {}",
-            Peer(&d.name),
-            t.spec,
-            t0.elapsed().as_secs_f64(),
-            if args.verify { " (read back)" } else { "" },
-            Peer(&want)
-        );
-        if damaged > 0 {
-            eprintln!("  {damaged} chunk(s) arrived damaged and were sent again");
-        }
-    } else {
-        eprintln!("{}: VERIFICATION FAILED: {}", Peer(&d.name), Peer(&message));
+    if !r.lost.is_empty() {
+        return Ok(Outcome::Incomplete);
     }
-    Ok(ok)
+    if !ok {
+        eprintln!("{}: VERIFICATION FAILED: {}", Peer(&d.name), Peer(&message));
+        return Ok(Outcome::Failed);
+    }
+    eprintln!(
+        "{}: written to {} and verified in {:.1}s{}, sha256 {}",
+        Peer(&d.name),
+        t.spec,
+        t0.elapsed().as_secs_f64(),
+        if args.verify { " (read back)" } else { "" },
+        Peer(&want)
+    );
+    if r.resent > 0 {
+        eprintln!(
+            "  {} chunk(s) arrived damaged and were sent again",
+            r.resent
+        );
+    }
+    Ok(Outcome::Verified)
+}
+
+/// The data phase of one disk: chunks verified and written, then the target
+/// synced. A chunk the store cannot produce intact stops it (exit 4, naming the
+/// chunk and its partition) unless --skip-damaged. Returns what arrived and
+/// the whole-image digest when every byte came in order.
+fn receive_onto(
+    s: &mut Session,
+    job: &DiskJob,
+    args: &RestoreArgs,
+    mode: progress::Mode,
+) -> Result<(Received, Option<[u8; 32]>)> {
+    let DiskJob { i, d, t, geo, held } = *job;
+    let bar = Bar::new(&Peer(&d.name).to_string(), d.size, mode);
+    let sink = TargetSink {
+        file: t
+            .file
+            .try_clone()
+            .context("duplicating the target descriptor")?,
+        direct: DirectWriter::open(&t.path, &t.file, geo.chunk as usize),
+        block: t.block,
+        fresh_file: t.created.is_some(),
+    };
+    let pipe = SinkPipeline::start(sink, d.size);
+    let policy = if args.skip_damaged {
+        OnDamaged::Skip
+    } else {
+        OnDamaged::Stop
+    };
+    let received = xfer::receive_disk_with(&mut s.conn, i, geo, held, &pipe, &bar, policy);
+    bar.finish();
+    let finished = pipe.finish();
+    t.file
+        .sync_all()
+        .with_context(|| format!("syncing {}", t.spec))?;
+    let r = match received {
+        Err(e) => match e.downcast_ref::<StoreDamaged>() {
+            Some(sd) => {
+                let m = format!(
+                    "disk {}: the backup's chunk at offset {} ({} bytes, {}) is damaged in the store (it no longer matches the digest recorded at backup time); {} holds the backup only up to that offset. Add --skip-damaged to write everything else (zeros there) and a mapfile of what is missing, or restore another backup",
+                    Peer(&d.name),
+                    sd.offset,
+                    sd.len,
+                    place(&t.path, sd.offset, u64::from(sd.len)),
+                    t.spec
+                );
+                s.conn.send_error("refused", &m);
+                return Err(Exit::new(exit::VERIFY_FAILED, m).into());
+            }
+            None => return Err(e),
+        },
+        Ok(r) => r,
+    };
+    let (_sink, whole) = finished?;
+    if t.block
+        && let Err(e) = blkdev::reread_partitions(&t.file)
+    {
+        eprintln!(
+            "note: the kernel could not re-read the partition table of {} ({e:#}); reboot or run partprobe",
+            t.spec
+        );
+    }
+    Ok((r, whole))
+}
+
+/// Writes the ddrescue mapfile of the chunks --skip-damaged left as zeros
+/// (`-`, everything else `+`), says which they are and where they lie, and
+/// returns the DISK_DONE message.
+fn skipped_damaged(
+    d: &DiskSummary,
+    t: &Target,
+    lost: &[(u64, u32)],
+    mapfile: &Path,
+) -> Result<String> {
+    let mut map = Map::new(d.size);
+    map.set(0, d.size, Status::Finished);
+    for &(off, len) in lost {
+        map.set(off, u64::from(len), Status::Bad);
+    }
+    let header = format!(
+        "Mapfile. Created by usb4rescue {}\nRestore of disk {} onto {}: '-' = damaged in the store, written as zeros",
+        env!("CARGO_PKG_VERSION"),
+        Peer(&d.name),
+        t.spec
+    );
+    OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .open(mapfile)
+        .and_then(|mut f| std::io::Write::write_all(&mut f, map.render(&header).as_bytes()))
+        .with_context(|| format!("writing the mapfile {}", mapfile.display()))?;
+    let bytes: u64 = lost.iter().map(|&(_, l)| u64::from(l)).sum();
+    eprintln!(
+        "{}: written to {} EXCEPT {} chunk(s) ({}) the store could not produce intact, left as zeros; mapfile of what is missing: {}",
+        Peer(&d.name),
+        t.spec,
+        lost.len(),
+        human_bytes(bytes),
+        mapfile.display()
+    );
+    for &(off, len) in lost {
+        eprintln!(
+            "  offset {off} ({len} bytes): {}",
+            place(&t.path, off, u64::from(len))
+        );
+    }
+    Ok(format!(
+        "{} chunk(s) damaged in the store were written as zeros",
+        lost.len()
+    ))
+}
+
+/// Where a byte range lies on the restored disk, from the partition table now
+/// on it: "in partition 2 (Linux filesystem)".
+fn place(path: &Path, off: u64, len: u64) -> String {
+    let table = [512, 4096].into_iter().find_map(|sector| {
+        partitions::read_table(path, sector)
+            .ok()
+            .flatten()
+            .filter(|t| !t.entries.is_empty())
+    });
+    let Some(table) = table else {
+        return "no partition table could be read there".into();
+    };
+    let end = off.saturating_add(len);
+    let hits: Vec<String> = table
+        .entries
+        .iter()
+        .filter(|e| e.start_bytes < end && off < e.start_bytes.saturating_add(e.size_bytes))
+        .map(|e| match &e.name {
+            Some(n) => format!(
+                "partition {} {:?} ({})",
+                e.number,
+                Peer(n).to_string(),
+                e.type_name
+            ),
+            None => format!("partition {} ({})", e.number, e.type_name),
+        })
+        .collect();
+    if !hits.is_empty() {
+        return format!("in {}", hits.join(" and "));
+    }
+    match table.entries.iter().map(|e| e.start_bytes).min() {
+        Some(first) if end <= first => "before the first partition (the partition table)".into(),
+        _ => "outside every partition".into(),
+    }
 }
 
 /// Which chunks the target already holds (restore --resume): reads it and

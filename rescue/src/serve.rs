@@ -366,7 +366,10 @@ fn send_backup(store: &Store, s: &mut Session, req: &Frame) -> Result<()> {
     );
     let mode = progress::Mode::detect();
     for (i, d) in disks.iter().enumerate() {
-        let src = ImageSource::open(&b, d)?;
+        let mut src = ImageSource::open(&b, d)?;
+        // A client that understands it is told which chunks the store cannot
+        // produce intact and restores the rest (or stops, naming them).
+        src.mark_damaged = want.accepts_damaged;
         let zeros = Mutex::new(ZeroDigests::default());
         let geo = Geometry {
             size: d.size,

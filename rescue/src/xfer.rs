@@ -17,7 +17,7 @@ use sha2::{Digest, Sha256};
 use crate::progress::Bar;
 use crate::proto::conn::{Conn, Event, OutChunk, peer_error};
 use crate::proto::frame::{Frame, Header};
-use crate::proto::msg::{self, ChunkBody, ChunkRanges, FLAG_ZERO, kind};
+use crate::proto::msg::{self, ChunkBody, ChunkRanges, FLAG_DAMAGED, FLAG_ZERO, kind};
 use crate::sha256x2::Stream;
 
 /// Chunks in flight (sent, not yet acknowledged). Bounds memory on both sides.
@@ -313,8 +313,11 @@ fn send_chunk(conn: &Conn, disk: u32, c: &OutChunk) -> Result<()> {
     if c.zero {
         h.flags |= FLAG_ZERO;
     }
+    if c.damaged {
+        h.flags |= FLAG_DAMAGED;
+    }
     let prefix = ChunkBody::encode_prefix(&c.sha256, c.len, &c.bad);
-    if c.zero {
+    if c.zero || c.damaged {
         conn.send(h, &prefix)
     } else {
         conn.send_parts(h, &[&prefix, &c.data])
@@ -427,6 +430,9 @@ pub struct Verified {
     /// The frame payload; the chunk's bytes are `payload[start..]`.
     pub payload: Arc<Vec<u8>>,
     pub start: usize,
+    /// The sender's store could not produce it intact (FLAG_DAMAGED): it is
+    /// written as zeros, and `zero` is set too.
+    pub damaged: bool,
 }
 
 impl Drop for Verified {
@@ -726,6 +732,37 @@ impl Answers {
     }
 }
 
+/// What the receiver does with a chunk the sender marks FLAG_DAMAGED.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum OnDamaged {
+    /// A backup client may not send one: it is asked for again like a chunk
+    /// damaged in transit.
+    Refuse,
+    /// End the disk with a `StoreDamaged` error (restore without --skip-damaged).
+    Stop,
+    /// Write zeros in its place and list it in `Received::lost`.
+    Skip,
+}
+
+/// The sender's store cannot produce a chunk intact.
+#[derive(Debug, thiserror::Error)]
+#[error("the chunk of disk {disk} at offset {offset} ({len} bytes) is damaged in the store")]
+pub struct StoreDamaged {
+    pub disk: u32,
+    pub offset: u64,
+    pub len: u32,
+}
+
+/// A disk received to the end.
+pub struct Received {
+    /// The sender's DISK_END, to answer.
+    pub end: Frame,
+    /// Chunks damaged in transit and asked for again.
+    pub resent: u64,
+    /// (offset, length) of the chunks the store could not produce (OnDamaged::Skip).
+    pub lost: Vec<(u64, u32)>,
+}
+
 /// Receives disk `disk` into `pipe` until the sender's DISK_END. Returns that
 /// frame (to answer it) and how many damaged chunks were asked for again.
 pub fn receive_disk<S: Sink + 'static>(
@@ -736,6 +773,21 @@ pub fn receive_disk<S: Sink + 'static>(
     pipe: &SinkPipeline<S>,
     bar: &Bar,
 ) -> Result<(Frame, u64)> {
+    receive_disk_with(conn, disk, geo, have, pipe, bar, OnDamaged::Refuse)
+        .map(|r| (r.end, r.resent))
+}
+
+/// `receive_disk`, with a choice of what a FLAG_DAMAGED chunk does.
+pub fn receive_disk_with<S: Sink + 'static>(
+    conn: &mut Conn,
+    disk: u32,
+    geo: Geometry,
+    have: &ChunkRanges,
+    pipe: &SinkPipeline<S>,
+    bar: &Bar,
+    on_damaged: OnDamaged,
+) -> Result<Received> {
+    let mut lost = Vec::new();
     let have = Have::new(have);
     let mut next = have.next_missing(0);
     bar.set_position(have_bytes(&have, geo));
@@ -812,8 +864,15 @@ pub fn receive_disk<S: Sink + 'static>(
                     let mut accepted = false;
                     loop {
                         let at = f.header.offset;
-                        match accept(f, geo, next, pipe) {
+                        match accept(f, geo, next, pipe, on_damaged) {
                             Ok(v) => {
+                                if v.damaged && on_damaged == OnDamaged::Stop {
+                                    let (offset, len) = (v.offset, v.len);
+                                    return Err(StoreDamaged { disk, offset, len }.into());
+                                }
+                                if v.damaged {
+                                    lost.push((v.offset, v.len));
+                                }
                                 let len = u64::from(v.len);
                                 pipe.submit(v)?;
                                 bar.inc(len);
@@ -862,7 +921,11 @@ pub fn receive_disk<S: Sink + 'static>(
                         "the sender finished disk {disk} but chunks from offset {next_off} are missing"
                     );
                 }
-                return Ok((f, damaged));
+                return Ok(Received {
+                    end: f,
+                    resent: damaged,
+                    lost,
+                });
             }
             kind::DISK_END => {
                 // A repeat for the previous disk: our answer was lost.
@@ -880,8 +943,16 @@ fn accept<S: Sink + 'static>(
     geo: Geometry,
     index: u64,
     pipe: &SinkPipeline<S>,
+    on_damaged: OnDamaged,
 ) -> std::result::Result<Verified, Reject> {
-    let zero = f.header.flags & FLAG_ZERO != 0;
+    let damaged = f.header.flags & FLAG_DAMAGED != 0;
+    if damaged && on_damaged == OnDamaged::Refuse {
+        return Err(Reject::Damaged(
+            "marked damaged by a sender that may not".into(),
+        ));
+    }
+    // A damaged chunk carries no data; its place is filled with zeros.
+    let zero = f.header.flags & FLAG_ZERO != 0 || damaged;
     let offset = f.header.offset;
     let body = ChunkBody::decode(f.payload, zero, geo.chunk).map_err(Reject::Damaged)?;
     let want = geo.len_of(index);
@@ -904,6 +975,7 @@ fn accept<S: Sink + 'static>(
         bad: body.bad,
         start: body.start,
         payload: Arc::new(body.payload),
+        damaged,
     })
 }
 
@@ -920,6 +992,7 @@ pub fn digest_fresh(offset: u64, raw: RawChunk, known: Known) -> Result<OutChunk
             sha256: [0; 32],
             bad,
             data: Vec::new(),
+            damaged: false,
         });
     }
     Ok(OutChunk {
@@ -929,6 +1002,7 @@ pub fn digest_fresh(offset: u64, raw: RawChunk, known: Known) -> Result<OutChunk
         sha256: known.sha256.unwrap_or_else(|| sha256(&raw.data)),
         bad: raw.bad,
         data: raw.data,
+        damaged: false,
     })
 }
 
@@ -1008,6 +1082,7 @@ mod tests {
                 bad: Vec::new(),
                 payload: Arc::new(data.to_vec()),
                 start: 0,
+                damaged: false,
             })
             .unwrap();
         }
@@ -1024,6 +1099,7 @@ mod tests {
             bad: Vec::new(),
             payload: Arc::new(Vec::new()),
             start: 0,
+            damaged: false,
         })
         .unwrap();
     }
@@ -1057,6 +1133,31 @@ mod tests {
             let (_, whole) = pipe.finish().unwrap();
             assert_eq!(whole, None, "{mode:?}");
         }
+    }
+
+    #[test]
+    fn only_a_restore_accepts_a_chunk_marked_damaged() {
+        let geo = Geometry {
+            size: 8192,
+            chunk: 4096,
+        };
+        let frame = || {
+            let mut h = Header::new(kind::CHUNK, 0, 4096);
+            h.flags |= FLAG_DAMAGED;
+            Frame {
+                header: h,
+                payload: ChunkBody::encode_prefix(&[0; 32], 4096, &[]),
+                intact: true,
+            }
+        };
+        let pipe = SinkPipeline::with_mode(NullSink, 8192, HashMode::Combined);
+        // From a backup client it is damage, asked for again.
+        assert!(accept(frame(), geo, 1, &pipe, OnDamaged::Refuse).is_err());
+        // On restore it stands for zeros, marked.
+        let v = accept(frame(), geo, 1, &pipe, OnDamaged::Skip)
+            .ok()
+            .unwrap();
+        assert!(v.damaged && v.zero && v.len == 4096 && v.bytes().is_empty());
     }
 
     #[test]

@@ -557,11 +557,17 @@ fn served_backup(
 ) -> (Server, std::path::PathBuf, String) {
     let a = dir.join("disk.img");
     random_image(&a, mib, seed);
+    let srv = served_backup_of(dir, &a);
+    let host = host_of(&srv);
+    (srv, a, host)
+}
+
+/// A server holding one backup of image `a`.
+fn served_backup_of(dir: &std::path::Path, a: &std::path::Path) -> Server {
     let srv = Server::start(dir, &dir.join("store"));
     let o = rescue(&["backup", "-d", &srv.endpoint(), a.to_str().unwrap()]);
     assert_eq!(o.status.code(), Some(0), "{}", text(&o));
-    let host = host_of(&srv);
-    (srv, a, host)
+    srv
 }
 
 fn host_of(srv: &Server) -> String {
@@ -915,4 +921,86 @@ fn restore_refuses_a_locked_image_and_a_loop_backing_file() {
         fs::read(r.join("images/vm.img")).unwrap(),
         vec![5u8; 2 << 20]
     );
+}
+
+#[test]
+fn a_chunk_damaged_in_the_store_stops_the_restore_or_is_mapped() {
+    use std::os::unix::fs::FileExt;
+    let d = tempfile::tempdir().unwrap();
+    let a = d.path().join("disk.img");
+    random_image(&a, 4, 41);
+    // The image carries an MBR: partition 1 (Linux) from 1 MiB to 3 MiB.
+    let mut mbr = fs::read(&a).unwrap()[..512].to_vec();
+    mbr[446..510].fill(0);
+    mbr[446 + 4] = 0x83;
+    mbr[446 + 8..446 + 12].copy_from_slice(&2048u32.to_le_bytes());
+    mbr[446 + 12..446 + 16].copy_from_slice(&4096u32.to_le_bytes());
+    mbr[510..512].copy_from_slice(&[0x55, 0xaa]);
+    fs::OpenOptions::new()
+        .write(true)
+        .open(&a)
+        .unwrap()
+        .write_all_at(&mbr, 0)
+        .unwrap();
+    let srv = served_backup_of(d.path(), &a);
+    let host = host_of(&srv);
+    // One byte of chunk 2 (2 MiB..3 MiB) rots in the store.
+    let bd = backup_dirs(&srv.store).pop().unwrap();
+    let img = fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(bd.join("disk.img"))
+        .unwrap();
+    let mut b = [0u8; 1];
+    img.read_exact_at(&mut b, (2 << 20) + 5).unwrap();
+    img.write_all_at(&[b[0] ^ 0x40], (2 << 20) + 5).unwrap();
+    let t = d.path().join("t.img");
+    fs::write(&t, vec![5u8; 4 << 20]).unwrap();
+    let map = format!("disk={}", t.display());
+    let ep = srv.endpoint();
+    let restore = |extra: &[&str]| {
+        let mut args = vec![
+            "restore", "-d", &ep, "--host", &host, "--map", &map, "--yes",
+        ];
+        args.extend_from_slice(extra);
+        rescue(&args)
+    };
+    let o = restore(&[]);
+    assert_eq!(o.status.code(), Some(4), "{}", text(&o));
+    assert!(
+        text(&o).contains("disk disk: the backup's chunk at offset 2097152 (1048576 bytes, in partition 1 (Linux))"),
+        "{}",
+        text(&o)
+    );
+    // --skip-damaged writes everything else and maps exactly that chunk.
+    let o = restore(&["--skip-damaged"]);
+    assert_eq!(o.status.code(), Some(3), "{}", text(&o));
+    let mapfile = d.path().join("t.img.map");
+    assert!(
+        text(&o).contains(&mapfile.display().to_string()),
+        "{}",
+        text(&o)
+    );
+    let lines: Vec<String> = fs::read_to_string(&mapfile)
+        .unwrap()
+        .lines()
+        .filter(|l| !l.starts_with('#'))
+        .skip(1)
+        .map(str::to_string)
+        .collect();
+    assert_eq!(
+        lines,
+        [
+            "0x00000000  0x00200000  +",
+            "0x00200000  0x00100000  -",
+            "0x00300000  0x00100000  +"
+        ]
+    );
+    let (want, got) = (fs::read(&a).unwrap(), fs::read(&t).unwrap());
+    assert_eq!(got[..2 << 20], want[..2 << 20]);
+    assert!(got[2 << 20..3 << 20].iter().all(|&x| x == 0));
+    assert_eq!(got[3 << 20..], want[3 << 20..]);
+    // A second run will not overwrite that mapfile.
+    let o = restore(&["--skip-damaged"]);
+    assert_eq!(o.status.code(), Some(6), "{}", text(&o));
 }

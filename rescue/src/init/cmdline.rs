@@ -232,6 +232,8 @@ impl Config {
             yes: self.yes,
             verify: self.verify,
             resume: self.resume,
+            skip_damaged: false,
+            damaged_map: None,
         })
     }
 }

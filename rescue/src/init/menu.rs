@@ -405,6 +405,8 @@ impl<'a, R: BufRead, W: Write> Menu<'a, R, W> {
             yes: true,
             verify,
             resume,
+            skip_damaged: false,
+            damaged_map: None,
         });
         let rc = run_and_report(&mut self.out, self.backend, "restore", cmd);
         self.restore_cut = rc == exit::PEER_GONE;

@@ -59,6 +59,9 @@ pub struct OutChunk {
     pub sha256: [u8; 32],
     pub bad: Vec<(u32, u32)>,
     pub data: Vec<u8>,
+    /// The source cannot produce this chunk intact (a damaged store): sent
+    /// with FLAG_DAMAGED, without data.
+    pub damaged: bool,
 }
 
 impl Drop for OutChunk {

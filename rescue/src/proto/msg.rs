@@ -55,6 +55,10 @@ pub mod kind {
 
 /// Chunk flag: the chunk is all zeros and carries no data.
 pub const FLAG_ZERO: u16 = 1;
+/// Chunk flag (restore): the store cannot produce this chunk intact (its bytes
+/// no longer match the digest recorded at backup time); no data, no digest.
+/// Sent only to a client whose RESTORE_BEGIN says `accepts_damaged`.
+pub const FLAG_DAMAGED: u16 = 2;
 
 /// Largest JSON body accepted for a control message.
 pub const MAX_CONTROL: usize = 4 * 1024 * 1024;
@@ -242,6 +246,10 @@ pub struct RestoreBegin {
     /// They are not sent. Absent: send everything.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub have: Vec<ChunkRanges>,
+    /// The client understands FLAG_DAMAGED chunks; without it a chunk the
+    /// store cannot produce intact ends the session with an ERROR.
+    #[serde(default)]
+    pub accepts_damaged: bool,
 }
 
 /// Asks for the SHA-256 the backup recorded for chunks `first..first + count`

@@ -560,6 +560,9 @@ pub struct ImageSource {
     journal: File,
     name: String,
     chunk: u32,
+    /// Hand out a damaged chunk marked as such (the client understands
+    /// FLAG_DAMAGED) instead of failing the whole restore.
+    pub mark_damaged: bool,
 }
 
 impl ImageSource {
@@ -569,18 +572,28 @@ impl ImageSource {
             journal: open_in(&b.path, &d.chunks, false, false)?,
             name: d.image.clone(),
             chunk: b.manifest.chunk_size,
+            mark_damaged: false,
         })
     }
 
     pub fn read(&self, offset: u64, len: u32) -> Result<RawChunk> {
         let mut data = crate::bufpool::take(len as usize);
-        self.img
-            .read_exact_at(&mut data, offset)
-            .with_context(|| format!("reading {} at {offset}", self.name))?;
-        Ok(RawChunk {
-            data,
-            bad: Vec::new(),
-        })
+        match self.img.read_exact_at(&mut data, offset) {
+            Ok(()) => Ok(RawChunk {
+                data,
+                bad: Vec::new(),
+            }),
+            // The store's own disk failing there: the chunk is damaged, the
+            // rest may still be restored. Stored chunks have no unreadable
+            // ranges otherwise, so `digest` knows it by this one.
+            Err(_) if self.mark_damaged => Ok(RawChunk {
+                data,
+                bad: vec![(0, len)],
+            }),
+            Err(e) => {
+                Err(anyhow::Error::new(e).context(format!("reading {} at {offset}", self.name)))
+            }
+        }
     }
 
     /// Hashes a chunk and compares it with the digest recorded at backup time.
@@ -603,6 +616,22 @@ impl ImageSource {
         } else {
             known.sha256.unwrap_or_else(|| xfer::sha256(&raw.data))
         };
+        if (got != rec || !raw.bad.is_empty()) && self.mark_damaged {
+            eprintln!(
+                "{}: the chunk at offset {offset} is damaged in the store; the peer is told so",
+                self.name
+            );
+            crate::bufpool::give(raw.data);
+            return Ok(OutChunk {
+                offset,
+                len,
+                zero: false,
+                sha256: [0; 32],
+                bad: Vec::new(),
+                data: Vec::new(),
+                damaged: true,
+            });
+        }
         if got != rec {
             bail!(
                 "the stored image {} is damaged at offset {offset} (its digest does not match the one recorded at backup time); this backup cannot be restored faithfully",
@@ -621,6 +650,7 @@ impl ImageSource {
             } else {
                 raw.data
             },
+            damaged: false,
         })
     }
 }

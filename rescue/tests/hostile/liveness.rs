@@ -228,6 +228,7 @@ fn a_peer_that_never_reads_does_not_hold_the_server() {
         backup_id: name(&bd),
         disks: vec!["big".into()],
         have: vec![],
+        accepts_damaged: false,
     };
     p.frame(
         Header::new(kind::RESTORE_BEGIN, 0, 0),
