@@ -116,8 +116,16 @@ pub fn probe_bytes(b: &[u8]) -> Option<FsInfo> {
 
 /// Identifies what the volume holds. Containers (LUKS, LVM, md) come first, as blkid
 /// does: their payload may start with a stale or nested filesystem.
+///
+/// A head that cannot be read in full (short of the volume's end) is all that is probed:
+/// on a failing disk every further read of bad sectors can take the kernel minutes of
+/// retries.
 pub fn probe(v: &dyn Volume) -> Option<FsInfo> {
     let head = v.read(0, HEAD_LEN);
+    let expected = v.size().map_or(HEAD_LEN as u64, |s| s.min(HEAD_LEN as u64));
+    if (head.len() as u64) < expected {
+        return probe(&head.as_slice());
+    }
     let h = Bytes(&head);
     luks(h)
         .or_else(|| lvm(h))
@@ -794,6 +802,45 @@ mod tests {
             let _ = probe_bytes(&b);
             let _ = probe_bytes(&b[..(rnd() as usize) % b.len()]);
         }
+    }
+
+    /// Reads like a disk whose sectors from `bad` on fail, counting the reads.
+    struct Failing {
+        data: Vec<u8>,
+        bad: usize,
+        reads: std::cell::Cell<usize>,
+    }
+
+    impl Volume for Failing {
+        fn read(&self, offset: u64, len: usize) -> Vec<u8> {
+            self.reads.set(self.reads.get() + 1);
+            let end = (offset as usize).saturating_add(len).min(self.bad);
+            self.data
+                .get(offset as usize..end)
+                .unwrap_or_default()
+                .to_vec()
+        }
+        fn size(&self) -> Option<u64> {
+            Some(self.data.len() as u64)
+        }
+    }
+
+    #[test]
+    fn an_unreadable_head_is_read_once() {
+        let v = Failing {
+            data: md_at_end(1),
+            bad: 4096,
+            reads: Default::default(),
+        };
+        // The ext superblock in the readable part is still seen.
+        assert_eq!(probe(&v).unwrap().fstype, "ext4");
+        assert_eq!(v.reads.get(), 1);
+        // Readable up to the superblock at the end: found there.
+        let v = Failing {
+            bad: usize::MAX,
+            ..v
+        };
+        assert_eq!(probe(&v).unwrap().fstype, "linux_raid_member");
     }
 
     #[test]
