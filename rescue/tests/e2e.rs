@@ -1004,3 +1004,32 @@ fn a_chunk_damaged_in_the_store_stops_the_restore_or_is_mapped() {
     let o = restore(&["--skip-damaged"]);
     assert_eq!(o.status.code(), Some(6), "{}", text(&o));
 }
+
+#[test]
+fn a_new_file_cut_off_by_the_peer_is_kept_for_resume() {
+    let d = tempfile::tempdir().unwrap();
+    let (srv, a, host) = served_backup(d.path(), 8, 51);
+    let t = d.path().join("new.img");
+    let map = format!("disk={}", t.display());
+    let px = Proxy::start(
+        d.path(),
+        &srv.sock,
+        Faults {
+            cut_s2c_after: Some(5 << 20),
+            ..Default::default()
+        },
+    );
+    let ep = px.endpoint();
+    let args = [
+        "restore", "-d", &ep, "--host", &host, "--map", &map, "--yes",
+    ];
+    let o = rescue(&args);
+    assert_eq!(o.status.code(), Some(5), "{}", text(&o));
+    // Not removed like a failed restore's file: --resume continues from it.
+    assert!(t.exists(), "{}", text(&o));
+    px.set(Faults::default());
+    let o = rescue(&[&args[..], &["--resume"]].concat());
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+    assert!(text(&o).contains("resuming, "), "{}", text(&o));
+    assert_eq!(sha256_file(&t), sha256_file(&a));
+}
