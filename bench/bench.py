@@ -49,7 +49,7 @@ def rescue_backup(rescue, img, work):
     sock = os.path.join(work, "s.sock")
     srss = os.path.join(work, "serve.rss")
     serve = subprocess.Popen(["/usr/bin/time", "-f", "%M", "-o", srss, rescue, "serve",
-                              "--store", store, "--device", "unix:" + sock, "--once"],
+                              "--store", store, "--create", "--device", "unix:" + sock, "--once"],
                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     while not os.path.exists(sock):
         time.sleep(0.01)

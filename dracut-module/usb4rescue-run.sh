@@ -162,7 +162,8 @@ case "$mode" in
             exit 0
         fi
         # --once: after one backup or restore session the boot goes on.
-        set -- serve --store "$store_mnt" --once "$@"
+        # --create: the store is the filesystem just mounted there.
+        set -- serve --store "$store_mnt" --create --once "$@"
         ;;
     menu)
         # The menu of the rescue initramfs, as a normal process (no mounts, no

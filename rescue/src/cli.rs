@@ -116,9 +116,21 @@ pub struct DisksArgs {
 
 #[derive(Debug, Clone, Args)]
 pub struct ServeArgs {
-    /// Directory that keeps the backups (DIR/<host>/<backup-id>/).
+    /// Directory that keeps the backups (DIR/<host>/<backup-id>/). It must exist
+    /// (so a typo or an unmounted disk does not fill the rescue system's RAM)
+    /// and be writable.
     #[arg(long, short = 's', value_name = "DIR")]
     pub store: PathBuf,
+
+    /// Create the store directory (and its parents) if it does not exist.
+    #[arg(long)]
+    pub create: bool,
+
+    /// Accept a backup larger than the store's free space. Zero chunks are
+    /// stored as holes, so mostly empty disks need less than their size; if the
+    /// store fills up, the backup stops and resumes once space is freed.
+    #[arg(long)]
+    pub no_space_check: bool,
 
     #[command(flatten)]
     pub connect: ConnectArgs,

@@ -16,14 +16,16 @@ use crate::proto::msg::{
 };
 use crate::session::{self, Session};
 use crate::store::image::{ImageSink, ImageSource, ZeroDigests, journal_digests};
-use crate::store::{BackupStatus, Store};
+use crate::store::{self, BackupStatus, Store};
 use crate::util::{Peer, human_bytes};
 use crate::xfer::{self, Geometry, SinkPipeline};
 
 pub fn run(root: &Root, args: &ServeArgs) -> Result<u8> {
     // Before the store is touched: a wrong --device changes nothing anywhere.
     crate::transport::endpoint(root, args.connect.device.as_deref())?;
-    let store = Store::open(&args.store)?;
+    let mut store = Store::open_to_write(&args.store, args.create)?;
+    store.space_check = !args.no_space_check;
+    crate::store::dir::ignore_file_size_signal();
     eprintln!("keeping backups in {}", store.dir().display());
     session::serve(root, &args.connect, args.once, |s| handle(&store, s))?;
     Ok(crate::exit::OK)
@@ -94,13 +96,7 @@ fn decode<T: for<'de> serde::Deserialize<'de> + Bounded>(s: &Session, req: &Fram
 
 fn receive_backup(store: &Store, s: &mut Session, req: &Frame) -> Result<()> {
     let begin: BackupBegin = decode(s, req)?;
-    let (mut b, have, resumed) = match store.begin_backup(&s.peer.identity, &s.me, &begin) {
-        Ok(x) => x,
-        Err(e) => {
-            s.conn.send_error("bad_request", &format!("{e:#}"));
-            return Err(e);
-        }
-    };
+    let (mut b, have, resumed) = refused(s, store.begin_backup(&s.peer.identity, &s.me, &begin))?;
     let location = b.path.display().to_string();
     eprintln!(
         "{} backup {} from {}: {} disk(s) into {location}",
@@ -128,7 +124,7 @@ fn receive_backup(store: &Store, s: &mut Session, req: &Frame) -> Result<()> {
         };
         let bar = Bar::new(&d.name, d.size, mode);
         let t = Instant::now();
-        let sink = ImageSink::open(&b, i)?;
+        let sink = refused(s, ImageSink::open(&b, i))?;
         let pipe = SinkPipeline::start(sink, d.size);
         let received = xfer::receive_disk(&mut s.conn, i as u32, geo, held, &pipe, &bar);
         bar.finish();
@@ -147,12 +143,12 @@ fn receive_backup(store: &Store, s: &mut Session, req: &Frame) -> Result<()> {
                 return Err(e);
             }
         };
-        let (mut sink, whole) = pipe.finish()?;
+        let (mut sink, whole) = refused(s, pipe.finish())?;
         let full_have = xfer::Have::new(held).held() == geo.count();
         let verdict = if full_have && d.complete && d.sha256.is_some() {
             Ok(d.sha256.clone().unwrap_or_default())
         } else {
-            sink.finalize(whole)?
+            refused(s, sink.finalize(whole))?
         };
         let unreadable = sink.unreadable_bytes();
         let done = match verdict {
@@ -194,7 +190,7 @@ fn receive_backup(store: &Store, s: &mut Session, req: &Frame) -> Result<()> {
                 }
             }
         };
-        b.save()?;
+        refused(s, b.save())?;
         s.conn.reply(
             &end_frame,
             Header::new(kind::DISK_DONE, i as u32, 0),
@@ -275,6 +271,13 @@ fn send_listing(store: &Store, s: &mut Session, req: &Frame) -> Result<()> {
     }
     s.conn
         .reply_json(req, kind::LISTING, &Listing { backups, next })
+}
+
+/// Sends the peer an ERROR for a step of a backup that failed, so it shows the
+/// reason instead of a closed connection: the code says what kind of failure
+/// (`store::error_code`: a full store is `no_space`, not a bad request).
+fn refused<T>(s: &Session, r: Result<T>) -> Result<T> {
+    r.inspect_err(|e| s.conn.send_error(store::error_code(e), &format!("{e:#}")))
 }
 
 /// Answers a DIGESTS_REQ from the chunk journal of a stored disk.

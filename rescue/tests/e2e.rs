@@ -736,6 +736,28 @@ fn walk(p: &std::path::Path) -> Vec<std::path::PathBuf> {
     out
 }
 
+/// A tmpfs mounted (as root) at `dir` with `opts`, unmounted on drop.
+struct Tmpfs(std::path::PathBuf);
+
+impl Tmpfs {
+    fn mount(dir: &std::path::Path, opts: &str) -> Tmpfs {
+        fs::create_dir_all(dir).unwrap();
+        let ok = Command::new("mount")
+            .args(["-t", "tmpfs", "-o", opts, "tmpfs"])
+            .arg(dir)
+            .status()
+            .unwrap();
+        assert!(ok.success());
+        Tmpfs(dir.to_path_buf())
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg(&self.0).status();
+    }
+}
+
 #[test]
 fn full_store_stops_the_sender_with_the_reason() {
     if unsafe_free_euid() != 0 {
@@ -744,27 +766,219 @@ fn full_store_stops_the_sender_with_the_reason() {
     }
     let d = tempfile::tempdir().unwrap();
     let mnt = d.path().join("small");
-    fs::create_dir(&mnt).unwrap();
-    let ok = Command::new("mount")
-        .args(["-t", "tmpfs", "-o", "size=6m", "tmpfs"])
-        .arg(&mnt)
-        .status()
-        .unwrap();
-    assert!(ok.success());
-    struct Umount(std::path::PathBuf);
-    impl Drop for Umount {
-        fn drop(&mut self) {
-            let _ = Command::new("umount").arg(&self.0).status();
-        }
-    }
-    let _u = Umount(mnt.clone());
+    let _u = Tmpfs::mount(&mnt, "size=6m");
     let a = d.path().join("big.img");
     random_image(&a, 16, 10);
+    // Refused before anything is sent: 16 MiB do not fit in 6.
     let srv = Server::start(d.path(), &mnt.join("store"));
+    let o = rescue(&["backup", "-d", &srv.endpoint(), a.to_str().unwrap()]);
+    assert_eq!(o.status.code(), Some(1), "{}", text(&o));
+    assert!(text(&o).contains("no space left"), "{}", text(&o));
+    assert!(text(&o).contains("missing"), "{}", text(&o));
+    assert!(backup_dirs(&srv.store).is_empty());
+    drop(srv);
+    // Told to try anyway, the transfer stops when the store fills, saying why.
+    let srv = Server::start_cmd(d.path(), &mnt.join("store"), |c| {
+        c.arg("--no-space-check");
+    });
     let o = rescue(&["backup", "-d", &srv.endpoint(), a.to_str().unwrap()]);
     assert_ne!(o.status.code(), Some(0));
     assert!(text(&o).contains("no space left"), "{}", text(&o));
     drop(srv);
+}
+
+#[test]
+fn serve_refuses_a_missing_or_read_only_store() {
+    let d = tempfile::tempdir().unwrap();
+    let sock = format!("unix:{}", d.path().join("s.sock").display());
+    let missing = d.path().join("not-mounted/store");
+    let o = rescue(&[
+        "serve",
+        "--store",
+        missing.to_str().unwrap(),
+        "-d",
+        &sock,
+        "--once",
+    ]);
+    assert_eq!(o.status.code(), Some(2), "{}", text(&o));
+    assert!(
+        text(&o).contains("does not exist") && text(&o).contains("--create"),
+        "{}",
+        text(&o)
+    );
+    assert!(!d.path().join("not-mounted").exists());
+    // Read-only: a read-only mount as root (root may write anywhere else), a
+    // directory without write permission otherwise.
+    let ro = d.path().join("ro");
+    let _u = if unsafe_free_euid() == 0 {
+        Some(Tmpfs::mount(&ro, "ro,size=1m"))
+    } else {
+        use std::os::unix::fs::PermissionsExt;
+        fs::create_dir(&ro).unwrap();
+        fs::set_permissions(&ro, fs::Permissions::from_mode(0o555)).unwrap();
+        None
+    };
+    let o = rescue(&[
+        "serve",
+        "--store",
+        ro.to_str().unwrap(),
+        "-d",
+        &sock,
+        "--once",
+    ]);
+    assert_eq!(o.status.code(), Some(2), "{}", text(&o));
+    let want = if unsafe_free_euid() == 0 {
+        "read-only filesystem"
+    } else {
+        "cannot write"
+    };
+    assert!(text(&o).contains(want), "{}", text(&o));
+}
+
+#[test]
+fn a_backup_larger_than_the_free_space_is_refused_saying_how_much_is_missing() {
+    let d = tempfile::tempdir().unwrap();
+    let st = nix::sys::statvfs::statvfs(d.path()).unwrap();
+    let free = st.blocks_available() * st.fragment_size();
+    // A sparse source 64 GiB larger than the free space (it takes none).
+    let src = d.path().join("big.img");
+    if fs::File::create(&src)
+        .unwrap()
+        .set_len((free + (64 << 30)).next_multiple_of(1 << 20))
+        .is_err()
+    {
+        eprintln!("skipped: this filesystem cannot hold a file that large");
+        return;
+    }
+    let srv = Server::start(d.path(), &d.path().join("store"));
+    let o = rescue(&["backup", "-d", &srv.endpoint(), src.to_str().unwrap()]);
+    assert_eq!(o.status.code(), Some(1), "{}", text(&o));
+    let t = text(&o);
+    assert!(
+        t.contains("the peer reports: no space left in the store"),
+        "{t}"
+    );
+    assert!(
+        t.contains("missing") && t.contains("--no-space-check"),
+        "{t}"
+    );
+    assert!(backup_dirs(&srv.store).is_empty());
+}
+
+#[test]
+fn a_disk_over_the_stores_file_size_limit_is_refused_naming_it() {
+    let d = tempfile::tempdir().unwrap();
+    let src = d.path().join("large-disk.img");
+    fs::File::create(&src).unwrap().set_len(100 << 20).unwrap();
+    // The limit a filesystem such as vfat (4 GiB) or ext4 (16 TiB) sets,
+    // here as `ulimit -f` on serve: 64 MiB.
+    let srv = Server::start_cmd(d.path(), &d.path().join("store"), |c| {
+        use std::os::unix::process::CommandExt;
+        // SAFETY: only async-signal-safe calls between fork and exec.
+        unsafe {
+            c.pre_exec(|| {
+                let lim = libc::rlimit {
+                    rlim_cur: 64 << 20,
+                    rlim_max: 64 << 20,
+                };
+                libc::setrlimit(libc::RLIMIT_FSIZE, &lim);
+                libc::signal(libc::SIGXFSZ, libc::SIG_IGN);
+                Ok(())
+            });
+        }
+    });
+    let o = rescue(&["backup", "-d", &srv.endpoint(), src.to_str().unwrap()]);
+    let t = text(&o);
+    assert_eq!(o.status.code(), Some(6), "{t}\nserver:\n{}", srv.log_text());
+    assert!(t.contains("the peer reports"), "{t}");
+    assert!(t.contains("large-disk") && t.contains("64.0 MiB"), "{t}");
+    assert!(backup_dirs(&srv.store).is_empty());
+}
+
+#[test]
+fn a_store_out_of_inodes_is_reported_as_full() {
+    if unsafe_free_euid() != 0 {
+        eprintln!("skipped: mounting a small tmpfs needs root");
+        return;
+    }
+    let d = tempfile::tempdir().unwrap();
+    let mnt = d.path().join("few-inodes");
+    let _u = Tmpfs::mount(&mnt, "size=64m,nr_inodes=40");
+    fs::create_dir(mnt.join("store")).unwrap();
+    let mut n = 0;
+    while fs::File::create(mnt.join(format!("f{n}"))).is_ok() {
+        n += 1;
+    }
+    // Room for two more files: a backup needs more.
+    fs::remove_file(mnt.join("f0")).unwrap();
+    fs::remove_file(mnt.join("f1")).unwrap();
+    let a = d.path().join("disk.img");
+    random_image(&a, 1, 12);
+    let srv = Server::start(d.path(), &mnt.join("store"));
+    let o = rescue(&["backup", "-d", &srv.endpoint(), a.to_str().unwrap()]);
+    assert_eq!(o.status.code(), Some(1), "{}", text(&o));
+    assert!(text(&o).contains("no free inodes"), "{}", text(&o));
+}
+
+#[test]
+fn long_image_names_and_labels_work_end_to_end() {
+    let d = tempfile::tempdir().unwrap();
+    let name: String = "office-workstation-system-disk-"
+        .repeat(4)
+        .chars()
+        .take(100)
+        .collect();
+    let a = d.path().join(format!("{name}.img"));
+    random_image(&a, 3, 21);
+    let label = "Backup of the office workstation before the big upgrade to the new release";
+    let srv = Server::start(d.path(), &d.path().join("store"));
+    let o = rescue(&[
+        "backup",
+        "-d",
+        &srv.endpoint(),
+        "--label",
+        label,
+        a.to_str().unwrap(),
+    ]);
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+    // Restore by the id and disk name as listed.
+    let o = rescue(&["restore", "-d", &srv.endpoint(), "--list"]);
+    let listing = text(&o);
+    let line = listing
+        .lines()
+        .find(|l| l.contains("Backup_of_the_office"))
+        .unwrap_or_else(|| panic!("{listing}"));
+    let id = line.split_whitespace().nth(1).unwrap();
+    let disk = line
+        .split_whitespace()
+        .find(|w| w.starts_with("office-workstation"))
+        .unwrap();
+    assert!(id.len() <= 64 && disk.len() <= 64, "{line}");
+    let target = d.path().join("restored.img");
+    fs::File::create(&target).unwrap().set_len(3 << 20).unwrap();
+    let o = rescue(&[
+        "restore",
+        "-d",
+        &srv.endpoint(),
+        "--host",
+        &host_of(&srv),
+        "--backup",
+        id,
+        "--map",
+        &format!("{disk}={}", target.display()),
+        "--yes",
+        "--verify",
+    ]);
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+    assert_eq!(sha256_file(&target), sha256_file(&a));
+    // The manifest keeps the full names.
+    let bd = backup_dirs(&srv.store).pop().unwrap();
+    let m: serde_json::Value =
+        serde_json::from_slice(&fs::read(bd.join("manifest.json")).unwrap()).unwrap();
+    assert_eq!(m["label"], label);
+    assert_eq!(m["disks"][0]["source_name"], name.as_str());
+    let o = rescue(&["verify", bd.to_str().unwrap()]);
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o));
 }
 
 fn unsafe_free_euid() -> u32 {

@@ -217,6 +217,9 @@ impl Config {
     pub fn serve_command(&self, store: PathBuf) -> Command {
         Command::Serve(ServeArgs {
             store,
+            // The store is the filesystem init just mounted there.
+            create: true,
+            no_space_check: false,
             connect: self.connect(),
             once: self.poweroff || self.reboot,
         })

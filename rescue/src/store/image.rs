@@ -16,7 +16,7 @@ use std::time::Instant;
 use anyhow::{Context, Result, bail};
 
 use super::mapfile::{Map, Status};
-use super::{BackupDir, ManifestDisk, open_in};
+use super::{Access, BackupDir, Dir, ManifestDisk, open_in};
 use crate::direct::DirectWriter;
 use crate::proto::conn::OutChunk;
 use crate::proto::msg::ChunkRanges;
@@ -113,14 +113,16 @@ pub fn resume_ranges(dir: &Path, d: &ManifestDisk, chunk: u32) -> Result<ChunkRa
     Ok(held)
 }
 
-/// A disk's mapfile, if it exists and parses.
+/// A disk's mapfile, if it exists and parses (never read through a link).
 fn read_map(dir: &Path, d: &ManifestDisk) -> Option<Map> {
-    let text = std::fs::read_to_string(dir.join(&d.map)).ok()?;
+    let text = Dir::open(dir).ok()?.read_to_string(&d.map, u64::MAX).ok()?;
     Map::parse(&text, d.size).ok()
 }
 
+/// Replaces a disk's mapfile (a link planted as it or its temporary file is
+/// replaced, never written through).
 fn save_map(dir: &Path, d: &ManifestDisk, map: &Map) -> Result<()> {
-    util::write_atomic(&dir.join(&d.map), map.render(&map_header(d)).as_bytes())
+    Dir::open(dir)?.write_atomic(&d.map, map.render(&map_header(d)).as_bytes())
 }
 
 /// The records of journal file `chunks` for chunks `first..first + n`, 32
@@ -249,8 +251,8 @@ impl ImageSink {
             size: d.size,
             chunk: b.manifest.chunk_size,
         };
-        let existed = b.path.join(&d.image).exists();
-        let img = open_in(&b.path, &d.image, true, true)?;
+        let existed = b.dir.has_file(&d.image);
+        let img = b.dir.open_file(&d.image, Access::Create)?;
         let len = img.metadata()?.len();
         if len != d.size {
             img.set_len(d.size)
@@ -258,7 +260,7 @@ impl ImageSink {
         }
         let direct =
             DirectWriter::open(&b.path.join(&d.image), &img, b.manifest.chunk_size as usize);
-        let journal = open_in(&b.path, &d.chunks, true, true)?;
+        let journal = b.dir.open_file(&d.chunks, Access::Create)?;
         let map = read_map(&b.path, &d).unwrap_or_else(|| Map::new(d.size));
         Ok(ImageSink {
             dir: b.path.clone(),

@@ -1,20 +1,27 @@
 //! The image store on the receiving machine:
 //! `DIR/<host>/<backup-id>/{manifest.json, SHA256SUMS, <disk>.img, <disk>.map, <disk>.chunks}`.
 //! Every name that came from the peer goes through `names::sanitize`, and every
-//! path is opened without following symlinks, so a peer cannot write outside DIR.
+//! file is opened relative to its directory's descriptor without following links
+//! (`dir.rs`), so neither a peer nor a link planted in the store makes serve
+//! write outside DIR.
 
+pub mod dir;
 pub mod image;
 pub mod mapfile;
 pub mod names;
+mod room;
 
-use std::fs::{self, File, OpenOptions};
-use std::io::{Read, Write};
-use std::os::unix::fs::OpenOptionsExt;
+use std::fs::{self, File};
+use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, bail};
 use serde::{Deserialize, Serialize};
 
+pub use dir::{Access, Dir};
+pub use room::{Refusal, error_code};
+
+use crate::exit::{self, Exit};
 use crate::proto::msg::{BackupBegin, BackupSummary, ChunkRanges, DiskSummary, Identity};
 use crate::util;
 
@@ -118,52 +125,75 @@ impl Manifest {
 /// A store directory.
 pub struct Store {
     dir: PathBuf,
+    root: Dir,
+    /// Refuse backups larger than the free space (off: `serve --no-space-check`).
+    pub space_check: bool,
 }
 
 /// One backup's directory with its manifest.
 pub struct BackupDir {
     pub path: PathBuf,
+    /// The directory, held open: its files are opened relative to it.
+    pub dir: Dir,
     pub host: String,
     pub manifest: Manifest,
 }
 
-/// Opens a regular file inside a store directory, never through a symlink.
+/// Opens a regular file inside a directory named by path, never through a link
+/// (`write`: never one with other hard links either).
 pub fn open_in(dir: &Path, name: &str, write: bool, create: bool) -> Result<File> {
-    if !names::is_safe(name) {
-        bail!("refusing unsafe file name {name:?}");
-    }
-    let path = dir.join(name);
-    let f = OpenOptions::new()
-        .read(true)
-        .write(write)
-        .create(create)
-        .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
-        .open(&path)
-        .with_context(|| format!("opening {}", path.display()))?;
-    let meta = f.metadata()?;
-    if !meta.is_file() {
-        bail!("{} is not a regular file", path.display());
-    }
-    Ok(f)
-}
-
-fn is_real_dir(p: &Path) -> bool {
-    fs::symlink_metadata(p).is_ok_and(|m| m.is_dir())
+    let access = match (write, create) {
+        (_, true) => Access::Create,
+        (true, false) => Access::Write,
+        (false, false) => Access::Read,
+    };
+    Dir::open(dir)?.open_file(name, access)
 }
 
 impl Store {
-    /// Opens (creating it if needed) the store at `dir`.
+    /// Opens an existing store to read it (`rescue verify`).
     pub fn open(dir: &Path) -> Result<Store> {
-        if !dir.exists() {
-            fs::create_dir_all(dir)
-                .with_context(|| format!("creating the store directory {}", dir.display()))?;
-        }
         if !dir.is_dir() {
             bail!("the store {} is not a directory", dir.display());
         }
         let dir = fs::canonicalize(dir)
             .with_context(|| format!("resolving the store directory {}", dir.display()))?;
-        Ok(Store { dir })
+        let root = Dir::open(&dir)?;
+        Ok(Store {
+            dir,
+            root,
+            space_check: true,
+        })
+    }
+
+    /// Opens the store serve writes into. A missing directory is created only
+    /// when asked (`create`): a mistyped or unmounted path would otherwise put
+    /// backups in the rescue system's RAM or on its root filesystem. A store
+    /// that cannot be written is refused now, not at the first backup.
+    pub fn open_to_write(dir: &Path, create: bool) -> Result<Store> {
+        match fs::symlink_metadata(dir) {
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                if !create {
+                    return Err(Exit::new(
+                        exit::USAGE,
+                        format!(
+                            "the store {d} does not exist: check that the disk meant for the backups is mounted there, then create it (mkdir -p {d}) or add --create",
+                            d = dir.display()
+                        ),
+                    )
+                    .into());
+                }
+                fs::create_dir_all(dir)
+                    .with_context(|| format!("creating the store directory {}", dir.display()))?;
+            }
+            Err(e) => {
+                return Err(e).with_context(|| format!("examining the store {}", dir.display()));
+            }
+            Ok(_) => {}
+        }
+        let store = Store::open(dir).map_err(|e| Exit::new(exit::USAGE, format!("{e:#}")))?;
+        room::check_writable(&store.root)?;
+        Ok(store)
     }
 
     pub fn dir(&self) -> &Path {
@@ -178,7 +208,7 @@ impl Store {
         };
         for h in hosts.flatten() {
             let hname = h.file_name().to_string_lossy().into_owned();
-            if !names::is_safe(&hname) || !is_real_dir(&h.path()) {
+            if !names::is_safe(&hname) {
                 continue;
             }
             if let Some(want) = host
@@ -186,21 +216,26 @@ impl Store {
             {
                 continue;
             }
-            let Ok(backups) = fs::read_dir(h.path()) else {
+            let Ok(hdir) = self.root.sub(&hname) else {
+                continue;
+            };
+            let Ok(backups) = fs::read_dir(hdir.path()) else {
                 continue;
             };
             for b in backups.flatten() {
-                if !is_real_dir(&b.path()) {
+                let id = b.file_name().to_string_lossy().into_owned();
+                let Ok(dir) = hdir.sub(&id) else {
                     continue;
-                }
-                match read_manifest(&b.path()) {
+                };
+                match read_manifest_in(&dir) {
                     Ok(m) => out.push(BackupDir {
-                        path: b.path(),
+                        path: dir.path().to_path_buf(),
+                        dir,
                         host: hname.clone(),
                         manifest: m,
                     }),
                     // One broken backup must not hide the others: skip it, say so.
-                    Err(e) => eprintln!("skipping {}: {e:#}", b.path().display()),
+                    Err(e) => eprintln!("skipping {}: {e:#}", dir.path().display()),
                 }
             }
         }
@@ -213,13 +248,13 @@ impl Store {
         if !names::is_safe(host) || !names::is_safe(id) {
             bail!("no backup {host:?}/{id:?}: not a valid name");
         }
-        let path = self.dir.join(host).join(id);
-        if !is_real_dir(&path) {
+        let Ok(dir) = self.root.sub(host).and_then(|h| h.sub(id)) else {
             bail!("no backup {id} of host {host} in {}", self.dir.display());
-        }
-        let manifest = read_manifest(&path)?;
+        };
+        let manifest = read_manifest_in(&dir)?;
         Ok(BackupDir {
-            path,
+            path: dir.path().to_path_buf(),
+            dir,
             host: host.to_string(),
             manifest,
         })
@@ -241,42 +276,38 @@ impl Store {
                 .into_iter()
                 .find(|b| resumable(&b.manifest, source, begin))
         {
+            b.check_writable_files()?;
             let mut have = Vec::new();
             for d in &b.manifest.disks {
                 have.push(image::resume_ranges(&b.path, d, b.manifest.chunk_size)?);
             }
+            self.check_room(begin, &have)?;
             b.manifest.status = BackupStatus::InProgress;
             b.manifest.updated = util::iso8601(util::now_secs());
             b.save()?;
             return Ok((b, have, true));
         }
 
-        let host_dir = self.dir.join(&host);
-        if !host_dir.exists() {
-            fs::create_dir(&host_dir)
-                .with_context(|| format!("creating {}", host_dir.display()))?;
-        }
-        if !is_real_dir(&host_dir) {
-            bail!("{} is not a directory", host_dir.display());
-        }
+        self.check_room(begin, &[])?;
+        let host_dir = self.root.sub_or_create(&host)?;
         let now = util::now_secs();
-        let mut id = util::compact_time(now);
-        if let Some(l) = &begin.label {
-            id.push('-');
-            id.push_str(&names::sanitize(l, "backup"));
-            id.truncate(names::MAX_NAME);
-        }
+        let time = util::compact_time(now);
+        // Time and label as one name, so a long label is cut with a hash
+        // suffix like any other name (and never ends in a replaced character).
+        let mut id = match &begin.label {
+            Some(l) => names::sanitize(&format!("{time}-{}", names::sanitize(l, "backup")), &time),
+            None => time.clone(),
+        };
         let base = id.clone();
         let mut n = 2;
-        let path = loop {
-            let p = host_dir.join(&id);
-            match fs::create_dir(&p) {
-                Ok(()) => break p,
-                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
-                    id = format!("{base}-{n}");
+        let dir = loop {
+            match host_dir.create_sub(&id) {
+                Ok(d) => break d,
+                Err(e) if dir::errno_of(&e) == Some(nix::errno::Errno::EEXIST) => {
+                    id = names::with_suffix(&base, &format!("-{n}"));
                     n += 1;
                 }
-                Err(e) => return Err(e).with_context(|| format!("creating {}", p.display())),
+                Err(e) => return Err(e),
             }
         };
         let stems = names::unique(
@@ -309,7 +340,8 @@ impl Store {
             })
             .collect();
         let b = BackupDir {
-            path,
+            path: dir.path().to_path_buf(),
+            dir,
             host,
             manifest: Manifest {
                 format: "usb4rescue-backup".into(),
@@ -378,18 +410,20 @@ fn resumable(m: &Manifest, source: &Identity, begin: &BackupBegin) -> bool {
 }
 
 pub fn read_manifest(dir: &Path) -> Result<Manifest> {
-    let mut f = open_in(dir, MANIFEST, false, false)?;
-    let mut s = String::new();
-    Read::by_ref(&mut f)
-        .take(16 * 1024 * 1024)
-        .read_to_string(&mut s)
-        .with_context(|| format!("reading {}/{MANIFEST}", dir.display()))?;
+    read_manifest_in(&Dir::open(dir)?)
+}
+
+fn read_manifest_in(dir: &Dir) -> Result<Manifest> {
+    let s = dir.read_to_string(MANIFEST, 16 * 1024 * 1024)?;
     let m: Manifest = serde_json::from_str(&s)
-        .with_context(|| format!("parsing {}/{MANIFEST}", dir.display()))?;
+        .with_context(|| format!("parsing {}/{MANIFEST}", dir.path().display()))?;
     for d in &m.disks {
         for n in [&d.name] {
             if !names::is_safe(n) {
-                bail!("{}/{MANIFEST} names an unsafe file {n:?}", dir.display());
+                bail!(
+                    "{}/{MANIFEST} names an unsafe file {n:?}",
+                    dir.path().display()
+                );
             }
         }
     }
@@ -397,11 +431,34 @@ pub fn read_manifest(dir: &Path) -> Result<Manifest> {
 }
 
 impl BackupDir {
+    /// Refuses to resume into an image or journal that is a link (a symlink,
+    /// or a file with other hard links): the data would land elsewhere.
+    fn check_writable_files(&self) -> Result<()> {
+        for d in &self.manifest.disks {
+            for name in [&d.image, &d.chunks] {
+                match self.dir.open_file(name, Access::Write) {
+                    Err(e) if dir::errno_of(&e) != Some(nix::errno::Errno::ENOENT) => {
+                        return Err(Refusal {
+                            code: "refused",
+                            message: format!(
+                                "cannot resume backup {}: {e:#}",
+                                self.manifest.backup_id
+                            ),
+                        }
+                        .into());
+                    }
+                    _ => {}
+                }
+            }
+        }
+        Ok(())
+    }
+
     pub fn save(&self) -> Result<()> {
         let mut data =
             serde_json::to_vec_pretty(&self.manifest).context("encoding the manifest")?;
         data.push(b'\n');
-        util::write_atomic(&self.path.join(MANIFEST), &data)
+        self.dir.write_atomic(MANIFEST, &data)
     }
 
     /// Writes SHA256SUMS for the disks that are complete, in `sha256sum -c` format.
@@ -412,7 +469,7 @@ impl BackupDir {
                 s.push_str(&format!("{h}  {}\n", d.image));
             }
         }
-        util::write_atomic(&self.path.join(SUMS), s.as_bytes())
+        self.dir.write_atomic(SUMS, s.as_bytes())
     }
 
     /// Records the end of the session: complete when every disk is.
@@ -437,7 +494,7 @@ pub fn sync_file(f: &File) -> Result<()> {
     f.sync_data().context("syncing to disk")
 }
 
-/// Writes a whole small file inside a backup directory (not through symlinks).
+/// Writes a whole small file inside a backup directory (not through links).
 pub fn write_in(dir: &Path, name: &str, data: &[u8]) -> Result<()> {
     let mut f = open_in(dir, name, true, true)?;
     f.set_len(0)?;

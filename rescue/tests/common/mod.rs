@@ -68,26 +68,33 @@ pub struct Server {
 
 impl Server {
     pub fn start(dir: &Path, store: &Path) -> Server {
-        Server::start_env(dir, store, &[])
+        Server::start_cmd(dir, store, |_| {})
     }
 
     /// A server with extra environment (e.g. shorter liveness bounds).
     pub fn start_env(dir: &Path, store: &Path, env: &[(&str, &str)]) -> Server {
+        Server::start_cmd(dir, store, |c| {
+            c.envs(env.iter().copied());
+        })
+    }
+
+    /// Like `start`, with `more` done to the command first (extra arguments,
+    /// environment, limits set before exec).
+    pub fn start_cmd(dir: &Path, store: &Path, more: impl FnOnce(&mut Command)) -> Server {
         let sock = dir.join("serve.sock");
         let log = dir.join("serve.log");
         // A server killed before left its socket file: wait for the new one.
         let _ = fs::remove_file(&sock);
-        let child = Command::new(bin())
-            .args(["serve", "--store"])
+        let mut cmd = Command::new(bin());
+        cmd.args(["serve", "--create", "--store"])
             .arg(store)
             .arg("--device")
             .arg(format!("unix:{}", sock.display()))
             .env("RESCUE_PLAIN", "1")
-            .envs(env.iter().copied())
             .stdout(fs::File::create(dir.join("serve.out")).unwrap())
-            .stderr(fs::File::create(&log).unwrap())
-            .spawn()
-            .unwrap();
+            .stderr(fs::File::create(&log).unwrap());
+        more(&mut cmd);
+        let child = cmd.spawn().unwrap();
         let t = Instant::now();
         while !sock.exists() {
             assert!(t.elapsed() < Duration::from_secs(10), "serve did not start");

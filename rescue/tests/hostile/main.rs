@@ -11,3 +11,4 @@ mod listing;
 mod liveness;
 mod lying_server;
 mod peer;
+mod store_links;
