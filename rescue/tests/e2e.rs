@@ -758,15 +758,23 @@ impl Drop for Tmpfs {
     }
 }
 
-#[test]
-fn full_store_stops_the_sender_with_the_reason() {
+/// A temporary directory with a tmpfs mounted at `name` in it, or None (the
+/// test is skipped) when not root. Drop the mount before the directory.
+fn tmpfs_in_tempdir(name: &str, opts: &str) -> Option<(Tmpfs, tempfile::TempDir)> {
     if unsafe_free_euid() != 0 {
         eprintln!("skipped: mounting a small tmpfs needs root");
-        return;
+        return None;
     }
     let d = tempfile::tempdir().unwrap();
+    Some((Tmpfs::mount(&d.path().join(name), opts), d))
+}
+
+#[test]
+fn full_store_stops_the_sender_with_the_reason() {
+    let Some((_u, d)) = tmpfs_in_tempdir("small", "size=6m") else {
+        return;
+    };
     let mnt = d.path().join("small");
-    let _u = Tmpfs::mount(&mnt, "size=6m");
     let a = d.path().join("big.img");
     random_image(&a, 16, 10);
     // Refused before anything is sent: 16 MiB do not fit in 6.
@@ -791,15 +799,18 @@ fn full_store_stops_the_sender_with_the_reason() {
 fn serve_refuses_a_missing_or_read_only_store() {
     let d = tempfile::tempdir().unwrap();
     let sock = format!("unix:{}", d.path().join("s.sock").display());
+    let serve_once = |store: &std::path::Path| {
+        rescue(&[
+            "serve",
+            "--store",
+            store.to_str().unwrap(),
+            "-d",
+            &sock,
+            "--once",
+        ])
+    };
     let missing = d.path().join("not-mounted/store");
-    let o = rescue(&[
-        "serve",
-        "--store",
-        missing.to_str().unwrap(),
-        "-d",
-        &sock,
-        "--once",
-    ]);
+    let o = serve_once(missing.as_path());
     assert_eq!(o.status.code(), Some(2), "{}", text(&o));
     assert!(
         text(&o).contains("does not exist") && text(&o).contains("--create"),
@@ -818,14 +829,7 @@ fn serve_refuses_a_missing_or_read_only_store() {
         fs::set_permissions(&ro, fs::Permissions::from_mode(0o555)).unwrap();
         None
     };
-    let o = rescue(&[
-        "serve",
-        "--store",
-        ro.to_str().unwrap(),
-        "-d",
-        &sock,
-        "--once",
-    ]);
+    let o = serve_once(ro.as_path());
     assert_eq!(o.status.code(), Some(2), "{}", text(&o));
     let want = if unsafe_free_euid() == 0 {
         "read-only filesystem"
@@ -897,13 +901,10 @@ fn a_disk_over_the_stores_file_size_limit_is_refused_naming_it() {
 
 #[test]
 fn a_store_out_of_inodes_is_reported_as_full() {
-    if unsafe_free_euid() != 0 {
-        eprintln!("skipped: mounting a small tmpfs needs root");
+    let Some((_u, d)) = tmpfs_in_tempdir("few-inodes", "size=64m,nr_inodes=40") else {
         return;
-    }
-    let d = tempfile::tempdir().unwrap();
+    };
     let mnt = d.path().join("few-inodes");
-    let _u = Tmpfs::mount(&mnt, "size=64m,nr_inodes=40");
     fs::create_dir(mnt.join("store")).unwrap();
     let mut n = 0;
     while fs::File::create(mnt.join(format!("f{n}"))).is_ok() {
