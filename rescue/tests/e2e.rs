@@ -155,6 +155,7 @@ fn serve_wait_bounds_the_wait_for_a_peer() {
     let t = std::time::Instant::now();
     let o = rescue(&[
         "serve",
+        "--create",
         "--store",
         d.path().join("store").to_str().unwrap(),
         "--device",
