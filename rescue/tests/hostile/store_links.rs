@@ -36,6 +36,12 @@ impl Interrupted {
         );
         let o = rescue(&["backup", "-d", &px.endpoint(), a.to_str().unwrap()]);
         assert_eq!(o.status.code(), Some(5), "{}", text(&o));
+        // Serve writes the map and manifest after the cut: plant only after.
+        let t = std::time::Instant::now();
+        while !srv.log_text().contains("session with") {
+            assert!(t.elapsed().as_secs() < 20, "{}", srv.log_text());
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
         let bd = backup_dirs(&srv.store).pop().unwrap();
         Interrupted { d, srv, a, bd }
     }
