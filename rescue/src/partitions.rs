@@ -53,6 +53,47 @@ pub struct TableEntry {
     pub uuid: Option<String>,
 }
 
+impl PartitionTable {
+    /// Where bytes [start, end) of the disk lie, for messages: the partitions
+    /// they overlap (logical ones rather than their extended container), or
+    /// where they are when outside every partition.
+    pub fn locate(&self, start: u64, end: u64) -> String {
+        let hits: Vec<&TableEntry> = self
+            .entries
+            .iter()
+            .filter(|e| e.start_bytes < end && start < e.start_bytes.saturating_add(e.size_bytes))
+            .collect();
+        let inner: Vec<&TableEntry> = hits
+            .iter()
+            .copied()
+            .filter(|e| !matches!(e.type_id.as_str(), "0x05" | "0x0f" | "0x85"))
+            .collect();
+        let named = if inner.is_empty() { hits } else { inner };
+        if named.is_empty() {
+            let first = self.entries.iter().map(|e| e.start_bytes).min();
+            return match first {
+                Some(f) if end <= f => {
+                    format!(
+                        "before the first partition ({} partition table, boot area)",
+                        self.kind
+                    )
+                }
+                _ => "outside every partition".to_string(),
+            };
+        }
+        let names: Vec<String> = named
+            .iter()
+            .map(|e| match e.name.as_deref() {
+                Some(n) if !n.is_empty() => {
+                    format!("partition {} ({}, {n:?})", e.number, e.type_name)
+                }
+                _ => format!("partition {} ({})", e.number, e.type_name),
+            })
+            .collect();
+        names.join(", ")
+    }
+}
+
 /// Reads the partition table of a disk or image. `Ok(None)` when there is none
 /// (blank disk, or a filesystem directly on the disk).
 pub fn read_table(path: &Path, logical_sector: u32) -> anyhow::Result<Option<PartitionTable>> {
@@ -586,6 +627,46 @@ pub fn mbr_type_name(kind: u8) -> &'static str {
 #[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn locates_ranges_in_partitions() {
+        let entry = |number, start, size, type_id: &str, name: Option<&str>| TableEntry {
+            number,
+            start_bytes: start,
+            size_bytes: size,
+            type_name: if type_id == "0x05" {
+                "Extended"
+            } else {
+                "Linux"
+            }
+            .into(),
+            type_id: type_id.into(),
+            name: name.map(str::to_string),
+            uuid: None,
+        };
+        let t = PartitionTable {
+            kind: "dos".into(),
+            disk_guid: None,
+            entries: vec![
+                entry(1, 1 << 20, 10 << 20, "0x83", Some("root")),
+                entry(2, 20 << 20, 20 << 20, "0x05", None),
+                entry(5, 21 << 20, 5 << 20, "0x83", None),
+            ],
+            warnings: Vec::new(),
+        };
+        assert_eq!(
+            t.locate(0, 4096),
+            "before the first partition (dos partition table, boot area)"
+        );
+        assert_eq!(t.locate(2 << 20, 3 << 20), "partition 1 (Linux, \"root\")");
+        assert_eq!(t.locate(11 << 20, 12 << 20), "outside every partition");
+        assert_eq!(t.locate(22 << 20, 23 << 20), "partition 5 (Linux)");
+        assert_eq!(t.locate(20 << 20, 21 << 20), "partition 2 (Extended)");
+        assert_eq!(
+            t.locate(10 << 20, 22 << 20),
+            "partition 1 (Linux, \"root\"), partition 5 (Linux)"
+        );
+    }
 
     #[test]
     fn formats_mixed_endian_guids() {

@@ -6,62 +6,163 @@ use std::path::Path;
 use anyhow::{Result, bail};
 
 use crate::exit;
+use crate::partitions;
 use crate::progress::{self, Bar};
-use crate::store::image::{ZeroDigests, held_bytes, journal_ranges, verify_image};
+use crate::store::image::{ImageCheck, ZeroDigests, held_bytes, journal_ranges, verify_image};
 use crate::store::mapfile::{Map, Status};
-use crate::store::{self, MANIFEST, ManifestDisk, SUMS, Store};
+use crate::store::{self, BackupStatus, MANIFEST, ManifestDisk, SUMS, Store};
 use crate::xfer::Geometry;
 
-/// Checks one backup directory; returns the problems found.
-pub fn check_backup(dir: &Path) -> Result<Vec<String>> {
+/// What checking one backup found.
+#[derive(Debug, Default)]
+pub struct Report {
+    /// Damage, or files that disagree: each names the files concerned.
+    pub problems: Vec<String>,
+    /// An unfinished backup with nothing wrong in what it holds: how far it got.
+    pub incomplete: Option<String>,
+}
+
+/// Checks one backup directory.
+pub fn check_backup(dir: &Path) -> Result<Report> {
     let m = store::read_manifest(dir)?;
-    let mut problems = Vec::new();
+    let mut r = Report::default();
     let sums = std::fs::read_to_string(dir.join(SUMS)).unwrap_or_default();
     let mode = progress::Mode::detect();
+    let (mut held, mut total) = (0u64, 0u64);
     for d in &m.disks {
         let bar = Bar::new(&d.name, d.size, mode);
         let mut zeros = ZeroDigests::default();
         let result = verify_image(dir, d, m.chunk_size, &mut zeros, Some(&bar));
         bar.finish();
+        let count = Geometry {
+            size: d.size,
+            chunk: m.chunk_size,
+        }
+        .count();
+        total += count;
         match result {
-            Err(e) => problems.push(format!("{}: {e:#}", d.image)),
-            Ok(Err(bad)) => problems.push(format!(
-                "{}: {} chunk(s) missing or not matching their digest (first at offset {})",
-                d.image,
-                bad.len(),
-                bad[0] * u64::from(m.chunk_size)
-            )),
-            Ok(Ok(sha)) => {
-                match &d.sha256 {
-                    Some(want) if *want == sha => {}
-                    Some(want) => problems.push(format!(
-                        "{}: SHA-256 {sha} but the manifest says {want}",
-                        d.image
-                    )),
-                    None => problems.push(format!(
-                        "{}: not complete (no digest in the manifest)",
-                        d.image
-                    )),
-                }
-                let line = format!("{sha}  {}", d.image);
-                if d.complete && !sums.lines().any(|l| l == line) {
-                    problems.push(format!("{SUMS} has no matching line for {}", d.image));
-                }
-                println!("{}: OK, sha256 {sha}", d.image);
+            Err(e) => r.problems.push(format!("{}: {e:#}", d.image)),
+            Ok(c) => {
+                held += count - c.missing.len() as u64;
+                check_image(dir, d, m.chunk_size, &sums, &c, &mut r.problems);
             }
         }
         match std::fs::read_to_string(dir.join(&d.map)) {
             Ok(t) => match Map::parse(&t, d.size) {
-                Ok(map) => check_map(dir, d, m.chunk_size, &map, &mut problems)?,
-                Err(e) => problems.push(format!("{}: {e}", d.map)),
+                Ok(map) => check_map(dir, d, m.chunk_size, &map, &mut r.problems)?,
+                Err(e) => r.problems.push(format!("{}: {e}", d.map)),
             },
-            Err(e) => problems.push(format!("{}: {e}", d.map)),
+            Err(e) => r.problems.push(format!("{}: {e}", d.map)),
         }
     }
-    if !m.status.is_complete() {
-        problems.push(format!("the backup is {}", m.status.word()));
+    match m.status {
+        BackupStatus::InProgress if r.problems.is_empty() => {
+            r.incomplete = Some(format!(
+                "{} ({held} of {total} chunks held; run the same backup again to finish it)",
+                m.status.word()
+            ));
+        }
+        BackupStatus::Failed => r.problems.push(
+            "the backup failed verification when it was received (the damaged chunks were dropped from the journal; run the same backup again to re-send them)".to_string(),
+        ),
+        s if !s.is_complete() => r.problems.push(format!("the backup is {}", s.word())),
+        _ => {}
     }
-    Ok(problems)
+    Ok(r)
+}
+
+/// The image against its journal, manifest and SHA256SUMS. A chunk that does
+/// not match its journal digest is blamed on the journal when the image as a
+/// whole still matches the recorded SHA-256 (so `sha256sum -c` passes).
+fn check_image(
+    dir: &Path,
+    d: &ManifestDisk,
+    chunk: u32,
+    sums: &str,
+    c: &ImageCheck,
+    problems: &mut Vec<String>,
+) {
+    let in_sums = sums
+        .lines()
+        .any(|l| l == format!("{}  {}", c.sha256, d.image));
+    let in_manifest = d.sha256.as_deref() == Some(c.sha256.as_str());
+    if !c.missing.is_empty() && d.complete {
+        problems.push(format!(
+            "{}: holds no digest for {} chunk(s), but {MANIFEST} says {} is complete:{}",
+            d.chunks,
+            c.missing.len(),
+            d.name,
+            damage_list(dir, d, chunk, &c.missing)
+        ));
+    }
+    if !c.mismatched.is_empty() {
+        let list = damage_list(dir, d, chunk, &c.mismatched);
+        problems.push(if in_sums || in_manifest {
+            format!(
+                "{}: the digests of {} chunk(s) do not match {}, which matches its SHA-256 in {}: the journal is damaged, not the image (a restore refuses these chunks):{list}",
+                d.chunks,
+                c.mismatched.len(),
+                d.image,
+                if in_sums { SUMS } else { MANIFEST }
+            )
+        } else {
+            format!(
+                "{}: {} damaged chunk(s), their data does not match the digests {} recorded at backup time:{list}",
+                d.image,
+                c.mismatched.len(),
+                d.chunks
+            )
+        });
+        return;
+    }
+    if !c.ok() {
+        return;
+    }
+    match &d.sha256 {
+        Some(want) if *want == c.sha256 => {}
+        Some(want) => problems.push(format!(
+            "{}: SHA-256 {} but {MANIFEST} says {want}",
+            d.image, c.sha256
+        )),
+        None => return,
+    }
+    if d.complete && !in_sums {
+        problems.push(format!("{SUMS} has no matching line for {}", d.image));
+    }
+    println!("{}: OK, sha256 {}", d.image, c.sha256);
+}
+
+/// One line per run of consecutive chunks, with the partition each lies in
+/// (from the table in the stored image).
+fn damage_list(dir: &Path, d: &ManifestDisk, chunk: u32, chunks: &[u64]) -> String {
+    let geo = Geometry {
+        size: d.size,
+        chunk,
+    };
+    let table = partitions::read_table(&dir.join(&d.image), d.logical_sector_size);
+    let mut out = String::new();
+    let mut i = 0;
+    while i < chunks.len() {
+        let mut j = i + 1;
+        while j < chunks.len() && chunks[j] == chunks[j - 1] + 1 {
+            j += 1;
+        }
+        let (first, last) = (chunks[i], chunks[j - 1]);
+        let (start, end) = (geo.offset(first), geo.start_of(last + 1));
+        let which = if first == last {
+            format!("chunk {first}")
+        } else {
+            format!("chunks {first}-{last}")
+        };
+        let place = match &table {
+            Ok(Some(t)) => t.locate(start, end),
+            Ok(None) => "no partition table".to_string(),
+            Err(e) => format!("partition table unreadable: {e:#}"),
+        };
+        out.push_str(&format!("\n    {which}, bytes {start}..{end}: {place}"));
+        i = j;
+    }
+    out
 }
 
 /// The mapfile against the chunk journal (which chunks are held) and the
@@ -124,31 +225,46 @@ pub fn run(dir: &Path) -> Result<u8> {
     if targets.is_empty() {
         bail!("{} holds no backup (no manifest.json found)", dir.display());
     }
-    let mut failed = 0;
+    let (mut failed, mut incomplete) = (0, 0);
     for t in &targets {
         println!("checking {}", t.display());
         match check_backup(t) {
-            Ok(p) if p.is_empty() => println!("{}: verified", t.display()),
-            Ok(p) => {
+            Ok(r) if !r.problems.is_empty() => {
                 failed += 1;
-                for x in p {
+                for x in r.problems {
                     println!("  PROBLEM: {x}");
                 }
             }
+            Ok(Report {
+                incomplete: Some(how),
+                ..
+            }) => {
+                incomplete += 1;
+                println!("{}: {how}", t.display());
+            }
+            Ok(_) => println!("{}: verified", t.display()),
             Err(e) => {
                 failed += 1;
                 println!("  PROBLEM: {e:#}");
             }
         }
     }
-    if failed > 0 {
-        println!(
-            "{failed} of {} backup(s) failed verification",
-            targets.len()
-        );
-        Ok(exit::VERIFY_FAILED)
-    } else {
-        println!("all {} backup(s) verified", targets.len());
-        Ok(exit::OK)
+    let n = targets.len();
+    if failed + incomplete == 0 {
+        println!("all {n} backup(s) verified");
+        return Ok(exit::OK);
     }
+    let mut parts = Vec::new();
+    if failed > 0 {
+        parts.push(format!("{failed} failed verification"));
+    }
+    if incomplete > 0 {
+        parts.push(format!("{incomplete} incomplete: resumable"));
+    }
+    println!(
+        "{} of {n} backup(s) verified, {}",
+        n - failed - incomplete,
+        parts.join(", ")
+    );
+    Ok(exit::VERIFY_FAILED)
 }

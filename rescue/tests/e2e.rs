@@ -4,6 +4,7 @@
 #![allow(clippy::unwrap_used)]
 
 mod common;
+mod inspect_support;
 
 use std::fs;
 use std::io::{Read, Write};
@@ -338,6 +339,78 @@ fn server_killed_mid_backup_resumes_to_a_backup_that_verifies() {
     );
     let o = rescue(&["verify", bd.to_str().unwrap()]);
     assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+}
+
+#[test]
+fn verify_names_the_damaged_file_and_every_damaged_chunk_with_its_partition() {
+    let d = tempfile::tempdir().unwrap();
+    let a = d.path().join("disk.img");
+    random_image(&a, 12, 13);
+    // Partition 1 over chunks 1-4, partition 2 over chunks 6-11 (1 MiB chunks).
+    let mbr = inspect_support::mbr_sector(0x1234_5678, &[(0x83, 2048, 8192), (0x83, 12288, 12288)]);
+    fs::OpenOptions::new()
+        .write(true)
+        .open(&a)
+        .unwrap()
+        .write_all(&mbr)
+        .unwrap();
+    let srv = Server::start(d.path(), &d.path().join("store"));
+    let o = rescue(&["backup", "-d", &srv.endpoint(), a.to_str().unwrap()]);
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+    let bd = backup_dirs(&srv.store).pop().unwrap();
+    let flip = |name: &str, at: u64| {
+        use std::os::unix::fs::FileExt;
+        let f = fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(bd.join(name))
+            .unwrap();
+        let mut b = [0u8];
+        f.read_exact_at(&mut b, at).unwrap();
+        f.write_all_at(&[b[0] ^ 0x40], at).unwrap();
+    };
+    let sums_pass = || {
+        Command::new("sha256sum")
+            .args(["-c", "SHA256SUMS"])
+            .current_dir(&bd)
+            .output()
+            .unwrap()
+            .status
+            .success()
+    };
+
+    // One byte of the journal (chunk 3's digest): the image is fine.
+    flip("disk.chunks", 3 * 32 + 5);
+    assert!(sums_pass());
+    let o = rescue(&["verify", bd.to_str().unwrap()]);
+    let out = text(&o);
+    assert_eq!(o.status.code(), Some(4), "{out}");
+    assert!(
+        out.contains("disk.chunks: the digests of 1 chunk(s) do not match disk.img, which matches its SHA-256 in SHA256SUMS: the journal is damaged, not the image"),
+        "{out}"
+    );
+    assert!(
+        out.contains("chunk 3, bytes 3145728..4194304: partition 1 (Linux)"),
+        "{out}"
+    );
+    flip("disk.chunks", 3 * 32 + 5);
+
+    // The image, in partition 2 (two chunks in a row) and in partition 1.
+    for at in [(8 << 20) + 17, (9 << 20) + 4096, (2 << 20) + 999] {
+        flip("disk.img", at);
+    }
+    assert!(!sums_pass());
+    let o = rescue(&["verify", bd.to_str().unwrap()]);
+    let out = text(&o);
+    assert_eq!(o.status.code(), Some(4), "{out}");
+    assert!(out.contains("disk.img: 3 damaged chunk(s)"), "{out}");
+    for line in [
+        "chunk 2, bytes 2097152..3145728: partition 1 (Linux)",
+        "chunks 8-9, bytes 8388608..10485760: partition 2 (Linux)",
+    ] {
+        assert!(out.contains(line), "{line}: {out}");
+    }
+    assert!(!out.contains("journal is damaged"), "{out}");
 }
 
 #[test]

@@ -334,26 +334,31 @@ impl ImageSink {
         if let Some(w) = whole {
             return Ok(Ok(hex(&w)));
         }
-        match verify_image(&self.dir, &self.disk, self.geo.chunk, &mut self.zeros, None)? {
-            Ok(h) => Ok(Ok(h)),
-            Err(bad) => {
-                let zero = [0u8; 32];
-                for &i in &bad {
-                    self.journal.write_all_at(&zero, i * DIGEST)?;
-                    let off = self.geo.offset(i);
-                    self.map
-                        .set(off, u64::from(self.geo.len_of(i)), Status::NonTried);
-                }
-                self.journal.sync_data()?;
-                self.write_map()?;
-                Ok(Err(format!(
-                    "{} chunk(s) of {} do not match their digests (first at offset {}); run the backup again to re-send them",
-                    bad.len(),
-                    self.disk.image,
-                    bad.first().map(|&i| self.geo.offset(i)).unwrap_or(0)
-                )))
-            }
+        let check = verify_image(&self.dir, &self.disk, self.geo.chunk, &mut self.zeros, None)?;
+        if check.ok() {
+            return Ok(Ok(check.sha256));
         }
+        let zero = [0u8; 32];
+        let bad: Vec<u64> = check
+            .missing
+            .iter()
+            .chain(&check.mismatched)
+            .copied()
+            .collect();
+        for &i in &bad {
+            self.journal.write_all_at(&zero, i * DIGEST)?;
+            let off = self.geo.offset(i);
+            self.map
+                .set(off, u64::from(self.geo.len_of(i)), Status::NonTried);
+        }
+        self.journal.sync_data()?;
+        self.write_map()?;
+        Ok(Err(format!(
+            "{} chunk(s) of {} do not match their digests (first at offset {}); run the backup again to re-send them",
+            bad.len(),
+            self.disk.image,
+            bad.iter().min().map(|&i| self.geo.offset(i)).unwrap_or(0)
+        )))
     }
 }
 
@@ -499,16 +504,34 @@ pub fn punch_or_zero(f: &File, offset: u64, len: u64) -> Result<()> {
     Ok(())
 }
 
-/// Reads an image back and checks every journaled chunk; returns the
-/// whole-image SHA-256, or the indices of chunks that do not match. With
-/// `progress`, reports bytes checked.
+/// What reading an image back against its journal found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ImageCheck {
+    /// SHA-256 of the whole image as read (damaged chunks included), to tell a
+    /// damaged image from a damaged journal.
+    pub sha256: String,
+    /// Chunks the journal holds no digest for (not received).
+    pub missing: Vec<u64>,
+    /// Chunks whose data does not match their journal digest.
+    pub mismatched: Vec<u64>,
+}
+
+impl ImageCheck {
+    pub fn ok(&self) -> bool {
+        self.missing.is_empty() && self.mismatched.is_empty()
+    }
+}
+
+/// Reads an image back and checks every chunk against its journal digest,
+/// computing the whole-image SHA-256 in the same pass. With `progress`,
+/// reports bytes checked.
 pub fn verify_image(
     dir: &Path,
     d: &ManifestDisk,
     chunk: u32,
     zeros: &mut ZeroDigests,
     progress: Option<&crate::progress::Bar>,
-) -> Result<std::result::Result<String, Vec<u64>>> {
+) -> Result<ImageCheck> {
     let img = open_in(dir, &d.image, false, false)?;
     let journal = open_in(dir, &d.chunks, false, false)?;
     if img.metadata()?.len() != d.size {
@@ -520,7 +543,7 @@ pub fn verify_image(
         );
     }
     let mut whole = Stream::new();
-    let mut bad = Vec::new();
+    let (mut missing, mut mismatched) = (Vec::new(), Vec::new());
     let mut rec = [0u8; 32];
     let mut i = 0u64;
     // Chunk by chunk, read ahead on another thread while this one hashes.
@@ -529,7 +552,7 @@ pub fn verify_image(
         i += 1;
         if journal.read_exact_at(&mut rec, index * DIGEST).is_err() || rec == [0u8; 32] {
             whole.update(b);
-            bad.push(index);
+            missing.push(index);
             return Ok(());
         }
         // The chunk's digest and the image's from one pass over the bytes.
@@ -540,7 +563,7 @@ pub fn verify_image(
             whole.update_and_digest(b)
         };
         if got != rec {
-            bad.push(index);
+            mismatched.push(index);
         }
         if let Some(p) = progress {
             p.inc(b.len() as u64);
@@ -548,11 +571,11 @@ pub fn verify_image(
         Ok(())
     })
     .with_context(|| format!("reading {}", d.image))?;
-    if bad.is_empty() {
-        Ok(Ok(hex(&whole.finish())))
-    } else {
-        Ok(Err(bad))
-    }
+    Ok(ImageCheck {
+        sha256: hex(&whole.finish()),
+        missing,
+        mismatched,
+    })
 }
 
 /// Reads a stored image for a restore, checking each chunk against the journal

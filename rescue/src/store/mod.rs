@@ -44,7 +44,7 @@ pub enum BackupStatus {
 impl BackupStatus {
     pub fn word(self) -> &'static str {
         match self {
-            BackupStatus::InProgress => "resumable",
+            BackupStatus::InProgress => "incomplete: resumable",
             BackupStatus::Complete => "complete",
             BackupStatus::CompleteWithErrors => "complete (unreadable sectors)",
             BackupStatus::Failed => "failed verification",
