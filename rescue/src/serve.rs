@@ -15,8 +15,8 @@ use crate::proto::msg::{
     MAX_DIGESTS, RestoreBegin, RestoreReady, SessionDone, kind,
 };
 use crate::session::{self, Session};
-use crate::store::image::{ImageSink, ImageSource, ZeroDigests, journal_digests};
-use crate::store::{self, BackupStatus, Store};
+use crate::store::image::{ImageSink, ImageSource, ZeroDigests, journal_digests, journal_ranges};
+use crate::store::{self, BackupDir, BackupStatus, ManifestDisk, Store};
 use crate::util::{Peer, human_bytes};
 use crate::xfer::{self, Geometry, SinkPipeline};
 
@@ -94,7 +94,43 @@ fn decode<T: for<'de> serde::Deserialize<'de> + Bounded>(s: &Session, req: &Fram
     msg::from_json(req).inspect_err(|e| s.conn.send_error("bad_request", &format!("{e:#}")))
 }
 
+/// After a disk's transfer stopped (peer gone, or this server interrupted):
+/// syncs and journals everything verified so far, so a resume continues from
+/// it, and says how far the backup got.
+fn save_partial(
+    b: &mut BackupDir,
+    d: &ManifestDisk,
+    pipe: SinkPipeline<ImageSink>,
+    why: &anyhow::Error,
+) {
+    let saved = pipe
+        .finish()
+        .and_then(|(mut sink, _)| sink.finalize_partial());
+    b.manifest.updated = crate::util::iso8601(crate::util::now_secs());
+    let saved = saved.and_then(|()| b.save());
+    let geo = Geometry {
+        size: d.size,
+        chunk: b.manifest.chunk_size,
+    };
+    match saved.and_then(|()| journal_ranges(&b.path, d, geo.chunk)) {
+        Ok(held) => eprintln!(
+            "{}: interrupted: {why:#}; backup {} is {}, {} of {} chunk(s) held",
+            d.name,
+            b.manifest.backup_id,
+            b.manifest.status.word(),
+            xfer::Have::new(&held).held(),
+            geo.count()
+        ),
+        Err(e) => eprintln!(
+            "{}: interrupted: {why:#}; saving what was received failed: {e:#}",
+            d.name
+        ),
+    }
+}
+
 fn receive_backup(store: &Store, s: &mut Session, req: &Frame) -> Result<()> {
+    // A signal now lets this save what it verified before the process exits.
+    let _save = crate::signals::save_on_interrupt();
     let begin: BackupBegin = decode(s, req)?;
     let (mut b, have, resumed) = refused(s, store.begin_backup(&s.peer.identity, &s.me, &begin))?;
     let location = b.path.display().to_string();
@@ -131,15 +167,10 @@ fn receive_backup(store: &Store, s: &mut Session, req: &Frame) -> Result<()> {
         let (end_frame, damaged) = match received {
             Ok(x) => x,
             Err(e) => {
-                let detail = format!("{e:#}");
                 if let Err(werr) = pipe.failed() {
                     s.conn.send_error("no_space", &format!("{werr:#}"));
                 }
-                // Keep what was written: it is journaled, and a resume continues from it.
-                let _ = pipe.finish().map(|(mut sink, _)| sink.finalize_partial());
-                b.manifest.updated = crate::util::iso8601(crate::util::now_secs());
-                let _ = b.save();
-                eprintln!("{}: interrupted: {detail}", d.name);
+                save_partial(&mut b, &d, pipe, &e);
                 return Err(e);
             }
         };

@@ -6,7 +6,8 @@
 //! cuts a transfer, not when it stops an idle command.
 
 use std::sync::Mutex;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
 
 use nix::sys::signal::{SaFlags, SigAction, SigHandler, SigSet, Signal, sigaction};
 
@@ -52,6 +53,29 @@ fn interrupted_line(sig: &str, removed: bool, advice: Option<&str>) -> String {
     m
 }
 
+/// Flows running that save their progress when interrupted.
+static SAVING: AtomicUsize = AtomicUsize::new(0);
+/// How long a signal waits for them before the process exits anyway.
+const SAVE_WAIT: Duration = Duration::from_secs(60);
+
+/// A flow that saves what it has when interrupted (serve receiving a backup
+/// syncs and journals what it verified). While one lives, a signal raises the
+/// cancel flag, so `Conn::next_event` reports the stream stopped, and the
+/// process exits once it is dropped (at most 60 s later; a second signal
+/// exits at once).
+pub struct SaveOnInterrupt(());
+
+pub fn save_on_interrupt() -> SaveOnInterrupt {
+    SAVING.fetch_add(1, Ordering::SeqCst);
+    SaveOnInterrupt(())
+}
+
+impl Drop for SaveOnInterrupt {
+    fn drop(&mut self) {
+        SAVING.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
 /// Whether the user asked to stop (PID-1 mode).
 pub fn cancelled() -> bool {
     CANCEL.load(Ordering::SeqCst)
@@ -95,15 +119,37 @@ pub fn install() {
         .name("signals".into())
         .spawn(move || {
             if let Ok(sig) = set.wait() {
-                let removed = crate::fabric::link::teardown_all();
+                // Read now: the flow clears it as it returns.
                 let advice = ADVICE.lock().ok().and_then(|a| a.clone());
-                eprintln!(
-                    "{}",
-                    interrupted_line(sig.as_str(), removed, advice.as_deref())
-                );
-                std::process::exit(i32::from(crate::exit::INTERRUPTED));
+                if SAVING.load(Ordering::SeqCst) > 0 {
+                    CANCEL.store(true, Ordering::SeqCst);
+                    eprintln!(
+                        "rescue: {}: saving what was received before stopping (send it again to stop at once)",
+                        sig.as_str()
+                    );
+                    let again = advice.clone();
+                    let _ = std::thread::Builder::new()
+                        .name("signals".into())
+                        .spawn(move || {
+                            if let Ok(sig) = set.wait() {
+                                stop(sig.as_str(), again.as_deref());
+                            }
+                        });
+                    let t = Instant::now();
+                    while SAVING.load(Ordering::SeqCst) > 0 && t.elapsed() < SAVE_WAIT {
+                        std::thread::sleep(Duration::from_millis(20));
+                    }
+                }
+                stop(sig.as_str(), advice.as_deref());
             }
         });
+}
+
+/// Removes the stream set-up, says so, and exits with 130.
+fn stop(sig: &str, advice: Option<&str>) -> ! {
+    let removed = crate::fabric::link::teardown_all();
+    eprintln!("{}", interrupted_line(sig, removed, advice));
+    std::process::exit(i32::from(crate::exit::INTERRUPTED));
 }
 
 #[cfg(test)]

@@ -396,7 +396,7 @@ fn send_loop(
                     }
                 }
                 kind::ERROR => return Err(peer_error(&f)),
-                kind::BYE => bail!("the peer ended the session while receiving"),
+                kind::BYE => return Err(peer_left("receiving")),
                 _ => {}
             },
             Some(Event::Frame(_)) => {
@@ -417,6 +417,16 @@ fn send_loop(
             last_progress = Instant::now();
         }
     }
+}
+
+/// A peer that said goodbye in the middle of a disk (it was stopped, e.g. by
+/// Ctrl-C, after saving what it had): gone, so the command says how to resume.
+fn peer_left(doing: &str) -> anyhow::Error {
+    crate::exit::Exit::new(
+        crate::exit::PEER_GONE,
+        format!("the peer ended the session while {doing}"),
+    )
+    .into()
 }
 
 /// A chunk that passed verification, on its way to the writer.
@@ -932,7 +942,7 @@ pub fn receive_disk_with<S: Sink + 'static>(
                 conn.answered_before(&f)?;
             }
             kind::ERROR => return Err(peer_error(&f)),
-            kind::BYE => bail!("the peer ended the session in the middle of a disk"),
+            kind::BYE => return Err(peer_left("sending a disk")),
             _ => {}
         }
     }

@@ -291,33 +291,72 @@ fn map_lines(path: &std::path::Path) -> Vec<String> {
         .collect()
 }
 
-#[test]
-fn server_killed_mid_backup_resumes_to_a_backup_that_verifies() {
+/// How many chunks a resumed backup or restore found already held
+/// (its "resuming, N ..." line).
+fn resumed_with(out: &str) -> u64 {
+    out.split("resuming, ")
+        .nth(1)
+        .and_then(|r| r.split_whitespace().next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no resume line: {out}"))
+}
+
+/// A backup stopped halfway by a signal to the server.
+struct Stopped {
+    d: tempfile::TempDir,
+    img: std::path::PathBuf,
+    store: std::path::PathBuf,
+    /// The server's exit code and log.
+    code: Option<i32>,
+    log: String,
+    client: std::process::Output,
+}
+
+/// Backs up a random `mib` MiB image through a proxy that delivers at most
+/// `rate` bytes/s and holds the stream at 60 %, then sends the server `sig`.
+fn stop_server_mid_backup(mib: u64, rate: Option<u64>, sig: &str) -> (Stopped, u64) {
     let d = tempfile::tempdir().unwrap();
-    let a = d.path().join("disk.img");
-    random_image(&a, 36, 11);
+    let img = d.path().join("disk.img");
+    random_image(&img, mib as usize, mib);
     let store = d.path().join("store");
     let mut srv = Server::start(d.path(), &store);
-    // At 3 MiB/s the server journals what it synced every 3 s but rewrites
-    // the mapfile every 10 s: killed at 60 % (after 7 s), its map is behind
-    // its journal, as after a crash at any time.
-    let hold = (36u64 << 20) * 6 / 10;
+    let hold = (mib << 20) * 6 / 10;
     let px = Proxy::start(
         d.path(),
         &srv.sock,
         Faults {
-            rate_c2s: Some(3 << 20),
+            rate_c2s: rate,
             hold_c2s_after: Some(hold),
             ..Default::default()
         },
     );
-    let client = backup_in_background(px.endpoint(), &a);
+    let client = backup_in_background(px.endpoint(), &img);
     wait_delivered(&px, hold);
-    srv.signal("KILL");
-    let o = client.join().unwrap();
-    assert_eq!(o.status.code(), Some(5), "{}", text(&o));
+    let code = srv.signal(sig);
+    let log = srv.log_text();
+    let client = client.join().unwrap();
+    let s = Stopped {
+        d,
+        img,
+        store,
+        code,
+        log,
+        client,
+    };
+    (s, hold)
+}
+
+#[test]
+fn server_killed_mid_backup_resumes_to_a_backup_that_verifies() {
+    // At 3 MiB/s the server journals what it synced every 3 s but rewrites
+    // the mapfile every 10 s: killed at 60 % (after 7 s), its map is behind
+    // its journal, as after a crash at any time.
+    let (s, _) = stop_server_mid_backup(36, Some(3 << 20), "KILL");
+    let o = &s.client;
+    assert_eq!(o.status.code(), Some(5), "{}", text(o));
+    let (a, store) = (&s.img, &s.store);
     // Before the resume, verify names the files that disagree.
-    let bd = backup_dirs(&store).pop().unwrap();
+    let bd = backup_dirs(store).pop().unwrap();
     let o = rescue(&["verify", bd.to_str().unwrap()]);
     assert_eq!(o.status.code(), Some(4), "{}", text(&o));
     assert!(
@@ -326,12 +365,12 @@ fn server_killed_mid_backup_resumes_to_a_backup_that_verifies() {
         text(&o)
     );
 
-    let srv = Server::start(d.path(), &store);
+    let srv = Server::start(s.d.path(), store);
     let o = rescue(&["backup", "-d", &srv.endpoint(), a.to_str().unwrap()]);
     assert_eq!(o.status.code(), Some(0), "{}", text(&o));
     assert!(text(&o).contains("resuming"), "{}", text(&o));
-    assert_eq!(backup_dirs(&store), vec![bd.clone()]);
-    assert_eq!(sha256_file(&bd.join("disk.img")), sha256_file(&a));
+    assert_eq!(backup_dirs(store), vec![bd.clone()]);
+    assert_eq!(sha256_file(&bd.join("disk.img")), sha256_file(a));
     assert_eq!(
         map_lines(&bd.join("disk.map")),
         vec!["0x00000000  0x02400000  +"],
@@ -339,6 +378,38 @@ fn server_killed_mid_backup_resumes_to_a_backup_that_verifies() {
     );
     let o = rescue(&["verify", bd.to_str().unwrap()]);
     assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+}
+
+#[test]
+fn sigterm_mid_backup_keeps_what_the_server_verified() {
+    // Held at 60 %: the server waits for more, and reaches no periodic
+    // checkpoint (every 3 s or 256 MiB) meanwhile; only the signal saves.
+    let (s, hold) = stop_server_mid_backup(48, None, "TERM");
+    assert_eq!(s.code, Some(130), "{}", s.log);
+    assert!(s.log.contains("incomplete: resumable"), "{}", s.log);
+    assert!(!s.log.contains("failed verification"), "{}", s.log);
+    assert_eq!(s.client.status.code(), Some(5), "{}", text(&s.client));
+    let (a, store) = (&s.img, &s.store);
+    let bd = backup_dirs(store).pop().unwrap();
+    let o = rescue(&["verify", bd.to_str().unwrap()]);
+    assert_eq!(o.status.code(), Some(4), "{}", text(&o));
+    assert!(text(&o).contains("incomplete: resumable"), "{}", text(&o));
+    assert!(!text(&o).contains("PROBLEM"), "{}", text(&o));
+
+    let srv = Server::start(s.d.path(), store);
+    let o = rescue(&["backup", "-d", &srv.endpoint(), a.to_str().unwrap()]);
+    let out = text(&o);
+    assert_eq!(o.status.code(), Some(0), "{out}");
+    let held = resumed_with(&out);
+    // Re-sent: what never reached the server, plus at most the sender's
+    // window of chunks that were on their way (not the 256 MiB checkpoint).
+    let resent = 48 - held;
+    let reached = hold >> 20;
+    assert!(
+        resent <= 48 - reached + rescue::xfer::WINDOW as u64,
+        "{resent} chunks re-sent, {reached} had reached the server: {out}"
+    );
+    assert_eq!(sha256_file(&bd.join("disk.img")), sha256_file(a));
 }
 
 #[test]
@@ -447,12 +518,7 @@ fn cut_restore_resumes_with_only_the_missing_chunks() {
     let o = restore(&["--resume", "--verify"]);
     assert_eq!(o.status.code(), Some(0), "{}", text(&o));
     let out = text(&o);
-    let held: u64 = out
-        .split("resuming, ")
-        .nth(1)
-        .and_then(|r| r.split_whitespace().next())
-        .and_then(|n| n.parse().ok())
-        .unwrap_or_else(|| panic!("no resume line: {out}"));
+    let held = resumed_with(&out);
     // Every chunk that fully arrived before the cut (15 of the 16 MiB) is kept:
     // the receiver writes what it had received even after its ACKs failed.
     assert!(held >= 12, "only {held} chunks kept: {out}");
