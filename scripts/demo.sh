@@ -3,7 +3,8 @@
 # end to end in QEMU VMs joined by the virtual USB4 cable:
 #
 #   machine A (a 256 MiB ext4 disk with files + a 64 MiB GPT disk with 2 partitions)
-#     --rescue.mode=backup-->  machine B (rescue.mode=serve, store = ext4 disk "store")
+#     --rescue.mode=backup-->  machine B (rescue.mode=serve, store = ext4 disk "store",
+#                               rescue.allow_restore=hosta: C may restore A's disks)
 #   machine C (blank disks)  --rescue.mode=restore--> from B
 #
 # and prints what moved, how fast, and that it verified (A's disks == B's images ==

@@ -5,6 +5,7 @@ use std::time::Instant;
 use anyhow::{Context, Result, bail};
 
 use crate::Root;
+use crate::auth;
 use crate::cli::BackupArgs;
 use crate::exit::{self, Exit};
 use crate::progress::{self, Bar};
@@ -105,7 +106,7 @@ pub fn run_with(root: &Root, args: &BackupArgs, srcs: Vec<Source>) -> Result<u8>
                 .unwrap_or_default()
         );
     }
-    let begin = BackupBegin {
+    let mut begin = BackupBegin {
         label: args.label.clone(),
         chunk_size: chunk,
         fresh: args.fresh,
@@ -124,12 +125,17 @@ pub fn run_with(root: &Root, args: &BackupArgs, srcs: Vec<Source>) -> Result<u8>
                 .cleaned()
             })
             .collect(),
+        resume_key: None,
     };
     // The peer refuses what does not pass these checks: say so before connecting.
     if let Err(why) = msg::Bounded::check(&begin) {
         return Err(Exit::new(exit::USAGE, format!("cannot send this backup: {why}")).into());
     }
     let mut sess = session::connect(root, &args.connect, Role::Backup)?;
+    // An interrupted backup continues only for the machine holding its key.
+    if !args.fresh {
+        begin.resume_key = auth::load_key(&sess.peer.identity, &begin);
+    }
     let f = sess.conn.request(
         kind::BACKUP_BEGIN,
         &begin,
@@ -143,6 +149,9 @@ pub fn run_with(root: &Root, args: &BackupArgs, srcs: Vec<Source>) -> Result<u8>
             ready.have.len(),
             srcs.len()
         );
+    }
+    if let Some(k) = &ready.resume_key {
+        auth::save_key(&sess.peer.identity, &begin, k);
     }
     eprintln!(
         "backup {} on {}: {}",
@@ -211,6 +220,9 @@ pub fn run_with(root: &Root, args: &BackupArgs, srcs: Vec<Source>) -> Result<u8>
         "finishing the backup",
     )?;
     let done: SessionDone = msg::from_json(&f)?;
+    if done.ok {
+        auth::forget_key(&sess.peer.identity, &begin);
+    }
     let corrupt = sess
         .conn
         .stats

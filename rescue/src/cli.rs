@@ -138,6 +138,14 @@ pub struct ServeArgs {
     /// Stop after one session instead of waiting for the next peer.
     #[arg(long)]
     pub once: bool,
+
+    /// Let any peer list and restore the backups of HOST (`all`: of every host),
+    /// and continue HOST's interrupted backups without their resume key.
+    /// Without it a peer sees only its own machine's backups (same hostname and
+    /// machine-id): allow a new machine restoring an old one's disks, or a rescue
+    /// system (no machine-id) restoring its own. Repeatable, or comma-separated.
+    #[arg(long = "allow-restore", value_name = "HOST|all", value_delimiter = ',')]
+    pub allow_restore: Vec<String>,
 }
 
 #[derive(Debug, Clone, Args, Default)]

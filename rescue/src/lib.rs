@@ -4,6 +4,7 @@
 //! and the benchmarks use the same code. See docs/ARCHITECTURE.md for the map.
 
 pub mod app;
+pub mod auth;
 pub mod backup;
 pub mod blkdev;
 pub mod bufpool;

@@ -338,8 +338,8 @@ impl Sink for TargetSink {
 
 /// The backups of `host` (None: of this machine) the peer lets us see, asking
 /// page by page; a peer that never stops paging is cut off at 64 MiB.
-fn list(s: &mut Session, host: Option<String>) -> Result<Vec<BackupSummary>> {
-    let mut out = Vec::new();
+fn list(s: &mut Session, host: Option<String>) -> Result<Listing> {
+    let mut out = Listing::default();
     let (mut start, mut bytes) = (0u32, 0usize);
     loop {
         let f = s.conn.request(
@@ -353,7 +353,8 @@ fn list(s: &mut Session, host: Option<String>) -> Result<Vec<BackupSummary>> {
         )?;
         bytes += f.payload.len();
         let l: Listing = msg::from_json(&f)?;
-        out.extend(l.backups);
+        out.backups.extend(l.backups);
+        out.hidden = out.hidden.saturating_add(l.hidden);
         match l.next {
             None => return Ok(out),
             Some(n) if n > start && bytes < 64 << 20 => start = n,
@@ -364,13 +365,28 @@ fn list(s: &mut Session, host: Option<String>) -> Result<Vec<BackupSummary>> {
     }
 }
 
-fn print_list(backups: &[BackupSummary]) {
-    if backups.is_empty() {
-        println!("the peer holds no backups");
+/// The host whose backups are asked for: --host, else this machine's.
+fn asked_host(args: &RestoreArgs, me: &msg::Identity) -> String {
+    match &args.host {
+        Some(h) => crate::store::names::sanitize(h, "host"),
+        None => crate::store::host_name(me),
+    }
+}
+
+fn print_list(l: &Listing, host: &str) {
+    if l.hidden > 0 {
+        eprintln!(
+            "note: {} backup(s) of {host} are not listed: {}",
+            l.hidden,
+            crate::auth::refusal(host)
+        );
+    }
+    if l.backups.is_empty() {
+        println!("the peer holds no backups of {host} for this machine");
         return;
     }
     println!("{:<20} {:<34} {:<30} disks", "HOST", "BACKUP", "STATUS");
-    for b in backups {
+    for b in &l.backups {
         let disks: Vec<String> = b
             .disks
             .iter()
@@ -389,18 +405,17 @@ fn print_list(backups: &[BackupSummary]) {
 /// The backup to restore from the peer's listing of one host's backups (--host,
 /// else this machine's hostname: the peer lists nothing else): --backup picks by
 /// id, else the newest complete one.
-fn choose(
-    backups: &[BackupSummary],
-    args: &RestoreArgs,
-    me: &msg::Identity,
-) -> Result<BackupSummary> {
-    let host = crate::store::names::sanitize(args.host.as_deref().unwrap_or(&me.hostname), "host");
+fn choose(l: &Listing, args: &RestoreArgs, me: &msg::Identity) -> Result<BackupSummary> {
+    let host = asked_host(args, me);
     let hint = if args.host.is_some() {
         ""
     } else {
         "; for another machine's backups add --host HOST"
     };
-    let mut of_host = backups.iter().filter(|b| b.host == host).peekable();
+    if l.hidden > 0 && !l.backups.iter().any(|b| b.host == host) {
+        return Err(refuse(crate::auth::refusal(&host)));
+    }
+    let mut of_host = l.backups.iter().filter(|b| b.host == host).peekable();
     if let Some(id) = &args.backup {
         return of_host.find(|b| &b.backup_id == id).cloned().ok_or_else(|| {
             usage(format!(
@@ -532,7 +547,7 @@ pub fn run(root: &Root, args: &RestoreArgs) -> Result<u8> {
     let mut s = session::connect(root, &args.connect, Role::Restore)?;
     if args.list {
         let all = list(&mut s, args.host.clone())?;
-        print_list(&all);
+        print_list(&all, &asked_host(args, &s.me));
         s.close();
         return Ok(exit::OK);
     }

@@ -7,12 +7,13 @@ use std::time::Instant;
 use anyhow::{Context, Result};
 
 use crate::Root;
+use crate::auth::{self, Consent};
 use crate::cli::ServeArgs;
 use crate::progress::{self, Bar};
 use crate::proto::frame::{Frame, Header};
 use crate::proto::msg::{
-    self, BackupBegin, BackupReady, Bounded, DigestsReq, DiskDone, DiskEnd, ListReq, Listing,
-    MAX_DIGESTS, RestoreBegin, RestoreReady, SessionDone, kind,
+    self, BackupBegin, BackupReady, Bounded, ChunkRanges, DigestsReq, DiskDone, DiskEnd, ListReq,
+    Listing, MAX_DIGESTS, RestoreBegin, RestoreReady, SessionDone, kind,
 };
 use crate::session::{self, Session};
 use crate::store::image::{ImageSink, ImageSource, ZeroDigests, journal_digests, journal_ranges};
@@ -26,13 +27,20 @@ pub fn run(root: &Root, args: &ServeArgs) -> Result<u8> {
     let mut store = Store::open_to_write(&args.store, args.create)?;
     store.space_check = !args.no_space_check;
     crate::store::dir::ignore_file_size_signal();
-    eprintln!("keeping backups in {}", store.dir().display());
-    session::serve(root, &args.connect, args.once, |s| handle(&store, s))?;
+    let consent = Consent::new(&args.allow_restore);
+    eprintln!(
+        "keeping backups in {}; {}",
+        store.dir().display(),
+        consent.describe()
+    );
+    session::serve(root, &args.connect, args.once, |s| {
+        handle(&store, &consent, s)
+    })?;
     Ok(crate::exit::OK)
 }
 
 /// One peer's session: any number of requests until it says goodbye.
-fn handle(store: &Store, mut s: Session) -> Result<bool> {
+fn handle(store: &Store, consent: &Consent, mut s: Session) -> Result<bool> {
     let peer = Peer(&s.peer.identity.hostname).to_string();
     let result = (|| -> Result<()> {
         while let Some(req) = session::next_request(&mut s.conn)? {
@@ -42,14 +50,14 @@ fn handle(store: &Store, mut s: Session) -> Result<bool> {
             match req.header.kind {
                 kind::BACKUP_BEGIN => {
                     let _cut = crate::signals::transfer(cut_advice(&peer));
-                    receive_backup(store, &mut s, &req)?
+                    receive_backup(store, consent, &mut s, &req)?
                 }
-                kind::LIST => send_listing(store, &mut s, &req)?,
+                kind::LIST => send_listing(store, consent, &mut s, &req)?,
                 kind::RESTORE_BEGIN => {
                     let _cut = crate::signals::transfer(cut_advice(&peer));
-                    send_backup(store, &mut s, &req)?
+                    send_backup(store, consent, &mut s, &req)?
                 }
-                kind::DIGESTS_REQ => send_digests(store, &mut s, &req)?,
+                kind::DIGESTS_REQ => send_digests(store, consent, &mut s, &req)?,
                 kind::SESSION_END => {
                     s.conn.reply_json(
                         &req,
@@ -128,11 +136,50 @@ fn save_partial(
     }
 }
 
-fn receive_backup(store: &Store, s: &mut Session, req: &Frame) -> Result<()> {
+/// Starts or resumes the backup BACKUP_BEGIN asks for. An interrupted backup is
+/// resumed only for a peer presenting its key (or with consent for its host);
+/// returns the key the peer presents next time: the same, or a new one.
+fn start_backup(
+    store: &Store,
+    consent: &Consent,
+    s: &Session,
+    begin: &BackupBegin,
+) -> Result<(BackupDir, Vec<ChunkRanges>, bool, Option<String>)> {
+    let host = store::host_name(&s.peer.identity);
+    let key = begin.resume_key.as_deref();
+    let (mut b, have, resumed) = store.begin_backup(&s.peer.identity, &s.me, begin, |m| {
+        let ok = auth::may_resume(consent, &host, key, m);
+        if !ok {
+            eprintln!(
+                "not resuming backup {} of {host}: the peer did not present its resume key; starting a new one (`--allow-restore {host}` lets it continue the old one)",
+                m.backup_id
+            );
+        }
+        ok
+    })?;
+    let kept = key.filter(|k| {
+        resumed && b.manifest.resume_key_sha256.as_deref() == Some(&auth::key_digest(k))
+    });
+    if let Some(k) = kept {
+        return Ok((b, have, resumed, Some(k.to_string())));
+    }
+    let fresh = match auth::new_key() {
+        Ok(k) => Some(k),
+        Err(e) => {
+            eprintln!("note: {e:#}; resuming this backup will need --allow-restore");
+            None
+        }
+    };
+    b.manifest.resume_key_sha256 = fresh.as_deref().map(auth::key_digest);
+    b.save()?;
+    Ok((b, have, resumed, fresh))
+}
+
+fn receive_backup(store: &Store, consent: &Consent, s: &mut Session, req: &Frame) -> Result<()> {
     // A signal now lets this save what it verified before the process exits.
     let _save = crate::signals::save_on_interrupt();
     let begin: BackupBegin = decode(s, req)?;
-    let (mut b, have, resumed) = refused(s, store.begin_backup(&s.peer.identity, &s.me, &begin))?;
+    let (mut b, have, resumed, resume_key) = refused(s, start_backup(store, consent, s, &begin))?;
     let location = b.path.display().to_string();
     eprintln!(
         "{} backup {} from {}: {} disk(s) into {location}",
@@ -149,6 +196,7 @@ fn receive_backup(store: &Store, s: &mut Session, req: &Frame) -> Result<()> {
             location,
             resumed,
             have: have.clone(),
+            resume_key,
         },
     )?;
     let mode = progress::Mode::detect();
@@ -258,18 +306,18 @@ fn receive_backup(store: &Store, s: &mut Session, req: &Frame) -> Result<()> {
 const LISTING_BUDGET: usize = msg::MAX_CONTROL - 1024;
 
 /// Answers a LIST: the backups of the host it names (the peer's own when it names
-/// none), from `start` on, as many as fit in one message; `next` says where the
-/// rest begins. A backup whose stored metadata would not pass the peer's checks
-/// (written by an older version, or edited) is left out with a log line, so it
-/// cannot make the others unreachable.
-fn send_listing(store: &Store, s: &mut Session, req: &Frame) -> Result<()> {
+/// none) that the peer may read, from `start` on, as many as fit in one message;
+/// `next` says where the rest begins, `hidden` how many it may not see. A backup
+/// whose stored metadata would not pass the peer's checks (written by an older
+/// version, or edited) is left out with a log line, so it cannot make the others
+/// unreachable.
+fn send_listing(store: &Store, consent: &Consent, s: &mut Session, req: &Frame) -> Result<()> {
     let q: ListReq = decode(s, req)?;
     let host = q
         .host
         .clone()
-        .unwrap_or_else(|| s.peer.identity.hostname.clone());
-    let mut backups = Vec::new();
-    let mut next = None;
+        .unwrap_or_else(|| store::host_name(&s.peer.identity));
+    let mut l = Listing::default();
     let mut size = 0;
     for (i, b) in store
         .list(Some(&host))
@@ -277,6 +325,10 @@ fn send_listing(store: &Store, s: &mut Session, req: &Frame) -> Result<()> {
         .enumerate()
         .skip(q.start as usize)
     {
+        if !auth::may_read(consent, &s.peer.identity, &b.host, &b.manifest) {
+            l.hidden += 1;
+            continue;
+        }
         let summary = b.manifest.summary(&b.host);
         let len = msg::to_json(&summary).len() + 1;
         if let Err(why) = summary.check() {
@@ -294,14 +346,33 @@ fn send_listing(store: &Store, s: &mut Session, req: &Frame) -> Result<()> {
             continue;
         }
         if size + len > LISTING_BUDGET {
-            next = Some(i as u32);
+            l.next = Some(i as u32);
             break;
         }
         size += len;
-        backups.push(summary);
+        l.backups.push(summary);
     }
-    s.conn
-        .reply_json(req, kind::LISTING, &Listing { backups, next })
+    s.conn.reply_json(req, kind::LISTING, &l)
+}
+
+/// Opens the backup a peer names if it may read it; otherwise answers
+/// not_found or refused (saying how to allow it) and returns the error.
+fn open_for_peer(
+    store: &Store,
+    consent: &Consent,
+    s: &Session,
+    host: &str,
+    id: &str,
+) -> Result<BackupDir> {
+    let b = store
+        .open_backup(host, id)
+        .inspect_err(|e| s.conn.send_error("not_found", &format!("{e:#}")))?;
+    if !auth::may_read(consent, &s.peer.identity, &b.host, &b.manifest) {
+        let m = auth::refusal(&b.host);
+        s.conn.send_error("refused", &m);
+        anyhow::bail!("refused to send backup {id}: {m}");
+    }
+    Ok(b)
 }
 
 /// Sends the peer an ERROR for a step of a backup that failed, so it shows the
@@ -312,7 +383,7 @@ fn refused<T>(s: &Session, r: Result<T>) -> Result<T> {
 }
 
 /// Answers a DIGESTS_REQ from the chunk journal of a stored disk.
-fn send_digests(store: &Store, s: &mut Session, req: &Frame) -> Result<()> {
+fn send_digests(store: &Store, consent: &Consent, s: &mut Session, req: &Frame) -> Result<()> {
     let q: DigestsReq = msg::from_json(req)?;
     if q.count > MAX_DIGESTS {
         let m = format!(
@@ -322,8 +393,8 @@ fn send_digests(store: &Store, s: &mut Session, req: &Frame) -> Result<()> {
         s.conn.send_error("bad_request", &m);
         anyhow::bail!("{m}");
     }
+    let b = open_for_peer(store, consent, s, &q.host, &q.backup_id)?;
     let answer = (|| -> Result<Vec<u8>> {
-        let b = store.open_backup(&q.host, &q.backup_id)?;
         let d = b
             .manifest
             .disks
@@ -351,15 +422,9 @@ fn send_digests(store: &Store, s: &mut Session, req: &Frame) -> Result<()> {
     }
 }
 
-fn send_backup(store: &Store, s: &mut Session, req: &Frame) -> Result<()> {
+fn send_backup(store: &Store, consent: &Consent, s: &mut Session, req: &Frame) -> Result<()> {
     let want: RestoreBegin = msg::from_json(req)?;
-    let b = match store.open_backup(&want.host, &want.backup_id) {
-        Ok(b) => b,
-        Err(e) => {
-            s.conn.send_error("not_found", &format!("{e:#}"));
-            return Err(e);
-        }
-    };
+    let b = open_for_peer(store, consent, s, &want.host, &want.backup_id)?;
     if !b.manifest.status.is_complete() {
         let m = format!(
             "backup {} is {}, not complete: finish it (run the backup again) before restoring",

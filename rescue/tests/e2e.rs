@@ -1126,17 +1126,6 @@ fn unsafe_free_euid() -> u32 {
     nix::unistd::geteuid().as_raw()
 }
 
-/// A fake root whose identity is `hostname` with `machine_id` (cloned systems
-/// share one).
-fn machine(dir: &std::path::Path, hostname: &str, machine_id: &str) -> std::path::PathBuf {
-    let r = dir.join(hostname);
-    fs::create_dir_all(r.join("proc/sys/kernel")).unwrap();
-    fs::create_dir_all(r.join("etc")).unwrap();
-    fs::write(r.join("proc/sys/kernel/hostname"), format!("{hostname}\n")).unwrap();
-    fs::write(r.join("etc/machine-id"), format!("{machine_id}\n")).unwrap();
-    r
-}
-
 #[test]
 fn explicit_host_wins_over_a_shared_machine_id() {
     let d = tempfile::tempdir().unwrap();
@@ -1148,7 +1137,12 @@ fn explicit_host_wins_over_a_shared_machine_id() {
     );
     random_image(&alpha.join("disk.img"), 2, 21);
     random_image(&beta.join("disk.img"), 2, 22);
-    let srv = Server::start(d.path(), &d.path().join("store"));
+    // Restoring beta's disks onto alpha needs the serving side's consent.
+    let srv = Server::start_with(
+        d.path(),
+        &d.path().join("store"),
+        &["--allow-restore", "beta"],
+    );
     let ep = srv.endpoint();
     // beta first, alpha second: alpha's is the newest backup with that machine-id.
     for (r, label) in [(&beta, "a-first"), (&alpha, "b-second")] {
@@ -1254,6 +1248,17 @@ fn restore_refuses_a_locked_image_and_a_loop_backing_file() {
     .unwrap();
     fs::write(r.join("proc/self/mountinfo"), "").unwrap();
     fs::write(r.join("images/vm.img"), vec![5u8; 2 << 20]).unwrap();
+    // The same machine seen through a fake sysfs: its own identity, so its own
+    // backups (another machine would need `serve --allow-restore`).
+    fs::create_dir_all(r.join("etc")).unwrap();
+    fs::create_dir_all(r.join("proc/sys/kernel")).unwrap();
+    for f in ["etc/machine-id", "proc/sys/kernel/hostname"] {
+        fs::write(
+            r.join(f),
+            fs::read(std::path::Path::new("/").join(f)).unwrap_or_default(),
+        )
+        .unwrap();
+    }
     let o = rescue(&[
         "--root",
         r.to_str().unwrap(),

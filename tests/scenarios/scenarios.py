@@ -283,7 +283,10 @@ class Suite:
                 del self.backup1
         self.store_img = self.w / "b-store.img"
         make_store(self.store_img, 1024 * MiB)
-        self.b = self.boot("b", "rescue.mode=serve rescue.store=LABEL=store rescue.hostname=hostb",
+        # The restoring VMs are other machines (or rescue systems without a
+        # machine-id) taking hosta's disks: B must allow it.
+        self.b = self.boot("b", "rescue.mode=serve rescue.store=LABEL=store rescue.hostname=hostb "
+                           "rescue.allow_restore=hosta",
                            [Disk(str(self.store_img))], side="b")
         self.b.wait_for(T(r"RESCUE: serve started"), 60)
         self.b.wait_for(T(r"waiting for a peer"), 120)

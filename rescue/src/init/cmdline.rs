@@ -60,6 +60,9 @@ pub struct Config {
     pub map: Vec<String>,
     /// `rescue.backup=ID`: which backup restore writes (default: the newest).
     pub backup: Option<String>,
+    /// `rescue.allow_restore=HOST,...|all`: serve lets peers restore these hosts'
+    /// backups although they are not those machines (`serve --allow-restore`).
+    pub allow_restore: Vec<String>,
     /// Options we could not understand, to show on the console rather than fail on.
     pub warnings: Vec<String>,
 }
@@ -93,6 +96,16 @@ pub fn split(cmdline: &str) -> Vec<String> {
         out.push(cur);
     }
     out
+}
+
+/// `a,b, c` as words; nothing for an empty or missing value.
+fn list(v: Option<&str>) -> Vec<String> {
+    v.unwrap_or_default()
+        .split(',')
+        .map(str::trim)
+        .filter(|w| !w.is_empty())
+        .map(str::to_string)
+        .collect()
 }
 
 fn parse_bool(v: Option<&str>) -> Option<bool> {
@@ -146,26 +159,11 @@ impl Config {
                     )),
                 },
                 "store" => c.store = nonempty.map(str::to_string),
-                "disks" => {
-                    c.disks = nonempty
-                        .unwrap_or_default()
-                        .split(',')
-                        .map(str::trim)
-                        .filter(|d| !d.is_empty())
-                        .map(str::to_string)
-                        .collect()
-                }
+                "disks" => c.disks = list(nonempty),
                 "peer" => c.peer = nonempty.map(str::to_string),
+                "allow_restore" => c.allow_restore = list(nonempty),
                 "backup" => c.backup = nonempty.map(str::to_string),
-                "map" => {
-                    c.map = nonempty
-                        .unwrap_or_default()
-                        .split(',')
-                        .map(str::trim)
-                        .filter(|m| !m.is_empty())
-                        .map(str::to_string)
-                        .collect()
-                }
+                "map" => c.map = list(nonempty),
                 "hostname" => c.hostname = nonempty.map(str::to_string),
                 "label" => c.label = nonempty.map(str::to_string),
                 "yes" | "poweroff" | "reboot" | "verify" | "resume" => match parse_bool(val) {
@@ -222,6 +220,7 @@ impl Config {
             no_space_check: false,
             connect: self.connect(),
             once: self.poweroff || self.reboot,
+            allow_restore: self.allow_restore.clone(),
         })
     }
 
@@ -282,10 +281,13 @@ mod tests {
 
     #[test]
     fn builds_commands() {
-        let c = Config::parse("rescue.mode=serve rescue.poweroff=1 rescue.peer=0-1.0");
+        let c = Config::parse(
+            "rescue.mode=serve rescue.poweroff=1 rescue.peer=0-1.0 rescue.allow_restore=hosta,hostc",
+        );
         match c.serve_command("/run/rescue/store".into()) {
             Command::Serve(s) => {
                 assert!(s.once);
+                assert_eq!(s.allow_restore, vec!["hosta", "hostc"]);
                 assert_eq!(s.connect.name, "backup");
                 assert_eq!(s.connect.peer.as_deref(), Some("0-1.0"));
                 assert_eq!(s.store, PathBuf::from("/run/rescue/store"));

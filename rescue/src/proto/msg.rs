@@ -154,6 +154,10 @@ pub struct BackupBegin {
     pub chunk_size: u32,
     pub fresh: bool,
     pub disks: Vec<DiskInfo>,
+    /// The key BACKUP_READY gave for this backup when it was started, to
+    /// resume it (docs/protocol.md, threat model).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resume_key: Option<String>,
 }
 
 /// Ranges of chunk indices [start, end) the receiver already holds, verified.
@@ -167,6 +171,9 @@ pub struct BackupReady {
     pub resumed: bool,
     /// Per disk (same order as BACKUP_BEGIN): chunks already verified.
     pub have: Vec<ChunkRanges>,
+    /// What the sender presents in BACKUP_BEGIN to resume this backup later.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resume_key: Option<String>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -213,7 +220,6 @@ pub struct BackupSummary {
     pub status: String,
     pub created: String,
     pub finished: Option<String>,
-    pub machine_id: String,
     pub disks: Vec<DiskSummary>,
 }
 
@@ -233,6 +239,14 @@ pub struct Listing {
     /// More follow: ask again with `start` = this.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub next: Option<u32>,
+    /// Backups of the host asked for that this peer may not see (made by
+    /// another machine; the serving side did not allow restoring them).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub hidden: u32,
+}
+
+fn is_zero(n: &u32) -> bool {
+    *n == 0
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -354,6 +368,10 @@ fn name(field: &str, s: &str) -> Result<(), String> {
     bounded(field, s, limit::NAME, false)
 }
 
+fn opt_name(field: &str, s: &Option<String>) -> Result<(), String> {
+    s.as_deref().map_or(Ok(()), |s| name(field, s))
+}
+
 fn text(field: &str, s: &Option<String>) -> Result<(), String> {
     s.as_deref()
         .map_or(Ok(()), |s| bounded(field, s, limit::TEXT, false))
@@ -444,6 +462,7 @@ impl DiskInfo {
 impl Bounded for BackupBegin {
     fn check(&self) -> Result<(), String> {
         text("label", &self.label)?;
+        opt_name("resume_key", &self.resume_key)?;
         self.disks.iter().try_for_each(Bounded::check)
     }
 }
@@ -451,6 +470,7 @@ impl Bounded for BackupBegin {
 impl Bounded for BackupReady {
     fn check(&self) -> Result<(), String> {
         name("backup_id", &self.backup_id)?;
+        opt_name("resume_key", &self.resume_key)?;
         bounded("location", &self.location, limit::PATH, false)
     }
 }
@@ -474,7 +494,7 @@ impl Bounded for SessionDone {
 
 impl Bounded for ListReq {
     fn check(&self) -> Result<(), String> {
-        self.host.as_deref().map_or(Ok(()), |h| name("host", h))
+        opt_name("host", &self.host)
     }
 }
 
@@ -483,7 +503,7 @@ impl Bounded for DiskSummary {
         name("disk name", &self.name)?;
         text("model", &self.model)?;
         text("serial", &self.serial)?;
-        self.sha256.as_deref().map_or(Ok(()), |s| name("sha256", s))
+        opt_name("sha256", &self.sha256)
     }
 }
 
@@ -494,10 +514,7 @@ impl Bounded for BackupSummary {
         text("label", &self.label)?;
         name("status", &self.status)?;
         name("created", &self.created)?;
-        self.finished
-            .as_deref()
-            .map_or(Ok(()), |f| name("finished", f))?;
-        name("machine_id", &self.machine_id)?;
+        opt_name("finished", &self.finished)?;
         self.disks.iter().try_for_each(Bounded::check)
     }
 }

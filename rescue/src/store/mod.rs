@@ -94,6 +94,10 @@ pub struct Manifest {
     pub receiver: Identity,
     pub chunk_size: u32,
     pub disks: Vec<ManifestDisk>,
+    /// SHA-256 of the key the sender must present to resume this backup
+    /// (see `auth`); none in backups made before keys existed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resume_key_sha256: Option<String>,
 }
 
 impl Manifest {
@@ -105,7 +109,6 @@ impl Manifest {
             status: self.status.word().to_string(),
             created: self.created.clone(),
             finished: self.finished.clone(),
-            machine_id: self.source.machine_id.clone(),
             disks: self
                 .disks
                 .iter()
@@ -260,21 +263,23 @@ impl Store {
         })
     }
 
-    /// Starts a backup, or resumes an interrupted one of the same machine and disks.
+    /// Starts a backup, or resumes an interrupted one of the same machine and disks
+    /// that `may_resume` allows (the peer presented its key, or consent).
     /// Returns the directory, the chunks already held per disk, and whether it resumed.
     pub fn begin_backup(
         &self,
         source: &Identity,
         receiver: &Identity,
         begin: &BackupBegin,
+        may_resume: impl Fn(&Manifest) -> bool,
     ) -> Result<(BackupDir, Vec<ChunkRanges>, bool)> {
         validate_begin(begin)?;
-        let host = names::sanitize(&source.hostname, "unnamed-host");
+        let host = host_name(source);
         if !begin.fresh
             && let Some(mut b) = self
                 .list(Some(&host))
                 .into_iter()
-                .find(|b| resumable(&b.manifest, source, begin))
+                .find(|b| resumable(&b.manifest, source, begin) && may_resume(&b.manifest))
         {
             b.check_writable_files()?;
             let mut have = Vec::new();
@@ -356,12 +361,18 @@ impl Store {
                 receiver: receiver.clone(),
                 chunk_size: begin.chunk_size,
                 disks,
+                resume_key_sha256: None,
             },
         };
         b.save()?;
         let have = vec![Vec::new(); begin.disks.len()];
         Ok((b, have, false))
     }
+}
+
+/// The directory a machine's backups go to: its hostname, sanitised.
+pub fn host_name(source: &Identity) -> String {
+    names::sanitize(&source.hostname, "unnamed-host")
 }
 
 /// Rejects a BACKUP_BEGIN no honest sender produces.

@@ -58,6 +58,17 @@ pub fn sha256_file(p: &Path) -> String {
         .to_string()
 }
 
+/// A fake root whose identity is `hostname` with `machine_id` (cloned systems
+/// share one), for `rescue --root`.
+pub fn machine(dir: &Path, hostname: &str, machine_id: &str) -> PathBuf {
+    let r = dir.join(hostname);
+    fs::create_dir_all(r.join("proc/sys/kernel")).unwrap();
+    fs::create_dir_all(r.join("etc")).unwrap();
+    fs::write(r.join("proc/sys/kernel/hostname"), format!("{hostname}\n")).unwrap();
+    fs::write(r.join("etc/machine-id"), format!("{machine_id}\n")).unwrap();
+    r
+}
+
 /// `rescue serve` on a UNIX socket, killed on drop.
 pub struct Server {
     pub child: Child,
@@ -75,6 +86,13 @@ impl Server {
     pub fn start_env(dir: &Path, store: &Path, env: &[(&str, &str)]) -> Server {
         Server::start_cmd(dir, store, |c| {
             c.envs(env.iter().copied());
+        })
+    }
+
+    /// With more options, e.g. `--allow-restore HOST`.
+    pub fn start_with(dir: &Path, store: &Path, extra: &[&str]) -> Server {
+        Server::start_cmd(dir, store, |c| {
+            c.args(extra);
         })
     }
 

@@ -220,7 +220,11 @@ fn a_peer_that_never_reads_does_not_hold_the_server() {
     assert_eq!(o.status.code(), Some(0), "{}", text(&o));
     let bd = backup_dirs(&srv.store).pop().unwrap();
     drop(srv);
-    let srv = Server::start_env(d.path(), &d.path().join("store"), FAST);
+    // The intruder is not the machine that made the backup: serve must allow it.
+    let srv = Server::start_cmd(d.path(), &d.path().join("store"), |c| {
+        c.args(["--allow-restore", "all"])
+            .envs(FAST.iter().copied());
+    });
     let name = |p: &std::path::Path| p.file_name().unwrap().to_string_lossy().into_owned();
     let mut p = Intruder::greet(&srv, "sink", Role::Restore);
     let begin = RestoreBegin {

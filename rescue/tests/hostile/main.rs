@@ -6,6 +6,7 @@
 #[path = "../common/mod.rs"]
 mod common;
 
+mod auth;
 mod escapes;
 mod listing;
 mod liveness;

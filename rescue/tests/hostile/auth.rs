@@ -1,0 +1,187 @@
+//! Issue 10, point 5: a peer reads only its own machine's backups (same hostname
+//! and machine-id) unless the serving side allows it (`--allow-restore`), LISTING
+//! publishes no machine-ids, and an interrupted backup is resumed only by the
+//! machine holding the key the server gave it.
+
+use serde_json::json;
+
+use crate::common::*;
+use crate::peer::*;
+
+const ALPHA_ID: &str = "a1a1a1a1a1a1a1a1a1a1a1a1a1a1a1a1";
+
+/// A server holding one complete backup made by machine "alpha".
+fn alpha_backup(d: &std::path::Path, extra: &[&str]) -> (Server, std::path::PathBuf) {
+    let alpha = machine(d, "alpha", ALPHA_ID);
+    random_image(&alpha.join("disk.img"), 1, 11);
+    let srv = Server::start_with(d, &d.join("store"), extra);
+    let o = rescue(&[
+        "--root",
+        alpha.to_str().unwrap(),
+        "backup",
+        "-d",
+        &srv.endpoint(),
+        "/disk.img",
+    ]);
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+    (srv, alpha)
+}
+
+fn listing(p: &mut RawPeer, host: Option<&str>) -> serde_json::Value {
+    p.send_json(kind::LIST, &json!({"host": host}));
+    let f = p.recv(&[kind::LISTING]).expect("LISTING");
+    assert_eq!(f.header.kind, kind::LISTING, "{}", body(&f));
+    body(&f)
+}
+
+#[test]
+fn a_peer_claiming_a_hostname_sees_and_restores_nothing() {
+    let d = tempfile::tempdir().unwrap();
+    let (srv, _) = alpha_backup(d.path(), &[]);
+    let bd = backup_dirs(&srv.store).pop().unwrap();
+    let id = manifest(&bd)["backup_id"].as_str().unwrap().to_string();
+    // The right name with another machine-id, and with none (a rescue system).
+    for mid in ["b2b2b2b2b2b2b2b2b2b2b2b2b2b2b2b2", ""] {
+        let mut p = RawPeer::connect(&srv.sock);
+        p.hello("restore", identity("alpha", mid));
+        let l = listing(&mut p, None);
+        assert_eq!(l["backups"], json!([]), "{l}");
+        assert_eq!(l["hidden"], json!(1), "{l}");
+        assert!(listing(&mut p, Some("alpha"))["backups"] == json!([]));
+        p.send_json(
+            kind::RESTORE_BEGIN,
+            &json!({"host": "alpha", "backup_id": id, "disks": ["disk"]}),
+        );
+        let f = p.recv(&[kind::RESTORE_READY]).unwrap();
+        assert_eq!(f.header.kind, kind::ERROR, "{}", body(&f));
+        assert_eq!(body(&f)["code"], "refused");
+        assert!(
+            body(&f)["message"]
+                .as_str()
+                .unwrap()
+                .contains("--allow-restore alpha")
+        );
+        // A refusal ends the session: ask for the digests on a new one.
+        let mut p = RawPeer::connect(&srv.sock);
+        p.hello("restore", identity("alpha", mid));
+        p.send_json(
+            kind::DIGESTS_REQ,
+            &json!({"host": "alpha", "backup_id": id, "disk": "disk", "first": 0, "count": 4}),
+        );
+        let f = p.recv(&[kind::DIGESTS]).unwrap();
+        assert_eq!(
+            f.header.kind,
+            kind::ERROR,
+            "digests of another machine's backup were sent"
+        );
+    }
+}
+
+#[test]
+fn the_listing_publishes_no_machine_id() {
+    let d = tempfile::tempdir().unwrap();
+    let (srv, _) = alpha_backup(d.path(), &[]);
+    let mut p = RawPeer::connect(&srv.sock);
+    p.hello("restore", identity("alpha", ALPHA_ID));
+    let l = listing(&mut p, None);
+    assert_eq!(l["backups"].as_array().map(Vec::len), Some(1), "{l}");
+    let t = l.to_string();
+    assert!(!t.contains("machine_id") && !t.contains(ALPHA_ID), "{t}");
+}
+
+#[test]
+fn allow_restore_lets_another_machine_restore_and_says_so_without() {
+    let d = tempfile::tempdir().unwrap();
+    let (srv, alpha) = alpha_backup(d.path(), &[]);
+    let beta = machine(d.path(), "beta", "b2b2b2b2b2b2b2b2b2b2b2b2b2b2b2b2");
+    let t = beta.join("t.img");
+    std::fs::write(&t, vec![0u8; 1 << 20]).unwrap();
+    let restore = |ep: &str| {
+        rescue(&[
+            "--root",
+            beta.to_str().unwrap(),
+            "restore",
+            "-d",
+            ep,
+            "--host",
+            "alpha",
+            "--map",
+            "disk=/t.img",
+            "--yes",
+        ])
+    };
+    let o = restore(&srv.endpoint());
+    assert_eq!(o.status.code(), Some(6), "{}", text(&o));
+    assert!(text(&o).contains("--allow-restore alpha"), "{}", text(&o));
+    assert_eq!(std::fs::read(&t).unwrap(), vec![0u8; 1 << 20]);
+    drop(srv);
+    let srv = Server::start_with(
+        d.path(),
+        &d.path().join("store"),
+        &["--allow-restore", "alpha"],
+    );
+    let o = restore(&srv.endpoint());
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+    assert_eq!(sha256_file(&t), sha256_file(&alpha.join("disk.img")));
+}
+
+#[test]
+fn only_the_machine_with_the_key_resumes_an_interrupted_backup() {
+    let d = tempfile::tempdir().unwrap();
+    let alpha = machine(d.path(), "alpha", ALPHA_ID);
+    random_image(&alpha.join("disk.img"), 6, 12);
+    let srv = Server::start(d.path(), &d.path().join("store"));
+    let px = Proxy::start(
+        d.path(),
+        &srv.sock,
+        Faults {
+            cut_after: Some(3 << 20),
+            ..Default::default()
+        },
+    );
+    let backup = |ep: &str| {
+        rescue(&[
+            "--root",
+            alpha.to_str().unwrap(),
+            "backup",
+            "-d",
+            ep,
+            "/disk.img",
+        ])
+    };
+    let o = backup(&px.endpoint());
+    assert_eq!(o.status.code(), Some(5), "{}", text(&o));
+    let bd = backup_dirs(&srv.store).pop().unwrap();
+    let m = manifest(&bd);
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    // A peer with alpha's name and machine-id (both known to anyone who saw
+    // alpha) asks to resume it without the key: it gets a new backup instead.
+    let mut p = RawPeer::connect(&srv.sock);
+    p.hello("backup", identity("alpha", ALPHA_ID));
+    let disk = &m["disks"][0];
+    p.send_json(kind::BACKUP_BEGIN, &json!({"label": m["label"], "chunk_size": m["chunk_size"], "fresh": false,
+        "disks": [{"name": disk["source_name"], "source_path": disk["source_path"], "size": disk["size"],
+                   "logical_sector_size": disk["logical_sector_size"], "serial": disk["serial"]}]}));
+    let f = p.recv(&[kind::BACKUP_READY]).unwrap();
+    assert_eq!(f.header.kind, kind::BACKUP_READY, "{}", body(&f));
+    assert_eq!(
+        body(&f)["resumed"],
+        json!(false),
+        "resumed without the key: {}",
+        body(&f)
+    );
+    assert_ne!(body(&f)["backup_id"], m["backup_id"]);
+    p.send(kind::BYE, &[]);
+    drop(p);
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    // The real alpha kept its key and continues where it was cut.
+    px.set(Faults::default());
+    let o = backup(&px.endpoint());
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+    assert!(text(&o).contains("resuming,"), "{}", text(&o));
+    assert!(
+        text(&o).contains(m["backup_id"].as_str().unwrap()),
+        "{}",
+        text(&o)
+    );
+}
