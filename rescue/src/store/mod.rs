@@ -403,7 +403,98 @@ fn validate_begin(b: &BackupBegin) -> Result<()> {
             );
         }
     }
+    check_details(b)
+}
+
+/// Nesting of a disk's `details` (the sender's description of the disk, kept
+/// in the manifest as it came): an honest sender's is 2 to 4 levels deep.
+const MAX_DETAILS_DEPTH: usize = 8;
+/// Bytes one disk's `details` may take in manifest.json (an honest sender's
+/// take a few KiB; a GPT disk with 128 partitions about 100 KiB).
+const MAX_DETAILS: u64 = 256 * 1024;
+/// Bytes every disk's `details` together may take in manifest.json.
+const MAX_ALL_DETAILS: u64 = 4 * 1024 * 1024;
+
+/// Rejects `details` that would make the manifest large: pretty-printed, each
+/// level of nesting indents every line below it, so a 3.86 MB BACKUP_BEGIN of
+/// deeply nested arrays became a 491 MB manifest.json. The size is computed
+/// without printing anything.
+fn check_details(b: &BackupBegin) -> Result<()> {
+    let mut total = 0u64;
+    for d in &b.disks {
+        let Some(v) = &d.details else { continue };
+        let depth = depth_of(v, MAX_DETAILS_DEPTH + 1);
+        if depth > MAX_DETAILS_DEPTH {
+            bail!(
+                "disk {:?}: its details are nested more than {MAX_DETAILS_DEPTH} levels deep",
+                d.name
+            );
+        }
+        // In the manifest, details sit three levels deep (root, disks, disk).
+        let len = pretty_len(v, 3);
+        if len > MAX_DETAILS {
+            bail!(
+                "disk {:?}: its details would take {} in the manifest (limit {})",
+                d.name,
+                util::human_bytes(len),
+                util::human_bytes(MAX_DETAILS)
+            );
+        }
+        total += len;
+    }
+    if total > MAX_ALL_DETAILS {
+        bail!(
+            "the disks' details would take {} in the manifest (limit {})",
+            util::human_bytes(total),
+            util::human_bytes(MAX_ALL_DETAILS)
+        );
+    }
     Ok(())
+}
+
+/// Levels of nesting of `v` (a scalar is 0), counted up to `stop`.
+fn depth_of(v: &serde_json::Value, stop: usize) -> usize {
+    use serde_json::Value;
+    if stop == 0 {
+        return 0;
+    }
+    let inner = match v {
+        Value::Array(a) => a.iter().map(|x| depth_of(x, stop - 1)).max(),
+        Value::Object(o) => o.values().map(|x| depth_of(x, stop - 1)).max(),
+        _ => return 0,
+    };
+    1 + inner.unwrap_or(0)
+}
+
+/// The length of `v` as `serde_json::to_vec_pretty` writes it at nesting
+/// `level` (two spaces per level).
+fn pretty_len(v: &serde_json::Value, level: u64) -> u64 {
+    use serde_json::Value;
+    // A member's line: a newline, the indent, the member, and a comma after
+    // all but the last; then a newline and the closing bracket one level out.
+    let members = |n: usize, sum: u64| {
+        if n == 0 {
+            2
+        } else {
+            sum + n as u64 * (1 + 2 * (level + 1)) + (n as u64 - 1) + 1 + 2 * level + 2
+        }
+    };
+    match v {
+        Value::Array(a) => members(a.len(), a.iter().map(|x| pretty_len(x, level + 1)).sum()),
+        Value::Object(o) => members(
+            o.len(),
+            o.iter()
+                .map(|(k, x)| string_len(k) + 2 + pretty_len(x, level + 1))
+                .sum(),
+        ),
+        Value::String(s) => string_len(s),
+        other => other.to_string().len() as u64,
+    }
+}
+
+/// The length of `s` as a JSON string (quotes and escapes included).
+fn string_len(s: &str) -> u64 {
+    serde_json::to_string(s).map_or(0, |j| j.len() as u64)
 }
 
 fn resumable(m: &Manifest, source: &Identity, begin: &BackupBegin) -> bool {
@@ -511,4 +602,43 @@ pub fn write_in(dir: &Path, name: &str, data: &[u8]) -> Result<()> {
     f.set_len(0)?;
     f.write_all(data)?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn pretty_len_is_what_serde_prints() {
+        for v in [
+            json!(null),
+            json!([]),
+            json!({}),
+            json!([1, [2, [3, []]], {"a": {"b": [true, false]}}]),
+            json!({"say \"hi\"\n": "tab\there", "e": {}, "n": -1.5}),
+        ] {
+            // At level 0, and inside three levels as details sit in a manifest.
+            assert_eq!(
+                pretty_len(&v, 0),
+                serde_json::to_vec_pretty(&v).unwrap().len() as u64
+            );
+            let outer = json!({"x": [{"details": v.clone()}]});
+            assert_eq!(
+                pretty_len(&outer, 0),
+                serde_json::to_vec_pretty(&outer).unwrap().len() as u64,
+                "{v}"
+            );
+        }
+        assert_eq!(depth_of(&json!(1), 9), 0);
+        assert_eq!(depth_of(&json!({"a": [[1]]}), 9), 3);
+        let mut deep = json!(0);
+        for _ in 0..100 {
+            deep = json!([deep]);
+        }
+        assert_eq!(
+            depth_of(&deep, MAX_DETAILS_DEPTH + 1),
+            MAX_DETAILS_DEPTH + 1
+        );
+    }
 }

@@ -11,5 +11,6 @@ mod escapes;
 mod listing;
 mod liveness;
 mod lying_server;
+mod manifest;
 mod peer;
 mod store_links;
