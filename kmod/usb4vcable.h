@@ -2,8 +2,11 @@
 /*
  * usb4vcable - shared memory layout of the virtual USB4 cable.
  *
- * This layout is shared with the host tool qemu/cable-ctl (Rust); keep
- * both in sync and bump USB4VC_VERSION on any incompatible change. All
+ * The one definition of the layout: usb4vcable.ko and usb4vhost.ko include
+ * it, the static_asserts below pin every offset, and the host tool
+ * qemu/cable-ctl (Rust) has a test that reads these static_asserts and
+ * compares them with its own offsets. Bump USB4VC_VERSION on any
+ * incompatible change. All
  * fields are little endian. Every field has exactly one writer (the host
  * tool, side "a" or side "b"), because atomic read-modify-write across two
  * TCG guests is not reliable.
@@ -11,6 +14,8 @@
 #ifndef USB4VCABLE_H
 #define USB4VCABLE_H
 
+#include <linux/build_bug.h>
+#include <linux/stddef.h>
 #include <linux/types.h>
 
 #define USB4VC_MAGIC		0x3142435634425355ULL	/* "USB4VCB1" */
@@ -22,10 +27,18 @@
 #define USB4VC_PROP_NAME	12
 #define USB4VC_HOSTNAME		72
 #define USB4VC_MIN_HOPID	8
+#define USB4VC_XPROP_SIZE	(0x1000 - 0x608)
 
 /* Frame types: the PDF values of the upstream driver */
 #define USB4VC_FRAME_DATA	2
 #define USB4VC_FRAME_CLOSE	3
+
+/*
+ * usb4vhost carries the NHI's start-of-frame PDF in the high byte of the
+ * descriptor's type (the low byte is the end-of-frame PDF).
+ */
+#define USB4VC_TYPE_EOF_MASK	0x00ff
+#define USB4VC_TYPE_SOF_SHIFT	8
 
 /* Frame flags, set by the receiver */
 #define USB4VC_FLAG_CRC		0x1
@@ -88,7 +101,21 @@ struct usb4vc_side {
 	u32 rx_post[USB4VC_MAX_CHAN];	/* 0x400 RX ring posted: gen, 0 = closed */
 	u32 rx_cons[USB4VC_MAX_CHAN];	/* 0x480 RX consumer index */
 	u32 tx_prod[USB4VC_MAX_CHAN];	/* 0x500 TX producer index */
-	u8 pad4[0x1000 - 0x580];
+	/*
+	 * usb4vhost only: E2E flow control credits. The sender may fill slot
+	 * tx_prod only while tx_prod is before the receiver's rx_credit (an
+	 * index in the same sequence as tx_prod/rx_cons): one credit per RX
+	 * buffer the receiver's driver posted.
+	 */
+	u32 rx_credit[USB4VC_MAX_CHAN];	/* 0x580 */
+	/*
+	 * usb4vhost only: this side's XDomain property block (the root
+	 * directory with the service directories), serialized as described
+	 * in kmod/README.md; xprop_gen is odd while it is being rewritten.
+	 */
+	u32 xprop_gen;			/* 0x600 */
+	u32 xprop_len;			/* 0x604 bytes used in xprop */
+	u8 xprop[USB4VC_XPROP_SIZE];	/* 0x608 */
 };
 
 /* Descriptor of one frame slot */
@@ -99,5 +126,48 @@ struct usb4vc_desc {
 	u32 gen;		/* receiver's rx_post value seen by the sender */
 	u32 seq;		/* sender's producer index */
 };
+
+/*
+ * Every offset of the layout, checked at compile time. qemu/cable-ctl's
+ * layout test parses these lines: keep them one per line, in this form.
+ */
+static_assert(offsetof(struct usb4vc_hdr, magic) == 0x000);
+static_assert(offsetof(struct usb4vc_hdr, version) == 0x008);
+static_assert(offsetof(struct usb4vc_hdr, hdr_size) == 0x00c);
+static_assert(offsetof(struct usb4vc_hdr, total_size) == 0x010);
+static_assert(offsetof(struct usb4vc_hdr, nchan) == 0x018);
+static_assert(offsetof(struct usb4vc_hdr, nslots) == 0x01c);
+static_assert(offsetof(struct usb4vc_hdr, frame_size) == 0x020);
+static_assert(offsetof(struct usb4vc_hdr, rings_off) == 0x028);
+static_assert(offsetof(struct usb4vc_hdr, ring_stride) == 0x030);
+static_assert(offsetof(struct usb4vc_hdr, plugged) == 0x100);
+static_assert(offsetof(struct usb4vc_hdr, ctrl_gen) == 0x104);
+static_assert(offsetof(struct usb4vc_hdr, rate_bps) == 0x108);
+static_assert(offsetof(struct usb4vc_hdr, corrupt_req) == 0x110);
+static_assert(sizeof(struct usb4vc_hdr) == 0x1000);
+static_assert(offsetof(struct usb4vc_side, nonce) == 0x000);
+static_assert(offsetof(struct usb4vc_side, heartbeat) == 0x008);
+static_assert(offsetof(struct usb4vc_side, state) == 0x010);
+static_assert(offsetof(struct usb4vc_side, session) == 0x014);
+static_assert(offsetof(struct usb4vc_side, uuid) == 0x018);
+static_assert(offsetof(struct usb4vc_side, hostname) == 0x028);
+static_assert(offsetof(struct usb4vc_side, link_up) == 0x070);
+static_assert(offsetof(struct usb4vc_side, max_hopid) == 0x074);
+static_assert(offsetof(struct usb4vc_side, tx_frames) == 0x080);
+static_assert(offsetof(struct usb4vc_side, crc_errors) == 0x0a0);
+static_assert(offsetof(struct usb4vc_side, corrupt_done) == 0x0c0);
+static_assert(offsetof(struct usb4vc_side, props_gen) == 0x100);
+static_assert(offsetof(struct usb4vc_side, props_count) == 0x104);
+static_assert(offsetof(struct usb4vc_side, props) == 0x108);
+static_assert(sizeof(struct usb4vc_prop) == 20);
+static_assert(offsetof(struct usb4vc_side, rx_post) == 0x400);
+static_assert(offsetof(struct usb4vc_side, rx_cons) == 0x480);
+static_assert(offsetof(struct usb4vc_side, tx_prod) == 0x500);
+static_assert(offsetof(struct usb4vc_side, rx_credit) == 0x580);
+static_assert(offsetof(struct usb4vc_side, xprop_gen) == 0x600);
+static_assert(offsetof(struct usb4vc_side, xprop_len) == 0x604);
+static_assert(offsetof(struct usb4vc_side, xprop) == 0x608);
+static_assert(sizeof(struct usb4vc_side) == 0x1000);
+static_assert(sizeof(struct usb4vc_desc) == 16);
 
 #endif /* USB4VCABLE_H */

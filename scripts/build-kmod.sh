@@ -1,11 +1,12 @@
 #!/bin/bash
 # SPDX-License-Identifier: GPL-2.0
 #
-# Build kmod/ (usb4vcable.ko) for the current trixie-backports kernel inside
-# the trixie build root made by scripts/buildroot.sh. The module is copied to
-# ${USB4RESCUE_CACHE:-/var/cache/usb4rescue}/kmod/<kver>/usb4vcable.ko and that
-# path is printed on stdout (last line). Nothing is written into the source
-# tree.
+# Build kmod/ (usb4vcable.ko and usb4vhost.ko) for the current
+# trixie-backports kernel inside the trixie build root made by
+# scripts/buildroot.sh. The modules are copied to
+# ${USB4RESCUE_CACHE:-/var/cache/usb4rescue}/kmod/<kver>/ and their paths are
+# printed on stdout: usb4vhost.ko, then usb4vcable.ko (the last line, which
+# older callers take). Nothing is written into the source tree.
 #
 # Environment:
 #   USB4RESCUE_CACHE  cache directory (default /var/cache/usb4rescue)
@@ -50,7 +51,7 @@ if ! mountpoint -q "$ROOT/proc"; then
 	MOUNTED=1
 fi
 
-log "building usb4vcable for $KVER"
+log "building usb4vcable and usb4vhost for $KVER"
 # shellcheck disable=SC2086
 if ! chroot "$ROOT" make -C "/lib/modules/$KVER/build" M="$WORK" \
 	${KMOD_EXTRA:-} modules >&2; then
@@ -59,7 +60,10 @@ fi
 
 OUT=$CACHE/kmod/$KVER
 mkdir -p "$OUT"
-install -m 0644 "$ROOT$WORK/usb4vcable.ko" "$OUT/usb4vcable.ko.tmp"
-mv "$OUT/usb4vcable.ko.tmp" "$OUT/usb4vcable.ko"
-log "built $OUT/usb4vcable.ko"
+for m in usb4vhost usb4vcable; do
+	install -m 0644 "$ROOT$WORK/$m.ko" "$OUT/$m.ko.tmp"
+	mv "$OUT/$m.ko.tmp" "$OUT/$m.ko"
+	log "built $OUT/$m.ko"
+done
+echo "$OUT/usb4vhost.ko"
 echo "$OUT/usb4vcable.ko"
