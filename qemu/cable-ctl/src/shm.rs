@@ -1,4 +1,5 @@
-//! The usb4vcable shared-memory layout (mirror of kmod/usb4vcable.h, version 1).
+//! The virtual cable's shared-memory layout (mirror of kmod/usb4vcable.h, version 1; the
+//! `c_header_agrees` test checks every offset here against that header's static_asserts).
 
 use anyhow::{Context, Result, bail};
 use std::fs::OpenOptions;
@@ -382,5 +383,94 @@ mod tests {
     #[test]
     fn too_small() {
         assert!(layout(64 << 10, 8).is_err());
+    }
+
+    /// The one definition of the layout is kmod/usb4vcable.h: its `static_assert(offsetof(...))`
+    /// and `static_assert(sizeof(...))` lines and `#define USB4VC_*` constants.
+    const C_HEADER: &str = include_str!("../../../kmod/usb4vcable.h");
+
+    fn c_asserts() -> std::collections::HashMap<String, usize> {
+        let mut m = std::collections::HashMap::new();
+        for line in C_HEADER.lines() {
+            let Some(rest) = line.strip_prefix("static_assert(") else {
+                continue;
+            };
+            let (expr, value) = rest
+                .trim_end_matches(");")
+                .split_once(" == ")
+                .expect("static_assert(X == N);");
+            let value = match value.strip_prefix("0x") {
+                Some(hex) => usize::from_str_radix(hex, 16),
+                None => value.parse(),
+            }
+            .expect("a number");
+            let key = expr
+                .replace("offsetof(struct ", "")
+                .replace("sizeof(struct ", "sizeof ")
+                .replace(')', "")
+                .replace(", ", ".");
+            m.insert(key, value);
+        }
+        m
+    }
+
+    fn c_define(name: &str) -> u64 {
+        let line = C_HEADER
+            .lines()
+            .find(|l| l.starts_with(&format!("#define {name}\t")) || l.starts_with(&format!("#define {name} ")))
+            .unwrap_or_else(|| panic!("{name} not defined in usb4vcable.h"));
+        let v = line.split_whitespace().nth(2).expect("a value");
+        let v = v.trim_end_matches("ULL");
+        match v.strip_prefix("0x") {
+            Some(hex) => u64::from_str_radix(hex, 16).expect("hex"),
+            None => v.parse().expect("decimal"),
+        }
+    }
+
+    #[test]
+    fn c_header_agrees() {
+        let c = c_asserts();
+        let ours: &[(&str, usize)] = &[
+            ("usb4vc_hdr.magic", H_MAGIC),
+            ("usb4vc_hdr.version", H_VERSION),
+            ("usb4vc_hdr.hdr_size", H_HDR_SIZE),
+            ("usb4vc_hdr.total_size", H_TOTAL),
+            ("usb4vc_hdr.nchan", H_NCHAN),
+            ("usb4vc_hdr.nslots", H_NSLOTS),
+            ("usb4vc_hdr.frame_size", H_FRAME),
+            ("usb4vc_hdr.rings_off", H_RINGS_OFF),
+            ("usb4vc_hdr.ring_stride", H_STRIDE),
+            ("usb4vc_hdr.plugged", H_PLUGGED),
+            ("usb4vc_hdr.ctrl_gen", H_CTRL_GEN),
+            ("usb4vc_hdr.rate_bps", H_RATE),
+            ("usb4vc_hdr.corrupt_req", H_CORRUPT),
+            ("usb4vc_side.heartbeat", S_HEARTBEAT),
+            ("usb4vc_side.state", S_STATE),
+            ("usb4vc_side.session", S_SESSION),
+            ("usb4vc_side.uuid", S_UUID),
+            ("usb4vc_side.hostname", S_HOSTNAME),
+            ("usb4vc_side.link_up", S_LINK_UP),
+            ("usb4vc_side.max_hopid", S_MAX_HOPID),
+            ("usb4vc_side.tx_frames", S_COUNTERS),
+            ("usb4vc_side.corrupt_done", S_CORRUPT_DONE),
+            ("usb4vc_side.props_gen", S_PROPS_GEN),
+            ("usb4vc_side.props_count", S_PROPS_COUNT),
+            ("usb4vc_side.props", S_PROPS),
+            ("sizeof usb4vc_prop", PROP_SIZE),
+            ("sizeof usb4vc_desc", DESC_SIZE as usize),
+        ];
+        for (key, off) in ours {
+            assert_eq!(c.get(*key), Some(off), "{key}: cable-ctl has {off:#x}, usb4vcable.h says otherwise");
+        }
+        assert_eq!(c_define("USB4VC_MAGIC"), MAGIC);
+        assert_eq!(c_define("USB4VC_VERSION"), u64::from(VERSION));
+        assert_eq!(c_define("USB4VC_HDR_SIZE"), HDR_SIZE);
+        assert_eq!(c_define("USB4VC_FRAME_SIZE"), FRAME_SIZE);
+        assert_eq!(c_define("USB4VC_MAX_CHAN"), u64::from(MAX_CHAN));
+        assert_eq!(c_define("USB4VC_MAX_PROPS"), MAX_PROPS as u64);
+        assert_eq!(c_define("USB4VC_HOSTNAME"), S_HOSTNAME_LEN as u64);
+        // Side areas follow the header page; the rings follow the side areas.
+        assert_eq!(c.get("sizeof usb4vc_hdr"), Some(&0x1000));
+        assert_eq!(c.get("sizeof usb4vc_side"), Some(&0x1000));
     }
 }
