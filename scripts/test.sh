@@ -8,7 +8,8 @@
 #   4. the static build: rescue for x86_64-unknown-linux-musl must be statically
 #      linked and run in an empty chroot,
 #   5. the protocol decoder fuzzer for a bounded time (FUZZ_SECS, default 30),
-#   6. the paired-VM virtual-cable tests (tests/vm/run-cable-tests.sh),
+#   6. the paired-VM virtual-cable tests (tests/vm/run-cable-tests.sh: usb4vcable, then
+#      the virtual USB4 host usb4vhost under Debian's own thunderbolt_stream.ko),
 #   7. the virtual cable's robustness tests (kmod/tests: heartbeat, 50 reloads with
 #      data moving, refusing to load beside thunderbolt, PCI unbind),
 #   8. the paired-VM rescue scenarios (tests/scenarios/run.sh),

@@ -4,6 +4,8 @@ Environment (set by tests/vm/run-cable-tests.sh):
   USB4RESCUE_VM_KERNEL   vmlinuz of the fetched kernel
   USB4RESCUE_VM_INITRD   test initramfs (tests/vm/build-initramfs.py), holding the real
                          thunderbolt modules and, when built, usb4vcable
+  USB4RESCUE_VM_VHOST_INITRD  the same with usb4vhost instead (test classes whose
+                         `initrd_env` names it)
   USB4RESCUE_CABLE_CTL   cable-ctl binary (qemu/cable-ctl)
   USB4RESCUE_KEEP=1      keep the VM logs of passing tests too
 """
@@ -63,6 +65,7 @@ class VMTestCase(unittest.TestCase):
     cables: tuple[tuple[str, str], ...] = (("alpha", "bravo"),)
     noload = REAL_MODULES
     needs = ("usb4vcable",)
+    initrd_env = "USB4RESCUE_VM_INITRD"
     boot_timeout = 120
     vm_lifetime = 900
 
@@ -72,9 +75,9 @@ class VMTestCase(unittest.TestCase):
     @classmethod
     def setUpClass(cls):
         cls.kernel = env_path("USB4RESCUE_VM_KERNEL")
-        cls.initrd = env_path("USB4RESCUE_VM_INITRD")
+        cls.initrd = env_path(cls.initrd_env)
         if not cls.kernel or not cls.initrd:
-            raise unittest.SkipTest("USB4RESCUE_VM_KERNEL / USB4RESCUE_VM_INITRD not set "
+            raise unittest.SkipTest(f"USB4RESCUE_VM_KERNEL / {cls.initrd_env} not set "
                                     "(run tests/vm/run-cable-tests.sh)")
         missing = [m for m in cls.needs if m not in initrd_modules(cls.initrd)]
         if missing:

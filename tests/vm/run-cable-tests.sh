@@ -4,11 +4,14 @@
 #   tests/vm/run-cable-tests.sh [-k PATTERN]... [-q]
 #
 # 1. scripts/fetch-kernel.sh      Debian trixie-backports kernel + modules (cached)
-# 2. scripts/build-kmod.sh        usb4vcable.ko for that kernel (trixie build root)
+# 2. scripts/build-kmod.sh        usb4vcable.ko and usb4vhost.ko for that kernel (trixie
+#                                 build root)
 # 3. cargo build -p cable-ctl     the host fault tool
 # 4. tests/vm/build-initramfs.py  busybox initramfs with configfs, virtio_blk, the real
-#                                 thunderbolt + thunderbolt_stream, and usb4vcable.ko
-# 5. tests/vm/test_cable.py       the tests (QEMU, TCG unless USB4RESCUE_KVM=1 and KVM works)
+#                                 thunderbolt + thunderbolt_stream, and usb4vcable.ko;
+#                                 a second one with usb4vhost.ko instead
+# 5. tests/vm/test_cable.py       the tests (QEMU, TCG unless USB4RESCUE_KVM=1 and KVM works),
+#    tests/vm/test_vhost.py       then the virtual USB4 host under Debian's thunderbolt_stream
 #
 # Exits non-zero on any failure; the last line is always "N passed, N failed". A failed
 # build step counts as one failure and the tests that do not need it still run.
@@ -57,7 +60,7 @@ KDIR=$("$TOP/scripts/fetch-kernel.sh" | tail -n1) && [ -f "$KDIR/vmlinuz" ] ||
 KVER=$(basename "$KDIR")
 log "kernel $KVER ($KDIR)"
 
-# 2. usb4vcable.ko
+# 2. usb4vcable.ko and usb4vhost.ko (build-kmod.sh prints usb4vhost.ko, then usb4vcable.ko)
 # build-kmod.sh builds in a fixed directory of the shared build root: serialise our
 # calls, and try once more when a build from elsewhere pulled that directory away.
 build_kmod() {
@@ -68,7 +71,7 @@ build_kmod() {
         "$TOP/scripts/build-kmod.sh"
     fi
 }
-KO=
+KO= VHOST_KO=
 if [ -x "$TOP/scripts/build-kmod.sh" ]; then
     KO=$(build_kmod | tail -n1)
     if [ -z "$KO" ] || [ ! -f "$KO" ]; then
@@ -82,6 +85,8 @@ if [ -x "$TOP/scripts/build-kmod.sh" ]; then
     else
         log "module $KO"
     fi
+    VHOST_KO=$(dirname "${KO:-/nonexistent/x}")/usb4vhost.ko
+    [ -f "$VHOST_KO" ] || { [ -z "$KO" ] || fail_step "build-kmod.sh did not produce usb4vhost.ko"; VHOST_KO=; }
 else
     fail_step "scripts/build-kmod.sh missing"
 fi
@@ -110,24 +115,43 @@ ko_args=()
 INITRD=$(python3 "$HERE/build-initramfs.py" --kernel-dir "$KDIR" "${ko_args[@]}" | tail -n1) &&
     [ -f "$INITRD" ] ||
     { log "tests/vm/build-initramfs.py failed"; finish 0 $((setup_failures + 1)); }
-log "initramfs $INITRD; set-up took $(( $(date +%s) - t_start ))s"
+VHOST_INITRD=
+if [ -n "$VHOST_KO" ]; then
+    VHOST_INITRD=$(python3 "$HERE/build-initramfs.py" --kernel-dir "$KDIR" --ko "$VHOST_KO" | tail -n1) &&
+        [ -f "$VHOST_INITRD" ] || { fail_step "build-initramfs.py --ko usb4vhost.ko failed"; VHOST_INITRD=; }
+fi
+log "initramfs $INITRD (usb4vhost: ${VHOST_INITRD:-none}); set-up took $(( $(date +%s) - t_start ))s"
 
 # 5. tests
 export USB4RESCUE_VM_KERNEL=$KDIR/vmlinuz USB4RESCUE_VM_INITRD=$INITRD
 [ -n "$CABLE_CTL" ] && export USB4RESCUE_CABLE_CTL=$CABLE_CTL
-out=$(mktemp /tmp/run-cable-tests.XXXXXX)
-python3 "$HERE/test_cable.py" "$@" > "$out" &
-pid=$!
-trap 'kill -TERM $pid 2>/dev/null' INT TERM HUP
-wait $pid
-wait $pid 2>/dev/null   # again if a signal interrupted the first wait
-trap - INT TERM HUP
-python3 "$TOP/qemu/vmpair.py" cleanup >/dev/null 2>&1
-last=$(tail -n1 "$out")
-rm -f "$out"
-log "total wall time $(( $(date +%s) - t_start ))s"
-if [[ $last =~ ^([0-9]+)\ passed,\ ([0-9]+)\ failed$ ]]; then
-    finish "${BASH_REMATCH[1]}" $((BASH_REMATCH[2] + setup_failures))
+[ -n "$VHOST_INITRD" ] && export USB4RESCUE_VM_VHOST_INITRD=$VHOST_INITRD
+passed=0 failed=$setup_failures
+# run_suite SCRIPT ARGS...: run one test runner, add its "N passed, N failed" line.
+run_suite() {
+    local out pid last
+    out=$(mktemp /tmp/run-cable-tests.XXXXXX)
+    python3 "$@" > "$out" &
+    pid=$!
+    trap 'kill -TERM $pid 2>/dev/null' INT TERM HUP
+    wait $pid
+    wait $pid 2>/dev/null   # again if a signal interrupted the first wait
+    trap - INT TERM HUP
+    python3 "$TOP/qemu/vmpair.py" cleanup >/dev/null 2>&1
+    last=$(tail -n1 "$out")
+    rm -f "$out"
+    if [[ $last =~ ^([0-9]+)\ passed,\ ([0-9]+)\ failed$ ]]; then
+        passed=$((passed + BASH_REMATCH[1]))
+        failed=$((failed + BASH_REMATCH[2]))
+    else
+        log "$(basename "$1") ended without a result line"
+        failed=$((failed + 1))
+    fi
+}
+run_suite "$HERE/test_cable.py" "$@"
+# The virtual USB4 host: its own test ids; -k patterns apply to both runners.
+if [ -n "$VHOST_INITRD" ]; then
+    run_suite "$HERE/test_vhost.py" "$@"
 fi
-log "the test runner ended without a result line"
-finish 0 $((setup_failures + 1))
+log "total wall time $(( $(date +%s) - t_start ))s"
+finish "$passed" "$failed"
