@@ -417,7 +417,10 @@ mod tests {
     fn c_define(name: &str) -> u64 {
         let line = C_HEADER
             .lines()
-            .find(|l| l.starts_with(&format!("#define {name}\t")) || l.starts_with(&format!("#define {name} ")))
+            .find(|l| {
+                l.starts_with(&format!("#define {name}\t"))
+                    || l.starts_with(&format!("#define {name} "))
+            })
             .unwrap_or_else(|| panic!("{name} not defined in usb4vcable.h"));
         let v = line.split_whitespace().nth(2).expect("a value");
         let v = v.trim_end_matches("ULL");
@@ -460,7 +463,11 @@ mod tests {
             ("sizeof usb4vc_desc", DESC_SIZE as usize),
         ];
         for (key, off) in ours {
-            assert_eq!(c.get(*key), Some(off), "{key}: cable-ctl has {off:#x}, usb4vcable.h says otherwise");
+            assert_eq!(
+                c.get(*key),
+                Some(off),
+                "{key}: cable-ctl has {off:#x}, usb4vcable.h says otherwise"
+            );
         }
         assert_eq!(c_define("USB4VC_MAGIC"), MAGIC);
         assert_eq!(c_define("USB4VC_VERSION"), u64::from(VERSION));
