@@ -45,6 +45,7 @@
 #include <linux/xarray.h>
 
 #include "usb4vcable.h"
+#include "cable.h"
 
 #define VC_RING_SIZE		256
 #define VC_MIN_RING_SIZE	32
@@ -98,15 +99,10 @@ struct vc_cable {
 	/* Poller state */
 	struct vc_link *link;
 	u32 link_session;
-	u64 peer_hb;
-	u64 peer_nonce;
-	unsigned int peer_hb_changes;
-	unsigned long peer_hb_at;
+	struct cable_watch peer_watch;
 	unsigned long hb_next;
 	u32 peer_props_gen;
-	u64 slot_hb[2];
-	unsigned long slot_hb_at[2];
-	bool slot_hb_valid[2];
+	struct cable_watch slot_watch[2];
 	bool announced_wait;
 
 	/* Published stream properties (shm), protected by props_lock */
@@ -117,22 +113,12 @@ struct vc_cable {
 	struct list_head active;
 
 	/* TX rate cap */
-	spinlock_t rate_lock;
-	u64 rate;
-	s64 tokens;
-	u64 rate_last_ns;
+	struct cable_rate rate;
 
 	/* Receive corruption */
 	spinlock_t corrupt_lock;
 
-	atomic64_t tx_frames;
-	atomic64_t tx_bytes;
-	atomic64_t rx_frames;
-	atomic64_t rx_bytes;
-	atomic64_t crc_errors;
-	atomic64_t close_tx;
-	atomic64_t close_rx;
-	atomic64_t stale_drops;
+	struct cable_counters n;
 };
 
 /* One plugged cable session with a live peer: the XDomain + service */
@@ -920,40 +906,6 @@ static inline u32 vc_tx_used(struct vc_sdev *sdev)
 	       READ_ONCE(c->peer->rx_cons[sdev->tx_chan]);
 }
 
-static bool vc_rate_ok(struct vc_cable *c)
-{
-	u64 rate = READ_ONCE(c->rate);
-	u64 now, burst;
-	bool ok;
-
-	if (!rate)
-		return true;
-
-	spin_lock(&c->rate_lock);
-	now = ktime_get_ns();
-	burst = max_t(u64, rate / 50, USB4VC_FRAME_SIZE);
-	if (now > c->rate_last_ns) {
-		u64 add = mul_u64_u64_div_u64(now - c->rate_last_ns, rate,
-					      NSEC_PER_SEC);
-
-		c->tokens = min_t(s64, c->tokens + (s64)min_t(u64, add, burst),
-				  (s64)burst);
-	}
-	c->rate_last_ns = now;
-	ok = c->tokens > 0;
-	spin_unlock(&c->rate_lock);
-	return ok;
-}
-
-static void vc_rate_take(struct vc_cable *c, size_t bytes)
-{
-	if (!READ_ONCE(c->rate))
-		return;
-	spin_lock(&c->rate_lock);
-	c->tokens -= bytes;
-	spin_unlock(&c->rate_lock);
-}
-
 /*
  * Can we send a DATA frame now? 1 = yes, 0 = wait, <0 = error.
  * sdev->lock held.
@@ -973,7 +925,7 @@ static int vc_tx_check(struct vc_sdev *sdev, u32 *gen)
 	cap = min_t(u32, sdev->ring_size, c->nslots) - 1;
 	if (vc_tx_used(sdev) >= cap)
 		return 0;
-	if (!vc_rate_ok(c))
+	if (!cable_rate_ok(&c->rate))
 		return 0;
 	if (gen)
 		*gen = post;
@@ -1010,7 +962,7 @@ static void vc_sdev_send_close(struct vc_sdev *sdev)
 			  READ_ONCE(c->me->tx_prod[sdev->tx_chan])),
 	       0, VC_CLOSE_LEN);
 	vc_tx_frame(sdev, post, USB4VC_FRAME_CLOSE, VC_CLOSE_LEN);
-	atomic64_inc(&c->close_tx);
+	atomic64_inc(&c->n.close_tx);
 }
 
 /* Is a received frame waiting? 1 = yes, 0 = no, <0 = error. lock held. */
@@ -1037,27 +989,12 @@ static void vc_rx_consume(struct vc_sdev *sdev, u32 cons)
 /* Fault injection: corrupt the payload like a frame with a CRC error */
 static bool vc_rx_should_corrupt(struct vc_cable *c)
 {
-	bool ret = false;
-	u32 req, done;
+	bool ret;
 
 	spin_lock(&c->corrupt_lock);
-	req = READ_ONCE(c->hdr->corrupt_req[vc_rx_dir(c)]);
-	done = READ_ONCE(c->me->corrupt_done);
-	if ((s32)(req - done) > 0) {
-		WRITE_ONCE(c->me->corrupt_done, done + 1);
-		ret = true;
-	}
+	ret = cable_should_corrupt(c->hdr, c->me, vc_rx_dir(c));
 	spin_unlock(&c->corrupt_lock);
 	return ret;
-}
-
-static void vc_rx_corrupt(u8 *p, u32 len)
-{
-	u32 i;
-
-	/* Flip a few bytes spread over the payload */
-	for (i = 0; i < 4; i++)
-		p[(len / 4) * i + (i * 7) % max_t(u32, len / 4, 1)] ^= 0xa5;
 }
 
 static ssize_t vc_read_iter(struct kiocb *iocb, struct iov_iter *to)
@@ -1123,13 +1060,13 @@ static ssize_t vc_read_iter(struct kiocb *iocb, struct iov_iter *to)
 		d = vc_desc(c, dir, sdev->rx_chan, cons);
 		if (READ_ONCE(d->gen) != sdev->rx_gen) {
 			/* Sent before we (re)opened: the peer saw an old ring */
-			atomic64_inc(&c->stale_drops);
+			atomic64_inc(&c->n.stale_drops);
 			vc_rx_consume(sdev, cons);
 			continue;
 		}
 		if (READ_ONCE(d->type) == USB4VC_FRAME_CLOSE) {
 			if (!nbytes) {
-				atomic64_inc(&c->close_rx);
+				atomic64_inc(&c->n.close_rx);
 				vc_rx_consume(sdev, cons);
 				sdev->closed = true;
 			}
@@ -1142,9 +1079,9 @@ static ssize_t vc_read_iter(struct kiocb *iocb, struct iov_iter *to)
 			flags = READ_ONCE(d->flags);
 			if (!(flags & USB4VC_FLAG_CRC) && len &&
 			    vc_rx_should_corrupt(c)) {
-				vc_rx_corrupt(p, len);
+				cable_corrupt(p, len);
 				WRITE_ONCE(d->flags, flags | USB4VC_FLAG_CRC);
-				atomic64_inc(&c->crc_errors);
+				atomic64_inc(&c->n.crc_errors);
 				pr_warn_ratelimited("RX CRC error\n");
 			}
 		}
@@ -1161,10 +1098,10 @@ static ssize_t vc_read_iter(struct kiocb *iocb, struct iov_iter *to)
 		}
 		sdev->rx_off += size;
 		if (sdev->rx_off >= len) {
-			atomic64_inc(&c->rx_frames);
+			atomic64_inc(&c->n.rx_frames);
 			vc_rx_consume(sdev, cons);
 		}
-		atomic64_add(size, &c->rx_bytes);
+		atomic64_add(size, &c->n.rx_bytes);
 		nbytes += size;
 	}
 
@@ -1198,7 +1135,7 @@ static ssize_t vc_write_iter(struct kiocb *iocb, struct iov_iter *from)
 			break;
 
 		seq = atomic_read(&sdev->events);
-		timeout = READ_ONCE(sdev->cable->rate) ? 1 : HZ / 10;
+		timeout = READ_ONCE(sdev->cable->rate.rate) ? 1 : HZ / 10;
 		mutex_unlock(&sdev->lock);
 
 		if (file->f_flags & O_NONBLOCK)
@@ -1243,9 +1180,9 @@ static ssize_t vc_write_iter(struct kiocb *iocb, struct iov_iter *from)
 			break;
 		}
 		vc_tx_frame(sdev, gen, USB4VC_FRAME_DATA, size);
-		vc_rate_take(c, size);
-		atomic64_inc(&c->tx_frames);
-		atomic64_add(size, &c->tx_bytes);
+		cable_rate_take(&c->rate, size);
+		atomic64_inc(&c->n.tx_frames);
+		atomic64_add(size, &c->n.tx_bytes);
 		nbytes += size;
 	}
 
@@ -1919,28 +1856,14 @@ static void vc_side_init(struct vc_cable *c)
 	WRITE_ONCE(me->state, USB4VC_STATE_PRESENT);
 }
 
-/* Has the heartbeat of slot @s stood still for longer than the timeout? */
-static bool vc_slot_stale(struct vc_cable *c, int s)
-{
-	u64 hb = READ_ONCE(vc_side_area(c, s)->heartbeat);
-
-	if (!c->slot_hb_valid[s] || hb != c->slot_hb[s]) {
-		c->slot_hb_valid[s] = true;
-		c->slot_hb[s] = hb;
-		c->slot_hb_at[s] = jiffies;
-		return false;
-	}
-	return time_after(jiffies, c->slot_hb_at[s] +
-			  msecs_to_jiffies(hb_timeout_ms));
-}
-
 static bool vc_try_claim(struct vc_cable *c)
 {
 	int s;
 
 	for (s = 0; s < 2; s++) {
 		struct usb4vc_side *area = vc_side_area(c, s);
-		bool stale = vc_slot_stale(c, s);
+		bool stale = cable_slot_stale(&c->slot_watch[s], area,
+						 hb_timeout_ms);
 
 		if (c->forced_side >= 0 && s != c->forced_side)
 			continue;
@@ -1960,8 +1883,8 @@ static bool vc_try_claim(struct vc_cable *c)
 		vc_side_init(c);
 		mutex_unlock(&c->props_lock);
 		vc_props_clear(c);
-		c->peer_hb_changes = 0;
-		c->peer_nonce = 0;
+		c->peer_watch.changes = 0;
+		c->peer_watch.nonce = 0;
 		c->hb_next = jiffies;
 		dev_info(&c->pdev->dev, "claimed side %c of the cable\n",
 			 'a' + s);
@@ -1996,20 +1919,6 @@ static void vc_release_side(struct vc_cable *c)
 /* ------------------------------------------------------------------ */
 /* The poller */
 
-static void vc_publish_counters(struct vc_cable *c)
-{
-	struct usb4vc_side *me = c->me;
-
-	WRITE_ONCE(me->tx_frames, atomic64_read(&c->tx_frames));
-	WRITE_ONCE(me->tx_bytes, atomic64_read(&c->tx_bytes));
-	WRITE_ONCE(me->rx_frames, atomic64_read(&c->rx_frames));
-	WRITE_ONCE(me->rx_bytes, atomic64_read(&c->rx_bytes));
-	WRITE_ONCE(me->crc_errors, atomic64_read(&c->crc_errors));
-	WRITE_ONCE(me->close_tx, atomic64_read(&c->close_tx));
-	WRITE_ONCE(me->close_rx, atomic64_read(&c->close_rx));
-	WRITE_ONCE(me->stale_drops, atomic64_read(&c->stale_drops));
-}
-
 /* Wake tasks of open streams whose rings moved. Returns true if any did. */
 static bool vc_scan_streams(struct vc_cable *c)
 {
@@ -2039,18 +1948,10 @@ static bool vc_poll_once(struct vc_cable *c)
 	struct usb4vc_hdr *hdr = c->hdr;
 	unsigned long now = jiffies;
 	bool plugged, alive, busy = false;
-	u64 rate, phb, pnonce;
 	u32 pstate, psession, pgen;
 
 	plugged = READ_ONCE(hdr->plugged) != 0;
-	rate = READ_ONCE(hdr->rate_bps);
-	if (rate != READ_ONCE(c->rate)) {
-		spin_lock(&c->rate_lock);
-		c->rate = rate;
-		c->tokens = 0;
-		c->rate_last_ns = ktime_get_ns();
-		spin_unlock(&c->rate_lock);
-	}
+	cable_rate_poll(&c->rate, hdr);
 
 	if (c->side < 0) {
 		vc_try_claim(c);
@@ -2073,27 +1974,13 @@ static bool vc_poll_once(struct vc_cable *c)
 		/* The hostname may be set after the module was loaded */
 		strscpy(c->me->hostname, init_utsname()->nodename,
 			sizeof(c->me->hostname));
-		vc_publish_counters(c);
+		cable_publish_counters(c->me, &c->n);
 		c->hb_next = now + VC_HB_INTERVAL;
 	}
 
 	pstate = READ_ONCE(c->peer->state);
-	pnonce = READ_ONCE(c->peer->nonce);
-	phb = READ_ONCE(c->peer->heartbeat);
 	psession = READ_ONCE(c->peer->session);
-	if (pnonce != c->peer_nonce) {
-		c->peer_nonce = pnonce;
-		c->peer_hb = phb;
-		c->peer_hb_changes = 0;
-		c->peer_hb_at = now;
-	} else if (phb != c->peer_hb) {
-		c->peer_hb = phb;
-		c->peer_hb_changes++;
-		c->peer_hb_at = now;
-	}
-	alive = pstate == USB4VC_STATE_PRESENT && pnonce &&
-		c->peer_hb_changes > 0 &&
-		time_before(now, c->peer_hb_at + msecs_to_jiffies(hb_timeout_ms));
+	alive = cable_peer_alive(&c->peer_watch, c->peer, now, hb_timeout_ms);
 
 	if (c->link) {
 		if (!plugged)
@@ -2148,48 +2035,8 @@ static int vc_poller(void *data)
 
 static int vc_check_layout(struct vc_cable *c)
 {
-	struct usb4vc_hdr *hdr = c->hdr;
-	struct device *dev = &c->pdev->dev;
-	u64 magic = READ_ONCE(hdr->magic);
-	u64 need, stride, desc_bytes;
-	u32 nchan, nslots;
-
-	if (magic != USB4VC_MAGIC) {
-		dev_err(dev, "shared memory has no usb4vcable header (magic %#llx): run 'cable-ctl --shm FILE init --size BYTES' before starting the VMs\n",
-			magic);
-		return -ENODEV;
-	}
-	if (READ_ONCE(hdr->version) != USB4VC_VERSION) {
-		dev_err(dev, "shared memory layout version %u, this module speaks %u\n",
-			READ_ONCE(hdr->version), USB4VC_VERSION);
-		return -ENODEV;
-	}
-	nchan = READ_ONCE(hdr->nchan);
-	nslots = READ_ONCE(hdr->nslots);
-	if (!nchan || nchan > USB4VC_MAX_CHAN || nslots < 4 ||
-	    !is_power_of_2(nslots) ||
-	    READ_ONCE(hdr->frame_size) != USB4VC_FRAME_SIZE ||
-	    READ_ONCE(hdr->hdr_size) != USB4VC_HDR_SIZE) {
-		dev_err(dev, "invalid cable geometry (nchan %u, nslots %u)\n",
-			nchan, nslots);
-		return -ENODEV;
-	}
-	desc_bytes = round_up((u64)nslots * sizeof(struct usb4vc_desc),
-			      USB4VC_FRAME_SIZE);
-	stride = READ_ONCE(hdr->ring_stride);
-	if (stride < desc_bytes + (u64)nslots * USB4VC_FRAME_SIZE) {
-		dev_err(dev, "invalid ring stride %llu\n", stride);
-		return -ENODEV;
-	}
-	need = READ_ONCE(hdr->rings_off) + 2ULL * nchan * stride;
-	if (READ_ONCE(hdr->rings_off) < USB4VC_HDR_SIZE || need > c->size) {
-		dev_err(dev, "cable layout needs %llu bytes, BAR has %llu\n",
-			need, (u64)c->size);
-		return -ENODEV;
-	}
-	c->nchan = nchan;
-	c->nslots = nslots;
-	return 0;
+	return cable_check_layout(&c->pdev->dev, c->hdr, c->size, &c->nchan,
+				  &c->nslots);
 }
 
 static int vc_domain_create(struct vc_cable *c)
@@ -2226,26 +2073,6 @@ err_domain:
 	return ret;
 }
 
-/* side=a,b: the n-th comma separated word applies to domain n */
-static int vc_side_param(int domain)
-{
-	const char *p = side;
-	int i;
-
-	for (i = 0; p && i < domain; i++) {
-		p = strchr(p, ',');
-		if (p)
-			p++;
-	}
-	if (!p)
-		return -1;
-	if (p[0] == 'a' && (p[1] == ',' || !p[1] || p[1] == '\n'))
-		return 0;
-	if (p[0] == 'b' && (p[1] == ',' || !p[1] || p[1] == '\n'))
-		return 1;
-	return -1;
-}
-
 static int vc_probe(struct pci_dev *pdev, const struct pci_device_id *id)
 {
 	struct vc_cable *c;
@@ -2260,7 +2087,7 @@ static int vc_probe(struct pci_dev *pdev, const struct pci_device_id *id)
 	mutex_init(&c->props_lock);
 	spin_lock_init(&c->active_lock);
 	INIT_LIST_HEAD(&c->active);
-	spin_lock_init(&c->rate_lock);
+	spin_lock_init(&c->rate.lock);
 	spin_lock_init(&c->corrupt_lock);
 
 	c->forced_side = -1;
@@ -2308,7 +2135,7 @@ static int vc_probe(struct pci_dev *pdev, const struct pci_device_id *id)
 	if (ret < 0)
 		goto err_unmap;
 	c->domain = ret;
-	c->forced_side = vc_side_param(c->domain);
+	c->forced_side = cable_side_param(side, c->domain);
 
 	ret = vc_domain_create(c);
 	if (ret)

@@ -27,6 +27,7 @@
 #include <linux/workqueue.h>
 
 #include "usb4vcable.h"
+#include "cable.h"
 
 /* Rings per direction of the emulated NHI (Intel: 12, ring 0 is control) */
 #define VH_HOP_COUNT		12
@@ -105,15 +106,10 @@ struct vh_chan {
  * @poller: The poller thread: the cable's "hardware"
  * @poll_wait: Wakes the poller early (new ring work queued)
  * @poll_kick: Set when @poll_wait was kicked
- * @peer_nonce: Last peer claim seen
- * @peer_hb: Last peer heartbeat seen
- * @peer_hb_changes: Heartbeat changes seen since the peer's claim
- * @peer_hb_at: When the peer heartbeat last changed (jiffies)
+ * @peer_watch: The peer's heartbeat
  * @peer_session: The peer's session when the link came up
  * @hb_next: When to beat our heartbeat next (jiffies)
- * @slot_hb: Heartbeats of both slots while claiming
- * @slot_hb_at: When they last changed
- * @slot_hb_valid: @slot_hb was sampled
+ * @slot_watch: Heartbeats of both slots while claiming
  * @announced_wait: "both sides in use" was logged
  * @link_want: The poller's view: the link should be up
  * @link_session: Peer session @link_want refers to
@@ -130,18 +126,8 @@ struct vh_chan {
  * @rx_rings: RX rings by hop (nhi.rx_rings)
  * @chan: Channels, by HopID - 8
  * @hw_lock: Protects @chan, the rings' routes and engine passes
- * @rate_lock: Protects the rate limiter
- * @rate: TX rate cap (bytes/s, 0 = none)
- * @tokens: Token bucket of the rate limiter
- * @rate_last_ns: Last token refill
- * @tx_frames: Counters published in our side area
- * @tx_bytes: See @tx_frames
- * @rx_frames: See @tx_frames
- * @rx_bytes: See @tx_frames
- * @crc_errors: Frames delivered with RING_DESC_CRC_ERROR
- * @close_tx: CLOSE frames (PDF 3) sent
- * @close_rx: CLOSE frames received
- * @stale_drops: Frames of an earlier RX session dropped
+ * @rate: cable-ctl's TX rate cap
+ * @n: Counters published in our side area
  * @tb: The domain; must stay last (flexible array in struct tb)
  */
 struct vh_host {
@@ -164,15 +150,10 @@ struct vh_host {
 	struct task_struct *poller;
 	wait_queue_head_t poll_wait;
 	atomic_t poll_kick;
-	u64 peer_nonce;
-	u64 peer_hb;
-	unsigned int peer_hb_changes;
-	unsigned long peer_hb_at;
+	struct cable_watch peer_watch;
 	u32 peer_session;
 	unsigned long hb_next;
-	u64 slot_hb[2];
-	unsigned long slot_hb_at[2];
-	bool slot_hb_valid[2];
+	struct cable_watch slot_watch[2];
 	bool announced_wait;
 	bool link_want;
 	u32 link_session;
@@ -192,19 +173,8 @@ struct vh_host {
 	struct vh_chan chan[USB4VC_MAX_CHAN];
 	struct mutex hw_lock;
 
-	spinlock_t rate_lock;
-	u64 rate;
-	s64 tokens;
-	u64 rate_last_ns;
-
-	atomic64_t tx_frames;
-	atomic64_t tx_bytes;
-	atomic64_t rx_frames;
-	atomic64_t rx_bytes;
-	atomic64_t crc_errors;
-	atomic64_t close_tx;
-	atomic64_t close_rx;
-	atomic64_t stale_drops;
+	struct cable_rate rate;
+	struct cable_counters n;
 
 	struct tb tb;
 };

@@ -74,21 +74,6 @@ static void vh_side_init(struct vh_host *h)
 	WRITE_ONCE(me->state, USB4VC_STATE_PRESENT);
 }
 
-/* Has slot @s's heartbeat stood still for longer than the timeout? */
-static bool vh_slot_stale(struct vh_host *h, int s)
-{
-	u64 hb = READ_ONCE(vh_side_area(h, s)->heartbeat);
-
-	if (!h->slot_hb_valid[s] || hb != h->slot_hb[s]) {
-		h->slot_hb_valid[s] = true;
-		h->slot_hb[s] = hb;
-		h->slot_hb_at[s] = jiffies;
-		return false;
-	}
-	return time_after(jiffies, h->slot_hb_at[s] +
-			  msecs_to_jiffies(vh_hb_timeout_ms));
-}
-
 /*
  * No cross-VM atomics under TCG: claim = write our nonce, let it settle,
  * read it back.
@@ -99,7 +84,8 @@ static bool vh_try_claim(struct vh_host *h)
 
 	for (s = 0; s < 2; s++) {
 		struct usb4vc_side *area = vh_side_area(h, s);
-		bool stale = vh_slot_stale(h, s);
+		bool stale = cable_slot_stale(&h->slot_watch[s], area,
+						 vh_hb_timeout_ms);
 
 		if (h->forced_side >= 0 && s != h->forced_side)
 			continue;
@@ -117,8 +103,8 @@ static bool vh_try_claim(struct vh_host *h)
 			h->side = s;
 			vh_side_init(h);
 		}
-		h->peer_hb_changes = 0;
-		h->peer_nonce = 0;
+		h->peer_watch.changes = 0;
+		h->peer_watch.nonce = 0;
 		h->peer_xprop_gen = 0;
 		h->hb_next = jiffies;
 		dev_info(&h->pdev->dev, "claimed side %c of the cable\n", 'a' + s);
@@ -155,55 +141,6 @@ static void vh_release_side(struct vh_host *h)
 /* ------------------------------------------------------------------ */
 /* The poller */
 
-static void vh_publish_counters(struct vh_host *h)
-{
-	struct usb4vc_side *me = h->me;
-
-	WRITE_ONCE(me->tx_frames, atomic64_read(&h->tx_frames));
-	WRITE_ONCE(me->tx_bytes, atomic64_read(&h->tx_bytes));
-	WRITE_ONCE(me->rx_frames, atomic64_read(&h->rx_frames));
-	WRITE_ONCE(me->rx_bytes, atomic64_read(&h->rx_bytes));
-	WRITE_ONCE(me->crc_errors, atomic64_read(&h->crc_errors));
-	WRITE_ONCE(me->close_tx, atomic64_read(&h->close_tx));
-	WRITE_ONCE(me->close_rx, atomic64_read(&h->close_rx));
-	WRITE_ONCE(me->stale_drops, atomic64_read(&h->stale_drops));
-}
-
-static void vh_poll_rate(struct vh_host *h)
-{
-	u64 rate = READ_ONCE(h->hdr->rate_bps);
-
-	if (rate == READ_ONCE(h->rate))
-		return;
-	spin_lock(&h->rate_lock);
-	h->rate = rate;
-	h->tokens = 0;
-	h->rate_last_ns = ktime_get_ns();
-	spin_unlock(&h->rate_lock);
-}
-
-/* Is the peer there, and which session? Updates the heartbeat tracking */
-static bool vh_peer_alive(struct vh_host *h, unsigned long now)
-{
-	u32 pstate = READ_ONCE(h->peer->state);
-	u64 pnonce = READ_ONCE(h->peer->nonce);
-	u64 phb = READ_ONCE(h->peer->heartbeat);
-
-	if (pnonce != h->peer_nonce) {
-		h->peer_nonce = pnonce;
-		h->peer_hb = phb;
-		h->peer_hb_changes = 0;
-		h->peer_hb_at = now;
-	} else if (phb != h->peer_hb) {
-		h->peer_hb = phb;
-		h->peer_hb_changes++;
-		h->peer_hb_at = now;
-	}
-	return pstate == USB4VC_STATE_PRESENT && pnonce &&
-	       h->peer_hb_changes > 0 &&
-	       time_before(now, h->peer_hb_at + msecs_to_jiffies(vh_hb_timeout_ms));
-}
-
 /* One pass; returns true while frames move */
 static bool vh_poll_once(struct vh_host *h)
 {
@@ -211,7 +148,7 @@ static bool vh_poll_once(struct vh_host *h)
 	bool want, plugged;
 	u32 session, pgen;
 
-	vh_poll_rate(h);
+	cable_rate_poll(&h->rate, h->hdr);
 	if (h->side < 0) {
 		vh_try_claim(h);
 		return false;
@@ -233,12 +170,13 @@ static bool vh_poll_once(struct vh_host *h)
 		/* The hostname may be set after the module was loaded */
 		strscpy(h->me->hostname, init_utsname()->nodename,
 			sizeof(h->me->hostname));
-		vh_publish_counters(h);
+		cable_publish_counters(h->me, &h->n);
 		h->hb_next = now + VH_HB_INTERVAL;
 	}
 
 	plugged = READ_ONCE(h->hdr->plugged) != 0;
-	want = plugged && vh_peer_alive(h, now);
+	want = plugged && cable_peer_alive(&h->peer_watch, h->peer, now,
+					   vh_hb_timeout_ms);
 	session = READ_ONCE(h->peer->session);
 	if (want != h->link_want || (want && session != h->link_session)) {
 		WRITE_ONCE(h->link_session, session);
@@ -290,71 +228,6 @@ static int vh_poller(void *data)
 /* ------------------------------------------------------------------ */
 /* PCI driver */
 
-static int vh_check_layout(struct vh_host *h)
-{
-	struct usb4vc_hdr *hdr = h->hdr;
-	struct device *dev = &h->pdev->dev;
-	u64 magic = READ_ONCE(hdr->magic);
-	u64 need, stride, desc_bytes;
-	u32 nchan, nslots;
-
-	if (magic != USB4VC_MAGIC) {
-		dev_err(dev, "shared memory has no cable header (magic %#llx): run 'cable-ctl --shm FILE init --size BYTES' before starting the VMs\n",
-			magic);
-		return -ENODEV;
-	}
-	if (READ_ONCE(hdr->version) != USB4VC_VERSION) {
-		dev_err(dev, "shared memory layout version %u, this module speaks %u\n",
-			READ_ONCE(hdr->version), USB4VC_VERSION);
-		return -ENODEV;
-	}
-	nchan = READ_ONCE(hdr->nchan);
-	nslots = READ_ONCE(hdr->nslots);
-	if (!nchan || nchan > USB4VC_MAX_CHAN || nslots < 4 ||
-	    !is_power_of_2(nslots) ||
-	    READ_ONCE(hdr->frame_size) != USB4VC_FRAME_SIZE ||
-	    READ_ONCE(hdr->hdr_size) != USB4VC_HDR_SIZE) {
-		dev_err(dev, "invalid cable geometry (nchan %u, nslots %u)\n",
-			nchan, nslots);
-		return -ENODEV;
-	}
-	desc_bytes = round_up((u64)nslots * sizeof(struct usb4vc_desc),
-			      USB4VC_FRAME_SIZE);
-	stride = READ_ONCE(hdr->ring_stride);
-	if (stride < desc_bytes + (u64)nslots * USB4VC_FRAME_SIZE) {
-		dev_err(dev, "invalid ring stride %llu\n", stride);
-		return -ENODEV;
-	}
-	need = READ_ONCE(hdr->rings_off) + 2ULL * nchan * stride;
-	if (READ_ONCE(hdr->rings_off) < USB4VC_HDR_SIZE || need > h->size) {
-		dev_err(dev, "cable layout needs %llu bytes, BAR has %llu\n",
-			need, (u64)h->size);
-		return -ENODEV;
-	}
-	h->nchan = nchan;
-	h->nslots = nslots;
-	return 0;
-}
-
-/* side=a,b: the n-th comma separated word applies to domain n */
-static int vh_side_param(int domain)
-{
-	const char *p = side;
-	int i;
-
-	for (i = 0; p && i < domain; i++) {
-		p = strchr(p, ',');
-		if (p)
-			p++;
-	}
-	if (!p)
-		return -1;
-	if ((p[0] == 'a' || p[0] == 'b') &&
-	    (p[1] == ',' || !p[1] || p[1] == '\n'))
-		return p[0] - 'a';
-	return -1;
-}
-
 static struct vh_host *vh_host_alloc(struct pci_dev *pdev)
 {
 	struct vh_host *h = kzalloc(sizeof(*h), GFP_KERNEL);
@@ -367,7 +240,7 @@ static struct vh_host *vh_host_alloc(struct pci_dev *pdev)
 	h->index = -1;
 	INIT_LIST_HEAD(&h->node);
 	init_waitqueue_head(&h->poll_wait);
-	spin_lock_init(&h->rate_lock);
+	spin_lock_init(&h->rate.lock);
 	mutex_init(&h->mgmt_lock);
 	INIT_WORK(&h->link_work, vh_link_work);
 	INIT_WORK(&h->xprop_work, vh_xprop_work);
@@ -403,7 +276,8 @@ static int vh_map(struct vh_host *h)
 	if (!h->base)
 		goto err_region;
 	h->hdr = h->base;
-	ret = vh_check_layout(h);
+	ret = cable_check_layout(&pdev->dev, h->hdr, h->size, &h->nchan,
+				 &h->nslots);
 	if (!ret)
 		return 0;
 	memunmap(h->base);
@@ -449,7 +323,7 @@ static int vh_probe(struct pci_dev *pdev, const struct pci_device_id *id)
 	if (ret < 0)
 		goto err_wq;
 	h->index = ret;
-	h->forced_side = vh_side_param(h->index);
+	h->forced_side = cable_side_param(side, h->index);
 
 	/* From here on the domain device owns h */
 	ret = vh_domain_add(h);

@@ -558,59 +558,6 @@ static void *vh_dma_virt(struct vh_host *h, u64 addr)
 	return phys_to_virt(dma_to_phys(&h->pdev->dev, addr));
 }
 
-static bool vh_rate_ok(struct vh_host *h)
-{
-	u64 rate = READ_ONCE(h->rate);
-	u64 now, burst;
-	bool ok;
-
-	if (!rate)
-		return true;
-	spin_lock(&h->rate_lock);
-	now = ktime_get_ns();
-	burst = max_t(u64, rate / 50, USB4VC_FRAME_SIZE);
-	if (now > h->rate_last_ns) {
-		u64 add = mul_u64_u64_div_u64(now - h->rate_last_ns, rate,
-					      NSEC_PER_SEC);
-
-		h->tokens = min_t(s64, h->tokens + (s64)min_t(u64, add, burst),
-				  (s64)burst);
-	}
-	h->rate_last_ns = now;
-	ok = h->tokens > 0;
-	spin_unlock(&h->rate_lock);
-	return ok;
-}
-
-static void vh_rate_take(struct vh_host *h, size_t bytes)
-{
-	if (!READ_ONCE(h->rate))
-		return;
-	spin_lock(&h->rate_lock);
-	h->tokens -= bytes;
-	spin_unlock(&h->rate_lock);
-}
-
-/* cable-ctl corrupt: damage the next frames like a CRC error would */
-static bool vh_rx_should_corrupt(struct vh_host *h)
-{
-	u32 req = READ_ONCE(h->hdr->corrupt_req[1 - h->side]);
-	u32 done = READ_ONCE(h->me->corrupt_done);
-
-	if ((s32)(req - done) <= 0)
-		return false;
-	WRITE_ONCE(h->me->corrupt_done, done + 1);
-	return true;
-}
-
-static void vh_corrupt(u8 *p, u32 len)
-{
-	u32 i;
-
-	for (i = 0; i < 4; i++)
-		p[(len / 4) * i + (i * 7) % max_t(u32, len / 4, 1)] ^= 0xa5;
-}
-
 /* Move TX descriptors of the ring on channel @c into the cable */
 static int vh_engine_tx(struct vh_host *h, u32 c, struct vh_ring *vr)
 {
@@ -627,7 +574,7 @@ static int vh_engine_tx(struct vh_host *h, u32 c, struct vh_ring *vr)
 		size_t len = d->length ? d->length : TB_MAX_FRAME_SIZE;
 		struct usb4vc_desc *sd;
 
-		if (!post || (s32)(credit - prod) <= 0 || !vh_rate_ok(h))
+		if (!post || (s32)(credit - prod) <= 0 || !cable_rate_ok(&h->rate))
 			break;
 		smp_rmb();
 		memcpy(vh_slot_payload(h, h->side, c, prod),
@@ -642,11 +589,11 @@ static int vh_engine_tx(struct vh_host *h, u32 c, struct vh_ring *vr)
 		WRITE_ONCE(h->me->tx_prod[c], ++prod);
 		d->flags |= RING_DESC_COMPLETED;
 		vr->hw = (vr->hw + 1) % ring->size;
-		vh_rate_take(h, len);
-		atomic64_inc(&h->tx_frames);
-		atomic64_add(len, &h->tx_bytes);
+		cable_rate_take(&h->rate, len);
+		atomic64_inc(&h->n.tx_frames);
+		atomic64_add(len, &h->n.tx_bytes);
 		if (d->eof == USB4VC_FRAME_CLOSE)
-			atomic64_inc(&h->close_tx);
+			atomic64_inc(&h->n.close_tx);
 		done++;
 	}
 	spin_unlock_irqrestore(&ring->lock, flags);
@@ -678,27 +625,27 @@ static int vh_engine_rx(struct vh_host *h, u32 c, struct vh_ring *vr)
 		if (READ_ONCE(sd->gen) != h->chan[c].rx_gen ||
 		    READ_ONCE(sd->seq) != cons || !len ||
 		    len > USB4VC_FRAME_SIZE) {
-			atomic64_inc(&h->stale_drops);
+			atomic64_inc(&h->n.stale_drops);
 			cons++;
 			continue;
 		}
 		buf = vh_dma_virt(h, d->phys);
 		memcpy(buf, vh_slot_payload(h, dir, c, cons), len);
 		d->flags = RING_DESC_COMPLETED | RING_DESC_INTERRUPT;
-		if (vh_rx_should_corrupt(h)) {
-			vh_corrupt(buf, len);
+		if (cable_should_corrupt(h->hdr, h->me, dir)) {
+			cable_corrupt(buf, len);
 			d->flags |= RING_DESC_CRC_ERROR;
-			atomic64_inc(&h->crc_errors);
+			atomic64_inc(&h->n.crc_errors);
 		}
 		d->length = len;	/* 4096 wraps to 0, as in hardware */
 		d->eof = type & 0xf;
 		d->sof = (type >> USB4VC_TYPE_SOF_SHIFT) & 0xf;
 		vr->hw = (vr->hw + 1) % ring->size;
 		cons++;
-		atomic64_inc(&h->rx_frames);
-		atomic64_add(len, &h->rx_bytes);
+		atomic64_inc(&h->n.rx_frames);
+		atomic64_add(len, &h->n.rx_bytes);
 		if (d->eof == USB4VC_FRAME_CLOSE)
-			atomic64_inc(&h->close_rx);
+			atomic64_inc(&h->n.close_rx);
 		done++;
 	}
 	WRITE_ONCE(h->me->rx_cons[c], cons);

@@ -456,18 +456,18 @@ class _Result(unittest.TextTestResult):
             self.stream.writeln(f"      ({time.monotonic() - self._t0:.1f}s)")
 
 
-def main(argv=None):
+def main(argv=None, suite_order=SUITE_ORDER, description="paired-VM cable tests"):
     import argparse
-    ap = argparse.ArgumentParser(description="paired-VM cable tests")
+    ap = argparse.ArgumentParser(description=description)
     ap.add_argument("-k", action="append", default=[], help="only tests matching this substring")
     ap.add_argument("-q", action="store_true", help="less output")
     a = ap.parse_args(argv)
     loader = unittest.TestLoader()
     if a.k:
         loader.testNamePatterns = [f"*{k}*" for k in a.k]
-    suite = unittest.TestSuite(loader.loadTestsFromTestCase(c) for c in SUITE_ORDER)
+    suite = unittest.TestSuite(loader.loadTestsFromTestCase(c) for c in suite_order)
     per_class = {c.__name__: c_suite.countTestCases()
-                 for c, c_suite in zip(SUITE_ORDER, suite)}
+                 for c, c_suite in zip(suite_order, suite)}
     t0 = time.monotonic()
     runner = unittest.TextTestRunner(verbosity=1 if a.q else 2, resultclass=_Result,
                                      stream=sys.stderr)

@@ -36,14 +36,13 @@ import lzma
 import re
 import sys
 import time
-import unittest
 from pathlib import Path
 
 sys.dont_write_bytecode = True   # no __pycache__ in the source tree
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from harness import (CFS, MiB, TBDEV, Disk, VMTestCase, field, log,  # noqa: E402
-                     make_random_image, sha256_file)
+from harness import CFS, MiB, TBDEV, VMTestCase, field, log, sha256_file  # noqa: E402
+import test_cable  # noqa: E402
 from test_cable import CableTest  # noqa: E402
 
 MODULES = "usb4vcable,usb4vhost,thunderbolt,thunderbolt_stream"
@@ -99,26 +98,14 @@ class VhostPairTest(VhostBoot, VMTestCase):
     cables = (("alpha", "bravo"),)
     data_size = 16 * MiB
 
-    @classmethod
-    def disks(cls, name):
-        wd = cls.rig.workdir
-        if name == "alpha":
-            img = wd / "alpha-data.img"
-            if not img.exists():
-                cls.data_sha = make_random_image(img, cls.data_size)
-                cls.data_img = img
-            return [Disk(str(img), serial="data")]
-        cls.recv_img = wd / "bravo-recv.img"
-        return [Disk(str(cls.recv_img), size=cls.data_size, serial="recv")]
+    # Same disks as CableTest (alpha: random data, bravo: blank) and the same wait for
+    # the link once the modules are in.
+    disks = CableTest.disks
 
     @classmethod
     def after_boot(cls):
         super().after_boot()
-        for n, v in cls.vm.items():
-            r = v.run("linkwait 60", timeout=90)
-            if r.rc != 0:
-                raise AssertionError(f"{n}: no stream service appeared:\n{r.out}\n"
-                                     f"--- console ---\n{v.tail(40)}")
+        CableTest.after_boot.__func__(cls)
 
     def reset(self):
         self.cable[("alpha", "bravo")].ctl("plug")
@@ -217,42 +204,5 @@ class VhostCableTest(VhostBoot, CableTest):
 SUITE_ORDER = (VhostPairTest, VhostCableTest)
 
 
-class _Result(unittest.TextTestResult):
-    def addFailure(self, test, err):
-        rig = getattr(type(test), "rig", None)
-        if rig is not None:
-            rig.failed = True
-        super().addFailure(test, err)
-
-    addError = addFailure
-
-
-def main(argv=None):
-    import argparse
-    ap = argparse.ArgumentParser(description="virtual USB4 host tests")
-    ap.add_argument("-k", action="append", default=[], help="only tests matching this substring")
-    ap.add_argument("-q", action="store_true", help="less output")
-    a = ap.parse_args(argv)
-    loader = unittest.TestLoader()
-    if a.k:
-        loader.testNamePatterns = [f"*{k}*" for k in a.k]
-    suites = [loader.loadTestsFromTestCase(c) for c in SUITE_ORDER]
-    suite = unittest.TestSuite(suites)
-    counts = {c.__name__: x.countTestCases() for c, x in zip(SUITE_ORDER, suites)}
-    runner = unittest.TextTestRunner(verbosity=1 if a.q else 2, resultclass=_Result, stream=sys.stderr)
-    res = runner.run(suite)
-    failed, bad = 0, set()
-    for t, _ in res.failures + res.errors:
-        m = re.match(r"setUpClass \((?:[\w.]*\.)?(\w+)\)", str(t))
-        if m:  # a class set-up error stands for every test of that class
-            failed += counts.get(m.group(1), 1)
-        elif t.id() not in bad:
-            bad.add(t.id())
-            failed += 1
-    passed = max(res.testsRun - len(bad) - len(res.skipped), 0)
-    print(f"{passed} passed, {failed} failed")
-    return 0 if failed == 0 and passed > 0 else 1
-
-
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(test_cable.main(suite_order=SUITE_ORDER, description="virtual USB4 host tests"))
