@@ -100,7 +100,9 @@ class VhostPairTest(VhostBoot, VMTestCase):
 
     # Same disks as CableTest (alpha: random data, bravo: blank) and the same wait for
     # the link once the modules are in.
-    disks = CableTest.disks
+    @classmethod
+    def disks(cls, name):
+        return CableTest.disks.__func__(cls, name)
 
     @classmethod
     def after_boot(cls):
