@@ -6,12 +6,16 @@
 
 use std::collections::HashMap;
 use std::fs;
+use std::io::{Read, Write};
+use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread;
 use std::time::Duration;
 
+use nix::fcntl::{OFlag, openat};
+use nix::sys::stat::Mode;
 use rescue::Root;
 use rescue::fabric::link::{Link, LinkOpts, Role, STREAM_ROOT};
 
@@ -68,15 +72,39 @@ fn fake_tree(dir: &Path, local_uuid: &str, peer_uuid: &str) -> Root {
     r
 }
 
-/// The simulated driver: what the peer published, and the groups it has seen.
+/// The simulated driver: what the peer published, and the groups it attached,
+/// each held open. A path removed and made again is a new group, as in
+/// ConfigFS; one whose files rescue is removing (a plain directory cannot go
+/// in one rmdir) is still the group attached, so it is not attached again.
 struct Kernel {
     published: Mutex<HashMap<String, (i64, i64)>>,
     stop: AtomicBool,
-    seen: Mutex<HashMap<PathBuf, u32>>,
+    seen: Mutex<HashMap<PathBuf, fs::File>>,
 }
 
-fn read_i(p: &Path) -> Option<i64> {
-    fs::read_to_string(p).ok()?.trim().parse().ok()
+/// Whether a group held open still exists (a removed directory has no links).
+fn alive(group: &fs::File) -> bool {
+    group.metadata().is_ok_and(|m| m.nlink() > 0)
+}
+
+/// Reads an attribute of this very group, not of whatever its path names now.
+fn get(group: &fs::File, attr: &str) -> Option<i64> {
+    let fd = openat(group, attr, OFlag::O_RDONLY, Mode::empty()).ok()?;
+    let mut s = String::new();
+    fs::File::from(fd).read_to_string(&mut s).ok()?;
+    s.trim().parse().ok()
+}
+
+/// Writes an attribute of this very group: a removed group takes no writes,
+/// and one its path names after a re-creation gets none of the old one's.
+/// `create` at attach only: a file rescue removed at tear-down stays removed.
+fn put(group: &fs::File, attr: &str, v: &str, create: bool) -> bool {
+    let mut flags = OFlag::O_WRONLY | OFlag::O_TRUNC;
+    if create {
+        flags |= OFlag::O_CREAT;
+    }
+    openat(group, attr, flags, Mode::from_bits_truncate(0o644))
+        .is_ok_and(|fd| fs::File::from(fd).write_all(v.as_bytes()).is_ok())
 }
 
 impl Kernel {
@@ -102,7 +130,7 @@ impl Kernel {
             return;
         };
         let mut seen = self.seen.lock().unwrap();
-        seen.retain(|p, _| p.exists());
+        seen.retain(|_, g| alive(g));
         for c in conns.flatten() {
             let Ok(streams) = fs::read_dir(c.path()) else {
                 continue;
@@ -110,50 +138,52 @@ impl Kernel {
             for s in streams.flatten() {
                 let p = s.path();
                 let name = s.file_name().to_string_lossy().into_owned();
-                // A group removed and made again between two ticks has lost its files.
-                if !seen.contains_key(&p) || !p.join("index").exists() {
-                    // mkdir: attach now and adopt what the peer published, reversed.
-                    let idx = *next_index;
-                    *next_index += 1;
-                    let (i, o) = self
-                        .published
-                        .lock()
-                        .unwrap()
-                        .get(&name)
-                        .map(|&(pi, po)| (po, pi))
-                        .unwrap_or((0, 0));
-                    // `index` last: rescue reads the group once it appears, as
-                    // ConfigFS shows all attributes at once. The group may be
-                    // removed again meanwhile (the adopter re-creates it): then
-                    // there is nothing to attach.
-                    fs::write(root.path(format!("/dev/tbstream{idx}")), "").unwrap();
-                    // A HopID the user wrote already (-1: allocate) is kept, as
-                    // in ConfigFS; the next tick allocates it. Nothing adopted
-                    // (0) is left unwritten: a missing file reads as 0, and a
-                    // write of 0 could land after the user's -1.
-                    let attached = [
-                        ("in_hopid", format!("{i}\n")),
-                        ("out_hopid", format!("{o}\n")),
-                        ("ring_size", "256\n".into()),
-                        ("throttling", "8192\n".into()),
-                        ("index", format!("{idx}\n")),
-                    ]
-                    .iter()
-                    .all(|(attr, v)| {
-                        let hopid = attr.ends_with("_hopid");
-                        let keep = hopid && (v == "0\n" || read_i(&p.join(attr)).is_some());
-                        keep || fs::write(p.join(attr), v).is_ok()
-                    });
-                    if attached {
-                        seen.insert(p.clone(), idx);
+                if let Some(group) = seen.get(&p) {
+                    // A user write of -1 allocates.
+                    for (attr, val) in [("in_hopid", 9), ("out_hopid", 8)] {
+                        if get(group, attr) == Some(-1) {
+                            put(group, attr, &format!("{val}\n"), false);
+                        }
                     }
                     continue;
                 }
-                // A user write of -1 allocates.
-                for (attr, val) in [("in_hopid", 9), ("out_hopid", 8)] {
-                    if read_i(&p.join(attr)) == Some(-1) {
-                        let _ = fs::write(p.join(attr), format!("{val}\n"));
-                    }
+                // mkdir: attach now and adopt what the peer published, reversed.
+                let Ok(group) = fs::File::open(&p) else {
+                    continue; // removed again already
+                };
+                let idx = *next_index;
+                *next_index += 1;
+                let (i, o) = self
+                    .published
+                    .lock()
+                    .unwrap()
+                    .get(&name)
+                    .map(|&(pi, po)| (po, pi))
+                    .unwrap_or((0, 0));
+                fs::write(root.path(format!("/dev/tbstream{idx}")), "").unwrap();
+                // HopIDs last: rescue takes both above 0 for an attached group
+                // and reads its index then, which ConfigFS shows from mkdir on.
+                // A HopID the user wrote already (-1: allocate) is kept, as in
+                // ConfigFS; the next tick allocates it. Nothing adopted (0) is
+                // left unwritten: a missing file reads as 0, and a write of 0
+                // could land after the user's -1.
+                let attached = [
+                    ("index", format!("{idx}\n")),
+                    ("ring_size", "256\n".into()),
+                    ("throttling", "8192\n".into()),
+                    ("in_hopid", format!("{i}\n")),
+                    ("out_hopid", format!("{o}\n")),
+                ]
+                .iter()
+                .all(|(attr, v)| {
+                    let hopid = attr.ends_with("_hopid");
+                    let keep = hopid && (v == "0\n" || get(&group, attr).is_some());
+                    keep || put(&group, attr, v, true)
+                });
+                // A group removed meanwhile (the adopter re-creates it) has
+                // nothing attached: the new one at its path is attached next.
+                if attached {
+                    seen.insert(p, group);
                 }
             }
         }
