@@ -54,9 +54,10 @@ pub struct TableEntry {
 }
 
 impl PartitionTable {
-    /// Where bytes [start, end) of the disk lie, for messages: the partitions
-    /// they overlap (logical ones rather than their extended container), or
-    /// where they are when outside every partition.
+    /// Where bytes [start, end) of the disk lie, for messages ("in partition
+    /// 2 (Linux filesystem)"): the partitions they overlap (logical ones rather
+    /// than their extended container), or where they are outside them. Names
+    /// come from the disk: they are quoted and escaped.
     pub fn locate(&self, start: u64, end: u64) -> String {
         let hits: Vec<&TableEntry> = self
             .entries
@@ -90,7 +91,7 @@ impl PartitionTable {
                 _ => format!("partition {} ({})", e.number, e.type_name),
             })
             .collect();
-        names.join(", ")
+        format!("in {}", names.join(" and "))
     }
 }
 
@@ -658,13 +659,16 @@ mod tests {
             t.locate(0, 4096),
             "before the first partition (dos partition table, boot area)"
         );
-        assert_eq!(t.locate(2 << 20, 3 << 20), "partition 1 (Linux, \"root\")");
+        assert_eq!(
+            t.locate(2 << 20, 3 << 20),
+            "in partition 1 (Linux, \"root\")"
+        );
         assert_eq!(t.locate(11 << 20, 12 << 20), "outside every partition");
-        assert_eq!(t.locate(22 << 20, 23 << 20), "partition 5 (Linux)");
-        assert_eq!(t.locate(20 << 20, 21 << 20), "partition 2 (Extended)");
+        assert_eq!(t.locate(22 << 20, 23 << 20), "in partition 5 (Linux)");
+        assert_eq!(t.locate(20 << 20, 21 << 20), "in partition 2 (Extended)");
         assert_eq!(
             t.locate(10 << 20, 22 << 20),
-            "partition 1 (Linux, \"root\"), partition 5 (Linux)"
+            "in partition 1 (Linux, \"root\") and partition 5 (Linux)"
         );
     }
 

@@ -1008,28 +1008,7 @@ fn place(path: &Path, off: u64, len: u64) -> String {
     let Some(table) = table else {
         return "no partition table could be read there".into();
     };
-    let end = off.saturating_add(len);
-    let hits: Vec<String> = table
-        .entries
-        .iter()
-        .filter(|e| e.start_bytes < end && off < e.start_bytes.saturating_add(e.size_bytes))
-        .map(|e| match &e.name {
-            Some(n) => format!(
-                "partition {} {:?} ({})",
-                e.number,
-                Peer(n).to_string(),
-                e.type_name
-            ),
-            None => format!("partition {} ({})", e.number, e.type_name),
-        })
-        .collect();
-    if !hits.is_empty() {
-        return format!("in {}", hits.join(" and "));
-    }
-    match table.entries.iter().map(|e| e.start_bytes).min() {
-        Some(first) if end <= first => "before the first partition (the partition table)".into(),
-        _ => "outside every partition".into(),
-    }
+    table.locate(off, off.saturating_add(len))
 }
 
 /// Which chunks the target already holds (restore --resume): reads it and

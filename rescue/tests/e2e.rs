@@ -461,7 +461,7 @@ fn verify_names_the_damaged_file_and_every_damaged_chunk_with_its_partition() {
         "{out}"
     );
     assert!(
-        out.contains("chunk 3, bytes 3145728..4194304: partition 1 (Linux)"),
+        out.contains("chunk 3, bytes 3145728..4194304: in partition 1 (Linux)"),
         "{out}"
     );
     flip("disk.chunks", 3 * 32 + 5);
@@ -476,8 +476,8 @@ fn verify_names_the_damaged_file_and_every_damaged_chunk_with_its_partition() {
     assert_eq!(o.status.code(), Some(4), "{out}");
     assert!(out.contains("disk.img: 3 damaged chunk(s)"), "{out}");
     for line in [
-        "chunk 2, bytes 2097152..3145728: partition 1 (Linux)",
-        "chunks 8-9, bytes 8388608..10485760: partition 2 (Linux)",
+        "chunk 2, bytes 2097152..3145728: in partition 1 (Linux)",
+        "chunks 8-9, bytes 8388608..10485760: in partition 2 (Linux)",
     ] {
         assert!(out.contains(line), "{line}: {out}");
     }
