@@ -23,6 +23,8 @@ the receiver, "host2"; alpha's vda holds 16 MiB of random data, bravo's vda is b
                                equal; `rmdir -p 0-1.0/backup` tears both sides down.
   test_03_tar_gzip             `tar cf - mydir | gzip > /dev/tbstream0` on alpha,
                                `gunzip < /dev/tbstream0 | tar xf -` on bravo: same files.
+  test_04_busy_poll            busy_poll=1 (rings with RING_FLAG_NO_INTERRUPT, polled by the
+                               driver) on both sides: 4 MiB arrive intact.
 VhostCableTest: every test of test_cable.py's CableTest (written against usb4vcable), on
   usb4vhost + thunderbolt_stream: upstream example 64 MiB, reverse order, EOF per cycle, two
   streams, corrupted frames (RING_DESC_CRC_ERROR), rate cap, sysfs, ConfigFS errnos, unplug
@@ -196,6 +198,23 @@ cd /tmp && find mydir -type f | sort | xargs sha256sum
         got_sums = [l for l in got.splitlines() if re.match(r"^[0-9a-f]{64}  ", l)]
         self.assertEqual(len(src_sums), 2, src)
         self.assertEqual(got_sums, src_sums, "unpacked tree differs")
+
+
+    def test_04_busy_poll(self):
+        """Debian 7.3.4's busy_poll=1: rings without interrupts, frames reaped by
+        tb_ring_poll() from read/write; 4 MiB arrive intact."""
+        for n in ("bravo", "alpha"):
+            args = " -1 -1" if n == "bravo" else ""
+            self.sh(n, f"mkstream 0-1.0 bp{args} >/dev/null && echo 1 > {CFS}/0-1.0/bp/busy_poll && "
+                       f"[ \"$(cat {CFS}/0-1.0/bp/busy_poll)\" = 1 ]")
+        self.sh("bravo", "bg rx dd if=/dev/tbstream0 of=/tmp/rx bs=256k; waitopen /dev/tbstream0 10")
+        src = field(self.sh("alpha", """dd if=/dev/urandom of=/tmp/src bs=256k count=16 2>/dev/null
+dd if=/tmp/src of=/dev/tbstream0 bs=256k || exit 1
+echo "@@R sha=$(sha256sum /tmp/src | cut -d' ' -f1)"
+""", timeout=120), "sha")
+        got = field(self.sh("bravo", 'bgwait rx 60 >/dev/null || exit 1; '
+                                     'echo "@@R sha=$(sha256sum /tmp/rx | cut -d" " -f1)"', timeout=90), "sha")
+        self.assertEqual(got, src, "busy_poll transfer differs")
 
 
 class VhostCableTest(VhostBoot, CableTest):
