@@ -1,14 +1,9 @@
-//! Small helpers shared by several modules: time stamps, sizes, hex, atomic writes,
+//! Small helpers shared by several modules: time stamps, sizes, hex, and
 //! escaping what a peer sent before it reaches a terminal.
 
 use std::borrow::Cow;
 use std::fmt;
-use std::fs::{self, File};
-use std::io::Write;
-use std::path::Path;
 use std::time::{SystemTime, UNIX_EPOCH};
-
-use anyhow::{Context, Result};
 
 /// Seconds since the epoch now.
 pub fn now_secs() -> i64 {
@@ -117,28 +112,6 @@ pub fn printable(s: &str) -> Cow<'_, str> {
 
 pub fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
-}
-
-/// Writes a file so that a crash leaves either the old or the new content.
-pub fn write_atomic(path: &Path, data: &[u8]) -> Result<()> {
-    let dir = path.parent().unwrap_or(Path::new("."));
-    let name = path
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_default();
-    let tmp = dir.join(format!(".{name}.tmp"));
-    {
-        let mut f = File::create(&tmp).with_context(|| format!("creating {}", tmp.display()))?;
-        f.write_all(data)
-            .with_context(|| format!("writing {}", tmp.display()))?;
-        f.sync_all()
-            .with_context(|| format!("syncing {}", tmp.display()))?;
-    }
-    fs::rename(&tmp, path).with_context(|| format!("renaming to {}", path.display()))?;
-    if let Ok(d) = File::open(dir) {
-        let _ = d.sync_all();
-    }
-    Ok(())
 }
 
 #[cfg(test)]
