@@ -40,7 +40,7 @@ pub fn run(root: &Root, args: &CatArgs) -> Result<u8> {
     };
     let stop = Arc::new(AtomicBool::new(false));
     let mut reader = stream.reader(stop.clone())?;
-    let mut writer = stream.writer()?;
+    let mut writer = stream.raw_writer()?;
     // stdin -> peer. When stdin ends after sending something, the stream is
     // closed so the peer reads EOF, as `dd of=/dev/tbstreamN` would do.
     let stop_up = stop.clone();

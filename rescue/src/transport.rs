@@ -173,6 +173,12 @@ impl Stream {
         }))
     }
 
+    /// A writer that blocks as long as the peer does not read: for `rescue cat`,
+    /// whose other end may be a pipeline at a person's pace, not a protocol.
+    pub fn raw_writer(&self) -> Result<Box<dyn Write + Send>> {
+        Ok(Box::new(self.dup_file()?))
+    }
+
     /// A writer that gives up when the peer takes nothing for `write_stall()`.
     pub fn writer(&self) -> Result<Box<dyn Write + Send>> {
         Ok(Box::new(PollWriter {

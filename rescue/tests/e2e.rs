@@ -176,6 +176,40 @@ fn serve_wait_bounds_the_wait_for_a_peer() {
 }
 
 #[test]
+fn cat_waits_for_a_slow_reader_without_a_write_deadline() {
+    // `rescue cat`'s other end is a pipeline (`| tar xf -`, `| less`) that may
+    // pause for as long as it likes; the protocol's write deadline is not for it.
+    let d = tempfile::tempdir().unwrap();
+    let sock = d.path().join("cat.sock");
+    let l = std::os::unix::net::UnixListener::bind(&sock).unwrap();
+    let data = random_bytes(16 << 20, 5);
+    let mut cat = Command::new(bin())
+        .args(["cat", "-d", &format!("unix:{}", sock.display())])
+        .env("RESCUE_WRITE_STALL_MS", "300")
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdin = cat.stdin.take().unwrap();
+    let feed = {
+        let data = data.clone();
+        std::thread::spawn(move || stdin.write_all(&data).is_ok())
+    };
+    let (mut peer, _) = l.accept().unwrap();
+    // Bounded: a cat that gave up sending never closes, and this read would hang.
+    peer.set_read_timeout(Some(Duration::from_secs(20)))
+        .unwrap();
+    std::thread::sleep(Duration::from_secs(2));
+    let mut got = Vec::new();
+    peer.read_to_end(&mut got).unwrap();
+    assert!(feed.join().unwrap());
+    let o = cat.wait_with_output().unwrap();
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+    assert!(got == data, "{} of {} bytes arrived", got.len(), data.len());
+}
+
+#[test]
 fn interrupting_an_idle_serve_gives_no_resume_advice() {
     let d = tempfile::tempdir().unwrap();
     let mut srv = Server::start(d.path(), &d.path().join("store"));
