@@ -7,7 +7,8 @@
 #      UNIX sockets with cuts, bit flips, unreadable sectors, a full store),
 #   4. the static build: rescue for x86_64-unknown-linux-musl must be statically
 #      linked and run in an empty chroot,
-#   5. the protocol decoder fuzzer for a bounded time (FUZZ_SECS, default 30),
+#   5. the fuzzers (protocol decoders, serve's session handling) for a bounded time
+#      in all (FUZZ_SECS, default 30, split between them),
 #   6. the paired-VM virtual-cable tests (tests/vm/run-cable-tests.sh: usb4vcable, then
 #      the virtual USB4 host usb4vhost under Debian's own thunderbolt_stream.ko),
 #   7. the virtual cable's robustness tests (kmod/tests: heartbeat, 50 reloads with

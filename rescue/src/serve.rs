@@ -39,8 +39,9 @@ pub fn run(root: &Root, args: &ServeArgs) -> Result<u8> {
     Ok(crate::exit::OK)
 }
 
-/// One peer's session: any number of requests until it says goodbye.
-fn handle(store: &Store, consent: &Consent, mut s: Session) -> Result<bool> {
+/// One introduced peer's session: any number of requests until it says goodbye.
+/// Public so the session fuzz target (rescue/fuzz) drives it over a socketpair.
+pub fn handle(store: &Store, consent: &Consent, mut s: Session) -> Result<bool> {
     let peer = Peer(&s.peer.identity.hostname).to_string();
     let result = (|| -> Result<()> {
         while let Some(req) = session::next_request(&mut s.conn)? {

@@ -1,0 +1,85 @@
+#!/usr/bin/env python3
+"""Writes seeds/session: whole valid sessions in the session fuzz target's input
+format (fuzz_targets/session.rs): one byte choosing the peer, then records
+`kind u8, flags u8, disk u8, offset u32 LE, len u16 LE, payload`. The stored
+backup they restore is the target's seed, `fuzz/20260101-000000-seed` (disk sda,
+8192 bytes of 0x5a, chunk size 64 KiB)."""
+import hashlib
+import json
+import os
+import struct
+
+HELLO, ERROR, BEGIN, READY, CHUNK, ACK, NAK, DISK_END, DISK_DONE = 1, 2, 3, 4, 5, 6, 7, 8, 9
+SESSION_END, LIST, RESTORE_BEGIN, PING, BYE, DIGESTS_REQ = 10, 12, 14, 16, 17, 18
+SEED = "20260101-000000-seed"
+BACKUP, RESTORE, OWN, ALL = 0, 1, 2, 4
+
+
+def rec(kind, payload=b"", disk=0, offset=0, flags=0):
+    if isinstance(payload, (dict, list)):
+        payload = json.dumps(payload).encode()
+    return struct.pack("<BBBIH", kind, flags, disk, offset, len(payload)) + payload
+
+
+def chunk(data, bad=(), zero=False, length=None):
+    length = len(data) if length is None else length
+    digest = b"\0" * 32 if zero else hashlib.sha256(data).digest()
+    body = digest + struct.pack("<II", length, len(bad))
+    for o, n in bad:
+        body += struct.pack("<II", o, n)
+    return body + (b"" if zero else data)
+
+
+def begin(size=8192, fresh=True, label="seed", key=None, disks=None):
+    b = {"label": label, "chunk_size": 65536, "fresh": fresh,
+         "disks": disks or [{"name": "sda", "source_path": "/dev/sda", "size": size,
+                             "logical_sector_size": 512}]}
+    if key:
+        b["resume_key"] = key
+    return b
+
+
+def end(disk=0, n=8192, bad=0):
+    return {"disk": disk, "bytes_read": n, "unreadable_bytes": bad}
+
+
+data = bytes([0x5A]) * 8192
+seeds = {
+    "backup": bytes([OWN]) + rec(BEGIN, begin()) + rec(CHUNK, chunk(data))
+    + rec(DISK_END, end()) + rec(SESSION_END, {"ok": True}) + rec(BYE),
+    "backup-zero-and-bad": bytes([OWN]) + rec(BEGIN, begin(size=8192))
+    + rec(CHUNK, chunk(b"", zero=True, length=8192), flags=1)
+    + rec(DISK_END, end()) + rec(SESSION_END, {"ok": True}),
+    "backup-unreadable": bytes([BACKUP]) + rec(BEGIN, begin(label=None))
+    + rec(CHUNK, chunk(bytes(4096) + data[:4096], bad=[(0, 4096)]))
+    + rec(DISK_END, end(bad=4096)) + rec(SESSION_END, {"ok": True}),
+    "backup-two-disks-cut": bytes([OWN]) + rec(BEGIN, begin(disks=[
+        {"name": "sda", "source_path": "/dev/sda", "size": 8192, "logical_sector_size": 512},
+        {"name": "nvme0n1", "source_path": "/dev/nvme0n1", "size": 4096, "logical_sector_size": 4096}]))
+    + rec(CHUNK, chunk(data)) + rec(PING, offset=7),
+    "resume-without-key": bytes([OWN]) + rec(BEGIN, begin(fresh=False, key="00" * 16))
+    + rec(SESSION_END, {"ok": False}),
+    "list": bytes([OWN | RESTORE]) + rec(LIST, {"host": None}) + rec(LIST, {"host": "fuzz", "start": 1})
+    + rec(SESSION_END, {"ok": True}) + rec(BYE),
+    "list-stranger": bytes([RESTORE]) + rec(LIST, {"host": "fuzz"}) + rec(LIST, {"host": None}),
+    "digests": bytes([OWN | RESTORE]) + rec(DIGESTS_REQ, {"host": "fuzz", "backup_id": SEED,
+                                                          "disk": "sda", "first": 0, "count": 4}),
+    "restore": bytes([OWN | RESTORE]) + rec(LIST, {"host": None})
+    + rec(RESTORE_BEGIN, {"host": "fuzz", "backup_id": SEED, "disks": ["sda"]})
+    + rec(ACK, offset=8192) + rec(DISK_DONE, {"disk": 0, "ok": True, "sha256": "", "message": ""})
+    + rec(SESSION_END, {"ok": True}) + rec(BYE),
+    "restore-resume-consent": bytes([RESTORE | ALL])
+    + rec(RESTORE_BEGIN, {"host": "fuzz", "backup_id": SEED, "disks": ["sda"], "have": [[[0, 1]]]})
+    + rec(DISK_DONE, {"disk": 0, "ok": True, "sha256": "", "message": ""}),
+    "restore-nak": bytes([OWN | RESTORE])
+    + rec(RESTORE_BEGIN, {"host": "fuzz", "backup_id": SEED, "disks": ["sda"]})
+    + rec(NAK, offset=0) + rec(0xFF, b"U4RS garbage") + rec(ACK, offset=8192),
+    "error": bytes([OWN]) + rec(ERROR, {"code": "refused", "message": "bye\nnow"}),
+}
+
+here = os.path.join(os.path.dirname(os.path.abspath(__file__)), "seeds", "session")
+os.makedirs(here, exist_ok=True)
+for name, blob in seeds.items():
+    with open(os.path.join(here, name), "wb") as f:
+        f.write(blob)
+print(f"{len(seeds)} seeds in {here}")
