@@ -157,10 +157,23 @@ fn refuse(code: &'static str, message: String) -> anyhow::Error {
 }
 
 impl Store {
-    /// Refuses, at BACKUP_BEGIN, a backup the store cannot hold: a disk larger
-    /// than the filesystem's largest file, too little free space for what is
-    /// not held yet (`have`; unless `space_check` is off), too few inodes.
+    /// Refuses, at BACKUP_BEGIN, a backup the store cannot hold: too few
+    /// inodes, a disk larger than the filesystem's largest file, too little
+    /// free space for what is not held yet (`have`; unless `space_check` is off).
     pub(super) fn check_room(&self, begin: &BackupBegin, have: &[ChunkRanges]) -> Result<()> {
+        let st = fstatvfs(self.root.fd()).context("examining the store's free space")?;
+        // Inodes first: the largest-file probe needs one.
+        let files = files_needed(begin);
+        if st.files() > 0 && st.files_available() < files {
+            return Err(refuse(
+                "no_space",
+                format!(
+                    "no free inodes left in the store {}: this backup needs {files} files, {} can be created; delete old backups or use another store",
+                    self.dir().display(),
+                    st.files_available()
+                ),
+            ));
+        }
         let largest = begin.disks.iter().map(|d| d.size).max().unwrap_or(0);
         if let Some(limit) = file_size_limit(&self.root, largest)? {
             let over: Vec<String> = begin
@@ -185,7 +198,6 @@ impl Store {
                 ),
             ));
         }
-        let st = fstatvfs(self.root.fd()).context("examining the store's free space")?;
         let free = st.blocks_available().saturating_mul(st.fragment_size());
         let need = space_needed(begin, have);
         if need > free {
@@ -200,17 +212,6 @@ impl Store {
                 return Err(refuse("no_space", m));
             }
             eprintln!("warning: {m}");
-        }
-        let files = files_needed(begin);
-        if st.files() > 0 && st.files_available() < files {
-            return Err(refuse(
-                "no_space",
-                format!(
-                    "no free inodes left in the store {}: this backup needs {files} files, {} can be created; delete old backups or use another store",
-                    self.dir().display(),
-                    st.files_available()
-                ),
-            ));
         }
         Ok(())
     }
