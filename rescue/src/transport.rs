@@ -63,15 +63,12 @@ impl Endpoint {
 }
 
 impl Stream {
-    /// Opens a stream device read-write. Blocks until the stream is attached to a
-    /// live peer, as the driver does, or with a deadline only until then. For
-    /// devices rescue set up itself; a path from the command line goes through
-    /// `open_named_device`.
+    /// Opens a stream device read-write once the stream is attached to a live
+    /// peer, waiting until `until` (None: until the peer comes or the user stops).
+    /// For devices rescue set up itself; a path from the command line goes
+    /// through `open_named_device`.
     pub fn open_device(path: &Path, until: Option<Instant>) -> Result<Stream> {
-        let file = match until {
-            None => open_rw(path, false).map_err(|e| device_open_error(path, e))?,
-            Some(t) => open_attached_by(path, t)?,
-        };
+        let file = open_attached_by(path, until)?;
         Ok(Stream::Device {
             file,
             path: path.to_path_buf(),
@@ -219,9 +216,9 @@ fn device_open_error(path: &Path, e: io::Error) -> anyhow::Error {
     Exit::new(exit::PEER_GONE, why).into()
 }
 
-/// Opens read-write without becoming the controlling terminal of anything.
-fn open_rw(path: &Path, nonblock: bool) -> io::Result<File> {
-    let flags = libc::O_CLOEXEC | libc::O_NOCTTY | if nonblock { libc::O_NONBLOCK } else { 0 };
+/// Opens read-write and non-blocking, without becoming anyone's controlling terminal.
+fn open_rw_nonblock(path: &Path) -> io::Result<File> {
+    let flags = libc::O_CLOEXEC | libc::O_NOCTTY | libc::O_NONBLOCK;
     OpenOptions::new()
         .read(true)
         .write(true)
@@ -229,13 +226,17 @@ fn open_rw(path: &Path, nonblock: bool) -> io::Result<File> {
         .open(path)
 }
 
-/// Opens a stream device once its peer is attached, trying until `until`: a
-/// non-blocking open fails with ENXIO while the stream is not attached, where a
-/// blocking one would wait for ever. The descriptor is made blocking again.
-fn open_attached_by(path: &Path, until: Instant) -> Result<File> {
+/// Opens a stream device once its peer is attached, trying until `until` (None:
+/// for ever, or until the user stops): a non-blocking open fails with ENXIO while
+/// the stream is not attached. Never a blocking open: /dev/tbstreamN is a misc
+/// device, and the kernel's driver waits for the peer while holding the global
+/// misc lock, so a blocking open stalls every other misc open and deadlocks an
+/// rmdir in the same ConfigFS group (seen on usb4vhost with Debian's
+/// thunderbolt_stream). The descriptor is made blocking again.
+fn open_attached_by(path: &Path, until: Option<Instant>) -> Result<File> {
     let start = Instant::now();
     loop {
-        match open_rw(path, true) {
+        match open_rw_nonblock(path) {
             Ok(f) => {
                 let fd = f.as_fd();
                 let fl = nix::fcntl::fcntl(fd, nix::fcntl::FcntlArg::F_GETFL)
@@ -245,7 +246,17 @@ fn open_attached_by(path: &Path, until: Instant) -> Result<File> {
                     .context("making the stream blocking")?;
                 return Ok(f);
             }
-            Err(e) if e.raw_os_error() == Some(libc::ENXIO) && Instant::now() < until => {
+            Err(e) if e.raw_os_error() == Some(libc::ENXIO) && crate::signals::cancelled() => {
+                return Err(Exit::new(
+                    exit::INTERRUPTED,
+                    format!("stopped waiting for a peer on {}", path.display()),
+                )
+                .into());
+            }
+            Err(e)
+                if e.raw_os_error() == Some(libc::ENXIO)
+                    && until.is_none_or(|t| Instant::now() < t) =>
+            {
                 std::thread::sleep(Duration::from_millis(200));
             }
             Err(e) if e.raw_os_error() == Some(libc::ENXIO) => {
