@@ -121,7 +121,7 @@ fn save_partial(
         size: d.size,
         chunk: b.manifest.chunk_size,
     };
-    match saved.and_then(|()| journal_ranges(&b.path, d, geo.chunk)) {
+    match saved.and_then(|()| journal_ranges(&b.dir, d, geo.chunk)) {
         Ok(held) => eprintln!(
             "{}: interrupted: {why:#}; backup {} is {}, {} of {} chunk(s) held",
             d.name,
@@ -411,7 +411,7 @@ fn send_digests(store: &Store, consent: &Consent, s: &mut Session, req: &Frame) 
         let mut out = Vec::with_capacity(8 + n * 32);
         out.extend_from_slice(&b.manifest.chunk_size.to_le_bytes());
         out.extend_from_slice(&(n as u32).to_le_bytes());
-        out.extend(journal_digests(&b.path, &d.chunks, first, n)?);
+        out.extend(journal_digests(&b.dir, &d.chunks, first, n)?);
         Ok(out)
     })();
     match answer {

@@ -25,6 +25,7 @@ pub struct Report {
 /// Checks one backup directory.
 pub fn check_backup(dir: &Path) -> Result<Report> {
     let m = store::read_manifest(dir)?;
+    let held_dir = store::Dir::open(dir)?;
     let mut r = Report::default();
     let sums = std::fs::read_to_string(dir.join(SUMS)).unwrap_or_default();
     let mode = progress::Mode::detect();
@@ -32,7 +33,7 @@ pub fn check_backup(dir: &Path) -> Result<Report> {
     for d in &m.disks {
         let bar = Bar::new(&d.name, d.size, mode);
         let mut zeros = ZeroDigests::default();
-        let result = verify_image(dir, d, m.chunk_size, &mut zeros, Some(&bar));
+        let result = verify_image(&held_dir, d, m.chunk_size, &mut zeros, Some(&bar));
         bar.finish();
         let count = Geometry {
             size: d.size,
@@ -52,7 +53,7 @@ pub fn check_backup(dir: &Path) -> Result<Report> {
         }
         match std::fs::read_to_string(dir.join(&d.map)) {
             Ok(t) => match Map::parse(&t, d.size) {
-                Ok(map) => check_map(dir, d, m.chunk_size, &map, &mut r.problems)?,
+                Ok(map) => check_map(&held_dir, d, m.chunk_size, &map, &mut r.problems)?,
                 Err(e) => r.problems.push(format!("{}: {e}", d.map)),
             },
             Err(e) => r.problems.push(format!("{}: {e}", d.map)),
@@ -170,7 +171,7 @@ fn damage_list(dir: &Path, d: &ManifestDisk, chunk: u32, chunks: &[u64]) -> Stri
 /// The mapfile against the chunk journal (which chunks are held) and the
 /// manifest (how much was unreadable); each problem names both files.
 fn check_map(
-    dir: &Path,
+    dir: &store::Dir,
     d: &ManifestDisk,
     chunk: u32,
     map: &Map,

@@ -8,7 +8,6 @@ use std::collections::HashMap;
 use std::fs::File;
 use std::io::{Read, Seek, SeekFrom};
 use std::os::unix::fs::FileExt;
-use std::path::{Path, PathBuf};
 use std::sync::mpsc::{self, SyncSender, TrySendError};
 use std::thread::JoinHandle;
 use std::time::Instant;
@@ -16,7 +15,7 @@ use std::time::Instant;
 use anyhow::{Context, Result, bail};
 
 use super::mapfile::{Map, Status};
-use super::{Access, BackupDir, Dir, ManifestDisk, open_in};
+use super::{Access, BackupDir, Dir, ManifestDisk};
 use crate::direct::DirectWriter;
 use crate::proto::conn::OutChunk;
 use crate::proto::msg::ChunkRanges;
@@ -41,12 +40,12 @@ impl ZeroDigests {
 }
 
 /// Reads the journal: which chunks are held, as index ranges.
-pub fn journal_ranges(dir: &Path, d: &ManifestDisk, chunk: u32) -> Result<ChunkRanges> {
+pub fn journal_ranges(dir: &Dir, d: &ManifestDisk, chunk: u32) -> Result<ChunkRanges> {
     let geo = Geometry {
         size: d.size,
         chunk,
     };
-    let Ok(mut f) = open_in(dir, &d.chunks, false, false) else {
+    let Ok(mut f) = dir.open_file(&d.chunks, Access::Read) else {
         return Ok(Vec::new());
     };
     let mut ranges: ChunkRanges = Vec::new();
@@ -89,7 +88,7 @@ pub fn held_bytes(ranges: &ChunkRanges, geo: Geometry) -> Vec<(u64, u64)> {
 /// ranges for chunks it never asked for again. A journal without a readable
 /// map is dropped: which of its chunks had unreadable sectors is unknown, so
 /// they are received again.
-pub fn resume_ranges(dir: &Path, d: &ManifestDisk, chunk: u32) -> Result<ChunkRanges> {
+pub fn resume_ranges(dir: &Dir, d: &ManifestDisk, chunk: u32) -> Result<ChunkRanges> {
     let held = journal_ranges(dir, d, chunk)?;
     let geo = Geometry {
         size: d.size,
@@ -97,7 +96,7 @@ pub fn resume_ranges(dir: &Path, d: &ManifestDisk, chunk: u32) -> Result<ChunkRa
     };
     let Some(mut map) = read_map(dir, d) else {
         if !held.is_empty() {
-            let j = open_in(dir, &d.chunks, true, false)?;
+            let j = dir.open_file(&d.chunks, Access::Write)?;
             j.set_len(0)
                 .and_then(|()| j.sync_data())
                 .with_context(|| format!("emptying {}", d.chunks))?;
@@ -114,21 +113,21 @@ pub fn resume_ranges(dir: &Path, d: &ManifestDisk, chunk: u32) -> Result<ChunkRa
 }
 
 /// A disk's mapfile, if it exists and parses (never read through a link).
-fn read_map(dir: &Path, d: &ManifestDisk) -> Option<Map> {
-    let text = Dir::open(dir).ok()?.read_to_string(&d.map, u64::MAX).ok()?;
+fn read_map(dir: &Dir, d: &ManifestDisk) -> Option<Map> {
+    let text = dir.read_to_string(&d.map, u64::MAX).ok()?;
     Map::parse(&text, d.size).ok()
 }
 
 /// Replaces a disk's mapfile (a link planted as it or its temporary file is
 /// replaced, never written through).
-fn save_map(dir: &Path, d: &ManifestDisk, map: &Map) -> Result<()> {
-    Dir::open(dir)?.write_atomic(&d.map, map.render(&map_header(d)).as_bytes())
+fn save_map(dir: &Dir, d: &ManifestDisk, map: &Map) -> Result<()> {
+    dir.write_atomic(&d.map, map.render(&map_header(d)).as_bytes())
 }
 
 /// The records of journal file `chunks` for chunks `first..first + n`, 32
 /// bytes each; all zeros where it holds nothing (never written, or shorter).
-pub fn journal_digests(dir: &Path, chunks: &str, first: u64, n: usize) -> Result<Vec<u8>> {
-    let mut f = open_in(dir, chunks, false, false)?;
+pub fn journal_digests(dir: &Dir, chunks: &str, first: u64, n: usize) -> Result<Vec<u8>> {
+    let mut f = dir.open_file(chunks, Access::Read)?;
     let mut out = vec![0u8; n * DIGEST as usize];
     f.seek(SeekFrom::Start(first * DIGEST))
         .and_then(|_| read_full(&mut f, &mut out))
@@ -189,7 +188,7 @@ fn map_header(d: &ManifestDisk) -> String {
 
 /// Writes received chunks into a store image.
 pub struct ImageSink {
-    dir: PathBuf,
+    dir: Dir,
     disk: ManifestDisk,
     geo: Geometry,
     img: File,
@@ -261,9 +260,9 @@ impl ImageSink {
         let direct =
             DirectWriter::open(&b.path.join(&d.image), &img, b.manifest.chunk_size as usize);
         let journal = b.dir.open_file(&d.chunks, Access::Create)?;
-        let map = read_map(&b.path, &d).unwrap_or_else(|| Map::new(d.size));
+        let map = read_map(&b.dir, &d).unwrap_or_else(|| Map::new(d.size));
         Ok(ImageSink {
-            dir: b.path.clone(),
+            dir: b.dir.clone(),
             geo,
             img,
             direct,
@@ -526,14 +525,14 @@ impl ImageCheck {
 /// computing the whole-image SHA-256 in the same pass. With `progress`,
 /// reports bytes checked.
 pub fn verify_image(
-    dir: &Path,
+    dir: &Dir,
     d: &ManifestDisk,
     chunk: u32,
     zeros: &mut ZeroDigests,
     progress: Option<&crate::progress::Bar>,
 ) -> Result<ImageCheck> {
-    let img = open_in(dir, &d.image, false, false)?;
-    let journal = open_in(dir, &d.chunks, false, false)?;
+    let img = dir.open_file(&d.image, Access::Read)?;
+    let journal = dir.open_file(&d.chunks, Access::Read)?;
     if img.metadata()?.len() != d.size {
         bail!(
             "{} is {} bytes, the manifest says {}",
@@ -593,8 +592,8 @@ pub struct ImageSource {
 impl ImageSource {
     pub fn open(b: &BackupDir, d: &ManifestDisk) -> Result<ImageSource> {
         Ok(ImageSource {
-            img: open_in(&b.path, &d.image, false, false)?,
-            journal: open_in(&b.path, &d.chunks, false, false)?,
+            img: b.dir.open_file(&d.image, Access::Read)?,
+            journal: b.dir.open_file(&d.chunks, Access::Read)?,
             name: d.image.clone(),
             chunk: b.manifest.chunk_size,
             mark_damaged: false,
@@ -705,22 +704,23 @@ mod tests {
 
     #[test]
     fn resume_brings_a_stale_map_in_line_with_the_journal() {
-        let dir = tempfile::tempdir().unwrap();
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = Dir::open(tmp.path()).unwrap();
         // 10 chunks of 64 KiB, the last one short. The journal holds 0-6 and
         // 9; the map was last written after chunk 2 (one unreadable range in
         // chunk 1) and still claims chunk 8, dropped from the journal later.
         let (c, d) = (64 * 1024u64, disk(9 * 64 * 1024 + 1000));
-        let j = open_in(dir.path(), "d.chunks", true, true).unwrap();
+        let j = dir.open_file("d.chunks", Access::Create).unwrap();
         let batch: Vec<(u64, [u8; 32])> = [0, 1, 2, 3, 4, 5, 6, 9].map(|i| (i, [7; 32])).to_vec();
         write_journal(&j, &batch).unwrap();
         let mut stale = Map::new(d.size);
         stale.set_chunk(0, 3 * c, &[(70_000, 512)]);
         stale.set(8 * c, c, Status::Finished);
-        save_map(dir.path(), &d, &stale).unwrap();
+        save_map(&dir, &d, &stale).unwrap();
 
-        let held = resume_ranges(dir.path(), &d, c as u32).unwrap();
+        let held = resume_ranges(&dir, &d, c as u32).unwrap();
         assert_eq!(held, vec![(0, 7), (9, 10)]);
-        let map = read_map(dir.path(), &d).unwrap();
+        let map = read_map(&dir, &d).unwrap();
         assert_eq!(map.ranges(Status::Bad), vec![(70_000, 512)]);
         assert_eq!(map.ranges(Status::NonTried), vec![(7 * c, 2 * c)]);
         assert_eq!(map.bytes(Status::Finished), d.size - 2 * c - 512);
@@ -728,22 +728,51 @@ mod tests {
         // Without a readable map the journal cannot say which chunks had
         // unreadable sectors: it is dropped and everything is received again.
         std::fs::write(dir.path().join("d.map"), "garbage\n").unwrap();
-        assert_eq!(resume_ranges(dir.path(), &d, c as u32).unwrap(), vec![]);
-        assert_eq!(journal_ranges(dir.path(), &d, c as u32).unwrap(), vec![]);
-        assert_eq!(read_map(dir.path(), &d).unwrap(), Map::new(d.size));
+        assert_eq!(resume_ranges(&dir, &d, c as u32).unwrap(), vec![]);
+        assert_eq!(journal_ranges(&dir, &d, c as u32).unwrap(), vec![]);
+        assert_eq!(read_map(&dir, &d).unwrap(), Map::new(d.size));
+    }
+
+    #[test]
+    fn a_backup_directory_swapped_for_a_link_is_not_followed() {
+        // The held directory stays the one opened: replacing its path by a
+        // link to somewhere else must not send the map and journal there.
+        let tmp = tempfile::tempdir().unwrap();
+        let (real, moved, outside) = (
+            tmp.path().join("b"),
+            tmp.path().join("b.moved"),
+            tmp.path().join("outside"),
+        );
+        std::fs::create_dir(&real).unwrap();
+        std::fs::create_dir(&outside).unwrap();
+        let dir = Dir::open(&real).unwrap();
+        let (c, d) = (64 * 1024u64, disk(4 * 64 * 1024));
+        write_journal(
+            &dir.open_file("d.chunks", Access::Create).unwrap(),
+            &[(0, [7; 32])],
+        )
+        .unwrap();
+        std::fs::rename(&real, &moved).unwrap();
+        std::os::unix::fs::symlink(&outside, &real).unwrap();
+
+        assert_eq!(resume_ranges(&dir, &d, c as u32).unwrap(), vec![]);
+        save_map(&dir, &d, &Map::new(d.size)).unwrap();
+        assert!(moved.join("d.map").exists());
+        assert_eq!(std::fs::read_dir(&outside).unwrap().count(), 0);
     }
 
     #[test]
     fn journal_runs_are_written_whole_and_read_back_with_gaps_as_zeros() {
-        let dir = tempfile::tempdir().unwrap();
-        let j = open_in(dir.path(), "d.chunks", true, true).unwrap();
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = Dir::open(tmp.path()).unwrap();
+        let j = dir.open_file("d.chunks", Access::Create).unwrap();
         // Two runs (3..6 and 9..10), out of the order they came in.
         let batch: Vec<(u64, [u8; 32])> = [9u64, 3, 4, 5]
             .iter()
             .map(|&i| (i, [i as u8 + 1; 32]))
             .collect();
         write_journal(&j, &batch).unwrap();
-        let got = journal_digests(dir.path(), "d.chunks", 2, 10).unwrap();
+        let got = journal_digests(&dir, "d.chunks", 2, 10).unwrap();
         assert_eq!(got.len(), 10 * 32);
         for (k, rec) in got.chunks(32).enumerate() {
             let i = 2 + k as u64;

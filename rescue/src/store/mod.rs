@@ -12,7 +12,6 @@ pub mod names;
 mod room;
 
 use std::fs::{self, File};
-use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, bail};
@@ -140,17 +139,6 @@ pub struct BackupDir {
     pub dir: Dir,
     pub host: String,
     pub manifest: Manifest,
-}
-
-/// Opens a regular file inside a directory named by path, never through a link
-/// (`write`: never one with other hard links either).
-pub fn open_in(dir: &Path, name: &str, write: bool, create: bool) -> Result<File> {
-    let access = match (write, create) {
-        (_, true) => Access::Create,
-        (true, false) => Access::Write,
-        (false, false) => Access::Read,
-    };
-    Dir::open(dir)?.open_file(name, access)
 }
 
 impl Store {
@@ -284,7 +272,7 @@ impl Store {
             b.check_writable_files()?;
             let mut have = Vec::new();
             for d in &b.manifest.disks {
-                have.push(image::resume_ranges(&b.path, d, b.manifest.chunk_size)?);
+                have.push(image::resume_ranges(&b.dir, d, b.manifest.chunk_size)?);
             }
             self.check_room(begin, &have)?;
             b.manifest.status = BackupStatus::InProgress;
@@ -594,14 +582,6 @@ impl BackupDir {
 /// Makes sure a file is written to disk before we say it is.
 pub fn sync_file(f: &File) -> Result<()> {
     f.sync_data().context("syncing to disk")
-}
-
-/// Writes a whole small file inside a backup directory (not through links).
-pub fn write_in(dir: &Path, name: &str, data: &[u8]) -> Result<()> {
-    let mut f = open_in(dir, name, true, true)?;
-    f.set_len(0)?;
-    f.write_all(data)?;
-    Ok(())
 }
 
 #[cfg(test)]
