@@ -60,9 +60,14 @@ impl Consent {
 /// alone proves nothing (anyone can claim one), and an empty machine-id (a rescue
 /// system) neither; cloned systems share a machine-id, so both must agree.
 pub fn is_own(peer: &Identity, host: &str, m: &Manifest) -> bool {
-    !peer.machine_id.is_empty()
-        && peer.machine_id == m.source.machine_id
-        && store::host_name(peer) == host
+    same_machine_id(peer, m) && store::host_name(peer) == host
+}
+
+/// Whether `m` was made under the peer's (non-empty) machine-id, whatever the
+/// hostname: the same machine renamed, or a clone. What a peer asking for its
+/// own backups is offered when its hostname has none, within [`may_read`].
+pub fn same_machine_id(peer: &Identity, m: &Manifest) -> bool {
+    !peer.machine_id.is_empty() && peer.machine_id == m.source.machine_id
 }
 
 /// Whether `peer` may list, restore and fetch digests of this backup.
@@ -76,6 +81,10 @@ pub fn refusal(host: &str) -> String {
         "the backups of {host} here were made by another machine (or by a rescue system without a machine-id); to restore them, allow it on the serving machine: `rescue serve --allow-restore {host}` (rescue.allow_restore={host} on the rescue stick)"
     )
 }
+
+/// How a refused peer learns what to ask the serving side for when it may not
+/// know which hosts are meant.
+pub const ALLOW_HINT: &str = "`rescue serve --allow-restore HOST|all`";
 
 /// Whether a BACKUP_BEGIN presenting `key` may resume the backup `m` of `host`.
 pub fn may_resume(consent: &Consent, host: &str, key: Option<&str>, m: &Manifest) -> bool {

@@ -355,6 +355,9 @@ fn list(s: &mut Session, host: Option<String>) -> Result<Listing> {
         let l: Listing = msg::from_json(&f)?;
         out.backups.extend(l.backups);
         out.hidden = out.hidden.saturating_add(l.hidden);
+        out.by_machine_id |= l.by_machine_id;
+        out.hosts.extend(l.hosts);
+        out.hidden_hosts = out.hidden_hosts.saturating_add(l.hidden_hosts);
         match l.next {
             None => return Ok(out),
             Some(n) if n > start && bytes < 64 << 20 => start = n,
@@ -373,17 +376,78 @@ fn asked_host(args: &RestoreArgs, me: &msg::Identity) -> String {
     }
 }
 
+/// What the peer holds besides `host`, as far as it lets us know: the hosts it
+/// names, and how many others it only counts.
+fn held(l: &Listing) -> String {
+    let n = l.hidden_hosts;
+    let others = format!(
+        "{n} other host{} that it shows only when serve allows it: {}",
+        if n == 1 { "" } else { "s" },
+        crate::auth::ALLOW_HINT
+    );
+    let named: Vec<String> = l.hosts.iter().map(|h| Peer(h).to_string()).collect();
+    match (named.is_empty(), n) {
+        (true, 0) => String::new(),
+        (true, _) => format!("; it holds backups of {others}"),
+        (false, 0) => format!("; it holds backups of: {}", named.join(", ")),
+        (false, _) => format!(
+            "; it holds backups of: {}, and of {others}",
+            named.join(", ")
+        ),
+    }
+}
+
+/// Why a machine asking for its own backups gets none when the peer holds
+/// `hidden` made under its machine-id with other hostnames.
+fn same_id_refusal(hidden: u32, host: &str) -> String {
+    format!(
+        "the peer holds no backups of host {host}; {hidden} backup(s) there made under other hostnames carry this machine's machine-id, which it lets this machine restore only when serve allows it: {} (or name the host with --host HOST)",
+        crate::auth::ALLOW_HINT
+    )
+}
+
+/// What LIST asks for: --host; with --backup alone, this machine's hostname
+/// (an explicit choice is never matched by machine-id); else None, this
+/// machine's backups, which the peer may find under its machine-id.
+fn list_host(args: &RestoreArgs, me: &msg::Identity) -> Option<String> {
+    match (&args.host, &args.backup) {
+        (Some(_), _) | (None, Some(_)) => Some(asked_host(args, me)),
+        (None, None) => None,
+    }
+}
+
 fn print_list(l: &Listing, host: &str) {
     if l.hidden > 0 {
-        eprintln!(
-            "note: {} backup(s) of {host} are not listed: {}",
-            l.hidden,
-            crate::auth::refusal(host)
-        );
+        let why = if l.by_machine_id {
+            same_id_refusal(l.hidden, host)
+        } else {
+            format!(
+                "{} backup(s) of {host} are not listed: {}",
+                l.hidden,
+                crate::auth::refusal(host)
+            )
+        };
+        eprintln!("note: {why}");
     }
     if l.backups.is_empty() {
-        println!("the peer holds no backups of {host} for this machine");
+        println!(
+            "the peer holds no backups of {host} for this machine{}",
+            held(l)
+        );
         return;
+    }
+    if l.by_machine_id {
+        let mut names: Vec<String> = l
+            .backups
+            .iter()
+            .map(|b| Peer(&b.host).to_string())
+            .collect();
+        names.sort();
+        names.dedup();
+        println!(
+            "note: the peer holds no backups of {host}; these were made under hostname {} (same machine-id as this machine)",
+            names.join(", ")
+        );
     }
     println!("{:<20} {:<34} {:<30} disks", "HOST", "BACKUP", "STATUS");
     for b in &l.backups {
@@ -403,8 +467,9 @@ fn print_list(l: &Listing, host: &str) {
 }
 
 /// The backup to restore from the peer's listing of one host's backups (--host,
-/// else this machine's hostname: the peer lists nothing else): --backup picks by
-/// id, else the newest complete one.
+/// else this machine's hostname; without --host and --backup, when that has
+/// none, the peer's backups made under this machine-id with other hostnames):
+/// --backup picks by id, else the newest complete one.
 fn choose(l: &Listing, args: &RestoreArgs, me: &msg::Identity) -> Result<BackupSummary> {
     let host = asked_host(args, me);
     let hint = if args.host.is_some() {
@@ -412,10 +477,20 @@ fn choose(l: &Listing, args: &RestoreArgs, me: &msg::Identity) -> Result<BackupS
     } else {
         "; for another machine's backups add --host HOST"
     };
-    if l.hidden > 0 && !l.backups.iter().any(|b| b.host == host) {
-        return Err(refuse(crate::auth::refusal(&host)));
+    // Only a request naming neither got backups of other hostnames ([`list_host`]).
+    let by_id = l.by_machine_id && args.host.is_none() && args.backup.is_none();
+    if l.hidden > 0 && !l.backups.iter().any(|b| by_id || b.host == host) {
+        return Err(refuse(if l.by_machine_id {
+            same_id_refusal(l.hidden, &host)
+        } else {
+            crate::auth::refusal(&host)
+        }));
     }
-    let mut of_host = l.backups.iter().filter(|b| b.host == host).peekable();
+    let mut of_host = l
+        .backups
+        .iter()
+        .filter(|b| by_id || b.host == host)
+        .peekable();
     if let Some(id) = &args.backup {
         return of_host.find(|b| &b.backup_id == id).cloned().ok_or_else(|| {
             usage(format!(
@@ -425,7 +500,8 @@ fn choose(l: &Listing, args: &RestoreArgs, me: &msg::Identity) -> Result<BackupS
     }
     if of_host.peek().is_none() {
         return Err(usage(format!(
-            "the peer holds no backups of host {host}{hint}"
+            "the peer holds no backups of host {host}{}{hint}",
+            held(l)
         )));
     }
     of_host
@@ -545,13 +621,14 @@ fn map_targets(
 
 pub fn run(root: &Root, args: &RestoreArgs) -> Result<u8> {
     let mut s = session::connect(root, &args.connect, Role::Restore)?;
+    let want = list_host(args, &s.me);
     if args.list {
-        let all = list(&mut s, args.host.clone())?;
+        let all = list(&mut s, want)?;
         print_list(&all, &asked_host(args, &s.me));
         s.close();
         return Ok(exit::OK);
     }
-    let backups = list(&mut s, args.host.clone())?;
+    let backups = list(&mut s, want)?;
     let chosen = choose(&backups, args, &s.me)?;
     check_listed(&chosen)?;
     let pairs = map_targets(root, &chosen, args)?;
@@ -566,6 +643,18 @@ pub fn run(root: &Root, args: &RestoreArgs) -> Result<u8> {
         Peer(&chosen.created),
         Peer(&s.peer.identity.hostname)
     );
+    let other_name = (args.host.is_none() && chosen.host != crate::store::host_name(&s.me))
+        .then(|| {
+            format!(
+                "backup {} was made under hostname {} (same machine-id as this machine, hostname {})",
+                Peer(&chosen.backup_id),
+                Peer(&chosen.host),
+                Peer(&s.me.hostname)
+            )
+        });
+    if let Some(n) = &other_name {
+        eprintln!("  note: {n}");
+    }
     for ((d, _), t) in pairs.iter().zip(&planned) {
         eprintln!(
             "  {} ({}, serial {}, {}) -> {}",
@@ -589,9 +678,10 @@ pub fn run(root: &Root, args: &RestoreArgs) -> Result<u8> {
                 "not restoring without confirmation: run it on a terminal or add --yes".into(),
             ));
         }
-        if !session::confirm(
-            "everything on the targets above will be overwritten. Type 'yes' to continue: ",
-        )? {
+        let from = other_name.map_or(String::new(), |n| format!("{n}; "));
+        if !session::confirm(&format!(
+            "{from}everything on the targets above will be overwritten. Type 'yes' to continue: "
+        ))? {
             return Err(refuse("not confirmed; nothing was written".into()));
         }
     }

@@ -307,26 +307,32 @@ fn receive_backup(store: &Store, consent: &Consent, s: &mut Session, req: &Frame
 const LISTING_BUDGET: usize = msg::MAX_CONTROL - 1024;
 
 /// Answers a LIST: the backups of the host it names (the peer's own when it names
-/// none) that the peer may read, from `start` on, as many as fit in one message;
-/// `next` says where the rest begins, `hidden` how many it may not see. A backup
-/// whose stored metadata would not pass the peer's checks (written by an older
-/// version, or edited) is left out with a log line, so it cannot make the others
-/// unreachable.
+/// none; see [`listed`]) that the peer may read, from `start` on, as many as fit
+/// in one message; `next` says where the rest begins, `hidden` how many it may
+/// not see; the first page also names the other hosts it may read ([`held_hosts`]).
+/// A backup whose stored metadata would not pass the peer's checks (written by an
+/// older version, or edited) is left out with a log line, so it cannot make the
+/// others unreachable.
 fn send_listing(store: &Store, consent: &Consent, s: &mut Session, req: &Frame) -> Result<()> {
     let q: ListReq = decode(s, req)?;
-    let host = q
-        .host
-        .clone()
-        .unwrap_or_else(|| store::host_name(&s.peer.identity));
-    let mut l = Listing::default();
+    let peer = &s.peer.identity;
+    let host = match &q.host {
+        Some(h) => store::names::sanitize(h, "host"),
+        None => store::host_name(peer),
+    };
+    let all = store.list(None);
+    let readable = |b: &BackupDir| auth::may_read(consent, peer, &b.host, &b.manifest);
+    let (backups, by_machine_id) = listed(&all, &host, q.host.is_none(), peer, &readable);
+    let mut l = Listing {
+        by_machine_id,
+        ..Default::default()
+    };
     let mut size = 0;
-    for (i, b) in store
-        .list(Some(&host))
-        .iter()
-        .enumerate()
-        .skip(q.start as usize)
-    {
-        if !auth::may_read(consent, &s.peer.identity, &b.host, &b.manifest) {
+    if q.start == 0 {
+        size = held_hosts(&all, &host, &readable, &mut l);
+    }
+    for (i, b) in backups.iter().enumerate().skip(q.start as usize) {
+        if !readable(b) {
             l.hidden += 1;
             continue;
         }
@@ -354,6 +360,57 @@ fn send_listing(store: &Store, consent: &Consent, s: &mut Session, req: &Frame) 
         l.backups.push(summary);
     }
     s.conn.reply_json(req, kind::LISTING, &l)
+}
+
+/// The backups a LIST is about: those of `host`. A peer asking for its own
+/// (`own`: no host named) that may read none there is offered those made under
+/// its machine-id with other hostnames (it was renamed, or is a clone) if it may
+/// read one of them, or if its hostname has none at all (then `hidden` says how
+/// many there are, not which). True when they are those.
+fn listed<'a>(
+    all: &'a [BackupDir],
+    host: &str,
+    own: bool,
+    peer: &msg::Identity,
+    readable: &dyn Fn(&BackupDir) -> bool,
+) -> (Vec<&'a BackupDir>, bool) {
+    let of_host: Vec<&BackupDir> = all.iter().filter(|b| b.host == host).collect();
+    if !own || of_host.iter().any(|b| readable(b)) {
+        return (of_host, false);
+    }
+    let same: Vec<&BackupDir> = all
+        .iter()
+        .filter(|b| b.host != host && auth::same_machine_id(peer, &b.manifest))
+        .collect();
+    if same.iter().any(|b| readable(b)) || (of_host.is_empty() && !same.is_empty()) {
+        (same, true)
+    } else {
+        (of_host, false)
+    }
+}
+
+/// Fills in the hosts other than `host` that hold backups here: by name those of
+/// which the peer may read a backup (all of them with `--allow-restore all`), the
+/// others only counted, so a host name is never told to a peer that may not read
+/// its backups. Returns the bytes the names take in the message.
+fn held_hosts(
+    all: &[BackupDir],
+    host: &str,
+    readable: &dyn Fn(&BackupDir) -> bool,
+    l: &mut Listing,
+) -> usize {
+    let mut hosts = std::collections::BTreeMap::<&str, bool>::new();
+    for b in all.iter().filter(|b| b.host != host) {
+        *hosts.entry(&b.host).or_default() |= readable(b);
+    }
+    for (h, may) in hosts {
+        if may && l.hosts.len() < msg::MAX_HOSTS {
+            l.hosts.push(h.to_string());
+        } else {
+            l.hidden_hosts += 1;
+        }
+    }
+    l.hosts.iter().map(|h| h.len() + 3).sum()
 }
 
 /// Opens the backup a peer names if it may read it; otherwise answers

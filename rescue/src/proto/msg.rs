@@ -243,6 +243,23 @@ pub struct Listing {
     /// another machine; the serving side did not allow restoring them).
     #[serde(default, skip_serializing_if = "is_zero")]
     pub hidden: u32,
+    /// The backups are those of the asking machine's machine-id under other
+    /// hostnames (it asked for its own and has none under its hostname).
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub by_machine_id: bool,
+    /// First page only: the other hosts holding backups here that this peer may
+    /// read (at most [`MAX_HOSTS`]), and how many others it may not know of.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub hosts: Vec<String>,
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub hidden_hosts: u32,
+}
+
+/// The most host names one LISTING carries (255 bytes each: well within a message).
+pub const MAX_HOSTS: usize = 1024;
+
+fn is_false(b: &bool) -> bool {
+    !*b
 }
 
 fn is_zero(n: &u32) -> bool {
@@ -521,6 +538,13 @@ impl Bounded for BackupSummary {
 
 impl Bounded for Listing {
     fn check(&self) -> Result<(), String> {
+        if self.hosts.len() > MAX_HOSTS {
+            return Err(format!(
+                "it names {} hosts (limit {MAX_HOSTS})",
+                self.hosts.len()
+            ));
+        }
+        self.hosts.iter().try_for_each(|h| name("host", h))?;
         self.backups.iter().try_for_each(Bounded::check)
     }
 }
@@ -685,6 +709,12 @@ mod tests {
         ] {
             assert!(from_json::<ListReq>(&frame(bad)).is_err(), "{bad}");
         }
+        // The host names a LISTING may carry: bounded in length, characters, number.
+        let l: Listing = from_json(&frame(r#"{"backups":[],"hosts":["alpha"]}"#)).unwrap();
+        assert_eq!(l.hosts, ["alpha"]);
+        assert!(from_json::<Listing>(&frame(r#"{"backups":[],"hosts":["a[2J"]}"#)).is_err());
+        let many = serde_json::json!({"backups": [], "hosts": vec!["h"; MAX_HOSTS + 1]});
+        assert!(from_json::<Listing>(&frame(&many.to_string())).is_err());
         // Human messages may span lines; escape sequences are refused there too.
         let e: ErrorMsg = from_json(&frame(r#"{"code":"x","message":"a\nb"}"#)).unwrap();
         assert_eq!(e.message, "a\nb");

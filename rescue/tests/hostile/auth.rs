@@ -15,16 +15,21 @@ fn alpha_backup(d: &std::path::Path, extra: &[&str]) -> (Server, std::path::Path
     let alpha = machine(d, "alpha", ALPHA_ID);
     random_image(&alpha.join("disk.img"), 1, 11);
     let srv = Server::start_with(d, &d.join("store"), extra);
+    back_up(&alpha, &srv);
+    (srv, alpha)
+}
+
+/// Backs up machine `r`'s /disk.img to `srv`.
+fn back_up(r: &std::path::Path, srv: &Server) {
     let o = rescue(&[
         "--root",
-        alpha.to_str().unwrap(),
+        r.to_str().unwrap(),
         "backup",
         "-d",
         &srv.endpoint(),
         "/disk.img",
     ]);
     assert_eq!(o.status.code(), Some(0), "{}", text(&o));
-    (srv, alpha)
 }
 
 fn listing(p: &mut RawPeer, host: Option<&str>) -> serde_json::Value {
@@ -114,12 +119,7 @@ fn allow_restore_lets_another_machine_restore_and_says_so_without() {
     assert_eq!(o.status.code(), Some(6), "{}", text(&o));
     assert!(text(&o).contains("--allow-restore alpha"), "{}", text(&o));
     assert_eq!(std::fs::read(&t).unwrap(), vec![0u8; 1 << 20]);
-    drop(srv);
-    let srv = Server::start_with(
-        d.path(),
-        &d.path().join("store"),
-        &["--allow-restore", "alpha"],
-    );
+    let srv = with_consent(d.path(), srv, "alpha");
     let o = restore(&srv.endpoint());
     assert_eq!(o.status.code(), Some(0), "{}", text(&o));
     assert_eq!(sha256_file(&t), sha256_file(&alpha.join("disk.img")));
@@ -184,4 +184,82 @@ fn only_the_machine_with_the_key_resumes_an_interrupted_backup() {
         "{}",
         text(&o)
     );
+}
+
+/// Restarts `srv` on the same store with `--allow-restore allow`.
+fn with_consent(d: &std::path::Path, srv: Server, allow: &str) -> Server {
+    drop(srv);
+    Server::start_with(d, &d.join("store"), &["--allow-restore", allow])
+}
+
+/// Asserts that a client exited with `code` saying `what`.
+fn says(o: &std::process::Output, code: i32, what: &str) {
+    assert_eq!(o.status.code(), Some(code), "{}", text(o));
+    assert!(text(o).contains(what), "{}", text(o));
+}
+
+/// Restores on machine `r` without --host (its own machine's backups).
+fn restore_own(r: &std::path::Path, ep: &str, extra: &[&str]) -> std::process::Output {
+    let mut args = vec!["--root", r.to_str().unwrap(), "restore", "-d", ep];
+    args.extend_from_slice(extra);
+    rescue(&args)
+}
+
+#[test]
+fn a_clone_without_host_gets_the_same_machine_ids_backup_only_with_consent() {
+    // Issue 9, point 2 with issue 10, point 5: beta is a clone of alpha (same
+    // machine-id, renamed). Without --host it gets alpha's backup, saying so,
+    // when the serving side allows alpha's; else a refusal saying how to allow it.
+    let d = tempfile::tempdir().unwrap();
+    let (srv, alpha) = alpha_backup(d.path(), &[]);
+    let beta = machine(d.path(), "beta", ALPHA_ID);
+    let t = beta.join("t.img");
+    std::fs::write(&t, vec![0u8; 1 << 20]).unwrap();
+    let args = ["--map", "disk=/t.img", "--yes"];
+    let o = restore_own(&beta, &srv.endpoint(), &args);
+    says(&o, 6, "--allow-restore");
+    assert!(!text(&o).contains(ALPHA_ID), "{}", text(&o));
+    assert_eq!(std::fs::read(&t).unwrap(), vec![0u8; 1 << 20]);
+    let srv = with_consent(d.path(), srv, "alpha");
+    let o = restore_own(&beta, &srv.endpoint(), &["--list"]);
+    says(&o, 0, "under hostname alpha");
+    let o = restore_own(&beta, &srv.endpoint(), &args);
+    says(
+        &o,
+        0,
+        "was made under hostname alpha (same machine-id as this machine, hostname beta)",
+    );
+    assert_eq!(sha256_file(&t), sha256_file(&alpha.join("disk.img")));
+}
+
+#[test]
+fn a_host_without_backups_names_the_held_hosts_only_with_consent_for_all() {
+    let d = tempfile::tempdir().unwrap();
+    let (srv, _) = alpha_backup(d.path(), &[]);
+    let gamma = machine(d.path(), "gamma", "c3c3c3c3c3c3c3c3c3c3c3c3c3c3c3c3");
+    random_image(&gamma.join("disk.img"), 1, 13);
+    back_up(&gamma, &srv);
+    let beta = machine(d.path(), "beta", "b2b2b2b2b2b2b2b2b2b2b2b2b2b2b2b2");
+    let t = beta.join("t.img");
+    std::fs::write(&t, vec![0u8; 1 << 20]).unwrap();
+    let nosuch = ["--host", "nosuch", "--map", "disk=/t.img", "--yes"];
+    let o = restore_own(&beta, &srv.endpoint(), &nosuch);
+    assert_eq!(o.status.code(), Some(2), "{}", text(&o));
+    let m = text(&o);
+    assert!(m.contains("no backups of host nosuch"), "{m}");
+    assert!(m.contains("backups of 2 other hosts"), "{m}");
+    assert!(m.contains("--allow-restore HOST|all"), "{m}");
+    assert!(!m.contains("alpha") && !m.contains("gamma"), "{m}");
+    let o = restore_own(&beta, &srv.endpoint(), &["--host", "nosuch", "--list"]);
+    says(&o, 0, "backups of 2 other hosts");
+    let srv = with_consent(d.path(), srv, "all");
+    let o = restore_own(&beta, &srv.endpoint(), &nosuch);
+    says(
+        &o,
+        2,
+        "the peer holds no backups of host nosuch; it holds backups of: alpha, gamma",
+    );
+    let o = restore_own(&beta, &srv.endpoint(), &["--host", "nosuch", "--list"]);
+    assert!(text(&o).contains("alpha, gamma"), "{}", text(&o));
+    assert_eq!(std::fs::read(&t).unwrap(), vec![0u8; 1 << 20]);
 }
