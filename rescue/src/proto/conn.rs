@@ -136,6 +136,9 @@ pub struct Stats {
     /// The reader holds a frame and waits for room in the queue: the peer is
     /// waiting for us, its silence is ours.
     pub reader_waiting: AtomicBool,
+    /// Frames taken from the queue, so the reader knows whether the last one it
+    /// queued is still waiting there.
+    pub frames_taken: AtomicU64,
 }
 
 pub struct Conn {
@@ -257,13 +260,22 @@ impl Conn {
         Ok(())
     }
 
+    /// Counts a frame taken from the queue (see `read_loop`'s repeat rule).
+    fn note_taken<E>(&self, got: &Result<Event, E>) {
+        if let Ok(Event::Frame(_)) = got {
+            self.stats.frames_taken.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
     /// An ERROR the peer sent that is still queued, waiting briefly for it.
     /// The end of the stream met on the way is kept for `next_event`, which
     /// would otherwise wait for an event that never comes.
     fn pending_error(&self) -> Option<anyhow::Error> {
         let until = Instant::now() + Duration::from_millis(500);
         while Instant::now() < until {
-            match self.events.recv_timeout(Duration::from_millis(50)) {
+            let got = self.events.recv_timeout(Duration::from_millis(50));
+            self.note_taken(&got);
+            match got {
                 Ok(Event::Frame(f)) if f.intact && f.header.kind == kind::ERROR => {
                     return Some(peer_error(&f));
                 }
@@ -380,6 +392,7 @@ impl Conn {
                 self.events.recv_timeout(timeout)
             }
         };
+        self.note_taken(&got);
         match got {
             Ok(Event::Closed(c)) => {
                 self.closed.replace(Some(c.clone()));
@@ -545,8 +558,11 @@ fn read_loop(
     let mut fr = FrameReader::new(reader);
     // The work counter of the peer's last keepalive.
     let mut work = 0u64;
-    // The last frame queued, to drop repeats of it while the queue is full.
+    // The last frame queued and how many were queued in all, to drop a repeat
+    // of it while it is still waiting in a full queue (never once it was taken:
+    // a receiver's second NAK for the same chunk must reach the sender).
     let mut queued: Option<Header> = None;
+    let mut queued_count = 0u64;
     loop {
         let ev = match fr.read_frame() {
             Ok(Read1::Frame(f)) => {
@@ -584,11 +600,18 @@ fn read_loop(
             Event::Frame(f) if f.intact => Some(f.header),
             _ => None,
         };
+        let is_frame = matches!(ev, Event::Frame(_));
         let ev = match sender.try_send(ev) {
             Ok(()) => None,
-            // The same frame again (a request repeated while we were busy): the
-            // one queued is still there and gets the answer, so this one can go.
-            Err(TrySendError::Full(_)) if header.is_some() && header == queued => continue,
+            // The same frame again (a request repeated while we were busy) while
+            // the first is still queued: that one gets the answer, this can go.
+            Err(TrySendError::Full(_))
+                if header.is_some()
+                    && header == queued
+                    && stats.frames_taken.load(Ordering::Relaxed) < queued_count =>
+            {
+                continue;
+            }
             Err(TrySendError::Full(ev)) => Some(ev),
             Err(TrySendError::Disconnected(_)) => return,
         };
@@ -604,6 +627,7 @@ fn read_loop(
             }
         }
         queued = header;
+        queued_count += u64::from(is_frame);
         if end {
             return;
         }
