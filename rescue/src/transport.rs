@@ -547,7 +547,10 @@ impl Write for PollWriter {
                     ),
                 ));
             }
-            let slice = left.min(Duration::from_secs(1)).as_millis() as u16;
+            // Short slices: where a driver's poll is not woken as its TX ring
+            // drains (seen on usb4vcable: 1 s slices made a rate-limited backup
+            // 5x slower and stalls re-sent a window), a full ring costs ms.
+            let slice = left.min(Duration::from_millis(10)).as_millis() as u16;
             let mut fds = [PollFd::new(self.file.as_fd(), PollFlags::POLLOUT)];
             match poll(&mut fds, PollTimeout::from(slice.max(1))) {
                 Ok(0) => continue,
