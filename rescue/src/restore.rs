@@ -1003,7 +1003,7 @@ fn receive_onto(
     } else {
         OnDamaged::Stop
     };
-    let received = xfer::receive_disk_with(&mut s.conn, i, geo, held, &pipe, &bar, policy);
+    let received = xfer::receive_disk(&mut s.conn, i, geo, held, &pipe, &bar, policy);
     bar.finish();
     let finished = pipe.finish();
     t.file

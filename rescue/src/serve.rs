@@ -211,10 +211,18 @@ fn receive_backup(store: &Store, consent: &Consent, s: &mut Session, req: &Frame
         let t = Instant::now();
         let sink = refused(s, ImageSink::open(&b, i))?;
         let pipe = SinkPipeline::start(sink, d.size);
-        let received = xfer::receive_disk(&mut s.conn, i as u32, geo, held, &pipe, &bar);
+        let received = xfer::receive_disk(
+            &mut s.conn,
+            i as u32,
+            geo,
+            held,
+            &pipe,
+            &bar,
+            xfer::OnDamaged::Refuse,
+        );
         bar.finish();
         let (end_frame, damaged) = match received {
-            Ok(x) => x,
+            Ok(r) => (r.end, r.resent),
             Err(e) => {
                 if let Err(werr) = pipe.failed() {
                     s.conn.send_error("no_space", &format!("{werr:#}"));

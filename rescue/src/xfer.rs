@@ -773,22 +773,11 @@ pub struct Received {
     pub lost: Vec<(u64, u32)>,
 }
 
-/// Receives disk `disk` into `pipe` until the sender's DISK_END. Returns that
-/// frame (to answer it) and how many damaged chunks were asked for again.
+/// Receives disk `disk` into `pipe` until the sender's DISK_END, with a choice
+/// of what a FLAG_DAMAGED chunk does (only a restore accepts one). Returns that
+/// frame (to answer it), how many damaged chunks were asked for again and what
+/// the store could not produce.
 pub fn receive_disk<S: Sink + 'static>(
-    conn: &mut Conn,
-    disk: u32,
-    geo: Geometry,
-    have: &ChunkRanges,
-    pipe: &SinkPipeline<S>,
-    bar: &Bar,
-) -> Result<(Frame, u64)> {
-    receive_disk_with(conn, disk, geo, have, pipe, bar, OnDamaged::Refuse)
-        .map(|r| (r.end, r.resent))
-}
-
-/// `receive_disk`, with a choice of what a FLAG_DAMAGED chunk does.
-pub fn receive_disk_with<S: Sink + 'static>(
     conn: &mut Conn,
     disk: u32,
     geo: Geometry,

@@ -533,14 +533,7 @@ fn cut_restore_resumes_with_only_the_missing_chunks() {
             ..Default::default()
         },
     );
-    let restore = |extra: &[&str]| {
-        let ep = px.endpoint();
-        let mut args = vec![
-            "restore", "-d", &ep, "--host", &host, "--map", &map, "--yes",
-        ];
-        args.extend_from_slice(extra);
-        rescue(&args)
-    };
+    let restore = |extra: &[&str]| restore_mapped(&px.endpoint(), &host, &map, extra);
     let o = restore(&[]);
     assert_eq!(o.status.code(), Some(5), "{}", text(&o));
     assert!(
@@ -742,6 +735,13 @@ fn served_backup_of(dir: &std::path::Path, a: &std::path::Path) -> Server {
     let o = rescue(&["backup", "-d", &srv.endpoint(), a.to_str().unwrap()]);
     assert_eq!(o.status.code(), Some(0), "{}", text(&o));
     srv
+}
+
+/// `rescue restore --host HOST --map MAP --yes` plus `extra`, unattended.
+fn restore_mapped(ep: &str, host: &str, map: &str, extra: &[&str]) -> std::process::Output {
+    let mut args = vec!["restore", "-d", ep, "--host", host, "--map", map, "--yes"];
+    args.extend_from_slice(extra);
+    rescue(&args)
 }
 
 fn host_of(srv: &Server) -> String {
@@ -1351,14 +1351,7 @@ fn a_chunk_damaged_in_the_store_stops_the_restore_or_is_mapped() {
     let t = d.path().join("t.img");
     fs::write(&t, vec![5u8; 4 << 20]).unwrap();
     let map = format!("disk={}", t.display());
-    let ep = srv.endpoint();
-    let restore = |extra: &[&str]| {
-        let mut args = vec![
-            "restore", "-d", &ep, "--host", &host, "--map", &map, "--yes",
-        ];
-        args.extend_from_slice(extra);
-        rescue(&args)
-    };
+    let restore = |extra: &[&str]| restore_mapped(&srv.endpoint(), &host, &map, extra);
     let o = restore(&[]);
     assert_eq!(o.status.code(), Some(4), "{}", text(&o));
     assert!(
@@ -1413,16 +1406,12 @@ fn a_new_file_cut_off_by_the_peer_is_kept_for_resume() {
             ..Default::default()
         },
     );
-    let ep = px.endpoint();
-    let args = [
-        "restore", "-d", &ep, "--host", &host, "--map", &map, "--yes",
-    ];
-    let o = rescue(&args);
+    let o = restore_mapped(&px.endpoint(), &host, &map, &[]);
     assert_eq!(o.status.code(), Some(5), "{}", text(&o));
     // Not removed like a failed restore's file: --resume continues from it.
     assert!(t.exists(), "{}", text(&o));
     px.set(Faults::default());
-    let o = rescue(&[&args[..], &["--resume"]].concat());
+    let o = restore_mapped(&px.endpoint(), &host, &map, &["--resume"]);
     assert_eq!(o.status.code(), Some(0), "{}", text(&o));
     assert!(text(&o).contains("resuming, "), "{}", text(&o));
     assert_eq!(sha256_file(&t), sha256_file(&a));
