@@ -2,69 +2,23 @@
 //! it needs with their dependency closure and a filtered depmod index, the mount
 //! points and /dev/console; then compresses it (xz with CRC32, or gzip).
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::fs;
-use std::io::{Read, Write};
+use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, bail};
+use bootfacts::index::{
+    DepEntry, IndexTexts, alias_entry, dep_line, parse_builtin, parse_dep, parse_softdep,
+    softdep_module,
+};
+use bootfacts::{Compression, name_of_path, needed, normalize, read_module};
 
 use crate::newc::{Archive, Entry};
 
-/// Modules the rescue system wants when the kernel has them as modules: the
-/// USB4STREAM stack, storage controllers and disks, USB (disks, keyboards), the
-/// filesystems a store may use, and the code pages vfat mounts need. Missing ones
-/// (built in, or not in this kernel) are skipped.
-pub const WANTED: &[&str] = &[
-    // USB4 / Thunderbolt
-    "configfs",
-    "thunderbolt",
-    "thunderbolt_stream",
-    // storage controllers and disks
-    "nvme",
-    "vmd",
-    "ahci",
-    "ata_piix",
-    "sd_mod",
-    "virtio_blk",
-    "virtio_scsi",
-    "virtio_pci",
-    "mmc_block",
-    "sdhci_pci",
-    // USB: host controllers, disks, keyboards
-    "xhci_pci",
-    "ehci_pci",
-    "ohci_pci",
-    "uhci_hcd",
-    "usb_storage",
-    "uas",
-    "usbhid",
-    "hid_generic",
-    "atkbd",
-    // filesystems for the image store
-    "ext4",
-    "vfat",
-    "xfs",
-    "btrfs",
-    "exfat",
-    "nls_cp437",
-    "nls_ascii",
-    "nls_utf8",
-    "nls_iso8859_1",
-    // checksums filesystems ask for by softdep
-    "crc32c_generic",
-    "crc32c",
-];
-
-/// Index files copied or filtered into the image.
-const INDEX_FILES: &[&str] = &[
-    "modules.dep",
-    "modules.alias",
-    "modules.softdep",
-    "modules.builtin",
-    "modules.builtin.modinfo",
-    "modules.order",
-];
+/// Index files copied as they are (modules.dep, modules.alias and modules.softdep
+/// are filtered to the included modules; modules.order only serves `modprobe -r`).
+const COPIED_INDEX_FILES: &[&str] = &["modules.builtin", "modules.builtin.modinfo"];
 
 /// What to build.
 #[derive(Debug, Clone)]
@@ -105,15 +59,6 @@ pub struct Summary {
     pub compressed: usize,
 }
 
-fn normalize(n: &str) -> String {
-    n.trim().replace('-', "_")
-}
-
-fn name_of_path(p: &str) -> String {
-    let file = p.rsplit('/').next().unwrap_or(p);
-    normalize(file.split(".ko").next().unwrap_or(file))
-}
-
 /// The kernel release under `kernel_dir/lib/modules`, which must be unique unless given.
 pub fn find_kver(kernel_dir: &Path, kver: Option<&str>) -> Result<String> {
     if let Some(k) = kver {
@@ -141,36 +86,6 @@ pub fn find_kver(kernel_dir: &Path, kver: Option<&str>) -> Result<String> {
     }
 }
 
-/// modules.dep as name -> (path, dep names).
-fn parse_dep(text: &str) -> BTreeMap<String, (String, Vec<String>)> {
-    let mut out = BTreeMap::new();
-    for line in text.lines() {
-        if let Some((p, deps)) = line.split_once(':') {
-            let p = p.trim();
-            if !p.is_empty() {
-                let deps = deps.split_whitespace().map(name_of_path).collect();
-                out.insert(name_of_path(p), (p.to_string(), deps));
-            }
-        }
-    }
-    out
-}
-
-/// `softdep NAME pre: a b post: c` -> NAME -> [a, b, c] (all wanted in the image).
-fn parse_softdep(text: &str) -> BTreeMap<String, Vec<String>> {
-    let mut out: BTreeMap<String, Vec<String>> = BTreeMap::new();
-    for line in text.lines() {
-        let mut it = line.split_whitespace();
-        if it.next() != Some("softdep") {
-            continue;
-        }
-        let Some(m) = it.next() else { continue };
-        let e = out.entry(normalize(m)).or_default();
-        e.extend(it.filter(|w| !w.ends_with(':')).map(normalize));
-    }
-    out
-}
-
 /// Fields of an ELF module's .modinfo section (`key=value` strings separated by
 /// NUL), found by scanning the uncompressed bytes; enough for `depends=` and
 /// `alias=` of out-of-tree modules that depmod never saw.
@@ -185,54 +100,45 @@ pub fn modinfo(image: &[u8], key: &str) -> Vec<String> {
         .collect()
 }
 
-/// Reads a module file, decompressing .xz and .gz (for .modinfo scanning only).
-fn read_module_plain(path: &Path) -> Result<Vec<u8>> {
-    let raw = fs::read(path).with_context(|| format!("read {}", path.display()))?;
-    let name = path.to_string_lossy();
-    let mut out = Vec::new();
-    if name.ends_with(".xz") {
-        xz2::read::XzDecoder::new(&raw[..])
-            .read_to_end(&mut out)
-            .with_context(|| format!("decompress {}", path.display()))?;
-    } else if name.ends_with(".gz") {
-        flate2::read::GzDecoder::new(&raw[..])
-            .read_to_end(&mut out)
-            .with_context(|| format!("decompress {}", path.display()))?;
-    } else {
-        out = raw;
-    }
-    Ok(out)
+/// The kernel's index and what the image takes from it.
+struct Plan {
+    kver: String,
+    /// lib/modules/<kver> of the kernel directory.
+    mdir: PathBuf,
+    texts: IndexTexts,
+    /// modules.dep, with the out-of-tree modules added.
+    deps: HashMap<String, DepEntry>,
+    /// modules.alias lines for the out-of-tree modules, from their .modinfo.
+    extra_alias: String,
+    /// Out-of-tree modules: path in the image (extra/NAME.ko) -> source file.
+    extra_files: BTreeMap<String, PathBuf>,
+    /// The modules asked for, whose closure goes in.
+    roots: Vec<String>,
 }
 
-/// Builds the archive (uncompressed) and says what went in.
-pub fn assemble(opts: &Options) -> Result<(Archive, Summary)> {
-    let kver = find_kver(&opts.kernel_dir, opts.kver.as_deref())?;
-    let mdir = opts.kernel_dir.join("lib/modules").join(&kver);
-    let read_opt = |name: &str| -> Result<Option<String>> {
-        let p = mdir.join(name);
-        match fs::read(&p) {
-            Ok(b) => Ok(Some(String::from_utf8_lossy(&b).into_owned())),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
-            Err(e) => Err(e).with_context(|| format!("read {}", p.display())),
+impl Plan {
+    fn read(opts: &Options) -> Result<Self> {
+        let kver = find_kver(&opts.kernel_dir, opts.kver.as_deref())?;
+        let mdir = opts.kernel_dir.join("lib/modules").join(&kver);
+        let texts = IndexTexts::read(&mdir)?;
+        let mut plan = Plan {
+            kver,
+            deps: parse_dep(&texts.dep),
+            texts,
+            mdir,
+            extra_alias: String::new(),
+            extra_files: BTreeMap::new(),
+            roots: needed::image_modules().map(str::to_string).collect(),
+        };
+        plan.roots.extend(opts.modules.iter().map(|m| normalize(m)));
+        for p in &opts.extra_modules {
+            plan.add_extra(p)?;
         }
-    };
-    let dep_text = read_opt("modules.dep")?.context("modules.dep missing")?;
-    let mut deps = parse_dep(&dep_text);
-    let softdeps = parse_softdep(&read_opt("modules.softdep")?.unwrap_or_default());
-    let builtin: BTreeSet<String> = read_opt("modules.builtin")?
-        .unwrap_or_default()
-        .lines()
-        .filter(|l| !l.trim().is_empty())
-        .map(name_of_path)
-        .collect();
-    let alias_text = read_opt("modules.alias")?.unwrap_or_default();
+        Ok(plan)
+    }
 
-    // Out-of-tree modules: their dependencies and aliases come from .modinfo.
-    let mut extra_alias = String::new();
-    let mut extra_files: Vec<(String, PathBuf)> = Vec::new();
-    let mut roots: Vec<String> = WANTED.iter().map(|s| s.to_string()).collect();
-    roots.extend(opts.modules.iter().map(|m| normalize(m)));
-    for p in &opts.extra_modules {
+    /// An out-of-tree module: its dependencies and aliases come from .modinfo.
+    fn add_extra(&mut self, p: &Path) -> Result<()> {
         let file = p
             .file_name()
             .and_then(|f| f.to_str())
@@ -240,59 +146,157 @@ pub fn assemble(opts: &Options) -> Result<(Archive, Summary)> {
         if !file.contains(".ko") {
             bail!("{}: not a .ko file", p.display());
         }
-        let plain = read_module_plain(p)?;
+        // A zstd module is shipped as it is; only the kernel can read its .modinfo.
+        let plain = match Compression::of(p) {
+            Ok(Compression::Zstd) => {
+                fs::read(p).with_context(|| format!("read {}", p.display()))?
+            }
+            Ok(_) => read_module(p)?,
+            Err(_) => fs::read(p).with_context(|| format!("read {}", p.display()))?,
+        };
         let name = modinfo(&plain, "name")
             .into_iter()
             .next()
             .map(|n| normalize(&n))
             .unwrap_or_else(|| name_of_path(file));
-        let mdeps: Vec<String> = modinfo(&plain, "depends")
+        let deps: Vec<String> = modinfo(&plain, "depends")
             .iter()
             .flat_map(|d| d.split(',').map(normalize).collect::<Vec<_>>())
             .filter(|d| !d.is_empty())
             .collect();
         for a in modinfo(&plain, "alias") {
-            extra_alias.push_str(&format!("alias {a} {name}\n"));
+            self.extra_alias.push_str(&format!("alias {a} {name}\n"));
         }
-        let rel = format!("extra/{file}");
-        deps.insert(name.clone(), (rel.clone(), mdeps));
-        extra_files.push((rel, p.clone()));
-        roots.push(name);
+        let path = format!("extra/{file}");
+        self.deps.insert(
+            name.clone(),
+            DepEntry {
+                path: path.clone(),
+                deps,
+            },
+        );
+        self.extra_files.insert(path, p.to_path_buf());
+        self.roots.push(name);
+        Ok(())
     }
 
-    // The closure: each wanted module, its modules.dep dependencies and softdeps.
-    let mut include: BTreeSet<String> = BTreeSet::new();
-    let mut summary = Summary {
-        kver: kver.clone(),
-        ..Default::default()
-    };
-    let mut stack: Vec<(String, bool)> = roots.iter().map(|r| (r.clone(), true)).collect();
-    while let Some((m, wanted)) = stack.pop() {
-        if include.contains(&m) {
-            continue;
-        }
-        if let Some((_, d)) = deps.get(&m) {
-            include.insert(m.clone());
-            stack.extend(d.iter().map(|x| (x.clone(), false)));
-            if let Some(s) = softdeps.get(&m) {
-                stack.extend(s.iter().map(|x| (x.clone(), false)));
+    /// The closure: each wanted module, its modules.dep dependencies and softdeps;
+    /// wanted modules that are not modules go to the summary as built in or missing.
+    fn closure(&self, summary: &mut Summary) -> BTreeSet<String> {
+        let softdeps = parse_softdep(&self.texts.softdep);
+        let builtin = parse_builtin(&self.texts.builtin);
+        let mut include: BTreeSet<String> = BTreeSet::new();
+        let mut stack: Vec<(String, bool)> = self.roots.iter().map(|r| (r.clone(), true)).collect();
+        while let Some((m, wanted)) = stack.pop() {
+            if include.contains(&m) {
+                continue;
             }
-        } else if wanted {
-            if builtin.contains(&m) {
-                summary.builtin.push(m);
-            } else {
-                summary.missing.push(m);
+            if let Some(e) = self.deps.get(&m) {
+                include.insert(m.clone());
+                stack.extend(e.deps.iter().map(|x| (x.clone(), false)));
+                if let Some(s) = softdeps.get(&m) {
+                    stack.extend(s.pre.iter().chain(&s.post).map(|x| (x.clone(), false)));
+                }
+            } else if wanted {
+                if builtin.contains(&m) {
+                    summary.builtin.push(m);
+                } else {
+                    summary.missing.push(m);
+                }
             }
         }
+        summary.builtin.sort();
+        summary.builtin.dedup();
+        summary.missing.sort();
+        summary.missing.dedup();
+        include
     }
-    summary.builtin.sort();
-    summary.builtin.dedup();
-    summary.missing.sort();
-    summary.missing.dedup();
 
-    let mut a = Archive::new();
-    let rescue = fs::read(&opts.rescue)
-        .with_context(|| format!("read rescue binary {}", opts.rescue.display()))?;
+    /// The included module files, and modules.dep for them: in modules.dep's
+    /// original order, so the loader sees what depmod wrote; extras go last.
+    fn add_modules(&self, a: &mut Archive, base: &str, include: &BTreeSet<String>) -> Result<()> {
+        let mut dep_lines: BTreeMap<String, String> = BTreeMap::new();
+        for m in include {
+            let e = &self.deps[m];
+            let src = match self.extra_files.get(&e.path) {
+                Some(p) => p.clone(),
+                None => self.mdir.join(&e.path),
+            };
+            let bytes = fs::read(&src).with_context(|| format!("read {}", src.display()))?;
+            a.add(Entry::file(&format!("{base}/{}", e.path), 0o644, bytes));
+            let dpaths: Vec<&str> = e
+                .deps
+                .iter()
+                .filter_map(|x| self.deps.get(x).map(|d| d.path.as_str()))
+                .collect();
+            let line = format!("{}: {}", e.path, dpaths.join(" "));
+            dep_lines.insert(e.path.clone(), line.trim_end().to_string());
+        }
+        let mut dep_sorted = String::new();
+        for line in self.texts.dep.lines() {
+            if let Some((p, _)) = dep_line(line)
+                && let Some(l) = dep_lines.remove(p)
+            {
+                dep_sorted.push_str(&l);
+                dep_sorted.push('\n');
+            }
+        }
+        for l in dep_lines.values() {
+            dep_sorted.push_str(l);
+            dep_sorted.push('\n');
+        }
+        a.add(Entry::file(
+            &format!("{base}/modules.dep"),
+            0o644,
+            dep_sorted.into_bytes(),
+        ));
+        Ok(())
+    }
+
+    /// modules.alias and modules.softdep for the included modules only, the other
+    /// index files as they are.
+    fn add_index(&self, a: &mut Archive, base: &str, include: &BTreeSet<String>) -> Result<()> {
+        let included = |m: &str| include.contains(&normalize(m));
+        let keep = |text: &str, module_of: fn(&str) -> Option<&str>| -> Vec<u8> {
+            text.lines()
+                .filter(|l| module_of(l).is_some_and(included))
+                .flat_map(|l| [l, "\n"])
+                .collect::<String>()
+                .into_bytes()
+        };
+        let aliases = format!("{}{}", self.texts.alias, self.extra_alias);
+        a.add(Entry::file(
+            &format!("{base}/modules.alias"),
+            0o644,
+            keep(&aliases, alias_module),
+        ));
+        a.add(Entry::file(
+            &format!("{base}/modules.softdep"),
+            0o644,
+            keep(&self.texts.softdep, softdep_module),
+        ));
+        for f in COPIED_INDEX_FILES {
+            let p = self.mdir.join(f);
+            match fs::read(&p) {
+                Ok(b) => a.add(Entry::file(&format!("{base}/{f}"), 0o644, b)),
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => return Err(e).with_context(|| format!("read {}", p.display())),
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The module of a modules.alias line.
+fn alias_module(line: &str) -> Option<&str> {
+    alias_entry(line).map(|(_, m)| m)
+}
+
+/// The files every image has: the static rescue as /init, the mount points and the
+/// device nodes the console needs before devtmpfs.
+fn add_base(a: &mut Archive, rescue_bin: &Path) -> Result<()> {
+    let rescue = fs::read(rescue_bin)
+        .with_context(|| format!("read rescue binary {}", rescue_bin.display()))?;
     a.add(Entry::file("init", 0o755, rescue));
     a.add(Entry::symlink("bin/rescue", "/init"));
     for d in ["dev", "proc", "sys", "run", "etc", "root", "mnt"] {
@@ -301,94 +305,24 @@ pub fn assemble(opts: &Options) -> Result<(Archive, Summary)> {
     a.add(Entry::dir("tmp", 0o1777));
     a.add(Entry::chardev("dev/console", 0o600, 5, 1));
     a.add(Entry::chardev("dev/null", 0o666, 1, 3));
+    Ok(())
+}
 
-    let base = format!("lib/modules/{kver}");
+/// Builds the archive (uncompressed) and says what went in.
+pub fn assemble(opts: &Options) -> Result<(Archive, Summary)> {
+    let plan = Plan::read(opts)?;
+    let mut summary = Summary {
+        kver: plan.kver.clone(),
+        ..Default::default()
+    };
+    let include = plan.closure(&mut summary);
+    let mut a = Archive::new();
+    add_base(&mut a, &opts.rescue)?;
+    let base = format!("lib/modules/{}", plan.kver);
     a.add(Entry::dir(&base, 0o755));
-    let extra_map: BTreeMap<&str, &PathBuf> =
-        extra_files.iter().map(|(r, p)| (r.as_str(), p)).collect();
-    let mut dep_lines: BTreeMap<String, String> = BTreeMap::new();
-    for m in &include {
-        let (rel, d) = &deps[m];
-        let src = match extra_map.get(rel.as_str()) {
-            Some(p) => (*p).clone(),
-            None => mdir.join(rel),
-        };
-        let bytes = fs::read(&src).with_context(|| format!("read {}", src.display()))?;
-        a.add(Entry::file(&format!("{base}/{rel}"), 0o644, bytes));
-        let dpaths: Vec<&str> = d
-            .iter()
-            .filter_map(|x| deps.get(x).map(|(p, _)| p.as_str()))
-            .collect();
-        let line = format!("{rel}: {}", dpaths.join(" "));
-        dep_lines.insert(rel.clone(), line.trim_end().to_string());
-    }
-    summary.modules = include.iter().cloned().collect();
-
-    // Keep the index in modules.dep's original order for included modules, so the
-    // loader sees what depmod wrote; extras go last.
-    let mut dep_sorted = String::new();
-    for line in dep_text.lines() {
-        if let Some((p, _)) = line.split_once(':')
-            && let Some(l) = dep_lines.remove(p.trim())
-        {
-            dep_sorted.push_str(&l);
-            dep_sorted.push('\n');
-        }
-    }
-    for l in dep_lines.values() {
-        dep_sorted.push_str(l);
-        dep_sorted.push('\n');
-    }
-    a.add(Entry::file(
-        &format!("{base}/modules.dep"),
-        0o644,
-        dep_sorted.into_bytes(),
-    ));
-
-    let mut alias_out = String::new();
-    for line in alias_text.lines().chain(extra_alias.lines()) {
-        let mut it = line.split_whitespace();
-        if it.next() == Some("alias")
-            && let (Some(_), Some(m)) = (it.next(), it.next())
-            && include.contains(&normalize(m))
-        {
-            alias_out.push_str(line);
-            alias_out.push('\n');
-        }
-    }
-    a.add(Entry::file(
-        &format!("{base}/modules.alias"),
-        0o644,
-        alias_out.into_bytes(),
-    ));
-
-    let softdep_out: String = read_opt("modules.softdep")?
-        .unwrap_or_default()
-        .lines()
-        .filter(|l| {
-            let mut it = l.split_whitespace();
-            it.next() == Some("softdep")
-                && it.next().is_some_and(|m| include.contains(&normalize(m)))
-        })
-        .map(|l| format!("{l}\n"))
-        .collect();
-    a.add(Entry::file(
-        &format!("{base}/modules.softdep"),
-        0o644,
-        softdep_out.into_bytes(),
-    ));
-
-    for f in INDEX_FILES {
-        if matches!(*f, "modules.dep" | "modules.alias" | "modules.softdep") {
-            continue;
-        }
-        if *f == "modules.order" {
-            continue; // only modprobe -r ordering uses it
-        }
-        if let Some(t) = read_opt(f)? {
-            a.add(Entry::file(&format!("{base}/{f}"), 0o644, t.into_bytes()));
-        }
-    }
+    plan.add_modules(&mut a, &base, &include)?;
+    plan.add_index(&mut a, &base, &include)?;
+    summary.modules = include.into_iter().collect();
     Ok((a, summary))
 }
 

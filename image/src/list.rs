@@ -2,10 +2,10 @@
 //! uses the CRC32 check the kernel requires, and parses the newc entries.
 
 use std::fs;
-use std::io::Read;
 use std::path::Path;
 
 use anyhow::{Context, Result, bail};
+use bootfacts::decompress::{Compression, decompress};
 
 use crate::newc::{ReadEntry, parse};
 
@@ -38,23 +38,11 @@ pub fn xz_check(bytes: &[u8]) -> Option<&'static str> {
 /// Reads and parses an image file.
 pub fn read_image(path: &Path) -> Result<Listing> {
     let bytes = fs::read(path).with_context(|| format!("read {}", path.display()))?;
-    let (compression, raw) = if bytes.starts_with(b"\xfd7zXZ\x00") {
-        let mut out = Vec::new();
-        xz2::read::XzDecoder::new_multi_decoder(&bytes[..])
-            .read_to_end(&mut out)
-            .context("xz")?;
-        ("xz", out)
-    } else if bytes.starts_with(&[0x1f, 0x8b]) {
-        let mut out = Vec::new();
-        flate2::read::MultiGzDecoder::new(&bytes[..])
-            .read_to_end(&mut out)
-            .context("gzip")?;
-        ("gzip", out)
-    } else if bytes.starts_with(b"07070") {
-        ("none", bytes.clone())
-    } else {
+    let Some(kind) = Compression::of_image(&bytes) else {
         bail!("{}: not an xz, gzip or newc cpio image", path.display());
     };
+    let raw = decompress(kind, &bytes[..]).with_context(|| format!("read {}", path.display()))?;
+    let compression = kind.name();
     let entries = parse(&raw).context("parse cpio")?;
     Ok(Listing {
         compression,

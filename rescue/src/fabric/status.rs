@@ -4,16 +4,16 @@
 
 use std::fs;
 
+use bootfacts::index::{parse_builtin, parse_dep};
+use bootfacts::needed::{STREAM_MODULE, STREAM_STACK};
 use serde::Serialize;
 
 use crate::Root;
 use crate::disks::natural_cmp;
 use crate::fabric::bus::{self, Domain, Router, Service, XDomain};
+use crate::fabric::link::STREAM_ROOT as STREAM_CONFIGFS;
 use crate::mountinfo;
 use crate::util::Peer;
-
-const STREAM_CONFIGFS: &str = "/sys/kernel/config/thunderbolt/stream";
-const STREAM_MODULE: &str = "thunderbolt_stream";
 /// The first release with thunderbolt_stream.
 const MIN_KERNEL: (u32, u32) = (7, 2);
 
@@ -103,7 +103,7 @@ pub fn collect(root: &Root) -> Status {
         .as_deref()
         .and_then(parse_release)
         .map(|v| v >= MIN_KERNEL);
-    let modules = ["thunderbolt", STREAM_MODULE]
+    let modules = STREAM_STACK
         .iter()
         .map(|m| module_status(root, kernel_release.as_deref(), m))
         .collect::<Vec<_>>();
@@ -176,31 +176,21 @@ fn parse_release(r: &str) -> Option<(u32, u32)> {
 }
 
 fn module_status(root: &Root, release: Option<&str>, name: &str) -> ModuleStatus {
-    let listed = |file: &str| -> bool {
-        let Some(rel) = release else { return false };
-        let Ok(text) = fs::read_to_string(root.path(format!("/lib/modules/{rel}/{file}"))) else {
-            return false;
-        };
-        text.lines().any(|l| {
-            let path = l.split(':').next().unwrap_or("");
-            module_name_of(path) == name
-        })
+    let text = |file: &str| -> String {
+        release
+            .and_then(|rel| {
+                fs::read_to_string(root.path(format!("/lib/modules/{rel}/{file}"))).ok()
+            })
+            .unwrap_or_default()
     };
-    let builtin = listed("modules.builtin");
+    let builtin = parse_builtin(&text("modules.builtin")).contains(name);
     let loaded = root.path(format!("/sys/module/{name}")).is_dir();
     ModuleStatus {
         name: name.to_string(),
         loaded: loaded || builtin,
         builtin,
-        available: builtin || loaded || listed("modules.dep"),
+        available: builtin || loaded || parse_dep(&text("modules.dep")).contains_key(name),
     }
-}
-
-/// "kernel/drivers/thunderbolt/thunderbolt-stream.ko.xz" -> "thunderbolt_stream".
-fn module_name_of(path: &str) -> String {
-    let base = path.rsplit('/').next().unwrap_or(path).trim();
-    let stem = base.split(".ko").next().unwrap_or(base);
-    stem.replace('-', "_")
 }
 
 fn read_streams(root: &Root, services: &[Service]) -> Vec<StreamStatus> {
@@ -351,6 +341,16 @@ fn opt(v: &Option<String>) -> &str {
 /// The human report.
 pub fn render(s: &Status) -> String {
     let mut o = String::new();
+    render_system(&mut o, s);
+    render_domains(&mut o, s);
+    render_peers(&mut o, s);
+    render_streams(&mut o, s);
+    render_verdict(&mut o, s);
+    o
+}
+
+/// Kernel, modules and ConfigFS.
+fn render_system(o: &mut String, s: &Status) {
     let kernel = match (&s.kernel_release, s.kernel_supported) {
         (Some(r), Some(true)) => format!("{r} (USB4STREAM supported)"),
         (Some(r), Some(false)) => format!(
@@ -386,7 +386,10 @@ pub fn render(s: &Status) -> String {
             (false, false) => "not mounted".into(),
         }
     ));
+}
 
+/// The host controllers (Thunderbolt domains).
+fn render_domains(o: &mut String, s: &Status) {
     o.push_str("\nHost controllers:\n");
     if s.domains.is_empty() {
         o.push_str("  none\n");
@@ -408,7 +411,10 @@ pub fn render(s: &Status) -> String {
             ));
         }
     }
+}
 
+/// Connected peer hosts and their services.
+fn render_peers(o: &mut String, s: &Status) {
     o.push_str("\nPeer hosts:\n");
     if s.peers.is_empty() {
         o.push_str("  none connected\n");
@@ -455,7 +461,10 @@ pub fn render(s: &Status) -> String {
             o.push_str("    no services\n");
         }
     }
+}
 
+/// The streams configured in ConfigFS.
+fn render_streams(o: &mut String, s: &Status) {
     o.push_str("\nStreams (ConfigFS):\n");
     if s.streams.is_empty() {
         o.push_str("  none configured\n");
@@ -478,7 +487,10 @@ pub fn render(s: &Status) -> String {
             if st.peer_present { "" } else { ", peer absent" }
         ));
     }
+}
 
+/// Warnings, notes, and whether streams can be set up.
+fn render_verdict(o: &mut String, s: &Status) {
     if !s.warnings.is_empty() {
         o.push('\n');
         for w in &s.warnings {
@@ -500,7 +512,6 @@ pub fn render(s: &Status) -> String {
             o.push_str(&format!("  - {p}\n"));
         }
     }
-    o
 }
 
 #[cfg(test)]
@@ -516,19 +527,5 @@ mod tests {
         assert_eq!(parse_release("10"), Some((10, 0)));
         assert_eq!(parse_release("linux"), None);
         assert!((7, 2) >= MIN_KERNEL && (6, 99) < MIN_KERNEL && (8, 0) >= MIN_KERNEL);
-    }
-
-    #[test]
-    fn names_modules_from_paths() {
-        assert_eq!(
-            module_name_of("kernel/drivers/thunderbolt/thunderbolt_stream.ko.xz"),
-            "thunderbolt_stream"
-        );
-        assert_eq!(
-            module_name_of("thunderbolt-stream.ko"),
-            "thunderbolt_stream"
-        );
-        assert_eq!(module_name_of("kernel/fs/configfs/configfs.ko"), "configfs");
-        assert_eq!(module_name_of(""), "");
     }
 }

@@ -15,11 +15,13 @@
 use std::fs;
 use std::time::Duration;
 
+use bootfacts::needed::CONFIGFS;
+
 use crate::init::cmdline::Fabric;
 use crate::modload::{self, Loader, ModuleSys, rescue_drivers, settle};
 use crate::root::Root;
 
-pub const VCABLE: &str = "usb4vcable";
+pub const VCABLE: &str = bootfacts::needed::VIRTUAL_CABLE;
 
 /// What bring-up did, for the console.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -32,7 +34,7 @@ pub struct DriverReport {
     pub virtual_cable: bool,
 }
 
-const REAL_STACK: &[&str] = &["thunderbolt", "thunderbolt_stream"];
+const REAL_STACK: &[&str] = &bootfacts::needed::STREAM_STACK;
 
 fn real_filter(name: &str, path: &str) -> bool {
     name != VCABLE && rescue_drivers(name, path)
@@ -98,12 +100,8 @@ pub fn bring_up<S: ModuleSys>(
             }
         }
     };
-    let stack: &[&str] = if virt {
-        &["configfs", VCABLE]
-    } else {
-        &["configfs", "thunderbolt", "thunderbolt_stream"]
-    };
-    for m in stack {
+    let stack: &[&str] = if virt { &[VCABLE] } else { REAL_STACK };
+    for m in std::iter::once(&CONFIGFS).chain(stack) {
         let ok = load(loader, &mut rep, m);
         if *m == VCABLE {
             rep.virtual_cable = ok;

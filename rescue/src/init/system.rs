@@ -98,7 +98,7 @@ impl<S: ModuleSys> Backend for System<S> {
                 // clearly when the type is unknown.
                 let _ = l.load(fstype);
                 if fstype == "vfat" {
-                    for nls in ["nls_cp437", "nls_iso8859_1", "nls_utf8", "nls_ascii"] {
+                    for nls in bootfacts::needed::VFAT_CODEPAGES {
                         let _ = l.load(nls);
                     }
                 }

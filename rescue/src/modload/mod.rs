@@ -2,9 +2,6 @@
 //! resolves names and aliases through the depmod index, loads dependency closures in
 //! order, and loads drivers for the hardware present from device modaliases.
 
-pub mod decompress;
-pub mod glob;
-pub mod index;
 pub mod settle;
 pub mod sys;
 
@@ -17,9 +14,7 @@ use anyhow::{Context, Result, anyhow, bail};
 use nix::errno::Errno;
 
 use crate::root::Root;
-pub use decompress::{Compression, read_module};
-pub use glob::glob_match;
-pub use index::{ModIndex, normalize};
+pub use bootfacts::{Compression, ModIndex, glob_match, normalize, read_module};
 pub use settle::{Settled, wait_for_disks};
 pub use sys::{DryRun, KernelSys, ModuleSys};
 

@@ -1,5 +1,6 @@
 //! Reads the depmod index files (modules.dep, modules.alias, modules.builtin,
-//! modules.softdep) that tell the loader where a module lives and what it needs.
+//! modules.softdep) that tell the loader where a module lives and what it needs,
+//! and the image builder which files a module closure takes.
 
 use std::collections::{HashMap, HashSet};
 use std::fs;
@@ -49,27 +50,17 @@ pub struct ModIndex {
 impl ModIndex {
     /// Reads the index files in `dir`; only modules.dep is required.
     pub fn read(dir: &Path) -> Result<Self> {
-        let dep = fs::read_to_string(dir.join("modules.dep"))
-            .with_context(|| format!("read {}", dir.join("modules.dep").display()))?;
-        let mut idx = ModIndex {
-            modules: parse_dep(&dep),
-            ..Default::default()
-        };
-        if let Some(text) = read_optional(&dir.join("modules.alias"))? {
-            idx.aliases = parse_alias(&text);
+        Ok(Self::parse(&IndexTexts::read(dir)?))
+    }
+
+    /// Parses index files already read.
+    pub fn parse(t: &IndexTexts) -> Self {
+        ModIndex {
+            modules: parse_dep(&t.dep),
+            aliases: parse_alias(&t.alias),
+            builtin: parse_builtin(&t.builtin),
+            softdeps: parse_softdep(&t.softdep),
         }
-        if let Some(text) = read_optional(&dir.join("modules.builtin"))? {
-            idx.builtin = text
-                .lines()
-                .map(str::trim)
-                .filter(|l| !l.is_empty())
-                .map(name_of_path)
-                .collect();
-        }
-        if let Some(text) = read_optional(&dir.join("modules.softdep"))? {
-            idx.softdeps = parse_softdep(&text);
-        }
-        Ok(idx)
     }
 
     /// Module names an exact alias (such as `fs-vfat`) stands for.
@@ -85,7 +76,7 @@ impl ModIndex {
     pub fn match_modalias(&self, modalias: &str) -> Vec<String> {
         let mut out: Vec<String> = Vec::new();
         for (pat, module) in &self.aliases {
-            if super::glob::glob_match(pat, modalias) && !out.contains(module) {
+            if crate::glob::glob_match(pat, modalias) && !out.contains(module) {
                 out.push(module.clone());
             }
         }
@@ -93,25 +84,79 @@ impl ModIndex {
     }
 }
 
-fn read_optional(path: &Path) -> Result<Option<String>> {
-    match fs::read_to_string(path) {
-        Ok(s) => Ok(Some(s)),
+/// The text of the index files of one modules directory; the optional ones are
+/// empty when absent.
+#[derive(Debug, Clone, Default)]
+pub struct IndexTexts {
+    pub dep: String,
+    pub alias: String,
+    pub builtin: String,
+    pub softdep: String,
+}
+
+impl IndexTexts {
+    /// Reads them from `dir`; only modules.dep is required.
+    pub fn read(dir: &Path) -> Result<Self> {
+        let dep = dir.join("modules.dep");
+        let dep = fs::read(&dep).with_context(|| format!("read {}", dep.display()))?;
+        Ok(IndexTexts {
+            dep: String::from_utf8_lossy(&dep).into_owned(),
+            alias: read_optional(&dir.join("modules.alias"))?.unwrap_or_default(),
+            builtin: read_optional(&dir.join("modules.builtin"))?.unwrap_or_default(),
+            softdep: read_optional(&dir.join("modules.softdep"))?.unwrap_or_default(),
+        })
+    }
+}
+
+/// A file's text (invalid UTF-8 replaced), or `None` when it does not exist.
+pub fn read_optional(path: &Path) -> Result<Option<String>> {
+    match fs::read(path) {
+        Ok(b) => Ok(Some(String::from_utf8_lossy(&b).into_owned())),
         Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
         Err(e) => Err(e).with_context(|| format!("read {}", path.display())),
     }
+}
+
+/// (module path, dependency paths) of a modules.dep line `path: dep dep ...`.
+pub fn dep_line(line: &str) -> Option<(&str, &str)> {
+    let (path, deps) = line.split_once(':')?;
+    Some((path.trim(), deps)).filter(|(p, _)| !p.is_empty())
+}
+
+/// (pattern, module as written) of a modules.alias line `alias PATTERN MODULE`.
+pub fn alias_entry(line: &str) -> Option<(&str, &str)> {
+    let mut it = line.split_whitespace();
+    if it.next()? != "alias" {
+        return None;
+    }
+    Some((it.next()?, it.next()?))
+}
+
+/// The module (as written) of a modules.softdep line `softdep MODULE pre: ...`.
+pub fn softdep_module(line: &str) -> Option<&str> {
+    let mut it = line.split_whitespace();
+    if it.next()? != "softdep" {
+        return None;
+    }
+    it.next()
+}
+
+/// Normalized names of the modules modules.builtin lists (one path per line).
+pub fn parse_builtin(text: &str) -> HashSet<String> {
+    text.lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty())
+        .map(name_of_path)
+        .collect()
 }
 
 /// `path: dep dep ...` per line.
 pub fn parse_dep(text: &str) -> HashMap<String, DepEntry> {
     let mut out = HashMap::new();
     for line in text.lines() {
-        let Some((path, deps)) = line.split_once(':') else {
+        let Some((path, deps)) = dep_line(line) else {
             continue;
         };
-        let path = path.trim();
-        if path.is_empty() {
-            continue;
-        }
         let deps = deps.split_whitespace().map(name_of_path).collect();
         out.insert(
             name_of_path(path),
@@ -127,15 +172,8 @@ pub fn parse_dep(text: &str) -> HashMap<String, DepEntry> {
 /// `alias PATTERN MODULE` per line; comments and other lines are skipped.
 pub fn parse_alias(text: &str) -> Vec<(String, String)> {
     text.lines()
-        .filter_map(|line| {
-            let mut it = line.split_whitespace();
-            if it.next()? != "alias" {
-                return None;
-            }
-            let pat = it.next()?;
-            let module = it.next()?;
-            Some((pat.to_string(), normalize(module)))
-        })
+        .filter_map(alias_entry)
+        .map(|(pat, module)| (pat.to_string(), normalize(module)))
         .collect()
 }
 
@@ -143,14 +181,12 @@ pub fn parse_alias(text: &str) -> Vec<(String, String)> {
 pub fn parse_softdep(text: &str) -> HashMap<String, SoftDep> {
     let mut out: HashMap<String, SoftDep> = HashMap::new();
     for line in text.lines() {
-        let mut it = line.split_whitespace();
-        if it.next() != Some("softdep") {
+        let Some(module) = softdep_module(line) else {
             continue;
-        }
-        let Some(module) = it.next() else { continue };
+        };
         let entry = out.entry(normalize(module)).or_default();
         let mut post = false;
-        for word in it {
+        for word in line.split_whitespace().skip(2) {
             match word {
                 "pre:" => post = false,
                 "post:" => post = true,
@@ -174,6 +210,30 @@ mod tests {
             "usb_storage"
         );
         assert_eq!(normalize("usb-storage"), "usb_storage");
+        // The names `rescue status` looks up (it had its own copy of this).
+        assert_eq!(
+            name_of_path("kernel/drivers/thunderbolt/thunderbolt_stream.ko.xz"),
+            "thunderbolt_stream"
+        );
+        assert_eq!(name_of_path("thunderbolt-stream.ko"), "thunderbolt_stream");
+        assert_eq!(name_of_path("kernel/fs/configfs/configfs.ko"), "configfs");
+        assert_eq!(name_of_path(""), "");
+    }
+
+    #[test]
+    fn line_grammar() {
+        assert_eq!(
+            dep_line("kernel/a.ko: b.ko"),
+            Some(("kernel/a.ko", " b.ko"))
+        );
+        assert_eq!(dep_line(" : b.ko"), None);
+        assert_eq!(dep_line("no colon"), None);
+        assert_eq!(alias_entry("alias fs-vfat vfat"), Some(("fs-vfat", "vfat")));
+        assert_eq!(alias_entry("# alias x y"), None);
+        assert_eq!(softdep_module("softdep ext4 pre: crc32c"), Some("ext4"));
+        assert_eq!(softdep_module("options ext4 x=1"), None);
+        let b = parse_builtin("kernel/drivers/virtio/virtio_pci.ko\n\n kernel/x/a-b.ko \n");
+        assert!(b.contains("virtio_pci") && b.contains("a_b") && b.len() == 2);
     }
 
     #[test]
