@@ -52,16 +52,9 @@ pub fn run(root: &Root, cmd: Command) -> Result<u8> {
         }
         Command::Link(a) => match a.action {
             LinkAction::Up => {
-                let mut l = Link::up(
-                    root,
-                    &LinkOpts {
-                        peer: a.connect.peer.clone(),
-                        name: a.connect.name.clone(),
-                        wait: a.connect.wait_timeout(),
-                        role: link::Role::Auto,
-                        teardown: true,
-                    },
-                )?;
+                let opts =
+                    LinkOpts::from_args(&a.connect, link::Role::Auto, a.connect.wait_timeout());
+                let mut l = Link::up(root, &opts)?;
                 l.keep();
                 println!("{}", l.dev.display());
                 eprintln!(

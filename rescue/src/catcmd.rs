@@ -3,13 +3,12 @@
 //! the upstream examples. No protocol: the other side may be `dd` or `cat`.
 
 use std::io::{self, Read, Write};
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::thread;
 
 use anyhow::{Context, Result};
 
 use crate::Root;
+use crate::cancel::{self, Interrupted, Token};
 use crate::cli::CatArgs;
 use crate::exit;
 use crate::fabric::link::{self, Link, LinkOpts};
@@ -24,13 +23,7 @@ pub fn run(root: &Root, args: &CatArgs) -> Result<u8> {
         None => {
             let l = Link::up(
                 root,
-                &LinkOpts {
-                    peer: c.peer.clone(),
-                    name: c.name.clone(),
-                    wait: c.wait_timeout(),
-                    role: link::Role::Auto,
-                    teardown: true,
-                },
+                &LinkOpts::from_args(c, link::Role::Auto, c.wait_timeout()),
             )?;
             eprintln!("stream {}/{} is {}", l.service, l.name, l.dev.display());
             let s = Stream::open_device(&l.dev, None)?;
@@ -38,7 +31,7 @@ pub fn run(root: &Root, args: &CatArgs) -> Result<u8> {
             s
         }
     };
-    let stop = Arc::new(AtomicBool::new(false));
+    let stop = Token::interruptible();
     let mut reader = stream.reader(stop.clone())?;
     let mut writer = stream.raw_writer()?;
     // stdin -> peer. When stdin ends after sending something, the stream is
@@ -59,7 +52,7 @@ pub fn run(root: &Root, args: &CatArgs) -> Result<u8> {
             total += n as u64;
         }
         if total > 0 {
-            stop_up.store(true, Ordering::SeqCst);
+            stop_up.stop();
         }
         Ok(total)
     });
@@ -83,7 +76,7 @@ pub fn run(root: &Root, args: &CatArgs) -> Result<u8> {
         }
     }
     stdout.flush().ok();
-    stop.store(true, Ordering::SeqCst);
+    stop.stop();
     stream.shutdown();
     let sent = if up.is_finished() {
         match up.join() {
@@ -103,10 +96,13 @@ pub fn run(root: &Root, args: &CatArgs) -> Result<u8> {
             eprintln!("rescue cat: the peer is gone (cable unplugged or peer stopped)");
             return Ok(exit::PEER_GONE);
         }
-        if e.to_string() != crate::transport::STOPPED {
+        if !cancel::is_stopped(&e) {
             eprintln!("rescue cat: {e}");
             return Ok(exit::ERROR);
         }
+    }
+    if cancel::interrupted() {
+        return Err(Interrupted::new("interrupted").into());
     }
     Ok(exit::OK)
 }

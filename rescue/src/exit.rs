@@ -2,6 +2,8 @@
 
 use std::fmt;
 
+use crate::cancel::Interrupted;
+
 pub const OK: u8 = 0;
 pub const ERROR: u8 = 1;
 pub const USAGE: u8 = 2;
@@ -57,10 +59,16 @@ pub fn advise_resume(err: anyhow::Error, advice: &str) -> anyhow::Error {
     Exit::new(PEER_GONE, format!("{m}{sentence}")).into()
 }
 
-/// The exit code an error chain asks for (the first `Exit` in it), else `ERROR`.
+/// The exit code an error chain asks for (the first `Exit` in it, or
+/// `INTERRUPTED` for the user's interruption), else `ERROR`.
 pub fn code_of(err: &anyhow::Error) -> u8 {
     err.chain()
-        .find_map(|e| e.downcast_ref::<Exit>().map(|x| x.code))
+        .find_map(|e| {
+            if e.is::<Interrupted>() {
+                return Some(INTERRUPTED);
+            }
+            e.downcast_ref::<Exit>().map(|x| x.code)
+        })
         .unwrap_or(ERROR)
 }
 
@@ -86,5 +94,13 @@ mod tests {
         let other = advise_resume(anyhow::anyhow!("disk full"), "add --resume");
         assert_eq!(code_of(&other), ERROR);
         assert_eq!(format!("{other:#}"), "disk full");
+    }
+
+    #[test]
+    fn the_users_interruption_exits_130_by_its_type() {
+        let e = anyhow::Error::new(Interrupted::new("interrupted while waiting for a peer"))
+            .context("serving");
+        assert_eq!(code_of(&e), INTERRUPTED);
+        assert_eq!(code_of(&anyhow::anyhow!("interrupted")), ERROR);
     }
 }

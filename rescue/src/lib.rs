@@ -9,6 +9,7 @@ pub mod backup;
 pub mod blkdev;
 pub mod bufpool;
 pub mod busy;
+pub mod cancel;
 pub mod catcmd;
 pub mod cli;
 pub mod direct;

@@ -13,7 +13,13 @@ fn main() -> ExitCode {
         rescue::init::main();
     }
     let cli = Cli::parse();
-    rescue::signals::install();
+    if std::env::var_os("RESCUE_SIGNALS").is_some_and(|v| v == "init") {
+        // PID 1's handling, for tests on the host: a signal stops the running
+        // command (exit 130) and never kills the process.
+        rescue::signals::install_cancel();
+    } else {
+        rescue::signals::install(rescue::fabric::link::teardown_all);
+    }
     let root = Root::new(&cli.root);
     let result = match &cli.command {
         // Outside PID 1, `rescue init` is a dry run against --root (tests).

@@ -4,12 +4,12 @@
 
 use std::cell::Cell;
 use std::os::unix::net::UnixListener;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
 
 use crate::Root;
+use crate::cancel::{self, Token};
 use crate::cli::ConnectArgs;
 use crate::exit::{self, Exit};
 use crate::fabric::link::{self, Link, LinkOpts};
@@ -141,14 +141,7 @@ fn connect_to(root: &Root, args: &ConnectArgs, role: Role) -> Result<Session> {
             })
         }
         None => {
-            let opts = LinkOpts {
-                peer: args.peer.clone(),
-                name: args.name.clone(),
-                wait,
-                role: link::Role::Adopt,
-                teardown: true,
-            };
-            let mut link = Link::up(root, &opts)?;
+            let mut link = Link::up(root, &LinkOpts::from_args(args, link::Role::Adopt, wait))?;
             link.announce();
             let start = Instant::now();
             loop {
@@ -162,6 +155,7 @@ fn connect_to(root: &Root, args: &ConnectArgs, role: Role) -> Result<Session> {
                             link: Some(link),
                         });
                     }
+                    Err(e) if cancel::is_interrupted(&e) => return Err(e),
                     Err(e) => {
                         if wait.is_some_and(|w| start.elapsed() >= w) {
                             return Err(e.context("the peer did not answer on the stream"));
@@ -230,13 +224,13 @@ pub fn serve(
     mut handle: impl FnMut(Session) -> Result<bool>,
 ) -> Result<()> {
     let me = identity::local(root);
-    let stop = AtomicBool::new(false);
     let served = Cell::new(0u64);
     let mut run = |s: Session| -> Result<bool> {
         served.set(served.get() + 1);
         match handle(s) {
             Ok(more) => Ok(more && !once),
-            Err(e) if once => Err(e),
+            // The user stopped serve, not only this session.
+            Err(e) if once || cancel::is_interrupted(&e) => Err(e),
             Err(e) => {
                 eprintln!("session ended with an error: {e:#}");
                 Ok(true)
@@ -254,14 +248,10 @@ pub fn serve(
             loop {
                 let stream = match next.take() {
                     Some(s) => Some(s),
-                    None => transport::accept_unix(&l, &stop, patience.until)?,
+                    None => transport::accept_unix(&l, None, patience.until)?,
                 };
                 let Some(stream) = stream else {
-                    // None without a deadline passing: stopped.
-                    if patience.over() {
-                        return patience.give_up(served.get());
-                    }
-                    return Ok(());
+                    return patience.give_up(served.get());
                 };
                 let mut conn = Conn::new(stream)?;
                 let peer =
@@ -274,7 +264,7 @@ pub fn serve(
                     };
                 conn.require_progress(conn::peer_progress());
                 let host = peer.identity.hostname.clone();
-                let over = AtomicBool::new(false);
+                let over = Token::new();
                 let (more, waiting) = std::thread::scope(|sc| {
                     let busy = sc.spawn(|| answer_busy(&l, &host, &over));
                     let more = run(Session {
@@ -283,7 +273,7 @@ pub fn serve(
                         me: me.clone(),
                         link: None,
                     });
-                    over.store(true, Ordering::SeqCst);
+                    over.stop();
                     (more, busy.join().ok().flatten())
                 });
                 next = waiting;
@@ -297,13 +287,7 @@ pub fn serve(
             let (dev, named, _link) = match endpoint {
                 Some(Endpoint::Device(p)) => (p, true, None),
                 _ => {
-                    let opts = LinkOpts {
-                        peer: args.peer.clone(),
-                        name: args.name.clone(),
-                        wait: patience.wait,
-                        role: link::Role::Publish,
-                        teardown: true,
-                    };
+                    let opts = LinkOpts::from_args(args, link::Role::Publish, patience.wait);
                     let link = Link::up(root, &opts)?;
                     link.announce();
                     (link.dev.clone(), false, Some(link))
@@ -318,6 +302,7 @@ pub fn serve(
                 };
                 let mut conn = match opened.and_then(Conn::new) {
                     Ok(c) => c,
+                    Err(e) if cancel::is_interrupted(&e) => return Err(e),
                     Err(_) if patience.over() => return patience.give_up(served.get()),
                     Err(e) => {
                         if once || exit::code_of(&e) == exit::USAGE {
@@ -330,6 +315,7 @@ pub fn serve(
                 };
                 let peer = match introduce(&mut conn, Role::Serve, &me, patience.left()) {
                     Ok(p) => p,
+                    Err(e) if cancel::is_interrupted(&e) => return Err(e),
                     Err(_) if patience.over() => return patience.give_up(served.get()),
                     Err(e) => {
                         if once {
@@ -366,17 +352,17 @@ const BUSY_GRACE: Duration = Duration::from_secs(3);
 /// holds the server and to try again, instead of leaving it to time out waiting
 /// for a greeting: serve runs one session at a time. Returns a peer that came
 /// while the session was ending, for serve to take next.
-fn answer_busy(l: &UnixListener, host: &str, over: &AtomicBool) -> Option<Stream> {
+fn answer_busy(l: &UnixListener, host: &str, over: &Token) -> Option<Stream> {
     let why = msg::to_json(&ErrorMsg {
         code: "busy".into(),
         message: format!("busy with a session for {host}; try again when it is over"),
     });
-    while let Ok(Some(stream)) = transport::accept_unix(l, over, None) {
+    while let Ok(Some(stream)) = transport::accept_unix(l, Some(over), None) {
         let t = Instant::now();
-        while t.elapsed() < BUSY_GRACE && !over.load(Ordering::SeqCst) {
+        while t.elapsed() < BUSY_GRACE && !over.stopped() {
             std::thread::sleep(Duration::from_millis(20));
         }
-        if over.load(Ordering::SeqCst) {
+        if over.stopped() {
             return Some(stream);
         }
         if let Stream::Unix(mut s) = stream {

@@ -1,17 +1,17 @@
 //! SIGINT/SIGTERM handling. The command-line tool: a thread waits for the
 //! signal, removes the ConfigFS groups this process created, and exits (signal
 //! handlers cannot safely do that work; a waiting thread can). PID 1 must never
-//! exit, so there Ctrl-C only raises a flag that the running flow notices and
-//! returns from with exit code 130. How to resume is said only when a signal
-//! cuts a transfer, not when it stops an idle command.
+//! exit, so there Ctrl-C only raises the user's interruption (`cancel`), which
+//! the running flow notices and returns from with exit code 130. How to resume
+//! is said only when a signal cuts a transfer, not when it stops an idle command.
 
 use std::sync::Mutex;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use nix::sys::signal::{SaFlags, SigAction, SigHandler, SigSet, Signal, sigaction};
 
-static CANCEL: AtomicBool = AtomicBool::new(false);
+use crate::cancel;
 
 /// What to tell the user when a signal cuts the command now: set while a
 /// transfer is under way, None while idle (nothing to resume).
@@ -60,7 +60,7 @@ const SAVE_WAIT: Duration = Duration::from_secs(60);
 
 /// A flow that saves what it has when interrupted (serve receiving a backup
 /// syncs and journals what it verified). While one lives, a signal raises the
-/// cancel flag, so `Conn::next_event` reports the stream stopped, and the
+/// user's interruption, so `Conn::next_event` reports the stream stopped, and the
 /// process exits once it is dropped (at most 60 s later; a second signal
 /// exits at once).
 pub struct SaveOnInterrupt(());
@@ -76,23 +76,13 @@ impl Drop for SaveOnInterrupt {
     }
 }
 
-/// Whether the user asked to stop (PID-1 mode).
-pub fn cancelled() -> bool {
-    CANCEL.load(Ordering::SeqCst)
-}
-
-/// Clears the flag before the next flow starts (PID-1 mode).
-pub fn reset() {
-    CANCEL.store(false, Ordering::SeqCst);
-}
-
 extern "C" fn on_sigint(_: libc::c_int) {
     // Only an atomic store: async-signal-safe.
-    CANCEL.store(true, Ordering::SeqCst);
+    cancel::interrupt();
 }
 
-/// PID-1 mode: Ctrl-C on the console cancels the running flow instead of
-/// killing the process.
+/// PID-1 mode: Ctrl-C on the console (SIGINT), or SIGTERM, cancels the running
+/// flow instead of killing the process.
 pub fn install_cancel() {
     let act = SigAction::new(
         SigHandler::Handler(on_sigint),
@@ -102,12 +92,15 @@ pub fn install_cancel() {
     // SAFETY: the handler only stores to an atomic.
     unsafe {
         let _ = sigaction(Signal::SIGINT, &act);
+        let _ = sigaction(Signal::SIGTERM, &act);
     }
 }
 
 /// Blocks the signals in this thread (and every thread spawned later) and
-/// starts the thread that handles them. Call first thing in main.
-pub fn install() {
+/// starts the thread that handles them. Call first thing in main. `teardown`
+/// removes the stream set-up this process made and says whether there was any
+/// (passed in, so this module needs nothing of the link's).
+pub fn install(teardown: fn() -> bool) {
     let mut set = SigSet::empty();
     set.add(Signal::SIGINT);
     set.add(Signal::SIGTERM);
@@ -122,7 +115,7 @@ pub fn install() {
                 // Read now: the flow clears it as it returns.
                 let advice = ADVICE.lock().ok().and_then(|a| a.clone());
                 if SAVING.load(Ordering::SeqCst) > 0 {
-                    CANCEL.store(true, Ordering::SeqCst);
+                    cancel::interrupt();
                     eprintln!(
                         "rescue: {}: saving what was received before stopping (send it again to stop at once)",
                         sig.as_str()
@@ -132,7 +125,7 @@ pub fn install() {
                         .name("signals".into())
                         .spawn(move || {
                             if let Ok(sig) = set.wait() {
-                                stop(sig.as_str(), again.as_deref());
+                                stop(sig.as_str(), again.as_deref(), teardown);
                             }
                         });
                     let t = Instant::now();
@@ -140,14 +133,14 @@ pub fn install() {
                         std::thread::sleep(Duration::from_millis(20));
                     }
                 }
-                stop(sig.as_str(), advice.as_deref());
+                stop(sig.as_str(), advice.as_deref(), teardown);
             }
         });
 }
 
 /// Removes the stream set-up, says so, and exits with 130.
-fn stop(sig: &str, advice: Option<&str>) -> ! {
-    let removed = crate::fabric::link::teardown_all();
+fn stop(sig: &str, advice: Option<&str>, teardown: fn() -> bool) -> ! {
+    let removed = teardown();
     eprintln!("{}", interrupted_line(sig, removed, advice));
     std::process::exit(i32::from(crate::exit::INTERRUPTED));
 }

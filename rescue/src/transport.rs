@@ -10,18 +10,14 @@ use std::os::fd::AsFd;
 use std::os::unix::fs::{FileTypeExt, MetadataExt, OpenOptionsExt};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
 use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
 
 use crate::Root;
+use crate::cancel::{self, Interrupted, Stopped, Token};
 use crate::exit::{self, Exit};
-
-/// The error text a stopped reader returns.
-pub const STOPPED: &str = "stopped";
 
 /// A liveness bound, which tests shorten through the environment variable
 /// `var` (milliseconds); a real cable keeps the default.
@@ -123,6 +119,7 @@ impl Stream {
                         )
                         .into());
                     }
+                    cancel::check("interrupted while waiting for a peer")?;
                     if !told {
                         eprintln!("waiting for a peer to listen on {}", path.display());
                         told = true;
@@ -161,8 +158,8 @@ impl Stream {
         Ok(File::from(fd))
     }
 
-    /// A reader that gives up with `STOPPED` once `stop` is set.
-    pub fn reader(&self, stop: Arc<AtomicBool>) -> Result<Box<dyn Read + Send>> {
+    /// A reader that gives up with `cancel::Stopped` once `stop` is stopped.
+    pub fn reader(&self, stop: Token) -> Result<Box<dyn Read + Send>> {
         self.tune();
         Ok(Box::new(PollReader {
             file: self.dup_file()?,
@@ -246,11 +243,11 @@ fn open_attached_by(path: &Path, until: Option<Instant>) -> Result<File> {
                     .context("making the stream blocking")?;
                 return Ok(f);
             }
-            Err(e) if e.raw_os_error() == Some(libc::ENXIO) && crate::signals::cancelled() => {
-                return Err(Exit::new(
-                    exit::INTERRUPTED,
-                    format!("stopped waiting for a peer on {}", path.display()),
-                )
+            Err(e) if e.raw_os_error() == Some(libc::ENXIO) && cancel::interrupted() => {
+                return Err(Interrupted::new(format!(
+                    "stopped waiting for a peer on {}",
+                    path.display()
+                ))
                 .into());
             }
             Err(e)
@@ -471,14 +468,16 @@ pub fn listen_unix(path: &Path) -> Result<UnixListener> {
     UnixListener::bind(path).with_context(|| format!("listening on {}", path.display()))
 }
 
-/// Accepts one connection, giving up (None) when `stop` is set or `until` passes.
+/// Accepts one connection, giving up (None) when `stop` is stopped or `until`
+/// passes; the user's interruption is an `Interrupted` error.
 pub fn accept_unix(
     l: &UnixListener,
-    stop: &AtomicBool,
+    stop: Option<&Token>,
     until: Option<Instant>,
 ) -> Result<Option<Stream>> {
     loop {
-        if stop.load(Ordering::SeqCst) || until.is_some_and(|t| Instant::now() >= t) {
+        cancel::check("interrupted while waiting for a peer")?;
+        if stop.is_some_and(Token::stopped) || until.is_some_and(|t| Instant::now() >= t) {
             return Ok(None);
         }
         let mut fds = [PollFd::new(l.as_fd(), PollFlags::POLLIN)];
@@ -498,14 +497,14 @@ pub fn accept_unix(
 
 struct PollReader {
     file: File,
-    stop: Arc<AtomicBool>,
+    stop: Token,
 }
 
 impl Read for PollReader {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
         loop {
-            if self.stop.load(Ordering::SeqCst) {
-                return Err(io::Error::other(STOPPED));
+            if self.stop.stopped() {
+                return Err(Stopped.into());
             }
             let mut fds = [PollFd::new(self.file.as_fd(), PollFlags::POLLIN)];
             match poll(&mut fds, PollTimeout::from(200u16)) {

@@ -347,13 +347,19 @@ struct Stopped {
 }
 
 /// Backs up a random `mib` MiB image through a proxy that delivers at most
-/// `rate` bytes/s and holds the stream at 60 %, then sends the server `sig`.
-fn stop_server_mid_backup(mib: u64, rate: Option<u64>, sig: &str) -> (Stopped, u64) {
+/// `rate` bytes/s and holds the stream at 60 %, then sends the server `sig`
+/// (a server started with `env`).
+fn stop_server_mid_backup(
+    mib: u64,
+    rate: Option<u64>,
+    sig: &str,
+    env: &[(&str, &str)],
+) -> (Stopped, u64) {
     let d = tempfile::tempdir().unwrap();
     let img = d.path().join("disk.img");
     random_image(&img, mib as usize, mib);
     let store = d.path().join("store");
-    let mut srv = Server::start(d.path(), &store);
+    let mut srv = Server::start_env(d.path(), &store, env);
     let hold = (mib << 20) * 6 / 10;
     let px = Proxy::start(
         d.path(),
@@ -385,7 +391,7 @@ fn server_killed_mid_backup_resumes_to_a_backup_that_verifies() {
     // At 3 MiB/s the server journals what it synced every 3 s but rewrites
     // the mapfile every 10 s: killed at 60 % (after 7 s), its map is behind
     // its journal, as after a crash at any time.
-    let (s, _) = stop_server_mid_backup(36, Some(3 << 20), "KILL");
+    let (s, _) = stop_server_mid_backup(36, Some(3 << 20), "KILL", &[]);
     let o = &s.client;
     assert_eq!(o.status.code(), Some(5), "{}", text(o));
     let (a, store) = (&s.img, &s.store);
@@ -418,7 +424,45 @@ fn server_killed_mid_backup_resumes_to_a_backup_that_verifies() {
 fn sigterm_mid_backup_keeps_what_the_server_verified() {
     // Held at 60 %: the server waits for more, and reaches no periodic
     // checkpoint (every 3 s or 256 MiB) meanwhile; only the signal saves.
-    let (s, hold) = stop_server_mid_backup(48, None, "TERM");
+    let (s, hold) = stop_server_mid_backup(48, None, "TERM", &[]);
+    kept_what_was_verified(s, hold);
+}
+
+#[test]
+fn ctrl_c_in_init_mode_stops_serve_mid_backup_keeping_what_it_verified() {
+    // As PID 1 a signal only stops the running flow (init never exits): serve
+    // must still save, stop serving and end with 130 (it went on waiting for
+    // the next peer for ever, since nothing set the accept loop's stop flag).
+    let (s, hold) = stop_server_mid_backup(48, None, "INT", &[("RESCUE_SIGNALS", "init")]);
+    assert!(
+        !s.d.path().join("serve.sock").exists(),
+        "socket left behind"
+    );
+    kept_what_was_verified(s, hold);
+}
+
+#[test]
+fn ctrl_c_in_init_mode_stops_an_idle_unix_serve() {
+    let d = tempfile::tempdir().unwrap();
+    let mut srv = Server::start_env(
+        d.path(),
+        &d.path().join("store"),
+        &[("RESCUE_SIGNALS", "init")],
+    );
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(srv.signal("INT"), Some(130), "{}", srv.log_text());
+    let log = srv.log_text();
+    assert!(
+        log.contains("interrupted while waiting for a peer"),
+        "{log}"
+    );
+    assert!(!srv.sock.exists(), "socket left behind");
+    assert!(srv.store.is_dir(), "{log}");
+}
+
+/// A server stopped by a signal at `hold` bytes of a backup saved what it
+/// verified, and the resume re-sends only the rest.
+fn kept_what_was_verified(s: Stopped, hold: u64) {
     assert_eq!(s.code, Some(130), "{}", s.log);
     assert!(s.log.contains("incomplete: resumable"), "{}", s.log);
     assert!(!s.log.contains("failed verification"), "{}", s.log);

@@ -19,6 +19,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result, bail};
 
 use crate::Root;
+use crate::cli::ConnectArgs;
 use crate::exit::{self, Exit};
 use crate::fabric::bus;
 
@@ -70,8 +71,22 @@ pub struct LinkOpts {
     pub name: String,
     pub wait: Option<Duration>,
     pub role: Role,
-    /// Remove the groups on drop (false for `rescue link up`).
+    /// Remove the groups on drop (`rescue link up` keeps them with `Link::keep`).
     pub teardown: bool,
+}
+
+impl LinkOpts {
+    /// The stream a command line names (`--peer`, `--name`), removed again when
+    /// the `Link` is dropped; `wait` bounds the wait for the peer (None: for ever).
+    pub fn from_args(args: &ConnectArgs, role: Role, wait: Option<Duration>) -> LinkOpts {
+        LinkOpts {
+            peer: args.peer.clone(),
+            name: args.name.clone(),
+            wait,
+            role,
+            teardown: true,
+        }
+    }
 }
 
 /// A configured stream. Dropping it removes the groups it created.
@@ -179,11 +194,7 @@ fn pick_service(root: &Root, opts: &LinkOpts) -> Result<String> {
                 .into());
             }
         }
-        if crate::signals::cancelled() {
-            return Err(
-                Exit::new(exit::INTERRUPTED, "interrupted while waiting for a peer").into(),
-            );
-        }
+        crate::cancel::check("interrupted while waiting for a peer")?;
         if opts.wait.is_some_and(|w| start.elapsed() >= w) {
             return Err(Exit::new(
                 exit::PEER_GONE,
@@ -328,13 +339,7 @@ impl Link {
                 }
                 published = true;
             }
-            if crate::signals::cancelled() {
-                return Err(Exit::new(
-                    exit::INTERRUPTED,
-                    "interrupted while setting the stream up",
-                )
-                .into());
-            }
+            crate::cancel::check("interrupted while setting the stream up")?;
             if wait.is_some_and(|w| start.elapsed() >= w) {
                 return Err(Exit::new(
                     exit::PEER_GONE,

@@ -86,7 +86,7 @@ impl<S: ModuleSys> Backend for System<S> {
 
     fn run(&mut self, cmd: Command) -> Result<u8> {
         // Ctrl-C cancels this flow (it returns 130), never init itself.
-        crate::signals::reset();
+        crate::cancel::reset();
         crate::app::run(&self.root, cmd)
     }
 

@@ -16,6 +16,7 @@ use anyhow::{Result, bail};
 
 use super::frame::{self, Frame, FrameError, FrameReader, Header, Read1};
 use super::msg::{self, ErrorMsg, kind};
+use crate::cancel::{self, Interrupted, Token};
 use crate::exit::{self, Exit};
 use crate::transport::Stream;
 
@@ -92,7 +93,7 @@ pub enum Closed {
     Gone(String),
     /// The peer speaks something we cannot read.
     Protocol(String),
-    /// We stopped reading (shutdown).
+    /// We stopped reading (shutdown, or the user interrupted).
     Stopped,
 }
 
@@ -113,7 +114,7 @@ impl Closed {
             )
             .into(),
             Closed::Protocol(why) => anyhow::anyhow!("protocol error while {doing}: {why}"),
-            Closed::Stopped => Exit::new(exit::INTERRUPTED, "interrupted").into(),
+            Closed::Stopped => Interrupted::new("interrupted").into(),
         }
     }
 }
@@ -145,7 +146,7 @@ pub struct Conn {
     writer: Arc<Mutex<Box<dyn Write + Send>>>,
     events: Receiver<Event>,
     sender: SyncSender<Event>,
-    stop: Arc<AtomicBool>,
+    stop: Token,
     threads: Vec<JoinHandle<()>>,
     pub stats: Arc<Stats>,
     /// The last answer we gave, to repeat when the same request comes again.
@@ -175,7 +176,7 @@ impl Conn {
     /// Starts the reader and keepalive threads on an open stream.
     pub fn new(stream: Stream) -> Result<Conn> {
         let (sender, events) = mpsc::sync_channel(24);
-        let stop = Arc::new(AtomicBool::new(false));
+        let stop = Token::new();
         let stats = Arc::new(Stats::default());
         let reader = stream.reader(stop.clone())?;
         let writer: Arc<Mutex<Box<dyn Write + Send>>> = Arc::new(Mutex::new(stream.writer()?));
@@ -373,7 +374,7 @@ impl Conn {
         if let Some(c) = self.closed.borrow().as_ref() {
             return Some(Event::Closed(c.clone()));
         }
-        if crate::signals::cancelled() {
+        if cancel::interrupted() {
             self.closed.replace(Some(Closed::Stopped));
             return Some(Event::Closed(Closed::Stopped));
         }
@@ -509,7 +510,7 @@ impl Conn {
     }
 
     fn shutdown(&mut self) {
-        self.stop.store(true, Ordering::SeqCst);
+        self.stop.stop();
         self.stream.shutdown();
         // Drain so a reader blocked on a full queue can see the stop flag.
         while self.events.try_recv().is_ok() {}
@@ -586,12 +587,7 @@ fn read_loop(
                 Event::Frame(f)
             }
             Ok(Read1::Eof) => Event::Closed(Closed::Eof),
-            Err(FrameError::Io(e))
-                if e.kind() == io::ErrorKind::Other
-                    && e.to_string() == crate::transport::STOPPED =>
-            {
-                Event::Closed(Closed::Stopped)
-            }
+            Err(FrameError::Io(e)) if cancel::is_stopped(&e) => Event::Closed(Closed::Stopped),
             Err(FrameError::Io(e)) => Event::Closed(classify(&e)),
             Err(e) => Event::Closed(Closed::Protocol(e.to_string())),
         };
@@ -634,9 +630,9 @@ fn read_loop(
     }
 }
 
-fn keepalive_loop(writer: Arc<Mutex<Box<dyn Write + Send>>>, stop: Arc<AtomicBool>) {
+fn keepalive_loop(writer: Arc<Mutex<Box<dyn Write + Send>>>, stop: Token) {
     let mut next = Instant::now() + KEEPALIVE;
-    while !stop.load(Ordering::SeqCst) {
+    while !stop.stopped() {
         thread::sleep(Duration::from_millis(100));
         if Instant::now() < next {
             continue;
