@@ -167,7 +167,8 @@ pub fn run_with(root: &Root, args: &BackupArgs, srcs: Vec<Source>) -> Result<u8>
             size: src.size,
             chunk,
         };
-        let have = &ready.have[i];
+        // What the peer holds already, within the disk (it says so).
+        let have = &ready.have[i].clipped(geo.count());
         if ready.resumed {
             let held = xfer::Have::new(have).held();
             eprintln!(

@@ -31,6 +31,40 @@ pub fn local(root: &Root) -> Identity {
     .cleaned()
 }
 
+/// How a peer's identity is shown: the protocol carries it, showing it safely
+/// on a terminal is this tool's business.
+pub trait Describe {
+    /// "hostB (Dell Inc. XPS 13, serial ABC), rescue 0.1.0", escaped for the terminal.
+    fn describe(&self) -> String;
+}
+
+impl Describe for Identity {
+    fn describe(&self) -> String {
+        let mut hw = Vec::new();
+        for s in [&self.dmi_vendor, &self.dmi_product] {
+            if !s.is_empty() {
+                hw.push(s.as_str());
+            }
+        }
+        let mut out = self.hostname.clone();
+        if !hw.is_empty() || !self.dmi_serial.is_empty() {
+            out.push_str(" (");
+            out.push_str(&hw.join(" "));
+            if !self.dmi_serial.is_empty() {
+                if !hw.is_empty() {
+                    out.push_str(", ");
+                }
+                out.push_str("serial ");
+                out.push_str(&self.dmi_serial);
+            }
+            out.push(')');
+        }
+        out.push_str(&format!(", rescue {}", self.tool_version));
+        // Every part came from the peer: escaped for the terminal.
+        crate::util::printable(&out).into_owned()
+    }
+}
+
 /// Firmware fills DMI fields with placeholders; those identify nothing.
 fn clean_dmi(s: String) -> String {
     let l = s.to_ascii_lowercase();
@@ -84,6 +118,19 @@ fn fallback_hostname(product: &str, serial: &str, machine_id: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn identity_description() {
+        let id = Identity {
+            hostname: "hostb".into(),
+            dmi_vendor: "ACME".into(),
+            dmi_product: "Box 9".into(),
+            dmi_serial: "S1".into(),
+            tool_version: "0.1.0".into(),
+            ..Default::default()
+        };
+        assert_eq!(id.describe(), "hostb (ACME Box 9, serial S1), rescue 0.1.0");
+    }
 
     #[test]
     fn reads_fake_tree_and_falls_back() {

@@ -18,6 +18,7 @@ use crate::direct::DirectWriter;
 use crate::exit::{self, Exit};
 use crate::partitions;
 use crate::progress::{self, Bar};
+use crate::proto::digests::Digests;
 use crate::proto::frame::Header;
 use crate::proto::msg::{
     self, BackupSummary, ChunkRanges, DigestsReq, DiskDone, DiskSummary, ListReq, Listing,
@@ -460,7 +461,7 @@ fn print_list(l: &Listing, host: &str) {
             "{:<20} {:<34} {:<30} {}",
             Peer(&b.host),
             Peer(&b.backup_id),
-            Peer(&b.status),
+            b.status.word(),
             disks.join(", ")
         );
     }
@@ -505,7 +506,7 @@ fn choose(l: &Listing, args: &RestoreArgs, me: &msg::Identity) -> Result<BackupS
         )));
     }
     of_host
-        .find(|b| b.status.starts_with("complete"))
+        .find(|b| b.status.is_complete())
         .cloned()
         .ok_or_else(|| {
             usage(format!(
@@ -826,7 +827,7 @@ fn transfer(
     if args.resume {
         for ((d, _), t) in pairs.iter().zip(targets.iter()) {
             let h = if t.created.is_some() {
-                Vec::new()
+                ChunkRanges::new()
             } else {
                 held_on_target(s, chosen, d, t, mode, &mut digest_chunk)?
             };
@@ -854,7 +855,7 @@ fn transfer(
             chunk: ready.chunk_size,
         };
         // Ours, sorted and merged as held_on_target built them.
-        let none = Vec::new();
+        let none = ChunkRanges::new();
         let held = have.get(i).unwrap_or(&none);
         let job = DiskJob {
             i: i as u32,
@@ -1114,7 +1115,7 @@ fn held_on_target(
 ) -> Result<ChunkRanges> {
     let bar = Bar::new(&format!("{} compare", Peer(&d.name)), d.size, mode);
     let mut zeros = ZeroDigests::default();
-    let mut ranges: ChunkRanges = Vec::new();
+    let mut ranges = ChunkRanges::new();
     let mut first = 0u64;
     loop {
         let f = s.conn.request(
@@ -1129,17 +1130,9 @@ fn held_on_target(
             &[kind::DIGESTS],
             "asking for the backup's chunk digests",
         )?;
-        let p = &f.payload;
-        let field = |at: usize| -> Option<u32> {
-            Some(u32::from_le_bytes(p.get(at..at + 4)?.try_into().ok()?))
-        };
-        let (Some(chunk), Some(n)) = (field(0), field(4)) else {
-            bail!("the peer sent a truncated DIGESTS message");
-        };
+        let digests = Digests::decode(&f.payload)?;
+        let (chunk, n) = (digests.chunk_size, digests.len());
         xfer::check_chunk_size(chunk).context("the peer's DIGESTS")?;
-        if p.len() != 8 + n as usize * 32 {
-            bail!("the peer sent a malformed DIGESTS message");
-        }
         match *digest_chunk {
             Some(c) if c != chunk => {
                 bail!("the peer's DIGESTS changed chunk size from {c} to {chunk} bytes")
@@ -1172,17 +1165,13 @@ fn held_on_target(
             from + bytes,
             chunk as usize,
             |_, b| -> Result<()> {
-                let rec = &p[8 + ((i - first) as usize) * 32..][..32];
                 let got = if xfer::is_zero(b) {
                     zeros.get(b.len() as u32)
                 } else {
                     xfer::sha256(b)
                 };
-                if rec.iter().any(|&x| x != 0) && got[..] == rec[..] {
-                    match ranges.last_mut() {
-                        Some(r) if r.1 == i => r.1 += 1,
-                        _ => ranges.push((i, i + 1)),
-                    }
+                if digests.recorded((i - first) as usize) == Some(&got) {
+                    ranges.push(i);
                 }
                 bar.inc(b.len() as u64);
                 i += 1;
@@ -1196,7 +1185,7 @@ fn held_on_target(
         }
     }
     bar.finish();
-    let held: u64 = ranges.iter().map(|r| r.1 - r.0).sum();
+    let held = ranges.held();
     eprintln!(
         "{}: resuming, {held} chunk(s) already on {} match the backup and will not be sent",
         Peer(&d.name),

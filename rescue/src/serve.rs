@@ -9,7 +9,9 @@ use anyhow::{Context, Result};
 use crate::Root;
 use crate::auth::{self, Consent};
 use crate::cli::ServeArgs;
+use crate::identity::Describe;
 use crate::progress::{self, Bar};
+use crate::proto::digests;
 use crate::proto::frame::{Frame, Header};
 use crate::proto::msg::{
     self, BackupBegin, BackupReady, Bounded, ChunkRanges, DigestsReq, DiskDone, DiskEnd, ListReq,
@@ -473,11 +475,11 @@ fn send_digests(store: &Store, consent: &Consent, s: &mut Session, req: &Frame) 
         };
         let first = q.first.min(geo.count());
         let n = (geo.count() - first).min(u64::from(q.count)) as usize;
-        let mut out = Vec::with_capacity(8 + n * 32);
-        out.extend_from_slice(&b.manifest.chunk_size.to_le_bytes());
-        out.extend_from_slice(&(n as u32).to_le_bytes());
-        out.extend(journal_digests(&b.dir, &d.chunks, first, n)?);
-        Ok(out)
+        let records = journal_digests(&b.dir, &d.chunks, first, n)?;
+        Ok(digests::encode(
+            b.manifest.chunk_size,
+            records.as_chunks::<32>().0,
+        ))
     })();
     match answer {
         Ok(p) => s.conn.reply(req, Header::new(kind::DIGESTS, 0, q.first), p),
@@ -541,9 +543,14 @@ fn send_backup(store: &Store, consent: &Consent, s: &mut Session, req: &Frame) -
             chunk: b.manifest.chunk_size,
         };
         let bar = Bar::new(&d.name, d.size, mode);
-        // What the restoring side already holds (restore --resume), cleaned up:
-        // it comes from the peer.
-        let have = xfer::normalize(want.have.get(i).cloned().unwrap_or_default(), geo.count());
+        // What the restoring side already holds (restore --resume), within the
+        // disk: it comes from the peer.
+        let have = want
+            .have
+            .get(i)
+            .cloned()
+            .unwrap_or_default()
+            .clipped(geo.count());
         let stats = xfer::send_disk(
             &mut s.conn,
             i as u32,

@@ -13,7 +13,7 @@ use crate::cancel::{self, Token};
 use crate::cli::ConnectArgs;
 use crate::exit::{self, Exit};
 use crate::fabric::link::{self, Link, LinkOpts};
-use crate::identity;
+use crate::identity::{self, Describe};
 use crate::proto::PROTOCOL;
 use crate::proto::conn::{self, Closed, Conn, Event, expect_within};
 use crate::proto::frame::{self, Header};

@@ -77,34 +77,13 @@ impl<'a> Have<'a> {
     }
 
     /// The first index >= `i` that is not held.
-    pub fn next_missing(&self, mut i: u64) -> u64 {
-        for &(s, e) in self.ranges.iter() {
-            if i >= s && i < e {
-                i = e;
-            }
-        }
-        i
+    pub fn next_missing(&self, i: u64) -> u64 {
+        self.ranges.next_missing(i)
     }
 
     pub fn held(&self) -> u64 {
-        self.ranges.iter().map(|(s, e)| e.saturating_sub(*s)).sum()
+        self.ranges.held()
     }
-}
-
-/// Sorts and merges index ranges and clips them to `count` chunks, so ranges
-/// from a peer cannot confuse the cursor or the progress figures.
-pub fn normalize(mut ranges: ChunkRanges, count: u64) -> ChunkRanges {
-    ranges.retain(|&(s, e)| s < e && s < count);
-    ranges.sort_unstable();
-    let mut out: ChunkRanges = Vec::with_capacity(ranges.len());
-    for (s, e) in ranges {
-        let e = e.min(count);
-        match out.last_mut() {
-            Some(last) if s <= last.1 => last.1 = last.1.max(e),
-            _ => out.push((s, e)),
-        }
-    }
-    out
 }
 
 /// What the sender's hashing thread learned about a raw chunk before handing
@@ -1035,7 +1014,7 @@ mod tests {
 
     #[test]
     fn have_cursor() {
-        let r = vec![(0, 3), (5, 7)];
+        let r = ChunkRanges::from(vec![(0, 3), (5, 7)]);
         let h = Have::new(&r);
         assert_eq!(h.next_missing(0), 3);
         assert_eq!(h.next_missing(4), 4);
@@ -1052,21 +1031,6 @@ mod tests {
         fn checkpoint(&mut self) -> Result<()> {
             Ok(())
         }
-    }
-
-    #[test]
-    fn peer_ranges_are_sorted_merged_and_clipped() {
-        let r = vec![
-            (5, 2),
-            (10, 20),
-            (0, 3),
-            (2, 4),
-            (18, u64::MAX),
-            (100, 200),
-            (7, 7),
-        ];
-        assert_eq!(normalize(r, 30), vec![(0, 4), (10, 30)]);
-        assert_eq!(normalize(Vec::new(), 30), Vec::<(u64, u64)>::new());
     }
 
     /// What the receive loop does with a chunk: check it, then hand it on.

@@ -1,10 +1,8 @@
-//! Wire protocol v1 between two `rescue` processes (see docs/protocol.md):
-//! `frame` is the framing with integrity checks, `msg` the messages, `conn` a
-//! connection with a reader thread, keepalive and request retries.
+//! Wire protocol v1 between two `rescue` processes (see docs/protocol.md): the
+//! framing and the messages are the `usb4rescue-proto` crate, re-exported here;
+//! `conn` is this tool's connection over them, with a reader thread, keepalive
+//! and request retries.
 
 pub mod conn;
-pub mod frame;
-pub mod msg;
 
-/// Protocol version spoken by this build.
-pub const PROTOCOL: u32 = 1;
+pub use usb4rescue_proto::{PROTOCOL, digests, frame, msg};

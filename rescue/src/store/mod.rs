@@ -21,7 +21,9 @@ pub use dir::{Access, Dir};
 pub use room::{Refusal, error_code};
 
 use crate::exit::{self, Exit};
-use crate::proto::msg::{BackupBegin, BackupSummary, ChunkRanges, DiskSummary, Identity};
+use crate::proto::msg::{
+    BackupBegin, BackupState, BackupSummary, ChunkRanges, DiskSummary, Identity,
+};
 use crate::util;
 
 pub const MANIFEST: &str = "manifest.json";
@@ -41,20 +43,22 @@ pub enum BackupStatus {
 }
 
 impl BackupStatus {
-    pub fn word(self) -> &'static str {
+    /// The state as LISTING sends it (the manifest spells it its own way).
+    pub fn state(self) -> BackupState {
         match self {
-            BackupStatus::InProgress => "incomplete: resumable",
-            BackupStatus::Complete => "complete",
-            BackupStatus::CompleteWithErrors => "complete (unreadable sectors)",
-            BackupStatus::Failed => "failed verification",
+            BackupStatus::InProgress => BackupState::InProgress,
+            BackupStatus::Complete => BackupState::Complete,
+            BackupStatus::CompleteWithErrors => BackupState::CompleteWithErrors,
+            BackupStatus::Failed => BackupState::Failed,
         }
     }
 
+    pub fn word(self) -> &'static str {
+        self.state().word()
+    }
+
     pub fn is_complete(self) -> bool {
-        matches!(
-            self,
-            BackupStatus::Complete | BackupStatus::CompleteWithErrors
-        )
+        self.state().is_complete()
     }
 }
 
@@ -105,7 +109,7 @@ impl Manifest {
             host: host.to_string(),
             backup_id: self.backup_id.clone(),
             label: self.label.clone(),
-            status: self.status.word().to_string(),
+            status: self.status.state(),
             created: self.created.clone(),
             finished: self.finished.clone(),
             disks: self
@@ -353,7 +357,7 @@ impl Store {
             },
         };
         b.save()?;
-        let have = vec![Vec::new(); begin.disks.len()];
+        let have = vec![ChunkRanges::new(); begin.disks.len()];
         Ok((b, have, false))
     }
 }

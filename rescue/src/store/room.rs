@@ -240,7 +240,10 @@ mod tests {
         assert_eq!(space_needed(&b, &[]), 14 * mib + mib / 2 + journals);
         // Resumed: chunks 0..3 and the short last one (10) of the first disk
         // held, all of the second.
-        let have = vec![vec![(0, 3), (10, 11)], vec![(0, 4)]];
+        let have = vec![
+            ChunkRanges::from(vec![(0, 3), (10, 11)]),
+            ChunkRanges::from(vec![(0, 4)]),
+        ];
         assert_eq!(space_needed(&b, &have), 7 * mib + journals);
     }
 

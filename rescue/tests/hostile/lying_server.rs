@@ -23,6 +23,8 @@ struct Lies {
     ready: Value,
     /// Payload of the DIGESTS answer (restore --resume).
     digests: Option<Vec<u8>>,
+    /// The listed backup's state.
+    status: &'static str,
 }
 
 impl Lies {
@@ -31,6 +33,7 @@ impl Lies {
             disk_size: SIZE,
             ready: json!({"chunk_size": chunk_size, "disks": [disk(SIZE)]}),
             digests: None,
+            status: "complete",
         }
     }
 }
@@ -59,7 +62,7 @@ fn fake_server(sock: &Path, lies: Lies) -> thread::JoinHandle<()> {
                 kind::LIST => {
                     let listing = json!({"backups": [{
                         "host": "h", "backup_id": "b1", "label": null,
-                        "status": "complete", "created": "2026-01-01T00:00:00Z",
+                        "status": lies.status, "created": "2026-01-01T00:00:00Z",
                         "finished": null, "machine_id": "",
                         "disks": [disk(lies.disk_size)]}]});
                     Some((kind::LISTING, 0, listing.to_string().into_bytes()))
@@ -175,6 +178,7 @@ fn absurd_disk_sizes_are_refused_before_anything_is_created() {
         disk_size: 1 << 62,
         ready: json!({"chunk_size": 1 << 20, "disks": [disk(1 << 62)]}),
         digests: None,
+        status: "complete",
     };
     let (o, files, _d) = restore_from_liar(lies, new_file, &[]);
     refused_clearly(&o, "impossible size");
@@ -189,9 +193,24 @@ fn absurd_disk_sizes_are_refused_before_anything_is_created() {
             disk_size: SIZE,
             ready,
             digests: None,
+            status: "complete",
         };
         let (o, files, _d) = restore_from_liar(lies, existing, &[]);
         refused_clearly(&o, "RESTORE_READY");
+        untouched(&files);
+    }
+}
+
+#[test]
+fn a_state_that_only_starts_like_complete_is_not_restored() {
+    // The state is a type on the wire, not a word the client tests the start of.
+    for status in ["completely unverified", "complete?", ""] {
+        let lies = Lies {
+            status,
+            ..Lies::ready(1 << 20)
+        };
+        let (o, files, _d) = restore_from_liar(lies, existing, &[]);
+        refused_clearly(&o, "malformed LISTING message: unknown backup state");
         untouched(&files);
     }
 }
@@ -234,6 +253,7 @@ fn a_new_file_must_fit_its_filesystem() {
         disk_size: 1 << 50,
         ready: json!({"chunk_size": 1 << 20, "disks": [disk(1 << 50)]}),
         digests: None,
+        status: "complete",
     };
     let (o, files, _d) = restore_from_liar(lies, new_file, &[]);
     assert_eq!(o.status.code(), Some(6), "{}", text(&o));

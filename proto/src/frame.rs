@@ -95,9 +95,18 @@ pub enum FrameError {
     TooLong(u32),
 }
 
+/// Gives a zeroed buffer of the length asked for: where payloads are read into
+/// (the tool recycles its megabyte buffers, see [`FrameReader::with_buffers`]).
+pub type TakeBuffer = fn(usize) -> Vec<u8>;
+
+fn fresh_buffer(len: usize) -> Vec<u8> {
+    vec![0; len]
+}
+
 /// Reads frames from a byte stream, resynchronising after garbage.
 pub struct FrameReader<R> {
     inner: R,
+    take: TakeBuffer,
     buf: Vec<u8>,
     start: usize,
     end: usize,
@@ -113,12 +122,19 @@ impl<R: Read> FrameReader<R> {
     pub fn new(inner: R) -> Self {
         FrameReader {
             inner,
+            take: fresh_buffer,
             buf: vec![0; READ_BUF],
             start: 0,
             end: 0,
             skipped: 0,
             bad_headers: 0,
         }
+    }
+
+    /// Reads payloads into buffers from `take` rather than fresh ones.
+    pub fn with_buffers(mut self, take: TakeBuffer) -> Self {
+        self.take = take;
+        self
     }
 
     fn avail(&self) -> usize {
@@ -196,7 +212,7 @@ impl<R: Read> FrameReader<R> {
     }
 
     fn read_payload(&mut self, len: usize) -> io::Result<Option<Vec<u8>>> {
-        let mut payload = crate::bufpool::take(len);
+        let mut payload = (self.take)(len);
         let from_buf = self.avail().min(len);
         payload[..from_buf].copy_from_slice(&self.buf[self.start..self.start + from_buf]);
         self.start += from_buf;

@@ -3,7 +3,9 @@
 
 use serde::{Deserialize, Serialize};
 
-use super::frame::Frame;
+use crate::frame::Frame;
+pub use crate::ranges::ChunkRanges;
+pub use crate::state::BackupState;
 
 /// Message types (the `kind` byte of a frame header).
 pub mod kind {
@@ -78,34 +80,6 @@ pub struct Identity {
     pub tool_version: String,
 }
 
-impl Identity {
-    /// "hostB (Dell Inc. XPS 13, serial ABC)".
-    pub fn describe(&self) -> String {
-        let mut hw = Vec::new();
-        for s in [&self.dmi_vendor, &self.dmi_product] {
-            if !s.is_empty() {
-                hw.push(s.as_str());
-            }
-        }
-        let mut out = self.hostname.clone();
-        if !hw.is_empty() || !self.dmi_serial.is_empty() {
-            out.push_str(" (");
-            out.push_str(&hw.join(" "));
-            if !self.dmi_serial.is_empty() {
-                if !hw.is_empty() {
-                    out.push_str(", ");
-                }
-                out.push_str("serial ");
-                out.push_str(&self.dmi_serial);
-            }
-            out.push(')');
-        }
-        out.push_str(&format!(", rescue {}", self.tool_version));
-        // Every part came from the peer: escaped for the terminal.
-        crate::util::printable(&out).into_owned()
-    }
-}
-
 #[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
 #[serde(rename_all = "lowercase")]
 pub enum Role {
@@ -159,9 +133,6 @@ pub struct BackupBegin {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub resume_key: Option<String>,
 }
-
-/// Ranges of chunk indices [start, end) the receiver already holds, verified.
-pub type ChunkRanges = Vec<(u64, u64)>;
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct BackupReady {
@@ -217,7 +188,7 @@ pub struct BackupSummary {
     pub host: String,
     pub backup_id: String,
     pub label: Option<String>,
-    pub status: String,
+    pub status: BackupState,
     pub created: String,
     pub finished: Option<String>,
     pub disks: Vec<DiskSummary>,
@@ -285,8 +256,8 @@ pub struct RestoreBegin {
 
 /// Asks for the SHA-256 the backup recorded for chunks `first..first + count`
 /// of one of its disks (restore --resume). Answered by DIGESTS: the backup's
-/// chunk size (u32 LE), the number of digests n (u32 LE), then n * 32 bytes
-/// (all zeros for a chunk the backup does not hold).
+/// chunk size and the digests, all zeros for a chunk the backup does not hold
+/// ([`crate::digests`]).
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct DigestsReq {
     pub host: String,
@@ -529,7 +500,6 @@ impl Bounded for BackupSummary {
         name("host", &self.host)?;
         name("backup_id", &self.backup_id)?;
         text("label", &self.label)?;
-        name("status", &self.status)?;
         name("created", &self.created)?;
         opt_name("finished", &self.finished)?;
         self.disks.iter().try_for_each(Bounded::check)
@@ -690,7 +660,7 @@ mod tests {
     #[test]
     fn strings_are_bounded_on_decode() {
         let frame = |body: &str| Frame {
-            header: crate::proto::frame::Header::new(kind::LIST, 0, 0),
+            header: crate::frame::Header::new(kind::LIST, 0, 0),
             payload: body.as_bytes().to_vec(),
             intact: true,
         };
@@ -739,18 +709,5 @@ mod tests {
         .cleaned();
         assert!(d.check().is_ok());
         assert_eq!(d.model.map(|m| m.len()), Some(limit::TEXT));
-    }
-
-    #[test]
-    fn identity_description() {
-        let id = Identity {
-            hostname: "hostb".into(),
-            dmi_vendor: "ACME".into(),
-            dmi_product: "Box 9".into(),
-            dmi_serial: "S1".into(),
-            tool_version: "0.1.0".into(),
-            ..Default::default()
-        };
-        assert_eq!(id.describe(), "hostb (ACME Box 9, serial S1), rescue 0.1.0");
     }
 }

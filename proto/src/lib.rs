@@ -1,0 +1,18 @@
+//! Wire protocol v1 between two `rescue` processes (see docs/protocol.md), as a
+//! crate of its own so every decoder can be fuzzed and nothing of the tool leaks
+//! into it: `frame` is the framing with integrity checks, `msg` the messages,
+//! `state` a backup's state as it travels, `digests` the DIGESTS body and
+//! `ranges` the chunk index ranges, normalised when decoded. The connection
+//! (threads, liveness, the byte stream) is the tool's: rescue's `proto::conn`.
+
+pub mod digests;
+pub mod frame;
+pub mod msg;
+pub mod ranges;
+pub mod state;
+
+pub use ranges::ChunkRanges;
+pub use state::BackupState;
+
+/// Protocol version spoken by this build.
+pub const PROTOCOL: u32 = 1;

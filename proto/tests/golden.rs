@@ -1,0 +1,235 @@
+//! Pins the wire format: each message encoded here must give the bytes below,
+//! so a change to a struct, a field's attributes or the framing that would make
+//! this build misunderstand an older one fails here first.
+
+use usb4rescue_proto::frame::{FrameReader, Header, Read1, write_frame};
+use usb4rescue_proto::msg::*;
+use usb4rescue_proto::{BackupState, ChunkRanges, digests};
+
+fn json<T: serde::Serialize>(v: &T) -> String {
+    String::from_utf8(to_json(v)).expect("JSON is UTF-8")
+}
+
+fn identity() -> Identity {
+    Identity {
+        hostname: "hosta".into(),
+        machine_id: "0123".into(),
+        dmi_vendor: "ACME".into(),
+        dmi_product: "Box".into(),
+        dmi_serial: "S1".into(),
+        tool_version: "0.1.0".into(),
+    }
+}
+
+fn disk_summary() -> DiskSummary {
+    DiskSummary {
+        name: "sda".into(),
+        size: 8192,
+        model: Some("M".into()),
+        serial: None,
+        sha256: Some("ab".into()),
+        unreadable_bytes: 512,
+    }
+}
+
+#[test]
+fn control_messages() {
+    let hello = Hello {
+        protocol: 1,
+        min_protocol: 1,
+        role: Role::Restore,
+        identity: identity(),
+    };
+    assert_eq!(
+        json(&hello),
+        r#"{"protocol":1,"min_protocol":1,"role":"restore","identity":{"hostname":"hosta","machine_id":"0123","dmi_vendor":"ACME","dmi_product":"Box","dmi_serial":"S1","tool_version":"0.1.0"}}"#
+    );
+    let err = ErrorMsg {
+        code: "busy".into(),
+        message: "in use".into(),
+    };
+    assert_eq!(json(&err), r#"{"code":"busy","message":"in use"}"#);
+    let disk = DiskInfo {
+        name: "sda".into(),
+        source_path: "/dev/sda".into(),
+        size: 8192,
+        logical_sector_size: 512,
+        model: None,
+        serial: Some("X".into()),
+        details: Some(serde_json::json!({"rota": false})),
+    };
+    let begin = BackupBegin {
+        label: Some("l".into()),
+        chunk_size: 65536,
+        fresh: false,
+        disks: vec![disk],
+        resume_key: None,
+    };
+    assert_eq!(
+        json(&begin),
+        r#"{"label":"l","chunk_size":65536,"fresh":false,"disks":[{"name":"sda","source_path":"/dev/sda","size":8192,"logical_sector_size":512,"model":null,"serial":"X","details":{"rota":false}}]}"#
+    );
+    let ready = BackupReady {
+        backup_id: "20260101-000000-x".into(),
+        location: "/store/hosta/x".into(),
+        resumed: true,
+        have: vec![ChunkRanges::from(vec![(0, 3), (5, 6)]), ChunkRanges::new()],
+        resume_key: Some("k".into()),
+    };
+    assert_eq!(
+        json(&ready),
+        r#"{"backup_id":"20260101-000000-x","location":"/store/hosta/x","resumed":true,"have":[[[0,3],[5,6]],[]],"resume_key":"k"}"#
+    );
+    let end = DiskEnd {
+        disk: 0,
+        bytes_read: 8192,
+        unreadable_bytes: 0,
+    };
+    assert_eq!(
+        json(&end),
+        r#"{"disk":0,"bytes_read":8192,"unreadable_bytes":0}"#
+    );
+    let done = DiskDone {
+        disk: 1,
+        ok: true,
+        sha256: "ab".into(),
+        message: "m".into(),
+    };
+    assert_eq!(
+        json(&done),
+        r#"{"disk":1,"ok":true,"sha256":"ab","message":"m"}"#
+    );
+    assert_eq!(json(&SessionEnd { ok: true }), r#"{"ok":true}"#);
+    let sdone = SessionDone {
+        ok: false,
+        message: "m".into(),
+    };
+    assert_eq!(json(&sdone), r#"{"ok":false,"message":"m"}"#);
+    let list = ListReq {
+        host: None,
+        start: 2,
+    };
+    assert_eq!(json(&list), r#"{"host":null,"start":2}"#);
+}
+
+#[test]
+fn listing_and_restore_messages() {
+    let summary = BackupSummary {
+        host: "hosta".into(),
+        backup_id: "b1".into(),
+        label: None,
+        status: BackupState::CompleteWithErrors,
+        created: "2026-01-01T00:00:00Z".into(),
+        finished: None,
+        disks: vec![disk_summary()],
+    };
+    let disk = r#"{"name":"sda","size":8192,"model":"M","serial":null,"sha256":"ab","unreadable_bytes":512}"#;
+    let listing = Listing {
+        backups: vec![summary],
+        next: Some(1),
+        hidden: 2,
+        by_machine_id: true,
+        hosts: vec!["hostb".into()],
+        hidden_hosts: 3,
+    };
+    assert_eq!(
+        json(&listing),
+        format!(
+            r#"{{"backups":[{{"host":"hosta","backup_id":"b1","label":null,"status":"complete (unreadable sectors)","created":"2026-01-01T00:00:00Z","finished":null,"disks":[{disk}]}}],"next":1,"hidden":2,"by_machine_id":true,"hosts":["hostb"],"hidden_hosts":3}}"#
+        )
+    );
+    assert_eq!(json(&Listing::default()), r#"{"backups":[]}"#);
+    let want = RestoreBegin {
+        host: "hosta".into(),
+        backup_id: "b1".into(),
+        disks: vec!["sda".into()],
+        have: vec![ChunkRanges::from(vec![(4, 9)])],
+        accepts_damaged: true,
+    };
+    assert_eq!(
+        json(&want),
+        r#"{"host":"hosta","backup_id":"b1","disks":["sda"],"have":[[[4,9]]],"accepts_damaged":true}"#
+    );
+    let req = DigestsReq {
+        host: "hosta".into(),
+        backup_id: "b1".into(),
+        disk: "sda".into(),
+        first: 7,
+        count: MAX_DIGESTS,
+    };
+    assert_eq!(
+        json(&req),
+        r#"{"host":"hosta","backup_id":"b1","disk":"sda","first":7,"count":131071}"#
+    );
+    let rr = RestoreReady {
+        chunk_size: 1 << 20,
+        disks: vec![disk_summary()],
+    };
+    assert_eq!(
+        json(&rr),
+        format!(r#"{{"chunk_size":1048576,"disks":[{disk}]}}"#)
+    );
+}
+
+#[test]
+fn states_as_listing_sends_them() {
+    let words: Vec<String> = [
+        BackupState::InProgress,
+        BackupState::Complete,
+        BackupState::CompleteWithErrors,
+        BackupState::Failed,
+    ]
+    .iter()
+    .map(json)
+    .collect();
+    assert_eq!(
+        words,
+        [
+            r#""incomplete: resumable""#,
+            r#""complete""#,
+            r#""complete (unreadable sectors)""#,
+            r#""failed verification""#
+        ]
+    );
+}
+
+#[test]
+fn binary_bodies() {
+    let mut chunk = ChunkBody::encode_prefix(&[0xaa; 32], 8, &[(2, 3)]);
+    chunk.extend_from_slice(b"abcdefgh");
+    let mut golden = vec![0xaa; 32];
+    golden.extend([8, 0, 0, 0, 1, 0, 0, 0, 2, 0, 0, 0, 3, 0, 0, 0]);
+    golden.extend(b"abcdefgh");
+    assert_eq!(chunk, golden);
+    let d = digests::encode(65536, &[[1; 32]]);
+    let mut golden = vec![0, 0, 1, 0, 1, 0, 0, 0];
+    golden.extend([1; 32]);
+    assert_eq!(d, golden);
+}
+
+/// A zero-flagged CHUNK header for disk 3 at 1 TiB with the payload "hi": magic,
+/// version, kind, flags, length, disk, offset, payload CRC, header CRC (the CRCs
+/// computed independently, with Python's zlib.crc32).
+const GOLDEN_FRAME: [u8; 34] = [
+    0x55, 0x34, 0x52, 0x53, 0x01, 0x05, 0x01, 0x00, 0x02, 0x00, 0x00, 0x00, 0x03, 0x00, 0x00, 0x00,
+    0x00, 0x00, 0x00, 0x00, 0x00, 0x01, 0x00, 0x00, 0xac, 0x2a, 0x93, 0xd8, 0x84, 0x66, 0xab, 0x77,
+    b'h', b'i',
+];
+
+#[test]
+fn frame_bytes() {
+    let mut h = Header::new(kind::CHUNK, 3, 1 << 40);
+    h.flags = FLAG_ZERO;
+    let mut v = Vec::new();
+    write_frame(&mut v, h, b"hi").expect("writing to a Vec");
+    assert_eq!(v, GOLDEN_FRAME);
+    let Ok(Read1::Frame(f)) = FrameReader::new(&GOLDEN_FRAME[..]).read_frame() else {
+        panic!("the golden frame does not decode")
+    };
+    assert_eq!((f.header.kind, f.header.flags), (kind::CHUNK, FLAG_ZERO));
+    assert_eq!((f.header.disk, f.header.offset), (3, 1 << 40));
+    assert_eq!(
+        (f.header.len, f.intact, &f.payload[..]),
+        (2, true, &b"hi"[..])
+    );
+}
