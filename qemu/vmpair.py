@@ -16,9 +16,9 @@ Library (used by tests/vm/):
 
 Each VM: q35, TCG (KVM only if USB4RESCUE_KVM=1 *and* a probe boot works: nested KVM
 hangs here), 1 vCPU, 512 MiB, no default devices, serial console on a unix socket
-(send() types into it) whose output QEMU also writes to <workdir>/<name>.log (wait_for()
-reads that), a second serial port (ttyS1, also a socket + <name>.cmd.log) for run()'s
-command channel so kernel messages never mix with command output, virtio-blk disks (raw files; Disk(read_errors=[sector...]) puts blkdebug in
+(send() types into it; a thread reads it into memory, where wait_for() looks, and into
+<workdir>/<name>.log, kept when a run fails), a second serial port (ttyS1, also a socket
++ <name>.cmd.log) for run()'s command channel so kernel messages never mix with command output, virtio-blk disks (raw files; Disk(read_errors=[sector...]) puts blkdebug in
 front to fail reads of those sectors with EIO), one ivshmem-plain device per cable.
 The kernel command line always gets console=ttyS0 panic=-1 (a panic ends QEMU, with
 -no-reboot) and vm.name=<name> (hostname in the test initramfs).
@@ -40,6 +40,7 @@ from __future__ import annotations
 import argparse
 import atexit
 import base64
+import codecs
 import ctypes
 import itertools
 import os
@@ -343,17 +344,22 @@ class Result:
 
 
 class _Chan:
-    """A serial port: QEMU unix-socket chardev whose output QEMU also logs to a file."""
+    """A serial port: a QEMU unix-socket chardev, read by a thread into memory and into a log
+    file. The text comes from the socket, not from QEMU's chardev logfile=: QEMU 7.2 writes
+    some bytes twice there ("veriffied") when a write to the socket is partial."""
 
     def __init__(self, vm: "VM", cid: str, log_path: Path, sock_path: Path):
         self.vm, self.id, self.log_path, self.sock_path = vm, cid, log_path, sock_path
         self.sock: socket.socket | None = None
         self.cursor = 0
-        self.lock = threading.Lock()
+        self.lock = threading.Lock()        # send()
+        self._text_lock = threading.Lock()  # _text, appended to by the reader
+        self._text = ""
+        self._reader: threading.Thread | None = None
 
     def qemu_args(self) -> list[str]:
-        return ["-chardev", f"socket,id={self.id},path={self.sock_path},server=on,wait=off,"
-                            f"logfile={self.log_path},logappend=off",
+        # wait=on: QEMU starts the guest only once we are connected, so nothing is lost.
+        return ["-chardev", f"socket,id={self.id},path={self.sock_path},server=on,wait=on",
                 "-serial", f"chardev:{self.id}"]
 
     def reset(self):
@@ -361,6 +367,7 @@ class _Chan:
             if p.exists():
                 p.unlink()
         self.cursor = 0
+        self._text = ""
 
     def connect(self, deadline: float):
         proc = self.vm.proc
@@ -378,19 +385,34 @@ class _Chan:
                     raise VMError(f"{self.vm.name}: serial socket {self.sock_path} never appeared")
                 time.sleep(0.02)
         self.sock = s
-        # Drain the socket so the guest's serial output never stalls (QEMU logs it).
-        threading.Thread(target=self._drain, args=(s,), daemon=True).start()
+        # Read all the time, so the guest's serial output never stalls.
+        self._reader = threading.Thread(target=self._read, args=(s,), daemon=True)
+        self._reader.start()
 
-    @staticmethod
-    def _drain(s: socket.socket):
-        try:
-            while s.recv(65536):
-                pass
-        except OSError:
-            pass
+    def _read(self, s: socket.socket):
+        dec = codecs.getincrementaldecoder("utf-8")("replace")
+        with open(self.log_path, "ab") as log:
+            while True:
+                try:
+                    data = s.recv(65536)
+                except OSError:
+                    data = b""
+                log.write(data)
+                log.flush()
+                txt = dec.decode(data, final=not data).replace("\r", "")
+                with self._text_lock:
+                    self._text += txt
+                if not data:
+                    return
 
     def close(self):
         if self.sock:
+            try:
+                self.sock.shutdown(socket.SHUT_RDWR)   # wakes the reader's recv()
+            except OSError:
+                pass
+            if self._reader:
+                self._reader.join(5)
             try:
                 self.sock.close()
             except OSError:
@@ -402,10 +424,12 @@ class _Chan:
             pass
 
     def text(self) -> str:
-        try:
-            return self.log_path.read_bytes().decode("utf-8", "replace").replace("\r", "")
-        except FileNotFoundError:
-            return ""
+        """Everything the guest wrote to this port so far, CR removed. Once QEMU is gone,
+        waits (briefly) until the reader has taken the socket's last bytes."""
+        r = self._reader
+        if r and r.is_alive() and not self.vm.alive():
+            r.join(5)
+        return self._text
 
     def send(self, data: bytes):
         if not self.sock:
@@ -435,7 +459,8 @@ class _Chan:
 
 
 class VM:
-    """One QEMU VM with a serial console captured to a log file and typed into by send()."""
+    """One QEMU VM with a serial console read from its socket (and logged to a file) and
+    typed into by send()."""
 
     def __init__(self, name: str, workdir: str | Path, memory: int = 512, smp: int = 1,
                  accel: str | None = None, qemu: str = QEMU, extra_args: list[str] | None = None):
