@@ -9,10 +9,14 @@
 #      linked and run in an empty chroot,
 #   5. the fuzzers (protocol decoders, serve's session handling) for a bounded time
 #      in all (FUZZ_SECS, default 30, split between them),
-#   6. the paired-VM virtual-cable tests (tests/vm/run-cable-tests.sh: usb4vcable, then
-#      the virtual USB4 host usb4vhost under Debian's own thunderbolt_stream.ko),
-#   7. the virtual cable's robustness tests (kmod/tests: heartbeat, 50 reloads with
-#      data moving, refusing to load beside thunderbolt, PCI unbind),
+#   6. the paired-VM virtual-cable tests (tests/vm/run-cable-tests.sh cable vhost:
+#      usb4vcable, then the virtual USB4 host usb4vhost under Debian's own
+#      thunderbolt_stream.ko),
+#   7. their robustness tests (tests/vm/run-cable-tests.sh robust, on usb4vhost +
+#      thunderbolt_stream: HopID and EBUSY errnos, O_NONBLOCK and poll, frames split
+#      across reads, four streams, ring_size/throttling, a blocking open across a replug,
+#      50 module reloads with data moving, PCI unbind, a fault soak of 25 s, a killed and
+#      a restarted peer, three VMs, refusing to load beside thunderbolt),
 #   8. the paired-VM rescue scenarios (tests/scenarios/run.sh),
 #   9. packaging: the dracut module and the mkosi-built USB image, booted in QEMU
 #      (tests/packaging/run.sh).
@@ -69,12 +73,6 @@ lint() {
     cargo fmt --all -- --check && cargo clippy --locked --workspace --all-targets -- -D warnings
 }
 
-kmod_robustness() {
-    cargo build -q --locked -p cable-ctl || return 1
-    CABLE_CTL=$CARGO_TARGET_DIR/debug/cable-ctl python3 kmod/tests/run-tests.py \
-        heartbeat reload50 refuse_with_thunderbolt pci_unbind
-}
-
 vm_scenarios() {
     if [ ! -x tests/scenarios/run.sh ]; then
         echo "tests/scenarios/run.sh is missing"
@@ -92,8 +90,8 @@ if [ "${USB4RESCUE_SKIP_FUZZ:-0}" != 1 ]; then
     group "fuzz ${FUZZ_SECS:-30}s" fuzz
 fi
 if [ "${USB4RESCUE_SKIP_VM:-0}" != 1 ]; then
-    group "VM: virtual cable" tests/vm/run-cable-tests.sh
-    group "VM: virtual cable robustness" kmod_robustness
+    group "VM: virtual cable" tests/vm/run-cable-tests.sh cable vhost
+    group "VM: virtual cable robustness" tests/vm/run-cable-tests.sh robust
     group "VM: rescue scenarios" vm_scenarios
     group "VM: packaging (dracut, USB image)" tests/packaging/run.sh
 fi

@@ -9,6 +9,8 @@ DIR is what scripts/fetch-kernel.sh prints (vmlinuz + lib/modules/<kver>/). The 
   /init                tests/vm/guest/init (busybox sh PID 1 with a console command loop)
   /lib/vmlib.sh        tests/vm/guest/vmlib.sh (helpers for the host's commands)
   /bin/busybox         the host's static busybox (Debian package busybox-static)
+  /bin/tbtest          tests/vm/guest/tbtest.c built static (gcc): O_NONBLOCK, poll and
+                       partial-write checks of /dev/tbstreamN that busybox cannot do
   /lib/modules/*.ko    the modules to load, decompressed, with their dependencies
   /lib/modules/load.list  load order (dependencies first), one module name per line
   /dev/console         so PID 1 has a console before devtmpfs is mounted
@@ -29,6 +31,7 @@ import lzma
 import os
 import shutil
 import stat
+import subprocess
 import sys
 import tempfile
 import time
@@ -122,6 +125,20 @@ def modname(path):
     return n[:-3] if n.endswith(".ko") else n
 
 
+def build_tbtest():
+    """tests/vm/guest/tbtest.c, linked static (the initramfs has no libc)."""
+    cc = shutil.which("gcc") or shutil.which("cc")
+    if not cc:
+        die("no C compiler for tests/vm/guest/tbtest.c: apt-get install gcc libc6-dev")
+    with tempfile.TemporaryDirectory(prefix="tbtest.") as d:
+        out = Path(d) / "tbtest"
+        r = subprocess.run([cc, "-static", "-O2", "-Wall", "-o", str(out),
+                            str(HERE / "guest" / "tbtest.c")], capture_output=True, text=True)
+        if r.returncode:
+            die(f"building tests/vm/guest/tbtest.c failed:\n{r.stderr}")
+        return out.read_bytes()
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                  formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -209,6 +226,7 @@ def main():
         die(f"{bb} is dynamically linked: install busybox-static (apt-get install busybox-static)")
     c.file("bin/busybox", bbdata, 0o755)
     c.symlink("bin/sh", "busybox")
+    c.file("bin/tbtest", build_tbtest(), 0o755)
     c.file("init", (HERE / "guest" / "init").read_bytes(), 0o755)
     c.file("lib/vmlib.sh", (HERE / "guest" / "vmlib.sh").read_bytes(), 0o644)
     c.file("etc/hostname", b"vm\n")

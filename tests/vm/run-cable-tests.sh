@@ -1,23 +1,28 @@
 #!/usr/bin/env bash
-# run-cable-tests.sh: the paired-VM virtual-cable test suite, from a fresh machine.
+# run-cable-tests.sh: the paired-VM test suites, from a fresh machine.
 #
-#   tests/vm/run-cable-tests.sh [-k PATTERN]... [-q]
+#   tests/vm/run-cable-tests.sh [SUITE]... [-k PATTERN]... [-q]
+#
+# SUITE: cable (test_cable.py: usb4vcable, the real driver alone), vhost (test_vhost.py:
+# usb4vhost under Debian's thunderbolt_stream.ko), robust (test_robust.py: reloads, PCI
+# unbind, dead and restarted peers, three VMs, refusing thunderbolt, a fault soak, on
+# usb4vhost + thunderbolt_stream). Default: all three, in that order.
 #
 # 1. scripts/fetch-kernel.sh      Debian trixie-backports kernel + modules (cached)
 # 2. scripts/build-kmod.sh        usb4vcable.ko and usb4vhost.ko for that kernel (trixie
 #                                 build root)
 # 3. cargo build -p cable-ctl     the host fault tool
 # 4. tests/vm/build-initramfs.py  busybox initramfs with configfs, virtio_blk, the real
-#                                 thunderbolt + thunderbolt_stream, and usb4vcable.ko;
+#                                 thunderbolt + thunderbolt_stream, tbtest, and usb4vcable.ko;
 #                                 a second one with usb4vhost.ko instead
-# 5. tests/vm/test_cable.py       the tests (QEMU, TCG unless USB4RESCUE_KVM=1 and KVM works),
-#    tests/vm/test_vhost.py       then the virtual USB4 host under Debian's thunderbolt_stream
+# 5. the suites' test runners     (QEMU, TCG unless USB4RESCUE_KVM=1 and KVM works)
 #
 # Exits non-zero on any failure; the last line is always "N passed, N failed". A failed
 # build step counts as one failure and the tests that do not need it still run.
 # Everything built goes under ${USB4RESCUE_CACHE:-/var/cache/usb4rescue} (never the repo).
 # USB4RESCUE_KEEP=1 keeps VM logs of passing tests (failing tests always keep theirs and
-# print the directory).
+# print the directory). USB4RESCUE_RELOADS (50) and USB4RESCUE_SOAK_S (25) size the
+# robust suite's reload loop and soak.
 set -uo pipefail
 case "${1:-}" in -h|--help) sed -n '2,/^set -uo/p' "$0" | sed '$d; s/^# \{0,1\}//'; exit 0 ;; esac
 
@@ -25,6 +30,14 @@ HERE=$(cd "$(dirname "$0")" && pwd)
 TOP=$(cd "$HERE/../.." && pwd)
 CACHE=${USB4RESCUE_CACHE:-/var/cache/usb4rescue}
 export USB4RESCUE_CACHE=$CACHE
+suites=()
+while [ $# -gt 0 ]; do
+    case "$1" in
+        cable|vhost|robust) suites+=("$1"); shift ;;
+        *) break ;;
+    esac
+done
+[ ${#suites[@]} -gt 0 ] || suites=(cable vhost robust)
 
 log() { printf 'run-cable-tests: %s\n' "$*" >&2; }
 setup_failures=0
@@ -148,10 +161,17 @@ run_suite() {
         failed=$((failed + 1))
     fi
 }
-run_suite "$HERE/test_cable.py" "$@"
-# The virtual USB4 host: its own test ids; -k patterns apply to both runners.
-if [ -n "$VHOST_INITRD" ]; then
-    run_suite "$HERE/test_vhost.py" "$@"
-fi
+for suite in "${suites[@]}"; do
+    case $suite in
+        cable) run_suite "$HERE/test_cable.py" "$@" ;;
+        # The virtual USB4 host's suites; -k patterns apply to every runner.
+        *) if [ -n "$VHOST_INITRD" ]; then
+               run_suite "$HERE/test_$suite.py" "$@"
+           else
+               log "no usb4vhost initramfs: suite $suite not run"
+               failed=$((failed + 1))
+           fi ;;
+    esac
+done
 log "total wall time $(( $(date +%s) - t_start ))s"
 finish "$passed" "$failed"
