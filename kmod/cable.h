@@ -1,7 +1,7 @@
 /* SPDX-License-Identifier: GPL-2.0 */
 /*
  * cable.h - what usb4vcable and usb4vhost do alike with the cable's shared
- * memory (layout: usb4vcable.h): checking the geometry, the side= parameter,
+ * memory (layout: vcable_layout.h): checking the geometry, the side= parameter,
  * watching heartbeats, the counters cable-ctl shows, its rate cap and its
  * frame corruption. Static inline: each module gets its own copy.
  */
@@ -16,7 +16,7 @@
 #include <linux/math64.h>
 #include <linux/spinlock.h>
 
-#include "usb4vcable.h"
+#include "vcable_layout.h"
 
 /**
  * struct cable_counters - Frame counters of one side (published to shm)
@@ -67,19 +67,22 @@ struct cable_rate {
 	u64 last_ns;
 };
 
-/* Follow cable-ctl's setting in the header */
-static inline void cable_rate_poll(struct cable_rate *r,
-				   const struct usb4vc_hdr *hdr)
+/* Follow a cap cable-ctl set (bytes/s, 0 = none); a new cap starts empty */
+static inline void cable_rate_set(struct cable_rate *r, u64 rate)
 {
-	u64 rate = READ_ONCE(hdr->rate_bps);
-
 	if (rate == READ_ONCE(r->rate))
 		return;
-	spin_lock(&r->lock);
+	guard(spinlock)(&r->lock);
 	r->rate = rate;
 	r->tokens = 0;
 	r->last_ns = ktime_get_ns();
-	spin_unlock(&r->lock);
+}
+
+/* Follow cable-ctl's cap on the whole direction */
+static inline void cable_rate_poll(struct cable_rate *r,
+				   const struct usb4vc_hdr *hdr)
+{
+	cable_rate_set(r, READ_ONCE(hdr->rate_bps));
 }
 
 static inline bool cable_rate_ok(struct cable_rate *r)
@@ -222,7 +225,7 @@ static inline int cable_check_layout(struct device *dev,
 	u32 nchan, nslots;
 
 	if (magic != USB4VC_MAGIC) {
-		dev_err(dev, "shared memory has no usb4vcable header (magic %#llx): run 'cable-ctl --shm FILE init --size BYTES' before starting the VMs\n",
+		dev_err(dev, "shared memory has no virtual USB4 cable header (magic %#llx): run 'cable-ctl --shm FILE init --size BYTES' before starting the VMs\n",
 			magic);
 		return -ENODEV;
 	}

@@ -44,7 +44,7 @@
 #include <linux/wait.h>
 #include <linux/xarray.h>
 
-#include "usb4vcable.h"
+#include "vcable_layout.h"
 #include "cable.h"
 
 #define VC_RING_SIZE		256

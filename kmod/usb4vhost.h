@@ -26,7 +26,7 @@
 #include <linux/wait.h>
 #include <linux/workqueue.h>
 
-#include "usb4vcable.h"
+#include "vcable_layout.h"
 #include "cable.h"
 
 /* Rings per direction of the emulated NHI (Intel: 12, ring 0 is control) */
@@ -79,11 +79,16 @@ struct vh_ring {
  * @tx: TX ring whose frames leave on output HopID (chan + 8), or %NULL
  * @rx: RX ring that receives on input HopID (chan + 8), or %NULL
  * @rx_gen: Our rx_post value for this channel while @rx is running
+ * @rx_seen: Index of the next frame of the peer's ring to be stamped in
+ *	vh_host::rx_seen_ns (all before it have been seen in the cable)
+ * @rate: cable-ctl's cap on what we send on this channel
  */
 struct vh_chan {
 	struct vh_ring *tx;
 	struct vh_ring *rx;
 	u32 rx_gen;
+	u32 rx_seen;
+	struct cable_rate rate;
 };
 
 /**
@@ -126,7 +131,9 @@ struct vh_chan {
  * @rx_rings: RX rings by hop (nhi.rx_rings)
  * @chan: Channels, by HopID - 8
  * @hw_lock: Protects @chan, the rings' routes and engine passes
- * @rate: cable-ctl's TX rate cap
+ * @rate: cable-ctl's TX rate cap on the whole direction
+ * @rx_seen_ns: When each frame slot of the peer's rings was first seen
+ *	filled (ktime ns), @nslots per channel: cable-ctl delay counts from it
  * @n: Counters published in our side area
  * @tb: The domain; must stay last (flexible array in struct tb)
  */
@@ -174,6 +181,7 @@ struct vh_host {
 	struct mutex hw_lock;
 
 	struct cable_rate rate;
+	u64 *rx_seen_ns;
 	struct cable_counters n;
 
 	struct tb tb;
@@ -235,6 +243,7 @@ void vh_paths_disable(struct vh_host *h, int tx_path, int tx_ring,
 
 /* vhost_domain.c */
 extern const struct bus_type tb_bus_type;
+void vh_domain_prepare(struct vh_host *h);
 int vh_domain_add(struct vh_host *h);
 void vh_domain_remove(struct vh_host *h);
 int vh_domain_init(void);

@@ -152,22 +152,23 @@ static ssize_t iommu_dma_protection_show(struct device *dev,
 }
 static DEVICE_ATTR_RO(iommu_dma_protection);
 
+/*
+ * As the software connection manager of a USB4 host (it can disapprove
+ * switches) at security level user or secure. There is no boot_acl: the
+ * real core shows it only for firmware connection managers with a boot ACL.
+ */
 static ssize_t deauthorization_show(struct device *dev,
 				    struct device_attribute *attr, char *buf)
 {
-	return sysfs_emit(buf, "0\n");
+	struct tb *tb = container_of(dev, struct tb, dev);
+
+	return sysfs_emit(buf, "%d\n",
+			  tb->security_level == TB_SECURITY_USER ||
+			  tb->security_level == TB_SECURITY_SECURE);
 }
 static DEVICE_ATTR_RO(deauthorization);
 
-static ssize_t boot_acl_show(struct device *dev, struct device_attribute *attr,
-			     char *buf)
-{
-	return sysfs_emit(buf, "\n");
-}
-static DEVICE_ATTR_RO(boot_acl);
-
 static struct attribute *vh_domain_attrs[] = {
-	&dev_attr_boot_acl.attr,
 	&dev_attr_deauthorization.attr,
 	&dev_attr_iommu_dma_protection.attr,
 	&dev_attr_security.attr,
@@ -299,9 +300,28 @@ static int vh_switch_add(struct vh_host *h)
 }
 
 /**
+ * vh_domain_prepare() - Initialize the domain device of a new host
+ * @h: Host, just allocated
+ *
+ * From here on the domain device owns @h: put_device(&h->tb.dev) frees it.
+ */
+void vh_domain_prepare(struct vh_host *h)
+{
+	struct tb *tb = &h->tb;
+
+	mutex_init(&tb->lock);
+	tb->nhi = &h->nhi;
+	tb->security_level = TB_SECURITY_USER;
+	device_initialize(&tb->dev);
+	tb->dev.parent = &h->pdev->dev;
+	tb->dev.bus = &tb_bus_type;
+	tb->dev.type = &vh_domain_type;
+}
+
+/**
  * vh_domain_add() - Register domainN and its host router N-0
- * @h: Host; on failure the caller frees it with put_device(&h->tb.dev)
- *	once device_initialize() ran (always, here)
+ * @h: Host, prepared with vh_domain_prepare(), with its index and
+ *	workqueue; on failure the device is left initialized, not added
  *
  * Return: %0 or negative errno.
  */
@@ -310,15 +330,8 @@ int vh_domain_add(struct vh_host *h)
 	struct tb *tb = &h->tb;
 	int ret;
 
-	mutex_init(&tb->lock);
-	tb->nhi = &h->nhi;
 	tb->wq = h->wq;
 	tb->index = h->index;
-	tb->security_level = TB_SECURITY_USER;
-	device_initialize(&tb->dev);
-	tb->dev.parent = &h->pdev->dev;
-	tb->dev.bus = &tb_bus_type;
-	tb->dev.type = &vh_domain_type;
 	ret = dev_set_name(&tb->dev, "domain%d", h->index);
 	if (ret)
 		return ret;

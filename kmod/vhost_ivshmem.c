@@ -2,7 +2,7 @@
 /*
  * usb4vhost - the ivshmem transport: the PCI driver for QEMU's
  * ivshmem-plain device (1af4:1110) whose shared memory is the cable
- * (layout in usb4vcable.h), claiming side a or b of it, the heartbeat,
+ * (layout in vcable_layout.h), claiming side a or b of it, the heartbeat,
  * and the poller thread that plays the hardware: it watches the cable
  * (plugged, peer alive, peer restarted, peer properties changed), runs the
  * DMA engine and publishes the counters cable-ctl shows.
@@ -146,13 +146,16 @@ static bool vh_poll_once(struct vh_host *h)
 {
 	unsigned long now = jiffies;
 	bool want, plugged;
-	u32 session, pgen;
+	u32 session, pgen, c;
 
 	cable_rate_poll(&h->rate, h->hdr);
 	if (h->side < 0) {
 		vh_try_claim(h);
 		return false;
 	}
+	for (c = 0; c < h->nchan; c++)
+		cable_rate_set(&h->chan[c].rate,
+			       READ_ONCE(h->hdr->ring_rate_bps[h->side][c]));
 	if (READ_ONCE(h->me->nonce) != h->nonce) {
 		dev_warn(&h->pdev->dev, "lost side %c to another VM, claiming again\n",
 			 'a' + h->side);
@@ -228,9 +231,11 @@ static int vh_poller(void *data)
 /* ------------------------------------------------------------------ */
 /* PCI driver */
 
+/* A new host; put_device(&h->tb.dev) frees it */
 static struct vh_host *vh_host_alloc(struct pci_dev *pdev)
 {
 	struct vh_host *h = kzalloc(sizeof(*h), GFP_KERNEL);
+	unsigned int i;
 
 	if (!h)
 		return NULL;
@@ -245,10 +250,13 @@ static struct vh_host *vh_host_alloc(struct pci_dev *pdev)
 	INIT_WORK(&h->link_work, vh_link_work);
 	INIT_WORK(&h->xprop_work, vh_xprop_work);
 	INIT_DELAYED_WORK(&h->publish_work, vh_publish_work);
+	for (i = 0; i < ARRAY_SIZE(h->chan); i++)
+		spin_lock_init(&h->chan[i].rate.lock);
 	do {
 		h->nonce = get_random_u64();
 	} while (!h->nonce);
 	vh_nhi_init(h);
+	vh_domain_prepare(h);
 	return h;
 }
 
@@ -278,8 +286,15 @@ static int vh_map(struct vh_host *h)
 	h->hdr = h->base;
 	ret = cable_check_layout(&pdev->dev, h->hdr, h->size, &h->nchan,
 				 &h->nslots);
-	if (!ret)
-		return 0;
+	if (ret)
+		goto err_unmap;
+	ret = -ENOMEM;
+	h->rx_seen_ns = kvcalloc(h->nchan * h->nslots, sizeof(u64), GFP_KERNEL);
+	if (!h->rx_seen_ns)
+		goto err_unmap;
+	return 0;
+
+err_unmap:
 	memunmap(h->base);
 err_region:
 	pci_release_region(pdev, 2);
@@ -290,6 +305,8 @@ err_disable:
 
 static void vh_unmap(struct vh_host *h)
 {
+	kvfree(h->rx_seen_ns);
+	h->rx_seen_ns = NULL;
 	memunmap(h->base);
 	pci_release_region(h->pdev, 2);
 	pci_disable_device(h->pdev);
@@ -307,14 +324,14 @@ static int vh_probe(struct pci_dev *pdev, const struct pci_device_id *id)
 		ret = uuid_parse(uuid, &h->uuid);
 		if (ret) {
 			dev_err(&pdev->dev, "invalid uuid= parameter '%s'\n", uuid);
-			goto err_free;
+			goto err_put;
 		}
 	} else {
 		uuid_gen(&h->uuid);
 	}
 	ret = vh_map(h);
 	if (ret)
-		goto err_free;
+		goto err_put;
 	ret = -ENOMEM;
 	h->wq = alloc_ordered_workqueue("usb4vhost/%s", 0, pci_name(pdev));
 	if (!h->wq)
@@ -324,16 +341,10 @@ static int vh_probe(struct pci_dev *pdev, const struct pci_device_id *id)
 		goto err_wq;
 	h->index = ret;
 	h->forced_side = cable_side_param(side, h->index);
-
-	/* From here on the domain device owns h */
 	ret = vh_domain_add(h);
-	if (ret) {
-		ida_free(&vh_domains, h->index);
-		destroy_workqueue(h->wq);
-		vh_unmap(h);
-		put_device(&h->tb.dev);
-		return ret;
-	}
+	if (ret)
+		goto err_ida;
+
 	pci_set_drvdata(pdev, h);
 	scoped_guard(mutex, &vh_hosts_lock)
 		list_add_tail(&h->node, &vh_hosts);
@@ -347,12 +358,14 @@ static int vh_probe(struct pci_dev *pdev, const struct pci_device_id *id)
 		 h->index, (u64)h->size >> 10, h->nchan, h->nslots, &h->uuid);
 	return 0;
 
+err_ida:
+	ida_free(&vh_domains, h->index);
 err_wq:
 	destroy_workqueue(h->wq);
 err_unmap:
 	vh_unmap(h);
-err_free:
-	kfree(h);
+err_put:
+	put_device(&h->tb.dev);	/* frees h */
 	return ret;
 }
 
@@ -376,8 +389,9 @@ static void vh_remove(struct pci_dev *pdev)
 	destroy_workqueue(h->wq);
 	h->tb.wq = NULL;
 	ida_free(&vh_domains, h->index);
-	vh_domain_remove(h);
+	/* The poller is gone and no side is held: nothing maps the cable now */
 	vh_unmap(h);
+	vh_domain_remove(h);	/* may free h */
 }
 
 static const struct pci_device_id vh_pci_ids[] = {

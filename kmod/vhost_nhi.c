@@ -296,6 +296,7 @@ static void vh_rx_open(struct vh_host *h, u32 c)
 	smp_wmb();
 	WRITE_ONCE(h->me->rx_post[c], gen);
 	h->chan[c].rx_gen = gen;
+	h->chan[c].rx_seen = cons;
 }
 
 static void vh_rx_close(struct vh_host *h, u32 c)
@@ -574,7 +575,8 @@ static int vh_engine_tx(struct vh_host *h, u32 c, struct vh_ring *vr)
 		size_t len = d->length ? d->length : TB_MAX_FRAME_SIZE;
 		struct usb4vc_desc *sd;
 
-		if (!post || (s32)(credit - prod) <= 0 || !cable_rate_ok(&h->rate))
+		if (!post || (s32)(credit - prod) <= 0 ||
+		    !cable_rate_ok(&h->rate) || !cable_rate_ok(&h->chan[c].rate))
 			break;
 		smp_rmb();
 		memcpy(vh_slot_payload(h, h->side, c, prod),
@@ -590,6 +592,7 @@ static int vh_engine_tx(struct vh_host *h, u32 c, struct vh_ring *vr)
 		d->flags |= RING_DESC_COMPLETED;
 		vr->hw = (vr->hw + 1) % ring->size;
 		cable_rate_take(&h->rate, len);
+		cable_rate_take(&h->chan[c].rate, len);
 		atomic64_inc(&h->n.tx_frames);
 		atomic64_add(len, &h->n.tx_bytes);
 		if (d->eof == USB4VC_FRAME_CLOSE)
@@ -600,6 +603,31 @@ static int vh_engine_tx(struct vh_host *h, u32 c, struct vh_ring *vr)
 	return done;
 }
 
+/*
+ * cable-ctl delay: stamp the frames that appeared in the peer's ring of
+ * channel @c since the last pass; is the frame at @cons to wait still?
+ */
+static bool vh_rx_delayed(struct vh_host *h, u32 c, u32 cons, u32 prod)
+{
+	u64 *seen = h->rx_seen_ns + (size_t)c * h->nslots;
+	u32 us = READ_ONCE(h->hdr->ring_delay_us[1 - h->side][c]);
+	struct vh_chan *ch = &h->chan[c];
+	u64 now;
+
+	if (!us) {
+		ch->rx_seen = prod;
+		return false;
+	}
+	now = ktime_get_ns();
+	/* More than a ring's worth since the last pass: a new session */
+	if ((u32)(prod - ch->rx_seen) > h->nslots)
+		ch->rx_seen = prod - h->nslots;
+	for (; ch->rx_seen != prod; ch->rx_seen++)
+		seen[ch->rx_seen & (h->nslots - 1)] = now;
+	return cons != prod &&
+	       now < seen[cons & (h->nslots - 1)] + (u64)us * NSEC_PER_USEC;
+}
+
 /* Move frames from the cable into the posted RX descriptors */
 static int vh_engine_rx(struct vh_host *h, u32 c, struct vh_ring *vr)
 {
@@ -607,13 +635,14 @@ static int vh_engine_rx(struct vh_host *h, u32 c, struct vh_ring *vr)
 	u32 cons = READ_ONCE(h->me->rx_cons[c]);
 	int dir = 1 - h->side, done = 0;
 	unsigned long flags;
-	u32 posted;
+	u32 posted, prod;
 
 	spin_lock_irqsave(&ring->lock, flags);
 	if (!ring->running || !h->chan[c].rx_gen)
 		goto unlock;
-	while (vr->hw != ring->head &&
-	       READ_ONCE(h->peer->tx_prod[c]) != cons) {
+	prod = READ_ONCE(h->peer->tx_prod[c]);
+	while (vr->hw != ring->head && prod != cons &&
+	       !vh_rx_delayed(h, c, cons, prod)) {
 		struct usb4vc_desc *sd = vh_slot_desc(h, dir, c, cons);
 		struct ring_desc *d = &ring->descriptors[vr->hw];
 		u32 len, type;

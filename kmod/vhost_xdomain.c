@@ -14,11 +14,20 @@
 
 #include <linux/delay.h>
 #include <linux/export.h>
+#include <linux/pci_ids.h>
 #include <linux/slab.h>
+#include <linux/utsname.h>
 
 #include "usb4vhost.h"
 
 #define VH_PATH_MIN_HOPID	USB4VC_MIN_HOPID
+/* What the root directory of our block says about this host */
+#define VH_VENDOR_ID		PCI_VENDOR_ID_INTEL
+#define VH_VENDOR_NAME		"Intel Corp."
+#define VH_DEVICE_ID		0x1
+#define VH_DEVICE_RV		0x80000100
+/* A peer that publishes no maxhopid (upstream: XDOMAIN_DEFAULT_MAX_HOPID) */
+#define VH_DEFAULT_MAX_HOPID	15
 /* Coalesces property changes before publishing them (upstream: 50 ms) */
 #define VH_PUBLISH_DELAY_MS	20
 
@@ -43,11 +52,13 @@ static ssize_t vendor_show(struct device *dev, struct device_attribute *attr,
 }
 static DEVICE_ATTR_RO(vendor);
 
+/* The names come from the peer's properties and change with them */
 static ssize_t device_name_show(struct device *dev,
 				struct device_attribute *attr, char *buf)
 {
 	struct tb_xdomain *xd = container_of(dev, struct tb_xdomain, dev);
 
+	guard(mutex)(&xd->lock);
 	return sysfs_emit(buf, "%s\n", xd->device_name ?: "");
 }
 static DEVICE_ATTR_RO(device_name);
@@ -57,6 +68,7 @@ static ssize_t vendor_name_show(struct device *dev,
 {
 	struct tb_xdomain *xd = container_of(dev, struct tb_xdomain, dev);
 
+	guard(mutex)(&xd->lock);
 	return sysfs_emit(buf, "%s\n", xd->vendor_name ?: "");
 }
 static DEVICE_ATTR_RO(vendor_name);
@@ -517,15 +529,43 @@ static int vh_merge_service(struct device *dev, void *data)
 	return 0;
 }
 
-/* The block of this host: registered directories + services' additions */
+/*
+ * What the root directory of every host's block says about the host
+ * (upstream: tb_xdomain_init() and finalize_property_block()); the peer's
+ * XDomain device takes its vendor, device, names and maxhopid from it.
+ */
+static int vh_add_identity(struct vh_host *h, struct tb_property_dir *root)
+{
+	int ret;
+
+	ret = tb_property_add_immediate(root, "vendorid", VH_VENDOR_ID);
+	if (!ret)
+		ret = tb_property_add_text(root, "vendorid", VH_VENDOR_NAME);
+	if (!ret)
+		ret = tb_property_add_immediate(root, "deviceid", VH_DEVICE_ID);
+	if (!ret)
+		ret = tb_property_add_text(root, "deviceid",
+					   init_utsname()->nodename);
+	if (!ret)
+		ret = tb_property_add_immediate(root, "devicerv", VH_DEVICE_RV);
+	if (!ret)
+		ret = tb_property_add_immediate(root, "maxhopid",
+						USB4VC_MIN_HOPID + h->nchan - 1);
+	return ret;
+}
+
+/* The block of this host: identity, registered directories + services' additions */
 static struct tb_property_dir *vh_local_block(struct vh_host *h)
 {
 	struct tb_property_dir *root;
 
 	scoped_guard(mutex, &vh_local_lock)
 		root = tb_property_copy_dir(vh_local_dir);
-	if (root && h->xd && device_for_each_child(&h->xd->dev, root,
-						   vh_merge_service)) {
+	if (!root)
+		return NULL;
+	if (vh_add_identity(h, root) ||
+	    (h->xd && device_for_each_child(&h->xd->dev, root,
+					    vh_merge_service))) {
 		tb_property_free_dir(root);
 		return NULL;
 	}
@@ -630,65 +670,65 @@ static ssize_t vh_peer_block(struct vh_host *h, u8 *buf)
 	return -EAGAIN;
 }
 
-/**
- * vh_xprop_work() - The peer's property block changed: update services
- * @work: vh_host::xprop_work
+/*
+ * Take the peer's identity from its block (upstream: populate_properties())
+ * and make the block the XDomain's remote_properties. Consumes @root.
  */
-void vh_xprop_work(struct work_struct *work)
+static int vh_xdomain_populate(struct vh_host *h, struct tb_xdomain *xd,
+			       struct tb_property_dir *root)
 {
-	struct vh_host *h = container_of(work, struct vh_host, xprop_work);
-	struct tb_property_dir *root;
-	ssize_t len;
-	u8 *buf;
+	struct tb_property *dev_id, *vendor_id, *p;
+	const char *dname = NULL, *vname = NULL;
+	unsigned int max_hopid = VH_DEFAULT_MAX_HOPID;
 
-	buf = kmalloc(USB4VC_XPROP_SIZE, GFP_KERNEL);
-	if (!buf)
-		return;
-	guard(mutex)(&h->mgmt_lock);
-	if (!h->xd || !h->me)
-		goto out;
-	len = vh_peer_block(h, buf);
-	root = len < 0 ? NULL : vh_property_parse(buf, len);
-	if (!root) {
-		dev_warn(&h->xd->dev, "cannot read the peer's property block (%zd)\n",
-			 len);
-		goto out;
+	dev_id = tb_property_find(root, "deviceid", TB_PROPERTY_TYPE_VALUE);
+	vendor_id = tb_property_find(root, "vendorid", TB_PROPERTY_TYPE_VALUE);
+	if (!dev_id || !vendor_id) {
+		/* Not published yet: the peer's next block brings it */
+		tb_property_free_dir(root);
+		return -EAGAIN;
 	}
-	vh_services_update(h->xd, root);
-	scoped_guard(mutex, &h->xd->lock) {
-		tb_property_free_dir(h->xd->remote_properties);
-		h->xd->remote_properties = root;
-	}
-out:
-	kfree(buf);
+	p = tb_property_find(root, "deviceid", TB_PROPERTY_TYPE_TEXT);
+	if (p)
+		dname = kstrdup(p->value.text, GFP_KERNEL);
+	p = tb_property_find(root, "vendorid", TB_PROPERTY_TYPE_TEXT);
+	if (p)
+		vname = kstrdup(p->value.text, GFP_KERNEL);
+	p = tb_property_find(root, "maxhopid", TB_PROPERTY_TYPE_VALUE);
+	if (p)
+		max_hopid = p->value.immediate;
+
+	guard(mutex)(&xd->lock);
+	xd->device = dev_id->value.immediate;
+	xd->vendor = vendor_id->value.immediate;
+	swap(xd->device_name, dname);
+	swap(xd->vendor_name, vname);
+	/* The peer's input HopIDs, as far as the cable has channels for them */
+	xd->remote_max_hopid = clamp(max_hopid, (unsigned int)USB4VC_MIN_HOPID,
+				     USB4VC_MIN_HOPID + h->nchan - 1);
+	tb_property_free_dir(xd->remote_properties);
+	xd->remote_properties = root;
+	kfree(dname);
+	kfree(vname);
+	return 0;
 }
 
-/* ------------------------------------------------------------------ */
-/* Link up and down */
-
-static int vh_xdomain_add(struct vh_host *h, u32 session)
+/* The peer's block was read for the first time: its XDomain appears */
+static int vh_xdomain_add(struct vh_host *h, struct tb_property_dir *root)
 {
-	struct usb4vc_side *peer = h->peer;
 	struct tb_xdomain *xd;
-	char name[USB4VC_HOSTNAME + 1];
+	int ret;
 
 	xd = kzalloc(sizeof(*xd), GFP_KERNEL);
-	if (!xd)
+	if (!xd) {
+		tb_property_free_dir(root);
 		return -ENOMEM;
-	memcpy(name, peer->hostname, USB4VC_HOSTNAME);
-	name[USB4VC_HOSTNAME] = '\0';
+	}
 	xd->tb = &h->tb;
-	xd->remote_uuid = kmemdup(peer->uuid, sizeof(uuid_t), GFP_KERNEL);
 	xd->local_uuid = &h->uuid;
 	xd->route = 1;
-	xd->vendor = 0x8086;
-	xd->device = 0x1;
 	xd->local_max_hopid = USB4VC_MIN_HOPID + h->nchan - 1;
-	xd->remote_max_hopid = clamp_t(unsigned int, READ_ONCE(peer->max_hopid),
-				       USB4VC_MIN_HOPID, xd->local_max_hopid);
 	mutex_init(&xd->lock);
-	xd->vendor_name = kstrdup("Intel Corp.", GFP_KERNEL);
-	xd->device_name = kstrdup(name, GFP_KERNEL);
 	xd->link_speed = 20;
 	xd->link_width = TB_LINK_WIDTH_DUAL;
 	xd->link_usb4 = true;
@@ -699,18 +739,74 @@ static int vh_xdomain_add(struct vh_host *h, u32 session)
 	xd->dev.parent = h->host_dev;
 	xd->dev.bus = &tb_bus_type;
 	xd->dev.type = &tb_xdomain_type;
-	if (!xd->remote_uuid || !xd->vendor_name || !xd->device_name ||
-	    dev_set_name(&xd->dev, "%d-1", h->index) || device_add(&xd->dev)) {
-		put_device(&xd->dev);
-		return -ENOMEM;
-	}
+	ret = vh_xdomain_populate(h, xd, root);
+	if (ret)
+		goto err_put;
+	ret = -ENOMEM;
+	xd->remote_uuid = kmemdup(h->peer->uuid, sizeof(uuid_t), GFP_KERNEL);
+	if (!xd->remote_uuid)
+		goto err_put;
+	ret = dev_set_name(&xd->dev, "%d-1", h->index);
+	if (!ret)
+		ret = device_add(&xd->dev);
+	if (ret)
+		goto err_put;
 	h->xd = xd;
-	h->peer_session = session;
+	h->peer_session = READ_ONCE(h->link_session);
 	WRITE_ONCE(h->me->link_up, 1);
 	dev_info(&h->pdev->dev, "link up: %s (peer %s, side %c)\n",
 		 dev_name(&xd->dev), xd->device_name, 'a' + h->side);
 	return 0;
+
+err_put:
+	put_device(&xd->dev);	/* frees what populate took */
+	return ret;
 }
+
+/**
+ * vh_xprop_work() - Read the peer's property block: the XDomain appears
+ *	with the first one; later ones update it and its services
+ * @work: vh_host::xprop_work
+ */
+void vh_xprop_work(struct work_struct *work)
+{
+	struct vh_host *h = container_of(work, struct vh_host, xprop_work);
+	struct tb_property_dir *root;
+	ssize_t len;
+	int ret;
+	u8 *buf;
+
+	buf = kmalloc(USB4VC_XPROP_SIZE, GFP_KERNEL);
+	if (!buf)
+		return;
+	guard(mutex)(&h->mgmt_lock);
+	if (!h->me || !READ_ONCE(h->link_want))
+		goto out;
+	len = vh_peer_block(h, buf);
+	root = len < 0 ? NULL : vh_property_parse(buf, len);
+	if (!root) {
+		dev_warn(&h->pdev->dev, "cannot read the peer's property block (%zd)\n",
+			 len);
+		goto out;
+	}
+	if (h->xd) {
+		ret = vh_xdomain_populate(h, h->xd, root);
+		if (!ret)
+			kobject_uevent(&h->xd->dev.kobj, KOBJ_CHANGE);
+	} else {
+		ret = vh_xdomain_add(h, root);
+	}
+	/* remote_properties change only here, under mgmt_lock */
+	if (!ret)
+		vh_services_update(h->xd, h->xd->remote_properties);
+	else if (ret != -EAGAIN)
+		dev_err(&h->pdev->dev, "cannot add the peer's XDomain (%d)\n", ret);
+out:
+	kfree(buf);
+}
+
+/* ------------------------------------------------------------------ */
+/* Link up and down */
 
 /**
  * vh_xdomain_remove() - The peer is gone: unplug its XDomain
@@ -737,7 +833,8 @@ void vh_xdomain_remove(struct vh_host *h)
 }
 
 /**
- * vh_link_work() - Bring the XDomain up or down as the poller saw the link
+ * vh_link_work() - Bring the XDomain down, or have it come up, as the
+ *	poller saw the link
  * @work: vh_host::link_work
  */
 void vh_link_work(struct work_struct *work)
@@ -751,12 +848,8 @@ void vh_link_work(struct work_struct *work)
 			vh_xdomain_remove(h);
 		if (h->xd || !want || !h->me)
 			return;
-		if (vh_xdomain_add(h, session)) {
-			dev_err(&h->pdev->dev, "failed to add the XDomain\n");
-			return;
-		}
 	}
-	/* Services come from the peer's block; ours may name the new services */
+	/* The XDomain appears once the peer's block has been read */
 	queue_work(h->wq, &h->xprop_work);
 	vh_publish_soon(h);
 }

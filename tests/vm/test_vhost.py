@@ -15,7 +15,9 @@ VhostPairTest (alpha = side a, the sender of the upstream example, "host1"; brav
 the receiver, "host2"; alpha's vda holds 16 MiB of random data, bravo's vda is blank):
   test_01_modules_and_binding  Debian's thunderbolt_stream.ko (sha256 = the file in the
                                kernel package) loads on usb4vhost and binds to the peer's
-                               service 0-1.0; ConfigFS thunderbolt/stream exists.
+                               service 0-1.0; ConfigFS thunderbolt/stream exists; 0-1's
+                               maxhopid/vendor/device from the peer's properties; domain0 as a
+                               software connection manager's (deauthorization 1, no boot_acl).
   test_02_upstream_example     the announcement's example verbatim: bravo mkdirs the service
                                and `backup`, echo -1 to both HopIDs, dd from /dev/tbstream0;
                                alpha mkdirs both (HopIDs learned from bravo's properties) and
@@ -25,6 +27,10 @@ the receiver, "host2"; alpha's vda holds 16 MiB of random data, bravo's vda is b
                                `gunzip < /dev/tbstream0 | tar xf -` on bravo: same files.
   test_04_busy_poll            busy_poll=1 (rings with RING_FLAG_NO_INTERRUPT, polled by the
                                driver) on both sides: 4 MiB arrive intact.
+  test_05_ring_delay           cable-ctl delay on one ring (one stream's a2b HopID): its frame
+                               arrives no sooner than the delay, another ring's at once; 0 ends it.
+  test_06_ring_rate            cable-ctl rate --hopid caps one ring (2 MiB at 512 KiB/s >= 3.5 s)
+                               while another ring runs free; both intact.
 VhostCableTest: every test of test_cable.py's CableTest (written against usb4vcable), on
   usb4vhost + thunderbolt_stream: upstream example 64 MiB, reverse order, EOF per cycle, two
   streams, corrupted frames (RING_DESC_CRC_ERROR), rate cap, sysfs, ConfigFS errnos, unplug
@@ -113,6 +119,7 @@ class VhostPairTest(VhostBoot, VMTestCase):
 
     def reset(self):
         self.cable[("alpha", "bravo")].ctl("plug")
+        self.cable[("alpha", "bravo")].ctl("clear")
         super().reset()
         for n in self.vm_names:
             self.sh(n, "linkwait 30", timeout=60)
@@ -131,13 +138,22 @@ echo "@@R driver=$(basename $(readlink {TBDEV}/0-1.0/driver))"
 echo "@@R key=$(cat {TBDEV}/0-1.0/key) $(cat {TBDEV}/0-1.0/prtcid)"
 echo "@@R peer=$(cat {TBDEV}/0-1/device_name)"
 echo "@@R maxhopid=$(cat {TBDEV}/0-1/maxhopid)"
+echo "@@R xid=$(cat {TBDEV}/0-1/vendor) $(cat {TBDEV}/0-1/device) $(cat {TBDEV}/0-1/vendor_name)"
+echo "@@R deauth=$(cat {TBDEV}/domain0/deauthorization)"
+[ -e {TBDEV}/domain0/boot_acl ] && echo "@@R boot_acl=yes" || echo "@@R boot_acl=no"
 [ -d {CFS} ] && echo "@@R cfs=yes"
 grep -q '^thunderbolt_stream ' /proc/modules && echo "@@R loaded=yes"
 """)
             self.assertEqual(field(out, "driver"), "thunderbolt_stream")
             self.assertEqual(field(out, "key"), "stream 1")
             self.assertEqual(field(out, "peer"), "bravo" if n == "alpha" else "alpha")
-            self.assertGreaterEqual(int(field(out, "maxhopid")), 8)
+            # The peer's maxhopid, vendor and device come from its XDomain properties
+            # (7 + the cable's 8 channels), as the real core takes them from the peer's block.
+            self.assertEqual(field(out, "maxhopid"), "15")
+            self.assertEqual(field(out, "xid"), "0x8086 0x1 Intel Corp.")
+            # A USB4 host's software connection manager: deauthorization 1, no boot_acl.
+            self.assertEqual(field(out, "deauth"), "1")
+            self.assertEqual(field(out, "boot_acl"), "no")
             self.assertEqual(field(out, "cfs"), "yes")
             self.assertEqual(field(out, "loaded"), "yes")
 
@@ -215,6 +231,101 @@ echo "@@R sha=$(sha256sum /tmp/src | cut -d' ' -f1)"
         got = field(self.sh("bravo", 'bgwait rx 60 >/dev/null || exit 1; '
                                      'echo "@@R sha=$(sha256sum /tmp/rx | cut -d" " -f1)"', timeout=90), "sha")
         self.assertEqual(got, src, "busy_poll transfer differs")
+
+
+    def ring_streams(self, *names):
+        """Streams made as upstream (bravo -1 -1, alpha adopts): -> {name: (idx_bravo,
+        idx_alpha, alpha's out_hopid = the a2b ring's HopID)}."""
+        got = {}
+        for name in names:
+            irx, itx = CableTest.streams(self, name)
+            hop = self.sh("alpha", f"cat {CFS}/{self.svc['alpha']}/{name}/out_hopid").strip()
+            got[name] = (irx, itx, int(hop))
+        self.assertEqual(len({h for _, _, h in got.values()}), len(names), got)
+        return got
+
+    def test_05_ring_delay(self):
+        """cable-ctl delay on the a2b ring of one stream: its frame reaches bravo no sooner
+        than the delay after alpha wrote it, while a frame written at the same time on another
+        ring arrives before the delay is over; with the delay back at 0 it arrives at once."""
+        delay = 6.0
+        c = self.cable[("alpha", "bravo")]
+        st = self.ring_streams("slow", "fast")
+        (slow_b, slow_a, slow_hop), (fast_b, fast_a, _) = st["slow"], st["fast"]
+        c.ctl("delay", "--dir", "a2b", "--hopid", str(slow_hop), "--ms", str(int(delay * 1000)))
+        for job, idx in (("rs", slow_b), ("rf", fast_b)):
+            self.sh("bravo", f"bg {job} dd if=/dev/tbstream{idx} of=/tmp/{job} bs=4k count=1; "
+                             f"waitopen /dev/tbstream{idx} 10")
+        t0 = time.monotonic()
+        self.sh("alpha", f"printf slow > /dev/tbstream{slow_a} & printf fast > /dev/tbstream{fast_a}; wait")
+        out = self.sh("bravo", """bgwait rf 20 >/dev/null || exit 1
+echo "@@R fast=$(cat /tmp/rf)"
+[ -f /tmp/bg.rs.rc ] && echo "@@R slow=done" || echo "@@R slow=pending"
+""")
+        t_fast = time.monotonic() - t0
+        self.assertEqual(field(out, "fast"), "fast")
+        self.assertLess(t_fast, delay, "the frame on the other ring was delayed too")
+        # Less than `delay` has passed since alpha wrote: the delayed frame must still wait.
+        self.assertEqual(field(out, "slow"), "pending", "the delayed frame arrived early")
+        out = self.sh("bravo", 'bgwait rs 30 >/dev/null || exit 1; echo "@@R slow=$(cat /tmp/rs)"',
+                      timeout=60)
+        t_slow = time.monotonic() - t0
+        log(f"delay {delay:.1f}s on HopID {slow_hop} a2b: that frame took {t_slow:.2f}s, "
+            f"the other ring's {t_fast:.2f}s (host clock, harness included)")
+        self.assertEqual(field(out, "slow"), "slow")
+        self.assertGreaterEqual(t_slow, delay, "the delayed frame arrived before the delay")
+        self.assertLess(t_slow, delay + 20, "the delayed frame is stuck")
+        c.ctl("delay", "--dir", "a2b", "--hopid", str(slow_hop), "--ms", "0")
+        self.sh("bravo", f"bg rs2 dd if=/dev/tbstream{slow_b} of=/tmp/rs2 bs=4k count=1; "
+                         f"waitopen /dev/tbstream{slow_b} 10")
+        t0 = time.monotonic()
+        self.sh("alpha", f"printf again > /dev/tbstream{slow_a}")
+        out = self.sh("bravo", 'bgwait rs2 20 >/dev/null || exit 1; echo "@@R got=$(cat /tmp/rs2)"')
+        self.assertEqual(field(out, "got"), "again")
+        self.assertLess(time.monotonic() - t0, delay, "delay 0 did not end the delay")
+
+    def test_06_ring_rate(self):
+        """cable-ctl rate --hopid caps one ring: 2 MiB on it at 512 KiB/s take at least 3.5 s
+        to arrive (the bucket starts empty, burst 10 KiB), while 4 MiB sent at the same time
+        on another ring arrive first; both intact. The writers keep their ends open until
+        the readers have everything: the kernel's driver drops what is still in its TX ring
+        500 ms after the last close (kmod/README.md), and a capped ring holds 1 MiB."""
+        cap, n_capd, n_free = 512 << 10, 2 * MiB, 4 * MiB
+        c = self.cable[("alpha", "bravo")]
+        st = self.ring_streams("capd", "free")
+        (capd_b, capd_a, capd_hop), (free_b, free_a, _) = st["capd"], st["free"]
+
+        def send(*rings):
+            """Send on (bravo idx, alpha idx, bytes, job) at once; -> seconds until each
+            reader had all (host clock, from before the first send, harness included)."""
+            for job, idx_b, _, n in rings:
+                self.sh("bravo", f"bg r{job} sh -c 'head -c {n} /dev/tbstream{idx_b} > /tmp/{job}'; "
+                                 f"waitopen /dev/tbstream{idx_b} 10")
+            t0 = time.monotonic()
+            for job, _, idx_a, n in rings:
+                self.sh("alpha", f"bg t{job} sh -c '{{ dd if=/dev/vda bs=256k count={n // (256 << 10)}; "
+                                 f"sleep 120; }} > /dev/tbstream{idx_a}'")
+            took = []
+            for job, _, _, _ in rings:
+                self.sh("bravo", f"bgwait r{job} 60 >/dev/null", timeout=90)
+                took.append(time.monotonic() - t0)
+            self.sh("alpha", "; ".join(f"bgkill t{job}" for job, _, _, _ in rings))
+            return took
+
+        (t_base,) = send(("base", free_b, free_a, n_free))
+        c.ctl("rate", "--bytes-per-sec", str(cap), "--hopid", str(capd_hop), "--dir", "a2b")
+        t_free, t_capd = send(("rf", free_b, free_a, n_free), ("rc", capd_b, capd_a, n_capd))
+        log(f"ring cap {cap >> 10} KiB/s on HopID {capd_hop} a2b: {n_capd // MiB} MiB in {t_capd:.2f}s "
+            f"({n_capd / MiB / t_capd:.2f} MiB/s); {n_free // MiB} MiB on the free ring meanwhile "
+            f"in {t_free:.2f}s, alone before in {t_base:.2f}s (host clock, harness included)")
+        status = c.ctl("status")
+        self.assertIn(f"ring a2b HopID {capd_hop}: delay 0 ms, rate cap {cap} B/s", status)
+        self.assertGreaterEqual(t_capd, 3.5, "the capped ring was not held to its cap")
+        self.assertLess(t_free, t_capd, "the other ring was held back by the cap too")
+        sums = self.sh("bravo", 'echo "@@R c=$(sha256sum < /tmp/rc | cut -d" " -f1)"; '
+                                'echo "@@R f=$(sha256sum < /tmp/rf | cut -d" " -f1)"')
+        self.assertEqual(field(sums, "c"), sha256_file(self.data_img, n_capd), "capped ring's data differ")
+        self.assertEqual(field(sums, "f"), sha256_file(self.data_img, n_free), "free ring's data differ")
 
 
 class VhostCableTest(VhostBoot, CableTest):

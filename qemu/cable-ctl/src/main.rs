@@ -1,14 +1,14 @@
-//! cable-ctl: host-side control and fault injection for the usb4vcable virtual USB4 cable.
+//! cable-ctl: host-side control and fault injection for the virtual USB4 cable.
 //!
 //! The cable is a shared-memory file that QEMU gives to two VMs as an `ivshmem-plain`
-//! device. This tool maps the same file and talks to the `usb4vcable` kernel modules in
+//! device. This tool maps the same file and talks to the virtual USB4 host modules in
 //! both guests through control words in its header (layout: kmod/README.md and
-//! kmod/usb4vcable.h). Every shared word has a single writer; the tool writes only the
+//! kmod/vcable_layout.h). Every shared word has a single writer; the tool writes only the
 //! header's control block (and the whole header at `init`).
 
 mod shm;
 
-use anyhow::Result;
+use anyhow::{Context, Result, bail};
 use clap::{Parser, Subcommand, ValueEnum};
 use serde_json::json;
 use shm::{Shm, SideInfo};
@@ -19,7 +19,7 @@ use std::time::Duration;
 #[command(
     name = "cable-ctl",
     version,
-    about = "Control and fault injection for the usb4vcable virtual USB4 cable"
+    about = "Control and fault injection for the virtual USB4 cable between two VMs"
 )]
 struct Cli {
     /// Shared-memory file of the cable (the mem-path of QEMU's memory-backend-file)
@@ -65,11 +65,73 @@ enum Cmd {
         #[arg(long)]
         frames: u32,
     },
-    /// Cap the throughput of each direction (bytes per second, 0 = unlimited)
+    /// Cap the throughput of each direction, or with --hopid of one ring (bytes per second,
+    /// 0 = unlimited)
     Rate {
         #[arg(long = "bytes-per-sec")]
         bytes_per_sec: u64,
+        /// Cap only the ring of this HopID (the sender's out_hopid, the receiver's in_hopid);
+        /// without it the cap is on everything each side sends
+        #[arg(long)]
+        hopid: Option<u32>,
+        /// With --hopid: only this direction's ring (default: both)
+        #[arg(long, value_enum, requires = "hopid")]
+        dir: Option<Dir>,
     },
+    /// Remove every fault but unplug: rate caps, delays and corruptions still pending
+    Clear,
+    /// Delay the frames of one ring, or of every ring: the receiver takes a frame from the
+    /// cable only MS milliseconds after it got there (0 = no delay)
+    Delay {
+        #[arg(long)]
+        ms: u32,
+        /// Only the ring of this HopID (the sender's out_hopid, the receiver's in_hopid);
+        /// default: every HopID
+        #[arg(long)]
+        hopid: Option<u32>,
+        /// Only this direction (default: both)
+        #[arg(long, value_enum)]
+        dir: Option<Dir>,
+    },
+}
+
+impl Dir {
+    fn index(self) -> usize {
+        match self {
+            Dir::A2b => 0,
+            Dir::B2a => 1,
+        }
+    }
+}
+
+fn dir_name(d: usize) -> &'static str {
+    if d == 0 { "a2b" } else { "b2a" }
+}
+
+/// The (direction, channel) pairs a --dir/--hopid pair addresses, checked against the cable.
+fn rings(s: &Shm, dir: Option<Dir>, hopid: Option<u32>) -> Result<Vec<(usize, u32)>> {
+    let nchan = s.geometry().nchan;
+    let chans: Vec<u32> = match hopid {
+        Some(h) if (8..8 + nchan).contains(&h) => vec![h - 8],
+        Some(h) => bail!(
+            "--hopid {h}: this cable's HopIDs are 8..{} (cable-ctl init --channels)",
+            7 + nchan
+        ),
+        None => (0..nchan).collect(),
+    };
+    let dirs = dir.map_or(vec![0, 1], |d| vec![d.index()]);
+    Ok(dirs
+        .into_iter()
+        .flat_map(|d| chans.iter().map(move |&c| (d, c)))
+        .collect())
+}
+
+fn which(dir: Option<Dir>, hopid: Option<u32>) -> String {
+    let d = dir.map_or("both directions", |d| dir_name(d.index()));
+    match hopid {
+        Some(h) => format!("HopID {h}, {d}"),
+        None => format!("every HopID, {d}"),
+    }
 }
 
 fn main() -> Result<()> {
@@ -99,18 +161,18 @@ fn main() -> Result<()> {
         }
         Cmd::Corrupt { dir, frames } => {
             let s = Shm::open(&cli.shm)?;
-            let d = match dir {
-                Dir::A2b => 0,
-                Dir::B2a => 1,
-            };
-            s.add_corrupt(d, frames);
+            s.add_corrupt(dir.index(), frames);
             println!(
                 "corrupting the next {} frame(s) {}",
                 frames,
-                if d == 0 { "a2b" } else { "b2a" }
+                dir_name(dir.index())
             );
         }
-        Cmd::Rate { bytes_per_sec } => {
+        Cmd::Rate {
+            bytes_per_sec,
+            hopid: None,
+            ..
+        } => {
             let s = Shm::open(&cli.shm)?;
             s.set_rate(bytes_per_sec);
             if bytes_per_sec == 0 {
@@ -119,8 +181,52 @@ fn main() -> Result<()> {
                 println!("rate: {bytes_per_sec} bytes/s per direction");
             }
         }
+        Cmd::Rate {
+            bytes_per_sec,
+            hopid,
+            dir,
+        } => {
+            let s = Shm::open(&cli.shm)?;
+            for (d, c) in rings(&s, dir, hopid)? {
+                s.set_ring_rate(d, c, bytes_per_sec)?;
+            }
+            match bytes_per_sec {
+                0 => println!("rate ({}): unlimited", which(dir, hopid)),
+                n => println!("rate ({}): {n} bytes/s", which(dir, hopid)),
+            }
+        }
+        Cmd::Clear => {
+            let s = Shm::open(&cli.shm)?;
+            s.clear_faults();
+            println!("cleared: no rate cap, no delay, no corruption pending");
+        }
+        Cmd::Delay { ms, hopid, dir } => {
+            let us = ms.checked_mul(1000).with_context(|| {
+                format!(
+                    "--ms {ms} is too long: at most {} ms (about 71 minutes)",
+                    u32::MAX / 1000
+                )
+            })?;
+            let s = Shm::open(&cli.shm)?;
+            for (d, c) in rings(&s, dir, hopid)? {
+                s.set_ring_delay(d, c, us)?;
+            }
+            println!("delay ({}): {ms} ms", which(dir, hopid));
+        }
     }
     Ok(())
+}
+
+fn ring_faults_json(s: &Shm) -> serde_json::Value {
+    s.ring_faults()
+        .iter()
+        .map(|f| {
+            json!({
+                "dir": dir_name(f.dir), "hopid": f.chan + 8,
+                "delay_ms": f64::from(f.delay_us) / 1000.0, "rate_bytes_per_sec": f.rate,
+            })
+        })
+        .collect()
 }
 
 fn side_json(s: &SideInfo) -> serde_json::Value {
@@ -176,6 +282,7 @@ fn status(path: &Path, as_json: bool) -> Result<()> {
             "rate_bytes_per_sec": ctrl.rate,
             "corrupt_requested": {"a2b": ctrl.corrupt_req[0], "b2a": ctrl.corrupt_req[1]},
             "corrupt_pending": {"a2b": pending[0].max(0), "b2a": pending[1].max(0)},
+            "ring_faults": ring_faults_json(&s),
             "a": side_json(&sides[0]),
             "b": side_json(&sides[1]),
         });
@@ -207,6 +314,19 @@ fn status(path: &Path, as_json: bool) -> Result<()> {
         ctrl.corrupt_req[1],
         pending[1].max(0)
     );
+    for f in s.ring_faults() {
+        println!(
+            "ring {} HopID {}: delay {} ms, rate cap {}",
+            dir_name(f.dir),
+            f.chan + 8,
+            f64::from(f.delay_us) / 1000.0,
+            if f.rate == 0 {
+                "none".to_string()
+            } else {
+                format!("{} B/s", f.rate)
+            }
+        );
+    }
     for (i, side) in sides.iter().enumerate() {
         let name = if i == 0 { 'a' } else { 'b' };
         println!(

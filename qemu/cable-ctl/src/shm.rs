@@ -1,4 +1,4 @@
-//! The virtual cable's shared-memory layout (mirror of kmod/usb4vcable.h, version 1; the
+//! The virtual cable's shared-memory layout (mirror of kmod/vcable_layout.h, version 1; the
 //! `c_header_agrees` test checks every offset here against that header's static_asserts).
 
 use anyhow::{Context, Result, bail};
@@ -29,6 +29,8 @@ const H_PLUGGED: usize = 0x100;
 const H_CTRL_GEN: usize = 0x104;
 const H_RATE: usize = 0x108;
 const H_CORRUPT: usize = 0x110;
+const H_RING_DELAY: usize = 0x200; // u32 [2][MAX_CHAN], microseconds
+const H_RING_RATE: usize = 0x300; // u64 [2][MAX_CHAN], bytes/s
 
 // Side area offsets (side a at 0x1000, side b at 0x2000)
 const S_HEARTBEAT: usize = 0x008;
@@ -56,6 +58,15 @@ pub struct Control {
     pub plugged: bool,
     pub rate: u64,
     pub corrupt_req: [u32; 2],
+}
+
+/// cable-ctl's faults on one ring: direction (0 = a2b, 1 = b2a) and channel (HopID - 8).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RingFault {
+    pub dir: usize,
+    pub chan: u32,
+    pub delay_us: u32,
+    pub rate: u64,
 }
 
 #[derive(Default, Clone)]
@@ -123,7 +134,7 @@ fn map(path: &Path, create: Option<u64>) -> Result<Shm> {
     let len = f.metadata()?.len();
     if len < HDR_SIZE {
         bail!(
-            "{} is {} bytes: too small for a usb4vcable cable",
+            "{} is {} bytes: too small for a virtual USB4 cable",
             path.display(),
             len
         );
@@ -160,7 +171,7 @@ impl Shm {
         let magic = s.r64(H_MAGIC);
         if magic != MAGIC {
             bail!(
-                "{} is not an initialised usb4vcable cable (magic {:#x}); run `cable-ctl --shm {} init --size BYTES` before starting the VMs",
+                "{} is not an initialised virtual USB4 cable (magic {:#x}); run `cable-ctl --shm {} init --size BYTES` before starting the VMs",
                 path.display(),
                 magic,
                 path.display()
@@ -245,6 +256,71 @@ impl Shm {
         let off = H_CORRUPT + 4 * dir;
         self.w32(off, self.r32(off).wrapping_add(n));
         self.bump_gen();
+    }
+
+    fn ring_index(&self, dir: usize, chan: u32) -> Result<usize> {
+        let nchan = self.geometry().nchan;
+        if dir > 1 || chan >= nchan.min(MAX_CHAN) {
+            bail!(
+                "no ring for HopID {} on this cable: HopIDs are 8..{} (cable-ctl init --channels)",
+                u64::from(chan) + 8,
+                7 + nchan
+            );
+        }
+        Ok(dir * MAX_CHAN as usize + chan as usize)
+    }
+
+    /// Delay the frames of one ring by `us` microseconds (0 = none).
+    pub fn set_ring_delay(&self, dir: usize, chan: u32, us: u32) -> Result<()> {
+        let i = self.ring_index(dir, chan)?;
+        self.w32(H_RING_DELAY + 4 * i, us);
+        self.bump_gen();
+        Ok(())
+    }
+
+    /// Cap what the sender moves into one ring (bytes/s, 0 = none).
+    pub fn set_ring_rate(&self, dir: usize, chan: u32, bps: u64) -> Result<()> {
+        let i = self.ring_index(dir, chan)?;
+        self.w64(H_RING_RATE + 8 * i, bps);
+        self.bump_gen();
+        Ok(())
+    }
+
+    /// No rate caps, no delays, no corruption pending (what each receiver has done of
+    /// the requested corruptions becomes the request).
+    pub fn clear_faults(&self) {
+        self.w64(H_RATE, 0);
+        for i in 0..2 * MAX_CHAN as usize {
+            self.w32(H_RING_DELAY + 4 * i, 0);
+            self.w64(H_RING_RATE + 8 * i, 0);
+        }
+        // corrupt_req[a2b] is consumed by side b, corrupt_req[b2a] by side a.
+        for dir in 0..2 {
+            let done = self.r32(0x1000 * (2 - dir) + S_CORRUPT_DONE);
+            self.w32(H_CORRUPT + 4 * dir, done);
+        }
+        self.bump_gen();
+    }
+
+    /// The rings with a delay or a rate cap set.
+    pub fn ring_faults(&self) -> Vec<RingFault> {
+        let nchan = self.geometry().nchan.min(MAX_CHAN);
+        let mut v = Vec::new();
+        for dir in 0..2 {
+            for chan in 0..nchan {
+                let i = dir * MAX_CHAN as usize + chan as usize;
+                let f = RingFault {
+                    dir,
+                    chan,
+                    delay_us: self.r32(H_RING_DELAY + 4 * i),
+                    rate: self.r64(H_RING_RATE + 8 * i),
+                };
+                if f.delay_us != 0 || f.rate != 0 {
+                    v.push(f);
+                }
+            }
+        }
+        v
     }
 
     pub fn side(&self, s: usize) -> SideInfo {
@@ -380,14 +456,68 @@ mod tests {
         assert_eq!(slots, 32);
     }
 
+    fn scratch_cable(name: &str, channels: u32) -> (std::path::PathBuf, Shm) {
+        let dir = std::env::temp_dir().join(format!("cable-ctl-{}-{name}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("cab");
+        init(&path, 4 << 20, channels).unwrap();
+        let s = Shm::open(&path).unwrap();
+        (dir, s)
+    }
+
+    #[test]
+    fn ring_faults_land_in_their_words() {
+        let (dir, s) = scratch_cable("faults", 8);
+        assert!(
+            s.ring_faults().is_empty(),
+            "a fresh cable has no ring faults"
+        );
+        s.set_ring_delay(0, 2, 250_000).unwrap();
+        s.set_ring_rate(1, 7, 1 << 20).unwrap();
+        // The words the modules read: ring_delay_us[0][2], ring_rate_bps[1][7].
+        assert_eq!(s.r32(H_RING_DELAY + 4 * 2), 250_000);
+        assert_eq!(s.r64(H_RING_RATE + 8 * (MAX_CHAN as usize + 7)), 1 << 20);
+        assert_eq!(
+            s.ring_faults(),
+            vec![
+                RingFault {
+                    dir: 0,
+                    chan: 2,
+                    delay_us: 250_000,
+                    rate: 0
+                },
+                RingFault {
+                    dir: 1,
+                    chan: 7,
+                    delay_us: 0,
+                    rate: 1 << 20
+                },
+            ]
+        );
+        s.set_rate(5000);
+        s.add_corrupt(0, 3);
+        s.clear_faults();
+        assert!(s.ring_faults().is_empty());
+        assert_eq!(s.control().rate, 0);
+        assert_eq!(
+            s.control().corrupt_req,
+            [0, 0],
+            "side b has corrupted none yet"
+        );
+        // HopID 16 is channel 8: not on an 8-channel cable.
+        let err = s.set_ring_delay(0, 8, 1).unwrap_err().to_string();
+        assert!(err.contains("HopID 16") && err.contains("8..15"), "{err}");
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+
     #[test]
     fn too_small() {
         assert!(layout(64 << 10, 8).is_err());
     }
 
-    /// The one definition of the layout is kmod/usb4vcable.h: its `static_assert(offsetof(...))`
+    /// The one definition of the layout is kmod/vcable_layout.h: its `static_assert(offsetof(...))`
     /// and `static_assert(sizeof(...))` lines and `#define USB4VC_*` constants.
-    const C_HEADER: &str = include_str!("../../../kmod/usb4vcable.h");
+    const C_HEADER: &str = include_str!("../../../kmod/vcable_layout.h");
 
     fn c_asserts() -> std::collections::HashMap<String, usize> {
         let mut m = std::collections::HashMap::new();
@@ -421,7 +551,7 @@ mod tests {
                 l.starts_with(&format!("#define {name}\t"))
                     || l.starts_with(&format!("#define {name} "))
             })
-            .unwrap_or_else(|| panic!("{name} not defined in usb4vcable.h"));
+            .unwrap_or_else(|| panic!("{name} not defined in vcable_layout.h"));
         let v = line.split_whitespace().nth(2).expect("a value");
         let v = v.trim_end_matches("ULL");
         match v.strip_prefix("0x") {
@@ -447,6 +577,8 @@ mod tests {
             ("usb4vc_hdr.ctrl_gen", H_CTRL_GEN),
             ("usb4vc_hdr.rate_bps", H_RATE),
             ("usb4vc_hdr.corrupt_req", H_CORRUPT),
+            ("usb4vc_hdr.ring_delay_us", H_RING_DELAY),
+            ("usb4vc_hdr.ring_rate_bps", H_RING_RATE),
             ("usb4vc_side.heartbeat", S_HEARTBEAT),
             ("usb4vc_side.state", S_STATE),
             ("usb4vc_side.session", S_SESSION),
@@ -466,7 +598,7 @@ mod tests {
             assert_eq!(
                 c.get(*key),
                 Some(off),
-                "{key}: cable-ctl has {off:#x}, usb4vcable.h says otherwise"
+                "{key}: cable-ctl has {off:#x}, vcable_layout.h says otherwise"
             );
         }
         assert_eq!(c_define("USB4VC_MAGIC"), MAGIC);

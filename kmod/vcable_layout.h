@@ -1,18 +1,18 @@
 /* SPDX-License-Identifier: GPL-2.0 */
 /*
- * usb4vcable - shared memory layout of the virtual USB4 cable.
+ * vcable_layout.h - shared memory layout of the virtual USB4 cable.
  *
- * The one definition of the layout: usb4vcable.ko and usb4vhost.ko include
- * it, the static_asserts below pin every offset, and the host tool
- * qemu/cable-ctl (Rust) has a test that reads these static_asserts and
+ * The one definition of the layout: the kernel module includes it, the
+ * static_asserts below pin every offset, and the host tool qemu/cable-ctl
+ * (Rust) has a test that reads these static_asserts and #defines and
  * compares them with its own offsets. Bump USB4VC_VERSION on any
- * incompatible change. All
- * fields are little endian. Every field has exactly one writer (the host
- * tool, side "a" or side "b"), because atomic read-modify-write across two
- * TCG guests is not reliable.
+ * incompatible change (fields added in what was zeroed padding are not:
+ * older readers ignore them). All fields are little endian. Every field has
+ * exactly one writer (the host tool, side "a" or side "b"), because atomic
+ * read-modify-write across two TCG guests is not reliable.
  */
-#ifndef USB4VCABLE_H
-#define USB4VCABLE_H
+#ifndef VCABLE_LAYOUT_H
+#define VCABLE_LAYOUT_H
 
 #include <linux/build_bug.h>
 #include <linux/stddef.h>
@@ -64,7 +64,16 @@ struct usb4vc_hdr {
 	u32 ctrl_gen;		/* 0x104 bumped by cable-ctl on every change */
 	u64 rate_bps;		/* 0x108 TX rate cap per direction, 0 = none */
 	u32 corrupt_req[2];	/* 0x110 cumulative frames to corrupt: a2b, b2a */
-	u8 pad1[0x1000 - 0x118];
+	u8 pad1[0x200 - 0x118];
+	/*
+	 * Per ring faults, by direction (0 = a2b, 1 = b2a) and channel
+	 * (HopID - 8): the receiver takes a frame from the cable only this
+	 * many microseconds after it first saw it there (0 = at once) ...
+	 */
+	u32 ring_delay_us[2][USB4VC_MAX_CHAN];	/* 0x200 */
+	/* ... and the sender moves at most this many bytes/s into it (0 = no cap) */
+	u64 ring_rate_bps[2][USB4VC_MAX_CHAN];	/* 0x300 */
+	u8 pad2[0x1000 - 0x500];
 };
 
 struct usb4vc_prop {
@@ -93,11 +102,11 @@ struct usb4vc_side {
 	u64 close_rx;		/* 0x0b0 */
 	u64 stale_drops;	/* 0x0b8 frames of an old session dropped */
 	u32 corrupt_done;	/* 0x0c0 compared with hdr corrupt_req[rx dir] */
-	u8 pad2[0x100 - 0xc4];
+	u8 pad_c4[0x100 - 0xc4];
 	u32 props_gen;		/* 0x100 odd while being updated */
 	u32 props_count;	/* 0x104 */
 	struct usb4vc_prop props[USB4VC_MAX_PROPS];	/* 0x108 */
-	u8 pad3[0x400 - 0x248];
+	u8 pad_248[0x400 - 0x248];
 	u32 rx_post[USB4VC_MAX_CHAN];	/* 0x400 RX ring posted: gen, 0 = closed */
 	u32 rx_cons[USB4VC_MAX_CHAN];	/* 0x480 RX consumer index */
 	u32 tx_prod[USB4VC_MAX_CHAN];	/* 0x500 TX producer index */
@@ -144,6 +153,8 @@ static_assert(offsetof(struct usb4vc_hdr, plugged) == 0x100);
 static_assert(offsetof(struct usb4vc_hdr, ctrl_gen) == 0x104);
 static_assert(offsetof(struct usb4vc_hdr, rate_bps) == 0x108);
 static_assert(offsetof(struct usb4vc_hdr, corrupt_req) == 0x110);
+static_assert(offsetof(struct usb4vc_hdr, ring_delay_us) == 0x200);
+static_assert(offsetof(struct usb4vc_hdr, ring_rate_bps) == 0x300);
 static_assert(sizeof(struct usb4vc_hdr) == 0x1000);
 static_assert(offsetof(struct usb4vc_side, nonce) == 0x000);
 static_assert(offsetof(struct usb4vc_side, heartbeat) == 0x008);
@@ -170,4 +181,4 @@ static_assert(offsetof(struct usb4vc_side, xprop) == 0x608);
 static_assert(sizeof(struct usb4vc_side) == 0x1000);
 static_assert(sizeof(struct usb4vc_desc) == 16);
 
-#endif /* USB4VCABLE_H */
+#endif /* VCABLE_LAYOUT_H */
