@@ -89,11 +89,10 @@ static inline bool cable_rate_ok(struct cable_rate *r)
 {
 	u64 rate = READ_ONCE(r->rate);
 	u64 now, burst;
-	bool ok;
 
 	if (!rate)
 		return true;
-	spin_lock(&r->lock);
+	guard(spinlock)(&r->lock);
 	now = ktime_get_ns();
 	burst = max_t(u64, rate / 50, USB4VC_FRAME_SIZE);
 	if (now > r->last_ns) {
@@ -104,18 +103,15 @@ static inline bool cable_rate_ok(struct cable_rate *r)
 				  (s64)burst);
 	}
 	r->last_ns = now;
-	ok = r->tokens > 0;
-	spin_unlock(&r->lock);
-	return ok;
+	return r->tokens > 0;
 }
 
 static inline void cable_rate_take(struct cable_rate *r, size_t bytes)
 {
 	if (!READ_ONCE(r->rate))
 		return;
-	spin_lock(&r->lock);
+	guard(spinlock)(&r->lock);
 	r->tokens -= bytes;
-	spin_unlock(&r->lock);
 }
 
 /*

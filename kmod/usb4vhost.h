@@ -17,6 +17,7 @@
 #ifndef USB4VHOST_H
 #define USB4VHOST_H
 
+#include <linux/cleanup.h>
 #include <linux/kthread.h>
 #include <linux/mutex.h>
 #include <linux/pci.h>
@@ -257,6 +258,9 @@ void vh_xdomain_remove(struct vh_host *h);
 void vh_publish_all(void);
 int vh_xdomain_init(void);
 void vh_xdomain_exit(void);
+
+/* A property directory freed when its variable goes out of scope */
+DEFINE_FREE(vh_dir, struct tb_property_dir *, if (_T) tb_property_free_dir(_T))
 
 /* vhost_property.c */
 int vh_property_merge_dir(struct tb_property_dir *dst,

@@ -71,6 +71,24 @@ static void vh_frame_complete(struct tb_ring *ring, struct ring_frame *frame,
 	frame->flags = d->flags;
 }
 
+/* Move completed frames to @done, in order (ring->lock held) */
+static void vh_ring_reap(struct tb_ring *ring, struct list_head *done)
+{
+	struct ring_frame *frame;
+
+	while (!ring_empty(ring)) {
+		struct ring_desc *d = &ring->descriptors[ring->tail];
+
+		if (!(d->flags & RING_DESC_COMPLETED))
+			break;
+		frame = list_first_entry(&ring->in_flight, struct ring_frame,
+					 list);
+		list_move_tail(&frame->list, done);
+		vh_frame_complete(ring, frame, d);
+		ring->tail = (ring->tail + 1) % ring->size;
+	}
+}
+
 /*
  * The ring's interrupt work: hand completed frames to their callbacks, or
  * all frames with canceled = true once the ring is stopped.
@@ -80,29 +98,18 @@ static void vh_ring_work(struct work_struct *work)
 	struct tb_ring *ring = container_of(work, struct tb_ring, work);
 	struct ring_frame *frame;
 	bool canceled = false;
-	unsigned long flags;
 	LIST_HEAD(done);
 
-	spin_lock_irqsave(&ring->lock, flags);
-	if (!ring->running) {
-		list_splice_tail_init(&ring->in_flight, &done);
-		list_splice_tail_init(&ring->queue, &done);
-		canceled = true;
-	} else {
-		while (!ring_empty(ring)) {
-			struct ring_desc *d = &ring->descriptors[ring->tail];
-
-			if (!(d->flags & RING_DESC_COMPLETED))
-				break;
-			frame = list_first_entry(&ring->in_flight,
-						 struct ring_frame, list);
-			list_move_tail(&frame->list, &done);
-			vh_frame_complete(ring, frame, d);
-			ring->tail = (ring->tail + 1) % ring->size;
+	scoped_guard(spinlock_irqsave, &ring->lock) {
+		if (!ring->running) {
+			list_splice_tail_init(&ring->in_flight, &done);
+			list_splice_tail_init(&ring->queue, &done);
+			canceled = true;
+		} else {
+			vh_ring_reap(ring, &done);
+			vh_ring_post(ring);
 		}
-		vh_ring_post(ring);
 	}
-	spin_unlock_irqrestore(&ring->lock, flags);
 
 	while (!list_empty(&done)) {
 		frame = list_first_entry(&done, struct ring_frame, list);
@@ -123,20 +130,14 @@ static void vh_ring_work(struct work_struct *work)
  */
 int __tb_ring_enqueue(struct tb_ring *ring, struct ring_frame *frame)
 {
-	unsigned long flags;
-	int ret = 0;
-
-	spin_lock_irqsave(&ring->lock, flags);
-	if (ring->running) {
+	scoped_guard(spinlock_irqsave, &ring->lock) {
+		if (!ring->running)
+			return -ESHUTDOWN;
 		list_add_tail(&frame->list, &ring->queue);
 		vh_ring_post(ring);
-	} else {
-		ret = -ESHUTDOWN;
 	}
-	spin_unlock_irqrestore(&ring->lock, flags);
-	if (!ret)
-		vh_kick(to_vh_ring(ring)->host);
-	return ret;
+	vh_kick(to_vh_ring(ring)->host);
+	return 0;
 }
 EXPORT_SYMBOL_GPL(__tb_ring_enqueue);
 
@@ -148,26 +149,52 @@ EXPORT_SYMBOL_GPL(__tb_ring_enqueue);
  */
 struct ring_frame *tb_ring_poll(struct tb_ring *ring)
 {
-	struct ring_frame *frame = NULL;
+	struct ring_frame *frame;
 	struct ring_desc *d;
-	unsigned long flags;
 
-	spin_lock_irqsave(&ring->lock, flags);
+	guard(spinlock_irqsave)(&ring->lock);
 	if (!ring->running || ring_empty(ring))
-		goto unlock;
+		return NULL;
 	d = &ring->descriptors[ring->tail];
-	if (d->flags & RING_DESC_COMPLETED) {
-		frame = list_first_entry(&ring->in_flight, struct ring_frame,
-					 list);
-		list_del_init(&frame->list);
-		vh_frame_complete(ring, frame, d);
-		ring->tail = (ring->tail + 1) % ring->size;
-	}
-unlock:
-	spin_unlock_irqrestore(&ring->lock, flags);
+	if (!(d->flags & RING_DESC_COMPLETED))
+		return NULL;
+	frame = list_first_entry(&ring->in_flight, struct ring_frame, list);
+	list_del_init(&frame->list);
+	vh_frame_complete(ring, frame, d);
+	ring->tail = (ring->tail + 1) % ring->size;
 	return frame;
 }
 EXPORT_SYMBOL_GPL(tb_ring_poll);
+
+/* Give @ring its hop (the first free one if @hop < 0); it holds the domain */
+static int vh_ring_claim(struct vh_host *h, struct tb_ring *ring, int hop)
+{
+	struct tb_ring **rings = ring->is_tx ? h->tx_rings : h->rx_rings;
+
+	guard(mutex)(&h->hw_lock);
+	if (h->nhi.going_away)
+		return -ENODEV;
+	if (hop < 0) {
+		/* Ring 0 is the control channel's */
+		for (hop = 1; hop < VH_HOP_COUNT; hop++) {
+			if (!rings[hop])
+				break;
+		}
+	}
+	if (hop < 1 || hop >= VH_HOP_COUNT) {
+		dev_warn(h->nhi.dev, "invalid hop: %d\n", hop);
+		return -EINVAL;
+	}
+	if (rings[hop]) {
+		dev_warn(h->nhi.dev, "%s hop %d already allocated\n",
+			 ring->is_tx ? "TX" : "RX", hop);
+		return -EBUSY;
+	}
+	ring->hop = hop;
+	rings[hop] = ring;
+	get_device(&h->tb.dev);
+	return 0;
+}
 
 static struct tb_ring *vh_ring_alloc(struct tb_nhi *nhi, int hop, int size,
 				     bool transmit, unsigned int flags,
@@ -177,7 +204,6 @@ static struct tb_ring *vh_ring_alloc(struct tb_nhi *nhi, int hop, int size,
 				     void *poll_data)
 {
 	struct vh_host *h = nhi_to_vh(nhi);
-	struct tb_ring **rings = transmit ? h->tx_rings : h->rx_rings;
 	struct vh_ring *vr;
 	struct tb_ring *ring;
 
@@ -207,29 +233,8 @@ static struct tb_ring *vh_ring_alloc(struct tb_nhi *nhi, int hop, int size,
 				    GFP_KERNEL);
 	if (!ring->descriptors)
 		goto err_free;
-
-	guard(mutex)(&h->hw_lock);
-	if (nhi->going_away)
+	if (vh_ring_claim(h, ring, hop))
 		goto err_desc;
-	if (hop < 0) {
-		/* Ring 0 is the control channel's */
-		for (hop = 1; hop < VH_HOP_COUNT; hop++) {
-			if (!rings[hop])
-				break;
-		}
-	}
-	if (hop < 1 || hop >= VH_HOP_COUNT) {
-		dev_warn(nhi->dev, "invalid hop: %d\n", hop);
-		goto err_desc;
-	}
-	if (rings[hop]) {
-		dev_warn(nhi->dev, "%s hop %d already allocated\n",
-			 transmit ? "TX" : "RX", hop);
-		goto err_desc;
-	}
-	ring->hop = hop;
-	rings[hop] = ring;
-	get_device(&h->tb.dev);
 	return ring;
 
 err_desc:
@@ -314,24 +319,20 @@ void tb_ring_start(struct tb_ring *ring)
 {
 	struct vh_ring *vr = to_vh_ring(ring);
 	struct vh_host *h = vr->host;
-	unsigned long flags;
 
 	guard(mutex)(&h->hw_lock);
-	spin_lock_irqsave(&ring->lock, flags);
-	if (ring->nhi->going_away) {
-		spin_unlock_irqrestore(&ring->lock, flags);
-		return;
+	scoped_guard(spinlock_irqsave, &ring->lock) {
+		if (ring->nhi->going_away)
+			return;
+		if (ring->running) {
+			dev_WARN(ring->nhi->dev, "ring already started\n");
+			return;
+		}
+		ring->head = 0;
+		ring->tail = 0;
+		vr->hw = 0;
+		ring->running = true;
 	}
-	if (ring->running) {
-		spin_unlock_irqrestore(&ring->lock, flags);
-		dev_WARN(ring->nhi->dev, "ring already started\n");
-		return;
-	}
-	ring->head = 0;
-	ring->tail = 0;
-	vr->hw = 0;
-	ring->running = true;
-	spin_unlock_irqrestore(&ring->lock, flags);
 	if (!ring->is_tx && vr->chan >= 0)
 		vh_rx_open(h, vr->chan);
 }
@@ -359,6 +360,26 @@ bool tb_ring_flush(struct tb_ring *ring, unsigned int timeout_msec)
 }
 EXPORT_SYMBOL_GPL(tb_ring_flush);
 
+/* Stop the ring's descriptors (hw_lock held); false if it was not running */
+static bool vh_ring_halt(struct vh_ring *vr)
+{
+	struct tb_ring *ring = &vr->ring;
+
+	guard(spinlock_irqsave)(&ring->lock);
+	if (ring->nhi->going_away)
+		return false;
+	if (!ring->running) {
+		dev_WARN(ring->nhi->dev, "%s %d already stopped\n",
+			 RING_TYPE(ring), ring->hop);
+		return false;
+	}
+	ring->running = false;
+	ring->head = 0;
+	ring->tail = 0;
+	vr->hw = 0;
+	return true;
+}
+
 /**
  * tb_ring_stop() - Stop a ring; its frames get canceled callbacks
  * @ring: Ring
@@ -369,25 +390,9 @@ void tb_ring_stop(struct tb_ring *ring)
 {
 	struct vh_ring *vr = to_vh_ring(ring);
 	struct vh_host *h = vr->host;
-	unsigned long flags;
 
 	scoped_guard(mutex, &h->hw_lock) {
-		spin_lock_irqsave(&ring->lock, flags);
-		if (ring->nhi->going_away || !ring->running) {
-			bool warn = !ring->nhi->going_away;
-
-			spin_unlock_irqrestore(&ring->lock, flags);
-			if (warn)
-				dev_WARN(ring->nhi->dev, "%s %d already stopped\n",
-					 RING_TYPE(ring), ring->hop);
-			break;
-		}
-		ring->running = false;
-		ring->head = 0;
-		ring->tail = 0;
-		vr->hw = 0;
-		spin_unlock_irqrestore(&ring->lock, flags);
-		if (!ring->is_tx && vr->chan >= 0)
+		if (vh_ring_halt(vr) && !ring->is_tx && vr->chan >= 0)
 			vh_rx_close(h, vr->chan);
 	}
 	schedule_work(&ring->work);
@@ -564,10 +569,9 @@ static int vh_engine_tx(struct vh_host *h, u32 c, struct vh_ring *vr)
 {
 	struct tb_ring *ring = &vr->ring;
 	u32 prod = READ_ONCE(h->me->tx_prod[c]);
-	unsigned long flags;
 	int done = 0;
 
-	spin_lock_irqsave(&ring->lock, flags);
+	guard(spinlock_irqsave)(&ring->lock);
 	while (ring->running && vr->hw != ring->head) {
 		struct ring_desc *d = &ring->descriptors[vr->hw];
 		u32 post = READ_ONCE(h->peer->rx_post[c]);
@@ -599,7 +603,6 @@ static int vh_engine_tx(struct vh_host *h, u32 c, struct vh_ring *vr)
 			atomic64_inc(&h->n.close_tx);
 		done++;
 	}
-	spin_unlock_irqrestore(&ring->lock, flags);
 	return done;
 }
 
@@ -634,12 +637,11 @@ static int vh_engine_rx(struct vh_host *h, u32 c, struct vh_ring *vr)
 	struct tb_ring *ring = &vr->ring;
 	u32 cons = READ_ONCE(h->me->rx_cons[c]);
 	int dir = 1 - h->side, done = 0;
-	unsigned long flags;
 	u32 posted, prod;
 
-	spin_lock_irqsave(&ring->lock, flags);
+	guard(spinlock_irqsave)(&ring->lock);
 	if (!ring->running || !h->chan[c].rx_gen)
-		goto unlock;
+		return 0;
 	prod = READ_ONCE(h->peer->tx_prod[c]);
 	while (vr->hw != ring->head && prod != cons &&
 	       !vh_rx_delayed(h, c, cons, prod)) {
@@ -681,8 +683,6 @@ static int vh_engine_rx(struct vh_host *h, u32 c, struct vh_ring *vr)
 	posted = (ring->head - vr->hw + ring->size) % ring->size;
 	smp_wmb();
 	WRITE_ONCE(h->me->rx_credit[c], cons + min(posted, h->nslots));
-unlock:
-	spin_unlock_irqrestore(&ring->lock, flags);
 	return done;
 }
 

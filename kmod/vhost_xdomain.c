@@ -611,23 +611,22 @@ void vh_publish_work(struct work_struct *work)
 {
 	struct vh_host *h = container_of(to_delayed_work(work),
 					 struct vh_host, publish_work);
-	struct tb_property_dir *root;
+	struct tb_property_dir *root __free(vh_dir) = NULL;
+	u8 *buf __free(kfree) = kzalloc(USB4VC_XPROP_SIZE, GFP_KERNEL);
 	ssize_t len;
 	u32 gen;
-	u8 *buf;
 
-	buf = kzalloc(USB4VC_XPROP_SIZE, GFP_KERNEL);
 	if (!buf)
 		return;
 	guard(mutex)(&h->mgmt_lock);
 	root = vh_local_block(h);
 	if (!root || !h->me)
-		goto out;
+		return;
 	len = vh_property_format(root, buf, USB4VC_XPROP_SIZE);
 	if (len < 0) {
 		dev_warn(&h->pdev->dev, "local property block does not fit the cable (%zd)\n",
 			 len);
-		goto out;
+		return;
 	}
 	gen = READ_ONCE(h->me->xprop_gen);
 	WRITE_ONCE(h->me->xprop_gen, gen | 1);
@@ -637,9 +636,6 @@ void vh_publish_work(struct work_struct *work)
 	smp_wmb();
 	WRITE_ONCE(h->me->xprop_gen, (gen | 1) + 1);
 	vh_publish_streams(h, root);
-out:
-	tb_property_free_dir(root);
-	kfree(buf);
 }
 
 /* ------------------------------------------------------------------ */
@@ -771,23 +767,22 @@ err_put:
 void vh_xprop_work(struct work_struct *work)
 {
 	struct vh_host *h = container_of(work, struct vh_host, xprop_work);
+	u8 *buf __free(kfree) = kmalloc(USB4VC_XPROP_SIZE, GFP_KERNEL);
 	struct tb_property_dir *root;
 	ssize_t len;
 	int ret;
-	u8 *buf;
 
-	buf = kmalloc(USB4VC_XPROP_SIZE, GFP_KERNEL);
 	if (!buf)
 		return;
 	guard(mutex)(&h->mgmt_lock);
 	if (!h->me || !READ_ONCE(h->link_want))
-		goto out;
+		return;
 	len = vh_peer_block(h, buf);
 	root = len < 0 ? NULL : vh_property_parse(buf, len);
 	if (!root) {
 		dev_warn(&h->pdev->dev, "cannot read the peer's property block (%zd)\n",
 			 len);
-		goto out;
+		return;
 	}
 	if (h->xd) {
 		ret = vh_xdomain_populate(h, h->xd, root);
@@ -801,8 +796,6 @@ void vh_xprop_work(struct work_struct *work)
 		vh_services_update(h->xd, h->xd->remote_properties);
 	else if (ret != -EAGAIN)
 		dev_err(&h->pdev->dev, "cannot add the peer's XDomain (%d)\n", ret);
-out:
-	kfree(buf);
 }
 
 /* ------------------------------------------------------------------ */
