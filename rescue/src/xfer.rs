@@ -5,7 +5,7 @@
 //! cumulatively, and asks again (NAK) for anything damaged or missing.
 
 use std::collections::{BTreeMap, VecDeque};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::mpsc::{self, SyncSender, TrySendError};
 use std::sync::{Arc, Mutex};
 use std::thread;
@@ -14,6 +14,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Result, anyhow, bail};
 use sha2::{Digest, Sha256};
 
+use crate::cancel::Token;
 use crate::progress::Bar;
 use crate::proto::conn::{Conn, Event, OutChunk, peer_error};
 use crate::proto::frame::{Frame, Header};
@@ -148,7 +149,7 @@ where
         ..Default::default()
     };
     bar.set_position(stats.skipped_bytes);
-    let cancel = Arc::new(AtomicBool::new(false));
+    let cancel = Token::new();
     let (credit_tx, credit_rx) = mpsc::sync_channel::<()>(WINDOW);
     for _ in 0..WINDOW {
         let _ = credit_tx.send(());
@@ -161,7 +162,7 @@ where
         s.spawn(move || {
             let mut i = have.next_missing(0);
             while i < geo.count() {
-                if credit_rx.recv().is_err() || cancel_r.load(Ordering::SeqCst) {
+                if credit_rx.recv().is_err() || cancel_r.stopped() {
                     return;
                 }
                 let off = geo.offset(i);
@@ -244,7 +245,7 @@ where
         });
 
         let result = send_loop(conn, disk, &credit_tx, &mut stats, bar);
-        cancel.store(true, Ordering::SeqCst);
+        cancel.stop();
         drop(credit_tx);
         // Unblock the pipeline threads so the scope can end.
         while conn.next_event(Duration::from_millis(1)).is_some_and(|e| {
@@ -271,12 +272,12 @@ fn have_bytes(have: &Have, geo: Geometry) -> u64 {
         .sum()
 }
 
-fn push_event(tx: &SyncSender<Event>, mut ev: Event, cancel: &AtomicBool) -> bool {
+fn push_event(tx: &SyncSender<Event>, mut ev: Event, cancel: &Token) -> bool {
     loop {
         match tx.try_send(ev) {
             Ok(()) => return true,
             Err(TrySendError::Full(e)) => {
-                if cancel.load(Ordering::SeqCst) {
+                if cancel.stopped() {
                     return false;
                 }
                 ev = e;

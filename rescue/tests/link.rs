@@ -309,3 +309,61 @@ fn clear_errors_without_module_or_peer() {
     o.name = "muchtoolong".into();
     assert!(Link::up(&root, &o).is_err());
 }
+
+#[test]
+fn ctrl_c_in_init_mode_stops_a_serve_whose_peer_is_not_attached() {
+    // As PID 1 a signal only stops the running flow (init never exits). A serve
+    // whose stream was set up but whose peer is not attached retried the
+    // interrupted open (or greeting) for ever, printing "retrying".
+    let d = tempfile::tempdir().unwrap();
+    let root = fake_tree(d.path(), "ffff-local", "0000-peer");
+    let (k, h) = Kernel::start(root.clone());
+    let log = d.path().join("serve.log");
+    let mut srv = std::process::Command::new(env!("CARGO_BIN_EXE_rescue"))
+        .arg("--root")
+        .arg(root.base())
+        .args(["serve", "--create", "--store"])
+        .arg(d.path().join("store"))
+        .env("RESCUE_SIGNALS", "init")
+        .stderr(fs::File::create(&log).unwrap())
+        .spawn()
+        .unwrap();
+    let text = || fs::read_to_string(&log).unwrap_or_default();
+    let waited = std::time::Instant::now();
+    while !text().contains("waiting for a peer on") {
+        assert!(waited.elapsed() < Duration::from_secs(30), "{}", text());
+        thread::sleep(Duration::from_millis(20));
+    }
+    // The stream is not attached to a peer: open(2) says ENXIO, as a socket does.
+    let dev = root.path("/dev/tbstream0");
+    fs::remove_file(&dev).unwrap();
+    let _unattached = std::os::unix::net::UnixListener::bind(&dev).unwrap();
+    thread::sleep(Duration::from_millis(600));
+    let pid = nix::unistd::Pid::from_raw(srv.id() as i32);
+    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGINT).unwrap();
+    let t = std::time::Instant::now();
+    let status = loop {
+        if let Some(s) = srv.try_wait().unwrap() {
+            break s;
+        }
+        if t.elapsed() > Duration::from_secs(30) {
+            let _ = srv.kill();
+            let _ = srv.wait();
+            panic!("serve did not stop on SIGINT: {}", text());
+        }
+        thread::sleep(Duration::from_millis(20));
+    };
+    assert_eq!(status.code(), Some(130), "{}", text());
+    assert!(
+        text().contains("rescue: stopped waiting for a peer"),
+        "{}",
+        text()
+    );
+    assert!(
+        !root.path(STREAM_ROOT).join("0-1.0").exists(),
+        "the stream set-up was left behind: {}",
+        text()
+    );
+    k.stop.store(true, Ordering::SeqCst);
+    h.join().unwrap();
+}
