@@ -5,8 +5,8 @@
 
 use std::io::{self, Read, Write};
 
-pub const MAGIC: [u8; 4] = *b"U4RS";
-pub const VERSION: u8 = 1;
+pub(crate) const MAGIC: [u8; 4] = *b"U4RS";
+pub(crate) const VERSION: u8 = 1;
 pub const HEADER_LEN: usize = 32;
 /// Largest payload a peer may announce: the largest chunk (8 MiB) plus its header.
 pub const MAX_PAYLOAD: u32 = 8 * 1024 * 1024 + 64 * 1024;

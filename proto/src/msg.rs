@@ -554,7 +554,7 @@ pub struct ChunkBody {
     pub start: usize,
 }
 
-pub const CHUNK_FIXED: usize = 32 + 4 + 4;
+pub(crate) const CHUNK_FIXED: usize = 32 + 4 + 4;
 /// More bad ranges than sectors in the largest chunk cannot be real.
 const MAX_BAD_RANGES: usize = 16 * 1024;
 

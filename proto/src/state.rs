@@ -35,7 +35,7 @@ impl BackupState {
     }
 
     /// The state a word names; `None` for one this build does not know.
-    pub fn from_word(word: &str) -> Option<BackupState> {
+    pub(crate) fn from_word(word: &str) -> Option<BackupState> {
         ALL.into_iter().find(|s| s.word() == word)
     }
 

@@ -2,7 +2,8 @@
 //! socket, speaking frames through the rescue::proto library, that answers with
 //! impossible chunk sizes, disk sizes and digests. The client must stop with a
 //! clear error, never panic, and write nothing outside (nor, before its checks
-//! pass, inside) its target.
+//! pass, inside) its target. Last, a server that tells `rescue backup` it holds
+//! chunks beyond the disk.
 
 use std::fs;
 use std::os::unix::net::UnixListener;
@@ -259,4 +260,36 @@ fn a_new_file_must_fit_its_filesystem() {
     assert_eq!(o.status.code(), Some(6), "{}", text(&o));
     refused_clearly(&o, "free");
     assert!(files.is_empty(), "created {:?}", files[0].0);
+}
+
+#[test]
+fn a_backup_server_cannot_claim_more_chunks_than_the_disk_has() {
+    let d = tempfile::tempdir().unwrap();
+    let img = d.path().join("disk.img");
+    crate::common::random_image(&img, 2, 5);
+    // Unsorted, overlapping, reversed and beyond the disk's two 1 MiB chunks.
+    let have = json!([[[1, 1000], [0, 2], [7, 3]]]);
+    let (ep, h) = crate::peer::fake_server(
+        d.path(),
+        vec![(
+            kind::BACKUP_BEGIN,
+            kind::BACKUP_READY,
+            json!({"backup_id": "b1", "location": "/x", "resumed": true, "have": have}),
+        )],
+    );
+    let o = rescue(&[
+        "backup",
+        "-d",
+        &ep,
+        "--chunk-kib",
+        "1024",
+        img.to_str().unwrap(),
+    ]);
+    h.join().unwrap();
+    let t = text(&o);
+    assert!(!t.contains("panicked"), "{t}");
+    assert!(
+        t.contains("resuming, 2 of 2 chunks already verified on the peer"),
+        "{t}"
+    );
 }
