@@ -47,6 +47,29 @@
 #define USB4VC_STATE_FREE	0
 #define USB4VC_STATE_PRESENT	1
 
+/**
+ * struct usb4vc_hdr - The cable's header page, written by cable-ctl only
+ * @magic: %USB4VC_MAGIC, written last by ``cable-ctl init``
+ * @version: %USB4VC_VERSION
+ * @hdr_size: %USB4VC_HDR_SIZE (header and both side areas)
+ * @total_size: Size of the whole region
+ * @nchan: Channels per direction (HopIDs 8 .. 7 + @nchan)
+ * @nslots: Frames per channel ring, a power of two
+ * @frame_size: %USB4VC_FRAME_SIZE
+ * @reserved0: Zero
+ * @rings_off: Offset of the first ring
+ * @ring_stride: Bytes per ring (descriptors, padded to a frame, and payload)
+ * @pad0: Zero
+ * @plugged: 1 while the cable is plugged
+ * @ctrl_gen: Bumped by cable-ctl on every change
+ * @rate_bps: Cap on what each side sends, bytes/s (0 = none)
+ * @corrupt_req: Frames to corrupt so far, cumulative: a2b, b2a
+ * @pad1: Zero
+ * @ring_delay_us: Per ring (direction, channel) delay before the receiver
+ *	takes a frame from the cable, microseconds (0 = none)
+ * @ring_rate_bps: Per ring cap on what the sender moves into it, bytes/s
+ * @pad2: Zero
+ */
 struct usb4vc_hdr {
 	u64 magic;		/* 0x000 USB4VC_MAGIC */
 	u32 version;		/* 0x008 USB4VC_VERSION */
@@ -65,24 +88,60 @@ struct usb4vc_hdr {
 	u64 rate_bps;		/* 0x108 TX rate cap per direction, 0 = none */
 	u32 corrupt_req[2];	/* 0x110 cumulative frames to corrupt: a2b, b2a */
 	u8 pad1[0x200 - 0x118];
-	/*
-	 * Per ring faults, by direction (0 = a2b, 1 = b2a) and channel
-	 * (HopID - 8): the receiver takes a frame from the cable only this
-	 * many microseconds after it first saw it there (0 = at once) ...
-	 */
-	u32 ring_delay_us[2][USB4VC_MAX_CHAN];	/* 0x200 */
-	/* ... and the sender moves at most this many bytes/s into it (0 = no cap) */
-	u64 ring_rate_bps[2][USB4VC_MAX_CHAN];	/* 0x300 */
+	/* Per ring faults, by direction (0 = a2b, 1 = b2a) and HopID - 8 */
+	u32 ring_delay_us[2][USB4VC_MAX_CHAN];	/* 0x200 receiver holds frames */
+	u64 ring_rate_bps[2][USB4VC_MAX_CHAN];	/* 0x300 sender's cap */
 	u8 pad2[0x1000 - 0x500];
 };
 
+/**
+ * struct usb4vc_prop - A published stream (for cable-ctl status)
+ * @name: Stream name, NUL terminated
+ * @in_hopid: Its input HopID as published
+ * @out_hopid: Its output HopID as published
+ */
 struct usb4vc_prop {
 	char name[USB4VC_PROP_NAME];	/* stream name, NUL terminated */
 	s32 in_hopid;
 	s32 out_hopid;
 };
 
-/* One per side: side a at 0x1000, side b at 0x2000. Written by its owner. */
+/**
+ * struct usb4vc_side - One side's area (a at 0x1000, b at 0x2000), written by
+ *	that side only
+ * @nonce: The owner's claim, 0 = free
+ * @heartbeat: Incremented every 100 ms
+ * @state: %USB4VC_STATE_FREE or %USB4VC_STATE_PRESENT
+ * @session: Bumped on every claim (the peer sees a reload)
+ * @uuid: Host UUID (the host router's unique_id)
+ * @hostname: Host name, for cable-ctl status
+ * @link_up: This side sees the link up
+ * @max_hopid: Our maxhopid (also in our property block)
+ * @reserved1: Zero
+ * @tx_frames: Frames sent (counters refreshed every 100 ms)
+ * @tx_bytes: Bytes sent
+ * @rx_frames: Frames received
+ * @rx_bytes: Bytes received
+ * @crc_errors: Frames corrupted on receive
+ * @close_tx: CLOSE frames sent
+ * @close_rx: CLOSE frames received
+ * @stale_drops: Frames of an earlier session dropped
+ * @corrupt_done: Frames corrupted so far, against the header's corrupt_req
+ *	of the direction we receive
+ * @pad_c4: Zero
+ * @props_gen: Odd while @props is rewritten
+ * @props_count: Entries in @props
+ * @props: Streams found in our property block
+ * @pad_248: Zero
+ * @rx_post: Per channel: non-zero generation while our RX ring is posted
+ * @rx_cons: Per channel: our RX consumer index
+ * @tx_prod: Per channel: our TX producer index
+ * @rx_credit: Per channel: the sender may fill slot tx_prod while it is
+ *	before this (one credit per RX buffer our driver posted)
+ * @xprop_gen: Odd while @xprop is rewritten
+ * @xprop_len: Bytes used in @xprop
+ * @xprop: Our XDomain property block (format: kmod/README.md)
+ */
 struct usb4vc_side {
 	u64 nonce;		/* 0x000 owner's claim, 0 = free */
 	u64 heartbeat;		/* 0x008 incremented every 100 ms */
@@ -110,24 +169,20 @@ struct usb4vc_side {
 	u32 rx_post[USB4VC_MAX_CHAN];	/* 0x400 RX ring posted: gen, 0 = closed */
 	u32 rx_cons[USB4VC_MAX_CHAN];	/* 0x480 RX consumer index */
 	u32 tx_prod[USB4VC_MAX_CHAN];	/* 0x500 TX producer index */
-	/*
-	 * usb4vhost only: E2E flow control credits. The sender may fill slot
-	 * tx_prod only while tx_prod is before the receiver's rx_credit (an
-	 * index in the same sequence as tx_prod/rx_cons): one credit per RX
-	 * buffer the receiver's driver posted.
-	 */
-	u32 rx_credit[USB4VC_MAX_CHAN];	/* 0x580 */
-	/*
-	 * usb4vhost only: this side's XDomain property block (the root
-	 * directory with the service directories), serialized as described
-	 * in kmod/README.md; xprop_gen is odd while it is being rewritten.
-	 */
-	u32 xprop_gen;			/* 0x600 */
+	u32 rx_credit[USB4VC_MAX_CHAN];	/* 0x580 E2E credits */
+	u32 xprop_gen;			/* 0x600 odd while updating */
 	u32 xprop_len;			/* 0x604 bytes used in xprop */
 	u8 xprop[USB4VC_XPROP_SIZE];	/* 0x608 */
 };
 
-/* Descriptor of one frame slot */
+/**
+ * struct usb4vc_desc - Descriptor of one frame slot of a ring
+ * @len: Payload bytes, 1..4096
+ * @type: The frame's eof PDF, its sof PDF in the high byte
+ * @flags: %USB4VC_FLAG_CRC, set by the receiver
+ * @gen: The receiver's rx_post the sender saw (older sessions are dropped)
+ * @seq: The sender's producer index for this frame
+ */
 struct usb4vc_desc {
 	u32 len;		/* payload bytes, 1..4096 (0 for CLOSE) */
 	u16 type;		/* USB4VC_FRAME_* */
