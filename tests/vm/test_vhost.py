@@ -31,6 +31,8 @@ the receiver, "host2"; alpha's vda holds 16 MiB of random data, bravo's vda is b
                                arrives no sooner than the delay, another ring's at once; 0 ends it.
   test_06_ring_rate            cable-ctl rate --hopid caps one ring (2 MiB at 512 KiB/s >= 3.5 s)
                                while another ring runs free; both intact.
+  test_07_property_change_uevents  a stream made on bravo reaches alpha as KOBJ_CHANGE on
+                               0-1.0 and 0-1 (busybox uevent), and alpha adopts its HopIDs.
 VhostCableTest: every test of test_cable.py's CableTest (written against usb4vcable), on
   usb4vhost + thunderbolt_stream: upstream example 64 MiB, reverse order, EOF per cycle, two
   streams, corrupted frames (RING_DESC_CRC_ERROR), rate cap, sysfs, ConfigFS errnos, unplug
@@ -326,6 +328,26 @@ echo "@@R fast=$(cat /tmp/rf)"
                                 'echo "@@R f=$(sha256sum < /tmp/rf | cut -d" " -f1)"')
         self.assertEqual(field(sums, "c"), sha256_file(self.data_img, n_capd), "capped ring's data differ")
         self.assertEqual(field(sums, "f"), sha256_file(self.data_img, n_free), "free ring's data differ")
+
+
+    def test_07_property_change_uevents(self):
+        """The XDomain property exchange: a stream bravo makes (HopIDs published through
+        tb_service_properties_changed) reaches alpha as a KOBJ_CHANGE on the service 0-1.0
+        and on the XDomain 0-1, as the real core emits them; alpha then adopts the HopIDs."""
+        self.sh("alpha", "rm -f /tmp/ue.log; bg ue uevent sh -c 'echo $ACTION $DEVPATH >> /tmp/ue.log'; "
+                         "usleep 300000")
+        try:
+            out = self.sh("bravo", f"mkstream {self.svc['bravo']} pc -1 -1")
+            _, in_b, out_b = map(int, out.split()[-3:])
+            self.sh("alpha", "waitfor 10 grep -q '^change .*/0-1/0-1.0$' /tmp/ue.log", timeout=30)
+            events = self.sh("alpha", "cat /tmp/ue.log").splitlines()
+        finally:
+            self.sh("alpha", "bgkill ue")
+        log("alpha's uevents: " + "; ".join(events[:8]))
+        self.assertTrue(any(e.startswith("change ") and e.endswith("/0-1/0-1.0") for e in events), events)
+        self.assertTrue(any(e.startswith("change ") and e.endswith("/0-1") for e in events), events)
+        out = self.sh("alpha", f"mkstream {self.svc['alpha']} pc")
+        self.assertEqual(tuple(map(int, out.split()[-2:])), (out_b, in_b))
 
 
 class VhostCableTest(VhostBoot, CableTest):
