@@ -11,8 +11,9 @@ pub const STREAM_MODULE: &str = "thunderbolt_stream";
 /// The kernel's USB4STREAM stack in load order: the Thunderbolt bus, then streams.
 pub const STREAM_STACK: [&str; 2] = ["thunderbolt", STREAM_MODULE];
 
-/// The virtual cable of the VM tests (out of tree), which replaces `STREAM_STACK`.
-pub const VIRTUAL_CABLE: &str = "usb4vcable";
+/// The virtual USB4 host of the VM tests (kmod/, out of tree): it stands in for
+/// `thunderbolt` under the kernel's own `thunderbolt_stream`.
+pub const VIRTUAL_HOST: &str = "usb4vhost";
 
 /// Storage controllers and disks.
 pub const STORAGE: &[&str] = &[
@@ -80,8 +81,8 @@ mod tests {
         }
         assert!(VFAT_CODEPAGES.iter().all(|m| all.contains(m)));
         assert!(
-            !all.contains(&VIRTUAL_CABLE),
-            "the virtual cable is an extra module"
+            !all.contains(&VIRTUAL_HOST),
+            "the virtual host is an extra module"
         );
         let mut dedup = all.clone();
         dedup.sort();

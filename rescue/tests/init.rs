@@ -67,9 +67,9 @@ kernel/drivers/block/virtio_blk.ko:\n",
         "alias virtio:d00000002v* virtio_blk\nalias pci:v*d*sv*sd*bc0Csc03i40* thunderbolt\n",
     );
     if with_vcable {
-        write(&m.join("extra/usb4vcable.ko"), b"\x7fELF");
-        dep.push_str("extra/usb4vcable.ko: kernel/fs/configfs/configfs.ko\n");
-        alias.push_str("alias pci:v00001AF4d00001110sv*sd*bc*sc*i* usb4vcable\n");
+        write(&m.join("extra/usb4vhost.ko"), b"\x7fELF");
+        dep.push_str("extra/usb4vhost.ko: kernel/fs/configfs/configfs.ko\n");
+        alias.push_str("alias pci:v00001AF4d00001110sv*sd*bc*sc*i* usb4vhost\n");
     }
     write(&m.join("modules.dep"), dep.as_bytes());
     write(&m.join("modules.alias"), alias.as_bytes());
@@ -120,13 +120,17 @@ fn prepare_loads_stack_and_drivers_and_picks_vcable_in_auto() {
         false,
     );
     let (loaded, out, p) = prep(&t);
-    assert_eq!(loaded, vec!["configfs", "usb4vcable", "virtio_blk"]);
+    // Debian's thunderbolt_stream on the virtual host, never the real thunderbolt.
+    assert_eq!(
+        loaded,
+        vec!["configfs", "usb4vhost", "thunderbolt_stream", "virtio_blk"]
+    );
     assert!(p.drivers.virtual_cable);
     assert_eq!(p.config.mode, Mode::Backup);
     assert_eq!(p.disks, vec!["vda"]);
     assert_eq!(p.hostname.as_deref(), Some("test-box-sn123"));
     assert!(
-        out.contains("RESCUE: modules: configfs usb4vcable virtio_blk"),
+        out.contains("RESCUE: modules: configfs usb4vhost thunderbolt_stream virtio_blk"),
         "{out}"
     );
     let ready = ready_line(&Root::new(t.path()), &p);
@@ -161,14 +165,16 @@ fn real_domain_or_usb4_means_no_virtual_cable() {
 
     let t = tree("rescue.fabric=usb4", true, false);
     let (loaded, _, _) = prep(&t);
-    assert!(!loaded.contains(&"usb4vcable".to_string()), "{loaded:?}");
+    assert!(!loaded.contains(&"usb4vhost".to_string()), "{loaded:?}");
 
     // Forced virtual without the module: a warning, not a failure.
     let t = tree("rescue.fabric=virtual rescue.hostname=hostB", false, false);
     let (_, out, p) = prep(&t);
     assert_eq!(p.config.fabric, Fabric::Virtual);
     assert!(
-        out.contains("RESCUE: warning: module usb4vcable not found"),
+        out.contains(
+            "RESCUE: warning: usb4vhost (standing in for thunderbolt): module usb4vhost not found"
+        ),
         "{out}"
     );
     assert_eq!(p.hostname.as_deref(), Some("hostB"));

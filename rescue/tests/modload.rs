@@ -190,6 +190,34 @@ fn loads_dependency_closure_in_order_decompressed() {
 }
 
 #[test]
+fn a_stand_in_loads_instead_of_the_module_it_replaces() {
+    // The virtual USB4 host exports thunderbolt.ko's symbols: Debian's own
+    // thunderbolt_stream (modules.dep: needs thunderbolt) loads on top of it.
+    let t = fixture();
+    let m = t.path().join(format!("lib/modules/{REL}"));
+    write(&m.join("extra/usb4vhost.ko"), &body("usb4vhost"));
+    let dep = fs::read_to_string(m.join("modules.dep")).unwrap();
+    fs::write(
+        m.join("modules.dep"),
+        format!("{dep}extra/usb4vhost.ko: kernel/fs/configfs/configfs.ko.xz\n"),
+    )
+    .unwrap();
+    let mut l = loader(&t);
+    l.stand_in("thunderbolt", "usb4vhost");
+    let r = l.load("thunderbolt_stream").unwrap();
+    assert_eq!(
+        r.loaded(),
+        vec!["configfs", "usb4vhost", "thunderbolt_stream"]
+    );
+    assert_eq!(l.sys().loaded[1].1, body("usb4vhost"));
+    // Asked for by name, `thunderbolt` is the stand-in, already in.
+    assert!(l.is_present("thunderbolt"));
+    assert!(l.load("thunderbolt").unwrap().loaded().is_empty());
+    let names: Vec<&str> = l.sys().loaded.iter().map(|x| x.0.as_str()).collect();
+    assert!(!names.contains(&"thunderbolt"), "{names:?}");
+}
+
+#[test]
 fn gzip_plain_and_softdeps() {
     let t = fixture();
     let mut l = loader(&t);

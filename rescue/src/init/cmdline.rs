@@ -29,12 +29,12 @@ impl Mode {
 /// Which USB4STREAM transport to bring up.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum Fabric {
-    /// Real Thunderbolt/USB4 hardware if any, else the virtual cable if installed.
+    /// Real Thunderbolt/USB4 hardware if any, else the virtual USB4 host (VMs) if installed.
     #[default]
     Auto,
-    /// Real hardware only; never load the virtual cable.
+    /// Real hardware only; never load the virtual USB4 host.
     Usb4,
-    /// Always load the virtual cable (VM tests).
+    /// Always load the virtual USB4 host (VM tests).
     Virtual,
 }
 

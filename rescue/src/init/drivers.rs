@@ -1,27 +1,30 @@
 //! Which kernel modules PID 1 loads, and in what order: the USB4STREAM stack,
 //! drivers for the hardware present (by modalias, twice, because USB devices only
-//! appear once their host controller driver is in), and the virtual cable.
+//! appear once their host controller driver is in), and the virtual USB4 host.
 //!
-//! Virtual cable rule: `usb4vcable` replaces `thunderbolt` + `thunderbolt_stream`
-//! (it registers the thunderbolt bus and ConfigFS subsystem itself and refuses to
-//! load next to them), so the choice is made before either is loaded, from the
-//! hardware present: `rescue.fabric=virtual` loads the virtual cable;
-//! `rescue.fabric=usb4` loads the real stack; `auto` (the default) loads the
-//! virtual cable only when its module is installed, a device it drives exists
-//! (the ivshmem PCI device 1af4:1110, matched through modules.alias) and no device
-//! matches the real `thunderbolt` driver's aliases; otherwise the real stack.
-//! The modalias pass never loads the stack that was not chosen.
+//! Virtual host rule: in a VM, `usb4vhost` (kmod/) stands in for `thunderbolt`: it
+//! exports the symbols the kernel's own `thunderbolt_stream` imports and registers
+//! the thunderbolt bus and ConfigFS subsystem itself, so the two never load side by
+//! side. The loader treats it as providing `thunderbolt` (`Loader::stand_in`); the
+//! rest is the real-hardware path: `thunderbolt_stream` with its dependencies. The
+//! choice is made before either is loaded, from the hardware present:
+//! `rescue.fabric=virtual` loads the virtual host; `rescue.fabric=usb4` the real
+//! stack; `auto` (the default) the virtual host only when its module is installed, a
+//! device it drives exists (the ivshmem PCI device 1af4:1110, matched through
+//! modules.alias) and no device matches the real `thunderbolt` driver's aliases;
+//! otherwise the real stack. The modalias pass never loads the one not chosen.
 
 use std::fs;
 use std::time::Duration;
 
-use bootfacts::needed::CONFIGFS;
+use bootfacts::needed::{CONFIGFS, STREAM_STACK};
 
 use crate::init::cmdline::Fabric;
 use crate::modload::{self, Loader, ModuleSys, rescue_drivers, settle};
 use crate::root::Root;
 
-pub const VCABLE: &str = bootfacts::needed::VIRTUAL_CABLE;
+/// The virtual USB4 host module (kmod/usb4vhost.ko).
+pub const VHOST: &str = bootfacts::needed::VIRTUAL_HOST;
 
 /// What bring-up did, for the console.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -30,18 +33,16 @@ pub struct DriverReport {
     pub loaded: Vec<String>,
     /// Problems worth showing (none of them stops the boot).
     pub warnings: Vec<String>,
-    /// Whether the virtual cable was loaded.
+    /// Whether the virtual USB4 host was loaded.
     pub virtual_cable: bool,
 }
 
-const REAL_STACK: &[&str] = &bootfacts::needed::STREAM_STACK;
-
 fn real_filter(name: &str, path: &str) -> bool {
-    name != VCABLE && rescue_drivers(name, path)
+    name != VHOST && rescue_drivers(name, path)
 }
 
 fn virtual_filter(name: &str, path: &str) -> bool {
-    !REAL_STACK.contains(&name) && name != VCABLE && rescue_drivers(name, path)
+    name != "thunderbolt" && name != VHOST && rescue_drivers(name, path)
 }
 
 /// Whether any device present has a modalias that `module`'s aliases match.
@@ -51,17 +52,17 @@ fn hardware_for<S: ModuleSys>(loader: &Loader<S>, devices: &[String], module: &s
         .any(|d| loader.index().match_modalias(d).iter().any(|m| m == module))
 }
 
-/// Decides between the virtual cable and the real USB4 stack (see the module doc).
+/// Decides between the virtual USB4 host and the real USB4 stack (see the module doc).
 pub fn use_virtual<S: ModuleSys>(loader: &Loader<S>, root: &Root, fabric: Fabric) -> bool {
     match fabric {
         Fabric::Virtual => true,
         Fabric::Usb4 => false,
         Fabric::Auto => {
-            if !loader.available(VCABLE) {
+            if !loader.available(VHOST) {
                 return false;
             }
             let devices = modload::device_modaliases(root);
-            hardware_for(loader, &devices, VCABLE) && !hardware_for(loader, &devices, "thunderbolt")
+            hardware_for(loader, &devices, VHOST) && !hardware_for(loader, &devices, "thunderbolt")
         }
     }
 }
@@ -86,6 +87,9 @@ pub fn bring_up<S: ModuleSys>(
 ) -> DriverReport {
     let mut rep = DriverReport::default();
     let virt = use_virtual(loader, root, fabric);
+    if virt {
+        loader.stand_in("thunderbolt", VHOST);
+    }
     loader.set_alias_filter(if virt { virtual_filter } else { real_filter });
     let load = |loader: &mut Loader<S>, rep: &mut DriverReport, name: &str| -> bool {
         match loader.load(name) {
@@ -100,10 +104,10 @@ pub fn bring_up<S: ModuleSys>(
             }
         }
     };
-    let stack: &[&str] = if virt { &[VCABLE] } else { REAL_STACK };
-    for m in std::iter::once(&CONFIGFS).chain(stack) {
+    // In a VM `thunderbolt` is the virtual host (see the module doc).
+    for m in std::iter::once(CONFIGFS).chain(STREAM_STACK) {
         let ok = load(loader, &mut rep, m);
-        if *m == VCABLE {
+        if virt && m == "thunderbolt" {
             rep.virtual_cable = ok;
         }
     }

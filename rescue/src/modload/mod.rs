@@ -56,7 +56,7 @@ pub type AliasFilter = fn(&str, &str) -> bool;
 
 /// Drivers a rescue system wants for the hardware it finds: storage, USB (for
 /// USB disks and keyboards), Thunderbolt/USB4, virtio, input; plus out-of-tree
-/// modules (extra/, updates/) such as the virtual cable. Everything else (GPU,
+/// modules (extra/, updates/) such as the virtual USB4 host. Everything else (GPU,
 /// sound, network) is left alone even when its module happens to be installed.
 pub fn rescue_drivers(_name: &str, path: &str) -> bool {
     const DIRS: &[&str] = &[
@@ -93,6 +93,9 @@ pub struct Loader<S: ModuleSys = KernelSys> {
     present: HashSet<String>,
     filter: AliasFilter,
     failures: Vec<(String, String)>,
+    /// Modules loaded in place of another (`thunderbolt` -> `usb4vhost`): whoever
+    /// needs the first, by name or as a dependency, gets the second.
+    stand_ins: HashMap<String, String>,
 }
 
 impl Loader<KernelSys> {
@@ -126,6 +129,7 @@ impl<S: ModuleSys> Loader<S> {
             present: HashSet::new(),
             filter: rescue_drivers,
             failures: Vec::new(),
+            stand_ins: HashMap::new(),
         })
     }
 
@@ -152,6 +156,18 @@ impl<S: ModuleSys> Loader<S> {
         self.filter = filter;
     }
 
+    /// Loads `by` wherever `module` is asked for, by name or as a dependency (a
+    /// module that exports the same symbols, e.g. the virtual USB4 host for
+    /// `thunderbolt`), so `module` itself never loads.
+    pub fn stand_in(&mut self, module: &str, by: &str) {
+        self.stand_ins.insert(normalize(module), normalize(by));
+    }
+
+    /// The module that is loaded when `n` (normalized) is asked for.
+    fn resolve<'a>(&'a self, n: &'a str) -> &'a str {
+        self.stand_ins.get(n).map_or(n, String::as_str)
+    }
+
     /// Modalias loads that failed so far: (module, reason).
     pub fn failures(&self) -> &[(String, String)] {
         &self.failures
@@ -168,6 +184,7 @@ impl<S: ModuleSys> Loader<S> {
     /// Whether the kernel already has `name` (built in or loaded).
     pub fn is_present(&self, name: &str) -> bool {
         let n = normalize(name);
+        let n = self.resolve(&n).to_string();
         self.present.contains(&n)
             || self.index.builtin.contains(&n)
             || self.root.path(format!("/sys/module/{n}")).exists()
@@ -176,6 +193,11 @@ impl<S: ModuleSys> Loader<S> {
     /// Loads a module (name or alias such as `fs-vfat`) and its dependencies.
     pub fn load(&mut self, name: &str) -> Result<LoadReport> {
         let n = normalize(name);
+        if let Some(by) = self.stand_ins.get(&n).filter(|by| **by != n).cloned() {
+            return self
+                .load(&by)
+                .with_context(|| format!("{by} (standing in for {n})"));
+        }
         if self.index.builtin.contains(&n) {
             return Ok(LoadReport {
                 module: n.clone(),
@@ -243,6 +265,7 @@ impl<S: ModuleSys> Loader<S> {
         stack: &mut Vec<String>,
         order: &mut Vec<(String, bool)>,
     ) -> Result<()> {
+        let n = self.resolve(n);
         if seen.contains(n) {
             // Required wins if anything needs a module that a softdep also named.
             if required {
@@ -489,7 +512,7 @@ mod tests {
             "nvme",
             "kernel/drivers/nvme/host/nvme.ko.xz"
         ));
-        assert!(rescue_drivers("usb4vcable", "extra/usb4vcable.ko"));
+        assert!(rescue_drivers("usb4vhost", "extra/usb4vhost.ko"));
         assert!(!rescue_drivers(
             "i915",
             "kernel/drivers/gpu/drm/i915/i915.ko.xz"
