@@ -387,6 +387,39 @@ fn stop_server_mid_backup(
 }
 
 #[test]
+fn a_client_whose_writes_block_after_the_server_closed_stops_at_the_eof() {
+    // The kernel's thunderbolt_stream never fails a write when the peer closed:
+    // its TX ring fills and write() blocks. The reader's EOF must end the
+    // session at once, not the 60 s write-stall bound (seen on usb4vhost).
+    let d = tempfile::tempdir().unwrap();
+    let img = d.path().join("disk.img");
+    random_image(&img, 32, 7);
+    let store = d.path().join("store");
+    let mut srv = Server::start(d.path(), &store);
+    let px = Proxy::start(
+        d.path(),
+        &srv.sock,
+        Faults {
+            rate_c2s: Some(4 << 20),
+            c2s_blocks_after_close: true,
+            ..Default::default()
+        },
+    );
+    let client = backup_in_background(px.endpoint(), &img);
+    wait_delivered(&px, 8 << 20);
+    srv.signal("KILL");
+    let t = std::time::Instant::now();
+    let o = client.join().unwrap();
+    assert_eq!(o.status.code(), Some(5), "{}", text(&o));
+    assert!(text(&o).contains("closed"), "{}", text(&o));
+    assert!(
+        t.elapsed() < Duration::from_secs(30),
+        "the client noticed the close after {:?}",
+        t.elapsed()
+    );
+}
+
+#[test]
 fn server_killed_mid_backup_resumes_to_a_backup_that_verifies() {
     // At 3 MiB/s the server journals what it synced every 3 s but rewrites
     // the mapfile every 10 s: killed at 60 % (after 7 s), its map is behind

@@ -237,6 +237,11 @@ pub struct Faults {
     /// Stop delivering client-to-server bytes after this many, keeping the
     /// connection open (the server waits mid-transfer, to be killed).
     pub hold_c2s_after: Option<u64>,
+    /// Once the server is gone, the client reads EOF but its writes are neither
+    /// taken nor refused until it closes, as with the kernel's thunderbolt_stream:
+    /// a writer is not told the peer closed (with no RX buffers on the other side
+    /// its TX ring fills and write() blocks).
+    pub c2s_blocks_after_close: bool,
 }
 
 /// A UNIX-socket proxy between a client and the server, injecting faults.
@@ -288,6 +293,7 @@ impl Proxy {
                         flips: f.flip_c2s.clone(),
                         rate: f.rate_c2s,
                         hold_after: f.hold_c2s_after,
+                        block_after_close: f.c2s_blocks_after_close,
                     },
                     bytes2.clone(),
                     vec![client.try_clone().unwrap(), upstream.try_clone().unwrap()],
@@ -342,6 +348,24 @@ struct Pace {
     flips: Vec<u64>,
     rate: Option<u64>,
     hold_after: Option<u64>,
+    block_after_close: bool,
+}
+
+/// Neither reads nor closes `s` until its peer hangs up (or 5 minutes pass).
+fn hold_unread(s: &UnixStream) {
+    use std::os::fd::AsFd;
+    let t = Instant::now();
+    while t.elapsed() < Duration::from_secs(300) {
+        let mut fds = [nix::poll::PollFd::new(
+            s.as_fd(),
+            nix::poll::PollFlags::from_bits_retain(libc::POLLRDHUP),
+        )];
+        if let Ok(n) = nix::poll::poll(&mut fds, nix::poll::PollTimeout::from(100u16))
+            && n > 0
+        {
+            return;
+        }
+    }
 }
 
 fn pump(
@@ -356,6 +380,7 @@ fn pump(
         flips,
         rate,
         hold_after,
+        block_after_close,
     } = pace;
     thread::spawn(move || {
         let mut buf = vec![0u8; 64 * 1024];
@@ -402,6 +427,9 @@ fn pump(
                 }
             }
             if to.write_all(&buf[..n]).is_err() {
+                if block_after_close {
+                    hold_unread(&from);
+                }
                 break;
             }
             pos += n as u64;
