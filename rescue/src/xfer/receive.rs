@@ -1,0 +1,388 @@
+//! The receiving side of the data phase: each chunk's SHA-256 is checked
+//! before it goes to the sink, in order; intact chunks after a gap wait (within
+//! a window) while the missing one is asked for again (NAK); ACKs are
+//! cumulative.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use anyhow::{Result, bail};
+
+use super::{Geometry, Have, Sink, SinkPipeline, Verified, WINDOW, have_bytes, peer_left};
+use crate::progress::Bar;
+use crate::proto::conn::{Conn, Event, peer_error};
+use crate::proto::frame::{Frame, Header};
+use crate::proto::msg::{ChunkBody, ChunkRanges, FLAG_DAMAGED, FLAG_ZERO, kind};
+
+/// Why a received chunk was not accepted.
+enum Reject {
+    Damaged(String),
+}
+
+/// The receiver's ACKs and NAKs. Once a send fails (the peer is gone) it
+/// stops sending and keeps the error, so the frames already received are
+/// still checked and written (a resume then skips them) before it is returned.
+struct Answers {
+    disk: u32,
+    last_nak: Option<(u64, Instant)>,
+    gone: Option<anyhow::Error>,
+}
+
+impl Answers {
+    fn send(&mut self, conn: &Conn, h: Header) {
+        if self.gone.is_none()
+            && let Err(e) = conn.send_keeping_queue(h, &[])
+        {
+            self.gone = Some(e);
+        }
+    }
+
+    fn ack(&mut self, conn: &Conn, offset: u64) {
+        self.send(conn, Header::new(kind::ACK, self.disk, offset));
+    }
+
+    /// Asks for the chunk at `offset` again; at most once a second for the
+    /// same offset unless `force`.
+    fn nak(&mut self, conn: &Conn, offset: u64, force: bool) {
+        let due = match self.last_nak {
+            Some((o, t)) => o != offset || t.elapsed() > Duration::from_secs(1) || force,
+            None => true,
+        };
+        if due {
+            self.send(conn, Header::new(kind::NAK, self.disk, offset));
+            self.last_nak = Some((offset, Instant::now()));
+        }
+    }
+}
+
+/// What the receiver does with a chunk the sender marks FLAG_DAMAGED.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum OnDamaged {
+    /// A backup client may not send one: it is asked for again like a chunk
+    /// damaged in transit.
+    Refuse,
+    /// End the disk with a `StoreDamaged` error (restore without --skip-damaged).
+    Stop,
+    /// Write zeros in its place and list it in `Received::lost`.
+    Skip,
+}
+
+/// The sender's store cannot produce a chunk intact.
+#[derive(Debug, thiserror::Error)]
+#[error("the chunk of disk {disk} at offset {offset} ({len} bytes) is damaged in the store")]
+pub struct StoreDamaged {
+    pub disk: u32,
+    pub offset: u64,
+    pub len: u32,
+}
+
+/// A disk received to the end.
+pub struct Received {
+    /// The sender's DISK_END, to answer.
+    pub end: Frame,
+    /// Chunks damaged in transit and asked for again.
+    pub resent: u64,
+    /// (offset, length) of the chunks the store could not produce (OnDamaged::Skip).
+    pub lost: Vec<(u64, u32)>,
+}
+
+/// Receives disk `disk` into `pipe` until the sender's DISK_END, with a choice
+/// of what a FLAG_DAMAGED chunk does (only a restore accepts one). Returns that
+/// frame (to answer it), how many damaged chunks were asked for again and what
+/// the store could not produce.
+pub fn receive_disk<S: Sink + 'static>(
+    conn: &mut Conn,
+    disk: u32,
+    geo: Geometry,
+    have: &ChunkRanges,
+    pipe: &SinkPipeline<S>,
+    bar: &Bar,
+    on_damaged: OnDamaged,
+) -> Result<Received> {
+    let have = Have::new(have);
+    bar.set_position(have_bytes(&have, geo));
+    let mut r = Receiving {
+        disk,
+        geo,
+        next: have.next_missing(0),
+        have,
+        early: BTreeMap::new(),
+        ans: Answers {
+            disk,
+            last_nak: None,
+            gone: None,
+        },
+        damaged: 0,
+        lost: Vec::new(),
+        on_damaged,
+        bad_headers: conn.stats.bad_headers.load(Ordering::Relaxed),
+    };
+    loop {
+        pipe.failed()?;
+        let ev = conn.next_event(Duration::from_millis(500));
+        if let Some(Event::Closed(c)) = ev {
+            return Err(c.into_error("receiving data"));
+        }
+        if ev.is_none()
+            && let Some(e) = r.ans.gone.take()
+        {
+            // The peer went away and everything it had sent is written.
+            return Err(e);
+        }
+        r.check_headers(conn, bar);
+        let f = match ev {
+            Some(Event::Frame(f)) => f,
+            _ => {
+                // Quiet while chunks wait behind a gap: ask again (at most once a second).
+                if !r.early.is_empty() {
+                    r.ans.nak(conn, r.next_off(), false);
+                }
+                continue;
+            }
+        };
+        if !f.intact {
+            r.damaged_frame(conn, bar, &f);
+            continue;
+        }
+        match f.header.kind {
+            kind::CHUNK if f.header.disk == disk => r.chunk(conn, pipe, bar, f)?,
+            kind::DISK_END if f.header.disk == disk => {
+                if r.next < geo.count() {
+                    bail!(
+                        "the sender finished disk {disk} but chunks from offset {} are missing",
+                        r.next_off()
+                    );
+                }
+                return Ok(Received {
+                    end: f,
+                    resent: r.damaged,
+                    lost: r.lost,
+                });
+            }
+            kind::DISK_END => {
+                // A repeat for the previous disk: our answer was lost.
+                conn.answered_before(&f)?;
+            }
+            kind::ERROR => return Err(peer_error(&f)),
+            kind::BYE => return Err(peer_left("sending a disk")),
+            _ => {}
+        }
+    }
+}
+
+/// The receiver's state for one disk.
+struct Receiving<'a> {
+    disk: u32,
+    geo: Geometry,
+    have: Have<'a>,
+    /// The index of the next chunk to write (the first not held nor written).
+    next: u64,
+    /// Intact chunks that arrived after a missing one, kept until the gap is
+    /// filled (selective repeat: at most a window's worth).
+    early: BTreeMap<u64, Frame>,
+    ans: Answers,
+    /// Chunks damaged in transit (asked for again).
+    damaged: u64,
+    /// (offset, length) of the chunks the store could not produce.
+    lost: Vec<(u64, u32)>,
+    on_damaged: OnDamaged,
+    /// The connection's count of damaged headers, as last seen.
+    bad_headers: u64,
+}
+
+impl Receiving<'_> {
+    /// Where the next chunk to write starts: the offset an ACK names.
+    fn next_off(&self) -> u64 {
+        self.geo.start_of(self.next)
+    }
+
+    /// A damaged header cannot say what it carried: the frame was skipped and
+    /// the expected chunk (often what it was) is asked for again. Checked even
+    /// when nothing else arrives: the lost frame may have been the last the
+    /// sender's window allowed.
+    fn check_headers(&mut self, conn: &Conn, bar: &Bar) {
+        let now_bad = conn.stats.bad_headers.load(Ordering::Relaxed);
+        if now_bad > self.bad_headers {
+            let next_off = self.next_off();
+            self.damaged += now_bad - self.bad_headers;
+            bar.println(&format!(
+                "{} damaged message header(s) skipped; asking again for offset {next_off}",
+                now_bad - self.bad_headers
+            ));
+            self.bad_headers = now_bad;
+            if self.next < self.geo.count() {
+                self.ans.nak(conn, next_off, true);
+            }
+        }
+    }
+
+    /// A frame whose payload failed its CRC: a chunk not yet written is asked
+    /// for again (the header has its own CRC: its offset is trustworthy).
+    fn damaged_frame(&mut self, conn: &Conn, bar: &Bar, f: &Frame) {
+        conn.stats.corrupt_frames.fetch_add(1, Ordering::Relaxed);
+        let h = &f.header;
+        if h.kind == kind::CHUNK && h.disk == self.disk && h.offset >= self.next_off() {
+            self.damaged += 1;
+            bar.println(&format!(
+                "damaged chunk at offset {} (CRC mismatch): asking for it again",
+                h.offset
+            ));
+            self.ans.nak(conn, h.offset, true);
+        }
+    }
+
+    /// An intact chunk of this disk: the next one is written (with the kept
+    /// ones it makes contiguous), a later one kept, an earlier one acked again.
+    fn chunk<S: Sink + 'static>(
+        &mut self,
+        conn: &Conn,
+        pipe: &SinkPipeline<S>,
+        bar: &Bar,
+        f: Frame,
+    ) -> Result<()> {
+        let next_off = self.next_off();
+        if f.header.offset == next_off && self.next < self.geo.count() {
+            let accepted = self.write_in_order(conn, pipe, bar, f)?;
+            let ack = self.next_off();
+            self.early.retain(|&o, _| o > ack);
+            if accepted {
+                self.ans.ack(conn, ack);
+            }
+            // Kept chunks beyond a new gap: that one is missing too.
+            if accepted && !self.early.is_empty() {
+                self.ans.nak(conn, ack, false);
+            }
+        } else if f.header.offset > next_off {
+            let window_end = next_off.saturating_add(WINDOW as u64 * u64::from(self.geo.chunk));
+            if f.header.offset < window_end && self.early.len() < WINDOW {
+                self.early.entry(f.header.offset).or_insert(f);
+            }
+            self.ans.nak(conn, next_off, false);
+        } else {
+            self.ans.ack(conn, next_off);
+        }
+        Ok(())
+    }
+
+    /// Writes `f`, the next chunk, then any kept ones it makes contiguous.
+    /// Returns whether any was written; one that fails verification is asked
+    /// for again.
+    fn write_in_order<S: Sink + 'static>(
+        &mut self,
+        conn: &Conn,
+        pipe: &SinkPipeline<S>,
+        bar: &Bar,
+        mut f: Frame,
+    ) -> Result<bool> {
+        let mut accepted = false;
+        loop {
+            let at = f.header.offset;
+            match accept(f, self.geo, self.next, pipe, self.on_damaged) {
+                Ok(v) => {
+                    if v.damaged && self.on_damaged == OnDamaged::Stop {
+                        let (disk, offset, len) = (self.disk, v.offset, v.len);
+                        return Err(StoreDamaged { disk, offset, len }.into());
+                    }
+                    if v.damaged {
+                        self.lost.push((v.offset, v.len));
+                    }
+                    let len = u64::from(v.len);
+                    pipe.submit(v)?;
+                    bar.inc(len);
+                    self.next = self.have.next_missing(self.next + 1);
+                    accepted = true;
+                }
+                Err(Reject::Damaged(why)) => {
+                    self.damaged += 1;
+                    bar.println(&format!(
+                        "chunk at offset {at} failed verification ({why}): asking for it again"
+                    ));
+                    self.ans.nak(conn, at, true);
+                    return Ok(accepted);
+                }
+            }
+            if self.next >= self.geo.count() {
+                return Ok(accepted);
+            }
+            match self.early.remove(&self.geo.offset(self.next)) {
+                Some(k) => f = k,
+                None => return Ok(accepted),
+            }
+        }
+    }
+}
+
+fn accept<S: Sink + 'static>(
+    f: Frame,
+    geo: Geometry,
+    index: u64,
+    pipe: &SinkPipeline<S>,
+    on_damaged: OnDamaged,
+) -> std::result::Result<Verified, Reject> {
+    let damaged = f.header.flags & FLAG_DAMAGED != 0;
+    if damaged && on_damaged == OnDamaged::Refuse {
+        return Err(Reject::Damaged(
+            "marked damaged by a sender that may not".into(),
+        ));
+    }
+    // A damaged chunk carries no data; its place is filled with zeros.
+    let zero = f.header.flags & FLAG_ZERO != 0 || damaged;
+    let offset = f.header.offset;
+    let body = ChunkBody::decode(f.payload, zero, geo.chunk).map_err(Reject::Damaged)?;
+    let want = geo.len_of(index);
+    if body.len != want {
+        return Err(Reject::Damaged(format!(
+            "length {} instead of {want}",
+            body.len
+        )));
+    }
+    if zero {
+        pipe.zero(offset, body.len);
+    } else if !pipe.check(offset, body.data(), &body.sha256) {
+        return Err(Reject::Damaged("SHA-256 mismatch".into()));
+    }
+    Ok(Verified {
+        offset,
+        len: body.len,
+        zero,
+        sha256: body.sha256,
+        bad: body.bad,
+        start: body.start,
+        payload: Arc::new(body.payload),
+        damaged,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::xfer::HashMode;
+    use crate::xfer::sink::tests::NullSink;
+
+    #[test]
+    fn only_a_restore_accepts_a_chunk_marked_damaged() {
+        let geo = Geometry {
+            size: 8192,
+            chunk: 4096,
+        };
+        let frame = || {
+            let mut h = Header::new(kind::CHUNK, 0, 4096);
+            h.flags |= FLAG_DAMAGED;
+            Frame {
+                header: h,
+                payload: ChunkBody::encode_prefix(&[0; 32], 4096, &[]),
+                intact: true,
+            }
+        };
+        let pipe = SinkPipeline::with_mode(NullSink, 8192, HashMode::Combined);
+        // From a backup client it is damage, asked for again.
+        assert!(accept(frame(), geo, 1, &pipe, OnDamaged::Refuse).is_err());
+        // On restore it stands for zeros, marked.
+        let v = accept(frame(), geo, 1, &pipe, OnDamaged::Skip)
+            .ok()
+            .unwrap();
+        assert!(v.damaged && v.zero && v.len == 4096 && v.bytes().is_empty());
+    }
+}

@@ -1,0 +1,353 @@
+//! The sending side of the data phase: a reader thread fetches the chunks the
+//! receiver does not hold, a hashing thread digests them (two at a time), and
+//! the calling thread sends them within a window of unacknowledged chunks,
+//! sending again what the receiver asks for or leaves unacknowledged.
+
+use std::collections::VecDeque;
+use std::sync::mpsc::{self, Receiver, SyncSender, TrySendError};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use anyhow::{Result, bail};
+
+use super::{Geometry, Have, Known, RawChunk, WINDOW, have_bytes, is_zero, peer_left, sha256};
+use crate::cancel::Token;
+use crate::progress::Bar;
+use crate::proto::conn::{Conn, Event, OutChunk, peer_error};
+use crate::proto::frame::Header;
+use crate::proto::msg::{self, ChunkBody, ChunkRanges, FLAG_DAMAGED, FLAG_ZERO, kind};
+
+/// With no acknowledgement for this long, everything in flight is sent again.
+const STALL: Duration = Duration::from_secs(10);
+
+#[derive(Debug, Default, Clone)]
+pub struct SendStats {
+    pub chunks_sent: u64,
+    pub bytes_sent: u64,
+    pub zero_bytes: u64,
+    pub resent_chunks: u64,
+    pub skipped_bytes: u64,
+    pub unreadable_bytes: u64,
+    pub bytes_read: u64,
+}
+
+/// What the reader thread hands the hashing thread, in disk order.
+enum Read {
+    /// The chunk at this offset.
+    Chunk(u64, RawChunk),
+    /// Reading stopped with this error; nothing follows.
+    Failed(String),
+}
+
+/// Sends every chunk of disk `disk` the receiver does not hold. `read` fetches a
+/// chunk (on a reader thread), `digest` hashes or checks it (on a second thread,
+/// which looks for zeros once and hashes two data chunks at a time when two are
+/// ready, and passes what it found as `Known`).
+#[allow(clippy::too_many_arguments)]
+pub fn send_disk<R, D>(
+    conn: &mut Conn,
+    disk: u32,
+    geo: Geometry,
+    have: &ChunkRanges,
+    read: R,
+    digest: D,
+    bar: &Bar,
+) -> Result<SendStats>
+where
+    R: FnMut(u64, u32) -> Result<RawChunk> + Send,
+    D: Fn(u64, RawChunk, Known) -> Result<OutChunk> + Send + Sync,
+{
+    let have = Have::new(have);
+    let mut stats = SendStats {
+        skipped_bytes: have_bytes(&have, geo),
+        ..Default::default()
+    };
+    bar.set_position(stats.skipped_bytes);
+    let cancel = Token::new();
+    // One credit per chunk the window has room for: the reader stays at most a
+    // window ahead of the acknowledgements.
+    let (credit_tx, credit_rx) = mpsc::sync_channel::<()>(WINDOW);
+    for _ in 0..WINDOW {
+        let _ = credit_tx.send(());
+    }
+    let events = conn.event_sender();
+    let (raw_tx, raw_rx) = mpsc::sync_channel::<Read>(2);
+
+    thread::scope(|s| -> Result<SendStats> {
+        let cancel_r = cancel.clone();
+        s.spawn(move || read_chunks(&have, geo, &credit_rx, &cancel_r, read, &raw_tx));
+        let cancel_d = cancel.clone();
+        let digest = &digest;
+        s.spawn(move || {
+            let push = |ev: Event| push_event(&events, ev, &cancel_d);
+            if let Some(end) = digest_chunks(&raw_rx, digest, push) {
+                push(end);
+            }
+        });
+
+        let result = send_loop(conn, disk, &credit_tx, &mut stats, bar);
+        cancel.stop();
+        drop(credit_tx);
+        // Unblock the pipeline threads so the scope can end.
+        while conn.next_event(Duration::from_millis(1)).is_some_and(|e| {
+            !matches!(
+                e,
+                Event::SourceDone | Event::SourceFailed(_) | Event::Closed(_)
+            )
+        }) {}
+        result.map(|()| stats)
+    })
+}
+
+/// The reader thread: every chunk not held, in order, one per credit, until
+/// the end, a read error or `cancel`.
+fn read_chunks<R>(
+    have: &Have,
+    geo: Geometry,
+    credits: &Receiver<()>,
+    cancel: &Token,
+    mut read: R,
+    tx: &SyncSender<Read>,
+) where
+    R: FnMut(u64, u32) -> Result<RawChunk>,
+{
+    let mut i = have.next_missing(0);
+    while i < geo.count() {
+        if credits.recv().is_err() || cancel.stopped() {
+            return;
+        }
+        let off = geo.offset(i);
+        let r = match read(off, geo.len_of(i)) {
+            Ok(raw) => Read::Chunk(off, raw),
+            Err(e) => Read::Failed(format!("{e:#}")),
+        };
+        let failed = matches!(r, Read::Failed(_));
+        if tx.send(r).is_err() || failed {
+            return;
+        }
+        i = have.next_missing(i + 1);
+    }
+}
+
+/// The hashing thread: digests what the reader hands over (two data chunks in
+/// one interleaved pass when two are ready) and pushes each chunk to the
+/// sending thread. Returns the event that ends the source: done, or failed
+/// (after the chunks read before the failure); None once pushing was refused
+/// (the sending side stopped).
+fn digest_chunks<D>(rx: &Receiver<Read>, digest: &D, push: impl Fn(Event) -> bool) -> Option<Event>
+where
+    D: Fn(u64, RawChunk, Known) -> Result<OutChunk>,
+{
+    let mut queue: VecDeque<(u64, RawChunk, Known)> = VecDeque::new();
+    // Queues a chunk, or returns the read error that ends the source.
+    let queue_up = |q: &mut VecDeque<_>, r: Read| match r {
+        Read::Chunk(off, raw) => {
+            let known = Known {
+                zero: is_zero(&raw.data),
+                sha256: None,
+            };
+            q.push_back((off, raw, known));
+            None
+        }
+        Read::Failed(m) => Some(m),
+    };
+    loop {
+        let mut failed = None;
+        if queue.is_empty() {
+            match rx.recv() {
+                Ok(r) => failed = queue_up(&mut queue, r),
+                Err(_) => return Some(Event::SourceDone),
+            }
+        }
+        if queue.len() == 1
+            && let Ok(r) = rx.try_recv()
+        {
+            failed = queue_up(&mut queue, r);
+        }
+        // Two data chunks ready: one interleaved pass for both digests.
+        if let [(_, a, ka), (_, b, kb)] = queue.make_contiguous()
+            && !ka.zero
+            && !kb.zero
+        {
+            let (da, db) = crate::sha256x2::digest_pair(&a.data, &b.data);
+            (ka.sha256, kb.sha256) = (Some(da), Some(db));
+        }
+        while let Some((off, raw, known)) = queue.pop_front() {
+            match digest(off, raw, known) {
+                Ok(c) => {
+                    if !push(Event::Chunk(c)) {
+                        return None;
+                    }
+                }
+                Err(e) => return Some(Event::SourceFailed(format!("{e:#}"))),
+            }
+        }
+        if let Some(m) = failed {
+            return Some(Event::SourceFailed(m));
+        }
+    }
+}
+
+fn push_event(tx: &SyncSender<Event>, mut ev: Event, cancel: &Token) -> bool {
+    loop {
+        match tx.try_send(ev) {
+            Ok(()) => return true,
+            Err(TrySendError::Full(e)) => {
+                if cancel.stopped() {
+                    return false;
+                }
+                ev = e;
+                thread::sleep(Duration::from_micros(200));
+            }
+            Err(TrySendError::Disconnected(_)) => return false,
+        }
+    }
+}
+
+fn send_chunk(conn: &Conn, disk: u32, c: &OutChunk) -> Result<()> {
+    let mut h = Header::new(kind::CHUNK, disk, c.offset);
+    if c.zero {
+        h.flags |= FLAG_ZERO;
+    }
+    if c.damaged {
+        h.flags |= FLAG_DAMAGED;
+    }
+    let prefix = ChunkBody::encode_prefix(&c.sha256, c.len, &c.bad);
+    if c.zero || c.damaged {
+        conn.send(h, &prefix)
+    } else {
+        conn.send_parts(h, &[&prefix, &c.data])
+    }
+}
+
+fn send_loop(
+    conn: &mut Conn,
+    disk: u32,
+    credits: &SyncSender<()>,
+    stats: &mut SendStats,
+    bar: &Bar,
+) -> Result<()> {
+    let mut unacked: VecDeque<OutChunk> = VecDeque::new();
+    let mut source_done = false;
+    let mut last_progress = Instant::now();
+    let mut told_resend = false;
+    loop {
+        if source_done && unacked.is_empty() {
+            return Ok(());
+        }
+        match conn.next_event(Duration::from_millis(100)) {
+            Some(Event::Chunk(c)) => {
+                send_chunk(conn, disk, &c)?;
+                stats.chunks_sent += 1;
+                stats.bytes_read += u64::from(c.len);
+                stats.unreadable_bytes += c.bad.iter().map(|b| u64::from(b.1)).sum::<u64>();
+                if c.zero {
+                    stats.zero_bytes += u64::from(c.len);
+                } else {
+                    stats.bytes_sent += u64::from(c.len);
+                }
+                if unacked.is_empty() {
+                    last_progress = Instant::now();
+                }
+                unacked.push_back(c);
+            }
+            Some(Event::SourceDone) => source_done = true,
+            Some(Event::SourceFailed(m)) => {
+                conn.send_error("source", &m);
+                bail!("{m}");
+            }
+            Some(Event::Frame(f)) if f.intact => match f.header.kind {
+                kind::ACK | kind::NAK if f.header.disk == disk => {
+                    let before = unacked.len();
+                    // Only an ACK is cumulative: a NAK may name a chunk beyond
+                    // others that are still on their way.
+                    while f.header.kind == kind::ACK
+                        && unacked
+                            .front()
+                            .is_some_and(|c| c.offset + u64::from(c.len) <= f.header.offset)
+                    {
+                        if let Some(c) = unacked.pop_front() {
+                            bar.inc(u64::from(c.len));
+                        }
+                        let _ = credits.try_send(());
+                    }
+                    if unacked.len() != before {
+                        last_progress = Instant::now();
+                    }
+                    if f.header.kind == kind::NAK {
+                        if !told_resend {
+                            bar.println(&format!(
+                                "chunk at offset {} arrived damaged at the peer; sending it again",
+                                f.header.offset
+                            ));
+                            told_resend = true;
+                        }
+                        // Selective repeat: the receiver keeps the chunks that
+                        // came after a damaged one, so only that one goes again.
+                        if let Some(c) = unacked.iter().find(|c| c.offset == f.header.offset) {
+                            send_chunk(conn, disk, c)?;
+                            stats.resent_chunks += 1;
+                        }
+                        last_progress = Instant::now();
+                    }
+                }
+                kind::ERROR => return Err(peer_error(&f)),
+                kind::BYE => return Err(peer_left("receiving")),
+                _ => {}
+            },
+            Some(Event::Frame(_)) => {
+                conn.stats
+                    .corrupt_frames
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            }
+            Some(Event::Closed(c)) => return Err(c.into_error("sending data")),
+            None => {}
+        }
+        if !unacked.is_empty() && last_progress.elapsed() > STALL {
+            // Nothing acknowledged for a long time: send again the chunk the
+            // receiver's cumulative ACK waits for; it asks for any others.
+            if let Some(c) = unacked.front() {
+                send_chunk(conn, disk, c)?;
+                stats.resent_chunks += 1;
+            }
+            last_progress = Instant::now();
+        }
+    }
+}
+
+/// Builds the chunk to send from raw bytes and what is known about them.
+pub fn digest_fresh(offset: u64, raw: RawChunk, known: Known) -> Result<OutChunk> {
+    let len = raw.data.len() as u32;
+    if known.zero {
+        let RawChunk { data, bad } = raw;
+        crate::bufpool::give(data);
+        return Ok(OutChunk {
+            offset,
+            len,
+            zero: true,
+            sha256: [0; 32],
+            bad,
+            data: Vec::new(),
+            damaged: false,
+        });
+    }
+    Ok(OutChunk {
+        offset,
+        len,
+        zero: false,
+        sha256: known.sha256.unwrap_or_else(|| sha256(&raw.data)),
+        bad: raw.bad,
+        data: raw.data,
+        damaged: false,
+    })
+}
+
+/// Sends DISK_END and waits for DISK_DONE (repeating DISK_END if either is lost).
+pub fn finish_disk(conn: &mut Conn, disk: u32, end: &msg::DiskEnd) -> Result<msg::DiskDone> {
+    let payload = msg::to_json(end);
+    conn.send(Header::new(kind::DISK_END, disk, 0), &payload)?;
+    let f = conn.wait_control(&[kind::DISK_DONE], "finishing a disk", |c| {
+        c.send(Header::new(kind::DISK_END, disk, 0), &payload)
+    })?;
+    msg::from_json(&f)
+}
