@@ -138,6 +138,12 @@ impl Planned {
     }
 }
 
+/// Opens every planned target, creating the new files now. Should one fail,
+/// the files created before it go again: their guards drop with the others.
+fn open_all(planned: Vec<Planned>) -> Result<Vec<Target>> {
+    planned.into_iter().map(Planned::open).collect()
+}
+
 fn refuse(msg: String) -> anyhow::Error {
     Exit::new(exit::REFUSED, msg).into()
 }
@@ -687,10 +693,7 @@ pub fn run(root: &Root, args: &RestoreArgs) -> Result<u8> {
         }
     }
     // Only now are new image files created; a failure from here on removes them.
-    let mut targets = Vec::new();
-    for p in planned {
-        targets.push(p.open()?);
-    }
+    let mut targets = open_all(planned)?;
     let started = Instant::now();
     let result = transfer(&mut s, &chosen, &pairs, &mut targets, &mapfiles, args);
     if let Err(e) = &result
@@ -1205,4 +1208,27 @@ fn read_back(f: &File, size: u64, bar: &Bar) -> Result<String> {
     .context("reading the target back")?;
     bar.finish();
     Ok(hex(&h.finalize()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_failed_open_removes_the_files_created_before_it() {
+        let d = tempfile::tempdir().unwrap();
+        let new = |path: PathBuf| Planned::New {
+            spec: path.display().to_string(),
+            path,
+            size: 1 << 20,
+        };
+        let first = d.path().join("first.img");
+        // The second cannot be created: its directory is not there.
+        let second = d.path().join("gone").join("second.img");
+        let err = open_all(vec![new(first.clone()), new(second)])
+            .err()
+            .unwrap();
+        assert!(format!("{err:#}").contains("creating"), "{err:#}");
+        assert!(!first.exists(), "the first target file was left behind");
+    }
 }
