@@ -242,46 +242,67 @@ fn read_gpt_header_at(disk: &Disk, lba: u64, sector: u32) -> Option<GptHeader> {
 }
 
 fn read_gpt(disk: &Disk, sector: u32) -> anyhow::Result<Option<PartitionTable>> {
-    let sector64 = sector as u64;
-    let last_lba = match (disk.size / sector64).checked_sub(1) {
-        Some(l) if l >= 1 => l,
-        _ => return Ok(None),
-    };
-    let Some(primary) = read_gpt_header_at(disk, 1, sector) else {
+    let mut warnings = Vec::new();
+    let Some(header) = gpt_header(disk, sector, &mut warnings) else {
         return Ok(None);
     };
-    let mut warnings = Vec::new();
-    let header = if primary.crc_ok && primary.my_lba == 1 {
-        primary
-    } else {
-        // Like the kernel, fall back on the backup header at the end of the disk.
-        let alt = if primary.alternate_lba > 1 && primary.alternate_lba <= last_lba {
-            primary.alternate_lba
-        } else {
-            last_lba
-        };
-        match read_gpt_header_at(disk, alt, sector).filter(|h| h.crc_ok) {
-            Some(backup) => {
-                warnings.push(
-                    "primary GPT header is invalid (CRC32 mismatch); using the backup header"
-                        .into(),
-                );
-                backup
-            }
-            None => {
-                warnings.push(
-                    "GPT header CRC32 is invalid and there is no valid backup: the table may be corrupt"
-                        .into(),
-                );
-                primary
-            }
-        }
-    };
-
     let entry_size = header.entry_size;
     if !(128..=MAX_GPT_ENTRY_SIZE).contains(&entry_size) || !entry_size.is_multiple_of(128) {
         bail!("GPT header gives an invalid partition entry size of {entry_size} bytes");
     }
+    let array = gpt_array(disk, &header, sector, &mut warnings)?;
+    let entries = gpt_entries(disk, &array, entry_size, sector, &mut warnings);
+    Ok(Some(PartitionTable {
+        kind: "gpt".into(),
+        disk_guid: Some(guid_string(&header.disk_guid)),
+        entries,
+        warnings,
+    }))
+}
+
+/// The GPT header to go by: the primary, else (like the kernel) the backup at
+/// the end of the disk, else the primary with a warning. None: no GPT.
+fn gpt_header(disk: &Disk, sector: u32, warnings: &mut Vec<String>) -> Option<GptHeader> {
+    let last_lba = match (disk.size / sector as u64).checked_sub(1) {
+        Some(l) if l >= 1 => l,
+        _ => return None,
+    };
+    let primary = read_gpt_header_at(disk, 1, sector)?;
+    if primary.crc_ok && primary.my_lba == 1 {
+        return Some(primary);
+    }
+    let alt = if primary.alternate_lba > 1 && primary.alternate_lba <= last_lba {
+        primary.alternate_lba
+    } else {
+        last_lba
+    };
+    match read_gpt_header_at(disk, alt, sector).filter(|h| h.crc_ok) {
+        Some(backup) => {
+            warnings.push(
+                "primary GPT header is invalid (CRC32 mismatch); using the backup header".into(),
+            );
+            Some(backup)
+        }
+        None => {
+            warnings.push(
+                "GPT header CRC32 is invalid and there is no valid backup: the table may be corrupt"
+                    .into(),
+            );
+            Some(primary)
+        }
+    }
+}
+
+/// Reads the partition entry array `header` points at, no further than its
+/// region and MAX_GPT_ARRAY_BYTES, and checks its CRC32.
+fn gpt_array(
+    disk: &Disk,
+    header: &GptHeader,
+    sector: u32,
+    warnings: &mut Vec<String>,
+) -> anyhow::Result<Vec<u8>> {
+    let sector64 = sector as u64;
+    let entry_size = header.entry_size as u64;
     let array_off = header
         .entries_lba
         .checked_mul(sector64)
@@ -292,7 +313,7 @@ fn read_gpt(disk: &Disk, sector: u32) -> anyhow::Result<Option<PartitionTable>> 
                 header.entries_lba
             )
         })?;
-    let claimed = header.num_entries as u64 * entry_size as u64;
+    let claimed = header.num_entries as u64 * entry_size;
     // The array sits before the first usable LBA (primary) or before the header
     // itself (backup); reading past that would turn partition data into entries.
     let region_end = if header.entries_lba < header.first_usable_lba {
@@ -305,11 +326,11 @@ fn read_gpt(disk: &Disk, sector: u32) -> anyhow::Result<Option<PartitionTable>> 
     let available = (disk.size.min(region_end) - array_off).min(MAX_GPT_ARRAY_BYTES);
     let mut array_len = claimed;
     if claimed > available {
-        array_len = available - available % entry_size as u64;
+        array_len = available - available % entry_size;
         warnings.push(format!(
             "GPT header claims {} partition entries; only the first {} were read",
             header.num_entries,
-            array_len / entry_size as u64
+            array_len / entry_size
         ));
     }
     let array = disk
@@ -318,7 +339,19 @@ fn read_gpt(disk: &Disk, sector: u32) -> anyhow::Result<Option<PartitionTable>> 
     if array_len == claimed && crc32fast::hash(&array) != header.entries_crc {
         warnings.push("GPT partition entry array CRC32 mismatch: entries may be corrupt".into());
     }
+    Ok(array)
+}
 
+/// The used entries of a GPT partition entry array; an impossible range is
+/// skipped with a warning.
+fn gpt_entries(
+    disk: &Disk,
+    array: &[u8],
+    entry_size: u32,
+    sector: u32,
+    warnings: &mut Vec<String>,
+) -> Vec<TableEntry> {
+    let sector64 = sector as u64;
     let mut entries = Vec::new();
     for (i, e) in array.chunks_exact(entry_size as usize).enumerate() {
         let type_guid: [u8; 16] = e[0..16].try_into().unwrap_or([0; 16]);
@@ -356,12 +389,7 @@ fn read_gpt(disk: &Disk, sector: u32) -> anyhow::Result<Option<PartitionTable>> 
             uuid: Some(guid_string(&e[16..32])),
         });
     }
-    Ok(Some(PartitionTable {
-        kind: "gpt".into(),
-        disk_guid: Some(guid_string(&header.disk_guid)),
-        entries,
-        warnings,
-    }))
+    entries
 }
 
 /// Formats an on-disk (mixed-endian) GUID as lower-case text.
@@ -517,60 +545,8 @@ fn read_mbr(disk: &Disk, mbr: &[u8], sector: u32) -> PartitionTable {
             }
         }
     }
-
-    if let Some((base, ext_sectors)) = extended {
-        let mut seen = HashSet::new();
-        let mut ebr_lba = base;
-        let mut number = 5;
-        loop {
-            if number >= 5 + MAX_LOGICAL {
-                warnings.push(format!(
-                    "more than {MAX_LOGICAL} logical partitions; stopped"
-                ));
-                break;
-            }
-            if !seen.insert(ebr_lba) {
-                warnings.push(format!(
-                    "the chain of logical partitions loops back to LBA {ebr_lba}; stopped"
-                ));
-                break;
-            }
-            let ebr = match disk.read(ebr_lba * sector64, 512) {
-                Ok(b) => b,
-                Err(_) => {
-                    warnings.push(format!(
-                        "extended boot record at LBA {ebr_lba} is beyond the disk"
-                    ));
-                    break;
-                }
-            };
-            if ebr[510] != 0x55 || ebr[511] != 0xAA {
-                // An extended partition with no logical ones has a blank first EBR.
-                if ebr_lba != base {
-                    warnings.push(format!(
-                        "extended boot record at LBA {ebr_lba} has no signature; stopped"
-                    ));
-                }
-                break;
-            }
-            let slots = mbr_slots(&ebr);
-            let data = &slots[0];
-            if data.kind != 0 && data.sectors != 0 && !is_extended(data.kind) {
-                let start = ebr_lba + data.start as u64;
-                if start + data.sectors as u64 > base + ext_sectors {
-                    warnings.push(format!(
-                        "logical partition {number} extends beyond its extended partition"
-                    ));
-                }
-                entries.push(make(number, data.kind, start, data.sectors as u64));
-                number += 1;
-            }
-            let next = &slots[1];
-            if !is_extended(next.kind) || next.sectors == 0 {
-                break;
-            }
-            ebr_lba = base + next.start as u64;
-        }
+    if let Some(ext) = extended {
+        read_logical(disk, ext, sector64, &make, &mut entries, &mut warnings);
     }
 
     PartitionTable {
@@ -578,6 +554,72 @@ fn read_mbr(disk: &Disk, mbr: &[u8], sector: u32) -> PartitionTable {
         disk_guid: (signature != 0).then_some(sig_text),
         entries,
         warnings,
+    }
+}
+
+/// Follows the chain of extended boot records of the extended partition
+/// `(base LBA, sectors)`, adding its logical partitions (numbered from 5, made
+/// by `make` from number, type byte, start LBA and sectors) to `entries`; a
+/// loop, a chain too long or a record beyond the disk stops it with a warning.
+fn read_logical(
+    disk: &Disk,
+    (base, ext_sectors): (u64, u64),
+    sector64: u64,
+    make: &dyn Fn(u32, u8, u64, u64) -> TableEntry,
+    entries: &mut Vec<TableEntry>,
+    warnings: &mut Vec<String>,
+) {
+    let mut seen = HashSet::new();
+    let mut ebr_lba = base;
+    let mut number = 5;
+    loop {
+        if number >= 5 + MAX_LOGICAL {
+            warnings.push(format!(
+                "more than {MAX_LOGICAL} logical partitions; stopped"
+            ));
+            return;
+        }
+        if !seen.insert(ebr_lba) {
+            warnings.push(format!(
+                "the chain of logical partitions loops back to LBA {ebr_lba}; stopped"
+            ));
+            return;
+        }
+        let ebr = match disk.read(ebr_lba * sector64, 512) {
+            Ok(b) => b,
+            Err(_) => {
+                warnings.push(format!(
+                    "extended boot record at LBA {ebr_lba} is beyond the disk"
+                ));
+                return;
+            }
+        };
+        if ebr[510] != 0x55 || ebr[511] != 0xAA {
+            // An extended partition with no logical ones has a blank first EBR.
+            if ebr_lba != base {
+                warnings.push(format!(
+                    "extended boot record at LBA {ebr_lba} has no signature; stopped"
+                ));
+            }
+            return;
+        }
+        let slots = mbr_slots(&ebr);
+        let data = &slots[0];
+        if data.kind != 0 && data.sectors != 0 && !is_extended(data.kind) {
+            let start = ebr_lba + data.start as u64;
+            if start + data.sectors as u64 > base + ext_sectors {
+                warnings.push(format!(
+                    "logical partition {number} extends beyond its extended partition"
+                ));
+            }
+            entries.push(make(number, data.kind, start, data.sectors as u64));
+            number += 1;
+        }
+        let next = &slots[1];
+        if !is_extended(next.kind) || next.sectors == 0 {
+            return;
+        }
+        ebr_lba = base + next.start as u64;
     }
 }
 

@@ -288,54 +288,8 @@ impl Store {
         self.check_room(begin, &[])?;
         let host_dir = self.root.sub_or_create(&host)?;
         let now = util::now_secs();
-        let time = util::compact_time(now);
-        // Time and label as one name, so a long label is cut with a hash
-        // suffix like any other name (and never ends in a replaced character).
-        let mut id = match &begin.label {
-            Some(l) => names::sanitize(&format!("{time}-{}", names::sanitize(l, "backup")), &time),
-            None => time.clone(),
-        };
-        let base = id.clone();
-        let mut n = 2;
-        let dir = loop {
-            match host_dir.create_sub(&id) {
-                Ok(d) => break d,
-                Err(e) if dir::errno_of(&e) == Some(nix::errno::Errno::EEXIST) => {
-                    id = names::with_suffix(&base, &format!("-{n}"));
-                    n += 1;
-                }
-                Err(e) => return Err(e),
-            }
-        };
-        let stems = names::unique(
-            &begin
-                .disks
-                .iter()
-                .enumerate()
-                .map(|(i, d)| names::sanitize(&d.name, &format!("disk{i}")))
-                .collect::<Vec<_>>(),
-        );
-        let disks = begin
-            .disks
-            .iter()
-            .zip(stems)
-            .map(|(d, stem)| ManifestDisk {
-                source_name: d.name.clone(),
-                source_path: d.source_path.clone(),
-                size: d.size,
-                logical_sector_size: d.logical_sector_size,
-                model: d.model.clone(),
-                serial: d.serial.clone(),
-                details: d.details.clone(),
-                image: format!("{stem}.img"),
-                map: format!("{stem}.map"),
-                chunks: format!("{stem}.chunks"),
-                name: stem,
-                sha256: None,
-                unreadable_bytes: 0,
-                complete: false,
-            })
-            .collect();
+        let (dir, id) = new_backup_dir(&host_dir, begin, &util::compact_time(now))?;
+        let disks = manifest_disks(begin);
         let b = BackupDir {
             path: dir.path().to_path_buf(),
             dir,
@@ -360,6 +314,63 @@ impl Store {
         let have = vec![ChunkRanges::new(); begin.disks.len()];
         Ok((b, have, false))
     }
+}
+
+/// Creates the directory of a new backup in `host_dir`, named after the time
+/// and label (with -2, -3... should that be taken); returns it and its name.
+fn new_backup_dir(host_dir: &Dir, begin: &BackupBegin, time: &str) -> Result<(Dir, String)> {
+    // Time and label as one name, so a long label is cut with a hash
+    // suffix like any other name (and never ends in a replaced character).
+    let mut id = match &begin.label {
+        Some(l) => names::sanitize(&format!("{time}-{}", names::sanitize(l, "backup")), time),
+        None => time.to_string(),
+    };
+    let base = id.clone();
+    let mut n = 2;
+    loop {
+        match host_dir.create_sub(&id) {
+            Ok(d) => return Ok((d, id)),
+            Err(e) if dir::errno_of(&e) == Some(nix::errno::Errno::EEXIST) => {
+                id = names::with_suffix(&base, &format!("-{n}"));
+                n += 1;
+            }
+            Err(e) => return Err(e),
+        }
+    }
+}
+
+/// The manifest's disks of a new backup: what BACKUP_BEGIN describes, each
+/// with file names of its own.
+fn manifest_disks(begin: &BackupBegin) -> Vec<ManifestDisk> {
+    let stems = names::unique(
+        &begin
+            .disks
+            .iter()
+            .enumerate()
+            .map(|(i, d)| names::sanitize(&d.name, &format!("disk{i}")))
+            .collect::<Vec<_>>(),
+    );
+    begin
+        .disks
+        .iter()
+        .zip(stems)
+        .map(|(d, stem)| ManifestDisk {
+            source_name: d.name.clone(),
+            source_path: d.source_path.clone(),
+            size: d.size,
+            logical_sector_size: d.logical_sector_size,
+            model: d.model.clone(),
+            serial: d.serial.clone(),
+            details: d.details.clone(),
+            image: format!("{stem}.img"),
+            map: format!("{stem}.map"),
+            chunks: format!("{stem}.chunks"),
+            name: stem,
+            sha256: None,
+            unreadable_bytes: 0,
+            complete: false,
+        })
+        .collect()
 }
 
 /// The directory a machine's backups go to: its hostname, sanitised.
