@@ -12,7 +12,7 @@ use crate::progress::{self, Bar};
 use crate::proto::msg::{
     self, BackupBegin, BackupReady, DiskEnd, DiskInfo, Role, SessionDone, SessionEnd, kind,
 };
-use crate::session;
+use crate::session::{self, Session};
 use crate::source::{self, Source};
 use crate::util::{Peer, human_bytes};
 use crate::xfer::{self, Geometry};
@@ -106,27 +106,7 @@ pub fn run_with(root: &Root, args: &BackupArgs, srcs: Vec<Source>) -> Result<u8>
                 .unwrap_or_default()
         );
     }
-    let mut begin = BackupBegin {
-        label: args.label.clone(),
-        chunk_size: chunk,
-        fresh: args.fresh,
-        disks: srcs
-            .iter()
-            .map(|s| {
-                DiskInfo {
-                    name: s.name.clone(),
-                    source_path: s.path.display().to_string(),
-                    size: s.size,
-                    logical_sector_size: s.sector,
-                    model: s.model.clone(),
-                    serial: s.serial.clone(),
-                    details: s.details.clone(),
-                }
-                .cleaned()
-            })
-            .collect(),
-        resume_key: None,
-    };
+    let mut begin = backup_begin(args, &srcs, chunk);
     // The peer refuses what does not pass these checks: say so before connecting.
     if let Err(why) = msg::Bounded::check(&begin) {
         return Err(Exit::new(exit::USAGE, format!("cannot send this backup: {why}")).into());
@@ -136,79 +116,12 @@ pub fn run_with(root: &Root, args: &BackupArgs, srcs: Vec<Source>) -> Result<u8>
     if !args.fresh {
         begin.resume_key = auth::load_key(&sess.peer.identity, &begin);
     }
-    let f = sess.conn.request(
-        kind::BACKUP_BEGIN,
-        &begin,
-        &[kind::BACKUP_READY],
-        "starting the backup",
-    )?;
-    let ready: BackupReady = msg::from_json(&f)?;
-    if ready.have.len() != srcs.len() {
-        bail!(
-            "the peer answered for {} disks, we asked for {}",
-            ready.have.len(),
-            srcs.len()
-        );
-    }
-    if let Some(k) = &ready.resume_key {
-        auth::save_key(&sess.peer.identity, &begin, k);
-    }
-    eprintln!(
-        "backup {} on {}: {}",
-        Peer(&ready.backup_id),
-        Peer(&sess.peer.identity.hostname),
-        Peer(&ready.location)
-    );
+    let ready = start(&mut sess, &begin)?;
     let mode = progress::Mode::detect();
     let started = Instant::now();
     let mut reports = Vec::new();
     for (i, src) in srcs.iter().enumerate() {
-        let geo = Geometry {
-            size: src.size,
-            chunk,
-        };
-        // What the peer holds already, within the disk (it says so).
-        let have = &ready.have[i].clipped(geo.count());
-        if ready.resumed {
-            let held = xfer::Have::new(have).held();
-            eprintln!(
-                "{}: resuming, {} of {} chunks already verified on the peer",
-                src.name,
-                held,
-                geo.count()
-            );
-        }
-        let bar = Bar::new(&src.name, src.size, mode);
-        let t = Instant::now();
-        let reader = &src.reader;
-        let stats = xfer::send_disk(
-            &mut sess.conn,
-            i as u32,
-            geo,
-            have,
-            |off, len| reader.read_chunk(off, len),
-            xfer::digest_fresh,
-            &bar,
-        )?;
-        bar.finish();
-        let done = xfer::finish_disk(
-            &mut sess.conn,
-            i as u32,
-            &DiskEnd {
-                disk: i as u32,
-                bytes_read: stats.bytes_read,
-                unreadable_bytes: stats.unreadable_bytes,
-            },
-        )?;
-        let r = DiskReport {
-            name: src.name.clone(),
-            size: src.size,
-            stats,
-            sha256: done.sha256.clone(),
-            ok: done.ok,
-            message: done.message.clone(),
-            seconds: t.elapsed().as_secs_f64(),
-        };
+        let r = send_one(&mut sess, &ready, i, src, chunk, mode)?;
         print_disk(&r);
         reports.push(r);
     }
@@ -236,6 +149,118 @@ pub fn run_with(root: &Root, args: &BackupArgs, srcs: Vec<Source>) -> Result<u8>
         corrupt,
         &done.message,
     ))
+}
+
+/// BACKUP_BEGIN for these sources in chunks of `chunk` bytes.
+fn backup_begin(args: &BackupArgs, srcs: &[Source], chunk: u32) -> BackupBegin {
+    BackupBegin {
+        label: args.label.clone(),
+        chunk_size: chunk,
+        fresh: args.fresh,
+        disks: srcs
+            .iter()
+            .map(|s| {
+                DiskInfo {
+                    name: s.name.clone(),
+                    source_path: s.path.display().to_string(),
+                    size: s.size,
+                    logical_sector_size: s.sector,
+                    model: s.model.clone(),
+                    serial: s.serial.clone(),
+                    details: s.details.clone(),
+                }
+                .cleaned()
+            })
+            .collect(),
+        resume_key: None,
+    }
+}
+
+/// Sends BACKUP_BEGIN; the peer's BACKUP_READY must answer for every disk. The
+/// resume key it gives is kept for a later resume.
+fn start(sess: &mut Session, begin: &BackupBegin) -> Result<BackupReady> {
+    let f = sess.conn.request(
+        kind::BACKUP_BEGIN,
+        begin,
+        &[kind::BACKUP_READY],
+        "starting the backup",
+    )?;
+    let ready: BackupReady = msg::from_json(&f)?;
+    if ready.have.len() != begin.disks.len() {
+        bail!(
+            "the peer answered for {} disks, we asked for {}",
+            ready.have.len(),
+            begin.disks.len()
+        );
+    }
+    if let Some(k) = &ready.resume_key {
+        auth::save_key(&sess.peer.identity, begin, k);
+    }
+    eprintln!(
+        "backup {} on {}: {}",
+        Peer(&ready.backup_id),
+        Peer(&sess.peer.identity.hostname),
+        Peer(&ready.location)
+    );
+    Ok(ready)
+}
+
+/// Sends disk `i` (what the peer does not hold of it) and its DISK_END; returns
+/// what the peer's DISK_DONE says of it.
+fn send_one(
+    sess: &mut Session,
+    ready: &BackupReady,
+    i: usize,
+    src: &Source,
+    chunk: u32,
+    mode: progress::Mode,
+) -> Result<DiskReport> {
+    let geo = Geometry {
+        size: src.size,
+        chunk,
+    };
+    // What the peer holds already, within the disk (it says so).
+    let have = &ready.have[i].clipped(geo.count());
+    if ready.resumed {
+        let held = xfer::Have::new(have).held();
+        eprintln!(
+            "{}: resuming, {} of {} chunks already verified on the peer",
+            src.name,
+            held,
+            geo.count()
+        );
+    }
+    let bar = Bar::new(&src.name, src.size, mode);
+    let t = Instant::now();
+    let reader = &src.reader;
+    let stats = xfer::send_disk(
+        &mut sess.conn,
+        i as u32,
+        geo,
+        have,
+        |off, len| reader.read_chunk(off, len),
+        xfer::digest_fresh,
+        &bar,
+    )?;
+    bar.finish();
+    let done = xfer::finish_disk(
+        &mut sess.conn,
+        i as u32,
+        &DiskEnd {
+            disk: i as u32,
+            bytes_read: stats.bytes_read,
+            unreadable_bytes: stats.unreadable_bytes,
+        },
+    )?;
+    Ok(DiskReport {
+        name: src.name.clone(),
+        size: src.size,
+        stats,
+        sha256: done.sha256.clone(),
+        ok: done.ok,
+        message: done.message.clone(),
+        seconds: t.elapsed().as_secs_f64(),
+    })
 }
 
 fn print_disk(r: &DiskReport) {

@@ -204,88 +204,7 @@ fn receive_backup(store: &Store, consent: &Consent, s: &mut Session, req: &Frame
     )?;
     let mode = progress::Mode::detect();
     for (i, held) in have.iter().enumerate() {
-        let d = b.manifest.disks[i].clone();
-        let geo = Geometry {
-            size: d.size,
-            chunk: b.manifest.chunk_size,
-        };
-        let bar = Bar::new(&d.name, d.size, mode);
-        let t = Instant::now();
-        let sink = refused(s, ImageSink::open(&b, i))?;
-        let pipe = SinkPipeline::start(sink, d.size);
-        let received = xfer::receive_disk(
-            &mut s.conn,
-            i as u32,
-            geo,
-            held,
-            &pipe,
-            &bar,
-            xfer::OnDamaged::Refuse,
-        );
-        bar.finish();
-        let (end_frame, damaged) = match received {
-            Ok(r) => (r.end, r.resent),
-            Err(e) => {
-                if let Err(werr) = pipe.failed() {
-                    s.conn.send_error("no_space", &format!("{werr:#}"));
-                }
-                save_partial(&mut b, &d, pipe, &e);
-                return Err(e);
-            }
-        };
-        let (mut sink, whole) = refused(s, pipe.finish())?;
-        let full_have = xfer::Have::new(held).held() == geo.count();
-        let verdict = if full_have && d.complete && d.sha256.is_some() {
-            Ok(d.sha256.clone().unwrap_or_default())
-        } else {
-            refused(s, sink.finalize(whole))?
-        };
-        let unreadable = sink.unreadable_bytes();
-        let done = match verdict {
-            Ok(sha) => {
-                let md = &mut b.manifest.disks[i];
-                md.sha256 = Some(sha.clone());
-                md.complete = true;
-                md.unreadable_bytes = unreadable;
-                eprintln!(
-                    "{}: stored and verified in {:.1}s, sha256 {sha}{}{}",
-                    d.name,
-                    t.elapsed().as_secs_f64(),
-                    if unreadable > 0 {
-                        format!(", {} unreadable on the source", human_bytes(unreadable))
-                    } else {
-                        String::new()
-                    },
-                    if damaged > 0 {
-                        format!(", {damaged} damaged chunk(s) asked for again")
-                    } else {
-                        String::new()
-                    }
-                );
-                DiskDone {
-                    disk: i as u32,
-                    ok: true,
-                    sha256: sha,
-                    message: String::new(),
-                }
-            }
-            Err(why) => {
-                eprintln!("{}: verification FAILED: {why}", d.name);
-                b.manifest.status = BackupStatus::Failed;
-                DiskDone {
-                    disk: i as u32,
-                    ok: false,
-                    sha256: String::new(),
-                    message: why,
-                }
-            }
-        };
-        refused(s, b.save())?;
-        s.conn.reply(
-            &end_frame,
-            Header::new(kind::DISK_DONE, i as u32, 0),
-            msg::to_json(&done),
-        )?;
+        receive_one(s, &mut b, i, held, mode)?;
     }
     // The session end confirms everything; a lost SESSION_END is repeated by the peer.
     let req = loop {
@@ -311,6 +230,111 @@ fn receive_backup(store: &Store, consent: &Consent, s: &mut Session, req: &Frame
         },
     )?;
     Ok(())
+}
+
+/// Receives disk `i` of backup `b` (what it does not hold yet), checks it and
+/// answers the sender's DISK_END. A transfer cut off saves what was verified.
+fn receive_one(
+    s: &mut Session,
+    b: &mut BackupDir,
+    i: usize,
+    held: &ChunkRanges,
+    mode: progress::Mode,
+) -> Result<()> {
+    let d = b.manifest.disks[i].clone();
+    let geo = Geometry {
+        size: d.size,
+        chunk: b.manifest.chunk_size,
+    };
+    let bar = Bar::new(&d.name, d.size, mode);
+    let t = Instant::now();
+    let sink = refused(s, ImageSink::open(b, i))?;
+    let pipe = SinkPipeline::start(sink, d.size);
+    let received = xfer::receive_disk(
+        &mut s.conn,
+        i as u32,
+        geo,
+        held,
+        &pipe,
+        &bar,
+        xfer::OnDamaged::Refuse,
+    );
+    bar.finish();
+    let (end_frame, damaged) = match received {
+        Ok(r) => (r.end, r.resent),
+        Err(e) => {
+            if let Err(werr) = pipe.failed() {
+                s.conn.send_error("no_space", &format!("{werr:#}"));
+            }
+            save_partial(b, &d, pipe, &e);
+            return Err(e);
+        }
+    };
+    let (mut sink, whole) = refused(s, pipe.finish())?;
+    let full_have = xfer::Have::new(held).held() == geo.count();
+    let verdict = if full_have && d.complete && d.sha256.is_some() {
+        Ok(d.sha256.clone().unwrap_or_default())
+    } else {
+        refused(s, sink.finalize(whole))?
+    };
+    let done = record_verdict(b, i, verdict, sink.unreadable_bytes(), damaged, t);
+    refused(s, b.save())?;
+    s.conn.reply(
+        &end_frame,
+        Header::new(kind::DISK_DONE, i as u32, 0),
+        msg::to_json(&done),
+    )
+}
+
+/// Records disk `i`'s verdict in the manifest (a failed one fails the backup)
+/// and says it; returns the DISK_DONE that answers its DISK_END.
+fn record_verdict(
+    b: &mut BackupDir,
+    i: usize,
+    verdict: std::result::Result<String, String>,
+    unreadable: u64,
+    damaged: u64,
+    t: Instant,
+) -> DiskDone {
+    let name = b.manifest.disks[i].name.clone();
+    match verdict {
+        Ok(sha) => {
+            let md = &mut b.manifest.disks[i];
+            md.sha256 = Some(sha.clone());
+            md.complete = true;
+            md.unreadable_bytes = unreadable;
+            eprintln!(
+                "{name}: stored and verified in {:.1}s, sha256 {sha}{}{}",
+                t.elapsed().as_secs_f64(),
+                if unreadable > 0 {
+                    format!(", {} unreadable on the source", human_bytes(unreadable))
+                } else {
+                    String::new()
+                },
+                if damaged > 0 {
+                    format!(", {damaged} damaged chunk(s) asked for again")
+                } else {
+                    String::new()
+                }
+            );
+            DiskDone {
+                disk: i as u32,
+                ok: true,
+                sha256: sha,
+                message: String::new(),
+            }
+        }
+        Err(why) => {
+            eprintln!("{name}: verification FAILED: {why}");
+            b.manifest.status = BackupStatus::Failed;
+            DiskDone {
+                disk: i as u32,
+                ok: false,
+                sha256: String::new(),
+                message: why,
+            }
+        }
+    }
 }
 
 /// How much of a LISTING body the backups may fill (the rest is the envelope).
