@@ -2,8 +2,8 @@
 //! open it, and exchange HELLO messages. Used by every command that talks to the
 //! peer.
 
-use std::cell::Cell;
 use std::os::unix::net::UnixListener;
+use std::path::Path;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
@@ -221,123 +221,148 @@ pub fn serve(
     root: &Root,
     args: &ConnectArgs,
     once: bool,
-    mut handle: impl FnMut(Session) -> Result<bool>,
+    handle: impl FnMut(Session) -> Result<bool>,
 ) -> Result<()> {
-    let me = identity::local(root);
-    let served = Cell::new(0u64);
-    let mut run = |s: Session| -> Result<bool> {
-        served.set(served.get() + 1);
-        match handle(s) {
-            Ok(more) => Ok(more && !once),
+    let mut sv = Serving {
+        me: identity::local(root),
+        once,
+        served: 0,
+        patience: Patience::new(args.serve_wait()),
+        handle,
+    };
+    match transport::endpoint(root, args.device.as_deref())? {
+        Some(Endpoint::Unix(p)) => sv.on_unix(&p),
+        Some(Endpoint::Device(p)) => sv.on_device(root, &p, true),
+        None => {
+            let opts = LinkOpts::from_args(args, link::Role::Publish, sv.patience.wait);
+            let link = Link::up(root, &opts)?;
+            link.announce();
+            // `link` lives until serve ends: its groups go after the device closes.
+            sv.on_device(root, &link.dev, false)
+        }
+    }
+}
+
+/// What serve keeps from one peer to the next.
+struct Serving<F> {
+    me: Identity,
+    once: bool,
+    /// Sessions run so far.
+    served: u64,
+    patience: Patience,
+    handle: F,
+}
+
+impl<F: FnMut(Session) -> Result<bool>> Serving<F> {
+    /// Runs one session; whether to wait for another. A session's error ends
+    /// serve only with --once or when the user stopped it.
+    fn run(&mut self, conn: Conn, peer: Hello) -> Result<bool> {
+        self.served += 1;
+        let s = Session {
+            conn,
+            peer,
+            me: self.me.clone(),
+            link: None,
+        };
+        let more = match (self.handle)(s) {
+            Ok(more) => more && !self.once,
             // The user stopped serve, not only this session.
-            Err(e) if once || cancel::is_interrupted(&e) => Err(e),
+            Err(e) if self.once || cancel::is_interrupted(&e) => return Err(e),
             Err(e) => {
                 eprintln!("session ended with an error: {e:#}");
-                Ok(true)
+                true
             }
-        }
-    };
-    let mut patience = Patience::new(args.serve_wait());
-    match transport::endpoint(root, args.device.as_deref())? {
-        Some(Endpoint::Unix(p)) => {
-            let l = transport::listen_unix(&p)?;
-            eprintln!("waiting for a peer on {} (Ctrl-C to stop)", p.display());
-            let _cleanup = RemoveOnDrop(p.clone());
-            // A peer that connected while the last session was closing.
-            let mut next: Option<Stream> = None;
-            loop {
-                let stream = match next.take() {
-                    Some(s) => Some(s),
-                    None => transport::accept_unix(&l, None, patience.until)?,
-                };
-                let Some(stream) = stream else {
-                    return patience.give_up(served.get());
-                };
-                let mut conn = Conn::new(stream)?;
-                let peer =
-                    match introduce(&mut conn, Role::Serve, &me, Some(Duration::from_secs(30))) {
-                        Ok(p) => p,
-                        Err(e) => {
-                            eprintln!("a peer connected but the greeting failed: {e:#}");
-                            continue;
-                        }
-                    };
-                conn.require_progress(conn::peer_progress());
-                let host = peer.identity.hostname.clone();
-                let over = Token::new();
-                let (more, waiting) = std::thread::scope(|sc| {
-                    let busy = sc.spawn(|| answer_busy(&l, &host, &over));
-                    let more = run(Session {
-                        conn,
-                        peer,
-                        me: me.clone(),
-                        link: None,
-                    });
-                    over.stop();
-                    (more, busy.join().ok().flatten())
-                });
-                next = waiting;
-                if !more? {
-                    return Ok(());
-                }
-                patience = Patience::new(patience.wait);
-            }
-        }
-        endpoint => {
-            let (dev, named, _link) = match endpoint {
-                Some(Endpoint::Device(p)) => (p, true, None),
-                _ => {
-                    let opts = LinkOpts::from_args(args, link::Role::Publish, patience.wait);
-                    let link = Link::up(root, &opts)?;
-                    link.announce();
-                    (link.dev.clone(), false, Some(link))
+        };
+        self.patience = Patience::new(self.patience.wait);
+        Ok(more)
+    }
+
+    /// Serves on a UNIX socket at `p` (removed when serve ends); a peer that
+    /// connects during a session is told the server is busy.
+    fn on_unix(&mut self, p: &Path) -> Result<()> {
+        let l = transport::listen_unix(p)?;
+        eprintln!("waiting for a peer on {} (Ctrl-C to stop)", p.display());
+        let _cleanup = RemoveOnDrop(p.to_path_buf());
+        // A peer that connected while the last session was closing.
+        let mut next: Option<Stream> = None;
+        loop {
+            let stream = match next.take() {
+                Some(s) => Some(s),
+                None => transport::accept_unix(&l, None, self.patience.until)?,
+            };
+            let Some(stream) = stream else {
+                return self.patience.give_up(self.served);
+            };
+            let mut conn = Conn::new(stream)?;
+            let greeting = introduce(
+                &mut conn,
+                Role::Serve,
+                &self.me,
+                Some(Duration::from_secs(30)),
+            );
+            let peer = match greeting {
+                Ok(p) => p,
+                Err(e) => {
+                    eprintln!("a peer connected but the greeting failed: {e:#}");
+                    continue;
                 }
             };
-            loop {
-                eprintln!("waiting for a peer on {} (Ctrl-C to stop)", dev.display());
-                let opened = if named {
-                    Stream::open_named_device(root, &dev, patience.until)
-                } else {
-                    Stream::open_device(&dev, patience.until)
-                };
-                let mut conn = match opened.and_then(Conn::new) {
-                    Ok(c) => c,
-                    Err(e) if cancel::is_interrupted(&e) => return Err(e),
-                    Err(_) if patience.over() => return patience.give_up(served.get()),
-                    Err(e) => {
-                        if once || exit::code_of(&e) == exit::USAGE {
-                            return Err(e);
-                        }
-                        eprintln!("{e:#}; retrying");
-                        std::thread::sleep(Duration::from_secs(1));
-                        continue;
+            conn.require_progress(conn::peer_progress());
+            let host = peer.identity.hostname.clone();
+            let over = Token::new();
+            let (more, waiting) = std::thread::scope(|sc| {
+                let busy = sc.spawn(|| answer_busy(&l, &host, &over));
+                let more = self.run(conn, peer);
+                over.stop();
+                (more, busy.join().ok().flatten())
+            });
+            next = waiting;
+            if !more? {
+                return Ok(());
+            }
+        }
+    }
+
+    /// Serves on the stream device `dev` (`named`: given with --device), opened
+    /// again for every peer.
+    fn on_device(&mut self, root: &Root, dev: &Path, named: bool) -> Result<()> {
+        loop {
+            eprintln!("waiting for a peer on {} (Ctrl-C to stop)", dev.display());
+            let opened = if named {
+                Stream::open_named_device(root, dev, self.patience.until)
+            } else {
+                Stream::open_device(dev, self.patience.until)
+            };
+            let mut conn = match opened.and_then(Conn::new) {
+                Ok(c) => c,
+                Err(e) if cancel::is_interrupted(&e) => return Err(e),
+                Err(_) if self.patience.over() => return self.patience.give_up(self.served),
+                Err(e) => {
+                    if self.once || exit::code_of(&e) == exit::USAGE {
+                        return Err(e);
                     }
-                };
-                let peer = match introduce(&mut conn, Role::Serve, &me, patience.left()) {
-                    Ok(p) => p,
-                    Err(e) if cancel::is_interrupted(&e) => return Err(e),
-                    Err(_) if patience.over() => return patience.give_up(served.get()),
-                    Err(e) => {
-                        if once {
-                            return Err(e);
-                        }
-                        eprintln!("{e:#}");
-                        drop(conn);
-                        std::thread::sleep(Duration::from_millis(500));
-                        continue;
-                    }
-                };
-                conn.require_progress(conn::peer_progress());
-                let session = Session {
-                    conn,
-                    peer,
-                    me: me.clone(),
-                    link: None,
-                };
-                if !run(session)? {
-                    return Ok(());
+                    eprintln!("{e:#}; retrying");
+                    std::thread::sleep(Duration::from_secs(1));
+                    continue;
                 }
-                patience = Patience::new(patience.wait);
+            };
+            let peer = match introduce(&mut conn, Role::Serve, &self.me, self.patience.left()) {
+                Ok(p) => p,
+                Err(e) if cancel::is_interrupted(&e) => return Err(e),
+                Err(_) if self.patience.over() => return self.patience.give_up(self.served),
+                Err(e) => {
+                    if self.once {
+                        return Err(e);
+                    }
+                    eprintln!("{e:#}");
+                    drop(conn);
+                    std::thread::sleep(Duration::from_millis(500));
+                    continue;
+                }
+            };
+            conn.require_progress(conn::peer_progress());
+            if !self.run(conn, peer)? {
+                return Ok(());
             }
         }
     }
