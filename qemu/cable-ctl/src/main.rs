@@ -328,30 +328,34 @@ fn status(path: &Path, as_json: bool) -> Result<()> {
         );
     }
     for (i, side) in sides.iter().enumerate() {
-        let name = if i == 0 { 'a' } else { 'b' };
-        println!(
-            "side {name}: {} {} host '{}' uuid {} session {} link_up {}",
-            side.state_name(),
-            if side.alive { "alive" } else { "silent" },
-            side.hostname,
-            side.uuid,
-            side.session,
-            side.link_up
-        );
-        println!(
-            "  tx {} frames {} bytes | rx {} frames {} bytes | crc errors {} | close tx {} rx {} | stale {}",
-            side.tx_frames,
-            side.tx_bytes,
-            side.rx_frames,
-            side.rx_bytes,
-            side.crc_errors,
-            side.close_tx,
-            side.close_rx,
-            side.stale_drops
-        );
-        for p in &side.props {
-            println!("  stream '{}' in_hopid {} out_hopid {}", p.0, p.1, p.2);
-        }
+        print_side(if i == 0 { 'a' } else { 'b' }, side);
     }
     Ok(())
+}
+
+/// The text status of one side of the cable.
+fn print_side(name: char, side: &SideInfo) {
+    println!(
+        "side {name}: {} {} host '{}' uuid {} session {} link_up {}",
+        side.state_name(),
+        if side.alive { "alive" } else { "silent" },
+        side.hostname,
+        side.uuid,
+        side.session,
+        side.link_up
+    );
+    println!(
+        "  tx {} frames {} bytes | rx {} frames {} bytes | crc errors {} | close tx {} rx {} | stale {}",
+        side.tx_frames,
+        side.tx_bytes,
+        side.rx_frames,
+        side.rx_bytes,
+        side.crc_errors,
+        side.close_tx,
+        side.close_rx,
+        side.stale_drops
+    );
+    for p in &side.props {
+        println!("  stream '{}' in_hopid {} out_hopid {}", p.0, p.1, p.2);
+    }
 }
