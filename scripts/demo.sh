@@ -17,7 +17,8 @@
 #                    musl-tools busybox-static bc file mmdebstrap
 #   rustup (from https://sh.rustup.rs) if cargo is missing, and its x86_64-unknown-linux-musl target
 #   scripts/fetch-kernel.sh (Debian trixie-backports kernel), scripts/buildroot.sh +
-#   scripts/build-kmod.sh (usb4vcable.ko), cable-ctl, the static rescue, the initramfs
+#   scripts/build-kmod.sh (usb4vhost.ko, the virtual USB4 host under Debian's own
+#   thunderbolt_stream), cable-ctl, the static rescue, the initramfs
 #   (all through tests/scenarios/run.sh, cached under ${USB4RESCUE_CACHE:-/var/cache/usb4rescue}).
 # Then: tests/scenarios/run.sh --demo (tests/scenarios/scenarios.py --demo).
 # A first run takes roughly 10 minutes (downloads and builds), later runs about 2.
@@ -49,5 +50,5 @@ if command -v rustup >/dev/null; then
         rustup target add x86_64-unknown-linux-musl >&2
 fi
 
-say "kernel, usb4vcable, cable-ctl, rescue, initramfs; then the VMs"
+say "kernel, usb4vhost, cable-ctl, rescue, initramfs; then the VMs"
 exec "$TOP/tests/scenarios/run.sh" --demo "$@"

@@ -276,7 +276,8 @@ fn open_attached_by(path: &Path, until: Option<Instant>) -> Result<File> {
 /// device, its sysfs entry, before anything opens it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) enum DeviceKind {
-    /// /dev/tbstreamN of thunderbolt_stream (a misc device) or usb4vcable.
+    /// /dev/tbstreamN of thunderbolt_stream (a misc device; older virtual cables had
+    /// a `tbstream` class of their own).
     Stream,
     Missing,
     Regular,
@@ -357,8 +358,8 @@ pub(crate) fn classify(root: &Root, stat: Option<NodeStat>) -> DeviceKind {
 }
 
 /// A character device is a stream when /sys/dev/char/MAJ:MIN names it
-/// tbstreamN, in the misc class (thunderbolt_stream) or the tbstream class
-/// (usb4vcable).
+/// tbstreamN, in the misc class (thunderbolt_stream) or the tbstream class (the
+/// older virtual cable of the VM tests).
 fn classify_char(root: &Root, rdev: u64) -> DeviceKind {
     let (major, minor) = major_minor(rdev);
     let entry = format!("/sys/dev/char/{major}:{minor}");
@@ -547,7 +548,7 @@ impl Write for PollWriter {
                 ));
             }
             // Short slices: where a driver's poll is not woken as its TX ring
-            // drains (seen on usb4vcable: 1 s slices made a rate-limited backup
+            // drains (seen on the older virtual cable: 1 s slices made a rate-limited backup
             // 5x slower and stalls re-sent a window), a full ring costs ms.
             let slice = left.min(Duration::from_millis(10)).as_millis() as u16;
             let mut fds = [PollFd::new(self.file.as_fd(), PollFlags::POLLOUT)];
@@ -627,7 +628,7 @@ mod tests {
     #[test]
     fn only_tbstream_character_devices_are_streams() {
         let d = tempfile::tempdir().unwrap();
-        // thunderbolt_stream registers misc devices; usb4vcable has its own class.
+        // thunderbolt_stream registers misc devices; the older virtual cable its own class.
         char_entry(d.path(), 10, 120, "misc", "tbstream0");
         char_entry(d.path(), 511, 300, "tbstream", "tbstream12");
         char_entry(d.path(), 10, 229, "misc", "fuse");

@@ -6,13 +6,15 @@
 #
 # 1. apt: qemu-system-x86, e2fsprogs, fdisk, busybox-static, musl-tools (only if missing)
 # 2. scripts/fetch-kernel.sh      kernel + modules (cached)
-# 3. scripts/build-kmod.sh        usb4vcable.ko (trixie build root, cached)
+# 3. scripts/build-kmod.sh        usb4vhost.ko, the virtual USB4 host (trixie build root, cached)
 # 4. cargo build -p cable-ctl     host fault tool
 # 5. static rescue (musl, stripped) -> $CACHE/scenarios/rescue
-# 6. image build ... --extra-module usb4vcable.ko -> $CACHE/scenarios/rescue-initrd.img
-#    (rebuilt only when rescue, the module or the kernel changed)
-# 7. busybox test initramfs (tests/vm/build-initramfs.py, + ext4) with the same rescue
-#    appended as /bin/rescue (a second cpio member): the "mounted target" check only
+# 6. image build ... --extra-module usb4vhost.ko -> $CACHE/scenarios/rescue-initrd.img
+#    (rebuilt only when rescue, the module or the kernel changed); the image ships the
+#    kernel package's own thunderbolt_stream.ko.xz, which rescue loads on usb4vhost
+# 7. busybox test initramfs (tests/vm/build-initramfs.py, + ext4, thunderbolt_stream) with
+#    the same rescue appended as /bin/rescue (a second cpio member): the "mounted target"
+#    check and the benchmark only
 # 8. tests/scenarios/scenarios.py
 #
 # The last line is always "N passed, N failed"; exit status non-zero on any failure.
@@ -65,21 +67,22 @@ KDIR=$("$TOP/scripts/fetch-kernel.sh" | tail -n1) && [ -f "$KDIR/vmlinuz" ] ||
     { log "scripts/fetch-kernel.sh failed"; finish 0 1; }
 KVER=$(basename "$KDIR")
 
-step "usb4vcable.ko"
+step "usb4vhost.ko"
 # The build root is shared too: a concurrent build-kmod.sh of someone else can make ours
 # fail. Try twice, then fall back to the module cached by an earlier build (loudly).
-KO=$("$TOP/scripts/build-kmod.sh" | tail -n1)
+vhost() { "$TOP/scripts/build-kmod.sh" | grep '/usb4vhost\.ko$' | tail -n1; }
+KO=$(vhost)
 if [ -z "$KO" ] || [ ! -f "$KO" ]; then
     sleep 5
-    KO=$("$TOP/scripts/build-kmod.sh" | tail -n1)
+    KO=$(vhost)
 fi
 if [ -z "$KO" ] || [ ! -f "$KO" ]; then
-    KO=$CACHE/kmod/$KVER/usb4vcable.ko
-    [ -f "$KO" ] || { log "scripts/build-kmod.sh did not produce usb4vcable.ko"; finish 0 1; }
+    KO=$CACHE/kmod/$KVER/usb4vhost.ko
+    [ -f "$KO" ] || { log "scripts/build-kmod.sh did not produce usb4vhost.ko"; finish 0 1; }
     log "WARNING: scripts/build-kmod.sh failed twice; using the cached $KO ($(date -r "$KO" '+%F %T'))"
 fi
 # Our own copy: others rebuild the cached one while we run.
-cp "$KO" "$OUT/usb4vcable.ko.new" && mv "$OUT/usb4vcable.ko.new" "$OUT/usb4vcable.ko" && KO=$OUT/usb4vcable.ko
+cp "$KO" "$OUT/usb4vhost.ko.new" && mv "$OUT/usb4vhost.ko.new" "$OUT/usb4vhost.ko" && KO=$OUT/usb4vhost.ko
 
 step "cable-ctl"
 (cd "$TOP" && nice "$CARGO" build -q --release -p cable-ctl >&2) || { log "cargo build -p cable-ctl failed"; finish 0 1; }
@@ -106,7 +109,8 @@ if [ ! -f "$INITRD" ]; then
     (cd "$TOP" && nice "$CARGO" run -q -p image -- build --kernel-dir "$KDIR" --rescue "$OUT/rescue" \
         --extra-module "$KO" -o "$INITRD.tmp" >&2) && mv "$INITRD.tmp" "$INITRD" ||
         { log "image build failed"; finish 0 1; }
-    find "$OUT" -name 'rescue-initrd-*.img' ! -name "$(basename "$INITRD")" -delete
+    # Others' runs may boot theirs right now: only what nobody touched for a day goes.
+    find "$OUT" -name 'rescue-initrd-*.img' ! -name "$(basename "$INITRD")" -mmin +1440 -delete
 fi
 log "initramfs $INITRD ($(du -k "$INITRD" | cut -f1) KiB)"
 
@@ -114,10 +118,10 @@ step "shell initramfs"
 SHELL_INITRD=$OUT/shell-initrd-$KEY.cpio
 if [ ! -f "$SHELL_INITRD" ]; then
     python3 "$TOP/tests/vm/build-initramfs.py" --kernel-dir "$KDIR" --ko "$KO" \
-        --module virtio_blk --module configfs --module ext4 --out "$OUT/shell-base.cpio" >&2 &&
+        --module virtio_blk --module configfs --module ext4 --module thunderbolt_stream --out "$OUT/shell-base.cpio" >&2 &&
     python3 "$HERE/append_cpio.py" "$OUT/shell-base.cpio" "$OUT/rescue=/bin/rescue" -o "$SHELL_INITRD.tmp" &&
         mv "$SHELL_INITRD.tmp" "$SHELL_INITRD" || { log "shell initramfs failed (the 'mounted' check will fail)"; SHELL_INITRD=; }
-    find "$OUT" -name 'shell-initrd-*.cpio' ! -name "$(basename "${SHELL_INITRD:-none}")" -delete
+    find "$OUT" -name 'shell-initrd-*.cpio' ! -name "$(basename "${SHELL_INITRD:-none}")" -mmin +1440 -delete
 fi
 step "done building"
 log "built in $(( $(date +%s) - T0 ))s"

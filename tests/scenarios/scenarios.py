@@ -2,8 +2,10 @@
 """End-to-end scenarios of the usb4rescue rescue system in QEMU VMs (stdlib only).
 
 Every VM boots the real rescue initramfs (rescue as /init, built by image/ with
-usb4vcable.ko) and is configured only through the kernel command line (rescue.*) and
-its serial console. VMs are joined by one virtual cable (qemu/vmpair.py, qemu/cable-ctl):
+usb4vhost.ko, the virtual USB4 host, beside Debian's own thunderbolt_stream.ko.xz; rescue
+loads thunderbolt_stream on usb4vhost, which stands in for thunderbolt.ko) and is
+configured only through the kernel command line (rescue.*) and its serial console. VMs
+are joined by one virtual cable (qemu/vmpair.py, qemu/cable-ctl):
 B (the image store, `rescue.mode=serve`) is side "b" for the whole run; the client
 machines (A backs up, C restores) take turns on side "a", like one cable moved from
 machine to machine. Results are checked from the host: disk image files are hashed, and
@@ -20,8 +22,10 @@ tests/scenarios/run.sh builds everything and calls this. The last line is always
 from __future__ import annotations
 
 import argparse
+import gzip
 import hashlib
 import json
+import lzma
 import os
 import random
 import re
@@ -47,11 +51,16 @@ BAD_RE = re.compile(r"Oops|BUG:|WARNING:|Call Trace")
 # Serials tie backed-up disks to restore targets (rescue restore maps by serial).
 SER_SYS, SER_DATA = "A-SYS-0001", "A-DATA-0002"
 
-# usb4vcable declares the peer gone after hb_timeout_ms (default 1500) without a
+# usb4vhost declares the peer gone after hb_timeout_ms (default 1500) without a
 # heartbeat. Under TCG on a loaded 2-core host a VM's vCPU can stall that long and the
 # link drops mid-transfer (seen: "the peer is gone while receiving data" at load 6), so
 # the scenarios allow 10 s. Unplugging (cable-ctl unplug) is seen at once regardless.
-KOPTS = "usb4vcable.hb_timeout_ms=10000"
+KOPTS = "usb4vhost.hb_timeout_ms=10000"
+
+
+def kopts(side: str) -> str:
+    """usb4vhost's options for a VM on `side` of the cable (the loader passes them on)."""
+    return f"{KOPTS} usb4vhost.side={side}"
 BOOT_TIMEOUT = 240       # QEMU start -> "RESCUE: ready" (TCG on a busy 2-core host)
 XFER_TIMEOUT = 600       # one backup or restore
 VM_LIFETIME = 1800
@@ -191,7 +200,7 @@ class Suite:
         self.vm_serial += 1
         vm = self.rig.vm(f"{name}{self.vm_serial}")
         t0 = time.monotonic()
-        vm.start(self.kernel, initrd or self.initrd, f"{KOPTS} {append}", disks,
+        vm.start(self.kernel, initrd or self.initrd, f"{kopts(side)} {append}", disks,
                  [(self.cable, side)], timeout=VM_LIFETIME)
         vm.started_at = t0
         if wait_ready:
@@ -200,7 +209,8 @@ class Suite:
             self.boot_times.append((vm.name, dt, float(m.group(5))))
             log(f"{vm.name}: ready in {dt:.1f}s (kernel uptime {m.group(5)}s): "
                 f"mode={m.group(1)} host={m.group(2)} disks={m.group(3)} fabric={m.group(4)}")
-            check(m.group(4) == "virtual", f"{vm.name}: fabric={m.group(4)}, expected the virtual cable")
+            check(m.group(4) == "virtual", f"{vm.name}: fabric={m.group(4)}, expected the virtual host")
+            check_modules(vm)
         return vm
 
     def kernel_check(self, vm):
@@ -324,6 +334,67 @@ class Suite:
         if res["rc"] == expect_rc:
             self.wait_b_session_end(bstart)
         return res
+
+
+def check_modules(vm):
+    """rescue (PID 1) loaded Debian's thunderbolt_stream on usb4vhost, never thunderbolt.ko."""
+    m = re.search(r"RESCUE: modules: ([^\n]*)", vm.log_text())
+    mods = m.group(1).split() if m else []
+    check("usb4vhost" in mods and "thunderbolt_stream" in mods and "thunderbolt" not in mods,
+          f"{vm.name}: rescue loaded {mods or 'no modules line'}: expected usb4vhost and "
+          "thunderbolt_stream, without thunderbolt")
+
+
+def shell_vm_stream(vm):
+    """In a busybox test guest (vm.noload=thunderbolt,thunderbolt_stream, usb4vhost loaded
+    by its init): load Debian's thunderbolt_stream on usb4vhost."""
+    vm.run("insmod /lib/modules/thunderbolt_stream.ko", timeout=60, check=True)
+
+
+def packaged_module(kernel: str, rel: str) -> Path:
+    """The file `rel` (under lib/modules/<kver>/) as scripts/fetch-kernel.sh unpacked it
+    from the kernel package (dpkg-deb -x, untouched since)."""
+    hits = sorted((Path(kernel).parent / "lib" / "modules").glob(f"*/{rel}"))
+    if len(hits) != 1:
+        raise Fail(f"expected one {rel} in the fetched kernel beside {kernel}, found {hits}")
+    return hits[0]
+
+
+def initrd_files(path: Path) -> dict[str, bytes]:
+    """The regular files of a newc cpio initramfs (xz, gzip or plain), by name."""
+    raw = path.read_bytes()
+    if raw[:6] == b"\xfd7zXZ\0":
+        raw = lzma.decompress(raw)
+    elif raw[:2] == b"\x1f\x8b":
+        raw = gzip.decompress(raw)
+    out, i = {}, 0
+    while i + 110 <= len(raw) and raw[i:i + 6] == b"070701":
+        f = [int(raw[i + 6 + 8 * k:i + 14 + 8 * k], 16) for k in range(13)]
+        mode, size, nlen = f[1], f[6], f[11]
+        j = i + 110
+        name = raw[j:j + nlen - 1].decode()
+        j += nlen + (-(110 + nlen) % 4)
+        if name == "TRAILER!!!":
+            break
+        if mode & 0o170000 == 0o100000:
+            out[name] = raw[j:j + size]
+        i = j + size + (-size % 4)
+    return out
+
+
+def s0_debian_driver(s: Suite):
+    """The initramfs ships Debian's thunderbolt_stream.ko.xz byte for byte, and usb4vhost."""
+    rel = "kernel/drivers/thunderbolt/thunderbolt_stream.ko.xz"
+    want = sha256(packaged_module(s.kernel, rel))
+    files = initrd_files(Path(s.initrd))
+    got = {n: hashlib.sha256(d).hexdigest() for n, d in files.items() if n.endswith("/" + rel)}
+    check(len(got) == 1, f"{s.initrd}: expected one {rel}, found {sorted(got)}")
+    name, sha = next(iter(got.items()))
+    check(sha == want, f"{name} in the initramfs (sha256 {sha}) is not the kernel package's "
+                       f"(sha256 {want})")
+    check(any(n.endswith("/extra/usb4vhost.ko") for n in files), "no extra/usb4vhost.ko in the initramfs")
+    s.figures["debian-driver"] = f"{name}: sha256 {sha[:16]}... = the kernel package's"
+    log(s.figures["debian-driver"])
 
 
 def nonzero_bytes(p: Path, chunk=MiB) -> int:
@@ -576,7 +647,7 @@ def s4_corruption(s: Suite):
     for l in damaged:
         log("B: " + l)
     check(crc > 0, f"no corrupted frame reached B (cable-ctl crc errors {crc}, rounds {rounds})")
-    # usb4vcable flips 4 bytes of the 4 KiB frame, byte 0 included. When that frame starts
+    # usb4vhost flips 4 bytes of the 4 KiB frame, byte 0 included. When that frame starts
     # a rescue frame, its 32-byte header is destroyed: rescue skips it as garbage and asks
     # for the chunk again when the next one arrives out of order, without a log line
     # (proto/frame.rs read_frame, xfer.rs receive_disk). So B's log can show fewer lines
@@ -684,10 +755,11 @@ def s6_safety(s: Suite):
     before = {k: sha256(p) for k, p in tgt.items()}
     s.vm_serial += 1
     vm = s.rig.vm(f"shell{s.vm_serial}")
-    vm.start(s.kernel, s.args.shell_initrd, f"{KOPTS} vm.noload=thunderbolt,thunderbolt_stream",
+    vm.start(s.kernel, s.args.shell_initrd, f"{kopts('a')} vm.noload=thunderbolt,thunderbolt_stream",
              [Disk(str(tgt["vda"]), serial=SER_SYS), Disk(str(tgt["vdb"]), serial=SER_DATA)],
              [(s.cable, "a")], timeout=VM_LIFETIME)
     vm.wait_ready(BOOT_TIMEOUT)
+    shell_vm_stream(vm)
     vm.run("mkdir -p /mnt/t && mount -t ext4 /dev/vda /mnt/t && grep ' /mnt/t ' /proc/mounts",
            timeout=60, check=True)
     r = vm.run("rescue restore --host hosta --yes 2>&1; echo rc=$?", timeout=300)
@@ -808,17 +880,18 @@ def bench_cable(s: Suite, rounds: int, mib: int):
     smp = s.args.smp
     rx = s.rig.vm("benchrx", smp=smp)
     tx = s.rig.vm("benchtx", smp=smp)
-    opts = f"{KOPTS} vm.noload=thunderbolt,thunderbolt_stream"
-    rx.start(s.kernel, s.args.shell_initrd, opts, [Disk(str(dst)), Disk(str(store))], [(cab, "b")],
-             timeout=VM_LIFETIME)
-    tx.start(s.kernel, s.args.shell_initrd, opts, [Disk(str(src), readonly=True)], [(cab, "a")],
-             timeout=VM_LIFETIME)
+    opts = "vm.noload=thunderbolt,thunderbolt_stream"
+    rx.start(s.kernel, s.args.shell_initrd, f"{kopts('b')} {opts}", [Disk(str(dst)), Disk(str(store))],
+             [(cab, "b")], timeout=VM_LIFETIME)
+    tx.start(s.kernel, s.args.shell_initrd, f"{kopts('a')} {opts}", [Disk(str(src), readonly=True)],
+             [(cab, "a")], timeout=VM_LIFETIME)
     times: dict[str, list[float]] = {"dd": [], "rescue": []}
     verify_secs = None
     cpus: dict[str, list[tuple[float, float]]] = {"dd": [], "rescue": []}
     try:
         for v in (rx, tx):
             v.wait_ready(BOOT_TIMEOUT)
+            shell_vm_stream(v)
         svc = {v.name: v.run("linkwait 60", timeout=90, check=True).out.strip().splitlines()[-1]
                for v in (rx, tx)}
         rx.run("mkdir -p /st && mount -t ext4 /dev/vdb /st", check=True)
@@ -899,6 +972,7 @@ def bench_cable(s: Suite, rounds: int, mib: int):
 
 
 SCENARIOS = [
+    ("debian-driver", s0_debian_driver),
     ("backup", s1_backup),
     ("restore", s2_restore),
     ("menu", s7_menu),
@@ -934,7 +1008,7 @@ def demo(s: Suite):
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--kernel", required=True)
-    ap.add_argument("--initrd", required=True, help="the rescue initramfs (image build ... --extra-module usb4vcable.ko)")
+    ap.add_argument("--initrd", required=True, help="the rescue initramfs (image build ... --extra-module usb4vhost.ko)")
     ap.add_argument("--shell-initrd", help="busybox test initramfs + rescue binary (safety: mounted target)")
     ap.add_argument("--cable-ctl")
     ap.add_argument("--workdir", help="default: a new directory under /tmp")
