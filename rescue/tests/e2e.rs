@@ -21,16 +21,7 @@ fn backup_and_restore_two_images() {
     random_image(&a, 9, 1);
     sparse_image(&b, 16, 2);
     let srv = Server::start(d.path(), &d.path().join("store"));
-    let o = rescue(&[
-        "backup",
-        "-d",
-        &srv.endpoint(),
-        "--label",
-        "t1",
-        a.to_str().unwrap(),
-        b.to_str().unwrap(),
-    ]);
-    assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+    let o = backup_labelled(&srv, "t1", &[&a, &b]);
     assert!(text(&o).contains("every disk verified"), "{}", text(&o));
     assert!(text(&o).contains("skipped as zero"));
 
@@ -63,27 +54,16 @@ fn backup_and_restore_two_images() {
     let ra = d.path().join("ra.img");
     let rb = d.path().join("rb.img");
     fs::File::create(&rb).unwrap().set_len(16 << 20).unwrap();
-    let host = bd
-        .parent()
-        .unwrap()
-        .file_name()
-        .unwrap()
-        .to_str()
-        .unwrap()
-        .to_string();
-    let o = rescue(&[
-        "restore",
-        "-d",
+    let (map_a, map_b) = (
+        format!("rand={}", ra.display()),
+        format!("sparse={}", rb.display()),
+    );
+    let o = restore_mapped(
         &srv.endpoint(),
-        "--host",
-        &host,
-        "--map",
-        &format!("rand={}", ra.display()),
-        "--map",
-        &format!("sparse={}", rb.display()),
-        "--yes",
-        "--verify",
-    ]);
+        &host_of(&srv),
+        &map_a,
+        &["--map", &map_b, "--verify"],
+    );
     assert_eq!(o.status.code(), Some(0), "{}", text(&o));
     assert_eq!(sha256_file(&ra), sha256_file(&a));
     assert_eq!(sha256_file(&rb), sha256_file(&b));
@@ -439,7 +419,7 @@ fn server_killed_mid_backup_resumes_to_a_backup_that_verifies() {
     );
 
     let srv = Server::start(s.d.path(), store);
-    let o = rescue(&["backup", "-d", &srv.endpoint(), a.to_str().unwrap()]);
+    let o = backup_to(&srv, a);
     assert_eq!(o.status.code(), Some(0), "{}", text(&o));
     assert!(text(&o).contains("resuming"), "{}", text(&o));
     assert_eq!(backup_dirs(store), vec![bd.clone()]);
@@ -508,7 +488,7 @@ fn kept_what_was_verified(s: Stopped, hold: u64) {
     assert!(!text(&o).contains("PROBLEM"), "{}", text(&o));
 
     let srv = Server::start(s.d.path(), store);
-    let o = rescue(&["backup", "-d", &srv.endpoint(), a.to_str().unwrap()]);
+    let o = backup_to(&srv, a);
     let out = text(&o);
     assert_eq!(o.status.code(), Some(0), "{out}");
     let held = resumed_with(&out);
@@ -536,9 +516,7 @@ fn verify_names_the_damaged_file_and_every_damaged_chunk_with_its_partition() {
         .unwrap()
         .write_all(&mbr)
         .unwrap();
-    let srv = Server::start(d.path(), &d.path().join("store"));
-    let o = rescue(&["backup", "-d", &srv.endpoint(), a.to_str().unwrap()]);
-    assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+    let srv = served_backup_of(d.path(), &a);
     let bd = backup_dirs(&srv.store).pop().unwrap();
     let flip = |name: &str, at: u64| {
         use std::os::unix::fs::FileExt;
@@ -602,14 +580,7 @@ fn cut_restore_resumes_with_only_the_missing_chunks() {
     let t = d.path().join("target.img");
     fs::File::create(&t).unwrap().set_len(24 << 20).unwrap();
     let map = format!("disk={}", t.display());
-    let px = Proxy::start(
-        d.path(),
-        &srv.sock,
-        Faults {
-            cut_s2c_after: Some(16 << 20),
-            ..Default::default()
-        },
-    );
+    let px = cutting_s2c(d.path(), &srv, 16 << 20);
     let restore = |extra: &[&str]| restore_mapped(&px.endpoint(), &host, &map, extra);
     let o = restore(&[]);
     assert_eq!(o.status.code(), Some(5), "{}", text(&o));
@@ -754,21 +725,11 @@ fn restore_refuses_a_smaller_target() {
     let d = tempfile::tempdir().unwrap();
     let a = d.path().join("big.img");
     random_image(&a, 4, 6);
-    let srv = Server::start(d.path(), &d.path().join("store"));
-    let o = rescue(&["backup", "-d", &srv.endpoint(), a.to_str().unwrap()]);
-    assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+    let srv = served_backup_of(d.path(), &a);
     let small = d.path().join("small.img");
     fs::write(&small, vec![7u8; 1 << 20]).unwrap();
-    let o = rescue(&[
-        "restore",
-        "-d",
-        &srv.endpoint(),
-        "--host",
-        &host_of(&srv),
-        "--map",
-        &format!("big={}", small.display()),
-        "--yes",
-    ]);
+    let map = format!("big={}", small.display());
+    let o = restore_mapped(&srv.endpoint(), &host_of(&srv), &map, &[]);
     assert_eq!(o.status.code(), Some(6), "{}", text(&o));
     assert!(
         text(&o).contains("1048576 bytes") && text(&o).contains("4194304 bytes"),
@@ -779,15 +740,8 @@ fn restore_refuses_a_smaller_target() {
     // Without --yes and without a terminal, nothing is written either.
     let ok = d.path().join("ok.img");
     fs::write(&ok, vec![9u8; 4 << 20]).unwrap();
-    let o = rescue(&[
-        "restore",
-        "-d",
-        &srv.endpoint(),
-        "--host",
-        &host_of(&srv),
-        "--map",
-        &format!("big={}", ok.display()),
-    ]);
+    let map = format!("big={}", ok.display());
+    let o = restore_onto(&srv.endpoint(), &host_of(&srv), &map, &[]);
     assert_eq!(o.status.code(), Some(6), "{}", text(&o));
     assert_eq!(fs::read(&ok).unwrap(), vec![9u8; 4 << 20]);
 }
@@ -806,19 +760,57 @@ fn served_backup(
     (srv, a, host)
 }
 
+/// `rescue backup` of image `img` to `srv`.
+fn backup_to(srv: &Server, img: &std::path::Path) -> std::process::Output {
+    rescue(&["backup", "-d", &srv.endpoint(), img.to_str().unwrap()])
+}
+
+/// `rescue backup --label LABEL` of `imgs` to `srv`, which succeeds; its output.
+fn backup_labelled(srv: &Server, label: &str, imgs: &[&std::path::Path]) -> std::process::Output {
+    let ep = srv.endpoint();
+    let mut args = vec!["backup", "-d", &ep, "--label", label];
+    args.extend(imgs.iter().map(|p| p.to_str().unwrap()));
+    let o = rescue(&args);
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+    o
+}
+
+/// `rescue backup` of `img` to `srv`, refused (exit 1) saying `why`; its output.
+fn backup_refused(srv: &Server, img: &std::path::Path, why: &str) -> String {
+    let o = backup_to(srv, img);
+    assert_eq!(o.status.code(), Some(1), "{}", text(&o));
+    assert!(text(&o).contains(why), "{}", text(&o));
+    text(&o)
+}
+
 /// A server holding one backup of image `a`.
 fn served_backup_of(dir: &std::path::Path, a: &std::path::Path) -> Server {
     let srv = Server::start(dir, &dir.join("store"));
-    let o = rescue(&["backup", "-d", &srv.endpoint(), a.to_str().unwrap()]);
+    let o = backup_to(&srv, a);
     assert_eq!(o.status.code(), Some(0), "{}", text(&o));
     srv
 }
 
-/// `rescue restore --host HOST --map MAP --yes` plus `extra`, unattended.
-fn restore_mapped(ep: &str, host: &str, map: &str, extra: &[&str]) -> std::process::Output {
-    let mut args = vec!["restore", "-d", ep, "--host", host, "--map", map, "--yes"];
+/// A proxy to `srv` that cuts the stream once `after` bytes went from the
+/// server to the client.
+fn cutting_s2c(dir: &std::path::Path, srv: &Server, after: u64) -> Proxy {
+    let cut = Faults {
+        cut_s2c_after: Some(after),
+        ..Default::default()
+    };
+    Proxy::start(dir, &srv.sock, cut)
+}
+
+/// `rescue restore --host HOST --map MAP` plus `extra`.
+fn restore_onto(ep: &str, host: &str, map: &str, extra: &[&str]) -> std::process::Output {
+    let mut args = vec!["restore", "-d", ep, "--host", host, "--map", map];
     args.extend_from_slice(extra);
     rescue(&args)
+}
+
+/// `rescue restore --host HOST --map MAP --yes` plus `extra`, unattended.
+fn restore_mapped(ep: &str, host: &str, map: &str, extra: &[&str]) -> std::process::Output {
+    restore_onto(ep, host, map, &[&["--yes"], extra].concat())
 }
 
 fn host_of(srv: &Server) -> String {
@@ -963,7 +955,7 @@ fn hostile_peers_cannot_escape_the_store_or_crash_the_server() {
     // The server still works for an honest peer.
     let a = d.path().join("honest.img");
     random_image(&a, 1, 9);
-    let o = rescue(&["backup", "-d", &srv.endpoint(), a.to_str().unwrap()]);
+    let o = backup_to(&srv, &a);
     assert_eq!(
         o.status.code(),
         Some(0),
@@ -1030,17 +1022,15 @@ fn full_store_stops_the_sender_with_the_reason() {
     random_image(&a, 16, 10);
     // Refused before anything is sent: 16 MiB do not fit in 6.
     let srv = Server::start(d.path(), &mnt.join("store"));
-    let o = rescue(&["backup", "-d", &srv.endpoint(), a.to_str().unwrap()]);
-    assert_eq!(o.status.code(), Some(1), "{}", text(&o));
-    assert!(text(&o).contains("no space left"), "{}", text(&o));
-    assert!(text(&o).contains("missing"), "{}", text(&o));
+    let t = backup_refused(&srv, &a, "no space left");
+    assert!(t.contains("missing"), "{t}");
     assert!(backup_dirs(&srv.store).is_empty());
     drop(srv);
     // Told to try anyway, the transfer stops when the store fills, saying why.
     let srv = Server::start_cmd(d.path(), &mnt.join("store"), |c| {
         c.arg("--no-space-check");
     });
-    let o = rescue(&["backup", "-d", &srv.endpoint(), a.to_str().unwrap()]);
+    let o = backup_to(&srv, &a);
     assert_ne!(o.status.code(), Some(0));
     assert!(text(&o).contains("no space left"), "{}", text(&o));
     drop(srv);
@@ -1106,13 +1096,7 @@ fn a_backup_larger_than_the_free_space_is_refused_saying_how_much_is_missing() {
         return;
     }
     let srv = Server::start(d.path(), &d.path().join("store"));
-    let o = rescue(&["backup", "-d", &srv.endpoint(), src.to_str().unwrap()]);
-    assert_eq!(o.status.code(), Some(1), "{}", text(&o));
-    let t = text(&o);
-    assert!(
-        t.contains("the peer reports: no space left in the store"),
-        "{t}"
-    );
+    let t = backup_refused(&srv, &src, "the peer reports: no space left in the store");
     assert!(
         t.contains("missing") && t.contains("--no-space-check"),
         "{t}"
@@ -1142,7 +1126,7 @@ fn a_disk_over_the_stores_file_size_limit_is_refused_naming_it() {
             });
         }
     });
-    let o = rescue(&["backup", "-d", &srv.endpoint(), src.to_str().unwrap()]);
+    let o = backup_to(&srv, &src);
     let t = text(&o);
     assert_eq!(o.status.code(), Some(6), "{t}\nserver:\n{}", srv.log_text());
     assert!(t.contains("the peer reports"), "{t}");
@@ -1165,9 +1149,7 @@ fn a_store_out_of_inodes_is_reported_as_full() {
     let a = d.path().join("disk.img");
     random_image(&a, 1, 12);
     let srv = Server::start(d.path(), &mnt.join("store"));
-    let o = rescue(&["backup", "-d", &srv.endpoint(), a.to_str().unwrap()]);
-    assert_eq!(o.status.code(), Some(1), "{}", text(&o));
-    assert!(text(&o).contains("no free inodes"), "{}", text(&o));
+    backup_refused(&srv, &a, "no free inodes");
 }
 
 #[test]
@@ -1182,15 +1164,7 @@ fn long_image_names_and_labels_work_end_to_end() {
     random_image(&a, 3, 21);
     let label = "Backup of the office workstation before the big upgrade to the new release";
     let srv = Server::start(d.path(), &d.path().join("store"));
-    let o = rescue(&[
-        "backup",
-        "-d",
-        &srv.endpoint(),
-        "--label",
-        label,
-        a.to_str().unwrap(),
-    ]);
-    assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+    backup_labelled(&srv, label, &[&a]);
     // Restore by the id and disk name as listed.
     let o = rescue(&["restore", "-d", &srv.endpoint(), "--list"]);
     let listing = text(&o);
@@ -1206,19 +1180,13 @@ fn long_image_names_and_labels_work_end_to_end() {
     assert!(id.len() <= 64 && disk.len() <= 64, "{line}");
     let target = d.path().join("restored.img");
     fs::File::create(&target).unwrap().set_len(3 << 20).unwrap();
-    let o = rescue(&[
-        "restore",
-        "-d",
+    let map = format!("{disk}={}", target.display());
+    let o = restore_mapped(
         &srv.endpoint(),
-        "--host",
         &host_of(&srv),
-        "--backup",
-        id,
-        "--map",
-        &format!("{disk}={}", target.display()),
-        "--yes",
-        "--verify",
-    ]);
+        &map,
+        &["--backup", id, "--verify"],
+    );
     assert_eq!(o.status.code(), Some(0), "{}", text(&o));
     assert_eq!(sha256_file(&target), sha256_file(&a));
     // The manifest keeps the full names.
@@ -1328,23 +1296,13 @@ fn restore_refuses_a_locked_image_and_a_loop_backing_file() {
         0
     );
     let map = format!("disk={}", t.display());
-    let args = [
-        "restore",
-        "-d",
-        &srv.endpoint(),
-        "--host",
-        &host,
-        "--map",
-        &map,
-        "--yes",
-    ];
-    let o = rescue(&args);
+    let o = restore_mapped(&srv.endpoint(), &host, &map, &[]);
     assert_eq!(o.status.code(), Some(6), "{}", text(&o));
     assert!(text(&o).contains("holds a lock on it"), "{}", text(&o));
     assert_eq!(fs::read(&t).unwrap(), vec![5u8; 2 << 20]);
     // The probe kept no lock: once the holder is gone the restore goes ahead.
     drop(holder);
-    let o = rescue(&args);
+    let o = restore_mapped(&srv.endpoint(), &host, &map, &[]);
     assert_eq!(o.status.code(), Some(0), "{}", text(&o));
     assert_eq!(sha256_file(&t), sha256_file(&a));
     // An image file that backs a loop device (in the fake sysfs) is refused too.
@@ -1475,14 +1433,7 @@ fn a_new_file_cut_off_by_the_peer_is_kept_for_resume() {
     let (srv, a, host) = served_backup(d.path(), 8, 51);
     let t = d.path().join("new.img");
     let map = format!("disk={}", t.display());
-    let px = Proxy::start(
-        d.path(),
-        &srv.sock,
-        Faults {
-            cut_s2c_after: Some(5 << 20),
-            ..Default::default()
-        },
-    );
+    let px = cutting_s2c(d.path(), &srv, 5 << 20);
     let o = restore_mapped(&px.endpoint(), &host, &map, &[]);
     assert_eq!(o.status.code(), Some(5), "{}", text(&o));
     // Not removed like a failed restore's file: --resume continues from it.
