@@ -4,13 +4,13 @@
 use std::process::ExitCode;
 
 use clap::Parser;
-use rescue::cli::{Cli, Command};
+use rescue::cmd::cli::{Cli, Command};
 use rescue::{Root, exit};
 
 fn main() -> ExitCode {
     let argv0 = std::env::args().next().unwrap_or_default();
     if std::process::id() == 1 || argv0.ends_with("init") {
-        rescue::init::main();
+        rescue::boot::main();
     }
     let cli = Cli::parse();
     if std::env::var_os("RESCUE_SIGNALS").is_some_and(|v| v == "init") {
@@ -23,8 +23,8 @@ fn main() -> ExitCode {
     let root = Root::new(&cli.root);
     let result = match &cli.command {
         // Outside PID 1, `rescue init` is a dry run against --root (tests).
-        Command::Init(args) => rescue::init::command(&root, args),
-        _ => rescue::app::run(&root, cli.command),
+        Command::Init(args) => rescue::boot::command(&root, args),
+        _ => rescue::cmd::run(&root, cli.command),
     };
     match result {
         Ok(code) => ExitCode::from(code),

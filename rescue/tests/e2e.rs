@@ -654,7 +654,7 @@ fn flipped_bits_are_detected_and_resent() {
 
 #[test]
 fn unreadable_sectors_are_zeroed_and_mapped() {
-    use rescue::source::{BlockRead, DiskReader, Source};
+    use rescue::system::source::{BlockRead, DiskReader, Source};
     struct Flaky(Vec<u8>);
     impl BlockRead for Flaky {
         fn read_at(&self, buf: &mut [u8], off: u64) -> std::io::Result<usize> {
@@ -682,8 +682,8 @@ fn unreadable_sectors_are_zeroed_and_mapped() {
         busy: None,
         reader: DiskReader::new(Box::new(Flaky(data.clone())), None, 512, data.len() as u64),
     };
-    let args = rescue::cli::BackupArgs {
-        connect: rescue::cli::ConnectArgs {
+    let args = rescue::cmd::cli::BackupArgs {
+        connect: rescue::cmd::cli::ConnectArgs {
             device: Some(srv.endpoint()),
             name: "backup".into(),
             wait: Some(30),
@@ -692,7 +692,7 @@ fn unreadable_sectors_are_zeroed_and_mapped() {
         chunk_kib: 1024,
         ..Default::default()
     };
-    let code = rescue::backup::run_with(&rescue::Root::host(), &args, vec![src]).unwrap();
+    let code = rescue::cmd::backup::run_with(&rescue::Root::host(), &args, vec![src]).unwrap();
     assert_eq!(code, rescue::exit::UNREADABLE);
     let bd = backup_dirs(&srv.store).pop().unwrap();
     let map = fs::read_to_string(bd.join("failing.map")).unwrap();

@@ -12,10 +12,10 @@ use std::time::Duration;
 
 use nix::errno::Errno;
 use rescue::Root;
-use rescue::cli::Command;
-use rescue::init::menu::{Backend, MenuEnd, Peer, Power};
-use rescue::init::{Ending, Fabric, Mode, after_boot, prepare, ready_line, store};
-use rescue::modload::ModuleSys;
+use rescue::boot::menu::{Backend, MenuEnd, Peer, Power};
+use rescue::boot::modload::ModuleSys;
+use rescue::boot::{Ending, Fabric, Mode, after_boot, prepare, ready_line, store_mount};
+use rescue::cmd::cli::Command;
 
 const REL: &str = "7.3.4-test";
 
@@ -98,7 +98,7 @@ kernel/drivers/block/virtio_blk.ko:\n",
     t
 }
 
-fn prep(t: &tempfile::TempDir) -> (Vec<String>, String, rescue::init::Prepared<Recorder>) {
+fn prep(t: &tempfile::TempDir) -> (Vec<String>, String, rescue::boot::Prepared<Recorder>) {
     let mut out = Vec::new();
     let p = prepare(
         &Root::new(t.path()),
@@ -230,7 +230,7 @@ impl Backend for Fake {
 }
 
 fn drive(fake: &mut Fake, cmdline: &str, input: &str) -> (u8, Ending, String) {
-    let config = rescue::init::Config::parse(cmdline);
+    let config = rescue::boot::Config::parse(cmdline);
     let mut out = Vec::new();
     let (rc, end) = after_boot(fake, &config, Cursor::new(input.to_string()), &mut out);
     (rc, end, String::from_utf8(out).unwrap())
@@ -426,7 +426,7 @@ fn menu_serve_and_power() {
 }
 
 fn ext4_image(path: &Path, label: &str) {
-    let mut b = vec![0u8; store::PROBE_LEN];
+    let mut b = vec![0u8; store_mount::PROBE_LEN];
     b[1024 + 0x38] = 0x53;
     b[1024 + 0x39] = 0xEF;
     b[1024 + 0x68] = 0xAB;
@@ -460,24 +460,24 @@ fn store_found_by_label_uuid_and_path() {
     fat32_image(&r.join("dev/vdb1"), "RESCUE");
     let root = Root::new(r);
 
-    let f = store::find(&root, "LABEL=backups").unwrap();
+    let f = store_mount::find(&root, "LABEL=backups").unwrap();
     assert_eq!(f.name, "/dev/vda1");
     assert_eq!(f.fs.fstype, "ext4");
-    let f = store::find(&root, "LABEL=RESCUE").unwrap();
+    let f = store_mount::find(&root, "LABEL=RESCUE").unwrap();
     assert_eq!((f.name.as_str(), f.fs.fstype), ("/dev/vdb1", "vfat"));
-    let f = store::find(&root, "UUID=abcd-1234").unwrap();
+    let f = store_mount::find(&root, "UUID=abcd-1234").unwrap();
     assert_eq!(f.name, "/dev/vdb1");
-    let f = store::find(&root, "/dev/vda1").unwrap();
+    let f = store_mount::find(&root, "/dev/vda1").unwrap();
     assert_eq!(f.fs.label.as_deref(), Some("backups"));
-    let e = format!("{:#}", store::find(&root, "LABEL=nope").unwrap_err());
+    let e = format!("{:#}", store_mount::find(&root, "LABEL=nope").unwrap_err());
     assert!(e.contains("/dev/vda1 (ext4 label=backups"), "{e}");
-    assert!(store::find(&root, "/dev/vda").is_err());
-    assert!(store::find(&root, "backups").is_err());
+    assert!(store_mount::find(&root, "/dev/vda").is_err());
+    assert!(store_mount::find(&root, "backups").is_err());
 
     // Mounting on a fake root only resolves and prepares the directory.
     let mut asked = Vec::new();
-    let dir =
-        store::mount_store(&root, "LABEL=RESCUE", &mut |t| asked.push(t.to_string())).unwrap();
+    let dir = store_mount::mount_store(&root, "LABEL=RESCUE", &mut |t| asked.push(t.to_string()))
+        .unwrap();
     assert_eq!(dir, r.join("run/rescue/store"));
     assert!(dir.is_dir());
     assert_eq!(asked, vec!["vfat"]);
@@ -485,8 +485,8 @@ fn store_found_by_label_uuid_and_path() {
 
 #[test]
 fn system_backend_reads_peer_and_identity_from_the_bus() {
-    use rescue::init::system::System;
-    use rescue::modload::DryRun;
+    use rescue::boot::machine::System;
+    use rescue::boot::modload::DryRun;
     let t = tempfile::tempdir().unwrap();
     let r = t.path();
     let dev = r.join("sys/bus/thunderbolt/devices");

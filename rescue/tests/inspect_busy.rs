@@ -9,7 +9,7 @@ mod inspect_support;
 
 use inspect_support::*;
 use rescue::Root;
-use rescue::busy;
+use rescue::system::busy;
 
 /// One line per device of the tree, then per image file asked about.
 fn report(root: &Root, files: &[&str]) -> String {
@@ -17,7 +17,7 @@ fn report(root: &Root, files: &[&str]) -> String {
         .unwrap()
         .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
         .collect();
-    names.sort_by(|a, b| rescue::disks::natural_cmp(a, b));
+    names.sort_by(|a, b| rescue::system::disks::natural_cmp(a, b));
     let mut out = String::new();
     for n in names {
         let why = busy::device_in_use(root, &n);

@@ -11,8 +11,8 @@ use std::path::Path;
 
 use inspect_support::*;
 use rescue::Root;
-use rescue::disks::{self, Disk};
-use rescue::fsprobe::{self, FsInfo};
+use rescue::system::disks::{self, Disk};
+use rescue::system::fsprobe::{self, FsInfo};
 
 const NVME_SECTORS: u64 = 976_773_168;
 

@@ -8,7 +8,7 @@ mod inspect_support;
 use std::path::Path;
 
 use inspect_support::*;
-use rescue::partitions::{PartitionTable, read_table};
+use rescue::system::partitions::{PartitionTable, read_table};
 
 const DISK_GUID: &str = "5b1e3ba8-9f2a-4c1d-8e7f-0a1b2c3d4e5f";
 

@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use nix::errno::Errno;
 use rescue::Root;
-use rescue::modload::{Loader, ModuleSys, Outcome, wait_for_disks};
+use rescue::boot::modload::{Loader, ModuleSys, Outcome, wait_for_disks};
 
 const REL: &str = "7.3.4-test";
 

@@ -9,7 +9,9 @@ use usb4rescue_proto::ChunkRanges;
 use usb4rescue_proto::frame::{Frame, Header};
 use usb4rescue_proto::msg::{self, Bounded};
 
-fn decodes<T: for<'de> serde::Deserialize<'de> + serde::Serialize + Bounded>(f: &Frame) -> Option<T> {
+fn decodes<T: for<'de> serde::Deserialize<'de> + serde::Serialize + Bounded>(
+    f: &Frame,
+) -> Option<T> {
     let v: T = msg::from_json(f).ok()?;
     assert!(v.check().is_ok());
     assert!(!msg::to_json(&v).is_empty());

@@ -19,13 +19,13 @@ use std::path::PathBuf;
 use std::sync::OnceLock;
 
 use libfuzzer_sys::fuzz_target;
-use rescue::auth::Consent;
-use rescue::proto::conn::Conn;
 use rescue::proto::frame::{Header, write_frame};
 use rescue::proto::msg::{self, ChunkBody, Hello, Identity, Role, kind};
 use rescue::session::Session;
+use rescue::session::auth::Consent;
+use rescue::session::conn::Conn;
+use rescue::session::transport::Stream;
 use rescue::store::Store;
-use rescue::transport::Stream;
 
 const HOST: &str = "fuzz";
 const MACHINE_ID: &str = "f0f0f0f0f0f0f0f0f0f0f0f0f0f0f0f0";
@@ -73,7 +73,7 @@ fn run(w: &'static World, own: bool, role: Role, consent: &'static Consent, byte
         me: identity(false),
         link: None,
     };
-    let server = std::thread::spawn(move || rescue::serve::handle(&w.store, consent, s));
+    let server = std::thread::spawn(move || rescue::cmd::serve::handle(&w.store, consent, s));
     // Take everything the server sends, so it never waits on us to read.
     let mut r = b.try_clone().expect("cloning the socket");
     let drain = std::thread::spawn(move || {

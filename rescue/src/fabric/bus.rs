@@ -7,8 +7,8 @@ use std::fs;
 use serde::Serialize;
 
 use crate::Root;
-use crate::disks::natural_cmp;
 use crate::root::parse_u64;
+use crate::system::disks::natural_cmp;
 
 const DEVICES: &str = "/sys/bus/thunderbolt/devices";
 

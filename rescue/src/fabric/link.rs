@@ -19,7 +19,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result, bail};
 
 use crate::Root;
-use crate::cli::ConnectArgs;
+use crate::cmd::cli::ConnectArgs;
 use crate::exit::{self, Exit};
 use crate::fabric::bus;
 

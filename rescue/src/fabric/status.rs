@@ -9,10 +9,10 @@ use bootfacts::needed::{STREAM_MODULE, STREAM_STACK};
 use serde::Serialize;
 
 use crate::Root;
-use crate::disks::natural_cmp;
 use crate::fabric::bus::{self, Domain, Router, Service, XDomain};
 use crate::fabric::link::STREAM_ROOT as STREAM_CONFIGFS;
-use crate::mountinfo;
+use crate::system::disks::natural_cmp;
+use crate::system::mountinfo;
 use crate::util::Peer;
 /// The first release with thunderbolt_stream.
 const MIN_KERNEL: (u32, u32) = (7, 2);

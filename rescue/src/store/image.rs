@@ -16,11 +16,11 @@ use anyhow::{Context, Result, bail};
 
 use super::mapfile::{Map, Status};
 use super::{Access, BackupDir, Dir, ManifestDisk};
-use crate::direct::DirectWriter;
-use crate::proto::conn::OutChunk;
 use crate::proto::msg::ChunkRanges;
-use crate::sha256x2::Stream;
+use crate::session::conn::OutChunk;
+use crate::system::direct::DirectWriter;
 use crate::util::{self, hex};
+use crate::xfer::sha256x2::Stream;
 use crate::xfer::{self, Geometry, Known, RawChunk, Sink, Verified};
 
 const DIGEST: u64 = 32;
@@ -526,7 +526,7 @@ pub fn verify_image(
     d: &ManifestDisk,
     chunk: u32,
     zeros: &mut ZeroDigests,
-    progress: Option<&crate::progress::Bar>,
+    progress: Option<&crate::xfer::progress::Bar>,
 ) -> Result<ImageCheck> {
     let img = dir.open_file(&d.image, Access::Read)?;
     let journal = dir.open_file(&d.chunks, Access::Read)?;
@@ -543,29 +543,35 @@ pub fn verify_image(
     let mut rec = [0u8; 32];
     let mut i = 0u64;
     // Chunk by chunk, read ahead on another thread while this one hashes.
-    crate::readahead::for_each_piece(&img, 0, d.size, chunk as usize, |_, b| -> Result<()> {
-        let index = i;
-        i += 1;
-        if journal.read_exact_at(&mut rec, index * DIGEST).is_err() || rec == [0u8; 32] {
-            whole.update(b);
-            missing.push(index);
-            return Ok(());
-        }
-        // The chunk's digest and the image's from one pass over the bytes.
-        let got = if xfer::is_zero(b) {
-            whole.update_zeros(b.len() as u64);
-            zeros.get(b.len() as u32)
-        } else {
-            whole.update_and_digest(b)
-        };
-        if got != rec {
-            mismatched.push(index);
-        }
-        if let Some(p) = progress {
-            p.inc(b.len() as u64);
-        }
-        Ok(())
-    })
+    crate::system::readahead::for_each_piece(
+        &img,
+        0,
+        d.size,
+        chunk as usize,
+        |_, b| -> Result<()> {
+            let index = i;
+            i += 1;
+            if journal.read_exact_at(&mut rec, index * DIGEST).is_err() || rec == [0u8; 32] {
+                whole.update(b);
+                missing.push(index);
+                return Ok(());
+            }
+            // The chunk's digest and the image's from one pass over the bytes.
+            let got = if xfer::is_zero(b) {
+                whole.update_zeros(b.len() as u64);
+                zeros.get(b.len() as u32)
+            } else {
+                whole.update_and_digest(b)
+            };
+            if got != rec {
+                mismatched.push(index);
+            }
+            if let Some(p) = progress {
+                p.inc(b.len() as u64);
+            }
+            Ok(())
+        },
+    )
     .with_context(|| format!("reading {}", d.image))?;
     Ok(ImageCheck {
         sha256: hex(&whole.finish()),
@@ -598,7 +604,7 @@ impl ImageSource {
     }
 
     pub fn read(&self, offset: u64, len: u32) -> Result<RawChunk> {
-        let mut data = crate::bufpool::take(len as usize);
+        let mut data = crate::xfer::bufpool::take(len as usize);
         match self.img.read_exact_at(&mut data, offset) {
             Ok(()) => Ok(RawChunk {
                 data,
@@ -642,7 +648,7 @@ impl ImageSource {
                 "{}: the chunk at offset {offset} is damaged in the store; the peer is told so",
                 self.name
             );
-            crate::bufpool::give(raw.data);
+            crate::xfer::bufpool::give(raw.data);
             return Ok(OutChunk {
                 offset,
                 len,
@@ -666,7 +672,7 @@ impl ImageSource {
             sha256: got,
             bad: raw.bad,
             data: if zero {
-                crate::bufpool::give(raw.data);
+                crate::xfer::bufpool::give(raw.data);
                 Vec::new()
             } else {
                 raw.data

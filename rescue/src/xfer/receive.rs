@@ -11,10 +11,10 @@ use std::time::{Duration, Instant};
 use anyhow::{Result, bail};
 
 use super::{Geometry, Have, Sink, SinkPipeline, Verified, WINDOW, have_bytes, peer_left};
-use crate::progress::Bar;
-use crate::proto::conn::{Conn, Event, peer_error};
 use crate::proto::frame::{Frame, Header};
 use crate::proto::msg::{ChunkBody, ChunkRanges, FLAG_DAMAGED, FLAG_ZERO, kind};
+use crate::session::conn::{Conn, Event, peer_error};
+use crate::xfer::progress::Bar;
 
 /// Why a received chunk was not accepted.
 enum Reject {

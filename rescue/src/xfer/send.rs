@@ -12,10 +12,10 @@ use anyhow::{Result, bail};
 
 use super::{Geometry, Have, Known, RawChunk, WINDOW, have_bytes, is_zero, peer_left, sha256};
 use crate::cancel::Token;
-use crate::progress::Bar;
-use crate::proto::conn::{Conn, Event, OutChunk, peer_error};
 use crate::proto::frame::Header;
 use crate::proto::msg::{self, ChunkBody, ChunkRanges, FLAG_DAMAGED, FLAG_ZERO, kind};
+use crate::session::conn::{Conn, Event, OutChunk, peer_error};
+use crate::xfer::progress::Bar;
 
 /// With no acknowledgement for this long, everything in flight is sent again.
 const STALL: Duration = Duration::from_secs(10);
@@ -169,7 +169,7 @@ where
             && !ka.zero
             && !kb.zero
         {
-            let (da, db) = crate::sha256x2::digest_pair(&a.data, &b.data);
+            let (da, db) = crate::xfer::sha256x2::digest_pair(&a.data, &b.data);
             (ka.sha256, kb.sha256) = (Some(da), Some(db));
         }
         while let Some((off, raw, known)) = queue.pop_front() {
@@ -320,7 +320,7 @@ pub fn digest_fresh(offset: u64, raw: RawChunk, known: Known) -> Result<OutChunk
     let len = raw.data.len() as u32;
     if known.zero {
         let RawChunk { data, bad } = raw;
-        crate::bufpool::give(data);
+        crate::xfer::bufpool::give(data);
         return Ok(OutChunk {
             offset,
             len,

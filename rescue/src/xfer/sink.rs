@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Result, anyhow, bail};
 
 use super::sha256;
-use crate::sha256x2::Stream;
+use crate::xfer::sha256x2::Stream;
 
 /// A chunk that passed verification, on its way to the writer.
 #[derive(Debug, Clone)]
@@ -33,7 +33,7 @@ impl Drop for Verified {
         // The last holder (writer or hasher) recycles the buffer.
         let p = std::mem::replace(&mut self.payload, Arc::new(Vec::new()));
         if let Ok(v) = Arc::try_unwrap(p) {
-            crate::bufpool::give(v);
+            crate::xfer::bufpool::give(v);
         }
     }
 }

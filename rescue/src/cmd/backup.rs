@@ -5,16 +5,16 @@ use std::time::Instant;
 use anyhow::{Context, Result, bail};
 
 use crate::Root;
-use crate::auth;
-use crate::cli::BackupArgs;
+use crate::cmd::cli::BackupArgs;
 use crate::exit::{self, Exit};
-use crate::progress::{self, Bar};
 use crate::proto::msg::{
     self, BackupBegin, BackupReady, DiskEnd, DiskInfo, Role, SessionDone, SessionEnd, kind,
 };
+use crate::session::auth;
 use crate::session::{self, Session};
-use crate::source::{self, Source};
+use crate::system::source::{self, Source};
 use crate::util::{Peer, human_bytes};
+use crate::xfer::progress::{self, Bar};
 use crate::xfer::{self, Geometry};
 
 /// What one disk's transfer amounted to.
@@ -32,7 +32,7 @@ pub struct DiskReport {
 /// The disks to send: those named, or every eligible one.
 fn sources(root: &Root, args: &BackupArgs) -> Result<Vec<Source>> {
     let specs: Vec<String> = if args.disks.is_empty() {
-        let all = crate::disks::list(root, false).context("listing disks")?;
+        let all = crate::system::disks::list(root, false).context("listing disks")?;
         if all.is_empty() {
             bail!("no disks found to back up (`rescue disks --all` shows every block device)");
         }

@@ -19,10 +19,11 @@ pub mod cmdline;
 pub mod console;
 pub mod drivers;
 pub mod hostname;
+pub mod machine;
 pub mod menu;
+pub mod modload;
 pub mod mounts;
-pub mod store;
-pub mod system;
+pub mod store_mount;
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::panic::{AssertUnwindSafe, catch_unwind};
@@ -31,12 +32,12 @@ use std::time::Duration;
 
 use anyhow::{Context, Result};
 
-use crate::cli::InitArgs;
-use crate::modload::{self, DryRun, KernelSys, Loader, ModuleSys};
+use crate::cmd::cli::InitArgs;
 use crate::root::Root;
 pub use cmdline::{Config, Fabric, Mode};
 pub use drivers::DriverReport;
 pub use menu::{Backend, Menu, MenuEnd, Peer, Power};
+use modload::{DryRun, KernelSys, Loader, ModuleSys};
 
 /// How long to wait for disks to appear after the drivers are in.
 pub const DISK_SETTLE: Duration = Duration::from_secs(3);
@@ -265,7 +266,7 @@ fn pid1_pass(root: &Root) -> Result<()> {
     );
     let _ = writeln!(out, "{}", ready_line(root, &p));
     let config = p.config.clone();
-    let mut sys = system::System::new(root.clone(), p.loader, config.peer.clone());
+    let mut sys = machine::System::new(root.clone(), p.loader, config.peer.clone());
     after_boot(&mut sys, &config, console_input(), std::io::stdout());
     // The menu ended: its input closed (Ctrl-D). Show it again, gently.
     let menu_config = Config {
@@ -330,7 +331,7 @@ fn fatal_screen(msg: &str) {
                 return;
             }
             FatalChoice::Power(p) => {
-                if let Err(e) = system::power(p) {
+                if let Err(e) = machine::power(p) {
                     msg = format!("{e:#}");
                 }
             }
@@ -424,7 +425,7 @@ pub fn command(root: &Root, args: &InitArgs) -> Result<u8> {
     }
     writeln!(out, "{}", ready_line(&view, &p)).context("stdout")?;
     let config = p.config.clone();
-    let mut sys = system::System::new(root.clone(), p.loader, config.peer.clone());
+    let mut sys = machine::System::new(root.clone(), p.loader, config.peer.clone());
     let (rc, _) = after_boot(&mut sys, &config, console_input(), std::io::stdout());
     Ok(rc)
 }

@@ -1,18 +1,18 @@
 //! The real machine behind the menu: disks from /sys/block, the peer from the
-//! Thunderbolt bus, commands through the app dispatcher, the store mounted from
+//! Thunderbolt bus, commands through the cmd dispatcher, the store mounted from
 //! its superblock, reboot(2) for power actions.
 
 use std::path::PathBuf;
 
 use anyhow::{Context, Result, bail};
 
-use crate::cli::Command;
-use crate::disks;
+use crate::boot::menu::{Backend, Peer, Power};
+use crate::boot::modload::{Loader, ModuleSys};
+use crate::boot::{drivers, store_mount};
+use crate::cmd::cli::Command;
 use crate::fabric::bus;
-use crate::init::menu::{Backend, Peer, Power};
-use crate::init::{drivers, store};
-use crate::modload::{Loader, ModuleSys};
 use crate::root::Root;
+use crate::system::disks;
 
 /// The running system (or a fake root in tests, where power actions refuse).
 pub struct System<S: ModuleSys> {
@@ -87,7 +87,7 @@ impl<S: ModuleSys> Backend for System<S> {
     fn run(&mut self, cmd: Command) -> Result<u8> {
         // Ctrl-C cancels this flow (it returns 130), never init itself.
         crate::cancel::reset();
-        crate::app::run(&self.root, cmd)
+        crate::cmd::run(&self.root, cmd)
     }
 
     fn mount_store(&mut self, spec: &str) -> Result<PathBuf> {
@@ -104,7 +104,7 @@ impl<S: ModuleSys> Backend for System<S> {
                 }
             }
         };
-        store::mount_store(&self.root, spec, &mut load_fs)
+        store_mount::mount_store(&self.root, spec, &mut load_fs)
     }
 
     fn power(&mut self, p: Power) -> Result<()> {

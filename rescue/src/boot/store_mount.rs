@@ -8,11 +8,11 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, bail};
 
-use crate::fsprobe;
 use crate::root::Root;
+use crate::system::fsprobe;
 
 /// Bytes probed from the start of a device.
-pub use crate::fsprobe::PROBE_LEN;
+pub use crate::system::fsprobe::PROBE_LEN;
 
 /// Where serve keeps images in PID-1 mode.
 pub const STORE_MOUNT: &str = "/run/rescue/store";
@@ -154,7 +154,7 @@ pub fn mount_store(root: &Root, spec: &str, load_fs: &mut dyn FnMut(&str)) -> Re
     let target = root.path(STORE_MOUNT);
     fs::create_dir_all(&target).with_context(|| format!("mkdir {}", target.display()))?;
     if root.is_host() {
-        if crate::init::mounts::is_mountpoint(root, Path::new(STORE_MOUNT)) {
+        if crate::boot::mounts::is_mountpoint(root, Path::new(STORE_MOUNT)) {
             return Ok(target);
         }
         nix::mount::mount(

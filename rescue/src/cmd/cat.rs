@@ -9,10 +9,10 @@ use anyhow::{Context, Result};
 
 use crate::Root;
 use crate::cancel::{self, Interrupted, Token};
-use crate::cli::CatArgs;
+use crate::cmd::cli::CatArgs;
 use crate::exit;
 use crate::fabric::link::{self, Link, LinkOpts};
-use crate::transport::{self, Endpoint, Stream};
+use crate::session::transport::{self, Endpoint, Stream};
 
 pub fn run(root: &Root, args: &CatArgs) -> Result<u8> {
     let c = &args.connect;

@@ -12,7 +12,7 @@ use std::path::PathBuf;
 use anyhow::{Context, Result, bail};
 
 use crate::Root;
-use crate::blkdev;
+use crate::system::blkdev;
 use crate::xfer::RawChunk;
 
 /// Positioned reads, so tests can inject errors.
@@ -60,7 +60,7 @@ impl DiskReader {
     /// Reads `len` bytes at `offset`. Unreadable sectors come back as zeros and
     /// are listed (relative to `offset`) in `bad`.
     pub fn read_chunk(&self, offset: u64, len: u32) -> Result<RawChunk> {
-        let mut data = crate::bufpool::take(len as usize);
+        let mut data = crate::xfer::bufpool::take(len as usize);
         let mut bad = Vec::new();
         if read_exact(&*self.primary, &mut data, offset).is_ok() {
             return Ok(RawChunk { data, bad });
@@ -89,7 +89,7 @@ impl DiskReader {
         bad: &mut Vec<(u32, u32)>,
     ) -> Result<()> {
         let s = self.sector as usize;
-        let mut aligned = crate::direct::AlignedBuf::new(s);
+        let mut aligned = crate::system::direct::AlignedBuf::new(s);
         let mut pos = 0usize;
         while pos < buf.len() {
             let n = s.min(buf.len() - pos);
@@ -122,7 +122,7 @@ impl DiskReader {
 
 fn read_exact(r: &dyn BlockRead, buf: &mut [u8], offset: u64) -> io::Result<()> {
     // Reported in keepalives: a disk read sector by sector is slow, not stuck.
-    crate::proto::conn::note_work();
+    crate::session::conn::note_work();
     let mut done = 0;
     while done < buf.len() {
         match r.read_at(&mut buf[done..], offset + done as u64) {
@@ -185,7 +185,7 @@ pub fn open(root: &Root, spec: &str) -> Result<Source> {
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_else(|| spec.to_string());
     let (name, model, serial, details, busy) = if is_block {
-        match crate::disks::find(root, &fname) {
+        match crate::system::disks::find(root, &fname) {
             Ok(d) => (
                 fname.clone(),
                 d.model.clone(),

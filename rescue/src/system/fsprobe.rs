@@ -1,7 +1,7 @@
 //! Recognising what a volume holds from its superblock, the way blkid names it: ext2/3/4,
 //! xfs, btrfs, vfat (FAT12/16/32), exfat, ntfs, squashfs, swap, LUKS, LVM2 PV and md RAID
 //! members (metadata 0.90, 1.0, 1.1, 1.2), with label and UUID. `rescue disks` shows
-//! these and the PID-1 store lookup (init/store.rs) finds its store by them. Superblocks
+//! these and the PID-1 store lookup (boot/store_mount.rs) finds its store by them. Superblocks
 //! come from failing or hostile disks: every field is read through bounds-checked
 //! accessors, never by indexing.
 

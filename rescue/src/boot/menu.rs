@@ -7,9 +7,9 @@ use std::path::PathBuf;
 
 use anyhow::Result;
 
-use crate::cli::{Command, RestoreArgs};
+use crate::boot::cmdline::{Config, Mode};
+use crate::cmd::cli::{Command, RestoreArgs};
 use crate::exit;
-use crate::init::cmdline::{Config, Mode};
 
 /// What the cable side looks like right now.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -54,7 +54,7 @@ pub trait Backend {
     /// Names of the disks a backup would send by default.
     fn disk_names(&mut self) -> Vec<String>;
     fn peer(&mut self) -> Peer;
-    /// Runs a command as `rescue::app::run` would; returns its exit code.
+    /// Runs a command as `rescue::cmd::run` would; returns its exit code.
     fn run(&mut self, cmd: Command) -> Result<u8>;
     /// Finds and mounts the image store; returns the directory.
     fn mount_store(&mut self, spec: &str) -> Result<PathBuf>;

@@ -14,11 +14,11 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Result, bail};
 
-use super::frame::{self, Frame, FrameError, FrameReader, Header, Read1};
-use super::msg::{self, ErrorMsg, kind};
 use crate::cancel::{self, Interrupted, Token};
 use crate::exit::{self, Exit};
-use crate::transport::Stream;
+use crate::proto::frame::{self, Frame, FrameError, FrameReader, Header, Read1};
+use crate::proto::msg::{self, ErrorMsg, kind};
+use crate::session::transport::Stream;
 
 /// How often each side proves it is alive while it has nothing else to say.
 const KEEPALIVE: Duration = Duration::from_secs(2);
@@ -30,7 +30,7 @@ const REQUEST_RETRY: Duration = Duration::from_secs(20);
 /// a frame that trickles in or stops half-way (a header announcing 8 MiB, then
 /// nothing). Tests shorten it with RESCUE_PEER_SILENCE_MS.
 pub fn peer_silence() -> Duration {
-    crate::transport::bound("RESCUE_PEER_SILENCE_MS", Duration::from_secs(20))
+    crate::session::transport::bound("RESCUE_PEER_SILENCE_MS", Duration::from_secs(20))
 }
 
 /// serve drops a peer that sends nothing but keepalives, and reports no local
@@ -39,7 +39,7 @@ pub fn peer_silence() -> Duration {
 /// only a peer that does nothing, or a person leaving a prompt unanswered,
 /// reaches it. Tests shorten it with RESCUE_PEER_PROGRESS_MS.
 pub fn peer_progress() -> Duration {
-    crate::transport::bound("RESCUE_PEER_PROGRESS_MS", Duration::from_secs(300))
+    crate::session::transport::bound("RESCUE_PEER_PROGRESS_MS", Duration::from_secs(300))
 }
 
 /// Local work done, sent in every keepalive (the PING header's offset) so the
@@ -67,7 +67,7 @@ pub struct OutChunk {
 
 impl Drop for OutChunk {
     fn drop(&mut self) {
-        crate::bufpool::give(std::mem::take(&mut self.data));
+        crate::xfer::bufpool::give(std::mem::take(&mut self.data));
     }
 }
 
@@ -556,7 +556,7 @@ fn read_loop(
     started: Instant,
 ) {
     let now_ms = || started.elapsed().as_millis() as u64;
-    let mut fr = FrameReader::new(reader).with_buffers(crate::bufpool::take);
+    let mut fr = FrameReader::new(reader).with_buffers(crate::xfer::bufpool::take);
     // The work counter of the peer's last keepalive.
     let mut work = 0u64;
     // The last frame queued and how many were queued in all, to drop a repeat

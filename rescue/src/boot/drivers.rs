@@ -19,8 +19,8 @@ use std::time::Duration;
 
 use bootfacts::needed::{CONFIGFS, STREAM_STACK};
 
-use crate::init::cmdline::Fabric;
-use crate::modload::{self, Loader, ModuleSys, rescue_drivers, settle};
+use crate::boot::cmdline::Fabric;
+use crate::boot::modload::{self, Loader, ModuleSys, rescue_drivers, settle};
 use crate::root::Root;
 
 /// The virtual USB4 host module (kmod/usb4vhost.ko).

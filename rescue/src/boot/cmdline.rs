@@ -1,9 +1,9 @@
 //! The `rescue.*` kernel command line options that configure PID-1 mode, and the
-//! `rescue::cli::Command` each mode turns into.
+//! `rescue::cmd::cli::Command` each mode turns into.
 
 use std::path::PathBuf;
 
-use crate::cli::{BackupArgs, Command, ConnectArgs, RestoreArgs, ServeArgs};
+use crate::cmd::cli::{BackupArgs, Command, ConnectArgs, RestoreArgs, ServeArgs};
 
 /// What init does once the system is up.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]

@@ -2,6 +2,10 @@
 //! open it, and exchange HELLO messages. Used by every command that talks to the
 //! peer.
 
+pub mod auth;
+pub mod conn;
+pub mod transport;
+
 use std::os::unix::net::UnixListener;
 use std::path::Path;
 use std::time::{Duration, Instant};
@@ -10,16 +14,16 @@ use anyhow::{Context, Result, bail};
 
 use crate::Root;
 use crate::cancel::{self, Token};
-use crate::cli::ConnectArgs;
+use crate::cmd::cli::ConnectArgs;
 use crate::exit::{self, Exit};
 use crate::fabric::link::{self, Link, LinkOpts};
-use crate::identity::{self, Describe};
 use crate::proto::PROTOCOL;
-use crate::proto::conn::{self, Closed, Conn, Event, expect_within};
 use crate::proto::frame::{self, Header};
 use crate::proto::msg::{self, ErrorMsg, Hello, Identity, Role, kind};
 use crate::signals;
-use crate::transport::{self, Endpoint, Stream};
+use crate::system::identity::{self, Describe};
+use conn::{Closed, Conn, Event, expect_within};
+use transport::{Endpoint, Stream};
 
 /// A peer we are talking to. `conn` is declared first so it is dropped (the
 /// device closed) before the link's ConfigFS groups are removed.

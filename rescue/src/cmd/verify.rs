@@ -6,12 +6,12 @@ use std::path::Path;
 use anyhow::{Result, bail};
 
 use crate::exit;
-use crate::partitions;
-use crate::progress::{self, Bar};
 use crate::store::image::{ImageCheck, ZeroDigests, held_bytes, journal_ranges, verify_image};
 use crate::store::mapfile::{Map, Status};
 use crate::store::{self, BackupStatus, MANIFEST, ManifestDisk, SUMS, Store};
+use crate::system::partitions;
 use crate::xfer::Geometry;
+use crate::xfer::progress::{self, Bar};
 
 /// What checking one backup found.
 #[derive(Debug, Default)]

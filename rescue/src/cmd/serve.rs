@@ -7,25 +7,25 @@ use std::time::Instant;
 use anyhow::{Context, Result};
 
 use crate::Root;
-use crate::auth::{self, Consent};
-use crate::cli::ServeArgs;
-use crate::identity::Describe;
-use crate::progress::{self, Bar};
+use crate::cmd::cli::ServeArgs;
 use crate::proto::digests;
 use crate::proto::frame::{Frame, Header};
 use crate::proto::msg::{
     self, BackupBegin, BackupReady, Bounded, ChunkRanges, DigestsReq, DiskDone, DiskEnd, ListReq,
     Listing, MAX_DIGESTS, RestoreBegin, RestoreReady, SessionDone, kind,
 };
+use crate::session::auth::{self, Consent};
 use crate::session::{self, Session};
 use crate::store::image::{ImageSink, ImageSource, ZeroDigests, journal_digests, journal_ranges};
 use crate::store::{self, BackupDir, BackupStatus, ManifestDisk, Store};
+use crate::system::identity::Describe;
 use crate::util::{Peer, human_bytes};
+use crate::xfer::progress::{self, Bar};
 use crate::xfer::{self, Geometry, SinkPipeline};
 
 pub fn run(root: &Root, args: &ServeArgs) -> Result<u8> {
     // Before the store is touched: a wrong --device changes nothing anywhere.
-    crate::transport::endpoint(root, args.connect.device.as_deref())?;
+    crate::session::transport::endpoint(root, args.connect.device.as_deref())?;
     let mut store = Store::open_to_write(&args.store, args.create)?;
     store.space_check = !args.no_space_check;
     crate::store::dir::ignore_file_size_signal();
@@ -72,7 +72,7 @@ pub fn handle(store: &Store, consent: &Consent, mut s: Session) -> Result<bool> 
                     )?;
                 }
                 kind::ERROR => {
-                    return Err(crate::proto::conn::peer_error(&req));
+                    return Err(crate::session::conn::peer_error(&req));
                 }
                 other => {
                     s.conn.send_error(

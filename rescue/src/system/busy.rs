@@ -11,8 +11,8 @@ use std::os::unix::fs::MetadataExt;
 use std::path::{Component, Path};
 
 use crate::Root;
-use crate::disks::resolve_in_root;
-use crate::mountinfo::{self, Mount};
+use crate::system::disks::resolve_in_root;
+use crate::system::mountinfo::{self, Mount};
 
 /// How far a walk goes: more stacked devices than this is not a real system.
 const MAX_NODES: usize = 4096;
@@ -133,7 +133,7 @@ fn entries(root: &Root, dir: &str) -> Vec<String> {
             .collect(),
         Err(_) => Vec::new(),
     };
-    v.sort_by(|a, b| crate::disks::natural_cmp(a, b));
+    v.sort_by(|a, b| crate::system::disks::natural_cmp(a, b));
     v
 }
 

@@ -1,10 +1,17 @@
 //! Runs a parsed command and returns its exit code. The binary and PID-1 mode
-//! both come through here.
+//! both come through here; each command is a module of its own.
+
+pub mod backup;
+pub mod cat;
+pub mod cli;
+pub mod restore;
+pub mod serve;
+pub mod verify;
 
 use anyhow::Result;
 
 use crate::Root;
-use crate::cli::{Command, LinkAction};
+use crate::cmd::cli::{Command, LinkAction};
 use crate::exit::{self, Exit};
 use crate::fabric::link::{self, Link, LinkOpts};
 
@@ -21,28 +28,28 @@ pub fn run(root: &Root, cmd: Command) -> Result<u8> {
             Ok(exit::OK)
         }
         Command::Disks(a) => {
-            let d = crate::disks::list(root, a.all)?;
+            let d = crate::system::disks::list(root, a.all)?;
             if a.json {
                 println!("{}", serde_json::to_string_pretty(&d)?);
             } else {
-                print!("{}", crate::disks::render_table(&d));
+                print!("{}", crate::system::disks::render_table(&d));
             }
             Ok(exit::OK)
         }
-        Command::Serve(a) => crate::serve::run(root, &a),
-        Command::Backup(a) => crate::backup::run(root, &a)
+        Command::Serve(a) => crate::cmd::serve::run(root, &a),
+        Command::Backup(a) => crate::cmd::backup::run(root, &a)
             .map_err(|e| exit::advise_resume(e, "run the same command again to resume")),
-        Command::Restore(a) => crate::restore::run(root, &a).map_err(|e| {
+        Command::Restore(a) => crate::cmd::restore::run(root, &a).map_err(|e| {
             exit::advise_resume(
                 e,
                 "add --resume to the same command to continue where it stopped",
             )
         }),
-        Command::Verify(a) => crate::verify::run(&a.dir),
-        Command::Cat(a) => crate::catcmd::run(root, &a),
+        Command::Verify(a) => crate::cmd::verify::run(&a.dir),
+        Command::Cat(a) => crate::cmd::cat::run(root, &a),
         Command::Link(a) if a.connect.device.is_some() => {
             // A wrong path is named as such; a right one is still not link's business.
-            crate::transport::endpoint(root, a.connect.device.as_deref())?;
+            crate::session::transport::endpoint(root, a.connect.device.as_deref())?;
             Err(Exit::new(
                 exit::USAGE,
                 "`rescue link` sets a stream up from --peer and --name; --device names one \

@@ -11,9 +11,9 @@ use anyhow::{Context, bail};
 use serde::{Deserialize, Serialize};
 
 use crate::Root;
-use crate::fsprobe::{self, FsInfo, Window};
-use crate::mountinfo::{self, Mount};
-use crate::partitions;
+use crate::system::fsprobe::{self, FsInfo, Window};
+use crate::system::mountinfo::{self, Mount};
+use crate::system::partitions;
 use crate::util::printable;
 
 /// A whole disk.

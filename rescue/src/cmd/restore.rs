@@ -11,24 +11,24 @@ use anyhow::{Context, Result, bail};
 use sha2::{Digest, Sha256};
 
 use crate::Root;
-use crate::blkdev;
-use crate::busy;
-use crate::cli::RestoreArgs;
-use crate::direct::DirectWriter;
+use crate::cmd::cli::RestoreArgs;
 use crate::exit::{self, Exit};
-use crate::partitions;
-use crate::progress::{self, Bar};
 use crate::proto::digests::Digests;
 use crate::proto::frame::Header;
 use crate::proto::msg::{
     self, BackupSummary, ChunkRanges, DigestsReq, DiskDone, DiskSummary, ListReq, Listing,
     MAX_DIGESTS, RestoreBegin, RestoreReady, Role, SessionEnd, kind,
 };
-use crate::readahead;
 use crate::session::{self, Session};
 use crate::store::image::{ZeroDigests, punch_or_zero};
 use crate::store::mapfile::{Map, Status};
+use crate::system::blkdev;
+use crate::system::busy;
+use crate::system::direct::DirectWriter;
+use crate::system::partitions;
+use crate::system::readahead;
 use crate::util::{Peer, hex, human_bytes};
+use crate::xfer::progress::{self, Bar};
 use crate::xfer::{
     self, Geometry, OnDamaged, Received, Sink, SinkPipeline, StoreDamaged, Verified,
 };
@@ -251,7 +251,7 @@ fn open_block(root: &Root, spec: &str, path: PathBuf, need: u64) -> Result<Targe
         .ok()
         .and_then(|p| p.file_name().map(|n| n.to_string_lossy().into_owned()))
         .unwrap_or_else(|| spec.to_string());
-    let disk = crate::disks::find(root, &name).ok();
+    let disk = crate::system::disks::find(root, &name).ok();
     // What disks knows (its partitions mounted, held, swap), then everything
     // stacked on it to any depth (loop devices on it or on a file on it, dm on md).
     let why = disk
@@ -390,7 +390,7 @@ fn held(l: &Listing) -> String {
     let others = format!(
         "{n} other host{} that it shows only when serve allows it: {}",
         if n == 1 { "" } else { "s" },
-        crate::auth::ALLOW_HINT
+        crate::session::auth::ALLOW_HINT
     );
     let named: Vec<String> = l.hosts.iter().map(|h| Peer(h).to_string()).collect();
     match (named.is_empty(), n) {
@@ -409,7 +409,7 @@ fn held(l: &Listing) -> String {
 fn same_id_refusal(hidden: u32, host: &str) -> String {
     format!(
         "the peer holds no backups of host {host}; {hidden} backup(s) there made under other hostnames carry this machine's machine-id, which it lets this machine restore only when serve allows it: {} (or name the host with --host HOST)",
-        crate::auth::ALLOW_HINT
+        crate::session::auth::ALLOW_HINT
     )
 }
 
@@ -431,7 +431,7 @@ fn print_list(l: &Listing, host: &str) {
             format!(
                 "{} backup(s) of {host} are not listed: {}",
                 l.hidden,
-                crate::auth::refusal(host)
+                crate::session::auth::refusal(host)
             )
         };
         eprintln!("note: {why}");
@@ -490,7 +490,7 @@ fn choose(l: &Listing, args: &RestoreArgs, me: &msg::Identity) -> Result<BackupS
         return Err(refuse(if l.by_machine_id {
             same_id_refusal(l.hidden, &host)
         } else {
-            crate::auth::refusal(&host)
+            crate::session::auth::refusal(&host)
         }));
     }
     let mut of_host = l
@@ -560,7 +560,7 @@ fn map_targets(
         maps.insert(n.to_string(), t.to_string());
     }
     let local = if maps.len() < b.disks.len() {
-        crate::disks::list(root, false).unwrap_or_default()
+        crate::system::disks::list(root, false).unwrap_or_default()
     } else {
         Vec::new()
     };
