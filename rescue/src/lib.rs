@@ -14,11 +14,11 @@ pub mod store;
 pub mod system;
 pub mod xfer;
 
-pub mod cancel;
+pub(crate) mod cancel;
 pub mod exit;
-pub mod root;
+pub(crate) mod root;
 pub mod signals;
-pub mod util;
+pub(crate) mod util;
 
 pub use root::Root;
 /// The wire protocol (the `usb4rescue-proto` crate).

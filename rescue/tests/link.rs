@@ -17,7 +17,7 @@ use std::time::Duration;
 use nix::fcntl::{OFlag, openat};
 use nix::sys::stat::Mode;
 use rescue::Root;
-use rescue::fabric::link::{Link, LinkOpts, Role, STREAM_ROOT};
+use rescue::fabric::link::{HopIds, Link, LinkOpts, STREAM_ROOT};
 
 /// A fake machine with one peer connected as 0-1, offering service 0-1.0.
 fn fake_tree(dir: &Path, local_uuid: &str, peer_uuid: &str) -> Root {
@@ -190,7 +190,7 @@ impl Kernel {
     }
 }
 
-fn opts(role: Role) -> LinkOpts {
+fn opts(role: HopIds) -> LinkOpts {
     LinkOpts {
         peer: None,
         name: "backup".into(),
@@ -209,7 +209,7 @@ fn adopter_started_after_the_peer_published() {
         .lock()
         .unwrap()
         .insert("backup".into(), (10, 11));
-    let link = Link::up(&root, &opts(Role::Adopt)).unwrap();
+    let link = Link::up(&root, &opts(HopIds::Adopt)).unwrap();
     // Peer in 10 -> our out 10; peer out 11 -> our in 11.
     assert_eq!((link.in_hopid, link.out_hopid), (11, 10));
     assert_eq!(link.service, "0-1.0");
@@ -236,7 +236,7 @@ fn adopter_started_before_the_peer_waits_and_recreates() {
             .unwrap()
             .insert("backup".into(), (12, 13));
     });
-    let link = Link::up(&root, &opts(Role::Adopt)).unwrap();
+    let link = Link::up(&root, &opts(HopIds::Adopt)).unwrap();
     assert_eq!(
         (link.in_hopid, link.out_hopid),
         (13, 12),
@@ -255,7 +255,7 @@ fn publisher_allocates_and_keeps_foreign_groups() {
     // A connection group made by someone else must survive our tear-down.
     fs::create_dir_all(root.path(STREAM_ROOT).join("0-1.0")).unwrap();
     let (k, h) = Kernel::start(root.clone());
-    let link = Link::up(&root, &opts(Role::Publish)).unwrap();
+    let link = Link::up(&root, &opts(HopIds::Publish)).unwrap();
     assert_eq!((link.in_hopid, link.out_hopid), (9, 8));
     drop(link);
     assert!(root.path(STREAM_ROOT).join("0-1.0").is_dir());
@@ -270,8 +270,8 @@ fn auto_role_follows_the_uuid_order() {
     // Our UUID sorts after the peer's: we publish.
     let root = fake_tree(d.path(), "ffff-local", "0000-peer");
     let (k, h) = Kernel::start(root.clone());
-    let link = Link::up(&root, &opts(Role::Auto)).unwrap();
-    assert_eq!(link.role, Role::Publish);
+    let link = Link::up(&root, &opts(HopIds::Auto)).unwrap();
+    assert_eq!(link.role, HopIds::Publish);
     drop(link);
     k.stop.store(true, Ordering::SeqCst);
     h.join().unwrap();
@@ -279,8 +279,8 @@ fn auto_role_follows_the_uuid_order() {
     let root = fake_tree(d.path(), "0000-local", "ffff-peer");
     let (k, h) = Kernel::start(root.clone());
     k.published.lock().unwrap().insert("backup".into(), (8, 9));
-    let link = Link::up(&root, &opts(Role::Auto)).unwrap();
-    assert_eq!(link.role, Role::Adopt);
+    let link = Link::up(&root, &opts(HopIds::Auto)).unwrap();
+    assert_eq!(link.role, HopIds::Adopt);
     assert_eq!((link.in_hopid, link.out_hopid), (9, 8));
     drop(link);
     k.stop.store(true, Ordering::SeqCst);
@@ -291,7 +291,7 @@ fn auto_role_follows_the_uuid_order() {
 fn clear_errors_without_module_or_peer() {
     let d = tempfile::tempdir().unwrap();
     let root = Root::new(d.path());
-    let e = Link::up(&root, &opts(Role::Adopt)).unwrap_err();
+    let e = Link::up(&root, &opts(HopIds::Adopt)).unwrap_err();
     assert!(
         format!("{e:#}").contains("modprobe thunderbolt_stream"),
         "{e:#}"
@@ -299,13 +299,13 @@ fn clear_errors_without_module_or_peer() {
 
     let root = fake_tree(d.path(), "a", "b");
     fs::remove_dir_all(root.path("/sys/bus/thunderbolt/devices/0-1.0")).unwrap();
-    let mut o = opts(Role::Adopt);
+    let mut o = opts(HopIds::Adopt);
     o.wait = Some(Duration::from_millis(600));
     let e = Link::up(&root, &o).unwrap_err();
     assert!(format!("{e:#}").contains("no peer found"), "{e:#}");
     assert_eq!(rescue::exit::code_of(&e), rescue::exit::PEER_GONE);
 
-    let mut o = opts(Role::Adopt);
+    let mut o = opts(HopIds::Adopt);
     o.name = "muchtoolong".into();
     assert!(Link::up(&root, &o).is_err());
 }

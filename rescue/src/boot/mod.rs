@@ -15,14 +15,14 @@
 //! `rescue.label=`, `rescue.verify=1`, and for restore `rescue.map=NAME=TARGET,...`
 //! and `rescue.backup=ID` (see `cmdline`).
 
-pub mod cmdline;
-pub mod console;
-pub mod drivers;
-pub mod hostname;
+pub(crate) mod cmdline;
+pub(crate) mod console;
+pub(crate) mod drivers;
+pub(crate) mod hostname;
 pub mod machine;
 pub mod menu;
 pub mod modload;
-pub mod mounts;
+pub(crate) mod mounts;
 pub mod store_mount;
 
 use std::io::{BufRead, BufReader, Read, Write};

@@ -23,7 +23,7 @@ pub fn run(root: &Root, args: &CatArgs) -> Result<u8> {
         None => {
             let l = Link::up(
                 root,
-                &LinkOpts::from_args(c, link::Role::Auto, c.wait_timeout()),
+                &LinkOpts::from_args(c, link::HopIds::Auto, c.wait_timeout()),
             )?;
             eprintln!("stream {}/{} is {}", l.service, l.name, l.dev.display());
             let s = Stream::open_device(&l.dev, None)?;

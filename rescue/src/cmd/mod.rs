@@ -2,11 +2,11 @@
 //! both come through here; each command is a module of its own.
 
 pub mod backup;
-pub mod cat;
+pub(crate) mod cat;
 pub mod cli;
-pub mod restore;
+pub(crate) mod restore;
 pub mod serve;
-pub mod verify;
+pub(crate) mod verify;
 
 use anyhow::Result;
 
@@ -60,7 +60,7 @@ pub fn run(root: &Root, cmd: Command) -> Result<u8> {
         Command::Link(a) => match a.action {
             LinkAction::Up => {
                 let opts =
-                    LinkOpts::from_args(&a.connect, link::Role::Auto, a.connect.wait_timeout());
+                    LinkOpts::from_args(&a.connect, link::HopIds::Auto, a.connect.wait_timeout());
                 let mut l = Link::up(root, &opts)?;
                 l.keep();
                 println!("{}", l.dev.display());

@@ -38,7 +38,6 @@ pub struct Target {
     pub spec: String,
     pub path: PathBuf,
     pub file: File,
-    pub size: u64,
     pub block: bool,
     pub description: String,
     /// Set when this restore created the file: it goes again on failure.
@@ -128,7 +127,6 @@ impl Planned {
             spec,
             path,
             file,
-            size,
             block: false,
         };
         t.file
@@ -185,7 +183,6 @@ pub fn open_target(root: &Root, spec: &str, need: u64) -> Result<Planned> {
                 description: format!("{} (image file, {})", path.display(), human_bytes(m.len())),
                 path,
                 file,
-                size: m.len(),
                 block: false,
                 created: None,
             }))
@@ -299,7 +296,6 @@ fn open_block(root: &Root, spec: &str, path: PathBuf, need: u64) -> Result<Targe
         spec: spec.into(),
         path,
         file,
-        size,
         block: true,
         description,
         created: None,

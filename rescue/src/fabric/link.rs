@@ -55,8 +55,10 @@ fn unregister(p: &Path) {
     }
 }
 
+/// Which side allocates the HopIDs of the stream (the protocol's `msg::Role` is
+/// what a peer does in a session).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Role {
+pub enum HopIds {
     /// Allocate HopIDs and publish them (the receiving side, like upstream's example).
     Publish,
     /// Take the HopIDs the peer published.
@@ -70,7 +72,7 @@ pub struct LinkOpts {
     pub peer: Option<String>,
     pub name: String,
     pub wait: Option<Duration>,
-    pub role: Role,
+    pub role: HopIds,
     /// Remove the groups on drop (`rescue link up` keeps them with `Link::keep`).
     pub teardown: bool,
 }
@@ -78,7 +80,7 @@ pub struct LinkOpts {
 impl LinkOpts {
     /// The stream a command line names (`--peer`, `--name`), removed again when
     /// the `Link` is dropped; `wait` bounds the wait for the peer (None: for ever).
-    pub fn from_args(args: &ConnectArgs, role: Role, wait: Option<Duration>) -> LinkOpts {
+    pub fn from_args(args: &ConnectArgs, role: HopIds, wait: Option<Duration>) -> LinkOpts {
         LinkOpts {
             peer: args.peer.clone(),
             name: args.name.clone(),
@@ -97,7 +99,7 @@ pub struct Link {
     pub dev: PathBuf,
     pub in_hopid: i64,
     pub out_hopid: i64,
-    pub role: Role,
+    pub role: HopIds,
     conn_dir: PathBuf,
     stream_dir: PathBuf,
     created_conn: bool,
@@ -290,7 +292,7 @@ impl Link {
             teardown: opts.teardown,
         };
         link.created_stream = mkdir(&link.stream_dir, "stream")?;
-        if link.role == Role::Auto {
+        if link.role == HopIds::Auto {
             link.role = decide_role(root, &service);
         }
         link.negotiate(root, opts.wait)?;
@@ -315,7 +317,7 @@ impl Link {
                 self.out_hopid = o;
                 break;
             }
-            let adopt = self.role == Role::Adopt && self.created_stream;
+            let adopt = self.role == HopIds::Adopt && self.created_stream;
             if adopt {
                 // Re-create the group: attach-time is the only moment the kernel
                 // adopts what the peer published.
@@ -399,7 +401,7 @@ impl Link {
     /// Re-creates an adopted stream so it picks up HopIDs the peer published
     /// again (after the peer restarted). Only for groups we created.
     pub fn refresh(&mut self, root: &Root, wait: Option<Duration>) -> Result<()> {
-        if self.role != Role::Adopt || !self.created_stream {
+        if self.role != HopIds::Adopt || !self.created_stream {
             return Ok(());
         }
         if rmdir(&self.stream_dir) {
@@ -440,7 +442,7 @@ impl Drop for Link {
 }
 
 /// Publish when our host UUID sorts after the peer's; adopt otherwise.
-fn decide_role(root: &Root, service: &str) -> Role {
+fn decide_role(root: &Root, service: &str) -> HopIds {
     let domain: u32 = service
         .split('-')
         .next()
@@ -453,11 +455,11 @@ fn decide_role(root: &Root, service: &str) -> Role {
         .and_then(|s| bus::xdomain_of(root, &s))
         .and_then(|x| x.unique_id);
     match (ours, theirs) {
-        (Some(a), Some(b)) if a.to_lowercase() > b.to_lowercase() => Role::Publish,
-        (Some(_), Some(_)) => Role::Adopt,
+        (Some(a), Some(b)) if a.to_lowercase() > b.to_lowercase() => HopIds::Publish,
+        (Some(_), Some(_)) => HopIds::Adopt,
         // Without both UUIDs there is no fair tie-break: publishing is the choice
         // that works with a peer set up by hand (as in upstream's example).
-        _ => Role::Publish,
+        _ => HopIds::Publish,
     }
 }
 

@@ -145,7 +145,7 @@ fn connect_to(root: &Root, args: &ConnectArgs, role: Role) -> Result<Session> {
             })
         }
         None => {
-            let mut link = Link::up(root, &LinkOpts::from_args(args, link::Role::Adopt, wait))?;
+            let mut link = Link::up(root, &LinkOpts::from_args(args, link::HopIds::Adopt, wait))?;
             link.announce();
             let start = Instant::now();
             loop {
@@ -238,7 +238,7 @@ pub fn serve(
         Some(Endpoint::Unix(p)) => sv.on_unix(&p),
         Some(Endpoint::Device(p)) => sv.on_device(root, &p, true),
         None => {
-            let opts = LinkOpts::from_args(args, link::Role::Publish, sv.patience.wait);
+            let opts = LinkOpts::from_args(args, link::HopIds::Publish, sv.patience.wait);
             let link = Link::up(root, &opts)?;
             link.announce();
             // `link` lives until serve ends: its groups go after the device closes.

@@ -20,7 +20,7 @@ use crate::proto::msg::ChunkRanges;
 use crate::session::conn::OutChunk;
 use crate::system::direct::DirectWriter;
 use crate::util::{self, hex};
-use crate::xfer::sha256x2::Stream;
+use crate::xfer::sha256x2::Sha256Stream;
 use crate::xfer::{self, Geometry, Known, RawChunk, Sink, Verified};
 
 const DIGEST: u64 = 32;
@@ -32,7 +32,7 @@ pub struct ZeroDigests(HashMap<u32, [u8; 32]>);
 impl ZeroDigests {
     pub fn get(&mut self, len: u32) -> [u8; 32] {
         *self.0.entry(len).or_insert_with(|| {
-            let mut s = Stream::new();
+            let mut s = Sha256Stream::new();
             s.update_zeros(u64::from(len));
             s.finish()
         })
@@ -538,7 +538,7 @@ pub fn verify_image(
             d.size
         );
     }
-    let mut whole = Stream::new();
+    let mut whole = Sha256Stream::new();
     let (mut missing, mut mismatched) = (Vec::new(), Vec::new());
     let mut rec = [0u8; 32];
     let mut i = 0u64;

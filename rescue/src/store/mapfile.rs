@@ -57,10 +57,6 @@ impl Map {
         Map { size, runs }
     }
 
-    pub fn size(&self) -> u64 {
-        self.size
-    }
-
     /// Marks [start, start+len) (clipped to the image) with `status`.
     pub fn set(&mut self, start: u64, len: u64, status: Status) {
         let end = start.saturating_add(len).min(self.size);
@@ -162,6 +158,7 @@ impl Map {
     }
 
     /// The runs with `status`.
+    #[cfg(test)]
     pub fn ranges(&self, status: Status) -> Vec<(u64, u64)> {
         self.iter()
             .filter(|r| r.2 == status)

@@ -5,9 +5,9 @@
 //! (`dir.rs`), so neither a peer nor a link planted in the store makes serve
 //! write outside DIR.
 
-pub mod dir;
-pub mod image;
-pub mod mapfile;
+pub(crate) mod dir;
+pub(crate) mod image;
+pub(crate) mod mapfile;
 pub mod names;
 mod room;
 

@@ -36,10 +36,6 @@ impl AlignedBuf {
         self.len
     }
 
-    pub fn is_empty(&self) -> bool {
-        self.len == 0
-    }
-
     /// The first `n` aligned bytes (n <= len).
     pub fn get_mut(&mut self, n: usize) -> &mut [u8] {
         &mut self.raw[self.skip..self.skip + n]

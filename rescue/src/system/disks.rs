@@ -655,7 +655,7 @@ pub fn natural_cmp(a: &str, b: &str) -> std::cmp::Ordering {
 /// Follows symlinks of an absolute path inside `root` (absolute targets stay inside
 /// it), giving the final system path: "/dev/disk/by-id/x" -> "/dev/sda".
 pub fn resolve_in_root(root: &Root, abs: &str) -> String {
-    let mut cur = normalize(Path::new(abs));
+    let mut cur = lexical_absolute(Path::new(abs));
     for _ in 0..40 {
         match fs::read_link(root.path(&cur)) {
             Ok(target) => {
@@ -664,7 +664,7 @@ pub fn resolve_in_root(root: &Root, abs: &str) -> String {
                 } else {
                     cur.parent().unwrap_or(Path::new("/")).join(target)
                 };
-                cur = normalize(&next);
+                cur = lexical_absolute(&next);
             }
             Err(_) => break,
         }
@@ -672,7 +672,8 @@ pub fn resolve_in_root(root: &Root, abs: &str) -> String {
     cur.to_string_lossy().into_owned()
 }
 
-fn normalize(p: &Path) -> PathBuf {
+/// `p` made absolute with `..` and `.` resolved by the names alone (no links followed).
+fn lexical_absolute(p: &Path) -> PathBuf {
     let mut out = PathBuf::from("/");
     for c in p.components() {
         match c {

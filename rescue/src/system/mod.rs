@@ -2,13 +2,13 @@
 //! its disks and what is stacked on them, their partition tables and
 //! filesystems, and reading and writing them.
 
-pub mod blkdev;
+pub(crate) mod blkdev;
 pub mod busy;
-pub mod direct;
+pub(crate) mod direct;
 pub mod disks;
 pub mod fsprobe;
-pub mod identity;
-pub mod mountinfo;
+pub(crate) mod identity;
+pub(crate) mod mountinfo;
 pub mod partitions;
-pub mod readahead;
+pub(crate) mod readahead;
 pub mod source;

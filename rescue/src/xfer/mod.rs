@@ -6,11 +6,11 @@
 //! anything damaged or missing. This file holds what both sides share: the
 //! chunk geometry, the held ranges and the chunk checks.
 
-pub mod bufpool;
-pub mod progress;
+pub(crate) mod bufpool;
+pub(crate) mod progress;
 mod receive;
 mod send;
-pub mod sha256x2;
+pub(crate) mod sha256x2;
 mod sink;
 
 pub use receive::{OnDamaged, Received, StoreDamaged, receive_disk};

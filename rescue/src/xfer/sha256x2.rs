@@ -24,18 +24,6 @@ pub fn digest_pair(a: &[u8], b: &[u8]) -> ([u8; 32], [u8; 32]) {
     (Sha256::digest(a).into(), Sha256::digest(b).into())
 }
 
-/// Whether two messages really are hashed together here (for the benchmark).
-pub fn accelerated() -> bool {
-    #[cfg(target_arch = "x86_64")]
-    {
-        shani::available()
-    }
-    #[cfg(not(target_arch = "x86_64"))]
-    {
-        false
-    }
-}
-
 const H0: [u32; 8] = [
     0x6a09e667, 0xbb67ae85, 0x3c6ef372, 0xa54ff53a, 0x510e527f, 0x9b05688c, 0x1f83d9ab, 0x5be0cd19,
 ];
@@ -44,16 +32,16 @@ const H0: [u32; 8] = [
 /// chunk by chunk), that can also return each piece's own SHA-256 from the same
 /// pass over its bytes (the receiver's chunk check and whole-image digest).
 #[derive(Clone)]
-pub struct Stream {
+pub struct Sha256Stream {
     state: [u32; 8],
     buf: [u8; 64],
     buf_len: usize,
     len: u64,
 }
 
-impl Default for Stream {
+impl Default for Sha256Stream {
     fn default() -> Self {
-        Stream {
+        Sha256Stream {
             state: H0,
             buf: [0; 64],
             buf_len: 0,
@@ -62,9 +50,9 @@ impl Default for Stream {
     }
 }
 
-impl Stream {
-    pub fn new() -> Stream {
-        Stream::default()
+impl Sha256Stream {
+    pub fn new() -> Sha256Stream {
+        Sha256Stream::default()
     }
 
     pub fn update(&mut self, mut data: &[u8]) {
@@ -322,7 +310,7 @@ mod tests {
             .map(|i| (i.wrapping_mul(2654435761) >> 11) as u8)
             .collect();
         // Pieces of awkward sizes, some zero runs, some pieces digested on their own.
-        let mut s = Stream::new();
+        let mut s = Sha256Stream::new();
         let mut whole = Sha256::new();
         let mut pos = 0;
         for (i, n) in [0usize, 1, 63, 64, 65536, 100, 4096, 28, 131072, 7, 1000]
@@ -343,7 +331,7 @@ mod tests {
             }
         }
         assert_eq!(s.finish(), <[u8; 32]>::from(whole.finalize()));
-        assert_eq!(Stream::new().finish(), sha(b""));
+        assert_eq!(Sha256Stream::new().finish(), sha(b""));
     }
 
     #[test]

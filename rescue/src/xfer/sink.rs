@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Result, anyhow, bail};
 
 use super::sha256;
-use crate::xfer::sha256x2::Stream;
+use crate::xfer::sha256x2::Sha256Stream;
 
 /// A chunk that passed verification, on its way to the writer.
 #[derive(Debug, Clone)]
@@ -98,7 +98,7 @@ pub struct SinkPipeline<S: Sink + 'static> {
 /// The whole-image SHA-256, fed with every chunk in order from offset 0.
 #[derive(Clone, Default)]
 struct Whole {
-    stream: Stream,
+    stream: Sha256Stream,
     pos: u64,
     /// Set once a chunk was skipped (held from an earlier run): the caller
     /// then reads the image back instead.

@@ -2,8 +2,8 @@
 //! resolves names and aliases through the depmod index, loads dependency closures in
 //! order, and loads drivers for the hardware present from device modaliases.
 
-pub mod settle;
-pub mod sys;
+pub(crate) mod settle;
+pub(crate) mod sys;
 
 use std::collections::{HashMap, HashSet};
 use std::ffi::CString;
