@@ -580,7 +580,7 @@ fn cut_restore_resumes_with_only_the_missing_chunks() {
     let t = d.path().join("target.img");
     fs::File::create(&t).unwrap().set_len(24 << 20).unwrap();
     let map = format!("disk={}", t.display());
-    let px = cutting_s2c(d.path(), &srv, 16 << 20);
+    let px = Proxy::cutting_s2c(d.path(), &srv.sock, 16 << 20);
     let restore = |extra: &[&str]| restore_mapped(&px.endpoint(), &host, &map, extra);
     let o = restore(&[]);
     assert_eq!(o.status.code(), Some(5), "{}", text(&o));
@@ -789,16 +789,6 @@ fn served_backup_of(dir: &std::path::Path, a: &std::path::Path) -> Server {
     let o = backup_to(&srv, a);
     assert_eq!(o.status.code(), Some(0), "{}", text(&o));
     srv
-}
-
-/// A proxy to `srv` that cuts the stream once `after` bytes went from the
-/// server to the client.
-fn cutting_s2c(dir: &std::path::Path, srv: &Server, after: u64) -> Proxy {
-    let cut = Faults {
-        cut_s2c_after: Some(after),
-        ..Default::default()
-    };
-    Proxy::start(dir, &srv.sock, cut)
 }
 
 /// `rescue restore --host HOST --map MAP` plus `extra`.
@@ -1433,7 +1423,7 @@ fn a_new_file_cut_off_by_the_peer_is_kept_for_resume() {
     let (srv, a, host) = served_backup(d.path(), 8, 51);
     let t = d.path().join("new.img");
     let map = format!("disk={}", t.display());
-    let px = cutting_s2c(d.path(), &srv, 5 << 20);
+    let px = Proxy::cutting_s2c(d.path(), &srv.sock, 5 << 20);
     let o = restore_mapped(&px.endpoint(), &host, &map, &[]);
     assert_eq!(o.status.code(), Some(5), "{}", text(&o));
     // Not removed like a failed restore's file: --resume continues from it.

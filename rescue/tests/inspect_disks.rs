@@ -588,13 +588,8 @@ fn odd_sysfs_values_do_not_panic() {
     let _ = Path::new("/");
 }
 
-/// Model, serial and GPT names come from the device: a hostile one must not drive the
-/// terminal that shows `rescue disks`.
-#[test]
-fn hostile_device_strings_are_escaped_in_the_table() {
-    let (_t, dir) = fixture_root("laptop");
-    let nv = dir.join("sys/devices/pci0000:00/0000:00:1d.0/0000:3d:00.0/nvme/nvme0");
-    std::fs::write(nv.join("model"), "Evil\x1b[2J\x1b]0;owned\x07").unwrap();
+/// The laptop's NVMe disk with only its EFI partition, named `name`.
+fn laptop_efi_only(name: &str) -> GptLayout {
     gpt_layout(
         512,
         NVME_SECTORS,
@@ -604,10 +599,19 @@ fn hostile_device_strings_are_escaped_in_the_table() {
             uuid: "a1b2c3d4-0001-4000-8000-000000000001",
             first: 2048,
             last: 1_050_623,
-            name: "line\rforged",
+            name,
         }],
     )
-    .write(&dir.join("dev/nvme0n1"));
+}
+
+/// Model, serial and GPT names come from the device: a hostile one must not drive the
+/// terminal that shows `rescue disks`.
+#[test]
+fn hostile_device_strings_are_escaped_in_the_table() {
+    let (_t, dir) = fixture_root("laptop");
+    let nv = dir.join("sys/devices/pci0000:00/0000:00:1d.0/0000:3d:00.0/nvme/nvme0");
+    std::fs::write(nv.join("model"), "Evil\x1b[2J\x1b]0;owned\x07").unwrap();
+    laptop_efi_only("line\rforged").write(&dir.join("dev/nvme0n1"));
     let list = disks::list(&Root::new(&dir), false).unwrap();
     assert_eq!(
         list[0].partitions[0].partname.as_deref(),
@@ -625,18 +629,7 @@ fn hostile_device_strings_are_escaped_in_the_table() {
 #[test]
 fn damaged_table_is_reported() {
     let (_t, dir) = fixture_root("laptop");
-    let mut g = gpt_layout(
-        512,
-        NVME_SECTORS,
-        "9d1f3c2a-4b5e-4f60-8a7b-1c2d3e4f5a6b",
-        &[GptPart {
-            type_guid: EFI,
-            uuid: "a1b2c3d4-0001-4000-8000-000000000001",
-            first: 2048,
-            last: 1_050_623,
-            name: "EFI",
-        }],
-    );
+    let mut g = laptop_efi_only("EFI");
     g.primary_header[16] ^= 1;
     g.backup_header[16] ^= 1;
     g.write(&dir.join("dev/nvme0n1"));

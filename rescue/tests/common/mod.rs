@@ -255,6 +255,26 @@ pub struct Proxy {
 }
 
 impl Proxy {
+    /// A proxy that drops the connection once `after` client-to-server bytes
+    /// went through.
+    pub fn cutting_c2s(dir: &Path, server: &Path, after: u64) -> Proxy {
+        let cut = Faults {
+            cut_after: Some(after),
+            ..Default::default()
+        };
+        Proxy::start(dir, server, cut)
+    }
+
+    /// A proxy that drops the connection once `after` server-to-client bytes
+    /// went through.
+    pub fn cutting_s2c(dir: &Path, server: &Path, after: u64) -> Proxy {
+        let cut = Faults {
+            cut_s2c_after: Some(after),
+            ..Default::default()
+        };
+        Proxy::start(dir, server, cut)
+    }
+
     pub fn start(dir: &Path, server: &Path, faults: Faults) -> Proxy {
         let sock = dir.join("proxy.sock");
         let _ = fs::remove_file(&sock);

@@ -131,14 +131,7 @@ fn only_the_machine_with_the_key_resumes_an_interrupted_backup() {
     let alpha = machine(d.path(), "alpha", ALPHA_ID);
     random_image(&alpha.join("disk.img"), 6, 12);
     let srv = Server::start(d.path(), &d.path().join("store"));
-    let px = Proxy::start(
-        d.path(),
-        &srv.sock,
-        Faults {
-            cut_after: Some(3 << 20),
-            ..Default::default()
-        },
-    );
+    let px = Proxy::cutting_c2s(d.path(), &srv.sock, 3 << 20);
     let backup = |ep: &str| {
         rescue(&[
             "--root",

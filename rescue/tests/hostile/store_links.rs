@@ -26,14 +26,7 @@ impl Interrupted {
         let srv = Server::start(d.path(), &d.path().join("store"));
         let a = d.path().join("disk.img");
         random_image(&a, 6, 31);
-        let px = Proxy::start(
-            d.path(),
-            &srv.sock,
-            Faults {
-                cut_after: Some(3 << 20),
-                ..Default::default()
-            },
-        );
+        let px = Proxy::cutting_c2s(d.path(), &srv.sock, 3 << 20);
         let o = rescue(&["backup", "-d", &px.endpoint(), a.to_str().unwrap()]);
         assert_eq!(o.status.code(), Some(5), "{}", text(&o));
         // Serve writes the map and manifest after the cut: plant only after.
