@@ -10,12 +10,11 @@ use std::path::{Path, PathBuf};
 use rescue_image::list::xz_check;
 use rescue_image::{Compress, Options, build, read_image};
 
-const KVER: &str = "7.3.4-fake";
+#[path = "../../bootfacts/tests/support/modtree.rs"]
+mod modtree;
+use modtree::write;
 
-fn write(path: &Path, bytes: &[u8]) {
-    fs::create_dir_all(path.parent().unwrap()).unwrap();
-    fs::write(path, bytes).unwrap();
-}
+const KVER: &str = "7.3.4-fake";
 
 fn xz(bytes: &[u8]) -> Vec<u8> {
     let mut e = xz2::write::XzEncoder::new(Vec::new(), 6);
@@ -27,7 +26,7 @@ fn xz(bytes: &[u8]) -> Vec<u8> {
 /// module, a softdep and an unrelated module that must stay out.
 fn fake_kernel(dir: &Path) -> PathBuf {
     let m = dir.join("lib/modules").join(KVER);
-    for (rel, body) in [
+    let modules: Vec<(&str, Vec<u8>)> = [
         ("kernel/fs/configfs/configfs.ko.xz", "configfs"),
         (
             "kernel/drivers/thunderbolt/thunderbolt.ko.xz",
@@ -38,31 +37,33 @@ fn fake_kernel(dir: &Path) -> PathBuf {
         ("kernel/drivers/nvme/host/nvme-core.ko.xz", "nvme_core"),
         ("kernel/lib/crc32c_generic.ko.xz", "crc"),
         ("kernel/drivers/gpu/drm/i915/i915.ko.xz", "i915"),
-    ] {
-        write(&m.join(rel), &xz(body.as_bytes()));
-    }
-    write(
-        &m.join("modules.dep"),
-        b"kernel/drivers/gpu/drm/i915/i915.ko.xz:\n\
+    ]
+    .into_iter()
+    .map(|(rel, body)| (rel, xz(body.as_bytes())))
+    .collect();
+    let mut files: Vec<(&str, &[u8])> = modules.iter().map(|(r, b)| (*r, b.as_slice())).collect();
+    files.extend_from_slice(&[
+        (
+            "modules.dep",
+            b"kernel/drivers/gpu/drm/i915/i915.ko.xz:\n\
 kernel/fs/configfs/configfs.ko.xz:\n\
 kernel/drivers/thunderbolt/thunderbolt.ko.xz: kernel/fs/configfs/configfs.ko.xz\n\
 kernel/drivers/thunderbolt/thunderbolt_stream.ko.xz: kernel/drivers/thunderbolt/thunderbolt.ko.xz kernel/fs/configfs/configfs.ko.xz\n\
 kernel/drivers/nvme/host/nvme.ko.xz: kernel/drivers/nvme/host/nvme-core.ko.xz\n\
 kernel/drivers/nvme/host/nvme-core.ko.xz:\n\
-kernel/lib/crc32c_generic.ko.xz:\n",
-    );
-    write(
-        &m.join("modules.alias"),
-        b"alias pci:v*d*sv*sd*bc01sc08i02* nvme\nalias pci:v00008086d*sv*sd*bc03sc*i* i915\n",
-    );
-    write(
-        &m.join("modules.builtin"),
-        b"kernel/drivers/virtio/virtio_pci.ko\n",
-    );
-    write(
-        &m.join("modules.softdep"),
-        b"softdep nvme_core pre: crc32c_generic\nsoftdep i915 pre: foo\n",
-    );
+kernel/lib/crc32c_generic.ko.xz:\n".as_slice(),
+        ),
+        (
+            "modules.alias",
+            b"alias pci:v*d*sv*sd*bc01sc08i02* nvme\nalias pci:v00008086d*sv*sd*bc03sc*i* i915\n".as_slice(),
+        ),
+        ("modules.builtin", b"kernel/drivers/virtio/virtio_pci.ko\n".as_slice()),
+        (
+            "modules.softdep",
+            b"softdep nvme_core pre: crc32c_generic\nsoftdep i915 pre: foo\n".as_slice(),
+        ),
+    ]);
+    modtree::write_tree(&m, &files);
     write(&dir.join("vmlinuz"), b"kernel");
     dir.to_path_buf()
 }

@@ -33,10 +33,9 @@ impl ModuleSys for Recorder {
     }
 }
 
-fn write(path: &Path, bytes: &[u8]) {
-    fs::create_dir_all(path.parent().unwrap()).unwrap();
-    fs::write(path, bytes).unwrap();
-}
+#[path = "../../bootfacts/tests/support/modtree.rs"]
+mod modtree;
+use modtree::write;
 
 /// A rescue initramfs as the kernel would show it after boot, without hardware.
 fn tree(cmdline: &str, with_vcable: bool, with_domain: bool) -> tempfile::TempDir {
@@ -55,28 +54,30 @@ kernel/drivers/thunderbolt/thunderbolt.ko: kernel/fs/configfs/configfs.ko\n\
 kernel/drivers/thunderbolt/thunderbolt_stream.ko: kernel/drivers/thunderbolt/thunderbolt.ko kernel/fs/configfs/configfs.ko\n\
 kernel/drivers/block/virtio_blk.ko:\n",
     );
-    for f in [
-        "kernel/fs/configfs/configfs.ko",
-        "kernel/drivers/thunderbolt/thunderbolt.ko",
-        "kernel/drivers/thunderbolt/thunderbolt_stream.ko",
-        "kernel/drivers/block/virtio_blk.ko",
-    ] {
-        write(&m.join(f), b"\x7fELF");
-    }
+    let elf: &[u8] = b"\x7fELF";
+    let mut files: Vec<(&str, &[u8])> = vec![
+        ("kernel/fs/configfs/configfs.ko", elf),
+        ("kernel/drivers/thunderbolt/thunderbolt.ko", elf),
+        ("kernel/drivers/thunderbolt/thunderbolt_stream.ko", elf),
+        ("kernel/drivers/block/virtio_blk.ko", elf),
+        (
+            "modules.builtin",
+            b"kernel/drivers/virtio/virtio_pci.ko\n".as_slice(),
+        ),
+    ];
     let mut alias = String::from(
         "alias virtio:d00000002v* virtio_blk\nalias pci:v*d*sv*sd*bc0Csc03i40* thunderbolt\n",
     );
     if with_vcable {
-        write(&m.join("extra/usb4vhost.ko"), b"\x7fELF");
+        files.push(("extra/usb4vhost.ko", elf));
         dep.push_str("extra/usb4vhost.ko: kernel/fs/configfs/configfs.ko\n");
         alias.push_str("alias pci:v00001AF4d00001110sv*sd*bc*sc*i* usb4vhost\n");
     }
-    write(&m.join("modules.dep"), dep.as_bytes());
-    write(&m.join("modules.alias"), alias.as_bytes());
-    write(
-        &m.join("modules.builtin"),
-        b"kernel/drivers/virtio/virtio_pci.ko\n",
-    );
+    files.extend_from_slice(&[
+        ("modules.dep", dep.as_bytes()),
+        ("modules.alias", alias.as_bytes()),
+    ]);
+    modtree::write_tree(&m, &files);
     // A virtio disk without its driver and the ivshmem device of the virtual cable.
     write(
         &r.join("sys/bus/virtio/devices/virtio0/modalias"),
