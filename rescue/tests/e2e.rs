@@ -1434,3 +1434,23 @@ fn a_new_file_cut_off_by_the_peer_is_kept_for_resume() {
     assert!(text(&o).contains("resuming, "), "{}", text(&o));
     assert_eq!(sha256_file(&t), sha256_file(&a));
 }
+
+#[test]
+fn two_disks_mapped_onto_one_target_are_refused() {
+    let d = tempfile::tempdir().unwrap();
+    let (a, b) = (d.path().join("one.img"), d.path().join("two.img"));
+    random_image(&a, 1, 61);
+    random_image(&b, 1, 62);
+    let srv = Server::start(d.path(), &d.path().join("store"));
+    backup_labelled(&srv, "both", &[&a, &b]);
+    let t = d.path().join("t.img");
+    fs::write(&t, vec![5u8; 1 << 20]).unwrap();
+    let (one, two) = (
+        format!("one={}", t.display()),
+        format!("two={}", t.display()),
+    );
+    let o = restore_mapped(&srv.endpoint(), &host_of(&srv), &one, &["--map", &two]);
+    assert_eq!(o.status.code(), Some(2), "{}", text(&o));
+    assert!(text(&o).contains("both be restored onto"), "{}", text(&o));
+    assert_eq!(fs::read(&t).unwrap(), vec![5u8; 1 << 20]);
+}

@@ -619,7 +619,30 @@ fn map_targets(
         )
         .into());
     }
+    refuse_shared_target(root, &out)?;
     Ok(out)
+}
+
+/// Two disks restored onto one target would leave only the last written there,
+/// each reported verified: refused before anything is opened.
+fn refuse_shared_target(root: &Root, pairs: &[(DiskSummary, String)]) -> Result<()> {
+    let mut seen = std::collections::BTreeMap::new();
+    for (d, t) in pairs {
+        let path = root.disk_path(t);
+        let key = std::fs::canonicalize(&path).unwrap_or(path);
+        if let Some(first) = seen.insert(key, &d.name) {
+            return Err(Exit::new(
+                exit::USAGE,
+                format!(
+                    "disks {} and {} would both be restored onto {t}; give each its own target with --map",
+                    Peer(first),
+                    Peer(&d.name)
+                ),
+            )
+            .into());
+        }
+    }
+    Ok(())
 }
 
 pub fn run(root: &Root, args: &RestoreArgs) -> Result<u8> {
