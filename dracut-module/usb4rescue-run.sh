@@ -63,9 +63,9 @@ case "$mode" in
         ;;
 esac
 
-# --- drivers: the real USB4 stack, or the virtual cable of the VM tests
+# --- drivers: the real USB4 stack; in the VM tests, the virtual USB4 host in its place
 fabric=$(arg fabric)
-has_vcable_hw() { # an ivshmem PCI device (1af4:1110), the virtual cable's medium
+has_vhost_hw() { # an ivshmem PCI device (1af4:1110), the virtual cable's medium
     for d in /sys/bus/pci/devices/*; do
         [ "$(cat "$d/vendor" 2> /dev/null)" = 0x1af4 ] &&
             [ "$(cat "$d/device" 2> /dev/null)" = 0x1110 ] && return 0
@@ -77,17 +77,18 @@ case "${fabric:-auto}" in
     usb4) virt=0 ;;
     *)
         virt=0
-        if [ -d /sys/module/usb4vcable ] ||
-            { has_vcable_hw && modprobe -n usb4vcable > /dev/null 2>&1; }; then
+        if [ -d /sys/module/usb4vhost ] ||
+            { has_vhost_hw && modprobe -n usb4vhost > /dev/null 2>&1; }; then
             virt=1
         fi
         ;;
 esac
 modprobe configfs > /dev/null 2>&1
 if [ "$virt" = 1 ]; then
-    # usb4vcable provides the same ConfigFS and /dev/tbstreamN interface as
-    # thunderbolt_stream: never both.
-    modprobe usb4vcable || say "warning: cannot load usb4vcable (the virtual cable)"
+    # usb4vhost stands in for thunderbolt (same bus, same exported symbols; never both):
+    # load it first, then the kernel's own thunderbolt_stream on top.
+    modprobe usb4vhost || say "warning: cannot load usb4vhost (the virtual USB4 host)"
+    modprobe thunderbolt_stream || say "warning: cannot load thunderbolt_stream"
 else
     for m in thunderbolt thunderbolt_stream; do
         modprobe "$m" || say "warning: cannot load $m (rescue needs Linux >= 7.2 with CONFIG_USB4_STREAM)"

@@ -8,8 +8,8 @@
 # 1. tests/packaging/pkgroot.sh: Debian trixie root with mkosi 25.3 (a copy of the
 #    cached build root of scripts/buildroot.sh, plus mkosi and dracut)
 # 2. scripts/fetch-kernel.sh, scripts/build-kmod.sh: the trixie-backports kernel's
-#    modules, usb4vcable.ko (only loaded where an ivshmem 1af4:1110 device exists,
-#    i.e. in the VM tests; harmless elsewhere)
+#    modules, usb4vhost.ko (the virtual USB4 host, standing in for thunderbolt.ko only
+#    where an ivshmem 1af4:1110 device exists, i.e. in the VM tests; harmless elsewhere)
 # 3. the static rescue (musl, stripped), the rescue initramfs (image/) for that kernel
 # 4. mkosi -f build in the packaging root (private mount namespace), with --initrd= that
 #    initramfs; mkosi.postinst checks the image's kernel is the same version
@@ -29,7 +29,7 @@ T0=$(date +%s)
 
 plog "initramfs for the stick (image/): $KVER"
 mkdir -p "$PKGOUT/image" "$PKGOUT/mkosi-cache"
-(nice "$IMAGE_TOOL" build --kernel-dir "$KDIR" --rescue "$PKGOUT/rescue" --extra-module "$PKGOUT/usb4vcable.ko" -o "$PKGOUT/stick-initrd.img.tmp" >&2) ||
+(nice "$IMAGE_TOOL" build --kernel-dir "$KDIR" --rescue "$PKGOUT/rescue" --extra-module "$PKGOUT/usb4vhost.ko" -o "$PKGOUT/stick-initrd.img.tmp" >&2) ||
     pdie "image build (the rescue initramfs) failed"
 mv "$PKGOUT/stick-initrd.img.tmp" "$PKGOUT/stick-initrd.img"
 

@@ -3,8 +3,9 @@
 #
 # prepare.sh: the inputs the packaging builds and tests share, all cached:
 # the packaging root (pkgroot.sh), the trixie-backports kernel (scripts/fetch-kernel.sh),
-# usb4vcable.ko (scripts/build-kmod.sh), the static rescue (musl, stripped), cable-ctl,
-# and the peer VM's rescue initramfs (image/, with usb4vcable). Writes
+# usb4vhost.ko (scripts/build-kmod.sh: the virtual USB4 host under Debian's own
+# thunderbolt_stream), the static rescue (musl, stripped), cable-ctl, and the peer VM's
+# rescue initramfs (image/, with usb4vhost). Writes
 # $CACHE/packaging/inputs.env (KVER, KDIR, PKGROOT, CABLE_CTL, PEER_INITRD) for the others.
 set -euo pipefail
 PLOG_NAME=prepare
@@ -37,14 +38,15 @@ KVER=$(basename "$KDIR")
 
 # The shared build root may be busy with someone else's module build: retry once, then
 # fall back to the module cached by an earlier build (loudly).
-KO=$("$TOP/scripts/build-kmod.sh" | tail -n1) || KO=
-[ -f "$KO" ] || { sleep 5; KO=$("$TOP/scripts/build-kmod.sh" | tail -n1) || KO=; }
+vhost() { "$TOP/scripts/build-kmod.sh" | grep '/usb4vhost\.ko$' | tail -n1; }
+KO=$(vhost) || KO=
+[ -f "$KO" ] || { sleep 5; KO=$(vhost) || KO=; }
 if [ ! -f "$KO" ]; then
-    KO=$CACHE/kmod/$KVER/usb4vcable.ko
-    [ -f "$KO" ] || pdie "scripts/build-kmod.sh did not produce usb4vcable.ko"
+    KO=$CACHE/kmod/$KVER/usb4vhost.ko
+    [ -f "$KO" ] || pdie "scripts/build-kmod.sh did not produce usb4vhost.ko"
     plog "WARNING: build-kmod.sh failed; using the cached $KO"
 fi
-cp "$KO" "$PKGOUT/usb4vcable.ko.new" && mv "$PKGOUT/usb4vcable.ko.new" "$PKGOUT/usb4vcable.ko"
+cp "$KO" "$PKGOUT/usb4vhost.ko.new" && mv "$PKGOUT/usb4vhost.ko.new" "$PKGOUT/usb4vhost.ko"
 
 CARGO=$(command -v cargo || echo "$HOME/.cargo/bin/cargo")
 [ -x "$CARGO" ] || pdie "cargo not found (install Rust >= 1.88 with rustup)"
@@ -62,7 +64,7 @@ CABLE_CTL=$TDIR/release/cable-ctl
 
 PEER_INITRD=$PKGOUT/peer-initrd.img
 "$TDIR/release/image" build --kernel-dir "$KDIR" --rescue "$PKGOUT/rescue" \
-    --extra-module "$PKGOUT/usb4vcable.ko" -o "$PEER_INITRD.tmp" >&2 || pdie "image build (peer initramfs) failed"
+    --extra-module "$PKGOUT/usb4vhost.ko" -o "$PEER_INITRD.tmp" >&2 || pdie "image build (peer initramfs) failed"
 mv "$PEER_INITRD.tmp" "$PEER_INITRD"
 
 cat > "$PKGOUT/inputs.env" << EOT

@@ -6,11 +6,12 @@
 #   tests/packaging/run.sh [--only dracut|usb] [--keep]
 #
 #  1. prepare.sh          packaging root (trixie + mkosi 25.3 + dracut 106), kernel,
-#                         usb4vcable.ko, static rescue, cable-ctl, the peer's initramfs
+#                         usb4vhost.ko, static rescue, cable-ctl, the peer's initramfs
 #  2. dracut-install      `make -C dracut-module install` into the packaging root
-#  3. dracut-build        dracut --add 'usb4rescue usb4vcable-test' for the trixie-backports
-#                         kernel (usb4vcable-test: tests/packaging/dracut/, test only)
-#  4. lsinitrd            our files are in the initramfs
+#  3. dracut-build        dracut --add 'usb4rescue usb4vhost-test' for the trixie-backports
+#                         kernel (usb4vhost-test: tests/packaging/dracut/, test only)
+#  4. lsinitrd            our files are in the initramfs, Debian's thunderbolt_stream.ko.xz
+#                         byte for byte
 #     dracut-optin        without --add usb4rescue, the installed module stays out
 #  5. mkosi-build         tests/packaging/build-image.sh (mkosi.conf), image < 150 MiB
 #  6. VM tests            vmtests.py: dracut-backup, dracut-plain, dracut-menu, usb-menu, usb-backup, usb-bios
@@ -74,12 +75,12 @@ if [ "$ONLY" = all ] || [ "$ONLY" = dracut ]; then
     rm -f "$DRACUT_INITRD"
     # --no-hostonly: the build root's hardware is not the VM's. The virtio and ext4
     # drivers are what the test VM's root disk needs.
-    if in_pkgroot "USB4VCABLE_KO=/out/usb4vcable.ko nice dracut --force --no-hostonly --no-hostonly-cmdline \
-            --add 'usb4rescue usb4vcable-test' \
+    if in_pkgroot "USB4VHOST_KO=/out/usb4vhost.ko nice dracut --force --no-hostonly --no-hostonly-cmdline \
+            --add 'usb4rescue usb4vhost-test' \
             --omit 'btrfs crypt dm lvm mdraid nvdimm tpm2-tss multipath iscsi nfs plymouth' \
             --add-drivers 'virtio_pci virtio_blk ext4' /out/dracut-initrd.img $KVER" \
             "$PKGOUT:/out" "$KDIR/lib/modules/$KVER:/lib/modules/$KVER" \
-            "$TOP/tests/packaging/dracut/90usb4vcable-test:/usr/lib/dracut/modules.d/90usb4vcable-test" \
+            "$TOP/tests/packaging/dracut/90usb4vhost-test:/usr/lib/dracut/modules.d/90usb4vhost-test" \
             > "$PKGOUT/dracut.log" 2>&1 && [ -s "$DRACUT_INITRD" ]; then
         pass "dracut-build ($(( $(date +%s) - t ))s, $(( $(stat -c %s "$DRACUT_INITRD") >> 20 )) MiB)"
     else
@@ -89,11 +90,17 @@ if [ "$ONLY" = all ] || [ "$ONLY" = dracut ]; then
     if [ -s "$DRACUT_INITRD" ]; then
         in_pkgroot "lsinitrd /out/dracut-initrd.img" "$PKGOUT:/out" > "$PKGOUT/lsinitrd.txt" 2>&1
         missing=()
-        for want in "^usb4rescue\$" "^usb4vcable-test\$" " usr/bin/rescue\$" " usr/bin/usb4rescue-run\$" \
+        for want in "^usb4rescue\$" "^usb4vhost-test\$" " usr/bin/rescue\$" " usr/bin/usb4rescue-run\$" \
             "hooks/pre-mount/[0-9]*-usb4rescue-pre-mount.sh\$" "/thunderbolt/thunderbolt.ko" \
-            "/thunderbolt/thunderbolt_stream.ko" "/configfs/configfs.ko" "extra/usb4vcable.ko"; do
+            "/thunderbolt/thunderbolt_stream.ko" "/configfs/configfs.ko" "extra/usb4vhost.ko"; do
             grep -q -- "$want" "$PKGOUT/lsinitrd.txt" || missing+=("$want")
         done
+        # The VM tests run the kernel package's own driver: dracut must not have changed it.
+        tbs=lib/modules/$KVER/kernel/drivers/thunderbolt/thunderbolt_stream.ko.xz
+        want_sha=$(sha256sum < "$KDIR/$tbs" | cut -d' ' -f1)
+        got_sha=$(in_pkgroot "lsinitrd /out/dracut-initrd.img -f usr/$tbs" "$PKGOUT:/out" 2> /dev/null |
+            sha256sum | cut -d' ' -f1)
+        [ "$got_sha" = "$want_sha" ] || missing+=("usr/$tbs as in the kernel package (sha256 $want_sha, got $got_sha)")
         if [ ${#missing[@]} -eq 0 ]; then pass lsinitrd; else fail lsinitrd "not in the initramfs: ${missing[*]}"; fi
         VMTESTS+=(dracut-backup dracut-plain dracut-menu)
     fi

@@ -2,10 +2,11 @@
 # SPDX-License-Identifier: GPL-2.0-only
 """VM tests of the packaging (run by tests/packaging/run.sh, which builds the inputs).
 
-dracut-backup   the dracut initramfs (module usb4rescue + test-only usb4vcable-test) boots
+dracut-backup   the dracut initramfs (module usb4rescue + test-only usb4vhost-test) boots
                 with rd.usb4rescue=backup ... against a peer VM running `rescue serve`
                 (the rescue initramfs of image/), backs the VM's root disk up over the
-                virtual cable, then the boot continues into the root filesystem's init.
+                virtual cable (usb4vhost under Debian's thunderbolt_stream), then the boot
+                continues into the root filesystem's init.
                 The stored image must equal the disk byte for byte.
 dracut-menu     rd.usb4rescue=menu: the menu on the console, Ctrl-D leaves it, the boot
                 continues.
@@ -15,7 +16,7 @@ usb-menu        the mkosi USB image boots under OVMF (UEFI) to the rescue menu.
 usb-backup      the same image with kernel parameters added at the systemd-boot menu
                 backs the machine's disk up to a peer running `rescue serve`.
 usb-bios        the same image under SeaBIOS (legacy BIOS, GRUB) reaches rescue (seen on
-                the virtual cable: rescue loads usb4vcable).
+                the virtual cable: rescue loads usb4vhost and thunderbolt_stream).
 
 Prints "PASS name (Ns)" / "FAIL name (Ns): why" per test; exit status 1 if any failed.
 """
@@ -149,7 +150,7 @@ class Env:
         make_store(store)
         b = self.vm("b")
         b.start(self.a.kernel, self.a.peer_initrd,
-                f"quiet rescue.mode=serve rescue.store=LABEL=store rescue.hostname={host}",
+                f"quiet rescue.mode=serve rescue.store=LABEL=store rescue.hostname={host} usb4vhost.side=b",
                 [Disk(str(store))], [(cable, "b")], timeout=self.a.vm_lifetime)
         b.wait_for(r"RESCUE: serve started", 180)
         b.wait_for(r"waiting for a peer", 180)
@@ -170,7 +171,7 @@ def t_dracut_backup(e: Env):
     t0 = time.monotonic()
     a.start(e.a.kernel, e.a.dracut_initrd,
             "root=/dev/vda ro rd.usb4rescue=backup rd.usb4rescue.fabric=virtual "
-            "rd.usb4rescue.hostname=hosta rd.usb4rescue.label=dracut rd.usb4rescue.wait=120",
+            "rd.usb4rescue.hostname=hosta rd.usb4rescue.label=dracut rd.usb4rescue.wait=120 usb4vhost.side=a",
             [Disk(str(root))], [(cable, "a")], timeout=e.a.vm_lifetime)
     a.wait_for(r"usb4rescue: backup started", 300)
     log(f"{a.name}: rescue started {time.monotonic() - t0:.0f}s after power-on")
@@ -180,6 +181,9 @@ def t_dracut_backup(e: Env):
     log(f"{a.name}: backup done {time.monotonic() - t0:.0f}s after power-on")
     m = a.wait_for(r"ROOTFS: init reached, root (\S+) (\S+)", 300)
     log(f"{a.name}: root's init reached {time.monotonic() - t0:.0f}s after power-on (root {m.group(1)})")
+    mods = a.wait_for(r"ROOTFS: modules: (.*)\n", 30).group(1).split()
+    check("usb4vhost" in mods and "thunderbolt_stream" in mods and "thunderbolt" not in mods,
+          f"{a.name}: modules {mods}: expected Debian's thunderbolt_stream on usb4vhost, without thunderbolt")
     b.wait_for(r"session with .* (ended|failed.*)\n", 120, start=m0)
     a.wait_for(r"ROOTFS: powering off", 30)
     try:
@@ -214,7 +218,7 @@ def t_dracut_plain(e: Env):
     check("usb4rescue" not in text and "RESCUE:" not in text,
           "usb4rescue output without rd.usb4rescue:\n" +
           "\n".join(line for line in text.splitlines() if "usb4rescue" in line or "RESCUE" in line))
-    for mod in ("thunderbolt", "thunderbolt_stream", "usb4vcable"):
+    for mod in ("thunderbolt", "thunderbolt_stream", "usb4vhost"):
         check(mod not in mods, f"{mod} loaded without rd.usb4rescue (modules: {mods})")
     kernel_check(a)
 
@@ -336,7 +340,7 @@ def t_usb_backup(e: Env):
     m0 = b.mark()
     v = boot_usb(e, "usbb",
                  "rescue.mode=backup rescue.disks=vda rescue.fabric=virtual rescue.hostname=stick "
-                 "rescue.label=usb usb4vcable.side=a", cables=[(cable, "a")], disks=[Disk(str(disk))])
+                 "rescue.label=usb usb4vhost.side=a", cables=[(cable, "a")], disks=[Disk(str(disk))])
     m = v.wait_for(r"RESCUE: ready mode=(\S+) host=(\S+) disks=(\S+) fabric=(\S+)", 600)
     log(f"{v.name}: 'RESCUE: ready' {time.monotonic() - v.t0:.0f}s after power-on: "
         f"mode={m.group(1)} disks={m.group(3)} fabric={m.group(4)}")
@@ -360,8 +364,8 @@ def t_usb_bios(e: Env):
     """Legacy BIOS (SeaBIOS): GRUB boots the kernel and the rescue initramfs. GRUB and
     the rescue menu use the screen (no serial input under SeaBIOS): the proof that rescue
     runs is on the cable, where rescue's driver set-up (rescue.fabric=auto finds the
-    ivshmem device) brings up usb4vcable, whose side "a" then beats with the hostname
-    rescue chose."""
+    ivshmem device) brings up usb4vhost (and Debian's thunderbolt_stream on it), whose side
+    "a" then beats with the hostname rescue chose."""
     cable = e.rig.cable(f"s{os.getpid() % 1000}")
     cable.create()
     v = e.vm("bios", cls=UefiVM, memory=1024)
@@ -375,9 +379,9 @@ def t_usb_bios(e: Env):
             break
         time.sleep(3)
     else:
-        raise Fail(f"{v.name}: usb4vcable never came up within 300 s (cable: {st})\n{v.tail(20)}")
+        raise Fail(f"{v.name}: usb4vhost never came up within 300 s (cable: {st})\n{v.tail(20)}")
     side = "a" if st["a"]["alive"] else "b"
-    log(f"{v.name}: usb4vcable up {time.monotonic() - t0:.0f}s after power-on "
+    log(f"{v.name}: usb4vhost up {time.monotonic() - t0:.0f}s after power-on "
         f"(hostname {st[side]['hostname']!r})")
     v.kill()
     kernel_check(v)
