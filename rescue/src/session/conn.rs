@@ -179,18 +179,20 @@ impl Conn {
         let stop = Token::new();
         let stats = Arc::new(Stats::default());
         let reader = stream.reader(stop.clone())?;
-        let writer: Arc<Mutex<Box<dyn Write + Send>>> = Arc::new(Mutex::new(stream.writer()?));
+        // Set by the reader when the peer's end goes, to free a blocked writer.
+        let peer_closed = Token::new();
+        let writer: Arc<Mutex<Box<dyn Write + Send>>> =
+            Arc::new(Mutex::new(stream.writer(peer_closed.clone())?));
         let started = Instant::now();
 
         let mut threads = Vec::new();
         {
             let sender = sender.clone();
             let stats = stats.clone();
-            threads.push(
-                thread::Builder::new()
-                    .name("rx".into())
-                    .spawn(move || read_loop(reader, sender, stats, started))?,
-            );
+            threads.push(thread::Builder::new().name("rx".into()).spawn(move || {
+                read_loop(reader, sender, stats, started);
+                peer_closed.stop();
+            })?);
         }
         {
             let writer = writer.clone();

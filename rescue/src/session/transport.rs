@@ -173,12 +173,16 @@ impl Stream {
         Ok(Box::new(self.dup_file()?))
     }
 
-    /// A writer that gives up when the peer takes nothing for `write_stall()`.
-    pub fn writer(&self) -> Result<Box<dyn Write + Send>> {
+    /// A writer that gives up when the peer takes nothing for `write_stall()`,
+    /// or, while it waits for room, once `peer_closed` is stopped (the reader
+    /// saw the peer's end go: thunderbolt_stream never fails a write for that,
+    /// its TX ring just stays full).
+    pub fn writer(&self, peer_closed: Token) -> Result<Box<dyn Write + Send>> {
         Ok(Box::new(PollWriter {
             file: self.dup_file()?,
             socket: matches!(self, Stream::Unix(_)),
             stall: write_stall(),
+            peer_closed,
         }))
     }
 
@@ -531,6 +535,20 @@ struct PollWriter {
     file: File,
     socket: bool,
     stall: Duration,
+    peer_closed: Token,
+}
+
+impl PollWriter {
+    /// Waiting for room is pointless once the peer's end is gone.
+    fn check_peer(&self) -> io::Result<()> {
+        if self.peer_closed.stopped() {
+            return Err(io::Error::new(
+                io::ErrorKind::BrokenPipe,
+                "the peer closed the stream",
+            ));
+        }
+        Ok(())
+    }
 }
 
 impl Write for PollWriter {
@@ -553,7 +571,10 @@ impl Write for PollWriter {
             let slice = left.min(Duration::from_millis(10)).as_millis() as u16;
             let mut fds = [PollFd::new(self.file.as_fd(), PollFlags::POLLOUT)];
             match poll(&mut fds, PollTimeout::from(slice.max(1))) {
-                Ok(0) => continue,
+                Ok(0) => {
+                    self.check_peer()?;
+                    continue;
+                }
                 Ok(_) => {}
                 Err(nix::errno::Errno::EINTR) => continue,
                 Err(e) => return Err(io::Error::from_raw_os_error(e as i32)),
@@ -576,6 +597,7 @@ impl Write for PollWriter {
                         io::ErrorKind::WouldBlock | io::ErrorKind::Interrupted
                     ) =>
                 {
+                    self.check_peer()?;
                     continue;
                 }
                 other => return other,
