@@ -358,8 +358,9 @@ mod tests {
     fn many_unreadable_ranges_per_chunk_are_not_quadratic() {
         // A failing disk with every other sector bad: 16,384 ranges in each of
         // 24 chunks of 8 MiB, marked as ImageSink::write does. Re-sorting the
-        // runs for every range took minutes; well under a second here. The bound
-        // only catches quadratic behaviour.
+        // runs for every range took minutes; well under a second here, 6 s in a
+        // debug build on a machine at load 16. The bound only catches quadratic
+        // behaviour, so it leaves room for a loaded machine.
         const CHUNK: u64 = 8 << 20;
         let t = std::time::Instant::now();
         let mut m = Map::new(24 * CHUNK);
@@ -371,7 +372,7 @@ mod tests {
         assert_eq!(m.ranges(Status::Bad).len(), 24 * 16_384);
         assert_eq!(m.bytes(Status::Bad), 24 * 16_384 * 256);
         assert_eq!(m.bytes(Status::NonTried), 0);
-        assert!(took.as_secs() < 5, "24 chunks took {took:?}");
+        assert!(took.as_secs() < 60, "24 chunks took {took:?}");
     }
 
     #[test]
