@@ -3,9 +3,9 @@
 #
 # dracut module "usb4rescue": runs the static `rescue` binary (usb4rescue) from
 # the initramfs before the root filesystem is mounted, when the kernel command
-# line asks for it with rd.usb4rescue=backup|serve|restore|menu (see
-# usb4rescue-run.sh for every option). Opt-in: only in initramfs images built
-# with `dracut --add usb4rescue` or add_dracutmodules+=" usb4rescue ".
+# line asks for it with rd.usb4rescue=backup|serve|restore|menu (rescue reads
+# every rd.usb4rescue.* option itself; see the README). Opt-in: only in initramfs
+# images built with `dracut --add usb4rescue` or add_dracutmodules+=" usb4rescue ".
 
 # Where the rescue binary is taken from: $USB4RESCUE_BIN, else the first of
 # these that exists.
@@ -36,13 +36,22 @@ depends() {
     return 0
 }
 
-# called by dracut: the USB4STREAM stack (thunderbolt pulls in its own dependencies)
+# called by dracut: the modules rescue loads first (ConfigFS and the USB4STREAM
+# stack, as `rescue init --stack-modules` lists them; they pull in their own
+# dependencies)
 installkernel() {
-    local m
+    local bin m mods
+    bin=$(usb4rescue_bin) || return 1
+    mods=$("$bin" init --stack-modules) || {
+        derror "usb4rescue: $bin init --stack-modules failed"
+        return 1
+    }
     # Installed even in host-only images: the cable is usually plugged in later.
-    hostonly='' instmods configfs thunderbolt thunderbolt_stream
-    for m in thunderbolt thunderbolt_stream; do
-        if ! find "$srcmods/kernel" -name "$m.ko*" -print -quit 2> /dev/null | grep -q .; then
+    # shellcheck disable=SC2086 # one module name per word
+    hostonly='' instmods $mods
+    for m in $mods; do
+        if ! find "$srcmods/kernel" -name "$m.ko*" -print -quit 2> /dev/null | grep -q . &&
+            ! grep -q "/$m\.ko" "$srcmods/modules.builtin" 2> /dev/null; then
             dwarn "usb4rescue: kernel $kernel has no $m module: rescue needs Linux >= 7.2 with CONFIG_USB4_STREAM"
         fi
     done
@@ -54,8 +63,7 @@ install() {
     local bin
     bin=$(usb4rescue_bin) || return 1
     inst_simple "$bin" /usr/bin/rescue
-    inst_multiple modprobe mount umount mkdir sleep cat udevadm
-    inst_multiple -o poweroff reboot sync
+    inst_multiple sleep
     inst_script "$moddir/usb4rescue-run.sh" /usr/bin/usb4rescue-run
     inst_hook pre-mount 40 "$moddir/usb4rescue-pre-mount.sh"
 }

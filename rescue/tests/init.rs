@@ -14,7 +14,7 @@ use nix::errno::Errno;
 use rescue::Root;
 use rescue::boot::menu::{Backend, MenuEnd, Peer, Power};
 use rescue::boot::modload::ModuleSys;
-use rescue::boot::{Ending, Fabric, Mode, after_boot, prepare, ready_line, store_mount};
+use rescue::boot::{Ending, Fabric, Mode, after_boot, hook, prepare, ready_line, store_mount};
 use rescue::cmd::cli::Command;
 
 const REL: &str = "7.3.4-test";
@@ -188,6 +188,7 @@ struct Fake {
     rc: u8,
     powered: Vec<Power>,
     stores: Vec<String>,
+    unmounted: usize,
     peer: Option<String>,
 }
 
@@ -223,6 +224,10 @@ impl Backend for Fake {
             anyhow::bail!("no filesystem with label missing");
         }
         Ok(PathBuf::from("/run/rescue/store"))
+    }
+    fn unmount_store(&mut self) -> anyhow::Result<()> {
+        self.unmounted += 1;
+        Ok(())
     }
     fn power(&mut self, p: Power) -> anyhow::Result<()> {
         self.powered.push(p);
@@ -517,4 +522,166 @@ fn system_backend_reads_peer_and_identity_from_the_bus() {
     );
     // Power actions refuse on anything but the real root as PID 1.
     assert!(sys.power(Power::Reboot).is_err());
+}
+
+/// The dracut hook's flow through the fake backend.
+fn hook_drive(fake: &mut Fake, cmdline: &str, input: &str) -> (u8, String) {
+    let config = rescue::boot::Config::parse(cmdline);
+    assert!(hook::wanted(&config).is_ok(), "{cmdline}");
+    let mut out = Vec::new();
+    let rc = hook::run(fake, &config, Cursor::new(input.to_string()), &mut out);
+    (rc, String::from_utf8(out).unwrap())
+}
+
+#[test]
+fn dracut_hook_serves_one_session_unmounts_and_goes_on() {
+    let mut f = Fake::default();
+    let (rc, out) = hook_drive(
+        &mut f,
+        "root=/dev/vda rd.usb4rescue=serve rd.usb4rescue.store=LABEL=backups",
+        "",
+    );
+    assert_eq!(rc, 0);
+    assert_eq!(f.stores, vec!["LABEL=backups"]);
+    assert_eq!(f.unmounted, 1);
+    match &f.ran[..] {
+        // The boot goes on afterwards: one session, and serve's own wait.
+        [Command::Serve(s)] => assert!(s.once && s.connect.wait.is_none(), "{s:?}"),
+        other => panic!("{other:?}"),
+    }
+    assert!(
+        out.starts_with("usb4rescue: serve started\nRESCUE: serve started\n"),
+        "{out}"
+    );
+    assert!(out.ends_with("usb4rescue: serve finished rc=0\n"), "{out}");
+    // No menu after the mode, no power action unless asked.
+    assert!(
+        !out.contains("RESCUE: menu") && f.powered.is_empty(),
+        "{out}"
+    );
+}
+
+#[test]
+fn dracut_hook_passes_every_option_and_powers_off_when_asked() {
+    let mut f = Fake {
+        rc: 5,
+        ..Default::default()
+    };
+    let (rc, out) = hook_drive(
+        &mut f,
+        "rd.usb4rescue=restore rd.usb4rescue.yes=1 rd.usb4rescue.resume=1 \
+         rd.usb4rescue.map=vda=vdb rd.usb4rescue.wait=120 rd.usb4rescue.poweroff=1",
+        "",
+    );
+    assert_eq!(rc, 5);
+    match &f.ran[..] {
+        [Command::Restore(r)] => {
+            assert!(r.yes && r.resume, "{r:?}");
+            assert_eq!(r.map, vec!["vda=vdb"]);
+            assert_eq!(r.connect.wait, Some(120));
+        }
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(f.powered, vec![Power::PowerOff]);
+    assert!(
+        out.contains("usb4rescue: restore finished rc=5\nusb4rescue: powering off\n"),
+        "{out}"
+    );
+    assert_eq!(f.unmounted, 0);
+}
+
+#[test]
+fn dracut_hook_menu_returns_when_its_input_ends() {
+    let mut f = Fake::default();
+    let (rc, out) = hook_drive(&mut f, "rd.usb4rescue", "4\n");
+    assert_eq!(rc, 0);
+    assert!(f.ran.is_empty() && f.powered.is_empty());
+    assert_eq!(out.matches("RESCUE: menu\n").count(), 2, "{out}");
+    assert!(out.ends_with("usb4rescue: menu finished rc=0\n"), "{out}");
+}
+
+#[test]
+fn dracut_hook_runs_only_when_asked() {
+    let why = |s: &str| hook::wanted(&rescue::boot::Config::parse(s));
+    assert_eq!(why("rd.usb4rescue=off"), Err((0, String::new())));
+    assert!(matches!(why("quiet"), Err((0, w)) if w.contains("no rd.usb4rescue")));
+    assert!(matches!(why("rd.usb4rescue=dance"), Err((2, w)) if w.contains("unknown")));
+}
+
+#[test]
+fn dracut_hook_loads_only_the_stack_and_keeps_the_hostname() {
+    // udev has loaded the hardware's drivers: virtio_blk stays to it.
+    let prep = |t: &tempfile::TempDir| {
+        let mut out = Vec::new();
+        let root = Root::new(t.path());
+        hook::prepare(&root, Recorder::default(), &mut out, Duration::from_secs(3))
+    };
+    let t = tree(
+        "rd.usb4rescue=backup rd.usb4rescue.fabric=virtual",
+        true,
+        false,
+    );
+    let p = prep(&t);
+    assert_eq!(
+        p.loader.as_ref().unwrap().sys().0,
+        vec!["configfs", "usb4vcable"]
+    );
+    assert_eq!(p.config.mode, Mode::Backup);
+    assert_eq!(p.hostname, None);
+    assert_eq!(p.disks, vec!["vda"]);
+    let t = tree(
+        "rd.usb4rescue=backup rd.usb4rescue.hostname=hostA",
+        false,
+        true,
+    );
+    let p = prep(&t);
+    assert_eq!(
+        p.loader.as_ref().unwrap().sys().0,
+        vec!["configfs", "thunderbolt", "thunderbolt_stream"]
+    );
+    assert_eq!(p.hostname.as_deref(), Some("hostA"));
+}
+
+/// `rescue init --dracut` on a fake root, as the dracut module's shell runs it.
+fn rescue_init(root: &Path, args: &[&str]) -> (Option<i32>, String) {
+    let o = std::process::Command::new(env!("CARGO_BIN_EXE_rescue"))
+        .arg("--root")
+        .arg(root)
+        .arg("init")
+        .args(args)
+        .env("RESCUE_PLAIN", "1")
+        .stdin(std::process::Stdio::null())
+        .output()
+        .unwrap();
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    );
+    (o.status.code(), text)
+}
+
+#[test]
+fn dracut_command_reads_the_kernel_command_line() {
+    let t = tree("root=/dev/vda rd.usb4rescue=dance", false, false);
+    let (rc, out) = rescue_init(t.path(), &["--dracut"]);
+    assert_eq!(rc, Some(2), "{out}");
+    assert!(out.contains("unknown rd.usb4rescue mode"), "{out}");
+    assert!(!out.contains("started"), "{out}");
+
+    // A backup on a fake root without ConfigFS: it runs, fails clearly, and returns.
+    let t = tree(
+        "rd.usb4rescue=backup rd.usb4rescue.disks=vda rd.usb4rescue.wait=1",
+        false,
+        false,
+    );
+    let (rc, out) = rescue_init(t.path(), &["--dracut"]);
+    assert_eq!(rc, Some(1), "{out}");
+    assert!(out.contains("usb4rescue: backup started\n"), "{out}");
+    assert!(out.contains("RESCUE: backup failed: "), "{out}");
+    assert!(out.contains("usb4rescue: backup finished rc=1\n"), "{out}");
+
+    let (rc, out) = rescue_init(t.path(), &["--stack-modules"]);
+    assert_eq!(rc, Some(0), "{out}");
+    assert_eq!(out, "configfs\nthunderbolt\nthunderbolt_stream\n");
 }

@@ -4,6 +4,7 @@
 use std::path::PathBuf;
 
 use crate::cmd::cli::{BackupArgs, Command, ConnectArgs, RestoreArgs, ServeArgs};
+use crate::boot::menu::Power;
 
 /// What init does once the system is up.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -38,10 +39,31 @@ pub enum Fabric {
     Virtual,
 }
 
+/// What `rd.usb4rescue` tells the dracut module.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Dracut {
+    /// Not given: the boot goes on without rescue.
+    #[default]
+    Absent,
+    /// A mode (`rd.usb4rescue=backup`; bare or `=1` means the menu).
+    On,
+    /// `rd.usb4rescue=0` (or no, off, false).
+    Off,
+    /// A value that is not a mode: nothing runs (a menu would stop the boot).
+    Unknown,
+}
+
 /// Settings from the kernel command line.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Config {
     pub mode: Mode,
+    pub dracut: Dracut,
+    /// Run by the dracut hook, after which the boot goes on: serve stops after one
+    /// session, and the peer is awaited as the commands do by default (300 s;
+    /// serve: until one comes) rather than for ever. Not a command line option.
+    pub from_hook: bool,
+    /// `rescue.wait=SECS`: how long to wait for the peer (0: for ever).
+    pub wait: Option<u64>,
     /// `LABEL=x`, `UUID=y` or a /dev path: where serve keeps images.
     pub store: Option<String>,
     pub disks: Vec<String>,
@@ -125,8 +147,24 @@ impl Config {
         for word in split(cmdline) {
             // `rd.usb4rescue.*` are the same options as seen by the dracut module,
             // and `rd.usb4rescue=MODE` is its `rescue.mode=MODE`.
-            let word = match word.strip_prefix("rd.usb4rescue=") {
-                Some(mode) => format!("rescue.mode={mode}"),
+            let switch = word
+                .strip_prefix("rd.usb4rescue")
+                .filter(|r| r.is_empty() || r.starts_with('='))
+                .map(|r| r.trim_start_matches('=').trim().to_string());
+            let word = match switch.as_deref() {
+                Some("" | "1") => {
+                    c.dracut = Dracut::On;
+                    c.mode = Mode::Menu;
+                    continue;
+                }
+                Some("0" | "no" | "off" | "false") => {
+                    c.dracut = Dracut::Off;
+                    continue;
+                }
+                Some(mode) => {
+                    c.dracut = Dracut::On;
+                    format!("rescue.mode={mode}")
+                }
                 None => match word.strip_prefix("rd.usb4rescue.") {
                     Some(rest) => format!("rescue.{rest}"),
                     None => word,
@@ -146,9 +184,14 @@ impl Config {
                     Some("backup") => c.mode = Mode::Backup,
                     Some("serve") => c.mode = Mode::Serve,
                     Some("restore") => c.mode = Mode::Restore,
-                    _ => c.warnings.push(format!(
-                        "{word}: expected backup, serve, restore or menu; using menu"
-                    )),
+                    _ => {
+                        if switch.is_some() {
+                            c.dracut = Dracut::Unknown;
+                        }
+                        c.warnings.push(format!(
+                            "{word}: expected backup, serve, restore or menu; using menu"
+                        ))
+                    }
                 },
                 "fabric" => match nonempty {
                     Some("auto") => c.fabric = Fabric::Auto,
@@ -166,6 +209,12 @@ impl Config {
                 "map" => c.map = list(nonempty),
                 "hostname" => c.hostname = nonempty.map(str::to_string),
                 "label" => c.label = nonempty.map(str::to_string),
+                "wait" => match nonempty.map(str::parse::<u64>) {
+                    Some(Ok(secs)) => c.wait = Some(secs),
+                    _ => c
+                        .warnings
+                        .push(format!("{word}: expected seconds; ignored")),
+                },
                 "yes" | "poweroff" | "reboot" | "verify" | "resume" => match parse_bool(val) {
                     Some(b) => match key {
                         "yes" => c.yes = b,
@@ -189,14 +238,30 @@ impl Config {
         c
     }
 
+    /// The power action asked for at the end, with its console word.
+    pub fn power(&self) -> Option<(Power, &'static str)> {
+        if self.poweroff {
+            Some((Power::PowerOff, "powering off"))
+        } else if self.reboot {
+            Some((Power::Reboot, "rebooting"))
+        } else {
+            None
+        }
+    }
+
     /// How to reach the peer: the configured service, waiting as long as it takes
-    /// (at a rescue console the person plugs the cable in when ready).
+    /// (at a rescue console the person plugs the cable in when ready) unless told
+    /// otherwise; from the dracut hook the commands' own defaults apply.
     pub fn connect(&self) -> ConnectArgs {
         ConnectArgs {
             device: None,
             peer: self.peer.clone(),
             name: "backup".into(),
-            wait: Some(0),
+            wait: if self.from_hook {
+                self.wait
+            } else {
+                Some(self.wait.unwrap_or(0))
+            },
         }
     }
 
@@ -219,7 +284,7 @@ impl Config {
             create: true,
             no_space_check: false,
             connect: self.connect(),
-            once: self.poweroff || self.reboot,
+            once: self.from_hook || self.poweroff || self.reboot,
             allow_restore: self.allow_restore.clone(),
         })
     }
@@ -323,5 +388,49 @@ mod tests {
         assert_eq!(c.mode, Mode::Backup);
         assert_eq!(c.label.as_deref(), Some("x"));
         assert!(c.yes);
+        assert_eq!(c.dracut, Dracut::On);
+    }
+
+    #[test]
+    fn the_dracut_switch() {
+        let d = |s: &str| {
+            let c = Config::parse(s);
+            (c.dracut, c.mode)
+        };
+        assert_eq!(d("quiet"), (Dracut::Absent, Mode::Menu));
+        assert_eq!(d("rescue.mode=backup"), (Dracut::Absent, Mode::Backup));
+        assert_eq!(d("rd.usb4rescue"), (Dracut::On, Mode::Menu));
+        assert_eq!(d("rd.usb4rescue=1"), (Dracut::On, Mode::Menu));
+        assert_eq!(d("rd.usb4rescue=serve"), (Dracut::On, Mode::Serve));
+        assert_eq!(d("rd.usb4rescue=off"), (Dracut::Off, Mode::Menu));
+        assert_eq!(
+            d("rd.usb4rescue=0 rd.usb4rescue.yes=1"),
+            (Dracut::Off, Mode::Menu)
+        );
+        assert_eq!(d("rd.usb4rescue=dance"), (Dracut::Unknown, Mode::Menu));
+        // Not the switch: another option that shares the prefix.
+        assert_eq!(d("rd.usb4rescuex=1").0, Dracut::Absent);
+        let c = Config::parse("rd.usb4rescue=restore rd.usb4rescue.resume=1");
+        assert!(c.resume && c.warnings.is_empty(), "{:?}", c.warnings);
+        match c.restore_command() {
+            Command::Restore(r) => assert!(r.resume),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn waiting_for_the_peer() {
+        let wait = |s: &str, from_hook: bool| {
+            let c = Config {
+                from_hook,
+                ..Config::parse(s)
+            };
+            (c.connect().wait, c.warnings.len())
+        };
+        assert_eq!(wait("", false), (Some(0), 0));
+        assert_eq!(wait("rescue.wait=30", false), (Some(30), 0));
+        assert_eq!(wait("", true), (None, 0));
+        assert_eq!(wait("rd.usb4rescue.wait=120", true), (Some(120), 0));
+        assert_eq!(wait("rescue.wait=soon", false), (Some(0), 1));
     }
 }

@@ -22,6 +22,15 @@ pub fn console_device(root: &Root) -> Option<String> {
     Some(if last == "tty0" { "tty1".into() } else { last })
 }
 
+/// Whether the console is a serial line (plain text only, no screen control).
+pub fn is_serial(dev: &str) -> bool {
+    [
+        "ttyS", "ttyAMA", "ttyUSB", "ttyACM", "hvc", "ttyMSM", "ttymxc",
+    ]
+    .iter()
+    .any(|p| dev.starts_with(p))
+}
+
 /// Makes `fd` our controlling terminal; we must be a session leader without one.
 fn set_controlling_tty(fd: &OwnedFd) -> Result<()> {
     // SAFETY: TIOCSCTTY takes an int argument (1 = steal from another session) and
@@ -82,5 +91,6 @@ mod tests {
         assert_eq!(console_device(&r).as_deref(), Some("ttyS0"));
         std::fs::write(d.join("active"), "ttyS0 tty0\n").expect("w");
         assert_eq!(console_device(&r).as_deref(), Some("tty1"));
+        assert!(is_serial("ttyS0") && !is_serial("tty1"));
     }
 }

@@ -20,11 +20,18 @@ pub struct System<S: ModuleSys> {
     pub loader: Option<Loader<S>>,
     /// The configured `rescue.peer`, preferred when several peers are connected.
     pub peer: Option<String>,
+    /// Power actions are allowed outside PID 1 (the dracut hook, on the real root).
+    pub may_power: bool,
 }
 
 impl<S: ModuleSys> System<S> {
     pub fn new(root: Root, loader: Option<Loader<S>>, peer: Option<String>) -> Self {
-        System { root, loader, peer }
+        System {
+            root,
+            loader,
+            peer,
+            may_power: false,
+        }
     }
 }
 
@@ -107,8 +114,13 @@ impl<S: ModuleSys> Backend for System<S> {
         store_mount::mount_store(&self.root, spec, &mut load_fs)
     }
 
+    fn unmount_store(&mut self) -> Result<()> {
+        store_mount::unmount_store(&self.root)
+    }
+
     fn power(&mut self, p: Power) -> Result<()> {
-        if !self.root.is_host() || nix::unistd::getpid().as_raw() != 1 {
+        let pid1 = nix::unistd::getpid().as_raw() == 1;
+        if !self.root.is_host() || !(pid1 || self.may_power) {
             bail!("not the init process of this machine: not rebooting or powering off");
         }
         power(p)

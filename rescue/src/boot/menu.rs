@@ -58,6 +58,10 @@ pub trait Backend {
     fn run(&mut self, cmd: Command) -> Result<u8>;
     /// Finds and mounts the image store; returns the directory.
     fn mount_store(&mut self, spec: &str) -> Result<PathBuf>;
+    /// Unmounts what `mount_store` mounted (the dracut hook: the boot goes on).
+    fn unmount_store(&mut self) -> Result<()> {
+        Ok(())
+    }
     /// Reboots or powers off; returns only on failure.
     fn power(&mut self, p: Power) -> Result<()>;
 }

@@ -12,12 +12,14 @@
 //! Kernel command line: `rescue.mode=backup|serve|restore|menu`, `rescue.store=`,
 //! `rescue.disks=`, `rescue.peer=`, `rescue.yes=1`, `rescue.poweroff=1`,
 //! `rescue.reboot=1`, `rescue.fabric=auto|usb4|virtual`, `rescue.hostname=`,
-//! `rescue.label=`, `rescue.verify=1`, and for restore `rescue.map=NAME=TARGET,...`
-//! and `rescue.backup=ID` (see `cmdline`).
+//! `rescue.label=`, `rescue.verify=1`, `rescue.wait=SECS`, and for restore
+//! `rescue.map=NAME=TARGET,...`, `rescue.backup=ID` and `rescue.resume=1` (see
+//! `cmdline`). The dracut module runs the same flow as a normal process (`hook`).
 
 pub(crate) mod cmdline;
 pub(crate) mod console;
 pub(crate) mod drivers;
+pub mod hook;
 pub(crate) mod hostname;
 pub mod machine;
 pub mod menu;
@@ -53,6 +55,20 @@ pub struct Prepared<S: ModuleSys> {
     pub hostname: Option<String>,
 }
 
+/// How much of the boot flow changes the system.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Boot {
+    /// `rescue init` outside PID 1, or a fake root: changes nothing.
+    DryRun,
+    /// PID 1 of the rescue initramfs: hostname (configured or derived), every
+    /// driver, ConfigFS.
+    Pid1,
+    /// The dracut hook: a configured hostname only, the USB4STREAM stack only (udev
+    /// has loaded the hardware's drivers, honouring modprobe.d), ConfigFS; the
+    /// system is changed only on the real root.
+    Hook,
+}
+
 /// Reads the configuration, sets the hostname, loads drivers, mounts ConfigFS and
 /// waits for disks. Problems become `RESCUE: warning:` lines, never errors: a
 /// rescue system with one missing driver is still useful. Only with `live` (PID 1
@@ -65,24 +81,48 @@ pub fn prepare<S: ModuleSys>(
     usb_settle: Duration,
     disk_settle: Duration,
 ) -> Prepared<S> {
+    let boot = if live { Boot::Pid1 } else { Boot::DryRun };
+    prepare_as(root, boot, sys, out, usb_settle, disk_settle)
+}
+
+pub(crate) fn prepare_as<S: ModuleSys>(
+    root: &Root,
+    boot: Boot,
+    sys: S,
+    out: &mut dyn Write,
+    usb_settle: Duration,
+    disk_settle: Duration,
+) -> Prepared<S> {
+    let changes = match boot {
+        Boot::DryRun => false,
+        Boot::Pid1 => true,
+        Boot::Hook => root.is_host(),
+    };
     let cmdline = root.read_attr("/proc/cmdline").unwrap_or_default();
     let config = Config::parse(&cmdline);
     for w in &config.warnings {
         let _ = writeln!(out, "RESCUE: warning: {w}");
     }
 
-    let hostname = hostname::choose(root, config.hostname.as_deref());
+    let hostname = match boot {
+        Boot::Hook => config
+            .hostname
+            .as_deref()
+            .and_then(|h| hostname::choose(root, Some(h))),
+        _ => hostname::choose(root, config.hostname.as_deref()),
+    };
     if let Some(h) = &hostname
-        && live
+        && changes
         && let Err(e) = nix::unistd::sethostname(h)
     {
         let _ = writeln!(out, "RESCUE: warning: sethostname {h}: {e}");
     }
 
     let mut drivers = DriverReport::default();
+    let hardware = (boot != Boot::Hook).then_some(usb_settle);
     let loader = match Loader::with_sys(root, None, sys) {
         Ok(mut l) => {
-            drivers = drivers::bring_up(&mut l, root, config.fabric, usb_settle);
+            drivers = drivers::bring_up(&mut l, root, config.fabric, hardware);
             Some(l)
         }
         Err(e) => {
@@ -102,7 +142,7 @@ pub fn prepare<S: ModuleSys>(
     for w in &drivers.warnings {
         let _ = writeln!(out, "RESCUE: warning: {w}");
     }
-    if live && let Err(e) = mounts::mount_configfs() {
+    if changes && let Err(e) = mounts::mount_configfs() {
         let _ = writeln!(out, "RESCUE: warning: {e:#}");
     }
 
@@ -195,12 +235,7 @@ pub fn after_boot<R: BufRead, W: Write>(
         let mut m = Menu::new(&mut input, &mut out, &mut *backend, config.clone());
         rc = m.run_mode(config.mode);
     }
-    if config.poweroff || config.reboot {
-        let (p, what) = if config.poweroff {
-            (Power::PowerOff, "powering off")
-        } else {
-            (Power::Reboot, "rebooting")
-        };
+    if let Some((p, what)) = config.power() {
         let _ = writeln!(out, "RESCUE: {what}");
         let _ = out.flush();
         match backend.power(p) {
@@ -355,7 +390,11 @@ fn panic_text(p: &(dyn std::any::Any + Send)) -> String {
 pub fn main() -> ! {
     let root = Root::host();
     if nix::unistd::getpid().as_raw() != 1 {
-        let rc = match command(&root, &InitArgs { no_mount: true }) {
+        let args = InitArgs {
+            no_mount: true,
+            ..Default::default()
+        };
+        let rc = match command(&root, &args) {
             Ok(rc) => rc,
             Err(e) => {
                 eprintln!("rescue: {e:#}");
@@ -397,6 +436,17 @@ pub fn main() -> ! {
 /// and without rebooting, and returns the mode's exit code when the menu's input
 /// ends.
 pub fn command(root: &Root, args: &InitArgs) -> Result<u8> {
+    if args.stack_modules {
+        let mut out = std::io::stdout();
+        for m in std::iter::once(bootfacts::needed::CONFIGFS).chain(bootfacts::needed::STREAM_STACK)
+        {
+            writeln!(out, "{m}").context("stdout")?;
+        }
+        return Ok(crate::exit::OK);
+    }
+    if args.dracut {
+        return Ok(hook::command(root));
+    }
     if nix::unistd::getpid().as_raw() == 1 && root.is_host() {
         main();
     }

@@ -174,6 +174,15 @@ pub fn mount_store(root: &Root, spec: &str, load_fs: &mut dyn FnMut(&str)) -> Re
     Ok(target)
 }
 
+/// Syncs and unmounts the store at `STORE_MOUNT` if it is mounted there.
+pub fn unmount_store(root: &Root) -> Result<()> {
+    if !root.is_host() || !crate::boot::mounts::is_mountpoint(root, Path::new(STORE_MOUNT)) {
+        return Ok(());
+    }
+    nix::unistd::sync();
+    nix::mount::umount(STORE_MOUNT).with_context(|| format!("unmount {STORE_MOUNT}"))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

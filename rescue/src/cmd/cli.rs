@@ -255,4 +255,14 @@ pub struct InitArgs {
     /// Do not mount /proc, /sys, /dev (for testing init mode outside an initramfs).
     #[arg(long, hide = true)]
     pub no_mount: bool,
+    /// Run the boot-time flow from a dracut hook, not as PID 1: rd.usb4rescue=MODE and
+    /// rd.usb4rescue.* from /proc/cmdline, the USB4STREAM stack, ConfigFS, the mode on
+    /// this console, then power off or reboot if asked; else return so the boot goes on.
+    #[arg(long, conflicts_with = "no_mount")]
+    pub dracut: bool,
+    /// Print the kernel modules the boot flow loads before the hardware's drivers
+    /// (ConfigFS and the USB4STREAM stack), one per line, and exit; the dracut
+    /// module installs these.
+    #[arg(long, conflicts_with_all = ["no_mount", "dracut"])]
+    pub stack_modules: bool,
 }

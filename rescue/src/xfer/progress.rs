@@ -4,11 +4,21 @@
 
 use std::io::IsTerminal;
 use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 
 use crate::util::human_bytes;
+
+/// Set by `force_lines`: plain lines whatever stderr is.
+static FORCE_LINES: AtomicBool = AtomicBool::new(false);
+
+/// Plain lines from now on, as `RESCUE_PLAIN=1` asks (a serial console is a
+/// terminal, but one that logs and tests read).
+pub fn force_lines() {
+    FORCE_LINES.store(true, Ordering::Relaxed);
+}
 
 /// How progress is shown.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -24,6 +34,7 @@ impl Mode {
     /// test: plain lines there too.
     pub fn detect() -> Mode {
         if std::env::var_os("RESCUE_PLAIN").is_some()
+            || FORCE_LINES.load(Ordering::Relaxed)
             || !std::io::stderr().is_terminal()
             || std::process::id() == 1
         {
