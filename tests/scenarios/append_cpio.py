@@ -8,19 +8,12 @@ Files get mode 0755, owner 0:0, mtime 0. Parent directories must exist in BASE.
 """
 import argparse
 import shutil
-import stat
 import sys
+from pathlib import Path
 
-
-def entry(name: str, mode: int, data: bytes, ino: int) -> bytes:
-    nb = name.encode() + b"\0"
-    hdr = "070701" + "".join(f"{v:08X}" for v in (
-        ino, mode, 0, 0, 1, 0, len(data), 0, 0, 0, 0, len(nb), 0))
-    out = hdr.encode() + nb
-    out += b"\0" * (-len(out) % 4)
-    out += data
-    out += b"\0" * (-len(out) % 4)
-    return out
+sys.dont_write_bytecode = True  # no __pycache__ in the source tree
+sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "qemu"))
+from newc import Newc  # noqa: E402  (the one newc writer of the test tooling)
 
 
 def main():
@@ -34,13 +27,12 @@ def main():
             shutil.copyfileobj(f, out)
         pos = out.tell()
         out.write(b"\0" * (-pos % 512))  # the next member starts aligned
-        blob = b""
-        for i, spec in enumerate(a.files):
+        c = Newc()
+        for spec in a.files:
             src, _, dest = spec.partition("=")
-            with open(src, "rb") as f:
-                blob += entry(dest.lstrip("/"), stat.S_IFREG | 0o755, f.read(), 900000 + i)
-        blob += entry("TRAILER!!!", 0, b"", 0)
-        out.write(blob)
+            c.file(dest, Path(src).read_bytes(), 0o755)
+        # Inode numbers of its own: the base archive numbers its entries from 1.
+        out.write(c.bytes(first_ino=900000, pad=4))
     return 0
 
 

@@ -27,10 +27,8 @@ reproducibly (fixed mtimes, sorted). The path is printed last. Never commit the 
 """
 import argparse
 import hashlib
-import lzma
 import os
 import shutil
-import stat
 import subprocess
 import sys
 import tempfile
@@ -38,6 +36,9 @@ import time
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
+sys.dont_write_bytecode = True  # no __pycache__ in the source tree
+sys.path.insert(0, str(HERE.parents[1] / "qemu"))
+import newc  # noqa: E402  (the one newc writer of the test tooling)
 DEFAULT_MODULES = ["virtio_blk", "configfs", "thunderbolt", "thunderbolt_stream"]
 
 
@@ -48,53 +49,6 @@ def die(msg):
 
 def log(msg):
     print(f"build-initramfs: {msg}", file=sys.stderr)
-
-
-class Cpio:
-    """Minimal cpio "newc" writer (what the kernel's initramfs unpacker reads)."""
-
-    def __init__(self):
-        self.entries = {}
-
-    def add(self, path, mode, data=b"", rdev=(0, 0)):
-        self.entries[path.lstrip("/")] = (mode, data, rdev)
-
-    def dir(self, path):
-        self.add(path, stat.S_IFDIR | 0o755)
-
-    def file(self, path, data, perm=0o644):
-        self.add(path, stat.S_IFREG | perm, data)
-
-    def symlink(self, path, target):
-        self.add(path, stat.S_IFLNK | 0o777, target.encode())
-
-    def chardev(self, path, major, minor, perm=0o600):
-        self.add(path, stat.S_IFCHR | perm, b"", (major, minor))
-
-    def bytes(self):
-        out = bytearray()
-        ino = 1
-
-        def entry(name, mode, data, rdev):
-            nonlocal ino
-            nameb = name.encode() + b"\0"
-            hdr = "070701" + "".join(
-                f"{v:08x}"
-                for v in (ino, mode, 0, 0, 2 if stat.S_ISDIR(mode) else 1, 0, len(data),
-                          0, 0, rdev[0], rdev[1], len(nameb), 0)
-            )
-            ino += 1
-            out.extend(hdr.encode())
-            out.extend(nameb)
-            out.extend(b"\0" * (-(110 + len(nameb)) % 4))
-            out.extend(data)
-            out.extend(b"\0" * (-len(data) % 4))
-
-        for name in sorted(self.entries):
-            entry(name, *self.entries[name])
-        entry("TRAILER!!!", 0, b"", (0, 0))
-        out.extend(b"\0" * (-len(out) % 512))
-        return bytes(out)
 
 
 def modinfo(data):
@@ -109,12 +63,10 @@ def modinfo(data):
 
 
 def read_module(path):
-    data = path.read_bytes()
-    if path.name.endswith(".xz"):
-        data = lzma.decompress(data)
-    elif path.name.endswith(".zst"):
-        die(f"{path}: zstd-compressed modules are not supported (python has no zstd)")
-    return data
+    try:
+        return newc.read_module(path)
+    except ValueError as e:
+        die(str(e))
 
 
 def modname(path):
@@ -212,7 +164,7 @@ def main():
             want_name(d)
         extra.append((modname(ko), data))
 
-    c = Cpio()
+    c = newc.Newc()
     for d in ("bin", "sbin", "dev", "proc", "sys", "tmp", "run", "root", "etc", "lib",
               "lib/modules", "usr", "usr/bin", "usr/sbin", "mnt"):
         c.dir(d)
