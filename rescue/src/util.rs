@@ -51,19 +51,25 @@ pub fn compact_time(secs: i64) -> String {
     )
 }
 
-/// "1.5 GiB".
-pub fn human_bytes(n: u64) -> String {
-    const UNITS: [&str; 6] = ["B", "KiB", "MiB", "GiB", "TiB", "PiB"];
-    let mut v = n as f64;
-    let mut u = 0;
-    while v >= 1024.0 && u < UNITS.len() - 1 {
-        v /= 1024.0;
-        u += 1;
+/// A size for people, as lsblk and `ls -h` show it: "256 GiB", "1.5 TiB",
+/// "477 GiB", "512 B" (whole units without a decimal, one decimal under 100).
+/// The one size format of every command's output.
+pub fn human_bytes(bytes: u64) -> String {
+    const UNITS: [&str; 7] = ["B", "KiB", "MiB", "GiB", "TiB", "PiB", "EiB"];
+    let mut unit = 0;
+    let mut div = 1u64;
+    while unit + 1 < UNITS.len() && bytes / div >= 1024 {
+        div *= 1024;
+        unit += 1;
     }
-    if u == 0 {
-        format!("{n} B")
+    if bytes.is_multiple_of(div) {
+        return format!("{} {}", bytes / div, UNITS[unit]);
+    }
+    let v = bytes as f64 / div as f64;
+    if v >= 100.0 {
+        format!("{:.0} {}", v, UNITS[unit])
     } else {
-        format!("{v:.1} {}", UNITS[u])
+        format!("{:.1} {}", v, UNITS[unit])
     }
 }
 
@@ -140,6 +146,17 @@ mod tests {
     fn formats_sizes() {
         assert_eq!(human_bytes(512), "512 B");
         assert_eq!(human_bytes(1536), "1.5 KiB");
-        assert_eq!(human_bytes(1 << 30), "1.0 GiB");
+        // One format with `rescue disks` (it was "1.0 GiB" here, "1 GiB" there).
+        assert_eq!(human_bytes(1 << 30), "1 GiB");
+    }
+
+    #[test]
+    fn sizes_for_people() {
+        assert_eq!(human_bytes(0), "0 B");
+        assert_eq!(human_bytes(512), "512 B");
+        assert_eq!(human_bytes(256 << 30), "256 GiB");
+        assert_eq!(human_bytes(1536 << 20), "1.5 GiB");
+        assert_eq!(human_bytes(512_110_190_592), "477 GiB");
+        assert_eq!(human_bytes(u64::MAX), "16.0 EiB");
     }
 }

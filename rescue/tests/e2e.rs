@@ -1120,7 +1120,7 @@ fn a_disk_over_the_stores_file_size_limit_is_refused_naming_it() {
     let t = text(&o);
     assert_eq!(o.status.code(), Some(6), "{t}\nserver:\n{}", srv.log_text());
     assert!(t.contains("the peer reports"), "{t}");
-    assert!(t.contains("large-disk") && t.contains("64.0 MiB"), "{t}");
+    assert!(t.contains("large-disk") && t.contains("64 MiB"), "{t}");
     assert!(backup_dirs(&srv.store).is_empty());
 }
 

@@ -14,7 +14,7 @@ use crate::Root;
 use crate::system::fsprobe::{self, FsInfo, Window};
 use crate::system::mountinfo::{self, Mount};
 use crate::system::partitions;
-use crate::util::printable;
+use crate::util::{human_bytes, printable};
 
 /// A whole disk.
 #[derive(Serialize, Deserialize, Debug, Clone, Default, PartialEq)]
@@ -687,26 +687,6 @@ fn lexical_absolute(p: &Path) -> PathBuf {
     out
 }
 
-/// A size for people: "256 GiB", "1.5 TiB", "512 B".
-pub fn human_size(bytes: u64) -> String {
-    const UNITS: [&str; 7] = ["B", "KiB", "MiB", "GiB", "TiB", "PiB", "EiB"];
-    let mut unit = 0;
-    let mut div = 1u64;
-    while unit + 1 < UNITS.len() && bytes / div >= 1024 {
-        div *= 1024;
-        unit += 1;
-    }
-    if bytes.is_multiple_of(div) {
-        return format!("{} {}", bytes / div, UNITS[unit]);
-    }
-    let v = bytes as f64 / div as f64;
-    if v >= 100.0 {
-        format!("{:.0} {}", v, UNITS[unit])
-    } else {
-        format!("{:.1} {}", v, UNITS[unit])
-    }
-}
-
 /// The columns of `rescue disks`: a disk's model and serial share theirs with a
 /// partition's type and GPT name; FSTYPE, LABEL and UUID come from the superblock.
 const COLUMNS: [&str; 9] = [
@@ -763,7 +743,7 @@ fn disk_row(d: &Disk) -> Vec<String> {
         .unwrap_or_else(|| "-".into());
     let mut row = vec![
         d.name.clone(),
-        human_size(d.size_bytes()),
+        human_bytes(d.size_bytes()),
         d.transport.clone(),
         model,
         d.serial.clone().unwrap_or_else(|| "-".into()),
@@ -776,7 +756,7 @@ fn disk_row(d: &Disk) -> Vec<String> {
 fn partition_row(p: &Partition) -> Vec<String> {
     let mut row = vec![
         format!("  {}", p.name),
-        human_size(p.size_bytes),
+        human_bytes(p.size_bytes),
         String::new(),
         p.type_name.clone().unwrap_or_default(),
         p.partname.clone().unwrap_or_default(),
@@ -852,16 +832,6 @@ fn disk_state(_name: &str, mounts: &[String], holders: &[Holder], swap: bool) ->
 #[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn sizes_for_people() {
-        assert_eq!(human_size(0), "0 B");
-        assert_eq!(human_size(512), "512 B");
-        assert_eq!(human_size(256 << 30), "256 GiB");
-        assert_eq!(human_size(1536 << 20), "1.5 GiB");
-        assert_eq!(human_size(512_110_190_592), "477 GiB");
-        assert_eq!(human_size(u64::MAX), "16.0 EiB");
-    }
 
     #[test]
     fn sorts_naturally() {
