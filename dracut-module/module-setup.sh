@@ -63,7 +63,7 @@ install() {
     local bin
     bin=$(usb4rescue_bin) || return 1
     inst_simple "$bin" /usr/bin/rescue
-    inst_multiple sleep
+    inst_multiple sleep udevadm
     inst_script "$moddir/usb4rescue-run.sh" /usr/bin/usb4rescue-run
     inst_hook pre-mount 40 "$moddir/usb4rescue-pre-mount.sh"
 }

@@ -15,6 +15,8 @@ say() {
     echo "usb4rescue: $*" > /dev/console 2>&1 || echo "usb4rescue: $*" >&2
 }
 
+# The disks' drivers are udev's to load (honouring modprobe.d): let it finish first.
+udevadm settle --timeout=30 > /dev/null 2>&1 || true
 rc=0
 /usr/bin/rescue init --dracut < /dev/console > /dev/console 2>&1 || rc=$?
 if [ "$rc" != 0 ]; then

@@ -145,30 +145,9 @@ impl Config {
     pub fn parse(cmdline: &str) -> Config {
         let mut c = Config::default();
         for word in split(cmdline) {
-            // `rd.usb4rescue.*` are the same options as seen by the dracut module,
-            // and `rd.usb4rescue=MODE` is its `rescue.mode=MODE`.
-            let switch = word
-                .strip_prefix("rd.usb4rescue")
-                .filter(|r| r.is_empty() || r.starts_with('='))
-                .map(|r| r.trim_start_matches('=').trim().to_string());
-            let word = match switch.as_deref() {
-                Some("" | "1") => {
-                    c.dracut = Dracut::On;
-                    c.mode = Mode::Menu;
-                    continue;
-                }
-                Some("0" | "no" | "off" | "false") => {
-                    c.dracut = Dracut::Off;
-                    continue;
-                }
-                Some(mode) => {
-                    c.dracut = Dracut::On;
-                    format!("rescue.mode={mode}")
-                }
-                None => match word.strip_prefix("rd.usb4rescue.") {
-                    Some(rest) => format!("rescue.{rest}"),
-                    None => word,
-                },
+            let switch = word.starts_with("rd.usb4rescue") && !word.starts_with("rd.usb4rescue.");
+            let Some(word) = c.dracut_word(word) else {
+                continue;
             };
             let Some(opt) = word.strip_prefix("rescue.") else {
                 continue;
@@ -185,7 +164,7 @@ impl Config {
                     Some("serve") => c.mode = Mode::Serve,
                     Some("restore") => c.mode = Mode::Restore,
                     _ => {
-                        if switch.is_some() {
+                        if switch {
                             c.dracut = Dracut::Unknown;
                         }
                         c.warnings.push(format!(
@@ -236,6 +215,35 @@ impl Config {
             c.reboot = false;
         }
         c
+    }
+
+    /// A word of the dracut module's spelling in ours: `rd.usb4rescue.*` are the
+    /// same options as `rescue.*`, and `rd.usb4rescue=MODE` is `rescue.mode=MODE`;
+    /// the switch itself (bare, 1, or off) is taken here and gives `None`.
+    fn dracut_word(&mut self, word: String) -> Option<String> {
+        let switch = word
+            .strip_prefix("rd.usb4rescue")
+            .filter(|r| r.is_empty() || r.starts_with('='))
+            .map(|r| r.trim_start_matches('=').trim());
+        match switch {
+            Some("" | "1") => {
+                self.dracut = Dracut::On;
+                self.mode = Mode::Menu;
+                None
+            }
+            Some("0" | "no" | "off" | "false") => {
+                self.dracut = Dracut::Off;
+                None
+            }
+            Some(mode) => {
+                self.dracut = Dracut::On;
+                Some(format!("rescue.mode={mode}"))
+            }
+            None => Some(match word.strip_prefix("rd.usb4rescue.") {
+                Some(rest) => format!("rescue.{rest}"),
+                None => word,
+            }),
+        }
     }
 
     /// The power action asked for at the end, with its console word.
