@@ -10,7 +10,6 @@ tests/scenarios/append_cpio.py; also module decompression.
 from __future__ import annotations
 
 import lzma
-import os
 import stat
 import zlib
 from pathlib import Path
@@ -36,20 +35,6 @@ class Newc:
 
     def chardev(self, path: str, major: int, minor: int, perm=0o600):
         self.add(path, stat.S_IFCHR | perm, b"", (major, minor))
-
-    def tree(self, top: Path):
-        """Every directory, file and symlink below `top`, with its permission bits."""
-        for dirpath, dirnames, filenames in os.walk(top):
-            for name in dirnames + filenames:
-                p = Path(dirpath) / name
-                rel = str(p.relative_to(top))
-                st = p.lstat()
-                if stat.S_ISLNK(st.st_mode):
-                    self.symlink(rel, os.readlink(p))
-                elif stat.S_ISDIR(st.st_mode):
-                    self.dir(rel, stat.S_IMODE(st.st_mode))
-                elif stat.S_ISREG(st.st_mode):
-                    self.file(rel, p.read_bytes(), stat.S_IMODE(st.st_mode))
 
     def bytes(self, first_ino=1, pad=512) -> bytes:
         """The archive with its trailer, padded to `pad` bytes. Give an archive that
