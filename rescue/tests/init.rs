@@ -624,7 +624,7 @@ fn dracut_hook_loads_only_the_stack_and_keeps_the_hostname() {
     let p = prep(&t);
     assert_eq!(
         p.loader.as_ref().unwrap().sys().0,
-        vec!["configfs", "usb4vcable"]
+        vec!["configfs", "usb4vhost", "thunderbolt_stream"]
     );
     assert_eq!(p.config.mode, Mode::Backup);
     assert_eq!(p.hostname, None);
