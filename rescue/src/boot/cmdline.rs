@@ -3,8 +3,8 @@
 
 use std::path::PathBuf;
 
-use crate::cmd::cli::{BackupArgs, Command, ConnectArgs, RestoreArgs, ServeArgs};
 use crate::boot::menu::Power;
+use crate::cmd::cli::{BackupArgs, Command, ConnectArgs, RestoreArgs, ServeArgs};
 
 /// What init does once the system is up.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]

@@ -1,7 +1,7 @@
 //! `rescue init --dracut`: the boot-time flow run from the dracut module's
 //! pre-mount hook, as a normal process, not PID 1. The module's shell only calls
 //! this on the console; `rd.usb4rescue=MODE` and `rd.usb4rescue.*` are read here
-//! (init/cmdline.rs) like `rescue.*` in PID-1 mode. It loads ConfigFS and the
+//! (boot/cmdline.rs) like `rescue.*` in PID-1 mode. It loads ConfigFS and the
 //! USB4STREAM stack (udev has already loaded the hardware's drivers, honouring
 //! modprobe.d), mounts ConfigFS, sets a configured hostname, runs the mode (serve
 //! stops after one session and unmounts its store), powers off or reboots if
