@@ -28,7 +28,7 @@
 #include <linux/workqueue.h>
 
 #include "vcable_layout.h"
-#include "cable.h"
+#include "vhost_cable.h"
 
 /* Rings per direction of the emulated NHI (Intel: 12, ring 0 is control) */
 #define VH_HOP_COUNT		12

@@ -1,12 +1,11 @@
 #!/bin/bash
 # SPDX-License-Identifier: GPL-2.0
 #
-# Build kmod/ (usb4vcable.ko and usb4vhost.ko) for the current
-# trixie-backports kernel inside the trixie build root made by
-# scripts/buildroot.sh. The modules are copied to
-# ${USB4RESCUE_CACHE:-/var/cache/usb4rescue}/kmod/<kver>/ and their paths are
-# printed on stdout: usb4vhost.ko, then usb4vcable.ko (the last line, which
-# older callers take). Nothing is written into the source tree.
+# Build kmod/ (usb4vhost.ko) for the current trixie-backports kernel inside
+# the trixie build root made by scripts/buildroot.sh. The module is copied to
+# ${USB4RESCUE_CACHE:-/var/cache/usb4rescue}/kmod/<kver>/ and its path is the
+# last line on stdout (callers take `tail -n1`; the modules of a build stay in
+# that one directory). Nothing is written into the source tree.
 #
 # Environment:
 #   USB4RESCUE_CACHE  cache directory (default /var/cache/usb4rescue)
@@ -21,7 +20,7 @@ log() { echo "build-kmod: $*" >&2; }
 die() { echo "build-kmod: ERROR: $*" >&2; exit 1; }
 
 [ "$(id -u)" = 0 ] || die "must run as root (chroot)"
-[ -f "$SRC/usb4vcable.c" ] || die "no $SRC/usb4vcable.c"
+[ -f "$SRC/vhost_main.c" ] || die "no $SRC/vhost_main.c"
 
 mkdir -p "$CACHE"
 # One build at a time: the build root's /proc mount is shared.
@@ -33,7 +32,7 @@ ROOT=$("$HERE/scripts/buildroot.sh" | tail -n1)
 KVER=$(cat "$ROOT/.usb4rescue-ok")
 [ -d "$ROOT/lib/modules/$KVER/build" ] || die "no headers for $KVER in $ROOT"
 
-WORK=$(mktemp -d "$ROOT/usr/src/usb4vcable-build.XXXXXX")
+WORK=$(mktemp -d "$ROOT/usr/src/usb4vhost-build.XXXXXX")
 WORK=${WORK#"$ROOT"}
 MOUNTED=
 cleanup() {
@@ -51,7 +50,7 @@ if ! mountpoint -q "$ROOT/proc"; then
 	MOUNTED=1
 fi
 
-log "building usb4vcable and usb4vhost for $KVER"
+log "building usb4vhost for $KVER"
 # shellcheck disable=SC2086
 if ! chroot "$ROOT" make -C "/lib/modules/$KVER/build" M="$WORK" \
 	${KMOD_EXTRA:-} modules >&2; then
@@ -60,10 +59,9 @@ fi
 
 OUT=$CACHE/kmod/$KVER
 mkdir -p "$OUT"
-for m in usb4vhost usb4vcable; do
-	install -m 0644 "$ROOT$WORK/$m.ko" "$OUT/$m.ko.tmp"
-	mv "$OUT/$m.ko.tmp" "$OUT/$m.ko"
-	log "built $OUT/$m.ko"
-done
+install -m 0644 "$ROOT$WORK/usb4vhost.ko" "$OUT/usb4vhost.ko.tmp"
+mv "$OUT/usb4vhost.ko.tmp" "$OUT/usb4vhost.ko"
+# A usb4vcable.ko of an older build would pass for a current module: remove it
+rm -f "$OUT/usb4vcable.ko"
+log "built $OUT/usb4vhost.ko"
 echo "$OUT/usb4vhost.ko"
-echo "$OUT/usb4vcable.ko"

@@ -17,7 +17,7 @@ DIR is what scripts/fetch-kernel.sh prints (vmlinuz + lib/modules/<kver>/). The 
 
 Default modules: virtio_blk, configfs, thunderbolt, thunderbolt_stream (from the kernel
 tree; configfs is a module in Debian's 7.3 kernel, not built in) and every --ko given
-(e.g. usb4vcable.ko), whose dependencies are read from its .modinfo and resolved in
+(e.g. usb4vhost.ko), whose dependencies are read from its .modinfo and resolved in
 modules.dep. A module whose vermagic does not match the kernel is refused.
 
 Output: FILE, or by default ${USB4RESCUE_CACHE:-/var/cache/usb4rescue}/initramfs/

@@ -3,9 +3,8 @@
 Environment (set by tests/vm/run-cable-tests.sh):
   USB4RESCUE_VM_KERNEL   vmlinuz of the fetched kernel
   USB4RESCUE_VM_INITRD   test initramfs (tests/vm/build-initramfs.py), holding the real
-                         thunderbolt modules and, when built, usb4vcable
-  USB4RESCUE_VM_VHOST_INITRD  the same with usb4vhost instead (test classes whose
-                         `initrd_env` names it)
+                         thunderbolt modules and usb4vhost
+  USB4RESCUE_VM_VHOST_INITRD  the same (test classes whose `initrd_env` names it)
   USB4RESCUE_CABLE_CTL   cable-ctl binary (qemu/cable-ctl)
   USB4RESCUE_KEEP=1      keep the VM logs of passing tests too
 """
@@ -64,7 +63,7 @@ class VMTestCase(unittest.TestCase):
     vm_names: tuple[str, ...] = ("alpha", "bravo")
     cables: tuple[tuple[str, str], ...] = (("alpha", "bravo"),)
     noload = REAL_MODULES
-    needs = ("usb4vcable",)
+    needs = ("usb4vhost",)
     initrd_env = "USB4RESCUE_VM_INITRD"
     boot_timeout = 120
     vm_lifetime = 900

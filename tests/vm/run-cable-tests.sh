@@ -3,18 +3,16 @@
 #
 #   tests/vm/run-cable-tests.sh [SUITE]... [-k PATTERN]... [-q]
 #
-# SUITE: cable (test_cable.py: usb4vcable, the real driver alone), vhost (test_vhost.py:
+# SUITE: cable (test_cable.py: the real driver alone), vhost (test_vhost.py:
 # usb4vhost under Debian's thunderbolt_stream.ko), robust (test_robust.py: reloads, PCI
 # unbind, dead and restarted peers, three VMs, refusing thunderbolt, a fault soak, on
 # usb4vhost + thunderbolt_stream). Default: all three, in that order.
 #
 # 1. scripts/fetch-kernel.sh      Debian trixie-backports kernel + modules (cached)
-# 2. scripts/build-kmod.sh        usb4vcable.ko and usb4vhost.ko for that kernel (trixie
-#                                 build root)
+# 2. scripts/build-kmod.sh        usb4vhost.ko for that kernel (trixie build root)
 # 3. cargo build -p cable-ctl     the host fault tool
 # 4. tests/vm/build-initramfs.py  busybox initramfs with configfs, virtio_blk, the real
-#                                 thunderbolt + thunderbolt_stream, tbtest, and usb4vcable.ko;
-#                                 a second one with usb4vhost.ko instead
+#                                 thunderbolt + thunderbolt_stream, tbtest, and usb4vhost.ko
 # 5. the suites' test runners     (QEMU, TCG unless USB4RESCUE_KVM=1 and KVM works)
 #
 # Exits non-zero on any failure; the last line is always "N passed, N failed". A failed
@@ -73,7 +71,7 @@ KDIR=$("$TOP/scripts/fetch-kernel.sh" | tail -n1) && [ -f "$KDIR/vmlinuz" ] ||
 KVER=$(basename "$KDIR")
 log "kernel $KVER ($KDIR)"
 
-# 2. usb4vcable.ko and usb4vhost.ko (build-kmod.sh prints usb4vhost.ko, then usb4vcable.ko)
+# 2. usb4vhost.ko (the last line build-kmod.sh prints)
 # build-kmod.sh builds in a fixed directory of the shared build root: serialise our
 # calls, and try once more when a build from elsewhere pulled that directory away.
 build_kmod() {
@@ -84,7 +82,7 @@ build_kmod() {
         "$TOP/scripts/build-kmod.sh"
     fi
 }
-KO= VHOST_KO=
+KO=
 if [ -x "$TOP/scripts/build-kmod.sh" ]; then
     KO=$(build_kmod | tail -n1)
     if [ -z "$KO" ] || [ ! -f "$KO" ]; then
@@ -93,13 +91,11 @@ if [ -x "$TOP/scripts/build-kmod.sh" ]; then
         KO=$(build_kmod | tail -n1)
     fi
     if [ -z "$KO" ] || [ ! -f "$KO" ]; then
-        fail_step "scripts/build-kmod.sh did not produce usb4vcable.ko (see its output above)"
+        fail_step "scripts/build-kmod.sh did not produce usb4vhost.ko (see its output above)"
         KO=
     else
         log "module $KO"
     fi
-    VHOST_KO=$(dirname "${KO:-/nonexistent/x}")/usb4vhost.ko
-    [ -f "$VHOST_KO" ] || { [ -z "$KO" ] || fail_step "build-kmod.sh did not produce usb4vhost.ko"; VHOST_KO=; }
 else
     fail_step "scripts/build-kmod.sh missing"
 fi
@@ -128,11 +124,9 @@ ko_args=()
 INITRD=$(python3 "$HERE/build-initramfs.py" --kernel-dir "$KDIR" "${ko_args[@]}" | tail -n1) &&
     [ -f "$INITRD" ] ||
     { log "tests/vm/build-initramfs.py failed"; finish 0 $((setup_failures + 1)); }
+# The virtual host's suites take the same initramfs (USB4RESCUE_VM_VHOST_INITRD).
 VHOST_INITRD=
-if [ -n "$VHOST_KO" ]; then
-    VHOST_INITRD=$(python3 "$HERE/build-initramfs.py" --kernel-dir "$KDIR" --ko "$VHOST_KO" | tail -n1) &&
-        [ -f "$VHOST_INITRD" ] || { fail_step "build-initramfs.py --ko usb4vhost.ko failed"; VHOST_INITRD=; }
-fi
+[ -n "$KO" ] && VHOST_INITRD=$INITRD
 log "initramfs $INITRD (usb4vhost: ${VHOST_INITRD:-none}); set-up took $(( $(date +%s) - t_start ))s"
 
 # 5. tests

@@ -1,5 +1,6 @@
 #!/usr/bin/env python3
-"""Paired-VM tests of the virtual USB4 cable (usb4vcable.ko + cable-ctl).
+"""Paired-VM tests: the real driver alone, and the cable tests test_vhost.py and
+test_robust.py run on the virtual USB4 host (usb4vhost.ko + cable-ctl).
 
 Run everything with tests/vm/run-cable-tests.sh (it builds what is needed). Directly:
     USB4RESCUE_VM_KERNEL=... USB4RESCUE_VM_INITRD=... USB4RESCUE_CABLE_CTL=... \\
@@ -9,8 +10,12 @@ Classes (one VM boot per class; see tests/vm/README.md for what each test checks
   RealDriverTest  one VM with Debian's own thunderbolt + thunderbolt_stream modules:
                   the fetched kernel works, and the ConfigFS errno checks hold for the
                   upstream driver (the reference the virtual cable must match).
-  CableTest       alpha (side a) and bravo (side b) joined by one cable.
-  ChainTest       alpha - bravo - charlie, bravo with two cables.
+  CableTest       alpha (side a) and bravo (side b) joined by one cable; run as
+                  test_vhost.py's VhostCableTest on usb4vhost + thunderbolt_stream.
+  ChainTest       alpha - bravo - charlie, bravo with two cables; run as
+                  test_robust.py's VhostChainTest.
+Only RealDriverTest runs from here: the cable classes are bases (usb4vcable, the
+re-implementation they were first written against, is deleted).
 Every test fails if a guest's kernel log shows Oops / BUG: / WARNING: / Call Trace.
 """
 from __future__ import annotations
@@ -77,7 +82,7 @@ class RealDriverTest(VMTestCase):
 
     vm_names = ("solo",)
     cables = ()
-    noload = "usb4vcable"
+    noload = "usb4vhost"
     needs = ("thunderbolt", "thunderbolt_stream", "configfs")
 
     def test_01_modules_and_tree(self):
@@ -429,7 +434,7 @@ for s in {TBDEV}/*.*; do echo "@@S $(basename $s) $(cat $s/key) $(cat ${{s%.*}}/
 
 
 # ----------------------------------------------------------------------------- runner
-SUITE_ORDER = (RealDriverTest, CableTest, ChainTest)
+SUITE_ORDER = (RealDriverTest,)
 
 
 class _Result(unittest.TextTestResult):

@@ -33,7 +33,8 @@ the receiver, "host2"; alpha's vda holds 16 MiB of random data, bravo's vda is b
                                while another ring runs free; both intact.
   test_07_property_change_uevents  a stream made on bravo reaches alpha as KOBJ_CHANGE on
                                0-1.0 and 0-1 (busybox uevent), and alpha adopts its HopIDs.
-VhostCableTest: every test of test_cable.py's CableTest (written against usb4vcable), on
+VhostCableTest: every test of test_cable.py's CableTest (written against usb4vcable, our deleted
+  re-implementation of the driver), on
   usb4vhost + thunderbolt_stream: upstream example 64 MiB, reverse order, EOF per cycle, two
   streams, corrupted frames (RING_DESC_CRC_ERROR), rate cap, sysfs, ConfigFS errnos, unplug
   (ENXIO) and replug.
@@ -55,7 +56,7 @@ from harness import CFS, MiB, TBDEV, VMTestCase, field, log, sha256_file  # noqa
 import test_cable  # noqa: E402
 from test_cable import CableTest  # noqa: E402
 
-MODULES = "usb4vcable,usb4vhost,thunderbolt,thunderbolt_stream"
+MODULES = "usb4vhost,thunderbolt,thunderbolt_stream"
 
 
 def packaged_stream_sha256(kernel: str) -> str | None:

@@ -1,12 +1,12 @@
 /* SPDX-License-Identifier: GPL-2.0 */
 /*
- * cable.h - what usb4vcable and usb4vhost do alike with the cable's shared
- * memory (layout: vcable_layout.h): checking the geometry, the side= parameter,
- * watching heartbeats, the counters cable-ctl shows, its rate cap and its
- * frame corruption. Static inline: each module gets its own copy.
+ * vhost_cable.h - usb4vhost's dealings with the cable's shared memory
+ * (layout: vcable_layout.h) that are not the NHI's: checking the geometry,
+ * the side= parameter, watching heartbeats, the counters cable-ctl shows,
+ * its rate caps and its frame corruption.
  */
-#ifndef CABLE_H
-#define CABLE_H
+#ifndef VHOST_CABLE_H
+#define VHOST_CABLE_H
 
 #include <linux/atomic.h>
 #include <linux/device.h>
@@ -258,4 +258,4 @@ static inline int cable_check_layout(struct device *dev,
 	return 0;
 }
 
-#endif /* CABLE_H */
+#endif /* VHOST_CABLE_H */
