@@ -14,7 +14,7 @@ from vmpair import Rig  # noqa: E402
 MIB = int(os.environ.get("BENCH_MIB", "256"))
 IDLE_S = float(os.environ.get("BENCH_IDLE_S", "10"))
 TICK = os.sysconf("SC_CLK_TCK")
-NOLOAD = "vm.noload=usb4vcable,usb4vhost,thunderbolt,thunderbolt_stream"
+NOLOAD = "vm.noload=usb4vhost,thunderbolt,thunderbolt_stream"
 
 
 def sh(vm, script, timeout=120):

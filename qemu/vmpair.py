@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""vmpair: start 2 or 3 QEMU VMs joined by usb4vcable "virtual cables" (stdlib only).
+"""vmpair: start 2 or 3 QEMU VMs joined by virtual USB4 cables (usb4vhost; stdlib only).
 
 Library (used by tests/vm/):
 
@@ -23,9 +23,10 @@ front to fail reads of those sectors with EIO), one ivshmem-plain device per cab
 The kernel command line always gets console=ttyS0 panic=-1 (a panic ends QEMU, with
 -no-reboot) and vm.name=<name> (hostname in the test initramfs).
 
-Three VMs: B in the middle gets two cables, one ivshmem device each; usb4vcable makes
-one domain per device (domain0, domain1). usb4vcable.side=<s1>,<s2>... (the side of each
-cable, in order) is added to every VM's command line.
+Three VMs: B in the middle gets two cables, one ivshmem device each; usb4vhost makes
+one domain per device (domain0, domain1). Which side of each cable a VM takes is the
+caller's `usb4vhost.side=<s1>,<s2>...` on the command line (in device order), or
+claimed automatically (side=auto) when it passes none.
 
 Clean-up: a VM's QEMU dies with the Python process (PR_SET_PDEATHSIG), is killed on
 close()/context exit/atexit/SIGTERM/SIGINT and by its own deadline (timeout=). Cable
@@ -250,7 +251,7 @@ class Cable:
             self.ctl("init", "--size", str(self.size))
         elif init:
             print(f"vmpair: warning: cable-ctl not found (cargo build -p cable-ctl, or set "
-                  f"USB4RESCUE_CABLE_CTL): {self.path} is left zeroed and usb4vcable will "
+                  f"USB4RESCUE_CABLE_CTL): {self.path} is left zeroed and usb4vhost will "
                   f"refuse it as having no header", file=sys.stderr)
         return self
 
@@ -266,7 +267,7 @@ class Cable:
         return r.stdout
 
     def qemu_args(self, dev_id: str) -> list[str]:
-        # Which side a VM takes is usb4vcable's side= parameter (see VM.start).
+        # Which side a VM takes is usb4vhost's side= parameter (the caller's, or auto).
         return [
             "-object", f"memory-backend-file,id={dev_id},share=on,mem-path={self.path},size={self.size}",
             "-device", f"ivshmem-plain,memdev={dev_id},id={dev_id}dev",
@@ -498,10 +499,6 @@ class VM:
                "-kernel", kernel]
         if initrd:
             cmd += ["-initrd", initrd]
-        if cables and "usb4vcable.side=" not in append:
-            # usb4vcable's side= lists the side of each cable in probe (PCI) order, which is
-            # the order of the ivshmem devices below.
-            append = f"usb4vcable.side={','.join(side for _, side in cables)} {append}"
         # no_timer_check: a loaded host can make TCG fail the kernel's IO-APIC timer check.
         cmd += ["-append", f"console=ttyS0 panic=-1 no_timer_check loglevel=5 "
                            f"vm.name={self.name} {append}".strip()]
@@ -712,7 +709,7 @@ def _parse_disk(spec: str) -> tuple[str, Disk]:
 def main(argv=None):
     ap = argparse.ArgumentParser(
         prog="vmpair.py",
-        description="Start 2 or 3 VMs joined by usb4vcable virtual cables (QEMU ivshmem).",
+        description="Start 2 or 3 VMs joined by virtual USB4 cables (QEMU ivshmem, usb4vhost).",
         formatter_class=argparse.RawDescriptionHelpFormatter,
         epilog="""examples:
   # two VMs (a, b) with one cable, type into a's console (Ctrl-] quits, VMs are stopped):

@@ -11,8 +11,8 @@
 #   5. the fuzzers (protocol decoders, serve's session handling) for a bounded time
 #      in all (FUZZ_SECS, default 30, split between them),
 #   6. the paired-VM virtual-cable tests (tests/vm/run-cable-tests.sh cable vhost:
-#      usb4vcable, then the virtual USB4 host usb4vhost under Debian's own
-#      thunderbolt_stream.ko),
+#      Debian's own thunderbolt + thunderbolt_stream alone, then the virtual USB4
+#      host usb4vhost under Debian's own thunderbolt_stream.ko),
 #   7. their robustness tests (tests/vm/run-cable-tests.sh robust, on usb4vhost +
 #      thunderbolt_stream: HopID and EBUSY errnos, O_NONBLOCK and poll, frames split
 #      across reads, four streams, ring_size/throttling, a blocking open across a replug,
