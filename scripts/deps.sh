@@ -13,7 +13,8 @@ DEBIAN_PACKAGES=(
     cpio
     xz-utils
     e2fsprogs           # ext4 disks for the scenarios
-    fdisk               # sfdisk for GPT test disks
+    fdisk               # sfdisk for GPT and MBR test disks
+    gdisk               # sgdisk -v checks restored GPTs (rescue/tests/e2e.rs)
     dosfstools          # mkfs.vfat, and below the other mkfs tools that
     xfsprogs            #   rescue/tests/fixtures/mkfixtures.sh makes the
     btrfs-progs         #   filesystem fixtures of `rescue disks` with

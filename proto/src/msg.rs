@@ -202,6 +202,26 @@ pub struct DiskSummary {
     pub serial: Option<String>,
     pub sha256: Option<String>,
     pub unreadable_bytes: u64,
+    /// How the image is partitioned, as the server read it from the image
+    /// (absent from servers before it existed): what a restore onto a disk
+    /// of another size plans with.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub layout: Option<DiskLayout>,
+}
+
+/// The partition layout of a stored image, as far as resizing it needs.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DiskLayout {
+    /// "gpt", "dos" or "none" (no table: a filesystem on the whole disk, or blank).
+    pub table: String,
+    /// The source disk's logical sector size.
+    pub sector: u32,
+    /// Byte offset where the partition that ends last ends (0: no partitions).
+    pub end: u64,
+    /// That partition's number (the kernel's).
+    pub last: u32,
+    /// GPT: bytes of the partition entry array (0 otherwise).
+    pub gpt_array_bytes: u64,
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
@@ -491,7 +511,11 @@ impl Bounded for DiskSummary {
         name("disk name", &self.name)?;
         text("model", &self.model)?;
         text("serial", &self.serial)?;
-        opt_name("sha256", &self.sha256)
+        opt_name("sha256", &self.sha256)?;
+        match &self.layout {
+            Some(l) => name("partition table kind", &l.table),
+            None => Ok(()),
+        }
     }
 }
 

@@ -29,6 +29,7 @@ fn disk_summary() -> DiskSummary {
         serial: None,
         sha256: Some("ab".into()),
         unreadable_bytes: 512,
+        layout: None,
     }
 }
 

@@ -370,7 +370,8 @@ fn send_listing(store: &Store, consent: &Consent, s: &mut Session, req: &Frame) 
             l.hidden += 1;
             continue;
         }
-        let summary = b.manifest.summary(&b.host);
+        let mut summary = b.manifest.summary(&b.host);
+        add_layouts(b, &mut summary);
         let len = msg::to_json(&summary).len() + 1;
         if let Err(why) = summary.check() {
             eprintln!(
@@ -394,6 +395,26 @@ fn send_listing(store: &Store, consent: &Consent, s: &mut Session, req: &Frame) 
         l.backups.push(summary);
     }
     s.conn.reply_json(req, kind::LISTING, &l)
+}
+
+/// Describes how each disk of a restorable backup is partitioned, read from
+/// its image, so a restore onto a disk of another size can plan before it
+/// writes anything. An image whose table cannot be read gets none.
+fn add_layouts(b: &BackupDir, summary: &mut msg::BackupSummary) {
+    if !b.manifest.status.is_complete() {
+        return;
+    }
+    for (s, d) in summary.disks.iter_mut().zip(&b.manifest.disks) {
+        let Ok(img) = b.dir.open_file(&d.image, store::dir::Access::Read) else {
+            continue;
+        };
+        if let Ok(table) = crate::system::partitions::read_table_file(&img, d.logical_sector_size) {
+            s.layout = Some(crate::system::resize::layout_of(
+                table.as_ref(),
+                d.logical_sector_size,
+            ));
+        }
+    }
 }
 
 /// The backups a LIST is about: those of `host`. A peer asking for its own

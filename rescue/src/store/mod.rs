@@ -122,6 +122,7 @@ impl Manifest {
                     serial: d.serial.clone(),
                     sha256: d.sha256.clone(),
                     unreadable_bytes: d.unreadable_bytes,
+                    layout: None,
                 })
                 .collect(),
         }

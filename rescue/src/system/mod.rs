@@ -11,4 +11,5 @@ pub(crate) mod identity;
 pub(crate) mod mountinfo;
 pub mod partitions;
 pub(crate) mod readahead;
+pub(crate) mod resize;
 pub mod source;

@@ -34,6 +34,10 @@ pub struct PartitionTable {
     /// what could still be read.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub warnings: Vec<String>,
+    /// GPT only: the bytes of the partition entry array the header declares
+    /// (what a backup array at the end of a disk takes); 0 for MBR.
+    #[serde(skip)]
+    pub gpt_array_bytes: u64,
 }
 
 /// One partition of a table.
@@ -101,20 +105,66 @@ pub fn read_table(path: &Path, logical_sector: u32) -> anyhow::Result<Option<Par
     if !(512..=65536).contains(&logical_sector) || !logical_sector.is_power_of_two() {
         bail!("unsupported logical sector size {logical_sector}");
     }
-    let mut file = File::open(path).with_context(|| format!("opening {}", path.display()))?;
+    let file = File::open(path).with_context(|| format!("opening {}", path.display()))?;
+    read_table_file(&file, logical_sector).with_context(|| path.display().to_string())
+}
+
+/// Reads the partition table of an opened disk or image.
+pub fn read_table_file(
+    mut file: &File,
+    logical_sector: u32,
+) -> anyhow::Result<Option<PartitionTable>> {
+    if !(512..=65536).contains(&logical_sector) || !logical_sector.is_power_of_two() {
+        bail!("unsupported logical sector size {logical_sector}");
+    }
     // Seeking works for block devices too, where metadata reports length 0.
-    let disk_size = file
-        .seek(SeekFrom::End(0))
-        .with_context(|| format!("finding the size of {}", path.display()))?;
+    let disk_size = file.seek(SeekFrom::End(0)).context("finding the size")?;
     let disk = Disk {
-        file: &file,
+        src: &file,
         size: disk_size,
     };
     read_from(&disk, logical_sector)
 }
 
+/// Reads the partition table of a disk image held in memory (tests, and the
+/// head of an image `resize` plans from).
+pub fn read_table_bytes(
+    bytes: &[u8],
+    logical_sector: u32,
+) -> anyhow::Result<Option<PartitionTable>> {
+    if !(512..=65536).contains(&logical_sector) || !logical_sector.is_power_of_two() {
+        bail!("unsupported logical sector size {logical_sector}");
+    }
+    let disk = Disk {
+        src: &bytes,
+        size: bytes.len() as u64,
+    };
+    read_from(&disk, logical_sector)
+}
+
+/// What a table is read from: a file or disk, or bytes in memory.
+trait ReadAt {
+    fn read_exact_at(&self, buf: &mut [u8], off: u64) -> std::io::Result<()>;
+}
+
+impl ReadAt for &File {
+    fn read_exact_at(&self, buf: &mut [u8], off: u64) -> std::io::Result<()> {
+        FileExt::read_exact_at(*self, buf, off)
+    }
+}
+
+impl ReadAt for &[u8] {
+    fn read_exact_at(&self, buf: &mut [u8], off: u64) -> std::io::Result<()> {
+        let start = usize::try_from(off).ok();
+        let src = start.and_then(|s| self.get(s..s.checked_add(buf.len())?));
+        let src = src.ok_or_else(|| std::io::Error::from(std::io::ErrorKind::UnexpectedEof))?;
+        buf.copy_from_slice(src);
+        Ok(())
+    }
+}
+
 struct Disk<'a> {
-    file: &'a File,
+    src: &'a dyn ReadAt,
     size: u64,
 }
 
@@ -126,7 +176,7 @@ impl Disk<'_> {
             bail!("read of {len} bytes at offset {off} is beyond the end of the disk");
         }
         let mut buf = vec![0u8; len];
-        self.file
+        self.src
             .read_exact_at(&mut buf, off)
             .with_context(|| format!("reading {len} bytes at offset {off}"))?;
         Ok(buf)
@@ -181,34 +231,36 @@ fn read_gpt_any_sector(disk: &Disk, sector: u32) -> anyhow::Result<Option<Partit
 
 // ---------------------------------------------------------------------------- GPT
 
-struct GptHeader {
-    my_lba: u64,
-    alternate_lba: u64,
-    first_usable_lba: u64,
-    disk_guid: [u8; 16],
-    entries_lba: u64,
-    num_entries: u32,
-    entry_size: u32,
-    entries_crc: u32,
-    crc_ok: bool,
+pub(crate) struct GptHeader {
+    pub(crate) header_size: u32,
+    pub(crate) my_lba: u64,
+    pub(crate) alternate_lba: u64,
+    pub(crate) first_usable_lba: u64,
+    pub(crate) last_usable_lba: u64,
+    pub(crate) disk_guid: [u8; 16],
+    pub(crate) entries_lba: u64,
+    pub(crate) num_entries: u32,
+    pub(crate) entry_size: u32,
+    pub(crate) entries_crc: u32,
+    pub(crate) crc_ok: bool,
 }
 
 fn le16(b: &[u8], off: usize) -> u16 {
     u16::from_le_bytes([b[off], b[off + 1]])
 }
 
-fn le32(b: &[u8], off: usize) -> u32 {
+pub(crate) fn le32(b: &[u8], off: usize) -> u32 {
     u32::from_le_bytes([b[off], b[off + 1], b[off + 2], b[off + 3]])
 }
 
-fn le64(b: &[u8], off: usize) -> u64 {
+pub(crate) fn le64(b: &[u8], off: usize) -> u64 {
     let mut a = [0u8; 8];
     a.copy_from_slice(&b[off..off + 8]);
     u64::from_le_bytes(a)
 }
 
 /// Parses a header block if it carries the GPT signature. `None` without it.
-fn parse_gpt_header(block: &[u8]) -> Option<GptHeader> {
+pub(crate) fn parse_gpt_header(block: &[u8]) -> Option<GptHeader> {
     if block.len() < 92 || &block[0..8] != b"EFI PART" {
         return None;
     }
@@ -223,9 +275,11 @@ fn parse_gpt_header(block: &[u8]) -> Option<GptHeader> {
     let mut disk_guid = [0u8; 16];
     disk_guid.copy_from_slice(&block[56..72]);
     Some(GptHeader {
+        header_size: header_size as u32,
         my_lba: le64(block, 24),
         alternate_lba: le64(block, 32),
         first_usable_lba: le64(block, 40),
+        last_usable_lba: le64(block, 48),
         disk_guid,
         entries_lba: le64(block, 72),
         num_entries: le32(block, 80),
@@ -257,6 +311,7 @@ fn read_gpt(disk: &Disk, sector: u32) -> anyhow::Result<Option<PartitionTable>> 
         disk_guid: Some(guid_string(&header.disk_guid)),
         entries,
         warnings,
+        gpt_array_bytes: u64::from(header.num_entries) * u64::from(entry_size),
     }))
 }
 
@@ -554,6 +609,7 @@ fn read_mbr(disk: &Disk, mbr: &[u8], sector: u32) -> PartitionTable {
         disk_guid: (signature != 0).then_some(sig_text),
         entries,
         warnings,
+        gpt_array_bytes: 0,
     }
 }
 
@@ -696,6 +752,7 @@ mod tests {
                 entry(5, 21 << 20, 5 << 20, "0x83", None),
             ],
             warnings: Vec::new(),
+            gpt_array_bytes: 0,
         };
         assert_eq!(
             t.locate(0, 4096),
