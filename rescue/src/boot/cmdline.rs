@@ -309,6 +309,7 @@ impl Config {
             resume: self.resume,
             skip_damaged: false,
             damaged_map: None,
+            grow: false,
         })
     }
 }

@@ -411,6 +411,7 @@ impl<'a, R: BufRead, W: Write> Menu<'a, R, W> {
             resume,
             skip_damaged: false,
             damaged_map: None,
+            grow: false,
         });
         let rc = run_and_report(&mut self.out, self.backend, "restore", cmd);
         self.restore_cut = rc == exit::PEER_GONE;

@@ -201,6 +201,12 @@ pub struct RestoreArgs {
     #[arg(long)]
     pub verify: bool,
 
+    /// On a larger target, extend the last GPT partition to the new end of the
+    /// disk when it is the last on the disk (its filesystem is not grown: the
+    /// summary says how).
+    #[arg(long)]
+    pub grow: bool,
+
     /// The targets already hold part of this backup (an earlier restore was cut
     /// short): read them first, compare every chunk with the digests the backup
     /// recorded, and transfer only the chunks that differ.

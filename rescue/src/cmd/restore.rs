@@ -27,6 +27,7 @@ use crate::system::busy;
 use crate::system::direct::DirectWriter;
 use crate::system::partitions;
 use crate::system::readahead;
+use crate::system::resize;
 use crate::util::{Peer, hex, human_bytes};
 use crate::xfer::progress::{self, Bar};
 use crate::xfer::{
@@ -38,6 +39,8 @@ pub struct Target {
     pub spec: String,
     pub path: PathBuf,
     pub file: File,
+    /// Its size: a target of another size than the image is resized to it.
+    pub size: u64,
     pub block: bool,
     pub description: String,
     /// Set when this restore created the file: it goes again on failure.
@@ -127,6 +130,7 @@ impl Planned {
             spec,
             path,
             file,
+            size,
             block: false,
         };
         t.file
@@ -146,20 +150,51 @@ fn refuse(msg: String) -> anyhow::Error {
     Exit::new(exit::REFUSED, msg).into()
 }
 
+/// Checks and opens every target, and plans each one of another size.
+fn open_targets(
+    root: &Root,
+    pairs: &[(DiskSummary, String)],
+) -> Result<(Vec<Planned>, Vec<resize::Plan>)> {
+    let mut planned = Vec::new();
+    let mut plans = Vec::new();
+    for (d, t) in pairs {
+        let p = open_target(root, t, d.size, d.layout.is_some())?;
+        plans.push(resize_plan(d, t, &p)?);
+        planned.push(p);
+    }
+    Ok((planned, plans))
+}
+
+/// What restoring disk `d` onto a target of another size does (nothing for
+/// the same size), or the refusal: its partitions do not fit.
+fn resize_plan(d: &DiskSummary, spec: &str, p: &Planned) -> Result<resize::Plan> {
+    let target = match p {
+        Planned::Open(t) => Some((&t.file, t.size)),
+        Planned::New { .. } => None,
+    };
+    resize::for_target(d.layout.as_ref(), d.size, target).map_err(|why| {
+        refuse(format!(
+            "refusing to restore onto {spec}: {why}; nothing was written"
+        ))
+    })
+}
+
 /// Checks a restore target and opens it, or plans to create it (a path that
-/// does not exist yet). `need` is the image size.
-pub fn open_target(root: &Root, spec: &str, need: u64) -> Result<Planned> {
+/// does not exist yet). `need` is the image size; with `resizable` a target of
+/// another size is left to `resize::for_target` to accept or refuse.
+pub fn open_target(root: &Root, spec: &str, need: u64, resizable: bool) -> Result<Planned> {
     let path = root.disk_path(spec);
     let meta = std::fs::metadata(&path);
     let is_block = meta
         .as_ref()
         .is_ok_and(|m| std::os::unix::fs::FileTypeExt::is_block_device(&m.file_type()));
     if is_block {
+        let need = if resizable { 0 } else { need };
         return open_block(root, spec, path, need).map(Planned::Open);
     }
     match meta {
         Ok(m) if m.is_file() => {
-            if m.len() < need {
+            if m.len() < need && !resizable {
                 return Err(refuse(format!(
                     "refusing to restore onto {spec}: the file holds {} ({} bytes) but the image is {} ({need} bytes); make it at least that large (truncate -s {need} {spec})",
                     human_bytes(m.len()),
@@ -183,6 +218,7 @@ pub fn open_target(root: &Root, spec: &str, need: u64) -> Result<Planned> {
                 description: format!("{} (image file, {})", path.display(), human_bytes(m.len())),
                 path,
                 file,
+                size: m.len(),
                 block: false,
                 created: None,
             }))
@@ -296,6 +332,7 @@ fn open_block(root: &Root, spec: &str, path: PathBuf, need: u64) -> Result<Targe
         spec: spec.into(),
         path,
         file,
+        size,
         block: true,
         description,
         created: None,
@@ -310,27 +347,34 @@ struct TargetSink {
     direct: DirectWriter,
     block: bool,
     fresh_file: bool,
+    /// Nothing at or after this offset is written (a smaller target).
+    cut: u64,
 }
 
 impl Sink for TargetSink {
     fn write(&mut self, c: &Verified) -> Result<()> {
+        if c.offset >= self.cut {
+            return Ok(());
+        }
+        // The chunk the cut falls in: only its part before the cut.
+        let len = u64::from(c.len).min(self.cut - c.offset);
         if c.zero {
             if self.fresh_file {
                 return Ok(());
             }
             if self.block {
-                if !blkdev::zero_out(&self.file, c.offset, u64::from(c.len)) {
-                    let z = vec![0u8; c.len as usize];
+                if !blkdev::zero_out(&self.file, c.offset, len) {
+                    let z = vec![0u8; len as usize];
                     self.file
                         .write_all_at(&z, c.offset)
                         .context("writing zeros")?;
                 }
                 return Ok(());
             }
-            return punch_or_zero(&self.file, c.offset, u64::from(c.len));
+            return punch_or_zero(&self.file, c.offset, len);
         }
         self.direct
-            .write_at(&self.file, c.bytes(), c.offset)
+            .write_at(&self.file, &c.bytes()[..len as usize], c.offset)
             .with_context(|| format!("writing at offset {}", c.offset))
     }
 
@@ -658,10 +702,7 @@ pub fn run(root: &Root, args: &RestoreArgs) -> Result<u8> {
     let chosen = choose(&backups, args, &s.me)?;
     check_listed(&chosen)?;
     let pairs = map_targets(root, &chosen, args)?;
-    let mut planned = Vec::new();
-    for (d, t) in &pairs {
-        planned.push(open_target(root, t, d.size)?);
-    }
+    let (planned, plans) = open_targets(root, &pairs)?;
     eprintln!(
         "restore backup {} of {} (taken {}) from {}:",
         Peer(&chosen.backup_id),
@@ -681,22 +722,7 @@ pub fn run(root: &Root, args: &RestoreArgs) -> Result<u8> {
     if let Some(n) = &other_name {
         eprintln!("  note: {n}");
     }
-    for ((d, _), t) in pairs.iter().zip(&planned) {
-        eprintln!(
-            "  {} ({}, serial {}, {}) -> {}",
-            Peer(&d.name),
-            Peer(d.model.as_deref().unwrap_or("unknown model")),
-            Peer(d.serial.as_deref().unwrap_or("unknown")),
-            human_bytes(d.size),
-            t.description()
-        );
-        if d.unreadable_bytes > 0 {
-            eprintln!(
-                "    note: {} of this disk could not be read at backup time and will be zeros",
-                human_bytes(d.unreadable_bytes)
-            );
-        }
-    }
+    print_targets(&pairs, &planned, &plans);
     let mapfiles = damaged_maps(args, &pairs, &planned)?;
     if !args.yes {
         if !std::io::stdin().is_terminal() {
@@ -714,7 +740,15 @@ pub fn run(root: &Root, args: &RestoreArgs) -> Result<u8> {
     // Only now are new image files created; a failure from here on removes them.
     let mut targets = open_all(planned)?;
     let started = Instant::now();
-    let result = transfer(&mut s, &chosen, &pairs, &mut targets, &mapfiles, args);
+    let result = transfer(
+        &mut s,
+        &chosen,
+        &pairs,
+        &mut targets,
+        &mapfiles,
+        &plans,
+        args,
+    );
     if let Err(e) = &result
         && exit::code_of(e) == exit::PEER_GONE
     {
@@ -738,6 +772,30 @@ pub fn run(root: &Root, args: &RestoreArgs) -> Result<u8> {
         println!("restore FAILED verification; the target disks are not trustworthy");
     }
     Ok(code)
+}
+
+/// One line per disk and where it goes, with what a target of another size
+/// changes: the plan shown before the confirmation.
+fn print_targets(pairs: &[(DiskSummary, String)], planned: &[Planned], plans: &[resize::Plan]) {
+    for (((d, _), t), plan) in pairs.iter().zip(planned).zip(plans) {
+        eprintln!(
+            "  {} ({}, serial {}, {}) -> {}",
+            Peer(&d.name),
+            Peer(d.model.as_deref().unwrap_or("unknown model")),
+            Peer(d.serial.as_deref().unwrap_or("unknown")),
+            human_bytes(d.size),
+            t.description()
+        );
+        if d.unreadable_bytes > 0 {
+            eprintln!(
+                "    note: {} of this disk could not be read at backup time and will be zeros",
+                human_bytes(d.unreadable_bytes)
+            );
+        }
+        for c in &plan.changes {
+            eprintln!("    resize: {c}");
+        }
+    }
 }
 
 /// Where --skip-damaged writes each disk's mapfile: --damaged-map (PATH.NAME
@@ -841,20 +899,36 @@ fn transfer(
     pairs: &[(DiskSummary, String)],
     targets: &mut [Target],
     mapfiles: &[PathBuf],
+    plans: &[resize::Plan],
     args: &RestoreArgs,
 ) -> Result<u8> {
     let mode = progress::Mode::detect();
     let mut have = Vec::new();
+    let mut verify_digests = Vec::new();
     let mut digest_chunk = None;
-    if args.resume {
-        for ((d, _), t) in pairs.iter().zip(targets.iter()) {
-            let h = if t.created.is_some() {
-                ChunkRanges::new()
-            } else {
-                held_on_target(s, chosen, d, t, mode, &mut digest_chunk)?
-            };
-            have.push(h);
+    for (((d, _), t), plan) in pairs.iter().zip(targets.iter()).zip(plans) {
+        let mut h = if args.resume && t.created.is_none() {
+            let h = held_on_target(s, chosen, d, t, mode, &mut digest_chunk, plan.cut)?;
+            eprintln!(
+                "{}: resuming, {} chunk(s) already on {} match the backup and will not be sent",
+                Peer(&d.name),
+                h.held(),
+                t.spec
+            );
+            h
+        } else {
+            ChunkRanges::new()
+        };
+        if plan.cut < d.size {
+            h = beyond_cut(s, chosen, d, plan.cut, h, &mut digest_chunk)?;
         }
+        have.push(h);
+        let resized = plan.cut < d.size || t.size != d.size;
+        verify_digests.push(if args.verify && resized {
+            digests_before(s, chosen, d, plan, &mut digest_chunk)?
+        } else {
+            Vec::new()
+        });
     }
     let f = s.conn.request(
         kind::RESTORE_BEGIN,
@@ -885,6 +959,8 @@ fn transfer(
             t,
             geo,
             held,
+            plan: &plans[i],
+            digests: &verify_digests[i],
         };
         match restore_disk(s, &job, args, mode, &mapfiles[i])? {
             Outcome::Verified => t.keep(),
@@ -925,8 +1001,12 @@ struct DiskJob<'a> {
     d: &'a DiskSummary,
     t: &'a Target,
     geo: Geometry,
-    /// Chunks the target already holds (--resume).
+    /// Chunks the target already holds (--resume), and those after the cut.
     held: &'a ChunkRanges,
+    /// Onto a target of another size: where the image is cut, what changes.
+    plan: &'a resize::Plan,
+    /// --verify of a target of another size: the backup's chunk digests up to the cut.
+    digests: &'a [Option<[u8; 32]>],
 }
 
 /// Receives one disk onto its target, checks it and answers DISK_DONE.
@@ -939,7 +1019,8 @@ fn restore_disk(
 ) -> Result<Outcome> {
     let DiskJob { i, d, t, .. } = *job;
     let t0 = Instant::now();
-    let (r, whole) = receive_onto(s, job, args, mode)?;
+    let (r, whole, patches) = receive_onto(s, job, args, mode)?;
+    let resized = job.plan.cut < d.size || !patches.is_empty();
     let want = d.sha256.clone().unwrap_or_default();
     let got = whole.map(|w| hex(&w));
     let mut ok = got.as_deref().is_none_or(|g| g == want);
@@ -953,7 +1034,14 @@ fn restore_disk(
             got.unwrap_or_default()
         );
     }
-    if ok && args.verify {
+    if ok && args.verify && resized {
+        eprintln!("{}: reading {} back to verify", Peer(&d.name), t.spec);
+        let bar = Bar::new(&format!("{} verify", Peer(&d.name)), job.plan.cut, mode);
+        if let Some(why) = verify_resized(job, &patches, job.digests, &bar)? {
+            ok = false;
+            message = why;
+        }
+    } else if ok && args.verify {
         eprintln!("{}: reading {} back to verify", Peer(&d.name), t.spec);
         let h = read_back(
             &t.file,
@@ -990,6 +1078,7 @@ fn restore_disk(
         if args.verify { " (read back)" } else { "" },
         Peer(&want)
     );
+    resize_summary(d, t, job.plan, &patches);
     if r.resent > 0 {
         eprintln!(
             "  {} chunk(s) arrived damaged and were sent again",
@@ -997,6 +1086,114 @@ fn restore_disk(
         );
     }
     Ok(Outcome::Verified)
+}
+
+/// Says what a restore onto a target of another size did.
+fn resize_summary(d: &DiskSummary, t: &Target, plan: &resize::Plan, patches: &[resize::Patch]) {
+    if plan.cut < d.size {
+        eprintln!(
+            "  {} of {} written: the image was cut at byte {}, after the last partition",
+            human_bytes(plan.cut),
+            human_bytes(d.size),
+            plan.cut
+        );
+    }
+    for p in patches {
+        eprintln!("  {} on {}: {}", Peer(&d.name), t.spec, p.what);
+    }
+    if d.size != t.size && patches.is_empty() {
+        eprintln!(
+            "  {} onto {} of {}: {}",
+            Peer(&d.name),
+            human_bytes(t.size),
+            t.spec,
+            plan.changes.join("; ")
+        );
+    }
+}
+
+/// The chunks --verify of a target of another size compares: those wholly
+/// before the cut.
+fn verified_chunks(plan: &resize::Plan, size: u64, chunk: u32) -> u64 {
+    let geo = Geometry { size, chunk };
+    if plan.cut >= size {
+        geo.count()
+    } else {
+        plan.cut / u64::from(chunk)
+    }
+}
+
+/// The backup's digests of its first `stop` chunks, asked for before the data
+/// phase (during it the server answers nothing else): what --verify of a
+/// target of another size compares with.
+fn digests_before(
+    s: &mut Session,
+    b: &BackupSummary,
+    d: &DiskSummary,
+    plan: &resize::Plan,
+    digest_chunk: &mut Option<u32>,
+) -> Result<Vec<Option<[u8; 32]>>> {
+    let mut out = Vec::new();
+    loop {
+        let first = out.len() as u64;
+        let f = ask_digests(s, b, d, first, MAX_DIGESTS)?;
+        let digests = Digests::decode(&f.payload)?;
+        let chunk = digests.chunk_size;
+        xfer::check_chunk_size(chunk).context("the peer's DIGESTS")?;
+        if digest_chunk.is_some_and(|c| c != chunk) || f.header.offset != first {
+            bail!("the peer's DIGESTS changed chunk size or answered for other chunks");
+        }
+        *digest_chunk = Some(chunk);
+        let stop = verified_chunks(plan, d.size, chunk);
+        let n = u64::from(digests.len()).min(stop.saturating_sub(first));
+        out.extend((0..n as usize).map(|k| digests.recorded(k).copied()));
+        if n == 0 || out.len() as u64 >= stop {
+            return Ok(out);
+        }
+    }
+}
+
+/// --verify of a target of another size: every chunk before the cut that the
+/// new tables did not touch matches the backup's digest, and the tables read
+/// back as written.
+fn verify_resized(
+    job: &DiskJob,
+    patches: &[resize::Patch],
+    digests: &[Option<[u8; 32]>],
+    bar: &Bar,
+) -> Result<Option<String>> {
+    let DiskJob { t, geo, .. } = *job;
+    let touched = |i: u64| {
+        let (a, b) = (geo.offset(i), geo.start_of(i + 1));
+        patches
+            .iter()
+            .any(|p| p.off < b && a < p.off + p.bytes.len() as u64)
+    };
+    let mut zeros = ZeroDigests::default();
+    let mut bad = None;
+    let mut i = 0u64;
+    let end = geo.start_of(digests.len() as u64);
+    readahead::for_each_piece(&t.file, 0, end, geo.chunk as usize, |_, b| -> Result<()> {
+        let got = if xfer::is_zero(b) {
+            zeros.get(b.len() as u32)
+        } else {
+            xfer::sha256(b)
+        };
+        if bad.is_none() && !touched(i) && digests.get(i as usize).copied().flatten() != Some(got) {
+            bad = Some(geo.offset(i));
+        }
+        bar.inc(b.len() as u64);
+        i += 1;
+        Ok(())
+    })
+    .with_context(|| format!("reading {} back", t.spec))?;
+    bar.finish();
+    if let Some(off) = bad {
+        return Ok(Some(format!(
+            "read back, the chunk at offset {off} does not match the backup's digest"
+        )));
+    }
+    resize::check_patches(&t.file, patches)
 }
 
 /// The data phase of one disk: chunks verified and written, then the target
@@ -1008,8 +1205,10 @@ fn receive_onto(
     job: &DiskJob,
     args: &RestoreArgs,
     mode: progress::Mode,
-) -> Result<(Received, Option<[u8; 32]>)> {
-    let DiskJob { i, d, t, geo, held } = *job;
+) -> Result<(Received, Option<[u8; 32]>, Vec<resize::Patch>)> {
+    let DiskJob {
+        i, d, t, geo, held, ..
+    } = *job;
     let bar = Bar::new(&Peer(&d.name).to_string(), d.size, mode);
     let sink = TargetSink {
         file: t
@@ -1019,6 +1218,7 @@ fn receive_onto(
         direct: DirectWriter::open(&t.path, &t.file, geo.chunk as usize),
         block: t.block,
         fresh_file: t.created.is_some(),
+        cut: job.plan.cut,
     };
     let pipe = SinkPipeline::start(sink, d.size);
     let policy = if args.skip_damaged {
@@ -1051,6 +1251,8 @@ fn receive_onto(
         Ok(r) => r,
     };
     let (_sink, whole) = finished?;
+    let patches = resize::finish(&t.file, job.plan, d.size, t.size, args.grow)
+        .with_context(|| format!("making the partition table of {} fit its size", t.spec))?;
     if t.block
         && let Err(e) = blkdev::reread_partitions(&t.file)
     {
@@ -1059,7 +1261,7 @@ fn receive_onto(
             t.spec
         );
     }
-    Ok((r, whole))
+    Ok((r, whole, patches))
 }
 
 /// Writes the ddrescue mapfile of the chunks --skip-damaged left as zeros
@@ -1126,7 +1328,8 @@ fn place(path: &Path, off: u64, len: u64) -> String {
 
 /// Which chunks the target already holds (restore --resume): reads it and
 /// compares each chunk's SHA-256 with the one the backup recorded, fetched from
-/// the peer in batches.
+/// the peer in batches. Only chunks wholly before `cut` (a target of another
+/// size) are compared.
 fn held_on_target(
     s: &mut Session,
     b: &BackupSummary,
@@ -1134,24 +1337,14 @@ fn held_on_target(
     t: &Target,
     mode: progress::Mode,
     digest_chunk: &mut Option<u32>,
+    cut: u64,
 ) -> Result<ChunkRanges> {
     let bar = Bar::new(&format!("{} compare", Peer(&d.name)), d.size, mode);
     let mut zeros = ZeroDigests::default();
     let mut ranges = ChunkRanges::new();
     let mut first = 0u64;
     loop {
-        let f = s.conn.request(
-            kind::DIGESTS_REQ,
-            &DigestsReq {
-                host: b.host.clone(),
-                backup_id: b.backup_id.clone(),
-                disk: d.name.clone(),
-                first,
-                count: MAX_DIGESTS,
-            },
-            &[kind::DIGESTS],
-            "asking for the backup's chunk digests",
-        )?;
+        let f = ask_digests(s, b, d, first, MAX_DIGESTS)?;
         let digests = Digests::decode(&f.payload)?;
         let (chunk, n) = (digests.chunk_size, digests.len());
         xfer::check_chunk_size(chunk).context("the peer's DIGESTS")?;
@@ -1165,6 +1358,11 @@ fn held_on_target(
             size: d.size,
             chunk,
         };
+        let stop = if cut >= d.size {
+            geo.count()
+        } else {
+            cut / u64::from(chunk)
+        };
         let left = geo.count().saturating_sub(first);
         if n > MAX_DIGESTS || u64::from(n) > left || f.header.offset != first {
             bail!(
@@ -1173,11 +1371,11 @@ fn held_on_target(
                 left.min(u64::from(MAX_DIGESTS))
             );
         }
-        if n == 0 || first >= geo.count() {
+        if n == 0 || first >= stop {
             break;
         }
         // The target's chunks covered by this batch, read ahead while hashing.
-        let end = (first + u64::from(n)).min(geo.count());
+        let end = (first + u64::from(n)).min(stop);
         let from = geo.offset(first);
         let bytes = geo.start_of(end) - from;
         let mut i = first;
@@ -1202,18 +1400,63 @@ fn held_on_target(
         )
         .with_context(|| format!("reading {}", t.spec))?;
         first += u64::from(n);
-        if first >= geo.count() {
+        if first >= stop {
             break;
         }
     }
     bar.finish();
-    let held = ranges.held();
-    eprintln!(
-        "{}: resuming, {held} chunk(s) already on {} match the backup and will not be sent",
-        Peer(&d.name),
-        t.spec
-    );
     Ok(ranges)
+}
+
+/// DIGESTS_REQ for `count` chunk digests of disk `d` from chunk `first`.
+fn ask_digests(
+    s: &mut Session,
+    b: &BackupSummary,
+    d: &DiskSummary,
+    first: u64,
+    count: u32,
+) -> Result<crate::proto::frame::Frame> {
+    s.conn.request(
+        kind::DIGESTS_REQ,
+        &DigestsReq {
+            host: b.host.clone(),
+            backup_id: b.backup_id.clone(),
+            disk: d.name.clone(),
+            first,
+            count,
+        },
+        &[kind::DIGESTS],
+        "asking for the backup's chunk digests",
+    )
+}
+
+/// `held` and every chunk after the cut, which the server then does not send
+/// (asking it for the chunk size when --resume did not).
+fn beyond_cut(
+    s: &mut Session,
+    b: &BackupSummary,
+    d: &DiskSummary,
+    cut: u64,
+    held: ChunkRanges,
+    digest_chunk: &mut Option<u32>,
+) -> Result<ChunkRanges> {
+    let chunk = match *digest_chunk {
+        Some(c) => c,
+        None => {
+            let f = ask_digests(s, b, d, 0, 1)?;
+            let c = Digests::decode(&f.payload)?.chunk_size;
+            xfer::check_chunk_size(c).context("the peer's DIGESTS")?;
+            *digest_chunk = Some(c);
+            c
+        }
+    };
+    let geo = Geometry {
+        size: d.size,
+        chunk,
+    };
+    let mut v = held.to_vec();
+    v.push((cut.div_ceil(u64::from(chunk)), geo.count()));
+    Ok(ChunkRanges::from(v))
 }
 
 /// Reads the first `size` bytes of the target and returns their SHA-256.
