@@ -12,8 +12,8 @@ use std::os::unix::fs::FileExt;
 
 use anyhow::{Context, Result, bail};
 
-use crate::system::partitions::{self, PartitionTable, le32, le64};
 use crate::proto::msg::DiskLayout;
+use crate::system::partitions::{self, PartitionTable, le32, le64};
 use crate::util::human_bytes;
 
 /// The largest GPT entry array a restore rewrites (as partitions.rs reads).
@@ -467,10 +467,17 @@ pub fn for_target(
     let Some((file, size)) = target.filter(|&(_, size)| size != source) else {
         return Ok(same);
     };
-    let none = layout_of(None, 512);
     let l = match layout {
         Some(l) => l,
-        None if size > source => &none,
+        None if size > source => {
+            // Known only once written: finish() rewrites a GPT it finds then.
+            return Ok(Plan {
+                changes: vec![
+                    "the server (an older version) does not describe the image's partitions: a GPT found after writing is moved to the new end".into(),
+                ],
+                ..same
+            });
+        }
         None => {
             return Err(format!(
                 "the target holds {} ({size} bytes) but the image is {} ({source} bytes), and the server (an older version) does not describe the image's partitions",
