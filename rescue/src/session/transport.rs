@@ -470,7 +470,22 @@ pub fn listen_unix(path: &Path) -> Result<UnixListener> {
             .into());
         }
     }
-    UnixListener::bind(path).with_context(|| format!("listening on {}", path.display()))
+    // Bound and listening under a temporary name, then renamed into place: a
+    // client that sees the path can connect (bind makes the file before
+    // listen, and a connect in between is refused).
+    let name = path.file_name().map(|n| n.to_string_lossy().into_owned());
+    let tmp = path.with_file_name(format!(
+        ".{}.{}.tmp",
+        name.as_deref().unwrap_or("socket"),
+        std::process::id()
+    ));
+    let _ = std::fs::remove_file(&tmp);
+    let l = UnixListener::bind(&tmp).with_context(|| format!("listening on {}", path.display()))?;
+    if let Err(e) = std::fs::rename(&tmp, path) {
+        let _ = std::fs::remove_file(&tmp);
+        return Err(e).with_context(|| format!("listening on {}", path.display()));
+    }
+    Ok(l)
 }
 
 /// Accepts one connection, giving up (None) when `stop` is stopped or `until`
