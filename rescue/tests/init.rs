@@ -181,6 +181,24 @@ fn real_domain_or_usb4_means_no_virtual_cable() {
     assert_eq!(p.hostname.as_deref(), Some("hostB"));
 }
 
+#[test]
+fn the_virtual_host_is_never_loaded_beside_a_loaded_real_thunderbolt() {
+    // The virtual cable is there and asked for, but someone loaded thunderbolt.ko.
+    let t = tree("rescue.fabric=virtual", true, false);
+    fs::create_dir_all(t.path().join("sys/module/thunderbolt")).unwrap();
+    let (loaded, out, p) = prep(&t);
+    assert!(!loaded.contains(&"usb4vhost".to_string()), "{loaded:?}");
+    assert!(
+        loaded.contains(&"thunderbolt_stream".to_string()),
+        "{loaded:?}"
+    );
+    assert!(!p.drivers.virtual_cable);
+    assert!(
+        out.contains("the real thunderbolt module is loaded, so the virtual USB4 host usb4vhost cannot load beside it"),
+        "{out}"
+    );
+}
+
 /// A machine that records what the menu asked of it.
 #[derive(Default)]
 struct Fake {

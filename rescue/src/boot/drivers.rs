@@ -87,7 +87,17 @@ pub fn bring_up<S: ModuleSys>(
     hardware: Option<Duration>,
 ) -> DriverReport {
     let mut rep = DriverReport::default();
-    let virt = use_virtual(loader, root, fabric);
+    let mut virt = use_virtual(loader, root, fabric);
+    if virt && root.path("/sys/module/thunderbolt").exists() {
+        // Both provide the same symbols: the kernel would refuse usb4vhost with a
+        // "duplicate symbol" line in dmesg only. Say it here and use the real one.
+        rep.warnings.push(format!(
+            "the real thunderbolt module is loaded, so the virtual USB4 host {VHOST} cannot \
+             load beside it and the virtual cable stays unused: unload it \
+             (rmmod thunderbolt_stream thunderbolt) and run again, or use rescue.fabric=usb4"
+        ));
+        virt = false;
+    }
     if virt {
         loader.stand_in("thunderbolt", VHOST);
     }
