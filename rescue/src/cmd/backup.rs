@@ -222,7 +222,7 @@ fn send_one(
     // What the peer holds already, within the disk (it says so).
     let have = &ready.have[i].clipped(geo.count());
     if ready.resumed {
-        let held = xfer::Have::new(have).held();
+        let held = have.held();
         eprintln!(
             "{}: resuming, {} of {} chunks already verified on the peer",
             src.name,

@@ -129,7 +129,7 @@ fn save_partial(
             d.name,
             b.manifest.backup_id,
             b.manifest.status.word(),
-            xfer::Have::new(&held).held(),
+            held.held(),
             geo.count()
         ),
         Err(e) => eprintln!(
@@ -271,7 +271,7 @@ fn receive_one(
         }
     };
     let (mut sink, whole) = refused(s, pipe.finish())?;
-    let full_have = xfer::Have::new(held).held() == geo.count();
+    let full_have = held.held() == geo.count();
     let verdict = if full_have && d.complete && d.sha256.is_some() {
         Ok(d.sha256.clone().unwrap_or_default())
     } else {

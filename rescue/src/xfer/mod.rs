@@ -66,26 +66,6 @@ impl Geometry {
     }
 }
 
-/// Chunk indices the receiver already holds, with a cursor to find the next gap.
-pub struct Have<'a> {
-    ranges: &'a ChunkRanges,
-}
-
-impl<'a> Have<'a> {
-    pub fn new(ranges: &'a ChunkRanges) -> Self {
-        Have { ranges }
-    }
-
-    /// The first index >= `i` that is not held.
-    pub fn next_missing(&self, i: u64) -> u64 {
-        self.ranges.next_missing(i)
-    }
-
-    pub fn held(&self) -> u64 {
-        self.ranges.held()
-    }
-}
-
 /// What the sender's hashing thread learned about a raw chunk before handing
 /// it to the `digest` step, so that step does not scan or hash it again.
 #[derive(Clone, Copy, Debug, Default)]
@@ -114,9 +94,8 @@ pub fn sha256(data: &[u8]) -> [u8; 32] {
 }
 
 /// Bytes of the image the held ranges cover (where the progress bar starts).
-fn have_bytes(have: &Have, geo: Geometry) -> u64 {
-    have.ranges
-        .iter()
+fn have_bytes(have: &ChunkRanges, geo: Geometry) -> u64 {
+    have.iter()
         .map(|&(s, e)| {
             let e = e.min(geo.count());
             if e <= s {
@@ -159,7 +138,7 @@ mod tests {
     #[test]
     fn have_cursor() {
         let r = ChunkRanges::from(vec![(0, 3), (5, 7)]);
-        let h = Have::new(&r);
+        let h = &r;
         assert_eq!(h.next_missing(0), 3);
         assert_eq!(h.next_missing(4), 4);
         assert_eq!(h.next_missing(5), 7);

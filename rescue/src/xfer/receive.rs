@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Result, bail};
 
-use super::{Geometry, Have, Sink, SinkPipeline, Verified, WINDOW, have_bytes, peer_left};
+use super::{Geometry, Sink, SinkPipeline, Verified, WINDOW, have_bytes, peer_left};
 use crate::proto::frame::{Frame, Header};
 use crate::proto::msg::{ChunkBody, ChunkRanges, FLAG_DAMAGED, FLAG_ZERO, kind};
 use crate::session::conn::{Conn, Event, peer_error};
@@ -101,8 +101,7 @@ pub fn receive_disk<S: Sink + 'static>(
     bar: &Bar,
     on_damaged: OnDamaged,
 ) -> Result<Received> {
-    let have = Have::new(have);
-    bar.set_position(have_bytes(&have, geo));
+    bar.set_position(have_bytes(have, geo));
     let mut r = Receiving {
         disk,
         geo,
@@ -176,7 +175,7 @@ pub fn receive_disk<S: Sink + 'static>(
 struct Receiving<'a> {
     disk: u32,
     geo: Geometry,
-    have: Have<'a>,
+    have: &'a ChunkRanges,
     /// The index of the next chunk to write (the first not held nor written).
     next: u64,
     /// Intact chunks that arrived after a missing one, kept until the gap is

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Result, bail};
 
-use super::{Geometry, Have, Known, RawChunk, WINDOW, have_bytes, is_zero, peer_left, sha256};
+use super::{Geometry, Known, RawChunk, WINDOW, have_bytes, is_zero, peer_left, sha256};
 use crate::cancel::Token;
 use crate::proto::frame::Header;
 use crate::proto::msg::{self, ChunkBody, ChunkRanges, FLAG_DAMAGED, FLAG_ZERO, kind};
@@ -57,9 +57,8 @@ where
     R: FnMut(u64, u32) -> Result<RawChunk> + Send,
     D: Fn(u64, RawChunk, Known) -> Result<OutChunk> + Send + Sync,
 {
-    let have = Have::new(have);
     let mut stats = SendStats {
-        skipped_bytes: have_bytes(&have, geo),
+        skipped_bytes: have_bytes(have, geo),
         ..Default::default()
     };
     bar.set_position(stats.skipped_bytes);
@@ -75,7 +74,7 @@ where
 
     thread::scope(|s| -> Result<SendStats> {
         let cancel_r = cancel.clone();
-        s.spawn(move || read_chunks(&have, geo, &credit_rx, &cancel_r, read, &raw_tx));
+        s.spawn(move || read_chunks(have, geo, &credit_rx, &cancel_r, read, &raw_tx));
         let cancel_d = cancel.clone();
         let digest = &digest;
         s.spawn(move || {
@@ -102,7 +101,7 @@ where
 /// The reader thread: every chunk not held, in order, one per credit, until
 /// the end, a read error or `cancel`.
 fn read_chunks<R>(
-    have: &Have,
+    have: &ChunkRanges,
     geo: Geometry,
     credits: &Receiver<()>,
     cancel: &Token,
