@@ -43,6 +43,16 @@ impl ReadAt for [u8] {
     }
 }
 
+/// A reference reads as what it points to: `&bytes[..]` is a sized `&dyn ReadAt`.
+impl<T: ReadAt + ?Sized> ReadAt for &T {
+    fn read_exact_at(&self, buf: &mut [u8], offset: u64) -> io::Result<()> {
+        (**self).read_exact_at(buf, offset)
+    }
+    fn len(&self) -> u64 {
+        (**self).len()
+    }
+}
+
 impl ReadAt for std::fs::File {
     fn read_exact_at(&self, buf: &mut [u8], offset: u64) -> io::Result<()> {
         std::os::unix::fs::FileExt::read_exact_at(self, buf, offset)
@@ -102,6 +112,45 @@ pub enum Error {
     Unsupported(String),
 }
 
+/// One parser: its filesystem's name (for the reason when it gives up) and its probe,
+/// which answers None when the partition is not its filesystem.
+type Parser = (
+    &'static str,
+    fn(&dyn ReadAt) -> Option<Result<Usage, Error>>,
+);
+
+/// The parsers, tried in order; the first that recognises the partition decides. Each
+/// module adds its line here (`("ext4", ext4::probe)`); formats that are copied whole
+/// (LUKS, LVM, RAID) come first so a filesystem signature left inside them is not
+/// mistaken for the content.
+const PARSERS: &[Parser] = &[];
+
+/// What to copy of a partition (or a whole-disk filesystem): the first parser that
+/// recognises it decides; a parser's error becomes `Raw` naming the filesystem and the
+/// reason; nothing recognised is `Raw` "not recognised".
+pub fn probe(dev: &dyn ReadAt) -> Verdict {
+    probe_with(PARSERS, dev)
+}
+
+fn probe_with(parsers: &[Parser], dev: &dyn ReadAt) -> Verdict {
+    for (name, parse) in parsers {
+        match parse(dev) {
+            None => continue,
+            Some(Ok(usage)) => return Verdict::Used(usage),
+            Some(Err(e)) => {
+                return Verdict::Raw {
+                    what: Some((*name).to_string()),
+                    why: e.to_string(),
+                };
+            }
+        }
+    }
+    Verdict::Raw {
+        what: None,
+        why: "not recognised".to_string(),
+    }
+}
+
 /// Sorts and merges byte ranges (overlapping or adjacent ones become one), drops empty
 /// ones and clips them to `0..len`. Every parser ends with it.
 pub fn normalise(mut ranges: Vec<Range<u64>>, len: u64) -> Vec<Range<u64>> {
@@ -122,12 +171,55 @@ pub fn normalise(mut ranges: Vec<Range<u64>>, len: u64) -> Vec<Range<u64>> {
 
 #[cfg(test)]
 mod tests {
+    #![allow(clippy::single_range_in_vec_init)]
     use super::*;
 
     #[test]
     fn normalise_merges_sorts_and_clips() {
         let got = normalise(vec![10..20, 0..5, 5..7, 15..30, 40..40, 90..200], 100);
         assert_eq!(got, vec![0..7, 10..30, 90..100]);
+    }
+
+    fn never(_: &dyn ReadAt) -> Option<Result<Usage, Error>> {
+        None
+    }
+    fn broken(_: &dyn ReadAt) -> Option<Result<Usage, Error>> {
+        Some(Err(Error::Inconsistent(
+            "bitmap checksum wrong in group 7".into(),
+        )))
+    }
+    fn whole(dev: &dyn ReadAt) -> Option<Result<Usage, Error>> {
+        Some(Ok(Usage {
+            fs: "testfs",
+            label: None,
+            block_size: 1,
+            used: vec![0..dev.len()],
+        }))
+    }
+
+    #[test]
+    fn probe_takes_the_first_parser_that_recognises_and_names_a_failing_one() {
+        let d: &[u8] = &[0u8; 8];
+        let none = probe_with(&[("a", never)], &d);
+        assert_eq!(
+            none,
+            Verdict::Raw {
+                what: None,
+                why: "not recognised".into()
+            }
+        );
+        match probe_with(&[("a", never), ("testfs", whole), ("b", broken)], &d) {
+            Verdict::Used(u) => assert_eq!((u.fs, u.used), ("testfs", vec![0..8])),
+            v => panic!("{v:?}"),
+        }
+        let raw = probe_with(&[("a", never), ("ext4", broken), ("c", whole)], &d);
+        assert_eq!(
+            raw,
+            Verdict::Raw {
+                what: Some("ext4".into()),
+                why: "bitmap checksum wrong in group 7".into()
+            }
+        );
     }
 
     #[test]
