@@ -5,7 +5,9 @@
 # the trixie build root made by scripts/buildroot.sh. The module is copied to
 # ${USB4RESCUE_CACHE:-/var/cache/usb4rescue}/kmod/<kver>/ and its path is the
 # last line on stdout (callers take `tail -n1`; the modules of a build stay in
-# that one directory). Nothing is written into the source tree.
+# that one directory). Nothing is written into the source tree. A module built
+# from the same sources, kernel and make arguments is reused (each VM group asks
+# for it; the build is about 6 s of every group otherwise).
 #
 # Environment:
 #   USB4RESCUE_CACHE  cache directory (default /var/cache/usb4rescue)
@@ -32,6 +34,15 @@ ROOT=$("$HERE/scripts/buildroot.sh" | tail -n1)
 KVER=$(cat "$ROOT/.usb4rescue-ok")
 [ -d "$ROOT/lib/modules/$KVER/build" ] || die "no headers for $KVER in $ROOT"
 
+OUT=$CACHE/kmod/$KVER
+# The key covers everything the build reads from us; the headers are fixed by KVER.
+KEY=$( { echo "$KVER ${KMOD_EXTRA:-}"; cd "$SRC" && sha256sum Kbuild Makefile ./*.c ./*.h; } | sha256sum | cut -d' ' -f1)
+if [ -f "$OUT/usb4vhost.ko" ] && [ "$(cat "$OUT/usb4vhost.key" 2>/dev/null)" = "$KEY" ]; then
+	log "reusing $OUT/usb4vhost.ko (same sources and kernel)"
+	echo "$OUT/usb4vhost.ko"
+	exit 0
+fi
+
 WORK=$(mktemp -d "$ROOT/usr/src/usb4vhost-build.XXXXXX")
 WORK=${WORK#"$ROOT"}
 MOUNTED=
@@ -57,10 +68,11 @@ if ! chroot "$ROOT" make -C "/lib/modules/$KVER/build" M="$WORK" \
 	die "module build failed"
 fi
 
-OUT=$CACHE/kmod/$KVER
 mkdir -p "$OUT"
+rm -f "$OUT/usb4vhost.key"
 install -m 0644 "$ROOT$WORK/usb4vhost.ko" "$OUT/usb4vhost.ko.tmp"
 mv "$OUT/usb4vhost.ko.tmp" "$OUT/usb4vhost.ko"
+echo "$KEY" > "$OUT/usb4vhost.key"
 # A usb4vcable.ko of an older build would pass for a current module: remove it
 rm -f "$OUT/usb4vcable.ko"
 log "built $OUT/usb4vhost.ko"
