@@ -63,8 +63,9 @@ mv "$PKGOUT/rescue.new" "$PKGOUT/rescue"
 CABLE_CTL=$TDIR/release/cable-ctl
 
 PEER_INITRD=$PKGOUT/peer-initrd.img
+# The peer (B) is test equipment: uncompressed boots faster under TCG.
 "$TDIR/release/image" build --kernel-dir "$KDIR" --rescue "$PKGOUT/rescue" \
-    --extra-module "$PKGOUT/usb4vhost.ko" -o "$PEER_INITRD.tmp" >&2 || pdie "image build (peer initramfs) failed"
+    --extra-module "$PKGOUT/usb4vhost.ko" --compress none -o "$PEER_INITRD.tmp" >&2 || pdie "image build (peer initramfs) failed"
 mv "$PEER_INITRD.tmp" "$PEER_INITRD"
 
 cat > "$PKGOUT/inputs.env" << EOT
