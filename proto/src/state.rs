@@ -1,6 +1,8 @@
-//! A backup's state as LISTING reports it: on the wire the word a person reads
-//! ("complete (unreadable sectors)"), decoded into a type so the restoring side
-//! tests what it means, not how it is spelled.
+//! A backup's state as LISTING reports it, decoded into a type so the restoring
+//! side tests what it means, not how it is spelled. The wire's tokens are fixed
+//! by the protocol (they were the words shown when it was written, and peers
+//! match them exactly); how a state is shown (`word`) may change without them.
+//! The store's manifest spells the same type its own way (kebab-case).
 
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
@@ -24,8 +26,8 @@ const ALL: [BackupState; 4] = [
 ];
 
 impl BackupState {
-    /// How the state is shown, and sent.
-    pub fn word(self) -> &'static str {
+    /// The token LISTING carries (docs/protocol.md); never change one.
+    fn token(self) -> &'static str {
         match self {
             BackupState::InProgress => "incomplete: resumable",
             BackupState::Complete => "complete",
@@ -34,9 +36,9 @@ impl BackupState {
         }
     }
 
-    /// The state a word names; `None` for one this build does not know.
-    pub(crate) fn from_word(word: &str) -> Option<BackupState> {
-        ALL.into_iter().find(|s| s.word() == word)
+    /// How the state is shown to a person: as it is sent, today.
+    pub fn word(self) -> &'static str {
+        self.token()
     }
 
     /// Whether the backup can be restored from.
@@ -50,18 +52,18 @@ impl BackupState {
 
 impl Serialize for BackupState {
     fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        s.serialize_str(self.word())
+        s.serialize_str(self.token())
     }
 }
 
 impl<'de> Deserialize<'de> for BackupState {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        let word = String::deserialize(d)?;
-        BackupState::from_word(&word).ok_or_else(|| {
+        let token = String::deserialize(d)?;
+        ALL.into_iter().find(|s| s.token() == token).ok_or_else(|| {
             serde::de::Error::custom(format!(
                 "unknown backup state \"{}\" (known: {})",
-                word.escape_debug().take(64).collect::<String>(),
-                ALL.map(BackupState::word).join(", ")
+                token.escape_debug().take(64).collect::<String>(),
+                ALL.map(BackupState::token).join(", ")
             ))
         })
     }
@@ -75,7 +77,7 @@ mod tests {
     fn travels_as_its_word() {
         for s in ALL {
             let json = serde_json::to_string(&s).unwrap();
-            assert_eq!(json, format!("\"{}\"", s.word()));
+            assert_eq!(json, format!("\"{}\"", s.token()));
             assert_eq!(serde_json::from_str::<BackupState>(&json).unwrap(), s);
         }
         assert_eq!(

@@ -11,13 +11,13 @@ use crate::cmd::cli::ServeArgs;
 use crate::proto::digests;
 use crate::proto::frame::{Frame, Header};
 use crate::proto::msg::{
-    self, BackupBegin, BackupReady, Bounded, ChunkRanges, DigestsReq, DiskDone, DiskEnd, ListReq,
-    Listing, MAX_DIGESTS, RestoreBegin, RestoreReady, SessionDone, kind,
+    self, BackupBegin, BackupReady, BackupState, Bounded, ChunkRanges, DigestsReq, DiskDone,
+    DiskEnd, ListReq, Listing, MAX_DIGESTS, RestoreBegin, RestoreReady, SessionDone, kind,
 };
 use crate::session::auth::{self, Consent};
 use crate::session::{self, Session};
 use crate::store::image::{ImageSink, ImageSource, ZeroDigests, journal_digests, journal_ranges};
-use crate::store::{self, BackupDir, BackupStatus, ManifestDisk, Store};
+use crate::store::{self, BackupDir, ManifestDisk, Store};
 use crate::system::identity::Describe;
 use crate::util::{Peer, human_bytes};
 use crate::xfer::progress::{self, Bar};
@@ -326,7 +326,7 @@ fn record_verdict(
         }
         Err(why) => {
             eprintln!("{name}: verification FAILED: {why}");
-            b.manifest.status = BackupStatus::Failed;
+            b.manifest.status = BackupState::Failed;
             DiskDone {
                 disk: i as u32,
                 ok: false,

@@ -6,9 +6,10 @@ use std::path::Path;
 use anyhow::{Result, bail};
 
 use crate::exit;
+use crate::proto::BackupState;
 use crate::store::image::{ImageCheck, ZeroDigests, held_bytes, journal_ranges, verify_image};
 use crate::store::mapfile::{Map, Status};
-use crate::store::{self, BackupStatus, MANIFEST, ManifestDisk, SUMS, Store};
+use crate::store::{self, MANIFEST, ManifestDisk, SUMS, Store};
 use crate::system::partitions;
 use crate::xfer::Geometry;
 use crate::xfer::progress::{self, Bar};
@@ -60,13 +61,13 @@ pub fn check_backup(dir: &Path) -> Result<Report> {
         }
     }
     match m.status {
-        BackupStatus::InProgress if r.problems.is_empty() => {
+        BackupState::InProgress if r.problems.is_empty() => {
             r.incomplete = Some(format!(
                 "{} ({held} of {total} chunks held; run the same backup again to finish it)",
                 m.status.word()
             ));
         }
-        BackupStatus::Failed => r.problems.push(
+        BackupState::Failed => r.problems.push(
             "the backup failed verification when it was received (the damaged chunks were dropped from the journal; run the same backup again to re-send them)".to_string(),
         ),
         s if !s.is_complete() => r.problems.push(format!("the backup is {}", s.word())),

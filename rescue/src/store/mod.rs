@@ -29,37 +29,17 @@ use crate::util;
 pub const MANIFEST: &str = "manifest.json";
 pub const SUMS: &str = "SHA256SUMS";
 
-#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
-#[serde(rename_all = "kebab-case")]
-pub enum BackupStatus {
-    /// Data is still arriving, or the transfer was interrupted: can be resumed.
+/// How the manifest spells a backup's state: kebab-case ("complete-with-errors"),
+/// as every manifest written so far has it. The state is the protocol's one type
+/// (LISTING sends its own tokens); this only describes the manifest's spelling to
+/// serde, which checks at compile time that it names every state.
+#[derive(Serialize, Deserialize)]
+#[serde(remote = "BackupState", rename_all = "kebab-case")]
+enum ManifestState {
     InProgress,
-    /// Every disk was received and verified.
     Complete,
-    /// Received, but the source had unreadable sectors (see the mapfiles).
     CompleteWithErrors,
-    /// Verification failed; resume re-sends what is damaged.
     Failed,
-}
-
-impl BackupStatus {
-    /// The state as LISTING sends it (the manifest spells it its own way).
-    pub fn state(self) -> BackupState {
-        match self {
-            BackupStatus::InProgress => BackupState::InProgress,
-            BackupStatus::Complete => BackupState::Complete,
-            BackupStatus::CompleteWithErrors => BackupState::CompleteWithErrors,
-            BackupStatus::Failed => BackupState::Failed,
-        }
-    }
-
-    pub fn word(self) -> &'static str {
-        self.state().word()
-    }
-
-    pub fn is_complete(self) -> bool {
-        self.state().is_complete()
-    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -89,7 +69,8 @@ pub struct Manifest {
     pub version: u32,
     pub backup_id: String,
     pub label: Option<String>,
-    pub status: BackupStatus,
+    #[serde(with = "ManifestState")]
+    pub status: BackupState,
     pub created: String,
     pub updated: String,
     pub finished: Option<String>,
@@ -109,7 +90,7 @@ impl Manifest {
             host: host.to_string(),
             backup_id: self.backup_id.clone(),
             label: self.label.clone(),
-            status: self.status.state(),
+            status: self.status,
             created: self.created.clone(),
             finished: self.finished.clone(),
             disks: self
@@ -280,7 +261,7 @@ impl Store {
                 have.push(image::resume_ranges(&b.dir, d, b.manifest.chunk_size)?);
             }
             self.check_room(begin, &have)?;
-            b.manifest.status = BackupStatus::InProgress;
+            b.manifest.status = BackupState::InProgress;
             b.manifest.updated = util::iso8601(util::now_secs());
             b.save()?;
             return Ok((b, have, true));
@@ -300,7 +281,7 @@ impl Store {
                 version: 1,
                 backup_id: id,
                 label: begin.label.clone(),
-                status: BackupStatus::InProgress,
+                status: BackupState::InProgress,
                 created: util::iso8601(now),
                 updated: util::iso8601(now),
                 finished: None,
@@ -585,9 +566,9 @@ impl BackupDir {
         if self.manifest.disks.iter().all(|d| d.complete) {
             self.manifest.finished = Some(now);
             self.manifest.status = if self.manifest.disks.iter().any(|d| d.unreadable_bytes > 0) {
-                BackupStatus::CompleteWithErrors
+                BackupState::CompleteWithErrors
             } else {
-                BackupStatus::Complete
+                BackupState::Complete
             };
         }
         self.write_sums()?;
@@ -636,5 +617,39 @@ mod tests {
             depth_of(&deep, MAX_DETAILS_DEPTH + 1),
             MAX_DETAILS_DEPTH + 1
         );
+    }
+
+    /// Manifests written before the state was one type keep loading, and are
+    /// written back spelled as they were; LISTING's tokens are not the manifest's.
+    #[test]
+    fn old_manifests_keep_their_state_spelling() {
+        let old = |status: &str| {
+            json!({
+                "format": "usb4rescue-backup", "version": 1, "backup_id": "b", "label": null,
+                "status": status, "created": "", "updated": "", "finished": null,
+                "source": {"hostname": "hosta", "machine_id": "m", "tool_version": "x"},
+                "receiver": {"hostname": "b", "tool_version": "x"}, "chunk_size": 65536,
+                "disks": [],
+            })
+        };
+        for (spelling, state) in [
+            ("in-progress", BackupState::InProgress),
+            ("complete", BackupState::Complete),
+            ("complete-with-errors", BackupState::CompleteWithErrors),
+            ("failed", BackupState::Failed),
+        ] {
+            let m: Manifest = serde_json::from_value(old(spelling)).unwrap();
+            assert_eq!(m.status, state, "{spelling}");
+            assert_eq!(m.summary("hosta").status, state);
+            assert_eq!(serde_json::to_value(&m).unwrap()["status"], spelling);
+        }
+        for wrong in [
+            "complete (unreadable sectors)",
+            "incomplete: resumable",
+            "Complete",
+        ] {
+            let e = serde_json::from_value::<Manifest>(old(wrong)).unwrap_err();
+            assert!(e.to_string().contains("unknown variant"), "{wrong}: {e}");
+        }
     }
 }
