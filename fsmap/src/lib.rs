@@ -12,6 +12,9 @@
 //! structure's own limits, so a hostile superblock cannot make it loop, panic or
 //! allocate without bound (each has a fuzz target in rescue/fuzz).
 
+pub mod ext4;
+mod util;
+
 use std::io;
 use std::ops::Range;
 
@@ -123,7 +126,7 @@ type Parser = (
 /// module adds its line here (`("ext4", ext4::probe)`); formats that are copied whole
 /// (LUKS, LVM, RAID) come first so a filesystem signature left inside them is not
 /// mistaken for the content.
-const PARSERS: &[Parser] = &[];
+const PARSERS: &[Parser] = &[("ext4", ext4::probe)];
 
 /// What to copy of a partition (or a whole-disk filesystem): the first parser that
 /// recognises it decides; a parser's error becomes `Raw` naming the filesystem and the
