@@ -395,6 +395,58 @@ fn menu_restore_lists_then_requires_yes() {
 }
 
 #[test]
+fn unattended_restore_grows_and_a_refusal_ends_in_the_menu() {
+    // A refused restore (exit 6: the partitions do not fit) says so and shows
+    // the menu: init never exits.
+    let mut f = Fake {
+        rc: 6,
+        ..Default::default()
+    };
+    let (rc, end, out) = drive(
+        &mut f,
+        "rescue.mode=restore rescue.yes=1 rescue.grow=1 rescue.map=vdb=vdb",
+        "",
+    );
+    assert_eq!((rc, end), (6, Ending::Menu(MenuEnd::Eof)), "{out}");
+    assert!(out.contains("RESCUE: done rc=6\n"), "{out}");
+    assert!(out.contains("RESCUE: menu"), "{out}");
+    match &f.ran[..] {
+        [Command::Restore(r)] => {
+            assert!(r.yes && r.grow && !r.list);
+            assert_eq!(r.map, vec!["vdb=vdb"]);
+        }
+        other => panic!("{other:?}"),
+    }
+}
+
+#[test]
+fn the_menu_offers_the_boot_lines_map_and_takes_another() {
+    let mut f = Fake::default();
+    // Enter keeps rescue.map; an answer replaces it; rescue.grow carries over.
+    let (_, _, out) = drive(
+        &mut f,
+        "rescue.map=vdb=vdb rescue.grow=1",
+        "3\n\n\nyes\ny\n3\n\nvdb=vda\nyes\ny\n",
+    );
+    assert!(out.contains("Enter = vdb=vdb)"), "{out}");
+    let maps: Vec<(Vec<String>, bool)> = f
+        .ran
+        .iter()
+        .filter_map(|c| match c {
+            Command::Restore(r) if !r.list => Some((r.map.clone(), r.grow)),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(
+        maps,
+        vec![
+            (vec!["vdb=vdb".to_string()], true),
+            (vec!["vdb=vda".to_string()], true)
+        ]
+    );
+}
+
+#[test]
 fn menu_offers_to_continue_a_restore_that_was_cut() {
     // Every command "fails" with exit 5: the peer went away mid-restore.
     let mut f = Fake {

@@ -24,6 +24,18 @@ fn have(tool: &str) -> bool {
         .is_ok()
 }
 
+/// Whether the tools a test runs are there; says so when not (it is skipped).
+fn tools(names: &[&str]) -> bool {
+    let missing: Vec<&str> = names.iter().copied().filter(|t| !have(t)).collect();
+    if !missing.is_empty() {
+        eprintln!(
+            "skipped: {} needed (scripts/deps.sh installs them)",
+            missing.join(", ")
+        );
+    }
+    missing.is_empty()
+}
+
 /// Partitions `img` with an sfdisk script.
 fn sfdisk(img: &Path, script: &str) {
     let mut c = Command::new("sfdisk")
@@ -62,9 +74,20 @@ fn assert_sgdisk_clean(img: &Path) {
 
 /// An image of `mib` MiB of random bytes, partitioned by `script`, backed up.
 fn backed_up(dir: &Path, mib: usize, script: &str) -> (Server, std::path::PathBuf, String) {
+    backed_up_with(dir, mib, script, |_| {})
+}
+
+/// As [`backed_up`], with `fill` changing the image after partitioning.
+fn backed_up_with(
+    dir: &Path,
+    mib: usize,
+    script: &str,
+    fill: impl FnOnce(&Path),
+) -> (Server, std::path::PathBuf, String) {
     let a = dir.join("disk.img");
     random_image(&a, mib, 41);
     sfdisk(&a, script);
+    fill(&a);
     let srv = Server::start(dir, &dir.join("store"));
     let o = rescue(&["backup", "-d", &srv.endpoint(), a.to_str().unwrap()]);
     assert_eq!(o.status.code(), Some(0), "{}", text(&o));
@@ -81,9 +104,12 @@ fn backed_up(dir: &Path, mib: usize, script: &str) -> (Server, std::path::PathBu
 }
 
 fn restore_onto(srv: &Server, host: &str, target: &Path, extra: &[&str]) -> (Option<i32>, String) {
+    restore_via(&srv.endpoint(), host, target, extra)
+}
+
+fn restore_via(ep: &str, host: &str, target: &Path, extra: &[&str]) -> (Option<i32>, String) {
     let map = format!("disk={}", target.display());
-    let ep = srv.endpoint();
-    let mut args = vec!["restore", "-d", &ep, "--host", host, "--map", &map, "--yes"];
+    let mut args = vec!["restore", "-d", ep, "--host", host, "--map", &map, "--yes"];
     args.extend_from_slice(extra);
     let o = rescue(&args);
     (o.status.code(), text(&o))
@@ -113,8 +139,7 @@ const GPT_PARTS: &[(u64, u64)] = &[(2048, 4096), (6144, 6144)];
 
 #[test]
 fn gpt_onto_a_larger_a_just_fitting_and_a_too_small_target() {
-    if !have("sfdisk") || !have("sgdisk") {
-        eprintln!("skipped: sfdisk and sgdisk are needed (scripts/deps.sh installs them)");
+    if !tools(&["sfdisk", "sgdisk"]) {
         return;
     }
     let d = tempfile::tempdir().unwrap();
@@ -124,11 +149,15 @@ fn gpt_onto_a_larger_a_just_fitting_and_a_too_small_target() {
     let big = target(d.path(), "big.img", 16 * MIB);
     let (code, out) = restore_onto(&srv, &host, &big, &["--verify"]);
     assert_eq!(code, Some(0), "{out}");
+    // In the plan before the confirmation, and in the disk's line after.
     assert!(
-        out.contains("GPT backup header moved from LBA 16383 to 32767"),
+        out.contains("resize: GPT backup header moved from LBA 16383 to 32767"),
         "{out}"
     );
-    assert!(out.contains("GPT backup header at LBA 32767"), "{out}");
+    assert!(
+        out.contains(&format!("written to {} (resized from 8 MiB to 16 MiB: GPT backup header moved from LBA 16383 to 32767 (its partition array to LBA 32735), last usable LBA 32734 (was 16350); the image's backup GPT at LBA 16383 (and its array) zeroed) and verified", big.display())),
+        "{out}"
+    );
     assert_sgdisk_clean(&big);
     assert_sfdisk_clean(&big);
     same_partitions(&a, &big, GPT_PARTS);
@@ -138,7 +167,11 @@ fn gpt_onto_a_larger_a_just_fitting_and_a_too_small_target() {
     let exact = target(d.path(), "exact.img", fits);
     let (code, out) = restore_onto(&srv, &host, &exact, &["--verify"]);
     assert_eq!(code, Some(0), "{out}");
-    assert!(out.contains("image cut at byte 6291456"), "{out}");
+    assert!(out.contains("resize: image cut at byte 6291456"), "{out}");
+    assert!(
+        out.contains("image cut at byte 6291456 (6 MiB) of 8 MiB, after partition 2; GPT backup header moved from LBA 16383 to 12320"),
+        "{out}"
+    );
     assert_sgdisk_clean(&exact);
     assert_sfdisk_clean(&exact);
     same_partitions(&a, &exact, GPT_PARTS);
@@ -157,9 +190,22 @@ fn gpt_onto_a_larger_a_just_fitting_and_a_too_small_target() {
 
     // --grow: the last partition reaches the new last usable LBA.
     let grown = target(d.path(), "grown.img", 16 * MIB);
-    let (code, out) = restore_onto(&srv, &host, &grown, &["--grow"]);
+    let (code, out) = restore_onto(&srv, &host, &grown, &["--grow", "--verify"]);
     assert_eq!(code, Some(0), "{out}");
-    assert!(out.contains("resize2fs"), "{out}");
+    assert!(
+        out.contains("resize: partition 2 grown to end at LBA 32734"),
+        "{out}"
+    );
+    assert!(
+        out.contains("partition 2 grown from LBA 6144-12287 to LBA 6144-32734"),
+        "{out}"
+    );
+    // Random bytes in it: no filesystem to name, the tools are listed.
+    assert!(
+        out.contains("partition 2 was grown, its unknown filesystem was not: losetup -P -f --show"),
+        "{out}"
+    );
+    assert!(out.contains("resize2fs, xfs_growfs"), "{out}");
     assert_sgdisk_clean(&grown);
     let (_, dump) = output("sfdisk", &["-d"], &grown);
     assert!(
@@ -170,8 +216,7 @@ fn gpt_onto_a_larger_a_just_fitting_and_a_too_small_target() {
 
 #[test]
 fn resumed_restore_onto_a_smaller_target_finishes_the_same() {
-    if !have("sfdisk") || !have("sgdisk") {
-        eprintln!("skipped: sfdisk and sgdisk are needed (scripts/deps.sh installs them)");
+    if !tools(&["sfdisk", "sgdisk"]) {
         return;
     }
     let d = tempfile::tempdir().unwrap();
@@ -196,8 +241,7 @@ const MBR_PARTS: &[(u64, u64)] = &[(2048, 4096), (8192, 2048), (12288, 2048)];
 
 #[test]
 fn mbr_with_logical_partitions_onto_larger_just_fitting_and_too_small() {
-    if !have("sfdisk") {
-        eprintln!("skipped: sfdisk is needed (scripts/deps.sh installs it)");
+    if !tools(&["sfdisk"]) {
         return;
     }
     let d = tempfile::tempdir().unwrap();
@@ -236,4 +280,158 @@ fn mbr_with_logical_partitions_onto_larger_just_fitting_and_too_small() {
         fs::read(&small).unwrap(),
         vec![0x33u8; (7 * MIB - SEC) as usize]
     );
+}
+
+#[test]
+fn resumed_restores_onto_a_larger_and_a_smaller_target_after_a_cut() {
+    if !tools(&["sfdisk", "sgdisk"]) {
+        return;
+    }
+    let d = tempfile::tempdir().unwrap();
+    let (srv, a, host) = backed_up(d.path(), 8, GPT);
+    let fits = (2048 + 4096 + 6144 + 33) * SEC;
+    for (name, size, grown) in [
+        (
+            "big",
+            16 * MIB,
+            "partition 2 grown from LBA 6144-12287 to LBA 6144-32734",
+        ),
+        (
+            "fits",
+            fits,
+            "--grow: nothing grown: partition 2 already ends at the last usable LBA 12287",
+        ),
+    ] {
+        let t = target(d.path(), &format!("{name}.img"), size);
+        let pd = d.path().join(name);
+        fs::create_dir(&pd).unwrap();
+        // Cut off after 3 MiB of the 6 to 8 sent.
+        let px = Proxy::cutting_s2c(&pd, &srv.sock, 3 * MIB);
+        let (code, out) = restore_via(&px.endpoint(), &host, &t, &[]);
+        assert_eq!(code, Some(5), "{name}: {out}");
+        px.set(Faults::default());
+        let (code, out) = restore_via(
+            &px.endpoint(),
+            &host,
+            &t,
+            &["--resume", "--verify", "--grow"],
+        );
+        assert_eq!(code, Some(0), "{name}: {out}");
+        let held: u64 = out
+            .split("resuming, ")
+            .nth(1)
+            .and_then(|r| r.split(' ').next())
+            .and_then(|n| n.parse().ok())
+            .unwrap_or_else(|| panic!("{name}: no resume count: {out}"));
+        assert!(held >= 1, "{name}: nothing kept across the cut: {out}");
+        assert!(out.contains(grown), "{name}: {out}");
+        assert!(out.contains("(read back)"), "{name}: {out}");
+        assert_sgdisk_clean(&t);
+        assert_sfdisk_clean(&t);
+        same_partitions(&a, &t, GPT_PARTS);
+    }
+}
+
+const MBR_PRIMARY: &str =
+    "label: dos\nstart=2048, size=4096, type=83\nstart=6144, size=4096, type=83\n";
+
+#[test]
+fn mbr_grow_extends_the_last_primary_as_sfdisk_would() {
+    if !tools(&["sfdisk", "mkfs.ext4"]) {
+        return;
+    }
+    let d = tempfile::tempdir().unwrap();
+    // An ext4 in partition 2, so the summary can say how to grow it.
+    let (srv, a, host) = backed_up_with(d.path(), 8, MBR_PRIMARY, |img| {
+        let o = Command::new("mkfs.ext4")
+            .args(["-q", "-F", "-E", &format!("offset={}", 6144 * SEC)])
+            .arg(img)
+            .arg("2048k")
+            .output()
+            .unwrap();
+        assert!(o.status.success(), "{o:?}");
+    });
+    let plain = target(d.path(), "plain.img", 16 * MIB);
+    let (code, out) = restore_onto(&srv, &host, &plain, &[]);
+    assert_eq!(code, Some(0), "{out}");
+    assert!(out.contains("MBR: nothing to change"), "{out}");
+    let grown = target(d.path(), "grown.img", 16 * MIB);
+    let (code, out) = restore_onto(&srv, &host, &grown, &["--grow", "--verify"]);
+    assert_eq!(code, Some(0), "{out}");
+    assert!(
+        out.contains("resize: partition 2 grown to end at LBA 32767"),
+        "{out}"
+    );
+    assert!(
+        out.contains("partition 2 grown from LBA 6144-10239 to LBA 6144-32767"),
+        "{out}"
+    );
+    assert!(
+        out.contains(&format!("partition 2 was grown, its ext4 filesystem was not: losetup -P -f --show {} (it prints /dev/loopX), then e2fsck -f /dev/loopXp2 && resize2fs /dev/loopXp2", grown.display())),
+        "{out}"
+    );
+    assert_sfdisk_clean(&grown);
+    same_partitions(&a, &grown, &[(2048, 4096), (6144, 4096)]);
+    // sfdisk itself, asked to grow partition 2 of the plain restore to the end.
+    sfdisk_n(&plain, 2, ", +");
+    let dump = |p: &Path| {
+        output("sfdisk", &["-d"], p)
+            .1
+            .replace(&p.display().to_string(), "X")
+    };
+    assert_eq!(dump(&grown), dump(&plain));
+    assert!(
+        dump(&grown).contains("start=        6144, size=       26624"),
+        "{}",
+        dump(&grown)
+    );
+}
+
+#[test]
+fn mbr_grow_with_a_logical_partition_last_says_why_nothing_grew() {
+    if !tools(&["sfdisk"]) {
+        return;
+    }
+    let d = tempfile::tempdir().unwrap();
+    let (srv, _a, host) = backed_up(d.path(), 10, MBR);
+    let t = target(d.path(), "t.img", 20 * MIB);
+    let (code, out) = restore_onto(&srv, &host, &t, &["--grow", "--verify"]);
+    assert_eq!(code, Some(0), "{out}");
+    assert!(
+        out.contains(
+            "resize: --grow: partition 6 is a logical partition inside an extended one: not grown"
+        ),
+        "{out}"
+    );
+    assert!(
+        out.contains(
+            "--grow: nothing grown: partition 2, which ends last, is an extended partition"
+        ),
+        "{out}"
+    );
+    assert_sfdisk_clean(&t);
+    let (_, dump) = output("sfdisk", &["-d"], &t);
+    assert!(
+        dump.contains("start=       12288, size=        2048"),
+        "{dump}"
+    );
+}
+
+/// Changes partition `n` of `img` with an sfdisk line (`sfdisk -N`).
+fn sfdisk_n(img: &Path, n: u32, line: &str) {
+    let mut c = Command::new("sfdisk")
+        .args([
+            "-q",
+            "--no-reread",
+            "--no-tell-kernel",
+            "-N",
+            &n.to_string(),
+        ])
+        .arg(img)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap();
+    std::io::Write::write_all(c.stdin.as_mut().unwrap(), line.as_bytes()).unwrap();
+    assert!(c.wait().unwrap().success(), "sfdisk -N {n} {line}");
 }

@@ -77,6 +77,9 @@ pub struct Config {
     pub verify: bool,
     /// rescue.resume=1: a restore continues onto targets that hold part of it.
     pub resume: bool,
+    /// rescue.grow=1: a restore onto a larger disk extends the last partition
+    /// to its end (`restore --grow`).
+    pub grow: bool,
     /// `rescue.map=NAME=TARGET,...`: where restore writes each backed-up disk
     /// (needed when the disks have no serial numbers to match).
     pub map: Vec<String>,
@@ -194,16 +197,19 @@ impl Config {
                         .warnings
                         .push(format!("{word}: expected seconds; ignored")),
                 },
-                "yes" | "poweroff" | "reboot" | "verify" | "resume" => match parse_bool(val) {
-                    Some(b) => match key {
-                        "yes" => c.yes = b,
-                        "poweroff" => c.poweroff = b,
-                        "reboot" => c.reboot = b,
-                        "resume" => c.resume = b,
-                        _ => c.verify = b,
-                    },
-                    None => c.warnings.push(format!("{word}: expected 1 or 0; ignored")),
-                },
+                "yes" | "poweroff" | "reboot" | "verify" | "resume" | "grow" => {
+                    match parse_bool(val) {
+                        Some(b) => match key {
+                            "yes" => c.yes = b,
+                            "poweroff" => c.poweroff = b,
+                            "reboot" => c.reboot = b,
+                            "resume" => c.resume = b,
+                            "grow" => c.grow = b,
+                            _ => c.verify = b,
+                        },
+                        None => c.warnings.push(format!("{word}: expected 1 or 0; ignored")),
+                    }
+                }
                 _ => c
                     .warnings
                     .push(format!("{word}: unknown rescue option; ignored")),
@@ -309,7 +315,7 @@ impl Config {
             resume: self.resume,
             skip_damaged: false,
             damaged_map: None,
-            grow: false,
+            grow: self.grow,
         })
     }
 }
@@ -419,10 +425,14 @@ mod tests {
         assert_eq!(d("rd.usb4rescue=dance"), (Dracut::Unknown, Mode::Menu));
         // Not the switch: another option that shares the prefix.
         assert_eq!(d("rd.usb4rescuex=1").0, Dracut::Absent);
-        let c = Config::parse("rd.usb4rescue=restore rd.usb4rescue.resume=1");
-        assert!(c.resume && c.warnings.is_empty(), "{:?}", c.warnings);
+        let c = Config::parse("rd.usb4rescue=restore rd.usb4rescue.resume=1 rd.usb4rescue.grow=1");
+        assert!(
+            c.resume && c.grow && c.warnings.is_empty(),
+            "{:?}",
+            c.warnings
+        );
         match c.restore_command() {
-            Command::Restore(r) => assert!(r.resume),
+            Command::Restore(r) => assert!(r.resume && r.grow),
             other => panic!("{other:?}"),
         }
     }

@@ -372,16 +372,23 @@ impl<'a, R: BufRead, W: Write> Menu<'a, R, W> {
         if id == "q" {
             return Some(());
         }
-        let map: Vec<String> = if self.config.map.is_empty() {
-            let m = self.ask(
-                "Where to write each disk (NAME=TARGET ..., e.g. vda=vda; Enter = the local disk with the same serial number):",
-            )?;
+        // rescue.map is the default, not the only choice: the person at the
+        // console may restore onto another disk than the boot line named.
+        let default = if self.config.map.is_empty() {
+            "the local disk with the same serial number".to_string()
+        } else {
+            self.config.map.join(" ")
+        };
+        let m = self.ask(&format!(
+            "Where to write each disk (NAME=TARGET ..., e.g. vda=vda; Enter = {default}):"
+        ))?;
+        let map: Vec<String> = if m.is_empty() {
+            self.config.map.clone()
+        } else {
             m.split([' ', ','])
                 .filter(|s| !s.is_empty())
                 .map(str::to_string)
                 .collect()
-        } else {
-            self.config.map.clone()
         };
         let _ = writeln!(
             self.out,
@@ -411,7 +418,7 @@ impl<'a, R: BufRead, W: Write> Menu<'a, R, W> {
             resume,
             skip_damaged: false,
             damaged_map: None,
-            grow: false,
+            grow: self.config.grow,
         });
         let rc = run_and_report(&mut self.out, self.backend, "restore", cmd);
         self.restore_cut = rc == exit::PEER_GONE;

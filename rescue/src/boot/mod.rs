@@ -13,7 +13,8 @@
 //! `rescue.disks=`, `rescue.peer=`, `rescue.yes=1`, `rescue.poweroff=1`,
 //! `rescue.reboot=1`, `rescue.fabric=auto|usb4|virtual`, `rescue.hostname=`,
 //! `rescue.label=`, `rescue.verify=1`, `rescue.wait=SECS`, and for restore
-//! `rescue.map=NAME=TARGET,...`, `rescue.backup=ID` and `rescue.resume=1` (see
+//! `rescue.map=NAME=TARGET,...`, `rescue.backup=ID`, `rescue.resume=1` and
+//! `rescue.grow=1` (see
 //! `cmdline`). The dracut module runs the same flow as a normal process (`hook`).
 
 pub(crate) mod cmdline;

@@ -201,9 +201,10 @@ pub struct RestoreArgs {
     #[arg(long)]
     pub verify: bool,
 
-    /// On a larger target, extend the last GPT partition to the new end of the
-    /// disk when it is the last on the disk (its filesystem is not grown: the
-    /// summary says how).
+    /// On a larger target, extend the partition that ends last to the new end
+    /// of the disk: a GPT partition, or an MBR primary one (up to 2 TiB with
+    /// 512-byte sectors; a logical one is not grown, said so). Its filesystem
+    /// is not grown: the summary says how.
     #[arg(long)]
     pub grow: bool,
 

@@ -154,12 +154,13 @@ fn refuse(msg: String) -> anyhow::Error {
 fn open_targets(
     root: &Root,
     pairs: &[(DiskSummary, String)],
+    grow: bool,
 ) -> Result<(Vec<Planned>, Vec<resize::Plan>)> {
     let mut planned = Vec::new();
     let mut plans = Vec::new();
     for (d, t) in pairs {
         let p = open_target(root, t, d.size, d.layout.is_some())?;
-        plans.push(resize_plan(d, t, &p)?);
+        plans.push(resize_plan(d, t, &p, grow)?);
         planned.push(p);
     }
     Ok((planned, plans))
@@ -167,12 +168,12 @@ fn open_targets(
 
 /// What restoring disk `d` onto a target of another size does (nothing for
 /// the same size), or the refusal: its partitions do not fit.
-fn resize_plan(d: &DiskSummary, spec: &str, p: &Planned) -> Result<resize::Plan> {
+fn resize_plan(d: &DiskSummary, spec: &str, p: &Planned, grow: bool) -> Result<resize::Plan> {
     let target = match p {
         Planned::Open(t) => Some((&t.file, t.size)),
         Planned::New { .. } => None,
     };
-    resize::for_target(d.layout.as_ref(), d.size, target).map_err(|why| {
+    resize::for_target(d.layout.as_ref(), d.size, target, grow).map_err(|why| {
         refuse(format!(
             "refusing to restore onto {spec}: {why}; nothing was written"
         ))
@@ -349,6 +350,9 @@ struct TargetSink {
     fresh_file: bool,
     /// Nothing at or after this offset is written (a smaller target).
     cut: u64,
+    /// The image's bytes after the cut in the chunk the cut falls in: not
+    /// written, but what --verify completes that chunk with to check it.
+    tail: Vec<u8>,
 }
 
 impl Sink for TargetSink {
@@ -358,6 +362,13 @@ impl Sink for TargetSink {
         }
         // The chunk the cut falls in: only its part before the cut.
         let len = u64::from(c.len).min(self.cut - c.offset);
+        if len < u64::from(c.len) {
+            self.tail = if c.zero {
+                vec![0; (u64::from(c.len) - len) as usize]
+            } else {
+                c.bytes()[len as usize..].to_vec()
+            };
+        }
         if c.zero {
             if self.fresh_file {
                 return Ok(());
@@ -702,7 +713,7 @@ pub fn run(root: &Root, args: &RestoreArgs) -> Result<u8> {
     let chosen = choose(&backups, args, &s.me)?;
     check_listed(&chosen)?;
     let pairs = map_targets(root, &chosen, args)?;
-    let (planned, plans) = open_targets(root, &pairs)?;
+    let (planned, plans) = open_targets(root, &pairs, args.grow)?;
     eprintln!(
         "restore backup {} of {} (taken {}) from {}:",
         Peer(&chosen.backup_id),
@@ -1019,8 +1030,13 @@ fn restore_disk(
 ) -> Result<Outcome> {
     let DiskJob { i, d, t, .. } = *job;
     let t0 = Instant::now();
-    let (r, whole, patches) = receive_onto(s, job, args, mode)?;
-    let resized = job.plan.cut < d.size || !patches.is_empty();
+    let Written {
+        r,
+        whole,
+        done,
+        tail,
+    } = receive_onto(s, job, args, mode)?;
+    let resized = job.plan.cut < d.size || !done.patches.is_empty();
     let want = d.sha256.clone().unwrap_or_default();
     let got = whole.map(|w| hex(&w));
     let mut ok = got.as_deref().is_none_or(|g| g == want);
@@ -1037,7 +1053,7 @@ fn restore_disk(
     if ok && args.verify && resized {
         eprintln!("{}: reading {} back to verify", Peer(&d.name), t.spec);
         let bar = Bar::new(&format!("{} verify", Peer(&d.name)), job.plan.cut, mode);
-        if let Some(why) = verify_resized(job, &patches, job.digests, &bar)? {
+        if let Some(why) = verify_resized(job, &done, &tail, &bar)? {
             ok = false;
             message = why;
         }
@@ -1071,14 +1087,21 @@ fn restore_disk(
         return Ok(Outcome::Failed);
     }
     eprintln!(
-        "{}: written to {} and verified in {:.1}s{}, sha256 {}",
+        "{}: written to {}{} and verified in {:.1}s{}, sha256 {}",
         Peer(&d.name),
         t.spec,
+        resized_words(d, t, &done),
         t0.elapsed().as_secs_f64(),
         if args.verify { " (read back)" } else { "" },
         Peer(&want)
     );
-    resize_summary(d, t, job.plan, &patches);
+    if let Some(g) = done.grown {
+        eprintln!(
+            "  {}: {}",
+            Peer(&d.name),
+            resize::grow_hint(&t.file, &t.path, t.block, g)
+        );
+    }
     if r.resent > 0 {
         eprintln!(
             "  {} chunk(s) arrived damaged and were sent again",
@@ -1088,38 +1111,32 @@ fn restore_disk(
     Ok(Outcome::Verified)
 }
 
-/// Says what a restore onto a target of another size did.
-fn resize_summary(d: &DiskSummary, t: &Target, plan: &resize::Plan, patches: &[resize::Patch]) {
-    if plan.cut < d.size {
-        eprintln!(
-            "  {} of {} written: the image was cut at byte {}, after the last partition",
-            human_bytes(plan.cut),
-            human_bytes(d.size),
-            plan.cut
-        );
+/// What a restore onto a target of another size did, for the disk's line:
+/// " (resized from 8 MiB to 16 MiB: GPT backup header moved ...)".
+fn resized_words(d: &DiskSummary, t: &Target, done: &resize::Done) -> String {
+    if done.said.is_empty() {
+        return String::new();
     }
-    for p in patches {
-        eprintln!("  {} on {}: {}", Peer(&d.name), t.spec, p.what);
+    if d.size == t.size {
+        return format!(" ({})", done.said.join("; "));
     }
-    if d.size != t.size && patches.is_empty() {
-        eprintln!(
-            "  {} onto {} of {}: {}",
-            Peer(&d.name),
-            human_bytes(t.size),
-            t.spec,
-            plan.changes.join("; ")
-        );
-    }
+    format!(
+        " (resized from {} to {}: {})",
+        human_bytes(d.size),
+        human_bytes(t.size),
+        done.said.join("; ")
+    )
 }
 
-/// The chunks --verify of a target of another size compares: those wholly
-/// before the cut.
+/// The chunks --verify of a target of another size compares: those before
+/// the cut, the one it falls in too (completed with the image's bytes after
+/// the cut, which the sink keeps).
 fn verified_chunks(plan: &resize::Plan, size: u64, chunk: u32) -> u64 {
     let geo = Geometry { size, chunk };
     if plan.cut >= size {
         geo.count()
     } else {
-        plan.cut / u64::from(chunk)
+        plan.cut.div_ceil(u64::from(chunk))
     }
 }
 
@@ -1153,47 +1170,32 @@ fn digests_before(
     }
 }
 
-/// --verify of a target of another size: every chunk before the cut that the
-/// new tables did not touch matches the backup's digest, and the tables read
-/// back as written.
+/// --verify of a target of another size: every chunk up to the cut matches
+/// the backup's digest (where the new tables were written, with the bytes
+/// they replaced; the chunk the cut falls in completed with `tail`), then the
+/// tables read back as written and the GPT is whole.
 fn verify_resized(
     job: &DiskJob,
-    patches: &[resize::Patch],
-    digests: &[Option<[u8; 32]>],
+    done: &resize::Done,
+    tail: &[u8],
     bar: &Bar,
 ) -> Result<Option<String>> {
-    let DiskJob { t, geo, .. } = *job;
-    let touched = |i: u64| {
-        let (a, b) = (geo.offset(i), geo.start_of(i + 1));
-        patches
-            .iter()
-            .any(|p| p.off < b && a < p.off + p.bytes.len() as u64)
+    let DiskJob { t, geo, plan, .. } = *job;
+    let expect = resize::Expected {
+        digests: job.digests,
+        chunk: geo.chunk,
+        cut: plan.cut,
+        tail,
     };
-    let mut zeros = ZeroDigests::default();
-    let mut bad = None;
-    let mut i = 0u64;
-    let end = geo.start_of(digests.len() as u64);
-    readahead::for_each_piece(&t.file, 0, end, geo.chunk as usize, |_, b| -> Result<()> {
-        let got = if xfer::is_zero(b) {
-            zeros.get(b.len() as u32)
-        } else {
-            xfer::sha256(b)
-        };
-        if bad.is_none() && !touched(i) && digests.get(i as usize).copied().flatten() != Some(got) {
-            bad = Some(geo.offset(i));
-        }
-        bar.inc(b.len() as u64);
-        i += 1;
-        Ok(())
-    })
-    .with_context(|| format!("reading {} back", t.spec))?;
+    let bad = resize::check_image(&t.file, done, &expect, |n| bar.inc(n))
+        .with_context(|| format!("reading {} back", t.spec))?;
     bar.finish();
     if let Some(off) = bad {
         return Ok(Some(format!(
             "read back, the chunk at offset {off} does not match the backup's digest"
         )));
     }
-    resize::check_patches(&t.file, patches)
+    resize::check_tables(&t.file, done, t.size, plan.sector)
 }
 
 /// The data phase of one disk: chunks verified and written, then the target
@@ -1205,7 +1207,7 @@ fn receive_onto(
     job: &DiskJob,
     args: &RestoreArgs,
     mode: progress::Mode,
-) -> Result<(Received, Option<[u8; 32]>, Vec<resize::Patch>)> {
+) -> Result<Written> {
     let DiskJob {
         i, d, t, geo, held, ..
     } = *job;
@@ -1219,6 +1221,7 @@ fn receive_onto(
         block: t.block,
         fresh_file: t.created.is_some(),
         cut: job.plan.cut,
+        tail: Vec::new(),
     };
     let pipe = SinkPipeline::start(sink, d.size);
     let policy = if args.skip_damaged {
@@ -1250,8 +1253,8 @@ fn receive_onto(
         },
         Ok(r) => r,
     };
-    let (_sink, whole) = finished?;
-    let patches = resize::finish(&t.file, job.plan, d.size, t.size, args.grow)
+    let (sink, whole) = finished?;
+    let done = resize::finish(&t.file, job.plan, d.size, t.size, args.grow)
         .with_context(|| format!("making the partition table of {} fit its size", t.spec))?;
     if t.block
         && let Err(e) = blkdev::reread_partitions(&t.file)
@@ -1261,7 +1264,23 @@ fn receive_onto(
             t.spec
         );
     }
-    Ok((r, whole, patches))
+    Ok(Written {
+        r,
+        whole,
+        done,
+        tail: sink.tail,
+    })
+}
+
+/// What [`receive_onto`] got onto a target.
+struct Written {
+    r: Received,
+    /// The whole-image digest, when every byte came in order.
+    whole: Option<[u8; 32]>,
+    /// What the new tables changed (a target of another size).
+    done: resize::Done,
+    /// The image's bytes after the cut in the chunk the cut falls in.
+    tail: Vec<u8>,
 }
 
 /// Writes the ddrescue mapfile of the chunks --skip-damaged left as zeros

@@ -9,6 +9,7 @@
 
 use std::fs::File;
 use std::os::unix::fs::FileExt;
+use std::path::Path;
 
 use anyhow::{Context, Result, bail};
 
@@ -30,8 +31,12 @@ pub struct Plan {
     /// A GPT backup header the target held from before, beyond the image, to
     /// be zeroed (byte offset of its sector).
     pub zero_stale: Option<u64>,
-    /// What changes, in words, for the confirmation and the summary.
+    /// What changes, in words, for the confirmation.
     pub changes: Vec<String>,
+    /// The number of the partition that ends last (0: none known).
+    pub last: u32,
+    /// The target's logical sector size.
+    pub sector: u32,
 }
 
 /// A write that makes the tables right: `bytes` at byte `off`.
@@ -41,9 +46,37 @@ pub struct Patch {
     pub bytes: Vec<u8>,
     /// What it is, in words ("GPT backup header at LBA 8191").
     pub what: String,
+    /// The target's bytes there before the patch (what the image put there),
+    /// filled in by [`finish`]: `--verify` compares the image's digests with
+    /// them, the patch with what is there now.
+    pub was: Vec<u8>,
 }
 
-/// The layout of an image the server describes in its listing.
+impl Patch {
+    fn new(off: u64, bytes: Vec<u8>, what: String) -> Patch {
+        Patch {
+            off,
+            bytes,
+            what,
+            was: Vec::new(),
+        }
+    }
+}
+
+/// What [`finish`] did to the target.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Done {
+    /// The writes, each with the bytes it replaced.
+    pub patches: Vec<Patch>,
+    /// What was done, in words, for the summary and the log line.
+    pub said: Vec<String>,
+    /// The partition --grow extended: (number, first byte, bytes).
+    pub grown: Option<(u32, u64, u64)>,
+}
+
+/// The layout of an image the server describes in its listing. The partition
+/// that ends last is the one with the highest number among those ending at the
+/// same byte: the last logical partition rather than the extended one holding it.
 pub fn layout_of(table: Option<&PartitionTable>, sector: u32) -> DiskLayout {
     let mut l = DiskLayout {
         table: "none".into(),
@@ -57,7 +90,7 @@ pub fn layout_of(table: Option<&PartitionTable>, sector: u32) -> DiskLayout {
     l.gpt_array_bytes = t.gpt_array_bytes;
     for e in &t.entries {
         let end = e.start_bytes.saturating_add(e.size_bytes);
-        if end > l.end {
+        if end > l.end || (end == l.end && end > 0 && e.number > l.last) {
             l.end = end;
             l.last = e.number;
         }
@@ -70,16 +103,27 @@ fn array_sectors(bytes: u64, sector: u64) -> u64 {
     bytes.div_ceil(sector)
 }
 
+/// What a filesystem grown by --grow still needs (the table is all rescue changes).
+const FS_NOT_GROWN: &str = "its filesystem is not: the summary says how to grow it";
+
+/// The end (exclusive, in sectors) an MBR partition can be grown to on a disk
+/// of `sectors`: 32-bit sector numbers address no further (2 TiB with 512-byte
+/// sectors).
+fn mbr_limit(sectors: u64) -> u64 {
+    sectors.min(u64::from(u32::MAX))
+}
+
 /// Decides how an image of `source` bytes with layout `l` goes onto a target of
 /// `target` bytes with `target_sector`-byte sectors. `stale_gpt`: the target's
-/// last sector holds a GPT header from before. Err: refused, the message says
-/// why (both sizes, where the last partition ends).
+/// last sector holds a GPT header from before; `grow`: --grow. Err: refused,
+/// the message says why (both sizes, where the last partition ends).
 pub fn plan(
     l: &DiskLayout,
     source: u64,
     target: u64,
     target_sector: u32,
     stale_gpt: bool,
+    grow: bool,
 ) -> std::result::Result<Plan, String> {
     let sector = u64::from(l.sector);
     if !(512..=65536).contains(&l.sector) || !l.sector.is_power_of_two() {
@@ -104,8 +148,13 @@ pub fn plan(
         fix_gpt: false,
         zero_stale: None,
         changes: Vec::new(),
+        last: l.last,
+        sector: l.sector,
     };
     if source == target {
+        if grow {
+            p.changes.push(GROW_SAME.into());
+        }
         return Ok(p);
     }
     let last_lba = |size: u64| (size / sector).saturating_sub(1);
@@ -116,7 +165,7 @@ pub fn plan(
         (l.end / sector).saturating_sub(1)
     );
     match l.table.as_str() {
-        "gpt" => gpt_plan(l, source, target, &sizes, &ends, &mut p)?,
+        "gpt" => gpt_plan(l, source, target, &sizes, &ends, grow, &mut p)?,
         "dos" | "none" if target > source => {
             p.changes.push(if l.table == "dos" {
                 "MBR: nothing to change (an MBR does not record the disk's size); the space after the image stays unpartitioned".into()
@@ -145,6 +194,9 @@ pub fn plan(
             ));
         }
     }
+    if grow && l.table != "gpt" {
+        p.changes.push(mbr_grow_plan(l, target));
+    }
     if stale_gpt && !p.fix_gpt && last_lba(target) * sector >= p.cut {
         let at = last_lba(target) * sector;
         p.zero_stale = Some(at);
@@ -156,6 +208,48 @@ pub fn plan(
     Ok(p)
 }
 
+const GROW_SAME: &str = "--grow: the target is the image's size: nothing to grow";
+
+/// What --grow will do to an MBR disk (or one without a table), before the
+/// image is written: [`mbr_grow`] decides from the written table itself.
+fn mbr_grow_plan(l: &DiskLayout, target: u64) -> String {
+    let sector = u64::from(l.sector);
+    let limit = mbr_limit(target / sector);
+    if l.table != "dos" {
+        return "--grow: no partition table, nothing to grow (a filesystem on the whole disk grows with its own tool: resize2fs, xfs_growfs, btrfs filesystem resize)".into();
+    }
+    if l.last > 4 {
+        return format!(
+            "--grow: partition {} is a logical partition inside an extended one: not grown (grow the extended partition and then partition {} with fdisk or parted, then its filesystem)",
+            l.last, l.last
+        );
+    }
+    if l.end / sector >= limit {
+        return format!(
+            "--grow: partition {} already ends at the end of what the MBR can address: nothing to grow",
+            l.last
+        );
+    }
+    format!(
+        "partition {} grown to end at LBA {} ({FS_NOT_GROWN}){}",
+        l.last,
+        limit - 1,
+        mbr_beyond(target / sector)
+    )
+}
+
+/// Says that an MBR cannot use the whole of a disk of `sectors`, or nothing.
+fn mbr_beyond(sectors: u64) -> String {
+    if sectors <= u64::from(u32::MAX) {
+        return String::new();
+    }
+    format!(
+        "; an MBR addresses only the first {} sectors: the {} sectors after them stay unused (convert the disk to GPT to use them)",
+        u32::MAX,
+        sectors - u64::from(u32::MAX)
+    )
+}
+
 /// The GPT part of [`plan`]: room for the backup array and header after the
 /// last partition, and what moves.
 fn gpt_plan(
@@ -164,6 +258,7 @@ fn gpt_plan(
     target: u64,
     sizes: &str,
     ends: &str,
+    grow: bool,
     p: &mut Plan,
 ) -> std::result::Result<(), String> {
     let sector = u64::from(l.sector);
@@ -189,14 +284,14 @@ fn gpt_plan(
     }
     p.fix_gpt = true;
     let new_last = last_lba(target);
+    let new_usable = new_last - arr - 1;
     p.changes.push(format!(
         "GPT backup header moved from LBA {} to {new_last}, its partition array to LBA {}",
         last_lba(source),
         new_last - arr
     ));
     p.changes.push(format!(
-        "GPT last usable LBA becomes {}, primary header and CRCs updated",
-        new_last - arr - 1
+        "GPT last usable LBA becomes {new_usable}, primary header and CRCs updated"
     ));
     if target < source {
         p.cut = l.end.max((2 + arr) * sector).min(source);
@@ -211,6 +306,19 @@ fn gpt_plan(
             "the source's backup GPT (LBA {} and its array) zeroed",
             last_lba(source)
         ));
+    }
+    if grow {
+        p.changes.push(if l.end / sector <= new_usable {
+            format!(
+                "partition {} grown to end at LBA {new_usable} ({FS_NOT_GROWN})",
+                l.last
+            )
+        } else {
+            format!(
+                "--grow: partition {} already ends at the last usable LBA: nothing to grow",
+                l.last
+            )
+        });
     }
     Ok(())
 }
@@ -283,14 +391,14 @@ fn seal(h: &mut [u8], size: usize) {
 /// the partition array when `grow` extends the last partition to the new end,
 /// the backup array and header at the end, and the image's own backup GPT
 /// zeroed when it now lies inside the target. Refuses a table whose
-/// partitions do not fit.
+/// partitions do not fit. Returns the writes and what they do, in words.
 pub fn gpt_patches(
     head: &GptHead,
     source: u64,
     target: u64,
     sector: u32,
     grow: bool,
-) -> Result<Vec<Patch>> {
+) -> Result<Done> {
     let (array_off, array_len) = gpt_array_at(head.header, sector)?;
     let Some(h) = partitions::parse_gpt_header(head.header) else {
         bail!("no GPT header at LBA 1");
@@ -316,21 +424,24 @@ pub fn gpt_patches(
             last_slot + 1
         );
     }
-    let mut out = Vec::new();
-    if let Some(p) = protective_mbr(head.mbr, new_last) {
-        out.push(p);
-    }
-    let grown = grow && last_end < new_usable && last_slot < array.len() / entry;
-    if grown {
-        put64(&mut array, last_slot * entry + 40, new_usable);
-        out.push(Patch {
-            off: array_off,
-            bytes: array.clone(),
-            what: format!(
-                "partition {} grown from LBA {last_end} to end at LBA {new_usable} (its filesystem is not: grow it with resize2fs, xfs_growfs or btrfs filesystem resize)",
-                last_slot + 1
-            ),
-        });
+    let mut d = Done::default();
+    d.said.push(format!(
+        "GPT backup header moved from LBA {} to {new_last} (its partition array to LBA {}), last usable LBA {new_usable} (was {})",
+        h.alternate_lba,
+        new_last - arr,
+        h.last_usable_lba
+    ));
+    d.patches.extend(protective_mbr(head.mbr, new_last));
+    if grow {
+        let at = Grow {
+            array_off,
+            entry,
+            slot: last_slot,
+            last_end,
+            new_usable,
+            sec,
+        };
+        grow_gpt(&mut array, &at, &mut d);
     }
     let array_crc = crc32fast::hash(&array);
     let size = h.header_size as usize;
@@ -339,31 +450,80 @@ pub fn gpt_patches(
     put64(&mut primary, 48, new_usable);
     put32(&mut primary, 88, array_crc);
     seal(&mut primary, size);
-    out.push(Patch {
-        off: sec,
-        bytes: primary.clone(),
-        what: format!(
+    d.patches.push(Patch::new(
+        sec,
+        primary.clone(),
+        format!(
             "primary GPT header: backup at LBA {new_last} (was {}), last usable LBA {new_usable} (was {})",
             h.alternate_lba, h.last_usable_lba
         ),
-    });
-    out.extend(stale_backup(&h, source, target, sec, arr, last_end));
+    ));
+    if let Some(z) = stale_backup(&h, source, target, sec, arr, last_end) {
+        d.said.push(z.what.clone());
+        d.patches.push(z);
+    }
     let mut backup = primary;
     put64(&mut backup, 24, new_last);
     put64(&mut backup, 32, 1);
     put64(&mut backup, 72, new_last - arr);
     seal(&mut backup, size);
-    out.push(Patch {
-        off: (new_last - arr) * sec,
-        bytes: array,
-        what: format!("GPT backup partition array at LBA {}", new_last - arr),
-    });
-    out.push(Patch {
-        off: new_last * sec,
-        bytes: backup,
-        what: format!("GPT backup header at LBA {new_last}"),
-    });
-    Ok(out)
+    d.patches.push(Patch::new(
+        (new_last - arr) * sec,
+        array,
+        format!("GPT backup partition array at LBA {}", new_last - arr),
+    ));
+    d.patches.push(Patch::new(
+        new_last * sec,
+        backup,
+        format!("GPT backup header at LBA {new_last}"),
+    ));
+    Ok(d)
+}
+
+/// Where --grow extends a GPT's last partition: its slot of `entry` bytes in
+/// the array at `array_off`, the LBA it ends at, and the new last usable LBA.
+struct Grow {
+    array_off: u64,
+    entry: usize,
+    slot: usize,
+    last_end: u64,
+    new_usable: u64,
+    sec: u64,
+}
+
+/// --grow on a GPT: the partition that ends last extended to the last usable
+/// LBA in `array`, the primary array's write and what was done added to `d`.
+fn grow_gpt(array: &mut [u8], g: &Grow, d: &mut Done) {
+    let used = g.slot < array.len() / g.entry;
+    if !used || g.last_end >= g.new_usable {
+        d.said.push(format!(
+            "--grow: nothing grown: {}",
+            if used {
+                format!(
+                    "partition {} already ends at the last usable LBA {}",
+                    g.slot + 1,
+                    g.new_usable
+                )
+            } else {
+                "the GPT holds no partition".into()
+            }
+        ));
+        return;
+    }
+    let e = &mut array[g.slot * g.entry..(g.slot + 1) * g.entry];
+    let first = le64(e, 32);
+    put64(e, 40, g.new_usable);
+    let n = g.slot as u32 + 1;
+    d.grown = Some((n, first * g.sec, (g.new_usable + 1 - first) * g.sec));
+    d.said.push(format!(
+        "partition {n} grown from LBA {first}-{} to LBA {first}-{}",
+        g.last_end, g.new_usable
+    ));
+    d.patches.push(Patch::new(
+        g.array_off,
+        array.to_vec(),
+        format!("primary GPT partition array (partition {n} grown)"),
+    ));
 }
 
 /// The used entry that ends last: (slot, last LBA). Entries with a range that
@@ -388,11 +548,16 @@ fn last_entry(array: &[u8], entry: usize) -> Result<(usize, u64)> {
     Ok(best)
 }
 
+/// Whether an MBR carries its 0x55AA signature.
+fn has_mbr_signature(mbr: &[u8]) -> bool {
+    mbr.len() >= 512 && mbr[510] == 0x55 && mbr[511] == 0xAA
+}
+
 /// A protective MBR (one 0xEE entry from LBA 1) sized for the new disk: it
 /// covers the disk up to its last LBA, at most 2^32 - 1 sectors. Hybrid MBRs
 /// (other entries beside it) are left alone.
 fn protective_mbr(mbr: &[u8], new_last: u64) -> Option<Patch> {
-    if mbr.len() < 512 || mbr[510] != 0x55 || mbr[511] != 0xAA {
+    if !has_mbr_signature(mbr) {
         return None;
     }
     let slots: Vec<usize> = (0..4).map(|i| 446 + i * 16).collect();
@@ -412,13 +577,81 @@ fn protective_mbr(mbr: &[u8], new_last: u64) -> Option<Patch> {
     }
     let mut m = mbr[..512].to_vec();
     put32(&mut m, o + 12, sectors);
-    Some(Patch {
-        off: 0,
-        bytes: m,
-        what: format!(
+    Some(Patch::new(
+        0,
+        m,
+        format!(
             "protective MBR covers {sectors} sectors (was {})",
             le32(mbr, o + 12)
         ),
+    ))
+}
+
+/// MBR partition types of an extended partition (a container of logical ones).
+const EXTENDED: [u8; 3] = [0x05, 0x0f, 0x85];
+
+/// The CHS address of `lba` as partitioning tools write it (255 heads, 63
+/// sectors per track; beyond cylinder 1023 the largest address).
+fn chs(lba: u64) -> [u8; 3] {
+    let c = lba / (255 * 63);
+    if c > 1023 {
+        return [0xfe, 0xff, 0xff];
+    }
+    let (h, s) = ((lba / 63) % 255, lba % 63 + 1);
+    [h as u8, (s as u8) | (((c >> 2) & 0xc0) as u8), c as u8]
+}
+
+/// --grow on an MBR: the primary partition that ends last, extended to the
+/// end of a target of `sectors` (no further than 32-bit sector numbers
+/// reach). Err: why nothing was grown.
+fn mbr_grow(mbr: &[u8], sectors: u64, sec: u64) -> std::result::Result<Done, String> {
+    if !has_mbr_signature(mbr) {
+        return Err("the image has no MBR (no 0x55AA signature)".into());
+    }
+    let end = |o: usize| u64::from(le32(mbr, o + 8)) + u64::from(le32(mbr, o + 12));
+    let Some(o) = (0..4)
+        .map(|i| 446 + i * 16)
+        .filter(|&o| mbr[o + 4] != 0 && le32(mbr, o + 12) != 0)
+        .max_by_key(|&o| end(o))
+    else {
+        return Err("the MBR holds no partition".into());
+    };
+    let n = (o - 446) / 16 + 1;
+    if mbr[o + 4] == 0xEE {
+        return Err(format!(
+            "partition {n} is a GPT's protective entry, and no valid GPT was found"
+        ));
+    }
+    if EXTENDED.contains(&mbr[o + 4]) {
+        return Err(format!(
+            "partition {n}, which ends last, is an extended partition: logical partitions are not grown (grow partition {n} and then the last logical partition in it with fdisk or parted, then its filesystem)"
+        ));
+    }
+    let limit = mbr_limit(sectors);
+    let start = u64::from(le32(mbr, o + 8));
+    if end(o) >= limit {
+        return Err(format!(
+            "partition {n} already ends at the end of {}",
+            if sectors > limit {
+                "what an MBR can address"
+            } else {
+                "the target"
+            }
+        ));
+    }
+    let mut m = mbr[..512].to_vec();
+    put32(&mut m, o + 12, (limit - start) as u32);
+    m[o + 5..o + 8].copy_from_slice(&chs(limit - 1));
+    let said = format!(
+        "partition {n} grown from LBA {start}-{} to LBA {start}-{}{}",
+        end(o) - 1,
+        limit - 1,
+        mbr_beyond(sectors)
+    );
+    Ok(Done {
+        patches: vec![Patch::new(0, m, format!("MBR (partition {n} grown)"))],
+        said: vec![said],
+        grown: Some((n as u32, start * sec, (limit - start) * sec)),
     })
 }
 
@@ -440,11 +673,11 @@ fn stale_backup(
     {
         return None;
     }
-    Some(Patch {
-        off: from * sec,
-        bytes: vec![0; ((arr + 1) * sec) as usize],
-        what: format!("the image's backup GPT at LBA {old_last} (and its array) zeroed"),
-    })
+    Some(Patch::new(
+        from * sec,
+        vec![0; ((arr + 1) * sec) as usize],
+        format!("the image's backup GPT at LBA {old_last} (and its array) zeroed"),
+    ))
 }
 
 // ------------------------------------------------------------------ on a target
@@ -457,12 +690,19 @@ pub fn for_target(
     layout: Option<&DiskLayout>,
     source: u64,
     target: Option<(&File, u64)>,
+    grow: bool,
 ) -> std::result::Result<Plan, String> {
     let same = Plan {
         cut: source,
         fix_gpt: false,
         zero_stale: None,
-        changes: Vec::new(),
+        changes: if grow {
+            vec![GROW_SAME.into()]
+        } else {
+            Vec::new()
+        },
+        last: layout.map_or(0, |l| l.last),
+        sector: layout.map_or(512, |l| l.sector),
     };
     let Some((file, size)) = target.filter(|&(_, size)| size != source) else {
         return Ok(same);
@@ -494,50 +734,98 @@ pub fn for_target(
     let mut last = vec![0u8; sector as usize];
     let at = (size / u64::from(sector)).saturating_sub(1) * u64::from(sector);
     let stale = file.read_exact_at(&mut last, at).is_ok() && is_gpt_header(&last);
-    plan(l, source, size, sector, stale)
+    plan(l, source, size, sector, stale, grow)
+}
+
+fn read_at(file: &File, off: u64, len: usize) -> Result<Vec<u8>> {
+    let mut b = vec![0u8; len];
+    file.read_exact_at(&mut b, off)
+        .with_context(|| format!("reading {len} bytes at {off} back"))?;
+    Ok(b)
 }
 
 /// After the image is on the target: its GPT made right for the target's size
-/// (read back from the target, the bytes that were written), and a stale GPT
-/// header zeroed. Returns what was done, in words; nothing for a target of the
-/// image's size.
-pub fn finish(file: &File, p: &Plan, source: u64, target: u64, grow: bool) -> Result<Vec<Patch>> {
+/// (read back from the target, the bytes that were written), --grow on an MBR,
+/// and a stale GPT header zeroed. Returns what was done; nothing for a target
+/// of the image's size.
+pub fn finish(file: &File, p: &Plan, source: u64, target: u64, grow: bool) -> Result<Done> {
     if source == target {
-        return Ok(Vec::new());
-    }
-    let mut patches = Vec::new();
-    if let Some(sector) = [512u32, 4096].into_iter().find(|&s| gpt_at(file, s)) {
-        let read = |off: u64, len: usize| -> Result<Vec<u8>> {
-            let mut b = vec![0u8; len];
-            file.read_exact_at(&mut b, off)
-                .with_context(|| format!("reading {len} bytes at {off} back"))?;
-            Ok(b)
+        let said = if grow {
+            vec![GROW_SAME.into()]
+        } else {
+            Vec::new()
         };
-        let header = read(u64::from(sector), sector as usize)?;
+        return Ok(Done {
+            said,
+            ..Done::default()
+        });
+    }
+    let mut d = Done::default();
+    if p.cut < source {
+        d.said.push(format!(
+            "image cut at byte {} ({}) of {}, after partition {}",
+            p.cut,
+            human_bytes(p.cut),
+            human_bytes(source),
+            p.last
+        ));
+    }
+    if let Some(sector) = [512u32, 4096].into_iter().find(|&s| gpt_at(file, s)) {
+        let header = read_at(file, u64::from(sector), sector as usize)?;
         let (off, len) = gpt_array_at(&header, sector)?;
         let head = GptHead {
-            mbr: &read(0, 512)?,
+            mbr: &read_at(file, 0, 512)?,
             header: &header,
-            array: &read(off, len)?,
+            array: &read_at(file, off, len)?,
         };
-        patches = gpt_patches(&head, source, target, sector, grow)
+        let g = gpt_patches(&head, source, target, sector, grow)
             .context("rewriting the GPT for the target's size")?;
+        d.said.extend(g.said);
+        d.patches.extend(g.patches);
+        d.grown = g.grown;
+    } else {
+        mbr_finish(file, p, target, grow, &mut d)?;
     }
     if let Some(at) = p.zero_stale {
         let len = (target - at).min(65536) as usize;
-        patches.push(Patch {
-            off: at,
-            bytes: vec![0; len],
-            what: "a GPT backup header left from the target's previous contents zeroed".into(),
-        });
+        let what = "a GPT backup header left from the target's previous contents zeroed";
+        d.said.push(what.into());
+        d.patches.push(Patch::new(at, vec![0; len], what.into()));
     }
-    for pa in &patches {
+    for pa in &mut d.patches {
+        pa.was = read_at(file, pa.off, pa.bytes.len())?;
+    }
+    for pa in &d.patches {
         file.write_all_at(&pa.bytes, pa.off)
             .with_context(|| format!("writing the {}", pa.what))?;
     }
     file.sync_all()
         .context("syncing the new partition tables")?;
-    Ok(patches)
+    Ok(d)
+}
+
+/// [`finish`] for a target without a GPT: an MBR needs nothing for its size;
+/// --grow extends its last primary partition.
+fn mbr_finish(file: &File, p: &Plan, target: u64, grow: bool, d: &mut Done) -> Result<()> {
+    let mbr = read_at(file, 0, 512)?;
+    if !grow {
+        d.said.push(if has_mbr_signature(&mbr) {
+            "MBR: nothing to change (an MBR does not record the disk's size)".into()
+        } else {
+            "no partition table: nothing to change".into()
+        });
+        return Ok(());
+    }
+    let sec = u64::from(p.sector);
+    match mbr_grow(&mbr, target / sec, sec) {
+        Ok(g) => {
+            d.said.extend(g.said);
+            d.patches.extend(g.patches);
+            d.grown = g.grown;
+        }
+        Err(why) => d.said.push(format!("--grow: nothing grown: {why}")),
+    }
+    Ok(())
 }
 
 fn gpt_at(file: &File, sector: u32) -> bool {
@@ -545,15 +833,165 @@ fn gpt_at(file: &File, sector: u32) -> bool {
     file.read_exact_at(&mut b, u64::from(sector)).is_ok() && is_gpt_header(&b)
 }
 
-/// --verify of the tables: each write read back.
-pub fn check_patches(file: &File, patches: &[Patch]) -> Result<Option<String>> {
-    for pa in patches {
-        let mut b = vec![0u8; pa.bytes.len()];
-        file.read_exact_at(&mut b, pa.off)
-            .with_context(|| format!("reading back the {}", pa.what))?;
+/// What to run to grow the filesystem in partition `grown` (number, first
+/// byte, bytes) that --grow extended on the target at `path`, by the type its
+/// superblock shows.
+pub fn grow_hint(file: &File, path: &Path, block: bool, grown: (u32, u64, u64)) -> String {
+    let (n, start, len) = grown;
+    let fs = crate::system::fsprobe::probe(&crate::system::fsprobe::Window::new(file, start, len))
+        .map(|i| i.fstype);
+    let disk = path.display().to_string();
+    let (dev, first) = if block {
+        let sep = if disk.ends_with(|c: char| c.is_ascii_digit()) {
+            "p"
+        } else {
+            ""
+        };
+        (format!("{disk}{sep}{n}"), String::new())
+    } else {
+        (
+            format!("/dev/loopXp{n}"),
+            format!("losetup -P -f --show {disk} (it prints /dev/loopX), then "),
+        )
+    };
+    let how = match fs.as_deref() {
+        Some("ext2" | "ext3" | "ext4") => format!("e2fsck -f {dev} && resize2fs {dev}"),
+        Some("xfs") => format!("mount {dev} /mnt && xfs_growfs /mnt"),
+        Some("btrfs") => format!("mount {dev} /mnt && btrfs filesystem resize max /mnt"),
+        Some("ntfs") => format!("ntfsresize {dev}"),
+        _ => format!(
+            "grow it with its filesystem's own tool ({dev}: resize2fs, xfs_growfs, btrfs filesystem resize)"
+        ),
+    };
+    format!(
+        "partition {n} was grown, its {} filesystem was not: {first}{how}",
+        fs.as_deref().unwrap_or("unknown")
+    )
+}
+
+/// Turns what the target holds at `off` into what the image put there: the
+/// bytes each patch replaced go back where it overlaps `buf`, so the chunks a
+/// patch touched are compared with the image's digests too.
+pub fn image_bytes(done: &Done, off: u64, buf: &mut [u8]) {
+    let end = off + buf.len() as u64;
+    for pa in &done.patches {
+        let (a, b) = (pa.off.max(off), (pa.off + pa.was.len() as u64).min(end));
+        if a < b {
+            let (from, to) = ((a - pa.off) as usize, (a - off) as usize);
+            let n = (b - a) as usize;
+            buf[to..to + n].copy_from_slice(&pa.was[from..from + n]);
+        }
+    }
+}
+
+/// What the image holds up to the cut, for `--verify`: the backup's chunk
+/// digests (up to the chunk the cut falls in) and that chunk's bytes after
+/// the cut (received, not written).
+pub struct Expected<'a> {
+    pub digests: &'a [Option<[u8; 32]>],
+    pub chunk: u32,
+    pub cut: u64,
+    pub tail: &'a [u8],
+}
+
+/// --verify of the image on a target of another size: reads every chunk up
+/// to the cut back, puts back what the new tables replaced and completes the
+/// chunk the cut falls in, and compares each with the backup's digest.
+/// Returns the offset of the first chunk that differs; `progress` is told of
+/// every piece read.
+pub fn check_image(
+    file: &File,
+    done: &Done,
+    e: &Expected,
+    mut progress: impl FnMut(u64),
+) -> Result<Option<u64>> {
+    use sha2::{Digest, Sha256};
+    let chunk = u64::from(e.chunk);
+    let end = (e.digests.len() as u64).saturating_mul(chunk).min(e.cut);
+    let mut bad = None;
+    let mut i = 0usize;
+    crate::system::readahead::for_each_piece(
+        file,
+        0,
+        end,
+        e.chunk as usize,
+        |off, b| -> Result<()> {
+            let mut image = b.to_vec();
+            image_bytes(done, off, &mut image);
+            if off + b.len() as u64 == e.cut && !e.cut.is_multiple_of(chunk) {
+                image.extend_from_slice(e.tail);
+            }
+            let got: [u8; 32] = Sha256::digest(&image).into();
+            if bad.is_none() && e.digests.get(i).copied().flatten() != Some(got) {
+                bad = Some(off);
+            }
+            progress(b.len() as u64);
+            i += 1;
+            Ok(())
+        },
+    )?;
+    Ok(bad)
+}
+
+/// --verify of the tables: each write read back, then the GPT checked as a
+/// whole (both headers, their CRCs and pointers, both arrays).
+pub fn check_tables(file: &File, done: &Done, target: u64, sector: u32) -> Result<Option<String>> {
+    for pa in &done.patches {
+        let b = read_at(file, pa.off, pa.bytes.len())?;
         if b != pa.bytes {
             return Ok(Some(format!("the {} reads back differently", pa.what)));
         }
+    }
+    if !done
+        .patches
+        .iter()
+        .any(|p| p.what.starts_with("GPT backup header"))
+    {
+        return Ok(None);
+    }
+    gpt_problem(file, target, sector)
+}
+
+/// What is wrong with the GPT on a target of `target` bytes, read from it.
+fn gpt_problem(file: &File, target: u64, sector: u32) -> Result<Option<String>> {
+    let sec = u64::from(sector);
+    let last = (target / sec).saturating_sub(1);
+    let head = |lba: u64| -> Result<(Vec<u8>, Option<partitions::GptHeader>)> {
+        let b = read_at(file, lba * sec, sector as usize)?;
+        let h = partitions::parse_gpt_header(&b).filter(|h| h.crc_ok && h.my_lba == lba);
+        Ok((b, h))
+    };
+    let (pb, primary) = head(1)?;
+    let (_, backup) = head(last)?;
+    let intact = "does not read back intact (signature, CRC32 and its own LBA)";
+    let Some(p) = primary else {
+        return Ok(Some(format!("the primary GPT header at LBA 1 {intact}")));
+    };
+    let Some(b) = backup else {
+        return Ok(Some(format!(
+            "the backup GPT header at LBA {last} {intact}"
+        )));
+    };
+    if p.alternate_lba != last || b.alternate_lba != 1 || p.last_usable_lba != b.last_usable_lba {
+        return Ok(Some(format!(
+            "the GPT headers do not point at each other at the disk's ends (primary: backup at LBA {}, backup: primary at LBA {}, last LBA {last})",
+            p.alternate_lba, b.alternate_lba
+        )));
+    }
+    let (off, len) = gpt_array_at(&pb, sector)?;
+    let array = read_at(file, off, len)?;
+    let copy = read_at(file, b.entries_lba.saturating_mul(sec), len)?;
+    if crc32fast::hash(&array) != p.entries_crc || copy != array || b.entries_crc != p.entries_crc {
+        return Ok(Some(format!(
+            "the GPT partition arrays at LBA {} and {} do not both match their headers' CRC32",
+            p.entries_lba, b.entries_lba
+        )));
+    }
+    if b.entries_lba <= p.last_usable_lba {
+        return Ok(Some(format!(
+            "the backup GPT array (LBA {}) lies inside the usable space (up to LBA {})",
+            b.entries_lba, p.last_usable_lba
+        )));
     }
     Ok(None)
 }
@@ -618,7 +1056,7 @@ mod tests {
     fn restored(img: &[u8], target: u64, grow: bool, fill: u8) -> (Plan, Vec<u8>) {
         let table = partitions::read_table_bytes(img, 512).unwrap();
         let l = layout_of(table.as_ref(), 512);
-        let p = plan(&l, img.len() as u64, target, 512, false).unwrap();
+        let p = plan(&l, img.len() as u64, target, 512, false, grow).unwrap();
         let mut t = vec![fill; target as usize];
         t[..p.cut as usize].copy_from_slice(&img[..p.cut as usize]);
         let (off, len) = gpt_array_at(&t[512..1024], 512).unwrap();
@@ -627,7 +1065,9 @@ mod tests {
             header: &t[512..1024],
             array: &t[off as usize..off as usize + len],
         };
-        let patches = gpt_patches(&head, img.len() as u64, target, 512, grow).unwrap();
+        let patches = gpt_patches(&head, img.len() as u64, target, 512, grow)
+            .unwrap()
+            .patches;
         for pa in patches {
             t[pa.off as usize..pa.off as usize + pa.bytes.len()].copy_from_slice(&pa.bytes);
         }
@@ -707,7 +1147,7 @@ mod tests {
         );
         assert_clean_gpt(&t, &src);
         let l = layout_of(Some(&src), 512);
-        let e = plan(&l, 4 * MIB, fits - SEC, 512, false).unwrap_err();
+        let e = plan(&l, 4 * MIB, fits - SEC, 512, false, false).unwrap_err();
         assert!(e.contains(&format!("{} bytes", fits - SEC)), "{e}");
         assert!(e.contains("4194304 bytes"), "{e}");
         assert!(e.contains("ends at byte 2097152 (LBA 4095)"), "{e}");
@@ -760,8 +1200,9 @@ mod tests {
             (5, 2 * MIB + SEC, 2 * MIB - SEC, "0x83"),
         ]);
         let l = layout_of(Some(&t), 512);
-        assert_eq!((l.end, l.last), (4 * MIB, 2));
-        let p = plan(&l, 8 * MIB, 16 * MIB, 512, false).unwrap();
+        // The logical partition, not the extended one ending with it.
+        assert_eq!((l.end, l.last), (4 * MIB, 5));
+        let p = plan(&l, 8 * MIB, 16 * MIB, 512, false, false).unwrap();
         assert_eq!(p.cut, 8 * MIB);
         assert!(!p.fix_gpt && p.zero_stale.is_none());
         assert!(
@@ -769,9 +1210,9 @@ mod tests {
             "{:?}",
             p.changes
         );
-        let p = plan(&l, 8 * MIB, 4 * MIB, 512, false).unwrap();
+        let p = plan(&l, 8 * MIB, 4 * MIB, 512, false, false).unwrap();
         assert_eq!(p.cut, 4 * MIB);
-        let e = plan(&l, 8 * MIB, 4 * MIB - SEC, 512, false).unwrap_err();
+        let e = plan(&l, 8 * MIB, 4 * MIB - SEC, 512, false, false).unwrap_err();
         assert!(e.contains("ends at byte 4194304"), "{e}");
         // A logical partition beyond its container counts too.
         let t = mbr_table(&[(2, MIB, MIB, "0x05"), (5, MIB + SEC, 3 * MIB, "0x83")]);
@@ -782,16 +1223,16 @@ mod tests {
     #[test]
     fn no_table_larger_is_fine_smaller_refused() {
         let l = layout_of(None, 512);
-        let p = plan(&l, 8 * MIB, 9 * MIB, 512, false).unwrap();
+        let p = plan(&l, 8 * MIB, 9 * MIB, 512, false, false).unwrap();
         assert_eq!(p.cut, 8 * MIB);
-        let e = plan(&l, 8 * MIB, 7 * MIB, 512, false).unwrap_err();
+        let e = plan(&l, 8 * MIB, 7 * MIB, 512, false, false).unwrap_err();
         assert!(e.contains("no partition table"), "{e}");
         assert!(
             e.contains("7340032 bytes") && e.contains("8388608 bytes"),
             "{e}"
         );
         // Same size: nothing at all.
-        let p = plan(&l, 8 * MIB, 8 * MIB, 4096, false).unwrap();
+        let p = plan(&l, 8 * MIB, 8 * MIB, 4096, false, false).unwrap();
         assert!(p.changes.is_empty() && p.cut == 8 * MIB);
     }
 
@@ -799,9 +1240,9 @@ mod tests {
     fn stale_backup_gpt_on_the_target_is_zeroed_and_sectors_must_agree() {
         let t = mbr_table(&[(1, MIB, MIB, "0x83")]);
         let l = layout_of(Some(&t), 512);
-        let p = plan(&l, 8 * MIB, 16 * MIB, 512, true).unwrap();
+        let p = plan(&l, 8 * MIB, 16 * MIB, 512, true, false).unwrap();
         assert_eq!(p.zero_stale, Some(16 * MIB - SEC));
-        let e = plan(&l, 8 * MIB, 16 * MIB, 4096, false).unwrap_err();
+        let e = plan(&l, 8 * MIB, 16 * MIB, 4096, false, false).unwrap_err();
         assert!(e.contains("512-byte sectors"), "{e}");
         assert!(is_gpt_header(b"EFI PART....") && !is_gpt_header(&[0; 512]));
     }
@@ -846,8 +1287,240 @@ mod tests {
             last: 1,
             gpt_array_bytes: u64::MAX,
         };
-        assert!(plan(&bad, 1 << 40, 1 << 30, 512, false).is_err());
+        assert!(plan(&bad, 1 << 40, 1 << 30, 512, false, false).is_err());
         let bad = DiskLayout { sector: 100, ..bad };
-        assert!(plan(&bad, 1 << 40, 1 << 30, 512, false).is_err());
+        assert!(plan(&bad, 1 << 40, 1 << 30, 512, false, false).is_err());
+    }
+
+    struct Restored {
+        f: tempfile::NamedTempFile,
+        p: Plan,
+        done: Done,
+        digests: Vec<Option<[u8; 32]>>,
+        tail: Vec<u8>,
+    }
+
+    /// `img` restored onto a file of `target` bytes as restore does it: the
+    /// image up to the cut, then [`finish`]. Returns the file, the plan, what
+    /// was done and what --verify expects (digests of `chunk`-byte chunks).
+    fn restored_file(img: &[u8], target: u64, chunk: u32, grow: bool) -> Restored {
+        use sha2::{Digest, Sha256};
+        let table = partitions::read_table_bytes(img, 512).unwrap();
+        let l = layout_of(table.as_ref(), 512);
+        let p = plan(&l, img.len() as u64, target, 512, false, grow).unwrap();
+        let f = tempfile::NamedTempFile::new().unwrap();
+        f.as_file().set_len(target).unwrap();
+        f.as_file().write_all_at(&img[..p.cut as usize], 0).unwrap();
+        let done = finish(f.as_file(), &p, img.len() as u64, target, grow).unwrap();
+        let c = chunk as usize;
+        let n = (p.cut as usize).div_ceil(c);
+        let digests = (0..n)
+            .map(|i| Some(Sha256::digest(&img[i * c..((i + 1) * c).min(img.len())]).into()))
+            .collect();
+        let tail = img[p.cut as usize..(n * c).min(img.len())].to_vec();
+        Restored {
+            f,
+            p,
+            done,
+            digests,
+            tail,
+        }
+    }
+
+    fn flip(f: &File, at: u64) {
+        let mut b = [0u8];
+        f.read_exact_at(&mut b, at).unwrap();
+        f.write_all_at(&[b[0] ^ 0x10], at).unwrap();
+    }
+
+    #[test]
+    fn verify_finds_a_wrong_byte_before_the_cut_and_a_damaged_backup_header() {
+        let mut img = gpt_image(4 * MIB, &[(2048, 4095)]);
+        // Bytes in every place --verify must read: the gap after the primary
+        // array, the partition, and the image's own backup GPT.
+        let mut seed = 7u32;
+        for b in &mut img[40 * 512..4096 * 512] {
+            seed = seed.wrapping_mul(1_103_515_245).wrapping_add(12345);
+            *b = (seed >> 16) as u8;
+        }
+        // A chunk size the cut (byte 2 MiB) does not divide.
+        let chunk = 96 * 1024;
+        for target in [8 * MIB, (4096 + 33) * SEC] {
+            let Restored {
+                f,
+                p,
+                done,
+                digests,
+                tail,
+            } = restored_file(&img, target, chunk, false);
+            let f = f.as_file();
+            let e = Expected {
+                digests: &digests,
+                chunk,
+                cut: p.cut,
+                tail: &tail,
+            };
+            let check = || {
+                (
+                    check_image(f, &done, &e, |_| {}).unwrap(),
+                    check_tables(f, &done, target, 512).unwrap(),
+                )
+            };
+            assert_eq!(check(), (None, None), "target {target}");
+            // Sector 40 shares chunk 0 with the new tables; the partition's
+            // last byte lies in the chunk the cut falls in on the smaller one.
+            let end = 4096 * SEC - 1;
+            let last_chunk = end / u64::from(chunk) * u64::from(chunk);
+            for (at, chunk_at) in [(40 * SEC + 3, 0), (end, last_chunk)] {
+                flip(f, at);
+                assert_eq!(check().0, Some(chunk_at), "byte {at}, target {target}");
+                flip(f, at);
+            }
+            // The backup GPT header at the new end.
+            let last = target / SEC - 1;
+            flip(f, last * SEC + 60);
+            let why = check().1.unwrap();
+            assert!(why.contains("GPT backup header at LBA"), "{why}");
+            flip(f, last * SEC + 60);
+            assert_eq!(check(), (None, None));
+        }
+    }
+
+    #[test]
+    fn the_whole_gpt_is_checked_not_only_what_was_written() {
+        let img = gpt_image(4 * MIB, &[(2048, 4095)]);
+        let f = tempfile::NamedTempFile::new().unwrap();
+        f.as_file().set_len(8 * MIB).unwrap();
+        f.as_file().write_all_at(&img, 0).unwrap();
+        // The image's tables as they are, on a larger disk: the backup is not at its end.
+        let done = Done {
+            patches: vec![Patch::new(
+                0,
+                img[..512].to_vec(),
+                "GPT backup header".into(),
+            )],
+            ..Done::default()
+        };
+        let why = check_tables(f.as_file(), &done, 8 * MIB, 512)
+            .unwrap()
+            .unwrap();
+        assert!(why.contains("backup GPT header at LBA 16383"), "{why}");
+        let Restored { f, done, .. } = restored_file(&img, 8 * MIB, 1 << 20, true);
+        assert_eq!(
+            check_tables(f.as_file(), &done, 8 * MIB, 512).unwrap(),
+            None
+        );
+        // A backup array that no longer matches its CRC.
+        flip(f.as_file(), (16383 - 32) * SEC + 5);
+        let why = check_tables(f.as_file(), &done, 8 * MIB, 512)
+            .unwrap()
+            .unwrap();
+        assert!(why.contains("reads back differently"), "{why}");
+        let why = gpt_problem(f.as_file(), 8 * MIB, 512).unwrap().unwrap();
+        assert!(why.contains("do not both match"), "{why}");
+    }
+
+    /// An MBR sector with `parts` (type, first LBA, sectors) in its slots.
+    fn mbr(parts: &[(u8, u32, u32)]) -> Vec<u8> {
+        let mut m = vec![0u8; 512];
+        for (i, &(kind, start, size)) in parts.iter().enumerate() {
+            let o = 446 + i * 16;
+            m[o + 4] = kind;
+            put32(&mut m, o + 8, start);
+            put32(&mut m, o + 12, size);
+        }
+        m[510] = 0x55;
+        m[511] = 0xAA;
+        m
+    }
+
+    #[test]
+    fn mbr_grow_extends_the_last_primary_within_32_bit_sectors() {
+        let m = mbr(&[(0x83, 2048, 4096), (0x83, 6144, 2048)]);
+        let d = mbr_grow(&m, 32768, SEC).unwrap();
+        assert_eq!(le32(&d.patches[0].bytes, 446 + 16 + 12), 32768 - 6144);
+        // Partition 1 as it was; CHS of the new end (LBA 32767 = C 2, H 10, S 8).
+        assert_eq!(d.patches[0].bytes[446..462], m[446..462]);
+        assert_eq!(d.patches[0].bytes[446 + 16 + 5..446 + 16 + 8], [10, 8, 2]);
+        assert_eq!(d.grown, Some((2, 6144 * SEC, (32768 - 6144) * SEC)));
+        assert_eq!(
+            d.said,
+            vec!["partition 2 grown from LBA 6144-8191 to LBA 6144-32767"]
+        );
+        // A 4 TiB disk: up to 2^32 - 1 sectors, and said so.
+        let d = mbr_grow(&m, 1 << 33, SEC).unwrap();
+        assert_eq!(le32(&d.patches[0].bytes, 446 + 16 + 12), u32::MAX - 6144);
+        assert_eq!(
+            d.patches[0].bytes[446 + 16 + 5..446 + 16 + 8],
+            [0xfe, 0xff, 0xff]
+        );
+        assert!(
+            d.said[0].contains("the 4294967297 sectors after them stay unused"),
+            "{:?}",
+            d.said
+        );
+        let e = mbr_grow(&d.patches[0].bytes, 1 << 33, SEC).unwrap_err();
+        assert!(e.contains("what an MBR can address"), "{e}");
+        // An extended partition last, a protective MBR, no MBR: not grown, said why.
+        let e = mbr_grow(&mbr(&[(0x83, 2048, 4096), (0x05, 6144, 2048)]), 32768, SEC).unwrap_err();
+        assert!(
+            e.contains("partition 2, which ends last, is an extended partition"),
+            "{e}"
+        );
+        let e = mbr_grow(&mbr(&[(0xEE, 1, 8191)]), 32768, SEC).unwrap_err();
+        assert!(e.contains("protective"), "{e}");
+        assert!(
+            mbr_grow(&[0u8; 512], 32768, SEC)
+                .unwrap_err()
+                .contains("no MBR")
+        );
+        let e = mbr_grow(&m, 8192, SEC).unwrap_err();
+        assert!(e.contains("already ends at the end of the target"), "{e}");
+    }
+
+    /// The plan says `what` in one of its changes.
+    fn said(p: &Plan, what: &str) {
+        assert!(
+            p.changes.iter().any(|c| c.contains(what)),
+            "{:?}",
+            p.changes
+        );
+    }
+
+    #[test]
+    fn grow_is_in_the_plan_before_anything_is_written() {
+        let t = mbr_table(&[(1, MIB, MIB, "0x83"), (2, 2 * MIB, 2 * MIB, "0x83")]);
+        let l = layout_of(Some(&t), 512);
+        let p = plan(&l, 8 * MIB, 16 * MIB, 512, false, true).unwrap();
+        said(&p, "partition 2 grown to end at LBA 32767");
+        let t = mbr_table(&[
+            (2, MIB, 3 * MIB, "0x05"),
+            (5, MIB + SEC, 3 * MIB - SEC, "0x83"),
+        ]);
+        let p = plan(
+            &layout_of(Some(&t), 512),
+            8 * MIB,
+            16 * MIB,
+            512,
+            false,
+            true,
+        )
+        .unwrap();
+        said(&p, "partition 5 is a logical partition");
+        let img = gpt_image(4 * MIB, &[(2048, 4095)]);
+        let l = layout_of(
+            partitions::read_table_bytes(&img, 512).unwrap().as_ref(),
+            512,
+        );
+        let p = plan(&l, 4 * MIB, 8 * MIB, 512, false, true).unwrap();
+        said(&p, "partition 1 grown to end at LBA 16350");
+        let p = plan(&l, 4 * MIB, 4 * MIB, 512, false, true).unwrap();
+        assert_eq!(p.changes, vec![GROW_SAME]);
+        let p = plan(&layout_of(None, 512), 4 * MIB, 8 * MIB, 512, false, true).unwrap();
+        assert!(
+            p.changes[1].contains("no partition table, nothing to grow"),
+            "{:?}",
+            p.changes
+        );
     }
 }
