@@ -139,23 +139,35 @@ def make_ext4_disk(path: Path, size: int, seed: int, data_mib: int, label: str):
             env={**os.environ, "E2FSPROGS_FAKE_TIME": "1700000000"})
 
 
+# A's GPT disk: alpha (1-21 MiB) holds an ext4 with files, beta (21-37 MiB) random data;
+# the last 27 MiB are unpartitioned, so the disk also fits a smaller one (resize).
+ALPHA, BETA = (2048, 40960), (43008, 32768)
+ALPHA_SEED, ALPHA_DATA_MIB = 12, 6
+
+
 def make_gpt_disk(path: Path, size: int, seed: int):
-    """GPT with two partitions (sfdisk on the image file), random data in both."""
+    """GPT with two partitions (sfdisk on the image file): an ext4 with files in the
+    first (mkfs.ext4 -d at its offset), random data in the second."""
     if path.exists():
         path.unlink()
     with open(path, "wb") as f:
         f.truncate(size)
     run(["sfdisk", "-q", str(path)], input="label: gpt\n"
-        "start=2048, size=40960, type=0FC63DAF-8483-4772-8EC4-8EF2A5F69C2D, name=alpha\n"
-        "start=43008, type=0FC63DAF-8483-4772-8EC4-8EF2A5F69C2D, name=beta\n")
+        f"start={ALPHA[0]}, size={ALPHA[1]}, type=0FC63DAF-8483-4772-8EC4-8EF2A5F69C2D, name=alpha\n"
+        f"start={BETA[0]}, size={BETA[1]}, type=0FC63DAF-8483-4772-8EC4-8EF2A5F69C2D, name=beta\n")
+    with tempfile.TemporaryDirectory(prefix="scen-tree-") as t:
+        make_fs_tree(Path(t) / "root", ALPHA_SEED, ALPHA_DATA_MIB)
+        run(["mkfs.ext4", "-q", "-F", "-L", "adata", "-E", f"offset={ALPHA[0] * 512},root_owner=0:0",
+             "-d", str(Path(t) / "root"), str(path), str(ALPHA[1] // 2) + "k"],
+            env={**os.environ, "E2FSPROGS_FAKE_TIME": "1700000000"})
     rnd = random.Random(seed)
     with open(path, "r+b") as f:
-        for off, n in ((2048 * 512, 6 * MiB), (30 * MiB, 1 * MiB), (43008 * 512, 5 * MiB),
-                       (60 * MiB, 512 * 1024)):
+        for off, n in ((BETA[0] * 512, 5 * MiB), (30 * MiB, 1 * MiB)):
             f.seek(off)
             f.write(rnd.randbytes(n))
     out = run(["sfdisk", "-d", str(path)]).stdout
     check("name=\"alpha\"" in out and "name=\"beta\"" in out, f"sfdisk did not make 2 partitions:\n{out}")
+    check(path.stat().st_size == size, f"mkfs.ext4 changed the size of {path}")
 
 
 def make_random_disk(path: Path, size: int, seed: int):
@@ -720,8 +732,10 @@ def s5_failing_source(s: Suite):
 def s6_safety(s: Suite):
     """Restore onto a too-small disk (init mode) and onto a mounted disk (shell guest): refused."""
     needs_backup(s)
-    # (a) too small: same serials, the system disk 128 MiB instead of 256 MiB.
-    tgt = restore_vm_disks(s, "small", sizes=(128 * MiB, 64 * MiB))
+    # (a) too small: same serials, the GPT disk 36 MiB instead of 64 MiB, where its last
+    # partition (ending at 37 MiB) does not fit; the system disk, of the right size, is
+    # not written either: every target is planned before anything is.
+    tgt = restore_vm_disks(s, "small", sizes=(256 * MiB, 36 * MiB))
     for p in tgt.values():
         with open(p, "r+b") as f:
             f.write(b"UNTOUCHED" * 1000)
@@ -733,9 +747,14 @@ def s6_safety(s: Suite):
     txt = vm.log_text()
     msg = re.search(r"RESCUE: restore failed: (.*)", txt)
     check(rc == 6, f"restore onto a smaller disk: rc={rc}, expected 6:\n{vm.tail(20)}")
-    check(msg and "refusing to restore onto vda" in msg.group(1) and "image is" in msg.group(1),
+    end = (BETA[0] + BETA[1]) * 512
+    check(msg and "refusing to restore onto vdb" in msg.group(1) and "(37748736 bytes)" in msg.group(1)
+          and f"its last partition (2) ends at byte {end}" in msg.group(1),
           f"unclear message: {msg.group(0) if msg else vm.tail(20)}")
     log(f"too small: {msg.group(0)}")
+    # PID 1 did not exit: it shows the menu.
+    vm.wait_for(r"RESCUE: menu", 60)
+    vm.wait_for(CHOICE_RE, 60)
     s.stop(vm)
     for k, p in tgt.items():
         check(sha256(p) == before[k], f"the too-small target {k} was changed")
@@ -784,6 +803,108 @@ def s6_safety(s: Suite):
     r = run(["debugfs", "-R", "cat /marker.txt", str(tgt["vda"])])
     check("this filesystem must survive" in r.stdout, f"marker file lost: {r.stdout!r} {r.stderr!r}")
     s.figures["safety-mounted"] = msg.group(1)
+
+
+def extract(img: Path, start: int, sectors: int, out: Path):
+    """Partition bytes of a disk image into a file of their own (for e2fsck, debugfs)."""
+    with open(img, "rb") as f, open(out, "wb") as o:
+        f.seek(start * 512)
+        left = sectors * 512
+        while left:
+            b = f.read(min(left, 4 * MiB))
+            check(b, f"{img} ends inside the partition at LBA {start}")
+            o.write(b)
+            left -= len(b)
+
+
+def check_restored_gpt(s: Suite, img: Path, what: str) -> dict:
+    """A restored GPT disk, from the host: sgdisk -v and sfdisk --verify clean, alpha's ext4
+    clean (e2fsck -fn) holding exactly A's files, beta's bytes equal A's. Returns sfdisk -J."""
+    r = run(["sgdisk", "-v", str(img)], check=False)
+    check(r.returncode == 0 and "No problems found" in r.stdout, f"{what}: sgdisk -v:\n{r.stdout}{r.stderr}")
+    r = run(["sfdisk", "--verify", str(img)], check=False)
+    check(r.returncode == 0 and "No errors detected" in r.stdout, f"{what}: sfdisk --verify:\n{r.stdout}")
+    part = s.w / f"{img.stem}-alpha.img"
+    extract(img, ALPHA[0], ALPHA[1], part)
+    r = run(["e2fsck", "-fn", str(part)], check=False)
+    check(r.returncode == 0, f"{what}: e2fsck -fn of partition 1: rc={r.returncode}\n{r.stdout}{r.stderr}")
+    with tempfile.TemporaryDirectory(prefix="scen-cmp-") as t:
+        want, got = Path(t) / "want", Path(t) / "got"
+        make_fs_tree(want / "root", ALPHA_SEED, ALPHA_DATA_MIB)
+        got.mkdir()
+        run(["debugfs", "-R", f"rdump / {got}", str(part)])
+        files = lambda d: {str(p.relative_to(d)): (p.readlink() if p.is_symlink() else p.read_bytes())
+                           for p in sorted(d.rglob("*")) if p.is_file() or p.is_symlink()}
+        w = files(want / "root")
+        g = {k: v for k, v in files(got).items() if not k.startswith("lost+found")}
+        check(g == w, f"{what}: partition 1's files differ from A's: missing {sorted(set(w) - set(g))[:5]}, "
+                      f"extra {sorted(set(g) - set(w))[:5]}, differing "
+                      f"{sorted(k for k in w if k in g and g[k] != w[k])[:5]}")
+    part.unlink()
+    a = s.a_disks()["vdb"]
+    with open(a, "rb") as fa, open(img, "rb") as fb:
+        fa.seek(BETA[0] * 512)
+        fb.seek(BETA[0] * 512)
+        check(fa.read(BETA[1] * 512) == fb.read(BETA[1] * 512), f"{what}: partition 2's bytes differ from A's")
+    log(f"{what}: sgdisk -v and sfdisk --verify clean; ext4 in partition 1 clean with A's {len(w)} files; "
+        "partition 2 equal to A's")
+    return json.loads(run(["sfdisk", "-J", str(img)]).stdout)["partitiontable"]
+
+
+def s8_resize(s: Suite):
+    """A's GPT disk restored onto a smaller (unattended) and a larger disk (menu), --grow."""
+    needs_backup(s)
+    # vda larger (128 MiB), vdb smaller but fitting (40 MiB: partition 2 ends at 37 MiB),
+    # vdc 36 MiB for A's 256 MiB whole-disk ext4: refused. No serials: the map says.
+    sizes = {"vda": 128 * MiB, "vdb": 40 * MiB, "vdc": 36 * MiB}
+    tgt = {}
+    for n, size in sizes.items():
+        tgt[n] = s.w / f"rs-{n}.img"
+        blank(tgt[n], size)
+        with open(tgt[n], "r+b") as f:
+            f.write(b"OLD" * 4096)
+    small_before = sha256(tgt["vdc"])
+    bstart = s.b_mark()
+    vm = s.boot("resize", "rescue.mode=restore rescue.yes=1 rescue.verify=1 rescue.grow=1 "
+                "rescue.hostname=hosta rescue.map=vdb=vdb",
+                [Disk(str(tgt[n])) for n in ("vda", "vdb", "vdc")])
+    end = (BETA[0] + BETA[1]) * 512
+    t0 = time.monotonic()
+    m = vm.wait_for(DONE_RE, XFER_TIMEOUT)
+    rc, txt = int(m.group(1)), vm.log_text()
+    check(rc == 0, f"unattended restore onto the smaller disk: rc={rc}:\n{vm.tail(30)}")
+    for want in (f"resize: image cut at byte {end}", f"image cut at byte {end}",
+                 "partition 2 grown from LBA 43008-75775 to LBA 43008-81886",
+                 "partition 2 was grown, its unknown filesystem was not"):
+        check(want in txt, f"the smaller restore does not say {want!r}:\n{vm.tail(30)}")
+    small_secs = time.monotonic() - t0
+    s.wait_b_session_end(bstart)
+    # The menu: 3 = restore, Enter = newest, the map, yes (verify comes from rescue.verify).
+    for disk_map, want_rc in (("vdb=vda", 0), ("vda=vdc", 6)):
+        vm.wait_for(CHOICE_RE, 120)
+        vm.send("3\n")
+        vm.wait_for(r"Backup to restore[^\n]*:", 180)
+        vm.send("\n")
+        drive(vm, [(r"Where to write each disk[^\n]*: ", disk_map + "\n"),
+                   (r"Type yes to overwrite them: ?", "yes\n")], r"RESCUE: restore started", 120)
+        m = vm.wait_for(DONE_RE, XFER_TIMEOUT)
+        check(int(m.group(1)) == want_rc, f"menu restore {disk_map}: rc={m.group(1)}, expected {want_rc}:\n{vm.tail(30)}")
+    txt = vm.log_text()
+    for want in ("GPT backup header moved from LBA 131071 to 262143",
+                 "partition 2 grown from LBA 43008-75775 to LBA 43008-262110",
+                 "refusing to restore onto vdc: the target holds 36 MiB"):
+        check(want in txt, f"the log does not say {want!r}:\n{vm.tail(30)}")
+    vm.wait_for(CHOICE_RE, 60)   # PID 1 is still there after the refusal
+    s.stop(vm)
+    check(sha256(tgt["vdc"]) == small_before, "the too-small target was changed")
+    for n, what, last in (("vdb", "smaller (40 MiB)", 81886), ("vda", "larger (128 MiB)", 262110)):
+        t = check_restored_gpt(s, tgt[n], what)
+        parts = t["partitions"]
+        check(parts[1]["start"] + parts[1]["size"] - 1 == last and t["lastlba"] == last,
+              f"{what}: partition 2 does not end at the last usable LBA {last}: {t}")
+    s.figures["resize"] = (f"A's 64 MiB GPT disk onto 40 MiB (unattended, cut at {end}, "
+                           f"{small_secs:.1f}s) and 128 MiB (menu); both --grow, sgdisk clean, ext4 intact")
+    log(s.figures["resize"])
 
 
 def drive(vm, prompts: list[tuple[str, str]], until: str, timeout: float) -> list[str]:
@@ -977,6 +1098,7 @@ SCENARIOS = [
     ("restore", s2_restore),
     ("menu", s7_menu),
     ("safety", s6_safety),
+    ("resize", s8_resize),
     ("unplug", s3_unplug),
     ("restore-unplug", s3b_restore_unplug),
     ("corruption", s4_corruption),
