@@ -3,8 +3,7 @@
 
 use std::process::ExitCode;
 
-use clap::Parser;
-use rescue::cmd::cli::{Cli, Command};
+use rescue::cmd::cli::{Command, Parsed};
 use rescue::{Root, exit};
 
 fn main() -> ExitCode {
@@ -12,7 +11,10 @@ fn main() -> ExitCode {
     if std::process::id() == 1 || argv0.ends_with("init") {
         rescue::boot::main();
     }
-    let cli = Cli::parse();
+    let cli = match rescue::cmd::cli::parse() {
+        Parsed::Run(cli) => cli,
+        Parsed::GenerateDocs(dir) => return generate_docs(&dir),
+    };
     if std::env::var_os("RESCUE_SIGNALS").is_some_and(|v| v == "init") {
         // PID 1's handling, for tests on the host: a signal stops the running
         // command (exit 130) and never kills the process.
@@ -28,6 +30,22 @@ fn main() -> ExitCode {
     };
     match result {
         Ok(code) => ExitCode::from(code),
+        Err(e) => {
+            eprintln!("rescue: {e:#}");
+            ExitCode::from(exit::code_of(&e))
+        }
+    }
+}
+
+/// `rescue generate-docs DIR`: prints each file written.
+fn generate_docs(dir: &std::path::Path) -> ExitCode {
+    match rescue::cmd::docs::generate(dir) {
+        Ok(paths) => {
+            for p in paths {
+                println!("{}", p.display());
+            }
+            ExitCode::SUCCESS
+        }
         Err(e) => {
             eprintln!("rescue: {e:#}");
             ExitCode::from(exit::code_of(&e))

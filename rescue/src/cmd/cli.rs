@@ -19,7 +19,8 @@ use clap::{Args, Parser, Subcommand};
 #[derive(Debug, Parser)]
 #[command(
     name = "rescue",
-    version,
+    // "0.1.0 (commit 1d263ba)": the commit comes from rescue/build.rs.
+    version = env!("RESCUE_VERSION"),
     propagate_version = true,
     max_term_width = 100
 )]
@@ -58,6 +59,35 @@ pub enum Command {
     Link(LinkArgs),
     /// Run as the init process of the rescue initramfs (PID 1).
     Init(InitArgs),
+}
+
+/// What the command line asks for: a command, or the man pages and completions.
+pub enum Parsed {
+    Run(Cli),
+    /// `rescue generate-docs DIR`: for packaging (scripts/build-deb.sh). Kept out of
+    /// `Cli` so that the pages and completions made from `Cli` do not offer it.
+    GenerateDocs(PathBuf),
+}
+
+/// Parses the process's arguments (exits with clap's message on a usage error).
+pub fn parse() -> Parsed {
+    use clap::{CommandFactory, FromArgMatches};
+    let docs = clap::Command::new("generate-docs")
+        .hide(true)
+        .about("Write man/*.8 and completions/ (bash, zsh, fish) into DIR")
+        .arg(
+            clap::Arg::new("dir")
+                .value_name("DIR")
+                .required(true)
+                .value_parser(clap::value_parser!(PathBuf)),
+        );
+    let matches = Cli::command().subcommand(docs).get_matches();
+    if let Some(("generate-docs", m)) = matches.subcommand()
+        && let Some(dir) = m.get_one::<PathBuf>("dir")
+    {
+        return Parsed::GenerateDocs(dir.clone());
+    }
+    Parsed::Run(Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.exit()))
 }
 
 /// How to reach the peer: automatic stream set-up, an existing device, or a socket.

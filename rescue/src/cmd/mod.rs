@@ -4,6 +4,7 @@
 pub mod backup;
 pub(crate) mod cat;
 pub mod cli;
+pub mod docs;
 pub(crate) mod restore;
 pub mod serve;
 pub(crate) mod verify;
