@@ -21,6 +21,8 @@ DEBIAN_PACKAGES=(
     ntfs-3g
     exfatprogs
     cryptsetup-bin
+    mtools              # fsmap's FAT tests fill and read images without a vfat driver
+    lvm2                # pvcreate: fsmap's test that an LVM PV is copied whole
     time                # /usr/bin/time for peak RSS
     python3
 )

@@ -13,6 +13,9 @@
 //! allocate without bound (each has a fuzz target in rescue/fuzz).
 
 pub mod ext4;
+pub mod fat;
+pub mod opaque;
+pub mod swap;
 mod util;
 
 use std::io;
@@ -123,15 +126,26 @@ type Parser = (
 );
 
 /// The parsers, tried in order; the first that recognises the partition decides. Each
-/// module adds its line here (`("ext4", ext4::probe)`); formats that are copied whole
-/// (LUKS, LVM, RAID) come first so a filesystem signature left inside them is not
-/// mistaken for the content.
-const PARSERS: &[Parser] = &[("ext4", ext4::probe)];
+/// module adds its line here (`("ext4", ext4::probe)`). Formats that are copied whole
+/// (LUKS, LVM, RAID, ...: `opaque::identify`) are looked for before any of these, so a
+/// filesystem signature inside them (a RAID 1 member starts with the filesystem it
+/// mirrors) is not mistaken for the content.
+const PARSERS: &[Parser] = &[
+    ("ext4", ext4::probe),
+    ("vfat", fat::probe),
+    ("swap", swap::probe),
+];
 
-/// What to copy of a partition (or a whole-disk filesystem): the first parser that
-/// recognises it decides; a parser's error becomes `Raw` naming the filesystem and the
+/// What to copy of a partition (or a whole-disk filesystem): a format copied whole is
+/// `Raw` naming it; otherwise the first parser that recognises it decides; a parser's error becomes `Raw` naming the filesystem and the
 /// reason; nothing recognised is `Raw` "not recognised".
 pub fn probe(dev: &dyn ReadAt) -> Verdict {
+    if let Some((what, why)) = opaque::identify(dev) {
+        return Verdict::Raw {
+            what: Some(what.to_string()),
+            why: why.to_string(),
+        };
+    }
     probe_with(PARSERS, dev)
 }
 

@@ -75,7 +75,14 @@ fn layout(test: &str, mkfs: &str, args: &[&str], mib: u64, name: &str) {
     );
     // A file's last cluster keeps stale data past its last block (bigalloc).
     let slack = (u.block_size - block) as usize / 512 * 20;
-    check_copy(&img, &u.used, &["e2fsck", "-fn"], "ro", &gone, slack);
+    check_copy(
+        &img,
+        &u.used,
+        &["e2fsck", "-fn"],
+        &View::Mount("ro"),
+        &gone,
+        slack,
+    );
 }
 
 #[test]

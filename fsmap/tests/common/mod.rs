@@ -125,27 +125,32 @@ pub fn populate(mnt: &Path, rng: &mut Rng, deleted_kib: usize) -> Vec<u8> {
     let gone = rng.bytes(deleted_kib << 10);
     fs::write(mnt.join("deleted.bin"), &gone).unwrap();
     run("sync", &[]);
+    write_tree(mnt, rng);
+    fs::remove_file(mnt.join("deleted.bin")).unwrap();
+    run("sync", &[]);
+    gone
+}
+
+/// A small random tree under `dir`: directories, files of up to 300 KiB, an empty
+/// file, a sparse one.
+pub fn write_tree(dir: &Path, rng: &mut Rng) {
     for d in 0..3 {
-        let dir = mnt.join(format!("dir{d}/sub"));
-        fs::create_dir_all(&dir).unwrap();
+        let sub = dir.join(format!("dir{d}/sub"));
+        fs::create_dir_all(&sub).unwrap();
         for f in 0..4 {
             let n = rng.below(300 << 10) as usize + 1;
-            let p = dir.join(format!("file{f}.dat"));
+            let p = sub.join(format!("file{f}.dat"));
             fs::write(&p, rng.bytes(n)).unwrap();
             fs::set_permissions(&p, fs::Permissions::from_mode(0o600 + f)).unwrap();
         }
     }
-    fs::write(mnt.join("empty"), b"").unwrap();
-    fs::write(mnt.join("small.txt"), b"a few bytes\n").unwrap();
+    fs::write(dir.join("empty"), b"").unwrap();
+    fs::write(dir.join("small.txt"), b"a few bytes\n").unwrap();
     // A sparse file: its hole is free space, its two ends are data.
-    let mut f = fs::File::create(mnt.join("sparse")).unwrap();
+    let mut f = fs::File::create(dir.join("sparse")).unwrap();
     f.write_all(&rng.bytes(5000)).unwrap();
     f.seek(SeekFrom::Start(3 << 20)).unwrap();
     f.write_all(&rng.bytes(7000)).unwrap();
-    drop(f);
-    fs::remove_file(mnt.join("deleted.bin")).unwrap();
-    run("sync", &[]);
-    gone
 }
 
 /// Copies `src` to `dst` keeping only the bytes inside `used` (the rest is zero).
@@ -203,6 +208,52 @@ fn tree(root: &Path) -> Vec<(PathBuf, u32, u64, i64, u32, Vec<u8>)> {
     out
 }
 
+/// How the tests see an image's files: mounted read-only on a loop device, or (for
+/// a filesystem this kernel cannot mount, like vfat without its module) extracted
+/// with mtools.
+pub enum View {
+    Mount(&'static str),
+    Mtools,
+}
+
+/// An image's files, seen one way or the other, for as long as this lives.
+enum Seen {
+    Mounted(Mount),
+    Extracted(tempfile::TempDir),
+}
+
+impl Seen {
+    fn path(&self) -> &Path {
+        match self {
+            Seen::Mounted(m) => m.path(),
+            Seen::Extracted(d) => d.path(),
+        }
+    }
+}
+
+fn see(img: &Path, view: &View) -> Seen {
+    match view {
+        View::Mount(opts) => Seen::Mounted(Mount::new(img, opts)),
+        View::Mtools => {
+            let d = tempfile::tempdir().unwrap();
+            let i = img.to_str().unwrap();
+            run(
+                "mcopy",
+                &[
+                    "-s",
+                    "-m",
+                    "-n",
+                    "-i",
+                    i,
+                    "::/*",
+                    d.path().to_str().unwrap(),
+                ],
+            );
+            Seen::Extracted(d)
+        }
+    }
+}
+
 /// The check every parser's fixture passes: `used` covers every allocated byte
 /// (fsck of the copy with the rest zeroed is clean, every file is identical) and
 /// leaves out the deleted file (its data is in the image, not in the copy, but for
@@ -212,7 +263,7 @@ pub fn check_copy(
     img: &Path,
     used: &[Range<u64>],
     fsck: &[&str],
-    mount_opts: &str,
+    view: &View,
     gone: &[u8],
     slack: usize,
 ) {
@@ -221,8 +272,8 @@ pub fn check_copy(
     let mut args = fsck.to_vec();
     args.push(copy.to_str().unwrap());
     run(args[0], &args[1..]);
-    let a = Mount::new(img, mount_opts);
-    let b = Mount::new(&copy, mount_opts);
+    let a = see(img, view);
+    let b = see(&copy, view);
     let (ta, tb) = (tree(a.path()), tree(b.path()));
     assert!(
         ta.len() > 10,
