@@ -119,6 +119,10 @@ fn check(g: Geometry, root_entries: u64, fat16_size: u64) -> Result<Geometry, Er
             g.bits
         )));
     }
+    // FAT32's cluster numbers have 28 bits: more clusters than that is no FAT.
+    if g.clusters > 0x0FFF_FFF5 - 2 {
+        return Err(inconsistent(format!("FAT32 of {} clusters", g.clusters)));
+    }
     if g.cluster > 1 << 18 {
         return Err(inconsistent(format!("FAT cluster of {} bytes", g.cluster)));
     }
@@ -242,4 +246,56 @@ fn scan_fat(dev: &dyn ReadAt, g: &Geometry, start: u64, used: &mut [u64]) -> Res
         first += count;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A partition of `len` bytes of zeros but for its first bytes.
+    struct Sparse {
+        head: Vec<u8>,
+        len: u64,
+    }
+
+    impl ReadAt for Sparse {
+        fn read_exact_at(&self, buf: &mut [u8], offset: u64) -> std::io::Result<()> {
+            buf.fill(0);
+            let have = self.head.len() as u64;
+            if offset < have {
+                let n = buf.len().min((have - offset) as usize);
+                buf[..n].copy_from_slice(&self.head[offset as usize..offset as usize + n]);
+            }
+            Ok(())
+        }
+        fn len(&self) -> u64 {
+            self.len
+        }
+    }
+
+    #[test]
+    fn a_fat32_claiming_more_clusters_than_28_bits_number_is_refused_at_once() {
+        let mut b = vec![0u8; 32 << 10];
+        b[0] = 0xEB;
+        b[0x0B..0x0D].copy_from_slice(&512u16.to_le_bytes());
+        b[0x0D] = 1;
+        b[0x0E] = 32;
+        b[0x10] = 1;
+        b[0x15] = 0xF8;
+        b[0x20..0x24].copy_from_slice(&u32::MAX.to_le_bytes());
+        b[0x24..0x28].copy_from_slice(&(u32::MAX / 129).to_le_bytes());
+        b[0x1FE] = 0x55;
+        b[0x1FF] = 0xAA;
+        // The FAT (at sector 32) starts with the media byte, as a real one does.
+        b[32 * 512..32 * 512 + 8]
+            .copy_from_slice(&[0xF8, 0xFF, 0xFF, 0x0F, 0xFF, 0xFF, 0xFF, 0x0F]);
+        let dev = Sparse {
+            head: b,
+            len: 1 << 42,
+        };
+        let started = std::time::Instant::now();
+        let e = probe(&dev).expect("a FAT boot sector").unwrap_err();
+        assert!(e.to_string().contains("clusters"), "{e}");
+        assert!(started.elapsed().as_secs() < 5, "not scanning a 16 GiB FAT");
+    }
 }
