@@ -1,6 +1,7 @@
-# deps.sh: sourced by scripts/test.sh and scripts/demo.sh. ensure_deps installs
-# what the builds and tests need on a Debian host and says what is missing when
-# it cannot.
+# deps.sh: sourced by scripts/test.sh, scripts/demo.sh and scripts/build-deb.sh.
+# ensure_deps [PACKAGE...] installs what the builds and tests need on a Debian host
+# (the packages given, by default DEBIAN_PACKAGES) and says what is missing when it
+# cannot.
 
 DEBIAN_PACKAGES=(
     build-essential     # cc for crates that build C (xz2's liblzma)
@@ -25,11 +26,13 @@ DEBIAN_PACKAGES=(
     lvm2                # pvcreate: fsmap's test that an LVM PV is copied whole
     time                # /usr/bin/time for peak RSS
     python3
+    lintian             # checks the package of scripts/build-deb.sh
 )
 
 ensure_deps() {
     local missing=() p
-    for p in "${DEBIAN_PACKAGES[@]}"; do
+    [ $# -gt 0 ] || set -- "${DEBIAN_PACKAGES[@]}"
+    for p in "$@"; do
         dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
     done
     if [ ${#missing[@]} -gt 0 ]; then

@@ -19,7 +19,8 @@
 #      50 module reloads with data moving, PCI unbind, a fault soak of 25 s, a killed and
 #      a restarted peer, three VMs, refusing to load beside thunderbolt),
 #   8. the paired-VM rescue scenarios (tests/scenarios/run.sh),
-#   9. packaging: the dracut module and the mkosi-built USB image, booted in QEMU
+#   9. packaging: the dracut module, the Debian package (scripts/build-deb.sh, installed
+#      and removed in the trixie root) and the mkosi-built USB image, booted in QEMU
 #      (tests/packaging/run.sh).
 #
 # USB4RESCUE_SKIP_VM=1 skips 6 to 9 (no QEMU); USB4RESCUE_SKIP_FUZZ=1 skips 5.

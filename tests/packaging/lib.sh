@@ -19,26 +19,44 @@ pdie() { printf '%s: ERROR: %s\n' "${PLOG_NAME:-packaging}" "$*" >&2; exit 1; }
 # mounts (DST inside the root, created if missing). Everything is unmounted when
 # the namespace ends, even when the command fails or is killed.
 in_pkgroot() {
-    local cmd=$1
+    in_root "$PKGROOT" "mount --bind '$PKGROOT' '$PKGROOT'" "$@"
+}
+
+# in_pkgroot_overlay DIR 'SHELL COMMAND' [BIND_SRC:BIND_DST ...]
+# The same in a throwaway copy of the packaging root: an overlay whose upper layer
+# is DIR/upper (emptied first, kept afterwards to see what the command changed) and
+# whose lower layer, $PKGROOT, stays as it was. Costs no copy.
+in_pkgroot_overlay() {
+    local dir=$1
     shift
+    rm -rf --one-file-system "$dir"
+    mkdir -p "$dir/upper" "$dir/work" "$dir/merged"
+    in_root "$dir/merged" "mount -t overlay overlay \
+        -o 'lowerdir=$PKGROOT,upperdir=$dir/upper,workdir=$dir/work' '$dir/merged'" "$@"
+}
+
+# in_root ROOT 'MOUNT ROOT' 'SHELL COMMAND' [BIND_SRC:BIND_DST ...]: for the two above.
+in_root() {
+    local root=$1 mount_root=$2 cmd=$3
+    shift 3
     local binds="" b src dst
     for b in "$@"; do
         src=${b%%:*}
         dst=${b#*:}
-        binds="$binds mkdir -p '$PKGROOT$dst' && mount --bind '$src' '$PKGROOT$dst' &&"
+        binds="$binds mkdir -p '$root$dst' && mount --bind '$src' '$root$dst' &&"
     done
-    mkdir -p "$PKGROOT/src"
     # The command travels as "$1" of the outer sh, so it may contain any quotes.
     unshare -m --propagation private sh -c "
         set -e
-        mount --bind '$PKGROOT' '$PKGROOT'
-        mount -t proc proc '$PKGROOT/proc'
-        mount --rbind /dev '$PKGROOT/dev'
-        mount --rbind /sys '$PKGROOT/sys'
-        mount -t tmpfs tmpfs '$PKGROOT/tmp'
-        mount --bind '$TOP' '$PKGROOT/src'
-        mount -o remount,bind,ro '$PKGROOT/src'
+        $mount_root
+        mkdir -p '$root/src'
+        mount -t proc proc '$root/proc'
+        mount --rbind /dev '$root/dev'
+        mount --rbind /sys '$root/sys'
+        mount -t tmpfs tmpfs '$root/tmp'
+        mount --bind '$TOP' '$root/src'
+        mount -o remount,bind,ro '$root/src'
         $binds true
-        exec chroot '$PKGROOT' /usr/bin/env -i PATH=/usr/sbin:/usr/bin:/sbin:/bin HOME=/root TERM=dumb LANG=C.UTF-8 sh -c \"\$1\"
+        exec chroot '$root' /usr/bin/env -i PATH=/usr/sbin:/usr/bin:/sbin:/bin HOME=/root TERM=dumb LANG=C.UTF-8 sh -c \"\$1\"
     " sh "$cmd"
 }

@@ -4,7 +4,8 @@
 # pkgroot.sh: create (or reuse) the packaging root $CACHE/pkgroot: a copy of the
 # cached trixie build root of scripts/buildroot.sh (so nothing is bootstrapped
 # twice and that shared root is never changed) plus Debian trixie's mkosi (25.3)
-# and dracut (106), and busybox-static for the test root filesystem.
+# and dracut (106), busybox-static for the test root filesystem, and man-db and
+# bash-completion for the Debian package's install test (deb-checks.sh).
 # Prints the root's path as the last line. About 1 minute the first time, 0 s after.
 set -euo pipefail
 PLOG_NAME=pkgroot
@@ -13,7 +14,7 @@ PLOG_NAME=pkgroot
 
 [ "$(id -u)" = 0 ] || pdie "must run as root (chroot, mounts)"
 # What goes in; a change here rebuilds the root.
-PACKAGES="mkosi dracut busybox-static systemd-sysv zstd binutils grub-pc-bin"
+PACKAGES="mkosi dracut busybox-static systemd-sysv zstd binutils grub-pc-bin man-db bash-completion"
 BUILDROOT=$("$TOP/scripts/buildroot.sh" | tail -n1)
 KVER=$(cat "$BUILDROOT/.usb4rescue-ok")
 STAMP="$KVER $PACKAGES"

@@ -3,7 +3,7 @@
 #
 # run.sh: the packaging tests (dracut module and mkosi USB image), end to end.
 #
-#   tests/packaging/run.sh [--only dracut|usb] [--keep]
+#   tests/packaging/run.sh [--only dracut|deb|usb] [--keep]
 #
 #  1. prepare.sh          packaging root (trixie + mkosi 25.3 + dracut 106), kernel,
 #                         usb4vhost.ko, static rescue, cable-ctl, the peer's initramfs
@@ -13,8 +13,13 @@
 #  4. lsinitrd            our files are in the initramfs, Debian's thunderbolt_stream.ko.xz
 #                         byte for byte
 #     dracut-optin        without --add usb4rescue, the installed module stays out
-#  5. mkosi-build         tests/packaging/build-image.sh (mkosi.conf), image < 150 MiB
-#  6. VM tests            vmtests.py: dracut-backup, dracut-plain, dracut-menu, usb-menu, usb-backup, usb-bios
+#  5. deb-build           scripts/build-deb.sh: the Debian package, lintian without errors
+#     deb-*               deb-checks.sh in a throwaway overlay of the packaging root: apt
+#                         install, rescue --version, man -l, bash completion, dracut
+#                         --add usb4rescue, apt-get purge; then nothing of it left
+#  6. mkosi-build         tests/packaging/build-image.sh (mkosi.conf), image <= 60 MiB
+#     image-layout        one kernel and one initramfs on the ESP, no UKI
+#  7. VM tests            vmtests.py: dracut-backup, dracut-plain, dracut-menu, usb-menu, usb-backup, usb-bios
 #
 # The last line is "N passed, N failed"; the exit status is non-zero on any failure.
 # Builds go to ${USB4RESCUE_CACHE:-/var/cache/usb4rescue}/packaging, VM logs to a /tmp
@@ -30,7 +35,7 @@ while [ $# -gt 0 ]; do
     case "$1" in
         --only) ONLY=$2; shift 2 ;;
         --keep) KEEP=(--keep); shift ;;
-        *) echo "usage: $0 [--only dracut|usb] [--keep]" >&2; exit 2 ;;
+        *) echo "usage: $0 [--only dracut|deb|usb] [--keep]" >&2; exit 2 ;;
     esac
 done
 PASSED=0
@@ -60,6 +65,32 @@ for f in "$TOP"/dracut-module/*.sh; do
         *) sh -n "$f" ;;
     esac || fail "syntax $(basename "$f")" "shell syntax error"
 done
+
+# image_layout IMG: the ESP (at 1 MiB, systemd-repart's first partition) holds one
+# kernel and one rescue initramfs, named by the systemd-boot entry and by GRUB's
+# menu alike, and no UKI (which would hold them a second time).
+image_layout() {
+    local esp=$PKGOUT/esp-list.txt
+    if ! in_pkgroot "mdir -/ -b -i /img/$(basename "$1")@@1M ::/ && for f in \$(mdir -/ -b -i /img/$(basename "$1")@@1M ::/loader/entries); do
+            mtype -i /img/$(basename "$1")@@1M \$f; done && mtype -i /img/$(basename "$1")@@1M ::/grub/grub.cfg" \
+            "$(dirname "$1"):/img" > "$esp" 2>&1; then
+        fail image-layout "mdir/mtype on the ESP failed ($esp)"
+        return
+    fi
+    local kernels uki entry_linux grub_linux entry_initrd grub_initrd
+    kernels=$(grep -c '^::/.*/vmlinuz$' "$esp")
+    uki=$(grep -i '^::/EFI/Linux/.' "$esp" | wc -l)
+    entry_linux=$(sed -n 's/^linux \(.*\)/\1/p' "$esp")
+    grub_linux=$(sed -n 's/^ \+linux \([^ ]*\) .*/\1/p' "$esp")
+    entry_initrd=$(sed -n 's/^initrd \(.*\)/\1/p' "$esp" | xargs)
+    grub_initrd=$(sed -n 's/^ \+initrd \(.*\)/\1/p' "$esp" | xargs)
+    if [ "$kernels" -eq 1 ] && [ "$uki" -eq 0 ] && [ -n "$entry_linux" ] && [ "$entry_linux" = "$grub_linux" ] &&
+        grep -q "^::$entry_linux\$" "$esp" && [ -n "$entry_initrd" ] && [ "$entry_initrd" = "$grub_initrd" ]; then
+        pass "image-layout (one kernel, $entry_linux, for systemd-boot and GRUB; no UKI)"
+    else
+        fail image-layout "$kernels kernels, $uki files in EFI/Linux, entry linux '$entry_linux' initrd '$entry_initrd', GRUB linux '$grub_linux' initrd '$grub_initrd' ($esp)"
+    fi
+}
 
 VMTESTS=()
 if [ "$ONLY" = all ] || [ "$ONLY" = dracut ]; then
@@ -119,12 +150,42 @@ if [ "$ONLY" = all ] || [ "$ONLY" = dracut ]; then
     rm -f "$PKGOUT/optin.img"
 fi
 
+if [ "$ONLY" = all ] || [ "$ONLY" = deb ]; then
+    t=$(date +%s)
+    # The static rescue prepare.sh built from this checkout: no second cargo run.
+    if DEB=$(RESCUE=$PKGOUT/rescue "$TOP/scripts/build-deb.sh" 2> "$PKGOUT/build-deb.log" | tail -n1) && [ -f "$DEB" ]; then
+        warnings=$(grep -c '^W: ' "$PKGOUT/build-deb.log")
+        pass "deb-build ($(( $(date +%s) - t ))s, $(( $(stat -c %s "$DEB") >> 10 )) KiB, lintian: 0 errors, $warnings warnings)"
+        OV=$PKGOUT/deb-overlay
+        in_pkgroot_overlay "$OV" "/src/tests/packaging/deb-checks.sh /debs/$(basename "$DEB") $KVER" \
+            "$(dirname "$DEB"):/debs" "$KDIR/lib/modules/$KVER:/lib/modules/$KVER" > "$PKGOUT/deb-checks.log" 2>&1
+        while read -r verdict rest; do
+            case "$verdict" in
+                OK) pass "${rest%%:*} (${rest#*: })" ;;
+                NOTOK) fail "${rest%%:*}" "${rest#*: }" ;;
+            esac
+        done < "$PKGOUT/deb-checks.log"
+        grep -q '^OK deb-remove' "$PKGOUT/deb-checks.log" || fail deb-checks "see $PKGOUT/deb-checks.log"
+        # What the install and the purge changed, outside dpkg's and apt's state, logs
+        # and caches: nothing may remain but directories (the overlay's copies of those
+        # the files were in) and the whiteout that hid /usr/local/sbin/rescue.
+        left=$(cd "$OV/upper" && find . \( -path ./var/lib/dpkg -o -path ./var/lib/apt -o -path ./var/log \
+            -o -path ./var/cache \) -prune -o \( -type f -o -type l \) -print)
+        if [ -z "$left" ]; then pass "deb-clean (nothing left by the package)"; else fail deb-clean "left in the root: $left"; fi
+        rm -rf --one-file-system "$OV"
+    else
+        tail -n 30 "$PKGOUT/build-deb.log"
+        fail deb-build "scripts/build-deb.sh failed (log: $PKGOUT/build-deb.log)"
+    fi
+fi
+
 if [ "$ONLY" = all ] || [ "$ONLY" = usb ]; then
     t=$(date +%s)
     if IMG=$("$TOP/tests/packaging/build-image.sh" | tail -n1) && [ -f "$IMG" ]; then
         size=$(stat -c %s "$IMG")
         pass "mkosi-build ($(( $(date +%s) - t ))s)"
-        if [ "$size" -lt $((150 << 20)) ]; then pass "image-size ($((size >> 20)) MiB)"; else fail image-size "$((size >> 20)) MiB >= 150 MiB"; fi
+        if [ "$size" -le $((60 << 20)) ]; then pass "image-size ($((size >> 20)) MiB)"; else fail image-size "$((size >> 20)) MiB > 60 MiB"; fi
+        image_layout "$IMG"
         VMTESTS+=(usb-menu usb-backup usb-bios)
     else
         fail mkosi-build "tests/packaging/build-image.sh failed (log: $PKGOUT/mkosi.log)"
