@@ -1,4 +1,4 @@
-//! Frame layer of protocol v1: a fixed 32-byte header with its own CRC, then a
+//! Frame layer of the protocol: a fixed 32-byte header with its own CRC, then a
 //! payload with a CRC in the header. A damaged header is skipped by scanning for
 //! the next valid one, so a corrupted stretch costs the frames it hit, not the
 //! session. See docs/protocol.md.
@@ -6,7 +6,7 @@
 use std::io::{self, Read, Write};
 
 pub(crate) const MAGIC: [u8; 4] = *b"U4RS";
-pub(crate) const VERSION: u8 = 1;
+pub(crate) const VERSION: u8 = 2;
 pub const HEADER_LEN: usize = 32;
 /// Largest payload a peer may announce: the largest chunk (8 MiB) plus its header.
 pub const MAX_PAYLOAD: u32 = 8 * 1024 * 1024 + 64 * 1024;

@@ -158,9 +158,13 @@ pub struct DiskEnd {
 pub struct DiskDone {
     pub disk: u32,
     pub ok: bool,
-    /// SHA-256 of the whole image as stored.
+    /// SHA-256 of the whole image as stored (empty while `sha256_pending`).
     pub sha256: String,
     pub message: String,
+    /// Every chunk is verified and durable, but the whole-image SHA-256 is
+    /// still being computed: the server records it on its own.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub sha256_pending: bool,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -172,6 +176,10 @@ pub struct SessionEnd {
 pub struct SessionDone {
     pub ok: bool,
     pub message: String,
+    /// Everything is verified and durable; the server is still computing
+    /// whole-image digests and marks the backup complete when it is done.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub sha256_pending: bool,
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]

@@ -16,13 +16,18 @@ pub enum BackupState {
     CompleteWithErrors,
     /// Verification failed; resume re-sends what is damaged.
     Failed,
+    /// Every chunk is verified and durable; the server is computing the
+    /// whole-image SHA-256 and marks it complete when done. Neither resumable
+    /// nor restorable yet.
+    Sealing,
 }
 
-const ALL: [BackupState; 4] = [
+const ALL: [BackupState; 5] = [
     BackupState::InProgress,
     BackupState::Complete,
     BackupState::CompleteWithErrors,
     BackupState::Failed,
+    BackupState::Sealing,
 ];
 
 impl BackupState {
@@ -33,6 +38,7 @@ impl BackupState {
             BackupState::Complete => "complete",
             BackupState::CompleteWithErrors => "complete (unreadable sectors)",
             BackupState::Failed => "failed verification",
+            BackupState::Sealing => "verified, image SHA-256 pending",
         }
     }
 

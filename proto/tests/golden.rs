@@ -95,17 +95,37 @@ fn control_messages() {
         ok: true,
         sha256: "ab".into(),
         message: "m".into(),
+        sha256_pending: false,
     };
     assert_eq!(
         json(&done),
         r#"{"disk":1,"ok":true,"sha256":"ab","message":"m"}"#
     );
+    let pending = DiskDone {
+        sha256: String::new(),
+        sha256_pending: true,
+        ..done
+    };
+    assert_eq!(
+        json(&pending),
+        r#"{"disk":1,"ok":true,"sha256":"","message":"m","sha256_pending":true}"#
+    );
     assert_eq!(json(&SessionEnd { ok: true }), r#"{"ok":true}"#);
     let sdone = SessionDone {
         ok: false,
         message: "m".into(),
+        sha256_pending: false,
     };
     assert_eq!(json(&sdone), r#"{"ok":false,"message":"m"}"#);
+    let sdone = SessionDone {
+        ok: true,
+        sha256_pending: true,
+        ..sdone
+    };
+    assert_eq!(
+        json(&sdone),
+        r#"{"ok":true,"message":"m","sha256_pending":true}"#
+    );
     let list = ListReq {
         host: None,
         start: 2,
@@ -179,6 +199,7 @@ fn states_as_listing_sends_them() {
         BackupState::Complete,
         BackupState::CompleteWithErrors,
         BackupState::Failed,
+        BackupState::Sealing,
     ]
     .iter()
     .map(json)
@@ -189,7 +210,8 @@ fn states_as_listing_sends_them() {
             r#""incomplete: resumable""#,
             r#""complete""#,
             r#""complete (unreadable sectors)""#,
-            r#""failed verification""#
+            r#""failed verification""#,
+            r#""verified, image SHA-256 pending""#
         ]
     );
 }
@@ -212,8 +234,8 @@ fn binary_bodies() {
 /// version, kind, flags, length, disk, offset, payload CRC, header CRC (the CRCs
 /// computed independently, with Python's zlib.crc32).
 const GOLDEN_FRAME: [u8; 34] = [
-    0x55, 0x34, 0x52, 0x53, 0x01, 0x05, 0x01, 0x00, 0x02, 0x00, 0x00, 0x00, 0x03, 0x00, 0x00, 0x00,
-    0x00, 0x00, 0x00, 0x00, 0x00, 0x01, 0x00, 0x00, 0xac, 0x2a, 0x93, 0xd8, 0x84, 0x66, 0xab, 0x77,
+    0x55, 0x34, 0x52, 0x53, 0x02, 0x05, 0x01, 0x00, 0x02, 0x00, 0x00, 0x00, 0x03, 0x00, 0x00, 0x00,
+    0x00, 0x00, 0x00, 0x00, 0x00, 0x01, 0x00, 0x00, 0xac, 0x2a, 0x93, 0xd8, 0xac, 0xcf, 0xb5, 0x2f,
     b'h', b'i',
 ];
 

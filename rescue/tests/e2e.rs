@@ -22,23 +22,17 @@ fn backup_and_restore_two_images() {
     sparse_image(&b, 16, 2);
     let srv = Server::start(d.path(), &d.path().join("store"));
     let o = backup_labelled(&srv, "t1", &[&a, &b]);
-    assert!(text(&o).contains("every disk verified"), "{}", text(&o));
+    assert!(
+        text(&o).contains("every chunk verified and durable on the peer"),
+        "{}",
+        text(&o)
+    );
     assert!(text(&o).contains("skipped as zero"));
 
     let dirs = backup_dirs(&srv.store);
     assert_eq!(dirs.len(), 1);
     let bd = &dirs[0];
-    let check = Command::new("sha256sum")
-        .arg("-c")
-        .arg("SHA256SUMS")
-        .current_dir(bd)
-        .output()
-        .unwrap();
-    assert!(
-        check.status.success(),
-        "{}",
-        String::from_utf8_lossy(&check.stdout)
-    );
+    sums_check(bd);
     assert_eq!(sha256_file(&bd.join("rand.img")), sha256_file(&a));
     assert_eq!(sha256_file(&bd.join("sparse.img")), sha256_file(&b));
     // Zero chunks become holes: the sparse image takes far less than 16 MiB.
@@ -694,6 +688,7 @@ fn unreadable_sectors_are_zeroed_and_mapped() {
     };
     let code = rescue::cmd::backup::run_with(&rescue::Root::host(), &args, vec![src]).unwrap();
     assert_eq!(code, rescue::exit::UNREADABLE);
+    wait_sealed(&srv.store);
     let bd = backup_dirs(&srv.store).pop().unwrap();
     let map = fs::read_to_string(bd.join("failing.map")).unwrap();
     let lines: Vec<&str> = map
@@ -761,8 +756,11 @@ fn served_backup(
 }
 
 /// `rescue backup` of image `img` to `srv`.
+/// Waits for the store to complete the backup: its files are read next.
 fn backup_to(srv: &Server, img: &std::path::Path) -> std::process::Output {
-    rescue(&["backup", "-d", &srv.endpoint(), img.to_str().unwrap()])
+    let o = rescue(&["backup", "-d", &srv.endpoint(), img.to_str().unwrap()]);
+    wait_sealed(&srv.store);
+    o
 }
 
 /// `rescue backup --label LABEL` of `imgs` to `srv`, which succeeds; its output.
@@ -772,6 +770,7 @@ fn backup_labelled(srv: &Server, label: &str, imgs: &[&std::path::Path]) -> std:
     args.extend(imgs.iter().map(|p| p.to_str().unwrap()));
     let o = rescue(&args);
     assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+    wait_sealed(&srv.store);
     o
 }
 
@@ -1453,4 +1452,108 @@ fn two_disks_mapped_onto_one_target_are_refused() {
     assert_eq!(o.status.code(), Some(2), "{}", text(&o));
     assert!(text(&o).contains("both be restored onto"), "{}", text(&o));
     assert_eq!(fs::read(&t).unwrap(), vec![5u8; 1 << 20]);
+}
+
+/// A 90 %-zeros image backed up while the server's image digest is held back
+/// (`RESCUE_HOLD_IMAGE_DIGEST`): the backup directory, the image, the held
+/// server and the hold file. The client must exit 0 meanwhile.
+fn backup_released_before_its_digest(
+    d: &std::path::Path,
+) -> (
+    std::path::PathBuf,
+    std::path::PathBuf,
+    Server,
+    std::path::PathBuf,
+) {
+    let a = d.join("disk.img");
+    sparse_image(&a, 20, 41);
+    let hold = d.join("hold");
+    fs::write(&hold, b"").unwrap();
+    let srv = Server::start_env(
+        d,
+        &d.join("store"),
+        &[("RESCUE_HOLD_IMAGE_DIGEST", hold.to_str().unwrap())],
+    );
+    // rescue() gives up after 120 s: before the fix the client waited for the
+    // digest, which never came.
+    let o = rescue(&["backup", "-d", &srv.endpoint(), a.to_str().unwrap()]);
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+    let out = text(&o);
+    assert!(out.contains("sha256 pending on the peer"), "{out}");
+    assert!(out.contains("the source can be released"), "{out}");
+    let bd = backup_dirs(&srv.store).pop().unwrap();
+    assert_eq!(status_of(&bd), "sealing");
+    // Every chunk is journaled (durable) already: what the client was told.
+    let journal = fs::read(bd.join("disk.chunks")).unwrap();
+    assert_eq!(journal.len(), 20 * 32);
+    assert!(journal.chunks(32).all(|c| c.iter().any(|&b| b != 0)));
+    (bd, a, srv, hold)
+}
+
+fn sums_check(bd: &std::path::Path) {
+    let check = Command::new("sha256sum")
+        .args(["-c", "SHA256SUMS"])
+        .current_dir(bd)
+        .output()
+        .unwrap();
+    assert!(
+        check.status.success(),
+        "{}",
+        String::from_utf8_lossy(&check.stdout)
+    );
+}
+
+#[test]
+fn the_client_is_released_before_the_image_digest_which_the_server_completes() {
+    let d = tempfile::tempdir().unwrap();
+    let (bd, a, srv, hold) = backup_released_before_its_digest(d.path());
+    // A restore asked for meanwhile waits for it instead of being refused.
+    let target = d.path().join("restored.img");
+    let host = host_of(&srv);
+    let restore = {
+        let (ep, map) = (srv.endpoint(), format!("disk={}", target.display()));
+        std::thread::spawn(move || restore_mapped(&ep, &host, &map, &[]))
+    };
+    std::thread::sleep(Duration::from_millis(500));
+    fs::remove_file(&hold).unwrap();
+    wait_sealed(&srv.store);
+    assert_eq!(status_of(&bd), "complete");
+    sums_check(&bd);
+    assert_eq!(sha256_file(&bd.join("disk.img")), sha256_file(&a));
+    let o = restore.join().unwrap();
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+    assert_eq!(sha256_file(&target), sha256_file(&a));
+}
+
+#[test]
+fn a_server_killed_before_the_image_digest_completes_the_backup_at_its_next_start_or_in_verify() {
+    let d = tempfile::tempdir().unwrap();
+    let (bd, a, mut srv, hold) = backup_released_before_its_digest(d.path());
+    assert_eq!(srv.signal("KILL"), None);
+    fs::remove_file(&hold).unwrap();
+    assert_eq!(status_of(&bd), "sealing");
+    // rescue verify completes a copy ...
+    let copy = d.path().join("copy");
+    let st = Command::new("cp")
+        .args(["-a", "--sparse=always"])
+        .arg(&bd)
+        .arg(&copy)
+        .status()
+        .unwrap();
+    assert!(st.success());
+    let o = rescue(&["verify", copy.to_str().unwrap()]);
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+    assert!(text(&o).contains("recorded it"), "{}", text(&o));
+    assert_eq!(status_of(&copy), "complete");
+    sums_check(&copy);
+    // ... and the next serve the store itself.
+    let srv = Server::start(d.path(), &srv.store);
+    wait_sealed(&srv.store);
+    assert_eq!(status_of(&bd), "complete");
+    sums_check(&bd);
+    assert_eq!(sha256_file(&bd.join("disk.img")), sha256_file(&a));
+    assert_eq!(
+        fs::read_to_string(bd.join("SHA256SUMS")).unwrap(),
+        fs::read_to_string(copy.join("SHA256SUMS")).unwrap()
+    );
 }

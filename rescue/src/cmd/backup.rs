@@ -27,6 +27,9 @@ pub struct DiskReport {
     pub ok: bool,
     pub message: String,
     pub seconds: f64,
+    /// Every chunk is verified and durable on the peer, which computes the
+    /// image SHA-256 on its own.
+    pub sha256_pending: bool,
 }
 
 /// The disks to send: those named, or every eligible one.
@@ -143,12 +146,18 @@ pub fn run_with(root: &Root, args: &BackupArgs, srcs: Vec<Source>) -> Result<u8>
         .corrupt_frames
         .load(std::sync::atomic::Ordering::Relaxed);
     sess.close();
-    Ok(summary(
+    let code = summary(
         &reports,
         started.elapsed().as_secs_f64(),
         corrupt,
         &done.message,
-    ))
+    );
+    if done.ok && done.sha256_pending {
+        println!(
+            "the source can be released: every chunk is verified and durable on the peer; the peer computes the image SHA-256 on its own and then marks the backup complete (its log says so; `rescue verify` there checks it)"
+        );
+    }
+    Ok(code)
 }
 
 /// BACKUP_BEGIN for these sources in chunks of `chunk` bytes.
@@ -260,11 +269,17 @@ fn send_one(
         ok: done.ok,
         message: done.message.clone(),
         seconds: t.elapsed().as_secs_f64(),
+        sha256_pending: done.sha256_pending,
     })
 }
 
 fn print_disk(r: &DiskReport) {
-    if r.ok {
+    if r.ok && r.sha256_pending {
+        eprintln!(
+            "{}: every chunk verified and on the peer's disk (the peer computes the image SHA-256 on its own)",
+            r.name
+        );
+    } else if r.ok {
         eprintln!(
             "{}: verified by the peer, sha256 {}",
             r.name,
@@ -292,7 +307,11 @@ pub fn summary(reports: &[DiskReport], secs: f64, corrupt: u64, peer_msg: &str) 
             human_bytes(s.unreadable_bytes),
             r.seconds,
             human_bytes((s.bytes_read as f64 / r.seconds.max(0.001)) as u64),
-            Peer(if r.sha256.is_empty() { "-" } else { &r.sha256 })
+            Peer(match (r.sha256.is_empty(), r.sha256_pending) {
+                (_, true) => "pending on the peer",
+                (true, false) => "-",
+                (false, false) => &r.sha256,
+            })
         );
         if s.resent_chunks > 0 {
             println!(
@@ -310,9 +329,14 @@ pub fn summary(reports: &[DiskReport], secs: f64, corrupt: u64, peer_msg: &str) 
         println!("  {corrupt} damaged message(s) were detected and repeated");
     }
     let unreadable: u64 = reports.iter().map(|r| r.stats.unreadable_bytes / 512).sum();
+    let verified = if reports.iter().any(|r| r.sha256_pending) {
+        "every chunk verified and durable on the peer"
+    } else {
+        "every disk verified"
+    };
     match code {
         exit::OK => println!(
-            "completed in {secs:.1}s: every disk verified{}",
+            "completed in {secs:.1}s: {verified}{}",
             peer_msg_suffix(peer_msg)
         ),
         exit::UNREADABLE => println!(

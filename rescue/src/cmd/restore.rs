@@ -562,6 +562,17 @@ fn choose(l: &Listing, args: &RestoreArgs, me: &msg::Identity) -> Result<BackupS
             held(l)
         )));
     }
+    // The newest backup may be complete in a moment: do not pick an older one
+    // behind the user's back meanwhile.
+    if let Some(b) = of_host.peek()
+        && b.status == crate::proto::msg::BackupState::Sealing
+    {
+        return Err(usage(format!(
+            "the newest backup of host {host}, {}, is {}: the peer is completing it; try again in a moment, or choose another with --backup",
+            Peer(&b.backup_id),
+            b.status.word()
+        )));
+    }
     of_host
         .find(|b| b.status.is_complete())
         .cloned()
@@ -1077,6 +1088,7 @@ fn restore_disk(
             ok,
             sha256: want.clone(),
             message: message.clone(),
+            sha256_pending: false,
         }),
     )?;
     if !r.lost.is_empty() {
@@ -1254,6 +1266,7 @@ fn receive_onto(
         Ok(r) => r,
     };
     let (sink, whole) = finished?;
+    let whole = whole.wait();
     let done = resize::finish(&t.file, job.plan, d.size, t.size, args.grow)
         .with_context(|| format!("making the partition table of {} fit its size", t.spec))?;
     if t.block

@@ -35,9 +35,13 @@ pub fn run(root: &Root, args: &ServeArgs) -> Result<u8> {
         store.dir().display(),
         consent.describe()
     );
-    session::serve(root, &args.connect, args.once, |s| {
+    store.seal_unfinished();
+    let served = session::serve(root, &args.connect, args.once, |s| {
         handle(&store, &consent, s)
-    })?;
+    });
+    // Backups whose image digests are still being computed are completed first.
+    store.wait_sealed();
+    served?;
     Ok(crate::exit::OK)
 }
 
@@ -49,6 +53,12 @@ pub fn handle(store: &Store, consent: &Consent, mut s: Session) -> Result<bool> 
         while let Some(req) = session::next_request(&mut s.conn)? {
             if s.conn.answered_before(&req)? {
                 continue;
+            }
+            if matches!(
+                req.header.kind,
+                kind::LIST | kind::RESTORE_BEGIN | kind::DIGESTS_REQ
+            ) {
+                store.wait_session_sealed();
             }
             match req.header.kind {
                 kind::BACKUP_BEGIN => {
@@ -68,6 +78,7 @@ pub fn handle(store: &Store, consent: &Consent, mut s: Session) -> Result<bool> 
                         &SessionDone {
                             ok: true,
                             message: String::new(),
+                            sha256_pending: false,
                         },
                     )?;
                 }
@@ -203,8 +214,11 @@ fn receive_backup(store: &Store, consent: &Consent, s: &mut Session, req: &Frame
         },
     )?;
     let mode = progress::Mode::detect();
+    let mut pending = Vec::new();
     for (i, held) in have.iter().enumerate() {
-        receive_one(s, &mut b, i, held, mode)?;
+        if let Some(whole) = receive_one(s, &mut b, i, held, mode)? {
+            pending.push((i, Some(whole)));
+        }
     }
     // The session end confirms everything; a lost SESSION_END is repeated by the peer.
     let req = loop {
@@ -218,29 +232,40 @@ fn receive_backup(store: &Store, consent: &Consent, s: &mut Session, req: &Frame
             }
         }
     };
-    b.finish()?;
+    // Every chunk is verified and durable: the peer is released now, and the
+    // image digests still being computed complete the backup after it.
+    let sealing = !pending.is_empty() && b.manifest.status == BackupState::InProgress;
+    if sealing {
+        b.manifest.status = BackupState::Sealing;
+        b.manifest.updated = crate::util::iso8601(crate::util::now_secs());
+        b.save()?;
+    } else {
+        b.finish()?;
+    }
     let status = b.manifest.status;
     eprintln!("backup {} is {}", b.manifest.backup_id, status.word());
-    s.conn.reply_json(
-        &req,
-        kind::SESSION_DONE,
-        &SessionDone {
-            ok: status.is_complete(),
-            message: format!("stored as {}/{}", b.host, b.manifest.backup_id),
-        },
-    )?;
-    Ok(())
+    let done = SessionDone {
+        ok: status.is_complete() || sealing,
+        message: format!("stored as {}/{}", b.host, b.manifest.backup_id),
+        sha256_pending: sealing,
+    };
+    if sealing {
+        store.seal_later(b, pending);
+    }
+    s.conn.reply_json(&req, kind::SESSION_DONE, &done)
 }
 
 /// Receives disk `i` of backup `b` (what it does not hold yet), checks it and
 /// answers the sender's DISK_END. A transfer cut off saves what was verified.
+/// A disk sent whole in this session is answered once every chunk is verified
+/// and durable; its image digest, still being computed, is returned.
 fn receive_one(
     s: &mut Session,
     b: &mut BackupDir,
     i: usize,
     held: &ChunkRanges,
     mode: progress::Mode,
-) -> Result<()> {
+) -> Result<Option<xfer::WholeDigest>> {
     let d = b.manifest.disks[i].clone();
     let geo = Geometry {
         size: d.size,
@@ -271,11 +296,36 @@ fn receive_one(
         }
     };
     let (mut sink, whole) = refused(s, pipe.finish())?;
+    if held.held() == 0 {
+        // Every chunk went through the image hasher in order.
+        refused(s, sink.finalize_partial())?;
+        b.manifest.disks[i].unreadable_bytes = sink.unreadable_bytes();
+        refused(s, b.save())?;
+        eprintln!(
+            "{}: stored in {:.1}s, every chunk verified and synced{}; computing the image SHA-256",
+            d.name,
+            t.elapsed().as_secs_f64(),
+            resent_note(damaged)
+        );
+        let done = DiskDone {
+            disk: i as u32,
+            ok: true,
+            sha256: String::new(),
+            message: String::new(),
+            sha256_pending: true,
+        };
+        s.conn.reply(
+            &end_frame,
+            Header::new(kind::DISK_DONE, i as u32, 0),
+            msg::to_json(&done),
+        )?;
+        return Ok(Some(whole));
+    }
     let full_have = held.held() == geo.count();
     let verdict = if full_have && d.complete && d.sha256.is_some() {
         Ok(d.sha256.clone().unwrap_or_default())
     } else {
-        refused(s, sink.finalize(whole))?
+        refused(s, sink.finalize(whole.wait()))?
     };
     let done = record_verdict(b, i, verdict, sink.unreadable_bytes(), damaged, t);
     refused(s, b.save())?;
@@ -283,7 +333,16 @@ fn receive_one(
         &end_frame,
         Header::new(kind::DISK_DONE, i as u32, 0),
         msg::to_json(&done),
-    )
+    )?;
+    Ok(None)
+}
+
+fn resent_note(damaged: u64) -> String {
+    if damaged > 0 {
+        format!(", {damaged} damaged chunk(s) asked for again")
+    } else {
+        String::new()
+    }
 }
 
 /// Records disk `i`'s verdict in the manifest (a failed one fails the backup)
@@ -299,10 +358,7 @@ fn record_verdict(
     let name = b.manifest.disks[i].name.clone();
     match verdict {
         Ok(sha) => {
-            let md = &mut b.manifest.disks[i];
-            md.sha256 = Some(sha.clone());
-            md.complete = true;
-            md.unreadable_bytes = unreadable;
+            b.disk_verified(i, &sha, unreadable);
             eprintln!(
                 "{name}: stored and verified in {:.1}s, sha256 {sha}{}{}",
                 t.elapsed().as_secs_f64(),
@@ -311,17 +367,14 @@ fn record_verdict(
                 } else {
                     String::new()
                 },
-                if damaged > 0 {
-                    format!(", {damaged} damaged chunk(s) asked for again")
-                } else {
-                    String::new()
-                }
+                resent_note(damaged)
             );
             DiskDone {
                 disk: i as u32,
                 ok: true,
                 sha256: sha,
                 message: String::new(),
+                sha256_pending: false,
             }
         }
         Err(why) => {
@@ -332,6 +385,7 @@ fn record_verdict(
                 ok: false,
                 sha256: String::new(),
                 message: why,
+                sha256_pending: false,
             }
         }
     }
@@ -539,8 +593,13 @@ fn send_backup(store: &Store, consent: &Consent, s: &mut Session, req: &Frame) -
     let want: RestoreBegin = msg::from_json(req)?;
     let b = open_for_peer(store, consent, s, &want.host, &want.backup_id)?;
     if !b.manifest.status.is_complete() {
+        let what = if b.manifest.status == BackupState::Sealing {
+            ": this server is computing its image SHA-256; try again once it is complete"
+        } else {
+            ", not complete: finish it (run the backup again) before restoring"
+        };
         let m = format!(
-            "backup {} is {}, not complete: finish it (run the backup again) before restoring",
+            "backup {} is {}{what}",
             b.manifest.backup_id,
             b.manifest.status.word()
         );

@@ -25,13 +25,14 @@ pub struct Report {
 
 /// Checks one backup directory.
 pub fn check_backup(dir: &Path) -> Result<Report> {
-    let m = store::read_manifest(dir)?;
+    let mut m = store::read_manifest(dir)?;
     let held_dir = store::Dir::open(dir)?;
     let mut r = Report::default();
     let sums = std::fs::read_to_string(dir.join(SUMS)).unwrap_or_default();
     let mode = progress::Mode::detect();
     let (mut held, mut total) = (0u64, 0u64);
-    for d in &m.disks {
+    let mut sealed = Vec::new();
+    for (i, d) in m.disks.iter().enumerate() {
         let bar = Bar::new(&d.name, d.size, mode);
         let mut zeros = ZeroDigests::default();
         let result = verify_image(&held_dir, d, m.chunk_size, &mut zeros, Some(&bar));
@@ -50,6 +51,9 @@ pub fn check_backup(dir: &Path) -> Result<Report> {
                 // finished disk has no line there yet.
                 let sums = m.status.is_complete().then_some(sums.as_str());
                 check_image(dir, d, m.chunk_size, sums, &c, &mut r.problems);
+                if m.status == BackupState::Sealing && !d.complete {
+                    sealed.push((i, c));
+                }
             }
         }
         match std::fs::read_to_string(dir.join(&d.map)) {
@@ -59,6 +63,9 @@ pub fn check_backup(dir: &Path) -> Result<Report> {
             },
             Err(e) => r.problems.push(format!("{}: {e}", d.map)),
         }
+    }
+    if m.status == BackupState::Sealing && r.problems.is_empty() {
+        m = complete_sealing(dir, m, &sealed, &mut r.problems);
     }
     match m.status {
         BackupState::InProgress if r.problems.is_empty() => {
@@ -74,6 +81,70 @@ pub fn check_backup(dir: &Path) -> Result<Report> {
         _ => {}
     }
     Ok(r)
+}
+
+/// Completes a backup whose server stopped before it computed every image's
+/// SHA-256 (`sealing`): the read-back just done is that computation, when
+/// every chunk of those disks is held and matches its journal digest.
+/// Returns the manifest as it is now.
+fn complete_sealing(
+    dir: &Path,
+    m: store::Manifest,
+    sealed: &[(usize, ImageCheck)],
+    problems: &mut Vec<String>,
+) -> store::Manifest {
+    for (i, c) in sealed {
+        if !c.missing.is_empty() {
+            problems.push(format!(
+                "{}: holds no digest for {} chunk(s), but {MANIFEST} says every chunk of {} was verified",
+                m.disks[*i].chunks,
+                c.missing.len(),
+                m.disks[*i].name
+            ));
+        }
+    }
+    if !problems.is_empty() {
+        return m;
+    }
+    let host = dir
+        .parent()
+        .and_then(|p| p.file_name())
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let mut b = match store::Dir::open(dir) {
+        Ok(held) => store::BackupDir {
+            path: dir.to_path_buf(),
+            dir: held,
+            host,
+            manifest: m.clone(),
+        },
+        Err(e) => {
+            problems.push(format!("{}: {e:#}", dir.display()));
+            return m;
+        }
+    };
+    for (i, c) in sealed {
+        let unreadable = b.manifest.disks[*i].unreadable_bytes;
+        b.disk_verified(*i, &c.sha256, unreadable);
+    }
+    b.manifest.status = BackupState::InProgress;
+    match b.finish() {
+        Ok(()) => {
+            println!(
+                "{}: the image SHA-256 was still pending; recorded it, the backup is {}",
+                dir.display(),
+                b.manifest.status.word()
+            );
+            b.manifest
+        }
+        Err(e) => {
+            problems.push(format!(
+                "{}: every chunk is verified, but recording the image SHA-256 failed: {e:#}",
+                dir.display()
+            ));
+            m
+        }
+    }
 }
 
 /// The image against its journal, manifest and SHA256SUMS. A chunk that does

@@ -325,8 +325,9 @@ impl ImageSink {
         &mut self,
         whole: Option<[u8; 32]>,
     ) -> Result<std::result::Result<String, String>> {
-        self.checkpoint()?;
-        self.write_map()?;
+        // Synced and journaled before it is read back: the journal is what
+        // the image is checked against.
+        self.finalize_partial()?;
         if let Some(w) = whole {
             return Ok(Ok(hex(&w)));
         }

@@ -10,6 +10,7 @@ pub(crate) mod image;
 pub(crate) mod mapfile;
 pub mod names;
 mod room;
+pub(crate) mod seal;
 
 use std::fs::{self, File};
 use std::path::{Path, PathBuf};
@@ -40,6 +41,7 @@ enum ManifestState {
     Complete,
     CompleteWithErrors,
     Failed,
+    Sealing,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -116,6 +118,8 @@ pub struct Store {
     root: Dir,
     /// Refuse backups larger than the free space (off: `serve --no-space-check`).
     pub space_check: bool,
+    /// Backups whose whole-image digests are computed after their session.
+    sealers: seal::Sealers,
 }
 
 /// One backup's directory with its manifest.
@@ -140,6 +144,7 @@ impl Store {
             dir,
             root,
             space_check: true,
+            sealers: seal::Sealers::default(),
         })
     }
 
@@ -484,6 +489,7 @@ fn string_len(s: &str) -> u64 {
 
 fn resumable(m: &Manifest, source: &Identity, begin: &BackupBegin) -> bool {
     !m.status.is_complete()
+        && m.status != BackupState::Sealing
         && m.source.machine_id == source.machine_id
         && m.label == begin.label
         && m.chunk_size == begin.chunk_size
@@ -637,6 +643,7 @@ mod tests {
             ("complete", BackupState::Complete),
             ("complete-with-errors", BackupState::CompleteWithErrors),
             ("failed", BackupState::Failed),
+            ("sealing", BackupState::Sealing),
         ] {
             let m: Manifest = serde_json::from_value(old(spelling)).unwrap();
             assert_eq!(m.status, state, "{spelling}");

@@ -15,7 +15,7 @@ mod sink;
 
 pub use receive::{OnDamaged, Received, StoreDamaged, receive_disk};
 pub use send::{SendStats, digest_fresh, finish_disk, send_disk};
-pub use sink::{HashMode, Sink, SinkPipeline, Verified};
+pub use sink::{Sink, SinkPipeline, Verified, WholeDigest};
 
 use anyhow::{Result, bail};
 use sha2::{Digest, Sha256};

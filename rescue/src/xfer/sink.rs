@@ -1,13 +1,14 @@
 //! The receiving side's writer: verified chunks go to a `Sink` (the store, or
-//! a disk being restored) on a thread of their own, while the whole-image
-//! SHA-256 is computed in order next to the chunk checks.
+//! a disk being restored) on a thread of their own, and the whole-image
+//! SHA-256 is computed in order on another, from what was written.
 
-use std::sync::mpsc::{self, SyncSender};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc::{self, SyncSender, TrySendError};
 use std::sync::{Arc, Mutex};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use anyhow::{Result, anyhow, bail};
+use anyhow::{Context, Result, anyhow, bail};
 
 use super::sha256;
 use crate::xfer::sha256x2::Sha256Stream;
@@ -52,47 +53,23 @@ pub trait Sink: Send {
     fn checkpoint(&mut self) -> Result<()>;
 }
 
-/// How the receiver computes the whole-image SHA-256 next to the chunk checks.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum HashMode {
-    /// Chunk check and image digest in one interleaved pass on the receiving
-    /// thread (sha256x2): the least CPU, for machines with few cores.
-    Combined,
-    /// Chunk check on the receiving thread, image digest on a thread of its
-    /// own: more CPU in all, but each byte meets one stream per core, so data
-    /// can arrive faster (about 1.9 against 1.3 GB/s with SHA-NI here).
-    Parallel,
-}
-
-impl HashMode {
-    /// Parallel where cores are to spare (reader, checker, writer and image
-    /// hasher each get one), else Combined. RESCUE_HASH=combined|parallel
-    /// overrides the choice (for benchmarks).
-    pub fn auto() -> HashMode {
-        match std::env::var("RESCUE_HASH").as_deref() {
-            Ok("combined") => return HashMode::Combined,
-            Ok("parallel") => return HashMode::Parallel,
-            _ => {}
-        }
-        match thread::available_parallelism() {
-            Ok(n) if n.get() >= 4 => HashMode::Parallel,
-            _ => HashMode::Combined,
-        }
-    }
-}
-
-/// Runs a sink on a writer thread, and checks chunks while hashing the whole
-/// image in order.
+/// Runs a sink on a writer thread; a second thread computes the whole-image
+/// SHA-256 from what the writer wrote, in order, so neither the chunk checks
+/// nor the acknowledgements wait for it (a run of zero chunks costs the
+/// hasher time but the transfer nothing: zeros are queued as ranges).
 pub struct SinkPipeline<S: Sink + 'static> {
     tx: Option<SyncSender<Verified>>,
     writer: Option<thread::JoinHandle<Result<S>>>,
-    mode: HashMode,
-    /// Combined: the image digest, fed by `check` and `zero`.
-    whole: Mutex<Whole>,
-    /// Parallel: the thread computing it from what the writer wrote.
-    hasher: Option<thread::JoinHandle<Whole>>,
+    /// The thread computing the image digest, until `finish` hands it out.
+    hasher: Option<WholeDigest>,
     error: Arc<Mutex<Option<String>>>,
-    size: u64,
+}
+
+/// What the writer hands the image hasher: a written data chunk, or a run of
+/// zero bytes (offset, length), which takes no memory however long it is.
+enum Piece {
+    Data(Verified),
+    Zeros(u64, u64),
 }
 
 /// The whole-image SHA-256, fed with every chunk in order from offset 0.
@@ -114,10 +91,18 @@ impl Whole {
         !self.gap
     }
 
-    fn zero(&mut self, offset: u64, len: u32) {
-        if self.next_is(offset) {
-            self.stream.update_zeros(u64::from(len));
-            self.pos += u64::from(len);
+    /// Feeds `len` zero bytes at `offset`, in steps so that a dropped
+    /// `WholeDigest` stops a long run early.
+    fn zeros(&mut self, offset: u64, len: u64, stop: &AtomicBool) {
+        if !self.next_is(offset) {
+            return;
+        }
+        let mut left = len;
+        while left > 0 && !stop.load(Ordering::Relaxed) {
+            let n = left.min(64 << 20);
+            self.stream.update_zeros(n);
+            self.pos += n;
+            left -= n;
         }
     }
 
@@ -129,104 +114,149 @@ impl Whole {
     }
 }
 
-impl<S: Sink + 'static> SinkPipeline<S> {
-    pub fn start(sink: S, size: u64) -> Self {
-        SinkPipeline::with_mode(sink, size, HashMode::auto())
+/// The whole-image SHA-256 being computed on its own thread. `wait` gives it
+/// when every byte of the image went through in order (else the caller reads
+/// the image back); dropping it stops the thread without waiting.
+pub struct WholeDigest {
+    handle: Option<thread::JoinHandle<Whole>>,
+    stop: Arc<AtomicBool>,
+    size: u64,
+}
+
+impl WholeDigest {
+    fn start(rx: mpsc::Receiver<Piece>, size: u64) -> WholeDigest {
+        let stop = Arc::new(AtomicBool::new(false));
+        let stop2 = stop.clone();
+        let handle = thread::spawn(move || {
+            let mut w = Whole::default();
+            for p in rx {
+                if stop2.load(Ordering::Relaxed) {
+                    break;
+                }
+                match p {
+                    Piece::Zeros(o, l) => w.zeros(o, l, &stop2),
+                    Piece::Data(c) => w.data(c.offset, c.bytes()),
+                }
+            }
+            hold_for_tests(&stop2);
+            w
+        });
+        WholeDigest {
+            handle: Some(handle),
+            stop,
+            size,
+        }
     }
 
-    pub fn with_mode(mut sink: S, size: u64, mode: HashMode) -> Self {
-        let (tx, rx) = mpsc::sync_channel::<Verified>(4);
-        let (htx, hasher) = match mode {
-            HashMode::Combined => (None, None),
-            HashMode::Parallel => {
-                let (htx, hrx) = mpsc::sync_channel::<Verified>(8);
-                let h = thread::spawn(move || {
-                    let mut w = Whole::default();
-                    for c in hrx {
-                        if c.zero {
-                            w.zero(c.offset, c.len);
-                        } else {
-                            w.data(c.offset, c.bytes());
-                        }
-                    }
-                    w
-                });
-                (Some(htx), Some(h))
+    /// Waits for the digest: `None` when a chunk was skipped or missing.
+    pub fn wait(mut self) -> Option<[u8; 32]> {
+        let w = self.handle.take()?.join().ok()?;
+        (!w.gap && w.pos == self.size).then(|| w.stream.finish())
+    }
+}
+
+impl Drop for WholeDigest {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+    }
+}
+
+/// Tests hold the image digest back while the file `RESCUE_HOLD_IMAGE_DIGEST`
+/// names exists, to see what waits for it (nothing else reads it).
+fn hold_for_tests(stop: &AtomicBool) {
+    let Some(p) = std::env::var_os("RESCUE_HOLD_IMAGE_DIGEST") else {
+        return;
+    };
+    while std::path::Path::new(&p).exists() && !stop.load(Ordering::Relaxed) {
+        thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// The writer's side of the queue to the image hasher: data chunks wait for
+/// room (they hold buffers), zero chunks are merged into one pending range
+/// instead, so a hasher behind on zeros never holds up the writer.
+struct ToHasher {
+    tx: SyncSender<Piece>,
+    zeros: Option<(u64, u64)>,
+}
+
+impl ToHasher {
+    fn push(&mut self, c: Verified) {
+        if !c.zero {
+            self.flush();
+            let _ = self.tx.send(Piece::Data(c));
+            return;
+        }
+        let len = u64::from(c.len);
+        match &mut self.zeros {
+            Some((o, l)) if *o + *l == c.offset => *l += len,
+            _ => {
+                self.flush();
+                self.zeros = Some((c.offset, len));
             }
-        };
+        }
+        if let Some((o, l)) = self.zeros.take()
+            && let Err(TrySendError::Full(Piece::Zeros(o, l))) =
+                self.tx.try_send(Piece::Zeros(o, l))
+        {
+            self.zeros = Some((o, l));
+        }
+    }
+
+    /// Hands over the pending zero range, waiting for room.
+    fn flush(&mut self) {
+        if let Some((o, l)) = self.zeros.take() {
+            let _ = self.tx.send(Piece::Zeros(o, l));
+        }
+    }
+}
+
+impl<S: Sink + 'static> SinkPipeline<S> {
+    pub fn start(mut sink: S, size: u64) -> Self {
+        let (tx, rx) = mpsc::sync_channel::<Verified>(4);
+        let (htx, hrx) = mpsc::sync_channel::<Piece>(8);
+        let hasher = WholeDigest::start(hrx, size);
         let error = Arc::new(Mutex::new(None));
         let err2 = error.clone();
+        let note = move |e: &anyhow::Error| {
+            if let Ok(mut g) = err2.lock() {
+                *g = Some(format!("{e:#}"));
+            }
+        };
         let writer = thread::spawn(move || -> Result<S> {
+            let mut to_hasher = ToHasher {
+                tx: htx,
+                zeros: None,
+            };
             let mut last = Instant::now();
             let mut since = 0u64;
             for c in rx {
-                if let Err(e) = sink.write(&c) {
-                    if let Ok(mut g) = err2.lock() {
-                        *g = Some(format!("{e:#}"));
-                    }
-                    return Err(e);
-                }
+                sink.write(&c).inspect_err(&note)?;
                 since += u64::from(c.len);
                 // The image hasher gets the chunk once it is written (in order).
-                if let Some(h) = &htx {
-                    let _ = h.send(c);
-                }
+                to_hasher.push(c);
                 if since >= 256 << 20 || last.elapsed() > Duration::from_secs(3) {
-                    if let Err(e) = sink.checkpoint() {
-                        if let Ok(mut g) = err2.lock() {
-                            *g = Some(format!("{e:#}"));
-                        }
-                        return Err(e);
-                    }
+                    sink.checkpoint().inspect_err(&note)?;
                     since = 0;
                     last = Instant::now();
                 }
             }
-            drop(htx);
+            to_hasher.flush();
             sink.checkpoint()?;
             Ok(sink)
         });
         SinkPipeline {
             tx: Some(tx),
             writer: Some(writer),
-            mode,
-            whole: Mutex::new(Whole::default()),
-            hasher,
+            hasher: Some(hasher),
             error,
-            size,
         }
     }
 
-    /// Whether `data`, the chunk at `offset`, has the SHA-256 `want`. A chunk
-    /// that continues the image in order also feeds the whole-image digest, in
-    /// the same pass over its bytes (see sha256x2); one that fails does not.
-    pub fn check(&self, offset: u64, data: &[u8], want: &[u8; 32]) -> bool {
-        if self.mode == HashMode::Parallel {
-            return sha256(data) == *want;
-        }
-        let Ok(mut w) = self.whole.lock() else {
-            return sha256(data) == *want;
-        };
-        if !w.next_is(offset) {
-            return sha256(data) == *want;
-        }
-        let before = w.stream.clone();
-        if w.stream.update_and_digest(data) == *want {
-            w.pos += data.len() as u64;
-            true
-        } else {
-            w.stream = before;
-            false
-        }
-    }
-
-    /// Records an all-zero chunk at `offset` in the whole-image digest.
-    pub fn zero(&self, offset: u64, len: u32) {
-        if self.mode == HashMode::Combined
-            && let Ok(mut w) = self.whole.lock()
-        {
-            w.zero(offset, len);
-        }
+    /// Whether `data` has the SHA-256 `want` (the chunk check; the image
+    /// digest is the hasher thread's).
+    pub fn check(&self, data: &[u8], want: &[u8; 32]) -> bool {
+        sha256(data) == *want
     }
 
     /// Queues a verified chunk (blocks while the writer is behind).
@@ -252,23 +282,16 @@ impl<S: Sink + 'static> SinkPipeline<S> {
         }
     }
 
-    /// Waits for the writer; returns the sink and the whole-image SHA-256 when
-    /// every byte went through in order (else the caller re-reads the image).
-    pub fn finish(mut self) -> Result<(S, Option<[u8; 32]>)> {
+    /// Waits for the writer (everything submitted is written); returns the
+    /// sink and the whole-image digest, which may still be being computed.
+    pub fn finish(mut self) -> Result<(S, WholeDigest)> {
         drop(self.tx.take());
         let sink = match self.writer.take().map(|w| w.join()) {
             Some(Ok(r)) => r?,
             _ => bail!("the writer thread failed"),
         };
-        let w = match self.hasher.take() {
-            Some(h) => h.join().ok(),
-            None => self.whole.get_mut().ok().map(|w| w.clone()),
-        };
-        let whole = match w {
-            Some(w) if !w.gap && w.pos == self.size => Some(w.stream.finish()),
-            _ => None,
-        };
-        Ok((sink, whole))
+        let hasher = self.hasher.take().context("the image hasher was taken")?;
+        Ok((sink, hasher))
     }
 }
 
@@ -277,9 +300,6 @@ impl<S: Sink + 'static> Drop for SinkPipeline<S> {
         drop(self.tx.take());
         if let Some(w) = self.writer.take() {
             let _ = w.join();
-        }
-        if let Some(h) = self.hasher.take() {
-            let _ = h.join();
         }
     }
 }
@@ -302,7 +322,7 @@ pub(super) mod tests {
 
     /// What the receive loop does with a chunk: check it, then hand it on.
     fn receive(pipe: &SinkPipeline<NullSink>, offset: u64, data: &[u8], want: [u8; 32]) -> bool {
-        let ok = pipe.check(offset, data, &want);
+        let ok = pipe.check(data, &want);
         if ok {
             pipe.submit(Verified {
                 offset,
@@ -319,9 +339,8 @@ pub(super) mod tests {
         ok
     }
 
-    fn receive_zero(pipe: &SinkPipeline<NullSink>, offset: u64, len: u32) {
-        pipe.zero(offset, len);
-        pipe.submit(Verified {
+    fn zero_chunk(offset: u64, len: u32) -> Verified {
+        Verified {
             offset,
             len,
             zero: true,
@@ -330,38 +349,52 @@ pub(super) mod tests {
             payload: Arc::new(Vec::new()),
             start: 0,
             damaged: false,
-        })
-        .unwrap();
+        }
     }
 
     #[test]
     fn whole_digest_skips_rejected_chunks() {
-        for mode in [HashMode::Combined, HashMode::Parallel] {
-            let a = vec![1u8; 4096];
-            let b = vec![2u8; 4000];
-            let pipe = SinkPipeline::with_mode(NullSink, 4096 * 2 + 4000, mode);
-            assert!(receive(&pipe, 0, &a, sha256(&a)));
-            receive_zero(&pipe, 4096, 4096);
-            // Damaged in transit: rejected, and must not enter the image digest.
-            assert!(!receive(&pipe, 8192, &b, sha256(&a)));
-            assert!(receive(&pipe, 8192, &b, sha256(&b)));
-            let (_, whole) = pipe.finish().unwrap();
-            let mut all = a.clone();
-            all.extend(vec![0u8; 4096]);
-            all.extend(&b);
-            assert_eq!(whole, Some(sha256(&all)), "{mode:?}");
-        }
+        let a = vec![1u8; 4096];
+        let b = vec![2u8; 4000];
+        let pipe = SinkPipeline::start(NullSink, 4096 * 2 + 4000);
+        assert!(receive(&pipe, 0, &a, sha256(&a)));
+        pipe.submit(zero_chunk(4096, 4096)).unwrap();
+        // Damaged in transit: rejected, and must not enter the image digest.
+        assert!(!receive(&pipe, 8192, &b, sha256(&a)));
+        assert!(receive(&pipe, 8192, &b, sha256(&b)));
+        let (_, whole) = pipe.finish().unwrap();
+        let mut all = a.clone();
+        all.extend(vec![0u8; 4096]);
+        all.extend(&b);
+        assert_eq!(whole.wait(), Some(sha256(&all)));
     }
 
     #[test]
     fn no_whole_digest_after_a_gap() {
-        for mode in [HashMode::Combined, HashMode::Parallel] {
-            let a = vec![1u8; 4096];
-            let pipe = SinkPipeline::with_mode(NullSink, 8192, mode);
-            // Chunk 0 was held from an earlier run: only chunk 1 arrives.
-            assert!(receive(&pipe, 4096, &a, sha256(&a)));
-            let (_, whole) = pipe.finish().unwrap();
-            assert_eq!(whole, None, "{mode:?}");
+        let a = vec![1u8; 4096];
+        let pipe = SinkPipeline::start(NullSink, 8192);
+        // Chunk 0 was held from an earlier run: only chunk 1 arrives.
+        assert!(receive(&pipe, 4096, &a, sha256(&a)));
+        let (_, whole) = pipe.finish().unwrap();
+        assert_eq!(whole.wait(), None);
+    }
+
+    #[test]
+    fn zero_chunks_never_wait_for_the_image_hasher() {
+        // A hasher that reads nothing: the queue has room for one piece.
+        let (tx, rx) = mpsc::sync_channel::<Piece>(1);
+        let mut to = ToHasher { tx, zeros: None };
+        for i in 0..1000u64 {
+            to.push(zero_chunk(i * 4096, 4096));
         }
+        // Everything after the first queued piece was merged, not waited for.
+        let Ok(Piece::Zeros(0, first)) = rx.try_recv() else {
+            panic!("the first zero run was not queued");
+        };
+        to.flush();
+        let Ok(Piece::Zeros(o, rest)) = rx.try_recv() else {
+            panic!("the rest was not merged into one run");
+        };
+        assert_eq!((o, first + rest), (first, 1000 * 4096));
     }
 }

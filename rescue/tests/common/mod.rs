@@ -160,6 +160,19 @@ impl Server {
 
 impl Drop for Server {
     fn drop(&mut self) {
+        // As a server left running would, it completes the backups its clients
+        // were released from (`sealing`) first: a test that restarts it on the
+        // same store means to stop it between sessions, not to crash it.
+        let t = Instant::now();
+        while self.store.is_dir()
+            && matches!(self.child.try_wait(), Ok(None))
+            && t.elapsed() < Duration::from_secs(60)
+            && backup_dirs(&self.store).iter().any(|b| {
+                fs::read_to_string(b.join("manifest.json")).is_ok_and(|m| m.contains("\"sealing\""))
+            })
+        {
+            thread::sleep(Duration::from_millis(20));
+        }
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
@@ -219,6 +232,27 @@ pub fn backup_dirs(store: &Path) -> Vec<PathBuf> {
     }
     out.sort();
     out
+}
+
+/// The state manifest.json of backup directory `bd` records.
+pub fn status_of(bd: &Path) -> String {
+    let m: serde_json::Value =
+        serde_json::from_slice(&fs::read(bd.join("manifest.json")).unwrap()).unwrap();
+    m["status"].as_str().unwrap_or_default().to_string()
+}
+
+/// Waits (at most 60 s) until no backup in `store` is still `sealing`: the
+/// client is released before the server has the image digests.
+pub fn wait_sealed(store: &Path) {
+    let t = Instant::now();
+    while backup_dirs(store).iter().any(|b| status_of(b) == "sealing") {
+        assert!(
+            t.elapsed() < Duration::from_secs(60),
+            "a backup in {} stays sealing",
+            store.display()
+        );
+        thread::sleep(Duration::from_millis(20));
+    }
 }
 
 /// What the proxy does to the bytes going one way.
