@@ -377,16 +377,22 @@ fn menu_unknown_disk_and_waiting_status() {
 }
 
 #[test]
-fn menu_restore_lists_then_requires_yes() {
+fn menu_restore_lists_then_lets_the_restore_ask_after_its_plan() {
+    // rescue.yes is for the unattended mode: from the menu the restore itself
+    // asks for yes once it has shown where each disk goes and what changes.
     let mut f = Fake::default();
-    let (_, _, out) = drive(&mut f, "", "3\n\n\nno\n3\n2026-11-21T10\nvda=vdb\nyes\ny\n");
-    assert!(out.contains("Cancelled."), "{out}");
+    let (_, _, out) = drive(
+        &mut f,
+        "rescue.yes=1",
+        "3\nq\n3\n2026-11-21T10\nvda=vdb\ny\n",
+    );
+    assert!(out.contains("then asks for yes"), "{out}");
     // list, list, restore
     assert_eq!(f.ran.len(), 3);
     assert!(matches!(&f.ran[0], Command::Restore(r) if r.list));
     match &f.ran[2] {
         Command::Restore(r) => {
-            assert!(!r.list && r.yes && r.verify);
+            assert!(!r.list && !r.yes && r.verify);
             assert_eq!(r.backup.as_deref(), Some("2026-11-21T10"));
             assert_eq!(r.map, vec!["vda=vdb"]);
         }
@@ -426,7 +432,7 @@ fn the_menu_offers_the_boot_lines_map_and_takes_another() {
     let (_, _, out) = drive(
         &mut f,
         "rescue.map=vdb=vdb rescue.grow=1",
-        "3\n\n\nyes\ny\n3\n\nvdb=vda\nyes\ny\n",
+        "3\n\n\ny\n3\n\nvdb=vda\ny\n",
     );
     assert!(out.contains("Enter = vdb=vdb)"), "{out}");
     let maps: Vec<(Vec<String>, bool)> = f
@@ -453,7 +459,7 @@ fn menu_offers_to_continue_a_restore_that_was_cut() {
         rc: 5,
         ..Default::default()
     };
-    let (_, _, out) = drive(&mut f, "", "3\n\n\nyes\nn\n3\n\n\nyes\nn\ny\n");
+    let (_, _, out) = drive(&mut f, "", "3\n\n\nn\n3\n\n\nn\ny\n");
     assert!(
         out.contains("Continue the restore that was cut off"),
         "{out}"
@@ -473,11 +479,7 @@ fn menu_offers_to_continue_a_restore_that_was_cut() {
         rc: 5,
         ..Default::default()
     };
-    let (_, _, out) = drive(
-        &mut f,
-        "rescue.mode=restore rescue.yes=1",
-        "3\n\n\nyes\nn\ny\n",
-    );
+    let (_, _, out) = drive(&mut f, "rescue.mode=restore rescue.yes=1", "3\n\n\nn\ny\n");
     assert!(
         out.contains("Continue the restore that was cut off"),
         "{out}"

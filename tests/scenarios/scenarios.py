@@ -70,6 +70,8 @@ CFS = "/sys/kernel/config/thunderbolt/stream"
 READY_RE = r"RESCUE: ready mode=(\S+) host=(\S+) disks=(\S+) fabric=(\S+) uptime=([\d.]+)s"
 DONE_RE = r"RESCUE: done rc=(\d+)"
 CHOICE_RE = r"Choice \[[^\]\n]*\]:"
+# The restore's own confirmation, after it has shown where each disk goes and what changes.
+CONFIRM_RE = r"Type 'yes' to continue: ?"
 
 
 class Fail(AssertionError):
@@ -535,12 +537,14 @@ def s3b_restore_unplug(s: Suite):
     time.sleep(2)
     s.cable.ctl("plug")
     bstart = s.b_mark()
-    # The menu: 3 = restore; Enter = newest; Enter = disks by serial; yes; no read-back;
-    # y = continue the restore that was cut off.
+    # The menu: 3 = restore; Enter = newest; Enter = disks by serial; no read-back;
+    # y = continue the restore that was cut off; then the restore shows its plan and
+    # asks for yes.
     for prompt, answer in ((CHOICE_RE, "3"), (r"Backup to restore", ""),
-                           (r"Where to write each disk", ""), (r"Type yes", "yes"),
+                           (r"Where to write each disk", ""),
                            (r"verify afterwards\? \[y/N\]", "n"),
-                           (r"Continue the restore that was cut off.*\[y/N\]", "y")):
+                           (r"Continue the restore that was cut off.*\[y/N\]", "y"),
+                           (CONFIRM_RE, "yes")):
         vm.wait_for(prompt, 120)
         vm.send(answer + "\n")
     kept = {}
@@ -885,8 +889,8 @@ def s8_resize(s: Suite):
         vm.send("3\n")
         vm.wait_for(r"Backup to restore[^\n]*:", 180)
         vm.send("\n")
-        drive(vm, [(r"Where to write each disk[^\n]*: ", disk_map + "\n"),
-                   (r"Type yes to overwrite them: ?", "yes\n")], r"RESCUE: restore started", 120)
+        drive(vm, [(r"Where to write each disk[^\n]*: ", disk_map + "\n"), (CONFIRM_RE, "yes\n")],
+              r"RESCUE: restore (finished|failed)", XFER_TIMEOUT)
         m = vm.wait_for(DONE_RE, XFER_TIMEOUT)
         check(int(m.group(1)) == want_rc, f"menu restore {disk_map}: rc={m.group(1)}, expected {want_rc}:\n{vm.tail(30)}")
     txt = vm.log_text()
@@ -950,10 +954,10 @@ def s7_menu(s: Suite):
     vm.send("\n")
     answers = drive(vm, [
         (r"Where to write each disk[^\n]*: ", "\n"),          # Enter = by serial number
-        (r"Type yes to overwrite them: ?", "yes\n"),
         (r"verify afterwards\? \[y/N\] ?", "y\n"),
-    ], r"RESCUE: restore started", 120)
-    check(any(a.startswith("Type yes") for a in answers), f"the menu never asked to type yes: {answers}")
+        (CONFIRM_RE, "yes\n"),
+    ], r"RESCUE: restore (finished|failed)", XFER_TIMEOUT)
+    check(CONFIRM_RE in answers, f"the restore never asked to type yes: {answers}")
     m = vm.wait_for(DONE_RE, XFER_TIMEOUT)
     rc = int(m.group(1))
     check(rc == 0, f"menu restore rc={rc}:\n{vm.tail(30)}")

@@ -390,15 +390,6 @@ impl<'a, R: BufRead, W: Write> Menu<'a, R, W> {
                 .map(str::to_string)
                 .collect()
         };
-        let _ = writeln!(
-            self.out,
-            "Restoring OVERWRITES the disks of this machine that the backup maps to."
-        );
-        let sure = self.ask("Type yes to overwrite them:")?;
-        if sure != "yes" {
-            let _ = writeln!(self.out, "Cancelled.");
-            return Some(());
-        }
         let verify =
             self.config.verify || self.confirm("Read the disks back and verify afterwards?")?;
         let resume = self.config.resume
@@ -406,14 +397,20 @@ impl<'a, R: BufRead, W: Write> Menu<'a, R, W> {
                 && self.confirm(
                     "Continue the restore that was cut off (keeps what the disks already hold)?",
                 )?);
+        let _ = writeln!(
+            self.out,
+            "Restoring OVERWRITES the disks of this machine that the backup maps to: it shows where each goes and what changes (onto a disk of another size), then asks for yes."
+        );
         let base = self.config.connect();
+        // Not yes: the restore asks itself, after showing its plan, so what is
+        // confirmed is what it will do.
         let cmd = Command::Restore(RestoreArgs {
             connect: base,
             list: false,
             backup: (!id.is_empty()).then_some(id),
             host: None,
             map,
-            yes: true,
+            yes: false,
             verify,
             resume,
             skip_damaged: false,
