@@ -21,6 +21,8 @@ mod util;
 use std::io;
 use std::ops::Range;
 
+pub mod crc32c;
+
 /// Random-access reads of the partition being probed. Offsets are relative to the
 /// partition's first byte; a read past `len()` is an error.
 pub trait ReadAt {
