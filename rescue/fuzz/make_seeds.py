@@ -3,11 +3,17 @@
 format (fuzz_targets/session.rs): one byte choosing the peer, then records
 `kind u8, flags u8, disk u8, offset u32 LE, len u16 LE, payload`. The stored
 backup they restore is the target's seed, `fuzz/20260101-000000-seed` (disk sda,
-8192 bytes of 0x5a, chunk size 64 KiB)."""
+8192 bytes of 0x5a, chunk size 64 KiB).
+
+With --fs it also writes the filesystem parsers' seeds (seeds/xfs, ...): fsmap's tests
+build real images with mkfs (root and the tools needed) and, with FSMAP_SEEDS set,
+store what the parser read from each, zeros left out (a few KiB each)."""
 import hashlib
 import json
 import os
 import struct
+import subprocess
+import sys
 
 HELLO, ERROR, BEGIN, READY, CHUNK, ACK, NAK, DISK_END, DISK_DONE = 1, 2, 3, 4, 5, 6, 7, 8, 9
 SESSION_END, LIST, RESTORE_BEGIN, PING, BYE, DIGESTS_REQ = 10, 12, 14, 16, 17, 18
@@ -83,3 +89,12 @@ for name, blob in seeds.items():
     with open(os.path.join(here, name), "wb") as f:
         f.write(blob)
 print(f"{len(seeds)} seeds in {here}")
+
+FS_TESTS = ["xfs"]
+if "--fs" in sys.argv:
+    fs_seeds = os.path.join(os.path.dirname(here))
+    args = ["cargo", "test", "-p", "fsmap"]
+    for t in FS_TESTS:
+        args += ["--test", t]
+    subprocess.run(args + ["--", "--nocapture"], check=True,
+                   env=dict(os.environ, FSMAP_SEEDS=fs_seeds))
