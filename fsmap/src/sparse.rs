@@ -57,13 +57,20 @@ impl Sparse {
         for r in crate::normalise(ranges.to_vec(), dev.len()) {
             let mut buf = vec![0u8; (r.end - r.start) as usize];
             dev.read_exact_at(&mut buf, r.start)?;
-            // Zeros need not be stored: keep the piece from its first to its last
-            // non-zero byte.
-            let Some(first) = buf.iter().position(|&b| b != 0) else {
-                continue;
-            };
-            let last = buf.iter().rposition(|&b| b != 0).unwrap_or(first);
-            s.insert(r.start + first as u64, buf[first..=last].to_vec());
+            // Zeros need not be stored: runs of 16 or more split the piece.
+            let mut at = 0;
+            while let Some(first) = buf[at..].iter().position(|&b| b != 0) {
+                let first = at + first;
+                let mut end = first;
+                let mut zeros = 0;
+                while end < buf.len() && zeros < 16 {
+                    zeros = if buf[end] == 0 { zeros + 1 } else { 0 };
+                    end += 1;
+                }
+                let end = end - zeros;
+                s.insert(r.start + first as u64, buf[first..end].to_vec());
+                at = end;
+            }
         }
         Ok(s)
     }

@@ -23,7 +23,7 @@ const INCOMPAT_NEEDSREPAIR: u32 = 0x10;
 const MAX_LEVELS: u32 = 10;
 
 fn bad(msg: impl Into<String>) -> Error {
-    Error::Inconsistent(format!("xfs: {}", msg.into()))
+    Error::Inconsistent(msg.into())
 }
 
 /// The superblock fields the parser needs, checked.
