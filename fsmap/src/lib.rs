@@ -21,7 +21,9 @@ mod util;
 use std::io;
 use std::ops::Range;
 
+pub mod btrfs;
 pub mod crc32c;
+pub mod ntfs;
 pub mod sparse;
 pub mod xfs;
 
@@ -225,6 +227,9 @@ pub(crate) fn be32(d: &[u8], at: usize) -> u32 {
 }
 pub(crate) fn be64(d: &[u8], at: usize) -> u64 {
     u64::from_be_bytes(field(d, at))
+}
+pub(crate) fn le16(d: &[u8], at: usize) -> u16 {
+    u16::from_le_bytes(field(d, at))
 }
 pub(crate) fn le32(d: &[u8], at: usize) -> u32 {
     u32::from_le_bytes(field(d, at))

@@ -90,7 +90,7 @@ for name, blob in seeds.items():
         f.write(blob)
 print(f"{len(seeds)} seeds in {here}")
 
-FS_TESTS = ["xfs"]
+FS_TESTS = ["xfs", "btrfs", "ntfs"]
 if "--fs" in sys.argv:
     fs_seeds = os.path.join(os.path.dirname(here))
     args = ["cargo", "test", "-p", "fsmap"]

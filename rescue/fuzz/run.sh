@@ -12,7 +12,7 @@ cd "$(dirname "$0")"
 secs="${1:-60}"
 command -v cargo-fuzz >/dev/null || cargo install cargo-fuzz --locked
 decoders=(frame chunk control digests)
-parsers=(xfs)
+parsers=(xfs btrfs ntfs)
 for t in "${decoders[@]}" "${parsers[@]}" session; do mkdir -p "corpus/$t"; done
 cp -n seeds/session/* corpus/session/
 for t in "${parsers[@]}"; do cp -n "seeds/$t"/* "corpus/$t/"; done
