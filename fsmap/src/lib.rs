@@ -138,6 +138,11 @@ type Parser = (
 /// mirrors) is not mistaken for the content.
 const PARSERS: &[Parser] = &[
     ("ext4", ext4::probe),
+    // Before vfat: their signatures are exact, a FAT boot sector is recognised by
+    // plausible numbers.
+    ("xfs", xfs::probe),
+    ("btrfs", btrfs::probe),
+    ("ntfs", ntfs::probe),
     ("vfat", fat::probe),
     ("swap", swap::probe),
 ];

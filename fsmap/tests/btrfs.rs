@@ -25,6 +25,8 @@ fn used_copy_is_complete(profile: &str) {
     let u = probe(&f).unwrap();
     assert_eq!((u.fs, u.label.as_deref(), u.block_size), ("btrfs", Some("fixture"), 4096));
     let size = std::fs::metadata(&f.img).unwrap().len();
+    let dev = std::fs::File::open(&f.img).unwrap();
+    assert_eq!(fsmap::probe(&dev), fsmap::Verdict::Used(u.clone()));
     fsimage::report(&format!("btrfs -m {profile}"), u.used_bytes(), f.df_used, size);
     let files: u64 = f.files.iter().map(|(_, d)| d.len() as u64).sum();
     // df counts data extents and both copies of metadata; the parser adds the first

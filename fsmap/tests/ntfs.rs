@@ -26,6 +26,8 @@ fn ntfs_used_ranges_make_a_complete_copy_without_the_deleted_data() {
     let u = probe(&f).unwrap();
     assert_eq!((u.fs, u.label.as_deref(), u.block_size), ("ntfs", Some("fixture"), 4096));
     let size = std::fs::metadata(&f.img).unwrap().len();
+    let dev = std::fs::File::open(&f.img).unwrap();
+    assert_eq!(fsmap::probe(&dev), fsmap::Verdict::Used(u.clone()));
     fsimage::report("ntfs", u.used_bytes(), f.df_used, size);
     let files: u64 = f.files.iter().map(|(_, d)| d.len() as u64).sum();
     assert!(u.used_bytes() >= files && u.used_bytes() <= f.df_used + (1 << 20));

@@ -29,6 +29,8 @@ fn xfs_used_ranges_make_a_complete_copy_without_the_deleted_data() {
         ("xfs", Some("fixture"), 4096)
     );
     let size = std::fs::metadata(&f.img).unwrap().len();
+    let dev = std::fs::File::open(&f.img).unwrap();
+    assert_eq!(fsmap::probe(&dev), fsmap::Verdict::Used(u.clone()));
     fsimage::report("xfs", u.used_bytes(), f.df_used, size);
     // df does not count the log (64 MiB here) but counts the per-AG reservations.
     let files: u64 = f.files.iter().map(|(_, d)| d.len() as u64).sum();
