@@ -32,8 +32,8 @@ const PROFILES: u64 = 0x8 | 0x10 | 0x40 | 0x80 | 0x100 | 0x200 | 0x400;
 const DUP: u64 = 0x20;
 /// Incompatible features whose allocation is not described here: RAID56, zoned,
 /// extent tree v2, raid stripe tree, and any unknown bit.
-const INCOMPAT_KNOWN: u64 = 0x1 | 0x2 | 0x4 | 0x8 | 0x10 | 0x20 | 0x40 | 0x100 | 0x200
-    | 0x400 | 0x800 | 0x1_0000;
+const INCOMPAT_KNOWN: u64 =
+    0x1 | 0x2 | 0x4 | 0x8 | 0x10 | 0x20 | 0x40 | 0x100 | 0x200 | 0x400 | 0x800 | 0x1_0000;
 const INCOMPAT_METADATA_UUID: u64 = 0x400;
 const COMPAT_RO_BLOCK_GROUP_TREE: u64 = 0x8;
 
@@ -46,7 +46,11 @@ type Key = (u64, u8, u64);
 type Visitor<'v> = dyn FnMut(Key, &[u8]) -> Result<(), Error> + 'v;
 
 fn key(b: &[u8], at: usize) -> Key {
-    (le64(b, at), b.get(at + 8).copied().unwrap_or(0), le64(b, at + 9))
+    (
+        le64(b, at),
+        b.get(at + 8).copied().unwrap_or(0),
+        le64(b, at + 9),
+    )
 }
 
 struct Chunk {
@@ -157,7 +161,9 @@ fn superblock<'a>(dev: &'a dyn ReadAt, sb: &[u8]) -> Result<Fs<'a>, Error> {
     }
     // Seeding is fine; a metadump image or a half-done fsid change is not.
     if le64(sb, 0x38) & (1 << 33 | 1 << 34 | 1 << 35 | 1 << 36) != 0 {
-        return Err(bad("superblock flags say it is being changed or is a metadump"));
+        return Err(bad(
+            "superblock flags say it is being changed or is a metadump",
+        ));
     }
     if le64(sb, 0x60) != 0 {
         return Err(bad(
@@ -180,7 +186,11 @@ fn superblock<'a>(dev: &'a dyn ReadAt, sb: &[u8]) -> Result<Fs<'a>, Error> {
         )));
     }
     let mut fsid = [0u8; 16];
-    let at = if incompat & INCOMPAT_METADATA_UUID != 0 { 0x23b } else { 0x20 };
+    let at = if incompat & INCOMPAT_METADATA_UUID != 0 {
+        0x23b
+    } else {
+        0x20
+    };
     fsid.copy_from_slice(&sb[at..at + 16]);
     Ok(Fs {
         dev,
@@ -197,7 +207,9 @@ fn superblock<'a>(dev: &'a dyn ReadAt, sb: &[u8]) -> Result<Fs<'a>, Error> {
 fn parse_chunk(logical: u64, d: &[u8]) -> Result<Chunk, Error> {
     let (len, flags, n) = (le64(d, 0), le64(d, 24), usize::from(le16(d, 44)));
     if d.len() < 48 + n * 32 || n == 0 || len == 0 || len % 4096 != 0 {
-        return Err(bad(format!("chunk at {logical}: {n} stripes of {len} bytes")));
+        return Err(bad(format!(
+            "chunk at {logical}: {n} stripes of {len} bytes"
+        )));
     }
     Ok(Chunk {
         logical,
@@ -264,7 +276,10 @@ impl Fs<'_> {
 
     /// The chunk holding logical `r` whole.
     fn chunk(&self, r: &Range<u64>) -> Option<&Chunk> {
-        let i = self.chunks.partition_point(|c| c.logical <= r.start).checked_sub(1)?;
+        let i = self
+            .chunks
+            .partition_point(|c| c.logical <= r.start)
+            .checked_sub(1)?;
         let c = &self.chunks[i];
         (r.end <= c.logical + c.len && r.start < r.end).then_some(c)
     }
@@ -280,7 +295,11 @@ impl Fs<'_> {
         let c = self
             .chunk(&r)
             .ok_or_else(|| bad(format!("tree node at {logical} is in no chunk")))?;
-        let copies: Vec<u64> = c.stripes.iter().map(|s| s.1 + (logical - c.logical)).collect();
+        let copies: Vec<u64> = c
+            .stripes
+            .iter()
+            .map(|s| s.1 + (logical - c.logical))
+            .collect();
         let mut last = None;
         for at in copies {
             let b = read(self.dev, "btrfs tree node", at, self.nodesize as usize)?;
@@ -301,12 +320,7 @@ impl Fs<'_> {
 
     /// Calls `item` with every leaf item of the tree rooted at `root`, in key order;
     /// keys must increase strictly across the whole walk (so no node is visited twice).
-    fn walk(
-        &mut self,
-        root: u64,
-        level: u8,
-        item: &mut Visitor,
-    ) -> Result<(), Error> {
+    fn walk(&mut self, root: u64, level: u8, item: &mut Visitor) -> Result<(), Error> {
         if level >= MAX_LEVEL {
             return Err(bad(format!("tree of {level} levels")));
         }

@@ -130,7 +130,10 @@ impl Vol<'_> {
             .find(|r| (r.vcn..r.vcn + r.len).contains(&vcn))
             .filter(|r| (r.vcn + r.len) * self.cluster >= byte + self.record)
             .ok_or_else(|| bad(format!("MFT record {n} is not in $MFT's first runs")))?;
-        self.record_at(n, (run.lcn + vcn - run.vcn) * self.cluster + byte % self.cluster)
+        self.record_at(
+            n,
+            (run.lcn + vcn - run.vcn) * self.cluster + byte % self.cluster,
+        )
     }
 
     /// The MFT record `n` at byte `at`, its fixups checked and applied.
@@ -259,7 +262,10 @@ fn data_runs(vol: &Vol, rec: &[u8], kind: u32, what: &str) -> Result<(Vec<Run>, 
         at += 1 + ls + os;
     }
     if vcn != last_vcn.wrapping_add(1) {
-        return Err(bad(format!("{what}: runs cover {vcn} clusters, not {}", last_vcn + 1)));
+        return Err(bad(format!(
+            "{what}: runs cover {vcn} clusters, not {}",
+            last_vcn + 1
+        )));
     }
     Ok((runs, size))
 }
@@ -289,15 +295,13 @@ fn check_clean(vol: &Vol) -> Result<(), Error> {
         .ok_or_else(|| bad("$Volume has no volume information"))?;
     let value = usize::from(le16(info, 0x14));
     if le16(info, value + 10) & 1 != 0 {
-        return Err(bad("the volume is marked dirty (run chkdsk, or ntfsfix, and back it up then)"));
+        return Err(bad(
+            "the volume is marked dirty (run chkdsk, or ntfsfix, and back it up then)",
+        ));
     }
     let log = vol.record(REC_LOGFILE)?;
     let (runs, _) = data_runs(vol, &log, ATTR_DATA, "$LogFile")?;
-    let first = runs
-        .first()
-        .ok_or_else(|| bad("$LogFile is empty"))?
-        .lcn
-        * vol.cluster;
+    let first = runs.first().ok_or_else(|| bad("$LogFile is empty"))?.lcn * vol.cluster;
     // Two restart pages (4 KiB each, NTFS 3.1): the newer one is current. ntfs-3g
     // empties the log (all 0xff) instead of keeping it: that is clean too.
     let mut newest: Option<(u64, bool)> = None;
@@ -336,6 +340,9 @@ fn volume_label(vol: &Vol) -> Option<String> {
     let (_, a) = attributes(&rec).find(|(t, a)| *t == 0x60 && a[8] == 0)?;
     let (len, off) = (le32(a, 0x10) as usize, usize::from(le16(a, 0x14)));
     let name = a.get(off..off + len)?;
-    let units: Vec<u16> = name.chunks_exact(2).map(|c| u16::from_le_bytes([c[0], c[1]])).collect();
+    let units: Vec<u16> = name
+        .chunks_exact(2)
+        .map(|c| u16::from_le_bytes([c[0], c[1]]))
+        .collect();
     Some(String::from_utf16_lossy(&units))
 }

@@ -171,7 +171,7 @@ mod tests {
         let mut b = [0xffu8; 8];
         s.read_exact_at(&mut b, 8).unwrap();
         assert_eq!(b, [0, 0, 0, 7, 0, 0, 0, 0]);
-        s.read_exact_at(&mut b, 55).unwrap_err(); // past the end
+        s.read_exact_at(&mut b, 95).unwrap_err(); // past the end
         let mut b = [0u8; 4];
         s.read_exact_at(&mut b, 58).unwrap();
         assert_eq!(b, [9, 9, 0, 0]);

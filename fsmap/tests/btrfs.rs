@@ -6,41 +6,50 @@
 
 mod fsimage;
 
-use fsimage::{Fixture, missing, run};
+use fsimage::{Fixture, run, skip};
 
 const TOOLS: &[&str] = &["mkfs.btrfs", "btrfs"];
 
 fn probe(f: &Fixture) -> Result<fsmap::Usage, fsmap::Error> {
-    let dev = std::fs::File::open(&f.img).unwrap();
-    fsmap::btrfs::probe(&dev).expect("a btrfs superblock")
+    fsimage::probe(&f.img, fsmap::btrfs::probe)
 }
 
 fn used_copy_is_complete(profile: &str) {
-    if let Some(why) = missing(TOOLS) {
-        eprintln!("skipped: {why}");
+    if skip(TOOLS) {
         return;
     }
-    let mut f = Fixture::new(256, "mkfs.btrfs", &["-q", "-L", "fixture", "-m", profile, "-d", "single"]);
+    let mut f = Fixture::new(
+        256,
+        "mkfs.btrfs",
+        &["-q", "-L", "fixture", "-m", profile, "-d", "single"],
+    );
     f.populate("btrfs", 24, 40);
-    let u = probe(&f).unwrap();
-    assert_eq!((u.fs, u.label.as_deref(), u.block_size), ("btrfs", Some("fixture"), 4096));
-    let size = std::fs::metadata(&f.img).unwrap().len();
-    let dev = std::fs::File::open(&f.img).unwrap();
-    assert_eq!(fsmap::probe(&dev), fsmap::Verdict::Used(u.clone()));
-    fsimage::report(&format!("btrfs -m {profile}"), u.used_bytes(), f.df_used, size);
-    let files: u64 = f.files.iter().map(|(_, d)| d.len() as u64).sum();
     // df counts data extents and both copies of metadata; the parser adds the first
     // MiB and the superblocks.
-    assert!(u.used_bytes() >= files && u.used_bytes() <= f.df_used + (4 << 20));
-    let (inside, outside) = f.deleted_blocks(&u.used);
-    eprintln!("deleted blocks: {inside} in used, {outside} outside");
-    assert!(outside > 9000 && inside < 100, "{inside} in, {outside} out");
-    fsimage::write_seed(&f.img, &format!("btrfs/{profile}"), |d| {
-        format!("{:?}", fsmap::btrfs::probe(d))
-    });
+    let seed = format!("btrfs/{profile}");
+    let u = fsimage::check_usage(&f, fsmap::btrfs::probe, 4 << 20, &seed);
+    assert_eq!(u.fs, "btrfs");
     let copy = f.copy_used(&u.used);
     run("btrfs", &["check", "--readonly", copy.to_str().unwrap()]);
     f.check_tree(&copy, "btrfs", "");
+    scrub(&f, &copy);
+}
+
+/// btrfs check reads one copy of each node: a scrub reads both copies of DUP (and
+/// every data block) and checks their checksums.
+fn scrub(f: &Fixture, img: &std::path::Path) {
+    let mnt = f.dir.path().join("scrub");
+    std::fs::create_dir_all(&mnt).unwrap();
+    let m = mnt.to_str().unwrap();
+    run("mount", &["-o", "loop,ro", img.to_str().unwrap(), m]);
+    let out = std::process::Command::new("btrfs")
+        .args(["scrub", "start", "-B", "-r", m])
+        .output()
+        .unwrap();
+    run("umount", &[m]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    eprintln!("{text}{}", String::from_utf8_lossy(&out.stderr));
+    assert!(out.status.success() && text.contains("no errors found"));
 }
 
 #[test]
@@ -55,8 +64,7 @@ fn btrfs_dup_used_ranges_make_a_complete_copy_without_the_deleted_data() {
 
 #[test]
 fn btrfs_damaged_superblock_or_node_falls_back() {
-    if let Some(why) = missing(TOOLS) {
-        eprintln!("skipped: {why}");
+    if skip(TOOLS) {
         return;
     }
     let mut f = Fixture::new(256, "mkfs.btrfs", &["-q", "-m", "single"]);

@@ -6,37 +6,23 @@
 
 mod fsimage;
 
-use fsimage::{Fixture, missing, run};
+use fsimage::{Fixture, run, skip};
 
 const TOOLS: &[&str] = &["mkntfs", "ntfsfix", "mount.ntfs-3g"];
 
 fn probe(f: &Fixture) -> Result<fsmap::Usage, fsmap::Error> {
-    let dev = std::fs::File::open(&f.img).unwrap();
-    fsmap::ntfs::probe(&dev).expect("an NTFS boot sector")
+    fsimage::probe(&f.img, fsmap::ntfs::probe)
 }
 
 #[test]
 fn ntfs_used_ranges_make_a_complete_copy_without_the_deleted_data() {
-    if let Some(why) = missing(TOOLS) {
-        eprintln!("skipped: {why}");
+    if skip(TOOLS) {
         return;
     }
     let mut f = Fixture::new(128, "mkntfs", &["-q", "-F", "-f", "-L", "fixture"]);
     f.populate("ntfs-3g", 24, 40);
-    let u = probe(&f).unwrap();
-    assert_eq!((u.fs, u.label.as_deref(), u.block_size), ("ntfs", Some("fixture"), 4096));
-    let size = std::fs::metadata(&f.img).unwrap().len();
-    let dev = std::fs::File::open(&f.img).unwrap();
-    assert_eq!(fsmap::probe(&dev), fsmap::Verdict::Used(u.clone()));
-    fsimage::report("ntfs", u.used_bytes(), f.df_used, size);
-    let files: u64 = f.files.iter().map(|(_, d)| d.len() as u64).sum();
-    assert!(u.used_bytes() >= files && u.used_bytes() <= f.df_used + (1 << 20));
-    let (inside, outside) = f.deleted_blocks(&u.used);
-    eprintln!("deleted blocks: {inside} in used, {outside} outside");
-    assert!(outside > 9000 && inside < 100, "{inside} in, {outside} out");
-    fsimage::write_seed(&f.img, "ntfs/populated", |d| {
-        format!("{:?}", fsmap::ntfs::probe(d))
-    });
+    let u = fsimage::check_usage(&f, fsmap::ntfs::probe, 1 << 20, "ntfs/populated");
+    assert_eq!(u.fs, "ntfs");
     let copy = f.copy_used(&u.used);
     let out = run("ntfsfix", &["-n", copy.to_str().unwrap()]);
     eprintln!("{}", String::from_utf8_lossy(&out.stdout));
@@ -45,8 +31,7 @@ fn ntfs_used_ranges_make_a_complete_copy_without_the_deleted_data() {
 
 #[test]
 fn ntfs_damaged_boot_sector_or_record_and_a_dirty_volume_fall_back() {
-    if let Some(why) = missing(TOOLS) {
-        eprintln!("skipped: {why}");
+    if skip(TOOLS) {
         return;
     }
     let mut f = Fixture::new(64, "mkntfs", &["-q", "-F", "-f"]);
@@ -66,5 +51,7 @@ fn ntfs_damaged_boot_sector_or_record_and_a_dirty_volume_fall_back() {
     run("ntfsfix", &[f.img.to_str().unwrap()]);
     let e = probe(&f).unwrap_err().to_string();
     assert!(e.contains("dirty"), "{e}");
-    fsimage::write_seed(&f.img, "ntfs/dirty", |d| format!("{:?}", fsmap::ntfs::probe(d)));
+    fsimage::write_seed(&f.img, "ntfs/dirty", |d| {
+        format!("{:?}", fsmap::ntfs::probe(d))
+    });
 }

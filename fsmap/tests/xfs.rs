@@ -6,41 +6,24 @@
 
 mod fsimage;
 
-use fsimage::{Fixture, missing, run};
+use fsimage::{Fixture, run, skip};
 
 const TOOLS: &[&str] = &["mkfs.xfs", "xfs_repair", "xfs_io"];
 
 fn probe(f: &Fixture) -> Result<fsmap::Usage, fsmap::Error> {
-    let dev = std::fs::File::open(&f.img).unwrap();
-    fsmap::xfs::probe(&dev).expect("an XFS superblock")
+    fsimage::probe(&f.img, fsmap::xfs::probe)
 }
 
 #[test]
 fn xfs_used_ranges_make_a_complete_copy_without_the_deleted_data() {
-    if let Some(why) = missing(TOOLS) {
-        eprintln!("skipped: {why}");
+    if skip(TOOLS) {
         return;
     }
     let mut f = Fixture::new(320, "mkfs.xfs", &["-q", "-L", "fixture"]);
     f.populate("xfs", 24, 40);
-    let u = probe(&f).unwrap();
-    assert_eq!(
-        (u.fs, u.label.as_deref(), u.block_size),
-        ("xfs", Some("fixture"), 4096)
-    );
-    let size = std::fs::metadata(&f.img).unwrap().len();
-    let dev = std::fs::File::open(&f.img).unwrap();
-    assert_eq!(fsmap::probe(&dev), fsmap::Verdict::Used(u.clone()));
-    fsimage::report("xfs", u.used_bytes(), f.df_used, size);
     // df does not count the log (64 MiB here) but counts the per-AG reservations.
-    let files: u64 = f.files.iter().map(|(_, d)| d.len() as u64).sum();
-    assert!(u.used_bytes() >= files && u.used_bytes() <= f.df_used + (70 << 20));
-    fsimage::write_seed(&f.img, "xfs/populated", |d| {
-        format!("{:?}", fsmap::xfs::probe(d))
-    });
-    let (inside, outside) = f.deleted_blocks(&u.used);
-    eprintln!("deleted blocks: {inside} in used, {outside} outside");
-    assert!(outside > 9000 && inside < 100, "{inside} in, {outside} out");
+    let u = fsimage::check_usage(&f, fsmap::xfs::probe, 70 << 20, "xfs/populated");
+    assert_eq!(u.fs, "xfs");
     let copy = f.copy_used(&u.used);
     run("xfs_repair", &["-n", copy.to_str().unwrap()]);
     f.check_tree(&copy, "xfs", "");
@@ -48,8 +31,7 @@ fn xfs_used_ranges_make_a_complete_copy_without_the_deleted_data() {
 
 #[test]
 fn xfs_damaged_metadata_and_a_dirty_log_fall_back() {
-    if let Some(why) = missing(TOOLS) {
-        eprintln!("skipped: {why}");
+    if skip(TOOLS) {
         return;
     }
     let mut f = Fixture::new(320, "mkfs.xfs", &["-q"]);

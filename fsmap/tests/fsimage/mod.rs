@@ -12,8 +12,16 @@ use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-/// Why the test cannot run here, if it cannot (not root, a tool missing).
-pub fn missing(tools: &[&str]) -> Option<String> {
+/// True (after saying why) if the test cannot run here: not root, a tool missing.
+pub fn skip(tools: &[&str]) -> bool {
+    let why = missing(tools);
+    if let Some(why) = &why {
+        eprintln!("skipped: {why}");
+    }
+    why.is_some()
+}
+
+fn missing(tools: &[&str]) -> Option<String> {
     // SAFETY: geteuid has no preconditions.
     if unsafe { geteuid() } != 0 {
         return Some("not root (loop mounts need it)".into());
@@ -237,14 +245,37 @@ fn walk(root: &Path, dir: &Path, out: &mut Vec<String>) {
     }
 }
 
-/// Prints and checks what a probe found against `df`.
-pub fn report(fs: &str, used: u64, df: u64, size: u64) {
+/// A parser's probe.
+pub type Parser = fn(&dyn fsmap::ReadAt) -> Option<Result<fsmap::Usage, fsmap::Error>>;
+
+/// `parse` on the image file, which must recognise it.
+pub fn probe(img: &Path, parse: Parser) -> Result<fsmap::Usage, fsmap::Error> {
+    let dev = fs::File::open(img).unwrap();
+    parse(&dev).expect("the parser recognises its filesystem")
+}
+
+/// Probes the populated image with `parse` (fsmap::probe must agree), prints the used
+/// bytes against df's, checks they are at least the files and at most df's plus
+/// `slack`, that the deleted file's blocks are outside them and its data still in the
+/// image (else the test proves nothing), and writes the seed `seed`.
+pub fn check_usage(f: &Fixture, parse: Parser, slack: u64, seed: &str) -> fsmap::Usage {
+    let u = probe(&f.img, parse).unwrap();
+    let dev = fs::File::open(&f.img).unwrap();
+    assert_eq!(fsmap::probe(&dev), fsmap::Verdict::Used(u.clone()));
+    assert_eq!((u.label.as_deref(), u.block_size), (Some("fixture"), 4096));
     eprintln!(
-        "{fs}: used {} KiB by the parser, {} KiB by df, of {} KiB",
-        used >> 10,
-        df >> 10,
-        size >> 10
+        "{seed}: used {} KiB by the parser, {} KiB by df, of {} KiB",
+        u.used_bytes() >> 10,
+        f.df_used >> 10,
+        dev.metadata().unwrap().len() >> 10
     );
+    let files: u64 = f.files.iter().map(|(_, d)| d.len() as u64).sum();
+    assert!(u.used_bytes() >= files && u.used_bytes() <= f.df_used + slack);
+    let (inside, outside) = f.deleted_blocks(&u.used);
+    eprintln!("deleted blocks: {inside} in used, {outside} outside");
+    assert!(outside > 9000 && inside < 100, "{inside} in, {outside} out");
+    write_seed(&f.img, seed, |d| format!("{:?}", parse(d)));
+    u
 }
 
 /// With FSMAP_SEEDS=DIR (rescue/fuzz/make_seeds.py sets it), writes DIR/NAME: the
