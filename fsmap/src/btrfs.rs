@@ -7,8 +7,8 @@
 
 use std::ops::Range;
 
-use crate::crc32c::crc32c;
-use crate::{Error, ReadAt, Usage, le16, le32, le64, normalise, read};
+use crate::util::{MAX_EXTENTS, crc32c, le16, le32, le64, read_vec};
+use crate::{Error, ReadAt, Usage, normalise};
 
 const MAGIC: &[u8; 8] = b"_BHRfS_M";
 const SUPER_AT: u64 = 0x1_0000;
@@ -75,7 +75,7 @@ struct Fs<'a> {
 
 /// `Some` if `dev` holds a btrfs superblock, with what it uses or why not.
 pub fn probe(dev: &dyn ReadAt) -> Option<Result<Usage, Error>> {
-    let sb = read(dev, "btrfs superblock", SUPER_AT, 4096).ok()?;
+    let sb = read_vec(dev, "btrfs superblock", SUPER_AT, 4096).ok()?;
     if &sb[0x40..0x48] != MAGIC {
         return None;
     }
@@ -108,6 +108,11 @@ fn usage(dev: &dyn ReadAt, sb: &[u8]) -> Result<Usage, Error> {
     let mut groups: Vec<(u64, u64, u64)> = Vec::new();
     let nodesize = fs.nodesize;
     let mut collect = |k: Key, d: &[u8]| -> Result<(), Error> {
+        if extents.len() >= MAX_EXTENTS {
+            return Err(Error::Unsupported(format!(
+                "btrfs with more than {MAX_EXTENTS} extents"
+            )));
+        }
         match k.1 {
             EXTENT_ITEM => extents.push(k.0..k.0.saturating_add(k.2)),
             METADATA_ITEM => extents.push(k.0..k.0.saturating_add(nodesize)),
@@ -143,7 +148,7 @@ fn superblock<'a>(dev: &'a dyn ReadAt, sb: &[u8]) -> Result<Fs<'a>, Error> {
         3 => return Err(Error::Unsupported("btrfs with blake2b checksums".into())),
         t => return Err(bad(format!("checksum type {t}"))),
     }
-    if crc32c(&sb[0x20..]) != le32(sb, 0) || le64(sb, 0x30) != SUPER_AT {
+    if !crc32c(!0, &sb[0x20..]) != le32(sb, 0) || le64(sb, 0x30) != SUPER_AT {
         return Err(bad("superblock checksum wrong"));
     }
     let devices = le64(sb, 0x88);
@@ -302,8 +307,8 @@ impl Fs<'_> {
             .collect();
         let mut last = None;
         for at in copies {
-            let b = read(self.dev, "btrfs tree node", at, self.nodesize as usize)?;
-            let ok = crc32c(&b[0x20..]) == le32(&b, 0)
+            let b = read_vec(self.dev, "btrfs tree node", at, self.nodesize as usize)?;
+            let ok = !crc32c(!0, &b[0x20..]) == le32(&b, 0)
                 && le64(&b, 0x30) == logical
                 && b[0x20..0x30] == self.fsid
                 && b[0x64] == level;

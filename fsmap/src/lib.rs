@@ -22,7 +22,6 @@ use std::io;
 use std::ops::Range;
 
 pub mod btrfs;
-pub mod crc32c;
 pub mod ntfs;
 pub mod sparse;
 pub mod xfs;
@@ -195,52 +194,6 @@ pub fn normalise(mut ranges: Vec<Range<u64>>, len: u64) -> Vec<Range<u64>> {
         }
     }
     out
-}
-
-/// Reads `len` bytes at `offset` for the parser of `what`, a read error becoming the
-/// reason the partition is copied whole.
-pub(crate) fn read(
-    dev: &dyn ReadAt,
-    what: &'static str,
-    offset: u64,
-    len: usize,
-) -> Result<Vec<u8>, Error> {
-    let mut buf = vec![0u8; len];
-    dev.read_exact_at(&mut buf, offset)
-        .map_err(|source| Error::Read {
-            what,
-            offset,
-            source,
-        })?;
-    Ok(buf)
-}
-
-/// Fixed-width integers from on-disk structures; bytes past the buffer read as zeros,
-/// so a bad offset makes a value a parser rejects, never a panic.
-fn field<const N: usize>(d: &[u8], at: usize) -> [u8; N] {
-    let mut b = [0u8; N];
-    if let Some(s) = at.checked_add(N).and_then(|e| d.get(at..e)) {
-        b.copy_from_slice(s);
-    }
-    b
-}
-pub(crate) fn be16(d: &[u8], at: usize) -> u16 {
-    u16::from_be_bytes(field(d, at))
-}
-pub(crate) fn be32(d: &[u8], at: usize) -> u32 {
-    u32::from_be_bytes(field(d, at))
-}
-pub(crate) fn be64(d: &[u8], at: usize) -> u64 {
-    u64::from_be_bytes(field(d, at))
-}
-pub(crate) fn le16(d: &[u8], at: usize) -> u16 {
-    u16::from_le_bytes(field(d, at))
-}
-pub(crate) fn le32(d: &[u8], at: usize) -> u32 {
-    u32::from_le_bytes(field(d, at))
-}
-pub(crate) fn le64(d: &[u8], at: usize) -> u64 {
-    u64::from_le_bytes(field(d, at))
 }
 
 #[cfg(test)]

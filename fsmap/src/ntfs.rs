@@ -5,9 +5,8 @@
 //! $LogFile has not been closed cleanly, may hold changes the bitmap does not show yet,
 //! so it is copied whole.
 
-use std::ops::Range;
-
-use crate::{Error, ReadAt, Usage, le16, le32, le64, normalise, read};
+use crate::util::{Extents, le16, le32, le64, read_vec};
+use crate::{Error, ReadAt, Usage, normalise};
 
 const ATTR_DATA: u32 = 0x80;
 const ATTR_VOLUME_INFORMATION: u32 = 0x70;
@@ -41,7 +40,7 @@ struct Run {
 
 /// `Some` if `dev` starts with an NTFS boot sector, with what it uses or why not.
 pub fn probe(dev: &dyn ReadAt) -> Option<Result<Usage, Error>> {
-    let boot = read(dev, "ntfs boot sector", 0, 512).ok()?;
+    let boot = read_vec(dev, "ntfs boot sector", 0, 512).ok()?;
     if &boot[3..11] != b"NTFS    " {
         return None;
     }
@@ -62,7 +61,7 @@ fn usage(dev: &dyn ReadAt, boot: &[u8]) -> Result<Usage, Error> {
             vol.clusters
         )));
     }
-    let mut used = vol.bitmap_used(&runs, size)?;
+    let mut used = vol.bitmap_used(&runs, size, dev.len())?.finish();
     // Metadata the bitmap must show anyway; taken whatever it says.
     for r in vol.mft.iter().chain(&runs) {
         used.push(r.lcn * vol.cluster..(r.lcn + r.len) * vol.cluster);
@@ -138,7 +137,7 @@ impl Vol<'_> {
 
     /// The MFT record `n` at byte `at`, its fixups checked and applied.
     fn record_at(&self, n: u64, at: u64) -> Result<Vec<u8>, Error> {
-        let mut b = read(self.dev, "ntfs MFT record", at, self.record as usize)?;
+        let mut b = read_vec(self.dev, "ntfs MFT record", at, self.record as usize)?;
         if &b[0..4] != b"FILE" || le16(&b, 0x16) & 1 == 0 {
             return Err(bad(format!("MFT record {n} is not a record in use")));
         }
@@ -148,8 +147,8 @@ impl Vol<'_> {
 
     /// Which bytes the clusters marked in the bitmap cover, reading it a piece at a
     /// time.
-    fn bitmap_used(&self, runs: &[Run], size: u64) -> Result<Vec<Range<u64>>, Error> {
-        let mut used = Vec::new();
+    fn bitmap_used(&self, runs: &[Run], size: u64, len: u64) -> Result<Extents, Error> {
+        let mut used = Extents::new(len);
         let mut open: Option<u64> = None;
         let want = self.clusters.div_ceil(8);
         let mut byte = 0u64;
@@ -158,7 +157,7 @@ impl Vol<'_> {
             let end = at + (r.len * self.cluster).min(size - byte.min(size));
             while at < end && byte < want {
                 let n = (end - at).min(BITMAP_PIECE).min(want - byte);
-                let piece = read(self.dev, "ntfs $Bitmap", at, n as usize)?;
+                let piece = read_vec(self.dev, "ntfs $Bitmap", at, n as usize)?;
                 for (i, &bits) in piece.iter().enumerate() {
                     let first = (byte + i as u64) * 8;
                     if (bits == 0xff && open.is_some()) || (bits == 0 && open.is_none()) {
@@ -169,7 +168,7 @@ impl Vol<'_> {
                         match (bits >> bit & 1 != 0 && c < self.clusters, open) {
                             (true, None) => open = Some(c),
                             (false, Some(s)) => {
-                                used.push(s * self.cluster..c * self.cluster);
+                                used.add(s * self.cluster..c * self.cluster)?;
                                 open = None;
                             }
                             _ => {}
@@ -181,7 +180,7 @@ impl Vol<'_> {
             }
         }
         if let Some(s) = open {
-            used.push(s * self.cluster..self.clusters * self.cluster);
+            used.add(s * self.cluster..self.clusters * self.cluster)?;
         }
         Ok(used)
     }
@@ -307,7 +306,7 @@ fn check_clean(vol: &Vol) -> Result<(), Error> {
     let mut newest: Option<(u64, bool)> = None;
     let mut empty = 0;
     for page in 0..2u64 {
-        let mut p = read(vol.dev, "ntfs $LogFile", first + page * 4096, 4096)?;
+        let mut p = read_vec(vol.dev, "ntfs $LogFile", first + page * 4096, 4096)?;
         if p.iter().all(|&b| b == 0xff) {
             empty += 1;
             continue;

@@ -6,7 +6,8 @@ use std::cell::RefCell;
 use std::io;
 use std::ops::Range;
 
-use crate::{Error, ReadAt, Usage, le32, le64};
+use crate::util::{le32, le64};
+use crate::{Error, ReadAt, Usage};
 
 /// Pieces of data at offsets in an image of `len` bytes; everything else reads as zeros.
 #[derive(Debug, Clone, Default)]

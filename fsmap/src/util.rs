@@ -15,6 +15,43 @@ pub(crate) fn le32(b: &[u8], o: usize) -> u32 {
         .map_or(0, |s| u32::from_le_bytes([s[0], s[1], s[2], s[3]]))
 }
 
+pub(crate) fn le64(b: &[u8], o: usize) -> u64 {
+    u64::from_le_bytes(field(b, o))
+}
+
+pub(crate) fn be16(b: &[u8], o: usize) -> u16 {
+    u16::from_be_bytes(field(b, o))
+}
+
+pub(crate) fn be32(b: &[u8], o: usize) -> u32 {
+    u32::from_be_bytes(field(b, o))
+}
+
+pub(crate) fn be64(b: &[u8], o: usize) -> u64 {
+    u64::from_be_bytes(field(b, o))
+}
+
+/// `N` bytes at `o`, zeros where `b` ends first (a value the parser then rejects).
+fn field<const N: usize>(b: &[u8], o: usize) -> [u8; N] {
+    let mut v = [0u8; N];
+    if let Some(s) = o.checked_add(N).and_then(|e| b.get(o..e)) {
+        v.copy_from_slice(s);
+    }
+    v
+}
+
+/// Reads `len` bytes at `offset` into a new buffer, naming `what` in the error.
+pub(crate) fn read_vec(
+    dev: &dyn ReadAt,
+    what: &'static str,
+    offset: u64,
+    len: usize,
+) -> Result<Vec<u8>, Error> {
+    let mut buf = vec![0u8; len];
+    read(dev, what, offset, &mut buf)?;
+    Ok(buf)
+}
+
 /// Reads `buf.len()` bytes at `offset`, naming `what` in the error.
 pub(crate) fn read(
     dev: &dyn ReadAt,

@@ -4,10 +4,8 @@
 //! log) is used. A log that was not cleanly unmounted may hold allocations the trees do
 //! not show yet, so such a filesystem is copied whole.
 
-use std::ops::Range;
-
-use crate::crc32c::crc32c;
-use crate::{Error, ReadAt, Usage, be16, be32, be64, le32, normalise, read};
+use crate::util::{Extents, be16, be32, be64, crc32c, le32, read_vec};
+use crate::{Error, ReadAt, Usage, normalise};
 
 const SB_MAGIC: u32 = 0x5846_5342; // "XFSB"
 const AGF_MAGIC: u32 = 0x5841_4746; // "XAGF"
@@ -60,7 +58,7 @@ impl Sb {
 
 /// `Some` if `dev` holds an XFS superblock, with what it uses or why not.
 pub fn probe(dev: &dyn ReadAt) -> Option<Result<Usage, Error>> {
-    let head = read(dev, "xfs superblock", 0, 512).ok()?;
+    let head = read_vec(dev, "xfs superblock", 0, 512).ok()?;
     if be32(&head, 0) != SB_MAGIC {
         return None;
     }
@@ -70,13 +68,13 @@ pub fn probe(dev: &dyn ReadAt) -> Option<Result<Usage, Error>> {
 fn usage(dev: &dyn ReadAt) -> Result<Usage, Error> {
     let sb = superblock(dev)?;
     check_log(dev, &sb)?;
-    let mut free = Vec::new();
+    let fs_end = sb.dblocks * sb.block;
+    let mut free = Extents::new(fs_end);
     for agno in 0..sb.agcount {
         ag_free(dev, &sb, agno, &mut free)?;
     }
-    let fs_end = sb.dblocks * sb.block;
     // Everything not free is used, including whatever follows the filesystem.
-    let free = normalise(free, fs_end);
+    let free = free.finish();
     let mut used = Vec::with_capacity(free.len() + 1);
     let mut at = 0;
     for f in free {
@@ -96,13 +94,13 @@ fn usage(dev: &dyn ReadAt) -> Result<Usage, Error> {
 }
 
 fn superblock(dev: &dyn ReadAt) -> Result<Sb, Error> {
-    let head = read(dev, "xfs superblock", 0, 512)?;
+    let head = read_vec(dev, "xfs superblock", 0, 512)?;
     let version = be16(&head, 100) & 0xf;
     let sect = u64::from(be16(&head, 102));
     if !(sect.is_power_of_two() && (512..=32768).contains(&sect)) {
         return Err(bad(format!("sector size {sect}")));
     }
-    let b = read(dev, "xfs superblock", 0, sect as usize)?;
+    let b = read_vec(dev, "xfs superblock", 0, sect as usize)?;
     let v5 = match version {
         4 => false,
         5 => true,
@@ -184,14 +182,14 @@ fn superblock(dev: &dyn ReadAt) -> Result<Sb, Error> {
 fn crc_ok(b: &[u8], at: usize) -> bool {
     let mut copy = b.to_vec();
     copy[at..at + 4].fill(0);
-    crc32c(&copy) == le32(b, at)
+    !crc32c(!0, &copy) == le32(b, at)
 }
 
 /// Adds the free extents of AG `agno` to `free` as byte ranges, after checking the AGF
 /// and every bnobt block and that the extents add up to the AGF's counters.
-fn ag_free(dev: &dyn ReadAt, sb: &Sb, agno: u64, free: &mut Vec<Range<u64>>) -> Result<(), Error> {
+fn ag_free(dev: &dyn ReadAt, sb: &Sb, agno: u64, free: &mut Extents) -> Result<(), Error> {
     let agf_at = sb.ag_byte(agno, 0) + sb.sect;
-    let agf = read(dev, "xfs AGF", agf_at, sb.sect as usize)?;
+    let agf = read_vec(dev, "xfs AGF", agf_at, sb.sect as usize)?;
     let length = u64::from(be32(&agf, 12));
     if be32(&agf, 0) != AGF_MAGIC
         || be32(&agf, 4) != 1
@@ -245,7 +243,7 @@ struct Walk<'a> {
     next: u64,
     sum: u64,
     longest: u64,
-    out: &'a mut Vec<Range<u64>>,
+    out: &'a mut Extents,
 }
 
 impl Walk<'_> {
@@ -258,7 +256,7 @@ impl Walk<'_> {
             )));
         }
         let at = self.sb.ag_byte(agno, agbno);
-        let b = read(self.dev, "xfs free-space tree", at, bs as usize)?;
+        let b = read_vec(self.dev, "xfs free-space tree", at, bs as usize)?;
         let hdr = self.check_header(&b, agbno, level)?;
         let n = usize::from(be16(&b, 6));
         if level == 0 {
@@ -283,7 +281,7 @@ impl Walk<'_> {
                 self.sum += count;
                 self.longest = self.longest.max(count);
                 let from = self.sb.ag_byte(agno, start);
-                self.out.push(from..from + count * bs);
+                self.out.add(from..from + count * bs)?;
             }
             return Ok(());
         }
@@ -411,7 +409,7 @@ struct Log<'a> {
 
 impl Log<'_> {
     fn bb(&self, n: u64) -> Result<Vec<u8>, Error> {
-        read(self.dev, "xfs log", self.start + n * 512, 512)
+        read_vec(self.dev, "xfs log", self.start + n * 512, 512)
     }
     fn cycle(&self, n: u64) -> Result<u32, Error> {
         let b = self.bb(n)?;
