@@ -4,6 +4,7 @@
 
 #![allow(clippy::unwrap_used)]
 
+mod common;
 mod fsimage;
 
 use fsimage::{Fixture, run, skip};

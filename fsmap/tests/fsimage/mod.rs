@@ -12,6 +12,8 @@ use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
+use crate::common::Rng;
+
 /// True (after saying why) if the test cannot run here: not root, a tool missing.
 pub fn skip(tools: &[&str]) -> bool {
     let why = missing(tools);
@@ -49,26 +51,6 @@ pub fn run(cmd: &str, args: &[&str]) -> std::process::Output {
         String::from_utf8_lossy(&out.stderr)
     );
     out
-}
-
-/// xorshift64*: deterministic random content without a dependency.
-pub struct Rng(pub u64);
-
-impl Rng {
-    pub fn next(&mut self) -> u64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_F491_4F6C_DD1D)
-    }
-    pub fn bytes(&mut self, n: usize) -> Vec<u8> {
-        let mut v = Vec::with_capacity(n + 8);
-        while v.len() < n {
-            v.extend_from_slice(&self.next().to_le_bytes());
-        }
-        v.truncate(n);
-        v
-    }
 }
 
 pub struct Fixture {
@@ -110,7 +92,7 @@ impl Fixture {
         let img = self.img.to_str().unwrap().to_string();
         let mnt = self.mnt.to_str().unwrap().to_string();
         run("mount", &["-t", fstype, "-o", "loop", &img, &mnt]);
-        let mut rng = Rng(0x9E37_79B9_7F4A_7C15);
+        let mut rng = Rng::new(13);
         let mut left = keep_mib << 20;
         let mut i = 0;
         while left > 0 {
