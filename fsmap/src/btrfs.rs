@@ -286,7 +286,7 @@ impl Fs<'_> {
             .partition_point(|c| c.logical <= r.start)
             .checked_sub(1)?;
         let c = &self.chunks[i];
-        (r.end <= c.logical + c.len && r.start < r.end).then_some(c)
+        (r.end <= c.logical.saturating_add(c.len) && r.start < r.end).then_some(c)
     }
 
     /// Reads the tree node at `logical` from the first copy whose checksum and header
@@ -416,5 +416,40 @@ impl Fs<'_> {
             }
         }
         Ok(out)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_chunk_at_the_end_of_the_address_space_is_refused_without_panicking() {
+        // A valid superblock whose one system chunk ends past 2^64 once overflowed
+        // the lookup of the chunk tree's root.
+        let mut d = vec![0u8; 2 << 20];
+        let sb = &mut d[SUPER_AT as usize..SUPER_AT as usize + 4096];
+        sb[0x30..0x38].copy_from_slice(&SUPER_AT.to_le_bytes());
+        sb[0x40..0x48].copy_from_slice(MAGIC);
+        sb[0x58..0x60].copy_from_slice(&u64::MAX.to_le_bytes()); // chunk root
+        sb[0x88..0x90].copy_from_slice(&1u64.to_le_bytes());
+        sb[0x90..0x94].copy_from_slice(&4096u32.to_le_bytes());
+        sb[0x94..0x98].copy_from_slice(&16384u32.to_le_bytes());
+        sb[0xc9..0xd1].copy_from_slice(&1u64.to_le_bytes()); // devid
+        sb[0xd1..0xd9].copy_from_slice(&(2u64 << 20).to_le_bytes());
+        let mut chunk = vec![0u8; KEY + 48 + 32];
+        chunk[0..8].copy_from_slice(&256u64.to_le_bytes());
+        chunk[8] = CHUNK_ITEM;
+        chunk[9..17].copy_from_slice(&(u64::MAX - 4095).to_le_bytes());
+        chunk[KEY..KEY + 8].copy_from_slice(&(1u64 << 20).to_le_bytes());
+        chunk[KEY + 24..KEY + 32].copy_from_slice(&2u64.to_le_bytes()); // system
+        chunk[KEY + 44..KEY + 46].copy_from_slice(&1u16.to_le_bytes());
+        chunk[KEY + 48..KEY + 56].copy_from_slice(&1u64.to_le_bytes());
+        chunk[KEY + 56..KEY + 64].copy_from_slice(&(1u64 << 20).to_le_bytes());
+        sb[0xa0..0xa4].copy_from_slice(&(chunk.len() as u32).to_le_bytes());
+        sb[0x32b..0x32b + chunk.len()].copy_from_slice(&chunk);
+        let crc = !crc32c(!0, &sb[0x20..]);
+        sb[0..4].copy_from_slice(&crc.to_le_bytes());
+        assert!(matches!(probe(&&d[..]), Some(Err(_))));
     }
 }

@@ -260,10 +260,10 @@ fn data_runs(vol: &Vol, rec: &[u8], kind: u32, what: &str) -> Result<(Vec<Run>, 
         vcn += len;
         at += 1 + ls + os;
     }
-    if vcn != last_vcn.wrapping_add(1) {
+    if runs.is_empty() || vcn != last_vcn.wrapping_add(1) {
         return Err(bad(format!(
             "{what}: runs cover {vcn} clusters, not {}",
-            last_vcn + 1
+            last_vcn.wrapping_add(1)
         )));
     }
     Ok((runs, size))
@@ -344,4 +344,35 @@ fn volume_label(vol: &Vol) -> Option<String> {
         .map(|c| u16::from_le_bytes([c[0], c[1]]))
         .collect();
     Some(String::from_utf16_lossy(&units))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hostile_data_runs_are_refused_without_panicking() {
+        // A non-resident attribute claiming VCNs up to 2^64-1 once overflowed the
+        // message saying the runs do not cover it.
+        let empty: &[u8] = &[];
+        let vol = Vol {
+            dev: &empty,
+            cluster: 4096,
+            clusters: 1000,
+            record: 1024,
+            mft: Vec::new(),
+        };
+        let mut rec = vec![0u8; 1024];
+        rec[0x14] = 0x38; // attributes at 0x38, in use up to 0x100
+        rec[0x18] = 0x00;
+        rec[0x19] = 0x01;
+        let a = &mut rec[0x38..0x100];
+        a[0..4].copy_from_slice(&ATTR_DATA.to_le_bytes());
+        a[4..8].copy_from_slice(&0x48u32.to_le_bytes());
+        a[8] = 1;
+        a[0x18..0x20].copy_from_slice(&u64::MAX.to_le_bytes());
+        a[0x20] = 0x40; // runs at 0x40: none
+        a[0x48..0x4c].copy_from_slice(&ATTR_END.to_le_bytes());
+        assert!(data_runs(&vol, &rec, ATTR_DATA, "$Bitmap").is_err());
+    }
 }

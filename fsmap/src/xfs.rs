@@ -111,10 +111,13 @@ fn superblock(dev: &dyn ReadAt) -> Result<Sb, Error> {
     }
     let block = u64::from(be32(&b, 4));
     let (blocklog, sectlog, agblklog) = (b[120], b[121], u32::from(b[124]));
-    if !block.is_power_of_two() || !(512..=65536).contains(&block) || 1u64 << blocklog != block {
+    if !block.is_power_of_two()
+        || !(512..=65536).contains(&block)
+        || 1u64.checked_shl(blocklog.into()) != Some(block)
+    {
         return Err(bad(format!("block size {block}")));
     }
-    if 1u64 << sectlog != sect || sect > block {
+    if 1u64.checked_shl(sectlog.into()) != Some(sect) || sect > block {
         return Err(bad(format!("sector size {sect} of block size {block}")));
     }
     let (dblocks, agblocks, agcount) = (
@@ -418,5 +421,26 @@ impl Log<'_> {
         } else {
             be32(&b, 0)
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_hostile_v4_superblock_is_refused_without_panicking() {
+        // v4 has no checksum to get past: a block log of 200 once overflowed a shift.
+        let mut d = vec![0u8; 1 << 20];
+        d[0..4].copy_from_slice(&SB_MAGIC.to_be_bytes());
+        d[4..8].copy_from_slice(&4096u32.to_be_bytes());
+        d[100..102].copy_from_slice(&4u16.to_be_bytes());
+        d[102..104].copy_from_slice(&512u16.to_be_bytes());
+        d[120] = 200;
+        d[121] = 9;
+        assert!(matches!(probe(&&d[..]), Some(Err(_))));
+        d[120] = 12;
+        d[121] = 70;
+        assert!(matches!(probe(&&d[..]), Some(Err(_))));
     }
 }
