@@ -5,15 +5,22 @@ format (fuzz_targets/session.rs): one byte choosing the peer, then records
 backup they restore is the target's seed, `fuzz/20260101-000000-seed` (disk sda,
 8192 bytes of 0x5a, chunk size 64 KiB).
 
+Also writes seeds/fsmap_*: small real images made with mkfs.ext2/ext4, mkfs.vfat,
+mkswap and cryptsetup (skipped, saying so, where a tool is missing), in the fsmap
+targets' input format (fuzz_targets/fsmap_dev.rs): one byte `s`, the partition being
+the image's bytes followed by zeros up to `len << s` bytes.
+
 With --fs it also writes the filesystem parsers' seeds (seeds/xfs, ...): fsmap's tests
 build real images with mkfs (root and the tools needed) and, with FSMAP_SEEDS set,
 store what the parser read from each, zeros left out (a few KiB each)."""
 import hashlib
 import json
 import os
+import shutil
 import struct
 import subprocess
 import sys
+import tempfile
 
 HELLO, ERROR, BEGIN, READY, CHUNK, ACK, NAK, DISK_END, DISK_DONE = 1, 2, 3, 4, 5, 6, 7, 8, 9
 SESSION_END, LIST, RESTORE_BEGIN, PING, BYE, DIGESTS_REQ = 10, 12, 14, 16, 17, 18
@@ -90,9 +97,60 @@ for name, blob in seeds.items():
         f.write(blob)
 print(f"{len(seeds)} seeds in {here}")
 
+
+def image(cmd, kib, keep=65535):
+    """The first `keep` bytes of a `kib` KiB image `cmd` (a list, the path last) made."""
+    if shutil.which(cmd[0]) is None and not os.path.exists("/usr/sbin/" + cmd[0]):
+        print(f"skipping a seed: {cmd[0]} is not installed")
+        return None
+    with tempfile.TemporaryDirectory() as d:
+        path = os.path.join(d, "img")
+        with open(path, "wb") as f:
+            f.truncate(kib << 10)
+        env = dict(os.environ, PATH="/usr/sbin:/sbin:" + os.environ.get("PATH", ""))
+        subprocess.run(cmd + [path], check=True, env=env, capture_output=True)
+        with open(path, "rb") as f:
+            return f.read(keep)
+
+
+key = tempfile.NamedTemporaryFile(delete=False)
+key.write(b"seed")
+key.close()
+fs_seeds = {
+    # 64 KiB images whole: the shift byte 1 makes the partition 128 KiB.
+    "fsmap_ext4": {
+        "ext2-1k": (1, ["mkfs.ext2", "-q", "-F", "-b", "1024", "-N", "16", "-O", "^resize_inode"], 64),
+        "ext4-csum": (1, ["mkfs.ext4", "-q", "-F", "-b", "1024", "-N", "16",
+                          "-O", "^has_journal,^resize_inode"], 64),
+        "ext4-64bit-gdt-csum": (1, ["mkfs.ext4", "-q", "-F", "-b", "1024", "-N", "16",
+                                    "-O", "^has_journal,^resize_inode,^metadata_csum,uninit_bg,64bit"], 64),
+    },
+    "fsmap_fat": {
+        "fat12": (1, ["mkfs.vfat", "-F", "12"], 64),
+        # The first 64 KiB of a 16 MiB FAT16 (its FATs and root directory), shift 8.
+        "fat16-head": (8, ["mkfs.vfat", "-F", "16"], 16 << 10),
+    },
+    "fsmap_swap": {"swap": (1, ["mkswap"], 64)},
+    "fsmap_opaque": {
+        "luks2-head": (9, ["cryptsetup", "luksFormat", "-q", "--type", "luks2", "--pbkdf", "pbkdf2",
+                           "--pbkdf-force-iterations", "1000", "--key-file", key.name], 32 << 10),
+        "ext4": (1, ["mkfs.ext4", "-q", "-F", "-b", "1024", "-N", "16", "-O", "^has_journal"], 64),
+    },
+}
+for target, images in fs_seeds.items():
+    here = os.path.join(os.path.dirname(os.path.abspath(__file__)), "seeds", target)
+    os.makedirs(here, exist_ok=True)
+    for name, (shift, cmd, kib) in images.items():
+        blob = image(cmd, kib)
+        if blob is not None:
+            with open(os.path.join(here, name), "wb") as f:
+                f.write(bytes([shift]) + blob)
+    print(f"{len(os.listdir(here))} seeds in {here}")
+os.unlink(key.name)
+
 FS_TESTS = ["xfs", "btrfs", "ntfs"]
 if "--fs" in sys.argv:
-    fs_seeds = os.path.join(os.path.dirname(here))
+    fs_seeds = os.path.join(os.path.dirname(os.path.abspath(__file__)), "seeds")
     args = ["cargo", "test", "-p", "fsmap"]
     for t in FS_TESTS:
         args += ["--test", t]
