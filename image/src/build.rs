@@ -303,9 +303,14 @@ fn add_base(a: &mut Archive, rescue_bin: &Path) -> Result<()> {
         a.add(Entry::dir(d, 0o755));
     }
     a.add(Entry::dir("tmp", 0o1777));
+    add_devices(a);
+    Ok(())
+}
+
+/// The device nodes the console needs before devtmpfs is mounted.
+pub(crate) fn add_devices(a: &mut Archive) {
     a.add(Entry::chardev("dev/console", 0o600, 5, 1));
     a.add(Entry::chardev("dev/null", 0o666, 1, 3));
-    Ok(())
 }
 
 /// Builds the archive (uncompressed) and says what went in.
@@ -356,8 +361,13 @@ pub fn build(opts: &Options, out: &Path) -> Result<Summary> {
     let packed = compress(&raw, opts.compress)?;
     s.uncompressed = raw.len();
     s.compressed = packed.len();
-    let tmp = out.with_extension("tmp");
-    fs::write(&tmp, &packed).with_context(|| format!("write {}", tmp.display()))?;
-    fs::rename(&tmp, out).with_context(|| format!("rename to {}", out.display()))?;
+    write_file(out, &packed)?;
     Ok(s)
+}
+
+/// Writes `bytes` to `out` under a temporary name first, so `out` is whole or absent.
+pub fn write_file(out: &Path, bytes: &[u8]) -> Result<()> {
+    let tmp = out.with_extension("tmp");
+    fs::write(&tmp, bytes).with_context(|| format!("write {}", tmp.display()))?;
+    fs::rename(&tmp, out).with_context(|| format!("rename to {}", out.display()))
 }

@@ -1,11 +1,12 @@
-//! The `image` command: builds the rescue initramfs and lists existing ones.
+//! The `image` command: builds the rescue initramfs, lists existing ones, and packs
+//! the test rigs' small ones.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
-use rescue_image::{Compress, Options, build, list};
+use rescue_image::{Compress, Options, PackOptions, build, list, pack};
 
 /// Build the usb4rescue initramfs (newc cpio, xz or gzip), reproducibly and without root.
 #[derive(Debug, Parser)]
@@ -48,6 +49,40 @@ enum Cmd {
         #[arg(long, short = 'v')]
         verbose: bool,
     },
+    /// Pack a small uncompressed initramfs from files and kernel modules to load
+    /// (the test rigs' busybox guests): the modules decompressed as
+    /// lib/modules/NAME.ko, their load order (dependencies first) in
+    /// lib/modules/load.list, and /dev/console and /dev/null.
+    Pack {
+        /// Kernel directory holding lib/modules/<kver>/ (needed for modules only).
+        #[arg(long, value_name = "DIR")]
+        kernel_dir: Option<PathBuf>,
+        /// Kernel release, when lib/modules holds several.
+        #[arg(long, value_name = "KVER")]
+        kver: Option<String>,
+        /// An in-tree module to load, after its dependencies (repeatable).
+        #[arg(long, value_name = "NAME")]
+        load: Vec<String>,
+        /// An out-of-tree module file to load last; refused when built for another
+        /// kernel (repeatable).
+        #[arg(long = "load-ko", value_name = "PATH.ko")]
+        load_ko: Vec<PathBuf>,
+        /// A directory to create, 0755 (repeatable).
+        #[arg(long = "dir", value_name = "DEST")]
+        dirs: Vec<String>,
+        /// A file to add, 0644 (repeatable).
+        #[arg(long = "file", value_name = "SRC=DEST")]
+        files: Vec<String>,
+        /// An executable to add, 0755 (repeatable).
+        #[arg(long = "exec", value_name = "SRC=DEST")]
+        execs: Vec<String>,
+        /// A symbolic link to add (repeatable).
+        #[arg(long = "symlink", value_name = "DEST=TARGET")]
+        symlinks: Vec<String>,
+        /// Output file.
+        #[arg(short = 'o', long, value_name = "OUT")]
+        output: PathBuf,
+    },
     /// List the contents of an image, with its size and compression.
     List {
         #[arg(value_name = "FILE")]
@@ -68,6 +103,51 @@ fn list_file(file: &std::path::Path) -> Result<()> {
     Ok(())
 }
 
+/// `A=B` as (A, B); `what` names the flag in the error.
+fn pair(spec: &str, what: &str) -> Result<(String, String)> {
+    match spec.split_once('=') {
+        Some((a, b)) if !a.is_empty() && !b.is_empty() => Ok((a.into(), b.into())),
+        _ => anyhow::bail!("{what} {spec:?}: expected two parts joined by '='"),
+    }
+}
+
+fn run_pack(
+    mut opts: PackOptions,
+    files: &[String],
+    execs: &[String],
+    symlinks: &[String],
+    output: &std::path::Path,
+) -> Result<()> {
+    for (specs, perm, what) in [(files, 0o644, "--file"), (execs, 0o755, "--exec")] {
+        for spec in specs {
+            let (src, dest) = pair(spec, what)?;
+            opts.files.push((src.into(), dest, perm));
+        }
+    }
+    for spec in symlinks {
+        opts.symlinks.push(pair(spec, "--symlink")?);
+    }
+    let (a, p) = pack(&opts)?;
+    let raw = a.to_newc(0);
+    rescue_image::build::write_file(output, &raw)?;
+    println!(
+        "packed {}: {} bytes; modules in load order: {}{}",
+        output.display(),
+        raw.len(),
+        if p.modules.is_empty() {
+            "-".into()
+        } else {
+            p.modules.join(" ")
+        },
+        if p.builtin.is_empty() {
+            String::new()
+        } else {
+            format!("; built in: {}", p.builtin.join(" "))
+        },
+    );
+    Ok(())
+}
+
 fn run(cli: Cli) -> Result<()> {
     if let Some(f) = cli.list {
         return list_file(&f);
@@ -75,6 +155,27 @@ fn run(cli: Cli) -> Result<()> {
     match cli.command {
         None => anyhow::bail!("nothing to do: use `image build ...` or `image list FILE`"),
         Some(Cmd::List { file }) => list_file(&file),
+        Some(Cmd::Pack {
+            kernel_dir,
+            kver,
+            load,
+            load_ko,
+            dirs,
+            files,
+            execs,
+            symlinks,
+            output,
+        }) => {
+            let opts = PackOptions {
+                kernel_dir,
+                kver,
+                load,
+                load_ko,
+                dirs,
+                ..Default::default()
+            };
+            run_pack(opts, &files, &execs, &symlinks, &output)
+        }
         Some(Cmd::Build {
             kernel_dir,
             kver,

@@ -1,5 +1,7 @@
 //! Builds images from a fake kernel directory and checks them: determinism, the
-//! module closure and index filtering, modes and owners, xz CRC32, and parse-back.
+//! module closure and index filtering, modes and owners, xz CRC32, and parse-back;
+//! and `image pack`'s: the load order (dependencies first, built-in modules left
+//! out), an out-of-tree module's dependencies and kernel check, files and links.
 
 #![allow(clippy::unwrap_used)]
 
@@ -8,7 +10,8 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use rescue_image::list::xz_check;
-use rescue_image::{Compress, Options, build, read_image};
+use rescue_image::newc::{ReadEntry, parse};
+use rescue_image::{Compress, Options, PackOptions, build, pack, read_image};
 
 #[path = "../../bootfacts/tests/support/modtree.rs"]
 mod modtree;
@@ -228,4 +231,142 @@ fn several_kernels_need_kver() {
     build(&o, &t.path().join("x.img")).unwrap();
     let l = read_image(&t.path().join("x.img")).unwrap();
     assert_eq!(l.compression, "none");
+}
+
+/// thunderbolt_stream needs thunderbolt and configfs, thunderbolt needs configfs;
+/// virtio_pci is built in; nvme-core (a dash in its file name) is plain .ko.
+fn pack_kernel(dir: &Path) -> PathBuf {
+    let m = dir.join("lib/modules").join(KVER);
+    let tb = xz(b"tb");
+    let tbs = xz(b"tbs");
+    let cfs = xz(b"configfs");
+    modtree::write_tree(
+        &m,
+        &[
+            ("kernel/drivers/thunderbolt/thunderbolt.ko.xz", &tb),
+            ("kernel/drivers/thunderbolt/thunderbolt_stream.ko.xz", &tbs),
+            ("kernel/fs/configfs/configfs.ko.xz", &cfs),
+            ("kernel/drivers/nvme/host/nvme-core.ko", b"nvme core"),
+            (
+                "modules.dep",
+                b"kernel/drivers/thunderbolt/thunderbolt_stream.ko.xz: kernel/drivers/thunderbolt/thunderbolt.ko.xz kernel/fs/configfs/configfs.ko.xz\n\
+kernel/drivers/thunderbolt/thunderbolt.ko.xz: kernel/fs/configfs/configfs.ko.xz\n\
+kernel/fs/configfs/configfs.ko.xz:\n\
+kernel/drivers/nvme/host/nvme-core.ko:\n",
+            ),
+            ("modules.builtin", b"kernel/drivers/virtio/virtio_pci.ko\n"),
+        ],
+    );
+    dir.to_path_buf()
+}
+
+fn vhost(dir: &Path, vermagic: &str) -> PathBuf {
+    let p = dir.join("usb4vhost.ko");
+    let body =
+        format!("\x7fELF\0name=usb4vhost\0depends=thunderbolt,virtio_pci\0vermagic={vermagic}\0");
+    write(&p, body.as_bytes());
+    p
+}
+
+fn packed_file<'a>(entries: &'a [ReadEntry], path: &str) -> &'a ReadEntry {
+    entries
+        .iter()
+        .find(|e| e.path == path)
+        .unwrap_or_else(|| panic!("{path} not packed"))
+}
+
+#[test]
+fn packs_modules_in_load_order_with_files_and_links() {
+    let t = tempfile::tempdir().unwrap();
+    let init = t.path().join("init");
+    write(&init, b"#!/bin/sh\n");
+    let opts = PackOptions {
+        kernel_dir: Some(pack_kernel(&t.path().join("k"))),
+        load: vec![
+            "thunderbolt_stream".into(),
+            "nvme_core".into(),
+            "virtio-pci".into(),
+        ],
+        load_ko: vec![vhost(t.path(), &format!("{KVER} SMP preempt"))],
+        dirs: vec!["proc".into(), "usr/bin".into()],
+        files: vec![
+            (init.clone(), "init".into(), 0o755),
+            (init, "lib/vmlib.sh".into(), 0o644),
+        ],
+        symlinks: vec![("bin/sh".into(), "busybox".into())],
+        ..Default::default()
+    };
+    let (a, p) = pack(&opts).unwrap();
+    assert_eq!(
+        p.modules,
+        [
+            "configfs",
+            "thunderbolt",
+            "thunderbolt_stream",
+            "nvme-core",
+            "usb4vhost"
+        ]
+    );
+    assert_eq!(p.builtin, ["virtio_pci"]);
+    let bytes = a.to_newc(0);
+    assert_eq!(bytes, pack(&opts).unwrap().0.to_newc(0), "not reproducible");
+    let e = parse(&bytes).unwrap();
+    assert_eq!(
+        packed_file(&e, "lib/modules/load.list").data,
+        b"configfs\nthunderbolt\nthunderbolt_stream\nnvme-core\nusb4vhost\n"
+    );
+    assert_eq!(
+        packed_file(&e, "lib/modules/thunderbolt_stream.ko").data,
+        b"tbs"
+    );
+    assert_eq!(
+        packed_file(&e, "lib/modules/nvme-core.ko").data,
+        b"nvme core"
+    );
+    assert!(
+        packed_file(&e, "lib/modules/usb4vhost.ko")
+            .data
+            .starts_with(b"\x7fELF")
+    );
+    assert_eq!(packed_file(&e, "init").mode, 0o100755);
+    assert_eq!(packed_file(&e, "lib/vmlib.sh").mode, 0o100644);
+    assert_eq!(packed_file(&e, "bin/sh").data, b"busybox");
+    assert!(packed_file(&e, "bin/sh").is_symlink());
+    assert!(packed_file(&e, "usr/bin").is_dir());
+    assert_eq!(packed_file(&e, "dev/console").rdev, (5, 1));
+    assert_eq!(packed_file(&e, "dev/null").mode, 0o020666);
+    assert!(e.iter().all(|x| x.uid == 0 && x.gid == 0 && x.mtime == 0));
+}
+
+#[test]
+fn refuses_what_the_kernel_could_not_load() {
+    let t = tempfile::tempdir().unwrap();
+    let kernel_dir = Some(pack_kernel(&t.path().join("k")));
+    let other = PackOptions {
+        kernel_dir: kernel_dir.clone(),
+        load_ko: vec![vhost(t.path(), "6.1.0 SMP")],
+        ..Default::default()
+    };
+    let e = pack(&other).unwrap_err().to_string();
+    assert!(
+        e.contains("built for kernel 6.1.0") && e.contains(KVER),
+        "{e}"
+    );
+    let missing = PackOptions {
+        kernel_dir,
+        load: vec!["ext4".into()],
+        ..Default::default()
+    };
+    let e = pack(&missing).unwrap_err().to_string();
+    assert!(e.contains("module ext4 not found"), "{e}");
+    let no_kernel = PackOptions {
+        load: vec!["ext4".into()],
+        ..Default::default()
+    };
+    assert!(
+        pack(&no_kernel)
+            .unwrap_err()
+            .to_string()
+            .contains("--kernel-dir")
+    );
 }

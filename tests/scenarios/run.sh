@@ -13,8 +13,7 @@
 #    (rebuilt only when rescue, the module or the kernel changed); the image ships the
 #    kernel package's own thunderbolt_stream.ko.xz, which rescue loads on usb4vhost
 # 7. busybox test initramfs (tests/vm/build-initramfs.py, + ext4, thunderbolt_stream) with
-#    the same rescue appended as /bin/rescue (a second cpio member): the "mounted target"
-#    check and the benchmark only
+#    the same rescue as /bin/rescue: the "mounted target" check and the benchmark only
 # 8. tests/scenarios/scenarios.py
 #
 # The last line is always "N passed, N failed"; exit status non-zero on any failure.
@@ -120,8 +119,8 @@ step "shell initramfs"
 SHELL_INITRD=$OUT/shell-initrd-$KEY.cpio
 if [ ! -f "$SHELL_INITRD" ]; then
     python3 "$TOP/tests/vm/build-initramfs.py" --kernel-dir "$KDIR" --ko "$KO" \
-        --module virtio_blk --module configfs --module ext4 --module thunderbolt_stream --out "$OUT/shell-base.cpio" >&2 &&
-    python3 "$HERE/append_cpio.py" "$OUT/shell-base.cpio" "$OUT/rescue=/bin/rescue" -o "$SHELL_INITRD.tmp" &&
+        --module virtio_blk --module configfs --module ext4 --module thunderbolt_stream \
+        --file "$OUT/rescue=bin/rescue" --out "$SHELL_INITRD.tmp" >&2 &&
         mv "$SHELL_INITRD.tmp" "$SHELL_INITRD" || { log "shell initramfs failed (the 'mounted' check will fail)"; SHELL_INITRD=; }
     find "$OUT" -name 'shell-initrd-*.cpio' ! -name "$(basename "${SHELL_INITRD:-none}")" -mmin +1440 -delete
 fi

@@ -1,7 +1,8 @@
 #!/usr/bin/env python3
 """Build the small busybox initramfs used by the paired-VM cable tests.
 
-    tests/vm/build-initramfs.py --kernel-dir DIR [--ko PATH ...] [--module NAME ...] [--out FILE]
+    tests/vm/build-initramfs.py --kernel-dir DIR [--ko PATH ...] [--module NAME ...]
+                               [--file SRC=DEST ...] [--out FILE]
 
 DIR is what scripts/fetch-kernel.sh prints (vmlinuz + lib/modules/<kver>/). The archive
 (cpio newc, uncompressed: the kernel unpacks that fastest) holds:
@@ -18,7 +19,12 @@ DIR is what scripts/fetch-kernel.sh prints (vmlinuz + lib/modules/<kver>/). The 
 Default modules: virtio_blk, configfs, thunderbolt, thunderbolt_stream (from the kernel
 tree; configfs is a module in Debian's 7.3 kernel, not built in) and every --ko given
 (e.g. usb4vhost.ko), whose dependencies are read from its .modinfo and resolved in
-modules.dep. A module whose vermagic does not match the kernel is refused.
+modules.dep. A module whose vermagic does not match the kernel is refused. --file
+SRC=DEST adds another executable (e.g. the static rescue as /bin/rescue).
+
+The archive is written by `image pack` (the image crate: the one newc writer, and
+modules.dep read through bootfacts); this script gathers the files and names the result.
+USB4RESCUE_IMAGE names an `image` binary to use; otherwise it is built with cargo.
 
 Output: FILE, or by default ${USB4RESCUE_CACHE:-/var/cache/usb4rescue}/initramfs/
 vm-test-<kver>-<sha256 prefix>.cpio (named by content, so parallel runs never replace an
@@ -27,6 +33,7 @@ reproducibly (fixed mtimes, sorted). The path is printed last. Never commit the 
 """
 import argparse
 import hashlib
+import json
 import os
 import shutil
 import subprocess
@@ -36,10 +43,10 @@ import time
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-sys.dont_write_bytecode = True  # no __pycache__ in the source tree
-sys.path.insert(0, str(HERE.parents[1] / "qemu"))
-import newc  # noqa: E402  (the one newc writer of the test tooling)
+TOP = HERE.parents[1]
 DEFAULT_MODULES = ["virtio_blk", "configfs", "thunderbolt", "thunderbolt_stream"]
+DIRS = ["bin", "sbin", "dev", "proc", "sys", "tmp", "run", "root", "etc", "lib",
+        "lib/modules", "usr", "usr/bin", "usr/sbin", "mnt"]
 
 
 def die(msg):
@@ -51,44 +58,73 @@ def log(msg):
     print(f"build-initramfs: {msg}", file=sys.stderr)
 
 
-def modinfo(data):
-    """Fields of a module's .modinfo (key=value\\0 strings) found by scanning the ELF."""
-    info = {}
-    for key in (b"depends=", b"vermagic=", b"name="):
-        i = data.find(b"\0" + key)
-        if i >= 0:
-            j = data.index(b"\0", i + 1)
-            info[key[:-1].decode()] = data[i + 1 + len(key):j].decode(errors="replace")
-    return info
+def image_tool():
+    """The `image` binary: $USB4RESCUE_IMAGE, else built from this checkout."""
+    if os.environ.get("USB4RESCUE_IMAGE"):
+        return os.environ["USB4RESCUE_IMAGE"]
+    cargo = shutil.which("cargo") or str(Path.home() / ".cargo" / "bin" / "cargo")
+    r = subprocess.run([cargo, "build", "-q", "--release", "-p", "image"], cwd=TOP,
+                       stdout=sys.stderr)
+    if r.returncode:
+        die("cargo build -p image failed (see above)")
+    meta = subprocess.run([cargo, "metadata", "-q", "--format-version", "1", "--no-deps"],
+                          cwd=TOP, capture_output=True, text=True, check=True)
+    return str(Path(json.loads(meta.stdout)["target_directory"]) / "release" / "image")
 
 
-def read_module(path):
-    try:
-        return newc.read_module(path)
-    except ValueError as e:
-        die(str(e))
-
-
-def modname(path):
-    n = path.name
-    for suf in (".xz", ".zst", ".gz"):
-        if n.endswith(suf):
-            n = n[: -len(suf)]
-    return n[:-3] if n.endswith(".ko") else n
-
-
-def build_tbtest():
+def build_tbtest(out):
     """tests/vm/guest/tbtest.c, linked static (the initramfs has no libc)."""
     cc = shutil.which("gcc") or shutil.which("cc")
     if not cc:
         die("no C compiler for tests/vm/guest/tbtest.c: apt-get install gcc libc6-dev")
-    with tempfile.TemporaryDirectory(prefix="tbtest.") as d:
-        out = Path(d) / "tbtest"
-        r = subprocess.run([cc, "-static", "-O2", "-Wall", "-o", str(out),
-                            str(HERE / "guest" / "tbtest.c")], capture_output=True, text=True)
-        if r.returncode:
-            die(f"building tests/vm/guest/tbtest.c failed:\n{r.stderr}")
-        return out.read_bytes()
+    r = subprocess.run([cc, "-static", "-O2", "-Wall", "-o", str(out),
+                        str(HERE / "guest" / "tbtest.c")], capture_output=True, text=True)
+    if r.returncode:
+        die(f"building tests/vm/guest/tbtest.c failed:\n{r.stderr}")
+
+
+def kernel_release(kernel_dir):
+    mods_root = kernel_dir / "lib" / "modules"
+    kvers = [p.name for p in mods_root.iterdir()] if mods_root.is_dir() else []
+    if len(kvers) != 1:
+        die(f"{mods_root}: expected exactly one <kver> directory, found {kvers} (run scripts/fetch-kernel.sh)")
+    if not (mods_root / kvers[0] / "modules.dep").is_file():
+        die(f"{mods_root / kvers[0] / 'modules.dep'} missing (fetch-kernel.sh runs depmod; re-run it)")
+    return kvers[0]
+
+
+def pack(a, kver, tmp):
+    """Runs `image pack` into tmp/initramfs.cpio; returns its bytes and the load order."""
+    bb = a.busybox
+    if not bb.is_file():
+        die(f"{bb} missing: apt-get install busybox-static")
+    head = bb.read_bytes()[:8192]
+    if b"/lib64/ld-linux" in head[:4096] or b"ld-linux-x86-64" in head:
+        die(f"{bb} is dynamically linked: install busybox-static (apt-get install busybox-static)")
+    build_tbtest(tmp / "tbtest")
+    (tmp / "hostname").write_text("vm\n")
+    args = [image_tool(), "pack", "--kernel-dir", str(a.kernel_dir), "--kver", kver,
+            "-o", str(tmp / "initramfs.cpio"),
+            "--exec", f"{bb}=bin/busybox", "--symlink", "bin/sh=busybox",
+            "--exec", f"{tmp / 'tbtest'}=bin/tbtest", "--exec", f"{HERE / 'guest' / 'init'}=init",
+            "--file", f"{HERE / 'guest' / 'vmlib.sh'}=lib/vmlib.sh",
+            "--file", f"{tmp / 'hostname'}=etc/hostname"]
+    for d in DIRS:
+        args += ["--dir", d]
+    for n in a.module or DEFAULT_MODULES:
+        args += ["--load", n]
+    for ko in a.ko:
+        if not ko.is_file():
+            die(f"{ko}: no such module file")
+        args += ["--load-ko", str(ko)]
+    for spec in a.file:
+        args += ["--exec", spec]
+    r = subprocess.run(args, capture_output=True, text=True)
+    if r.returncode:
+        die(f"image pack failed: {r.stderr.strip()}")
+    said = r.stdout.strip()
+    names = said.split("modules in load order: ", 1)[-1].split(";")[0]
+    return (tmp / "initramfs.cpio").read_bytes(), names
 
 
 def main():
@@ -100,99 +136,15 @@ def main():
                     help="out-of-tree module to include and load (after its deps)")
     ap.add_argument("--module", action="append", default=None,
                     help=f"in-tree module to load (default: {' '.join(DEFAULT_MODULES)})")
+    ap.add_argument("--file", action="append", default=[], metavar="SRC=DEST",
+                    help="another executable to add (mode 0755)")
     ap.add_argument("--out", type=Path)
     ap.add_argument("--busybox", type=Path, default=Path(shutil.which("busybox") or "/bin/busybox"))
     a = ap.parse_args()
 
-    mods_root = a.kernel_dir / "lib" / "modules"
-    kvers = [p.name for p in mods_root.iterdir()] if mods_root.is_dir() else []
-    if len(kvers) != 1:
-        die(f"{mods_root}: expected exactly one <kver> directory, found {kvers} (run scripts/fetch-kernel.sh)")
-    kver = kvers[0]
-    mdir = mods_root / kver
-    dep_file = mdir / "modules.dep"
-    if not dep_file.is_file():
-        die(f"{dep_file} missing (fetch-kernel.sh runs depmod; re-run it)")
-
-    # modules.dep: "kernel/x/y.ko.xz: dep1 dep2"
-    by_name, deps = {}, {}
-    for line in dep_file.read_text().splitlines():
-        if ":" not in line:
-            continue
-        m, d = line.split(":", 1)
-        p = mdir / m
-        n = modname(p)
-        by_name[n.replace("-", "_")] = p
-        deps[p] = [mdir / x for x in d.split()]
-    builtin = set()
-    bi = mdir / "modules.builtin"
-    if bi.is_file():
-        builtin = {modname(Path(x)).replace("-", "_") for x in bi.read_text().split()}
-
-    order, seen = [], set()
-
-    def want(path):  # depth-first, dependencies first
-        if path in seen:
-            return
-        seen.add(path)
-        for d in deps.get(path, []):
-            want(d)
-        order.append(path)
-
-    def want_name(n):
-        key = n.replace("-", "_")
-        if key in builtin:
-            log(f"{n}: built into the kernel")
-            return
-        if key not in by_name:
-            die(f"module {n} not found in {mdir} (not built for this kernel?)")
-        want(by_name[key])
-
-    for n in a.module or DEFAULT_MODULES:
-        want_name(n)
-
-    extra = []
-    for ko in a.ko:
-        if not ko.is_file():
-            die(f"{ko}: no such module file")
-        data = read_module(ko)
-        info = modinfo(data)
-        vm = info.get("vermagic", "").split(" ")[0]
-        if vm and vm != kver:
-            die(f"{ko} was built for kernel {vm}, but the VM kernel is {kver}: rebuild it")
-        for d in filter(None, info.get("depends", "").split(",")):
-            want_name(d)
-        extra.append((modname(ko), data))
-
-    c = newc.Newc()
-    for d in ("bin", "sbin", "dev", "proc", "sys", "tmp", "run", "root", "etc", "lib",
-              "lib/modules", "usr", "usr/bin", "usr/sbin", "mnt"):
-        c.dir(d)
-    c.chardev("dev/console", 5, 1)
-    c.chardev("dev/null", 1, 3, 0o666)
-    bb = a.busybox
-    if not bb.is_file():
-        die(f"{bb} missing: apt-get install busybox-static")
-    bbdata = bb.read_bytes()
-    if b"/lib64/ld-linux" in bbdata[:4096] or b"ld-linux-x86-64" in bbdata[:8192]:
-        die(f"{bb} is dynamically linked: install busybox-static (apt-get install busybox-static)")
-    c.file("bin/busybox", bbdata, 0o755)
-    c.symlink("bin/sh", "busybox")
-    c.file("bin/tbtest", build_tbtest(), 0o755)
-    c.file("init", (HERE / "guest" / "init").read_bytes(), 0o755)
-    c.file("lib/vmlib.sh", (HERE / "guest" / "vmlib.sh").read_bytes(), 0o644)
-    c.file("etc/hostname", b"vm\n")
-    names = []
-    for p in order:
-        n = modname(p)
-        c.file(f"lib/modules/{n}.ko", read_module(p))
-        names.append(n)
-    for n, data in extra:
-        c.file(f"lib/modules/{n}.ko", data)
-        names.append(n)
-    c.file("lib/modules/load.list", ("\n".join(names) + "\n").encode())
-
-    blob = c.bytes()
+    kver = kernel_release(a.kernel_dir)
+    with tempfile.TemporaryDirectory(prefix="build-initramfs.") as tmp:
+        blob, names = pack(a, kver, Path(tmp))
     if a.out:
         out = a.out
     else:
@@ -209,7 +161,7 @@ def main():
                     pass
         if out.is_file() and out.stat().st_size == len(blob):
             os.utime(out)
-            log(f"{out}: unchanged, modules: {' '.join(names)}")
+            log(f"{out}: unchanged, modules: {names}")
             print(out)
             return
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -218,7 +170,7 @@ def main():
         f.write(blob)
     os.chmod(tmp, 0o644)
     os.replace(tmp, out)
-    log(f"{out}: {len(blob) // 1024} KiB, modules: {' '.join(names)}")
+    log(f"{out}: {len(blob) // 1024} KiB, modules: {names}")
     print(out)
 
 

@@ -12,7 +12,7 @@ pub(crate) mod verify;
 use anyhow::Result;
 
 use crate::Root;
-use crate::cmd::cli::{Command, LinkAction};
+use crate::cmd::cli::{Command, LinkAction, LinkArgs};
 use crate::exit::{self, Exit};
 use crate::fabric::link::{self, Link, LinkOpts};
 
@@ -48,69 +48,69 @@ pub fn run(root: &Root, cmd: Command) -> Result<u8> {
         }),
         Command::Verify(a) => crate::cmd::verify::run(&a.dir),
         Command::Cat(a) => crate::cmd::cat::run(root, &a),
-        Command::Link(a) if a.connect.device.is_some() => {
-            // A wrong path is named as such; a right one is still not link's business.
-            crate::session::transport::endpoint(root, a.connect.device.as_deref())?;
-            Err(Exit::new(
-                exit::USAGE,
-                "`rescue link` sets a stream up from --peer and --name; --device names one \
-                 that exists already: give it to serve, backup, restore or cat instead",
-            )
-            .into())
-        }
-        Command::Link(a) => match a.action {
-            LinkAction::Up => {
-                let opts =
-                    LinkOpts::from_args(&a.connect, link::HopIds::Auto, a.connect.wait_timeout());
-                let mut l = Link::up(root, &opts)?;
-                l.keep();
-                println!("{}", l.dev.display());
-                eprintln!(
-                    "stream {}/{} ready (HopIDs in {} out {}); remove it with `rescue link down --peer {} --name {}`",
-                    l.service, l.name, l.in_hopid, l.out_hopid, l.service, l.name
-                );
-                Ok(exit::OK)
-            }
-            LinkAction::Down => {
-                let service = match &a.connect.peer {
-                    Some(p) => p.clone(),
-                    None => {
-                        let matching: Vec<String> = link::configured(root)
-                            .into_iter()
-                            .filter(|(_, n)| *n == a.connect.name)
-                            .map(|(s, _)| s)
-                            .collect();
-                        match matching.as_slice() {
-                            [one] => one.clone(),
-                            [] => {
-                                return Err(Exit::new(
-                                    exit::USAGE,
-                                    format!("no stream named {:?} is set up", a.connect.name),
-                                )
-                                .into());
-                            }
-                            many => {
-                                return Err(Exit::new(
-                                    exit::USAGE,
-                                    format!(
-                                        "streams named {:?} exist for {}: choose with --peer",
-                                        a.connect.name,
-                                        many.join(", ")
-                                    ),
-                                )
-                                .into());
-                            }
-                        }
-                    }
-                };
-                link::remove(root, &service, &a.connect.name)?;
-                eprintln!("removed stream {service}/{}", a.connect.name);
-                Ok(exit::OK)
-            }
-        },
+        Command::Link(a) => link_cmd(root, &a),
         Command::Init(_) => Err(Exit::new(
             exit::USAGE,
             "`rescue init` only runs as the init process (PID 1)",
+        )
+        .into()),
+    }
+}
+
+/// `rescue link up|down`.
+fn link_cmd(root: &Root, a: &LinkArgs) -> Result<u8> {
+    if a.connect.device.is_some() {
+        // A wrong path is named as such; a right one is still not link's business.
+        crate::session::transport::endpoint(root, a.connect.device.as_deref())?;
+        return Err(Exit::new(
+            exit::USAGE,
+            "`rescue link` sets a stream up from --peer and --name; --device names one \
+             that exists already: give it to serve, backup, restore or cat instead",
+        )
+        .into());
+    }
+    match a.action {
+        LinkAction::Up => {
+            let opts =
+                LinkOpts::from_args(&a.connect, link::HopIds::Auto, a.connect.wait_timeout());
+            let mut l = Link::up(root, &opts)?;
+            l.keep();
+            println!("{}", l.dev.display());
+            eprintln!(
+                "stream {}/{} ready (HopIDs in {} out {}); remove it with `rescue link down --peer {} --name {}`",
+                l.service, l.name, l.in_hopid, l.out_hopid, l.service, l.name
+            );
+            Ok(exit::OK)
+        }
+        LinkAction::Down => {
+            let service = match &a.connect.peer {
+                Some(p) => p.clone(),
+                None => service_of(root, &a.connect.name)?,
+            };
+            link::remove(root, &service, &a.connect.name)?;
+            eprintln!("removed stream {service}/{}", a.connect.name);
+            Ok(exit::OK)
+        }
+    }
+}
+
+/// The peer service of the one stream set up under `name` (`link down` without
+/// --peer); none or several is a usage error.
+fn service_of(root: &Root, name: &str) -> Result<String> {
+    let matching: Vec<String> = link::configured(root)
+        .into_iter()
+        .filter(|(_, n)| n == name)
+        .map(|(s, _)| s)
+        .collect();
+    match matching.as_slice() {
+        [one] => Ok(one.clone()),
+        [] => Err(Exit::new(exit::USAGE, format!("no stream named {name:?} is set up")).into()),
+        many => Err(Exit::new(
+            exit::USAGE,
+            format!(
+                "streams named {name:?} exist for {}: choose with --peer",
+                many.join(", ")
+            ),
         )
         .into()),
     }

@@ -116,15 +116,42 @@ fn decode<T: for<'de> serde::Deserialize<'de> + Bounded>(s: &Session, req: &Fram
     msg::from_json(req).inspect_err(|e| s.conn.send_error("bad_request", &format!("{e:#}")))
 }
 
+/// A disk being received: owns its sink pipeline until the disk is finished, and
+/// dropped before that (the peer gone, this server interrupted, any early
+/// return or a panic) saves what was verified, so no way out loses it.
+struct Receiving<'a> {
+    b: &'a mut BackupDir,
+    d: ManifestDisk,
+    pipe: Option<SinkPipeline<ImageSink>>,
+    /// Why the transfer stopped, for the message; set on the error path.
+    why: String,
+}
+
+impl Receiving<'_> {
+    fn pipe(&self) -> &SinkPipeline<ImageSink> {
+        self.pipe
+            .as_ref()
+            .expect("the pipeline is held until finish")
+    }
+
+    /// The disk was received: the pipeline is the caller's to finish.
+    fn finish(mut self) -> SinkPipeline<ImageSink> {
+        self.pipe.take().expect("the pipeline is held until finish")
+    }
+}
+
+impl Drop for Receiving<'_> {
+    fn drop(&mut self) {
+        if let Some(pipe) = self.pipe.take() {
+            save_partial(self.b, &self.d, pipe, &self.why);
+        }
+    }
+}
+
 /// After a disk's transfer stopped (peer gone, or this server interrupted):
 /// syncs and journals everything verified so far, so a resume continues from
 /// it, and says how far the backup got.
-fn save_partial(
-    b: &mut BackupDir,
-    d: &ManifestDisk,
-    pipe: SinkPipeline<ImageSink>,
-    why: &anyhow::Error,
-) {
+fn save_partial(b: &mut BackupDir, d: &ManifestDisk, pipe: SinkPipeline<ImageSink>, why: &str) {
     let saved = pipe
         .finish()
         .and_then(|(mut sink, _)| sink.finalize_partial());
@@ -136,7 +163,7 @@ fn save_partial(
     };
     match saved.and_then(|()| journal_ranges(&b.dir, d, geo.chunk)) {
         Ok(held) => eprintln!(
-            "{}: interrupted: {why:#}; backup {} is {}, {} of {} chunk(s) held",
+            "{}: interrupted: {why}; backup {} is {}, {} of {} chunk(s) held",
             d.name,
             b.manifest.backup_id,
             b.manifest.status.word(),
@@ -144,7 +171,7 @@ fn save_partial(
             geo.count()
         ),
         Err(e) => eprintln!(
-            "{}: interrupted: {why:#}; saving what was received failed: {e:#}",
+            "{}: interrupted: {why}; saving what was received failed: {e:#}",
             d.name
         ),
     }
@@ -274,13 +301,18 @@ fn receive_one(
     let bar = Bar::new(&d.name, d.size, mode);
     let t = Instant::now();
     let sink = refused(s, ImageSink::open(b, i))?;
-    let pipe = SinkPipeline::start(sink, d.size);
+    let mut rx = Receiving {
+        pipe: Some(SinkPipeline::start(sink, d.size)),
+        d: d.clone(),
+        b: &mut *b,
+        why: "the transfer ended before the disk did".into(),
+    };
     let received = xfer::receive_disk(
         &mut s.conn,
         i as u32,
         geo,
         held,
-        &pipe,
+        rx.pipe(),
         &bar,
         xfer::OnDamaged::Refuse,
     );
@@ -288,14 +320,14 @@ fn receive_one(
     let (end_frame, damaged) = match received {
         Ok(r) => (r.end, r.resent),
         Err(e) => {
-            if let Err(werr) = pipe.failed() {
+            if let Err(werr) = rx.pipe().failed() {
                 s.conn.send_error("no_space", &format!("{werr:#}"));
             }
-            save_partial(b, &d, pipe, &e);
+            rx.why = format!("{e:#}");
             return Err(e);
         }
     };
-    let (mut sink, whole) = refused(s, pipe.finish())?;
+    let (mut sink, whole) = refused(s, rx.finish().finish())?;
     if held.held() == 0 {
         // Every chunk went through the image hasher in order.
         refused(s, sink.finalize_partial())?;
@@ -685,4 +717,72 @@ fn send_backup(store: &Store, consent: &Consent, s: &mut Session, req: &Frame) -
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use super::*;
+    use crate::proto::msg::{DiskInfo, Identity};
+    use crate::xfer::Verified;
+
+    /// A disk left any way, even by a panic while receiving, keeps the chunks
+    /// verified so far: the guard journals them for a resume.
+    #[test]
+    fn a_disk_left_by_a_panic_keeps_what_was_verified() {
+        let t = tempfile::tempdir().unwrap();
+        let store = Store::open_to_write(&t.path().join("store"), true).unwrap();
+        let id = Identity {
+            hostname: "hosta".into(),
+            machine_id: "m".into(),
+            dmi_vendor: String::new(),
+            dmi_product: String::new(),
+            dmi_serial: String::new(),
+            tool_version: "x".into(),
+        };
+        let chunk = 64 * 1024u32;
+        let begin = BackupBegin {
+            label: None,
+            chunk_size: chunk,
+            fresh: true,
+            disks: vec![DiskInfo {
+                name: "d".into(),
+                source_path: "/dev/d".into(),
+                size: 4 * u64::from(chunk),
+                logical_sector_size: 512,
+                model: None,
+                serial: None,
+                details: None,
+            }],
+            resume_key: None,
+        };
+        let (mut b, _, _) = store.begin_backup(&id, &id, &begin, |_| false).unwrap();
+        let d = b.manifest.disks[0].clone();
+        let data = vec![7u8; chunk as usize];
+        let cut = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            let sink = ImageSink::open(&b, 0).unwrap();
+            let rx = Receiving {
+                pipe: Some(SinkPipeline::start(sink, d.size)),
+                d: d.clone(),
+                b: &mut b,
+                why: "a test".into(),
+            };
+            let c = Verified {
+                offset: 0,
+                len: chunk,
+                zero: false,
+                sha256: xfer::sha256(&data),
+                bad: vec![],
+                payload: Arc::new(data.clone()),
+                start: 0,
+                damaged: false,
+            };
+            rx.pipe().submit(c).unwrap();
+            panic!("a bug while receiving");
+        }));
+        assert!(cut.is_err());
+        let held = journal_ranges(&b.dir, &d, chunk).unwrap();
+        assert_eq!(held.to_vec(), vec![(0, 1)]);
+    }
 }

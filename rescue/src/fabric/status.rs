@@ -233,7 +233,21 @@ fn dir_names(root: &Root, abs: &str) -> Vec<String> {
     v
 }
 
+/// What the report concludes: problems that stop a stream, warnings, and notes
+/// on what is still missing, from the kernel up to each stream.
 fn diagnose(s: &mut Status) {
+    let stream_loaded = s
+        .modules
+        .iter()
+        .any(|m| m.name == STREAM_MODULE && m.loaded);
+    diagnose_kernel(s, stream_loaded);
+    diagnose_domains(s);
+    diagnose_peers(s, stream_loaded);
+    diagnose_streams(s);
+}
+
+/// The kernel, the stream module and ConfigFS.
+fn diagnose_kernel(s: &mut Status, stream_loaded: bool) {
     if let (Some(false), Some(r)) = (s.kernel_supported, &s.kernel_release) {
         s.problems.push(format!(
             "USB4STREAM needs Linux >= {}.{}; this kernel is {r} (boot a newer kernel)",
@@ -241,7 +255,6 @@ fn diagnose(s: &mut Status) {
         ));
     }
     let stream_mod = s.modules.iter().find(|m| m.name == STREAM_MODULE);
-    let stream_loaded = stream_mod.is_some_and(|m| m.loaded);
     if let Some(m) = stream_mod.filter(|m| !m.loaded) {
         if m.available {
             s.problems.push(format!(
@@ -265,6 +278,10 @@ fn diagnose(s: &mut Status) {
              try `modprobe -r {STREAM_MODULE} && modprobe {STREAM_MODULE}`"
         ));
     }
+}
+
+/// The host controllers (domains) and their DMA protection.
+fn diagnose_domains(s: &mut Status) {
     if s.domains.is_empty() {
         s.problems.push(
             "no Thunderbolt/USB4 host controller found (no domain in /sys/bus/thunderbolt): \
@@ -283,7 +300,10 @@ fn diagnose(s: &mut Status) {
             ));
         }
     }
+}
 
+/// The peers connected and the stream services they offer.
+fn diagnose_peers(s: &mut Status, stream_loaded: bool) {
     if !s.domains.is_empty() && s.peers.is_empty() {
         s.notes
             .push("no peer host connected: plug the cable into the other machine".into());
@@ -309,6 +329,10 @@ fn diagnose(s: &mut Status) {
             ));
         }
     }
+}
+
+/// The streams set up in ConfigFS: their peer, HopIDs and device node.
+fn diagnose_streams(s: &mut Status) {
     for st in &s.streams {
         if !st.peer_present {
             s.notes.push(format!(

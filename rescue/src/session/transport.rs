@@ -473,12 +473,9 @@ pub fn listen_unix(path: &Path) -> Result<UnixListener> {
     // Bound and listening under a temporary name, then renamed into place: a
     // client that sees the path can connect (bind makes the file before
     // listen, and a connect in between is refused).
-    let name = path.file_name().map(|n| n.to_string_lossy().into_owned());
-    let tmp = path.with_file_name(format!(
-        ".{}.{}.tmp",
-        name.as_deref().unwrap_or("socket"),
-        std::process::id()
-    ));
+    let prefix = tmp_prefix(path);
+    sweep_stale_tmp(path, &prefix);
+    let tmp = path.with_file_name(format!("{prefix}{}.tmp", std::process::id()));
     let _ = std::fs::remove_file(&tmp);
     let l = UnixListener::bind(&tmp).with_context(|| format!("listening on {}", path.display()))?;
     if let Err(e) = std::fs::rename(&tmp, path) {
@@ -486,6 +483,44 @@ pub fn listen_unix(path: &Path) -> Result<UnixListener> {
         return Err(e).with_context(|| format!("listening on {}", path.display()));
     }
     Ok(l)
+}
+
+/// The start of the temporary names `listen_unix` binds `path` under:
+/// `.NAME.` (then the PID and `.tmp`).
+fn tmp_prefix(path: &Path) -> String {
+    let name = path.file_name().map(|n| n.to_string_lossy().into_owned());
+    format!(".{}.", name.as_deref().unwrap_or("socket"))
+}
+
+/// Removes the temporary sockets of servers that died between binding and
+/// renaming: `PREFIX<pid>.tmp` beside `path`, only sockets, and only when no
+/// process `pid` is alive (a live one may be about to rename it).
+fn sweep_stale_tmp(path: &Path, prefix: &str) {
+    let dir = match path.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d,
+        _ => Path::new("."),
+    };
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
+    };
+    for e in entries.flatten() {
+        let name = e.file_name();
+        let pid = name
+            .to_str()
+            .and_then(|n| n.strip_prefix(prefix))
+            .and_then(|n| n.strip_suffix(".tmp"))
+            .and_then(|n| n.parse::<i32>().ok());
+        let Some(pid) = pid.filter(|&p| p > 0) else {
+            continue;
+        };
+        let gone = matches!(
+            nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), None),
+            Err(nix::errno::Errno::ESRCH)
+        );
+        if gone && e.file_type().is_ok_and(|t| t.is_socket()) {
+            let _ = std::fs::remove_file(e.path());
+        }
+    }
 }
 
 /// Accepts one connection, giving up (None) when `stop` is stopped or `until`
@@ -734,5 +769,40 @@ mod tests {
             endpoint(&root, Some("unix:/tmp/x.sock")).unwrap(),
             Some(Endpoint::Unix("/tmp/x.sock".into()))
         );
+    }
+
+    /// A server killed between bind and rename leaves `.NAME.PID.tmp`; the next
+    /// one removes it, but never one whose process lives, nor anything that is
+    /// not a socket or not of this name.
+    #[test]
+    fn listen_sweeps_the_temporary_sockets_of_dead_servers() {
+        let t = tempfile::tempdir().unwrap();
+        let mut dead = std::process::Command::new("true").spawn().unwrap();
+        let dead_pid = dead.id();
+        dead.wait().unwrap();
+        let mut live = std::process::Command::new("sleep")
+            .arg("30")
+            .spawn()
+            .unwrap();
+        let at = |n: String| t.path().join(n);
+        let stale = at(format!(".srv.sock.{dead_pid}.tmp"));
+        let busy = at(format!(".srv.sock.{}.tmp", live.id()));
+        let other = at(format!(".other.sock.{dead_pid}.tmp"));
+        let plain = at(".srv.sock.999999999.tmp".to_string());
+        let _held: Vec<UnixListener> = [&stale, &busy, &other]
+            .into_iter()
+            .map(|p| UnixListener::bind(p).unwrap())
+            .collect();
+        fs::write(&plain, b"not a socket").unwrap();
+
+        let l = listen_unix(&at("srv.sock".into())).unwrap();
+        let left = |p: &Path| fs::symlink_metadata(p).is_ok();
+        let (s, b, o, f) = (left(&stale), left(&busy), left(&other), left(&plain));
+        let _ = live.kill();
+        let _ = live.wait();
+        assert!(!s, "the dead server's temporary socket was left");
+        assert!(b, "a live server's temporary socket was removed");
+        assert!(o && f, "removed what is not this path's temporary socket");
+        drop(l);
     }
 }
