@@ -169,7 +169,7 @@ pub struct PartUse {
 
 /// The most free ranges one disk's map may hold: the sender merges the smallest
 /// gaps beyond it (reading them), so the map stays far below MAX_CONTROL.
-pub const MAX_FREE_RANGES: usize = 65536;
+pub const MAX_FREE_RANGES: usize = 16384;
 /// The most partitions a map may describe.
 pub const MAX_FREE_PARTS: usize = 1024;
 

@@ -21,6 +21,19 @@ fn identity() -> Identity {
     }
 }
 
+fn disk_info() -> DiskInfo {
+    DiskInfo {
+        name: "sda".into(),
+        source_path: "/dev/sda".into(),
+        size: 8192,
+        logical_sector_size: 512,
+        model: None,
+        serial: Some("X".into()),
+        details: Some(serde_json::json!({"rota": false})),
+        free: None,
+    }
+}
+
 fn disk_summary() -> DiskSummary {
     DiskSummary {
         name: "sda".into(),
@@ -51,16 +64,7 @@ fn control_messages() {
         message: "in use".into(),
     };
     assert_eq!(json(&err), r#"{"code":"busy","message":"in use"}"#);
-    let disk = DiskInfo {
-        name: "sda".into(),
-        source_path: "/dev/sda".into(),
-        size: 8192,
-        logical_sector_size: 512,
-        model: None,
-        serial: Some("X".into()),
-        details: Some(serde_json::json!({"rota": false})),
-        free: None,
-    };
+    let disk = disk_info();
     let begin = BackupBegin {
         label: Some("l".into()),
         chunk_size: 65536,
@@ -154,12 +158,7 @@ fn used_block_messages() {
             }],
         }),
         details: None,
-        name: "sda".into(),
-        source_path: "/dev/sda".into(),
-        size: 8192,
-        logical_sector_size: 512,
-        model: None,
-        serial: Some("X".into()),
+        ..disk_info()
     };
     assert_eq!(
         json(&used),

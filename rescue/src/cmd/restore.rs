@@ -1453,12 +1453,7 @@ fn held_on_target(
             from + bytes,
             chunk as usize,
             |pos, b| -> Result<()> {
-                let b = masker.view(pos, b);
-                let got = if xfer::is_zero(b) {
-                    zeros.get(b.len() as u32)
-                } else {
-                    xfer::sha256(b)
-                };
+                let got = masker.digest(pos, b, &mut zeros);
                 if digests.recorded((i - first) as usize) == Some(&got) {
                     ranges.push(i);
                 }

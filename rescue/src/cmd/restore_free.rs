@@ -12,7 +12,7 @@ use anyhow::{Context, Result, bail};
 use crate::cmd::cli::RestoreArgs;
 use crate::proto::msg::{self, BackupSummary, DiskSummary, Free, FreeMap, FreeReq, kind};
 use crate::session::Session;
-use crate::store::image::punch_or_zero;
+use crate::store::image::{ZeroDigests, punch_or_zero};
 use crate::system::blkdev;
 use crate::system::direct::DirectWriter;
 use crate::util::{Peer, human_bytes};
@@ -103,6 +103,17 @@ impl Masker {
             self.scratch[o as usize..(o + l) as usize].fill(0);
         }
         &self.scratch
+    }
+
+    /// The SHA-256 of `b` (read at `offset`) as the image stores it, as the
+    /// chunk journal records it.
+    pub(crate) fn digest(&mut self, offset: u64, b: &[u8], zeros: &mut ZeroDigests) -> [u8; 32] {
+        let b = self.view(offset, b);
+        if crate::xfer::is_zero(b) {
+            zeros.get(b.len() as u32)
+        } else {
+            crate::xfer::sha256(b)
+        }
     }
 }
 
