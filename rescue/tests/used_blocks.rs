@@ -69,24 +69,30 @@ fn run(cmd: &str, args: &[&str]) -> String {
     String::from_utf8_lossy(&o.stdout).into_owned()
 }
 
-/// A loop device over `img` with its partitions, detached on drop.
+/// Where the partitions of `build_disk` lie: (start, size) in bytes.
+const PARTS: [(u64, u64); 3] = [(MIB, 24 * MIB), (25 * MIB, 64 * MIB), (89 * MIB, 8 * MIB)];
+
+/// A loop device over partition `n` (1-based) of `img`, detached on drop (by
+/// offset: there may be no udev to make partition nodes).
 struct Loop(String);
 
 impl Loop {
-    fn new(img: &Path) -> Loop {
-        let dev = run("losetup", &["-f", "--show", "-P", img.to_str().unwrap()]);
-        let l = Loop(dev.trim().to_string());
-        // udev may take a moment to create the partition nodes.
-        for _ in 0..100 {
-            if Path::new(&l.part(1)).exists() {
-                break;
-            }
-            std::thread::sleep(std::time::Duration::from_millis(50));
-        }
-        l
-    }
-    fn part(&self, n: u32) -> String {
-        format!("{}p{n}", self.0)
+    fn part(img: &Path, n: usize) -> Loop {
+        let (off, size) = PARTS[n - 1];
+        let (off, size) = (off.to_string(), size.to_string());
+        let dev = run(
+            "losetup",
+            &[
+                "-f",
+                "--show",
+                "-o",
+                &off,
+                "--sizelimit",
+                &size,
+                img.to_str().unwrap(),
+            ],
+        );
+        Loop(dev.trim().to_string())
     }
 }
 
@@ -114,9 +120,10 @@ impl Drop for Mount {
     }
 }
 
-/// Files of several sizes, a directory tree, a symlink; then a large random file
-/// written, synced and deleted (its blocks are free but hold stale data).
-fn populate(root: &Path, seed: u64, deleted_mib: usize) {
+/// Files of several sizes and a directory tree (and a symlink where the
+/// filesystem has them) in a new directory under `dir`.
+fn staging(dir: &Path, seed: u64, symlink: bool) -> PathBuf {
+    let root = dir.join(format!("staging{seed}"));
     fs::create_dir_all(root.join("etc/deep/er")).unwrap();
     for i in 0..40u64 {
         let len = 1000 + (i as usize * 7919) % 200_000;
@@ -127,12 +134,61 @@ fn populate(root: &Path, seed: u64, deleted_mib: usize) {
         random_bytes(3 << 20, seed + 99),
     )
     .unwrap();
-    std::os::unix::fs::symlink("deep/er/big", root.join("etc/link")).unwrap();
-    let junk = root.join("junk");
-    fs::write(&junk, random_bytes(deleted_mib << 20, seed + 7)).unwrap();
+    if symlink {
+        std::os::unix::fs::symlink("deep/er/big", root.join("etc/link")).unwrap();
+    }
+    root
+}
+
+/// The ext4: the staged files copied in, then a large random file written, synced
+/// and deleted (its blocks are free but hold stale data).
+fn populate_ext4(dir: &Path, dev: &str) {
+    let files = staging(dir, 200, true);
+    let m = Mount::new(dev, &dir.join("mnt-ext4"), true);
+    run(
+        "cp",
+        &[
+            "-a",
+            &format!("{}/.", files.display()),
+            m.0.to_str().unwrap(),
+        ],
+    );
+    let junk = m.0.join("junk");
+    fs::write(&junk, random_bytes(30 << 20, 7)).unwrap();
     run("sync", &[]);
     fs::remove_file(junk).unwrap();
     run("sync", &[]);
+}
+
+/// The vfat (with mtools: the kernel may have no vfat): the same, by mcopy and mdel.
+fn populate_vfat(dir: &Path, dev: &str) {
+    let files = staging(dir, 100, false);
+    run(
+        "mcopy",
+        &[
+            "-s",
+            "-m",
+            "-i",
+            dev,
+            &format!("{}/etc", files.display()),
+            "::/",
+        ],
+    );
+    let junk = dir.join("junk");
+    fs::write(&junk, random_bytes(12 << 20, 8)).unwrap();
+    run("mcopy", &["-i", dev, junk.to_str().unwrap(), "::/junk"]);
+    run("mdel", &["-i", dev, "::/junk"]);
+}
+
+/// The files of the vfat on `dev`, extracted into a new directory under `dir`.
+fn vfat_tree(dev: &str, dir: &Path, name: &str) -> PathBuf {
+    let out = dir.join(name);
+    fs::create_dir_all(&out).unwrap();
+    run(
+        "mcopy",
+        &["-s", "-m", "-n", "-i", dev, "::/etc", out.to_str().unwrap()],
+    );
+    out
 }
 
 /// The disk: GPT, 1: 24 MiB vfat ESP, 2: 64 MiB ext4 root, 3: 8 MiB LUKS, gap at the end.
@@ -143,9 +199,9 @@ fn build_disk(dir: &Path) -> PathBuf {
     run("sgdisk", &["-n1:1M:+24M", "-t1:ef00", "-c1:ESP", p]);
     run("sgdisk", &["-n2:0:+64M", "-t2:8300", "-c2:root", p]);
     run("sgdisk", &["-n3:0:+8M", "-t3:8309", p]);
-    let l = Loop::new(&img);
-    run("mkfs.vfat", &["-n", "ESP", &l.part(1)]);
-    run("mkfs.ext4", &["-q", "-F", "-L", "root", &l.part(2)]);
+    let l: Vec<Loop> = (1..=3).map(|n| Loop::part(&img, n)).collect();
+    run("mkfs.vfat", &["-n", "ESP", &l[0].0]);
+    run("mkfs.ext4", &["-q", "-F", "-L", "root", &l[1].0]);
     let key = dir.join("key");
     fs::write(&key, b"correct horse").unwrap();
     run(
@@ -161,13 +217,11 @@ fn build_disk(dir: &Path) -> PathBuf {
             "pbkdf2",
             "--key-file",
             key.to_str().unwrap(),
-            &l.part(3),
+            &l[2].0,
         ],
     );
-    for (n, seed, junk) in [(1, 100, 12), (2, 200, 30)] {
-        let m = Mount::new(&l.part(n), &dir.join(format!("mnt{n}")), true);
-        populate(&m.0, seed, junk);
-    }
+    populate_vfat(dir, &l[0].0);
+    populate_ext4(dir, &l[1].0);
     img
 }
 
@@ -294,6 +348,7 @@ fn a_used_block_backup_restores_every_filesystem_faithfully_sending_only_used_bl
     // control messages and acks (a few KiB per MiB chunk at most).
     let read = read_bytes(&m);
     let bound = read + read / 50 + 256 * 1024;
+    eprintln!("used-block backup of a 104 MiB disk: {read} bytes read, {sent} sent\n{out}");
     assert!(sent <= bound, "sent {sent} bytes, read {read}: {out}");
     // Restore onto a blank file, then check every filesystem.
     let me = machine(d.path(), "restorer", "");
@@ -322,24 +377,30 @@ fn a_used_block_backup_restores_every_filesystem_faithfully_sending_only_used_bl
         "--verify",
     ]);
     assert_eq!(o.status.code(), Some(0), "{}", text(&o));
-    let (a, b) = (Loop::new(&img), Loop::new(&t));
-    run("fsck.vfat", &["-n", &b.part(1)]);
-    run("fsck.ext4", &["-n", "-f", &b.part(2)]);
-    for n in [1, 2] {
-        let x = Mount::new(&a.part(n), &d.path().join(format!("a{n}")), false);
-        let y = Mount::new(&b.part(n), &d.path().join(format!("b{n}")), false);
-        same_tree(&x.0, &y.0);
-    }
-    let luks = |l: &Loop| {
-        let mut f = vec![0u8; 8 << 20];
+    let (a, b): (Vec<Loop>, Vec<Loop>) = (
+        (1..=3).map(|n| Loop::part(&img, n)).collect(),
+        (1..=3).map(|n| Loop::part(&t, n)).collect(),
+    );
+    run("fsck.vfat", &["-n", &b[0].0]);
+    run("fsck.ext4", &["-n", "-f", &b[1].0]);
+    let x = Mount::new(&a[1].0, &d.path().join("a2"), false);
+    let y = Mount::new(&b[1].0, &d.path().join("b2"), false);
+    same_tree(&x.0, &y.0);
+    same_tree(
+        &vfat_tree(&a[0].0, d.path(), "a1"),
+        &vfat_tree(&b[0].0, d.path(), "b1"),
+    );
+    let (off, size) = PARTS[2];
+    let luks = |p: &Path| {
+        let mut f = vec![0u8; size as usize];
         use std::os::unix::fs::FileExt;
-        fs::File::open(l.part(3))
+        fs::File::open(p)
             .unwrap()
-            .read_exact_at(&mut f, 0)
+            .read_exact_at(&mut f, off)
             .unwrap();
         f
     };
-    assert!(luks(&a) == luks(&b), "the LUKS partition differs");
+    assert!(luks(&img) == luks(&t), "the LUKS partition differs");
 }
 
 #[test]
@@ -385,7 +446,7 @@ fn all_blocks_sends_everything_a_damaged_superblock_is_read_whole_and_a_cut_back
             .write(true)
             .open(&img)
             .unwrap();
-        let sb = 25 * MIB + 1024; // partition 2 starts at 25 MiB
+        let sb = PARTS[1].0 + 1024;
         let mut b = [0u8; 4];
         f.read_exact_at(&mut b, sb + 0x60).unwrap();
         b[0] ^= 0x40; // s_feature_incompat
