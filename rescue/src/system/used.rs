@@ -215,6 +215,10 @@ pub fn describe(p: &PartUse) -> String {
             human_bytes(u),
             human_bytes(p.end - p.start)
         ),
+        // Some reasons say it already ("encrypted: copied whole").
+        None if p.why.ends_with("copied whole") => {
+            format!("{}{what}{label}: {}", p.name, Peer(&p.why))
+        }
         None => format!("{}{what}{label}: copied whole ({})", p.name, Peer(&p.why)),
     }
 }
