@@ -278,6 +278,7 @@ fn back_up(dir: &Path, srv: &Server, img: &Path, extra: &[&str]) -> (i32, String
     a.extend(extra);
     a.push(img.to_str().unwrap());
     let o = rescue(&a);
+    wait_sealed(&srv.store);
     (
         o.status.code().unwrap_or(-1),
         text(&o),

@@ -96,6 +96,8 @@ fn back_up(srv: &Server, stored: &[u8]) -> Value {
     let done = body(&p.recv(&[kind::DISK_DONE]).unwrap());
     p.send_json(kind::SESSION_END, &json!({"ok": true}));
     p.recv(&[kind::SESSION_DONE]).unwrap();
+    // The server finishes the image's digests after releasing the client.
+    wait_sealed(&srv.store);
     done
 }
 
