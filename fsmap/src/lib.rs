@@ -146,6 +146,12 @@ const PARSERS: &[Parser] = &[
     ("swap", swap::probe),
 ];
 
+/// The filesystems and formats the parsers recognise, in the order tried (tests use
+/// it to expect used blocks where a parser exists).
+pub fn parsers() -> Vec<&'static str> {
+    PARSERS.iter().map(|(name, _)| *name).collect()
+}
+
 /// What to copy of a partition (or a whole-disk filesystem): a format copied whole is
 /// `Raw` naming it; otherwise the first parser that recognises it decides; a parser's error becomes `Raw` naming the filesystem and the
 /// reason; nothing recognised is `Raw` "not recognised".

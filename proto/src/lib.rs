@@ -1,4 +1,4 @@
-//! Wire protocol v2 between two `rescue` processes (see docs/protocol.md), as a
+//! Wire protocol v3 between two `rescue` processes (see docs/protocol.md), as a
 //! crate of its own so every decoder can be fuzzed and nothing of the tool leaks
 //! into it: `frame` is the framing with integrity checks, `msg` the messages,
 //! `state` a backup's state as it travels, `digests` the DIGESTS body and
@@ -15,4 +15,4 @@ pub use ranges::ChunkRanges;
 pub use state::BackupState;
 
 /// Protocol version spoken by this build.
-pub const PROTOCOL: u32 = 2;
+pub const PROTOCOL: u32 = 3;

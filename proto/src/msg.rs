@@ -28,6 +28,8 @@ pub mod kind {
     pub const BYE: u8 = 17;
     pub const DIGESTS_REQ: u8 = 18;
     pub const DIGESTS: u8 = 19;
+    pub const FREE_REQ: u8 = 20;
+    pub const FREE: u8 = 21;
 
     pub fn name(k: u8) -> &'static str {
         match k {
@@ -50,6 +52,8 @@ pub mod kind {
             BYE => "BYE",
             DIGESTS_REQ => "DIGESTS_REQ",
             DIGESTS => "DIGESTS",
+            FREE_REQ => "FREE_REQ",
+            FREE => "FREE",
             _ => "unknown",
         }
     }
@@ -61,6 +65,11 @@ pub const FLAG_ZERO: u16 = 1;
 /// no longer match the digest recorded at backup time); no data, no digest.
 /// Sent only to a client whose RESTORE_BEGIN says `accepts_damaged`.
 pub const FLAG_DAMAGED: u16 = 2;
+/// Chunk flag (protocol 3): parts of the chunk are free space of a recognised
+/// filesystem (used-block backups): the body lists them after the unreadable ranges,
+/// the data carries only the bytes outside them, and the digest covers the chunk as
+/// stored, with the free parts as zeros.
+pub const FLAG_FREE: u16 = 4;
 
 /// Largest JSON body accepted for a control message.
 pub const MAX_CONTROL: usize = 4 * 1024 * 1024;
@@ -120,6 +129,119 @@ pub struct DiskInfo {
     /// Full metadata from `rescue disks` when the source is a block device.
     #[serde(default)]
     pub details: Option<serde_json::Value>,
+    /// A used-block backup (protocol 3): what is not read of this disk and why.
+    /// Absent: every byte is read.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub free: Option<FreeMap>,
+}
+
+/// What a used-block backup leaves out of one disk: the free space of the
+/// filesystems it recognised, stored as zeros (holes), so the image's bytes there
+/// are not the source's.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FreeMap {
+    /// Free byte ranges of the disk, `[start, end)`: sorted, disjoint, not empty,
+    /// each inside one partition of `parts` that was copied by its used blocks.
+    pub ranges: Vec<(u64, u64)>,
+    /// Every partition (and a whole-disk filesystem), with what was recognised.
+    pub parts: Vec<PartUse>,
+}
+
+/// One partition of a used-block backup and the decision taken for it.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PartUse {
+    /// The partition's name ("sda2"; the disk's own name for a whole-disk filesystem).
+    pub name: String,
+    /// Its byte range on the disk, `[start, end)`.
+    pub start: u64,
+    pub end: u64,
+    /// What it holds, when known ("ext4", "LUKS").
+    #[serde(default)]
+    pub fs: Option<String>,
+    #[serde(default)]
+    pub label: Option<String>,
+    /// Bytes copied by used blocks; None: copied whole, for the reason `why`.
+    #[serde(default)]
+    pub used: Option<u64>,
+    #[serde(default)]
+    pub why: String,
+}
+
+/// The most free ranges one disk's map may hold: the sender merges the smallest
+/// gaps beyond it (reading them), so the map stays far below MAX_CONTROL.
+pub const MAX_FREE_RANGES: usize = 16384;
+/// The most partitions a map may describe.
+pub const MAX_FREE_PARTS: usize = 1024;
+
+impl FreeMap {
+    /// Bytes left out.
+    pub fn free_bytes(&self) -> u64 {
+        self.ranges.iter().map(|&(s, e)| e.saturating_sub(s)).sum()
+    }
+
+    /// Whether the map is one an honest sender makes for a disk of `size` bytes:
+    /// bounded, every range sorted, disjoint, not empty, inside the disk and inside
+    /// a partition copied by its used blocks.
+    pub fn check_for(&self, size: u64) -> Result<(), String> {
+        if self.ranges.len() > MAX_FREE_RANGES || self.parts.len() > MAX_FREE_PARTS {
+            return Err(format!(
+                "its free map has {} ranges and {} partitions (limits {MAX_FREE_RANGES}, {MAX_FREE_PARTS})",
+                self.ranges.len(),
+                self.parts.len()
+            ));
+        }
+        let mut at = 0u64;
+        for &(s, e) in &self.ranges {
+            if s < at || e <= s || e > size {
+                return Err(format!(
+                    "its free range {s}..{e} is out of order, empty or outside the disk"
+                ));
+            }
+            if !self
+                .parts
+                .iter()
+                .any(|p| p.used.is_some() && p.start <= s && e <= p.end)
+            {
+                return Err(format!(
+                    "its free range {s}..{e} lies in no partition copied by used blocks"
+                ));
+            }
+            at = e;
+        }
+        Ok(())
+    }
+
+    /// The free ranges inside `offset..offset + len`, relative to `offset`, as a
+    /// FLAG_FREE chunk lists them.
+    pub fn within(&self, offset: u64, len: u32) -> Vec<(u32, u32)> {
+        let end = offset + u64::from(len);
+        let first = self.ranges.partition_point(|&(_, e)| e <= offset);
+        self.ranges[first..]
+            .iter()
+            .take_while(|&&(s, _)| s < end)
+            .map(|&(s, e)| {
+                let (s, e) = (s.max(offset), e.min(end));
+                ((s - offset) as u32, (e - s) as u32)
+            })
+            .collect()
+    }
+}
+
+impl Bounded for FreeMap {
+    fn check(&self) -> Result<(), String> {
+        if self.parts.len() > MAX_FREE_PARTS {
+            return Err(format!(
+                "its free map describes {} partitions",
+                self.parts.len()
+            ));
+        }
+        self.parts.iter().try_for_each(|p| {
+            name("partition name", &p.name)?;
+            text("filesystem", &p.fs)?;
+            text("filesystem label", &p.label)?;
+            bounded("reason", &p.why, limit::TEXT, false)
+        })
+    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -215,6 +337,14 @@ pub struct DiskSummary {
     /// of another size plans with.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub layout: Option<DiskLayout>,
+    /// A used-block backup (protocol 3): bytes of free space not copied (zeros in
+    /// the image); the restoring side asks for the ranges with FREE_REQ.
+    #[serde(default, skip_serializing_if = "is_zero_u64")]
+    pub free_bytes: u64,
+}
+
+fn is_zero_u64(n: &u64) -> bool {
+    *n == 0
 }
 
 /// The partition layout of a stored image, as far as resizing it needs.
@@ -302,6 +432,22 @@ pub const MAX_DIGESTS: u32 = ((MAX_CONTROL - 8) / 32) as u32;
 pub struct RestoreReady {
     pub chunk_size: u32,
     pub disks: Vec<DiskSummary>,
+}
+
+/// Asks for the free map of one disk of a backup (protocol 3), before RESTORE_BEGIN:
+/// which bytes a used-block backup did not copy, so the restoring side leaves, zeroes
+/// or discards them and does not compare them (--resume, --verify). Answered by FREE.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct FreeReq {
+    pub host: String,
+    pub backup_id: String,
+    pub disk: String,
+}
+
+/// The answer to FREE_REQ: the disk's free map, None when every byte was copied.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Free {
+    pub free: Option<FreeMap>,
 }
 
 /// Encodes a control body.
@@ -460,7 +606,11 @@ impl Bounded for DiskInfo {
         name("disk name", &self.name)?;
         bounded("source_path", &self.source_path, limit::PATH, false)?;
         text("model", &self.model)?;
-        text("serial", &self.serial)
+        text("serial", &self.serial)?;
+        self.free.as_ref().map_or(Ok(()), |f| {
+            f.check()?;
+            f.check_for(self.size)
+        })
     }
 }
 
@@ -573,6 +723,22 @@ impl Bounded for RestoreReady {
     }
 }
 
+impl Bounded for FreeReq {
+    fn check(&self) -> Result<(), String> {
+        name("host", &self.host)?;
+        name("backup_id", &self.backup_id)?;
+        name("disk name", &self.disk)
+    }
+}
+
+/// Its ranges are checked against the disk's size by the receiver
+/// ([`FreeMap::check_for`]), which knows it.
+impl Bounded for Free {
+    fn check(&self) -> Result<(), String> {
+        self.free.as_ref().map_or(Ok(()), Bounded::check)
+    }
+}
+
 /// The binary body of a CHUNK: digest, length, unreadable ranges, then data.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ChunkBody {
@@ -580,6 +746,9 @@ pub struct ChunkBody {
     pub len: u32,
     /// Unreadable byte ranges inside the chunk, relative to its start (filled with zeros).
     pub bad: Vec<(u32, u32)>,
+    /// Free byte ranges inside the chunk (FLAG_FREE), relative to its start: sorted,
+    /// disjoint, not empty. They are zeros in the chunk as stored and not carried.
+    pub free: Vec<(u32, u32)>,
     /// The whole payload; the chunk's data is `payload[start..]` (kept in place
     /// rather than moved: it is a megabyte per chunk).
     pub payload: Vec<u8>,
@@ -601,63 +770,176 @@ impl ChunkBody {
         let mut v = Vec::with_capacity(CHUNK_FIXED + bad.len() * 8);
         v.extend_from_slice(sha256);
         v.extend_from_slice(&len.to_le_bytes());
-        v.extend_from_slice(&(bad.len() as u32).to_le_bytes());
-        for (o, l) in bad {
-            v.extend_from_slice(&o.to_le_bytes());
-            v.extend_from_slice(&l.to_le_bytes());
-        }
+        put_ranges(&mut v, bad);
         v
+    }
+
+    /// The prefix of a FLAG_FREE chunk: as `encode_prefix`, then the free ranges;
+    /// followed by the chunk's bytes outside them, in order.
+    pub fn encode_prefix_free(
+        sha256: &[u8; 32],
+        len: u32,
+        bad: &[(u32, u32)],
+        free: &[(u32, u32)],
+    ) -> Vec<u8> {
+        let mut v = ChunkBody::encode_prefix(sha256, len, bad);
+        put_ranges(&mut v, free);
+        v
+    }
+
+    /// The chunk as stored: the carried bytes in place, zeros in the free ranges.
+    /// Empty for a zero chunk.
+    pub fn expand(&self, out: &mut Vec<u8>) {
+        out.clear();
+        if self.free.is_empty() {
+            out.extend_from_slice(self.data());
+            return;
+        }
+        out.resize(self.len as usize, 0);
+        let mut src = self.data();
+        for (s, e) in used_parts(self.len, &self.free) {
+            let (piece, rest) = src.split_at((e - s) as usize);
+            out[s as usize..e as usize].copy_from_slice(piece);
+            src = rest;
+        }
+    }
+
+    /// Parses a chunk body as `decode`, with a free-range list after the unreadable
+    /// ranges when `free` (FLAG_FREE) is set.
+    pub fn decode_with(
+        payload: Vec<u8>,
+        zero: bool,
+        free: bool,
+        max_len: u32,
+    ) -> Result<ChunkBody, String> {
+        if !free {
+            return ChunkBody::decode(payload, zero, max_len);
+        }
+        if zero {
+            return Err("chunk is flagged both zero and free".into());
+        }
+        // Decoded as a zero chunk first: the bytes after the unreadable ranges are
+        // the free list and the data, checked here.
+        let body = ChunkBody::decode_ranges(payload, max_len)?;
+        let (free, start) = get_ranges(&body.payload, body.start, "free")?;
+        let mut at = 0u64;
+        let mut free_bytes = 0u64;
+        for &(o, l) in &free {
+            if u64::from(o) < at || u64::from(o) + u64::from(l) > u64::from(body.len) {
+                return Err(format!(
+                    "free range {o}+{l} out of order or outside the chunk"
+                ));
+            }
+            at = u64::from(o) + u64::from(l);
+            free_bytes += u64::from(l);
+        }
+        let data_len = (body.payload.len() - start) as u64;
+        if data_len != u64::from(body.len) - free_bytes {
+            return Err(format!(
+                "chunk says {} bytes, {free_bytes} of them free, but carries {data_len}",
+                body.len
+            ));
+        }
+        Ok(ChunkBody {
+            free,
+            start,
+            ..body
+        })
     }
 
     /// Parses a chunk body; `zero` says whether data is expected. Every length is
     /// checked against the payload, so hostile input gives an error, not a panic.
     pub fn decode(payload: Vec<u8>, zero: bool, max_len: u32) -> Result<ChunkBody, String> {
+        let body = ChunkBody::decode_ranges(payload, max_len)?;
+        let data_len = body.payload.len() - body.start;
+        if zero && data_len != 0 {
+            return Err("zero chunk carries data".into());
+        }
+        if !zero && data_len != body.len as usize {
+            return Err(format!(
+                "chunk says {} bytes but carries {data_len}",
+                body.len
+            ));
+        }
+        Ok(body)
+    }
+
+    /// Digest, length and unreadable ranges; `start` is where they end.
+    fn decode_ranges(payload: Vec<u8>, max_len: u32) -> Result<ChunkBody, String> {
         if payload.len() < CHUNK_FIXED {
             return Err(format!("chunk body too short ({} bytes)", payload.len()));
         }
         let mut sha256 = [0u8; 32];
         sha256.copy_from_slice(&payload[0..32]);
         let len = u32::from_le_bytes([payload[32], payload[33], payload[34], payload[35]]);
-        let nbad =
-            u32::from_le_bytes([payload[36], payload[37], payload[38], payload[39]]) as usize;
         if len == 0 || len > max_len {
             return Err(format!("chunk length {len} outside 1..={max_len}"));
         }
-        if nbad > MAX_BAD_RANGES || CHUNK_FIXED + nbad * 8 > payload.len() {
-            return Err(format!("chunk claims {nbad} unreadable ranges"));
-        }
-        let mut bad = Vec::with_capacity(nbad);
-        for i in 0..nbad {
-            let p = CHUNK_FIXED + i * 8;
-            let o =
-                u32::from_le_bytes([payload[p], payload[p + 1], payload[p + 2], payload[p + 3]]);
-            let l = u32::from_le_bytes([
-                payload[p + 4],
-                payload[p + 5],
-                payload[p + 6],
-                payload[p + 7],
-            ]);
-            if l == 0 || u64::from(o) + u64::from(l) > u64::from(len) {
-                return Err(format!("unreadable range {o}+{l} outside the chunk"));
-            }
-            bad.push((o, l));
-        }
-        let data_start = CHUNK_FIXED + nbad * 8;
-        let data_len = payload.len() - data_start;
-        if zero && data_len != 0 {
-            return Err("zero chunk carries data".into());
-        }
-        if !zero && data_len != len as usize {
-            return Err(format!("chunk says {len} bytes but carries {data_len}"));
+        let (bad, start) = get_ranges(&payload, 36, "unreadable")?;
+        if let Some((o, l)) = bad
+            .iter()
+            .find(|&&(o, l)| u64::from(o) + u64::from(l) > u64::from(len))
+        {
+            return Err(format!("unreadable range {o}+{l} outside the chunk"));
         }
         Ok(ChunkBody {
             sha256,
             len,
             bad,
+            free: Vec::new(),
             payload,
-            start: data_start,
+            start,
         })
     }
+}
+
+/// Appends a count (u32 LE) and that many (offset u32, len u32) pairs.
+fn put_ranges(v: &mut Vec<u8>, ranges: &[(u32, u32)]) {
+    v.extend_from_slice(&(ranges.len() as u32).to_le_bytes());
+    for (o, l) in ranges {
+        v.extend_from_slice(&o.to_le_bytes());
+        v.extend_from_slice(&l.to_le_bytes());
+    }
+}
+
+/// Reads what `put_ranges` wrote at `at`: the ranges (none empty, at most
+/// MAX_BAD_RANGES) and where they end.
+fn get_ranges(p: &[u8], at: usize, what: &str) -> Result<(Vec<(u32, u32)>, usize), String> {
+    let word = |i: usize| -> Option<u32> {
+        let b = p.get(i..i + 4)?;
+        Some(u32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+    };
+    let n = word(at).ok_or_else(|| format!("chunk body ends before its {what} ranges"))? as usize;
+    if n > MAX_BAD_RANGES || at + 4 + n * 8 > p.len() {
+        return Err(format!("chunk claims {n} {what} ranges"));
+    }
+    let mut out = Vec::with_capacity(n);
+    for i in 0..n {
+        let q = at + 4 + i * 8;
+        let (o, l) = (word(q).unwrap_or(0), word(q + 4).unwrap_or(0));
+        if l == 0 {
+            return Err(format!("empty {what} range at {o}"));
+        }
+        out.push((o, l));
+    }
+    Ok((out, at + 4 + n * 8))
+}
+
+/// The parts of a chunk of `len` bytes outside `free` (sorted, disjoint), as
+/// (start, end) pairs in order.
+pub fn used_parts(len: u32, free: &[(u32, u32)]) -> Vec<(u32, u32)> {
+    let mut out = Vec::with_capacity(free.len() + 1);
+    let mut at = 0u32;
+    for &(o, l) in free {
+        if o > at {
+            out.push((at, o));
+        }
+        at = o.saturating_add(l);
+    }
+    if at < len {
+        out.push((at, len));
+    }
+    out
 }
 
 #[cfg(test)]
@@ -673,6 +955,72 @@ mod tests {
         assert_eq!(c.data(), b"abcd");
         assert_eq!(c.bad, vec![(1, 2)]);
         assert_eq!(c.sha256, sha);
+    }
+
+    #[test]
+    fn a_free_chunk_carries_only_its_used_bytes_and_expands_to_the_chunk_as_stored() {
+        let sha = [7u8; 32];
+        let mut p = ChunkBody::encode_prefix_free(&sha, 10, &[], &[(0, 2), (5, 3)]);
+        p.extend_from_slice(b"abcde");
+        let c = ChunkBody::decode_with(p.clone(), false, true, 1 << 20).unwrap();
+        assert_eq!(
+            (c.free.clone(), c.data()),
+            (vec![(0, 2), (5, 3)], &b"abcde"[..])
+        );
+        let mut out = vec![9; 3];
+        c.expand(&mut out);
+        assert_eq!(out, b"\0\0abc\0\0\0de");
+        // Wrong amount of data, overlapping or outside ranges, zero and free at once.
+        let mut short = p.clone();
+        short.pop();
+        assert!(ChunkBody::decode_with(short, false, true, 1 << 20).is_err());
+        for free in [&[(0, 2), (1, 3)][..], &[(8, 3)], &[(2, 0)]] {
+            let mut q = ChunkBody::encode_prefix_free(&sha, 10, &[], free);
+            let carried = 10 - free.iter().map(|r| r.1).sum::<u32>().min(10);
+            q.extend(std::iter::repeat_n(1, carried as usize));
+            assert!(
+                ChunkBody::decode_with(q, false, true, 1 << 20).is_err(),
+                "{free:?}"
+            );
+        }
+        assert!(ChunkBody::decode_with(p, true, true, 1 << 20).is_err());
+        // Entirely free: no data at all.
+        let all = ChunkBody::encode_prefix_free(&sha, 10, &[], &[(0, 10)]);
+        let c = ChunkBody::decode_with(all, false, true, 1 << 20).unwrap();
+        c.expand(&mut out);
+        assert_eq!(out, [0; 10]);
+        assert_eq!(used_parts(10, &[(0, 2), (5, 3)]), [(2, 5), (8, 10)]);
+    }
+
+    #[test]
+    fn a_free_map_is_checked_against_its_disk_and_cut_into_chunks() {
+        let part = |start, end, used| PartUse {
+            name: "sda1".into(),
+            start,
+            end,
+            used,
+            ..Default::default()
+        };
+        let m = FreeMap {
+            ranges: vec![(100, 200), (300, 1000)],
+            parts: vec![part(0, 1000, Some(200))],
+        };
+        assert!(m.check_for(1000).is_ok());
+        assert!(m.check_for(999).is_err());
+        assert_eq!(m.within(0, 150), [(100, 50)]);
+        assert_eq!(m.within(150, 400), [(0, 50), (150, 250)]);
+        assert_eq!(m.within(1000, 10), []);
+        let whole = FreeMap {
+            parts: vec![part(0, 1000, None)],
+            ..m.clone()
+        };
+        assert!(whole.check_for(1000).unwrap_err().contains("no partition"));
+        let unsorted = FreeMap {
+            ranges: vec![(300, 400), (100, 200)],
+            ..m.clone()
+        };
+        assert!(unsorted.check_for(1000).is_err());
+        assert_eq!(m.free_bytes(), 800);
     }
 
     #[test]
@@ -737,6 +1085,7 @@ mod tests {
             model: Some("m".repeat(1000)),
             serial: None,
             details: None,
+            free: None,
         }
         .cleaned();
         assert!(d.check().is_ok());

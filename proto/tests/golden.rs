@@ -21,6 +21,19 @@ fn identity() -> Identity {
     }
 }
 
+fn disk_info() -> DiskInfo {
+    DiskInfo {
+        name: "sda".into(),
+        source_path: "/dev/sda".into(),
+        size: 8192,
+        logical_sector_size: 512,
+        model: None,
+        serial: Some("X".into()),
+        details: Some(serde_json::json!({"rota": false})),
+        free: None,
+    }
+}
+
 fn disk_summary() -> DiskSummary {
     DiskSummary {
         name: "sda".into(),
@@ -30,6 +43,7 @@ fn disk_summary() -> DiskSummary {
         sha256: Some("ab".into()),
         unreadable_bytes: 512,
         layout: None,
+        free_bytes: 0,
     }
 }
 
@@ -50,15 +64,7 @@ fn control_messages() {
         message: "in use".into(),
     };
     assert_eq!(json(&err), r#"{"code":"busy","message":"in use"}"#);
-    let disk = DiskInfo {
-        name: "sda".into(),
-        source_path: "/dev/sda".into(),
-        size: 8192,
-        logical_sector_size: 512,
-        model: None,
-        serial: Some("X".into()),
-        details: Some(serde_json::json!({"rota": false})),
-    };
+    let disk = disk_info();
     let begin = BackupBegin {
         label: Some("l".into()),
         chunk_size: 65536,
@@ -131,6 +137,54 @@ fn control_messages() {
         start: 2,
     };
     assert_eq!(json(&list), r#"{"host":null,"start":2}"#);
+}
+
+/// Protocol 2: a used-block backup's free map in BACKUP_BEGIN, FREE_REQ and FREE,
+/// and the free bytes a LISTING's disk announces.
+#[test]
+fn used_block_messages() {
+    // A used-block backup's disk: its free map follows the details.
+    let used = DiskInfo {
+        free: Some(FreeMap {
+            ranges: vec![(1 << 20, 3 << 20)],
+            parts: vec![PartUse {
+                name: "sda1".into(),
+                start: 1 << 20,
+                end: 4 << 20,
+                fs: Some("ext4".into()),
+                label: Some("root".into()),
+                used: Some(1 << 20),
+                why: String::new(),
+            }],
+        }),
+        details: None,
+        ..disk_info()
+    };
+    assert_eq!(
+        json(&used),
+        r#"{"name":"sda","source_path":"/dev/sda","size":8192,"logical_sector_size":512,"model":null,"serial":"X","details":null,"free":{"ranges":[[1048576,3145728]],"parts":[{"name":"sda1","start":1048576,"end":4194304,"fs":"ext4","label":"root","used":1048576,"why":""}]}}"#
+    );
+    let q = FreeReq {
+        host: "hosta".into(),
+        backup_id: "b1".into(),
+        disk: "sda".into(),
+    };
+    assert_eq!(
+        json(&q),
+        r#"{"host":"hosta","backup_id":"b1","disk":"sda"}"#
+    );
+    assert_eq!(
+        json(&Free {
+            free: used.free.clone()
+        }),
+        r#"{"free":{"ranges":[[1048576,3145728]],"parts":[{"name":"sda1","start":1048576,"end":4194304,"fs":"ext4","label":"root","used":1048576,"why":""}]}}"#
+    );
+    assert_eq!((kind::FREE_REQ, kind::FREE), (20, 21));
+    let summary = DiskSummary {
+        free_bytes: 1 << 21,
+        ..disk_summary()
+    };
+    assert!(json(&summary).ends_with(r#""unreadable_bytes":512,"free_bytes":2097152}"#));
 }
 
 #[test]
@@ -224,6 +278,15 @@ fn binary_bodies() {
     golden.extend([8, 0, 0, 0, 1, 0, 0, 0, 2, 0, 0, 0, 3, 0, 0, 0]);
     golden.extend(b"abcdefgh");
     assert_eq!(chunk, golden);
+    // FLAG_FREE: the free ranges after the unreadable ones, then only the used bytes.
+    let mut chunk = ChunkBody::encode_prefix_free(&[0xaa; 32], 8, &[], &[(0, 2), (6, 2)]);
+    chunk.extend_from_slice(b"cdef");
+    let mut golden = vec![0xaa; 32];
+    golden.extend([8, 0, 0, 0, 0, 0, 0, 0, 2, 0, 0, 0]);
+    golden.extend([0, 0, 0, 0, 2, 0, 0, 0, 6, 0, 0, 0, 2, 0, 0, 0]);
+    golden.extend(b"cdef");
+    assert_eq!(chunk, golden);
+    assert_eq!(FLAG_FREE, 4);
     let d = digests::encode(65536, &[[1; 32]]);
     let mut golden = vec![0, 0, 1, 0, 1, 0, 0, 0];
     golden.extend([1; 32]);
@@ -234,8 +297,8 @@ fn binary_bodies() {
 /// version, kind, flags, length, disk, offset, payload CRC, header CRC (the CRCs
 /// computed independently, with Python's zlib.crc32).
 const GOLDEN_FRAME: [u8; 34] = [
-    0x55, 0x34, 0x52, 0x53, 0x02, 0x05, 0x01, 0x00, 0x02, 0x00, 0x00, 0x00, 0x03, 0x00, 0x00, 0x00,
-    0x00, 0x00, 0x00, 0x00, 0x00, 0x01, 0x00, 0x00, 0xac, 0x2a, 0x93, 0xd8, 0xac, 0xcf, 0xb5, 0x2f,
+    0x55, 0x34, 0x52, 0x53, 0x03, 0x05, 0x01, 0x00, 0x02, 0x00, 0x00, 0x00, 0x03, 0x00, 0x00, 0x00,
+    0x00, 0x00, 0x00, 0x00, 0x00, 0x01, 0x00, 0x00, 0xac, 0x2a, 0x93, 0xd8, 0x8b, 0xaa, 0x90, 0xae,
     b'h', b'i',
 ];
 

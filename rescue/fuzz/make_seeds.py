@@ -43,6 +43,18 @@ def chunk(data, bad=(), zero=False, length=None):
     return body + (b"" if zero else data)
 
 
+def free_chunk(data, free, length):
+    """A FLAG_FREE chunk body: `data` is the chunk as stored (zeros in `free`)."""
+    body = hashlib.sha256(data).digest() + struct.pack("<III", length, 0, len(free))
+    for o, n in free:
+        body += struct.pack("<II", o, n)
+    at = 0
+    for o, n in free:
+        body += data[at:o]
+        at = o + n
+    return body + data[at:]
+
+
 def begin(size=8192, fresh=True, label="seed", key=None, disks=None):
     b = {"label": label, "chunk_size": 65536, "fresh": fresh,
          "disks": disks or [{"name": "sda", "source_path": "/dev/sda", "size": size,
@@ -70,6 +82,13 @@ seeds = {
         {"name": "sda", "source_path": "/dev/sda", "size": 8192, "logical_sector_size": 512},
         {"name": "nvme0n1", "source_path": "/dev/nvme0n1", "size": 4096, "logical_sector_size": 4096}]))
     + rec(CHUNK, chunk(data)) + rec(PING, offset=7),
+    "backup-used-blocks": bytes([OWN]) + rec(BEGIN, begin(disks=[
+        {"name": "sda", "source_path": "/dev/sda", "size": 8192, "logical_sector_size": 512,
+         "free": {"ranges": [[4096, 8192]], "parts": [
+             {"name": "sda1", "start": 0, "end": 8192, "fs": "ext4", "label": "root",
+              "used": 4096, "why": ""}]}}]))
+    + rec(CHUNK, free_chunk(data[:4096] + bytes(4096), [(4096, 4096)], 8192), flags=4)
+    + rec(DISK_END, end()) + rec(SESSION_END, {"ok": True}) + rec(BYE),
     "resume-without-key": bytes([OWN]) + rec(BEGIN, begin(fresh=False, key="00" * 16))
     + rec(SESSION_END, {"ok": False}),
     "list": bytes([OWN | RESTORE]) + rec(LIST, {"host": None}) + rec(LIST, {"host": "fuzz", "start": 1})

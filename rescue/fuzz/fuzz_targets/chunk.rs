@@ -1,7 +1,8 @@
-//! Fuzzes the CHUNK body decoder: digest, length and unreadable ranges checked
-//! against the payload. The first input byte sets the zero flag and the largest
-//! chunk accepted. Whatever it accepts must be consistent: ranges inside the
-//! chunk, data of the announced length (none for a zero chunk).
+//! Fuzzes the CHUNK body decoder: digest, length, unreadable ranges and (FLAG_FREE)
+//! free ranges checked against the payload. The first input byte sets the zero flag,
+//! the free flag and the largest chunk accepted. Whatever it accepts must be
+//! consistent: ranges inside the chunk, data of the announced length less the free
+//! bytes (none for a zero chunk), and it expands to exactly the chunk's length.
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
@@ -12,13 +13,21 @@ fuzz_target!(|data: &[u8]| {
         return;
     };
     let zero = mode & 1 != 0;
+    let free = mode & 4 != 0;
     let max_len = if mode & 2 != 0 { 8 << 20 } else { 64 };
-    let Ok(c) = ChunkBody::decode(rest.to_vec(), zero, max_len) else {
+    let Ok(c) = ChunkBody::decode_with(rest.to_vec(), zero, free, max_len) else {
         return;
     };
     assert!(c.len >= 1 && c.len <= max_len);
-    assert_eq!(c.data().len(), if zero { 0 } else { c.len as usize });
-    for &(o, l) in &c.bad {
+    let free_bytes: u64 = c.free.iter().map(|&(_, l)| u64::from(l)).sum();
+    let carried = if zero { 0 } else { u64::from(c.len) - free_bytes };
+    assert_eq!(c.data().len() as u64, carried);
+    for &(o, l) in c.bad.iter().chain(&c.free) {
         assert!(l > 0 && u64::from(o) + u64::from(l) <= u64::from(c.len));
+    }
+    if !zero {
+        let mut out = Vec::new();
+        c.expand(&mut out);
+        assert_eq!(out.len(), c.len as usize);
     }
 });

@@ -30,7 +30,7 @@ fuzz_target!(|data: &[u8]| {
         return;
     };
     let f = Frame {
-        header: Header::new(kind % 20, 0, 0),
+        header: Header::new(kind % 22, 0, 0),
         payload: rest.to_vec(),
         intact: true,
     };
@@ -51,4 +51,13 @@ fuzz_target!(|data: &[u8]| {
     }
     let _ = decodes::<msg::DigestsReq>(&f);
     let _ = decodes::<msg::RestoreReady>(&f);
+    let _ = decodes::<msg::FreeReq>(&f);
+    if let Some(r) = decodes::<msg::Free>(&f)
+        && let Some(m) = r.free
+    {
+        // Whatever passes the disk check is cut into chunks without panicking.
+        if m.check_for(1 << 40).is_ok() {
+            assert!(m.within(0, 1 << 20).iter().all(|&(o, l)| l > 0 && o + l <= 1 << 20));
+        }
+    }
 });

@@ -147,6 +147,7 @@ fn serde_json_begin() -> String {
             model: None,
             serial: None,
             details: None,
+            free: None,
         }],
         resume_key: None,
     }))

@@ -80,6 +80,8 @@ pub struct Config {
     /// rescue.grow=1: a restore onto a larger disk extends the last partition
     /// to its end (`restore --grow`).
     pub grow: bool,
+    /// rescue.all_blocks=1: a backup copies every byte, free space too.
+    pub all_blocks: bool,
     /// `rescue.map=NAME=TARGET,...`: where restore writes each backed-up disk
     /// (needed when the disks have no serial numbers to match).
     pub map: Vec<String>,
@@ -197,7 +199,7 @@ impl Config {
                         .warnings
                         .push(format!("{word}: expected seconds; ignored")),
                 },
-                "yes" | "poweroff" | "reboot" | "verify" | "resume" | "grow" => {
+                "yes" | "poweroff" | "reboot" | "verify" | "resume" | "grow" | "all_blocks" => {
                     match parse_bool(val) {
                         Some(b) => match key {
                             "yes" => c.yes = b,
@@ -205,6 +207,7 @@ impl Config {
                             "reboot" => c.reboot = b,
                             "resume" => c.resume = b,
                             "grow" => c.grow = b,
+                            "all_blocks" => c.all_blocks = b,
                             _ => c.verify = b,
                         },
                         None => c.warnings.push(format!("{word}: expected 1 or 0; ignored")),
@@ -284,6 +287,7 @@ impl Config {
             connect: self.connect(),
             label: self.label.clone(),
             fresh: false,
+            all_blocks: self.all_blocks,
             chunk_kib: 1024,
             disks: self.disks.clone(),
         })
@@ -316,6 +320,8 @@ impl Config {
             skip_damaged: false,
             damaged_map: None,
             grow: self.grow,
+            zero_free: false,
+            discard: false,
         })
     }
 }
@@ -425,6 +431,14 @@ mod tests {
         assert_eq!(d("rd.usb4rescue=dance"), (Dracut::Unknown, Mode::Menu));
         // Not the switch: another option that shares the prefix.
         assert_eq!(d("rd.usb4rescuex=1").0, Dracut::Absent);
+        // Used-block backups are the default; all_blocks turns them off.
+        let all = |s: &str| match Config::parse(s).backup_command() {
+            Command::Backup(b) => b.all_blocks,
+            other => panic!("{other:?}"),
+        };
+        assert!(!all("rescue.mode=backup"));
+        assert!(all("rescue.mode=backup rescue.all_blocks=1"));
+        assert!(all("rd.usb4rescue=backup rd.usb4rescue.all_blocks=1"));
         let c = Config::parse("rd.usb4rescue=restore rd.usb4rescue.resume=1 rd.usb4rescue.grow=1");
         assert!(
             c.resume && c.grow && c.warnings.is_empty(),

@@ -416,6 +416,8 @@ impl<'a, R: BufRead, W: Write> Menu<'a, R, W> {
             skip_damaged: false,
             damaged_map: None,
             grow: self.config.grow,
+            zero_free: false,
+            discard: false,
         });
         let rc = run_and_report(&mut self.out, self.backend, "restore", cmd);
         self.restore_cut = rc == exit::PEER_GONE;

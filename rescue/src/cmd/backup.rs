@@ -8,7 +8,7 @@ use crate::Root;
 use crate::cmd::cli::BackupArgs;
 use crate::exit::{self, Exit};
 use crate::proto::msg::{
-    self, BackupBegin, BackupReady, DiskEnd, DiskInfo, Role, SessionDone, SessionEnd, kind,
+    self, BackupBegin, BackupReady, DiskEnd, DiskInfo, FreeMap, Role, SessionDone, SessionEnd, kind,
 };
 use crate::session::auth;
 use crate::session::{self, Session};
@@ -30,6 +30,8 @@ pub struct DiskReport {
     /// Every chunk is verified and durable on the peer, which computes the
     /// image SHA-256 on its own.
     pub sha256_pending: bool,
+    /// Used-block mode: what was recognised on the disk and left out.
+    pub free: Option<FreeMap>,
 }
 
 /// The disks to send: those named, or every eligible one.
@@ -109,7 +111,8 @@ pub fn run_with(root: &Root, args: &BackupArgs, srcs: Vec<Source>) -> Result<u8>
                 .unwrap_or_default()
         );
     }
-    let mut begin = backup_begin(args, &srcs, chunk);
+    let free = plan_free(args, &srcs);
+    let mut begin = backup_begin(args, &srcs, chunk, &free);
     // The peer refuses what does not pass these checks: say so before connecting.
     if let Err(why) = msg::Bounded::check(&begin) {
         return Err(Exit::new(exit::USAGE, format!("cannot send this backup: {why}")).into());
@@ -124,7 +127,7 @@ pub fn run_with(root: &Root, args: &BackupArgs, srcs: Vec<Source>) -> Result<u8>
     let started = Instant::now();
     let mut reports = Vec::new();
     for (i, src) in srcs.iter().enumerate() {
-        let r = send_one(&mut sess, &ready, i, src, chunk, mode)?;
+        let r = send_one(&mut sess, &ready, i, src, chunk, mode, &free[i])?;
         print_disk(&r);
         reports.push(r);
     }
@@ -160,15 +163,39 @@ pub fn run_with(root: &Root, args: &BackupArgs, srcs: Vec<Source>) -> Result<u8>
     Ok(code)
 }
 
+/// Used-block mode (unless --all-blocks): each disk's partitions probed before
+/// anything is sent, and the user told what was recognised.
+fn plan_free(args: &BackupArgs, srcs: &[Source]) -> Vec<Option<FreeMap>> {
+    srcs.iter()
+        .map(|s| {
+            if args.all_blocks {
+                eprintln!("{}: every block is copied (--all-blocks)", s.name);
+                return None;
+            }
+            let map = crate::system::used::plan(&s.reader, &s.name, s.sector);
+            for p in &map.parts {
+                eprintln!("  {}", crate::system::used::describe(p));
+            }
+            Some(map)
+        })
+        .collect()
+}
+
 /// BACKUP_BEGIN for these sources in chunks of `chunk` bytes.
-fn backup_begin(args: &BackupArgs, srcs: &[Source], chunk: u32) -> BackupBegin {
+fn backup_begin(
+    args: &BackupArgs,
+    srcs: &[Source],
+    chunk: u32,
+    free: &[Option<FreeMap>],
+) -> BackupBegin {
     BackupBegin {
         label: args.label.clone(),
         chunk_size: chunk,
         fresh: args.fresh,
         disks: srcs
             .iter()
-            .map(|s| {
+            .zip(free)
+            .map(|(s, free)| {
                 DiskInfo {
                     name: s.name.clone(),
                     source_path: s.path.display().to_string(),
@@ -177,6 +204,7 @@ fn backup_begin(args: &BackupArgs, srcs: &[Source], chunk: u32) -> BackupBegin {
                     model: s.model.clone(),
                     serial: s.serial.clone(),
                     details: s.details.clone(),
+                    free: free.clone(),
                 }
                 .cleaned()
             })
@@ -223,6 +251,7 @@ fn send_one(
     src: &Source,
     chunk: u32,
     mode: progress::Mode,
+    free: &Option<FreeMap>,
 ) -> Result<DiskReport> {
     let geo = Geometry {
         size: src.size,
@@ -247,7 +276,11 @@ fn send_one(
         i as u32,
         geo,
         have,
-        |off, len| reader.read_chunk(off, len),
+        |off, len| match free {
+            // Free space is neither read nor sent: zeros in the image.
+            Some(m) => reader.read_used(off, len, m.within(off, len)),
+            None => reader.read_chunk(off, len),
+        },
         xfer::digest_fresh,
         &bar,
     )?;
@@ -270,6 +303,7 @@ fn send_one(
         message: done.message.clone(),
         seconds: t.elapsed().as_secs_f64(),
         sha256_pending: done.sha256_pending,
+        free: free.clone(),
     })
 }
 
@@ -313,6 +347,15 @@ pub fn summary(reports: &[DiskReport], secs: f64, corrupt: u64, peer_msg: &str) 
                 (false, false) => &r.sha256,
             })
         );
+        for p in r.free.iter().flat_map(|m| &m.parts) {
+            println!("    {}", crate::system::used::describe(p));
+        }
+        if s.free_bytes > 0 {
+            println!(
+                "    {} of free space neither read nor sent (zeros in the image)",
+                human_bytes(s.free_bytes)
+            );
+        }
         if s.resent_chunks > 0 {
             println!(
                 "    {} chunk(s) re-sent after damage in transit",

@@ -191,6 +191,12 @@ pub struct BackupArgs {
     #[arg(long)]
     pub fresh: bool,
 
+    /// Read and send every byte, also the free space of the filesystems rescue
+    /// recognises (by default only their used blocks are copied; free space is
+    /// stored as zeros).
+    #[arg(long)]
+    pub all_blocks: bool,
+
     /// Chunk size in KiB (the unit of verification and resume).
     #[arg(long, value_name = "KIB", default_value_t = 1024, hide = true)]
     pub chunk_kib: u32,
@@ -256,6 +262,17 @@ pub struct RestoreArgs {
     /// current directory for a disk.
     #[arg(long, value_name = "PATH", requires = "skip_damaged")]
     pub damaged_map: Option<PathBuf>,
+
+    /// A used-block backup (the default of `rescue backup`) did not copy the free
+    /// space of the filesystems it recognised. Without this option the target's
+    /// bytes there are left as they are; with it they are written as zeros.
+    #[arg(long, conflicts_with = "discard")]
+    pub zero_free: bool,
+
+    /// Discard (BLKDISCARD, TRIM) the free space a used-block backup did not copy,
+    /// where the target supports it; elsewhere it is left as it is (and you are told).
+    #[arg(long)]
+    pub discard: bool,
 }
 
 #[derive(Debug, Clone, Args)]

@@ -6,6 +6,7 @@ pub(crate) mod cat;
 pub mod cli;
 pub mod docs;
 pub(crate) mod restore;
+pub(crate) mod restore_free;
 pub mod serve;
 pub(crate) mod verify;
 

@@ -3,7 +3,7 @@
 
 use std::fs::{File, OpenOptions};
 use std::io::IsTerminal;
-use std::os::unix::fs::{FileExt, OpenOptionsExt};
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
@@ -12,15 +12,16 @@ use sha2::{Digest, Sha256};
 
 use crate::Root;
 use crate::cmd::cli::RestoreArgs;
+use crate::cmd::restore_free::{self, FreeMode, FreeWriter, Masker};
 use crate::exit::{self, Exit};
 use crate::proto::digests::Digests;
 use crate::proto::frame::Header;
 use crate::proto::msg::{
-    self, BackupSummary, ChunkRanges, DigestsReq, DiskDone, DiskSummary, ListReq, Listing,
+    self, BackupSummary, ChunkRanges, DigestsReq, DiskDone, DiskSummary, FreeMap, ListReq, Listing,
     MAX_DIGESTS, RestoreBegin, RestoreReady, Role, SessionEnd, kind,
 };
 use crate::session::{self, Session};
-use crate::store::image::{ZeroDigests, punch_or_zero};
+use crate::store::image::ZeroDigests;
 use crate::store::mapfile::{Map, Status};
 use crate::system::blkdev;
 use crate::system::busy;
@@ -353,6 +354,8 @@ struct TargetSink {
     /// The image's bytes after the cut in the chunk the cut falls in: not
     /// written, but what --verify completes that chunk with to check it.
     tail: Vec<u8>,
+    /// A used-block backup: what to do with the free space it did not copy.
+    free: Option<FreeWriter>,
 }
 
 impl Sink for TargetSink {
@@ -369,20 +372,25 @@ impl Sink for TargetSink {
                 c.bytes()[len as usize..].to_vec()
             };
         }
+        if let Some(w) = &mut self.free
+            && w.touches(c.offset, len)
+            && !(c.zero && self.fresh_file)
+        {
+            let data = (!c.zero).then(|| &c.bytes()[..len as usize]);
+            return w.write(
+                &self.file,
+                &mut self.direct,
+                c.offset,
+                len,
+                data,
+                self.block,
+            );
+        }
         if c.zero {
             if self.fresh_file {
                 return Ok(());
             }
-            if self.block {
-                if !blkdev::zero_out(&self.file, c.offset, len) {
-                    let z = vec![0u8; len as usize];
-                    self.file
-                        .write_all_at(&z, c.offset)
-                        .context("writing zeros")?;
-                }
-                return Ok(());
-            }
-            return punch_or_zero(&self.file, c.offset, len);
+            return restore_free::zero(&self.file, c.offset, len, self.block);
         }
         self.direct
             .write_at(&self.file, &c.bytes()[..len as usize], c.offset)
@@ -928,9 +936,22 @@ fn transfer(
     let mut have = Vec::new();
     let mut verify_digests = Vec::new();
     let mut digest_chunk = None;
-    for (((d, _), t), plan) in pairs.iter().zip(targets.iter()).zip(plans) {
+    let mut frees = Vec::new();
+    for ((d, _), t) in pairs.iter().zip(targets.iter()) {
+        let f = if d.free_bytes > 0 {
+            restore_free::ask(s, chosen, d)?
+        } else {
+            None
+        };
+        if let Some(m) = &f {
+            restore_free::announce(&d.name, m, FreeMode::of(args), &t.spec);
+        }
+        frees.push(f);
+    }
+    for ((((d, _), t), plan), free) in pairs.iter().zip(targets.iter()).zip(plans).zip(&frees) {
         let mut h = if args.resume && t.created.is_none() {
-            let h = held_on_target(s, chosen, d, t, mode, &mut digest_chunk, plan.cut)?;
+            let free = free.as_ref();
+            let h = held_on_target(s, chosen, d, t, mode, &mut digest_chunk, plan.cut, free)?;
             eprintln!(
                 "{}: resuming, {} chunk(s) already on {} match the backup and will not be sent",
                 Peer(&d.name),
@@ -983,6 +1004,7 @@ fn transfer(
             held,
             plan: &plans[i],
             digests: &verify_digests[i],
+            free: frees[i].as_ref(),
         };
         match restore_disk(s, &job, args, mode, &mapfiles[i])? {
             Outcome::Verified => t.keep(),
@@ -1029,6 +1051,8 @@ struct DiskJob<'a> {
     plan: &'a resize::Plan,
     /// --verify of a target of another size: the backup's chunk digests up to the cut.
     digests: &'a [Option<[u8; 32]>],
+    /// A used-block backup's free map: bytes not copied, not compared.
+    free: Option<&'a FreeMap>,
 }
 
 /// Receives one disk onto its target, checks it and answers DISK_DONE.
@@ -1074,6 +1098,7 @@ fn restore_disk(
             &t.file,
             d.size,
             &Bar::new(&format!("{} verify", Peer(&d.name)), d.size, mode),
+            job.free,
         )?;
         if h != want {
             ok = false;
@@ -1198,6 +1223,7 @@ fn verify_resized(
         chunk: geo.chunk,
         cut: plan.cut,
         tail,
+        free: job.free,
     };
     let bad = resize::check_image(&t.file, done, &expect, |n| bar.inc(n))
         .with_context(|| format!("reading {} back", t.spec))?;
@@ -1234,6 +1260,12 @@ fn receive_onto(
         fresh_file: t.created.is_some(),
         cut: job.plan.cut,
         tail: Vec::new(),
+        free: job.free.map(|m| FreeWriter {
+            map: m.clone(),
+            mode: FreeMode::of(args),
+            discard_failed: false,
+            spec: t.spec.clone(),
+        }),
     };
     let pipe = SinkPipeline::start(sink, d.size);
     let policy = if args.skip_damaged {
@@ -1362,6 +1394,7 @@ fn place(path: &Path, off: u64, len: u64) -> String {
 /// compares each chunk's SHA-256 with the one the backup recorded, fetched from
 /// the peer in batches. Only chunks wholly before `cut` (a target of another
 /// size) are compared.
+#[allow(clippy::too_many_arguments)]
 fn held_on_target(
     s: &mut Session,
     b: &BackupSummary,
@@ -1370,9 +1403,12 @@ fn held_on_target(
     mode: progress::Mode,
     digest_chunk: &mut Option<u32>,
     cut: u64,
+    free: Option<&FreeMap>,
 ) -> Result<ChunkRanges> {
     let bar = Bar::new(&format!("{} compare", Peer(&d.name)), d.size, mode);
     let mut zeros = ZeroDigests::default();
+    // Free space the backup did not copy is compared as the zeros it stores.
+    let mut masker = Masker::new(free.cloned());
     let mut ranges = ChunkRanges::new();
     let mut first = 0u64;
     loop {
@@ -1416,12 +1452,8 @@ fn held_on_target(
             from,
             from + bytes,
             chunk as usize,
-            |_, b| -> Result<()> {
-                let got = if xfer::is_zero(b) {
-                    zeros.get(b.len() as u32)
-                } else {
-                    xfer::sha256(b)
-                };
+            |pos, b| -> Result<()> {
+                let got = masker.digest(pos, b, &mut zeros);
                 if digests.recorded((i - first) as usize) == Some(&got) {
                     ranges.push(i);
                 }
@@ -1492,10 +1524,12 @@ fn beyond_cut(
 }
 
 /// Reads the first `size` bytes of the target and returns their SHA-256.
-fn read_back(f: &File, size: u64, bar: &Bar) -> Result<String> {
+fn read_back(f: &File, size: u64, bar: &Bar, free: Option<&FreeMap>) -> Result<String> {
     let mut h = Sha256::new();
-    readahead::for_each_piece(f, 0, size, 4 << 20, |_, b| -> Result<()> {
-        h.update(b);
+    // Free space a used-block backup did not copy counts as zeros.
+    let mut masker = Masker::new(free.cloned());
+    readahead::for_each_piece(f, 0, size, 4 << 20, |pos, b| -> Result<()> {
+        h.update(masker.view(pos, b));
         bar.inc(b.len() as u64);
         Ok(())
     })

@@ -12,7 +12,8 @@ use crate::proto::digests;
 use crate::proto::frame::{Frame, Header};
 use crate::proto::msg::{
     self, BackupBegin, BackupReady, BackupState, Bounded, ChunkRanges, DigestsReq, DiskDone,
-    DiskEnd, ListReq, Listing, MAX_DIGESTS, RestoreBegin, RestoreReady, SessionDone, kind,
+    DiskEnd, Free, FreeReq, ListReq, Listing, MAX_DIGESTS, RestoreBegin, RestoreReady, SessionDone,
+    kind,
 };
 use crate::session::auth::{self, Consent};
 use crate::session::{self, Session};
@@ -71,6 +72,7 @@ pub fn handle(store: &Store, consent: &Consent, mut s: Session) -> Result<bool> 
                     send_backup(store, consent, &mut s, &req)?
                 }
                 kind::DIGESTS_REQ => send_digests(store, consent, &mut s, &req)?,
+                kind::FREE_REQ => send_free(store, consent, &mut s, &req)?,
                 kind::SESSION_END => {
                     s.conn.reply_json(
                         &req,
@@ -579,6 +581,26 @@ fn open_for_peer(
 /// (`store::error_code`: a full store is `no_space`, not a bad request).
 fn refused<T>(s: &Session, r: Result<T>) -> Result<T> {
     r.inspect_err(|e| s.conn.send_error(store::error_code(e), &format!("{e:#}")))
+}
+
+/// Answers a FREE_REQ: the free map a used-block backup recorded for a disk.
+fn send_free(store: &Store, consent: &Consent, s: &mut Session, req: &Frame) -> Result<()> {
+    let q: FreeReq = msg::from_json(req)?;
+    let b = open_for_peer(store, consent, s, &q.host, &q.backup_id)?;
+    match b.manifest.disks.iter().find(|d| d.name == q.disk) {
+        Some(d) => s.conn.reply_json(
+            req,
+            kind::FREE,
+            &Free {
+                free: d.free.clone(),
+            },
+        ),
+        None => {
+            let m = format!("backup {} has no disk {:?}", q.backup_id, q.disk);
+            s.conn.send_error("not_found", &m);
+            anyhow::bail!("{m}")
+        }
+    }
 }
 
 /// Answers a DIGESTS_REQ from the chunk journal of a stored disk.

@@ -63,6 +63,9 @@ pub struct OutChunk {
     /// The source cannot produce this chunk intact (a damaged store): sent
     /// with FLAG_DAMAGED, without data.
     pub damaged: bool,
+    /// Free ranges (used-block backups) inside the chunk: zeros in `data`, left
+    /// out of the frame (FLAG_FREE). Ignored for a zero or damaged chunk.
+    pub free: Vec<(u32, u32)>,
 }
 
 impl Drop for OutChunk {

@@ -46,7 +46,8 @@ impl Session {
 fn hello(role: Role, me: &Identity) -> Hello {
     Hello {
         protocol: PROTOCOL,
-        min_protocol: 1,
+        // Frames carry the version and must match it exactly (frame.rs).
+        min_protocol: PROTOCOL,
         role,
         identity: me.clone(),
     }

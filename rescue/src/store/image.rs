@@ -591,6 +591,9 @@ pub struct ImageSource {
     /// Hand out a damaged chunk marked as such (the client understands
     /// FLAG_DAMAGED) instead of failing the whole restore.
     pub mark_damaged: bool,
+    /// A used-block backup's free ranges: zeros in the image, left out of the
+    /// chunks sent (FLAG_FREE).
+    free: Option<crate::proto::msg::FreeMap>,
 }
 
 impl ImageSource {
@@ -601,15 +604,21 @@ impl ImageSource {
             name: d.image.clone(),
             chunk: b.manifest.chunk_size,
             mark_damaged: false,
+            free: d.free.clone(),
         })
     }
 
     pub fn read(&self, offset: u64, len: u32) -> Result<RawChunk> {
         let mut data = crate::xfer::bufpool::take(len as usize);
+        let free = self
+            .free
+            .as_ref()
+            .map_or_else(Vec::new, |f| f.within(offset, len));
         match self.img.read_exact_at(&mut data, offset) {
             Ok(()) => Ok(RawChunk {
                 data,
                 bad: Vec::new(),
+                free,
             }),
             // The store's own disk failing there: the chunk is damaged, the
             // rest may still be restored. Stored chunks have no unreadable
@@ -617,6 +626,7 @@ impl ImageSource {
             Err(_) if self.mark_damaged => Ok(RawChunk {
                 data,
                 bad: vec![(0, len)],
+                free,
             }),
             Err(e) => {
                 Err(anyhow::Error::new(e).context(format!("reading {} at {offset}", self.name)))
@@ -658,6 +668,7 @@ impl ImageSource {
                 bad: Vec::new(),
                 data: Vec::new(),
                 damaged: true,
+                free: Vec::new(),
             });
         }
         if got != rec {
@@ -679,6 +690,7 @@ impl ImageSource {
                 raw.data
             },
             damaged: false,
+            free: raw.free,
         })
     }
 }
@@ -697,6 +709,7 @@ mod tests {
             model: None,
             serial: None,
             details: None,
+            free: None,
             image: "d.img".into(),
             map: "d.map".into(),
             chunks: "d.chunks".into(),

@@ -63,6 +63,11 @@ pub struct ManifestDisk {
     pub sha256: Option<String>,
     pub unreadable_bytes: u64,
     pub complete: bool,
+    /// A used-block backup: the free ranges of the recognised filesystems, stored
+    /// as zeros, not the source's bytes (and what each partition held). Absent:
+    /// every byte is the source's.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub free: Option<crate::proto::msg::FreeMap>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -106,6 +111,7 @@ impl Manifest {
                     sha256: d.sha256.clone(),
                     unreadable_bytes: d.unreadable_bytes,
                     layout: None,
+                    free_bytes: d.free.as_ref().map_or(0, |f| f.free_bytes()),
                 })
                 .collect(),
         }
@@ -349,6 +355,7 @@ fn manifest_disks(begin: &BackupBegin) -> Vec<ManifestDisk> {
             model: d.model.clone(),
             serial: d.serial.clone(),
             details: d.details.clone(),
+            free: d.free.clone(),
             image: format!("{stem}.img"),
             map: format!("{stem}.map"),
             chunks: format!("{stem}.chunks"),
@@ -499,6 +506,9 @@ fn resumable(m: &Manifest, source: &Identity, begin: &BackupBegin) -> bool {
                 && a.size == b.size
                 && a.serial == b.serial
                 && a.source_path == b.source_path
+                // The same used-block decision, or the held chunks would mix
+                // free space stored as zeros with a copy of every byte.
+                && a.free == b.free
         })
 }
 

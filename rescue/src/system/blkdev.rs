@@ -10,6 +10,7 @@ mod sys {
     nix::ioctl_read_bad!(blksszget, 0x1268, libc::c_int);
     nix::ioctl_none!(blkrrpart, 0x12, 95);
     nix::ioctl_write_ptr!(blkzeroout, 0x12, 127, [u64; 2]);
+    nix::ioctl_write_ptr_bad!(blkdiscard, nix::request_code_none!(0x12, 119), [u64; 2]);
 }
 
 /// Whether `f` is a block device.
@@ -60,4 +61,15 @@ pub fn zero_out(f: &File, offset: u64, len: u64) -> bool {
     let range = [offset, len];
     // SAFETY: BLKZEROOUT reads two u64 from `range`.
     unsafe { sys::blkzeroout(f.as_raw_fd(), &range) }.is_ok()
+}
+
+/// Discards (TRIMs) a range of a block device; false when the device does not
+/// support it (or `f` is not one).
+pub fn discard(f: &File, offset: u64, len: u64) -> bool {
+    if !is_block(f) {
+        return false;
+    }
+    let range = [offset, len];
+    // SAFETY: BLKDISCARD reads two u64 from `range`.
+    unsafe { sys::blkdiscard(f.as_raw_fd(), &range) }.is_ok()
 }

@@ -13,3 +13,4 @@ pub mod partitions;
 pub(crate) mod readahead;
 pub(crate) mod resize;
 pub mod source;
+pub mod used;

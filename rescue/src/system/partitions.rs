@@ -142,6 +142,28 @@ pub fn read_table_bytes(
     read_from(&disk, logical_sector)
 }
 
+/// Reads the partition table of the disk a used-block backup probes (through
+/// the same reader its filesystems are probed with).
+pub fn read_table_at(
+    src: &dyn fsmap::ReadAt,
+    logical_sector: u32,
+) -> anyhow::Result<Option<PartitionTable>> {
+    if !(512..=65536).contains(&logical_sector) || !logical_sector.is_power_of_two() {
+        bail!("unsupported logical sector size {logical_sector}");
+    }
+    let disk = Disk {
+        src: &src,
+        size: src.len(),
+    };
+    read_from(&disk, logical_sector)
+}
+
+impl ReadAt for &dyn fsmap::ReadAt {
+    fn read_exact_at(&self, buf: &mut [u8], off: u64) -> std::io::Result<()> {
+        (**self).read_exact_at(buf, off)
+    }
+}
+
 /// What a table is read from: a file or disk, or bytes in memory.
 trait ReadAt {
     fn read_exact_at(&self, buf: &mut [u8], off: u64) -> std::io::Result<()>;

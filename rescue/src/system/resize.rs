@@ -892,6 +892,8 @@ pub struct Expected<'a> {
     pub chunk: u32,
     pub cut: u64,
     pub tail: &'a [u8],
+    /// A used-block backup's free map: those bytes are compared as zeros.
+    pub free: Option<&'a crate::proto::msg::FreeMap>,
 }
 
 /// --verify of the image on a target of another size: reads every chunk up
@@ -917,6 +919,11 @@ pub fn check_image(
         e.chunk as usize,
         |off, b| -> Result<()> {
             let mut image = b.to_vec();
+            if let Some(m) = e.free {
+                for (o, l) in m.within(off, b.len() as u32) {
+                    image[o as usize..(o + l) as usize].fill(0);
+                }
+            }
             image_bytes(done, off, &mut image);
             if off + b.len() as u64 == e.cut && !e.cut.is_multiple_of(chunk) {
                 image.extend_from_slice(e.tail);
@@ -1359,6 +1366,7 @@ mod tests {
                 chunk,
                 cut: p.cut,
                 tail: &tail,
+                free: None,
             };
             let check = || {
                 (

@@ -57,13 +57,53 @@ impl DiskReader {
         self.size
     }
 
+    /// Reads exactly `buf.len()` bytes at `offset`, no retries (the used-block
+    /// probes: a filesystem whose metadata cannot be read is copied whole).
+    pub fn read_plain(&self, buf: &mut [u8], offset: u64) -> io::Result<()> {
+        read_exact(&*self.primary, buf, offset)
+    }
+
     /// Reads `len` bytes at `offset`. Unreadable sectors come back as zeros and
     /// are listed (relative to `offset`) in `bad`.
     pub fn read_chunk(&self, offset: u64, len: u32) -> Result<RawChunk> {
         let mut data = crate::xfer::bufpool::take(len as usize);
         let mut bad = Vec::new();
-        if read_exact(&*self.primary, &mut data, offset).is_ok() {
-            return Ok(RawChunk { data, bad });
+        self.read_into(&mut data, offset, 0, &mut bad)?;
+        Ok(RawChunk {
+            data,
+            bad,
+            free: Vec::new(),
+        })
+    }
+
+    /// Reads the chunk at `offset` but for its `free` ranges (sorted, relative),
+    /// which stay zeros and are neither read nor sent: a used-block backup.
+    pub fn read_used(&self, offset: u64, len: u32, free: Vec<(u32, u32)>) -> Result<RawChunk> {
+        if free.is_empty() {
+            return self.read_chunk(offset, len);
+        }
+        // bufpool hands out zeroed buffers: the free ranges are zeros already.
+        let mut data = crate::xfer::bufpool::take(len as usize);
+        let mut bad = Vec::new();
+        for (s, e) in crate::proto::msg::used_parts(len, &free) {
+            let piece = &mut data[s as usize..e as usize];
+            self.read_into(piece, offset + u64::from(s), s, &mut bad)?;
+        }
+        Ok(RawChunk { data, bad, free })
+    }
+
+    /// Fills `data` from `offset`, retrying in pieces and then sector by sector;
+    /// unreadable sectors become zeros, listed in `bad` relative to the chunk
+    /// (`rel` is where `data` starts in it).
+    fn read_into(
+        &self,
+        data: &mut [u8],
+        offset: u64,
+        rel: u32,
+        bad: &mut Vec<(u32, u32)>,
+    ) -> Result<()> {
+        if read_exact(&*self.primary, data, offset).is_ok() {
+            return Ok(());
         }
         let mut pos = 0usize;
         while pos < data.len() {
@@ -72,13 +112,13 @@ impl DiskReader {
                 self.read_sectors(
                     &mut data[pos..pos + n],
                     offset + pos as u64,
-                    pos as u32,
-                    &mut bad,
+                    rel + pos as u32,
+                    bad,
                 )?;
             }
             pos += n;
         }
-        Ok(RawChunk { data, bad })
+        Ok(())
     }
 
     fn read_sectors(

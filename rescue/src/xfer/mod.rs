@@ -80,6 +80,9 @@ pub struct Known {
 pub struct RawChunk {
     pub data: Vec<u8>,
     pub bad: Vec<(u32, u32)>,
+    /// Free ranges of a used-block backup inside the chunk (relative, sorted): not
+    /// read, zeros in `data`, not sent (FLAG_FREE).
+    pub free: Vec<(u32, u32)>,
 }
 
 /// Whether a buffer is all zeros. OR-folding 4 KiB blocks vectorises well and

@@ -12,7 +12,7 @@ use anyhow::{Result, bail};
 
 use super::{Geometry, Sink, SinkPipeline, Verified, WINDOW, have_bytes, peer_left};
 use crate::proto::frame::{Frame, Header};
-use crate::proto::msg::{ChunkBody, ChunkRanges, FLAG_DAMAGED, FLAG_ZERO, kind};
+use crate::proto::msg::{ChunkBody, ChunkRanges, FLAG_DAMAGED, FLAG_FREE, FLAG_ZERO, kind};
 use crate::session::conn::{Conn, Event, peer_error};
 use crate::xfer::progress::Bar;
 
@@ -329,7 +329,17 @@ fn accept<S: Sink + 'static>(
     // A damaged chunk carries no data; its place is filled with zeros.
     let zero = f.header.flags & FLAG_ZERO != 0 || damaged;
     let offset = f.header.offset;
-    let body = ChunkBody::decode(f.payload, zero, geo.chunk).map_err(Reject::Damaged)?;
+    let free = f.header.flags & FLAG_FREE != 0;
+    let mut body =
+        ChunkBody::decode_with(f.payload, zero, free, geo.chunk).map_err(Reject::Damaged)?;
+    if !body.free.is_empty() {
+        // The chunk as stored: its carried bytes in place, zeros in the free
+        // ranges; the digest and the writer see that.
+        let mut whole = crate::xfer::bufpool::take(body.len as usize);
+        body.expand(&mut whole);
+        crate::xfer::bufpool::give(std::mem::replace(&mut body.payload, whole));
+        body.start = 0;
+    }
     let want = geo.len_of(index);
     if body.len != want {
         return Err(Reject::Damaged(format!(

@@ -13,7 +13,9 @@ use anyhow::{Result, bail};
 use super::{Geometry, Known, RawChunk, WINDOW, have_bytes, is_zero, peer_left, sha256};
 use crate::cancel::Token;
 use crate::proto::frame::Header;
-use crate::proto::msg::{self, ChunkBody, ChunkRanges, FLAG_DAMAGED, FLAG_ZERO, kind};
+use crate::proto::msg::{
+    self, ChunkBody, ChunkRanges, FLAG_DAMAGED, FLAG_FREE, FLAG_ZERO, kind, used_parts,
+};
 use crate::session::conn::{Conn, Event, OutChunk, peer_error};
 use crate::xfer::progress::Bar;
 
@@ -29,6 +31,8 @@ pub struct SendStats {
     pub skipped_bytes: u64,
     pub unreadable_bytes: u64,
     pub bytes_read: u64,
+    /// Free space of recognised filesystems, neither read nor sent.
+    pub free_bytes: u64,
 }
 
 /// What the reader thread hands the hashing thread, in disk order.
@@ -211,12 +215,29 @@ fn send_chunk(conn: &Conn, disk: u32, c: &OutChunk) -> Result<()> {
     if c.damaged {
         h.flags |= FLAG_DAMAGED;
     }
-    let prefix = ChunkBody::encode_prefix(&c.sha256, c.len, &c.bad);
     if c.zero || c.damaged {
-        conn.send(h, &prefix)
-    } else {
-        conn.send_parts(h, &[&prefix, &c.data])
+        return conn.send(h, &ChunkBody::encode_prefix(&c.sha256, c.len, &c.bad));
     }
+    if c.free.is_empty() {
+        let prefix = ChunkBody::encode_prefix(&c.sha256, c.len, &c.bad);
+        return conn.send_parts(h, &[&prefix, &c.data]);
+    }
+    // Only the bytes outside the free ranges travel; the digest covers the
+    // chunk as stored (free = zeros), which the receiver rebuilds.
+    h.flags |= FLAG_FREE;
+    let prefix = ChunkBody::encode_prefix_free(&c.sha256, c.len, &c.bad, &c.free);
+    let mut parts: Vec<&[u8]> = vec![&prefix];
+    parts.extend(
+        used_parts(c.len, &c.free)
+            .into_iter()
+            .map(|(s, e)| &c.data[s as usize..e as usize]),
+    );
+    conn.send_parts(h, &parts)
+}
+
+/// Bytes of a chunk inside its free ranges.
+pub(crate) fn free_len(free: &[(u32, u32)]) -> u64 {
+    free.iter().map(|&(_, l)| u64::from(l)).sum()
 }
 
 fn send_loop(
@@ -238,12 +259,14 @@ fn send_loop(
             Some(Event::Chunk(c)) => {
                 send_chunk(conn, disk, &c)?;
                 stats.chunks_sent += 1;
-                stats.bytes_read += u64::from(c.len);
+                let free = free_len(&c.free);
+                stats.free_bytes += free;
+                stats.bytes_read += u64::from(c.len) - free;
                 stats.unreadable_bytes += c.bad.iter().map(|b| u64::from(b.1)).sum::<u64>();
                 if c.zero {
-                    stats.zero_bytes += u64::from(c.len);
+                    stats.zero_bytes += u64::from(c.len) - free;
                 } else {
-                    stats.bytes_sent += u64::from(c.len);
+                    stats.bytes_sent += u64::from(c.len) - free;
                 }
                 if unacked.is_empty() {
                     last_progress = Instant::now();
@@ -317,8 +340,8 @@ fn send_loop(
 /// Builds the chunk to send from raw bytes and what is known about them.
 pub fn digest_fresh(offset: u64, raw: RawChunk, known: Known) -> Result<OutChunk> {
     let len = raw.data.len() as u32;
+    let RawChunk { data, bad, free } = raw;
     if known.zero {
-        let RawChunk { data, bad } = raw;
         crate::xfer::bufpool::give(data);
         return Ok(OutChunk {
             offset,
@@ -328,16 +351,18 @@ pub fn digest_fresh(offset: u64, raw: RawChunk, known: Known) -> Result<OutChunk
             bad,
             data: Vec::new(),
             damaged: false,
+            free,
         });
     }
     Ok(OutChunk {
         offset,
         len,
         zero: false,
-        sha256: known.sha256.unwrap_or_else(|| sha256(&raw.data)),
-        bad: raw.bad,
-        data: raw.data,
+        sha256: known.sha256.unwrap_or_else(|| sha256(&data)),
+        bad,
+        data,
         damaged: false,
+        free,
     })
 }
 

@@ -14,3 +14,4 @@ mod lying_server;
 mod manifest;
 mod peer;
 mod store_links;
+mod used_blocks;

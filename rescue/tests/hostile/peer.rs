@@ -31,6 +31,11 @@ impl RawPeer {
         write_frame(&mut self.s, Header::new(kind, 0, 0), payload).unwrap();
     }
 
+    /// A frame with a header of our making (data messages: disk, offset, flags).
+    pub fn send_frame(&mut self, h: Header, payload: &[u8]) {
+        write_frame(&mut self.s, h, payload).unwrap();
+    }
+
     pub fn send_json(&mut self, kind: u8, v: &Value) {
         self.send(kind, &serde_json::to_vec(v).unwrap());
     }

@@ -1,0 +1,212 @@
+#!/usr/bin/env python3
+"""Used-block backups (issue 13) on a realistic disk, against partclone.
+
+Builds a 2 GiB GPT image once (in $BENCH_DIR): a vfat ESP, an ext4 root holding
+a Debian tree (a copy of this host's /usr/share, about 400 MiB) and the remains
+of a 300 MiB file written and then deleted, and xfs and btrfs data partitions
+with files. Then, with a warm page cache each time, it backs the image up with
+`rescue backup` in used-block mode and with --all-blocks, and copies each
+partition with `partclone.<fs> -c -s`, and prints bytes read, bytes sent and
+wall time, and the ratios. Bytes read and written are the processes' own
+(rchar, wchar of /proc/PID/io, sampled until they exit): what they asked the
+kernel for, not what the disk delivered.
+"""
+import argparse, os, shutil, subprocess, sys, tempfile, time
+
+MIB = 1 << 20
+# (name, filesystem, size MiB, mkfs command)
+PARTS = [
+    ("esp", "vfat", 128, ["mkfs.vfat", "-n", "ESP"]),
+    ("root", "ext4", 1024, ["mkfs.ext4", "-q", "-F", "-L", "root"]),
+    ("data", "xfs", 400, ["mkfs.xfs", "-q", "-f", "-L", "data"]),
+    ("more", "btrfs", 480, ["mkfs.btrfs", "-q", "-f", "-L", "more"]),
+]
+
+
+def run(cmd, **kw):
+    return subprocess.run(cmd, check=True, **kw)
+
+
+def offsets():
+    """(start, size) in bytes of each partition: 1 MiB aligned, one after another."""
+    out, at = [], MIB
+    for _, _, mib, _ in PARTS:
+        out.append((at, mib * MIB))
+        at += mib * MIB
+    return out
+
+
+class Loop:
+    """A loop device over bytes [start, start + size) of an image."""
+
+    def __init__(self, img, start, size):
+        self.dev = run(["losetup", "-f", "--show", "-o", str(start), "--sizelimit", str(size), img],
+                       capture_output=True, text=True).stdout.strip()
+
+    def __enter__(self):
+        return self.dev
+
+    def __exit__(self, *a):
+        subprocess.run(["losetup", "-d", self.dev])
+
+
+def fill(path, mib, seed):
+    """`mib` MiB of incompressible bytes (seeded, so the image is the same each build)."""
+    import random
+    r = random.Random(seed)
+    with open(path, "wb") as f:
+        for _ in range(mib):
+            f.write(r.randbytes(MIB))
+
+
+def debian_tree(dst, limit_mib=400):
+    """Copies /usr/share subdirectories until about `limit_mib` MiB."""
+    total = 0
+    for sub in sorted(os.listdir("/usr/share")):
+        src = os.path.join("/usr/share", sub)
+        du = int(subprocess.run(["du", "-sm", src], capture_output=True, text=True).stdout.split()[0])
+        if total + du > limit_mib:
+            continue
+        run(["cp", "-a", src, dst])
+        total += du
+    return total
+
+
+def mounted(dev, d, body):
+    os.makedirs(d, exist_ok=True)
+    run(["mount", dev, d])
+    try:
+        body(d)
+        run(["sync"])
+    finally:
+        run(["umount", d])
+
+
+def build(d):
+    img = os.path.join(d, "realistic-2G.img")
+    if os.path.exists(img):
+        return img
+    tmp = img + ".tmp"
+    with open(tmp, "wb") as f:
+        f.truncate(2048 * MIB)
+    for i, (name, fs, mib, _) in enumerate(PARTS, 1):
+        code = {"vfat": "ef00"}.get(fs, "8300")
+        run(["sgdisk", "-q", f"-n{i}:0:+{mib}M", f"-t{i}:{code}", f"-c{i}:{name}", tmp])
+    work = tempfile.mkdtemp(dir=d)
+    for (name, fs, mib, mkfs), (start, size) in zip(PARTS, offsets()):
+        with Loop(tmp, start, size) as dev:
+            run(mkfs + [dev], stdout=subprocess.DEVNULL)
+            if fs == "vfat":
+                # mtools: the kernel may have no vfat.
+                f = os.path.join(work, "BOOTX64.EFI")
+                fill(f, 20, 1)
+                run(["mmd", "-i", dev, "::/EFI", "::/EFI/BOOT"])
+                run(["mcopy", "-i", dev, f, "::/EFI/BOOT/"])
+            elif fs == "ext4":
+                def root(m):
+                    print(f"# ext4: {debian_tree(m)} MiB of /usr/share copied", flush=True)
+                    junk = os.path.join(m, "deleted")
+                    fill(junk, 300, 2)
+                    run(["sync"])
+                    os.remove(junk)
+                mounted(dev, os.path.join(work, "m"), root)
+            else:
+                def data(m, seed=len(fs)):
+                    for k in range(15):
+                        fill(os.path.join(m, f"file{k}"), 10, seed * 100 + k)
+                mounted(dev, os.path.join(work, "m"), data)
+    shutil.rmtree(work, ignore_errors=True)
+    os.rename(tmp, img)
+    return img
+
+
+def warm(path):
+    run(["sync"])
+    with open(path, "rb") as f:
+        while f.read(8 * MIB):
+            pass
+
+
+def measured(cmd, **kw):
+    """Runs cmd; returns (wall seconds, bytes read, bytes written) of the process."""
+    t0 = time.monotonic()
+    p = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, **kw)
+    rchar = wchar = 0
+    while p.poll() is None:
+        try:
+            io = dict(l.split(": ") for l in open(f"/proc/{p.pid}/io").read().splitlines())
+            rchar, wchar = int(io["rchar"]), int(io["wchar"])
+        except (OSError, ValueError, KeyError):
+            pass
+        time.sleep(0.005)
+    wall = time.monotonic() - t0
+    if p.returncode != 0:
+        raise SystemExit(f"{cmd[0]} failed with exit code {p.returncode}")
+    return wall, rchar, wchar
+
+
+def rescue_backup(rescue, img, work, extra):
+    store = os.path.join(work, "store")
+    shutil.rmtree(store, ignore_errors=True)
+    sock = os.path.join(work, "s.sock")
+    serve = subprocess.Popen([rescue, "serve", "--store", store, "--create", "--device",
+                              "unix:" + sock, "--once"],
+                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    while not os.path.exists(sock):
+        time.sleep(0.01)
+    warm(img)
+    r = measured([rescue, "backup", "--device", "unix:" + sock] + extra + [img],
+                 env=dict(os.environ, RESCUE_PLAIN="1"))
+    serve.wait(timeout=300)
+    shutil.rmtree(store, ignore_errors=True)
+    return r
+
+
+def partclone(img, work):
+    """partclone.<fs> -c -s of each partition into a file: (wall, read, written) summed."""
+    tot = [0.0, 0, 0]
+    for (name, fs, _, _), (start, size) in zip(PARTS, offsets()):
+        tool = {"vfat": "partclone.fat"}.get(fs, f"partclone.{fs}")
+        out = os.path.join(work, f"{name}.pc")
+        with Loop(img, start, size) as dev:
+            warm(img)
+            w, r, wr = measured([tool, "-c", "-s", dev, "-o", out, "-q"])
+        os.remove(out)
+        print(f"  partclone {name:<5} {fs:<6} {w:6.2f}s read {r / MIB:7.1f} MiB", flush=True)
+        tot = [tot[0] + w, tot[1] + r, tot[2] + wr]
+    return tuple(tot)
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--rescue", required=True)
+    ap.add_argument("--rounds", type=int, default=1)
+    a = ap.parse_args()
+    rescue = os.path.abspath(a.rescue)
+    d = os.environ.get("BENCH_DIR", "/var/tmp/usb4rescue-bench")
+    os.makedirs(d, exist_ok=True)
+    img = build(d)
+    work = tempfile.mkdtemp(dir=d)
+    print(f"# used blocks: {img} (2 GiB: vfat ESP, ext4 root, xfs, btrfs); "
+          f"load {open('/proc/loadavg').read().split()[0]}")
+    best = {}
+    for _ in range(a.rounds):
+        for key, f in (("used", lambda: rescue_backup(rescue, img, work, [])),
+                       ("all", lambda: rescue_backup(rescue, img, work, ["--all-blocks"])),
+                       ("partclone", lambda: partclone(img, work))):
+            r = f()
+            best[key] = min(best.get(key, r), r)
+    print(f"{'':<22} {'wall s':>7} {'read MiB':>9} {'sent MiB':>9}")
+    for key, label in (("used", "rescue (used blocks)"), ("all", "rescue --all-blocks"),
+                       ("partclone", "partclone, 4 parts")):
+        w, r, s = best[key]
+        print(f"{label:<22} {w:7.2f} {r / MIB:9.1f} {s / MIB:9.1f}")
+    (uw, ur, us), (aw, ar, as_), (pw, pr, _) = best["used"], best["all"], best["partclone"]
+    print(f"used / all-blocks: read {ur / ar:.2f}x, sent {us / as_:.2f}x, time {uw / aw:.2f}x")
+    print(f"used / partclone:  read {ur / pr:.2f}x, time {uw / pw:.2f}x "
+          f"(goal: read <= 1.00x, time < 1.00x)")
+    shutil.rmtree(work, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
