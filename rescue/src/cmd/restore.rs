@@ -26,6 +26,7 @@ use crate::store::mapfile::{Map, Status};
 use crate::system::blkdev;
 use crate::system::busy;
 use crate::system::direct::DirectWriter;
+use crate::system::disks;
 use crate::system::partitions;
 use crate::system::readahead;
 use crate::system::resize;
@@ -43,6 +44,9 @@ pub struct Target {
     /// Its size: a target of another size than the image is resized to it.
     pub size: u64,
     pub block: bool,
+    /// A block device's directory in sysfs (below the root), where the kernel's own
+    /// view of its partitions is read after the new table is written.
+    sysfs: Option<PathBuf>,
     pub description: String,
     /// Set when this restore created the file: it goes again on failure.
     created: Option<Created>,
@@ -133,6 +137,7 @@ impl Planned {
             file,
             size,
             block: false,
+            sysfs: None,
         };
         t.file
             .set_len(size)
@@ -222,6 +227,7 @@ pub fn open_target(root: &Root, spec: &str, need: u64, resizable: bool) -> Resul
                 file,
                 size: m.len(),
                 block: false,
+                sysfs: None,
                 created: None,
             }))
         }
@@ -336,6 +342,7 @@ fn open_block(root: &Root, spec: &str, path: PathBuf, need: u64) -> Result<Targe
         file,
         size,
         block: true,
+        sysfs: Some(root.path(format!("/sys/class/block/{name}"))),
         description,
         created: None,
     })
@@ -1301,13 +1308,14 @@ fn receive_onto(
     let whole = whole.wait();
     let done = resize::finish(&t.file, job.plan, d.size, t.size, args.grow)
         .with_context(|| format!("making the partition table of {} fit its size", t.spec))?;
-    if t.block
-        && let Err(e) = blkdev::reread_partitions(&t.file)
-    {
-        eprintln!(
-            "note: the kernel could not re-read the partition table of {} ({e:#}); reboot or run partprobe",
-            t.spec
-        );
+    if t.block {
+        match blkdev::reread_partitions(&t.file) {
+            Err(e) => eprintln!(
+                "note: the kernel could not re-read the partition table of {} ({e:#}); reboot or run partprobe",
+                t.spec
+            ),
+            Ok(()) => report_kernel_view(t),
+        }
     }
     Ok(Written {
         r,
@@ -1315,6 +1323,70 @@ fn receive_onto(
         done,
         tail: sink.tail,
     })
+}
+
+/// Says whether the kernel, after BLKRRPART, sees the partitions the target's table now
+/// holds (number, start and size), so the technician knows the disk is ready to use,
+/// or what differs and what to do.
+fn report_kernel_view(t: &Target) {
+    let Some(dir) = &t.sysfs else { return };
+    let sector = blkdev::logical_sector(&t.file);
+    let written: Vec<(u32, u64, u64)> = match partitions::read_table_file(&t.file, sector) {
+        Ok(Some(table)) => table
+            .entries
+            .iter()
+            .map(|e| (e.number, e.start_bytes / 512, e.size_bytes / 512))
+            .collect(),
+        Ok(None) => Vec::new(),
+        Err(e) => {
+            eprintln!(
+                "note: reading back the partition table of {}: {e:#}",
+                t.spec
+            );
+            return;
+        }
+    };
+    let seen = disks::kernel_partitions(dir);
+    // An MBR extended partition's own entry is 1-2 sectors in sysfs: compare what
+    // the table lists, and that nothing the kernel has is missing from it.
+    let missing: Vec<String> = written
+        .iter()
+        .filter(|w| !seen.contains(w) && !seen.iter().any(|s| s.0 == w.0 && s.2 <= 2))
+        .map(|w| format!("partition {} (LBA {}, {} sectors)", w.0, w.1, w.2))
+        .collect();
+    let stale: Vec<String> = seen
+        .iter()
+        .filter(|s| !written.iter().any(|w| w.0 == s.0))
+        .map(|s| format!("partition {}", s.0))
+        .collect();
+    if missing.is_empty() && stale.is_empty() {
+        let n: Vec<String> = written.iter().map(|w| w.0.to_string()).collect();
+        println!(
+            "{}: the kernel sees the partitions as written ({})",
+            t.spec,
+            if n.is_empty() {
+                "none".to_string()
+            } else {
+                n.join(", ")
+            }
+        );
+    } else {
+        eprintln!(
+            "warning: the kernel's view of {} differs from the table written (not seen: {}; not in the table: {}); run partprobe {} or reboot before using it",
+            t.spec,
+            if missing.is_empty() {
+                "-".to_string()
+            } else {
+                missing.join(", ")
+            },
+            if stale.is_empty() {
+                "-".to_string()
+            } else {
+                stale.join(", ")
+            },
+            t.spec
+        );
+    }
 }
 
 /// What [`receive_onto`] got onto a target.

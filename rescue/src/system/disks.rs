@@ -828,6 +828,26 @@ fn disk_state(_name: &str, mounts: &[String], holders: &[Holder], swap: bool) ->
     s
 }
 
+/// The partitions the kernel has for the block device whose sysfs directory is `dir`
+/// (`/sys/class/block/<name>` below the root): (number, start, sectors), in 512-byte
+/// sectors as sysfs gives them, sorted by number. A directory that cannot be read
+/// (the device went away) gives none.
+pub(crate) fn kernel_partitions(dir: &Path) -> Vec<(u32, u64, u64)> {
+    let num = |p: PathBuf| -> Option<u64> { fs::read_to_string(p).ok()?.trim().parse().ok() };
+    let mut out: Vec<(u32, u64, u64)> = fs::read_dir(dir)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|e| {
+            let p = e.path();
+            let n = u32::try_from(num(p.join("partition"))?).ok()?;
+            Some((n, num(p.join("start"))?, num(p.join("size"))?))
+        })
+        .collect();
+    out.sort_unstable();
+    out
+}
+
 #[cfg(test)]
 #[allow(clippy::unwrap_used)]
 mod tests {
@@ -886,5 +906,28 @@ mod tests {
             d.busy_reason().unwrap(),
             "sda2 is mounted on /boot; sda3 is held by dm-0 (device mapper); sda3 is active swap"
         );
+    }
+
+    #[test]
+    fn kernel_partitions_reads_number_start_and_size_from_sysfs() {
+        let d = tempfile::tempdir().unwrap();
+        let dev = d.path().join("vdb");
+        for (name, n, start, size) in [
+            ("vdb2", "2", "43008", "32768"),
+            ("vdb1", "1", "2048", "40960"),
+        ] {
+            fs::create_dir_all(dev.join(name)).unwrap();
+            fs::write(dev.join(name).join("partition"), format!("{n}\n")).unwrap();
+            fs::write(dev.join(name).join("start"), format!("{start}\n")).unwrap();
+            fs::write(dev.join(name).join("size"), format!("{size}\n")).unwrap();
+        }
+        // Not partitions: attributes and other directories of the disk.
+        fs::create_dir_all(dev.join("queue")).unwrap();
+        fs::write(dev.join("size"), "131072\n").unwrap();
+        assert_eq!(
+            kernel_partitions(&dev),
+            vec![(1, 2048, 40960), (2, 43008, 32768)]
+        );
+        assert!(kernel_partitions(&d.path().join("gone")).is_empty());
     }
 }
