@@ -283,6 +283,21 @@ class Suite:
         return snap
 
     def dump_backup(self, host: str, backup_id: str) -> Path:
+        """The backup's directory copied out of B's store, once B has sealed it: B releases
+        the client when every chunk is durable and may still be finishing the image digests
+        (SHA256SUMS, status complete) on its own; it then says "backup HOST/ID is ..."."""
+        d = self._dump(host, backup_id)
+        if (d / "SHA256SUMS").is_file():
+            return d
+        pat = re.compile(rf"backup {re.escape(host)}/{re.escape(backup_id)} is \S+")
+        deadline = time.monotonic() + 300
+        while not pat.search(self.b.log_text()):
+            check(self.b.alive() and time.monotonic() < deadline,
+                  f"B did not finish the image digests of {host}/{backup_id}:\n{self.b.tail(20)}")
+            time.sleep(0.5)
+        return self._dump(host, backup_id)
+
+    def _dump(self, host: str, backup_id: str) -> Path:
         snap = self.snapshot_store()
         out = self.w / f"dump-{backup_id}"
         if out.exists():
