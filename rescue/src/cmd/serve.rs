@@ -776,6 +776,7 @@ mod tests {
                 model: None,
                 serial: None,
                 details: None,
+                free: None,
             }],
             resume_key: None,
         };
