@@ -7,11 +7,13 @@ of a 300 MiB file written and then deleted, and xfs and btrfs data partitions
 with files. Then, with a warm page cache each time, it backs the image up with
 `rescue backup` in used-block mode and with --all-blocks, and copies each
 partition with `partclone.<fs> -c -s`, and prints bytes read, bytes sent and
-wall time, and the ratios. Bytes read and written are the processes' own
-(rchar, wchar of /proc/PID/io, sampled until they exit): what they asked the
-kernel for, not what the disk delivered.
+wall time, and the ratios. Bytes read are the processes' own (rchar of
+/proc/PID/io, sampled until they exit): what they asked the kernel for, not what
+the disk delivered. rescue's bytes sent are counted by a relay between client and
+server (rescue writes with send(2), which /proc/PID/io does not count); partclone's
+are what it wrote (wchar).
 """
-import argparse, os, shutil, subprocess, sys, tempfile, time
+import argparse, os, shutil, socket, subprocess, sys, tempfile, threading, time
 
 MIB = 1 << 20
 # (name, filesystem, size MiB, mkfs command)
@@ -89,9 +91,15 @@ def build(d):
     tmp = img + ".tmp"
     with open(tmp, "wb") as f:
         f.truncate(2048 * MIB)
-    for i, (name, fs, mib, _) in enumerate(PARTS, 1):
-        code = {"vfat": "ef00"}.get(fs, "8300")
-        run(["sgdisk", "-q", f"-n{i}:0:+{mib}M", f"-t{i}:{code}", f"-c{i}:{name}", tmp])
+    # sfdisk with a script: the places are exactly offsets() (sgdisk -q -n wrote no table).
+    esp, linux = "C12A7328-F81F-11D2-BA4B-00A0C93EC93B", "0FC63DAF-8483-4772-8E79-3D69D8477DE4"
+    script = "label: gpt\n" + "".join(
+        f"start={start // 512}, size={size // 512}, type={esp if fs == 'vfat' else linux}, name={name}\n"
+        for (name, fs, _, _), (start, size) in zip(PARTS, offsets()))
+    run(["sfdisk", "-q", tmp], input=script.encode(), stdout=subprocess.DEVNULL)
+    listed = subprocess.run(["sfdisk", "-J", tmp], capture_output=True, text=True, check=True).stdout
+    if listed.count('"node"') != len(PARTS):
+        raise SystemExit(f"bench: the partition table of {tmp} is not what was asked for:\n{listed}")
     work = tempfile.mkdtemp(dir=d)
     for (name, fs, mib, mkfs), (start, size) in zip(PARTS, offsets()):
         with Loop(tmp, start, size) as dev:
@@ -145,21 +153,65 @@ def measured(cmd, **kw):
     return wall, rchar, wchar
 
 
+class Relay:
+    """Listens on `front`, relays every connection to the UNIX socket `back` and counts
+    the bytes the client sends (what would cross the cable)."""
+
+    def __init__(self, front, back):
+        self.back, self.sent = back, 0
+        self.ls = socket.socket(socket.AF_UNIX)
+        self.ls.bind(front)
+        self.ls.listen(4)
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self):
+        while True:
+            try:
+                c, _ = self.ls.accept()
+            except OSError:
+                return
+            s = socket.socket(socket.AF_UNIX)
+            s.connect(self.back)
+            threading.Thread(target=self._pump, args=(s, c, False), daemon=True).start()
+            threading.Thread(target=self._pump, args=(c, s, True), daemon=True).start()
+
+    def _pump(self, a, b, count):
+        buf = bytearray(1 << 20)
+        view = memoryview(buf)
+        try:
+            while (n := a.recv_into(buf)) > 0:
+                b.sendall(view[:n])
+                if count:
+                    self.sent += n
+            b.shutdown(socket.SHUT_WR)
+        except OSError:
+            pass
+
+    def close(self):
+        self.ls.close()
+
+
 def rescue_backup(rescue, img, work, extra):
+    """(wall, bytes read, bytes sent) of one rescue backup of img to a fresh store."""
     store = os.path.join(work, "store")
     shutil.rmtree(store, ignore_errors=True)
-    sock = os.path.join(work, "s.sock")
+    sock, front = os.path.join(work, "s.sock"), os.path.join(work, "front.sock")
+    for p in (sock, front):
+        if os.path.exists(p):
+            os.remove(p)
     serve = subprocess.Popen([rescue, "serve", "--store", store, "--create", "--device",
                               "unix:" + sock, "--once"],
                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     while not os.path.exists(sock):
         time.sleep(0.01)
+    relay = Relay(front, sock)
     warm(img)
-    r = measured([rescue, "backup", "--device", "unix:" + sock] + extra + [img],
-                 env=dict(os.environ, RESCUE_PLAIN="1"))
+    wall, read, _ = measured([rescue, "backup", "--device", "unix:" + front] + extra + [img],
+                             env=dict(os.environ, RESCUE_PLAIN="1"))
     serve.wait(timeout=300)
+    relay.close()
     shutil.rmtree(store, ignore_errors=True)
-    return r
+    return wall, read, relay.sent
 
 
 def partclone(img, work):
