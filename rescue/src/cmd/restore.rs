@@ -928,6 +928,30 @@ fn check_ready(
     Ok(())
 }
 
+/// The free-space map of each disk of a used-blocks backup (None for a disk copied
+/// whole), each announced with what will be done with the free space on its target.
+fn free_maps(
+    s: &mut Session,
+    chosen: &BackupSummary,
+    pairs: &[(DiskSummary, String)],
+    targets: &[Target],
+    args: &RestoreArgs,
+) -> Result<Vec<Option<FreeMap>>> {
+    let mut frees = Vec::new();
+    for ((d, _), t) in pairs.iter().zip(targets.iter()) {
+        let f = if d.free_bytes > 0 {
+            restore_free::ask(s, chosen, d)?
+        } else {
+            None
+        };
+        if let Some(m) = &f {
+            restore_free::announce(&d.name, m, FreeMode::of(args), &t.spec);
+        }
+        frees.push(f);
+    }
+    Ok(frees)
+}
+
 /// The data phase: --resume's comparison, RESTORE_BEGIN, then every disk.
 /// Returns the exit code; a target that was written and verified is kept.
 fn transfer(
@@ -943,18 +967,7 @@ fn transfer(
     let mut have = Vec::new();
     let mut verify_digests = Vec::new();
     let mut digest_chunk = None;
-    let mut frees = Vec::new();
-    for ((d, _), t) in pairs.iter().zip(targets.iter()) {
-        let f = if d.free_bytes > 0 {
-            restore_free::ask(s, chosen, d)?
-        } else {
-            None
-        };
-        if let Some(m) = &f {
-            restore_free::announce(&d.name, m, FreeMode::of(args), &t.spec);
-        }
-        frees.push(f);
-    }
+    let frees = free_maps(s, chosen, pairs, targets, args)?;
     for ((((d, _), t), plan), free) in pairs.iter().zip(targets.iter()).zip(plans).zip(&frees) {
         let mut h = if args.resume && t.created.is_none() {
             let free = free.as_ref();
