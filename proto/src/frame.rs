@@ -6,7 +6,7 @@
 use std::io::{self, Read, Write};
 
 pub(crate) const MAGIC: [u8; 4] = *b"U4RS";
-pub(crate) const VERSION: u8 = 3;
+pub(crate) const VERSION: u8 = 4;
 pub const HEADER_LEN: usize = 32;
 /// Largest payload a peer may announce: the largest chunk (8 MiB) plus its header.
 pub const MAX_PAYLOAD: u32 = 8 * 1024 * 1024 + 64 * 1024;
@@ -331,6 +331,22 @@ mod tests {
         let bytes = h.encode();
         let mut r = FrameReader::new(&bytes[..]);
         assert!(matches!(r.read_frame(), Err(FrameError::TooLong(_))));
+    }
+
+    #[test]
+    fn an_older_peer_gets_the_version_error() {
+        let mut bytes = frame(1, b"{}");
+        bytes[4] = VERSION - 1;
+        let crc = crc32fast::hash(&bytes[0..28]);
+        bytes[28..32].copy_from_slice(&crc.to_le_bytes());
+        let e = FrameReader::new(&bytes[..]).read_frame().unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            format!(
+                "peer sent protocol version {}, this rescue speaks version {VERSION}",
+                VERSION - 1
+            )
+        );
     }
 
     #[test]

@@ -15,4 +15,6 @@ pub use ranges::ChunkRanges;
 pub use state::BackupState;
 
 /// Protocol version spoken by this build.
-pub const PROTOCOL: u32 = 3;
+/// 2: sealing (issue 15); 3: used-block backups (FLAG_FREE, FREE_REQ/FREE);
+/// 4: incremental backups (BACKUP_READY `base`, FLAG_UNCHANGED, NAK_DATA).
+pub const PROTOCOL: u32 = 4;

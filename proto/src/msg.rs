@@ -1,5 +1,6 @@
-//! Messages of protocol v1: their type numbers, the JSON bodies of control
-//! messages and the binary layout of data chunks. See docs/protocol.md.
+//! Messages of the protocol (`crate::PROTOCOL`): their type numbers, the JSON
+//! bodies of control messages and the binary layout of data chunks. See
+//! docs/protocol.md.
 
 use serde::{Deserialize, Serialize};
 
@@ -70,6 +71,16 @@ pub const FLAG_DAMAGED: u16 = 2;
 /// the data carries only the bytes outside them, and the digest covers the chunk as
 /// stored, with the free parts as zeros.
 pub const FLAG_FREE: u16 = 4;
+/// Chunk flag (backup, protocol 4): the chunk's SHA-256 is the one the base
+/// backup's journal holds for it (BACKUP_READY `base`); no data, the digest in
+/// the body, no unreadable ranges, no free ranges (the digest covers the chunk
+/// as stored, free parts as zeros, so a chunk whose free map changed is still
+/// unchanged when its stored bytes are the same). The receiver fills it from
+/// the base after checking the base's copy against that digest.
+pub const FLAG_UNCHANGED: u16 = 8;
+/// NAK flag: send this chunk with its data (it was marked unchanged, but the
+/// base cannot provide it: its copy failed the check, or there is no base).
+pub const NAK_DATA: u16 = 1;
 
 /// Largest JSON body accepted for a control message.
 pub const MAX_CONTROL: usize = 4 * 1024 * 1024;
@@ -254,6 +265,9 @@ pub struct BackupBegin {
     /// resume it (docs/protocol.md, threat model).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub resume_key: Option<String>,
+    /// Send every chunk: no base backup (`rescue backup --full`).
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub full: bool,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -267,6 +281,21 @@ pub struct BackupReady {
     /// What the sender presents in BACKUP_BEGIN to resume this backup later.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub resume_key: Option<String>,
+    /// The earlier backup this one is made against (incremental): the sender
+    /// asks for its digests (DIGESTS_REQ) and marks the chunks that match
+    /// FLAG_UNCHANGED instead of sending them. Absent: send everything.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub base: Option<BaseRef>,
+}
+
+/// The base of an incremental backup: which backup, and per disk of
+/// BACKUP_BEGIN (same order) the name of its disk to compare with (none: that
+/// disk has no counterpart there and is sent whole).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BaseRef {
+    pub host: String,
+    pub backup_id: String,
+    pub disks: Vec<Option<String>>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -287,6 +316,13 @@ pub struct DiskDone {
     /// still being computed: the server records it on its own.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub sha256_pending: bool,
+    /// Bytes filled from the base backup (chunks marked FLAG_UNCHANGED).
+    #[serde(default, skip_serializing_if = "is_zero64")]
+    pub unchanged_bytes: u64,
+    /// Chunks marked unchanged whose copy in the base failed its check: the
+    /// receiver asked for their data instead (NAK with NAK_DATA).
+    #[serde(default, skip_serializing_if = "is_zero64")]
+    pub base_failed: u64,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -392,6 +428,10 @@ fn is_false(b: &bool) -> bool {
 }
 
 fn is_zero(n: &u32) -> bool {
+    *n == 0
+}
+
+fn is_zero64(n: &u64) -> bool {
     *n == 0
 }
 
@@ -637,6 +677,18 @@ impl Bounded for BackupReady {
     fn check(&self) -> Result<(), String> {
         name("backup_id", &self.backup_id)?;
         opt_name("resume_key", &self.resume_key)?;
+        if let Some(b) = &self.base {
+            name("base host", &b.host)?;
+            name("base backup_id", &b.backup_id)?;
+            if b.disks.len() > self.have.len() {
+                return Err(format!(
+                    "its base names {} disks for {}",
+                    b.disks.len(),
+                    self.have.len()
+                ));
+            }
+            b.disks.iter().try_for_each(|d| opt_name("base disk", d))?;
+        }
         bounded("location", &self.location, limit::PATH, false)
     }
 }

@@ -71,10 +71,20 @@ fn control_messages() {
         fresh: false,
         disks: vec![disk],
         resume_key: None,
+        full: false,
     };
     assert_eq!(
         json(&begin),
         r#"{"label":"l","chunk_size":65536,"fresh":false,"disks":[{"name":"sda","source_path":"/dev/sda","size":8192,"logical_sector_size":512,"model":null,"serial":"X","details":{"rota":false}}]}"#
+    );
+    let full = BackupBegin {
+        full: true,
+        disks: vec![],
+        ..begin.clone()
+    };
+    assert_eq!(
+        json(&full),
+        r#"{"label":"l","chunk_size":65536,"fresh":false,"disks":[],"full":true}"#
     );
     let ready = BackupReady {
         backup_id: "20260101-000000-x".into(),
@@ -82,10 +92,23 @@ fn control_messages() {
         resumed: true,
         have: vec![ChunkRanges::from(vec![(0, 3), (5, 6)]), ChunkRanges::new()],
         resume_key: Some("k".into()),
+        base: None,
     };
     assert_eq!(
         json(&ready),
         r#"{"backup_id":"20260101-000000-x","location":"/store/hosta/x","resumed":true,"have":[[[0,3],[5,6]],[]],"resume_key":"k"}"#
+    );
+    let incremental = BackupReady {
+        base: Some(BaseRef {
+            host: "hosta".into(),
+            backup_id: "b0".into(),
+            disks: vec![Some("sda".into()), None],
+        }),
+        ..ready.clone()
+    };
+    assert_eq!(
+        json(&incremental),
+        r#"{"backup_id":"20260101-000000-x","location":"/store/hosta/x","resumed":true,"have":[[[0,3],[5,6]],[]],"resume_key":"k","base":{"host":"hosta","backup_id":"b0","disks":["sda",null]}}"#
     );
     let end = DiskEnd {
         disk: 0,
@@ -102,6 +125,8 @@ fn control_messages() {
         sha256: "ab".into(),
         message: "m".into(),
         sha256_pending: false,
+        unchanged_bytes: 0,
+        base_failed: 0,
     };
     assert_eq!(
         json(&done),
@@ -287,6 +312,12 @@ fn binary_bodies() {
     golden.extend(b"cdef");
     assert_eq!(chunk, golden);
     assert_eq!(FLAG_FREE, 4);
+    // An unchanged chunk: digest and length, no ranges, no data (FLAG_UNCHANGED).
+    let unchanged = ChunkBody::encode_prefix(&[0xbb; 32], 65536, &[]);
+    let mut golden = vec![0xbb; 32];
+    golden.extend([0, 0, 1, 0, 0, 0, 0, 0]);
+    assert_eq!(unchanged, golden);
+    assert_eq!((FLAG_UNCHANGED, NAK_DATA), (8, 1));
     let d = digests::encode(65536, &[[1; 32]]);
     let mut golden = vec![0, 0, 1, 0, 1, 0, 0, 0];
     golden.extend([1; 32]);

@@ -150,6 +150,7 @@ fn serde_json_begin() -> String {
             free: None,
         }],
         resume_key: None,
+        full: false,
     }))
     .expect("JSON is UTF-8")
 }

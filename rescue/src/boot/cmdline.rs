@@ -288,6 +288,7 @@ impl Config {
             label: self.label.clone(),
             fresh: false,
             all_blocks: self.all_blocks,
+            full: false,
             chunk_kib: 1024,
             disks: self.disks.clone(),
         })

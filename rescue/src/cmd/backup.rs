@@ -7,8 +7,10 @@ use anyhow::{Context, Result, bail};
 use crate::Root;
 use crate::cmd::cli::BackupArgs;
 use crate::exit::{self, Exit};
+use crate::proto::digests::Digests;
 use crate::proto::msg::{
-    self, BackupBegin, BackupReady, DiskEnd, DiskInfo, FreeMap, Role, SessionDone, SessionEnd, kind,
+    self, BackupBegin, BackupReady, DigestsReq, DiskEnd, DiskInfo, FreeMap, MAX_DIGESTS, Role,
+    SessionDone, SessionEnd, kind,
 };
 use crate::session::auth;
 use crate::session::{self, Session};
@@ -32,6 +34,10 @@ pub struct DiskReport {
     pub sha256_pending: bool,
     /// Used-block mode: what was recognised on the disk and left out.
     pub free: Option<FreeMap>,
+    /// The base backup's id when this disk was compared with one.
+    pub base: Option<String>,
+    /// Chunks the peer's base could not provide after all (sent instead).
+    pub base_failed: u64,
 }
 
 /// The disks to send: those named, or every eligible one.
@@ -210,6 +216,7 @@ fn backup_begin(
             })
             .collect(),
         resume_key: None,
+        full: args.full,
     }
 }
 
@@ -232,6 +239,15 @@ fn start(sess: &mut Session, begin: &BackupBegin) -> Result<BackupReady> {
     }
     if let Some(k) = &ready.resume_key {
         auth::save_key(&sess.peer.identity, begin, k);
+    }
+    if let Some(base) = &ready.base
+        && base.disks.len() != begin.disks.len()
+    {
+        bail!(
+            "the peer named a base for {} disks, we asked for {}",
+            base.disks.len(),
+            begin.disks.len()
+        );
     }
     eprintln!(
         "backup {} on {}: {}",
@@ -268,6 +284,7 @@ fn send_one(
             geo.count()
         );
     }
+    let base = base_digests(sess, ready, i, geo)?;
     let bar = Bar::new(&src.name, src.size, mode);
     let t = Instant::now();
     let reader = &src.reader;
@@ -281,7 +298,12 @@ fn send_one(
             Some(m) => reader.read_used(off, len, m.within(off, len)),
             None => reader.read_chunk(off, len),
         },
-        xfer::digest_fresh,
+        // The digest covers the chunk as stored (free space as zeros), as the
+        // base journal's does: a chunk is unchanged whatever either free map says.
+        |off, raw, known| {
+            let c = xfer::digest_fresh(off, raw, known)?;
+            Ok(xfer::against_base(c, chunk, &base))
+        },
         &bar,
     )?;
     bar.finish();
@@ -304,7 +326,63 @@ fn send_one(
         seconds: t.elapsed().as_secs_f64(),
         sha256_pending: done.sha256_pending,
         free: free.clone(),
+        base: ready
+            .base
+            .as_ref()
+            .filter(|b| b.disks.get(i).is_some_and(|d| d.is_some()))
+            .map(|b| b.backup_id.clone()),
+        base_failed: done.base_failed,
     })
+}
+
+/// The digests the base backup's journal holds for disk `i`'s chunks (by
+/// index, `None` where it holds nothing), asked for before the data phase;
+/// empty without a base for that disk.
+fn base_digests(
+    sess: &mut Session,
+    ready: &BackupReady,
+    i: usize,
+    geo: Geometry,
+) -> Result<Vec<Option<[u8; 32]>>> {
+    let Some((base, Some(disk))) = ready.base.as_ref().map(|b| (b, &b.disks[i])) else {
+        return Ok(Vec::new());
+    };
+    let mut out = Vec::new();
+    while (out.len() as u64) < geo.count() {
+        let first = out.len() as u64;
+        let q = DigestsReq {
+            host: base.host.clone(),
+            backup_id: base.backup_id.clone(),
+            disk: disk.clone(),
+            first,
+            count: (geo.count() - first).min(u64::from(MAX_DIGESTS)) as u32,
+        };
+        let mut f = sess.conn.request(
+            kind::DIGESTS_REQ,
+            &q,
+            &[kind::DIGESTS],
+            "asking for the base backup's digests",
+        )?;
+        // A repeated request's second answer may still be queued: skip it.
+        while f.header.offset != first {
+            f = sess.conn.wait_control(
+                &[kind::DIGESTS],
+                "asking for the base's digests",
+                |_| Ok(()),
+            )?;
+        }
+        let d = Digests::decode(&f.payload)?;
+        if d.chunk_size != geo.chunk || d.is_empty() || d.len() > q.count {
+            bail!("the peer's DIGESTS for the base do not fit this backup's chunks");
+        }
+        out.extend((0..d.len() as usize).map(|k| d.recorded(k).copied()));
+    }
+    eprintln!(
+        "comparing with disk {} of backup {} on the peer: only changed chunks are sent",
+        Peer(disk),
+        Peer(&base.backup_id)
+    );
+    Ok(out)
 }
 
 fn print_disk(r: &DiskReport) {
@@ -360,6 +438,20 @@ pub fn summary(reports: &[DiskReport], secs: f64, corrupt: u64, peer_msg: &str) 
             println!(
                 "    {} chunk(s) re-sent after damage in transit",
                 s.resent_chunks
+            );
+        }
+        if let Some(base) = &r.base {
+            println!(
+                "    incremental against backup {}: {} unchanged (not sent), {} sent",
+                Peer(base),
+                human_bytes(s.unchanged_bytes),
+                human_bytes(s.bytes_sent)
+            );
+        }
+        if r.base_failed > 0 || s.base_failed > 0 {
+            println!(
+                "    {} chunk(s) of the base failed their check on the peer: sent in full",
+                r.base_failed.max(s.base_failed)
             );
         }
         if !r.ok {

@@ -196,6 +196,12 @@ pub struct BackupArgs {
     /// stored as zeros).
     #[arg(long)]
     pub all_blocks: bool,
+    /// Send every chunk. Without it, a machine whose earlier complete backup
+    /// is on the peer (same machine-id, disks of the same serial and size)
+    /// sends only the chunks that changed since; either way the peer stores a
+    /// whole image.
+    #[arg(long)]
+    pub full: bool,
 
     /// Chunk size in KiB (the unit of verification and resume).
     #[arg(long, value_name = "KIB", default_value_t = 1024, hide = true)]

@@ -1134,6 +1134,8 @@ fn restore_disk(
             sha256: want.clone(),
             message: message.clone(),
             sha256_pending: false,
+            unchanged_bytes: 0,
+            base_failed: 0,
         }),
     )?;
     if !r.lost.is_empty() {

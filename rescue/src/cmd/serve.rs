@@ -11,13 +11,16 @@ use crate::cmd::cli::ServeArgs;
 use crate::proto::digests;
 use crate::proto::frame::{Frame, Header};
 use crate::proto::msg::{
-    self, BackupBegin, BackupReady, BackupState, Bounded, ChunkRanges, DigestsReq, DiskDone,
-    DiskEnd, Free, FreeReq, ListReq, Listing, MAX_DIGESTS, RestoreBegin, RestoreReady, SessionDone,
+    self, BackupBegin, BackupReady, BackupState, BaseRef, Bounded, ChunkRanges, DigestsReq,
+    DiskDone, DiskEnd, Free, FreeReq, ListReq, Listing, MAX_DIGESTS, RestoreBegin, RestoreReady,
+    SessionDone,
     kind,
 };
 use crate::session::auth::{self, Consent};
 use crate::session::{self, Session};
-use crate::store::image::{ImageSink, ImageSource, ZeroDigests, journal_digests, journal_ranges};
+use crate::store::image::{
+    ImageSink, ImageSource, StoreBase, ZeroDigests, journal_digests, journal_ranges,
+};
 use crate::store::{self, BackupDir, ManifestDisk, Store};
 use crate::system::identity::Describe;
 use crate::util::{Peer, human_bytes};
@@ -223,13 +226,18 @@ fn receive_backup(store: &Store, consent: &Consent, s: &mut Session, req: &Frame
     let _save = crate::signals::save_on_interrupt();
     let begin: BackupBegin = decode(s, req)?;
     let (mut b, have, resumed, resume_key) = refused(s, start_backup(store, consent, s, &begin))?;
+    let base = refused(s, with_base(store, s, &mut b, &begin, resumed))?;
     let location = b.path.display().to_string();
     eprintln!(
-        "{} backup {} from {}: {} disk(s) into {location}",
+        "{} backup {} from {}: {} disk(s) into {location}{}",
         if resumed { "resuming" } else { "receiving" },
         b.manifest.backup_id,
         s.peer.identity.describe(),
-        b.manifest.disks.len()
+        b.manifest.disks.len(),
+        match &base {
+            Some(base) => format!(", against backup {}", base.manifest.backup_id),
+            None => String::new(),
+        }
     );
     s.conn.reply_json(
         req,
@@ -240,12 +248,25 @@ fn receive_backup(store: &Store, consent: &Consent, s: &mut Session, req: &Frame
             resumed,
             have: have.clone(),
             resume_key,
+            base: base.as_ref().map(|base| BaseRef {
+                host: base.host.clone(),
+                backup_id: base.manifest.backup_id.clone(),
+                disks: b
+                    .manifest
+                    .disks
+                    .iter()
+                    .map(|d| d.base_disk.clone())
+                    .collect(),
+            }),
         },
     )?;
+    if let Some(base) = &base {
+        answer_base_digests(store, consent, s, base)?;
+    }
     let mode = progress::Mode::detect();
     let mut pending = Vec::new();
     for (i, held) in have.iter().enumerate() {
-        if let Some(whole) = receive_one(s, &mut b, i, held, mode)? {
+        if let Some(whole) = receive_one(s, &mut b, i, held, base.as_ref(), mode)? {
             pending.push((i, Some(whole)));
         }
     }
@@ -284,6 +305,103 @@ fn receive_backup(store: &Store, consent: &Consent, s: &mut Session, req: &Frame
     s.conn.reply_json(&req, kind::SESSION_DONE, &done)
 }
 
+/// The base of backup `b` (incremental), recorded in its manifest: none with
+/// `--full`; a resumed backup keeps the one it started with while it is in
+/// the store; else the one the store chooses ([`Store::choose_base`]).
+fn with_base(
+    store: &Store,
+    s: &Session,
+    b: &mut BackupDir,
+    begin: &BackupBegin,
+    resumed: bool,
+) -> Result<Option<BackupDir>> {
+    let base = if begin.full || (resumed && b.manifest.base.is_none()) {
+        None
+    } else if resumed {
+        let id = b.manifest.base.clone().unwrap_or_default();
+        let kept = store.open_backup(&b.host, &id).ok();
+        if kept.is_none() {
+            eprintln!("the base backup {id} is gone: the rest is received whole");
+        }
+        kept
+    } else {
+        store.choose_base(&s.peer.identity, b)
+    };
+    if !resumed {
+        b.manifest.base = base.as_ref().map(|x| x.manifest.backup_id.clone());
+        for d in &mut b.manifest.disks {
+            d.base_disk = base
+                .as_ref()
+                .and_then(|x| store::base_disk(&x.manifest, d))
+                .map(|x| x.name.clone());
+        }
+        b.save()?;
+    }
+    Ok(base)
+}
+
+/// Before the data phase of an incremental backup: answers the sender's
+/// DIGESTS_REQ for the base (and only for it), until the first other message,
+/// which is left for the data phase.
+fn answer_base_digests(
+    store: &Store,
+    consent: &Consent,
+    s: &mut Session,
+    base: &BackupDir,
+) -> Result<()> {
+    use crate::session::conn::Event;
+    loop {
+        let f = match s.conn.next_event(std::time::Duration::from_secs(1)) {
+            Some(Event::Frame(f)) => f,
+            Some(Event::Closed(c)) => return Err(c.into_error("sending the base's digests")),
+            _ => continue,
+        };
+        if !f.intact || matches!(f.header.kind, kind::PING | kind::HELLO) {
+            continue;
+        }
+        match f.header.kind {
+            kind::BACKUP_BEGIN | kind::DIGESTS_REQ if s.conn.answered_before(&f)? => {}
+            kind::DIGESTS_REQ => {
+                let q: DigestsReq = decode(s, &f)?;
+                if q.host != base.host || q.backup_id != base.manifest.backup_id {
+                    let m = "during a backup only the base's digests can be asked for";
+                    s.conn.send_error("bad_request", m);
+                    anyhow::bail!("{m}");
+                }
+                send_digests(store, consent, s, &f)?;
+            }
+            _ => {
+                s.conn.put_back(f);
+                return Ok(());
+            }
+        }
+    }
+}
+
+/// Makes disk `d`'s chunks marked unchanged come from its base disk, if the
+/// backup has one and it can be opened (else the receiver asks for their data).
+fn attach_base(
+    base: Option<&BackupDir>,
+    d: &ManifestDisk,
+    sink: &mut ImageSink,
+) -> Option<StoreBase> {
+    let (base, name) = (base?, d.base_disk.as_ref()?);
+    let bd = base.manifest.disks.iter().find(|x| &x.name == name)?;
+    match StoreBase::open(base, bd).and_then(|sb| Ok((sb.image()?, sb))) {
+        Ok((img, sb)) => {
+            sink.set_base(img);
+            Some(sb)
+        }
+        Err(e) => {
+            eprintln!(
+                "{}: the base {} cannot be opened ({e:#}): receiving it whole",
+                d.name, base.manifest.backup_id
+            );
+            None
+        }
+    }
+}
+
 /// Receives disk `i` of backup `b` (what it does not hold yet), checks it and
 /// answers the sender's DISK_END. A transfer cut off saves what was verified.
 /// A disk sent whole in this session is answered once every chunk is verified
@@ -293,6 +411,7 @@ fn receive_one(
     b: &mut BackupDir,
     i: usize,
     held: &ChunkRanges,
+    base: Option<&BackupDir>,
     mode: progress::Mode,
 ) -> Result<Option<xfer::WholeDigest>> {
     let d = b.manifest.disks[i].clone();
@@ -302,9 +421,14 @@ fn receive_one(
     };
     let bar = Bar::new(&d.name, d.size, mode);
     let t = Instant::now();
-    let sink = refused(s, ImageSink::open(b, i))?;
+    let mut sink = refused(s, ImageSink::open(b, i))?;
+    let from_base = attach_base(base, &d, &mut sink);
+    let mut pipe = SinkPipeline::start(sink, d.size);
+    if let Some(sb) = from_base {
+        pipe.set_base(Box::new(sb));
+    }
     let mut rx = Receiving {
-        pipe: Some(SinkPipeline::start(sink, d.size)),
+        pipe: Some(pipe),
         d: d.clone(),
         b: &mut *b,
         why: "the transfer ended before the disk did".into(),
@@ -319,8 +443,14 @@ fn receive_one(
         xfer::OnDamaged::Refuse,
     );
     bar.finish();
-    let (end_frame, damaged) = match received {
-        Ok(r) => (r.end, r.resent),
+    let (end_frame, damaged, unchanged, base_failed, data) = match received {
+        Ok(r) => (
+            r.end,
+            r.resent,
+            r.unchanged_bytes,
+            r.base_failed,
+            r.data_bytes,
+        ),
         Err(e) => {
             if let Err(werr) = rx.pipe().failed() {
                 s.conn.send_error("no_space", &format!("{werr:#}"));
@@ -334,6 +464,17 @@ fn receive_one(
         // Every chunk went through the image hasher in order.
         refused(s, sink.finalize_partial())?;
         b.manifest.disks[i].unreadable_bytes = sink.unreadable_bytes();
+        b.manifest.disks[i].sent_bytes += data;
+        let used = DiskDone {
+            disk: i as u32,
+            ok: true,
+            sha256: String::new(),
+            message: String::new(),
+            sha256_pending: true,
+            unchanged_bytes: unchanged,
+            base_failed,
+        };
+        record_base_use(&mut b.manifest.disks[i], &used, sink.shared_with_base());
         refused(s, b.save())?;
         eprintln!(
             "{}: stored in {:.1}s, every chunk verified and synced{}; computing the image SHA-256",
@@ -341,17 +482,10 @@ fn receive_one(
             t.elapsed().as_secs_f64(),
             resent_note(damaged)
         );
-        let done = DiskDone {
-            disk: i as u32,
-            ok: true,
-            sha256: String::new(),
-            message: String::new(),
-            sha256_pending: true,
-        };
         s.conn.reply(
             &end_frame,
             Header::new(kind::DISK_DONE, i as u32, 0),
-            msg::to_json(&done),
+            msg::to_json(&used),
         )?;
         return Ok(Some(whole));
     }
@@ -361,7 +495,11 @@ fn receive_one(
     } else {
         refused(s, sink.finalize(whole.wait()))?
     };
-    let done = record_verdict(b, i, verdict, sink.unreadable_bytes(), damaged, t);
+    let mut done = record_verdict(b, i, verdict, sink.unreadable_bytes(), damaged, t);
+    done.unchanged_bytes = unchanged;
+    done.base_failed = base_failed;
+    b.manifest.disks[i].sent_bytes += data;
+    record_base_use(&mut b.manifest.disks[i], &done, sink.shared_with_base());
     refused(s, b.save())?;
     s.conn.reply(
         &end_frame,
@@ -377,6 +515,30 @@ fn resent_note(damaged: u64) -> String {
     } else {
         String::new()
     }
+}
+
+/// Adds what this session took from the base to disk `md`'s record, and says it.
+fn record_base_use(md: &mut ManifestDisk, done: &DiskDone, shared: u64) {
+    if md.base_disk.is_none() {
+        return;
+    }
+    md.unchanged_bytes += done.unchanged_bytes;
+    md.shared_bytes += shared;
+    md.base_failed += done.base_failed;
+    eprintln!(
+        "{}: {} unchanged since the base ({} sharing its extents){}",
+        md.name,
+        human_bytes(done.unchanged_bytes),
+        human_bytes(shared),
+        if done.base_failed > 0 {
+            format!(
+                ", {} chunk(s) of the base failed their check and were received instead",
+                done.base_failed
+            )
+        } else {
+            String::new()
+        }
+    );
 }
 
 /// Records disk `i`'s verdict in the manifest (a failed one fails the backup)
@@ -409,6 +571,8 @@ fn record_verdict(
                 sha256: sha,
                 message: String::new(),
                 sha256_pending: false,
+                unchanged_bytes: 0,
+                base_failed: 0,
             }
         }
         Err(why) => {
@@ -420,6 +584,8 @@ fn record_verdict(
                 sha256: String::new(),
                 message: why,
                 sha256_pending: false,
+                unchanged_bytes: 0,
+                base_failed: 0,
             }
         }
     }

@@ -66,6 +66,9 @@ pub struct OutChunk {
     /// Free ranges (used-block backups) inside the chunk: zeros in `data`, left
     /// out of the frame (FLAG_FREE). Ignored for a zero or damaged chunk.
     pub free: Vec<(u32, u32)>,
+    /// Its digest is the base backup's for it: sent with FLAG_UNCHANGED,
+    /// without data (the data is kept in case the receiver asks for it).
+    pub unchanged: bool,
 }
 
 impl Drop for OutChunk {
@@ -164,6 +167,9 @@ pub struct Conn {
     progress: Option<Duration>,
     /// A write failed: nothing more (not even BYE) is worth waiting to send.
     broken: AtomicBool,
+    /// A frame taken from the queue by a loop that does not handle it, for
+    /// the next `next_event` (see `put_back`).
+    put_back: Option<Frame>,
 }
 
 fn classify(e: &io::Error) -> Closed {
@@ -220,6 +226,7 @@ impl Conn {
             liveness: None,
             progress: None,
             broken: AtomicBool::new(false),
+            put_back: None,
         })
     }
 
@@ -374,8 +381,17 @@ impl Conn {
         None
     }
 
+    /// Hands `f` to the next `next_event` before anything queued: a loop that
+    /// read one frame too many (the first chunk after the requests it serves).
+    pub fn put_back(&mut self, f: Frame) {
+        self.put_back = Some(f);
+    }
+
     /// Waits for the next event. `None` after `timeout`.
     pub fn next_event(&mut self, timeout: Duration) -> Option<Event> {
+        if let Some(f) = self.put_back.take() {
+            return Some(Event::Frame(f));
+        }
         if let Some(c) = self.closed.borrow().as_ref() {
             return Some(Event::Closed(c.clone()));
         }

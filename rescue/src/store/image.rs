@@ -21,7 +21,7 @@ use crate::session::conn::OutChunk;
 use crate::system::direct::DirectWriter;
 use crate::util::{self, hex};
 use crate::xfer::sha256x2::Sha256Stream;
-use crate::xfer::{self, Geometry, Known, RawChunk, Sink, Verified};
+use crate::xfer::{self, BaseChunks, Geometry, Known, RawChunk, Sink, Verified};
 
 const DIGEST: u64 = 32;
 
@@ -201,6 +201,19 @@ pub struct ImageSink {
     fresh: bool,
     zeros: ZeroDigests,
     syncer: Option<Syncer>,
+    /// The base image of an incremental backup: chunks marked unchanged are
+    /// filled from it.
+    base: Option<BaseFill>,
+}
+
+/// How chunks are filled from a base image: a reflink while the filesystem
+/// takes one, else copy_file_range, else the bytes are written.
+struct BaseFill {
+    img: File,
+    reflink: bool,
+    copy: bool,
+    /// Bytes that share the base's extents (reflinked).
+    pub(crate) shared: u64,
 }
 
 type Batch = Vec<(u64, [u8; 32])>;
@@ -271,8 +284,43 @@ impl ImageSink {
             fresh: !existed,
             zeros: ZeroDigests::default(),
             syncer: None,
+            base: None,
             disk: d,
         })
+    }
+
+    /// Fills chunks marked unchanged from `img`, the base backup's image.
+    pub fn set_base(&mut self, img: File) {
+        self.base = Some(BaseFill {
+            img,
+            reflink: true,
+            copy: true,
+            shared: 0,
+        });
+    }
+
+    /// Bytes that share extents with the base (reflinked), 0 without one.
+    pub fn shared_with_base(&self) -> u64 {
+        self.base.as_ref().map_or(0, |b| b.shared)
+    }
+
+    /// Fills the chunk at `offset` from the base: a reflink, a copy in the
+    /// kernel, or else `data`, the base's bytes the receiver checked.
+    fn fill_from_base(&mut self, offset: u64, data: &[u8]) -> Result<()> {
+        let len = data.len() as u64;
+        if let Some(b) = &mut self.base {
+            if b.reflink && clone_range(&b.img, &self.img, offset, len).is_ok() {
+                b.shared += len;
+                return Ok(());
+            }
+            b.reflink = false;
+            if b.copy && copy_range(&b.img, &self.img, offset, len).is_ok() {
+                return Ok(());
+            }
+            b.copy = false;
+        }
+        self.write_data(offset, data)
+            .with_context(|| format!("writing {}", self.disk.image))
     }
 
     /// Waits until everything written is synced and journaled.
@@ -409,7 +457,10 @@ impl ImageSink {
 impl Sink for ImageSink {
     fn write(&mut self, c: &Verified) -> Result<()> {
         let index = c.offset / u64::from(self.geo.chunk);
-        let digest = if c.zero {
+        let digest = if c.unchanged {
+            self.fill_from_base(c.offset, c.bytes())?;
+            c.sha256
+        } else if c.zero {
             if !self.fresh {
                 punch_or_zero(&self.img, c.offset, u64::from(c.len))?;
             }
@@ -464,6 +515,95 @@ impl Sink for ImageSink {
             self.write_map()?;
         }
         Ok(())
+    }
+}
+
+/// Makes `len` bytes of `dst` at `offset` share the extents of `src` at the
+/// same offset (FICLONERANGE: btrfs, XFS with reflink). Fails where the
+/// filesystem cannot, or the range is not aligned to its blocks.
+fn clone_range(src: &File, dst: &File, offset: u64, len: u64) -> std::io::Result<()> {
+    use std::os::fd::AsRawFd;
+    let range = libc::file_clone_range {
+        src_fd: i64::from(src.as_raw_fd()),
+        src_offset: offset,
+        src_length: len,
+        dest_offset: offset,
+    };
+    // SAFETY: the ioctl reads the struct above, which outlives the call; both
+    // descriptors are our own open files.
+    let r = unsafe { libc::ioctl(dst.as_raw_fd(), libc::FICLONERANGE, &range) };
+    if r == 0 {
+        Ok(())
+    } else {
+        Err(std::io::Error::last_os_error())
+    }
+}
+
+/// Copies `len` bytes of `src` at `offset` into `dst` at the same offset in
+/// the kernel (copy_file_range: itself a reflink on some filesystems).
+fn copy_range(src: &File, dst: &File, offset: u64, len: u64) -> std::io::Result<()> {
+    use std::os::fd::AsRawFd;
+    let (mut from, mut to) = (offset as libc::loff_t, offset as libc::loff_t);
+    let mut left = len as usize;
+    while left > 0 {
+        // SAFETY: the offsets are ours and outlive the call; no buffer is passed.
+        let n = unsafe {
+            libc::copy_file_range(
+                src.as_raw_fd(),
+                &mut from,
+                dst.as_raw_fd(),
+                &mut to,
+                left,
+                0,
+            )
+        };
+        match n {
+            n if n > 0 => left -= n as usize,
+            0 => return Err(std::io::ErrorKind::UnexpectedEof.into()),
+            _ => return Err(std::io::Error::last_os_error()),
+        }
+    }
+    Ok(())
+}
+
+/// The base backup of an incremental backup, read by the receiver: a disk's
+/// image and journal, opened once.
+pub struct StoreBase {
+    img: File,
+    journal: File,
+    chunk: u32,
+}
+
+impl StoreBase {
+    pub fn open(b: &BackupDir, d: &ManifestDisk) -> Result<StoreBase> {
+        Ok(StoreBase {
+            img: b.dir.open_file(&d.image, Access::Read)?,
+            journal: b.dir.open_file(&d.chunks, Access::Read)?,
+            chunk: b.manifest.chunk_size,
+        })
+    }
+
+    /// Another descriptor of the image, for the sink to fill from.
+    pub fn image(&self) -> Result<File> {
+        self.img
+            .try_clone()
+            .context("duplicating the base image's descriptor")
+    }
+}
+
+impl BaseChunks for StoreBase {
+    fn chunk(&self, offset: u64, len: u32) -> Result<([u8; 32], Vec<u8>)> {
+        let mut rec = [0u8; 32];
+        let index = offset / u64::from(self.chunk);
+        self.journal
+            .read_exact_at(&mut rec, index * DIGEST)
+            .context("reading the base journal")?;
+        let mut data = crate::xfer::bufpool::take(len as usize);
+        if let Err(e) = self.img.read_exact_at(&mut data, offset) {
+            crate::xfer::bufpool::give(data);
+            return Err(anyhow::Error::new(e).context("reading the base image"));
+        }
+        Ok((rec, data))
     }
 }
 
@@ -669,6 +809,7 @@ impl ImageSource {
                 data: Vec::new(),
                 damaged: true,
                 free: Vec::new(),
+                unchanged: false,
             });
         }
         if got != rec {
@@ -690,7 +831,8 @@ impl ImageSource {
                 raw.data
             },
             damaged: false,
-            free: raw.free,
+                free: raw.free,
+            unchanged: false,
         })
     }
 }
@@ -716,6 +858,11 @@ mod tests {
             sha256: None,
             unreadable_bytes: 0,
             complete: false,
+            base_disk: None,
+            unchanged_bytes: 0,
+            shared_bytes: 0,
+            base_failed: 0,
+            sent_bytes: 0,
         }
     }
 

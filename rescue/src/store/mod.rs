@@ -68,6 +68,25 @@ pub struct ManifestDisk {
     /// every byte is the source's.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub free: Option<crate::proto::msg::FreeMap>,
+    /// Incremental: the base backup's disk this one was compared with.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub base_disk: Option<String>,
+    /// Incremental: bytes filled from the base (unchanged since it), bytes
+    /// that share its extents (reflinked) and chunks whose copy in the base
+    /// failed its check (sent instead). Counted over every session.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub unchanged_bytes: u64,
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub shared_bytes: u64,
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub base_failed: u64,
+    /// Bytes received as data (neither zero nor unchanged), over every session.
+    #[serde(default)]
+    pub sent_bytes: u64,
+}
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -89,6 +108,10 @@ pub struct Manifest {
     /// (see `auth`); none in backups made before keys existed.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub resume_key_sha256: Option<String>,
+    /// Incremental: the id of the backup (same host) this one was made
+    /// against. Only a record: this backup's images are whole without it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub base: Option<String>,
 }
 
 impl Manifest {
@@ -301,12 +324,47 @@ impl Store {
                 chunk_size: begin.chunk_size,
                 disks,
                 resume_key_sha256: None,
+                base: None,
             },
         };
         b.save()?;
         let have = vec![ChunkRanges::new(); begin.disks.len()];
         Ok((b, have, false))
     }
+}
+
+impl Store {
+    /// The base for backup `b` of `source` (incremental): the newest complete
+    /// backup of the same host directory and non-empty machine-id with the
+    /// same chunk size, any label, and per disk of `b` its disk of the same
+    /// serial and size (without serials: the same source name and size).
+    /// None when the newest such backup has no matching disk.
+    pub fn choose_base(&self, source: &Identity, b: &BackupDir) -> Option<BackupDir> {
+        if source.machine_id.is_empty() {
+            return None;
+        }
+        let base = self.list(Some(&b.host)).into_iter().find(|c| {
+            c.manifest.backup_id != b.manifest.backup_id
+                && c.manifest.status.is_complete()
+                && c.manifest.source.machine_id == source.machine_id
+                && c.manifest.chunk_size == b.manifest.chunk_size
+        })?;
+        b.manifest
+            .disks
+            .iter()
+            .any(|d| base_disk(&base.manifest, d).is_some())
+            .then_some(base)
+    }
+}
+
+/// The disk of base manifest `base` that disk `d` is compared with.
+pub fn base_disk<'a>(base: &'a Manifest, d: &ManifestDisk) -> Option<&'a ManifestDisk> {
+    base.disks.iter().find(|x| {
+        x.complete
+            && x.size == d.size
+            && x.serial == d.serial
+            && (d.serial.is_some() || x.source_name == d.source_name)
+    })
 }
 
 /// Creates the directory of a new backup in `host_dir`, named after the time
@@ -363,6 +421,11 @@ fn manifest_disks(begin: &BackupBegin) -> Vec<ManifestDisk> {
             sha256: None,
             unreadable_bytes: 0,
             complete: false,
+            base_disk: None,
+            unchanged_bytes: 0,
+            shared_bytes: 0,
+            base_failed: 0,
+            sent_bytes: 0,
         })
         .collect()
 }

@@ -14,8 +14,8 @@ pub(crate) mod sha256x2;
 mod sink;
 
 pub use receive::{OnDamaged, Received, StoreDamaged, receive_disk};
-pub use send::{SendStats, digest_fresh, finish_disk, send_disk};
-pub use sink::{Sink, SinkPipeline, Verified, WholeDigest};
+pub use send::{SendStats, against_base, digest_fresh, finish_disk, send_disk};
+pub use sink::{BaseChunks, Sink, SinkPipeline, Verified, WholeDigest};
 
 use anyhow::{Result, bail};
 use sha2::{Digest, Sha256};

@@ -12,13 +12,17 @@ use anyhow::{Result, bail};
 
 use super::{Geometry, Sink, SinkPipeline, Verified, WINDOW, have_bytes, peer_left};
 use crate::proto::frame::{Frame, Header};
-use crate::proto::msg::{ChunkBody, ChunkRanges, FLAG_DAMAGED, FLAG_FREE, FLAG_ZERO, kind};
+use crate::proto::msg::{
+    ChunkBody, ChunkRanges, FLAG_DAMAGED, FLAG_FREE, FLAG_UNCHANGED, FLAG_ZERO, NAK_DATA, kind,
+};
 use crate::session::conn::{Conn, Event, peer_error};
 use crate::xfer::progress::Bar;
 
 /// Why a received chunk was not accepted.
 enum Reject {
     Damaged(String),
+    /// Marked unchanged, but the base cannot provide it: ask for the data.
+    NeedData(String),
 }
 
 /// The receiver's ACKs and NAKs. Once a send fails (the peer is gone) it
@@ -41,6 +45,15 @@ impl Answers {
 
     fn ack(&mut self, conn: &Conn, offset: u64) {
         self.send(conn, Header::new(kind::ACK, self.disk, offset));
+    }
+
+    /// Asks for the chunk at `offset` again with its data (it was marked
+    /// unchanged and the base cannot provide it).
+    fn nak_data(&mut self, conn: &Conn, offset: u64) {
+        let mut h = Header::new(kind::NAK, self.disk, offset);
+        h.flags = NAK_DATA;
+        self.send(conn, h);
+        self.last_nak = Some((offset, Instant::now()));
     }
 
     /// Asks for the chunk at `offset` again; at most once a second for the
@@ -86,6 +99,12 @@ pub struct Received {
     pub resent: u64,
     /// (offset, length) of the chunks the store could not produce (OnDamaged::Skip).
     pub lost: Vec<(u64, u32)>,
+    /// Bytes that came as data (neither zero nor unchanged).
+    pub data_bytes: u64,
+    /// Bytes filled from the base (chunks marked unchanged).
+    pub unchanged_bytes: u64,
+    /// Chunks marked unchanged whose copy in the base failed its check.
+    pub base_failed: u64,
 }
 
 /// Receives disk `disk` into `pipe` until the sender's DISK_END, with a choice
@@ -115,6 +134,9 @@ pub fn receive_disk<S: Sink + 'static>(
         },
         damaged: 0,
         lost: Vec::new(),
+        data_bytes: 0,
+        unchanged_bytes: 0,
+        base_failed: 0,
         on_damaged,
         bad_headers: conn.stats.bad_headers.load(Ordering::Relaxed),
     };
@@ -158,6 +180,9 @@ pub fn receive_disk<S: Sink + 'static>(
                     end: f,
                     resent: r.damaged,
                     lost: r.lost,
+                    data_bytes: r.data_bytes,
+                    unchanged_bytes: r.unchanged_bytes,
+                    base_failed: r.base_failed,
                 });
             }
             kind::DISK_END => {
@@ -186,6 +211,9 @@ struct Receiving<'a> {
     damaged: u64,
     /// (offset, length) of the chunks the store could not produce.
     lost: Vec<(u64, u32)>,
+    data_bytes: u64,
+    unchanged_bytes: u64,
+    base_failed: u64,
     on_damaged: OnDamaged,
     /// The connection's count of damaged headers, as last seen.
     bad_headers: u64,
@@ -288,6 +316,11 @@ impl Receiving<'_> {
                         self.lost.push((v.offset, v.len));
                     }
                     let len = u64::from(v.len);
+                    if v.unchanged {
+                        self.unchanged_bytes += len;
+                    } else if !v.zero {
+                        self.data_bytes += len;
+                    }
                     pipe.submit(v)?;
                     bar.inc(len);
                     self.next = self.have.next_missing(self.next + 1);
@@ -299,6 +332,14 @@ impl Receiving<'_> {
                         "chunk at offset {at} failed verification ({why}): asking for it again"
                     ));
                     self.ans.nak(conn, at, true);
+                    return Ok(accepted);
+                }
+                Err(Reject::NeedData(why)) => {
+                    self.base_failed += 1;
+                    bar.println(&format!(
+                        "chunk at offset {at} is marked unchanged but {why}: asking for its data"
+                    ));
+                    self.ans.nak_data(conn, at);
                     return Ok(accepted);
                 }
             }
@@ -328,10 +369,16 @@ fn accept<S: Sink + 'static>(
     }
     // A damaged chunk carries no data; its place is filled with zeros.
     let zero = f.header.flags & FLAG_ZERO != 0 || damaged;
+    let unchanged = f.header.flags & FLAG_UNCHANGED != 0 && !zero;
     let offset = f.header.offset;
     let free = f.header.flags & FLAG_FREE != 0;
-    let mut body =
-        ChunkBody::decode_with(f.payload, zero, free, geo.chunk).map_err(Reject::Damaged)?;
+    if unchanged && free {
+        // An unchanged chunk names the base's chunk as stored, free parts and
+        // all: it has no free list to carry.
+        return Err(Reject::Damaged("marked both unchanged and free".into()));
+    }
+    let mut body = ChunkBody::decode_with(f.payload, zero || unchanged, free, geo.chunk)
+        .map_err(Reject::Damaged)?;
     if !body.free.is_empty() {
         // The chunk as stored: its carried bytes in place, zeros in the free
         // ranges; the digest and the writer see that.
@@ -347,6 +394,9 @@ fn accept<S: Sink + 'static>(
             body.len
         )));
     }
+    if unchanged {
+        return from_base(body, offset, pipe);
+    }
     if !zero && !pipe.check(body.data(), &body.sha256) {
         return Err(Reject::Damaged("SHA-256 mismatch".into()));
     }
@@ -359,6 +409,52 @@ fn accept<S: Sink + 'static>(
         start: body.start,
         payload: Arc::new(body.payload),
         damaged,
+        unchanged: false,
+    })
+}
+
+/// A chunk the sender marked unchanged: the base's copy, once its journal
+/// holds the digest the sender named and its bytes hash to it (the check also
+/// feeds the whole-image digest, as a received chunk's would).
+fn from_base<S: Sink + 'static>(
+    body: ChunkBody,
+    offset: u64,
+    pipe: &SinkPipeline<S>,
+) -> std::result::Result<Verified, Reject> {
+    if !body.bad.is_empty() {
+        return Err(Reject::Damaged(
+            "marked unchanged with unreadable ranges".into(),
+        ));
+    }
+    let Some(base) = pipe.base() else {
+        return Err(Reject::NeedData("there is no base backup".into()));
+    };
+    let (recorded, data) = base
+        .chunk(offset, body.len)
+        .map_err(|e| Reject::NeedData(format!("the base cannot be read ({e:#})")))?;
+    if recorded != body.sha256 {
+        crate::xfer::bufpool::give(data);
+        return Err(Reject::NeedData(
+            "the base's journal holds another digest".into(),
+        ));
+    }
+    if !pipe.check(&data, &body.sha256) {
+        crate::xfer::bufpool::give(data);
+        return Err(Reject::NeedData(
+            "the base's copy does not match its digest".into(),
+        ));
+    }
+    crate::xfer::bufpool::give(body.payload);
+    Ok(Verified {
+        offset,
+        len: body.len,
+        zero: false,
+        sha256: body.sha256,
+        bad: Vec::new(),
+        payload: Arc::new(data),
+        start: 0,
+        damaged: false,
+        unchanged: true,
     })
 }
 

@@ -14,7 +14,8 @@ use super::{Geometry, Known, RawChunk, WINDOW, have_bytes, is_zero, peer_left, s
 use crate::cancel::Token;
 use crate::proto::frame::Header;
 use crate::proto::msg::{
-    self, ChunkBody, ChunkRanges, FLAG_DAMAGED, FLAG_FREE, FLAG_ZERO, kind, used_parts,
+    self, ChunkBody, ChunkRanges, FLAG_DAMAGED, FLAG_FREE, FLAG_UNCHANGED, FLAG_ZERO, NAK_DATA,
+    kind, used_parts,
 };
 use crate::session::conn::{Conn, Event, OutChunk, peer_error};
 use crate::xfer::progress::Bar;
@@ -33,6 +34,12 @@ pub struct SendStats {
     pub bytes_read: u64,
     /// Free space of recognised filesystems, neither read nor sent.
     pub free_bytes: u64,
+    /// Bytes marked unchanged since the base backup (not sent; free space
+    /// in those chunks counts as free).
+    pub unchanged_bytes: u64,
+    /// Chunks marked unchanged that the receiver asked for after all (its
+    /// base's copy failed the check).
+    pub base_failed: u64,
 }
 
 /// What the reader thread hands the hashing thread, in disk order.
@@ -215,7 +222,12 @@ fn send_chunk(conn: &Conn, disk: u32, c: &OutChunk) -> Result<()> {
     if c.damaged {
         h.flags |= FLAG_DAMAGED;
     }
-    if c.zero || c.damaged {
+    if c.unchanged {
+        h.flags |= FLAG_UNCHANGED;
+    }
+    // An unchanged chunk carries no data, free ranges or not: its digest covers
+    // the chunk as stored (free = zeros), as the base journal's does.
+    if c.zero || c.damaged || c.unchanged {
         return conn.send(h, &ChunkBody::encode_prefix(&c.sha256, c.len, &c.bad));
     }
     if c.free.is_empty() {
@@ -265,6 +277,8 @@ fn send_loop(
                 stats.unreadable_bytes += c.bad.iter().map(|b| u64::from(b.1)).sum::<u64>();
                 if c.zero {
                     stats.zero_bytes += u64::from(c.len) - free;
+                } else if c.unchanged {
+                    stats.unchanged_bytes += u64::from(c.len) - free;
                 } else {
                     stats.bytes_sent += u64::from(c.len) - free;
                 }
@@ -306,9 +320,18 @@ fn send_loop(
                         }
                         // Selective repeat: the receiver keeps the chunks that
                         // came after a damaged one, so only that one goes again.
-                        if let Some(c) = unacked.iter().find(|c| c.offset == f.header.offset) {
+                        if let Some(c) = unacked.iter_mut().find(|c| c.offset == f.header.offset) {
+                            if f.header.flags & NAK_DATA != 0 && c.unchanged {
+                                // The base cannot provide it: send the data after all.
+                                c.unchanged = false;
+                                stats.base_failed += 1;
+                                let used = u64::from(c.len) - free_len(&c.free);
+                                stats.unchanged_bytes -= used;
+                                stats.bytes_sent += used;
+                            } else {
+                                stats.resent_chunks += 1;
+                            }
                             send_chunk(conn, disk, c)?;
-                            stats.resent_chunks += 1;
                         }
                         last_progress = Instant::now();
                     }
@@ -352,6 +375,7 @@ pub fn digest_fresh(offset: u64, raw: RawChunk, known: Known) -> Result<OutChunk
             data: Vec::new(),
             damaged: false,
             free,
+            unchanged: false,
         });
     }
     Ok(OutChunk {
@@ -363,7 +387,24 @@ pub fn digest_fresh(offset: u64, raw: RawChunk, known: Known) -> Result<OutChunk
         data,
         damaged: false,
         free,
+        unchanged: false,
     })
+}
+
+/// Marks a chunk unchanged when its digest is the one the base backup's
+/// journal holds for it (`base`: the digests by chunk index, `None` where the
+/// base holds nothing). A zero chunk stays a zero chunk (cheaper), and one
+/// with unreadable ranges is sent: its zeros are not the base's bytes.
+pub fn against_base(mut c: OutChunk, chunk: u32, base: &[Option<[u8; 32]>]) -> OutChunk {
+    let index = (c.offset / u64::from(chunk)) as usize;
+    if !c.zero
+        && !c.damaged
+        && c.bad.is_empty()
+        && base.get(index).copied().flatten() == Some(c.sha256)
+    {
+        c.unchanged = true;
+    }
+    c
 }
 
 /// Sends DISK_END and waits for DISK_DONE (repeating DISK_END if either is lost).

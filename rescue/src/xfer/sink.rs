@@ -27,6 +27,10 @@ pub struct Verified {
     /// The sender's store could not produce it intact (FLAG_DAMAGED): it is
     /// written as zeros, and `zero` is set too.
     pub damaged: bool,
+    /// The sender marked it unchanged and the base's copy (its bytes, here)
+    /// passed the check: the sink may fill it from the base instead of
+    /// writing the bytes.
+    pub unchanged: bool,
 }
 
 impl Drop for Verified {
@@ -46,6 +50,13 @@ impl Verified {
     }
 }
 
+/// The base backup of an incremental backup, as the receiver reads it: the
+/// digest its journal holds for the chunk at `offset` (zeros: none) and the
+/// chunk's bytes as its image holds them.
+pub trait BaseChunks: Send + Sync {
+    fn chunk(&self, offset: u64, len: u32) -> Result<([u8; 32], Vec<u8>)>;
+}
+
 /// Where verified chunks go (the store, or a disk being restored).
 pub trait Sink: Send {
     fn write(&mut self, c: &Verified) -> Result<()>;
@@ -63,6 +74,8 @@ pub struct SinkPipeline<S: Sink + 'static> {
     /// The thread computing the image digest, until `finish` hands it out.
     hasher: Option<WholeDigest>,
     error: Arc<Mutex<Option<String>>>,
+    /// Where chunks the sender marks unchanged come from (incremental backup).
+    base: Option<Box<dyn BaseChunks>>,
 }
 
 /// What the writer hands the image hasher: a written data chunk, or a run of
@@ -250,6 +263,7 @@ impl<S: Sink + 'static> SinkPipeline<S> {
             writer: Some(writer),
             hasher: Some(hasher),
             error,
+            base: None,
         }
     }
 
@@ -257,6 +271,16 @@ impl<S: Sink + 'static> SinkPipeline<S> {
     /// digest is the hasher thread's).
     pub fn check(&self, data: &[u8], want: &[u8; 32]) -> bool {
         sha256(data) == *want
+    }
+
+    /// Takes chunks marked unchanged from `base` (an incremental backup).
+    pub fn set_base(&mut self, base: Box<dyn BaseChunks>) {
+        self.base = Some(base);
+    }
+
+    /// The base chunks marked unchanged come from, if any.
+    pub fn base(&self) -> Option<&dyn BaseChunks> {
+        self.base.as_deref()
     }
 
     /// Queues a verified chunk (blocks while the writer is behind).
@@ -333,6 +357,7 @@ pub(super) mod tests {
                 payload: Arc::new(data.to_vec()),
                 start: 0,
                 damaged: false,
+                unchanged: false,
             })
             .unwrap();
         }
@@ -349,6 +374,7 @@ pub(super) mod tests {
             payload: Arc::new(Vec::new()),
             start: 0,
             damaged: false,
+            unchanged: false,
         }
     }
 
