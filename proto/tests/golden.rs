@@ -77,15 +77,6 @@ fn control_messages() {
         json(&begin),
         r#"{"label":"l","chunk_size":65536,"fresh":false,"disks":[{"name":"sda","source_path":"/dev/sda","size":8192,"logical_sector_size":512,"model":null,"serial":"X","details":{"rota":false}}]}"#
     );
-    let full = BackupBegin {
-        full: true,
-        disks: vec![],
-        ..begin.clone()
-    };
-    assert_eq!(
-        json(&full),
-        r#"{"label":"l","chunk_size":65536,"fresh":false,"disks":[],"full":true}"#
-    );
     let ready = BackupReady {
         backup_id: "20260101-000000-x".into(),
         location: "/store/hosta/x".into(),
@@ -97,18 +88,6 @@ fn control_messages() {
     assert_eq!(
         json(&ready),
         r#"{"backup_id":"20260101-000000-x","location":"/store/hosta/x","resumed":true,"have":[[[0,3],[5,6]],[]],"resume_key":"k"}"#
-    );
-    let incremental = BackupReady {
-        base: Some(BaseRef {
-            host: "hosta".into(),
-            backup_id: "b0".into(),
-            disks: vec![Some("sda".into()), None],
-        }),
-        ..ready.clone()
-    };
-    assert_eq!(
-        json(&incremental),
-        r#"{"backup_id":"20260101-000000-x","location":"/store/hosta/x","resumed":true,"have":[[[0,3],[5,6]],[]],"resume_key":"k","base":{"host":"hosta","backup_id":"b0","disks":["sda",null]}}"#
     );
     let end = DiskEnd {
         disk: 0,
@@ -210,6 +189,51 @@ fn used_block_messages() {
         ..disk_summary()
     };
     assert!(json(&summary).ends_with(r#""unreadable_bytes":512,"free_bytes":2097152}"#));
+}
+
+/// Protocol 4's incremental backups: `full`, `base`, what DISK_DONE counts.
+#[test]
+fn incremental_messages() {
+    let full = BackupBegin {
+        label: None,
+        chunk_size: 65536,
+        fresh: true,
+        disks: vec![],
+        resume_key: None,
+        full: true,
+    };
+    assert_eq!(
+        json(&full),
+        r#"{"label":null,"chunk_size":65536,"fresh":true,"disks":[],"full":true}"#
+    );
+    let ready = BackupReady {
+        backup_id: "x".into(),
+        location: "/s".into(),
+        resumed: false,
+        have: vec![ChunkRanges::new(), ChunkRanges::new()],
+        resume_key: None,
+        base: Some(BaseRef {
+            host: "hosta".into(),
+            backup_id: "b0".into(),
+            disks: vec![Some("sda".into()), None],
+        }),
+    };
+    assert_eq!(
+        json(&ready),
+        r#"{"backup_id":"x","location":"/s","resumed":false,"have":[[],[]],"base":{"host":"hosta","backup_id":"b0","disks":["sda",null]}}"#
+    );
+    let done = DiskDone {
+        disk: 1,
+        ok: true,
+        sha256: "ab".into(),
+        message: String::new(),
+        unchanged_bytes: 1 << 20,
+        base_failed: 2,
+    };
+    assert_eq!(
+        json(&done),
+        r#"{"disk":1,"ok":true,"sha256":"ab","message":"","unchanged_bytes":1048576,"base_failed":2}"#
+    );
 }
 
 #[test]

@@ -107,8 +107,7 @@ fn second_backup_is_incremental(d: &Path, store: &Path, before_delete: impl Fn(&
         "{sent} bytes on the socket for {changed} changed chunks:\n{out}"
     );
     assert!(
-        out.contains(&format!("incremental against backup"))
-            && out.contains(&format!("{changed} MiB sent")),
+        out.contains("incremental against backup") && out.contains(&format!("{changed} MiB sent")),
         "{out}"
     );
 
@@ -296,4 +295,59 @@ fn on_btrfs_the_second_image_shares_the_first_ones_extents() {
             "the images share {a} and {b} bytes of extents, not nearly all"
         );
     });
+}
+
+#[test]
+fn prune_keeps_the_newest_complete_backup_and_what_is_not_complete() {
+    let d = tempfile::tempdir().unwrap();
+    let img = d.path().join("disk.img");
+    random_image(&img, 2, 8);
+    let srv = Server::start(d.path(), &d.path().join("store"));
+    for label in ["a", "b", "c"] {
+        backup_via(&srv.endpoint(), &img, &["--label", label]);
+    }
+    let dirs = oldest_first(&srv.store);
+    assert_eq!(dirs.len(), 3);
+    // The oldest made to look interrupted: it is not complete, so it stays.
+    let m = dirs[0].join("manifest.json");
+    let text_m = fs::read_to_string(&m).unwrap();
+    fs::write(
+        &m,
+        text_m.replace("\"status\": \"complete\"", "\"status\": \"in-progress\""),
+    )
+    .unwrap();
+    let store = srv.store.to_str().unwrap();
+    let o = rescue(&["store", "list", store]);
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+    for dir in &dirs {
+        let id = dir.file_name().unwrap().to_str().unwrap();
+        assert!(text(&o).contains(id), "{}", text(&o));
+    }
+    assert!(text(&o).contains("incremental against"), "{}", text(&o));
+    assert!(text(&o).contains("3 backup(s) take"), "{}", text(&o));
+
+    let o = rescue(&["store", "prune", store, "--keep", "1", "--dry-run"]);
+    assert!(
+        text(&o).contains("would remove 1 backup(s)"),
+        "{}",
+        text(&o)
+    );
+    assert_eq!(oldest_first(&srv.store), dirs);
+    let o = rescue(&["store", "prune", store, "--keep", "1"]);
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+    assert_eq!(
+        oldest_first(&srv.store),
+        vec![dirs[0].clone(), dirs[2].clone()]
+    );
+    // Whatever the age, the newest complete backup stays.
+    let o = rescue(&["store", "prune", store, "--keep-days", "0"]);
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+    assert_eq!(
+        oldest_first(&srv.store),
+        vec![dirs[0].clone(), dirs[2].clone()]
+    );
+    // Without a rule nothing happens.
+    let o = rescue(&["store", "prune", store]);
+    assert_eq!(o.status.code(), Some(2), "{}", text(&o));
+    assert_eq!(oldest_first(&srv.store).len(), 2);
 }

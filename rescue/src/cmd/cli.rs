@@ -53,6 +53,8 @@ pub enum Command {
     Restore(RestoreArgs),
     /// Check a stored backup against its manifest and digests.
     Verify(VerifyArgs),
+    /// Look after a store: list its backups and the space they take, remove old ones.
+    Store(StoreArgs),
     /// Copy stdin to the peer and the peer's bytes to stdout, like `dd` on a stream.
     Cat(CatArgs),
     /// Set up or tear down a stream without using it, printing its /dev node.
@@ -286,6 +288,43 @@ pub struct VerifyArgs {
     /// A backup directory (holding manifest.json), or a store to check every backup in.
     #[arg(value_name = "DIR")]
     pub dir: PathBuf,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct StoreArgs {
+    #[command(subcommand)]
+    pub action: StoreAction,
+}
+
+#[derive(Debug, Clone, Subcommand)]
+pub enum StoreAction {
+    /// Every backup per host: status, size of its disks and the space it really
+    /// takes (extents shared with other backups, e.g. an incremental backup's
+    /// reflinks on btrfs or XFS, are shown and counted once in the total).
+    List {
+        /// The store directory (as given to `rescue serve --store`).
+        #[arg(value_name = "DIR", default_value = ".")]
+        dir: PathBuf,
+    },
+    /// Remove old complete backups. Never removes the newest complete backup
+    /// of a host, a backup that is not complete (being written, or resumable),
+    /// or one `rescue serve` is using. Each backup is a whole image, so
+    /// removing one never breaks another.
+    #[command(group(clap::ArgGroup::new("what").required(true).multiple(true)))]
+    Prune {
+        /// The store directory (as given to `rescue serve --store`).
+        #[arg(value_name = "DIR", default_value = ".")]
+        dir: PathBuf,
+        /// Keep the N newest complete backups of each host (at least 1).
+        #[arg(long, value_name = "N", group = "what")]
+        keep: Option<usize>,
+        /// Remove complete backups finished more than D days ago.
+        #[arg(long, value_name = "D", group = "what")]
+        keep_days: Option<u64>,
+        /// Only say what would be removed.
+        #[arg(long)]
+        dry_run: bool,
+    },
 }
 
 #[derive(Debug, Clone, Args, Default)]

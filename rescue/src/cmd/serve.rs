@@ -226,7 +226,11 @@ fn receive_backup(store: &Store, consent: &Consent, s: &mut Session, req: &Frame
     let _save = crate::signals::save_on_interrupt();
     let begin: BackupBegin = decode(s, req)?;
     let (mut b, have, resumed, resume_key) = refused(s, start_backup(store, consent, s, &begin))?;
+    b.hold();
     let base = refused(s, with_base(store, s, &mut b, &begin, resumed))?;
+    if let Some(base) = &base {
+        base.hold();
+    }
     let location = b.path.display().to_string();
     eprintln!(
         "{} backup {} from {}: {} disk(s) into {location}{}",
@@ -812,6 +816,7 @@ fn send_digests(store: &Store, consent: &Consent, s: &mut Session, req: &Frame) 
 fn send_backup(store: &Store, consent: &Consent, s: &mut Session, req: &Frame) -> Result<()> {
     let want: RestoreBegin = msg::from_json(req)?;
     let b = open_for_peer(store, consent, s, &want.host, &want.backup_id)?;
+    b.hold();
     if !b.manifest.status.is_complete() {
         let what = if b.manifest.status == BackupState::Sealing {
             ": this server is computing its image SHA-256; try again once it is complete"

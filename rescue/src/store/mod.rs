@@ -7,6 +7,7 @@
 
 pub(crate) mod dir;
 pub(crate) mod image;
+pub mod keep;
 pub(crate) mod mapfile;
 pub mod names;
 mod room;
@@ -597,6 +598,36 @@ fn read_manifest_in(dir: &Dir) -> Result<Manifest> {
 }
 
 impl BackupDir {
+    /// Marks the backup in use while this directory is open (a shared lock on
+    /// it): serve holds what it receives into, restores from or fills an
+    /// incremental backup from, and `rescue store prune` leaves it alone.
+    pub fn hold(&self) {
+        use std::os::fd::AsRawFd;
+        // SAFETY: flock on our own directory descriptor; no memory is passed.
+        let r = unsafe { libc::flock(self.dir.fd().as_raw_fd(), libc::LOCK_SH | libc::LOCK_NB) };
+        if r != 0 {
+            eprintln!(
+                "note: {} is being removed or checked (it could not be marked in use)",
+                self.path.display()
+            );
+        }
+    }
+
+    /// An exclusive lock on the backup's directory for removing it; None
+    /// while serve holds it ([`BackupDir::hold`]).
+    pub fn lock_to_remove(&self) -> Option<Dir> {
+        use std::os::fd::AsRawFd;
+        let d = Dir::open(&self.path).ok()?;
+        // SAFETY: flock on the descriptor just opened; no memory is passed.
+        let r = unsafe { libc::flock(d.fd().as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
+        (r == 0).then_some(d)
+    }
+
+    /// Whether serve holds the backup now.
+    pub fn is_held(&self) -> bool {
+        self.lock_to_remove().is_none()
+    }
+
     /// Refuses to resume into an image or journal that is a link (a symlink,
     /// or a file with other hard links): the data would land elsewhere.
     fn check_writable_files(&self) -> Result<()> {
