@@ -48,15 +48,7 @@ pub fn run(root: &Root, cmd: Command) -> Result<u8> {
             )
         }),
         Command::Verify(a) => crate::cmd::verify::run(&a.dir),
-        Command::Store(a) => match a.action {
-            crate::cmd::cli::StoreAction::List { dir } => crate::store::keep::list(&dir),
-            crate::cmd::cli::StoreAction::Prune {
-                dir,
-                keep,
-                keep_days,
-                dry_run,
-            } => crate::store::keep::prune(&dir, keep, keep_days, dry_run),
-        },
+        Command::Store(a) => crate::store::keep::run(a.action),
         Command::Cat(a) => crate::cmd::cat::run(root, &a),
         Command::Link(a) => link_cmd(root, &a),
         Command::Init(_) => Err(Exit::new(
