@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Benchmarks `rescue serve` + `rescue backup` over a UNIX socket against
 # `dd | dd` and `bmaptool copy` on the same images, in one run, and prints the
-# ratios and peak RSS. Usage: bench/run.sh [--mib N] [--rounds N] [--big]
+# ratios and peak RSS. Usage: bench/run.sh [--mib N] [--rounds N] [--big];
+# bench/run.sh incremental [--mib N] times a second backup with 1 % changed.
 # Installs bmap-tools and GNU time when missing; images live in
 # ${BENCH_DIR:-/var/tmp/usb4rescue-bench} (not in the tree).
 set -euo pipefail
@@ -14,4 +15,9 @@ if [ ${#need[@]} -gt 0 ]; then
         || { echo "bench: could not install ${need[*]} (apt-get failed)" >&2; exit 1; }
 fi
 cargo build --release -q -p rescue
+if [ "${1:-}" = incremental ]; then
+    # bench/run.sh incremental [--mib N]: a second backup with 1 % changed.
+    shift
+    exec python3 bench/incremental.py --rescue "${CARGO_TARGET_DIR:-target}/release/rescue" "$@"
+fi
 exec python3 bench/bench.py --rescue "${CARGO_TARGET_DIR:-target}/release/rescue" "$@"

@@ -66,19 +66,6 @@ fn backup_via(ep: &str, img: &Path, extra: &[&str]) -> String {
     text(&o)
 }
 
-fn sums_check(bd: &Path) {
-    let check = Command::new("sha256sum")
-        .args(["-c", "SHA256SUMS"])
-        .current_dir(bd)
-        .output()
-        .unwrap();
-    assert!(
-        check.status.success(),
-        "{}",
-        String::from_utf8_lossy(&check.stdout)
-    );
-}
-
 /// The backup directories of the store, oldest first.
 fn oldest_first(store: &Path) -> Vec<PathBuf> {
     let mut dirs = backup_dirs(store);
@@ -129,14 +116,7 @@ fn second_backup_is_incremental(d: &Path, store: &Path, before_delete: impl Fn(&
     fs::remove_dir_all(&dirs[0]).unwrap();
     let o = rescue_slow(&["verify", second.to_str().unwrap()]);
     assert_eq!(o.status.code(), Some(0), "{}", text(&o));
-    let host = second
-        .parent()
-        .unwrap()
-        .file_name()
-        .unwrap()
-        .to_str()
-        .unwrap()
-        .to_string();
+    let host = host_of_dir(&second);
     let target = d.join("restored.img");
     let o = rescue_slow(&[
         "restore",

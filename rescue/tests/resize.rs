@@ -100,14 +100,7 @@ fn backed_up_with(
     ]);
     assert_eq!(o.status.code(), Some(0), "{}", text(&o));
     let bd = backup_dirs(&srv.store).pop().unwrap();
-    let host = bd
-        .parent()
-        .unwrap()
-        .file_name()
-        .unwrap()
-        .to_str()
-        .unwrap()
-        .to_string();
+    let host = host_of_dir(&bd);
     (srv, a, host)
 }
 

@@ -49,6 +49,31 @@ pub fn sparse_image(path: &Path, mib: u64, seed: u64) {
     }
 }
 
+/// `sha256sum -c SHA256SUMS` in backup directory `bd` passes.
+pub fn sums_check(bd: &Path) {
+    let check = Command::new("sha256sum")
+        .args(["-c", "SHA256SUMS"])
+        .current_dir(bd)
+        .output()
+        .unwrap();
+    assert!(
+        check.status.success(),
+        "{}",
+        String::from_utf8_lossy(&check.stdout)
+    );
+}
+
+/// The host directory name a backup directory lies in.
+pub fn host_of_dir(bd: &Path) -> String {
+    bd.parent()
+        .unwrap()
+        .file_name()
+        .unwrap()
+        .to_str()
+        .unwrap()
+        .to_string()
+}
+
 pub fn sha256_file(p: &Path) -> String {
     let out = Command::new("sha256sum").arg(p).output().unwrap();
     String::from_utf8_lossy(&out.stdout)
