@@ -227,6 +227,7 @@ fn incremental_messages() {
         ok: true,
         sha256: "ab".into(),
         message: String::new(),
+        sha256_pending: false,
         unchanged_bytes: 1 << 20,
         base_failed: 2,
     };
