@@ -950,6 +950,7 @@ mod tests {
                 free: None,
             }],
             resume_key: None,
+            full: false,
         };
         let (mut b, _, _) = store.begin_backup(&id, &id, &begin, |_| false).unwrap();
         let d = b.manifest.disks[0].clone();
@@ -971,6 +972,7 @@ mod tests {
                 payload: Arc::new(data.clone()),
                 start: 0,
                 damaged: false,
+                unchanged: false,
             };
             rx.pipe().submit(c).unwrap();
             panic!("a bug while receiving");
