@@ -13,8 +13,7 @@ use crate::proto::frame::{Frame, Header};
 use crate::proto::msg::{
     self, BackupBegin, BackupReady, BackupState, BaseRef, Bounded, ChunkRanges, DigestsReq,
     DiskDone, DiskEnd, Free, FreeReq, ListReq, Listing, MAX_DIGESTS, RestoreBegin, RestoreReady,
-    SessionDone,
-    kind,
+    SessionDone, kind,
 };
 use crate::session::auth::{self, Consent};
 use crate::session::{self, Session};

@@ -831,7 +831,7 @@ impl ImageSource {
                 raw.data
             },
             damaged: false,
-                free: raw.free,
+            free: raw.free,
             unchanged: false,
         })
     }

@@ -487,4 +487,24 @@ mod tests {
             .unwrap();
         assert!(v.damaged && v.zero && v.len == 4096 && v.bytes().is_empty());
     }
+
+    #[test]
+    fn a_chunk_marked_unchanged_and_free_is_refused() {
+        let geo = Geometry {
+            size: 8192,
+            chunk: 4096,
+        };
+        let mut h = Header::new(kind::CHUNK, 0, 4096);
+        h.flags |= FLAG_UNCHANGED | FLAG_FREE;
+        let f = Frame {
+            header: h,
+            payload: ChunkBody::encode_prefix_free(&[1; 32], 4096, &[], &[(0, 4096)]),
+            intact: true,
+        };
+        let pipe = SinkPipeline::start(NullSink, 8192);
+        let Err(Reject::Damaged(why)) = accept(f, geo, 1, &pipe, OnDamaged::Refuse) else {
+            panic!("a chunk marked unchanged and free was accepted")
+        };
+        assert_eq!(why, "marked both unchanged and free");
+    }
 }
