@@ -405,6 +405,21 @@ fn attach_base(
     }
 }
 
+/// The pipeline writing disk `d` into `sink`, its chunks marked unchanged
+/// taken from its base disk where there is one (`attach_base`).
+fn pipeline(
+    base: Option<&BackupDir>,
+    d: &ManifestDisk,
+    mut sink: ImageSink,
+) -> SinkPipeline<ImageSink> {
+    let from_base = attach_base(base, d, &mut sink);
+    let mut pipe = SinkPipeline::start(sink, d.size);
+    if let Some(sb) = from_base {
+        pipe.set_base(Box::new(sb));
+    }
+    pipe
+}
+
 /// Receives disk `i` of backup `b` (what it does not hold yet), checks it and
 /// answers the sender's DISK_END. A transfer cut off saves what was verified.
 /// A disk sent whole in this session is answered once every chunk is verified
@@ -424,14 +439,9 @@ fn receive_one(
     };
     let bar = Bar::new(&d.name, d.size, mode);
     let t = Instant::now();
-    let mut sink = refused(s, ImageSink::open(b, i))?;
-    let from_base = attach_base(base, &d, &mut sink);
-    let mut pipe = SinkPipeline::start(sink, d.size);
-    if let Some(sb) = from_base {
-        pipe.set_base(Box::new(sb));
-    }
+    let sink = refused(s, ImageSink::open(b, i))?;
     let mut rx = Receiving {
-        pipe: Some(pipe),
+        pipe: Some(pipeline(base, &d, sink)),
         d: d.clone(),
         b: &mut *b,
         why: "the transfer ended before the disk did".into(),

@@ -42,6 +42,34 @@ pub struct SendStats {
     pub base_failed: u64,
 }
 
+impl SendStats {
+    /// Counts chunk `c`, sent for the first time. Its free ranges (neither read
+    /// nor sent) count as free whatever else it is.
+    fn count(&mut self, c: &OutChunk) {
+        self.chunks_sent += 1;
+        let free = free_len(&c.free);
+        let used = u64::from(c.len) - free;
+        self.free_bytes += free;
+        self.bytes_read += used;
+        self.unreadable_bytes += c.bad.iter().map(|b| u64::from(b.1)).sum::<u64>();
+        if c.zero {
+            self.zero_bytes += used;
+        } else if c.unchanged {
+            self.unchanged_bytes += used;
+        } else {
+            self.bytes_sent += used;
+        }
+    }
+
+    /// Chunk `c`, counted as unchanged, goes with its data after all (NAK_DATA).
+    fn sent_after_all(&mut self, c: &OutChunk) {
+        let used = u64::from(c.len) - free_len(&c.free);
+        self.base_failed += 1;
+        self.unchanged_bytes -= used;
+        self.bytes_sent += used;
+    }
+}
+
 /// What the reader thread hands the hashing thread, in disk order.
 enum Read {
     /// The chunk at this offset.
@@ -270,18 +298,7 @@ fn send_loop(
         match conn.next_event(Duration::from_millis(100)) {
             Some(Event::Chunk(c)) => {
                 send_chunk(conn, disk, &c)?;
-                stats.chunks_sent += 1;
-                let free = free_len(&c.free);
-                stats.free_bytes += free;
-                stats.bytes_read += u64::from(c.len) - free;
-                stats.unreadable_bytes += c.bad.iter().map(|b| u64::from(b.1)).sum::<u64>();
-                if c.zero {
-                    stats.zero_bytes += u64::from(c.len) - free;
-                } else if c.unchanged {
-                    stats.unchanged_bytes += u64::from(c.len) - free;
-                } else {
-                    stats.bytes_sent += u64::from(c.len) - free;
-                }
+                stats.count(&c);
                 if unacked.is_empty() {
                     last_progress = Instant::now();
                 }
@@ -324,10 +341,7 @@ fn send_loop(
                             if f.header.flags & NAK_DATA != 0 && c.unchanged {
                                 // The base cannot provide it: send the data after all.
                                 c.unchanged = false;
-                                stats.base_failed += 1;
-                                let used = u64::from(c.len) - free_len(&c.free);
-                                stats.unchanged_bytes -= used;
-                                stats.bytes_sent += used;
+                                stats.sent_after_all(c);
                             } else {
                                 stats.resent_chunks += 1;
                             }
