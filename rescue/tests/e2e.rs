@@ -1490,19 +1490,6 @@ fn backup_released_before_its_digest(
     (bd, a, srv, hold)
 }
 
-fn sums_check(bd: &std::path::Path) {
-    let check = Command::new("sha256sum")
-        .args(["-c", "SHA256SUMS"])
-        .current_dir(bd)
-        .output()
-        .unwrap();
-    assert!(
-        check.status.success(),
-        "{}",
-        String::from_utf8_lossy(&check.stdout)
-    );
-}
-
 #[test]
 fn the_client_is_released_before_the_image_digest_which_the_server_completes() {
     let d = tempfile::tempdir().unwrap();
