@@ -95,6 +95,14 @@ impl Usage {
     pub fn used_bytes(&self) -> u64 {
         self.used.iter().map(|r| r.end - r.start).sum()
     }
+
+    /// What every parser's answer must be (the fuzz targets assert it): a block size,
+    /// and ranges that are non-empty, sorted, disjoint, not adjacent and inside `len`.
+    pub fn is_valid_within(&self, len: u64) -> bool {
+        self.block_size > 0
+            && self.used.iter().all(|r| r.start < r.end && r.end <= len)
+            && self.used.windows(2).all(|w| w[0].end < w[1].start)
+    }
 }
 
 /// The answer for one partition.
@@ -206,6 +214,28 @@ pub fn normalise(mut ranges: Vec<Range<u64>>, len: u64) -> Vec<Range<u64>> {
 mod tests {
     #![allow(clippy::single_range_in_vec_init)]
     use super::*;
+
+    #[test]
+    fn a_valid_usage_is_sorted_disjoint_not_adjacent_and_inside() {
+        let u = |used| Usage {
+            fs: "t",
+            label: None,
+            block_size: 4096,
+            used,
+        };
+        assert!(u(vec![0..10, 11..20]).is_valid_within(20));
+        assert!(!u(vec![0..10, 10..20]).is_valid_within(20)); // adjacent
+        assert!(!u(vec![11..20, 0..10]).is_valid_within(20)); // unsorted
+        assert!(!u(vec![5..5]).is_valid_within(20)); // empty
+        assert!(!u(vec![0..21]).is_valid_within(20)); // outside
+        assert!(
+            !Usage {
+                block_size: 0,
+                ..u(vec![])
+            }
+            .is_valid_within(20)
+        );
+    }
 
     #[test]
     fn normalise_merges_sorts_and_clips() {

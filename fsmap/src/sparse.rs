@@ -149,9 +149,7 @@ pub fn fuzz_one(data: &[u8], probe: fn(&dyn ReadAt) -> Option<Result<Usage, Erro
         return;
     }
     if let Some(Ok(u)) = probe(&dev) {
-        assert!(u.block_size > 0);
-        assert!(u.used.iter().all(|r| r.start < r.end && r.end <= dev.len()));
-        assert!(u.used.windows(2).all(|w| w[0].end < w[1].start));
+        assert!(u.is_valid_within(dev.len()), "{u:?}");
     }
 }
 
