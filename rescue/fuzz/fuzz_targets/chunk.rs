@@ -20,7 +20,11 @@ fuzz_target!(|data: &[u8]| {
     };
     assert!(c.len >= 1 && c.len <= max_len);
     let free_bytes: u64 = c.free.iter().map(|&(_, l)| u64::from(l)).sum();
-    let carried = if zero { 0 } else { u64::from(c.len) - free_bytes };
+    let carried = if zero {
+        0
+    } else {
+        u64::from(c.len) - free_bytes
+    };
     assert_eq!(c.data().len() as u64, carried);
     for &(o, l) in c.bad.iter().chain(&c.free) {
         assert!(l > 0 && u64::from(o) + u64::from(l) <= u64::from(c.len));

@@ -57,7 +57,11 @@ fuzz_target!(|data: &[u8]| {
     {
         // Whatever passes the disk check is cut into chunks without panicking.
         if m.check_for(1 << 40).is_ok() {
-            assert!(m.within(0, 1 << 20).iter().all(|&(o, l)| l > 0 && o + l <= 1 << 20));
+            assert!(
+                m.within(0, 1 << 20)
+                    .iter()
+                    .all(|&(o, l)| l > 0 && o + l <= 1 << 20)
+            );
         }
     }
 });
