@@ -73,7 +73,8 @@ fn extents(f: &File) -> Option<Vec<Extent>> {
             extents: [FiemapExtent::default(); BATCH],
         };
         // SAFETY: the kernel fills at most `count` extents of the struct we own.
-        if unsafe { libc::ioctl(f.as_raw_fd(), FS_IOC_FIEMAP, &mut m) } != 0 {
+        // The request's type is c_ulong with glibc and c_int with musl (the static build).
+        if unsafe { libc::ioctl(f.as_raw_fd(), FS_IOC_FIEMAP as _, &mut m) } != 0 {
             return None;
         }
         let got = &m.extents[..(m.mapped as usize).min(BATCH)];
