@@ -990,20 +990,35 @@ impl Drop for Tmpfs {
     }
 }
 
+/// A temporary directory with a tmpfs mounted in it. The fields drop in
+/// order: the mount goes before the directory is removed (the other way
+/// round, removing fails on the mount point and leaves the directory).
+struct TmpfsDir {
+    _mount: Tmpfs,
+    dir: tempfile::TempDir,
+}
+
+impl TmpfsDir {
+    fn path(&self) -> &std::path::Path {
+        self.dir.path()
+    }
+}
+
 /// A temporary directory with a tmpfs mounted at `name` in it, or None (the
-/// test is skipped) when not root. Drop the mount before the directory.
-fn tmpfs_in_tempdir(name: &str, opts: &str) -> Option<(Tmpfs, tempfile::TempDir)> {
+/// test is skipped) when not root.
+fn tmpfs_in_tempdir(name: &str, opts: &str) -> Option<TmpfsDir> {
     if unsafe_free_euid() != 0 {
         eprintln!("skipped: mounting a small tmpfs needs root");
         return None;
     }
-    let d = tempfile::tempdir().unwrap();
-    Some((Tmpfs::mount(&d.path().join(name), opts), d))
+    let dir = tempfile::tempdir().unwrap();
+    let _mount = Tmpfs::mount(&dir.path().join(name), opts);
+    Some(TmpfsDir { _mount, dir })
 }
 
 #[test]
 fn full_store_stops_the_sender_with_the_reason() {
-    let Some((_u, d)) = tmpfs_in_tempdir("small", "size=6m") else {
+    let Some(d) = tmpfs_in_tempdir("small", "size=6m") else {
         return;
     };
     let mnt = d.path().join("small");
@@ -1125,7 +1140,7 @@ fn a_disk_over_the_stores_file_size_limit_is_refused_naming_it() {
 
 #[test]
 fn a_store_out_of_inodes_is_reported_as_full() {
-    let Some((_u, d)) = tmpfs_in_tempdir("few-inodes", "size=64m,nr_inodes=40") else {
+    let Some(d) = tmpfs_in_tempdir("few-inodes", "size=64m,nr_inodes=40") else {
         return;
     };
     let mnt = d.path().join("few-inodes");
