@@ -14,24 +14,24 @@ static USER: AtomicBool = AtomicBool::new(false);
 
 /// Records that the user asked to stop. Only an atomic store, so a signal
 /// handler may call it.
-pub fn interrupt() {
+pub(crate) fn interrupt() {
     USER.store(true, Ordering::SeqCst);
 }
 
 /// Whether the user asked to stop.
-pub fn interrupted() -> bool {
+pub(crate) fn interrupted() -> bool {
     USER.load(Ordering::SeqCst)
 }
 
 /// Clears the request before the next flow starts (PID-1 mode, where a signal
 /// ends the flow, never the process).
-pub fn reset() {
+pub(crate) fn reset() {
     USER.store(false, Ordering::SeqCst);
 }
 
 /// Fails with `Interrupted` (saying what was being done) once the user asked
 /// to stop: the check in every waiting loop.
-pub fn check(doing: &str) -> Result<(), Interrupted> {
+pub(crate) fn check(doing: &str) -> Result<(), Interrupted> {
     if interrupted() {
         return Err(Interrupted::new(doing));
     }
@@ -44,7 +44,7 @@ pub fn check(doing: &str) -> Result<(), Interrupted> {
 /// job, and some of its threads must outlive it (the keepalives while serve
 /// saves what it received).
 #[derive(Debug, Clone, Default)]
-pub struct Token {
+pub(crate) struct Token {
     own: Arc<AtomicBool>,
     user: bool,
 }
@@ -55,18 +55,18 @@ impl Token {
     }
 
     /// A token that the user's interruption stops as well.
-    pub fn interruptible() -> Token {
+    pub(crate) fn interruptible() -> Token {
         Token {
             own: Arc::default(),
             user: true,
         }
     }
 
-    pub fn stop(&self) {
+    pub(crate) fn stop(&self) {
         self.own.store(true, Ordering::SeqCst);
     }
 
-    pub fn stopped(&self) -> bool {
+    pub(crate) fn stopped(&self) -> bool {
         self.own.load(Ordering::SeqCst) || (self.user && interrupted())
     }
 }
@@ -74,7 +74,7 @@ impl Token {
 /// The user stopped the command: exit code 130 (`exit::code_of`). The message
 /// says what was being done.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Interrupted(String);
+pub(crate) struct Interrupted(String);
 
 impl Interrupted {
     pub fn new(message: impl Into<String>) -> Interrupted {
@@ -91,14 +91,14 @@ impl fmt::Display for Interrupted {
 impl std::error::Error for Interrupted {}
 
 /// Whether an error chain is the user's interruption.
-pub fn is_interrupted(err: &anyhow::Error) -> bool {
+pub(crate) fn is_interrupted(err: &anyhow::Error) -> bool {
     err.chain().any(|e| e.is::<Interrupted>())
 }
 
 /// What a reader returns once its token is stopped: the end of a read that
 /// was asked for, not a failure of the stream.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Stopped;
+pub(crate) struct Stopped;
 
 impl fmt::Display for Stopped {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -115,7 +115,7 @@ impl From<Stopped> for io::Error {
 }
 
 /// Whether a read failed only because its token was stopped.
-pub fn is_stopped(e: &io::Error) -> bool {
+pub(crate) fn is_stopped(e: &io::Error) -> bool {
     e.get_ref().is_some_and(|inner| inner.is::<Stopped>())
 }
 

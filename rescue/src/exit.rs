@@ -4,24 +4,24 @@ use std::fmt;
 
 use crate::cancel::Interrupted;
 
-pub const OK: u8 = 0;
-pub const ERROR: u8 = 1;
-pub const USAGE: u8 = 2;
+pub(crate) const OK: u8 = 0;
+pub(crate) const ERROR: u8 = 1;
+pub(crate) const USAGE: u8 = 2;
 /// Completed, but some sectors could not be read.
 pub const UNREADABLE: u8 = 3;
 /// A verification found a mismatch.
-pub const VERIFY_FAILED: u8 = 4;
+pub(crate) const VERIFY_FAILED: u8 = 4;
 /// The peer went away (unplugged, stopped); running again resumes.
 pub const PEER_GONE: u8 = 5;
 /// Refused for safety: mounted or too small target, not confirmed.
-pub const REFUSED: u8 = 6;
-pub const INTERRUPTED: u8 = 130;
+pub(crate) const REFUSED: u8 = 6;
+pub(crate) const INTERRUPTED: u8 = 130;
 
 /// An error that should end the program with a particular exit code.
 #[derive(Debug)]
-pub struct Exit {
-    pub code: u8,
-    pub message: String,
+pub(crate) struct Exit {
+    pub(crate) code: u8,
+    pub(crate) message: String,
 }
 
 impl Exit {
@@ -44,7 +44,7 @@ impl std::error::Error for Exit {}
 /// Adds how to carry on to an error that ended a transfer because the peer
 /// went away: each command knows its own way to resume (backup: run it again;
 /// restore: add --resume). Other errors pass through unchanged.
-pub fn advise_resume(err: anyhow::Error, advice: &str) -> anyhow::Error {
+pub(crate) fn advise_resume(err: anyhow::Error, advice: &str) -> anyhow::Error {
     if code_of(&err) != PEER_GONE {
         return err;
     }

@@ -21,7 +21,7 @@ impl Root {
     }
 
     /// Whether this is the real "/" (some checks, like ioctls, only make sense there).
-    pub fn is_host(&self) -> bool {
+    pub(crate) fn is_host(&self) -> bool {
         self.0 == Path::new("/")
     }
 
@@ -40,7 +40,7 @@ impl Root {
     /// Where a disk named on the command line lives: `nvme0n1` means /dev/nvme0n1
     /// below this root; a path (or an existing file in the current directory) is
     /// taken as given, absolute paths mapped into a fake root.
-    pub fn disk_path(&self, spec: &str) -> PathBuf {
+    pub(crate) fn disk_path(&self, spec: &str) -> PathBuf {
         if spec.contains('/') || Path::new(spec).is_file() {
             self.given_path(Path::new(spec))
         } else {
@@ -50,7 +50,7 @@ impl Root {
 
     /// A path the user gave: absolute ones are mapped below a fake root
     /// (tests), relative ones and everything on the real root stay as given.
-    pub fn given_path(&self, p: &Path) -> PathBuf {
+    pub(crate) fn given_path(&self, p: &Path) -> PathBuf {
         if p.is_absolute() && !self.is_host() {
             self.path(p)
         } else {
@@ -59,24 +59,24 @@ impl Root {
     }
 
     /// Reads a sysfs-style attribute: trimmed text, `None` when absent or unreadable.
-    pub fn read_attr(&self, abs: impl AsRef<Path>) -> Option<String> {
+    pub(crate) fn read_attr(&self, abs: impl AsRef<Path>) -> Option<String> {
         read_trimmed(&self.path(abs)).ok()
     }
 
     /// Reads an attribute and parses it as an unsigned number (decimal or 0x hex).
-    pub fn read_u64(&self, abs: impl AsRef<Path>) -> Option<u64> {
+    pub(crate) fn read_u64(&self, abs: impl AsRef<Path>) -> Option<u64> {
         self.read_attr(abs).and_then(|s| parse_u64(&s))
     }
 }
 
 /// Reads a whole small file and trims surrounding white space.
-pub fn read_trimmed(path: &Path) -> io::Result<String> {
+pub(crate) fn read_trimmed(path: &Path) -> io::Result<String> {
     let s = fs::read_to_string(path)?;
     Ok(s.trim().to_string())
 }
 
 /// Parses "123" or "0x7b".
-pub fn parse_u64(s: &str) -> Option<u64> {
+pub(crate) fn parse_u64(s: &str) -> Option<u64> {
     let s = s.trim();
     if let Some(hex) = s.strip_prefix("0x").or_else(|| s.strip_prefix("0X")) {
         u64::from_str_radix(hex, 16).ok()

@@ -18,17 +18,17 @@ use crate::cancel;
 static ADVICE: Mutex<Option<String>> = Mutex::new(None);
 
 /// Sets (or with None clears) the advice printed when a signal cuts the command.
-pub fn set_resume_advice(advice: Option<String>) {
+pub(crate) fn set_resume_advice(advice: Option<String>) {
     if let Ok(mut a) = ADVICE.lock() {
         *a = advice;
     }
 }
 
 /// A transfer under way: an interrupt until this is dropped says how to resume.
-pub struct Transfer(());
+pub(crate) struct Transfer(());
 
 /// Marks a transfer under way with the advice for resuming it.
-pub fn transfer(advice: String) -> Transfer {
+pub(crate) fn transfer(advice: String) -> Transfer {
     set_resume_advice(Some(advice));
     Transfer(())
 }
@@ -63,9 +63,9 @@ const SAVE_WAIT: Duration = Duration::from_secs(60);
 /// user's interruption, so `Conn::next_event` reports the stream stopped, and the
 /// process exits once it is dropped (at most 60 s later; a second signal
 /// exits at once).
-pub struct SaveOnInterrupt(());
+pub(crate) struct SaveOnInterrupt(());
 
-pub fn save_on_interrupt() -> SaveOnInterrupt {
+pub(crate) fn save_on_interrupt() -> SaveOnInterrupt {
     SAVING.fetch_add(1, Ordering::SeqCst);
     SaveOnInterrupt(())
 }

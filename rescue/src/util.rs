@@ -6,7 +6,7 @@ use std::fmt;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 /// Seconds since the epoch now.
-pub fn now_secs() -> i64 {
+pub(crate) fn now_secs() -> i64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_secs() as i64)
@@ -28,7 +28,7 @@ fn civil(days: i64) -> (i64, u32, u32) {
 }
 
 /// "2026-11-22T01:02:03Z".
-pub fn iso8601(secs: i64) -> String {
+pub(crate) fn iso8601(secs: i64) -> String {
     let (y, m, d) = civil(secs.div_euclid(86_400));
     let t = secs.rem_euclid(86_400);
     format!(
@@ -40,7 +40,7 @@ pub fn iso8601(secs: i64) -> String {
 }
 
 /// "20261122-010203", sortable, for backup ids.
-pub fn compact_time(secs: i64) -> String {
+pub(crate) fn compact_time(secs: i64) -> String {
     let (y, m, d) = civil(secs.div_euclid(86_400));
     let t = secs.rem_euclid(86_400);
     format!(
@@ -54,7 +54,7 @@ pub fn compact_time(secs: i64) -> String {
 /// A size for people, as lsblk and `ls -h` show it: "256 GiB", "1.5 TiB",
 /// "477 GiB", "512 B" (whole units without a decimal, one decimal under 100).
 /// The one size format of every command's output.
-pub fn human_bytes(bytes: u64) -> String {
+pub(crate) fn human_bytes(bytes: u64) -> String {
     const UNITS: [&str; 7] = ["B", "KiB", "MiB", "GiB", "TiB", "PiB", "EiB"];
     let mut unit = 0;
     let mut div = 1u64;
@@ -79,7 +79,7 @@ pub fn human_bytes(bytes: u64) -> String {
 /// `\x1b`, `\u{202e}`, so a peer can neither drive the terminal nor forge a
 /// line of our output. Width and alignment (`{:<20}`) apply to the escaped text.
 /// JSON output does not need it: serde_json escapes control characters itself.
-pub struct Peer<'a>(pub &'a str);
+pub(crate) struct Peer<'a>(pub &'a str);
 
 impl fmt::Display for Peer<'_> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -94,7 +94,7 @@ fn invisible(c: char) -> bool {
 }
 
 /// `s` with everything [`Peer`] escapes escaped (borrowed when nothing is).
-pub fn printable(s: &str) -> Cow<'_, str> {
+pub(crate) fn printable(s: &str) -> Cow<'_, str> {
     if !s.chars().any(|c| c.is_control() || invisible(c)) {
         return Cow::Borrowed(s);
     }
@@ -116,7 +116,7 @@ pub fn printable(s: &str) -> Cow<'_, str> {
     Cow::Owned(out)
 }
 
-pub fn hex(bytes: &[u8]) -> String {
+pub(crate) fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 

@@ -17,7 +17,7 @@ pub enum Mode {
 }
 
 impl Mode {
-    pub fn name(self) -> &'static str {
+    pub(crate) fn name(self) -> &'static str {
         match self {
             Mode::Menu => "menu",
             Mode::Backup => "backup",
@@ -41,7 +41,7 @@ pub enum Fabric {
 
 /// What `rd.usb4rescue` tells the dracut module.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub enum Dracut {
+pub(crate) enum Dracut {
     /// Not given: the boot goes on without rescue.
     #[default]
     Absent,
@@ -57,46 +57,46 @@ pub enum Dracut {
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Config {
     pub mode: Mode,
-    pub dracut: Dracut,
+    pub(crate) dracut: Dracut,
     /// Run by the dracut hook, after which the boot goes on: serve stops after one
     /// session, and the peer is awaited as the commands do by default (300 s;
     /// serve: until one comes) rather than for ever. Not a command line option.
-    pub from_hook: bool,
+    pub(crate) from_hook: bool,
     /// `rescue.wait=SECS`: how long to wait for the peer (0: for ever).
-    pub wait: Option<u64>,
+    pub(crate) wait: Option<u64>,
     /// `LABEL=x`, `UUID=y` or a /dev path: where serve keeps images.
-    pub store: Option<String>,
-    pub disks: Vec<String>,
-    pub peer: Option<String>,
-    pub yes: bool,
-    pub poweroff: bool,
-    pub reboot: bool,
+    pub(crate) store: Option<String>,
+    pub(crate) disks: Vec<String>,
+    pub(crate) peer: Option<String>,
+    pub(crate) yes: bool,
+    pub(crate) poweroff: bool,
+    pub(crate) reboot: bool,
     pub fabric: Fabric,
-    pub hostname: Option<String>,
-    pub label: Option<String>,
-    pub verify: bool,
+    pub(crate) hostname: Option<String>,
+    pub(crate) label: Option<String>,
+    pub(crate) verify: bool,
     /// rescue.resume=1: a restore continues onto targets that hold part of it.
-    pub resume: bool,
+    pub(crate) resume: bool,
     /// rescue.grow=1: a restore onto a larger disk extends the last partition
     /// to its end (`restore --grow`).
-    pub grow: bool,
+    pub(crate) grow: bool,
     /// rescue.all_blocks=1: a backup copies every byte, free space too.
-    pub all_blocks: bool,
+    pub(crate) all_blocks: bool,
     /// `rescue.map=NAME=TARGET,...`: where restore writes each backed-up disk
     /// (needed when the disks have no serial numbers to match).
-    pub map: Vec<String>,
+    pub(crate) map: Vec<String>,
     /// `rescue.backup=ID`: which backup restore writes (default: the newest).
-    pub backup: Option<String>,
+    pub(crate) backup: Option<String>,
     /// `rescue.allow_restore=HOST,...|all`: serve lets peers restore these hosts'
     /// backups although they are not those machines (`serve --allow-restore`).
-    pub allow_restore: Vec<String>,
+    pub(crate) allow_restore: Vec<String>,
     /// Options we could not understand, to show on the console rather than fail on.
-    pub warnings: Vec<String>,
+    pub(crate) warnings: Vec<String>,
 }
 
 /// Splits a command line into words like the kernel does: spaces separate words,
 /// double quotes group (and are removed).
-pub fn split(cmdline: &str) -> Vec<String> {
+pub(crate) fn split(cmdline: &str) -> Vec<String> {
     let mut out = Vec::new();
     let mut cur = String::new();
     let mut quoted = false;
@@ -256,7 +256,7 @@ impl Config {
     }
 
     /// The power action asked for at the end, with its console word.
-    pub fn power(&self) -> Option<(Power, &'static str)> {
+    pub(crate) fn power(&self) -> Option<(Power, &'static str)> {
         if self.poweroff {
             Some((Power::PowerOff, "powering off"))
         } else if self.reboot {
@@ -269,7 +269,7 @@ impl Config {
     /// How to reach the peer: the configured service, waiting as long as it takes
     /// (at a rescue console the person plugs the cable in when ready) unless told
     /// otherwise; from the dracut hook the commands' own defaults apply.
-    pub fn connect(&self) -> ConnectArgs {
+    pub(crate) fn connect(&self) -> ConnectArgs {
         ConnectArgs {
             device: None,
             peer: self.peer.clone(),
@@ -282,7 +282,7 @@ impl Config {
         }
     }
 
-    pub fn backup_command(&self) -> Command {
+    pub(crate) fn backup_command(&self) -> Command {
         Command::Backup(BackupArgs {
             connect: self.connect(),
             label: self.label.clone(),
@@ -296,7 +296,7 @@ impl Config {
 
     /// A serve command keeping images in `store` (the mounted store directory).
     /// With poweroff/reboot requested it stops after one session so that happens.
-    pub fn serve_command(&self, store: PathBuf) -> Command {
+    pub(crate) fn serve_command(&self, store: PathBuf) -> Command {
         Command::Serve(ServeArgs {
             store,
             // The store is the filesystem init just mounted there.
@@ -308,7 +308,7 @@ impl Config {
         })
     }
 
-    pub fn restore_command(&self) -> Command {
+    pub(crate) fn restore_command(&self) -> Command {
         Command::Restore(RestoreArgs {
             connect: self.connect(),
             list: false,

@@ -16,14 +16,14 @@ use crate::root::Root;
 /// /sys/class/tty/console/active (the one /dev/console writes to). `tty0` means
 /// "the current virtual terminal", which cannot be a controlling terminal for
 /// everybody; use tty1 as getty would.
-pub fn console_device(root: &Root) -> Option<String> {
+pub(crate) fn console_device(root: &Root) -> Option<String> {
     let active = root.read_attr("/sys/class/tty/console/active")?;
     let last = active.split_whitespace().last()?.to_string();
     Some(if last == "tty0" { "tty1".into() } else { last })
 }
 
 /// Whether the console is a serial line (plain text only, no screen control).
-pub fn is_serial(dev: &str) -> bool {
+pub(crate) fn is_serial(dev: &str) -> bool {
     [
         "ttyS", "ttyAMA", "ttyUSB", "ttyACM", "hvc", "ttyMSM", "ttymxc",
     ]
@@ -41,7 +41,7 @@ fn set_controlling_tty(fd: &OwnedFd) -> Result<()> {
 }
 
 /// Sets up stdin/stdout/stderr for PID 1. Returns the device used.
-pub fn setup(root: &Root) -> Result<PathBuf> {
+pub(crate) fn setup(root: &Root) -> Result<PathBuf> {
     // A new session so the terminal can become ours (fails harmlessly if we lead one).
     let _ = nix::unistd::setsid();
     let candidates: Vec<PathBuf> = console_device(root)

@@ -24,15 +24,15 @@ use crate::boot::modload::{self, Loader, ModuleSys, rescue_drivers, settle};
 use crate::root::Root;
 
 /// The virtual USB4 host module (kmod/usb4vhost.ko).
-pub const VHOST: &str = bootfacts::needed::VIRTUAL_HOST;
+pub(crate) const VHOST: &str = bootfacts::needed::VIRTUAL_HOST;
 
 /// What bring-up did, for the console.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct DriverReport {
     /// Modules inserted, in order.
-    pub loaded: Vec<String>,
+    pub(crate) loaded: Vec<String>,
     /// Problems worth showing (none of them stops the boot).
-    pub warnings: Vec<String>,
+    pub(crate) warnings: Vec<String>,
     /// Whether the virtual USB4 host was loaded.
     pub virtual_cable: bool,
 }
@@ -53,7 +53,7 @@ fn hardware_for<S: ModuleSys>(loader: &Loader<S>, devices: &[String], module: &s
 }
 
 /// Decides between the virtual USB4 host and the real USB4 stack (see the module doc).
-pub fn use_virtual<S: ModuleSys>(loader: &Loader<S>, root: &Root, fabric: Fabric) -> bool {
+pub(crate) fn use_virtual<S: ModuleSys>(loader: &Loader<S>, root: &Root, fabric: Fabric) -> bool {
     match fabric {
         Fabric::Virtual => true,
         Fabric::Usb4 => false,
@@ -68,7 +68,7 @@ pub fn use_virtual<S: ModuleSys>(loader: &Loader<S>, root: &Root, fabric: Fabric
 }
 
 /// Whether the kernel has a Thunderbolt/USB4 domain (a host controller bound).
-pub fn has_domain(root: &Root) -> bool {
+pub(crate) fn has_domain(root: &Root) -> bool {
     fs::read_dir(root.path("/sys/bus/thunderbolt/devices"))
         .map(|rd| {
             rd.filter_map(|e| e.ok())
@@ -80,7 +80,7 @@ pub fn has_domain(root: &Root) -> bool {
 /// Loads everything the rescue system needs: the USB4STREAM stack, then (with
 /// `hardware`: the bound on the wait for USB devices between the two modalias
 /// passes) the drivers for the hardware present.
-pub fn bring_up<S: ModuleSys>(
+pub(crate) fn bring_up<S: ModuleSys>(
     loader: &mut Loader<S>,
     root: &Root,
     fabric: Fabric,

@@ -6,7 +6,7 @@ use crate::root::Root;
 
 /// ASCII letters, digits and single dashes; at most 63 characters. Case is kept:
 /// a configured `hostB` stays `hostB` (it names the store directory).
-pub fn sanitize(s: &str) -> String {
+pub(crate) fn sanitize(s: &str) -> String {
     let mut out = String::new();
     for c in s.chars() {
         if c.is_ascii_alphanumeric() {
@@ -42,7 +42,7 @@ fn placeholder(s: &str) -> bool {
 
 /// The name to use when none is configured: DMI product plus serial (or the
 /// product UUID's tail, or machine-id's head) so identical models differ.
-pub fn derive(root: &Root) -> String {
+pub(crate) fn derive(root: &Root) -> String {
     let attr = |p: &str| root.read_attr(p).filter(|v| !placeholder(v));
     let product = attr("/sys/class/dmi/id/product_name").map(|p| sanitize(&p.to_ascii_lowercase()));
     let unique = attr("/sys/class/dmi/id/product_serial")
@@ -70,7 +70,7 @@ pub fn derive(root: &Root) -> String {
 }
 
 /// The hostname to set, or None to keep the current one.
-pub fn choose(root: &Root, configured: Option<&str>) -> Option<String> {
+pub(crate) fn choose(root: &Root, configured: Option<&str>) -> Option<String> {
     if let Some(c) = configured {
         let s = sanitize(c);
         return (!s.is_empty()).then_some(s);

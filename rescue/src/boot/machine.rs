@@ -16,12 +16,12 @@ use crate::system::disks;
 
 /// The running system (or a fake root in tests, where power actions refuse).
 pub struct System<S: ModuleSys> {
-    pub root: Root,
-    pub loader: Option<Loader<S>>,
+    pub(crate) root: Root,
+    pub(crate) loader: Option<Loader<S>>,
     /// The configured `rescue.peer`, preferred when several peers are connected.
-    pub peer: Option<String>,
+    pub(crate) peer: Option<String>,
     /// Power actions are allowed outside PID 1 (the dracut hook, on the real root).
-    pub may_power: bool,
+    pub(crate) may_power: bool,
 }
 
 impl<S: ModuleSys> System<S> {
@@ -36,7 +36,7 @@ impl<S: ModuleSys> System<S> {
 }
 
 /// The peer as the Thunderbolt bus shows it.
-pub fn peer_state(root: &Root, prefer: Option<&str>) -> Peer {
+pub(crate) fn peer_state(root: &Root, prefer: Option<&str>) -> Peer {
     if !root.path("/sys/bus/thunderbolt").exists() {
         return Peer::NoFabric("thunderbolt driver not loaded".into());
     }
@@ -128,7 +128,7 @@ impl<S: ModuleSys> Backend for System<S> {
 }
 
 /// Syncs and reboots or powers off. Returns only on failure.
-pub fn power(p: Power) -> Result<()> {
+pub(crate) fn power(p: Power) -> Result<()> {
     use nix::sys::reboot::{RebootMode, reboot};
     nix::unistd::sync();
     let mode = match p {

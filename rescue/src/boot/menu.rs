@@ -24,7 +24,7 @@ pub enum Peer {
 
 impl Peer {
     /// The status line: what we are waiting for.
-    pub fn status_line(&self) -> String {
+    pub(crate) fn status_line(&self) -> String {
         match self {
             Peer::NoFabric(why) => format!("cable: not available ({why})"),
             Peer::Waiting => {
@@ -75,7 +75,12 @@ pub enum MenuEnd {
 
 /// Runs a command and prints the machine-readable result lines
 /// (`RESCUE: <what> finished: OK`, `RESCUE: <what> failed: ...`, `RESCUE: done rc=N`).
-pub fn run_and_report(out: &mut dyn Write, b: &mut dyn Backend, what: &str, cmd: Command) -> u8 {
+pub(crate) fn run_and_report(
+    out: &mut dyn Write,
+    b: &mut dyn Backend,
+    what: &str,
+    cmd: Command,
+) -> u8 {
     let _ = writeln!(out, "RESCUE: {what} started");
     let _ = out.flush();
     let rc = match b.run(cmd) {
@@ -103,7 +108,7 @@ fn one_line(e: &anyhow::Error) -> String {
 }
 
 /// The meaning of an exit code (rescue/src/exit.rs), for the console.
-pub fn describe(rc: u8) -> &'static str {
+pub(crate) fn describe(rc: u8) -> &'static str {
     match rc {
         exit::OK => "OK",
         exit::USAGE => "usage error",
@@ -117,7 +122,7 @@ pub fn describe(rc: u8) -> &'static str {
 }
 
 /// The interactive menu.
-pub struct Menu<'a, R: BufRead, W: Write> {
+pub(crate) struct Menu<'a, R: BufRead, W: Write> {
     input: R,
     out: W,
     backend: &'a mut dyn Backend,
@@ -138,7 +143,7 @@ impl<'a, R: BufRead, W: Write> Menu<'a, R, W> {
     }
 
     /// The restore that ran before the menu stopped because the peer went away.
-    pub fn restore_was_cut(&mut self) {
+    pub(crate) fn restore_was_cut(&mut self) {
         self.restore_cut = true;
     }
 
@@ -194,7 +199,7 @@ impl<'a, R: BufRead, W: Write> Menu<'a, R, W> {
     }
 
     /// Shows the menu and runs choices until the input ends.
-    pub fn run(&mut self) -> MenuEnd {
+    pub(crate) fn run(&mut self) -> MenuEnd {
         loop {
             self.show();
             let Some(choice) = self.ask("Choice [1-6]:") else {
@@ -222,7 +227,7 @@ impl<'a, R: BufRead, W: Write> Menu<'a, R, W> {
     }
 
     /// Runs one mode as the kernel command line would, without the menu's questions.
-    pub fn run_mode(&mut self, mode: Mode) -> u8 {
+    pub(crate) fn run_mode(&mut self, mode: Mode) -> u8 {
         let cmd = match mode {
             Mode::Menu => return exit::OK,
             Mode::Backup => self.config.backup_command(),

@@ -38,14 +38,14 @@ use anyhow::{Context, Result};
 use crate::cmd::cli::InitArgs;
 use crate::root::Root;
 pub use cmdline::{Config, Fabric, Mode};
-pub use drivers::DriverReport;
-pub use menu::{Backend, Menu, MenuEnd, Peer, Power};
+pub(crate) use drivers::DriverReport;
+pub(crate) use menu::{Backend, Menu, MenuEnd, Power};
 use modload::{DryRun, KernelSys, Loader, ModuleSys};
 
 /// How long to wait for disks to appear after the drivers are in.
-pub const DISK_SETTLE: Duration = Duration::from_secs(3);
+pub(crate) const DISK_SETTLE: Duration = Duration::from_secs(3);
 /// How long to wait for USB devices between the two modalias passes.
-pub const USB_SETTLE: Duration = Duration::from_secs(2);
+pub(crate) const USB_SETTLE: Duration = Duration::from_secs(2);
 
 /// What boot preparation found.
 pub struct Prepared<S: ModuleSys> {
@@ -261,7 +261,7 @@ pub fn after_boot<R: BufRead, W: Write>(
 /// Standard input that takes std's stdin lock only for each read. The menu keeps
 /// its input while a command runs, and commands read the console themselves (the
 /// restore confirmation): holding `stdin().lock()` across them would deadlock.
-pub struct ConsoleIn;
+pub(crate) struct ConsoleIn;
 
 impl Read for ConsoleIn {
     fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
@@ -271,7 +271,7 @@ impl Read for ConsoleIn {
 
 /// The menu's input on the console: a one-byte BufReader so it never reads past
 /// the line it needs (the rest stays in std's stdin buffer for whoever reads next).
-pub fn console_input() -> BufReader<ConsoleIn> {
+pub(crate) fn console_input() -> BufReader<ConsoleIn> {
     BufReader::with_capacity(1, ConsoleIn)
 }
 
@@ -325,7 +325,7 @@ fn pid1_pass(root: &Root) -> Result<()> {
 
 /// What the person chose on the error screen.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum FatalChoice {
+pub(crate) enum FatalChoice {
     Retry,
     Power(Power),
     /// The console gave no input (closed or absent): retry after a pause.
@@ -334,7 +334,11 @@ pub enum FatalChoice {
 
 /// The error screen: shows what failed and asks whether to retry, reboot or power
 /// off. There is no shell to drop into.
-pub fn fatal_prompt<R: BufRead, W: Write>(mut input: R, mut out: W, msg: &str) -> FatalChoice {
+pub(crate) fn fatal_prompt<R: BufRead, W: Write>(
+    mut input: R,
+    mut out: W,
+    msg: &str,
+) -> FatalChoice {
     let _ = writeln!(out, "RESCUE: fatal: {}", msg.replace('\n', " "));
     loop {
         let _ = write!(out, "r = retry, b = reboot, p = power off [r/b/p]: ");

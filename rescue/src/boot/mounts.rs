@@ -62,7 +62,7 @@ const EARLY: &[Mount] = &[
 ];
 
 /// Whether `abs` is a mount point, from /proc/self/mountinfo.
-pub fn is_mountpoint(root: &Root, abs: &Path) -> bool {
+pub(crate) fn is_mountpoint(root: &Root, abs: &Path) -> bool {
     let Ok(text) = fs::read_to_string(root.path("/proc/self/mountinfo")) else {
         return false;
     };
@@ -104,7 +104,7 @@ fn mount_one(m: &Mount) -> Result<()> {
 /// Mounts /proc, /sys, /dev, /run and /tmp on the real root, skipping what is
 /// already mounted. Returns one message per failure; boot goes on regardless,
 /// because a rescue system with a missing /tmp still beats one that stops.
-pub fn mount_early() -> Vec<String> {
+pub(crate) fn mount_early() -> Vec<String> {
     let host = Root::host();
     let mut errors = Vec::new();
     for m in EARLY {
@@ -121,7 +121,7 @@ pub fn mount_early() -> Vec<String> {
 
 /// Mounts ConfigFS at /sys/kernel/config (the directory appears once configfs is
 /// loaded or built in).
-pub fn mount_configfs() -> Result<()> {
+pub(crate) fn mount_configfs() -> Result<()> {
     let host = Root::host();
     let target = Path::new("/sys/kernel/config");
     if is_mountpoint(&host, target) {

@@ -15,7 +15,7 @@ use crate::system::fsprobe;
 pub use crate::system::fsprobe::PROBE_LEN;
 
 /// Where serve keeps images in PID-1 mode.
-pub const STORE_MOUNT: &str = "/run/rescue/store";
+pub(crate) const STORE_MOUNT: &str = "/run/rescue/store";
 
 /// What a superblock says.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -31,7 +31,7 @@ pub struct FsInfo {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Found {
     /// The device as seen in the root (`/dev/sdb1` mapped through `Root`).
-    pub dev: PathBuf,
+    pub(crate) dev: PathBuf,
     /// The device's /dev name, e.g. `/dev/sdb1` (for messages and mount(2)).
     pub name: String,
     pub fs: FsInfo,
@@ -59,13 +59,13 @@ fn mountable(fs: fsprobe::FsInfo) -> Option<FsInfo> {
 }
 
 /// Probes a device file (or an image file in tests) for a filesystem a store can be on.
-pub fn probe(dev: &Path) -> Result<Option<FsInfo>> {
+pub(crate) fn probe(dev: &Path) -> Result<Option<FsInfo>> {
     let fs = fsprobe::probe_path(dev).with_context(|| format!("open {}", dev.display()))?;
     Ok(fs.and_then(mountable))
 }
 
 /// Block devices the kernel knows, disks and partitions, by /sys/class/block.
-pub fn block_devices(root: &Root) -> Vec<String> {
+pub(crate) fn block_devices(root: &Root) -> Vec<String> {
     let mut names: Vec<String> = fs::read_dir(root.path("/sys/class/block"))
         .map(|rd| {
             rd.filter_map(|e| e.ok())
@@ -175,7 +175,7 @@ pub fn mount_store(root: &Root, spec: &str, load_fs: &mut dyn FnMut(&str)) -> Re
 }
 
 /// Syncs and unmounts the store at `STORE_MOUNT` if it is mounted there.
-pub fn unmount_store(root: &Root) -> Result<()> {
+pub(crate) fn unmount_store(root: &Root) -> Result<()> {
     if !root.is_host() || !crate::boot::mounts::is_mountpoint(root, Path::new(STORE_MOUNT)) {
         return Ok(());
     }

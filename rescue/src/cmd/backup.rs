@@ -21,23 +21,22 @@ use crate::xfer::{self, Geometry};
 
 /// What one disk's transfer amounted to.
 #[derive(Debug, Clone)]
-pub struct DiskReport {
-    pub name: String,
-    pub size: u64,
-    pub stats: xfer::SendStats,
-    pub sha256: String,
-    pub ok: bool,
-    pub message: String,
-    pub seconds: f64,
+pub(crate) struct DiskReport {
+    pub(crate) name: String,
+    pub(crate) stats: xfer::SendStats,
+    pub(crate) sha256: String,
+    pub(crate) ok: bool,
+    pub(crate) message: String,
+    pub(crate) seconds: f64,
     /// Every chunk is verified and durable on the peer, which computes the
     /// image SHA-256 on its own.
-    pub sha256_pending: bool,
+    pub(crate) sha256_pending: bool,
     /// Used-block mode: what was recognised on the disk and left out.
-    pub free: Option<FreeMap>,
+    pub(crate) free: Option<FreeMap>,
     /// The base backup's id when this disk was compared with one.
-    pub base: Option<String>,
+    pub(crate) base: Option<String>,
     /// Chunks the peer's base could not provide after all (sent instead).
-    pub base_failed: u64,
+    pub(crate) base_failed: u64,
 }
 
 /// The disks to send: those named, or every eligible one.
@@ -90,7 +89,7 @@ fn sources(root: &Root, args: &BackupArgs) -> Result<Vec<Source>> {
     Ok(out)
 }
 
-pub fn run(root: &Root, args: &BackupArgs) -> Result<u8> {
+pub(crate) fn run(root: &Root, args: &BackupArgs) -> Result<u8> {
     let srcs = sources(root, args)?;
     run_with(root, args, srcs)
 }
@@ -318,7 +317,6 @@ fn send_one(
     )?;
     Ok(DiskReport {
         name: src.name.clone(),
-        size: src.size,
         stats,
         sha256: done.sha256.clone(),
         ok: done.ok,
@@ -403,7 +401,7 @@ fn print_disk(r: &DiskReport) {
 }
 
 /// Prints the final summary and picks the exit code.
-pub fn summary(reports: &[DiskReport], secs: f64, corrupt: u64, peer_msg: &str) -> u8 {
+pub(crate) fn summary(reports: &[DiskReport], secs: f64, corrupt: u64, peer_msg: &str) -> u8 {
     let mut code = exit::OK;
     println!("backup summary:");
     for r in reports {

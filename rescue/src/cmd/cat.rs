@@ -14,7 +14,7 @@ use crate::exit;
 use crate::fabric::link::{self, Link, LinkOpts};
 use crate::session::transport::{self, Endpoint, Stream};
 
-pub fn run(root: &Root, args: &CatArgs) -> Result<u8> {
+pub(crate) fn run(root: &Root, args: &CatArgs) -> Result<u8> {
     let c = &args.connect;
     let mut _link = None;
     let stream = match transport::endpoint(root, c.device.as_deref())? {

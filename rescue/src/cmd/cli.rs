@@ -117,13 +117,13 @@ pub struct ConnectArgs {
 
 impl ConnectArgs {
     /// How long a connecting command waits for the peer (300 s by default).
-    pub fn wait_timeout(&self) -> Option<Duration> {
+    pub(crate) fn wait_timeout(&self) -> Option<Duration> {
         let w = self.wait.unwrap_or(300);
         (w > 0).then(|| Duration::from_secs(w))
     }
 
     /// How long serve waits for the next peer: for ever unless --wait is given.
-    pub fn serve_wait(&self) -> Option<Duration> {
+    pub(crate) fn serve_wait(&self) -> Option<Duration> {
         self.wait.filter(|&w| w > 0).map(Duration::from_secs)
     }
 }
@@ -132,18 +132,18 @@ impl ConnectArgs {
 pub struct StatusArgs {
     /// Print JSON instead of text.
     #[arg(long)]
-    pub json: bool,
+    pub(crate) json: bool,
 }
 
 #[derive(Debug, Clone, Args, Default)]
 pub struct DisksArgs {
     /// Also show loop, ram, zram, optical and stacked (device-mapper, md RAID) devices.
     #[arg(long)]
-    pub all: bool,
+    pub(crate) all: bool,
     /// Print JSON instead of text (sizes also in bytes and in the disk's own logical
     /// sectors, loop devices' backing files).
     #[arg(long)]
-    pub json: bool,
+    pub(crate) json: bool,
 }
 
 #[derive(Debug, Clone, Args)]
@@ -156,13 +156,13 @@ pub struct ServeArgs {
 
     /// Create the store directory (and its parents) if it does not exist.
     #[arg(long)]
-    pub create: bool,
+    pub(crate) create: bool,
 
     /// Accept a backup larger than the store's free space. Zero chunks are
     /// stored as holes, so mostly empty disks need less than their size; if the
     /// store fills up, the backup stops and resumes once space is freed.
     #[arg(long)]
-    pub no_space_check: bool,
+    pub(crate) no_space_check: bool,
 
     #[command(flatten)]
     pub connect: ConnectArgs,
@@ -177,7 +177,7 @@ pub struct ServeArgs {
     /// machine-id): allow a new machine restoring an old one's disks, or a rescue
     /// system (no machine-id) restoring its own. Repeatable, or comma-separated.
     #[arg(long = "allow-restore", value_name = "HOST|all", value_delimiter = ',')]
-    pub allow_restore: Vec<String>,
+    pub(crate) allow_restore: Vec<String>,
 }
 
 #[derive(Debug, Clone, Args, Default)]
@@ -230,7 +230,7 @@ pub struct RestoreArgs {
 
     /// Host whose backups to list or restore (default: this machine's hostname).
     #[arg(long, value_name = "HOST")]
-    pub host: Option<String>,
+    pub(crate) host: Option<String>,
 
     /// Write backed-up disk NAME onto TARGET (a disk or an image file). Repeatable.
     /// Without it, each disk goes to the local disk with the same serial number.
@@ -263,41 +263,41 @@ pub struct RestoreArgs {
     /// and a GNU ddrescue mapfile of what is missing (exit 3). Without it the
     /// restore stops at that chunk, naming it and its partition (exit 4).
     #[arg(long)]
-    pub skip_damaged: bool,
+    pub(crate) skip_damaged: bool,
 
     /// The mapfile --skip-damaged writes (PATH.NAME per disk with several
     /// disks). Default: TARGET.map beside an image file, NAME.map in the
     /// current directory for a disk.
     #[arg(long, value_name = "PATH", requires = "skip_damaged")]
-    pub damaged_map: Option<PathBuf>,
+    pub(crate) damaged_map: Option<PathBuf>,
 
     /// A used-block backup (the default of `rescue backup`) did not copy the free
     /// space of the filesystems it recognised. Without this option the target's
     /// bytes there are left as they are; with it they are written as zeros.
     #[arg(long, conflicts_with = "discard")]
-    pub zero_free: bool,
+    pub(crate) zero_free: bool,
 
     /// Discard (BLKDISCARD, TRIM) the free space a used-block backup did not copy,
     /// where the target supports it; elsewhere it is left as it is (and you are told).
     #[arg(long)]
-    pub discard: bool,
+    pub(crate) discard: bool,
 }
 
 #[derive(Debug, Clone, Args)]
 pub struct VerifyArgs {
     /// A backup directory (holding manifest.json), or a store to check every backup in.
     #[arg(value_name = "DIR")]
-    pub dir: PathBuf,
+    pub(crate) dir: PathBuf,
 }
 
 #[derive(Debug, Clone, Args)]
 pub struct StoreArgs {
     #[command(subcommand)]
-    pub action: StoreAction,
+    pub(crate) action: StoreAction,
 }
 
 #[derive(Debug, Clone, Subcommand)]
-pub enum StoreAction {
+pub(crate) enum StoreAction {
     /// Every backup per host: status, size of its disks and the space it really
     /// takes (extents shared with other backups, e.g. an incremental backup's
     /// reflinks on btrfs or XFS, are shown and counted once in the total).
@@ -330,21 +330,21 @@ pub enum StoreAction {
 #[derive(Debug, Clone, Args, Default)]
 pub struct CatArgs {
     #[command(flatten)]
-    pub connect: ConnectArgs,
+    pub(crate) connect: ConnectArgs,
 }
 
 #[derive(Debug, Clone, Args)]
 pub struct LinkArgs {
     /// up: create the stream in ConfigFS; down: remove it.
     #[arg(value_enum)]
-    pub action: LinkAction,
+    pub(crate) action: LinkAction,
 
     #[command(flatten)]
-    pub connect: ConnectArgs,
+    pub(crate) connect: ConnectArgs,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
-pub enum LinkAction {
+pub(crate) enum LinkAction {
     Up,
     Down,
 }
@@ -353,15 +353,15 @@ pub enum LinkAction {
 pub struct InitArgs {
     /// Do not mount /proc, /sys, /dev (for testing init mode outside an initramfs).
     #[arg(long, hide = true)]
-    pub no_mount: bool,
+    pub(crate) no_mount: bool,
     /// Run the boot-time flow from a dracut hook, not as PID 1: rd.usb4rescue=MODE and
     /// rd.usb4rescue.* from /proc/cmdline, the USB4STREAM stack, ConfigFS, the mode on
     /// this console, then power off or reboot if asked; else return so the boot goes on.
     #[arg(long, conflicts_with = "no_mount")]
-    pub dracut: bool,
+    pub(crate) dracut: bool,
     /// Print the kernel modules the boot flow loads before the hardware's drivers
     /// (ConfigFS and the USB4STREAM stack), one per line, and exit; the dracut
     /// module installs these.
     #[arg(long, conflicts_with_all = ["no_mount", "dracut"])]
-    pub stack_modules: bool,
+    pub(crate) stack_modules: bool,
 }

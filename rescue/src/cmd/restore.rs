@@ -37,17 +37,17 @@ use crate::xfer::{
 };
 
 /// A local disk or file about to be overwritten.
-pub struct Target {
-    pub spec: String,
-    pub path: PathBuf,
-    pub file: File,
+pub(crate) struct Target {
+    pub(crate) spec: String,
+    pub(crate) path: PathBuf,
+    pub(crate) file: File,
     /// Its size: a target of another size than the image is resized to it.
-    pub size: u64,
-    pub block: bool,
+    pub(crate) size: u64,
+    pub(crate) block: bool,
     /// A block device's directory in sysfs (below the root), where the kernel's own
     /// view of its partitions is read after the new table is written.
     sysfs: Option<PathBuf>,
-    pub description: String,
+    pub(crate) description: String,
     /// Set when this restore created the file: it goes again on failure.
     created: Option<Created>,
 }
@@ -84,7 +84,7 @@ impl Target {
 
 /// A target after the checks: an opened disk or file, or a file to create
 /// once the user has confirmed (nothing is created before that).
-pub enum Planned {
+pub(crate) enum Planned {
     Open(Target),
     New {
         spec: String,
@@ -189,7 +189,7 @@ fn resize_plan(d: &DiskSummary, spec: &str, p: &Planned, grow: bool) -> Result<r
 /// Checks a restore target and opens it, or plans to create it (a path that
 /// does not exist yet). `need` is the image size; with `resizable` a target of
 /// another size is left to `resize::for_target` to accept or refuse.
-pub fn open_target(root: &Root, spec: &str, need: u64, resizable: bool) -> Result<Planned> {
+pub(crate) fn open_target(root: &Root, spec: &str, need: u64, resizable: bool) -> Result<Planned> {
     let path = root.disk_path(spec);
     let meta = std::fs::metadata(&path);
     let is_block = meta
@@ -726,7 +726,7 @@ fn refuse_shared_target(root: &Root, pairs: &[(DiskSummary, String)]) -> Result<
     Ok(())
 }
 
-pub fn run(root: &Root, args: &RestoreArgs) -> Result<u8> {
+pub(crate) fn run(root: &Root, args: &RestoreArgs) -> Result<u8> {
     let mut s = session::connect(root, &args.connect, Role::Restore)?;
     let want = list_host(args, &s.me);
     if args.list {

@@ -81,7 +81,7 @@ pub(crate) struct Masker {
 }
 
 impl Masker {
-    pub(crate) fn new(map: Option<FreeMap>) -> Masker {
+    pub fn new(map: Option<FreeMap>) -> Masker {
         Masker {
             map,
             scratch: Vec::new(),

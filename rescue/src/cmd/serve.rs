@@ -26,7 +26,7 @@ use crate::util::{Peer, human_bytes};
 use crate::xfer::progress::{self, Bar};
 use crate::xfer::{self, Geometry, SinkPipeline};
 
-pub fn run(root: &Root, args: &ServeArgs) -> Result<u8> {
+pub(crate) fn run(root: &Root, args: &ServeArgs) -> Result<u8> {
     // Before the store is touched: a wrong --device changes nothing anywhere.
     crate::session::transport::endpoint(root, args.connect.device.as_deref())?;
     let mut store = Store::open_to_write(&args.store, args.create)?;

@@ -16,15 +16,15 @@ use crate::xfer::progress::{self, Bar};
 
 /// What checking one backup found.
 #[derive(Debug, Default)]
-pub struct Report {
+pub(crate) struct Report {
     /// Damage, or files that disagree: each names the files concerned.
-    pub problems: Vec<String>,
+    pub(crate) problems: Vec<String>,
     /// An unfinished backup with nothing wrong in what it holds: how far it got.
-    pub incomplete: Option<String>,
+    pub(crate) incomplete: Option<String>,
 }
 
 /// Checks one backup directory.
-pub fn check_backup(dir: &Path) -> Result<Report> {
+pub(crate) fn check_backup(dir: &Path) -> Result<Report> {
     let mut m = store::read_manifest(dir)?;
     let held_dir = store::Dir::open(dir)?;
     let mut r = Report::default();
@@ -286,7 +286,7 @@ fn check_map(
     Ok(())
 }
 
-pub fn run(dir: &Path) -> Result<u8> {
+pub(crate) fn run(dir: &Path) -> Result<u8> {
     let targets: Vec<std::path::PathBuf> = if dir.join(MANIFEST).is_file() {
         vec![dir.to_path_buf()]
     } else if dir.is_dir() {

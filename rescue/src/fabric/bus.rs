@@ -17,24 +17,24 @@ const DEVICES: &str = "/sys/bus/thunderbolt/devices";
 pub struct Domain {
     /// "domain0".
     pub name: String,
-    pub index: u32,
+    pub(crate) index: u32,
     /// none, user, secure, dponly, usbonly, nopcie.
     pub security: Option<String>,
     /// Whether the IOMMU protects memory from DMA by connected devices and hosts.
     pub iommu_dma_protection: bool,
-    pub deauthorization: Option<bool>,
+    pub(crate) deauthorization: Option<bool>,
 }
 
 /// A router: this host's own (`N-0`) or a device such as a dock.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Router {
     /// "0-0".
-    pub name: String,
-    pub domain: u32,
-    pub route: u64,
-    pub unique_id: Option<String>,
+    pub(crate) name: String,
+    pub(crate) domain: u32,
+    pub(crate) route: u64,
+    pub(crate) unique_id: Option<String>,
     pub device_name: Option<String>,
-    pub vendor_name: Option<String>,
+    pub(crate) vendor_name: Option<String>,
 }
 
 /// A peer host connected by cable (an XDomain), e.g. `0-1`.
@@ -48,13 +48,13 @@ pub struct XDomain {
     pub device_name: Option<String>,
     pub vendor_name: Option<String>,
     /// Numeric device and vendor ids, as sysfs shows them ("0x1").
-    pub device: Option<String>,
+    pub(crate) device: Option<String>,
     pub vendor: Option<String>,
     /// The peer's UUID.
     pub unique_id: Option<String>,
     /// Speed per lane, e.g. "20.0 Gb/s".
     pub rx_speed: Option<String>,
-    pub tx_speed: Option<String>,
+    pub(crate) tx_speed: Option<String>,
     pub rx_lanes: Option<u32>,
     pub tx_lanes: Option<u32>,
     /// Highest HopID the peer accepts; bounds how many streams fit.
@@ -68,7 +68,7 @@ pub struct Service {
     /// The XDomain it belongs to, e.g. "0-1".
     pub xdomain: String,
     /// The protocol's property directory name: "stream", "network", ...
-    pub key: Option<String>,
+    pub(crate) key: Option<String>,
     pub prtcid: Option<u32>,
     pub prtcvers: Option<u32>,
     pub prtcrevs: Option<u32>,
@@ -81,7 +81,7 @@ pub struct Service {
 
 impl Service {
     /// Whether this is a USB4STREAM service.
-    pub fn is_stream(&self) -> bool {
+    pub(crate) fn is_stream(&self) -> bool {
         self.key.as_deref() == Some("stream") && self.prtcid == Some(1)
     }
 }
@@ -191,7 +191,7 @@ pub fn domains(root: &Root) -> Vec<Domain> {
 }
 
 /// This host's router in a domain (`N-0`).
-pub fn host_router(root: &Root, domain: u32) -> Option<Router> {
+pub(crate) fn host_router(root: &Root, domain: u32) -> Option<Router> {
     let name = format!("{domain}-0");
     if !root.path(format!("{DEVICES}/{name}")).exists() {
         return None;

@@ -25,7 +25,7 @@ use crate::fabric::bus;
 
 pub const STREAM_ROOT: &str = "/sys/kernel/config/thunderbolt/stream";
 /// The driver publishes stream names as XDomain property keys (8 characters).
-pub const MAX_NAME: usize = 8;
+pub(crate) const MAX_NAME: usize = 8;
 
 /// ConfigFS directories this process created, for tear-down on a signal.
 static CREATED: Mutex<Vec<PathBuf>> = Mutex::new(Vec::new());
@@ -80,7 +80,7 @@ pub struct LinkOpts {
 impl LinkOpts {
     /// The stream a command line names (`--peer`, `--name`), removed again when
     /// the `Link` is dropped; `wait` bounds the wait for the peer (None: for ever).
-    pub fn from_args(args: &ConnectArgs, role: HopIds, wait: Option<Duration>) -> LinkOpts {
+    pub(crate) fn from_args(args: &ConnectArgs, role: HopIds, wait: Option<Duration>) -> LinkOpts {
         LinkOpts {
             peer: args.peer.clone(),
             name: args.name.clone(),
@@ -95,7 +95,7 @@ impl LinkOpts {
 #[derive(Debug)]
 pub struct Link {
     pub service: String,
-    pub name: String,
+    pub(crate) name: String,
     pub dev: PathBuf,
     pub in_hopid: i64,
     pub out_hopid: i64,
@@ -108,7 +108,7 @@ pub struct Link {
 }
 
 /// Checks a connection group name the way the driver does ("%u-%llx.%u").
-pub fn valid_service_name(s: &str) -> bool {
+pub(crate) fn valid_service_name(s: &str) -> bool {
     let Some((dom, rest)) = s.split_once('-') else {
         return false;
     };
@@ -123,7 +123,7 @@ pub fn valid_service_name(s: &str) -> bool {
         && idx.chars().all(|c| c.is_ascii_digit())
 }
 
-pub fn valid_stream_name(s: &str) -> bool {
+pub(crate) fn valid_stream_name(s: &str) -> bool {
     !s.is_empty()
         && s.len() <= MAX_NAME
         && s.chars()
@@ -139,7 +139,7 @@ fn write_attr(p: &Path, v: &str) -> io::Result<()> {
 }
 
 /// Explains why USB4STREAM cannot be used here, or None when it can.
-pub fn not_ready(root: &Root) -> Option<String> {
+pub(crate) fn not_ready(root: &Root) -> Option<String> {
     if root.path(STREAM_ROOT).is_dir() {
         return None;
     }
@@ -387,7 +387,7 @@ impl Link {
     }
 
     /// Tells the user which device the stream is and with which HopIDs.
-    pub fn announce(&self) {
+    pub(crate) fn announce(&self) {
         eprintln!(
             "stream {}/{} is {} (HopIDs in {} out {})",
             self.service,
@@ -400,7 +400,7 @@ impl Link {
 
     /// Re-creates an adopted stream so it picks up HopIDs the peer published
     /// again (after the peer restarted). Only for groups we created.
-    pub fn refresh(&mut self, root: &Root, wait: Option<Duration>) -> Result<()> {
+    pub(crate) fn refresh(&mut self, root: &Root, wait: Option<Duration>) -> Result<()> {
         if self.role != HopIds::Adopt || !self.created_stream {
             return Ok(());
         }
@@ -411,7 +411,7 @@ impl Link {
     }
 
     /// Removes what we created. Directories made by someone else stay.
-    pub fn down(&mut self) {
+    pub(crate) fn down(&mut self) {
         if self.created_stream {
             rmdir(&self.stream_dir);
             self.created_stream = false;
@@ -426,7 +426,7 @@ impl Link {
     }
 
     /// Keeps the groups after this process ends (`rescue link up`).
-    pub fn keep(&mut self) {
+    pub(crate) fn keep(&mut self) {
         self.teardown = false;
         unregister(&self.stream_dir);
         unregister(&self.conn_dir);
@@ -464,7 +464,7 @@ fn decide_role(root: &Root, service: &str) -> HopIds {
 }
 
 /// Removes a stream (and its connection group when empty) for `rescue link down`.
-pub fn remove(root: &Root, service: &str, name: &str) -> Result<()> {
+pub(crate) fn remove(root: &Root, service: &str, name: &str) -> Result<()> {
     let conn_dir = root.path(STREAM_ROOT).join(service);
     let dir = conn_dir.join(name);
     if !dir.exists() {
@@ -484,7 +484,7 @@ pub fn remove(root: &Root, service: &str, name: &str) -> Result<()> {
 }
 
 /// Every configured stream: (service, name).
-pub fn configured(root: &Root) -> Vec<(String, String)> {
+pub(crate) fn configured(root: &Root) -> Vec<(String, String)> {
     let mut out = Vec::new();
     if let Ok(conns) = fs::read_dir(root.path(STREAM_ROOT)) {
         for c in conns.flatten() {

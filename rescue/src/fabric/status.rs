@@ -36,7 +36,7 @@ pub struct Status {
     /// Why the fabric is not usable yet, each with what to do; empty when ready.
     pub problems: Vec<String>,
     /// Notes on the way to a working link (no peer yet, service not bound...).
-    pub notes: Vec<String>,
+    pub(crate) notes: Vec<String>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -54,20 +54,20 @@ pub struct DomainStatus {
     #[serde(flatten)]
     pub domain: Domain,
     /// This host's router in the domain.
-    pub host: Option<Router>,
+    pub(crate) host: Option<Router>,
 }
 
 #[derive(Debug, Clone, Serialize)]
 pub struct PeerStatus {
     #[serde(flatten)]
-    pub xdomain: XDomain,
+    pub(crate) xdomain: XDomain,
     pub services: Vec<ServiceStatus>,
 }
 
 #[derive(Debug, Clone, Serialize)]
 pub struct ServiceStatus {
     #[serde(flatten)]
-    pub service: Service,
+    pub(crate) service: Service,
     /// A USB4STREAM service.
     pub stream: bool,
     /// thunderbolt_stream is bound to it.

@@ -36,12 +36,12 @@ impl Consent {
         c
     }
 
-    pub fn allows(&self, host: &str) -> bool {
+    pub(crate) fn allows(&self, host: &str) -> bool {
         self.all || self.hosts.iter().any(|h| h == host)
     }
 
     /// For serve's start-up line.
-    pub fn describe(&self) -> String {
+    pub(crate) fn describe(&self) -> String {
         if self.all {
             "any peer may restore any backup here (--allow-restore all)".into()
         } else if self.hosts.is_empty() {
@@ -59,24 +59,24 @@ impl Consent {
 /// peer says it is: the same host directory and the same machine-id. A hostname
 /// alone proves nothing (anyone can claim one), and an empty machine-id (a rescue
 /// system) neither; cloned systems share a machine-id, so both must agree.
-pub fn is_own(peer: &Identity, host: &str, m: &Manifest) -> bool {
+pub(crate) fn is_own(peer: &Identity, host: &str, m: &Manifest) -> bool {
     same_machine_id(peer, m) && store::host_name(peer) == host
 }
 
 /// Whether `m` was made under the peer's (non-empty) machine-id, whatever the
 /// hostname: the same machine renamed, or a clone. What a peer asking for its
 /// own backups is offered when its hostname has none, within [`may_read`].
-pub fn same_machine_id(peer: &Identity, m: &Manifest) -> bool {
+pub(crate) fn same_machine_id(peer: &Identity, m: &Manifest) -> bool {
     !peer.machine_id.is_empty() && peer.machine_id == m.source.machine_id
 }
 
 /// Whether `peer` may list, restore and fetch digests of this backup.
-pub fn may_read(consent: &Consent, peer: &Identity, host: &str, m: &Manifest) -> bool {
+pub(crate) fn may_read(consent: &Consent, peer: &Identity, host: &str, m: &Manifest) -> bool {
     consent.allows(host) || is_own(peer, host, m)
 }
 
 /// What a peer is told when it may not read `host`'s backups.
-pub fn refusal(host: &str) -> String {
+pub(crate) fn refusal(host: &str) -> String {
     format!(
         "the backups of {host} here were made by another machine (or by a rescue system without a machine-id); to restore them, allow it on the serving machine: `rescue serve --allow-restore {host}` (rescue.allow_restore={host} on the rescue stick)"
     )
@@ -84,10 +84,10 @@ pub fn refusal(host: &str) -> String {
 
 /// How a refused peer learns what to ask the serving side for when it may not
 /// know which hosts are meant.
-pub const ALLOW_HINT: &str = "`rescue serve --allow-restore HOST|all`";
+pub(crate) const ALLOW_HINT: &str = "`rescue serve --allow-restore HOST|all`";
 
 /// Whether a BACKUP_BEGIN presenting `key` may resume the backup `m` of `host`.
-pub fn may_resume(consent: &Consent, host: &str, key: Option<&str>, m: &Manifest) -> bool {
+pub(crate) fn may_resume(consent: &Consent, host: &str, key: Option<&str>, m: &Manifest) -> bool {
     let matches = match (key, &m.resume_key_sha256) {
         (Some(k), Some(want)) => key_digest(k) == *want,
         _ => false,
@@ -96,7 +96,7 @@ pub fn may_resume(consent: &Consent, host: &str, key: Option<&str>, m: &Manifest
 }
 
 /// A new random resume key (128 bits, hex).
-pub fn new_key() -> Result<String> {
+pub(crate) fn new_key() -> Result<String> {
     let mut buf = [0u8; 16];
     // SAFETY: the kernel writes at most buf.len() bytes into buf.
     let n = unsafe { libc::getrandom(buf.as_mut_ptr().cast(), buf.len(), 0) };
@@ -107,7 +107,7 @@ pub fn new_key() -> Result<String> {
 }
 
 /// What the server keeps of a key: its SHA-256, so the manifest does not hold it.
-pub fn key_digest(key: &str) -> String {
+pub(crate) fn key_digest(key: &str) -> String {
     hex(&crate::xfer::sha256(key.as_bytes()))
 }
 
@@ -148,7 +148,7 @@ fn key_file(server: &Identity, begin: &BackupBegin) -> Option<PathBuf> {
 }
 
 /// The key this machine kept for resuming `begin` on `server`, if any.
-pub fn load_key(server: &Identity, begin: &BackupBegin) -> Option<String> {
+pub(crate) fn load_key(server: &Identity, begin: &BackupBegin) -> Option<String> {
     let s = fs::read_to_string(key_file(server, begin)?).ok()?;
     let k = s.trim();
     (!k.is_empty() && k.len() <= 64 && k.bytes().all(|b| b.is_ascii_hexdigit()))
@@ -157,7 +157,7 @@ pub fn load_key(server: &Identity, begin: &BackupBegin) -> Option<String> {
 
 /// Keeps the key the server gave; a machine that cannot keep it can still resume
 /// with the serving side's consent, so a failure is only a note.
-pub fn save_key(server: &Identity, begin: &BackupBegin, key: &str) {
+pub(crate) fn save_key(server: &Identity, begin: &BackupBegin, key: &str) {
     let Some(p) = key_file(server, begin) else {
         eprintln!(
             "note: no private directory to keep the resume key in; an interrupted backup will then need `--allow-restore` on the serving side to continue"
@@ -178,7 +178,7 @@ pub fn save_key(server: &Identity, begin: &BackupBegin, key: &str) {
 }
 
 /// Drops the key once the backup is complete.
-pub fn forget_key(server: &Identity, begin: &BackupBegin) {
+pub(crate) fn forget_key(server: &Identity, begin: &BackupBegin) {
     if let Some(p) = key_file(server, begin) {
         let _ = fs::remove_file(p);
     }

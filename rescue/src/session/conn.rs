@@ -29,7 +29,7 @@ const REQUEST_RETRY: Duration = Duration::from_secs(20);
 /// one sends a keepalive every 2 s, so this is ten missed in a row. It also ends
 /// a frame that trickles in or stops half-way (a header announcing 8 MiB, then
 /// nothing). Tests shorten it with RESCUE_PEER_SILENCE_MS.
-pub fn peer_silence() -> Duration {
+pub(crate) fn peer_silence() -> Duration {
     crate::session::transport::bound("RESCUE_PEER_SILENCE_MS", Duration::from_secs(20))
 }
 
@@ -38,7 +38,7 @@ pub fn peer_silence() -> Duration {
 /// (a failing disk read sector by sector, a target compared for --resume), so
 /// only a peer that does nothing, or a person leaving a prompt unanswered,
 /// reaches it. Tests shorten it with RESCUE_PEER_PROGRESS_MS.
-pub fn peer_progress() -> Duration {
+pub(crate) fn peer_progress() -> Duration {
     crate::session::transport::bound("RESCUE_PEER_PROGRESS_MS", Duration::from_secs(300))
 }
 
@@ -47,28 +47,28 @@ pub fn peer_progress() -> Duration {
 static WORK: AtomicU64 = AtomicU64::new(0);
 
 /// Counts one piece of local work (a read of the source or of a target).
-pub fn note_work() {
+pub(crate) fn note_work() {
     WORK.fetch_add(1, Ordering::Relaxed);
 }
 
 /// A chunk ready to be sent, produced by the local read/hash pipeline.
 #[derive(Debug)]
-pub struct OutChunk {
-    pub offset: u64,
-    pub len: u32,
-    pub zero: bool,
-    pub sha256: [u8; 32],
-    pub bad: Vec<(u32, u32)>,
-    pub data: Vec<u8>,
+pub(crate) struct OutChunk {
+    pub(crate) offset: u64,
+    pub(crate) len: u32,
+    pub(crate) zero: bool,
+    pub(crate) sha256: [u8; 32],
+    pub(crate) bad: Vec<(u32, u32)>,
+    pub(crate) data: Vec<u8>,
     /// The source cannot produce this chunk intact (a damaged store): sent
     /// with FLAG_DAMAGED, without data.
-    pub damaged: bool,
+    pub(crate) damaged: bool,
     /// Free ranges (used-block backups) inside the chunk: zeros in `data`, left
     /// out of the frame (FLAG_FREE). Ignored for a zero or damaged chunk.
-    pub free: Vec<(u32, u32)>,
+    pub(crate) free: Vec<(u32, u32)>,
     /// Its digest is the base backup's for it: sent with FLAG_UNCHANGED,
     /// without data (the data is kept in case the receiver asks for it).
-    pub unchanged: bool,
+    pub(crate) unchanged: bool,
 }
 
 impl Drop for OutChunk {
@@ -79,7 +79,7 @@ impl Drop for OutChunk {
 
 /// Everything the main loop of a session waits for, in one queue.
 #[derive(Debug)]
-pub enum Event {
+pub(crate) enum Event {
     Frame(Frame),
     /// The stream ended or failed; no more frames will come.
     Closed(Closed),
@@ -92,7 +92,7 @@ pub enum Event {
 }
 
 #[derive(Debug, Clone)]
-pub enum Closed {
+pub(crate) enum Closed {
     /// The peer closed its end (EOF).
     Eof,
     /// The cable or the peer is gone (ENXIO, reset).
@@ -105,7 +105,7 @@ pub enum Closed {
 
 impl Closed {
     /// The error a user sees when the stream ends in the middle of something.
-    pub fn into_error(self, doing: &str) -> anyhow::Error {
+    pub(crate) fn into_error(self, doing: &str) -> anyhow::Error {
         match self {
             Closed::Eof => Exit::new(
                 exit::PEER_GONE,
@@ -127,25 +127,25 @@ impl Closed {
 
 /// Counters a session reports at the end.
 #[derive(Debug, Default)]
-pub struct Stats {
-    pub bytes_out: AtomicU64,
-    pub bytes_in: AtomicU64,
-    pub corrupt_frames: AtomicU64,
-    pub skipped_bytes: AtomicU64,
+pub(crate) struct Stats {
+    pub(crate) bytes_out: AtomicU64,
+    pub(crate) bytes_in: AtomicU64,
+    pub(crate) corrupt_frames: AtomicU64,
+    pub(crate) skipped_bytes: AtomicU64,
     /// Frame headers found damaged (the frame was skipped to resynchronise).
-    pub bad_headers: AtomicU64,
+    pub(crate) bad_headers: AtomicU64,
     /// When the last frame (any, keepalives included) arrived, or the reader
     /// last waited for us to take one, in ms since the start.
-    pub last_rx_ms: AtomicU64,
+    pub(crate) last_rx_ms: AtomicU64,
     /// When the peer last made progress (a message other than a keepalive, a
     /// keepalive reporting new work, or our answer starting its turn), in ms.
-    pub last_progress_ms: AtomicU64,
+    pub(crate) last_progress_ms: AtomicU64,
     /// The reader holds a frame and waits for room in the queue: the peer is
     /// waiting for us, its silence is ours.
-    pub reader_waiting: AtomicBool,
+    pub(crate) reader_waiting: AtomicBool,
     /// Frames taken from the queue, so the reader knows whether the last one it
     /// queued is still waiting there.
-    pub frames_taken: AtomicU64,
+    pub(crate) frames_taken: AtomicU64,
 }
 
 pub struct Conn {
@@ -154,7 +154,7 @@ pub struct Conn {
     sender: SyncSender<Event>,
     stop: Token,
     threads: Vec<JoinHandle<()>>,
-    pub stats: Arc<Stats>,
+    pub(crate) stats: Arc<Stats>,
     /// The last answer we gave, to repeat when the same request comes again.
     reply_cache: Option<(u8, u32, Header, Vec<u8>)>,
     /// How the stream ended, once known (also when a failed send saw it first).
@@ -231,17 +231,17 @@ impl Conn {
     }
 
     /// A handle through which local producers (the read pipeline) queue events.
-    pub fn event_sender(&self) -> SyncSender<Event> {
+    pub(crate) fn event_sender(&self) -> SyncSender<Event> {
         self.sender.clone()
     }
 
     /// Sends one frame.
-    pub fn send(&self, header: Header, payload: &[u8]) -> Result<()> {
+    pub(crate) fn send(&self, header: Header, payload: &[u8]) -> Result<()> {
         self.send_parts(header, &[payload])
     }
 
     /// Sends one frame whose payload is `parts` one after the other.
-    pub fn send_parts(&self, header: Header, parts: &[&[u8]]) -> Result<()> {
+    pub(crate) fn send_parts(&self, header: Header, parts: &[&[u8]]) -> Result<()> {
         self.write_parts(header, parts).map_err(|e| {
             // The peer often says why before it hangs up (disk full): prefer that.
             self.pending_error()
@@ -252,7 +252,7 @@ impl Conn {
     /// Sends a frame without looking for a queued ERROR when that fails: the
     /// queue is left as it is, for a receiver that still wants to process the
     /// chunks that arrived before the peer went away (it meets any ERROR there).
-    pub fn send_keeping_queue(&self, header: Header, payload: &[u8]) -> Result<()> {
+    pub(crate) fn send_keeping_queue(&self, header: Header, payload: &[u8]) -> Result<()> {
         self.write_parts(header, &[payload])
             .map_err(|e| classify(&e).into_error("sending"))
     }
@@ -304,12 +304,12 @@ impl Conn {
     }
 
     /// Sends a control message with a JSON body.
-    pub fn send_json<T: serde::Serialize>(&self, k: u8, body: &T) -> Result<()> {
+    pub(crate) fn send_json<T: serde::Serialize>(&self, k: u8, body: &T) -> Result<()> {
         self.send(Header::new(k, 0, 0), &msg::to_json(body))
     }
 
     /// Sends an error for the peer to print, ignoring failures (we are failing already).
-    pub fn send_error(&self, code: &str, message: &str) {
+    pub(crate) fn send_error(&self, code: &str, message: &str) {
         let _ = self.send_json(
             kind::ERROR,
             &ErrorMsg {
@@ -321,7 +321,7 @@ impl Conn {
 
     /// From now on, a peer that sends nothing (not even keepalives) for `limit`
     /// is treated as gone.
-    pub fn set_liveness(&mut self, limit: Duration) {
+    pub(crate) fn set_liveness(&mut self, limit: Duration) {
         self.stats
             .last_rx_ms
             .store(self.now_ms(), Ordering::Relaxed);
@@ -330,7 +330,7 @@ impl Conn {
 
     /// From now on (serve), a peer that makes no progress for `limit` is
     /// dropped: keepalives alone do not keep a session.
-    pub fn require_progress(&mut self, limit: Duration) {
+    pub(crate) fn require_progress(&mut self, limit: Duration) {
         self.rearm();
         self.progress = Some(limit);
     }
@@ -383,12 +383,12 @@ impl Conn {
 
     /// Hands `f` to the next `next_event` before anything queued: a loop that
     /// read one frame too many (the first chunk after the requests it serves).
-    pub fn put_back(&mut self, f: Frame) {
+    pub(crate) fn put_back(&mut self, f: Frame) {
         self.put_back = Some(f);
     }
 
     /// Waits for the next event. `None` after `timeout`.
-    pub fn next_event(&mut self, timeout: Duration) -> Option<Event> {
+    pub(crate) fn next_event(&mut self, timeout: Duration) -> Option<Event> {
         if let Some(f) = self.put_back.take() {
             return Some(Event::Frame(f));
         }
@@ -429,7 +429,7 @@ impl Conn {
     /// Waits for a control message of one of `kinds` (ERROR becomes an error).
     /// Other frames are handed to `other` (e.g. stale chunk acks); corrupted ones
     /// are counted and make `on_corrupt` run (to repeat a request).
-    pub fn wait_control(
+    pub(crate) fn wait_control(
         &mut self,
         kinds: &[u8],
         doing: &str,
@@ -469,7 +469,7 @@ impl Conn {
 
     /// Sends a request and waits for its answer, repeating it when a message was
     /// lost to corruption.
-    pub fn request<T: serde::Serialize>(
+    pub(crate) fn request<T: serde::Serialize>(
         &mut self,
         k: u8,
         body: &T,
@@ -482,7 +482,12 @@ impl Conn {
     }
 
     /// Answers a request and remembers the answer for a repeated request.
-    pub fn reply(&mut self, request: &Frame, header: Header, payload: Vec<u8>) -> Result<()> {
+    pub(crate) fn reply(
+        &mut self,
+        request: &Frame,
+        header: Header,
+        payload: Vec<u8>,
+    ) -> Result<()> {
         self.send(header, &payload)?;
         self.rearm();
         self.reply_cache = Some((
@@ -494,7 +499,7 @@ impl Conn {
         Ok(())
     }
 
-    pub fn reply_json<T: serde::Serialize>(
+    pub(crate) fn reply_json<T: serde::Serialize>(
         &mut self,
         request: &Frame,
         k: u8,
@@ -504,7 +509,7 @@ impl Conn {
     }
 
     /// If `request` repeats the last one answered, answers it again and says so.
-    pub fn answered_before(&self, request: &Frame) -> Result<bool> {
+    pub(crate) fn answered_before(&self, request: &Frame) -> Result<bool> {
         if let Some((k, crc, h, p)) = &self.reply_cache
             && *k == request.header.kind
             && *crc == request.header.payload_crc
@@ -519,7 +524,7 @@ impl Conn {
     /// Says goodbye and stops the threads. The peer reads BYE, then EOF.
     /// Skipped when the stream is known broken: a peer that stopped reading
     /// would hold us for the write deadline.
-    pub fn close(mut self) {
+    pub(crate) fn close(mut self) {
         let ended = matches!(
             self.closed.borrow().as_ref(),
             Some(Closed::Gone(_) | Closed::Protocol(_))
@@ -552,7 +557,7 @@ impl Drop for Conn {
 }
 
 /// The message of an ERROR frame from the peer, as an error.
-pub fn peer_error(f: &Frame) -> anyhow::Error {
+pub(crate) fn peer_error(f: &Frame) -> anyhow::Error {
     match msg::from_json::<ErrorMsg>(f) {
         Ok(e) => {
             let code = match e.code.as_str() {
@@ -668,7 +673,12 @@ fn keepalive_loop(writer: Arc<Mutex<Box<dyn Write + Send>>>, stop: Token) {
 }
 
 /// Waits for the peer's first message of `kind` after connecting, with a deadline.
-pub fn expect_within(conn: &mut Conn, k: u8, within: Duration, doing: &str) -> Result<Frame> {
+pub(crate) fn expect_within(
+    conn: &mut Conn,
+    k: u8,
+    within: Duration,
+    doing: &str,
+) -> Result<Frame> {
     let deadline = Instant::now() + within;
     loop {
         let left = deadline.saturating_duration_since(Instant::now());

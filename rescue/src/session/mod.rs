@@ -36,7 +36,7 @@ pub struct Session {
 
 impl Session {
     /// Ends the session politely (BYE), then tears the stream down.
-    pub fn close(self) {
+    pub(crate) fn close(self) {
         let Session { conn, link, .. } = self;
         conn.close();
         drop(link);
@@ -102,7 +102,7 @@ fn introduce(
 }
 
 /// Connects as a client (backup, restore).
-pub fn connect(root: &Root, args: &ConnectArgs, role: Role) -> Result<Session> {
+pub(crate) fn connect(root: &Root, args: &ConnectArgs, role: Role) -> Result<Session> {
     let s = connect_to(root, args, role)?;
     // From here on an interrupt cuts a transfer that the same command resumes.
     signals::set_resume_advice(Some(
@@ -415,7 +415,7 @@ impl Drop for RemoveOnDrop {
 
 /// Waits for the next control request of a session (serve side). Returns None
 /// when the peer said goodbye or closed.
-pub fn next_request(conn: &mut Conn) -> Result<Option<crate::proto::frame::Frame>> {
+pub(crate) fn next_request(conn: &mut Conn) -> Result<Option<crate::proto::frame::Frame>> {
     loop {
         match conn.next_event(Duration::from_secs(1)) {
             Some(Event::Frame(f)) => {
@@ -443,7 +443,7 @@ pub fn next_request(conn: &mut Conn) -> Result<Option<crate::proto::frame::Frame
 }
 
 /// Reads a yes/no style confirmation from stdin.
-pub fn confirm(prompt: &str) -> Result<bool> {
+pub(crate) fn confirm(prompt: &str) -> Result<bool> {
     use std::io::{BufRead, Write};
     eprint!("{prompt}");
     std::io::stderr().flush().ok();

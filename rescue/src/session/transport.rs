@@ -21,7 +21,7 @@ use crate::exit::{self, Exit};
 
 /// A liveness bound, which tests shorten through the environment variable
 /// `var` (milliseconds); a real cable keeps the default.
-pub fn bound(var: &str, default: Duration) -> Duration {
+pub(crate) fn bound(var: &str, default: Duration) -> Duration {
     std::env::var(var)
         .ok()
         .and_then(|v| v.parse::<u64>().ok())
@@ -31,7 +31,7 @@ pub fn bound(var: &str, default: Duration) -> Duration {
 /// A write the peer takes not one byte of for this long fails: a peer that
 /// never reads must not hold us in write(). An honest reader stops only while
 /// its own disk stalls. Tests shorten it with RESCUE_WRITE_STALL_MS.
-pub fn write_stall() -> Duration {
+pub(crate) fn write_stall() -> Duration {
     bound("RESCUE_WRITE_STALL_MS", Duration::from_secs(60))
 }
 
@@ -44,13 +44,13 @@ pub enum Stream {
 
 /// What `--device` names.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Endpoint {
+pub(crate) enum Endpoint {
     Device(PathBuf),
     Unix(PathBuf),
 }
 
 impl Endpoint {
-    pub fn parse(s: &str) -> Endpoint {
+    pub(crate) fn parse(s: &str) -> Endpoint {
         match s.strip_prefix("unix:") {
             Some(p) => Endpoint::Unix(PathBuf::from(p)),
             None => Endpoint::Device(PathBuf::from(s)),
@@ -63,7 +63,7 @@ impl Stream {
     /// peer, waiting until `until` (None: until the peer comes or the user stops).
     /// For devices rescue set up itself; a path from the command line goes
     /// through `open_named_device`.
-    pub fn open_device(path: &Path, until: Option<Instant>) -> Result<Stream> {
+    pub(crate) fn open_device(path: &Path, until: Option<Instant>) -> Result<Stream> {
         let file = open_attached_by(path, until)?;
         Ok(Stream::Device {
             file,
@@ -73,7 +73,11 @@ impl Stream {
 
     /// Opens a stream device named by `--device` after checking that it is one
     /// (exit 2 otherwise, and the path is never opened for writing).
-    pub fn open_named_device(root: &Root, path: &Path, until: Option<Instant>) -> Result<Stream> {
+    pub(crate) fn open_named_device(
+        root: &Root,
+        path: &Path,
+        until: Option<Instant>,
+    ) -> Result<Stream> {
         let checked = check_stream_device(root, path)?;
         let s = Stream::open_device(path, until)?;
         // The path could have been replaced between the check and the open.
@@ -96,7 +100,7 @@ impl Stream {
 
     /// Connects to a UNIX socket, retrying until `wait` passes (the server may
     /// start after us, like a peer that is not plugged in yet).
-    pub fn connect_unix(path: &Path, wait: Option<Duration>) -> Result<Stream> {
+    pub(crate) fn connect_unix(path: &Path, wait: Option<Duration>) -> Result<Stream> {
         let start = Instant::now();
         let mut told = false;
         loop {
@@ -133,13 +137,6 @@ impl Stream {
         }
     }
 
-    pub fn describe(&self) -> String {
-        match self {
-            Stream::Device { path, .. } => path.display().to_string(),
-            Stream::Unix(_) => "unix socket".into(),
-        }
-    }
-
     /// Larger socket buffers mean fewer wake-ups per megabyte chunk (sockets only).
     fn tune(&self) {
         if let Stream::Unix(s) = self {
@@ -159,7 +156,7 @@ impl Stream {
     }
 
     /// A reader that gives up with `cancel::Stopped` once `stop` is stopped.
-    pub fn reader(&self, stop: Token) -> Result<Box<dyn Read + Send>> {
+    pub(crate) fn reader(&self, stop: Token) -> Result<Box<dyn Read + Send>> {
         self.tune();
         Ok(Box::new(PollReader {
             file: self.dup_file()?,
@@ -169,7 +166,7 @@ impl Stream {
 
     /// A writer that blocks as long as the peer does not read: for `rescue cat`,
     /// whose other end may be a pipeline at a person's pace, not a protocol.
-    pub fn raw_writer(&self) -> Result<Box<dyn Write + Send>> {
+    pub(crate) fn raw_writer(&self) -> Result<Box<dyn Write + Send>> {
         Ok(Box::new(self.dup_file()?))
     }
 
@@ -177,7 +174,7 @@ impl Stream {
     /// or, while it waits for room, once `peer_closed` is stopped (the reader
     /// saw the peer's end go: thunderbolt_stream never fails a write for that,
     /// its TX ring just stays full).
-    pub fn writer(&self, peer_closed: Token) -> Result<Box<dyn Write + Send>> {
+    pub(crate) fn writer(&self, peer_closed: Token) -> Result<Box<dyn Write + Send>> {
         Ok(Box::new(PollWriter {
             file: self.dup_file()?,
             socket: matches!(self, Stream::Unix(_)),
@@ -187,7 +184,7 @@ impl Stream {
     }
 
     /// Wakes anything blocked on the stream (sockets only; a device read wakes by poll).
-    pub fn shutdown(&self) {
+    pub(crate) fn shutdown(&self) {
         if let Stream::Unix(s) = self {
             let _ = s.shutdown(std::net::Shutdown::Both);
         }
@@ -297,8 +294,8 @@ pub(crate) enum DeviceKind {
 /// The parts of a stat result the decision needs (so tests can make them up).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct NodeStat {
-    pub kind: NodeType,
-    pub rdev: u64,
+    pub(crate) kind: NodeType,
+    pub(crate) rdev: u64,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -439,7 +436,7 @@ fn refusal(path: &Path, kind: &DeviceKind) -> anyhow::Error {
 
 /// Parses `--device` and checks a device path (mapped below `root`) before
 /// anything opens it: exit 2 unless it is a USB4STREAM device.
-pub fn endpoint(root: &Root, device: Option<&str>) -> Result<Option<Endpoint>> {
+pub(crate) fn endpoint(root: &Root, device: Option<&str>) -> Result<Option<Endpoint>> {
     match device.map(Endpoint::parse) {
         Some(Endpoint::Device(p)) => {
             let p = root.given_path(&p);
@@ -451,7 +448,7 @@ pub fn endpoint(root: &Root, device: Option<&str>) -> Result<Option<Endpoint>> {
 }
 
 /// Listens on a UNIX socket path, replacing a stale socket file.
-pub fn listen_unix(path: &Path) -> Result<UnixListener> {
+pub(crate) fn listen_unix(path: &Path) -> Result<UnixListener> {
     if let Ok(meta) = std::fs::symlink_metadata(path) {
         if meta.file_type().is_socket() {
             if UnixStream::connect(path).is_ok() {
@@ -525,7 +522,7 @@ fn sweep_stale_tmp(path: &Path, prefix: &str) {
 
 /// Accepts one connection, giving up (None) when `stop` is stopped or `until`
 /// passes; the user's interruption is an `Interrupted` error.
-pub fn accept_unix(
+pub(crate) fn accept_unix(
     l: &UnixListener,
     stop: Option<&Token>,
     until: Option<Instant>,

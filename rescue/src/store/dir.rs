@@ -25,7 +25,7 @@ use super::names;
 
 /// How a store file is opened.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Access {
+pub(crate) enum Access {
     Read,
     /// Read and write an existing file.
     Write,
@@ -35,7 +35,7 @@ pub enum Access {
 
 /// A directory of the store, held open: names resolve relative to it.
 #[derive(Clone)]
-pub struct Dir {
+pub(crate) struct Dir {
     fd: Arc<OwnedFd>,
     path: PathBuf,
 }
@@ -46,7 +46,7 @@ const DIR_MODE: u32 = 0o777;
 impl Dir {
     /// Opens a directory the user named (the store, or a backup given to
     /// `rescue verify`): links in that path are the user's choice.
-    pub fn open(path: &Path) -> Result<Dir> {
+    pub(crate) fn open(path: &Path) -> Result<Dir> {
         let fd = nix::fcntl::open(
             path,
             OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC,
@@ -63,12 +63,12 @@ impl Dir {
         &self.path
     }
 
-    pub fn fd(&self) -> &OwnedFd {
+    pub(crate) fn fd(&self) -> &OwnedFd {
         &self.fd
     }
 
     /// The subdirectory `name`, never a symlink.
-    pub fn sub(&self, name: &str) -> Result<Dir> {
+    pub(crate) fn sub(&self, name: &str) -> Result<Dir> {
         check_name(name)?;
         let path = self.path.join(name);
         let fd = openat(
@@ -94,7 +94,7 @@ impl Dir {
 
     /// Creates the subdirectory `name` and opens it; fails with `EEXIST` (as an
     /// `Errno` in the chain) when it exists already.
-    pub fn create_sub(&self, name: &str) -> Result<Dir> {
+    pub(crate) fn create_sub(&self, name: &str) -> Result<Dir> {
         check_name(name)?;
         mkdirat(self.fd.as_fd(), name, Mode::from_bits_truncate(DIR_MODE))
             .with_context(|| format!("creating {}", self.path.join(name).display()))?;
@@ -102,7 +102,7 @@ impl Dir {
     }
 
     /// The subdirectory `name`, created when missing.
-    pub fn sub_or_create(&self, name: &str) -> Result<Dir> {
+    pub(crate) fn sub_or_create(&self, name: &str) -> Result<Dir> {
         match self.create_sub(name) {
             Ok(d) => Ok(d),
             Err(e) if errno_of(&e) == Some(Errno::EEXIST) => self.sub(name),
@@ -111,7 +111,7 @@ impl Dir {
     }
 
     /// Whether a regular file `name` exists here (a symlink does not count).
-    pub fn has_file(&self, name: &str) -> bool {
+    pub(crate) fn has_file(&self, name: &str) -> bool {
         nix::sys::stat::fstatat(
             self.fd.as_fd(),
             name,
@@ -122,7 +122,7 @@ impl Dir {
 
     /// Opens the regular file `name`. One opened to write must have no other
     /// hard link: writing it would change that other file too.
-    pub fn open_file(&self, name: &str, access: Access) -> Result<File> {
+    pub(crate) fn open_file(&self, name: &str, access: Access) -> Result<File> {
         if !names::is_safe_file(name) {
             bail!("refusing unsafe file name {name:?}");
         }
@@ -163,7 +163,7 @@ impl Dir {
     }
 
     /// Reads a whole small file (at most `limit` bytes).
-    pub fn read_to_string(&self, name: &str, limit: u64) -> Result<String> {
+    pub(crate) fn read_to_string(&self, name: &str, limit: u64) -> Result<String> {
         let f = self.open_file(name, Access::Read)?;
         let mut s = String::new();
         f.take(limit)
@@ -175,7 +175,7 @@ impl Dir {
     /// Creates `name` anew for writing: a stale file, or a link planted under
     /// that name, is unlinked (the link itself, not what it points at) and the
     /// file created with `O_EXCL`.
-    pub fn create_fresh(&self, name: &str) -> Result<File> {
+    pub(crate) fn create_fresh(&self, name: &str) -> Result<File> {
         let path = self.path.join(name);
         self.remove(name)?;
         let fd = openat(
@@ -190,7 +190,7 @@ impl Dir {
     }
 
     /// Removes the file or link `name` if it is there.
-    pub fn remove(&self, name: &str) -> Result<()> {
+    pub(crate) fn remove(&self, name: &str) -> Result<()> {
         match unlinkat(self.fd.as_fd(), name, UnlinkatFlags::NoRemoveDir) {
             Ok(()) | Err(Errno::ENOENT) => Ok(()),
             Err(e) => Err(std::io::Error::from(e))
@@ -201,7 +201,7 @@ impl Dir {
     /// Writes a whole small file so that a crash leaves either the old or the
     /// new content: `.<name>.tmp` (created exclusively), synced, renamed over
     /// `name` (which replaces a link there rather than writing through it).
-    pub fn write_atomic(&self, name: &str, data: &[u8]) -> Result<()> {
+    pub(crate) fn write_atomic(&self, name: &str, data: &[u8]) -> Result<()> {
         if !names::is_safe_file(name) {
             bail!("refusing unsafe file name {name:?}");
         }
@@ -230,7 +230,7 @@ fn check_name(name: &str) -> Result<()> {
 }
 
 /// The errno an error chain carries, from nix or from std.
-pub fn errno_of(e: &anyhow::Error) -> Option<Errno> {
+pub(crate) fn errno_of(e: &anyhow::Error) -> Option<Errno> {
     e.chain().find_map(|c| {
         c.downcast_ref::<Errno>().copied().or_else(|| {
             c.downcast_ref::<std::io::Error>()
@@ -242,7 +242,7 @@ pub fn errno_of(e: &anyhow::Error) -> Option<Errno> {
 
 /// Makes a file-size limit (`ulimit -f`) fail the write with EFBIG, which is
 /// reported, instead of killing serve with SIGXFSZ.
-pub fn ignore_file_size_signal() {
+pub(crate) fn ignore_file_size_signal() {
     use nix::sys::signal::{SigHandler, Signal, signal};
     // SAFETY: SIG_IGN installs no handler code; nothing else in the program
     // relies on SIGXFSZ's default action.

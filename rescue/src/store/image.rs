@@ -27,10 +27,10 @@ const DIGEST: u64 = 32;
 
 /// SHA-256 of `len` zero bytes, remembered per length.
 #[derive(Default)]
-pub struct ZeroDigests(HashMap<u32, [u8; 32]>);
+pub(crate) struct ZeroDigests(HashMap<u32, [u8; 32]>);
 
 impl ZeroDigests {
-    pub fn get(&mut self, len: u32) -> [u8; 32] {
+    pub(crate) fn get(&mut self, len: u32) -> [u8; 32] {
         *self.0.entry(len).or_insert_with(|| {
             let mut s = Sha256Stream::new();
             s.update_zeros(u64::from(len));
@@ -40,7 +40,7 @@ impl ZeroDigests {
 }
 
 /// Reads the journal: which chunks are held, as index ranges.
-pub fn journal_ranges(dir: &Dir, d: &ManifestDisk, chunk: u32) -> Result<ChunkRanges> {
+pub(crate) fn journal_ranges(dir: &Dir, d: &ManifestDisk, chunk: u32) -> Result<ChunkRanges> {
     let geo = Geometry {
         size: d.size,
         chunk,
@@ -70,7 +70,7 @@ pub fn journal_ranges(dir: &Dir, d: &ManifestDisk, chunk: u32) -> Result<ChunkRa
 }
 
 /// The byte ranges (start, len) of the chunks in `ranges`.
-pub fn held_bytes(ranges: &ChunkRanges, geo: Geometry) -> Vec<(u64, u64)> {
+pub(crate) fn held_bytes(ranges: &ChunkRanges, geo: Geometry) -> Vec<(u64, u64)> {
     ranges
         .iter()
         .map(|&(a, b)| (geo.start_of(a), geo.start_of(b) - geo.start_of(a)))
@@ -85,7 +85,7 @@ pub fn held_bytes(ranges: &ChunkRanges, geo: Geometry) -> Vec<(u64, u64)> {
 /// ranges for chunks it never asked for again. A journal without a readable
 /// map is dropped: which of its chunks had unreadable sectors is unknown, so
 /// they are received again.
-pub fn resume_ranges(dir: &Dir, d: &ManifestDisk, chunk: u32) -> Result<ChunkRanges> {
+pub(crate) fn resume_ranges(dir: &Dir, d: &ManifestDisk, chunk: u32) -> Result<ChunkRanges> {
     let held = journal_ranges(dir, d, chunk)?;
     let geo = Geometry {
         size: d.size,
@@ -123,7 +123,7 @@ fn save_map(dir: &Dir, d: &ManifestDisk, map: &Map) -> Result<()> {
 
 /// The records of journal file `chunks` for chunks `first..first + n`, 32
 /// bytes each; all zeros where it holds nothing (never written, or shorter).
-pub fn journal_digests(dir: &Dir, chunks: &str, first: u64, n: usize) -> Result<Vec<u8>> {
+pub(crate) fn journal_digests(dir: &Dir, chunks: &str, first: u64, n: usize) -> Result<Vec<u8>> {
     let mut f = dir.open_file(chunks, Access::Read)?;
     let mut out = vec![0u8; n * DIGEST as usize];
     f.seek(SeekFrom::Start(first * DIGEST))
@@ -184,7 +184,7 @@ fn map_header(d: &ManifestDisk) -> String {
 }
 
 /// Writes received chunks into a store image.
-pub struct ImageSink {
+pub(crate) struct ImageSink {
     dir: Dir,
     disk: ManifestDisk,
     geo: Geometry,
@@ -249,7 +249,7 @@ impl Syncer {
 }
 
 impl ImageSink {
-    pub fn open(b: &BackupDir, index: usize) -> Result<ImageSink> {
+    pub(crate) fn open(b: &BackupDir, index: usize) -> Result<ImageSink> {
         let d = b
             .manifest
             .disks
@@ -290,7 +290,7 @@ impl ImageSink {
     }
 
     /// Fills chunks marked unchanged from `img`, the base backup's image.
-    pub fn set_base(&mut self, img: File) {
+    pub(crate) fn set_base(&mut self, img: File) {
         self.base = Some(BaseFill {
             img,
             reflink: true,
@@ -300,7 +300,7 @@ impl ImageSink {
     }
 
     /// Bytes that share extents with the base (reflinked), 0 without one.
-    pub fn shared_with_base(&self) -> u64 {
+    pub(crate) fn shared_with_base(&self) -> u64 {
         self.base.as_ref().map_or(0, |b| b.shared)
     }
 
@@ -352,7 +352,7 @@ impl ImageSink {
     }
 
     /// Makes what was received durable after an interruption, for a later resume.
-    pub fn finalize_partial(&mut self) -> Result<()> {
+    pub(crate) fn finalize_partial(&mut self) -> Result<()> {
         if self.map_dirty {
             self.write_map()?;
         }
@@ -361,7 +361,7 @@ impl ImageSink {
     }
 
     /// Bytes the source could not read, as recorded.
-    pub fn unreadable_bytes(&self) -> u64 {
+    pub(crate) fn unreadable_bytes(&self) -> u64 {
         self.map.bytes(Status::Bad)
     }
 
@@ -369,7 +369,7 @@ impl ImageSink {
     /// the whole-image SHA-256. `whole` is the digest computed while receiving
     /// in order; without it the image is read back. Damaged chunks are dropped
     /// from the journal so a resume sends them again.
-    pub fn finalize(
+    pub(crate) fn finalize(
         &mut self,
         whole: Option<[u8; 32]>,
     ) -> Result<std::result::Result<String, String>> {
@@ -568,14 +568,14 @@ fn copy_range(src: &File, dst: &File, offset: u64, len: u64) -> std::io::Result<
 
 /// The base backup of an incremental backup, read by the receiver: a disk's
 /// image and journal, opened once.
-pub struct StoreBase {
+pub(crate) struct StoreBase {
     img: File,
     journal: File,
     chunk: u32,
 }
 
 impl StoreBase {
-    pub fn open(b: &BackupDir, d: &ManifestDisk) -> Result<StoreBase> {
+    pub(crate) fn open(b: &BackupDir, d: &ManifestDisk) -> Result<StoreBase> {
         Ok(StoreBase {
             img: b.dir.open_file(&d.image, Access::Read)?,
             journal: b.dir.open_file(&d.chunks, Access::Read)?,
@@ -584,7 +584,7 @@ impl StoreBase {
     }
 
     /// Another descriptor of the image, for the sink to fill from.
-    pub fn image(&self) -> Result<File> {
+    pub(crate) fn image(&self) -> Result<File> {
         self.img
             .try_clone()
             .context("duplicating the base image's descriptor")
@@ -616,7 +616,7 @@ fn is_enospc(e: &anyhow::Error) -> bool {
 }
 
 /// Makes a range read as zeros: punch a hole, or write zeros where that fails.
-pub fn punch_or_zero(f: &File, offset: u64, len: u64) -> Result<()> {
+pub(crate) fn punch_or_zero(f: &File, offset: u64, len: u64) -> Result<()> {
     use std::os::fd::AsRawFd;
     // SAFETY: fallocate on our own open descriptor; no memory is passed.
     let r = unsafe {
@@ -643,18 +643,18 @@ pub fn punch_or_zero(f: &File, offset: u64, len: u64) -> Result<()> {
 
 /// What reading an image back against its journal found.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ImageCheck {
+pub(crate) struct ImageCheck {
     /// SHA-256 of the whole image as read (damaged chunks included), to tell a
     /// damaged image from a damaged journal.
-    pub sha256: String,
+    pub(crate) sha256: String,
     /// Chunks the journal holds no digest for (not received).
-    pub missing: Vec<u64>,
+    pub(crate) missing: Vec<u64>,
     /// Chunks whose data does not match their journal digest.
-    pub mismatched: Vec<u64>,
+    pub(crate) mismatched: Vec<u64>,
 }
 
 impl ImageCheck {
-    pub fn ok(&self) -> bool {
+    pub(crate) fn ok(&self) -> bool {
         self.missing.is_empty() && self.mismatched.is_empty()
     }
 }
@@ -662,7 +662,7 @@ impl ImageCheck {
 /// Reads an image back and checks every chunk against its journal digest,
 /// computing the whole-image SHA-256 in the same pass. With `progress`,
 /// reports bytes checked.
-pub fn verify_image(
+pub(crate) fn verify_image(
     dir: &Dir,
     d: &ManifestDisk,
     chunk: u32,
@@ -723,21 +723,21 @@ pub fn verify_image(
 
 /// Reads a stored image for a restore, checking each chunk against the journal
 /// so a store that rotted is caught before its bytes reach a disk.
-pub struct ImageSource {
+pub(crate) struct ImageSource {
     img: File,
     journal: File,
     name: String,
     chunk: u32,
     /// Hand out a damaged chunk marked as such (the client understands
     /// FLAG_DAMAGED) instead of failing the whole restore.
-    pub mark_damaged: bool,
+    pub(crate) mark_damaged: bool,
     /// A used-block backup's free ranges: zeros in the image, left out of the
     /// chunks sent (FLAG_FREE).
     free: Option<crate::proto::msg::FreeMap>,
 }
 
 impl ImageSource {
-    pub fn open(b: &BackupDir, d: &ManifestDisk) -> Result<ImageSource> {
+    pub(crate) fn open(b: &BackupDir, d: &ManifestDisk) -> Result<ImageSource> {
         Ok(ImageSource {
             img: b.dir.open_file(&d.image, Access::Read)?,
             journal: b.dir.open_file(&d.chunks, Access::Read)?,
@@ -748,7 +748,7 @@ impl ImageSource {
         })
     }
 
-    pub fn read(&self, offset: u64, len: u32) -> Result<RawChunk> {
+    pub(crate) fn read(&self, offset: u64, len: u32) -> Result<RawChunk> {
         let mut data = crate::xfer::bufpool::take(len as usize);
         let free = self
             .free
@@ -775,7 +775,7 @@ impl ImageSource {
     }
 
     /// Hashes a chunk and compares it with the digest recorded at backup time.
-    pub fn digest(
+    pub(crate) fn digest(
         &self,
         offset: u64,
         raw: RawChunk,

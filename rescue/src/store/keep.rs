@@ -21,9 +21,9 @@ use crate::util::human_bytes;
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct Space {
     /// Bytes allocated to its files.
-    pub allocated: u64,
+    pub(crate) allocated: u64,
     /// Of those, bytes in extents the filesystem reports shared (reflinks).
-    pub shared: u64,
+    pub(crate) shared: u64,
 }
 
 /// One extent of a file as FIEMAP reports it: (physical start, length, shared).
@@ -166,7 +166,7 @@ fn parse_time(s: &str) -> Option<i64> {
 }
 
 /// `rescue store list` or `prune`.
-pub fn run(action: crate::cmd::cli::StoreAction) -> Result<u8> {
+pub(crate) fn run(action: crate::cmd::cli::StoreAction) -> Result<u8> {
     use crate::cmd::cli::StoreAction;
     match action {
         StoreAction::List { dir } => list(&dir),

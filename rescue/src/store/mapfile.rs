@@ -41,7 +41,7 @@ impl Status {
 /// thousands of unreadable ranges per chunk, and re-sorting every run for each
 /// of them made one such chunk cost seconds of CPU.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Map {
+pub(crate) struct Map {
     size: u64,
     /// start -> (end, status): contiguous, covering [0, size), and no two
     /// neighbours with the same status.
@@ -58,7 +58,7 @@ impl Map {
     }
 
     /// Marks [start, start+len) (clipped to the image) with `status`.
-    pub fn set(&mut self, start: u64, len: u64, status: Status) {
+    pub(crate) fn set(&mut self, start: u64, len: u64, status: Status) {
         let end = start.saturating_add(len).min(self.size);
         if start < end {
             self.replace(start, end, &[(start, end, status)]);
@@ -69,7 +69,7 @@ impl Map {
     /// unreadable `bad` ranges (offsets within the chunk, in any order,
     /// possibly overlapping). One pass for the whole chunk, so a chunk with
     /// thousands of bad ranges costs O(k log k), not a map update per range.
-    pub fn set_chunk(&mut self, start: u64, len: u64, bad: &[(u32, u32)]) {
+    pub(crate) fn set_chunk(&mut self, start: u64, len: u64, bad: &[(u32, u32)]) {
         let end = start.saturating_add(len).min(self.size);
         if start >= end {
             return;
@@ -153,13 +153,13 @@ impl Map {
     }
 
     /// Total bytes with `status`.
-    pub fn bytes(&self, status: Status) -> u64 {
+    pub(crate) fn bytes(&self, status: Status) -> u64 {
         self.iter().filter(|r| r.2 == status).map(|r| r.1).sum()
     }
 
     /// The runs with `status`.
     #[cfg(test)]
-    pub fn ranges(&self, status: Status) -> Vec<(u64, u64)> {
+    pub(crate) fn ranges(&self, status: Status) -> Vec<(u64, u64)> {
         self.iter()
             .filter(|r| r.2 == status)
             .map(|r| (r.0, r.1))
@@ -199,7 +199,7 @@ impl Map {
     /// How the map disagrees with `held`, the byte ranges (start, len; sorted,
     /// disjoint) whose chunks the journal holds: (bytes held but marked not
     /// received, bytes marked received or unreadable but not held).
-    pub fn disagreement(&self, held: &[(u64, u64)]) -> (u64, u64) {
+    pub(crate) fn disagreement(&self, held: &[(u64, u64)]) -> (u64, u64) {
         let unmarked = held
             .iter()
             .map(|&(s, l)| self.bytes_in(s, s.saturating_add(l), Status::NonTried))
@@ -217,7 +217,7 @@ impl Map {
     /// outside `held` nothing is received; inside, what the map still calls
     /// not received is finished. Unreadable ranges inside `held` stay (the map
     /// is written before the journal claims a chunk with unreadable sectors).
-    pub fn follow_journal(&mut self, held: &[(u64, u64)]) {
+    pub(crate) fn follow_journal(&mut self, held: &[(u64, u64)]) {
         for (s, l) in self.outside(held) {
             self.set(s, l, Status::NonTried);
         }
@@ -257,7 +257,7 @@ impl Map {
 
     /// Parses a mapfile for an image of `size` bytes. Lines it does not
     /// understand are an error, so a damaged mapfile is never half-trusted.
-    pub fn parse(text: &str, size: u64) -> Result<Map, String> {
+    pub(crate) fn parse(text: &str, size: u64) -> Result<Map, String> {
         let mut map = Map::new(size);
         let mut seen_status_line = false;
         for (i, line) in text.lines().enumerate() {

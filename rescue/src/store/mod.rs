@@ -7,20 +7,20 @@
 
 pub(crate) mod dir;
 pub(crate) mod image;
-pub mod keep;
+pub(crate) mod keep;
 pub(crate) mod mapfile;
 pub mod names;
 mod room;
 pub(crate) mod seal;
 
-use std::fs::{self, File};
+use std::fs;
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, bail};
 use serde::{Deserialize, Serialize};
 
-pub use dir::{Access, Dir};
-pub use room::{Refusal, error_code};
+pub(crate) use dir::{Access, Dir};
+pub(crate) use room::{Refusal, error_code};
 
 use crate::exit::{self, Exit};
 use crate::proto::msg::{
@@ -28,8 +28,8 @@ use crate::proto::msg::{
 };
 use crate::util;
 
-pub const MANIFEST: &str = "manifest.json";
-pub const SUMS: &str = "SHA256SUMS";
+pub(crate) const MANIFEST: &str = "manifest.json";
+pub(crate) const SUMS: &str = "SHA256SUMS";
 
 /// How the manifest spells a backup's state: kebab-case ("complete-with-errors"),
 /// as every manifest written so far has it. The state is the protocol's one type
@@ -46,44 +46,44 @@ enum ManifestState {
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct ManifestDisk {
+pub(crate) struct ManifestDisk {
     /// File stem in this directory (sanitised, unique).
-    pub name: String,
+    pub(crate) name: String,
     /// The name the source machine gave.
-    pub source_name: String,
-    pub source_path: String,
-    pub size: u64,
-    pub logical_sector_size: u32,
-    pub model: Option<String>,
-    pub serial: Option<String>,
-    pub details: Option<serde_json::Value>,
-    pub image: String,
-    pub map: String,
-    pub chunks: String,
+    pub(crate) source_name: String,
+    pub(crate) source_path: String,
+    pub(crate) size: u64,
+    pub(crate) logical_sector_size: u32,
+    pub(crate) model: Option<String>,
+    pub(crate) serial: Option<String>,
+    pub(crate) details: Option<serde_json::Value>,
+    pub(crate) image: String,
+    pub(crate) map: String,
+    pub(crate) chunks: String,
     /// SHA-256 of the whole image, once verified.
-    pub sha256: Option<String>,
-    pub unreadable_bytes: u64,
-    pub complete: bool,
+    pub(crate) sha256: Option<String>,
+    pub(crate) unreadable_bytes: u64,
+    pub(crate) complete: bool,
     /// A used-block backup: the free ranges of the recognised filesystems, stored
     /// as zeros, not the source's bytes (and what each partition held). Absent:
     /// every byte is the source's.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub free: Option<crate::proto::msg::FreeMap>,
+    pub(crate) free: Option<crate::proto::msg::FreeMap>,
     /// Incremental: the base backup's disk this one was compared with.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub base_disk: Option<String>,
+    pub(crate) base_disk: Option<String>,
     /// Incremental: bytes filled from the base (unchanged since it), bytes
     /// that share its extents (reflinked) and chunks whose copy in the base
     /// failed its check (sent instead). Counted over every session.
     #[serde(default, skip_serializing_if = "is_zero")]
-    pub unchanged_bytes: u64,
+    pub(crate) unchanged_bytes: u64,
     #[serde(default, skip_serializing_if = "is_zero")]
-    pub shared_bytes: u64,
+    pub(crate) shared_bytes: u64,
     #[serde(default, skip_serializing_if = "is_zero")]
-    pub base_failed: u64,
+    pub(crate) base_failed: u64,
     /// Bytes received as data (neither zero nor unchanged), over every session.
     #[serde(default)]
-    pub sent_bytes: u64,
+    pub(crate) sent_bytes: u64,
 }
 
 fn is_zero(n: &u64) -> bool {
@@ -92,31 +92,31 @@ fn is_zero(n: &u64) -> bool {
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Manifest {
-    pub format: String,
-    pub version: u32,
+    pub(crate) format: String,
+    pub(crate) version: u32,
     pub backup_id: String,
-    pub label: Option<String>,
+    pub(crate) label: Option<String>,
     #[serde(with = "ManifestState")]
     pub status: BackupState,
-    pub created: String,
-    pub updated: String,
-    pub finished: Option<String>,
-    pub source: Identity,
-    pub receiver: Identity,
-    pub chunk_size: u32,
-    pub disks: Vec<ManifestDisk>,
+    pub(crate) created: String,
+    pub(crate) updated: String,
+    pub(crate) finished: Option<String>,
+    pub(crate) source: Identity,
+    pub(crate) receiver: Identity,
+    pub(crate) chunk_size: u32,
+    pub(crate) disks: Vec<ManifestDisk>,
     /// SHA-256 of the key the sender must present to resume this backup
     /// (see `auth`); none in backups made before keys existed.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub resume_key_sha256: Option<String>,
+    pub(crate) resume_key_sha256: Option<String>,
     /// Incremental: the id of the backup (same host) this one was made
     /// against. Only a record: this backup's images are whole without it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub base: Option<String>,
+    pub(crate) base: Option<String>,
 }
 
 impl Manifest {
-    pub fn summary(&self, host: &str) -> BackupSummary {
+    pub(crate) fn summary(&self, host: &str) -> BackupSummary {
         BackupSummary {
             host: host.to_string(),
             backup_id: self.backup_id.clone(),
@@ -156,14 +156,14 @@ pub struct Store {
 pub struct BackupDir {
     pub path: PathBuf,
     /// The directory, held open: its files are opened relative to it.
-    pub dir: Dir,
-    pub host: String,
+    pub(crate) dir: Dir,
+    pub(crate) host: String,
     pub manifest: Manifest,
 }
 
 impl Store {
     /// Opens an existing store to read it (`rescue verify`).
-    pub fn open(dir: &Path) -> Result<Store> {
+    pub(crate) fn open(dir: &Path) -> Result<Store> {
         if !dir.is_dir() {
             bail!("the store {} is not a directory", dir.display());
         }
@@ -208,7 +208,7 @@ impl Store {
         Ok(store)
     }
 
-    pub fn dir(&self) -> &Path {
+    pub(crate) fn dir(&self) -> &Path {
         &self.dir
     }
 
@@ -256,7 +256,7 @@ impl Store {
     }
 
     /// Opens one backup named by a peer (host and id must be plain names).
-    pub fn open_backup(&self, host: &str, id: &str) -> Result<BackupDir> {
+    pub(crate) fn open_backup(&self, host: &str, id: &str) -> Result<BackupDir> {
         if !names::is_safe(host) || !names::is_safe(id) {
             bail!("no backup {host:?}/{id:?}: not a valid name");
         }
@@ -275,7 +275,7 @@ impl Store {
     /// Starts a backup, or resumes an interrupted one of the same machine and disks
     /// that `may_resume` allows (the peer presented its key, or consent).
     /// Returns the directory, the chunks already held per disk, and whether it resumed.
-    pub fn begin_backup(
+    pub(crate) fn begin_backup(
         &self,
         source: &Identity,
         receiver: &Identity,
@@ -340,7 +340,7 @@ impl Store {
     /// same chunk size, any label, and per disk of `b` its disk of the same
     /// serial and size (without serials: the same source name and size).
     /// None when the newest such backup has no matching disk.
-    pub fn choose_base(&self, source: &Identity, b: &BackupDir) -> Option<BackupDir> {
+    pub(crate) fn choose_base(&self, source: &Identity, b: &BackupDir) -> Option<BackupDir> {
         if source.machine_id.is_empty() {
             return None;
         }
@@ -359,7 +359,7 @@ impl Store {
 }
 
 /// The disk of base manifest `base` that disk `d` is compared with.
-pub fn base_disk<'a>(base: &'a Manifest, d: &ManifestDisk) -> Option<&'a ManifestDisk> {
+pub(crate) fn base_disk<'a>(base: &'a Manifest, d: &ManifestDisk) -> Option<&'a ManifestDisk> {
     base.disks.iter().find(|x| {
         x.complete
             && x.size == d.size
@@ -432,7 +432,7 @@ fn manifest_disks(begin: &BackupBegin) -> Vec<ManifestDisk> {
 }
 
 /// The directory a machine's backups go to: its hostname, sanitised.
-pub fn host_name(source: &Identity) -> String {
+pub(crate) fn host_name(source: &Identity) -> String {
     names::sanitize(&source.hostname, "unnamed-host")
 }
 
@@ -576,7 +576,7 @@ fn resumable(m: &Manifest, source: &Identity, begin: &BackupBegin) -> bool {
         })
 }
 
-pub fn read_manifest(dir: &Path) -> Result<Manifest> {
+pub(crate) fn read_manifest(dir: &Path) -> Result<Manifest> {
     read_manifest_in(&Dir::open(dir)?)
 }
 
@@ -601,7 +601,7 @@ impl BackupDir {
     /// Marks the backup in use while this directory is open (a shared lock on
     /// it): serve holds what it receives into, restores from or fills an
     /// incremental backup from, and `rescue store prune` leaves it alone.
-    pub fn hold(&self) {
+    pub(crate) fn hold(&self) {
         use std::os::fd::AsRawFd;
         // SAFETY: flock on our own directory descriptor; no memory is passed.
         let r = unsafe { libc::flock(self.dir.fd().as_raw_fd(), libc::LOCK_SH | libc::LOCK_NB) };
@@ -615,7 +615,7 @@ impl BackupDir {
 
     /// An exclusive lock on the backup's directory for removing it; None
     /// while serve holds it ([`BackupDir::hold`]).
-    pub fn lock_to_remove(&self) -> Option<Dir> {
+    pub(crate) fn lock_to_remove(&self) -> Option<Dir> {
         use std::os::fd::AsRawFd;
         let d = Dir::open(&self.path).ok()?;
         // SAFETY: flock on the descriptor just opened; no memory is passed.
@@ -624,7 +624,7 @@ impl BackupDir {
     }
 
     /// Whether serve holds the backup now.
-    pub fn is_held(&self) -> bool {
+    pub(crate) fn is_held(&self) -> bool {
         self.lock_to_remove().is_none()
     }
 
@@ -659,7 +659,7 @@ impl BackupDir {
     }
 
     /// Writes SHA256SUMS for the disks that are complete, in `sha256sum -c` format.
-    pub fn write_sums(&self) -> Result<()> {
+    pub(crate) fn write_sums(&self) -> Result<()> {
         let mut s = String::new();
         for d in &self.manifest.disks {
             if let (true, Some(h)) = (d.complete, &d.sha256) {
@@ -670,7 +670,7 @@ impl BackupDir {
     }
 
     /// Records the end of the session: complete when every disk is.
-    pub fn finish(&mut self) -> Result<()> {
+    pub(crate) fn finish(&mut self) -> Result<()> {
         let now = util::iso8601(util::now_secs());
         self.manifest.updated = now.clone();
         if self.manifest.disks.iter().all(|d| d.complete) {
@@ -684,11 +684,6 @@ impl BackupDir {
         self.write_sums()?;
         self.save()
     }
-}
-
-/// Makes sure a file is written to disk before we say it is.
-pub fn sync_file(f: &File) -> Result<()> {
-    f.sync_data().context("syncing to disk")
 }
 
 #[cfg(test)]

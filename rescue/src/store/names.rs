@@ -10,11 +10,11 @@ use std::collections::HashSet;
 use sha2::{Digest, Sha256};
 
 /// Longest name made from a peer's name (a host, backup id or disk file stem).
-pub const MAX_NAME: usize = 64;
+pub(crate) const MAX_NAME: usize = 64;
 
 /// Longest store file name: a stem of `MAX_NAME` plus an extension such as
 /// `.chunks` (well under NAME_MAX, 255, also with the `.tmp` wrapping).
-pub const MAX_FILE: usize = MAX_NAME + 16;
+pub(crate) const MAX_FILE: usize = MAX_NAME + 16;
 
 /// Characters a store name may contain.
 fn allowed(c: char) -> bool {
@@ -22,7 +22,7 @@ fn allowed(c: char) -> bool {
 }
 
 /// A safe single path component made from `raw`, or `fallback` when nothing is left.
-pub fn sanitize(raw: &str, fallback: &str) -> String {
+pub(crate) fn sanitize(raw: &str, fallback: &str) -> String {
     let mut out: String = raw
         .chars()
         .map(|c| if allowed(c) { c } else { '_' })
@@ -47,7 +47,7 @@ pub fn sanitize(raw: &str, fallback: &str) -> String {
 
 /// `base` (already sanitised) cut so that `base + suffix` fits in `MAX_NAME`,
 /// never leaving a `.` or `_` before the suffix.
-pub fn with_suffix(base: &str, suffix: &str) -> String {
+pub(crate) fn with_suffix(base: &str, suffix: &str) -> String {
     let mut b = base.to_string();
     b.truncate(MAX_NAME.saturating_sub(suffix.len()));
     while b.ends_with('.') || b.ends_with('_') {
@@ -59,7 +59,7 @@ pub fn with_suffix(base: &str, suffix: &str) -> String {
 /// Whether `name` may be a file in a backup directory: a safe stem with an
 /// extension, or a name made by `sanitize`. It never starts with a dot (so it
 /// is neither `.` nor `..` nor hidden) and holds no `/`.
-pub fn is_safe_file(name: &str) -> bool {
+pub(crate) fn is_safe_file(name: &str) -> bool {
     !name.is_empty()
         && name.len() <= MAX_FILE
         && !name.starts_with('.')
@@ -74,7 +74,7 @@ pub fn is_safe(name: &str) -> bool {
 
 /// Makes every name unique by appending -2, -3, ... (case-insensitively, so a
 /// store on vfat or exFAT does not merge two disks).
-pub fn unique(names: &[String]) -> Vec<String> {
+pub(crate) fn unique(names: &[String]) -> Vec<String> {
     let mut seen = HashSet::new();
     names
         .iter()

@@ -20,9 +20,9 @@ use crate::xfer::Geometry;
 
 /// The store cannot take a request; `code` is the ERROR code sent to the peer.
 #[derive(Debug)]
-pub struct Refusal {
-    pub code: &'static str,
-    pub message: String,
+pub(crate) struct Refusal {
+    pub(crate) code: &'static str,
+    pub(crate) message: String,
 }
 
 impl fmt::Display for Refusal {
@@ -37,7 +37,7 @@ impl std::error::Error for Refusal {}
 /// when the filesystem ran out of space or inodes (or a quota), so the user
 /// learns to free space rather than that the request was malformed; `io` for
 /// other failures of the store; `bad_request` for a request it rejected.
-pub fn error_code(e: &anyhow::Error) -> &'static str {
+pub(crate) fn error_code(e: &anyhow::Error) -> &'static str {
     if let Some(r) = e.chain().find_map(|c| c.downcast_ref::<Refusal>()) {
         return r.code;
     }

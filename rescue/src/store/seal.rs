@@ -119,7 +119,7 @@ impl Store {
 
     /// Completes the backups a server that stopped early left sealing, by
     /// reading their images back.
-    pub fn seal_unfinished(&self) {
+    pub(crate) fn seal_unfinished(&self) {
         for b in self.list(None) {
             if b.manifest.status == BackupState::Sealing {
                 eprintln!(
@@ -133,12 +133,12 @@ impl Store {
 
     /// Waits until the backups of earlier sessions are complete, so that a
     /// restore right after a backup finds it so (the peer's keepalives go on).
-    pub fn wait_session_sealed(&self) {
+    pub(crate) fn wait_session_sealed(&self) {
         join_all(&self.sealers.after_session);
     }
 
     /// Waits until every backup being sealed is complete.
-    pub fn wait_sealed(&self) {
+    pub(crate) fn wait_sealed(&self) {
         join_all(&self.sealers.after_session);
         join_all(&self.sealers.after_restart);
     }

@@ -14,13 +14,13 @@ mod sys {
 }
 
 /// Whether `f` is a block device.
-pub fn is_block(f: &File) -> bool {
+pub(crate) fn is_block(f: &File) -> bool {
     use std::os::unix::fs::FileTypeExt;
     f.metadata().is_ok_and(|m| m.file_type().is_block_device())
 }
 
 /// Size in bytes: the device size for a block device, the length for a file.
-pub fn size_of(f: &File) -> Result<u64> {
+pub(crate) fn size_of(f: &File) -> Result<u64> {
     if !is_block(f) {
         return Ok(f.metadata().context("reading file size")?.len());
     }
@@ -31,7 +31,7 @@ pub fn size_of(f: &File) -> Result<u64> {
 }
 
 /// Logical sector size (512 for regular files).
-pub fn logical_sector(f: &File) -> u32 {
+pub(crate) fn logical_sector(f: &File) -> u32 {
     if !is_block(f) {
         return 512;
     }
@@ -44,7 +44,7 @@ pub fn logical_sector(f: &File) -> u32 {
 }
 
 /// Asks the kernel to re-read the partition table (after a restore).
-pub fn reread_partitions(f: &File) -> Result<()> {
+pub(crate) fn reread_partitions(f: &File) -> Result<()> {
     if !is_block(f) {
         return Ok(());
     }
@@ -54,7 +54,7 @@ pub fn reread_partitions(f: &File) -> Result<()> {
 }
 
 /// Zeroes a range of a block device efficiently; false when unsupported.
-pub fn zero_out(f: &File, offset: u64, len: u64) -> bool {
+pub(crate) fn zero_out(f: &File, offset: u64, len: u64) -> bool {
     if !is_block(f) {
         return false;
     }
@@ -65,7 +65,7 @@ pub fn zero_out(f: &File, offset: u64, len: u64) -> bool {
 
 /// Discards (TRIMs) a range of a block device; false when the device does not
 /// support it (or `f` is not one).
-pub fn discard(f: &File, offset: u64, len: u64) -> bool {
+pub(crate) fn discard(f: &File, offset: u64, len: u64) -> bool {
     if !is_block(f) {
         return false;
     }

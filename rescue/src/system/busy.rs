@@ -253,7 +253,7 @@ pub fn file_in_use(root: &Root, path: &Path) -> Option<String> {
 /// Whether another open file holds a lock on `f`: an OFD or POSIX record lock
 /// (QEMU locks its images so), or a flock(2) lock. Asks without keeping any
 /// lock: F_OFD_GETLK only reports, and a flock taken to probe is dropped at once.
-pub fn lock_holder(f: &File) -> Option<String> {
+pub(crate) fn lock_holder(f: &File) -> Option<String> {
     let fd = f.as_raw_fd();
     // SAFETY: a plain C struct; all-zero is a valid value for it.
     let mut fl: libc::flock = unsafe { std::mem::zeroed() };

@@ -16,10 +16,10 @@ use std::path::Path;
 
 /// Alignment of memory, offsets and lengths for direct I/O. 4 KiB is a
 /// multiple of every logical block size in use (512 and 4096).
-pub const ALIGN: usize = 4096;
+pub(crate) const ALIGN: usize = 4096;
 
 /// A heap buffer whose usable part starts on an `ALIGN` boundary.
-pub struct AlignedBuf {
+pub(crate) struct AlignedBuf {
     raw: Vec<u8>,
     skip: usize,
     len: usize,
@@ -32,26 +32,26 @@ impl AlignedBuf {
         AlignedBuf { raw, skip, len }
     }
 
-    pub fn len(&self) -> usize {
+    pub(crate) fn len(&self) -> usize {
         self.len
     }
 
     /// The first `n` aligned bytes (n <= len).
-    pub fn get_mut(&mut self, n: usize) -> &mut [u8] {
+    pub(crate) fn get_mut(&mut self, n: usize) -> &mut [u8] {
         &mut self.raw[self.skip..self.skip + n]
     }
 }
 
 /// A second descriptor of an open file, opened with O_DIRECT, plus the bounce
 /// buffer that gives it aligned memory (chunk payloads sit after a header).
-pub struct DirectWriter {
+pub(crate) struct DirectWriter {
     file: Option<File>,
     buf: AlignedBuf,
 }
 
 impl DirectWriter {
     /// One that never writes directly (everything goes to the fallback).
-    pub fn disabled() -> DirectWriter {
+    pub(crate) fn disabled() -> DirectWriter {
         DirectWriter {
             file: None,
             buf: AlignedBuf::new(0),
@@ -62,7 +62,7 @@ impl DirectWriter {
     /// `open` refers to (same device and inode), so a renamed or replaced path
     /// can never receive our data. Falls back to buffered writing when the
     /// file system does not support direct I/O.
-    pub fn open(path: &Path, open: &File, max_len: usize) -> DirectWriter {
+    pub(crate) fn open(path: &Path, open: &File, max_len: usize) -> DirectWriter {
         let Ok(want) = open.metadata() else {
             return DirectWriter::disabled();
         };
@@ -84,14 +84,14 @@ impl DirectWriter {
         }
     }
 
-    pub fn is_direct(&self) -> bool {
+    pub(crate) fn is_direct(&self) -> bool {
         self.file.is_some()
     }
 
     /// Writes `data` at `offset`: the aligned part directly, anything else
     /// (an unaligned tail, or all of it when direct I/O is unavailable or
     /// refused) through `fallback`.
-    pub fn write_at(&mut self, fallback: &File, data: &[u8], offset: u64) -> io::Result<()> {
+    pub(crate) fn write_at(&mut self, fallback: &File, data: &[u8], offset: u64) -> io::Result<()> {
         let mut done = 0usize;
         if let Some(f) = &self.file
             && offset.is_multiple_of(ALIGN as u64)

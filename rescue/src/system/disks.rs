@@ -51,12 +51,12 @@ pub struct Disk {
     /// Where the whole disk is mounted (a filesystem without a partition table).
     pub mounts: Vec<String>,
     /// Devices stacked on the whole disk (device mapper, md RAID, bcache).
-    pub holders: Vec<Holder>,
+    pub(crate) holders: Vec<Holder>,
     /// Whether the whole disk is an active swap area.
     pub swap: bool,
     /// Set when the mount table could not be read, so being unused is not proven.
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub usage_unknown: Option<String>,
+    pub(crate) usage_unknown: Option<String>,
     /// A filesystem (or LUKS, LVM, md, swap) on the whole disk, without a partition table.
     pub filesystem: Option<FsInfo>,
     /// The file behind a loop device.
@@ -70,18 +70,18 @@ pub struct Disk {
 #[serde(default)]
 pub struct Partition {
     pub name: String,
-    pub path: String,
-    pub number: u32,
-    pub major: u32,
-    pub minor: u32,
+    pub(crate) path: String,
+    pub(crate) number: u32,
+    pub(crate) major: u32,
+    pub(crate) minor: u32,
     pub start_bytes: u64,
-    pub size_bytes: u64,
+    pub(crate) size_bytes: u64,
     /// Start and size in the disk's logical sectors.
     pub start_sector: u64,
     pub sectors: u64,
-    pub read_only: bool,
+    pub(crate) read_only: bool,
     pub type_name: Option<String>,
-    pub type_id: Option<String>,
+    pub(crate) type_id: Option<String>,
     /// GPT partition name (PARTLABEL), not the filesystem's label.
     #[serde(alias = "label")]
     pub partname: Option<String>,
@@ -89,7 +89,7 @@ pub struct Partition {
     #[serde(alias = "uuid")]
     pub partuuid: Option<String>,
     pub mounts: Vec<String>,
-    pub holders: Vec<Holder>,
+    pub(crate) holders: Vec<Holder>,
     pub swap: bool,
     /// What the partition's superblock says it holds.
     pub filesystem: Option<FsInfo>,
@@ -98,16 +98,16 @@ pub struct Partition {
 /// A device stacked on a disk or partition (holders/ in sysfs).
 #[derive(Serialize, Deserialize, Debug, Clone, Default, PartialEq)]
 #[serde(default)]
-pub struct Holder {
+pub(crate) struct Holder {
     /// Kernel name, e.g. "dm-0", "md127".
-    pub name: String,
+    pub(crate) name: String,
     /// "device mapper", "md RAID", "bcache" or "".
-    pub kind: String,
+    pub(crate) kind: String,
     /// The dm name (e.g. "vg0-root") or the md level (e.g. "raid1").
-    pub detail: Option<String>,
+    pub(crate) detail: Option<String>,
     /// Where the holder itself is mounted.
-    pub mounts: Vec<String>,
-    pub swap: bool,
+    pub(crate) mounts: Vec<String>,
+    pub(crate) swap: bool,
 }
 
 impl Disk {
@@ -654,7 +654,7 @@ pub fn natural_cmp(a: &str, b: &str) -> std::cmp::Ordering {
 
 /// Follows symlinks of an absolute path inside `root` (absolute targets stay inside
 /// it), giving the final system path: "/dev/disk/by-id/x" -> "/dev/sda".
-pub fn resolve_in_root(root: &Root, abs: &str) -> String {
+pub(crate) fn resolve_in_root(root: &Root, abs: &str) -> String {
     let mut cur = lexical_absolute(Path::new(abs));
     for _ in 0..40 {
         match fs::read_link(root.path(&cur)) {

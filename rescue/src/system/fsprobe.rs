@@ -36,7 +36,7 @@ const HEAD_LEN: usize = 8192;
 const LABEL_READ_MAX: u64 = 65536;
 
 /// Something to probe: a device, a partition's window of its disk, or bytes in memory.
-pub trait Volume {
+pub(crate) trait Volume {
     /// Up to `len` bytes at `offset`: fewer at the end of the volume, and fewer or none
     /// when the read fails (nothing is recognised in what could not be read).
     fn read(&self, offset: u64, len: usize) -> Vec<u8>;
@@ -60,7 +60,7 @@ impl Volume for &[u8] {
 
 /// A window of a file or block device: a partition read through its whole disk, so a
 /// probe never reads past the partition's end into its neighbour.
-pub struct Window<'a> {
+pub(crate) struct Window<'a> {
     file: &'a File,
     start: u64,
     len: u64,
@@ -102,7 +102,7 @@ impl Volume for Window<'_> {
 }
 
 /// Probes a whole device or image file.
-pub fn probe_path(path: &Path) -> io::Result<Option<FsInfo>> {
+pub(crate) fn probe_path(path: &Path) -> io::Result<Option<FsInfo>> {
     let mut f = File::open(path)?;
     // The size of a block device too (its metadata says 0).
     let size = f.seek(SeekFrom::End(0)).unwrap_or(u64::MAX);
@@ -120,7 +120,7 @@ pub fn probe_bytes(b: &[u8]) -> Option<FsInfo> {
 /// A head that cannot be read in full (short of the volume's end) is all that is probed:
 /// on a failing disk every further read of bad sectors can take the kernel minutes of
 /// retries.
-pub fn probe(v: &dyn Volume) -> Option<FsInfo> {
+pub(crate) fn probe(v: &dyn Volume) -> Option<FsInfo> {
     let head = v.read(0, HEAD_LEN);
     let expected = v.size().map_or(HEAD_LEN as u64, |s| s.min(HEAD_LEN as u64));
     if (head.len() as u64) < expected {

@@ -5,7 +5,7 @@ use crate::Root;
 use crate::proto::msg::Identity;
 
 /// Reads this machine's identity below `root`.
-pub fn local(root: &Root) -> Identity {
+pub(crate) fn local(root: &Root) -> Identity {
     let attr = |p: &str| root.read_attr(p).unwrap_or_default();
     let mut hostname = attr("/proc/sys/kernel/hostname");
     if hostname.is_empty() || hostname == "(none)" {
@@ -33,7 +33,7 @@ pub fn local(root: &Root) -> Identity {
 
 /// How a peer's identity is shown: the protocol carries it, showing it safely
 /// on a terminal is this tool's business.
-pub trait Describe {
+pub(crate) trait Describe {
     /// "hostB (Dell Inc. XPS 13, serial ABC), rescue 0.1.0", escaped for the terminal.
     fn describe(&self) -> String;
 }

@@ -13,4 +13,4 @@ pub mod partitions;
 pub(crate) mod readahead;
 pub(crate) mod resize;
 pub mod source;
-pub mod used;
+pub(crate) mod used;

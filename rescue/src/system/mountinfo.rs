@@ -8,32 +8,32 @@ use crate::Root;
 
 /// One line of /proc/self/mountinfo, with the octal escapes undone.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Mount {
-    pub mount_id: u32,
-    pub parent_id: u32,
-    pub major: u32,
-    pub minor: u32,
+pub(crate) struct Mount {
+    pub(crate) mount_id: u32,
+    pub(crate) parent_id: u32,
+    pub(crate) major: u32,
+    pub(crate) minor: u32,
     /// The directory of the filesystem that is mounted here (bind mounts, btrfs subvolumes).
-    pub root: String,
-    pub mount_point: String,
-    pub options: String,
+    pub(crate) root: String,
+    pub(crate) mount_point: String,
+    pub(crate) options: String,
     /// Optional fields such as `shared:1`.
-    pub optional: Vec<String>,
-    pub fs_type: String,
+    pub(crate) optional: Vec<String>,
+    pub(crate) fs_type: String,
     /// What was mounted: "/dev/sda1", "tmpfs", "none".
-    pub source: String,
-    pub super_options: String,
+    pub(crate) source: String,
+    pub(crate) super_options: String,
 }
 
 impl Mount {
     /// Whether the source names a device node (as opposed to "tmpfs", "proc", ...).
-    pub fn source_is_device(&self) -> bool {
+    pub(crate) fn source_is_device(&self) -> bool {
         self.source.starts_with("/dev/")
     }
 }
 
 /// Reads and parses /proc/self/mountinfo under `root`.
-pub fn read(root: &Root) -> anyhow::Result<Vec<Mount>> {
+pub(crate) fn read(root: &Root) -> anyhow::Result<Vec<Mount>> {
     let path = root.path("/proc/self/mountinfo");
     let text = std::fs::read_to_string(&path).context("reading /proc/self/mountinfo")?;
     Ok(parse(&text))
@@ -41,7 +41,7 @@ pub fn read(root: &Root) -> anyhow::Result<Vec<Mount>> {
 
 /// Parses mountinfo text; lines that do not have the expected shape are skipped,
 /// because one odd line must not hide every other mount from the safety checks.
-pub fn parse(text: &str) -> Vec<Mount> {
+pub(crate) fn parse(text: &str) -> Vec<Mount> {
     text.lines().filter_map(parse_line).collect()
 }
 
@@ -72,14 +72,14 @@ fn parse_line(line: &str) -> Option<Mount> {
 }
 
 /// Parses "259:2".
-pub fn parse_devnum(s: &str) -> Option<(u32, u32)> {
+pub(crate) fn parse_devnum(s: &str) -> Option<(u32, u32)> {
     let (maj, min) = s.trim().split_once(':')?;
     Some((maj.parse().ok()?, min.parse().ok()?))
 }
 
 /// Undoes the kernel's `\ooo` escaping of space, tab, newline and backslash
 /// (any three octal digits are accepted; anything else is kept as written).
-pub fn unescape(s: &str) -> String {
+pub(crate) fn unescape(s: &str) -> String {
     let b = s.as_bytes();
     let mut out = Vec::with_capacity(b.len());
     let mut i = 0;
@@ -105,7 +105,7 @@ pub fn unescape(s: &str) -> String {
 
 /// Device paths (or files) of the active swap areas in /proc/swaps; empty when the
 /// file is missing, since a kernel without swap support has nothing to protect.
-pub fn swaps(root: &Root) -> Vec<String> {
+pub(crate) fn swaps(root: &Root) -> Vec<String> {
     match std::fs::read_to_string(root.path("/proc/swaps")) {
         Ok(text) => parse_swaps(&text),
         Err(_) => Vec::new(),
@@ -113,7 +113,7 @@ pub fn swaps(root: &Root) -> Vec<String> {
 }
 
 /// Parses /proc/swaps text (the first line is a header).
-pub fn parse_swaps(text: &str) -> Vec<String> {
+pub(crate) fn parse_swaps(text: &str) -> Vec<String> {
     text.lines()
         .filter(|l| !l.starts_with("Filename"))
         .filter_map(|l| l.split_whitespace().next())

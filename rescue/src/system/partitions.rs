@@ -37,7 +37,7 @@ pub struct PartitionTable {
     /// GPT only: the bytes of the partition entry array the header declares
     /// (what a backup array at the end of a disk takes); 0 for MBR.
     #[serde(skip)]
-    pub gpt_array_bytes: u64,
+    pub(crate) gpt_array_bytes: u64,
 }
 
 /// One partition of a table.
@@ -62,7 +62,7 @@ impl PartitionTable {
     /// 2 (Linux filesystem)"): the partitions they overlap (logical ones rather
     /// than their extended container), or where they are outside them. Names
     /// come from the disk: they are quoted and escaped.
-    pub fn locate(&self, start: u64, end: u64) -> String {
+    pub(crate) fn locate(&self, start: u64, end: u64) -> String {
         let hits: Vec<&TableEntry> = self
             .entries
             .iter()
@@ -110,7 +110,7 @@ pub fn read_table(path: &Path, logical_sector: u32) -> anyhow::Result<Option<Par
 }
 
 /// Reads the partition table of an opened disk or image.
-pub fn read_table_file(
+pub(crate) fn read_table_file(
     mut file: &File,
     logical_sector: u32,
 ) -> anyhow::Result<Option<PartitionTable>> {
@@ -126,9 +126,9 @@ pub fn read_table_file(
     read_from(&disk, logical_sector)
 }
 
-/// Reads the partition table of a disk image held in memory (tests, and the
-/// head of an image `resize` plans from).
-pub fn read_table_bytes(
+/// Reads the partition table of a disk image held in memory (the tests').
+#[cfg(test)]
+pub(crate) fn read_table_bytes(
     bytes: &[u8],
     logical_sector: u32,
 ) -> anyhow::Result<Option<PartitionTable>> {
@@ -144,7 +144,7 @@ pub fn read_table_bytes(
 
 /// Reads the partition table of the disk a used-block backup probes (through
 /// the same reader its filesystems are probed with).
-pub fn read_table_at(
+pub(crate) fn read_table_at(
     src: &dyn fsmap::ReadAt,
     logical_sector: u32,
 ) -> anyhow::Result<Option<PartitionTable>> {
@@ -470,7 +470,7 @@ fn gpt_entries(
 }
 
 /// Formats an on-disk (mixed-endian) GUID as lower-case text.
-pub fn guid_string(b: &[u8]) -> String {
+pub(crate) fn guid_string(b: &[u8]) -> String {
     if b.len() < 16 {
         return String::new();
     }
@@ -501,7 +501,7 @@ fn utf16le_name(b: &[u8]) -> String {
 }
 
 /// Friendly names of common GPT partition types (as fdisk calls them).
-pub fn gpt_type_name(guid: &str) -> Option<&'static str> {
+pub(crate) fn gpt_type_name(guid: &str) -> Option<&'static str> {
     let name = match guid.to_ascii_lowercase().as_str() {
         "c12a7328-f81f-11d2-ba4b-00a0c93ec93b" => "EFI System",
         "21686148-6449-6e6f-744e-656564454649" => "BIOS boot",
@@ -702,7 +702,7 @@ fn read_logical(
 }
 
 /// Names of MBR partition type bytes (as fdisk calls them).
-pub fn mbr_type_name(kind: u8) -> &'static str {
+pub(crate) fn mbr_type_name(kind: u8) -> &'static str {
     match kind {
         0x00 => "Empty",
         0x01 => "FAT12",

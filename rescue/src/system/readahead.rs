@@ -15,7 +15,7 @@ const DEPTH: usize = 4;
 /// Calls `each(offset, bytes)` for consecutive pieces of `piece` bytes (the
 /// last one shorter) covering bytes `start..end` of `f`, in order. Stops at
 /// the first error, from the read or from `each`.
-pub fn for_each_piece<E>(
+pub(crate) fn for_each_piece<E>(
     f: &File,
     start: u64,
     end: u64,

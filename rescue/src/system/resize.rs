@@ -23,33 +23,33 @@ const MAX_ARRAY_BYTES: u64 = 1 << 20;
 /// What a restore onto a target of another size does, decided before anything
 /// is written.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Plan {
+pub(crate) struct Plan {
     /// The image is written up to here (bytes); the rest is not sent.
-    pub cut: u64,
+    pub(crate) cut: u64,
     /// After the image: rewrite the GPT for the target's size.
-    pub fix_gpt: bool,
+    pub(crate) fix_gpt: bool,
     /// A GPT backup header the target held from before, beyond the image, to
     /// be zeroed (byte offset of its sector).
-    pub zero_stale: Option<u64>,
+    pub(crate) zero_stale: Option<u64>,
     /// What changes, in words, for the confirmation.
-    pub changes: Vec<String>,
+    pub(crate) changes: Vec<String>,
     /// The number of the partition that ends last (0: none known).
-    pub last: u32,
+    pub(crate) last: u32,
     /// The target's logical sector size.
-    pub sector: u32,
+    pub(crate) sector: u32,
 }
 
 /// A write that makes the tables right: `bytes` at byte `off`.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Patch {
-    pub off: u64,
-    pub bytes: Vec<u8>,
+pub(crate) struct Patch {
+    pub(crate) off: u64,
+    pub(crate) bytes: Vec<u8>,
     /// What it is, in words ("GPT backup header at LBA 8191").
-    pub what: String,
+    pub(crate) what: String,
     /// The target's bytes there before the patch (what the image put there),
     /// filled in by [`finish`]: `--verify` compares the image's digests with
     /// them, the patch with what is there now.
-    pub was: Vec<u8>,
+    pub(crate) was: Vec<u8>,
 }
 
 impl Patch {
@@ -65,19 +65,19 @@ impl Patch {
 
 /// What [`finish`] did to the target.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct Done {
+pub(crate) struct Done {
     /// The writes, each with the bytes it replaced.
-    pub patches: Vec<Patch>,
+    pub(crate) patches: Vec<Patch>,
     /// What was done, in words, for the summary and the log line.
-    pub said: Vec<String>,
+    pub(crate) said: Vec<String>,
     /// The partition --grow extended: (number, first byte, bytes).
-    pub grown: Option<(u32, u64, u64)>,
+    pub(crate) grown: Option<(u32, u64, u64)>,
 }
 
 /// The layout of an image the server describes in its listing. The partition
 /// that ends last is the one with the highest number among those ending at the
 /// same byte: the last logical partition rather than the extended one holding it.
-pub fn layout_of(table: Option<&PartitionTable>, sector: u32) -> DiskLayout {
+pub(crate) fn layout_of(table: Option<&PartitionTable>, sector: u32) -> DiskLayout {
     let mut l = DiskLayout {
         table: "none".into(),
         sector,
@@ -117,7 +117,7 @@ fn mbr_limit(sectors: u64) -> u64 {
 /// `target` bytes with `target_sector`-byte sectors. `stale_gpt`: the target's
 /// last sector holds a GPT header from before; `grow`: --grow. Err: refused,
 /// the message says why (both sizes, where the last partition ends).
-pub fn plan(
+pub(crate) fn plan(
     l: &DiskLayout,
     source: u64,
     target: u64,
@@ -324,21 +324,21 @@ fn gpt_plan(
 }
 
 /// Whether a sector starts with a GPT header signature.
-pub fn is_gpt_header(block: &[u8]) -> bool {
+pub(crate) fn is_gpt_header(block: &[u8]) -> bool {
     block.starts_with(b"EFI PART")
 }
 
 /// The table of an image written onto a target, read back from its first
 /// sectors: the MBR, the primary GPT header and its entry array.
-pub struct GptHead<'a> {
-    pub mbr: &'a [u8],
-    pub header: &'a [u8],
-    pub array: &'a [u8],
+pub(crate) struct GptHead<'a> {
+    pub(crate) mbr: &'a [u8],
+    pub(crate) header: &'a [u8],
+    pub(crate) array: &'a [u8],
 }
 
 /// Where the primary GPT's entry array lies and how long it is, from the
 /// header sector (checked: signature, CRC, at LBA 1, sizes bounded).
-pub fn gpt_array_at(header: &[u8], sector: u32) -> Result<(u64, usize)> {
+pub(crate) fn gpt_array_at(header: &[u8], sector: u32) -> Result<(u64, usize)> {
     let Some(h) = partitions::parse_gpt_header(header) else {
         bail!("no GPT header at LBA 1");
     };
@@ -392,7 +392,7 @@ fn seal(h: &mut [u8], size: usize) {
 /// the backup array and header at the end, and the image's own backup GPT
 /// zeroed when it now lies inside the target. Refuses a table whose
 /// partitions do not fit. Returns the writes and what they do, in words.
-pub fn gpt_patches(
+pub(crate) fn gpt_patches(
     head: &GptHead,
     source: u64,
     target: u64,
@@ -686,7 +686,7 @@ fn stale_backup(
 /// new image file (made the image's size). A target's sector size is the
 /// disk's, an image file's the source's; its last sector is read to find a
 /// GPT header left from before.
-pub fn for_target(
+pub(crate) fn for_target(
     layout: Option<&DiskLayout>,
     source: u64,
     target: Option<(&File, u64)>,
@@ -748,7 +748,7 @@ fn read_at(file: &File, off: u64, len: usize) -> Result<Vec<u8>> {
 /// (read back from the target, the bytes that were written), --grow on an MBR,
 /// and a stale GPT header zeroed. Returns what was done; nothing for a target
 /// of the image's size.
-pub fn finish(file: &File, p: &Plan, source: u64, target: u64, grow: bool) -> Result<Done> {
+pub(crate) fn finish(file: &File, p: &Plan, source: u64, target: u64, grow: bool) -> Result<Done> {
     if source == target {
         let said = if grow {
             vec![GROW_SAME.into()]
@@ -836,7 +836,7 @@ fn gpt_at(file: &File, sector: u32) -> bool {
 /// What to run to grow the filesystem in partition `grown` (number, first
 /// byte, bytes) that --grow extended on the target at `path`, by the type its
 /// superblock shows.
-pub fn grow_hint(file: &File, path: &Path, block: bool, grown: (u32, u64, u64)) -> String {
+pub(crate) fn grow_hint(file: &File, path: &Path, block: bool, grown: (u32, u64, u64)) -> String {
     let (n, start, len) = grown;
     let fs = crate::system::fsprobe::probe(&crate::system::fsprobe::Window::new(file, start, len))
         .map(|i| i.fstype);
@@ -872,7 +872,7 @@ pub fn grow_hint(file: &File, path: &Path, block: bool, grown: (u32, u64, u64)) 
 /// Turns what the target holds at `off` into what the image put there: the
 /// bytes each patch replaced go back where it overlaps `buf`, so the chunks a
 /// patch touched are compared with the image's digests too.
-pub fn image_bytes(done: &Done, off: u64, buf: &mut [u8]) {
+pub(crate) fn image_bytes(done: &Done, off: u64, buf: &mut [u8]) {
     let end = off + buf.len() as u64;
     for pa in &done.patches {
         let (a, b) = (pa.off.max(off), (pa.off + pa.was.len() as u64).min(end));
@@ -887,13 +887,13 @@ pub fn image_bytes(done: &Done, off: u64, buf: &mut [u8]) {
 /// What the image holds up to the cut, for `--verify`: the backup's chunk
 /// digests (up to the chunk the cut falls in) and that chunk's bytes after
 /// the cut (received, not written).
-pub struct Expected<'a> {
-    pub digests: &'a [Option<[u8; 32]>],
-    pub chunk: u32,
-    pub cut: u64,
-    pub tail: &'a [u8],
+pub(crate) struct Expected<'a> {
+    pub(crate) digests: &'a [Option<[u8; 32]>],
+    pub(crate) chunk: u32,
+    pub(crate) cut: u64,
+    pub(crate) tail: &'a [u8],
     /// A used-block backup's free map: those bytes are compared as zeros.
-    pub free: Option<&'a crate::proto::msg::FreeMap>,
+    pub(crate) free: Option<&'a crate::proto::msg::FreeMap>,
 }
 
 /// --verify of the image on a target of another size: reads every chunk up
@@ -901,7 +901,7 @@ pub struct Expected<'a> {
 /// chunk the cut falls in, and compares each with the backup's digest.
 /// Returns the offset of the first chunk that differs; `progress` is told of
 /// every piece read.
-pub fn check_image(
+pub(crate) fn check_image(
     file: &File,
     done: &Done,
     e: &Expected,
@@ -942,7 +942,12 @@ pub fn check_image(
 
 /// --verify of the tables: each write read back, then the GPT checked as a
 /// whole (both headers, their CRCs and pointers, both arrays).
-pub fn check_tables(file: &File, done: &Done, target: u64, sector: u32) -> Result<Option<String>> {
+pub(crate) fn check_tables(
+    file: &File,
+    done: &Done,
+    target: u64,
+    sector: u32,
+) -> Result<Option<String>> {
     for pa in &done.patches {
         let b = read_at(file, pa.off, pa.bytes.len())?;
         if b != pa.bytes {

@@ -53,19 +53,19 @@ impl DiskReader {
         }
     }
 
-    pub fn size(&self) -> u64 {
+    pub(crate) fn size(&self) -> u64 {
         self.size
     }
 
     /// Reads exactly `buf.len()` bytes at `offset`, no retries (the used-block
     /// probes: a filesystem whose metadata cannot be read is copied whole).
-    pub fn read_plain(&self, buf: &mut [u8], offset: u64) -> io::Result<()> {
+    pub(crate) fn read_plain(&self, buf: &mut [u8], offset: u64) -> io::Result<()> {
         read_exact(&*self.primary, buf, offset)
     }
 
     /// Reads `len` bytes at `offset`. Unreadable sectors come back as zeros and
     /// are listed (relative to `offset`) in `bad`.
-    pub fn read_chunk(&self, offset: u64, len: u32) -> Result<RawChunk> {
+    pub(crate) fn read_chunk(&self, offset: u64, len: u32) -> Result<RawChunk> {
         let mut data = crate::xfer::bufpool::take(len as usize);
         let mut bad = Vec::new();
         self.read_into(&mut data, offset, 0, &mut bad)?;
@@ -78,7 +78,12 @@ impl DiskReader {
 
     /// Reads the chunk at `offset` but for its `free` ranges (sorted, relative),
     /// which stay zeros and are neither read nor sent: a used-block backup.
-    pub fn read_used(&self, offset: u64, len: u32, free: Vec<(u32, u32)>) -> Result<RawChunk> {
+    pub(crate) fn read_used(
+        &self,
+        offset: u64,
+        len: u32,
+        free: Vec<(u32, u32)>,
+    ) -> Result<RawChunk> {
         if free.is_empty() {
             return self.read_chunk(offset, len);
         }
@@ -197,7 +202,7 @@ pub struct Source {
 
 /// Opens a disk named like `nvme0n1`, `/dev/sda` or `/dev/disk/by-id/...`, or an
 /// image file path.
-pub fn open(root: &Root, spec: &str) -> Result<Source> {
+pub(crate) fn open(root: &Root, spec: &str) -> Result<Source> {
     let path = root.disk_path(spec);
     let file = File::open(&path).map_err(|e| {
         let hint = match e.kind() {

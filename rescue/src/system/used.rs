@@ -21,9 +21,9 @@ const MIN_FREE: u64 = 4096;
 /// no retries (a read error makes the parser give up, and the partition is then
 /// read whole, sector by sector where needed).
 pub(crate) struct Window<'a> {
-    pub reader: &'a DiskReader,
-    pub start: u64,
-    pub len: u64,
+    pub(crate) reader: &'a DiskReader,
+    pub(crate) start: u64,
+    pub(crate) len: u64,
 }
 
 impl ReadAt for Window<'_> {
@@ -41,7 +41,7 @@ impl ReadAt for Window<'_> {
 
 /// The free map of a disk: `name` is the disk's ("sda"), `sector` its logical
 /// sector size. Never fails: what cannot be read or recognised is read whole.
-pub fn plan(reader: &DiskReader, name: &str, sector: u32) -> FreeMap {
+pub(crate) fn plan(reader: &DiskReader, name: &str, sector: u32) -> FreeMap {
     plan_with(reader, name, sector, fsmap::probe)
 }
 
@@ -196,7 +196,7 @@ fn cap(mut free: Vec<(u64, u64)>) -> Vec<(u64, u64)> {
 /// One line per partition for the user: "sda2 ext4 'root': 412 MiB used of 900
 /// MiB: used blocks only", "sda3: LUKS: copied whole (not a filesystem rescue
 /// reads)".
-pub fn describe(p: &PartUse) -> String {
+pub(crate) fn describe(p: &PartUse) -> String {
     use crate::util::{Peer, human_bytes};
     let what =
         p.fs.as_deref()

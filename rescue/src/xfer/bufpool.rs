@@ -11,7 +11,7 @@ const KEEP: usize = 48;
 static POOL: Mutex<Vec<Vec<u8>>> = Mutex::new(Vec::new());
 
 /// A zeroed buffer of `len` bytes, recycled when one is available.
-pub fn take(len: usize) -> Vec<u8> {
+pub(crate) fn take(len: usize) -> Vec<u8> {
     let reused = POOL.lock().ok().and_then(|mut p| {
         let i = p.iter().position(|b| b.capacity() >= len)?;
         Some(p.swap_remove(i))
@@ -27,7 +27,7 @@ pub fn take(len: usize) -> Vec<u8> {
 }
 
 /// Hands a buffer back for reuse (small ones are simply dropped).
-pub fn give(b: Vec<u8>) {
+pub(crate) fn give(b: Vec<u8>) {
     if b.capacity() < 64 * 1024 {
         return;
     }

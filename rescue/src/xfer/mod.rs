@@ -13,9 +13,9 @@ mod send;
 pub(crate) mod sha256x2;
 mod sink;
 
-pub use receive::{OnDamaged, Received, StoreDamaged, receive_disk};
-pub use send::{SendStats, against_base, digest_fresh, finish_disk, send_disk};
-pub use sink::{BaseChunks, Sink, SinkPipeline, Verified, WholeDigest};
+pub(crate) use receive::{OnDamaged, Received, StoreDamaged, receive_disk};
+pub(crate) use send::{SendStats, against_base, digest_fresh, finish_disk, send_disk};
+pub(crate) use sink::{BaseChunks, Sink, SinkPipeline, Verified, WholeDigest};
 
 use anyhow::{Result, bail};
 use sha2::{Digest, Sha256};
@@ -26,12 +26,12 @@ use crate::proto::msg::ChunkRanges;
 pub const WINDOW: usize = 12;
 
 /// The largest disk a peer may describe (2^56 bytes, 64 PiB).
-pub const MAX_DISK_SIZE: u64 = 1 << 56;
+pub(crate) const MAX_DISK_SIZE: u64 = 1 << 56;
 
 /// Whether a chunk size from the peer is one an honest peer uses: a power of
 /// two from 64 KiB to 8 MiB. Anything else divides by zero in `Geometry`,
 /// allocates gigabytes per buffer, or does not fit a frame.
-pub fn check_chunk_size(chunk: u32) -> Result<()> {
+pub(crate) fn check_chunk_size(chunk: u32) -> Result<()> {
     if !(64 << 10..=8 << 20).contains(&chunk) || !chunk.is_power_of_two() {
         bail!("chunk size {chunk} is impossible (a power of two from 64 KiB to 8 MiB)");
     }
@@ -40,28 +40,28 @@ pub fn check_chunk_size(chunk: u32) -> Result<()> {
 
 /// Chunk geometry of one disk.
 #[derive(Debug, Clone, Copy)]
-pub struct Geometry {
-    pub size: u64,
-    pub chunk: u32,
+pub(crate) struct Geometry {
+    pub(crate) size: u64,
+    pub(crate) chunk: u32,
 }
 
 impl Geometry {
-    pub fn count(&self) -> u64 {
+    pub(crate) fn count(&self) -> u64 {
         self.size.div_ceil(u64::from(self.chunk))
     }
 
-    pub fn len_of(&self, index: u64) -> u32 {
+    pub(crate) fn len_of(&self, index: u64) -> u32 {
         let start = index * u64::from(self.chunk);
         (self.size - start).min(u64::from(self.chunk)) as u32
     }
 
-    pub fn offset(&self, index: u64) -> u64 {
+    pub(crate) fn offset(&self, index: u64) -> u64 {
         index * u64::from(self.chunk)
     }
 
     /// Where chunk `index` starts, or the end of the image from the count on:
     /// the offset an ACK names once everything before `index` is held.
-    pub fn start_of(&self, index: u64) -> u64 {
+    pub(crate) fn start_of(&self, index: u64) -> u64 {
         self.offset(index).min(self.size)
     }
 }
@@ -69,25 +69,25 @@ impl Geometry {
 /// What the sender's hashing thread learned about a raw chunk before handing
 /// it to the `digest` step, so that step does not scan or hash it again.
 #[derive(Clone, Copy, Debug, Default)]
-pub struct Known {
+pub(crate) struct Known {
     /// Every byte is zero.
-    pub zero: bool,
+    pub(crate) zero: bool,
     /// Its SHA-256, when computed (two chunks at a time, see sha256x2).
-    pub sha256: Option<[u8; 32]>,
+    pub(crate) sha256: Option<[u8; 32]>,
 }
 
 /// Whole chunk read from a source, before hashing.
-pub struct RawChunk {
-    pub data: Vec<u8>,
-    pub bad: Vec<(u32, u32)>,
+pub(crate) struct RawChunk {
+    pub(crate) data: Vec<u8>,
+    pub(crate) bad: Vec<(u32, u32)>,
     /// Free ranges of a used-block backup inside the chunk (relative, sorted): not
     /// read, zeros in `data`, not sent (FLAG_FREE).
-    pub free: Vec<(u32, u32)>,
+    pub(crate) free: Vec<(u32, u32)>,
 }
 
 /// Whether a buffer is all zeros. OR-folding 4 KiB blocks vectorises well and
 /// still stops early on data.
-pub fn is_zero(data: &[u8]) -> bool {
+pub(crate) fn is_zero(data: &[u8]) -> bool {
     data.chunks(4096)
         .all(|blk| blk.iter().fold(0u8, |acc, &b| acc | b) == 0)
 }

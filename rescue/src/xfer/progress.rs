@@ -16,23 +16,22 @@ static FORCE_LINES: AtomicBool = AtomicBool::new(false);
 
 /// Plain lines from now on, as `RESCUE_PLAIN=1` asks (a serial console is a
 /// terminal, but one that logs and tests read).
-pub fn force_lines() {
+pub(crate) fn force_lines() {
     FORCE_LINES.store(true, Ordering::Relaxed);
 }
 
 /// How progress is shown.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Mode {
+pub(crate) enum Mode {
     Bars,
     Lines,
-    Quiet,
 }
 
 impl Mode {
     /// Bars when stderr is a terminal, plain lines otherwise. As PID 1 the
     /// terminal is the kernel console, often a serial line read by a log or a
     /// test: plain lines there too.
-    pub fn detect() -> Mode {
+    pub(crate) fn detect() -> Mode {
         if std::env::var_os("RESCUE_PLAIN").is_some()
             || FORCE_LINES.load(Ordering::Relaxed)
             || !std::io::stderr().is_terminal()
@@ -52,7 +51,7 @@ struct Plain {
 }
 
 /// One disk's progress.
-pub struct Bar {
+pub(crate) struct Bar {
     name: String,
     total: u64,
     bar: Option<ProgressBar>,
@@ -91,21 +90,10 @@ impl Bar {
                 })),
                 every: Duration::from_secs(5),
             },
-            Mode::Quiet => Bar::hidden(),
         }
     }
 
-    pub fn hidden() -> Bar {
-        Bar {
-            name: String::new(),
-            total: 0,
-            bar: None,
-            plain: None,
-            every: Duration::ZERO,
-        }
-    }
-
-    pub fn set_position(&self, pos: u64) {
+    pub(crate) fn set_position(&self, pos: u64) {
         if let Some(b) = &self.bar {
             b.set_position(pos);
             b.reset_eta();
@@ -117,7 +105,7 @@ impl Bar {
         }
     }
 
-    pub fn inc(&self, n: u64) {
+    pub(crate) fn inc(&self, n: u64) {
         if let Some(b) = &self.bar {
             b.inc(n);
         }
@@ -155,14 +143,14 @@ impl Bar {
     }
 
     /// Prints a message without tearing the bar.
-    pub fn println(&self, msg: &str) {
+    pub(crate) fn println(&self, msg: &str) {
         match &self.bar {
             Some(b) => b.println(msg),
             None => eprintln!("{msg}"),
         }
     }
 
-    pub fn finish(&self) {
+    pub(crate) fn finish(&self) {
         if let Some(b) = &self.bar {
             b.finish_and_clear();
         }

@@ -72,7 +72,7 @@ impl Answers {
 
 /// What the receiver does with a chunk the sender marks FLAG_DAMAGED.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum OnDamaged {
+pub(crate) enum OnDamaged {
     /// A backup client may not send one: it is asked for again like a chunk
     /// damaged in transit.
     Refuse,
@@ -85,33 +85,33 @@ pub enum OnDamaged {
 /// The sender's store cannot produce a chunk intact.
 #[derive(Debug, thiserror::Error)]
 #[error("the chunk of disk {disk} at offset {offset} ({len} bytes) is damaged in the store")]
-pub struct StoreDamaged {
-    pub disk: u32,
-    pub offset: u64,
-    pub len: u32,
+pub(crate) struct StoreDamaged {
+    pub(crate) disk: u32,
+    pub(crate) offset: u64,
+    pub(crate) len: u32,
 }
 
 /// A disk received to the end.
-pub struct Received {
+pub(crate) struct Received {
     /// The sender's DISK_END, to answer.
-    pub end: Frame,
+    pub(crate) end: Frame,
     /// Chunks damaged in transit and asked for again.
-    pub resent: u64,
+    pub(crate) resent: u64,
     /// (offset, length) of the chunks the store could not produce (OnDamaged::Skip).
-    pub lost: Vec<(u64, u32)>,
+    pub(crate) lost: Vec<(u64, u32)>,
     /// Bytes that came as data (neither zero nor unchanged).
-    pub data_bytes: u64,
+    pub(crate) data_bytes: u64,
     /// Bytes filled from the base (chunks marked unchanged).
-    pub unchanged_bytes: u64,
+    pub(crate) unchanged_bytes: u64,
     /// Chunks marked unchanged whose copy in the base failed its check.
-    pub base_failed: u64,
+    pub(crate) base_failed: u64,
 }
 
 /// Receives disk `disk` into `pipe` until the sender's DISK_END, with a choice
 /// of what a FLAG_DAMAGED chunk does (only a restore accepts one). Returns that
 /// frame (to answer it), how many damaged chunks were asked for again and what
 /// the store could not produce.
-pub fn receive_disk<S: Sink + 'static>(
+pub(crate) fn receive_disk<S: Sink + 'static>(
     conn: &mut Conn,
     disk: u32,
     geo: Geometry,

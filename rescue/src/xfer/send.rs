@@ -24,22 +24,22 @@ use crate::xfer::progress::Bar;
 const STALL: Duration = Duration::from_secs(10);
 
 #[derive(Debug, Default, Clone)]
-pub struct SendStats {
-    pub chunks_sent: u64,
-    pub bytes_sent: u64,
-    pub zero_bytes: u64,
-    pub resent_chunks: u64,
-    pub skipped_bytes: u64,
-    pub unreadable_bytes: u64,
-    pub bytes_read: u64,
+pub(crate) struct SendStats {
+    pub(crate) chunks_sent: u64,
+    pub(crate) bytes_sent: u64,
+    pub(crate) zero_bytes: u64,
+    pub(crate) resent_chunks: u64,
+    pub(crate) skipped_bytes: u64,
+    pub(crate) unreadable_bytes: u64,
+    pub(crate) bytes_read: u64,
     /// Free space of recognised filesystems, neither read nor sent.
-    pub free_bytes: u64,
+    pub(crate) free_bytes: u64,
     /// Bytes marked unchanged since the base backup (not sent; free space
     /// in those chunks counts as free).
-    pub unchanged_bytes: u64,
+    pub(crate) unchanged_bytes: u64,
     /// Chunks marked unchanged that the receiver asked for after all (its
     /// base's copy failed the check).
-    pub base_failed: u64,
+    pub(crate) base_failed: u64,
 }
 
 impl SendStats {
@@ -83,7 +83,7 @@ enum Read {
 /// which looks for zeros once and hashes two data chunks at a time when two are
 /// ready, and passes what it found as `Known`).
 #[allow(clippy::too_many_arguments)]
-pub fn send_disk<R, D>(
+pub(crate) fn send_disk<R, D>(
     conn: &mut Conn,
     disk: u32,
     geo: Geometry,
@@ -375,7 +375,7 @@ fn send_loop(
 }
 
 /// Builds the chunk to send from raw bytes and what is known about them.
-pub fn digest_fresh(offset: u64, raw: RawChunk, known: Known) -> Result<OutChunk> {
+pub(crate) fn digest_fresh(offset: u64, raw: RawChunk, known: Known) -> Result<OutChunk> {
     let len = raw.data.len() as u32;
     let RawChunk { data, bad, free } = raw;
     if known.zero {
@@ -409,7 +409,7 @@ pub fn digest_fresh(offset: u64, raw: RawChunk, known: Known) -> Result<OutChunk
 /// journal holds for it (`base`: the digests by chunk index, `None` where the
 /// base holds nothing). A zero chunk stays a zero chunk (cheaper), and one
 /// with unreadable ranges is sent: its zeros are not the base's bytes.
-pub fn against_base(mut c: OutChunk, chunk: u32, base: &[Option<[u8; 32]>]) -> OutChunk {
+pub(crate) fn against_base(mut c: OutChunk, chunk: u32, base: &[Option<[u8; 32]>]) -> OutChunk {
     let index = (c.offset / u64::from(chunk)) as usize;
     if !c.zero
         && !c.damaged
@@ -422,7 +422,7 @@ pub fn against_base(mut c: OutChunk, chunk: u32, base: &[Option<[u8; 32]>]) -> O
 }
 
 /// Sends DISK_END and waits for DISK_DONE (repeating DISK_END if either is lost).
-pub fn finish_disk(conn: &mut Conn, disk: u32, end: &msg::DiskEnd) -> Result<msg::DiskDone> {
+pub(crate) fn finish_disk(conn: &mut Conn, disk: u32, end: &msg::DiskEnd) -> Result<msg::DiskDone> {
     let payload = msg::to_json(end);
     conn.send(Header::new(kind::DISK_END, disk, 0), &payload)?;
     let f = conn.wait_control(&[kind::DISK_DONE], "finishing a disk", |c| {

@@ -13,7 +13,7 @@
 use sha2::{Digest, Sha256};
 
 /// The SHA-256 digests of `a` and `b`.
-pub fn digest_pair(a: &[u8], b: &[u8]) -> ([u8; 32], [u8; 32]) {
+pub(crate) fn digest_pair(a: &[u8], b: &[u8]) -> ([u8; 32], [u8; 32]) {
     #[cfg(target_arch = "x86_64")]
     {
         if shani::available() {
@@ -32,7 +32,7 @@ const H0: [u32; 8] = [
 /// chunk by chunk), that can also return each piece's own SHA-256 from the same
 /// pass over its bytes (the receiver's chunk check and whole-image digest).
 #[derive(Clone)]
-pub struct Sha256Stream {
+pub(crate) struct Sha256Stream {
     state: [u32; 8],
     buf: [u8; 64],
     buf_len: usize,
@@ -55,7 +55,7 @@ impl Sha256Stream {
         Sha256Stream::default()
     }
 
-    pub fn update(&mut self, mut data: &[u8]) {
+    pub(crate) fn update(&mut self, mut data: &[u8]) {
         self.len += data.len() as u64;
         if self.buf_len > 0 {
             let n = (64 - self.buf_len).min(data.len());
@@ -75,7 +75,7 @@ impl Sha256Stream {
     }
 
     /// Feeds `n` zero bytes.
-    pub fn update_zeros(&mut self, mut n: u64) {
+    pub(crate) fn update_zeros(&mut self, mut n: u64) {
         static ZEROS: [u8; 64 * 1024] = [0; 64 * 1024];
         while n > 0 {
             let k = n.min(ZEROS.len() as u64) as usize;
@@ -86,7 +86,7 @@ impl Sha256Stream {
 
     /// Feeds `data` and returns its own SHA-256, both from one interleaved pass
     /// when the CPU allows and the stream is at a block boundary.
-    pub fn update_and_digest(&mut self, data: &[u8]) -> [u8; 32] {
+    pub(crate) fn update_and_digest(&mut self, data: &[u8]) -> [u8; 32] {
         #[cfg(target_arch = "x86_64")]
         {
             if self.buf_len == 0 && shani::available() {
@@ -103,7 +103,7 @@ impl Sha256Stream {
         Sha256::digest(data).into()
     }
 
-    pub fn finish(mut self) -> [u8; 32] {
+    pub(crate) fn finish(mut self) -> [u8; 32] {
         pad_tail(&mut self.state, &self.buf[..self.buf_len], self.len)
     }
 }
@@ -148,7 +148,7 @@ mod shani {
         0xc67178f2,
     ];
 
-    pub fn available() -> bool {
+    pub(crate) fn available() -> bool {
         std::arch::is_x86_feature_detected!("sha")
             && std::arch::is_x86_feature_detected!("sse4.1")
             && std::arch::is_x86_feature_detected!("ssse3")
@@ -208,7 +208,7 @@ mod shani {
 
     /// Compresses one block into each of two states, the two interleaved.
     #[target_feature(enable = "sha,sse2,ssse3,sse4.1")]
-    pub unsafe fn compress_x2(
+    pub(crate) unsafe fn compress_x2(
         sa: &mut [u32; 8],
         sb: &mut [u32; 8],
         a: &[[u8; 64]],
@@ -269,7 +269,7 @@ mod shani {
 
     /// # Safety
     /// The CPU must have the SHA, SSSE3 and SSE4.1 extensions (see `available`).
-    pub unsafe fn digest_pair(a: &[u8], b: &[u8]) -> ([u8; 32], [u8; 32]) {
+    pub(crate) unsafe fn digest_pair(a: &[u8], b: &[u8]) -> ([u8; 32], [u8; 32]) {
         let ((ba, _), (bb, _)) = (a.as_chunks::<64>(), b.as_chunks::<64>());
         let n = ba.len().min(bb.len());
         let (mut sa, mut sb) = (H0, H0);

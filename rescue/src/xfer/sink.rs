@@ -15,22 +15,22 @@ use crate::xfer::sha256x2::Sha256Stream;
 
 /// A chunk that passed verification, on its way to the writer.
 #[derive(Debug, Clone)]
-pub struct Verified {
-    pub offset: u64,
-    pub len: u32,
-    pub zero: bool,
-    pub sha256: [u8; 32],
-    pub bad: Vec<(u32, u32)>,
+pub(crate) struct Verified {
+    pub(crate) offset: u64,
+    pub(crate) len: u32,
+    pub(crate) zero: bool,
+    pub(crate) sha256: [u8; 32],
+    pub(crate) bad: Vec<(u32, u32)>,
     /// The frame payload; the chunk's bytes are `payload[start..]`.
-    pub payload: Arc<Vec<u8>>,
-    pub start: usize,
+    pub(crate) payload: Arc<Vec<u8>>,
+    pub(crate) start: usize,
     /// The sender's store could not produce it intact (FLAG_DAMAGED): it is
     /// written as zeros, and `zero` is set too.
-    pub damaged: bool,
+    pub(crate) damaged: bool,
     /// The sender marked it unchanged and the base's copy (its bytes, here)
     /// passed the check: the sink may fill it from the base instead of
     /// writing the bytes.
-    pub unchanged: bool,
+    pub(crate) unchanged: bool,
 }
 
 impl Drop for Verified {
@@ -45,7 +45,7 @@ impl Drop for Verified {
 
 impl Verified {
     /// The chunk's data (empty for a zero chunk).
-    pub fn bytes(&self) -> &[u8] {
+    pub(crate) fn bytes(&self) -> &[u8] {
         &self.payload[self.start..]
     }
 }
@@ -53,12 +53,12 @@ impl Verified {
 /// The base backup of an incremental backup, as the receiver reads it: the
 /// digest its journal holds for the chunk at `offset` (zeros: none) and the
 /// chunk's bytes as its image holds them.
-pub trait BaseChunks: Send + Sync {
+pub(crate) trait BaseChunks: Send + Sync {
     fn chunk(&self, offset: u64, len: u32) -> Result<([u8; 32], Vec<u8>)>;
 }
 
 /// Where verified chunks go (the store, or a disk being restored).
-pub trait Sink: Send {
+pub(crate) trait Sink: Send {
     fn write(&mut self, c: &Verified) -> Result<()>;
     /// Makes everything written so far durable (called every few seconds).
     fn checkpoint(&mut self) -> Result<()>;
@@ -68,7 +68,7 @@ pub trait Sink: Send {
 /// SHA-256 from what the writer wrote, in order, so neither the chunk checks
 /// nor the acknowledgements wait for it (a run of zero chunks costs the
 /// hasher time but the transfer nothing: zeros are queued as ranges).
-pub struct SinkPipeline<S: Sink + 'static> {
+pub(crate) struct SinkPipeline<S: Sink + 'static> {
     tx: Option<SyncSender<Verified>>,
     writer: Option<thread::JoinHandle<Result<S>>>,
     /// The thread computing the image digest, until `finish` hands it out.
@@ -130,7 +130,7 @@ impl Whole {
 /// The whole-image SHA-256 being computed on its own thread. `wait` gives it
 /// when every byte of the image went through in order (else the caller reads
 /// the image back); dropping it stops the thread without waiting.
-pub struct WholeDigest {
+pub(crate) struct WholeDigest {
     handle: Option<thread::JoinHandle<Whole>>,
     stop: Arc<AtomicBool>,
     size: u64,
@@ -162,7 +162,7 @@ impl WholeDigest {
     }
 
     /// Waits for the digest: `None` when a chunk was skipped or missing.
-    pub fn wait(mut self) -> Option<[u8; 32]> {
+    pub(crate) fn wait(mut self) -> Option<[u8; 32]> {
         let w = self.handle.take()?.join().ok()?;
         (!w.gap && w.pos == self.size).then(|| w.stream.finish())
     }
@@ -225,7 +225,7 @@ impl ToHasher {
 }
 
 impl<S: Sink + 'static> SinkPipeline<S> {
-    pub fn start(mut sink: S, size: u64) -> Self {
+    pub(crate) fn start(mut sink: S, size: u64) -> Self {
         let (tx, rx) = mpsc::sync_channel::<Verified>(4);
         let (htx, hrx) = mpsc::sync_channel::<Piece>(8);
         let hasher = WholeDigest::start(hrx, size);
@@ -269,22 +269,22 @@ impl<S: Sink + 'static> SinkPipeline<S> {
 
     /// Whether `data` has the SHA-256 `want` (the chunk check; the image
     /// digest is the hasher thread's).
-    pub fn check(&self, data: &[u8], want: &[u8; 32]) -> bool {
+    pub(crate) fn check(&self, data: &[u8], want: &[u8; 32]) -> bool {
         sha256(data) == *want
     }
 
     /// Takes chunks marked unchanged from `base` (an incremental backup).
-    pub fn set_base(&mut self, base: Box<dyn BaseChunks>) {
+    pub(crate) fn set_base(&mut self, base: Box<dyn BaseChunks>) {
         self.base = Some(base);
     }
 
     /// The base chunks marked unchanged come from, if any.
-    pub fn base(&self) -> Option<&dyn BaseChunks> {
+    pub(crate) fn base(&self) -> Option<&dyn BaseChunks> {
         self.base.as_deref()
     }
 
     /// Queues a verified chunk (blocks while the writer is behind).
-    pub fn submit(&self, c: Verified) -> Result<()> {
+    pub(crate) fn submit(&self, c: Verified) -> Result<()> {
         self.failed()?;
         match &self.tx {
             Some(tx) => tx
@@ -299,7 +299,7 @@ impl<S: Sink + 'static> SinkPipeline<S> {
     }
 
     /// An error the writer hit (disk full, I/O error), if any.
-    pub fn failed(&self) -> Result<()> {
+    pub(crate) fn failed(&self) -> Result<()> {
         match self.error_text() {
             Some(e) => bail!("{e}"),
             None => Ok(()),
@@ -308,7 +308,7 @@ impl<S: Sink + 'static> SinkPipeline<S> {
 
     /// Waits for the writer (everything submitted is written); returns the
     /// sink and the whole-image digest, which may still be being computed.
-    pub fn finish(mut self) -> Result<(S, WholeDigest)> {
+    pub(crate) fn finish(mut self) -> Result<(S, WholeDigest)> {
         drop(self.tx.take());
         let sink = match self.writer.take().map(|w| w.join()) {
             Some(Ok(r)) => r?,

@@ -3,18 +3,18 @@
 //! order, and loads drivers for the hardware present from device modaliases.
 
 pub(crate) mod settle;
-pub(crate) mod sys;
+pub mod sys;
 
 use std::collections::{HashMap, HashSet};
 use std::ffi::CString;
 use std::fs::{self, File};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use anyhow::{Context, Result, anyhow, bail};
 use nix::errno::Errno;
 
 use crate::root::Root;
-pub use bootfacts::{Compression, ModIndex, glob_match, normalize, read_module};
+pub(crate) use bootfacts::{Compression, ModIndex, normalize, read_module};
 pub use settle::{Settled, wait_for_disks};
 pub use sys::{DryRun, KernelSys, ModuleSys};
 
@@ -52,13 +52,13 @@ impl LoadReport {
 }
 
 /// Which modules `load_for_modaliases` may load: (module name, path in modules.dep).
-pub type AliasFilter = fn(&str, &str) -> bool;
+pub(crate) type AliasFilter = fn(&str, &str) -> bool;
 
 /// Drivers a rescue system wants for the hardware it finds: storage, USB (for
 /// USB disks and keyboards), Thunderbolt/USB4, virtio, input; plus out-of-tree
 /// modules (extra/, updates/) such as the virtual USB4 host. Everything else (GPU,
 /// sound, network) is left alone even when its module happens to be installed.
-pub fn rescue_drivers(_name: &str, path: &str) -> bool {
+pub(crate) fn rescue_drivers(_name: &str, path: &str) -> bool {
     const DIRS: &[&str] = &[
         "drivers/ata/",
         "drivers/nvme/",
@@ -137,12 +137,7 @@ impl<S: ModuleSys> Loader<S> {
         &self.release
     }
 
-    /// The modules directory in use.
-    pub fn dir(&self) -> &Path {
-        &self.dir
-    }
-
-    pub fn index(&self) -> &ModIndex {
+    pub(crate) fn index(&self) -> &ModIndex {
         &self.index
     }
 
@@ -152,7 +147,7 @@ impl<S: ModuleSys> Loader<S> {
     }
 
     /// Replaces which modules `load_for_modaliases` may load.
-    pub fn set_alias_filter(&mut self, filter: AliasFilter) {
+    pub(crate) fn set_alias_filter(&mut self, filter: AliasFilter) {
         self.filter = filter;
     }
 
@@ -174,7 +169,7 @@ impl<S: ModuleSys> Loader<S> {
     }
 
     /// Whether `name` (or an alias of it) has a module file or is built in.
-    pub fn available(&self, name: &str) -> bool {
+    pub(crate) fn available(&self, name: &str) -> bool {
         let n = normalize(name);
         self.index.modules.contains_key(&n)
             || self.index.builtin.contains(&n)
@@ -244,7 +239,7 @@ impl<S: ModuleSys> Loader<S> {
 
     /// The load order for a module in modules.dep: dependencies first. Returns
     /// (module, required); softdep `pre:` modules are optional.
-    pub fn plan(&self, name: &str) -> Result<Vec<(String, bool)>> {
+    pub(crate) fn plan(&self, name: &str) -> Result<Vec<(String, bool)>> {
         let mut order = Vec::new();
         let mut seen = HashSet::new();
         self.visit(
@@ -414,7 +409,7 @@ impl<S: ModuleSys> Loader<S> {
 }
 
 /// The running kernel's release: /proc/sys/kernel/osrelease in the root, else uname.
-pub fn kernel_release(root: &Root) -> Result<String> {
+pub(crate) fn kernel_release(root: &Root) -> Result<String> {
     if let Some(r) = root
         .read_attr("/proc/sys/kernel/osrelease")
         .filter(|r| !r.is_empty())
@@ -426,7 +421,7 @@ pub fn kernel_release(root: &Root) -> Result<String> {
 }
 
 /// Modaliases of devices that have no driver bound, sorted and without duplicates.
-pub fn device_modaliases(root: &Root) -> Vec<String> {
+pub(crate) fn device_modaliases(root: &Root) -> Vec<String> {
     let mut out = Vec::new();
     let Ok(buses) = fs::read_dir(root.path("/sys/bus")) else {
         return out;

@@ -12,7 +12,7 @@ use crate::root::Root;
 /// USB storage probes about a second after enumeration (usb-storage delay_use), so
 /// waiting on the first quiet moment alone would miss USB disks; `wait_for_disks`
 /// callers pass a timeout that covers that.
-pub const QUIET: Duration = Duration::from_millis(600);
+pub(crate) const QUIET: Duration = Duration::from_millis(600);
 const POLL: Duration = Duration::from_millis(100);
 
 /// The outcome of a settle: the names seen at the end and whether they stopped
@@ -21,7 +21,7 @@ const POLL: Duration = Duration::from_millis(100);
 pub struct Settled {
     pub names: Vec<String>,
     pub stable: bool,
-    pub waited: Duration,
+    pub(crate) waited: Duration,
 }
 
 /// Waits until /sys/block has not changed for `QUIET`, or `timeout` passes.
@@ -30,7 +30,7 @@ pub fn wait_for_disks(root: &Root, timeout: Duration) -> Settled {
 }
 
 /// Waits until the entries of `dir` stay the same for `quiet`, at most `timeout`.
-pub fn settle_dir(dir: &Path, quiet: Duration, timeout: Duration) -> Settled {
+pub(crate) fn settle_dir(dir: &Path, quiet: Duration, timeout: Duration) -> Settled {
     let start = Instant::now();
     let mut last = list(dir);
     let mut since = Instant::now();

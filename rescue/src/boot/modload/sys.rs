@@ -42,7 +42,7 @@ impl ModuleSys for KernelSys {
 /// outside an initramfs, where touching the host's kernel would be a surprise.
 #[derive(Debug, Default, Clone)]
 pub struct DryRun {
-    pub would_load: Vec<String>,
+    pub(crate) would_load: Vec<String>,
 }
 
 impl ModuleSys for DryRun {
