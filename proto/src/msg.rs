@@ -222,6 +222,25 @@ impl FreeMap {
         Ok(())
     }
 
+    /// Whether every free range a FLAG_FREE chunk at `offset` lists (relative to
+    /// it) lies inside this map's free ranges; if not, the first that does not,
+    /// on the disk. A receiver holds a sender to the map it declared: a chunk
+    /// may not leave out bytes the map says are used (or lie outside the
+    /// partitions copied by used blocks, which `check_for` holds the map to).
+    pub fn uncovered(&self, offset: u64, free: &[(u32, u32)]) -> Option<(u64, u64)> {
+        free.iter().find_map(|&(s, l)| {
+            let s = offset.saturating_add(u64::from(s));
+            let e = s.saturating_add(u64::from(l));
+            // The map's ranges are sorted and disjoint: the one that could hold s.
+            let i = self.ranges.partition_point(|&(_, me)| me <= s);
+            let held = self
+                .ranges
+                .get(i)
+                .is_some_and(|&(ms, me)| ms <= s && e <= me);
+            (!held).then_some((s, e))
+        })
+    }
+
     /// The free ranges inside `offset..offset + len`, relative to `offset`, as a
     /// FLAG_FREE chunk lists them.
     pub fn within(&self, offset: u64, len: u32) -> Vec<(u32, u32)> {
@@ -1062,6 +1081,12 @@ mod tests {
         assert_eq!(m.within(0, 150), [(100, 50)]);
         assert_eq!(m.within(150, 400), [(0, 50), (150, 250)]);
         assert_eq!(m.within(1000, 10), []);
+        // A chunk at 100 may leave out 0..100 and 200..900 of itself, no more.
+        assert_eq!(m.uncovered(100, &[(0, 100), (200, 700)]), None);
+        assert_eq!(m.uncovered(100, &[(0, 101)]), Some((100, 201)));
+        assert_eq!(m.uncovered(100, &[(150, 10)]), Some((250, 260)));
+        assert_eq!(m.uncovered(0, &[(950, 100)]), Some((950, 1050)));
+        assert_eq!(FreeMap::default().uncovered(0, &[(0, 1)]), Some((0, 1)));
         let whole = FreeMap {
             parts: vec![part(0, 1000, None)],
             ..m.clone()

@@ -1289,7 +1289,11 @@ fn receive_onto(
             spec: t.spec.clone(),
         }),
     };
-    let pipe = SinkPipeline::start(sink, d.size);
+    let mut pipe = SinkPipeline::start(sink, d.size);
+    // The server may leave out of a chunk only what the backup's map calls free.
+    if let Some(m) = job.free {
+        pipe.set_free_map(m.clone());
+    }
     let policy = if args.skip_damaged {
         OnDamaged::Skip
     } else {

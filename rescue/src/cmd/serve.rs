@@ -414,6 +414,9 @@ fn pipeline(
 ) -> SinkPipeline<ImageSink> {
     let from_base = attach_base(base, d, &mut sink);
     let mut pipe = SinkPipeline::start(sink, d.size);
+    if let Some(map) = &d.free {
+        pipe.set_free_map(map.clone());
+    }
     if let Some(sb) = from_base {
         pipe.set_base(Box::new(sb));
     }

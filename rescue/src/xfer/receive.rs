@@ -23,6 +23,8 @@ enum Reject {
     Damaged(String),
     /// Marked unchanged, but the base cannot provide it: ask for the data.
     NeedData(String),
+    /// Against what the sender declared: no resend can make it right.
+    Refused(String),
 }
 
 /// The receiver's ACKs and NAKs. Once a send fails (the peer is gone) it
@@ -334,6 +336,14 @@ impl Receiving<'_> {
                     self.ans.nak(conn, at, true);
                     return Ok(accepted);
                 }
+                Err(Reject::Refused(why)) => {
+                    let m = format!(
+                        "refusing the chunk of disk {} at offset {at}: {why}",
+                        self.disk
+                    );
+                    conn.send_error("bad_request", &m);
+                    bail!(m);
+                }
                 Err(Reject::NeedData(why)) => {
                     self.base_failed += 1;
                     bar.println(&format!(
@@ -380,6 +390,9 @@ fn accept<S: Sink + 'static>(
     let mut body = ChunkBody::decode_with(f.payload, zero || unchanged, free, geo.chunk)
         .map_err(Reject::Damaged)?;
     if !body.free.is_empty() {
+        if let Some(why) = pipe.free_refused(offset, &body.free) {
+            return Err(Reject::Refused(why));
+        }
         // The chunk as stored: its carried bytes in place, zeros in the free
         // ranges; the digest and the writer see that.
         let mut whole = crate::xfer::bufpool::take(body.len as usize);

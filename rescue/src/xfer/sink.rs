@@ -76,6 +76,9 @@ pub(crate) struct SinkPipeline<S: Sink + 'static> {
     error: Arc<Mutex<Option<String>>>,
     /// Where chunks the sender marks unchanged come from (incremental backup).
     base: Option<Box<dyn BaseChunks>>,
+    /// The free map the sender declared for this disk: a FLAG_FREE chunk may
+    /// leave out only bytes it names (none without one).
+    free: Option<crate::proto::msg::FreeMap>,
 }
 
 /// What the writer hands the image hasher: a written data chunk, or a run of
@@ -264,6 +267,7 @@ impl<S: Sink + 'static> SinkPipeline<S> {
             hasher: Some(hasher),
             error,
             base: None,
+            free: None,
         }
     }
 
@@ -276,6 +280,24 @@ impl<S: Sink + 'static> SinkPipeline<S> {
     /// Takes chunks marked unchanged from `base` (an incremental backup).
     pub(crate) fn set_base(&mut self, base: Box<dyn BaseChunks>) {
         self.base = Some(base);
+    }
+
+    /// Holds FLAG_FREE chunks to `map`, the free map declared for the disk.
+    pub(crate) fn set_free_map(&mut self, map: crate::proto::msg::FreeMap) {
+        self.free = Some(map);
+    }
+
+    /// Why a chunk at `offset` may not leave out its `free` ranges: they are
+    /// not all free space in the declared map (or there is none).
+    pub(crate) fn free_refused(&self, offset: u64, free: &[(u32, u32)]) -> Option<String> {
+        let Some(map) = &self.free else {
+            return Some(
+                "it leaves out free space, but no free map was declared for its disk".into(),
+            );
+        };
+        map.uncovered(offset, free).map(|(s, e)| {
+            format!("it leaves out bytes {s}..{e}, which the disk's declared free map does not say are free")
+        })
     }
 
     /// The base chunks marked unchanged come from, if any.

@@ -221,3 +221,73 @@ fn a_resumed_backup_keeps_its_decision_and_a_map_that_does_not_add_up_is_refused
         "{b}"
     );
 }
+
+/// Chunk `i` of `stored`, sent as FLAG_FREE leaving out `free` (relative to it)
+/// whatever the map says.
+fn send_lying_chunk(p: &mut RawPeer, stored: &[u8], i: u64, free: &[(u32, u32)]) {
+    let c = &stored[(i * MIB) as usize..((i + 1) * MIB) as usize];
+    let mut h = Header::new(kind::CHUNK, 0, i * MIB);
+    h.flags |= FLAG_FREE;
+    let sha = rescue::xfer::sha256(c);
+    let mut body = ChunkBody::encode_prefix_free(&sha, MIB as u32, &[], free);
+    for (s, e) in used_parts(MIB as u32, free) {
+        body.extend_from_slice(&c[s as usize..e as usize]);
+    }
+    p.send_frame(h, &body);
+}
+
+/// A sender may leave out only what its declared map calls free: a chunk that
+/// leaves out used bytes of a partition (its digest made to match, as a lying
+/// sender would), or bytes outside every used-block partition, or free space
+/// on a disk sent with no map, is refused with an error naming the bytes.
+#[test]
+fn a_chunk_leaving_out_bytes_the_declared_map_says_are_used_is_refused() {
+    let d = tempfile::tempdir().unwrap();
+    let (_, stored) = disk();
+    let srv = Server::start(d.path(), &d.path().join("store"));
+    let mib = MIB as u32;
+    // (free map, chunk, its free ranges, the bytes named)
+    let cases = [
+        // Chunk 1 (1..2 MiB): the map frees 1.5..2 MiB, the chunk 1.25..2 MiB.
+        (
+            free_map(),
+            1,
+            vec![(mib / 4, 3 * mib / 4)],
+            "1310720..2097152",
+        ),
+        // Chunk 0: the partition table, outside every partition.
+        (free_map(), 0, vec![(0, 4096)], "0..4096"),
+        // Free space in a disk sent whole.
+        (
+            Value::Null,
+            0,
+            vec![(0, mib / 2)],
+            "no free map was declared",
+        ),
+    ];
+    for (map, i, free, named) in cases {
+        let mut p = RawPeer::connect(&srv.sock);
+        p.hello("backup", identity("usedhost", MID));
+        p.send_json(kind::BACKUP_BEGIN, &begin(map, None));
+        let f = p.recv(&[kind::BACKUP_READY]).unwrap();
+        assert_eq!(f.header.kind, kind::BACKUP_READY, "{}", body(&f));
+        for j in 0..i {
+            send_chunk(&mut p, &stored, j);
+        }
+        // The lying chunk, made consistent with itself: its digest covers the
+        // chunk with the left-out bytes as zeros.
+        let mut lied = stored.clone();
+        for &(s, l) in &free {
+            let at = (i * MIB) as usize + s as usize;
+            lied[at..at + l as usize].fill(0);
+        }
+        send_lying_chunk(&mut p, &lied, i, &free);
+        let f = p.recv(&[kind::ERROR]).unwrap();
+        assert_eq!(f.header.kind, kind::ERROR, "{}", body(&f));
+        let m = body(&f)["message"].as_str().unwrap().to_string();
+        assert!(
+            m.contains(&format!("offset {}", i * MIB)) && m.contains(named),
+            "{m}"
+        );
+    }
+}
