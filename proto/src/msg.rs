@@ -222,6 +222,36 @@ impl FreeMap {
         Ok(())
     }
 
+    /// This map with only the bytes `other` also calls free: how a resumed
+    /// backup keeps its decision without leaving out what a new probe found
+    /// used. The partitions stay this map's, their `used` counted anew.
+    pub fn narrowed_by(&self, other: &FreeMap) -> FreeMap {
+        let mut ranges = Vec::new();
+        let mut j = 0;
+        for &(s, e) in &self.ranges {
+            while j < other.ranges.len() && other.ranges[j].1 <= s {
+                j += 1;
+            }
+            let mut k = j;
+            while let Some(&(os, oe)) = other.ranges.get(k).filter(|r| r.0 < e) {
+                let (a, b) = (s.max(os), e.min(oe));
+                if a < b {
+                    ranges.push((a, b));
+                }
+                k += 1;
+            }
+        }
+        let mut parts = self.parts.clone();
+        for p in parts.iter_mut().filter(|p| p.used.is_some()) {
+            let free: u64 = ranges
+                .iter()
+                .map(|&(s, e)| e.min(p.end).saturating_sub(s.max(p.start)))
+                .sum();
+            p.used = Some((p.end - p.start).saturating_sub(free));
+        }
+        FreeMap { ranges, parts }
+    }
+
     /// Whether every free range a FLAG_FREE chunk at `offset` lists (relative to
     /// it) lies inside this map's free ranges; if not, the first that does not,
     /// on the disk. A receiver holds a sender to the map it declared: a chunk
@@ -305,6 +335,11 @@ pub struct BackupReady {
     /// FLAG_UNCHANGED instead of sending them. Absent: send everything.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub base: Option<BaseRef>,
+    /// A resumed used-block backup: per disk, the free map the sender goes on
+    /// with (the one stored, narrowed to what BACKUP_BEGIN's also calls free);
+    /// it replaces the sender's own. Empty: the sender's maps stand.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub free: Vec<Option<FreeMap>>,
 }
 
 /// The base of an incremental backup: which backup, and per disk of
@@ -1087,6 +1122,16 @@ mod tests {
         assert_eq!(m.uncovered(100, &[(150, 10)]), Some((250, 260)));
         assert_eq!(m.uncovered(0, &[(950, 100)]), Some((950, 1050)));
         assert_eq!(FreeMap::default().uncovered(0, &[(0, 1)]), Some((0, 1)));
+        // Narrowed by a probe that finds 150..350 and 500..600 used.
+        let new = FreeMap {
+            ranges: vec![(0, 150), (350, 500), (600, 1000)],
+            parts: vec![part(0, 1000, Some(400))],
+        };
+        let n = m.narrowed_by(&new);
+        assert_eq!(n.ranges, [(100, 150), (350, 500), (600, 1000)]);
+        assert_eq!(n.parts[0].used, Some(1000 - 50 - 150 - 400));
+        assert!(n.check_for(1000).is_ok());
+        assert_eq!(m.narrowed_by(&FreeMap::default()).ranges, []);
         let whole = FreeMap {
             parts: vec![part(0, 1000, None)],
             ..m.clone()

@@ -84,6 +84,7 @@ fn control_messages() {
         have: vec![ChunkRanges::from(vec![(0, 3), (5, 6)]), ChunkRanges::new()],
         resume_key: Some("k".into()),
         base: None,
+        free: vec![],
     };
     assert_eq!(
         json(&ready),
@@ -217,10 +218,11 @@ fn incremental_messages() {
             backup_id: "b0".into(),
             disks: vec![Some("sda".into()), None],
         }),
+        free: vec![None, Some(FreeMap::default())],
     };
     assert_eq!(
         json(&ready),
-        r#"{"backup_id":"x","location":"/s","resumed":false,"have":[[],[]],"base":{"host":"hosta","backup_id":"b0","disks":["sda",null]}}"#
+        r#"{"backup_id":"x","location":"/s","resumed":false,"have":[[],[]],"base":{"host":"hosta","backup_id":"b0","disks":["sda",null]},"free":[null,{"ranges":[],"parts":[]}]}"#
     );
     let done = DiskDone {
         disk: 1,
@@ -353,8 +355,8 @@ fn binary_bodies() {
 /// version, kind, flags, length, disk, offset, payload CRC, header CRC (the CRCs
 /// computed independently, with Python's zlib.crc32).
 const GOLDEN_FRAME: [u8; 34] = [
-    0x55, 0x34, 0x52, 0x53, 0x04, 0x05, 0x01, 0x00, 0x02, 0x00, 0x00, 0x00, 0x03, 0x00, 0x00, 0x00,
-    0x00, 0x00, 0x00, 0x00, 0x00, 0x01, 0x00, 0x00, 0xac, 0x2a, 0x93, 0xd8, 0xfc, 0x9d, 0x88, 0x9f,
+    0x55, 0x34, 0x52, 0x53, 0x05, 0x05, 0x01, 0x00, 0x02, 0x00, 0x00, 0x00, 0x03, 0x00, 0x00, 0x00,
+    0x00, 0x00, 0x00, 0x00, 0x00, 0x01, 0x00, 0x00, 0xac, 0x2a, 0x93, 0xd8, 0xdb, 0xf8, 0xad, 0x1e,
     b'h', b'i',
 ];
 

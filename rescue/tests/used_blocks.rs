@@ -450,9 +450,21 @@ fn all_blocks_sends_everything_a_damaged_superblock_is_read_whole_and_a_cut_back
     ]);
     assert_ne!(o.status.code(), Some(0), "{}", text(&o));
     drop(px);
+    let (cut, m0) = newest(&srv);
+    let before = fs::read(&img).unwrap();
+    // The re-probe differs: ext4's block bitmap damaged, its partition now read whole.
+    let bitmap = flip_bitmap_byte(&img);
     let (code, out, _) = back_up(d.path(), &srv, &img, &[]);
     assert_eq!(code, 0, "{out}");
     assert!(out.contains("resuming"), "{out}");
+    resumed_with_the_stored_map(&srv, &cut, &m0, &before, &img, &out);
+    // A new backup with that bitmap: the ext4 is copied whole.
+    let (code, out, _) = back_up(d.path(), &srv, &img, &["--fresh"]);
+    assert_eq!(code, 0, "{out}");
+    let (_, m) = newest(&srv);
+    assert!(part(&m, "disk2")["used"].is_null(), "{out}");
+    assert!(out.contains("block bitmap checksum wrong"), "{out}");
+    flip_bitmap_byte_at(&img, bitmap);
 
     // The ext4 superblock damaged (its checksum no longer matches): copied whole.
     {
@@ -473,6 +485,92 @@ fn all_blocks_sends_everything_a_damaged_superblock_is_read_whole_and_a_cut_back
     let (_, m) = newest(&srv);
     assert!(part(&m, "disk2")["used"].is_null(), "{out}");
     assert!(out.contains("disk2"), "{out}");
+}
+
+/// Flips a byte inside the block bitmap of the ext4's group 0 (its checksum no
+/// longer matches); returns where, on the disk.
+fn flip_bitmap_byte(img: &Path) -> u64 {
+    let l = Loop::part(img, 2);
+    let info = run("dumpe2fs", &[&l.0]);
+    let field = |key: &str| -> u64 {
+        let l = info
+            .lines()
+            .find_map(|l| l.trim().strip_prefix(key))
+            .unwrap();
+        let n: String = l.trim().chars().take_while(char::is_ascii_digit).collect();
+        n.parse().unwrap()
+    };
+    let at = PARTS[1].0 + field("Block bitmap at") * field("Block size:") + 100;
+    flip_bitmap_byte_at(img, at);
+    at
+}
+
+fn flip_bitmap_byte_at(img: &Path, at: u64) {
+    use std::os::unix::fs::FileExt;
+    let f = fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(img)
+        .unwrap();
+    let mut b = [0u8; 1];
+    f.read_exact_at(&mut b, at).unwrap();
+    f.write_all_at(&[b[0] ^ 0x10], at).unwrap();
+}
+
+/// `src` with the bytes of `ranges` as zeros: a used-block image of it.
+fn masked(src: &[u8], ranges: &[(u64, u64)]) -> Vec<u8> {
+    let mut v = src.to_vec();
+    for &(s, e) in ranges {
+        v[s as usize..e as usize].fill(0);
+    }
+    v
+}
+
+/// Issue 13 point 3: the cut backup `cut` (manifest `m0`, of the disk as it was,
+/// `before`) was resumed, not replaced, with its stored map narrowed to what the
+/// re-probe also calls free (none in the ext4, its bitmap damaged); each chunk
+/// is the source as read by the map in force: the old map before the cut, the
+/// narrowed one after it (the ext4's deleted data now copied).
+fn resumed_with_the_stored_map(
+    srv: &Server,
+    cut: &Path,
+    m0: &Value,
+    before: &[u8],
+    img: &Path,
+    out: &str,
+) {
+    let (bd, m) = newest(srv);
+    assert_eq!(bd, cut, "a new backup instead of the resumed one: {out}");
+    assert_eq!(m["backup_id"], m0["backup_id"]);
+    assert_eq!(m["status"], "complete", "{m}");
+    let (old, kept) = (free_ranges(&m0["disks"][0]), free_ranges(&m["disks"][0]));
+    assert!(kept.len() < old.len(), "the map was not narrowed: {out}");
+    let ext4 = PARTS[1].0..PARTS[1].0 + PARTS[1].1;
+    assert!(
+        kept.iter().all(|&(s, e)| {
+            !(ext4.contains(&s)) && old.iter().any(|&(os, oe)| os <= s && e <= oe)
+        })
+    );
+    assert!(
+        out.contains("resuming with the decision it started with"),
+        "{out}"
+    );
+    sums_check(&bd);
+    let (a, b) = (masked(before, &old), masked(&fs::read(img).unwrap(), &kept));
+    let stored = fs::read(bd.join("disk.img")).unwrap();
+    let mib = MIB as usize;
+    let mut after = 0;
+    for (i, c) in stored.chunks(mib).enumerate() {
+        let r = i * mib..(i + 1) * mib;
+        assert!(
+            c == &b[r.clone()] || c == &a[r.clone()],
+            "chunk {i} is neither"
+        );
+        if c != &a[r] && ext4.contains(&(i as u64 * MIB)) {
+            after += 1;
+        }
+    }
+    assert!(after > 0, "no ext4 chunk was read by the narrowed map");
 }
 
 /// The 1 MiB chunks of a stored image.

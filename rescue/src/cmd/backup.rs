@@ -128,6 +128,7 @@ pub fn run_with(root: &Root, args: &BackupArgs, srcs: Vec<Source>) -> Result<u8>
         begin.resume_key = auth::load_key(&sess.peer.identity, &begin);
     }
     let ready = start(&mut sess, &begin)?;
+    let free = stored_decision(&ready, &srcs, free)?;
     let mode = progress::Mode::detect();
     let started = Instant::now();
     let mut reports = Vec::new();
@@ -166,6 +167,49 @@ pub fn run_with(root: &Root, args: &BackupArgs, srcs: Vec<Source>) -> Result<u8>
         );
     }
     Ok(code)
+}
+
+/// A resumed used-block backup goes on with the free maps the peer stored (what
+/// the chunks it holds were read by), narrowed to what this probe also calls
+/// free; a map that leaves out anything this probe finds used is refused.
+fn stored_decision(
+    ready: &BackupReady,
+    srcs: &[Source],
+    ours: Vec<Option<FreeMap>>,
+) -> Result<Vec<Option<FreeMap>>> {
+    if ready.free.is_empty() {
+        return Ok(ours);
+    }
+    if ready.free.len() != ours.len() {
+        bail!(
+            "the peer gave free maps for {} disks, we asked for {}",
+            ready.free.len(),
+            ours.len()
+        );
+    }
+    let mut out = Vec::new();
+    for ((theirs, ours), s) in ready.free.iter().zip(ours).zip(srcs) {
+        let kept = match (theirs, &ours) {
+            (Some(t), Some(o)) if t.narrowed_by(o) == *t && t.check_for(s.size).is_ok() => {
+                if t != o {
+                    println!(
+                        "{}: resuming with the decision it started with: {} left out as free (this probe alone would leave out {})",
+                        s.name,
+                        human_bytes(t.free_bytes()),
+                        human_bytes(o.free_bytes())
+                    );
+                }
+                Some(t.clone())
+            }
+            (None, None) => None,
+            _ => bail!(
+                "the peer's stored free map for {} leaves out bytes this probe finds used, or does not fit the disk: start a new backup with --fresh",
+                s.name
+            ),
+        };
+        out.push(kept);
+    }
+    Ok(out)
 }
 
 /// Used-block mode (unless --all-blocks): each disk's partitions probed before

@@ -261,6 +261,12 @@ fn receive_backup(store: &Store, consent: &Consent, s: &mut Session, req: &Frame
                     .map(|d| d.base_disk.clone())
                     .collect(),
             }),
+            // A resumed backup goes on with its stored decision (`keep_decision`).
+            free: if resumed {
+                b.manifest.disks.iter().map(|d| d.free.clone()).collect()
+            } else {
+                Vec::new()
+            },
         },
     )?;
     if let Some(base) = &base {

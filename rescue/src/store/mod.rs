@@ -296,6 +296,7 @@ impl Store {
                 have.push(image::resume_ranges(&b.dir, d, b.manifest.chunk_size)?);
             }
             self.check_room(begin, &have)?;
+            keep_decision(&mut b.manifest, begin);
             b.manifest.status = BackupState::InProgress;
             b.manifest.updated = util::iso8601(util::now_secs());
             b.save()?;
@@ -558,6 +559,27 @@ fn string_len(s: &str) -> u64 {
     serde_json::to_string(s).map_or(0, |j| j.len() as u64)
 }
 
+/// A resumed used-block backup keeps the free map it started with (what the
+/// held chunks were read by), but leaves out only what the sender's new probe
+/// also calls free: bytes the source has used since are read, never lost.
+fn keep_decision(m: &mut Manifest, begin: &BackupBegin) {
+    for (d, b) in m.disks.iter_mut().zip(&begin.disks) {
+        if let (Some(old), Some(new)) = (&d.free, &b.free)
+            && old != new
+        {
+            let kept = old.narrowed_by(new);
+            eprintln!(
+                "{}: resumed with its stored free map ({} left out); the new probe differs ({} left out), so only what both call free is left out from now on: {}",
+                d.name,
+                crate::util::human_bytes(old.free_bytes()),
+                crate::util::human_bytes(new.free_bytes()),
+                crate::util::human_bytes(kept.free_bytes())
+            );
+            d.free = Some(kept);
+        }
+    }
+}
+
 fn resumable(m: &Manifest, source: &Identity, begin: &BackupBegin) -> bool {
     !m.status.is_complete()
         && m.status != BackupState::Sealing
@@ -570,9 +592,10 @@ fn resumable(m: &Manifest, source: &Identity, begin: &BackupBegin) -> bool {
                 && a.size == b.size
                 && a.serial == b.serial
                 && a.source_path == b.source_path
-                // The same used-block decision, or the held chunks would mix
-                // free space stored as zeros with a copy of every byte.
-                && a.free == b.free
+                // Used blocks or every block, as it started: the held chunks
+                // must not mix free space stored as zeros with a copy of every
+                // byte. A map probed differently is narrowed (`begin_backup`).
+                && a.free.is_some() == b.free.is_some()
         })
 }
 
