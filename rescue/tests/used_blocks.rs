@@ -49,12 +49,17 @@ fn can_run(name: &str) -> bool {
         "fsck.vfat",
         "cryptsetup",
     ];
+    can_run_with(name, &tools, "")
+}
+
+/// Root and every one of `tools`, or a line saying what is missing (and `hint`).
+fn can_run_with(name: &str, tools: &[&str], hint: &str) -> bool {
     if !is_root() {
         eprintln!("SKIPPED {name}: needs root (mkfs, losetup, mount)");
         return false;
     }
     if let Some(t) = tools.iter().find(|t| !have(t)) {
-        eprintln!("SKIPPED {name}: {t} is not installed");
+        eprintln!("SKIPPED {name}: {t} is not installed{hint}");
         return false;
     }
     true
@@ -688,17 +693,8 @@ fn can_run2(name: &str) -> bool {
         "mkswap",
         "losetup",
     ];
-    if !is_root() {
-        eprintln!("SKIPPED {name}: needs root (mkfs, losetup, mount)");
-        return false;
-    }
-    if let Some(t) = tools.iter().find(|t| !have(t)) {
-        eprintln!(
-            "SKIPPED {name}: {t} is not installed (apt-get install xfsprogs btrfs-progs ntfs-3g)"
-        );
-        return false;
-    }
-    true
+    let hint = " (apt-get install xfsprogs btrfs-progs ntfs-3g)";
+    can_run_with(name, &tools, hint)
 }
 
 /// How much of the filesystem at `at` is in use, as it says itself: statfs (as

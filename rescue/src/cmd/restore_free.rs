@@ -261,4 +261,92 @@ mod tests {
             }
         }
     }
+
+    /// `--discard` on a real block device (a loop device, root only): the free
+    /// ranges are discarded, read back as zeros from the device and are holes in
+    /// its backing file; the used bytes are written.
+    #[test]
+    fn discard_on_a_loop_device_deallocates_the_free_ranges_in_its_backing_file() {
+        use std::os::unix::fs::MetadataExt;
+        use std::process::Command;
+        let uid = std::fs::read_to_string("/proc/self/status")
+            .unwrap_or_default()
+            .lines()
+            .find_map(|l| {
+                l.strip_prefix("Uid:")
+                    .map(|u| u.split_whitespace().next() == Some("0"))
+            });
+        if uid != Some(true) {
+            eprintln!("SKIPPED discard_on_a_loop_device: needs root (losetup)");
+            return;
+        }
+        let mib = 1u64 << 20;
+        let d = tempfile::tempdir().unwrap();
+        let backing = d.path().join("disk");
+        std::fs::write(&backing, vec![0xEEu8; 4 << 20]).unwrap();
+        let o = Command::new("losetup")
+            .args(["-f", "--show"])
+            .arg(&backing)
+            .output();
+        let Some(dev) = o
+            .ok()
+            .filter(|o| o.status.success())
+            .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+        else {
+            eprintln!("SKIPPED discard_on_a_loop_device: losetup failed (no loop devices?)");
+            return;
+        };
+        struct Detach(String);
+        impl Drop for Detach {
+            fn drop(&mut self) {
+                let _ = Command::new("losetup").args(["-d", &self.0]).status();
+            }
+        }
+        let _detach = Detach(dev.clone());
+        // Free: 1.25..2.75 MiB and 3..4 MiB (a partition over all 4 MiB).
+        let map = FreeMap {
+            ranges: vec![(5 * mib / 4, 11 * mib / 4), (3 * mib, 4 * mib)],
+            parts: vec![PartUse {
+                name: "x1".into(),
+                start: 0,
+                end: 4 * mib,
+                used: Some(3 * mib / 2),
+                ..Default::default()
+            }],
+        };
+        let free = |i: u64| map.ranges.iter().any(|&(s, e)| (s..e).contains(&i));
+        let stored: Vec<u8> = (0..4 * mib).map(|i| if free(i) { 0 } else { 1 }).collect();
+        let before = std::fs::metadata(&backing).unwrap().blocks() * 512;
+        let f = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(&dev)
+            .unwrap();
+        let mut direct = DirectWriter::open(std::path::Path::new(&dev), &f, mib as usize);
+        let mut w = FreeWriter {
+            map: map.clone(),
+            mode: FreeMode::Discard,
+            discard_failed: false,
+            spec: dev.clone(),
+        };
+        for c in 0..4 {
+            let r = (c * mib) as usize..((c + 1) * mib) as usize;
+            w.write(&f, &mut direct, c * mib, mib, Some(&stored[r]), true)
+                .unwrap();
+        }
+        drop(direct);
+        f.sync_all().unwrap();
+        assert!(!w.discard_failed, "the loop device refused BLKDISCARD");
+        let mut got = vec![0u8; (4 * mib) as usize];
+        f.read_exact_at(&mut got, 0).unwrap();
+        assert!(got == stored, "the device does not read back as the image");
+        drop(f);
+        let after = std::fs::metadata(&backing).unwrap().blocks() * 512;
+        let back = std::fs::read(&backing).unwrap();
+        assert!(back == stored, "the backing file differs");
+        assert!(
+            before - after >= map.free_bytes(),
+            "allocated {before} -> {after}: the free ranges were not deallocated"
+        );
+    }
 }
