@@ -18,4 +18,5 @@ pub use state::BackupState;
 /// 2: sealing (issue 15); 3: used-block backups (FLAG_FREE, FREE_REQ/FREE);
 /// 4: incremental backups (BACKUP_READY `base`, FLAG_UNCHANGED, NAK_DATA);
 /// 5: a resumed used-block backup keeps its free maps (BACKUP_READY `free`).
-pub const PROTOCOL: u32 = 5;
+/// 6: several streams (HELLO `streams` and `session`, JOIN).
+pub const PROTOCOL: u32 = 6;

@@ -31,6 +31,7 @@ pub mod kind {
     pub const DIGESTS: u8 = 19;
     pub const FREE_REQ: u8 = 20;
     pub const FREE: u8 = 21;
+    pub const JOIN: u8 = 22;
 
     pub fn name(k: u8) -> &'static str {
         match k {
@@ -55,6 +56,7 @@ pub mod kind {
             DIGESTS => "DIGESTS",
             FREE_REQ => "FREE_REQ",
             FREE => "FREE",
+            JOIN => "JOIN",
             _ => "unknown",
         }
     }
@@ -114,6 +116,24 @@ pub struct Hello {
     pub min_protocol: u32,
     pub role: Role,
     pub identity: Identity,
+    /// Protocol 6: the data streams this side can use (a client: wants; serve:
+    /// accepts). Absent or 0: one. The session uses the smaller of the two.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub streams: u32,
+    /// Protocol 6, serve only: the token each further stream of this session
+    /// presents in its JOIN (random, hex).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub session: String,
+}
+
+/// Protocol 6: the first message on a session's further stream (client), and
+/// serve's answer on it once the stream is part of the session.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Join {
+    /// The token of serve's HELLO.
+    pub session: String,
+    /// Which stream this is, 1 to streams - 1 (0 is the one HELLO went over).
+    pub stream: u32,
 }
 
 /// An error that crosses the wire: the peer prints `message` and stops.
@@ -684,7 +704,14 @@ impl Identity {
 
 impl Bounded for Hello {
     fn check(&self) -> Result<(), String> {
+        name("session", &self.session)?;
         self.identity.check()
+    }
+}
+
+impl Bounded for Join {
+    fn check(&self) -> Result<(), String> {
+        name("session", &self.session)
     }
 }
 

@@ -48,12 +48,37 @@ fn disk_summary() -> DiskSummary {
 }
 
 #[test]
+fn stream_messages() {
+    // Protocol 5: the streams a side can use, serve's session token, JOIN.
+    let serve = Hello {
+        role: Role::Serve,
+        streams: 4,
+        session: "0f1e".into(),
+        protocol: 1,
+        min_protocol: 1,
+        identity: identity(),
+    };
+    assert_eq!(
+        json(&serve),
+        r#"{"protocol":1,"min_protocol":1,"role":"serve","identity":{"hostname":"hosta","machine_id":"0123","dmi_vendor":"ACME","dmi_product":"Box","dmi_serial":"S1","tool_version":"0.1.0"},"streams":4,"session":"0f1e"}"#
+    );
+    let join = Join {
+        session: "0f1e".into(),
+        stream: 2,
+    };
+    assert_eq!(json(&join), r#"{"session":"0f1e","stream":2}"#);
+    assert_eq!(kind::JOIN, 22);
+}
+
+#[test]
 fn control_messages() {
     let hello = Hello {
         protocol: 1,
         min_protocol: 1,
         role: Role::Restore,
         identity: identity(),
+        streams: 0,
+        session: String::new(),
     };
     assert_eq!(
         json(&hello),
@@ -355,8 +380,8 @@ fn binary_bodies() {
 /// version, kind, flags, length, disk, offset, payload CRC, header CRC (the CRCs
 /// computed independently, with Python's zlib.crc32).
 const GOLDEN_FRAME: [u8; 34] = [
-    0x55, 0x34, 0x52, 0x53, 0x05, 0x05, 0x01, 0x00, 0x02, 0x00, 0x00, 0x00, 0x03, 0x00, 0x00, 0x00,
-    0x00, 0x00, 0x00, 0x00, 0x00, 0x01, 0x00, 0x00, 0xac, 0x2a, 0x93, 0xd8, 0xdb, 0xf8, 0xad, 0x1e,
+    0x55, 0x34, 0x52, 0x53, 0x06, 0x05, 0x01, 0x00, 0x02, 0x00, 0x00, 0x00, 0x03, 0x00, 0x00, 0x00,
+    0x00, 0x00, 0x00, 0x00, 0x00, 0x01, 0x00, 0x00, 0xac, 0x2a, 0x93, 0xd8, 0xf3, 0x51, 0xb3, 0x46,
     b'h', b'i',
 ];
 

@@ -682,6 +682,7 @@ fn unreadable_sectors_are_zeroed_and_mapped() {
             name: "backup".into(),
             wait: Some(30),
             peer: None,
+            streams: None,
         },
         chunk_kib: 1024,
         ..Default::default()

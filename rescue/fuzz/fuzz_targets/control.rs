@@ -30,11 +30,12 @@ fuzz_target!(|data: &[u8]| {
         return;
     };
     let f = Frame {
-        header: Header::new(kind % 22, 0, 0),
+        header: Header::new(kind % 23, 0, 0),
         payload: rest.to_vec(),
         intact: true,
     };
     let _ = decodes::<msg::Hello>(&f);
+    let _ = decodes::<msg::Join>(&f);
     let _ = decodes::<msg::ErrorMsg>(&f);
     let _ = decodes::<msg::BackupBegin>(&f);
     if let Some(r) = decodes::<msg::BackupReady>(&f) {

@@ -64,6 +64,8 @@ pub struct Config {
     pub(crate) from_hook: bool,
     /// `rescue.wait=SECS`: how long to wait for the peer (0: for ever).
     pub(crate) wait: Option<u64>,
+    /// `rescue.streams=N` (1 to 8): as `--streams`.
+    pub(crate) streams: Option<u32>,
     /// `LABEL=x`, `UUID=y` or a /dev path: where serve keeps images.
     pub(crate) store: Option<String>,
     pub(crate) disks: Vec<String>,
@@ -199,6 +201,12 @@ impl Config {
                         .warnings
                         .push(format!("{word}: expected seconds; ignored")),
                 },
+                "streams" => match nonempty.map(str::parse::<u32>) {
+                    Some(Ok(n @ 1..=8)) => c.streams = Some(n),
+                    _ => c
+                        .warnings
+                        .push(format!("{word}: expected 1 to 8 streams; ignored")),
+                },
                 "yes" | "poweroff" | "reboot" | "verify" | "resume" | "grow" | "all_blocks" => {
                     match parse_bool(val) {
                         Some(b) => match key {
@@ -274,6 +282,7 @@ impl Config {
             device: None,
             peer: self.peer.clone(),
             name: "backup".into(),
+            streams: self.streams,
             wait: if self.from_hook {
                 self.wait
             } else {
@@ -466,5 +475,13 @@ mod tests {
         assert_eq!(wait("", true), (None, 0));
         assert_eq!(wait("rd.usb4rescue.wait=120", true), (Some(120), 0));
         assert_eq!(wait("rescue.wait=soon", false), (Some(0), 1));
+        let streams = |s: &str| {
+            let c = Config::parse(s);
+            (c.connect().streams, c.warnings.len())
+        };
+        assert_eq!(streams(""), (None, 0));
+        assert_eq!(streams("rescue.streams=2"), (Some(2), 0));
+        assert_eq!(streams("rescue.streams=9"), (None, 1));
+        assert_eq!(streams("rescue.streams=many"), (None, 1));
     }
 }

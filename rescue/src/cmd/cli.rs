@@ -108,6 +108,12 @@ pub struct ConnectArgs {
     #[arg(long, value_name = "NAME", default_value = "backup")]
     pub name: String,
 
+    /// Streams to spread the data over (1 to 8; serve: at most this many per
+    /// session). Default: as many as the peer accepts, at most 4; one over a
+    /// single stream device (--device /dev/tbstreamN).
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..=8))]
+    pub streams: Option<u32>,
+
     /// How long to wait for the peer to appear, in seconds (0 waits forever).
     /// Default: 300 for the commands that connect; serve waits forever unless
     /// given, and with it gives up when no peer comes (exit 5).

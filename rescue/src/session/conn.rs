@@ -6,7 +6,7 @@
 
 use std::cell::RefCell;
 use std::io::{self, Read, Write};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::mpsc::{self, Receiver, RecvTimeoutError, SyncSender, TryRecvError, TrySendError};
 use std::sync::{Arc, Mutex};
 use std::thread::{self, JoinHandle};
@@ -148,8 +148,21 @@ pub(crate) struct Stats {
     pub(crate) frames_taken: AtomicU64,
 }
 
+type Writer = Arc<Mutex<Box<dyn Write + Send>>>;
+
+/// A further stream of the session (protocol 6): it carries chunks only, and
+/// its frames join the same queue as the first stream's.
+struct DataStream {
+    writer: Writer,
+    stream: Stream,
+}
+
 pub struct Conn {
-    writer: Arc<Mutex<Box<dyn Write + Send>>>,
+    writer: Writer,
+    /// The session's further streams (none: one stream carries everything).
+    data: Vec<DataStream>,
+    /// Chunks go round the streams in turn.
+    turn: AtomicUsize,
     events: Receiver<Event>,
     sender: SyncSender<Event>,
     stop: Token,
@@ -187,22 +200,9 @@ impl Conn {
         let (sender, events) = mpsc::sync_channel(24);
         let stop = Token::new();
         let stats = Arc::new(Stats::default());
-        let reader = stream.reader(stop.clone())?;
-        // Set by the reader when the peer's end goes, to free a blocked writer.
-        let peer_closed = Token::new();
-        let writer: Arc<Mutex<Box<dyn Write + Send>>> =
-            Arc::new(Mutex::new(stream.writer(peer_closed.clone())?));
         let started = Instant::now();
-
         let mut threads = Vec::new();
-        {
-            let sender = sender.clone();
-            let stats = stats.clone();
-            threads.push(thread::Builder::new().name("rx".into()).spawn(move || {
-                read_loop(reader, sender, stats, started);
-                peer_closed.stop();
-            })?);
-        }
+        let writer = start_reader(&stream, &sender, &stats, &stop, started, &mut threads, true)?;
         {
             let writer = writer.clone();
             let stop = stop.clone();
@@ -214,6 +214,8 @@ impl Conn {
         }
         Ok(Conn {
             writer,
+            data: Vec::new(),
+            turn: AtomicUsize::new(0),
             events,
             sender,
             stop,
@@ -227,6 +229,42 @@ impl Conn {
             progress: None,
             broken: AtomicBool::new(false),
             put_back: None,
+        })
+    }
+
+    /// Adds a further stream to the session (its JOIN was answered): its
+    /// frames join the queue, and `send_data` sends chunks over it in turn.
+    /// Any stream's end is the session's: a resume continues it.
+    pub fn add_stream(&mut self, stream: Stream) -> Result<()> {
+        let writer = start_reader(
+            &stream,
+            &self.sender,
+            &self.stats,
+            &self.stop,
+            self.started,
+            &mut self.threads,
+            false,
+        )?;
+        self.data.push(DataStream { writer, stream });
+        Ok(())
+    }
+
+    /// How many streams the session runs over.
+    pub fn streams(&self) -> usize {
+        1 + self.data.len()
+    }
+
+    /// Sends a chunk over the next stream in turn (the first stream too):
+    /// chunks are addressed by (disk, offset), so the receiver needs no order.
+    pub fn send_data(&self, header: Header, parts: &[&[u8]]) -> Result<()> {
+        let i = self.turn.fetch_add(1, Ordering::Relaxed) % self.streams();
+        let w = match i {
+            0 => &self.writer,
+            _ => &self.data[i - 1].writer,
+        };
+        self.write_to(w, header, parts).map_err(|e| {
+            self.pending_error()
+                .unwrap_or_else(|| classify(&e).into_error("sending"))
         })
     }
 
@@ -258,8 +296,11 @@ impl Conn {
     }
 
     fn write_parts(&self, header: Header, parts: &[&[u8]]) -> std::io::Result<()> {
-        let mut w = self
-            .writer
+        self.write_to(&self.writer, header, parts)
+    }
+
+    fn write_to(&self, writer: &Writer, header: Header, parts: &[&[u8]]) -> std::io::Result<()> {
+        let mut w = writer
             .lock()
             .map_err(|_| std::io::Error::other("writer lock poisoned"))?;
         frame::write_frame_parts(&mut *w, header, parts).inspect_err(|_| {
@@ -284,17 +325,27 @@ impl Conn {
     /// The end of the stream met on the way is kept for `next_event`, which
     /// would otherwise wait for an event that never comes.
     fn pending_error(&self) -> Option<anyhow::Error> {
+        self.queued_error(0).map(|f| peer_error(&f))
+    }
+
+    /// The peer's ERROR, if one comes within half a second, once `ends` of
+    /// the streams were seen to end. Over several streams another stream's
+    /// end can overtake the ERROR the peer sent on the first before closing:
+    /// the wait goes on until every stream ended.
+    fn queued_error(&self, mut ends: usize) -> Option<Frame> {
         let until = Instant::now() + Duration::from_millis(500);
-        while Instant::now() < until {
+        while Instant::now() < until && ends < self.streams() {
             let got = self.events.recv_timeout(Duration::from_millis(50));
             self.note_taken(&got);
             match got {
                 Ok(Event::Frame(f)) if f.intact && f.header.kind == kind::ERROR => {
-                    return Some(peer_error(&f));
+                    return Some(f);
                 }
                 Ok(Event::Closed(c)) => {
-                    self.closed.replace(Some(c));
-                    return None;
+                    ends += 1;
+                    if self.closed.borrow().is_none() {
+                        self.closed.replace(Some(c));
+                    }
                 }
                 Err(RecvTimeoutError::Disconnected) => return None,
                 _ => {}
@@ -418,6 +469,10 @@ impl Conn {
         match got {
             Ok(Event::Closed(c)) => {
                 self.closed.replace(Some(c.clone()));
+                // The peer may have said why on another stream.
+                if let Some(f) = self.queued_error(1) {
+                    return Some(Event::Frame(f));
+                }
                 Some(Event::Closed(c))
             }
             Ok(ev) => Some(ev),
@@ -538,6 +593,9 @@ impl Conn {
     fn shutdown(&mut self) {
         self.stop.stop();
         self.stream.shutdown();
+        for d in &self.data {
+            d.stream.shutdown();
+        }
         // Drain so a reader blocked on a full queue can see the stop flag.
         while self.events.try_recv().is_ok() {}
         for t in self.threads.drain(..) {
@@ -575,11 +633,36 @@ pub(crate) fn peer_error(f: &Frame) -> anyhow::Error {
     }
 }
 
+/// Starts the reader thread of `stream` (feeding `sender`) and returns its
+/// writer, which gives up once that reader saw the peer's end go. `first`:
+/// the stream that carries requests (see `read_loop`'s repeat rule).
+fn start_reader(
+    stream: &Stream,
+    sender: &SyncSender<Event>,
+    stats: &Arc<Stats>,
+    stop: &Token,
+    started: Instant,
+    threads: &mut Vec<JoinHandle<()>>,
+    first: bool,
+) -> Result<Writer> {
+    let reader = stream.reader(stop.clone())?;
+    // Set by the reader when the peer's end goes, to free a blocked writer.
+    let peer_closed = Token::new();
+    let writer: Writer = Arc::new(Mutex::new(stream.writer(peer_closed.clone())?));
+    let (sender, stats) = (sender.clone(), stats.clone());
+    threads.push(thread::Builder::new().name("rx".into()).spawn(move || {
+        read_loop(reader, sender, stats, started, first);
+        peer_closed.stop();
+    })?);
+    Ok(writer)
+}
+
 fn read_loop(
     reader: Box<dyn Read + Send>,
     sender: SyncSender<Event>,
     stats: Arc<Stats>,
     started: Instant,
+    first: bool,
 ) {
     let now_ms = || started.elapsed().as_millis() as u64;
     let mut fr = FrameReader::new(reader).with_buffers(crate::xfer::bufpool::take);
@@ -590,6 +673,8 @@ fn read_loop(
     // a receiver's second NAK for the same chunk must reach the sender).
     let mut queued: Option<Header> = None;
     let mut queued_count = 0u64;
+    // This reader's counts so far: the stats add up every stream's.
+    let (mut skipped, mut bad) = (0u64, 0u64);
     loop {
         let ev = match fr.read_frame() {
             Ok(Read1::Frame(f)) => {
@@ -597,8 +682,10 @@ fn read_loop(
                     (frame::HEADER_LEN + f.payload.len()) as u64,
                     Ordering::Relaxed,
                 );
-                stats.skipped_bytes.store(fr.skipped, Ordering::Relaxed);
-                stats.bad_headers.store(fr.bad_headers, Ordering::Relaxed);
+                let (s, b) = (fr.skipped - skipped, fr.bad_headers - bad);
+                (skipped, bad) = (fr.skipped, fr.bad_headers);
+                stats.skipped_bytes.fetch_add(s, Ordering::Relaxed);
+                stats.bad_headers.fetch_add(b, Ordering::Relaxed);
                 stats.last_rx_ms.store(now_ms(), Ordering::Relaxed);
                 if f.header.kind == kind::PING && f.intact {
                     if f.header.offset != work {
@@ -628,7 +715,8 @@ fn read_loop(
             // The same frame again (a request repeated while we were busy) while
             // the first is still queued: that one gets the answer, this can go.
             Err(TrySendError::Full(_))
-                if header.is_some()
+                if first
+                    && header.is_some()
                     && header == queued
                     && stats.frames_taken.load(Ordering::Relaxed) < queued_count =>
             {

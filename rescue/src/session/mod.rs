@@ -4,6 +4,7 @@
 
 pub mod auth;
 pub mod conn;
+pub(crate) mod streams;
 pub mod transport;
 
 use std::os::unix::net::UnixListener;
@@ -43,13 +44,23 @@ impl Session {
     }
 }
 
-fn hello(role: Role, me: &Identity) -> Hello {
+/// What our HELLO offers besides who we are: the streams we can use and
+/// (serve) the token further streams of the session present.
+#[derive(Default)]
+struct Offer {
+    streams: u32,
+    session: String,
+}
+
+fn hello(role: Role, me: &Identity, offer: &Offer) -> Hello {
     Hello {
         protocol: PROTOCOL,
         // Frames carry the version and must match it exactly (frame.rs).
         min_protocol: PROTOCOL,
         role,
         identity: me.clone(),
+        streams: offer.streams,
+        session: offer.session.clone(),
     }
 }
 
@@ -60,8 +71,9 @@ fn introduce(
     role: Role,
     me: &Identity,
     within: Option<Duration>,
+    offer: &Offer,
 ) -> Result<Hello> {
-    let ours = hello(role, me);
+    let ours = hello(role, me, offer);
     conn.send_json(kind::HELLO, &ours)?;
     let f = match within {
         Some(w) => expect_within(conn, kind::HELLO, w, "waiting for the peer's greeting")?,
@@ -121,7 +133,16 @@ fn connect_to(root: &Root, args: &ConnectArgs, role: Role) -> Result<Session> {
     match transport::endpoint(root, args.device.as_deref())? {
         Some(Endpoint::Unix(p)) => {
             let mut conn = Conn::new(Stream::connect_unix(&p, wait)?)?;
-            let peer = introduce(&mut conn, role, &me, Some(Duration::from_secs(30)))?;
+            let offer = Offer {
+                streams: args.streams.unwrap_or(streams::AUTO),
+                session: String::new(),
+            };
+            let within = Some(Duration::from_secs(30));
+            let peer = introduce(&mut conn, role, &me, within, &offer)?;
+            let n = streams::agreed(offer.streams, peer.streams);
+            streams::join_all(&mut conn, n, &peer.session, || {
+                Stream::connect_unix(&p, wait)
+            })?;
             Ok(Session {
                 conn,
                 peer,
@@ -132,12 +153,8 @@ fn connect_to(root: &Root, args: &ConnectArgs, role: Role) -> Result<Session> {
         Some(Endpoint::Device(dev)) => {
             let until = wait.map(|w| Instant::now() + w);
             let mut conn = Conn::new(Stream::open_named_device(root, &dev, until)?)?;
-            let peer = introduce(
-                &mut conn,
-                role,
-                &me,
-                wait.or(Some(Duration::from_secs(300))),
-            )?;
+            let within = wait.or(Some(Duration::from_secs(300)));
+            let peer = introduce(&mut conn, role, &me, within, &Offer::default())?;
             Ok(Session {
                 conn,
                 peer,
@@ -151,7 +168,8 @@ fn connect_to(root: &Root, args: &ConnectArgs, role: Role) -> Result<Session> {
             let start = Instant::now();
             loop {
                 let mut conn = Conn::new(Stream::open_device(&link.dev, None)?)?;
-                match introduce(&mut conn, role, &me, Some(Duration::from_secs(10))) {
+                let within = Some(Duration::from_secs(10));
+                match introduce(&mut conn, role, &me, within, &Offer::default()) {
                     Ok(peer) => {
                         return Ok(Session {
                             conn,
@@ -230,6 +248,7 @@ pub fn serve(
 ) -> Result<()> {
     let mut sv = Serving {
         me: identity::local(root),
+        streams: args.streams.unwrap_or(streams::AUTO),
         once,
         served: 0,
         patience: Patience::new(args.serve_wait()),
@@ -251,6 +270,8 @@ pub fn serve(
 /// What serve keeps from one peer to the next.
 struct Serving<F> {
     me: Identity,
+    /// The streams a session on a UNIX socket may use.
+    streams: u32,
     once: bool,
     /// Sessions run so far.
     served: u64,
@@ -299,12 +320,12 @@ impl<F: FnMut(Session) -> Result<bool>> Serving<F> {
                 return self.patience.give_up(self.served);
             };
             let mut conn = Conn::new(stream)?;
-            let greeting = introduce(
-                &mut conn,
-                Role::Serve,
-                &self.me,
-                Some(Duration::from_secs(30)),
-            );
+            let offer = Offer {
+                streams: self.streams,
+                session: auth::new_key()?,
+            };
+            let within = Some(Duration::from_secs(30));
+            let greeting = introduce(&mut conn, Role::Serve, &self.me, within, &offer);
             let peer = match greeting {
                 Ok(p) => p,
                 Err(e) => {
@@ -312,8 +333,10 @@ impl<F: FnMut(Session) -> Result<bool>> Serving<F> {
                     continue;
                 }
             };
-            conn.require_progress(conn::peer_progress());
             let host = peer.identity.hostname.clone();
+            let n = streams::agreed(offer.streams, peer.streams);
+            streams::accept_joins(&l, &mut conn, n, &offer.session, &host)?;
+            conn.require_progress(conn::peer_progress());
             let over = Token::new();
             let (more, waiting) = std::thread::scope(|sc| {
                 let busy = sc.spawn(|| answer_busy(&l, &host, &over));
@@ -351,7 +374,9 @@ impl<F: FnMut(Session) -> Result<bool>> Serving<F> {
                     continue;
                 }
             };
-            let peer = match introduce(&mut conn, Role::Serve, &self.me, self.patience.left()) {
+            let within = self.patience.left();
+            let peer = match introduce(&mut conn, Role::Serve, &self.me, within, &Offer::default())
+            {
                 Ok(p) => p,
                 Err(e) if cancel::is_interrupted(&e) => return Err(e),
                 Err(_) if self.patience.over() => return self.patience.give_up(self.served),
@@ -383,10 +408,6 @@ const BUSY_GRACE: Duration = Duration::from_secs(3);
 /// for a greeting: serve runs one session at a time. Returns a peer that came
 /// while the session was ending, for serve to take next.
 fn answer_busy(l: &UnixListener, host: &str, over: &Token) -> Option<Stream> {
-    let why = msg::to_json(&ErrorMsg {
-        code: "busy".into(),
-        message: format!("busy with a session for {host}; try again when it is over"),
-    });
     while let Ok(Some(stream)) = transport::accept_unix(l, Some(over), None) {
         let t = Instant::now();
         while t.elapsed() < BUSY_GRACE && !over.stopped() {
@@ -395,14 +416,24 @@ fn answer_busy(l: &UnixListener, host: &str, over: &Token) -> Option<Stream> {
         if over.stopped() {
             return Some(stream);
         }
-        if let Stream::Unix(mut s) = stream {
-            // A peer that does not read must not hold this thread either.
-            let _ = s.set_write_timeout(Some(Duration::from_secs(2)));
-            let _ = frame::write_frame(&mut s, Header::new(kind::ERROR, 0, 0), &why);
-            let _ = frame::write_frame(&mut s, Header::new(kind::BYE, 0, 0), &[]);
-        }
+        tell_busy(stream, host);
     }
     None
+}
+
+/// Tells a peer that connected during another peer's session (for `host`)
+/// to try again later, and closes its stream.
+fn tell_busy(stream: Stream, host: &str) {
+    let why = msg::to_json(&ErrorMsg {
+        code: "busy".into(),
+        message: format!("busy with a session for {host}; try again when it is over"),
+    });
+    if let Stream::Unix(mut s) = stream {
+        // A peer that does not read must not hold this thread either.
+        let _ = s.set_write_timeout(Some(Duration::from_secs(2)));
+        let _ = frame::write_frame(&mut s, Header::new(kind::ERROR, 0, 0), &why);
+        let _ = frame::write_frame(&mut s, Header::new(kind::BYE, 0, 0), &[]);
+    }
 }
 
 struct RemoveOnDrop(std::path::PathBuf);

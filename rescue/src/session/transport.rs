@@ -161,6 +161,17 @@ impl Stream {
         Ok(Box::new(PollReader {
             file: self.dup_file()?,
             stop,
+            until: None,
+        }))
+    }
+
+    /// A reader that fails with `TimedOut` once `until` passes (a stream's
+    /// first message, before the session's reader takes it over).
+    pub fn reader_until(&self, until: Instant) -> Result<Box<dyn Read + Send>> {
+        Ok(Box::new(PollReader {
+            file: self.dup_file()?,
+            stop: Token::new(),
+            until: Some(until),
         }))
     }
 
@@ -550,6 +561,7 @@ pub(crate) fn accept_unix(
 struct PollReader {
     file: File,
     stop: Token,
+    until: Option<Instant>,
 }
 
 impl Read for PollReader {
@@ -557,6 +569,9 @@ impl Read for PollReader {
         loop {
             if self.stop.stopped() {
                 return Err(Stopped.into());
+            }
+            if self.until.is_some_and(|t| Instant::now() >= t) {
+                return Err(io::ErrorKind::TimedOut.into());
             }
             let mut fds = [PollFd::new(self.file.as_fd(), PollFlags::POLLIN)];
             match poll(&mut fds, PollTimeout::from(200u16)) {

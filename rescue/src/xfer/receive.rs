@@ -141,6 +141,7 @@ pub(crate) fn receive_disk<S: Sink + 'static>(
         base_failed: 0,
         on_damaged,
         bad_headers: conn.stats.bad_headers.load(Ordering::Relaxed),
+        reordering: conn.streams() > 1,
     };
     loop {
         pipe.failed()?;
@@ -187,13 +188,13 @@ pub(crate) fn receive_disk<S: Sink + 'static>(
                     base_failed: r.base_failed,
                 });
             }
-            kind::DISK_END => {
-                // A repeat for the previous disk: our answer was lost.
-                conn.answered_before(&f)?;
-            }
             kind::ERROR => return Err(peer_error(&f)),
             kind::BYE => return Err(peer_left("sending a disk")),
-            _ => {}
+            _ => {
+                // A repeated request (DISK_END for the previous disk, or the
+                // BACKUP_BEGIN whose answer arrived damaged): answer it again.
+                conn.answered_before(&f)?;
+            }
         }
     }
 }
@@ -219,6 +220,11 @@ struct Receiving<'a> {
     on_damaged: OnDamaged,
     /// The connection's count of damaged headers, as last seen.
     bad_headers: u64,
+    /// Chunks come over several streams: a later one arriving first says
+    /// nothing about the missing one (it is on its way on another stream).
+    /// A missing chunk is then asked for when nothing arrives (the streams
+    /// lose nothing but what damage shows: those are asked for at once).
+    reordering: bool,
 }
 
 impl Receiving<'_> {
@@ -280,7 +286,7 @@ impl Receiving<'_> {
                 self.ans.ack(conn, ack);
             }
             // Kept chunks beyond a new gap: that one is missing too.
-            if accepted && !self.early.is_empty() {
+            if accepted && !self.early.is_empty() && !self.reordering {
                 self.ans.nak(conn, ack, false);
             }
         } else if f.header.offset > next_off {
@@ -288,7 +294,9 @@ impl Receiving<'_> {
             if f.header.offset < window_end && self.early.len() < WINDOW {
                 self.early.entry(f.header.offset).or_insert(f);
             }
-            self.ans.nak(conn, next_off, false);
+            if !self.reordering {
+                self.ans.nak(conn, next_off, false);
+            }
         } else {
             self.ans.ack(conn, next_off);
         }

@@ -256,11 +256,11 @@ fn send_chunk(conn: &Conn, disk: u32, c: &OutChunk) -> Result<()> {
     // An unchanged chunk carries no data, free ranges or not: its digest covers
     // the chunk as stored (free = zeros), as the base journal's does.
     if c.zero || c.damaged || c.unchanged {
-        return conn.send(h, &ChunkBody::encode_prefix(&c.sha256, c.len, &c.bad));
+        return conn.send_data(h, &[&ChunkBody::encode_prefix(&c.sha256, c.len, &c.bad)]);
     }
     if c.free.is_empty() {
         let prefix = ChunkBody::encode_prefix(&c.sha256, c.len, &c.bad);
-        return conn.send_parts(h, &[&prefix, &c.data]);
+        return conn.send_data(h, &[&prefix, &c.data]);
     }
     // Only the bytes outside the free ranges travel; the digest covers the
     // chunk as stored (free = zeros), which the receiver rebuilds.
@@ -272,7 +272,7 @@ fn send_chunk(conn: &Conn, disk: u32, c: &OutChunk) -> Result<()> {
             .into_iter()
             .map(|(s, e)| &c.data[s as usize..e as usize]),
     );
-    conn.send_parts(h, &parts)
+    conn.send_data(h, &parts)
 }
 
 /// Bytes of a chunk inside its free ranges.

@@ -311,7 +311,13 @@ pub struct Proxy {
     stop: Arc<AtomicBool>,
     pub faults: Arc<Mutex<Faults>>,
     handle: Option<thread::JoinHandle<()>>,
+    /// `per_stream`: each connection's (client-to-server, server-to-client)
+    /// byte counts, in the order they connected.
+    pub streams: Arc<Mutex<Vec<Counts>>>,
 }
+
+/// Bytes through one connection: client to server, server to client.
+pub type Counts = (Arc<AtomicU64>, Arc<AtomicU64>);
 
 impl Proxy {
     /// A proxy that drops the connection once `after` client-to-server bytes
@@ -334,11 +340,43 @@ impl Proxy {
         Proxy::start(dir, server, cut)
     }
 
+    /// A proxy for one session over several streams: the i-th connection
+    /// gets `faults[i]` (none past the end), all connections at once.
+    pub fn per_stream(dir: &Path, server: &Path, faults: Vec<Faults>) -> Proxy {
+        let (sock, l) = proxy_socket(dir);
+        let stop = Arc::new(AtomicBool::new(false));
+        let streams = Arc::new(Mutex::new(Vec::new()));
+        let (stop2, streams2, server) = (stop.clone(), streams.clone(), server.to_path_buf());
+        let handle = thread::spawn(move || {
+            let mut pumps = Vec::new();
+            while !stop2.load(Ordering::SeqCst) {
+                let Ok((client, _)) = l.accept() else {
+                    thread::sleep(Duration::from_millis(10));
+                    continue;
+                };
+                let mut all = streams2.lock().unwrap();
+                let f = faults.get(all.len()).cloned().unwrap_or_default();
+                let counts = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
+                all.push(counts.clone());
+                pumps.push(join_pair(client, &server, &f, counts));
+            }
+            for (a, b) in pumps {
+                let _ = (a.join(), b.join());
+            }
+        });
+        Proxy {
+            sock,
+            c2s_bytes: Arc::default(),
+            s2c_bytes: Arc::default(),
+            stop,
+            faults: Arc::default(),
+            handle: Some(handle),
+            streams,
+        }
+    }
+
     pub fn start(dir: &Path, server: &Path, faults: Faults) -> Proxy {
-        let sock = dir.join("proxy.sock");
-        let _ = fs::remove_file(&sock);
-        let l = UnixListener::bind(&sock).unwrap();
-        l.set_nonblocking(true).unwrap();
+        let (sock, l) = proxy_socket(dir);
         let stop = Arc::new(AtomicBool::new(false));
         let c2s_bytes = Arc::new(AtomicU64::new(0));
         let s2c_bytes = Arc::new(AtomicU64::new(0));
@@ -359,35 +397,18 @@ impl Proxy {
                         continue;
                     }
                 };
-                client.set_nonblocking(false).unwrap();
-                let upstream = UnixStream::connect(&server).unwrap();
                 let f = faults2.lock().unwrap().clone();
                 bytes2.store(0, Ordering::SeqCst);
                 back2.store(0, Ordering::SeqCst);
-                let a = pump(
-                    client.try_clone().unwrap(),
-                    upstream.try_clone().unwrap(),
-                    Pace {
-                        cut_after: f.cut_after,
-                        flips: f.flip_c2s.clone(),
-                        rate: f.rate_c2s,
-                        hold_after: f.hold_c2s_after,
-                        block_after_close: f.c2s_blocks_after_close,
-                    },
-                    bytes2.clone(),
-                    vec![client.try_clone().unwrap(), upstream.try_clone().unwrap()],
-                );
-                let b = pump(
-                    upstream.try_clone().unwrap(),
-                    client.try_clone().unwrap(),
-                    Pace {
-                        cut_after: f.cut_s2c_after,
-                        flips: f.flip_s2c.clone(),
-                        ..Default::default()
-                    },
-                    back2.clone(),
-                    vec![client.try_clone().unwrap(), upstream.try_clone().unwrap()],
-                );
+                let (a, b) = join_pair(client, &server, &f, (bytes2.clone(), back2.clone()));
+                // One connection at a time: a session's further streams are
+                // refused (closed), so it runs over one.
+                while !(a.is_finished() && b.is_finished()) {
+                    if let Ok((other, _)) = l.accept() {
+                        drop(other);
+                    }
+                    thread::sleep(Duration::from_millis(10));
+                }
                 let _ = a.join();
                 let _ = b.join();
             }
@@ -399,6 +420,7 @@ impl Proxy {
             stop,
             faults,
             handle: Some(handle),
+            streams: Arc::default(),
         }
     }
 
@@ -409,6 +431,49 @@ impl Proxy {
     pub fn set(&self, f: Faults) {
         *self.faults.lock().unwrap() = f;
     }
+}
+
+fn proxy_socket(dir: &Path) -> (PathBuf, UnixListener) {
+    let sock = dir.join("proxy.sock");
+    let _ = fs::remove_file(&sock);
+    let l = UnixListener::bind(&sock).unwrap();
+    l.set_nonblocking(true).unwrap();
+    (sock, l)
+}
+
+type Pumps = (thread::JoinHandle<()>, thread::JoinHandle<()>);
+
+/// Joins `client` to a new connection to `server` through two pumps with
+/// faults `f`, counting the bytes each way in `counts`.
+fn join_pair(client: UnixStream, server: &Path, f: &Faults, counts: Counts) -> Pumps {
+    client.set_nonblocking(false).unwrap();
+    let upstream = UnixStream::connect(server).unwrap();
+    let both = || vec![client.try_clone().unwrap(), upstream.try_clone().unwrap()];
+    let a = pump(
+        client.try_clone().unwrap(),
+        upstream.try_clone().unwrap(),
+        Pace {
+            cut_after: f.cut_after,
+            flips: f.flip_c2s.clone(),
+            rate: f.rate_c2s,
+            hold_after: f.hold_c2s_after,
+            block_after_close: f.c2s_blocks_after_close,
+        },
+        counts.0,
+        both(),
+    );
+    let b = pump(
+        upstream.try_clone().unwrap(),
+        client.try_clone().unwrap(),
+        Pace {
+            cut_after: f.cut_s2c_after,
+            flips: f.flip_s2c.clone(),
+            ..Default::default()
+        },
+        counts.1,
+        both(),
+    );
+    (a, b)
 }
 
 impl Drop for Proxy {

@@ -49,6 +49,8 @@ impl Intruder {
                 tool_version: "liveness".into(),
                 ..Default::default()
             },
+            streams: 0,
+            session: String::new(),
         };
         i.frame(Header::new(kind::HELLO, 0, 0), &msg::to_json(&hello));
         wait_log(
