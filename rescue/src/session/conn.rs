@@ -235,7 +235,7 @@ impl Conn {
     /// Adds a further stream to the session (its JOIN was answered): its
     /// frames join the queue, and `send_data` sends chunks over it in turn.
     /// Any stream's end is the session's: a resume continues it.
-    pub fn add_stream(&mut self, stream: Stream) -> Result<()> {
+    pub(crate) fn add_stream(&mut self, stream: Stream) -> Result<()> {
         let writer = start_reader(
             &stream,
             &self.sender,
@@ -250,13 +250,13 @@ impl Conn {
     }
 
     /// How many streams the session runs over.
-    pub fn streams(&self) -> usize {
+    pub(crate) fn streams(&self) -> usize {
         1 + self.data.len()
     }
 
     /// Sends a chunk over the next stream in turn (the first stream too):
     /// chunks are addressed by (disk, offset), so the receiver needs no order.
-    pub fn send_data(&self, header: Header, parts: &[&[u8]]) -> Result<()> {
+    pub(crate) fn send_data(&self, header: Header, parts: &[&[u8]]) -> Result<()> {
         let i = self.turn.fetch_add(1, Ordering::Relaxed) % self.streams();
         let w = match i {
             0 => &self.writer,

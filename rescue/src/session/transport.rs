@@ -167,7 +167,7 @@ impl Stream {
 
     /// A reader that fails with `TimedOut` once `until` passes (a stream's
     /// first message, before the session's reader takes it over).
-    pub fn reader_until(&self, until: Instant) -> Result<Box<dyn Read + Send>> {
+    pub(crate) fn reader_until(&self, until: Instant) -> Result<Box<dyn Read + Send>> {
         Ok(Box::new(PollReader {
             file: self.dup_file()?,
             stop: Token::new(),
