@@ -2,7 +2,8 @@
 # Benchmarks `rescue serve` + `rescue backup` over a UNIX socket against
 # `dd | dd` and `bmaptool copy` on the same images, in one run, and prints the
 # ratios and peak RSS. Usage: bench/run.sh [--mib N] [--rounds N] [--big];
-# bench/run.sh incremental [--mib N] times a second backup with 1 % changed.
+# bench/run.sh incremental [--mib N] times a second backup with 1 % changed;
+# bench/run.sh streams [--mib N] backs up over 1, 2 and 4 streams of 150 MB/s each.
 # Installs bmap-tools and GNU time when missing; images live in
 # ${BENCH_DIR:-/var/tmp/usb4rescue-bench} (not in the tree).
 set -euo pipefail
@@ -15,6 +16,11 @@ if [ ${#need[@]} -gt 0 ]; then
         || { echo "bench: could not install ${need[*]} (apt-get failed)" >&2; exit 1; }
 fi
 cargo build --release -q -p rescue
+if [ "${1:-}" = streams ]; then
+    # bench/run.sh streams [--mib N] [--rate B/s]: N = 1, 2, 4 shaped UNIX-socket streams (issue 15, 5a).
+    shift
+    exec python3 bench/streams.py --rescue "${CARGO_TARGET_DIR:-target}/release/rescue" "$@"
+fi
 if [ "${1:-}" = incremental ]; then
     # bench/run.sh incremental [--mib N]: a second backup with 1 % changed.
     shift
