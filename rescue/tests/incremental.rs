@@ -158,6 +158,39 @@ fn full_sends_everything_again() {
     assert!(!manifest.contains("\"base\""), "{manifest}");
 }
 
+/// A rescue system has no machine-id: its second backup is incremental only
+/// when the server consents to its host (`--allow-restore`), since the sender
+/// is given the base's digests.
+#[test]
+fn a_machine_without_machine_id_gets_a_base_only_with_consent() {
+    let d = tempfile::tempdir().unwrap();
+    let stick = machine(d.path(), "hosta", "");
+    let img = stick.join("disk.img");
+    random_image(&img, 8, 4);
+    let root = ["--root", stick.to_str().unwrap()];
+    let store = d.path().join("store");
+    let inside = Path::new("/disk.img");
+    let second = |srv: &Server| {
+        let px = Proxy::start(d.path(), &srv.sock, Faults::default());
+        let out = backup_via(&px.endpoint(), inside, &root);
+        (out, px.c2s_bytes.load(std::sync::atomic::Ordering::Relaxed))
+    };
+    let srv = Server::start(d.path(), &store);
+    backup_via(&srv.endpoint(), inside, &root);
+    let (out, sent) = second(&srv);
+    assert!(
+        !out.contains("incremental") && sent > 8 * MIB,
+        "{sent}: {out}"
+    );
+    drop(srv);
+    let srv = Server::start_with(d.path(), &store, &["--allow-restore", "hosta"]);
+    let (out, sent) = second(&srv);
+    assert!(out.contains("incremental against backup"), "{out}");
+    assert!(sent < MIB, "{sent} bytes sent for an unchanged disk: {out}");
+    let last = oldest_first(&store).pop().unwrap();
+    assert_eq!(sha256_file(&last.join("disk.img")), sha256_file(&img));
+}
+
 #[test]
 fn a_base_chunk_that_fails_its_check_is_sent_instead() {
     let d = tempfile::tempdir().unwrap();

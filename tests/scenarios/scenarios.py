@@ -457,7 +457,7 @@ def s1_backup(s: Suite):
     s.check_backup_dir(d, disks)
     man = json.loads((d / "manifest.json").read_text())
     check(man["status"] == "complete", f"manifest status {man['status']}")
-    s.backup1 = r["id"]
+    s.backup1, s.first_tx = r["id"], r["tx_bytes"]
     total = sum(p.stat().st_size for p in disks.values())
     s.figures["backup"] = (f"{total / MiB:.0f} MiB of disks ({s.a_data_bytes / MiB:.1f} MiB non-zero) "
                            f"in {r['secs']:.1f}s = {fmt_rate(total, r['secs'])} of disk; "
@@ -468,6 +468,64 @@ def s1_backup(s: Suite):
     for l in summary:
         log("A: " + l.strip())
     log(f"backup {r['id']}: images equal A's disks; sha256sum -c OK; {s.figures['backup']}")
+
+
+# The file A's owner changes between two backups (incremental): a text file on A's ext4.
+CHANGED = "/home/user/docs/note07.txt"
+
+
+def ext4_file(img: Path, path: str) -> str:
+    return run(["debugfs", "-R", f"cat {path}", str(img)]).stdout
+
+
+def change_a_file(s: Suite) -> str:
+    """Rewrites one file of A's ext4 disk from the host, between boots, as its owner
+    would (debugfs -w: rm, then write); A's hashes follow. Returns the new content."""
+    img = s.a_disks()["vda"]
+    new = "".join(f"line {j} of note 7, rewritten after the first backup\n" for j in range(300))
+    with tempfile.TemporaryDirectory(prefix="scen-change-") as t:
+        (Path(t) / "new").write_text(new)
+        (Path(t) / "cmds").write_text(f"rm {CHANGED}\nwrite {t}/new {CHANGED}\n")
+        run(["debugfs", "-w", "-f", f"{t}/cmds", str(img)])
+    check(ext4_file(img, CHANGED) == new, f"debugfs did not rewrite {CHANGED} on {img}")
+    r = run(["e2fsck", "-fn", str(img)], check=False)
+    check(r.returncode == 0, f"A's ext4 after the change: e2fsck -fn rc={r.returncode}\n{r.stdout}")
+    s.a_hashes["vda"] = sha256(img)
+    s.changed = new
+    return new
+
+
+def s1b_incremental(s: Suite):
+    """A file changed on A between boots; A's second backup sends only what changed."""
+    needs_backup(s)
+    first = s.backup1
+    change_a_file(s)
+    r = s.backup_from_a("rescue.poweroff=1")
+    vm = r["vm"]
+    check(r["rc"] == 0, f"second backup exited rc={r['rc']}:\n{vm.tail(30)}")
+    s.stop(vm)
+    inc = re.findall(r"incremental against backup (\S+): (\S+ \S+) unchanged \(not sent\), (\S+ \S+) sent",
+                     r["log"])
+    check(len(inc) == 2 and all(b == first for b, _, _ in inc),
+          f"A's summary does not say both disks went incremental against {first}: {inc}\n{vm.tail(30)}")
+    d = s.dump_backup("hosta", r["id"])
+    s.check_backup_dir(d, s.a_disks())
+    man = json.loads((d / "manifest.json").read_text())
+    check(man["status"] == "complete" and man.get("base") == first,
+          f"manifest: status {man['status']}, base {man.get('base')}, expected complete against {first}")
+    size = sum(x["size"] for x in man["disks"])
+    unchanged = sum(x.get("unchanged_bytes", 0) for x in man["disks"])
+    sent = sum(x.get("sent_bytes", 0) for x in man["disks"])
+    # Unchanged counts only non-zero chunks the base holds; zero chunks are never sent.
+    check(unchanged >= s.a_data_bytes - 8 * MiB and sent <= 8 * MiB and r["tx_bytes"] < 10 * MiB,
+          f"not incremental: {unchanged} bytes unchanged, {sent} sent ({r['tx_bytes']} crossed the cable) "
+          f"of {s.a_data_bytes} non-zero")
+    s.backup0, s.backup1 = first, r["id"]
+    s.figures["incremental"] = (f"{CHANGED} changed; second backup in {r['secs']:.1f}s against {first}: "
+                                f"{unchanged / MiB:.1f} MiB unchanged, {sent / MiB:.1f} MiB sent, "
+                                f"{r['tx_bytes'] / MiB:.1f} MiB crossed the cable (first: "
+                                f"{s.first_tx / MiB:.1f} MiB)")
+    log(s.figures["incremental"])
 
 
 def needs_backup(s: Suite):
@@ -513,6 +571,12 @@ def s2_restore(s: Suite):
     for name, p in tgt.items():
         h = sha256(p)
         check(h == s.a_hashes[name], f"C's {name} ({p}) differs from A's: {h} vs {s.a_hashes[name]}")
+    r = run(["e2fsck", "-fn", str(tgt["vda"])], check=False)
+    check(r.returncode == 0, f"C's vda: e2fsck -fn rc={r.returncode}\n{r.stdout}{r.stderr}")
+    if hasattr(s, "changed"):
+        check(ext4_file(tgt["vda"], CHANGED) == s.changed,
+              f"C's {CHANGED} is not the content A's owner wrote before the incremental backup")
+        log(f"C restored the incremental backup {s.backup1}: e2fsck clean, {CHANGED} has its new content")
     total = sum(p.stat().st_size for p in tgt.values())
     s.figures["restore"] = f"{total / MiB:.0f} MiB in {secs:.1f}s incl. read-back verify = {fmt_rate(total, secs)}"
     log(f"C's disks equal A's; {s.figures['restore']}")
@@ -590,7 +654,7 @@ def s3_unplug(s: Suite):
         info["cut_at"] = unplug_after_a_third(s, vm, "a", "backup")
 
     try:
-        r = s.backup_from_a("rescue.label=unplug", expect_rc=5, during=during)
+        r = s.backup_from_a("rescue.label=unplug rescue.full=1", expect_rc=5, during=during)
     finally:
         s.cable.ctl("rate", "--bytes-per-sec", "0")
     vm = r["vm"]
@@ -666,7 +730,7 @@ def s4_corruption(s: Suite):
 
     crc_before = s.cable_status()["b"]["crc_errors"]
     try:
-        r = s.backup_from_a("rescue.label=corrupt rescue.poweroff=1", during=during)
+        r = s.backup_from_a("rescue.label=corrupt rescue.full=1 rescue.poweroff=1", during=during)
     finally:
         s.cable.ctl("rate", "--bytes-per-sec", "0")
     vm = r["vm"]
@@ -1117,6 +1181,7 @@ def bench_cable(s: Suite, rounds: int, mib: int):
 SCENARIOS = [
     ("debian-driver", s0_debian_driver),
     ("backup", s1_backup),
+    ("incremental", s1b_incremental),
     ("restore", s2_restore),
     ("menu", s7_menu),
     ("safety", s6_safety),

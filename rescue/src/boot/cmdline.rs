@@ -84,6 +84,9 @@ pub struct Config {
     pub(crate) grow: bool,
     /// rescue.all_blocks=1: a backup copies every byte, free space too.
     pub(crate) all_blocks: bool,
+    /// rescue.full=1: a backup sends every chunk, not only those changed since
+    /// an earlier backup (`backup --full`).
+    pub(crate) full: bool,
     /// `rescue.map=NAME=TARGET,...`: where restore writes each backed-up disk
     /// (needed when the disks have no serial numbers to match).
     pub(crate) map: Vec<String>,
@@ -207,20 +210,20 @@ impl Config {
                         .warnings
                         .push(format!("{word}: expected 1 to 8 streams; ignored")),
                 },
-                "yes" | "poweroff" | "reboot" | "verify" | "resume" | "grow" | "all_blocks" => {
-                    match parse_bool(val) {
-                        Some(b) => match key {
-                            "yes" => c.yes = b,
-                            "poweroff" => c.poweroff = b,
-                            "reboot" => c.reboot = b,
-                            "resume" => c.resume = b,
-                            "grow" => c.grow = b,
-                            "all_blocks" => c.all_blocks = b,
-                            _ => c.verify = b,
-                        },
-                        None => c.warnings.push(format!("{word}: expected 1 or 0; ignored")),
-                    }
-                }
+                "yes" | "poweroff" | "reboot" | "verify" | "resume" | "grow" | "all_blocks"
+                | "full" => match parse_bool(val) {
+                    Some(b) => match key {
+                        "yes" => c.yes = b,
+                        "poweroff" => c.poweroff = b,
+                        "reboot" => c.reboot = b,
+                        "resume" => c.resume = b,
+                        "grow" => c.grow = b,
+                        "all_blocks" => c.all_blocks = b,
+                        "full" => c.full = b,
+                        _ => c.verify = b,
+                    },
+                    None => c.warnings.push(format!("{word}: expected 1 or 0; ignored")),
+                },
                 _ => c
                     .warnings
                     .push(format!("{word}: unknown rescue option; ignored")),
@@ -297,7 +300,7 @@ impl Config {
             label: self.label.clone(),
             fresh: false,
             all_blocks: self.all_blocks,
-            full: false,
+            full: self.full,
             chunk_kib: 1024,
             disks: self.disks.clone(),
         })
@@ -449,6 +452,12 @@ mod tests {
         assert!(!all("rescue.mode=backup"));
         assert!(all("rescue.mode=backup rescue.all_blocks=1"));
         assert!(all("rd.usb4rescue=backup rd.usb4rescue.all_blocks=1"));
+        let full = |s: &str| match Config::parse(s).backup_command() {
+            Command::Backup(b) => b.full,
+            other => panic!("{other:?}"),
+        };
+        assert!(!full("rescue.mode=backup"));
+        assert!(full("rescue.mode=backup rescue.full=1"));
         let c = Config::parse("rd.usb4rescue=restore rd.usb4rescue.resume=1 rd.usb4rescue.grow=1");
         assert!(
             c.resume && c.grow && c.warnings.is_empty(),

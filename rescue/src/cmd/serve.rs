@@ -57,9 +57,10 @@ pub fn handle(store: &Store, consent: &Consent, mut s: Session) -> Result<bool> 
             if s.conn.answered_before(&req)? {
                 continue;
             }
+            // A backup sealing may be what these read, or a new backup's base.
             if matches!(
                 req.header.kind,
-                kind::LIST | kind::RESTORE_BEGIN | kind::DIGESTS_REQ
+                kind::LIST | kind::RESTORE_BEGIN | kind::DIGESTS_REQ | kind::BACKUP_BEGIN
             ) {
                 store.wait_session_sealed();
             }
@@ -226,7 +227,7 @@ fn receive_backup(store: &Store, consent: &Consent, s: &mut Session, req: &Frame
     let begin: BackupBegin = decode(s, req)?;
     let (mut b, have, resumed, resume_key) = refused(s, start_backup(store, consent, s, &begin))?;
     b.hold();
-    let base = refused(s, with_base(store, s, &mut b, &begin, resumed))?;
+    let base = refused(s, with_base(store, consent, s, &mut b, &begin, resumed))?;
     if let Some(base) = &base {
         base.hold();
     }
@@ -319,6 +320,7 @@ fn receive_backup(store: &Store, consent: &Consent, s: &mut Session, req: &Frame
 /// the store; else the one the store chooses ([`Store::choose_base`]).
 fn with_base(
     store: &Store,
+    consent: &Consent,
     s: &Session,
     b: &mut BackupDir,
     begin: &BackupBegin,
@@ -334,7 +336,9 @@ fn with_base(
         }
         kept
     } else {
-        store.choose_base(&s.peer.identity, b)
+        store.choose_base(b, |m| {
+            auth::may_be_base(consent, &s.peer.identity, &b.host, m)
+        })
     };
     if !resumed {
         b.manifest.base = base.as_ref().map(|x| x.manifest.backup_id.clone());

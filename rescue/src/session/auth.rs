@@ -75,6 +75,14 @@ pub(crate) fn may_read(consent: &Consent, peer: &Identity, host: &str, m: &Manif
     consent.allows(host) || is_own(peer, host, m)
 }
 
+/// Whether backup `m` of `host` may be the base of the peer's new backup
+/// (incremental): made under the same machine-id, which must not be empty unless
+/// the serving side consents to `host` (a rescue system has none; the peer gets
+/// the base's digests, which only a reader of those backups may have).
+pub(crate) fn may_be_base(consent: &Consent, peer: &Identity, host: &str, m: &Manifest) -> bool {
+    peer.machine_id == m.source.machine_id && (!peer.machine_id.is_empty() || consent.allows(host))
+}
+
 /// What a peer is told when it may not read `host`'s backups.
 pub(crate) fn refusal(host: &str) -> String {
     format!(
@@ -227,6 +235,21 @@ mod tests {
             "hostb",
             &m
         ));
+    }
+
+    #[test]
+    fn a_base_needs_the_machine_id_or_consent_for_a_rescue_system() {
+        let none = Consent::new(&[]);
+        let hosta = Consent::new(&["hosta".into()]);
+        let (m1, empty) = (manifest("m1", None), manifest("", None));
+        assert!(may_be_base(&none, &peer("hosta", "m1"), "hosta", &m1));
+        assert!(!may_be_base(&none, &peer("hosta", "m2"), "hosta", &m1));
+        // A rescue system has no machine-id: only with consent, and only
+        // against a backup made without one too.
+        assert!(!may_be_base(&none, &peer("hosta", ""), "hosta", &empty));
+        assert!(may_be_base(&hosta, &peer("hosta", ""), "hosta", &empty));
+        assert!(!may_be_base(&hosta, &peer("hosta", ""), "hosta", &m1));
+        assert!(!may_be_base(&hosta, &peer("hosta", "m2"), "hosta", &m1));
     }
 
     #[test]

@@ -336,23 +336,38 @@ impl Store {
 }
 
 impl Store {
-    /// The base for backup `b` of `source` (incremental): the newest complete
-    /// backup of the same host directory and non-empty machine-id with the
-    /// same chunk size, any label, and per disk of `b` its disk of the same
-    /// serial and size (without serials: the same source name and size).
-    /// None when the newest such backup has no matching disk.
-    pub(crate) fn choose_base(&self, source: &Identity, b: &BackupDir) -> Option<BackupDir> {
-        if source.machine_id.is_empty() {
-            return None;
-        }
-        let base = self.list(Some(&b.host)).into_iter().find(|c| {
-            c.manifest.backup_id != b.manifest.backup_id
+    /// The base for backup `b` (incremental): the newest complete backup of
+    /// the same host directory that `eligible` accepts (the same machine-id:
+    /// `auth::may_be_base`) with the same chunk size, any label, and per disk
+    /// of `b` its disk of the same serial and size (without serials: the same
+    /// source name and size). None when the newest such backup has no
+    /// matching disk.
+    pub(crate) fn choose_base(
+        &self,
+        b: &BackupDir,
+        eligible: impl Fn(&Manifest) -> bool,
+    ) -> Option<BackupDir> {
+        let m = &b.manifest;
+        self.base_for(&b.host, m.chunk_size, &m.disks, &m.backup_id, eligible)
+    }
+
+    /// [`Store::choose_base`] for a backup of `host` with `disks`, other than
+    /// `backup_id` (before its directory exists: none).
+    fn base_for(
+        &self,
+        host: &str,
+        chunk_size: u32,
+        disks: &[ManifestDisk],
+        backup_id: &str,
+        eligible: impl Fn(&Manifest) -> bool,
+    ) -> Option<BackupDir> {
+        let base = self.list(Some(host)).into_iter().find(|c| {
+            c.manifest.backup_id != backup_id
                 && c.manifest.status.is_complete()
-                && c.manifest.source.machine_id == source.machine_id
-                && c.manifest.chunk_size == b.manifest.chunk_size
+                && eligible(&c.manifest)
+                && c.manifest.chunk_size == chunk_size
         })?;
-        b.manifest
-            .disks
+        disks
             .iter()
             .any(|d| base_disk(&base.manifest, d).is_some())
             .then_some(base)
