@@ -225,32 +225,34 @@ fn a_base_chunk_that_fails_its_check_is_sent_instead() {
     );
 }
 
-/// A loop-mounted btrfs, unmounted and detached on drop.
-struct Btrfs {
+/// A loop-mounted filesystem (btrfs unless said), unmounted and detached on drop.
+struct LoopFs {
     mnt: PathBuf,
 }
 
-impl Btrfs {
+impl LoopFs {
     /// None (the test says why) when not root or btrfs cannot be made here.
-    fn mount(d: &Path) -> Option<Btrfs> {
+    fn mount(d: &Path) -> Option<LoopFs> {
+        LoopFs::mount_fs(d, "btrfs", 1 << 30)
+    }
+
+    /// A filesystem of type `kind` (made by mkfs.KIND) of `size` bytes.
+    fn mount_fs(d: &Path, kind: &str, size: u64) -> Option<LoopFs> {
         if nix::unistd::geteuid().as_raw() != 0 {
-            eprintln!("skipped: a btrfs loop mount needs root");
+            eprintln!("skipped: a {kind} loop mount needs root");
             return None;
         }
-        let backing = d.join("btrfs.raw");
-        fs::File::create(&backing)
-            .unwrap()
-            .set_len(1 << 30)
-            .unwrap();
-        let mkfs = Command::new("mkfs.btrfs")
-            .args(["-q", "-f"])
+        let backing = d.join(format!("{kind}.raw"));
+        fs::File::create(&backing).unwrap().set_len(size).unwrap();
+        let mkfs = Command::new(format!("mkfs.{kind}"))
+            .args(["-q", if kind == "btrfs" { "-f" } else { "-F" }])
             .arg(&backing)
             .output();
         if !mkfs.as_ref().is_ok_and(|o| o.status.success()) {
-            eprintln!("skipped: mkfs.btrfs is not available or failed: {mkfs:?}");
+            eprintln!("skipped: mkfs.{kind} is not available or failed: {mkfs:?}");
             return None;
         }
-        let mnt = d.join("btrfs");
+        let mnt = d.join(kind);
         fs::create_dir(&mnt).unwrap();
         let m = Command::new("mount")
             .args(["-o", "loop"])
@@ -260,16 +262,16 @@ impl Btrfs {
             .unwrap();
         if !m.status.success() {
             eprintln!(
-                "skipped: cannot mount a btrfs loop device: {}",
+                "skipped: cannot mount a {kind} loop device: {}",
                 String::from_utf8_lossy(&m.stderr)
             );
             return None;
         }
-        Some(Btrfs { mnt })
+        Some(LoopFs { mnt })
     }
 }
 
-impl Drop for Btrfs {
+impl Drop for LoopFs {
     fn drop(&mut self) {
         let _ = Command::new("umount").arg(&self.mnt).status();
     }
@@ -297,7 +299,7 @@ fn btrfs_shared(file: &Path) -> u64 {
 #[test]
 fn on_btrfs_the_second_image_shares_the_first_ones_extents() {
     let d = tempfile::tempdir().unwrap();
-    let Some(btrfs) = Btrfs::mount(d.path()) else {
+    let Some(btrfs) = LoopFs::mount(d.path()) else {
         return;
     };
     let store = btrfs.mnt.join("store");
@@ -308,6 +310,92 @@ fn on_btrfs_the_second_image_shares_the_first_ones_extents() {
             "the images share {a} and {b} bytes of extents, not nearly all"
         );
     });
+}
+
+/// An incremental backup cut off, then resumed: the manifest counts what both
+/// sessions stored (the first one's journaled chunks too), each chunk once;
+/// on btrfs the unchanged half shares the base's extents.
+#[test]
+fn a_resumed_incremental_backup_counts_both_sessions() {
+    let d = tempfile::tempdir().unwrap();
+    let btrfs = LoopFs::mount(d.path());
+    let store = match &btrfs {
+        Some(b) => b.mnt.join("store"),
+        None => d.path().join("store"),
+    };
+    let img = d.path().join("disk.img");
+    random_image(&img, 32, 6);
+    let srv = Server::start(d.path(), &store);
+    backup_via(&srv.endpoint(), &img, &[]);
+    // Every other chunk changes: 16 MiB to send, 16 MiB unchanged.
+    let f = fs::OpenOptions::new().write(true).open(&img).unwrap();
+    for i in (0..32).step_by(2) {
+        f.write_all_at(&random_bytes(MIB as usize, 200 + i), i * MIB)
+            .unwrap();
+    }
+    let px = Proxy::cutting_c2s(d.path(), &srv.sock, 8 * MIB);
+    let o = rescue_slow(&["backup", "-d", &px.endpoint(), img.to_str().unwrap()]);
+    assert_ne!(o.status.code(), Some(0), "{}", text(&o));
+    drop(px);
+    let out = backup_via(&srv.endpoint(), &img, &[]);
+    assert!(out.contains("resuming"), "{out}");
+    let second = oldest_first(&store).pop().unwrap();
+    assert_eq!(sha256_file(&second.join("disk.img")), sha256_file(&img));
+    let m: serde_json::Value =
+        serde_json::from_str(&fs::read_to_string(second.join("manifest.json")).unwrap()).unwrap();
+    let disk = &m["disks"][0];
+    assert_eq!(disk["unchanged_bytes"], 16 * MIB, "{m}");
+    assert_eq!(disk["sent_bytes"], 16 * MIB, "{m}");
+    if btrfs.is_some() {
+        assert_eq!(disk["shared_bytes"], 16 * MIB, "{m}");
+    }
+}
+
+/// The room check at BACKUP_BEGIN counts what a reflink of the base gives:
+/// on a 256 MiB btrfs store holding a 112 MiB backup (about 60 MiB left) the
+/// second, incremental backup starts and fits; on ext4, where the unchanged
+/// chunks are copied and take their space, it is refused before anything is
+/// written, as one that cannot fit.
+#[test]
+fn the_room_check_counts_what_a_reflink_store_takes_from_the_base() {
+    for (fs, clones) in [("btrfs", true), ("ext4", false)] {
+        let d = tempfile::tempdir().unwrap();
+        let Some(lp) = LoopFs::mount_fs(d.path(), fs, 256 * MIB) else {
+            return;
+        };
+        let img = d.path().join("disk.img");
+        random_image(&img, 112, 21);
+        let store = lp.mnt.join("store");
+        let srv = Server::start(d.path(), &store);
+        backup_via(&srv.endpoint(), &img, &[]);
+        change_regions_within(&img, 112 * MIB);
+        let o = rescue_slow(&["backup", "-d", &srv.endpoint(), img.to_str().unwrap()]);
+        let out = text(&o);
+        if clones {
+            assert_eq!(o.status.code(), Some(0), "{fs}: {out}");
+            assert!(out.contains("incremental against backup"), "{fs}: {out}");
+            let second = oldest_first(&store).pop().unwrap();
+            assert_eq!(sha256_file(&second.join("disk.img")), sha256_file(&img));
+        } else {
+            assert_ne!(o.status.code(), Some(0), "{fs}: {out}");
+            assert!(out.contains("no space left in the store"), "{fs}: {out}");
+            assert_eq!(
+                oldest_first(&store).len(),
+                1,
+                "{fs}: a refused backup left a directory"
+            );
+        }
+    }
+}
+
+/// Four 256 KiB changes in the first `len` bytes of `img`.
+fn change_regions_within(img: &Path, len: u64) {
+    let f = fs::OpenOptions::new().write(true).open(img).unwrap();
+    for i in 0..4 {
+        let off = len / 5 * (i + 1);
+        f.write_all_at(&random_bytes(CHANGE_LEN as usize, 300 + i), off)
+            .unwrap();
+    }
 }
 
 #[test]

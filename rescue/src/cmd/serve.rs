@@ -18,7 +18,7 @@ use crate::proto::msg::{
 use crate::session::auth::{self, Consent};
 use crate::session::{self, Session};
 use crate::store::image::{
-    ImageSink, ImageSource, StoreBase, ZeroDigests, journal_digests, journal_ranges,
+    ImageSink, ImageSource, StoreBase, Tally, ZeroDigests, journal_digests, journal_ranges,
 };
 use crate::store::{self, BackupDir, ManifestDisk, Store};
 use crate::system::identity::Describe;
@@ -157,9 +157,15 @@ impl Drop for Receiving<'_> {
 /// syncs and journals everything verified so far, so a resume continues from
 /// it, and says how far the backup got.
 fn save_partial(b: &mut BackupDir, d: &ManifestDisk, pipe: SinkPipeline<ImageSink>, why: &str) {
-    let saved = pipe
-        .finish()
-        .and_then(|(mut sink, _)| sink.finalize_partial());
+    let saved = pipe.finish().and_then(|(mut sink, _)| {
+        sink.finalize_partial()?;
+        // What the journal now holds of this session counts, as a whole
+        // disk's would: the resume adds the rest.
+        if let Some(md) = b.manifest.disks.iter_mut().find(|x| x.name == d.name) {
+            record_use(md, sink.tally(), 0, sink.shared_with_base());
+        }
+        Ok(())
+    });
     b.manifest.updated = crate::util::iso8601(crate::util::now_secs());
     let saved = saved.and_then(|()| b.save());
     let geo = Geometry {
@@ -193,7 +199,7 @@ fn start_backup(
 ) -> Result<(BackupDir, Vec<ChunkRanges>, bool, Option<String>)> {
     let host = store::host_name(&s.peer.identity);
     let key = begin.resume_key.as_deref();
-    let (mut b, have, resumed) = store.begin_backup(&s.peer.identity, &s.me, begin, |m| {
+    let may_resume = |m: &store::Manifest| {
         let ok = auth::may_resume(consent, &host, key, m);
         if !ok {
             eprintln!(
@@ -202,7 +208,10 @@ fn start_backup(
             );
         }
         ok
-    })?;
+    };
+    let may_base = |m: &store::Manifest| auth::may_be_base(consent, &s.peer.identity, &host, m);
+    let (mut b, have, resumed) =
+        store.begin_backup(&s.peer.identity, &s.me, begin, may_resume, may_base)?;
     let kept = key.filter(|k| {
         resumed && b.manifest.resume_key_sha256.as_deref() == Some(&auth::key_digest(k))
     });
@@ -469,14 +478,8 @@ fn receive_one(
         xfer::OnDamaged::Refuse,
     );
     bar.finish();
-    let (end_frame, damaged, unchanged, base_failed, data) = match received {
-        Ok(r) => (
-            r.end,
-            r.resent,
-            r.unchanged_bytes,
-            r.base_failed,
-            r.data_bytes,
-        ),
+    let (end_frame, damaged, base_failed) = match received {
+        Ok(r) => (r.end, r.resent, r.base_failed),
         Err(e) => {
             if let Err(werr) = rx.pipe().failed() {
                 s.conn.send_error("no_space", &format!("{werr:#}"));
@@ -486,21 +489,22 @@ fn receive_one(
         }
     };
     let (mut sink, whole) = refused(s, rx.finish().finish())?;
+    let tally = sink.tally();
     if held.held() == 0 {
         // Every chunk went through the image hasher in order.
         refused(s, sink.finalize_partial())?;
         b.manifest.disks[i].unreadable_bytes = sink.unreadable_bytes();
-        b.manifest.disks[i].sent_bytes += data;
         let used = DiskDone {
             disk: i as u32,
             ok: true,
             sha256: String::new(),
             message: String::new(),
             sha256_pending: true,
-            unchanged_bytes: unchanged,
+            unchanged_bytes: tally.unchanged,
             base_failed,
         };
-        record_base_use(&mut b.manifest.disks[i], &used, sink.shared_with_base());
+        let shared = sink.shared_with_base();
+        record_use(&mut b.manifest.disks[i], tally, base_failed, shared);
         refused(s, b.save())?;
         eprintln!(
             "{}: stored in {:.1}s, every chunk verified and synced{}; computing the image SHA-256",
@@ -522,10 +526,10 @@ fn receive_one(
         refused(s, sink.finalize(whole.wait()))?
     };
     let mut done = record_verdict(b, i, verdict, sink.unreadable_bytes(), damaged, t);
-    done.unchanged_bytes = unchanged;
+    done.unchanged_bytes = tally.unchanged;
     done.base_failed = base_failed;
-    b.manifest.disks[i].sent_bytes += data;
-    record_base_use(&mut b.manifest.disks[i], &done, sink.shared_with_base());
+    let shared = sink.shared_with_base();
+    record_use(&mut b.manifest.disks[i], tally, base_failed, shared);
     refused(s, b.save())?;
     s.conn.reply(
         &end_frame,
@@ -543,23 +547,24 @@ fn resent_note(damaged: u64) -> String {
     }
 }
 
-/// Adds what this session took from the base to disk `md`'s record, and says it.
-fn record_base_use(md: &mut ManifestDisk, done: &DiskDone, shared: u64) {
+/// Adds what this session wrote (`tally`: sent, and taken from the base) to
+/// disk `md`'s record, and says what came from the base.
+fn record_use(md: &mut ManifestDisk, tally: Tally, base_failed: u64, shared: u64) {
+    md.sent_bytes += tally.sent;
     if md.base_disk.is_none() {
         return;
     }
-    md.unchanged_bytes += done.unchanged_bytes;
+    md.unchanged_bytes += tally.unchanged;
     md.shared_bytes += shared;
-    md.base_failed += done.base_failed;
+    md.base_failed += base_failed;
     eprintln!(
         "{}: {} unchanged since the base ({} sharing its extents){}",
         md.name,
-        human_bytes(done.unchanged_bytes),
+        human_bytes(tally.unchanged),
         human_bytes(shared),
-        if done.base_failed > 0 {
+        if base_failed > 0 {
             format!(
-                ", {} chunk(s) of the base failed their check and were received instead",
-                done.base_failed
+                ", {base_failed} chunk(s) of the base failed their check and were received instead"
             )
         } else {
             String::new()
@@ -974,7 +979,9 @@ mod tests {
             resume_key: None,
             full: false,
         };
-        let (mut b, _, _) = store.begin_backup(&id, &id, &begin, |_| false).unwrap();
+        let (mut b, _, _) = store
+            .begin_backup(&id, &id, &begin, |_| false, |_| false)
+            .unwrap();
         let d = b.manifest.disks[0].clone();
         let data = vec![7u8; chunk as usize];
         let cut = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {

@@ -204,6 +204,18 @@ pub(crate) struct ImageSink {
     /// The base image of an incremental backup: chunks marked unchanged are
     /// filled from it.
     base: Option<BaseFill>,
+    /// What this session wrote, counted as it is written, so a session cut
+    /// short adds to the manifest exactly what its journal now holds.
+    tally: Tally,
+}
+
+/// Bytes of the chunks a sink wrote in one session, by how they came.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub(crate) struct Tally {
+    /// Chunks that came with their data.
+    pub(crate) sent: u64,
+    /// Chunks marked unchanged, filled from the base.
+    pub(crate) unchanged: u64,
 }
 
 /// How chunks are filled from a base image: a reflink while the filesystem
@@ -285,6 +297,7 @@ impl ImageSink {
             zeros: ZeroDigests::default(),
             syncer: None,
             base: None,
+            tally: Tally::default(),
             disk: d,
         })
     }
@@ -302,6 +315,11 @@ impl ImageSink {
     /// Bytes that share extents with the base (reflinked), 0 without one.
     pub(crate) fn shared_with_base(&self) -> u64 {
         self.base.as_ref().map_or(0, |b| b.shared)
+    }
+
+    /// What this session wrote so far.
+    pub(crate) fn tally(&self) -> Tally {
+        self.tally
     }
 
     /// Fills the chunk at `offset` from the base: a reflink, a copy in the
@@ -459,6 +477,7 @@ impl Sink for ImageSink {
         let index = c.offset / u64::from(self.geo.chunk);
         let digest = if c.unchanged {
             self.fill_from_base(c.offset, c.bytes())?;
+            self.tally.unchanged += u64::from(c.len);
             c.sha256
         } else if c.zero {
             if !self.fresh {
@@ -478,6 +497,7 @@ impl Sink for ImageSink {
                     e.context(format!("writing {}", self.disk.image))
                 }
             })?;
+            self.tally.sent += u64::from(c.len);
             c.sha256
         };
         self.map.set_chunk(c.offset, u64::from(c.len), &c.bad);
@@ -521,7 +541,7 @@ impl Sink for ImageSink {
 /// Makes `len` bytes of `dst` at `offset` share the extents of `src` at the
 /// same offset (FICLONERANGE: btrfs, XFS with reflink). Fails where the
 /// filesystem cannot, or the range is not aligned to its blocks.
-fn clone_range(src: &File, dst: &File, offset: u64, len: u64) -> std::io::Result<()> {
+pub(crate) fn clone_range(src: &File, dst: &File, offset: u64, len: u64) -> std::io::Result<()> {
     use std::os::fd::AsRawFd;
     let range = libc::file_clone_range {
         src_fd: i64::from(src.as_raw_fd()),

@@ -275,12 +275,15 @@ impl Store {
     /// Starts a backup, or resumes an interrupted one of the same machine and disks
     /// that `may_resume` allows (the peer presented its key, or consent).
     /// Returns the directory, the chunks already held per disk, and whether it resumed.
+    /// The room check counts what the base (one `may_base` accepts, see
+    /// [`Store::choose_base`]) gives by reflink.
     pub(crate) fn begin_backup(
         &self,
         source: &Identity,
         receiver: &Identity,
         begin: &BackupBegin,
         may_resume: impl Fn(&Manifest) -> bool,
+        may_base: impl Fn(&Manifest) -> bool,
     ) -> Result<(BackupDir, Vec<ChunkRanges>, bool)> {
         validate_begin(begin)?;
         let host = host_name(source);
@@ -295,7 +298,12 @@ impl Store {
             for d in &b.manifest.disks {
                 have.push(image::resume_ranges(&b.dir, d, b.manifest.chunk_size)?);
             }
-            self.check_room(begin, &have)?;
+            let base = (!begin.full)
+                .then_some(b.manifest.base.as_ref())
+                .flatten()
+                .and_then(|id| self.open_backup(&host, id).ok());
+            let credit = self.clone_credit(base.as_ref(), &b.manifest.disks);
+            self.check_room(begin, &have, &credit)?;
             keep_decision(&mut b.manifest, begin);
             b.manifest.status = BackupState::InProgress;
             b.manifest.updated = util::iso8601(util::now_secs());
@@ -303,11 +311,14 @@ impl Store {
             return Ok((b, have, true));
         }
 
-        self.check_room(begin, &[])?;
+        let disks = manifest_disks(begin);
+        let base = (!begin.full)
+            .then(|| self.base_for(&host, begin.chunk_size, &disks, "", &may_base))
+            .flatten();
+        self.check_room(begin, &[], &self.clone_credit(base.as_ref(), &disks))?;
         let host_dir = self.root.sub_or_create(&host)?;
         let now = util::now_secs();
         let (dir, id) = new_backup_dir(&host_dir, begin, &util::compact_time(now))?;
-        let disks = manifest_disks(begin);
         let b = BackupDir {
             path: dir.path().to_path_buf(),
             dir,

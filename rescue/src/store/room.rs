@@ -11,8 +11,10 @@ use nix::sys::statfs::{FsType, MSDOS_SUPER_MAGIC, fstatfs};
 use nix::sys::statvfs::{FsFlags, fstatvfs};
 use nix::unistd::{AccessFlags, faccessat};
 
-use super::dir::{Dir, errno_of};
-use super::{Store, names};
+use std::os::unix::fs::MetadataExt;
+
+use super::dir::{Access, Dir, errno_of};
+use super::{BackupDir, ManifestDisk, Store, names};
 use crate::exit::{self, Exit};
 use crate::proto::msg::{BackupBegin, ChunkRanges};
 use crate::util::human_bytes;
@@ -81,10 +83,12 @@ pub(super) fn check_writable(root: &Dir) -> Result<()> {
 }
 
 /// Bytes the backup can still need: every chunk not yet held (`have`, per
-/// disk: a resumed backup's journal) at its full length, and the journals.
-/// Zero chunks become holes and need nothing, but which chunks are zero is
-/// known only once they are read, so the full length is counted.
-pub(super) fn space_needed(begin: &BackupBegin, have: &[ChunkRanges]) -> u64 {
+/// disk: a resumed backup's journal) at its full length, less what a reflink
+/// from the base gives without space (`credit`, per disk; for a resumed disk
+/// in proportion to what is not held), and the journals. Zero chunks become
+/// holes and need nothing, but which chunks are zero is known only once they
+/// are read, so the full length is counted.
+pub(super) fn space_needed(begin: &BackupBegin, have: &[ChunkRanges], credit: &[u64]) -> u64 {
     let mut need = 0u64;
     for (i, d) in begin.disks.iter().enumerate() {
         let geo = Geometry {
@@ -96,8 +100,12 @@ pub(super) fn space_needed(begin: &BackupBegin, have: &[ChunkRanges]) -> u64 {
                 .map(|&(a, b)| geo.start_of(b).saturating_sub(geo.start_of(a)))
                 .sum()
         });
+        let left = d.size.saturating_sub(held);
+        let free = credit.get(i).map_or(0, |&c| {
+            (u128::from(c.min(d.size)) * u128::from(left) / u128::from(d.size.max(1))) as u64
+        });
         need = need
-            .saturating_add(d.size.saturating_sub(held))
+            .saturating_add(left - free.min(left))
             .saturating_add(geo.count().saturating_mul(32));
     }
     need
@@ -110,6 +118,24 @@ fn files_needed(begin: &BackupBegin) -> u64 {
 }
 
 const PROBE: &str = "size-probe.tmp";
+const CLONE_PROBE: &str = ".clone-probe.tmp";
+
+/// Whether the filesystem of `root` clones `src`'s extents into a new file
+/// (FICLONERANGE: btrfs, XFS with reflink); the probe file is removed again.
+fn clones_into(src: &std::fs::File, root: &Dir) -> bool {
+    let Ok(m) = src.metadata() else {
+        return false;
+    };
+    // One block, or the whole file when it is shorter (a clone may end at EOF).
+    let len = m.blksize().min(m.len());
+    let Ok(dst) = root.create_fresh(CLONE_PROBE) else {
+        return false;
+    };
+    let ok = len > 0 && super::image::clone_range(src, &dst, 0, len).is_ok();
+    drop(dst);
+    let _ = root.remove(CLONE_PROBE);
+    ok
+}
 
 /// The largest file the store's filesystem takes, when that is less than
 /// `want` bytes. vfat's limit is known (and growing a file there writes
@@ -157,10 +183,43 @@ fn refuse(code: &'static str, message: String) -> anyhow::Error {
 }
 
 impl Store {
+    /// Per disk of a backup made against `base`, the bytes a reflink of its
+    /// base disk's image gives it without taking space: the blocks that image
+    /// holds, when this store clones between files (tried once, on a probe
+    /// file); else nothing, since a copy takes as much space as data sent.
+    pub(super) fn clone_credit(
+        &self,
+        base: Option<&BackupDir>,
+        disks: &[ManifestDisk],
+    ) -> Vec<u64> {
+        let mut credit = vec![0; disks.len()];
+        let Some(base) = base else {
+            return credit;
+        };
+        let mut clones = None;
+        for (c, d) in credit.iter_mut().zip(disks) {
+            let Some(bd) = super::base_disk(&base.manifest, d) else {
+                continue;
+            };
+            let Ok(img) = base.dir.open_file(&bd.image, Access::Read) else {
+                continue;
+            };
+            if *clones.get_or_insert_with(|| clones_into(&img, &self.root)) {
+                *c = img.metadata().map_or(0, |m| m.blocks().saturating_mul(512));
+            }
+        }
+        credit
+    }
+
     /// Refuses, at BACKUP_BEGIN, a backup the store cannot hold: too few
     /// inodes, a disk larger than the filesystem's largest file, too little
     /// free space for what is not held yet (`have`; unless `space_check` is off).
-    pub(super) fn check_room(&self, begin: &BackupBegin, have: &[ChunkRanges]) -> Result<()> {
+    pub(super) fn check_room(
+        &self,
+        begin: &BackupBegin,
+        have: &[ChunkRanges],
+        credit: &[u64],
+    ) -> Result<()> {
         let st = fstatvfs(self.root.fd()).context("examining the store's free space")?;
         // Inodes first: the largest-file probe needs one.
         let files = files_needed(begin);
@@ -199,12 +258,21 @@ impl Store {
             ));
         }
         let free = st.blocks_available().saturating_mul(st.fragment_size());
-        let need = space_needed(begin, have);
+        let need = space_needed(begin, have, credit);
         if need > free {
+            let cloned: u64 = credit.iter().sum();
             let m = format!(
-                "no space left in the store {} for this backup: it can need {}, {} is free, {} missing (zero chunks take no space, but which are zero is known only while reading); free space or use a larger store, or start serve with --no-space-check for mostly empty disks",
+                "no space left in the store {} for this backup: it can need {}{}, {} is free, {} missing (zero chunks take no space, but which are zero is known only while reading); free space or use a larger store, or start serve with --no-space-check for mostly empty disks",
                 self.dir().display(),
                 human_bytes(need),
+                if cloned > 0 {
+                    format!(
+                        " besides the {} its base gives by reflink",
+                        human_bytes(cloned)
+                    )
+                } else {
+                    String::new()
+                },
                 human_bytes(free),
                 human_bytes(need - free)
             );
@@ -237,14 +305,21 @@ mod tests {
         // 10.5 MiB and 4 MiB: 15 chunks of journal, 32 bytes each.
         let b = begin(&[10 * mib + mib / 2, 4 * mib]);
         let journals = 15 * 32;
-        assert_eq!(space_needed(&b, &[]), 14 * mib + mib / 2 + journals);
+        assert_eq!(space_needed(&b, &[], &[]), 14 * mib + mib / 2 + journals);
         // Resumed: chunks 0..3 and the short last one (10) of the first disk
         // held, all of the second.
         let have = vec![
             ChunkRanges::from(vec![(0, 3), (10, 11)]),
             ChunkRanges::from(vec![(0, 4)]),
         ];
-        assert_eq!(space_needed(&b, &have), 7 * mib + journals);
+        assert_eq!(space_needed(&b, &have, &[]), 7 * mib + journals);
+        // A reflink of the base gives the first disk 6 MiB: 10.5 - 6 left to
+        // write; resumed with 7 of its 10.5 MiB missing, 2/3 of the 6 MiB.
+        let credit = [6 * mib, 0];
+        assert_eq!(space_needed(&b, &[], &credit), 8 * mib + mib / 2 + journals);
+        assert_eq!(space_needed(&b, &have, &credit), 3 * mib + journals);
+        // Never more than the disk.
+        assert_eq!(space_needed(&b, &[], &[64 * mib, 0]), 4 * mib + journals);
     }
 
     #[test]

@@ -101,10 +101,6 @@ pub(crate) struct Received {
     pub(crate) resent: u64,
     /// (offset, length) of the chunks the store could not produce (OnDamaged::Skip).
     pub(crate) lost: Vec<(u64, u32)>,
-    /// Bytes that came as data (neither zero nor unchanged).
-    pub(crate) data_bytes: u64,
-    /// Bytes filled from the base (chunks marked unchanged).
-    pub(crate) unchanged_bytes: u64,
     /// Chunks marked unchanged whose copy in the base failed its check.
     pub(crate) base_failed: u64,
 }
@@ -136,8 +132,6 @@ pub(crate) fn receive_disk<S: Sink + 'static>(
         },
         damaged: 0,
         lost: Vec::new(),
-        data_bytes: 0,
-        unchanged_bytes: 0,
         base_failed: 0,
         on_damaged,
         bad_headers: conn.stats.bad_headers.load(Ordering::Relaxed),
@@ -183,8 +177,6 @@ pub(crate) fn receive_disk<S: Sink + 'static>(
                     end: f,
                     resent: r.damaged,
                     lost: r.lost,
-                    data_bytes: r.data_bytes,
-                    unchanged_bytes: r.unchanged_bytes,
                     base_failed: r.base_failed,
                 });
             }
@@ -214,8 +206,6 @@ struct Receiving<'a> {
     damaged: u64,
     /// (offset, length) of the chunks the store could not produce.
     lost: Vec<(u64, u32)>,
-    data_bytes: u64,
-    unchanged_bytes: u64,
     base_failed: u64,
     on_damaged: OnDamaged,
     /// The connection's count of damaged headers, as last seen.
@@ -326,11 +316,6 @@ impl Receiving<'_> {
                         self.lost.push((v.offset, v.len));
                     }
                     let len = u64::from(v.len);
-                    if v.unchanged {
-                        self.unchanged_bytes += len;
-                    } else if !v.zero {
-                        self.data_bytes += len;
-                    }
                     pipe.submit(v)?;
                     bar.inc(len);
                     self.next = self.have.next_missing(self.next + 1);
