@@ -60,6 +60,11 @@ pub(crate) struct Bar {
 }
 
 impl Bar {
+    /// The disk this bar is for.
+    pub(crate) fn name(&self) -> &str {
+        &self.name
+    }
+
     pub fn new(name: &str, total: u64, mode: Mode) -> Bar {
         match mode {
             Mode::Bars => {

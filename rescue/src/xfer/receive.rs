@@ -3,13 +3,14 @@
 //! a window) while the missing one is asked for again (NAK); ACKs are
 //! cumulative.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use anyhow::{Result, bail};
 
+use super::send::{MAX_ASKS, refused_too_often};
 use super::{Geometry, Sink, SinkPipeline, Verified, WINDOW, have_bytes, peer_left};
 use crate::proto::frame::{Frame, Header};
 use crate::proto::msg::{
@@ -136,6 +137,7 @@ pub(crate) fn receive_disk<S: Sink + 'static>(
         on_damaged,
         bad_headers: conn.stats.bad_headers.load(Ordering::Relaxed),
         reordering: conn.streams() > 1,
+        refusals: HashMap::new(),
     };
     loop {
         pipe.failed()?;
@@ -161,7 +163,7 @@ pub(crate) fn receive_disk<S: Sink + 'static>(
             }
         };
         if !f.intact {
-            r.damaged_frame(conn, bar, &f);
+            r.damaged_frame(conn, bar, &f)?;
             continue;
         }
         match f.header.kind {
@@ -215,6 +217,9 @@ struct Receiving<'a> {
     /// A missing chunk is then asked for when nothing arrives (the streams
     /// lose nothing but what damage shows: those are asked for at once).
     reordering: bool,
+    /// How often each chunk not yet written was refused (damaged, failing its
+    /// check, or marked unchanged without a base copy): bounded by `MAX_ASKS`.
+    refusals: HashMap<u64, u32>,
 }
 
 impl Receiving<'_> {
@@ -245,10 +250,11 @@ impl Receiving<'_> {
 
     /// A frame whose payload failed its CRC: a chunk not yet written is asked
     /// for again (the header has its own CRC: its offset is trustworthy).
-    fn damaged_frame(&mut self, conn: &Conn, bar: &Bar, f: &Frame) {
+    fn damaged_frame(&mut self, conn: &Conn, bar: &Bar, f: &Frame) -> Result<()> {
         conn.stats.corrupt_frames.fetch_add(1, Ordering::Relaxed);
         let h = &f.header;
         if h.kind == kind::CHUNK && h.disk == self.disk && h.offset >= self.next_off() {
+            self.refused(conn, bar, h.offset)?;
             self.damaged += 1;
             bar.println(&format!(
                 "damaged chunk at offset {} (CRC mismatch): asking for it again",
@@ -256,6 +262,22 @@ impl Receiving<'_> {
             ));
             self.ans.nak(conn, h.offset, true);
         }
+        Ok(())
+    }
+
+    /// Counts a refusal of the chunk at `offset`; the `MAX_ASKS`th more ends
+    /// the transfer (a sender that keeps sending it wrong, or a link that
+    /// damages it every time, would otherwise be asked for it without end).
+    fn refused(&mut self, conn: &Conn, bar: &Bar, offset: u64) -> Result<()> {
+        let next = self.next_off();
+        self.refusals.retain(|&o, _| o >= next);
+        let n = self.refusals.entry(offset).or_default();
+        *n += 1;
+        if *n > MAX_ASKS {
+            let what = "arrived damaged or failed its check";
+            return Err(refused_too_often(conn, bar.name(), offset, what));
+        }
+        Ok(())
     }
 
     /// An intact chunk of this disk: the next one is written (with the kept
@@ -322,6 +344,7 @@ impl Receiving<'_> {
                     accepted = true;
                 }
                 Err(Reject::Damaged(why)) => {
+                    self.refused(conn, bar, at)?;
                     self.damaged += 1;
                     bar.println(&format!(
                         "chunk at offset {at} failed verification ({why}): asking for it again"
@@ -338,6 +361,7 @@ impl Receiving<'_> {
                     bail!(m);
                 }
                 Err(Reject::NeedData(why)) => {
+                    self.refused(conn, bar, at)?;
                     self.base_failed += 1;
                     bar.println(&format!(
                         "chunk at offset {at} is marked unchanged but {why}: asking for its data"

@@ -3,7 +3,7 @@
 //! the calling thread sends them within a window of unacknowledged chunks,
 //! sending again what the receiver asks for or leaves unacknowledged.
 
-use std::collections::VecDeque;
+use std::collections::{HashMap, VecDeque};
 use std::sync::mpsc::{self, Receiver, SyncSender, TrySendError};
 use std::thread;
 use std::time::{Duration, Instant};
@@ -22,6 +22,22 @@ use crate::xfer::progress::Bar;
 
 /// With no acknowledgement for this long, everything in flight is sent again.
 const STALL: Duration = Duration::from_secs(10);
+
+/// How often one chunk is sent again at the receiver's request before the
+/// transfer stops: a receiver that keeps refusing a chunk (or a link that
+/// damages it every time) would otherwise have it sent without end.
+pub(crate) const MAX_ASKS: u32 = 32;
+
+/// The error that ends a transfer whose chunk at `offset` was refused
+/// `MAX_ASKS` times (by the sender: asked for again; by the receiver:
+/// damaged or failing its check); the peer is told with ERROR `verify`.
+pub(crate) fn refused_too_often(conn: &Conn, disk: &str, offset: u64, what: &str) -> anyhow::Error {
+    let m = format!(
+        "the chunk of {disk} at offset {offset} {what} {MAX_ASKS} times: stopping the transfer (what was verified is kept: running the command again resumes from it)"
+    );
+    conn.send_error("verify", &m);
+    crate::exit::Exit::new(crate::exit::VERIFY_FAILED, m).into()
+}
 
 #[derive(Debug, Default, Clone)]
 pub(crate) struct SendStats {
@@ -291,6 +307,8 @@ fn send_loop(
     let mut source_done = false;
     let mut last_progress = Instant::now();
     let mut told_resend = false;
+    // How often each unacknowledged chunk was asked for again.
+    let mut asked: HashMap<u64, u32> = HashMap::new();
     loop {
         if source_done && unacked.is_empty() {
             return Ok(());
@@ -326,6 +344,7 @@ fn send_loop(
                     }
                     if unacked.len() != before {
                         last_progress = Instant::now();
+                        asked.retain(|&o, _| unacked.iter().any(|c| c.offset == o));
                     }
                     if f.header.kind == kind::NAK {
                         if !told_resend {
@@ -338,6 +357,7 @@ fn send_loop(
                         // Selective repeat: the receiver keeps the chunks that
                         // came after a damaged one, so only that one goes again.
                         if let Some(c) = unacked.iter_mut().find(|c| c.offset == f.header.offset) {
+                            count_ask(&mut asked, conn, bar, c.offset)?;
                             if f.header.flags & NAK_DATA != 0 && c.unchanged {
                                 // The base cannot provide it: send the data after all.
                                 c.unchanged = false;
@@ -372,6 +392,18 @@ fn send_loop(
             last_progress = Instant::now();
         }
     }
+}
+
+/// Counts one more request for the chunk at `offset`; past `MAX_ASKS` the
+/// transfer ends.
+fn count_ask(asked: &mut HashMap<u64, u32>, conn: &Conn, bar: &Bar, offset: u64) -> Result<()> {
+    let n = asked.entry(offset).or_default();
+    *n += 1;
+    if *n > MAX_ASKS {
+        let what = "was asked for again by the peer";
+        return Err(refused_too_often(conn, bar.name(), offset, what));
+    }
+    Ok(())
 }
 
 /// Builds the chunk to send from raw bytes and what is known about them.

@@ -13,5 +13,6 @@ mod liveness;
 mod lying_server;
 mod manifest;
 mod peer;
+mod refusing;
 mod store_links;
 mod used_blocks;
