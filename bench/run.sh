@@ -2,15 +2,17 @@
 # Benchmarks `rescue serve` + `rescue backup` over a UNIX socket against
 # `dd | dd` and `bmaptool copy` on the same images, in one run, and prints the
 # ratios and peak RSS. Usage: bench/run.sh [--mib N] [--rounds N] [--big];
-# bench/run.sh incremental [--mib N] times a second backup with 1 % changed;
+# bench/run.sh incremental [--mib N] times a second backup with 1 % changed, and
+# rsync's delta transfer of the same;
 # bench/run.sh streams [--mib N] backs up over 1, 2 and 4 streams of 150 MB/s each.
-# Installs bmap-tools and GNU time when missing; images live in
+# Installs bmap-tools, GNU time and rsync when missing; images live in
 # ${BENCH_DIR:-/var/tmp/usb4rescue-bench} (not in the tree).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 need=()
 command -v bmaptool >/dev/null || need+=(bmap-tools)
 [ -x /usr/bin/time ] || need+=(time)
+command -v rsync >/dev/null || need+=(rsync)
 if [ ${#need[@]} -gt 0 ]; then
     apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}" >/dev/null \
         || { echo "bench: could not install ${need[*]} (apt-get failed)" >&2; exit 1; }
