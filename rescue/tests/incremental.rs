@@ -158,6 +158,43 @@ fn full_sends_everything_again() {
     assert!(!manifest.contains("\"base\""), "{manifest}");
 }
 
+/// Two disks in one backup: each is compared with its own base disk (the
+/// client asks for every base disk's digests before the first data phase;
+/// asked between disks, the server never answered and the backup hung).
+#[test]
+fn a_backup_of_two_disks_is_incremental_for_both() {
+    let d = tempfile::tempdir().unwrap();
+    let (a, b) = (d.path().join("a.img"), d.path().join("b.img"));
+    random_image(&a, 8, 41);
+    random_image(&b, 8, 42);
+    let paths = [a.to_str().unwrap(), b.to_str().unwrap()];
+    let srv = Server::start(d.path(), &d.path().join("store"));
+    let mut args = vec!["backup", "-d"];
+    let ep = srv.endpoint();
+    args.push(&ep);
+    args.extend_from_slice(&paths);
+    let o = rescue_slow(&args);
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+    let f = fs::OpenOptions::new().write(true).open(&b).unwrap();
+    f.write_all_at(&random_bytes(4096, 43), 3 * MIB).unwrap();
+    let px = Proxy::start(d.path(), &srv.sock, Faults::default());
+    let ep = px.endpoint();
+    args[2] = &ep;
+    let o = rescue_slow(&args);
+    let out = text(&o);
+    assert_eq!(o.status.code(), Some(0), "{out}");
+    assert_eq!(
+        out.matches("incremental against backup").count(),
+        2,
+        "{out}"
+    );
+    let sent = px.c2s_bytes.load(std::sync::atomic::Ordering::Relaxed);
+    assert!(
+        sent < 2 * MIB,
+        "{sent} bytes sent for one changed chunk: {out}"
+    );
+}
+
 /// A rescue system has no machine-id: its second backup is incremental only
 /// when the server consents to its host (`--allow-restore`), since the sender
 /// is given the base's digests.

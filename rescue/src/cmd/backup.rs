@@ -131,9 +131,19 @@ pub fn run_with(root: &Root, args: &BackupArgs, srcs: Vec<Source>) -> Result<u8>
     let free = stored_decision(&ready, &srcs, free)?;
     let mode = progress::Mode::detect();
     let started = Instant::now();
+    // Every base disk's digests before the first data phase: the peer answers
+    // DIGESTS_REQ only until then (asked between disks, it never answered).
+    let mut bases = Vec::new();
+    for (i, src) in srcs.iter().enumerate() {
+        let geo = Geometry {
+            size: src.size,
+            chunk,
+        };
+        bases.push(base_digests(&mut sess, &ready, i, geo)?);
+    }
     let mut reports = Vec::new();
     for (i, src) in srcs.iter().enumerate() {
-        let r = send_one(&mut sess, &ready, i, src, chunk, mode, &free[i])?;
+        let r = send_one(&mut sess, &ready, i, src, chunk, mode, &free[i], &bases[i])?;
         print_disk(&r);
         reports.push(r);
     }
@@ -301,8 +311,10 @@ fn start(sess: &mut Session, begin: &BackupBegin) -> Result<BackupReady> {
     Ok(ready)
 }
 
-/// Sends disk `i` (what the peer does not hold of it) and its DISK_END; returns
-/// what the peer's DISK_DONE says of it.
+/// Sends disk `i` (what the peer does not hold of it; a chunk whose digest is
+/// `base`'s is marked unchanged) and its DISK_END; returns what the peer's
+/// DISK_DONE says of it.
+#[allow(clippy::too_many_arguments)]
 fn send_one(
     sess: &mut Session,
     ready: &BackupReady,
@@ -311,6 +323,7 @@ fn send_one(
     chunk: u32,
     mode: progress::Mode,
     free: &Option<FreeMap>,
+    base: &[Option<[u8; 32]>],
 ) -> Result<DiskReport> {
     let geo = Geometry {
         size: src.size,
@@ -327,7 +340,6 @@ fn send_one(
             geo.count()
         );
     }
-    let base = base_digests(sess, ready, i, geo)?;
     let bar = Bar::new(&src.name, src.size, mode);
     let t = Instant::now();
     let reader = &src.reader;
@@ -345,7 +357,7 @@ fn send_one(
         // base journal's does: a chunk is unchanged whatever either free map says.
         |off, raw, known| {
             let c = xfer::digest_fresh(off, raw, known)?;
-            Ok(xfer::against_base(c, chunk, &base))
+            Ok(xfer::against_base(c, chunk, base))
         },
         &bar,
     )?;
