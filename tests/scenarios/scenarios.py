@@ -193,6 +193,17 @@ def blank(path: Path, size: int):
 
 # ------------------------------------------------------------------ the rig
 
+def sealed(d: Path) -> bool:
+    """Whether the backup copied out to `d` was complete: its manifest says so. A
+    SHA256SUMS alone may be one B is still writing (a resumed backup seals the disks
+    it received whole after the client is released), seen in the store's copy with
+    its size but not yet its bytes; so may the manifest, hence the parse."""
+    try:
+        return json.loads((d / "manifest.json").read_text())["status"].startswith("complete")
+    except (OSError, ValueError, KeyError, AttributeError):
+        return False
+
+
 class Suite:
     def __init__(self, a):
         self.args = a
@@ -287,7 +298,7 @@ class Suite:
         the client when every chunk is durable and may still be finishing the image digests
         (SHA256SUMS, status complete) on its own; it then says "backup HOST/ID is ..."."""
         d = self._dump(host, backup_id)
-        if (d / "SHA256SUMS").is_file():
+        if sealed(d):
             return d
         pat = re.compile(rf"backup {re.escape(host)}/{re.escape(backup_id)} is \S+")
         deadline = time.monotonic() + 300
