@@ -44,6 +44,7 @@ import base64
 import codecs
 import ctypes
 import itertools
+import json
 import os
 import re
 import shlex
@@ -208,6 +209,43 @@ def choose_accel(kernel: str) -> str:
                   file=sys.stderr)
         _accel_cache[kernel] = "kvm" if ok else "tcg"
     return _accel_cache[kernel]
+
+
+# --------------------------------------------------------------------------- tools
+
+def image_tool() -> str:
+    """The `image` binary (image/): $USB4RESCUE_IMAGE, else built from this checkout. The
+    rigs read kernel modules and initramfs members through it (`image cat`, `image list`),
+    so the project's one decompressor (bootfacts) is the only one."""
+    if os.environ.get("USB4RESCUE_IMAGE"):
+        return os.environ["USB4RESCUE_IMAGE"]
+    cargo = shutil.which("cargo") or str(Path.home() / ".cargo" / "bin" / "cargo")
+    r = subprocess.run([cargo, "build", "-q", "--release", "-p", "image"], cwd=REPO,
+                       stdout=sys.stderr)
+    if r.returncode:
+        raise VMError("cargo build -p image failed (see above)")
+    meta = subprocess.run([cargo, "metadata", "-q", "--format-version", "1", "--no-deps"],
+                          cwd=REPO, capture_output=True, text=True, check=True)
+    tool = str(Path(json.loads(meta.stdout)["target_directory"]) / "release" / "image")
+    os.environ["USB4RESCUE_IMAGE"] = tool   # built once per process
+    return tool
+
+
+def image_cat(*args: str | Path) -> bytes:
+    """`image cat FILE [MEMBER]`: a module file decompressed, or a member of an image."""
+    r = subprocess.run([image_tool(), "cat", *map(str, args)], capture_output=True)
+    if r.returncode:
+        raise VMError(f"image cat {' '.join(map(str, args))}: {r.stderr.decode().strip()}")
+    return r.stdout
+
+
+def image_members(image: str | Path) -> list[str]:
+    """The regular files of an initramfs, by path, as `image list` reads them."""
+    r = subprocess.run([image_tool(), "list", str(image)], capture_output=True, text=True)
+    if r.returncode:
+        raise VMError(f"image list {image}: {r.stderr.strip()}")
+    # "-0644 0:0       1234 lib/x.ko" per file; the last line is the summary.
+    return [line.split(None, 3)[3] for line in r.stdout.splitlines()[:-1] if line[:1] == "-"]
 
 
 # --------------------------------------------------------------------------- cable

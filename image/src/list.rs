@@ -1,11 +1,13 @@
 //! Reading an initramfs back: detects the compression, checks that an xz stream
-//! uses the CRC32 check the kernel requires, and parses the newc entries.
+//! uses the CRC32 check the kernel requires, and parses the newc entries; `cat`
+//! gives a module's or an image member's bytes (the test rigs read through it, so
+//! nothing but `bootfacts` decompresses).
 
 use std::fs;
 use std::path::Path;
 
 use anyhow::{Context, Result, bail};
-use bootfacts::decompress::{Compression, decompress};
+use bootfacts::decompress::{Compression, decompress, read_module};
 
 use crate::newc::{ReadEntry, parse};
 
@@ -51,6 +53,28 @@ pub fn read_image(path: &Path) -> Result<Listing> {
         uncompressed: raw.len(),
         entries,
     })
+}
+
+/// What `image cat` prints: with `member`, that regular file of the image at `path`
+/// (its bytes as archived: a `.ko.xz` stays compressed); without, the module file at
+/// `path` decompressed (.ko, .ko.xz or .ko.gz), as a loader would hand it to the kernel.
+pub fn cat(path: &Path, member: Option<&str>) -> Result<Vec<u8>> {
+    let Some(member) = member else {
+        return read_module(path);
+    };
+    let mut l = read_image(path)?;
+    let wanted = member.trim_start_matches('/');
+    let Some(i) = l.entries.iter().position(|e| e.path == wanted) else {
+        bail!(
+            "{}: no {wanted} in this image (`image list` shows what it holds)",
+            path.display()
+        );
+    };
+    let e = l.entries.swap_remove(i);
+    if e.is_dir() || e.is_symlink() || e.is_chardev() {
+        bail!("{}: {wanted} is not a regular file", path.display());
+    }
+    Ok(e.data)
 }
 
 /// `ls -l`-like text for a listing.

@@ -1,6 +1,7 @@
-//! The `image` command: builds the rescue initramfs, lists existing ones, and packs
-//! the test rigs' small ones.
+//! The `image` command: builds the rescue initramfs, lists existing ones (and prints
+//! their files or a module decompressed), and packs the test rigs' small ones.
 
+use std::io::Write;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -88,6 +89,16 @@ enum Cmd {
         #[arg(value_name = "FILE")]
         file: PathBuf,
     },
+    /// Write a kernel module file decompressed (.ko, .ko.xz, .ko.gz) to standard
+    /// output, or with MEMBER that file of an image as archived.
+    Cat {
+        /// The module file, or with MEMBER the image.
+        #[arg(value_name = "FILE")]
+        file: PathBuf,
+        /// A regular file in the image, by its path there (as `image list` shows it).
+        #[arg(value_name = "MEMBER")]
+        member: Option<String>,
+    },
 }
 
 fn mtime() -> Result<u32> {
@@ -155,6 +166,12 @@ fn run(cli: Cli) -> Result<()> {
     match cli.command {
         None => anyhow::bail!("nothing to do: use `image build ...` or `image list FILE`"),
         Some(Cmd::List { file }) => list_file(&file),
+        Some(Cmd::Cat { file, member }) => {
+            let bytes = list::cat(&file, member.as_deref())?;
+            std::io::stdout()
+                .write_all(&bytes)
+                .context("writing to standard output")
+        }
         Some(Cmd::Pack {
             kernel_dir,
             kver,

@@ -1,7 +1,8 @@
 //! Builds images from a fake kernel directory and checks them: determinism, the
 //! module closure and index filtering, modes and owners, xz CRC32, and parse-back;
 //! and `image pack`'s: the load order (dependencies first, built-in modules left
-//! out), an out-of-tree module's dependencies and kernel check, files and links.
+//! out), an out-of-tree module's dependencies and kernel check, files and links;
+//! `image cat`.
 
 #![allow(clippy::unwrap_used)]
 
@@ -369,4 +370,37 @@ fn refuses_what_the_kernel_could_not_load() {
             .to_string()
             .contains("--kernel-dir")
     );
+}
+
+/// `image cat`, what the test rigs read modules and images through: a member of an
+/// xz image as archived, a module decompressed, and clear refusals.
+#[test]
+fn cat_prints_members_and_modules() {
+    let t = tempfile::tempdir().unwrap();
+    let o = opts(t.path(), Compress::Xz);
+    let img = t.path().join("a.img");
+    build(&o, &img).unwrap();
+    let cat = |args: &[&Path]| {
+        std::process::Command::new(env!("CARGO_BIN_EXE_image"))
+            .arg("cat")
+            .args(args)
+            .output()
+            .unwrap()
+    };
+    let rel = format!("lib/modules/{KVER}/kernel/drivers/thunderbolt/thunderbolt_stream.ko.xz");
+    let tbs = o.kernel_dir.join(&rel);
+    let member = cat(&[&img, Path::new(&rel)]);
+    assert!(member.status.success(), "{member:?}");
+    assert_eq!(member.stdout, fs::read(&tbs).unwrap(), "not byte for byte");
+    let module = cat(&[&tbs]);
+    assert!(module.status.success(), "{module:?}");
+    assert_eq!(module.stdout, b"tbs");
+    let missing = cat(&[&img, Path::new("lib/nothing.ko")]);
+    assert!(!missing.status.success());
+    let err = String::from_utf8_lossy(&missing.stderr);
+    assert!(err.contains("no lib/nothing.ko in this image"), "{err}");
+    let dir = cat(&[&img, Path::new("dev")]);
+    assert!(String::from_utf8_lossy(&dir.stderr).contains("not a regular file"));
+    let not_module = cat(&[&img]);
+    assert!(String::from_utf8_lossy(&not_module.stderr).contains("not a kernel module file name"));
 }

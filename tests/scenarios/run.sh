@@ -7,7 +7,7 @@
 # 1. apt: qemu-system-x86, e2fsprogs, fdisk, busybox-static, musl-tools (only if missing)
 # 2. scripts/fetch-kernel.sh      kernel + modules (cached)
 # 3. scripts/build-kmod.sh        usb4vhost.ko, the virtual USB4 host (trixie build root, cached)
-# 4. cargo build -p cable-ctl     host fault tool
+# 4. cargo build -p cable-ctl -p image  host fault tool, initramfs tool (USB4RESCUE_IMAGE)
 # 5. static rescue (musl, stripped) -> $CACHE/scenarios/rescue
 # 6. image build ... --extra-module usb4vhost.ko -> $CACHE/scenarios/rescue-initrd.img
 #    (rebuilt only when rescue, the module or the kernel changed); the image ships the
@@ -83,9 +83,12 @@ fi
 # Our own copy: others rebuild the cached one while we run.
 cp "$KO" "$OUT/usb4vhost.ko.new" && mv "$OUT/usb4vhost.ko.new" "$OUT/usb4vhost.ko" && KO=$OUT/usb4vhost.ko
 
-step "cable-ctl"
-(cd "$TOP" && nice "$CARGO" build -q --release -p cable-ctl >&2) || { log "cargo build -p cable-ctl failed"; finish 0 1; }
+step "cable-ctl, image"
+(cd "$TOP" && nice "$CARGO" build -q --release -p cable-ctl -p image >&2) ||
+    { log "cargo build -p cable-ctl -p image failed"; finish 0 1; }
 CABLE_CTL=$TDIR/release/cable-ctl
+# One image binary for image build, build-initramfs.py and scenarios.py (`image cat`).
+export USB4RESCUE_IMAGE=$TDIR/release/image
 
 step "rescue (static, musl)"
 # The checkout is shared with engineers who edit rescue/ while this runs: when the
@@ -107,7 +110,7 @@ INITRD=$OUT/rescue-initrd-$KEY.img
 if [ ! -f "$INITRD" ]; then
     # Uncompressed: unpacking xz costs every boot about a second under TCG, and about
     # twenty boots share this image (the USB image's initramfs stays xz, as shipped).
-    (cd "$TOP" && nice "$CARGO" run -q -p image -- build --kernel-dir "$KDIR" --rescue "$OUT/rescue" \
+    (cd "$TOP" && nice "$USB4RESCUE_IMAGE" build --kernel-dir "$KDIR" --rescue "$OUT/rescue" \
         --extra-module "$KO" --compress none -o "$INITRD.tmp" >&2) && mv "$INITRD.tmp" "$INITRD" ||
         { log "image build failed"; finish 0 1; }
     # Others' runs may boot theirs right now: only what nobody touched for a day goes.

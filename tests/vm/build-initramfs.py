@@ -24,7 +24,8 @@ SRC=DEST adds another executable (e.g. the static rescue as /bin/rescue).
 
 The archive is written by `image pack` (the image crate: the one newc writer, and
 modules.dep read through bootfacts); this script gathers the files and names the result.
-USB4RESCUE_IMAGE names an `image` binary to use; otherwise it is built with cargo.
+USB4RESCUE_IMAGE names an `image` binary to use; otherwise it is built with cargo
+(qemu/vmpair.py image_tool).
 
 Output: FILE, or by default ${USB4RESCUE_CACHE:-/var/cache/usb4rescue}/initramfs/
 vm-test-<kver>-<sha256 prefix>.cpio (named by content, so parallel runs never replace an
@@ -33,7 +34,6 @@ reproducibly (fixed mtimes, sorted). The path is printed last. Never commit the 
 """
 import argparse
 import hashlib
-import json
 import os
 import shutil
 import subprocess
@@ -44,6 +44,10 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 TOP = HERE.parents[1]
+sys.path.insert(0, str(TOP / "qemu"))
+
+from vmpair import VMError, image_tool  # noqa: E402
+
 DEFAULT_MODULES = ["virtio_blk", "configfs", "thunderbolt", "thunderbolt_stream"]
 DIRS = ["bin", "sbin", "dev", "proc", "sys", "tmp", "run", "root", "etc", "lib",
         "lib/modules", "usr", "usr/bin", "usr/sbin", "mnt"]
@@ -56,20 +60,6 @@ def die(msg):
 
 def log(msg):
     print(f"build-initramfs: {msg}", file=sys.stderr)
-
-
-def image_tool():
-    """The `image` binary: $USB4RESCUE_IMAGE, else built from this checkout."""
-    if os.environ.get("USB4RESCUE_IMAGE"):
-        return os.environ["USB4RESCUE_IMAGE"]
-    cargo = shutil.which("cargo") or str(Path.home() / ".cargo" / "bin" / "cargo")
-    r = subprocess.run([cargo, "build", "-q", "--release", "-p", "image"], cwd=TOP,
-                       stdout=sys.stderr)
-    if r.returncode:
-        die("cargo build -p image failed (see above)")
-    meta = subprocess.run([cargo, "metadata", "-q", "--format-version", "1", "--no-deps"],
-                          cwd=TOP, capture_output=True, text=True, check=True)
-    return str(Path(json.loads(meta.stdout)["target_directory"]) / "release" / "image")
 
 
 def build_tbtest(out):
@@ -103,7 +93,11 @@ def pack(a, kver, tmp):
         die(f"{bb} is dynamically linked: install busybox-static (apt-get install busybox-static)")
     build_tbtest(tmp / "tbtest")
     (tmp / "hostname").write_text("vm\n")
-    args = [image_tool(), "pack", "--kernel-dir", str(a.kernel_dir), "--kver", kver,
+    try:
+        tool = image_tool()
+    except VMError as e:
+        die(str(e))
+    args = [tool, "pack", "--kernel-dir", str(a.kernel_dir), "--kver", kver,
             "-o", str(tmp / "initramfs.cpio"),
             "--exec", f"{bb}=bin/busybox", "--symlink", "bin/sh=busybox",
             "--exec", f"{tmp / 'tbtest'}=bin/tbtest", "--exec", f"{HERE / 'guest' / 'init'}=init",

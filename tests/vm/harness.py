@@ -36,17 +36,12 @@ def env_path(name: str) -> str | None:
 
 
 def initrd_modules(initrd: str) -> set[str]:
-    """Module names listed in the initramfs' lib/modules/load.list (cpio newc scan)."""
-    data = Path(initrd).read_bytes()
-    i = data.find(b"lib/modules/load.list\0")
-    if i < 0:
+    """Module names listed in the initramfs' lib/modules/load.list (read by `image cat`)."""
+    try:
+        return set(vmpair.image_cat(initrd, "lib/modules/load.list").decode().split())
+    except VMError as e:
+        log(str(e))
         return set()
-    hdr = data.rfind(b"070701", 0, i)
-    size = int(data[hdr + 54:hdr + 62], 16)
-    namesize = int(data[hdr + 94:hdr + 102], 16)
-    start = hdr + 110 + namesize
-    start += -start % 4
-    return set(data[start:start + size].decode().split())
 
 
 def log(msg: str):

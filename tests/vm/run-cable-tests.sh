@@ -11,7 +11,7 @@
 # 1. scripts/fetch-kernel.sh      Debian trixie-backports kernel + modules (cached)
 # 2. scripts/build-kmod.sh        usb4vhost.ko for that kernel (trixie build root)
 # 3. cargo build -p cable-ctl     the host fault tool
-# 4. tests/vm/build-initramfs.py  busybox initramfs with configfs, virtio_blk, the real
+# 4. tests/vm/build-initramfs.py  (cargo build -p image) busybox initramfs with configfs, virtio_blk, the real
 #                                 thunderbolt + thunderbolt_stream, tbtest, and usb4vhost.ko
 # 5. the suites' test runners     (QEMU, TCG unless USB4RESCUE_KVM=1 and KVM works)
 #
@@ -118,7 +118,10 @@ fi
 [ -n "$CABLE_CTL" ] && "$CABLE_CTL" --help >/dev/null 2>&1 || [ -z "$CABLE_CTL" ] ||
     log "warning: $CABLE_CTL --help fails"
 
-# 4. initramfs
+# 4. initramfs, packed by the image tool; the suites read modules through it too
+IMAGE=$(python3 -c 'import sys; sys.path.insert(0, sys.argv[1]); import vmpair; print(vmpair.image_tool())' \
+        "$TOP/qemu" | tail -n1) && [ -x "$IMAGE" ] && export USB4RESCUE_IMAGE=$IMAGE ||
+    { log "building the image tool failed"; finish 0 $((setup_failures + 1)); }
 ko_args=()
 [ -n "$KO" ] && ko_args=(--ko "$KO")
 INITRD=$(python3 "$HERE/build-initramfs.py" --kernel-dir "$KDIR" "${ko_args[@]}" | tail -n1) &&

@@ -7,7 +7,8 @@ Run with tests/vm/run-cable-tests.sh (it builds what is needed). Directly:
         python3 tests/vm/test_vhost.py [-k PATTERN] [-v]
 
 USB4RESCUE_VM_VHOST_INITRD is an initramfs from build-initramfs.py --ko usb4vhost.ko (it
-holds the kernel's thunderbolt_stream.ko, decompressed, beside it). The VMs boot with no
+holds the kernel's thunderbolt_stream.ko, decompressed, beside it); USB4RESCUE_IMAGE names
+the `image` binary that reads the kernel package's module (built with cargo if unset). The VMs boot with no
 thunderbolt module loaded; the test loads usb4vhost, then thunderbolt_stream, as a loader
 that treats usb4vhost as providing `thunderbolt` would.
 
@@ -43,7 +44,6 @@ Every test fails if a guest's kernel log shows Oops / BUG: / WARNING: / Call Tra
 from __future__ import annotations
 
 import hashlib
-import lzma
 import re
 import sys
 import time
@@ -53,6 +53,7 @@ sys.dont_write_bytecode = True   # no __pycache__ in the source tree
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from harness import CFS, MiB, TBDEV, VMTestCase, field, log, sha256_file  # noqa: E402
+from vmpair import image_cat  # noqa: E402
 import test_cable  # noqa: E402
 from test_cable import CableTest  # noqa: E402
 
@@ -60,13 +61,11 @@ MODULES = "usb4vhost,thunderbolt,thunderbolt_stream"
 
 
 def packaged_stream_sha256(kernel: str) -> str | None:
-    """SHA-256 of thunderbolt_stream.ko as Debian's package has it (decompressed .ko.xz)."""
+    """SHA-256 of thunderbolt_stream.ko as Debian's package has it (the .ko.xz
+    decompressed by `image cat`, the project's one decompressor)."""
     mods = Path(kernel).parent / "lib" / "modules"
     for p in mods.glob("*/kernel/drivers/thunderbolt/thunderbolt_stream.ko*"):
-        data = p.read_bytes()
-        if p.suffix == ".xz":
-            data = lzma.decompress(data)
-        return hashlib.sha256(data).hexdigest()
+        return hashlib.sha256(image_cat(p)).hexdigest()
     return None
 
 
