@@ -7,14 +7,13 @@
 //! incremental backup from it).
 
 use std::collections::BTreeMap;
-use std::fs::File;
-use std::os::fd::AsRawFd;
 use std::os::unix::fs::MetadataExt;
 use std::path::Path;
 
 use anyhow::{Context, Result, bail};
 
 use super::{BackupDir, Store};
+use crate::system::blkdev::extents;
 use crate::util::human_bytes;
 
 /// What one backup takes on disk.
@@ -24,73 +23,6 @@ pub(crate) struct Space {
     pub(crate) allocated: u64,
     /// Of those, bytes in extents the filesystem reports shared (reflinks).
     pub(crate) shared: u64,
-}
-
-/// One extent of a file as FIEMAP reports it: (physical start, length, shared).
-type Extent = (u64, u64, bool);
-
-const FIEMAP_EXTENT_LAST: u32 = 0x1;
-const FIEMAP_EXTENT_SHARED: u32 = 0x2000;
-/// Flags under which `fe_physical` means nothing (not yet on disk, inline).
-const FIEMAP_EXTENT_NOT_PLACED: u32 = 0x2 | 0x4 | 0x200;
-const FS_IOC_FIEMAP: libc::c_ulong = 0xC020_660B;
-const BATCH: usize = 256;
-
-#[repr(C)]
-#[derive(Clone, Copy, Default)]
-struct FiemapExtent {
-    logical: u64,
-    physical: u64,
-    length: u64,
-    reserved64: [u64; 2],
-    flags: u32,
-    reserved: [u32; 3],
-}
-
-#[repr(C)]
-struct Fiemap {
-    start: u64,
-    length: u64,
-    flags: u32,
-    mapped: u32,
-    count: u32,
-    reserved: u32,
-    extents: [FiemapExtent; BATCH],
-}
-
-/// The extents of `f`, or None where the filesystem has no FIEMAP (tmpfs).
-fn extents(f: &File) -> Option<Vec<Extent>> {
-    let mut out = Vec::new();
-    let mut start = 0u64;
-    loop {
-        let mut m = Fiemap {
-            start,
-            length: u64::MAX - start,
-            flags: 0,
-            mapped: 0,
-            count: BATCH as u32,
-            reserved: 0,
-            extents: [FiemapExtent::default(); BATCH],
-        };
-        // SAFETY: the kernel fills at most `count` extents of the struct we own.
-        // The request's type is c_ulong with glibc and c_int with musl (the static build).
-        if unsafe { libc::ioctl(f.as_raw_fd(), FS_IOC_FIEMAP as _, &mut m) } != 0 {
-            return None;
-        }
-        let got = &m.extents[..(m.mapped as usize).min(BATCH)];
-        for e in got {
-            let placed = e.flags & FIEMAP_EXTENT_NOT_PLACED == 0;
-            out.push((
-                if placed { e.physical } else { u64::MAX },
-                e.length,
-                e.flags & FIEMAP_EXTENT_SHARED != 0,
-            ));
-        }
-        match got.last() {
-            Some(e) if e.flags & FIEMAP_EXTENT_LAST == 0 => start = e.logical + e.length,
-            _ => return Some(out),
-        }
-    }
 }
 
 /// Where each backup's bytes are, for the total: the physical ranges of
