@@ -6,9 +6,10 @@ backup they restore is the target's seed, `fuzz/20260101-000000-seed` (disk sda,
 8192 bytes of 0x5a, chunk size 64 KiB).
 
 Also writes seeds/fsmap_*: small real images made with mkfs.ext2/ext4, mkfs.vfat,
-mkswap and cryptsetup (skipped, saying so, where a tool is missing), in the fsmap
-targets' input format (fuzz_targets/fsmap_dev.rs): one byte `s`, the partition being
-the image's bytes followed by zeros up to `len << s` bytes.
+mkswap and cryptsetup (skipped, saying so, where a tool is missing), in the input format
+of every filesystem target, fsmap::sparse's: `len u64 LE`, then records `offset u64 LE,
+n u32 LE, n bytes`; the rest of the image reads as zeros (runs of 16 or more zero bytes
+are left out, as Sparse::capture does).
 
 With --fs it also writes the filesystem parsers' seeds (seeds/xfs, ...): fsmap's tests
 build real images with mkfs (root and the tools needed) and, with FSMAP_SEEDS set,
@@ -117,7 +118,25 @@ for name, blob in seeds.items():
 print(f"{len(seeds)} seeds in {here}")
 
 
-def image(cmd, kib, keep=65535):
+def sparse(length, blob):
+    """fsmap::sparse's encoding of a `length`-byte image that starts with `blob`."""
+    out = struct.pack("<Q", length)
+    at = 0
+    while True:
+        while at < len(blob) and blob[at] == 0:
+            at += 1
+        if at == len(blob):
+            return out
+        end, zeros = at, 0
+        while end < len(blob) and zeros < 16:
+            zeros = zeros + 1 if blob[end] == 0 else 0
+            end += 1
+        end -= zeros
+        out += struct.pack("<QI", at, end - at) + blob[at:end]
+        at = end
+
+
+def image(cmd, kib, keep=65536):
     """The first `keep` bytes of a `kib` KiB image `cmd` (a list, the path last) made."""
     if shutil.which(cmd[0]) is None and not os.path.exists("/usr/sbin/" + cmd[0]):
         print(f"skipping a seed: {cmd[0]} is not installed")
@@ -136,34 +155,35 @@ key = tempfile.NamedTemporaryFile(delete=False)
 key.write(b"seed")
 key.close()
 fs_seeds = {
-    # 64 KiB images whole: the shift byte 1 makes the partition 128 KiB.
+    # (command, image size in KiB): the first 64 KiB of each image (all of the small ones).
     "fsmap_ext4": {
-        "ext2-1k": (1, ["mkfs.ext2", "-q", "-F", "-b", "1024", "-N", "16", "-O", "^resize_inode"], 64),
-        "ext4-csum": (1, ["mkfs.ext4", "-q", "-F", "-b", "1024", "-N", "16",
-                          "-O", "^has_journal,^resize_inode"], 64),
-        "ext4-64bit-gdt-csum": (1, ["mkfs.ext4", "-q", "-F", "-b", "1024", "-N", "16",
-                                    "-O", "^has_journal,^resize_inode,^metadata_csum,uninit_bg,64bit"], 64),
+        "ext2-1k": (["mkfs.ext2", "-q", "-F", "-b", "1024", "-N", "16", "-O", "^resize_inode"], 64),
+        "ext4-csum": (["mkfs.ext4", "-q", "-F", "-b", "1024", "-N", "16",
+                       "-O", "^has_journal,^resize_inode"], 64),
+        "ext4-64bit-gdt-csum": (["mkfs.ext4", "-q", "-F", "-b", "1024", "-N", "16",
+                                 "-O", "^has_journal,^resize_inode,^metadata_csum,uninit_bg,64bit"], 64),
     },
     "fsmap_fat": {
-        "fat12": (1, ["mkfs.vfat", "-F", "12"], 64),
-        # The first 64 KiB of a 16 MiB FAT16 (its FATs and root directory), shift 8.
-        "fat16-head": (8, ["mkfs.vfat", "-F", "16"], 16 << 10),
+        "fat12": (["mkfs.vfat", "-F", "12"], 64),
+        # A 16 MiB FAT16: its FATs and root directory are in the first 64 KiB.
+        "fat16-head": (["mkfs.vfat", "-F", "16"], 16 << 10),
     },
-    "fsmap_swap": {"swap": (1, ["mkswap"], 64)},
+    "fsmap_swap": {"swap": (["mkswap"], 64)},
     "fsmap_opaque": {
-        "luks2-head": (9, ["cryptsetup", "luksFormat", "-q", "--type", "luks2", "--pbkdf", "pbkdf2",
-                           "--pbkdf-force-iterations", "1000", "--key-file", key.name], 32 << 10),
-        "ext4": (1, ["mkfs.ext4", "-q", "-F", "-b", "1024", "-N", "16", "-O", "^has_journal"], 64),
+        # Both LUKS2 headers and the start of the key slots (random, so kept short).
+        "luks2-head": (["cryptsetup", "luksFormat", "-q", "--type", "luks2", "--pbkdf", "pbkdf2",
+                        "--pbkdf-force-iterations", "1000", "--key-file", key.name], 32 << 10),
+        "ext4": (["mkfs.ext4", "-q", "-F", "-b", "1024", "-N", "16", "-O", "^has_journal"], 64),
     },
 }
 for target, images in fs_seeds.items():
     here = os.path.join(os.path.dirname(os.path.abspath(__file__)), "seeds", target)
     os.makedirs(here, exist_ok=True)
-    for name, (shift, cmd, kib) in images.items():
+    for name, (cmd, kib) in images.items():
         blob = image(cmd, kib)
         if blob is not None:
             with open(os.path.join(here, name), "wb") as f:
-                f.write(bytes([shift]) + blob)
+                f.write(sparse(kib << 10, blob))
     print(f"{len(os.listdir(here))} seeds in {here}")
 os.unlink(key.name)
 

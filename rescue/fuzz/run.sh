@@ -2,13 +2,13 @@
 # Runs the fuzzers for a bounded time in all (default 60 s), split between them:
 # one per decoder of the protocol crate (`frame`: the frame reader, `chunk`: the
 # CHUNK body, `control`: every JSON control message, `digests`: the DIGESTS body)
-# and one per fsmap parser (`fsmap_ext4`, `fsmap_fat`, `fsmap_swap`, and
-# `fsmap_opaque`: the whole-copy formats and the dispatch over all parsers; each
-# seeded with small real images from seeds/fsmap_*, see make_seeds.py)
-# and `session` (serve's session handling fed arbitrary frame sequences, seeded
-# with whole valid sessions from seeds/session, see make_seeds.py). The parsers
-# `xfs`, `btrfs` and `ntfs` read fsmap::sparse images (seeds/<name>: the metadata
-# the parser read from a real image, make_seeds.py --fs).
+# and one per fsmap parser (`fsmap_ext4`, `fsmap_fat`, `fsmap_swap`, `xfs`, `btrfs`,
+# `ntfs`, and `fsmap_opaque`: the whole-copy formats and the dispatch over all
+# parsers), all reading fsmap::sparse images (seeds/fsmap_*: small real images from
+# make_seeds.py; seeds/xfs, btrfs, ntfs: the metadata the parser read from a real
+# image, make_seeds.py --fs), and `session` (serve's session handling fed arbitrary
+# frame sequences, seeded with whole valid sessions from seeds/session, see
+# make_seeds.py).
 # Uses the stable toolchain with RUSTC_BOOTSTRAP=1 (cargo-fuzz needs nightly flags);
 # installs cargo-fuzz from crates.io when missing.
 set -euo pipefail
