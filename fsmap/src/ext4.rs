@@ -34,6 +34,16 @@ const MAGIC: u16 = 0xEF53;
 const COMPAT_HAS_JOURNAL: u32 = 0x4;
 const COMPAT_SPARSE_SUPER2: u32 = 0x200;
 
+/// The union of a list of feature bits.
+const fn bits(list: &[u32]) -> u32 {
+    let (mut all, mut i) = (0, 0);
+    while i < list.len() {
+        all |= list[i];
+        i += 1;
+    }
+    all
+}
+
 const INCOMPAT_FILETYPE: u32 = 0x2;
 const INCOMPAT_RECOVER: u32 = 0x4;
 const INCOMPAT_JOURNAL_DEV: u32 = 0x8;
@@ -43,19 +53,9 @@ const INCOMPAT_CSUM_SEED: u32 = 0x2000;
 /// Every incompatible feature whose effect on allocation is understood: filetype,
 /// recover, meta_bg, extents, 64bit, mmp, flex_bg, ea_inode, csum_seed, largedir,
 /// inline_data, encrypt, casefold.
-const INCOMPAT_KNOWN: u32 = 0x2
-    | 0x4
-    | 0x10
-    | 0x40
-    | 0x80
-    | 0x100
-    | 0x200
-    | 0x400
-    | 0x2000
-    | 0x4000
-    | 0x8000
-    | 0x1_0000
-    | 0x2_0000;
+const INCOMPAT_KNOWN: u32 = bits(&[
+    0x2, 0x4, 0x10, 0x40, 0x80, 0x100, 0x200, 0x400, 0x2000, 0x4000, 0x8000, 0x1_0000, 0x2_0000,
+]);
 /// What ext3 knows of the incompatible features: more makes it ext4.
 const INCOMPAT_EXT3: u32 = INCOMPAT_FILETYPE | INCOMPAT_RECOVER | INCOMPAT_META_BG;
 
@@ -66,21 +66,10 @@ const RO_METADATA_CSUM: u32 = 0x400;
 /// sparse_super, large_file, btree_dir, huge_file, gdt_csum, dir_nlink, extra_isize,
 /// quota, bigalloc, metadata_csum, readonly, project, shared_blocks, verity,
 /// orphan_present.
-const RO_KNOWN: u32 = 0x1
-    | 0x2
-    | 0x4
-    | 0x8
-    | 0x10
-    | 0x20
-    | 0x40
-    | 0x100
-    | 0x200
-    | 0x400
-    | 0x1000
-    | 0x2000
-    | 0x4000
-    | 0x8000
-    | 0x1_0000;
+const RO_KNOWN: u32 = bits(&[
+    0x1, 0x2, 0x4, 0x8, 0x10, 0x20, 0x40, 0x100, 0x200, 0x400, 0x1000, 0x2000, 0x4000, 0x8000,
+    0x1_0000,
+]);
 const RO_EXT3: u32 = 0x1 | 0x2 | 0x4;
 
 const BG_BLOCK_UNINIT: u16 = 0x2;
@@ -559,6 +548,12 @@ fn group_bitmap(sb: &Sb, g: u64, d: &Desc, bitmap: &[u8], out: &mut Extents) -> 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn known_feature_masks() {
+        assert_eq!(INCOMPAT_KNOWN, 0x3_e7d6);
+        assert_eq!(RO_KNOWN, 0x1_f77f);
+    }
 
     #[test]
     fn backup_superblocks_follow_sparse_super() {

@@ -145,7 +145,7 @@ pub struct ErrorMsg {
 }
 
 /// Describes one disk of a backup.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct DiskInfo {
     /// Short name as on the source machine ("nvme0n1", or an image file's stem).
     pub name: String,

@@ -804,14 +804,7 @@ fn restore_mapped(ep: &str, host: &str, map: &str, extra: &[&str]) -> std::proce
 }
 
 fn host_of(srv: &Server) -> String {
-    let bd = backup_dirs(&srv.store).pop().unwrap();
-    bd.parent()
-        .unwrap()
-        .file_name()
-        .unwrap()
-        .to_str()
-        .unwrap()
-        .to_string()
+    host_of_dir(&backup_dirs(&srv.store).pop().unwrap())
 }
 
 /// Sends raw bytes to the server as a fake peer.

@@ -144,10 +144,7 @@ fn serde_json_begin() -> String {
             source_path: "/dev/sda".into(),
             size: 8192,
             logical_sector_size: 512,
-            model: None,
-            serial: None,
-            details: None,
-            free: None,
+            ..Default::default()
         }],
         resume_key: None,
         full: false,

@@ -971,10 +971,7 @@ mod tests {
                 source_path: "/dev/d".into(),
                 size: 4 * u64::from(chunk),
                 logical_sector_size: 512,
-                model: None,
-                serial: None,
-                details: None,
-                free: None,
+                ..Default::default()
             }],
             resume_key: None,
             full: false,

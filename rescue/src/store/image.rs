@@ -868,21 +868,10 @@ mod tests {
             source_path: "/dev/d".into(),
             size,
             logical_sector_size: 512,
-            model: None,
-            serial: None,
-            details: None,
-            free: None,
             image: "d.img".into(),
             map: "d.map".into(),
             chunks: "d.chunks".into(),
-            sha256: None,
-            unreadable_bytes: 0,
-            complete: false,
-            base_disk: None,
-            unchanged_bytes: 0,
-            shared_bytes: 0,
-            base_failed: 0,
-            sent_bytes: 0,
+            ..Default::default()
         }
     }
 

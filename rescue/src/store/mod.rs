@@ -45,7 +45,7 @@ enum ManifestState {
     Sealing,
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub(crate) struct ManifestDisk {
     /// File stem in this directory (sanitised, unique).
     pub(crate) name: String,
