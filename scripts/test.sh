@@ -24,7 +24,8 @@
 #      (tests/packaging/run.sh).
 #
 # USB4RESCUE_SKIP_VM=1 skips 6 to 9 (no QEMU); USB4RESCUE_SKIP_FUZZ=1 skips 5.
-# 8 and 9 run beside 6 and 7 (two lanes); USB4RESCUE_VM_LANES=1 runs all four in turn.
+# 8 and 9 run beside 6 and 7 (two lanes), and 5 after 7 in the first lane;
+# USB4RESCUE_VM_LANES=1 runs all in turn.
 # Downloads and builds are cached in ${USB4RESCUE_CACHE:-/var/cache/usb4rescue},
 # cargo's target directory included (CARGO_TARGET_DIR), so a rerun builds little.
 # The last line is "N passed, N failed" counting the groups above; the exit status
@@ -68,8 +69,8 @@ static_build() {
     return $rc
 }
 
-fuzz() {
-    rescue/fuzz/run.sh "${FUZZ_SECS:-30}"
+fuzz() { # fuzz [PREFIX...]: e.g. nice -n 10
+    "$@" rescue/fuzz/run.sh "${FUZZ_SECS:-30}"
 }
 
 lint() {
@@ -95,9 +96,12 @@ group "dependencies" ensure_deps
 group "format and lint" lint
 group "cargo test" cargo test --locked --workspace
 group "static build" static_build
-if [ "${USB4RESCUE_SKIP_FUZZ:-0}" != 1 ]; then
-    group "fuzz ${FUZZ_SECS:-30}s" fuzz
-fi
+fuzz_group() {
+    [ "${USB4RESCUE_SKIP_FUZZ:-0}" = 1 ] || group "fuzz ${FUZZ_SECS:-30}s" fuzz "$@"
+}
+two_lanes=0
+[ "${USB4RESCUE_SKIP_VM:-0}" != 1 ] && [ "${USB4RESCUE_VM_LANES:-2}" != 1 ] && two_lanes=1
+[ $two_lanes = 1 ] || fuzz_group
 if [ "${USB4RESCUE_SKIP_VM:-0}" != 1 ]; then
     if [ "${USB4RESCUE_VM_LANES:-2}" = 1 ]; then
         group "VM: virtual cable" tests/vm/run-cable-tests.sh cable vhost
@@ -126,6 +130,10 @@ if [ "${USB4RESCUE_SKIP_VM:-0}" != 1 ]; then
         lane2_pid=$!
         group "VM: virtual cable" tests/vm/run-cable-tests.sh cable vhost
         group "VM: virtual cable robustness" tests/vm/run-cable-tests.sh robust
+        # The first lane ends minutes before the second (scenarios + packaging, the
+        # critical path): the fuzzers run there, niced so the second lane's VMs keep
+        # the CPU they need, instead of before both lanes.
+        fuzz_group nice -n 10
         wait "$lane2_pid"
         echo "=== (the second lane, run alongside:)"
         cat "$lane2/out"

@@ -22,6 +22,10 @@ for t in "${decoders[@]}"; do
     if [ -d "seeds/$t" ]; then cp -n "seeds/$t"/* "corpus/$t/"; fi
 done
 export RUSTC_BOOTSTRAP=1
+# Nothing fuzzed reads the commit rescue --version names: a fixed one keeps rescue/build.rs
+# from rerunning on every commit, which rebuilt rescue and every target with sanitizers
+# even when no source had changed.
+export USB4RESCUE_COMMIT=${USB4RESCUE_COMMIT:-fuzz-build}
 # The fuzz build has sanitizer flags of its own: keep it beside cargo's target dir so a rerun
 # does not rebuild every dependency.
 target=${CARGO_TARGET_DIR:-${USB4RESCUE_CACHE:-/var/cache/usb4rescue}/target}/fuzz
