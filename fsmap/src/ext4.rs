@@ -221,6 +221,39 @@ fn check_sb_csum(raw: &[u8]) -> Result<(), Error> {
     Ok(())
 }
 
+/// The blocks of one group's inode table, the inode counts and size checked.
+fn inode_table_blocks(raw: &[u8], block_size: u64, groups: u64) -> Result<u64, Error> {
+    let inodes_per_group = u64::from(le32(raw, 0x28));
+    let inode_size = if le32(raw, 0x4C) == 0 {
+        128
+    } else {
+        u64::from(le16(raw, 0x58))
+    };
+    if !(1..=8 * block_size).contains(&inodes_per_group)
+        || !inode_size.is_power_of_two()
+        || !(128..=block_size).contains(&inode_size)
+        || groups * inodes_per_group != u64::from(le32(raw, 0x00))
+    {
+        return Err(inconsistent(format!(
+            "{} inodes in {groups} groups of {inodes_per_group} of {inode_size} bytes",
+            le32(raw, 0x00)
+        )));
+    }
+    Ok((inodes_per_group * inode_size).div_ceil(block_size))
+}
+
+/// A group descriptor's size: 32 bytes, or with 64bit what the superblock says.
+fn desc_size(raw: &[u8], incompat: u32, block_size: u64) -> Result<usize, Error> {
+    if incompat & INCOMPAT_64BIT == 0 {
+        return Ok(32);
+    }
+    let d = le16(raw, 0xFE) as usize;
+    if !d.is_power_of_two() || !(64..=1024).contains(&d) || d as u64 > block_size {
+        return Err(inconsistent(format!("group descriptor size {d}")));
+    }
+    Ok(d)
+}
+
 fn parse_sb(raw: &[u8], len: u64) -> Result<Sb, Error> {
     let compat = le32(raw, 0x5C);
     let incompat = le32(raw, 0x60);
@@ -249,31 +282,8 @@ fn parse_sb(raw: &[u8], len: u64) -> Result<Sb, Error> {
         )));
     }
     let groups = (blocks - first_data_block).div_ceil(blocks_per_group);
-    let inodes_per_group = u64::from(le32(raw, 0x28));
-    let inode_size = if le32(raw, 0x4C) == 0 {
-        128
-    } else {
-        u64::from(le16(raw, 0x58))
-    };
-    if !(1..=8 * block_size).contains(&inodes_per_group)
-        || !inode_size.is_power_of_two()
-        || !(128..=block_size).contains(&inode_size)
-        || groups * inodes_per_group != u64::from(le32(raw, 0x00))
-    {
-        return Err(inconsistent(format!(
-            "{} inodes in {groups} groups of {inodes_per_group} of {inode_size} bytes",
-            le32(raw, 0x00)
-        )));
-    }
-    let desc_size = if incompat & INCOMPAT_64BIT != 0 {
-        let d = le16(raw, 0xFE) as usize;
-        if !d.is_power_of_two() || !(64..=1024).contains(&d) || d as u64 > block_size {
-            return Err(inconsistent(format!("group descriptor size {d}")));
-        }
-        d
-    } else {
-        32
-    };
+    let inode_table_blocks = inode_table_blocks(raw, block_size, groups)?;
+    let desc_size = desc_size(raw, incompat, block_size)?;
     let gdt_blocks = groups.div_ceil(block_size / desc_size as u64);
     let meta_bg = incompat & INCOMPAT_META_BG != 0;
     let first_meta_bg = u64::from(le32(raw, 0x104));
@@ -305,7 +315,7 @@ fn parse_sb(raw: &[u8], len: u64) -> Result<Sb, Error> {
         blocks_per_group,
         clusters_per_group,
         groups,
-        inode_table_blocks: (inodes_per_group * inode_size).div_ceil(block_size),
+        inode_table_blocks,
         desc_size,
         classic_gdt,
         reserved_gdt,

@@ -604,11 +604,11 @@ fn usage(msg: String) -> anyhow::Error {
 
 /// Pairs every backed-up disk with a target: --map, else the local disk with
 /// the same serial number, else ask.
-fn map_targets(
-    root: &Root,
+/// The `--map NAME=TARGET` pairs, each naming a disk of the backup.
+fn parse_maps(
     b: &BackupSummary,
     args: &RestoreArgs,
-) -> Result<Vec<(DiskSummary, String)>> {
+) -> Result<std::collections::BTreeMap<String, String>> {
     let mut maps = std::collections::BTreeMap::new();
     for m in &args.map {
         let Some((n, t)) = m.split_once('=') else {
@@ -636,6 +636,15 @@ fn map_targets(
         }
         maps.insert(n.to_string(), t.to_string());
     }
+    Ok(maps)
+}
+
+fn map_targets(
+    root: &Root,
+    b: &BackupSummary,
+    args: &RestoreArgs,
+) -> Result<Vec<(DiskSummary, String)>> {
+    let maps = parse_maps(b, args)?;
     let local = if maps.len() < b.disks.len() {
         crate::system::disks::list(root, false).unwrap_or_default()
     } else {

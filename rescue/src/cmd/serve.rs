@@ -840,10 +840,13 @@ fn send_digests(store: &Store, consent: &Consent, s: &mut Session, req: &Frame) 
     }
 }
 
-fn send_backup(store: &Store, consent: &Consent, s: &mut Session, req: &Frame) -> Result<()> {
-    let want: RestoreBegin = msg::from_json(req)?;
-    let b = open_for_peer(store, consent, s, &want.host, &want.backup_id)?;
-    b.hold();
+/// The disks of `b` a restore asks for, once `b` is complete; else the peer is told
+/// why not.
+fn restorable_disks(
+    b: &BackupDir,
+    want: &RestoreBegin,
+    s: &mut Session,
+) -> Result<Vec<ManifestDisk>> {
     if !b.manifest.status.is_complete() {
         let what = if b.manifest.status == BackupState::Sealing {
             ": this server is computing its image SHA-256; try again once it is complete"
@@ -869,6 +872,14 @@ fn send_backup(store: &Store, consent: &Consent, s: &mut Session, req: &Frame) -
             }
         }
     }
+    Ok(disks)
+}
+
+fn send_backup(store: &Store, consent: &Consent, s: &mut Session, req: &Frame) -> Result<()> {
+    let want: RestoreBegin = msg::from_json(req)?;
+    let b = open_for_peer(store, consent, s, &want.host, &want.backup_id)?;
+    b.hold();
+    let disks = restorable_disks(&b, &want, s)?;
     let summary = b.manifest.summary(&b.host);
     s.conn.reply_json(
         req,
