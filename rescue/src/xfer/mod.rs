@@ -7,6 +7,7 @@
 //! chunk geometry, the held ranges and the chunk checks.
 
 pub(crate) mod bufpool;
+mod checks;
 pub(crate) mod progress;
 mod receive;
 mod send;

@@ -1,7 +1,7 @@
 //! The receiving side of the data phase: each chunk's SHA-256 is checked
-//! before it goes to the sink, in order; intact chunks after a gap wait (within
-//! a window) while the missing one is asked for again (NAK); ACKs are
-//! cumulative.
+//! (on several threads, `checks.rs`, results in arrival order) before it goes
+//! to the sink, in order; intact chunks after a gap wait (within a window)
+//! while the missing one is asked for again (NAK); ACKs are cumulative.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Result, bail};
 
+use super::checks::{self, Checks};
 use super::send::{MAX_ASKS, refused_too_often};
 use super::{Geometry, Sink, SinkPipeline, Verified, WINDOW, have_bytes, peer_left};
 use crate::proto::frame::{Frame, Header};
@@ -18,6 +19,9 @@ use crate::proto::msg::{
 };
 use crate::session::conn::{Conn, Event, peer_error};
 use crate::xfer::progress::Bar;
+
+/// A chunk's check: ready to write, or why not.
+type Checked = std::result::Result<Verified, Reject>;
 
 /// Why a received chunk was not accepted.
 enum Reject {
@@ -120,77 +124,30 @@ pub(crate) fn receive_disk<S: Sink + 'static>(
     on_damaged: OnDamaged,
 ) -> Result<Received> {
     bar.set_position(have_bytes(have, geo));
-    let mut r = Receiving {
-        disk,
-        geo,
-        next: have.next_missing(0),
-        have,
-        early: BTreeMap::new(),
-        ans: Answers {
+    let check = |f: Frame| accept(f, geo, pipe, on_damaged);
+    std::thread::scope(|s| {
+        let mut r = Receiving {
             disk,
-            last_nak: None,
-            gone: None,
-        },
-        damaged: 0,
-        lost: Vec::new(),
-        base_failed: 0,
-        on_damaged,
-        bad_headers: conn.stats.bad_headers.load(Ordering::Relaxed),
-        reordering: conn.streams() > 1,
-        refusals: HashMap::new(),
-    };
-    loop {
-        pipe.failed()?;
-        let ev = conn.next_event(Duration::from_millis(500));
-        if let Some(Event::Closed(c)) = ev {
-            return Err(c.into_error("receiving data"));
-        }
-        if ev.is_none()
-            && let Some(e) = r.ans.gone.take()
-        {
-            // The peer went away and everything it had sent is written.
-            return Err(e);
-        }
-        r.check_headers(conn, bar);
-        let f = match ev {
-            Some(Event::Frame(f)) => f,
-            _ => {
-                // Quiet while chunks wait behind a gap: ask again (at most once a second).
-                if !r.early.is_empty() {
-                    r.ans.nak(conn, r.next_off(), false);
-                }
-                continue;
-            }
+            geo,
+            next: have.next_missing(0),
+            have,
+            early: BTreeMap::new(),
+            ans: Answers {
+                disk,
+                last_nak: None,
+                gone: None,
+            },
+            damaged: 0,
+            lost: Vec::new(),
+            base_failed: 0,
+            on_damaged,
+            bad_headers: conn.stats.bad_headers.load(Ordering::Relaxed),
+            reordering: conn.streams() > 1,
+            refusals: HashMap::new(),
+            checks: Checks::start(s, checks::workers(), &check),
         };
-        if !f.intact {
-            r.damaged_frame(conn, bar, &f)?;
-            continue;
-        }
-        match f.header.kind {
-            kind::CHUNK if f.header.disk == disk => r.chunk(conn, pipe, bar, f)?,
-            kind::DISK_END if f.header.disk == disk => {
-                if r.next < geo.count() {
-                    bail!(
-                        "the sender finished disk {disk} but chunks from offset {} are missing",
-                        r.next_off()
-                    );
-                }
-                return Ok(Received {
-                    end: f,
-                    resent: r.damaged,
-                    lost: r.lost,
-                    base_failed: r.base_failed,
-                });
-            }
-            kind::ERROR => return Err(peer_error(&f)),
-            kind::BYE => return Err(peer_left("sending a disk")),
-            _ => {
-                // A repeated request (DISK_END for the previous disk, or the
-                // BACKUP_BEGIN whose answer arrived damaged): answer it again.
-                conn.answered_before(&f)?;
-            }
-        }
-    }
+        r.run(conn, pipe, bar)
+    })
 }
 
 /// The receiver's state for one disk.
@@ -200,9 +157,9 @@ struct Receiving<'a> {
     have: &'a ChunkRanges,
     /// The index of the next chunk to write (the first not held nor written).
     next: u64,
-    /// Intact chunks that arrived after a missing one, kept until the gap is
-    /// filled (selective repeat: at most a window's worth).
-    early: BTreeMap<u64, Frame>,
+    /// Intact chunks that arrived after a missing one, checked and kept until
+    /// the gap is filled (selective repeat: at most a window's worth).
+    early: BTreeMap<u64, Verified>,
     ans: Answers,
     /// Chunks damaged in transit (asked for again).
     damaged: u64,
@@ -220,9 +177,140 @@ struct Receiving<'a> {
     /// How often each chunk not yet written was refused (damaged, failing its
     /// check, or marked unchanged without a base copy): bounded by `MAX_ASKS`.
     refusals: HashMap<u64, u32>,
+    /// The chunk checks in flight.
+    checks: Checks<Checked>,
 }
 
 impl Receiving<'_> {
+    /// Receives until the sender's DISK_END.
+    fn run<S: Sink + 'static>(
+        &mut self,
+        conn: &mut Conn,
+        pipe: &SinkPipeline<S>,
+        bar: &Bar,
+    ) -> Result<Received> {
+        let mut quiet = Instant::now();
+        loop {
+            pipe.failed()?;
+            while let Some((h, c)) = self.checks.next(false) {
+                self.checked(conn, pipe, bar, h, c)?;
+            }
+            let busy = self.checks.pending() > 0;
+            let ev = conn.next_event(Duration::from_millis(if busy { 2 } else { 500 }));
+            self.check_headers(conn, bar);
+            match ev {
+                Some(Event::Closed(c)) => {
+                    // What arrived before the end is still checked and written.
+                    self.drain(conn, pipe, bar)?;
+                    return Err(c.into_error("receiving data"));
+                }
+                Some(Event::Frame(f)) => {
+                    quiet = Instant::now();
+                    if let Some(end) = self.frame(conn, pipe, bar, f)? {
+                        return Ok(end);
+                    }
+                }
+                _ if busy => {}
+                _ => {
+                    if let Some(e) = self.ans.gone.take() {
+                        // The peer went away and everything it had sent is written.
+                        return Err(e);
+                    }
+                    // Quiet while chunks wait behind a gap: ask again (at most once a second).
+                    if !self.early.is_empty() && quiet.elapsed() >= Duration::from_millis(500) {
+                        self.ans.nak(conn, self.next_off(), false);
+                    }
+                }
+            }
+        }
+    }
+
+    /// Hands every check in flight to `checked`.
+    fn drain<S: Sink + 'static>(
+        &mut self,
+        conn: &Conn,
+        pipe: &SinkPipeline<S>,
+        bar: &Bar,
+    ) -> Result<()> {
+        while let Some((h, c)) = self.checks.next(true) {
+            self.checked(conn, pipe, bar, h, c)?;
+        }
+        Ok(())
+    }
+
+    /// A frame from the sender; the disk's end once DISK_END came.
+    fn frame<S: Sink + 'static>(
+        &mut self,
+        conn: &mut Conn,
+        pipe: &SinkPipeline<S>,
+        bar: &Bar,
+        f: Frame,
+    ) -> Result<Option<Received>> {
+        if !f.intact {
+            self.damaged_frame(conn, bar, &f)?;
+            return Ok(None);
+        }
+        let disk = self.disk;
+        match f.header.kind {
+            kind::CHUNK if f.header.disk == disk => self.incoming(conn, pipe, bar, f)?,
+            kind::DISK_END if f.header.disk == disk => {
+                self.drain(conn, pipe, bar)?;
+                if self.next < self.geo.count() {
+                    bail!(
+                        "the sender finished disk {disk} but chunks from offset {} are missing",
+                        self.next_off()
+                    );
+                }
+                return Ok(Some(Received {
+                    end: f,
+                    resent: self.damaged,
+                    lost: std::mem::take(&mut self.lost),
+                    base_failed: self.base_failed,
+                }));
+            }
+            kind::ERROR | kind::BYE => {
+                self.drain(conn, pipe, bar)?;
+                if f.header.kind == kind::BYE {
+                    return Err(peer_left("sending a disk"));
+                }
+                return Err(peer_error(&f));
+            }
+            _ => {
+                // A repeated request (DISK_END for the previous disk, or the
+                // BACKUP_BEGIN whose answer arrived damaged): answer it again.
+                conn.answered_before(&f)?;
+            }
+        }
+        Ok(None)
+    }
+
+    /// An intact chunk of this disk: checked on a worker unless it is one
+    /// already held (acknowledged again) or none of the disk's chunks starts
+    /// there.
+    fn incoming<S: Sink + 'static>(
+        &mut self,
+        conn: &Conn,
+        pipe: &SinkPipeline<S>,
+        bar: &Bar,
+        f: Frame,
+    ) -> Result<()> {
+        let off = f.header.offset;
+        if off < self.next_off() {
+            self.ans.ack(conn, self.next_off());
+            return Ok(());
+        }
+        if !off.is_multiple_of(u64::from(self.geo.chunk)) || off >= self.geo.size {
+            return Ok(());
+        }
+        if self.checks.full()
+            && let Some((h, c)) = self.checks.next(true)
+        {
+            self.checked(conn, pipe, bar, h, c)?;
+        }
+        self.checks.submit(f);
+        Ok(())
+    }
+
     /// Where the next chunk to write starts: the offset an ACK names.
     fn next_off(&self) -> u64 {
         self.geo.start_of(self.next)
@@ -280,18 +368,19 @@ impl Receiving<'_> {
         Ok(())
     }
 
-    /// An intact chunk of this disk: the next one is written (with the kept
+    /// A checked chunk of this disk: the next one is written (with the kept
     /// ones it makes contiguous), a later one kept, an earlier one acked again.
-    fn chunk<S: Sink + 'static>(
+    fn checked<S: Sink + 'static>(
         &mut self,
         conn: &Conn,
         pipe: &SinkPipeline<S>,
         bar: &Bar,
-        f: Frame,
+        h: Header,
+        c: Checked,
     ) -> Result<()> {
         let next_off = self.next_off();
-        if f.header.offset == next_off && self.next < self.geo.count() {
-            let accepted = self.write_in_order(conn, pipe, bar, f)?;
+        if h.offset == next_off && self.next < self.geo.count() {
+            let accepted = self.write_in_order(conn, pipe, bar, c)?;
             let ack = self.next_off();
             self.early.retain(|&o, _| o > ack);
             if accepted {
@@ -301,10 +390,14 @@ impl Receiving<'_> {
             if accepted && !self.early.is_empty() && !self.reordering {
                 self.ans.nak(conn, ack, false);
             }
-        } else if f.header.offset > next_off {
+        } else if h.offset > next_off {
+            let v = match c {
+                Ok(v) => v,
+                Err(why) => return self.rejected(conn, bar, h.offset, why),
+            };
             let window_end = next_off.saturating_add(WINDOW as u64 * u64::from(self.geo.chunk));
-            if f.header.offset < window_end && self.early.len() < WINDOW {
-                self.early.entry(f.header.offset).or_insert(f);
+            if h.offset < window_end && self.early.len() < WINDOW {
+                self.early.entry(h.offset).or_insert(v);
             }
             if !self.reordering {
                 self.ans.nak(conn, next_off, false);
@@ -315,79 +408,100 @@ impl Receiving<'_> {
         Ok(())
     }
 
-    /// Writes `f`, the next chunk, then any kept ones it makes contiguous.
-    /// Returns whether any was written; one that fails verification is asked
+    /// A chunk that failed its check is asked for again (with its data, when
+    /// the base could not provide it).
+    fn rejected(&mut self, conn: &Conn, bar: &Bar, at: u64, why: Reject) -> Result<()> {
+        match why {
+            Reject::Refused(why) => {
+                let m = format!(
+                    "refusing the chunk of disk {} at offset {at}: {why}",
+                    self.disk
+                );
+                conn.send_error("bad_request", &m);
+                bail!(m);
+            }
+            Reject::Damaged(why) => {
+                self.refused(conn, bar, at)?;
+                self.damaged += 1;
+                bar.println(&format!(
+                    "chunk at offset {at} failed verification ({why}): asking for it again"
+                ));
+                self.ans.nak(conn, at, true);
+            }
+            Reject::NeedData(why) => {
+                self.refused(conn, bar, at)?;
+                self.base_failed += 1;
+                bar.println(&format!(
+                    "chunk at offset {at} is marked unchanged but {why}: asking for its data"
+                ));
+                self.ans.nak_data(conn, at);
+            }
+        }
+        Ok(())
+    }
+
+    /// Writes `c`, the next chunk, then any kept ones it makes contiguous.
+    /// Returns whether any was written; one that failed its check is asked
     /// for again.
     fn write_in_order<S: Sink + 'static>(
         &mut self,
         conn: &Conn,
         pipe: &SinkPipeline<S>,
         bar: &Bar,
-        mut f: Frame,
+        mut c: Checked,
     ) -> Result<bool> {
         let mut accepted = false;
         loop {
-            let at = f.header.offset;
-            match accept(f, self.geo, self.next, pipe, self.on_damaged) {
-                Ok(v) => {
-                    if v.damaged && self.on_damaged == OnDamaged::Stop {
-                        let (disk, offset, len) = (self.disk, v.offset, v.len);
-                        return Err(StoreDamaged { disk, offset, len }.into());
-                    }
-                    if v.damaged {
-                        self.lost.push((v.offset, v.len));
-                    }
-                    let len = u64::from(v.len);
-                    pipe.submit(v)?;
-                    bar.inc(len);
-                    self.next = self.have.next_missing(self.next + 1);
-                    accepted = true;
-                }
-                Err(Reject::Damaged(why)) => {
-                    self.refused(conn, bar, at)?;
-                    self.damaged += 1;
-                    bar.println(&format!(
-                        "chunk at offset {at} failed verification ({why}): asking for it again"
-                    ));
-                    self.ans.nak(conn, at, true);
+            let v = match c {
+                Ok(v) => v,
+                Err(why) => {
+                    self.rejected(conn, bar, self.geo.offset(self.next), why)?;
                     return Ok(accepted);
                 }
-                Err(Reject::Refused(why)) => {
-                    let m = format!(
-                        "refusing the chunk of disk {} at offset {at}: {why}",
-                        self.disk
-                    );
-                    conn.send_error("bad_request", &m);
-                    bail!(m);
-                }
-                Err(Reject::NeedData(why)) => {
-                    self.refused(conn, bar, at)?;
-                    self.base_failed += 1;
-                    bar.println(&format!(
-                        "chunk at offset {at} is marked unchanged but {why}: asking for its data"
-                    ));
-                    self.ans.nak_data(conn, at);
-                    return Ok(accepted);
-                }
-            }
+            };
+            self.take(pipe, bar, v)?;
+            accepted = true;
             if self.next >= self.geo.count() {
                 return Ok(accepted);
             }
             match self.early.remove(&self.geo.offset(self.next)) {
-                Some(k) => f = k,
+                Some(k) => c = Ok(k),
                 None => return Ok(accepted),
             }
         }
     }
+
+    /// Hands the next chunk, verified, to the writer.
+    fn take<S: Sink + 'static>(
+        &mut self,
+        pipe: &SinkPipeline<S>,
+        bar: &Bar,
+        v: Verified,
+    ) -> Result<()> {
+        if v.damaged && self.on_damaged == OnDamaged::Stop {
+            let (disk, offset, len) = (self.disk, v.offset, v.len);
+            return Err(StoreDamaged { disk, offset, len }.into());
+        }
+        if v.damaged {
+            self.lost.push((v.offset, v.len));
+        }
+        let len = u64::from(v.len);
+        pipe.submit(v)?;
+        bar.inc(len);
+        self.next = self.have.next_missing(self.next + 1);
+        Ok(())
+    }
 }
 
+/// Decodes and checks a chunk (on a worker): its length must be that of the
+/// chunk at its offset, which lies inside the disk.
 fn accept<S: Sink + 'static>(
     f: Frame,
     geo: Geometry,
-    index: u64,
     pipe: &SinkPipeline<S>,
     on_damaged: OnDamaged,
-) -> std::result::Result<Verified, Reject> {
+) -> Checked {
+    let index = f.header.offset / u64::from(geo.chunk);
     let damaged = f.header.flags & FLAG_DAMAGED != 0;
     if damaged && on_damaged == OnDamaged::Refuse {
         return Err(Reject::Damaged(
@@ -510,11 +624,9 @@ mod tests {
         };
         let pipe = SinkPipeline::start(NullSink, 8192);
         // From a backup client it is damage, asked for again.
-        assert!(accept(frame(), geo, 1, &pipe, OnDamaged::Refuse).is_err());
+        assert!(accept(frame(), geo, &pipe, OnDamaged::Refuse).is_err());
         // On restore it stands for zeros, marked.
-        let v = accept(frame(), geo, 1, &pipe, OnDamaged::Skip)
-            .ok()
-            .unwrap();
+        let v = accept(frame(), geo, &pipe, OnDamaged::Skip).ok().unwrap();
         assert!(v.damaged && v.zero && v.len == 4096 && v.bytes().is_empty());
     }
 
@@ -532,7 +644,7 @@ mod tests {
             intact: true,
         };
         let pipe = SinkPipeline::start(NullSink, 8192);
-        let Err(Reject::Damaged(why)) = accept(f, geo, 1, &pipe, OnDamaged::Refuse) else {
+        let Err(Reject::Damaged(why)) = accept(f, geo, &pipe, OnDamaged::Refuse) else {
             panic!("a chunk marked unchanged and free was accepted")
         };
         assert_eq!(why, "marked both unchanged and free");
