@@ -79,9 +79,9 @@ pub(crate) fn human_bytes(bytes: u64) -> String {
 /// `\x1b`, `\u{202e}`, so a peer can neither drive the terminal nor forge a
 /// line of our output. Width and alignment (`{:<20}`) apply to the escaped text.
 /// JSON output does not need it: serde_json escapes control characters itself.
-pub(crate) struct Peer<'a>(pub &'a str);
+pub(crate) struct Escaped<'a>(pub &'a str);
 
-impl fmt::Display for Peer<'_> {
+impl fmt::Display for Escaped<'_> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.pad(&printable(self.0))
     }
@@ -93,7 +93,7 @@ fn invisible(c: char) -> bool {
         | '\u{2060}'..='\u{2069}' | '\u{feff}')
 }
 
-/// `s` with everything [`Peer`] escapes escaped (borrowed when nothing is).
+/// `s` with everything [`Escaped`] escapes escaped (borrowed when nothing is).
 pub(crate) fn printable(s: &str) -> Cow<'_, str> {
     if !s.chars().any(|c| c.is_control() || invisible(c)) {
         return Cow::Borrowed(s);
@@ -133,12 +133,12 @@ mod tests {
 
     #[test]
     fn escapes_what_the_peer_sent() {
-        assert_eq!(Peer("hostb").to_string(), "hostb");
+        assert_eq!(Escaped("hostb").to_string(), "hostb");
         assert_eq!(
-            Peer("a\x1b[2J\r\nrestore of x completed\u{9b}\u{202e}").to_string(),
+            Escaped("a\x1b[2J\r\nrestore of x completed\u{9b}\u{202e}").to_string(),
             "a\\x1b[2J\\r\\nrestore of x completed\\u{9b}\\u{202e}"
         );
-        assert_eq!(format!("[{:<6}]", Peer("a\tb")), "[a\\tb  ]");
+        assert_eq!(format!("[{:<6}]", Escaped("a\tb")), "[a\\tb  ]");
         assert_eq!(printable("Grüße"), "Grüße");
     }
 

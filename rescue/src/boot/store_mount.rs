@@ -19,7 +19,7 @@ pub(crate) const STORE_MOUNT: &str = "/run/rescue/store";
 
 /// What a superblock says.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct FsInfo {
+pub struct MountFs {
     /// Type for mount(2): ext4, vfat, exfat, xfs, btrfs.
     pub fstype: &'static str,
     pub label: Option<String>,
@@ -34,7 +34,7 @@ pub struct Found {
     pub(crate) dev: PathBuf,
     /// The device's /dev name, e.g. `/dev/sdb1` (for messages and mount(2)).
     pub name: String,
-    pub fs: FsInfo,
+    pub fs: MountFs,
 }
 
 /// The type mount(2) takes for what the shared probe recognised, when rescue can
@@ -50,8 +50,8 @@ fn mount_type(fstype: &str) -> Option<&'static str> {
     })
 }
 
-fn mountable(fs: fsprobe::FsInfo) -> Option<FsInfo> {
-    Some(FsInfo {
+fn mountable(fs: fsprobe::FsInfo) -> Option<MountFs> {
+    Some(MountFs {
         fstype: mount_type(&fs.fstype)?,
         label: fs.label,
         uuid: fs.uuid,
@@ -59,7 +59,7 @@ fn mountable(fs: fsprobe::FsInfo) -> Option<FsInfo> {
 }
 
 /// Probes a device file (or an image file in tests) for a filesystem a store can be on.
-pub(crate) fn probe(dev: &Path) -> Result<Option<FsInfo>> {
+pub(crate) fn probe(dev: &Path) -> Result<Option<MountFs>> {
     let fs = fsprobe::probe_path(dev).with_context(|| format!("open {}", dev.display()))?;
     Ok(fs.and_then(mountable))
 }

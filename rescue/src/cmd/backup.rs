@@ -15,7 +15,7 @@ use crate::proto::msg::{
 use crate::session::auth;
 use crate::session::{self, Session};
 use crate::system::source::{self, Source};
-use crate::util::{Peer, human_bytes};
+use crate::util::{Escaped, human_bytes};
 use crate::xfer::progress::{self, Bar};
 use crate::xfer::{self, Geometry};
 
@@ -129,7 +129,7 @@ pub fn run_with(root: &Root, args: &BackupArgs, srcs: Vec<Source>) -> Result<u8>
     }
     let ready = start(&mut sess, &begin)?;
     let free = stored_decision(&ready, &srcs, free)?;
-    let mode = progress::Mode::detect();
+    let mode = progress::Style::detect();
     let started = Instant::now();
     // Every base disk's digests before the first data phase: the peer answers
     // DIGESTS_REQ only until then (asked between disks, it never answered).
@@ -304,9 +304,9 @@ fn start(sess: &mut Session, begin: &BackupBegin) -> Result<BackupReady> {
     }
     eprintln!(
         "backup {} on {}: {}",
-        Peer(&ready.backup_id),
-        Peer(&sess.peer.identity.hostname),
-        Peer(&ready.location)
+        Escaped(&ready.backup_id),
+        Escaped(&sess.peer.identity.hostname),
+        Escaped(&ready.location)
     );
     Ok(ready)
 }
@@ -321,7 +321,7 @@ fn send_one(
     i: usize,
     src: &Source,
     chunk: u32,
-    mode: progress::Mode,
+    mode: progress::Style,
     free: &Option<FreeMap>,
     base: &[Option<[u8; 32]>],
 ) -> Result<DiskReport> {
@@ -433,8 +433,8 @@ fn base_digests(
     }
     eprintln!(
         "comparing with disk {} of backup {} on the peer: only changed chunks are sent",
-        Peer(disk),
-        Peer(&base.backup_id)
+        Escaped(disk),
+        Escaped(&base.backup_id)
     );
     Ok(out)
 }
@@ -449,10 +449,10 @@ fn print_disk(r: &DiskReport) {
         eprintln!(
             "{}: verified by the peer, sha256 {}",
             r.name,
-            Peer(&r.sha256)
+            Escaped(&r.sha256)
         );
     } else {
-        eprintln!("{}: NOT verified: {}", r.name, Peer(&r.message));
+        eprintln!("{}: NOT verified: {}", r.name, Escaped(&r.message));
     }
 }
 
@@ -473,7 +473,7 @@ pub(crate) fn summary(reports: &[DiskReport], secs: f64, corrupt: u64, peer_msg:
             human_bytes(s.unreadable_bytes),
             r.seconds,
             human_bytes((s.bytes_read as f64 / r.seconds.max(0.001)) as u64),
-            Peer(match (r.sha256.is_empty(), r.sha256_pending) {
+            Escaped(match (r.sha256.is_empty(), r.sha256_pending) {
                 (_, true) => "pending on the peer",
                 (true, false) => "-",
                 (false, false) => &r.sha256,
@@ -497,7 +497,7 @@ pub(crate) fn summary(reports: &[DiskReport], secs: f64, corrupt: u64, peer_msg:
         if let Some(base) = &r.base {
             println!(
                 "    incremental against backup {}: {} unchanged (not sent), {} sent",
-                Peer(base),
+                Escaped(base),
                 human_bytes(s.unchanged_bytes),
                 human_bytes(s.bytes_sent)
             );
@@ -542,6 +542,6 @@ fn peer_msg_suffix(m: &str) -> String {
     if m.is_empty() {
         String::new()
     } else {
-        format!(" ({})", Peer(m))
+        format!(" ({})", Escaped(m))
     }
 }

@@ -22,7 +22,7 @@ use crate::proto::msg::{
 };
 use crate::session::{self, Session};
 use crate::store::image::ZeroDigests;
-use crate::store::mapfile::{Map, Status};
+use crate::store::mapfile::{BlockStatus, Map};
 use crate::system::blkdev;
 use crate::system::busy;
 use crate::system::direct::DirectWriter;
@@ -30,7 +30,7 @@ use crate::system::disks;
 use crate::system::partitions;
 use crate::system::readahead;
 use crate::system::resize;
-use crate::util::{Peer, hex, human_bytes};
+use crate::util::{Escaped, hex, human_bytes};
 use crate::xfer::progress::{self, Bar};
 use crate::xfer::{
     self, Geometry, OnDamaged, Received, Sink, SinkPipeline, StoreDamaged, Verified,
@@ -458,7 +458,7 @@ fn held(l: &Listing) -> String {
         if n == 1 { "" } else { "s" },
         crate::session::auth::ALLOW_HINT
     );
-    let named: Vec<String> = l.hosts.iter().map(|h| Peer(h).to_string()).collect();
+    let named: Vec<String> = l.hosts.iter().map(|h| Escaped(h).to_string()).collect();
     match (named.is_empty(), n) {
         (true, 0) => String::new(),
         (true, _) => format!("; it holds backups of {others}"),
@@ -513,7 +513,7 @@ fn print_list(l: &Listing, host: &str) {
         let mut names: Vec<String> = l
             .backups
             .iter()
-            .map(|b| Peer(&b.host).to_string())
+            .map(|b| Escaped(&b.host).to_string())
             .collect();
         names.sort();
         names.dedup();
@@ -527,12 +527,12 @@ fn print_list(l: &Listing, host: &str) {
         let disks: Vec<String> = b
             .disks
             .iter()
-            .map(|d| format!("{} ({})", Peer(&d.name), human_bytes(d.size)))
+            .map(|d| format!("{} ({})", Escaped(&d.name), human_bytes(d.size)))
             .collect();
         println!(
             "{:<20} {:<34} {:<30} {}",
-            Peer(&b.host),
-            Peer(&b.backup_id),
+            Escaped(&b.host),
+            Escaped(&b.backup_id),
             b.status.word(),
             disks.join(", ")
         );
@@ -584,7 +584,7 @@ fn choose(l: &Listing, args: &RestoreArgs, me: &msg::Identity) -> Result<BackupS
     {
         return Err(usage(format!(
             "the newest backup of host {host}, {}, is {}: the peer is completing it; try again in a moment, or choose another with --backup",
-            Peer(&b.backup_id),
+            Escaped(&b.backup_id),
             b.status.word()
         )));
     }
@@ -623,7 +623,7 @@ fn parse_maps(
                 exit::USAGE,
                 format!(
                     "--map {n}: the backup has no disk {n} (it has {})",
-                    Peer(
+                    Escaped(
                         &b.disks
                             .iter()
                             .map(|d| d.name.as_str())
@@ -673,17 +673,17 @@ fn map_targets(
                         exit::USAGE,
                         format!(
                             "no local disk has the serial of {} ({}); say where it goes with --map {}=DISK",
-                            Peer(&d.name),
-                            Peer(d.serial.as_deref().unwrap_or("no serial recorded")),
-                            Peer(&d.name)
+                            Escaped(&d.name),
+                            Escaped(d.serial.as_deref().unwrap_or("no serial recorded")),
+                            Escaped(&d.name)
                         ),
                     )
                     .into());
                 }
                 eprint!(
                     "where should {} ({}, {}) go? local disks: {}\ntarget (or empty to skip): ",
-                    Peer(&d.name),
-                    Peer(d.model.as_deref().unwrap_or("unknown model")),
+                    Escaped(&d.name),
+                    Escaped(d.model.as_deref().unwrap_or("unknown model")),
                     human_bytes(d.size),
                     local
                         .iter()
@@ -725,8 +725,8 @@ fn refuse_shared_target(root: &Root, pairs: &[(DiskSummary, String)]) -> Result<
                 exit::USAGE,
                 format!(
                     "disks {} and {} would both be restored onto {t}; give each its own target with --map",
-                    Peer(first),
-                    Peer(&d.name)
+                    Escaped(first),
+                    Escaped(&d.name)
                 ),
             )
             .into());
@@ -751,18 +751,18 @@ pub(crate) fn run(root: &Root, args: &RestoreArgs) -> Result<u8> {
     let (planned, plans) = open_targets(root, &pairs, args.grow)?;
     eprintln!(
         "restore backup {} of {} (taken {}) from {}:",
-        Peer(&chosen.backup_id),
-        Peer(&chosen.host),
-        Peer(&chosen.created),
-        Peer(&s.peer.identity.hostname)
+        Escaped(&chosen.backup_id),
+        Escaped(&chosen.host),
+        Escaped(&chosen.created),
+        Escaped(&s.peer.identity.hostname)
     );
     let other_name = (args.host.is_none() && chosen.host != crate::store::host_name(&s.me))
         .then(|| {
             format!(
                 "backup {} was made under hostname {} (same machine-id as this machine, hostname {})",
-                Peer(&chosen.backup_id),
-                Peer(&chosen.host),
-                Peer(&s.me.hostname)
+                Escaped(&chosen.backup_id),
+                Escaped(&chosen.host),
+                Escaped(&s.me.hostname)
             )
         });
     if let Some(n) = &other_name {
@@ -806,13 +806,13 @@ pub(crate) fn run(root: &Root, args: &RestoreArgs) -> Result<u8> {
     if code == exit::OK {
         println!(
             "restore of {} completed and verified in {:.1}s",
-            Peer(&chosen.backup_id),
+            Escaped(&chosen.backup_id),
             started.elapsed().as_secs_f64()
         );
     } else if code == exit::UNREADABLE {
         println!(
             "restore of {} completed EXCEPT the chunks the store could not produce (zeros there, listed in the mapfile(s) named above)",
-            Peer(&chosen.backup_id)
+            Escaped(&chosen.backup_id)
         );
     } else {
         println!("restore FAILED verification; the target disks are not trustworthy");
@@ -826,9 +826,9 @@ fn print_targets(pairs: &[(DiskSummary, String)], planned: &[Planned], plans: &[
     for (((d, _), t), plan) in pairs.iter().zip(planned).zip(plans) {
         eprintln!(
             "  {} ({}, serial {}, {}) -> {}",
-            Peer(&d.name),
-            Peer(d.model.as_deref().unwrap_or("unknown model")),
-            Peer(d.serial.as_deref().unwrap_or("unknown")),
+            Escaped(&d.name),
+            Escaped(d.model.as_deref().unwrap_or("unknown model")),
+            Escaped(d.serial.as_deref().unwrap_or("unknown")),
             human_bytes(d.size),
             t.description()
         );
@@ -881,7 +881,7 @@ fn check_listed(b: &BackupSummary) -> Result<()> {
     if b.disks.is_empty() || b.disks.len() > 256 {
         bail!(
             "the peer lists backup {} with {} disks (1 to 256 are possible)",
-            Peer(&b.backup_id),
+            Escaped(&b.backup_id),
             b.disks.len()
         );
     }
@@ -890,7 +890,7 @@ fn check_listed(b: &BackupSummary) -> Result<()> {
             bail!(
                 "the peer lists disk {:?} of backup {} with an impossible size of {} bytes",
                 d.name,
-                Peer(&b.backup_id),
+                Escaped(&b.backup_id),
                 d.size
             );
         }
@@ -972,7 +972,7 @@ fn transfer(
     plans: &[resize::Plan],
     args: &RestoreArgs,
 ) -> Result<u8> {
-    let mode = progress::Mode::detect();
+    let mode = progress::Style::detect();
     let mut have = Vec::new();
     let mut verify_digests = Vec::new();
     let mut digest_chunk = None;
@@ -983,7 +983,7 @@ fn transfer(
             let h = held_on_target(s, chosen, d, t, mode, &mut digest_chunk, plan.cut, free)?;
             eprintln!(
                 "{}: resuming, {} chunk(s) already on {} match the backup and will not be sent",
-                Peer(&d.name),
+                Escaped(&d.name),
                 h.held(),
                 t.spec
             );
@@ -1089,7 +1089,7 @@ fn restore_disk(
     s: &mut Session,
     job: &DiskJob,
     args: &RestoreArgs,
-    mode: progress::Mode,
+    mode: progress::Style,
     mapfile: &Path,
 ) -> Result<Outcome> {
     let DiskJob { i, d, t, .. } = *job;
@@ -1115,18 +1115,18 @@ fn restore_disk(
         );
     }
     if ok && args.verify && resized {
-        eprintln!("{}: reading {} back to verify", Peer(&d.name), t.spec);
-        let bar = Bar::new(&format!("{} verify", Peer(&d.name)), job.plan.cut, mode);
+        eprintln!("{}: reading {} back to verify", Escaped(&d.name), t.spec);
+        let bar = Bar::new(&format!("{} verify", Escaped(&d.name)), job.plan.cut, mode);
         if let Some(why) = verify_resized(job, &done, &tail, &bar)? {
             ok = false;
             message = why;
         }
     } else if ok && args.verify {
-        eprintln!("{}: reading {} back to verify", Peer(&d.name), t.spec);
+        eprintln!("{}: reading {} back to verify", Escaped(&d.name), t.spec);
         let h = read_back(
             &t.file,
             d.size,
-            &Bar::new(&format!("{} verify", Peer(&d.name)), d.size, mode),
+            &Bar::new(&format!("{} verify", Escaped(&d.name)), d.size, mode),
             job.free,
         )?;
         if h != want {
@@ -1151,22 +1151,26 @@ fn restore_disk(
         return Ok(Outcome::Incomplete);
     }
     if !ok {
-        eprintln!("{}: VERIFICATION FAILED: {}", Peer(&d.name), Peer(&message));
+        eprintln!(
+            "{}: VERIFICATION FAILED: {}",
+            Escaped(&d.name),
+            Escaped(&message)
+        );
         return Ok(Outcome::Failed);
     }
     eprintln!(
         "{}: written to {}{} and verified in {:.1}s{}, sha256 {}",
-        Peer(&d.name),
+        Escaped(&d.name),
         t.spec,
         resized_words(d, t, &done),
         t0.elapsed().as_secs_f64(),
         if args.verify { " (read back)" } else { "" },
-        Peer(&want)
+        Escaped(&want)
     );
     if let Some(g) = done.grown {
         eprintln!(
             "  {}: {}",
-            Peer(&d.name),
+            Escaped(&d.name),
             resize::grow_hint(&t.file, &t.path, t.block, g)
         );
     }
@@ -1275,12 +1279,12 @@ fn receive_onto(
     s: &mut Session,
     job: &DiskJob,
     args: &RestoreArgs,
-    mode: progress::Mode,
+    mode: progress::Style,
 ) -> Result<Written> {
     let DiskJob {
         i, d, t, geo, held, ..
     } = *job;
-    let bar = Bar::new(&Peer(&d.name).to_string(), d.size, mode);
+    let bar = Bar::new(&Escaped(&d.name).to_string(), d.size, mode);
     let sink = TargetSink {
         file: t
             .file
@@ -1319,7 +1323,7 @@ fn receive_onto(
             Some(sd) => {
                 let m = format!(
                     "disk {}: the backup's chunk at offset {} ({} bytes, {}) is damaged in the store (it no longer matches the digest recorded at backup time); {} holds the backup only up to that offset. Add --skip-damaged to write everything else (zeros there) and a mapfile of what is missing, or restore another backup",
-                    Peer(&d.name),
+                    Escaped(&d.name),
                     sd.offset,
                     sd.len,
                     place(&t.path, sd.offset, u64::from(sd.len)),
@@ -1438,14 +1442,14 @@ fn skipped_damaged(
     mapfile: &Path,
 ) -> Result<String> {
     let mut map = Map::new(d.size);
-    map.set(0, d.size, Status::Finished);
+    map.set(0, d.size, BlockStatus::Finished);
     for &(off, len) in lost {
-        map.set(off, u64::from(len), Status::Bad);
+        map.set(off, u64::from(len), BlockStatus::Bad);
     }
     let header = format!(
         "Mapfile. Created by usb4rescue {}\nRestore of disk {} onto {}: '-' = damaged in the store, written as zeros",
         env!("CARGO_PKG_VERSION"),
-        Peer(&d.name),
+        Escaped(&d.name),
         t.spec
     );
     OpenOptions::new()
@@ -1457,7 +1461,7 @@ fn skipped_damaged(
     let bytes: u64 = lost.iter().map(|&(_, l)| u64::from(l)).sum();
     eprintln!(
         "{}: written to {} EXCEPT {} chunk(s) ({}) the store could not produce intact, left as zeros; mapfile of what is missing: {}",
-        Peer(&d.name),
+        Escaped(&d.name),
         t.spec,
         lost.len(),
         human_bytes(bytes),
@@ -1500,12 +1504,12 @@ fn held_on_target(
     b: &BackupSummary,
     d: &DiskSummary,
     t: &Target,
-    mode: progress::Mode,
+    mode: progress::Style,
     digest_chunk: &mut Option<u32>,
     cut: u64,
     free: Option<&FreeMap>,
 ) -> Result<ChunkRanges> {
-    let bar = Bar::new(&format!("{} compare", Peer(&d.name)), d.size, mode);
+    let bar = Bar::new(&format!("{} compare", Escaped(&d.name)), d.size, mode);
     let mut zeros = ZeroDigests::default();
     // Free space the backup did not copy is compared as the zeros it stores.
     let mut masker = Masker::new(free.cloned());

@@ -15,7 +15,7 @@ use crate::session::Session;
 use crate::store::image::{ZeroDigests, punch_or_zero};
 use crate::system::blkdev;
 use crate::system::direct::DirectWriter;
-use crate::util::{Peer, human_bytes};
+use crate::util::{Escaped, human_bytes};
 
 /// What happens to the free space on the target.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -68,7 +68,7 @@ pub(crate) fn announce(name: &str, map: &FreeMap, mode: FreeMode, spec: &str) {
     };
     eprintln!(
         "{}: used-block backup: {} of free space was not copied; those bytes are {what} {spec}",
-        Peer(name),
+        Escaped(name),
         human_bytes(map.free_bytes())
     );
 }

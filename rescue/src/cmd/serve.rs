@@ -22,7 +22,7 @@ use crate::store::image::{
 };
 use crate::store::{self, BackupDir, ManifestDisk, Store};
 use crate::system::identity::Describe;
-use crate::util::{Peer, human_bytes};
+use crate::util::{Escaped, human_bytes};
 use crate::xfer::progress::{self, Bar};
 use crate::xfer::{self, Geometry, SinkPipeline};
 
@@ -51,7 +51,7 @@ pub(crate) fn run(root: &Root, args: &ServeArgs) -> Result<u8> {
 /// One introduced peer's session: any number of requests until it says goodbye.
 /// Public so the session fuzz target (rescue/fuzz) drives it over a socketpair.
 pub fn handle(store: &Store, consent: &Consent, mut s: Session) -> Result<bool> {
-    let peer = Peer(&s.peer.identity.hostname).to_string();
+    let peer = Escaped(&s.peer.identity.hostname).to_string();
     let result = (|| -> Result<()> {
         while let Some(req) = session::next_request(&mut s.conn)? {
             if s.conn.answered_before(&req)? {
@@ -282,7 +282,7 @@ fn receive_backup(store: &Store, consent: &Consent, s: &mut Session, req: &Frame
     if let Some(base) = &base {
         answer_base_digests(store, consent, s, base)?;
     }
-    let mode = progress::Mode::detect();
+    let mode = progress::Style::detect();
     let mut pending = Vec::new();
     for (i, held) in have.iter().enumerate() {
         if let Some(whole) = receive_one(s, &mut b, i, held, base.as_ref(), mode)? {
@@ -452,7 +452,7 @@ fn receive_one(
     i: usize,
     held: &ChunkRanges,
     base: Option<&BackupDir>,
-    mode: progress::Mode,
+    mode: progress::Style,
 ) -> Result<Option<xfer::WholeDigest>> {
     let d = b.manifest.disks[i].clone();
     let geo = Geometry {
@@ -896,9 +896,9 @@ fn send_backup(store: &Store, consent: &Consent, s: &mut Session, req: &Frame) -
         "sending backup {} ({} disk(s)) to {}",
         b.manifest.backup_id,
         disks.len(),
-        Peer(&s.peer.identity.hostname)
+        Escaped(&s.peer.identity.hostname)
     );
-    let mode = progress::Mode::detect();
+    let mode = progress::Style::detect();
     for (i, d) in disks.iter().enumerate() {
         let mut src = ImageSource::open(&b, d)?;
         // A client that understands it is told which chunks the store cannot
@@ -944,7 +944,7 @@ fn send_backup(store: &Store, consent: &Consent, s: &mut Session, req: &Frame) -
         if done.ok {
             eprintln!("{}: restored and verified by the peer", d.name);
         } else {
-            eprintln!("{}: the peer reports: {}", d.name, Peer(&done.message));
+            eprintln!("{}: the peer reports: {}", d.name, Escaped(&done.message));
         }
     }
     Ok(())

@@ -8,7 +8,7 @@ use anyhow::{Result, bail};
 use crate::exit;
 use crate::proto::BackupState;
 use crate::store::image::{ImageCheck, ZeroDigests, held_bytes, journal_ranges, verify_image};
-use crate::store::mapfile::{Map, Status};
+use crate::store::mapfile::{BlockStatus, Map};
 use crate::store::{self, MANIFEST, ManifestDisk, SUMS, Store};
 use crate::system::partitions;
 use crate::xfer::Geometry;
@@ -29,7 +29,7 @@ pub(crate) fn check_backup(dir: &Path) -> Result<Report> {
     let held_dir = store::Dir::open(dir)?;
     let mut r = Report::default();
     let sums = std::fs::read_to_string(dir.join(SUMS)).unwrap_or_default();
-    let mode = progress::Mode::detect();
+    let mode = progress::Style::detect();
     let (mut held, mut total) = (0u64, 0u64);
     let mut sealed = Vec::new();
     for (i, d) in m.disks.iter().enumerate() {
@@ -267,7 +267,7 @@ fn check_map(
             d.map, d.chunks
         ));
     }
-    let missing = map.bytes(Status::NonTried).saturating_sub(unmarked);
+    let missing = map.bytes(BlockStatus::NonTried).saturating_sub(unmarked);
     if missing > 0 && d.complete {
         problems.push(format!(
             "{}: {missing} bytes never received, but {MANIFEST} says {} is complete",
@@ -275,11 +275,11 @@ fn check_map(
         ));
     }
     // The manifest counts the unreadable bytes once the disk is complete.
-    if d.complete && map.bytes(Status::Bad) != d.unreadable_bytes {
+    if d.complete && map.bytes(BlockStatus::Bad) != d.unreadable_bytes {
         problems.push(format!(
             "{}: {} unreadable bytes, {MANIFEST} says {}",
             d.map,
-            map.bytes(Status::Bad),
+            map.bytes(BlockStatus::Bad),
             d.unreadable_bytes
         ));
     }

@@ -13,7 +13,7 @@ use crate::fabric::bus::{self, Domain, Router, Service, XDomain};
 use crate::fabric::link::STREAM_ROOT as STREAM_CONFIGFS;
 use crate::system::disks::natural_cmp;
 use crate::system::mountinfo;
-use crate::util::Peer;
+use crate::util::Escaped;
 /// The first release with thunderbolt_stream.
 const MIN_KERNEL: (u32, u32) = (7, 2);
 
@@ -449,9 +449,9 @@ fn render_peers(o: &mut String, s: &Status) {
             "  {}  {} ({}), uuid {}\n",
             x.name,
             // The peer host chose its own device and vendor names.
-            Peer(opt(&x.device_name)),
-            Peer(opt(&x.vendor_name)),
-            Peer(opt(&x.unique_id))
+            Escaped(opt(&x.device_name)),
+            Escaped(opt(&x.vendor_name)),
+            Escaped(opt(&x.unique_id))
         ));
         let lanes = |l: Option<u32>| l.map(|n| format!(" x{n}")).unwrap_or_default();
         if x.rx_speed.is_some() || x.tx_speed.is_some() {

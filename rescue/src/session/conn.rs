@@ -625,7 +625,7 @@ pub(crate) fn peer_error(f: &Frame) -> anyhow::Error {
             };
             Exit::new(
                 code,
-                format!("the peer reports: {}", crate::util::Peer(&e.message)),
+                format!("the peer reports: {}", crate::util::Escaped(&e.message)),
             )
             .into()
         }

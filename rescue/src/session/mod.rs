@@ -98,7 +98,7 @@ fn introduce(
     if role != Role::Serve && theirs.role != Role::Serve {
         let m = format!(
             "the peer {} is running `rescue {}` too; one machine must run `rescue serve`",
-            crate::util::Peer(&theirs.identity.hostname),
+            crate::util::Escaped(&theirs.identity.hostname),
             match theirs.role {
                 Role::Backup => "backup",
                 Role::Restore => "restore",

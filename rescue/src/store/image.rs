@@ -14,7 +14,7 @@ use std::time::Instant;
 
 use anyhow::{Context, Result, bail};
 
-use super::mapfile::{Map, Status};
+use super::mapfile::{BlockStatus, Map};
 use super::{Access, BackupDir, Dir, ManifestDisk};
 use crate::proto::msg::ChunkRanges;
 use crate::session::conn::OutChunk;
@@ -380,7 +380,7 @@ impl ImageSink {
 
     /// Bytes the source could not read, as recorded.
     pub(crate) fn unreadable_bytes(&self) -> u64 {
-        self.map.bytes(Status::Bad)
+        self.map.bytes(BlockStatus::Bad)
     }
 
     /// Final check: every chunk's digest in the journal matches the image, and
@@ -412,7 +412,7 @@ impl ImageSink {
             self.journal.write_all_at(&zero, i * DIGEST)?;
             let off = self.geo.offset(i);
             self.map
-                .set(off, u64::from(self.geo.len_of(i)), Status::NonTried);
+                .set(off, u64::from(self.geo.len_of(i)), BlockStatus::NonTried);
         }
         self.journal.sync_data()?;
         self.write_map()?;
@@ -888,15 +888,15 @@ mod tests {
         write_journal(&j, &batch).unwrap();
         let mut stale = Map::new(d.size);
         stale.set_chunk(0, 3 * c, &[(70_000, 512)]);
-        stale.set(8 * c, c, Status::Finished);
+        stale.set(8 * c, c, BlockStatus::Finished);
         save_map(&dir, &d, &stale).unwrap();
 
         let held = resume_ranges(&dir, &d, c as u32).unwrap();
         assert_eq!(held.to_vec(), vec![(0, 7), (9, 10)]);
         let map = read_map(&dir, &d).unwrap();
-        assert_eq!(map.ranges(Status::Bad), vec![(70_000, 512)]);
-        assert_eq!(map.ranges(Status::NonTried), vec![(7 * c, 2 * c)]);
-        assert_eq!(map.bytes(Status::Finished), d.size - 2 * c - 512);
+        assert_eq!(map.ranges(BlockStatus::Bad), vec![(70_000, 512)]);
+        assert_eq!(map.ranges(BlockStatus::NonTried), vec![(7 * c, 2 * c)]);
+        assert_eq!(map.bytes(BlockStatus::Finished), d.size - 2 * c - 512);
 
         // Without a readable map the journal cannot say which chunks had
         // unreadable sectors: it is dropped and everything is received again.

@@ -7,28 +7,28 @@ use std::fmt::Write as _;
 
 /// A block status in ddrescue's alphabet.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Status {
+pub enum BlockStatus {
     NonTried,
     Bad,
     Finished,
 }
 
-impl Status {
+impl BlockStatus {
     fn ch(self) -> char {
         match self {
-            Status::NonTried => '?',
-            Status::Bad => '-',
-            Status::Finished => '+',
+            BlockStatus::NonTried => '?',
+            BlockStatus::Bad => '-',
+            BlockStatus::Finished => '+',
         }
     }
 
-    fn from_ch(c: &str) -> Option<Status> {
+    fn from_ch(c: &str) -> Option<BlockStatus> {
         match c {
-            "?" => Some(Status::NonTried),
-            "-" => Some(Status::Bad),
-            "+" => Some(Status::Finished),
+            "?" => Some(BlockStatus::NonTried),
+            "-" => Some(BlockStatus::Bad),
+            "+" => Some(BlockStatus::Finished),
             // Non-trimmed, non-scraped: ddrescue's in-between states count as bad.
-            "*" | "/" => Some(Status::Bad),
+            "*" | "/" => Some(BlockStatus::Bad),
             _ => None,
         }
     }
@@ -45,20 +45,20 @@ pub(crate) struct Map {
     size: u64,
     /// start -> (end, status): contiguous, covering [0, size), and no two
     /// neighbours with the same status.
-    runs: BTreeMap<u64, (u64, Status)>,
+    runs: BTreeMap<u64, (u64, BlockStatus)>,
 }
 
 impl Map {
     pub fn new(size: u64) -> Map {
         let mut runs = BTreeMap::new();
         if size > 0 {
-            runs.insert(0, (size, Status::NonTried));
+            runs.insert(0, (size, BlockStatus::NonTried));
         }
         Map { size, runs }
     }
 
     /// Marks [start, start+len) (clipped to the image) with `status`.
-    pub(crate) fn set(&mut self, start: u64, len: u64, status: Status) {
+    pub(crate) fn set(&mut self, start: u64, len: u64, status: BlockStatus) {
         let end = start.saturating_add(len).min(self.size);
         if start < end {
             self.replace(start, end, &[(start, end, status)]);
@@ -85,30 +85,30 @@ impl Map {
         if !holes.is_sorted() {
             holes.sort_unstable();
         }
-        let mut runs: Vec<(u64, u64, Status)> = Vec::with_capacity(2 * holes.len() + 1);
+        let mut runs: Vec<(u64, u64, BlockStatus)> = Vec::with_capacity(2 * holes.len() + 1);
         let mut at = start;
         for (s, e) in holes {
             match runs.last_mut() {
                 // Overlapping or touching the previous hole: extend it.
-                Some(last) if last.2 == Status::Bad && s <= last.1 => last.1 = last.1.max(e),
+                Some(last) if last.2 == BlockStatus::Bad && s <= last.1 => last.1 = last.1.max(e),
                 _ => {
                     if s > at {
-                        runs.push((at, s, Status::Finished));
+                        runs.push((at, s, BlockStatus::Finished));
                     }
-                    runs.push((s, e, Status::Bad));
+                    runs.push((s, e, BlockStatus::Bad));
                 }
             }
             at = runs.last().map_or(at, |r| r.1);
         }
         if at < end {
-            runs.push((at, end, Status::Finished));
+            runs.push((at, end, BlockStatus::Finished));
         }
         self.replace(start, end, &runs);
     }
 
     /// Replaces [start, end) by `runs`: (start, end, status), in order,
     /// contiguous, covering exactly that range, neighbours differing.
-    fn replace(&mut self, start: u64, end: u64, runs: &[(u64, u64, Status)]) {
+    fn replace(&mut self, start: u64, end: u64, runs: &[(u64, u64, BlockStatus)]) {
         self.split_at(start);
         self.split_at(end);
         while let Some((&s, _)) = self.runs.range(start..end).next() {
@@ -148,18 +148,18 @@ impl Map {
     }
 
     /// The runs in order, as (start, len, status).
-    fn iter(&self) -> impl Iterator<Item = (u64, u64, Status)> + '_ {
+    fn iter(&self) -> impl Iterator<Item = (u64, u64, BlockStatus)> + '_ {
         self.runs.iter().map(|(&s, &(e, st))| (s, e - s, st))
     }
 
     /// Total bytes with `status`.
-    pub(crate) fn bytes(&self, status: Status) -> u64 {
+    pub(crate) fn bytes(&self, status: BlockStatus) -> u64 {
         self.iter().filter(|r| r.2 == status).map(|r| r.1).sum()
     }
 
     /// The runs with `status`.
     #[cfg(test)]
-    pub(crate) fn ranges(&self, status: Status) -> Vec<(u64, u64)> {
+    pub(crate) fn ranges(&self, status: BlockStatus) -> Vec<(u64, u64)> {
         self.iter()
             .filter(|r| r.2 == status)
             .map(|r| (r.0, r.1))
@@ -167,7 +167,7 @@ impl Map {
     }
 
     /// Bytes with `status` within [from, to).
-    fn bytes_in(&self, from: u64, to: u64, status: Status) -> u64 {
+    fn bytes_in(&self, from: u64, to: u64, status: BlockStatus) -> u64 {
         let first = self
             .runs
             .range(..=from)
@@ -202,12 +202,12 @@ impl Map {
     pub(crate) fn disagreement(&self, held: &[(u64, u64)]) -> (u64, u64) {
         let unmarked = held
             .iter()
-            .map(|&(s, l)| self.bytes_in(s, s.saturating_add(l), Status::NonTried))
+            .map(|&(s, l)| self.bytes_in(s, s.saturating_add(l), BlockStatus::NonTried))
             .sum();
         let claimed = self
             .outside(held)
             .iter()
-            .map(|&(s, l)| l - self.bytes_in(s, s + l, Status::NonTried))
+            .map(|&(s, l)| l - self.bytes_in(s, s + l, BlockStatus::NonTried))
             .sum();
         (unmarked, claimed)
     }
@@ -219,7 +219,7 @@ impl Map {
     /// is written before the journal claims a chunk with unreadable sectors).
     pub(crate) fn follow_journal(&mut self, held: &[(u64, u64)]) {
         for (s, l) in self.outside(held) {
-            self.set(s, l, Status::NonTried);
+            self.set(s, l, BlockStatus::NonTried);
         }
         for &(s, l) in held {
             let e = s.saturating_add(l).min(self.size);
@@ -227,11 +227,11 @@ impl Map {
             let todo: Vec<(u64, u64)> = self
                 .runs
                 .range(first..e)
-                .filter(|(_, r)| r.1 == Status::NonTried)
+                .filter(|(_, r)| r.1 == BlockStatus::NonTried)
                 .map(|(&rs, &(re, _))| (rs.max(s), re.min(e)))
                 .collect();
             for (a, b) in todo {
-                self.set(a, b - a, Status::Finished);
+                self.set(a, b - a, BlockStatus::Finished);
             }
         }
     }
@@ -242,7 +242,7 @@ impl Map {
         for line in header.lines() {
             let _ = writeln!(s, "# {line}");
         }
-        let (pos, status) = match self.iter().find(|r| r.2 == Status::NonTried) {
+        let (pos, status) = match self.iter().find(|r| r.2 == BlockStatus::NonTried) {
             Some(r) => (r.0, '?'),
             None => (self.size, '+'),
         };
@@ -280,8 +280,11 @@ impl Map {
                 u64::from_str_radix(s, 16).map_err(|_| format!("line {}: bad number", i + 1))
             };
             let (pos, len) = (num(f[0])?, num(f[1])?);
-            let st =
-                Status::from_ch(f[2]).ok_or(format!("line {}: unknown status {}", i + 1, f[2]))?;
+            let st = BlockStatus::from_ch(f[2]).ok_or(format!(
+                "line {}: unknown status {}",
+                i + 1,
+                f[2]
+            ))?;
             map.set(pos, len, st);
         }
         Ok(map)
@@ -295,29 +298,33 @@ mod tests {
     #[test]
     fn set_merges_and_splits() {
         let mut m = Map::new(100);
-        m.set(0, 50, Status::Finished);
-        m.set(50, 50, Status::Finished);
-        assert_eq!(m.ranges(Status::Finished), vec![(0, 100)]);
-        m.set(10, 5, Status::Bad);
-        assert_eq!(m.ranges(Status::Bad), vec![(10, 5)]);
-        assert_eq!(m.ranges(Status::Finished), vec![(0, 10), (15, 85)]);
-        assert_eq!(m.bytes(Status::Finished), 95);
-        m.set(90, 1000, Status::NonTried);
-        assert_eq!(m.bytes(Status::NonTried), 10);
+        m.set(0, 50, BlockStatus::Finished);
+        m.set(50, 50, BlockStatus::Finished);
+        assert_eq!(m.ranges(BlockStatus::Finished), vec![(0, 100)]);
+        m.set(10, 5, BlockStatus::Bad);
+        assert_eq!(m.ranges(BlockStatus::Bad), vec![(10, 5)]);
+        assert_eq!(m.ranges(BlockStatus::Finished), vec![(0, 10), (15, 85)]);
+        assert_eq!(m.bytes(BlockStatus::Finished), 95);
+        m.set(90, 1000, BlockStatus::NonTried);
+        assert_eq!(m.bytes(BlockStatus::NonTried), 10);
     }
 
     #[test]
     fn set_agrees_with_a_byte_by_byte_model() {
         let mut m = Map::new(300);
-        let mut model = vec![Status::NonTried; 300];
+        let mut model = vec![BlockStatus::NonTried; 300];
         let mut x = 12345u64;
-        let all = [Status::NonTried, Status::Bad, Status::Finished];
+        let all = [
+            BlockStatus::NonTried,
+            BlockStatus::Bad,
+            BlockStatus::Finished,
+        ];
         for _ in 0..2000 {
             x ^= x << 13;
             x ^= x >> 7;
             x ^= x << 17;
             let (start, len, st) = (x % 310, (x >> 20) % 40, all[(x >> 40) as usize % 3]);
-            let mut mark = |from: u64, n: u64, st: Status| {
+            let mut mark = |from: u64, n: u64, st: BlockStatus| {
                 let to = (from + n).min(300).min(start + len);
                 for b in model.iter_mut().take(to as usize).skip(from as usize) {
                     *b = st;
@@ -336,9 +343,9 @@ mod tests {
                     })
                     .collect();
                 m.set_chunk(start, len, &bad);
-                mark(start, len, Status::Finished);
+                mark(start, len, BlockStatus::Finished);
                 for &(o, l) in &bad {
-                    mark(start + u64::from(o), u64::from(l), Status::Bad);
+                    mark(start + u64::from(o), u64::from(l), BlockStatus::Bad);
                 }
             }
             let runs: Vec<_> = m.iter().collect();
@@ -369,9 +376,9 @@ mod tests {
             m.set_chunk(c * CHUNK, CHUNK, &bad);
         }
         let took = t.elapsed();
-        assert_eq!(m.ranges(Status::Bad).len(), 24 * 16_384);
-        assert_eq!(m.bytes(Status::Bad), 24 * 16_384 * 256);
-        assert_eq!(m.bytes(Status::NonTried), 0);
+        assert_eq!(m.ranges(BlockStatus::Bad).len(), 24 * 16_384);
+        assert_eq!(m.bytes(BlockStatus::Bad), 24 * 16_384 * 256);
+        assert_eq!(m.bytes(BlockStatus::NonTried), 0);
         assert!(took.as_secs() < 60, "24 chunks took {took:?}");
     }
 
@@ -382,17 +389,17 @@ mod tests {
         // still marks chunk 7, whose journal record was dropped as damaged.
         let mut m = Map::new(100);
         m.set_chunk(0, 30, &[(13, 4)]);
-        m.set(70, 10, Status::Finished);
+        m.set(70, 10, BlockStatus::Finished);
         let held = [(0, 60), (80, 10)];
         assert_eq!(m.disagreement(&held), (40, 10));
         m.follow_journal(&held);
         assert_eq!(m.disagreement(&held), (0, 0));
-        assert_eq!(m.ranges(Status::Bad), vec![(13, 4)]);
+        assert_eq!(m.ranges(BlockStatus::Bad), vec![(13, 4)]);
         assert_eq!(
-            m.ranges(Status::Finished),
+            m.ranges(BlockStatus::Finished),
             vec![(0, 13), (17, 43), (80, 10)]
         );
-        assert_eq!(m.ranges(Status::NonTried), vec![(60, 20), (90, 10)]);
+        assert_eq!(m.ranges(BlockStatus::NonTried), vec![(60, 20), (90, 10)]);
         // A map that agrees is left as it is.
         let before = m.clone();
         m.follow_journal(&held);
@@ -402,9 +409,9 @@ mod tests {
     #[test]
     fn render_parse_roundtrip() {
         let mut m = Map::new(1 << 20);
-        m.set(0, 4096, Status::Finished);
-        m.set(4096, 512, Status::Bad);
-        m.set(4608, 8192, Status::Finished);
+        m.set(0, 4096, BlockStatus::Finished);
+        m.set(4096, 512, BlockStatus::Bad);
+        m.set(4608, 8192, BlockStatus::Finished);
         let text = m.render("Mapfile. Created by usb4rescue");
         assert!(text.contains("0x00001000  0x00000200  -"));
         assert_eq!(Map::parse(&text, 1 << 20).unwrap(), m);

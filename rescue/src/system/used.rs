@@ -20,13 +20,13 @@ const MIN_FREE: u64 = 4096;
 /// A window of the disk being backed up, as the parsers read it: plain reads,
 /// no retries (a read error makes the parser give up, and the partition is then
 /// read whole, sector by sector where needed).
-pub(crate) struct Window<'a> {
+pub(crate) struct DiskWindow<'a> {
     pub(crate) reader: &'a DiskReader,
     pub(crate) start: u64,
     pub(crate) len: u64,
 }
 
-impl ReadAt for Window<'_> {
+impl ReadAt for DiskWindow<'_> {
     fn read_exact_at(&self, buf: &mut [u8], offset: u64) -> io::Result<()> {
         let end = offset.checked_add(buf.len() as u64);
         if end.is_none_or(|e| e > self.len) {
@@ -52,7 +52,7 @@ fn plan_with(
     probe: impl Fn(&dyn ReadAt) -> Verdict,
 ) -> FreeMap {
     let size = reader.size();
-    let whole = Window {
+    let whole = DiskWindow {
         reader,
         start: 0,
         len: size,
@@ -73,7 +73,7 @@ fn plan_with(
                 what: None,
                 why: format!("overlaps {other}"),
             },
-            None => probe(&Window {
+            None => probe(&DiskWindow {
                 reader,
                 start: span.start,
                 len: span.end - span.start,
@@ -197,16 +197,16 @@ fn cap(mut free: Vec<(u64, u64)>) -> Vec<(u64, u64)> {
 /// MiB: used blocks only", "sda3: LUKS: copied whole (not a filesystem rescue
 /// reads)".
 pub(crate) fn describe(p: &PartUse) -> String {
-    use crate::util::{Peer, human_bytes};
+    use crate::util::{Escaped, human_bytes};
     let what =
         p.fs.as_deref()
-            .map(|f| format!(" {}", Peer(f)))
+            .map(|f| format!(" {}", Escaped(f)))
             .unwrap_or_default();
     let label = p
         .label
         .as_deref()
         .filter(|l| !l.is_empty())
-        .map(|l| format!(" '{}'", Peer(l)))
+        .map(|l| format!(" '{}'", Escaped(l)))
         .unwrap_or_default();
     match p.used {
         Some(u) => format!(
@@ -217,9 +217,13 @@ pub(crate) fn describe(p: &PartUse) -> String {
         ),
         // Some reasons say it already ("encrypted: copied whole").
         None if p.why.ends_with("copied whole") => {
-            format!("{}{what}{label}: {}", p.name, Peer(&p.why))
+            format!("{}{what}{label}: {}", p.name, Escaped(&p.why))
         }
-        None => format!("{}{what}{label}: copied whole ({})", p.name, Peer(&p.why)),
+        None => format!(
+            "{}{what}{label}: copied whole ({})",
+            p.name,
+            Escaped(&p.why)
+        ),
     }
 }
 

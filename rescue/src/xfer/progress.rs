@@ -22,24 +22,24 @@ pub(crate) fn force_lines() {
 
 /// How progress is shown.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Mode {
+pub(crate) enum Style {
     Bars,
     Lines,
 }
 
-impl Mode {
+impl Style {
     /// Bars when stderr is a terminal, plain lines otherwise. As PID 1 the
     /// terminal is the kernel console, often a serial line read by a log or a
     /// test: plain lines there too.
-    pub(crate) fn detect() -> Mode {
+    pub(crate) fn detect() -> Style {
         if std::env::var_os("RESCUE_PLAIN").is_some()
             || FORCE_LINES.load(Ordering::Relaxed)
             || !std::io::stderr().is_terminal()
             || std::process::id() == 1
         {
-            Mode::Lines
+            Style::Lines
         } else {
-            Mode::Bars
+            Style::Bars
         }
     }
 }
@@ -65,9 +65,9 @@ impl Bar {
         &self.name
     }
 
-    pub fn new(name: &str, total: u64, mode: Mode) -> Bar {
+    pub fn new(name: &str, total: u64, mode: Style) -> Bar {
         match mode {
-            Mode::Bars => {
+            Style::Bars => {
                 let pb = ProgressBar::with_draw_target(Some(total), ProgressDrawTarget::stderr());
                 let style = ProgressStyle::with_template(
                     "{prefix:>10} [{bar:30}] {bytes}/{total_bytes} {binary_bytes_per_sec} ETA {eta}",
@@ -84,7 +84,7 @@ impl Bar {
                     every: Duration::ZERO,
                 }
             }
-            Mode::Lines => Bar {
+            Style::Lines => Bar {
                 name: name.into(),
                 total,
                 bar: None,
