@@ -69,6 +69,8 @@ fn run(w: &'static World, own: bool, role: Role, consent: &'static Consent, byte
             min_protocol: 1,
             role,
             identity: identity(own),
+            streams: 1,
+            session: String::new(),
         },
         me: identity(false),
         link: None,
