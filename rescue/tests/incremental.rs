@@ -144,9 +144,7 @@ fn a_second_backup_sends_only_the_changed_chunks_and_stays_a_whole_image() {
 
 #[test]
 fn full_sends_everything_again() {
-    let d = tempfile::tempdir().unwrap();
-    let img = d.path().join("disk.img");
-    random_image(&img, 8, 3);
+    let (d, img) = random_disk(8, 3);
     let srv = Server::start(d.path(), &d.path().join("store"));
     backup_via(&srv.endpoint(), &img, &[]);
     let px = Proxy::start(d.path(), &srv.sock, Faults::default());
@@ -230,9 +228,7 @@ fn a_machine_without_machine_id_gets_a_base_only_with_consent() {
 
 #[test]
 fn a_base_chunk_that_fails_its_check_is_sent_instead() {
-    let d = tempfile::tempdir().unwrap();
-    let img = d.path().join("disk.img");
-    random_image(&img, 16, 5);
+    let (d, img) = random_disk(16, 5);
     let srv = Server::start(d.path(), &d.path().join("store"));
     backup_via(&srv.endpoint(), &img, &[]);
     // The store rots under the first backup: one byte of chunk 5.
@@ -437,9 +433,7 @@ fn change_regions_within(img: &Path, len: u64) {
 
 #[test]
 fn prune_keeps_the_newest_complete_backup_and_what_is_not_complete() {
-    let d = tempfile::tempdir().unwrap();
-    let img = d.path().join("disk.img");
-    random_image(&img, 2, 8);
+    let (d, img) = random_disk(2, 8);
     let srv = Server::start(d.path(), &d.path().join("store"));
     for label in ["a", "b", "c"] {
         backup_via(&srv.endpoint(), &img, &["--label", label]);

@@ -156,17 +156,21 @@ class Env:
         b.wait_for(r"waiting for a peer", 180)
         return b, store
 
+    def disk_and_peer(self, name, prefix):
+        """What a backup test starts from: A's root disk `name` (and its sha256), and
+        B serving on a new cable (named by `prefix`), with B's log marked."""
+        disk = self.w / name
+        make_root_disk(disk, self.a.busybox)
+        cable = self.rig.cable(f"{prefix}{os.getpid() % 1000}")
+        cable.create()
+        b, store = self.peer(cable)
+        return disk, sha256(disk), cable, b, store, b.mark()
+
 
 # ------------------------------------------------------------------ dracut
 
 def t_dracut_backup(e: Env):
-    root = e.w / "root.img"
-    make_root_disk(root, e.a.busybox)
-    digest = sha256(root)
-    cable = e.rig.cable(f"d{os.getpid() % 1000}")
-    cable.create()
-    b, store = e.peer(cable)
-    m0 = b.mark()
+    root, digest, cable, b, store, m0 = e.disk_and_peer("root.img", "d")
     a = e.vm("a", memory=1024)
     t0 = time.monotonic()
     a.start(e.a.kernel, e.a.dracut_initrd,
@@ -331,13 +335,7 @@ def t_usb_menu(e: Env):
 
 def t_usb_backup(e: Env):
     """The stick backs up the machine's own disk (virtio, an ext4 with data)."""
-    disk = e.w / "internal.img"
-    make_root_disk(disk, e.a.busybox)
-    digest = sha256(disk)
-    cable = e.rig.cable(f"u{os.getpid() % 1000}")
-    cable.create()
-    b, store = e.peer(cable)
-    m0 = b.mark()
+    disk, digest, cable, b, store, m0 = e.disk_and_peer("internal.img", "u")
     v = boot_usb(e, "usbb",
                  "rescue.mode=backup rescue.disks=vda rescue.fabric=virtual rescue.hostname=stick "
                  "rescue.label=usb usb4vhost.side=a", cables=[(cable, "a")], disks=[Disk(str(disk))])

@@ -35,6 +35,27 @@ pub fn random_image(path: &Path, mib: usize, seed: u64) {
     fs::write(path, random_bytes(mib << 20, seed)).unwrap();
 }
 
+/// The run stopped as a lost peer does (exit 5) and told the user to run the
+/// same command again to resume; `what` names the case in a failure.
+pub fn assert_resumable(o: &Output, what: &str) {
+    let t = text(o);
+    assert_eq!(o.status.code(), Some(5), "{what}: {t}");
+    assert!(
+        t.to_lowercase()
+            .contains("run the same command again to resume"),
+        "{what}: {t}"
+    );
+}
+
+/// A temporary directory holding `disk.img`, `mib` MiB of random bytes: the
+/// most common start of a test.
+pub fn random_disk(mib: usize, seed: u64) -> (tempfile::TempDir, PathBuf) {
+    let d = tempfile::tempdir().unwrap();
+    let a = d.path().join("disk.img");
+    random_image(&a, mib, seed);
+    (d, a)
+}
+
 /// A sparse image: mostly zeros with data scattered at a few odd offsets.
 pub fn sparse_image(path: &Path, mib: u64, seed: u64) {
     let f = fs::File::create(path).unwrap();

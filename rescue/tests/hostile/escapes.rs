@@ -74,9 +74,7 @@ fn a_listing_cannot_send_escape_sequences_or_overrides() {
 
 #[test]
 fn backup_escapes_the_id_and_location_it_is_given() {
-    let d = tempfile::tempdir().unwrap();
-    let img = d.path().join("disk.img");
-    random_image(&img, 1, 3);
+    let (d, img) = random_disk(1, 3);
     let (ep, h) = fake_server(
         d.path(),
         vec![(

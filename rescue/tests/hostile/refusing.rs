@@ -81,9 +81,7 @@ fn refusing_server(dir: &Path) -> (String, Arc<AtomicU64>, thread::JoinHandle<St
 
 #[test]
 fn a_chunk_the_server_keeps_refusing_ends_the_backup_naming_disk_and_offset() {
-    let d = tempfile::tempdir().unwrap();
-    let img = d.path().join("disk.img");
-    random_image(&img, 4, 31);
+    let (d, img) = random_disk(4, 31);
     let (ep, copies, server) = refusing_server(d.path());
     let o = bounded(&["backup", "-d", &ep, "--full", img.to_str().unwrap()]);
     let out = text(&o);
