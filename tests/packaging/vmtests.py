@@ -166,6 +166,18 @@ class Env:
         b, store = self.peer(cable)
         return disk, sha256(disk), cable, b, store, b.mark()
 
+    def stored_alike(self, vms, store, host, digest, what):
+        """Stops the VMs (checking their kernel logs) and checks that B's store holds
+        `host`'s vda equal to `what` (whose sha256 is `digest`); returns the image."""
+        for v in vms:
+            v.kill()
+        for v in vms:
+            kernel_check(v)
+        img = stored_image(self.w, store, host, "vda")
+        got = sha256(img)
+        check(got == digest, f"stored vda.img sha256 {got} != {what} {digest}")
+        return img
+
 
 # ------------------------------------------------------------------ dracut
 
@@ -194,13 +206,7 @@ def t_dracut_backup(e: Env):
         a.proc.wait(30)
     except subprocess.TimeoutExpired:
         pass
-    a.kill()
-    b.kill()
-    kernel_check(a)
-    kernel_check(b)
-    img = stored_image(e.w, store, "hosta", "vda")
-    got = sha256(img)
-    check(got == digest, f"stored vda.img sha256 {got} != root disk {digest}")
+    img = e.stored_alike([a, b], store, "hosta", digest, "root disk")
     sums = (img.parent / "SHA256SUMS").read_text()
     check(digest in sums, f"SHA256SUMS does not hold the disk's digest:\n{sums}")
     log(f"stored {img.relative_to(e.w)} equals the root disk (sha256 {digest[:16]}...)")
@@ -348,13 +354,7 @@ def t_usb_backup(e: Env):
     check(m.group(1) == "0", f"backup rc={m.group(1)}:\n{v.tail(30)}")
     b.wait_for(r"session with .* (ended|failed.*)\n", 120, start=m0)
     log(f"{v.name}: backup of vda done {time.monotonic() - v.t0:.0f}s after power-on")
-    v.kill()
-    b.kill()
-    kernel_check(v)
-    kernel_check(b)
-    img = stored_image(e.w, store, "stick", "vda")
-    got = sha256(img)
-    check(got == digest, f"stored vda.img sha256 {got} != the machine's disk {digest}")
+    img = e.stored_alike([v, b], store, "stick", digest, "the machine's disk")
     log(f"stored {img.relative_to(e.w)} equals the machine's disk")
 
 
