@@ -81,10 +81,15 @@ impl<T: Send> Checks<T> {
         self.pending() >= self.limit
     }
 
-    pub(crate) fn submit(&mut self, f: Frame) {
-        if self.jobs.send((self.sent, f)).is_ok() {
-            self.sent += 1;
+    /// Hands `f` to a worker; fails only when every worker is gone (a check
+    /// panicked), so that a chunk is never dropped unnoticed.
+    pub(crate) fn submit(&mut self, f: Frame) -> anyhow::Result<()> {
+        let at = f.header.offset;
+        if self.jobs.send((self.sent, f)).is_err() {
+            anyhow::bail!("the chunk checks stopped (a check thread failed) at offset {at}");
         }
+        self.sent += 1;
+        Ok(())
     }
 
     /// The oldest check's result once it is done (`wait`: waiting for it);
@@ -137,7 +142,8 @@ mod tests {
                     header,
                     payload: Vec::new(),
                     intact: true,
-                });
+                })
+                .unwrap();
             }
             assert!(c.full());
             std::iter::from_fn(|| c.next(true))

@@ -307,8 +307,7 @@ impl Receiving<'_> {
         {
             self.checked(conn, pipe, bar, h, c)?;
         }
-        self.checks.submit(f);
-        Ok(())
+        self.checks.submit(f)
     }
 
     /// Where the next chunk to write starts: the offset an ACK names.
