@@ -48,7 +48,15 @@ pub fn run(root: &Root, cmd: Command) -> Result<u8> {
             )
         }),
         Command::Verify(a) => crate::cmd::verify::run(&a.dir),
-        Command::Store(a) => crate::store::keep::run(a.action),
+        Command::Store(a) => match a.action {
+            cli::StoreAction::List { dir } => crate::store::keep::list(&dir),
+            cli::StoreAction::Prune {
+                dir,
+                keep,
+                keep_days,
+                dry_run,
+            } => crate::store::keep::prune(&dir, keep, keep_days, dry_run),
+        },
         Command::Cat(a) => crate::cmd::cat::run(root, &a),
         Command::Link(a) => link_cmd(root, &a),
         Command::Init(_) => Err(Exit::new(

@@ -97,22 +97,8 @@ fn parse_time(s: &str) -> Option<i64> {
     Some((era * 146_097 + doe - 719_468) * 86_400 + hh * 3600 + mm * 60 + ss)
 }
 
-/// `rescue store list` or `prune`.
-pub(crate) fn run(action: crate::cmd::cli::StoreAction) -> Result<u8> {
-    use crate::cmd::cli::StoreAction;
-    match action {
-        StoreAction::List { dir } => list(&dir),
-        StoreAction::Prune {
-            dir,
-            keep,
-            keep_days,
-            dry_run,
-        } => prune(&dir, keep, keep_days, dry_run),
-    }
-}
-
 /// `rescue store list [DIR]`.
-fn list(dir: &Path) -> Result<u8> {
+pub(crate) fn list(dir: &Path) -> Result<u8> {
     let store = Store::open(dir)?;
     let all = store.list(None);
     if all.is_empty() {
@@ -193,7 +179,12 @@ fn to_remove<'a>(
 }
 
 /// `rescue store prune`.
-fn prune(dir: &Path, keep: Option<usize>, keep_days: Option<u64>, dry_run: bool) -> Result<u8> {
+pub(crate) fn prune(
+    dir: &Path,
+    keep: Option<usize>,
+    keep_days: Option<u64>,
+    dry_run: bool,
+) -> Result<u8> {
     if keep.is_none() && keep_days.is_none() {
         bail!("say what to keep: --keep N or --keep-days D");
     }
