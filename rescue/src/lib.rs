@@ -12,6 +12,7 @@ pub mod fabric;
 pub mod session;
 pub mod store;
 pub mod system;
+pub mod wire;
 pub mod xfer;
 
 pub(crate) mod cancel;

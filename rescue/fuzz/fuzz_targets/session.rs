@@ -23,8 +23,8 @@ use rescue::proto::frame::{Header, write_frame};
 use rescue::proto::msg::{self, ChunkBody, Hello, Identity, Role, kind};
 use rescue::session::Session;
 use rescue::session::auth::Consent;
-use rescue::session::conn::Conn;
-use rescue::session::transport::Stream;
+use rescue::wire::conn::Conn;
+use rescue::wire::transport::Stream;
 use rescue::store::Store;
 
 const HOST: &str = "fuzz";

@@ -4,7 +4,8 @@
 use std::path::PathBuf;
 
 use crate::boot::menu::Power;
-use crate::cmd::cli::{BackupArgs, Command, ConnectArgs, RestoreArgs, ServeArgs};
+use crate::cmd::cli::{BackupArgs, Command, RestoreArgs, ServeArgs};
+use crate::session::ConnectArgs;
 
 /// What init does once the system is up.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]

@@ -11,8 +11,8 @@ use crate::Root;
 use crate::cancel::{self, Interrupted, Token};
 use crate::cmd::cli::CatArgs;
 use crate::exit;
-use crate::fabric::link::{self, Link, LinkOpts};
-use crate::session::transport::{self, Endpoint, Stream};
+use crate::fabric::link::{self, Link};
+use crate::wire::transport::{self, Endpoint, Stream};
 
 pub(crate) fn run(root: &Root, args: &CatArgs) -> Result<u8> {
     let c = &args.connect;
@@ -21,10 +21,7 @@ pub(crate) fn run(root: &Root, args: &CatArgs) -> Result<u8> {
         Some(Endpoint::Unix(p)) => Stream::connect_unix(&p, c.wait_timeout())?,
         Some(Endpoint::Device(p)) => Stream::open_named_device(root, &p, None)?,
         None => {
-            let l = Link::up(
-                root,
-                &LinkOpts::from_args(c, link::HopIds::Auto, c.wait_timeout()),
-            )?;
+            let l = Link::up(root, &c.link_opts(link::HopIds::Auto, c.wait_timeout()))?;
             eprintln!("stream {}/{} is {}", l.service, l.name, l.dev.display());
             let s = Stream::open_device(&l.dev, None)?;
             _link = Some(l);

@@ -15,7 +15,7 @@ use anyhow::Result;
 use crate::Root;
 use crate::cmd::cli::{Command, LinkAction, LinkArgs};
 use crate::exit::{self, Exit};
-use crate::fabric::link::{self, Link, LinkOpts};
+use crate::fabric::link::{self, Link};
 
 /// Runs `cmd` against the system below `root`.
 pub fn run(root: &Root, cmd: Command) -> Result<u8> {
@@ -71,7 +71,7 @@ pub fn run(root: &Root, cmd: Command) -> Result<u8> {
 fn link_cmd(root: &Root, a: &LinkArgs) -> Result<u8> {
     if a.connect.device.is_some() {
         // A wrong path is named as such; a right one is still not link's business.
-        crate::session::transport::endpoint(root, a.connect.device.as_deref())?;
+        crate::wire::transport::endpoint(root, a.connect.device.as_deref())?;
         return Err(Exit::new(
             exit::USAGE,
             "`rescue link` sets a stream up from --peer and --name; --device names one \
@@ -81,8 +81,9 @@ fn link_cmd(root: &Root, a: &LinkArgs) -> Result<u8> {
     }
     match a.action {
         LinkAction::Up => {
-            let opts =
-                LinkOpts::from_args(&a.connect, link::HopIds::Auto, a.connect.wait_timeout());
+            let opts = a
+                .connect
+                .link_opts(link::HopIds::Auto, a.connect.wait_timeout());
             let mut l = Link::up(root, &opts)?;
             l.keep();
             println!("{}", l.dev.display());

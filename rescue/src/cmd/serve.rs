@@ -28,7 +28,7 @@ use crate::xfer::{self, Geometry, SinkPipeline};
 
 pub(crate) fn run(root: &Root, args: &ServeArgs) -> Result<u8> {
     // Before the store is touched: a wrong --device changes nothing anywhere.
-    crate::session::transport::endpoint(root, args.connect.device.as_deref())?;
+    crate::wire::transport::endpoint(root, args.connect.device.as_deref())?;
     let mut store = Store::open_to_write(&args.store, args.create)?;
     store.space_check = !args.no_space_check;
     crate::store::dir::ignore_file_size_signal();
@@ -88,7 +88,7 @@ pub fn handle(store: &Store, consent: &Consent, mut s: Session) -> Result<bool> 
                     )?;
                 }
                 kind::ERROR => {
-                    return Err(crate::session::conn::peer_error(&req));
+                    return Err(crate::wire::conn::peer_error(&req));
                 }
                 other => {
                     s.conn.send_error(
@@ -371,7 +371,7 @@ fn answer_base_digests(
     s: &mut Session,
     base: &BackupDir,
 ) -> Result<()> {
-    use crate::session::conn::Event;
+    use crate::wire::conn::Event;
     loop {
         let f = match s.conn.next_event(std::time::Duration::from_secs(1)) {
             Some(Event::Frame(f)) => f,

@@ -19,7 +19,6 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result, bail};
 
 use crate::Root;
-use crate::cmd::cli::ConnectArgs;
 use crate::exit::{self, Exit};
 use crate::fabric::bus;
 
@@ -75,20 +74,6 @@ pub struct LinkOpts {
     pub role: HopIds,
     /// Remove the groups on drop (`rescue link up` keeps them with `Link::keep`).
     pub teardown: bool,
-}
-
-impl LinkOpts {
-    /// The stream a command line names (`--peer`, `--name`), removed again when
-    /// the `Link` is dropped; `wait` bounds the wait for the peer (None: for ever).
-    pub(crate) fn from_args(args: &ConnectArgs, role: HopIds, wait: Option<Duration>) -> LinkOpts {
-        LinkOpts {
-            peer: args.peer.clone(),
-            name: args.name.clone(),
-            wait,
-            role,
-            teardown: true,
-        }
-    }
 }
 
 /// A configured stream. Dropping it removes the groups it created.

@@ -2,10 +2,9 @@
 //! open it, and exchange HELLO messages. Used by every command that talks to the
 //! peer.
 
+pub mod args;
 pub mod auth;
-pub mod conn;
 pub(crate) mod streams;
-pub mod transport;
 
 use std::os::unix::net::UnixListener;
 use std::path::Path;
@@ -15,16 +14,16 @@ use anyhow::{Context, Result, bail};
 
 use crate::Root;
 use crate::cancel::{self, Token};
-use crate::cmd::cli::ConnectArgs;
 use crate::exit::{self, Exit};
-use crate::fabric::link::{self, Link, LinkOpts};
+use crate::fabric::link::{self, Link};
 use crate::proto::PROTOCOL;
 use crate::proto::frame::{self, Header};
 use crate::proto::msg::{self, ErrorMsg, Hello, Identity, Role, kind};
 use crate::signals;
 use crate::system::identity::{self, Describe};
-use conn::{Closed, Conn, Event, expect_within};
-use transport::{Endpoint, Stream};
+use crate::wire::conn::{self, Closed, Conn, Event, expect_within};
+use crate::wire::transport::{self, Endpoint, Stream};
+pub use args::ConnectArgs;
 
 /// A peer we are talking to. `conn` is declared first so it is dropped (the
 /// device closed) before the link's ConfigFS groups are removed.
@@ -163,7 +162,7 @@ fn connect_to(root: &Root, args: &ConnectArgs, role: Role) -> Result<Session> {
             })
         }
         None => {
-            let mut link = Link::up(root, &LinkOpts::from_args(args, link::HopIds::Adopt, wait))?;
+            let mut link = Link::up(root, &args.link_opts(link::HopIds::Adopt, wait))?;
             link.announce();
             let start = Instant::now();
             loop {
@@ -258,7 +257,7 @@ pub fn serve(
         Some(Endpoint::Unix(p)) => sv.on_unix(&p),
         Some(Endpoint::Device(p)) => sv.on_device(root, &p, true),
         None => {
-            let opts = LinkOpts::from_args(args, link::HopIds::Publish, sv.patience.wait);
+            let opts = args.link_opts(link::HopIds::Publish, sv.patience.wait);
             let link = Link::up(root, &opts)?;
             link.announce();
             // `link` lives until serve ends: its groups go after the device closes.

@@ -15,8 +15,8 @@ use anyhow::{Result, bail};
 
 use crate::proto::frame::{self, FrameReader, Header, Read1};
 use crate::proto::msg::{self, Join, kind};
-use crate::session::conn::{Conn, Event, peer_error};
-use crate::session::transport::{self, Stream};
+use crate::wire::conn::{Conn, Event, peer_error};
+use crate::wire::transport::{self, Stream};
 
 /// Streams used when neither `--streams` nor `rescue.streams=` says: the
 /// issue's "as many as the peer allows, at most 4".

@@ -17,9 +17,9 @@ use anyhow::{Context, Result, bail};
 use super::mapfile::{BlockStatus, Map};
 use super::{Access, BackupDir, Dir, ManifestDisk};
 use crate::proto::msg::ChunkRanges;
-use crate::session::conn::OutChunk;
 use crate::system::direct::DirectWriter;
 use crate::util::{self, hex};
+use crate::wire::conn::OutChunk;
 use crate::xfer::sha256x2::Sha256Stream;
 use crate::xfer::{self, BaseChunks, Geometry, Known, RawChunk, Sink, Verified};
 
@@ -618,9 +618,9 @@ impl BaseChunks for StoreBase {
         self.journal
             .read_exact_at(&mut rec, index * DIGEST)
             .context("reading the base journal")?;
-        let mut data = crate::xfer::bufpool::take(len as usize);
+        let mut data = crate::wire::bufpool::take(len as usize);
         if let Err(e) = self.img.read_exact_at(&mut data, offset) {
-            crate::xfer::bufpool::give(data);
+            crate::wire::bufpool::give(data);
             return Err(anyhow::Error::new(e).context("reading the base image"));
         }
         Ok((rec, data))
@@ -769,7 +769,7 @@ impl ImageSource {
     }
 
     pub(crate) fn read(&self, offset: u64, len: u32) -> Result<RawChunk> {
-        let mut data = crate::xfer::bufpool::take(len as usize);
+        let mut data = crate::wire::bufpool::take(len as usize);
         let free = self
             .free
             .as_ref()
@@ -819,7 +819,7 @@ impl ImageSource {
                 "{}: the chunk at offset {offset} is damaged in the store; the peer is told so",
                 self.name
             );
-            crate::xfer::bufpool::give(raw.data);
+            crate::wire::bufpool::give(raw.data);
             return Ok(OutChunk {
                 offset,
                 len,
@@ -845,7 +845,7 @@ impl ImageSource {
             sha256: got,
             bad: raw.bad,
             data: if zero {
-                crate::xfer::bufpool::give(raw.data);
+                crate::wire::bufpool::give(raw.data);
                 Vec::new()
             } else {
                 raw.data

@@ -42,7 +42,7 @@ where
                 buf.resize(n, 0);
                 let r = f.read_exact_at(&mut buf, pos).map(|()| (pos, buf));
                 // Reported in keepalives: comparing a large target is work, not idling.
-                crate::session::conn::note_work();
+                crate::wire::conn::note_work();
                 let failed = r.is_err();
                 if full_tx.send(r).is_err() || failed {
                     return;

@@ -66,7 +66,7 @@ impl DiskReader {
     /// Reads `len` bytes at `offset`. Unreadable sectors come back as zeros and
     /// are listed (relative to `offset`) in `bad`.
     pub(crate) fn read_chunk(&self, offset: u64, len: u32) -> Result<RawChunk> {
-        let mut data = crate::xfer::bufpool::take(len as usize);
+        let mut data = crate::wire::bufpool::take(len as usize);
         let mut bad = Vec::new();
         self.read_into(&mut data, offset, 0, &mut bad)?;
         Ok(RawChunk {
@@ -88,7 +88,7 @@ impl DiskReader {
             return self.read_chunk(offset, len);
         }
         // bufpool hands out zeroed buffers: the free ranges are zeros already.
-        let mut data = crate::xfer::bufpool::take(len as usize);
+        let mut data = crate::wire::bufpool::take(len as usize);
         let mut bad = Vec::new();
         for (s, e) in crate::proto::msg::used_parts(len, &free) {
             let piece = &mut data[s as usize..e as usize];
@@ -167,7 +167,7 @@ impl DiskReader {
 
 fn read_exact(r: &dyn BlockRead, buf: &mut [u8], offset: u64) -> io::Result<()> {
     // Reported in keepalives: a disk read sector by sector is slow, not stuck.
-    crate::session::conn::note_work();
+    crate::wire::conn::note_work();
     let mut done = 0;
     while done < buf.len() {
         match r.read_at(&mut buf[done..], offset + done as u64) {

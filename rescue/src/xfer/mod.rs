@@ -6,7 +6,6 @@
 //! anything damaged or missing. This file holds what both sides share: the
 //! chunk geometry, the held ranges and the chunk checks.
 
-pub(crate) mod bufpool;
 mod checks;
 pub(crate) mod progress;
 mod receive;

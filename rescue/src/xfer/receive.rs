@@ -17,7 +17,7 @@ use crate::proto::frame::{Frame, Header};
 use crate::proto::msg::{
     ChunkBody, ChunkRanges, FLAG_DAMAGED, FLAG_FREE, FLAG_UNCHANGED, FLAG_ZERO, NAK_DATA, kind,
 };
-use crate::session::conn::{Conn, Event, peer_error};
+use crate::wire::conn::{Conn, Event, peer_error};
 use crate::xfer::progress::Bar;
 
 /// A chunk's check: ready to write, or why not.
@@ -525,9 +525,9 @@ fn accept<S: Sink + 'static>(
         }
         // The chunk as stored: its carried bytes in place, zeros in the free
         // ranges; the digest and the writer see that.
-        let mut whole = crate::xfer::bufpool::take(body.len as usize);
+        let mut whole = crate::wire::bufpool::take(body.len as usize);
         body.expand(&mut whole);
-        crate::xfer::bufpool::give(std::mem::replace(&mut body.payload, whole));
+        crate::wire::bufpool::give(std::mem::replace(&mut body.payload, whole));
         body.start = 0;
     }
     let want = geo.len_of(index);
@@ -576,18 +576,18 @@ fn from_base<S: Sink + 'static>(
         .chunk(offset, body.len)
         .map_err(|e| Reject::NeedData(format!("the base cannot be read ({e:#})")))?;
     if recorded != body.sha256 {
-        crate::xfer::bufpool::give(data);
+        crate::wire::bufpool::give(data);
         return Err(Reject::NeedData(
             "the base's journal holds another digest".into(),
         ));
     }
     if !pipe.check(&data, &body.sha256) {
-        crate::xfer::bufpool::give(data);
+        crate::wire::bufpool::give(data);
         return Err(Reject::NeedData(
             "the base's copy does not match its digest".into(),
         ));
     }
-    crate::xfer::bufpool::give(body.payload);
+    crate::wire::bufpool::give(body.payload);
     Ok(Verified {
         offset,
         len: body.len,

@@ -17,7 +17,7 @@ use crate::proto::msg::{
     self, ChunkBody, ChunkRanges, FLAG_DAMAGED, FLAG_FREE, FLAG_UNCHANGED, FLAG_ZERO, NAK_DATA,
     kind, used_parts,
 };
-use crate::session::conn::{Conn, Event, OutChunk, peer_error};
+use crate::wire::conn::{Conn, Event, OutChunk, peer_error};
 use crate::xfer::progress::Bar;
 
 /// With no acknowledgement for this long, everything in flight is sent again.
@@ -411,7 +411,7 @@ pub(crate) fn digest_fresh(offset: u64, raw: RawChunk, known: Known) -> Result<O
     let len = raw.data.len() as u32;
     let RawChunk { data, bad, free } = raw;
     if known.zero {
-        crate::xfer::bufpool::give(data);
+        crate::wire::bufpool::give(data);
         return Ok(OutChunk {
             offset,
             len,

@@ -38,7 +38,7 @@ impl Drop for Verified {
         // The last holder (writer or hasher) recycles the buffer.
         let p = std::mem::replace(&mut self.payload, Arc::new(Vec::new()));
         if let Ok(v) = Arc::try_unwrap(p) {
-            crate::xfer::bufpool::give(v);
+            crate::wire::bufpool::give(v);
         }
     }
 }

@@ -18,7 +18,7 @@ use crate::cancel::{self, Interrupted, Token};
 use crate::exit::{self, Exit};
 use crate::proto::frame::{self, Frame, FrameError, FrameReader, Header, Read1};
 use crate::proto::msg::{self, ErrorMsg, kind};
-use crate::session::transport::Stream;
+use crate::wire::transport::Stream;
 
 /// How often each side proves it is alive while it has nothing else to say.
 const KEEPALIVE: Duration = Duration::from_secs(2);
@@ -30,7 +30,7 @@ const REQUEST_RETRY: Duration = Duration::from_secs(20);
 /// a frame that trickles in or stops half-way (a header announcing 8 MiB, then
 /// nothing). Tests shorten it with RESCUE_PEER_SILENCE_MS.
 pub(crate) fn peer_silence() -> Duration {
-    crate::session::transport::bound("RESCUE_PEER_SILENCE_MS", Duration::from_secs(20))
+    crate::wire::transport::bound("RESCUE_PEER_SILENCE_MS", Duration::from_secs(20))
 }
 
 /// serve drops a peer that sends nothing but keepalives, and reports no local
@@ -39,7 +39,7 @@ pub(crate) fn peer_silence() -> Duration {
 /// only a peer that does nothing, or a person leaving a prompt unanswered,
 /// reaches it. Tests shorten it with RESCUE_PEER_PROGRESS_MS.
 pub(crate) fn peer_progress() -> Duration {
-    crate::session::transport::bound("RESCUE_PEER_PROGRESS_MS", Duration::from_secs(300))
+    crate::wire::transport::bound("RESCUE_PEER_PROGRESS_MS", Duration::from_secs(300))
 }
 
 /// Local work done, sent in every keepalive (the PING header's offset) so the
@@ -73,7 +73,7 @@ pub(crate) struct OutChunk {
 
 impl Drop for OutChunk {
     fn drop(&mut self) {
-        crate::xfer::bufpool::give(std::mem::take(&mut self.data));
+        crate::wire::bufpool::give(std::mem::take(&mut self.data));
     }
 }
 
@@ -665,7 +665,7 @@ fn read_loop(
     first: bool,
 ) {
     let now_ms = || started.elapsed().as_millis() as u64;
-    let mut fr = FrameReader::new(reader).with_buffers(crate::xfer::bufpool::take);
+    let mut fr = FrameReader::new(reader).with_buffers(crate::wire::bufpool::take);
     // The work counter of the peer's last keepalive.
     let mut work = 0u64;
     // The last frame queued and how many were queued in all, to drop a repeat
