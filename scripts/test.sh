@@ -2,8 +2,9 @@
 # test.sh: runs every test of usb4rescue on a fresh Debian machine (as root):
 #
 #   1. installs what is missing (Debian packages, the Rust musl target),
-#   2. cargo fmt --check, no function over 100 lines (scripts/fnlen.py) and cargo
-#      clippy -D warnings on the workspace,
+#   2. cargo fmt --check, no function over 100 lines (scripts/fnlen.py), no import
+#      circle between rescue's modules (scripts/modgraph.py) and cargo clippy -D
+#      warnings on the workspace,
 #   3. cargo test --workspace (unit tests, fixture trees, host end-to-end over
 #      UNIX sockets with cuts, bit flips, unreadable sectors, a full store),
 #   4. the static build: rescue for x86_64-unknown-linux-musl must be statically
@@ -75,10 +76,12 @@ fuzz() { # fuzz [PREFIX...]: e.g. nice -n 10
 
 lint() {
     # fnlen: no function over 100 lines outside tests (raw lines, `fn` to its brace);
-    # it lists every one over, and clippy runs even so.
+    # modgraph: no import circle between rescue's top-level modules. Each lists
+    # every offender, and clippy runs even so.
     local rc=0
     cargo fmt --all -- --check || rc=1
     scripts/fnlen.py || rc=1
+    scripts/modgraph.py || rc=1
     cargo clippy --locked --workspace --all-targets -- -D warnings || rc=1
     return $rc
 }
