@@ -221,7 +221,10 @@ fn cut_stream_resumes_without_resending_verified_chunks() {
         let o = rescue(&["backup", "-d", &px.endpoint(), a.to_str().unwrap()]);
         assert_resumable(&o, &format!("cut at {cut}"));
     }
-    // How many chunks the store holds now (journal entries).
+    // How many chunks the store holds now (journal entries), once serve has
+    // saved what the two cut data sessions brought (each logs "interrupted"
+    // after its journal is synced; the handshake cut reaches no disk).
+    srv.wait_log(": interrupted: ", 2);
     let bd = backup_dirs(&srv.store).pop().unwrap();
     let journal = fs::read(bd.join("disk.chunks")).unwrap();
     let held = journal

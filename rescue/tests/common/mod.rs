@@ -180,6 +180,21 @@ impl Server {
         fs::read_to_string(&self.log).unwrap_or_default()
     }
 
+    /// Waits (at most 60 s: "not stuck") until serve's log holds `needle`
+    /// `count` times. A client that lost its connection exits before serve has
+    /// saved what it received; serve logs each step once it is done.
+    pub fn wait_log(&self, needle: &str, count: usize) {
+        let t = Instant::now();
+        while self.log_text().matches(needle).count() < count {
+            assert!(
+                t.elapsed() < Duration::from_secs(60),
+                "serve's log did not show {needle:?} {count} time(s): {}",
+                self.log_text()
+            );
+            thread::sleep(Duration::from_millis(20));
+        }
+    }
+
     /// Sends signal `sig` ("KILL", "TERM", "INT") and waits (at most 60 s)
     /// for the server to exit; returns its exit code (None when killed).
     pub fn signal(&mut self, sig: &str) -> Option<i32> {
