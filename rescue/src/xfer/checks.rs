@@ -5,9 +5,12 @@
 //! what it saw when it checked each chunk itself, only sooner.
 
 use std::collections::BTreeMap;
+use std::panic::{self, AssertUnwindSafe};
 use std::sync::mpsc::{self, Receiver, SyncSender, TryRecvError};
 use std::sync::{Arc, Mutex};
 use std::thread::Scope;
+
+use anyhow::{Result, bail};
 
 use crate::proto::frame::{Frame, Header};
 
@@ -22,12 +25,13 @@ pub(crate) fn workers() -> usize {
 /// Checks running on workers, handed back in the order they were submitted.
 pub(crate) struct Checks<T> {
     jobs: SyncSender<(u64, Frame)>,
-    done: Receiver<(u64, Header, T)>,
+    /// Each result, or the message of the check that panicked on it.
+    done: Receiver<(u64, Header, Result<T, String>)>,
     /// Submitted so far, and handed back so far (in order).
     sent: u64,
     taken: u64,
     /// Results that finished ahead of an earlier one.
-    parked: BTreeMap<u64, (Header, T)>,
+    parked: BTreeMap<u64, (Header, Result<T, String>)>,
     /// Checks in flight at most (each holds a chunk).
     limit: usize,
 }
@@ -55,7 +59,13 @@ impl<T: Send> Checks<T> {
                     };
                     let Ok((seq, f)) = job else { return };
                     let h = f.header;
-                    if done_tx.send((seq, h, check(f))).is_err() {
+                    // A panic is a bug, but the others wait for this result in
+                    // order: it goes back as an error, and the worker ends (what
+                    // it shared with the others may be half updated).
+                    let r = panic::catch_unwind(AssertUnwindSafe(|| check(f)))
+                        .map_err(|p| panic_message(&*p));
+                    let panicked = r.is_err();
+                    if done_tx.send((seq, h, r)).is_err() || panicked {
                         return;
                     }
                 }
@@ -94,27 +104,49 @@ impl<T: Send> Checks<T> {
 
     /// The oldest check's result once it is done (`wait`: waiting for it);
     /// None when none is pending, or without `wait` when it is not done yet.
-    pub(crate) fn next(&mut self, wait: bool) -> Option<(Header, T)> {
+    /// A check that panicked, or checks that can no longer end (every worker
+    /// gone), end the transfer with an error naming the chunk.
+    pub(crate) fn next(&mut self, wait: bool) -> Result<Option<(Header, T)>> {
         while self.pending() > 0 {
-            if let Some(r) = self.parked.remove(&self.taken) {
+            if let Some((h, r)) = self.parked.remove(&self.taken) {
                 self.taken += 1;
-                return Some(r);
+                return match r {
+                    Ok(t) => Ok(Some((h, t))),
+                    Err(m) => bail!(
+                        "checking the chunk at offset {} failed: {m} (a bug in rescue; what was verified before it is kept)",
+                        h.offset
+                    ),
+                };
             }
             let got = if wait {
                 self.done.recv().ok()
             } else {
                 match self.done.try_recv() {
                     Ok(r) => Some(r),
-                    Err(TryRecvError::Empty) => return None,
+                    Err(TryRecvError::Empty) => return Ok(None),
                     Err(TryRecvError::Disconnected) => None,
                 }
             };
-            // Every worker is gone (a check panicked): nothing more comes.
-            let (seq, h, t) = got?;
-            self.parked.insert(seq, (h, t));
+            let Some((seq, h, r)) = got else {
+                bail!(
+                    "the chunk checks stopped (every check thread failed) with {} chunks unchecked",
+                    self.pending()
+                );
+            };
+            self.parked.insert(seq, (h, r));
         }
-        None
+        Ok(None)
     }
+}
+
+/// What a panic said, for the error that names it.
+fn panic_message(p: &(dyn std::any::Any + Send)) -> String {
+    let m = p
+        .downcast_ref::<&str>()
+        .map(|s| s.to_string())
+        .or_else(|| p.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "no message".to_string());
+    format!("the check panicked ({m})")
 }
 
 #[cfg(test)]
@@ -146,7 +178,7 @@ mod tests {
                 .unwrap();
             }
             assert!(c.full());
-            std::iter::from_fn(|| c.next(true))
+            std::iter::from_fn(|| c.next(true).unwrap())
                 .map(|(h, t)| (h.offset, t))
                 .collect()
         });
@@ -156,5 +188,55 @@ mod tests {
             2,
             "the checks ran one at a time"
         );
+    }
+
+    /// A check panicking on chunk 2 while the other workers live: the
+    /// results before it come back, then an error naming it (it waited forever).
+    #[test]
+    fn a_panicking_check_ends_with_an_error_naming_its_chunk() {
+        let (tx, rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            let check = |f: Frame| {
+                assert!(f.header.offset != 2, "test panic on chunk 2");
+                f.header.offset
+            };
+            let got = std::thread::scope(|s| {
+                let mut c = Checks::start(s, 3, &check);
+                let mut got = Vec::new();
+                for off in 0..5 {
+                    let header = Header::new(5, 0, off);
+                    let frame = Frame {
+                        header,
+                        payload: Vec::new(),
+                        intact: true,
+                    };
+                    c.submit(frame).unwrap();
+                }
+                loop {
+                    match c.next(true) {
+                        Ok(Some((_, t))) => got.push(Ok(t)),
+                        Ok(None) => break,
+                        Err(e) => {
+                            got.push(Err(e.to_string()));
+                            break;
+                        }
+                    }
+                }
+                got
+            });
+            let _ = tx.send(got);
+        });
+        let got = rx
+            .recv_timeout(Duration::from_secs(20))
+            .expect("the checks hung after a worker panicked");
+        assert_eq!(got[..2], [Ok(0), Ok(1)]);
+        let Err(m) = &got[2] else {
+            panic!("no error after the panic: {got:?}")
+        };
+        assert!(
+            m.contains("offset 2") && m.contains("test panic on chunk 2"),
+            "{m}"
+        );
+        assert_eq!(got.len(), 3);
     }
 }

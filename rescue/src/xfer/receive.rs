@@ -192,7 +192,7 @@ impl Receiving<'_> {
         let mut quiet = Instant::now();
         loop {
             pipe.failed()?;
-            while let Some((h, c)) = self.checks.next(false) {
+            while let Some((h, c)) = self.checks.next(false)? {
                 self.checked(conn, pipe, bar, h, c)?;
             }
             let busy = self.checks.pending() > 0;
@@ -232,7 +232,7 @@ impl Receiving<'_> {
         pipe: &SinkPipeline<S>,
         bar: &Bar,
     ) -> Result<()> {
-        while let Some((h, c)) = self.checks.next(true) {
+        while let Some((h, c)) = self.checks.next(true)? {
             self.checked(conn, pipe, bar, h, c)?;
         }
         Ok(())
@@ -303,7 +303,7 @@ impl Receiving<'_> {
             return Ok(());
         }
         if self.checks.full()
-            && let Some((h, c)) = self.checks.next(true)
+            && let Some((h, c)) = self.checks.next(true)?
         {
             self.checked(conn, pipe, bar, h, c)?;
         }
