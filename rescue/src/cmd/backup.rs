@@ -343,7 +343,7 @@ fn send_one(
     let bar = Bar::new(&src.name, src.size, mode);
     let t = Instant::now();
     let reader = &src.reader;
-    let stats = xfer::send_disk(
+    let mut stats = xfer::send_disk(
         &mut sess.conn,
         i as u32,
         geo,
@@ -361,6 +361,8 @@ fn send_one(
         },
         &bar,
     )?;
+    stats.hole_bytes = reader.hole_bytes();
+    stats.bytes_read = stats.bytes_read.saturating_sub(stats.hole_bytes);
     bar.finish();
     let done = xfer::finish_disk(
         &mut sess.conn,
@@ -486,6 +488,12 @@ pub(crate) fn summary(reports: &[DiskReport], secs: f64, corrupt: u64, peer_msg:
             println!(
                 "    {} of free space neither read nor sent (zeros in the image)",
                 human_bytes(s.free_bytes)
+            );
+        }
+        if s.hole_bytes > 0 {
+            println!(
+                "    {} of holes in the image file not read (zeros in the image)",
+                human_bytes(s.hole_bytes)
             );
         }
         if s.resent_chunks > 0 {

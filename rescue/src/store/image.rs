@@ -779,6 +779,7 @@ impl ImageSource {
                 data,
                 bad: Vec::new(),
                 free,
+                zeros: None,
             }),
             // The store's own disk failing there: the chunk is damaged, the
             // rest may still be restored. Stored chunks have no unreadable
@@ -787,6 +788,7 @@ impl ImageSource {
                 data,
                 bad: vec![(0, len)],
                 free,
+                zeros: None,
             }),
             Err(e) => {
                 Err(anyhow::Error::new(e).context(format!("reading {} at {offset}", self.name)))

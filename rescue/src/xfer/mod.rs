@@ -83,6 +83,16 @@ pub(crate) struct RawChunk {
     /// Free ranges of a used-block backup inside the chunk (relative, sorted): not
     /// read, zeros in `data`, not sent (FLAG_FREE).
     pub(crate) free: Vec<(u32, u32)>,
+    /// Known to be all zeros without reading it (holes of an image file, free
+    /// space): its length, and `data` is empty.
+    pub(crate) zeros: Option<u32>,
+}
+
+impl RawChunk {
+    /// The chunk's length in bytes.
+    pub(crate) fn len(&self) -> u32 {
+        self.zeros.unwrap_or(self.data.len() as u32)
+    }
 }
 
 /// Whether a buffer is all zeros. OR-folding 4 KiB blocks vectorises well and

@@ -50,6 +50,9 @@ pub(crate) struct SendStats {
     pub(crate) bytes_read: u64,
     /// Free space of recognised filesystems, neither read nor sent.
     pub(crate) free_bytes: u64,
+    /// Holes of an image file: not read, sent as zeros (set by the caller,
+    /// whose reader knows them; not in `bytes_read`).
+    pub(crate) hole_bytes: u64,
     /// Bytes marked unchanged since the base backup (not sent; free space
     /// in those chunks counts as free).
     pub(crate) unchanged_bytes: u64,
@@ -197,7 +200,7 @@ where
     let queue_up = |q: &mut VecDeque<_>, r: Read| match r {
         Read::Chunk(off, raw) => {
             let known = Known {
-                zero: is_zero(&raw.data),
+                zero: raw.zeros.is_some() || is_zero(&raw.data),
                 sha256: None,
             };
             q.push_back((off, raw, known));
@@ -408,8 +411,10 @@ fn count_ask(asked: &mut HashMap<u64, u32>, conn: &Conn, bar: &Bar, offset: u64)
 
 /// Builds the chunk to send from raw bytes and what is known about them.
 pub(crate) fn digest_fresh(offset: u64, raw: RawChunk, known: Known) -> Result<OutChunk> {
-    let len = raw.data.len() as u32;
-    let RawChunk { data, bad, free } = raw;
+    let len = raw.len();
+    let RawChunk {
+        data, bad, free, ..
+    } = raw;
     if known.zero {
         crate::wire::bufpool::give(data);
         return Ok(OutChunk {
