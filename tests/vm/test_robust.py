@@ -31,8 +31,19 @@ from test_vhost import MODULES, VhostBoot  # noqa: E402
 RELOADS = int(os.environ.get("USB4RESCUE_RELOADS", "50"))
 SOAK_S = float(os.environ.get("USB4RESCUE_SOAK_S", "25"))
 # Every process a test may leave on a stream: killed before ConfigFS groups are removed (a
-# blocking open of a misc device holds misc_mtx, and rmdir would wait for it).
-STOP_USERS = "killall -q dd cat tbtest 2>/dev/null; killbg"
+# blocking open of a misc device holds misc_mtx, and rmdir would wait for it). The bg jobs
+# go first: a reader loop among them would otherwise start a new reader after the killall,
+# one that outlives its job (killbg stops a job's own children, not theirs).
+STOP_USERS = "killbg; killall -q dd cat tbtest 2>/dev/null || true"
+# ... then every group goes, and this waits until thunderbolt_stream holds no group and no
+# open file (its module refcount is 0; a stream user that appears meanwhile is killed too).
+# A killed reader's last close takes a second (both rings' 500 ms flushes) and its stream
+# keeps its HopIDs until then: a group made meanwhile that adopts the same HopIDs from the
+# peer shows them without owning them (thunderbolt_stream ignores the EBUSY of its
+# allocation when a stream attaches) and frees them once more when it goes, `ida_free`
+# WARNs from tbstream_dev_detach_stream (test_11 after test_10's reader loop).
+STOP_STREAMS = (f"{STOP_USERS}; rmstreams && waitfor 15 sh -c 'killall -q dd cat tbtest; "
+                "m=/sys/module/thunderbolt_stream; [ ! -e $m ] || [ \"$(cat $m/refcnt)\" = 0 ]'")
 
 
 class RobustTest(VhostBoot, VMTestCase):
@@ -57,7 +68,7 @@ class RobustTest(VhostBoot, VMTestCase):
         c.ctl("plug")
         c.ctl("rate", "--bytes-per-sec", "0")
         for v in self.vm.values():
-            v.run(f"{STOP_USERS}; rmstreams", timeout=30, check=True)
+            v.run(STOP_STREAMS, timeout=30, check=True)
         for n in self.vm_names:
             self.sh(n, "linkwait 30", timeout=60)
 
@@ -244,6 +255,30 @@ echo "@@R rt=$(cat ring_size) $(cat throttling)"
         sha = self.send_random("alpha", "tx", itx, MiB)
         self.assertEqual(self.received("alpha", "tx", "bravo", "rx", "/tmp/bo.rx", MiB), sha)
 
+    def test_07_stop_releases_streams(self):
+        """STOP_STREAMS (every reset runs it) leaves thunderbolt_stream nothing: a reader
+        loop on a stream the peer does not have (each last close waits 1 s for the rings)
+        is stopped, and at once afterwards the module holds no file and no group. Streams
+        made right then own the HopIDs they adopt: 2 s later (every close of before is
+        over) a third group cannot take the sender's input HopID."""
+        conn = self.svc["alpha"]
+        ia = self.sh("alpha", f"mkstream {conn} lone -1 -1").split()[0]
+        self.sh("alpha", f"bg loop sh -c 'while :; do dd if=/dev/tbstream{ia} bs=64k 2>/dev/null "
+                         f"| wc -c >/dev/null; done'; waitopen /dev/tbstream{ia} 10")
+        out = self.sh("alpha", f"""{STOP_STREAMS}
+echo "@@R refcnt=$(cat /sys/module/thunderbolt_stream/refcnt)"
+echo "@@R readers=$(pidof dd | wc -w)"
+""", timeout=60)
+        self.assertEqual(field(out, "refcnt"), "0", "thunderbolt_stream still holds a stream")
+        self.assertEqual(field(out, "readers"), "0", "a reader outlived STOP_STREAMS")
+        self.streams("fresh")
+        out = self.sh("alpha", f"""usleep 2000000
+mkdir {CFS}/{conn}/probe
+echo "@@R probe=$(wr {CFS}/{conn}/probe/in_hopid $(cat {CFS}/{conn}/fresh/in_hopid))"
+rmdir {CFS}/{conn}/probe""")
+        self.assertEqual(field(out, "probe"), "ERR Device or resource busy",
+                         "the new stream shows an input HopID it does not own")
+
     # ---- the host under the driver
     def test_10_reload50(self):
         """On bravo, RELOADS times: load usb4vhost and thunderbolt_stream, set up a stream
@@ -345,7 +380,7 @@ insmod /lib/modules/usb4vhost.ko side=b && insmod /lib/modules/thunderbolt_strea
         st = c.ctl("status")
         log(f"soak {SOAK_S:.0f}s: {n} faults; " + " | ".join(l.strip() for l in st.splitlines() if "tx " in l))
         for v in self.vm_names:
-            self.sh(v, f"{STOP_USERS}; rmstreams; linkwait 30", timeout=60)
+            self.sh(v, f"{STOP_STREAMS}; linkwait 30", timeout=60)
         irx, itx = self.streams("after")
         self.start_reader("bravo", "rx", irx, "/tmp/after.rx")
         sha = self.send_random("alpha", "tx", itx, MiB)
