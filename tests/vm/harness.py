@@ -27,6 +27,20 @@ from vmpair import Disk, Rig, VMError  # noqa: E402,F401
 CFS = "/sys/kernel/config/thunderbolt/stream"
 TBDEV = "/sys/bus/thunderbolt/devices"
 REAL_MODULES = "thunderbolt,thunderbolt_stream"
+# Every process a test may leave on a stream: killed before ConfigFS groups are removed (a
+# blocking open of a misc device holds misc_mtx, and rmdir would wait for it). The bg jobs
+# go first: a reader loop among them would otherwise start a new reader after the killall,
+# one that outlives its job (killbg stops a job's own children, not theirs).
+STOP_USERS = "killbg; killall -q dd cat tbtest 2>/dev/null || true"
+# ... then every group goes, and this waits until thunderbolt_stream holds no group and no
+# open file (its module refcount is 0; a stream user that appears meanwhile is killed too).
+# A killed reader's last close takes a second (both rings' 500 ms flushes) and its stream
+# keeps its HopIDs until then: a group made meanwhile that adopts the same HopIDs from the
+# peer shows them without owning them (thunderbolt_stream ignores the EBUSY of its
+# allocation when a stream attaches) and frees them once more when it goes, `ida_free`
+# WARNs from tbstream_dev_detach_stream (test_11 after test_10's reader loop).
+STOP_STREAMS = (f"{STOP_USERS}; rmstreams && waitfor 15 sh -c 'killall -q dd cat tbtest; "
+                "m=/sys/module/thunderbolt_stream; [ ! -e $m ] || [ \"$(cat $m/refcnt)\" = 0 ]'")
 MiB = 1 << 20
 
 
@@ -187,7 +201,7 @@ class VMTestCase(unittest.TestCase):
     def reset(self):
         """Bring the VMs back to 'booted, cable plugged, no streams'."""
         for v in self.vm.values():
-            v.run("killbg; rmstreams", timeout=30, check=True)
+            v.run(STOP_STREAMS, timeout=30, check=True)
 
     # ---------------------------------------------------------------- helpers
     def sh(self, name: str, script: str, timeout: float = 60) -> str:

@@ -23,27 +23,14 @@ from pathlib import Path
 sys.dont_write_bytecode = True   # no __pycache__ in the source tree
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from harness import CFS, MiB, TBDEV, VMTestCase, field, log, vmpair  # noqa: E402
+from harness import CFS, STOP_STREAMS, STOP_USERS, MiB, TBDEV, VMTestCase, field, log, vmpair  # noqa: E402
 import test_cable  # noqa: E402
 from test_cable import ENXIO_TEXT, CableTest, ChainTest  # noqa: E402
 from test_vhost import MODULES, VhostBoot  # noqa: E402
 
 RELOADS = int(os.environ.get("USB4RESCUE_RELOADS", "50"))
 SOAK_S = float(os.environ.get("USB4RESCUE_SOAK_S", "25"))
-# Every process a test may leave on a stream: killed before ConfigFS groups are removed (a
-# blocking open of a misc device holds misc_mtx, and rmdir would wait for it). The bg jobs
-# go first: a reader loop among them would otherwise start a new reader after the killall,
-# one that outlives its job (killbg stops a job's own children, not theirs).
-STOP_USERS = "killbg; killall -q dd cat tbtest 2>/dev/null || true"
-# ... then every group goes, and this waits until thunderbolt_stream holds no group and no
-# open file (its module refcount is 0; a stream user that appears meanwhile is killed too).
-# A killed reader's last close takes a second (both rings' 500 ms flushes) and its stream
-# keeps its HopIDs until then: a group made meanwhile that adopts the same HopIDs from the
-# peer shows them without owning them (thunderbolt_stream ignores the EBUSY of its
-# allocation when a stream attaches) and frees them once more when it goes, `ida_free`
-# WARNs from tbstream_dev_detach_stream (test_11 after test_10's reader loop).
-STOP_STREAMS = (f"{STOP_USERS}; rmstreams && waitfor 15 sh -c 'killall -q dd cat tbtest; "
-                "m=/sys/module/thunderbolt_stream; [ ! -e $m ] || [ \"$(cat $m/refcnt)\" = 0 ]'")
+
 
 
 class RobustTest(VhostBoot, VMTestCase):
