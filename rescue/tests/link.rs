@@ -80,6 +80,9 @@ struct Kernel {
     published: Mutex<HashMap<String, (i64, i64)>>,
     stop: AtomicBool,
     seen: Mutex<HashMap<PathBuf, fs::File>>,
+    /// Groups attached from this many on find no free HopID: their HopID
+    /// attributes are /dev/full, which fails a write with ENOSPC.
+    hopid_groups: Mutex<Option<u32>>,
 }
 
 /// Whether a group held open still exists (a removed directory has no links).
@@ -91,7 +94,8 @@ fn alive(group: &fs::File) -> bool {
 fn get(group: &fs::File, attr: &str) -> Option<i64> {
     let fd = openat(group, attr, OFlag::O_RDONLY, Mode::empty()).ok()?;
     let mut s = String::new();
-    fs::File::from(fd).read_to_string(&mut s).ok()?;
+    // Bounded: an attribute that is /dev/full (no free HopID) never ends.
+    fs::File::from(fd).take(64).read_to_string(&mut s).ok()?;
     s.trim().parse().ok()
 }
 
@@ -113,6 +117,7 @@ impl Kernel {
             published: Mutex::new(HashMap::new()),
             stop: AtomicBool::new(false),
             seen: Mutex::new(HashMap::new()),
+            hopid_groups: Mutex::new(None),
         });
         let k2 = k.clone();
         let h = thread::spawn(move || {
@@ -163,10 +168,9 @@ impl Kernel {
                 fs::write(root.path(format!("/dev/tbstream{idx}")), "").unwrap();
                 // HopIDs last: rescue takes both above 0 for an attached group
                 // and reads its index then, which ConfigFS shows from mkdir on.
-                // A HopID the user wrote already (-1: allocate) is kept, as in
-                // ConfigFS; the next tick allocates it. Nothing adopted (0) is
-                // left unwritten: a missing file reads as 0, and a write of 0
-                // could land after the user's -1.
+                // rescue writes an attribute only once it exists (it never
+                // creates one), as ConfigFS makes them all at mkdir.
+                let full = self.hopid_groups.lock().unwrap().is_some_and(|n| idx >= n);
                 let attached = [
                     ("index", format!("{idx}\n")),
                     ("ring_size", "256\n".into()),
@@ -176,9 +180,11 @@ impl Kernel {
                 ]
                 .iter()
                 .all(|(attr, v)| {
-                    let hopid = attr.ends_with("_hopid");
-                    let keep = hopid && (v == "0\n" || get(&group, attr).is_some());
-                    keep || put(&group, attr, v, true)
+                    if full && attr.ends_with("_hopid") {
+                        std::os::unix::fs::symlink("/dev/full", p.join(attr)).is_ok()
+                    } else {
+                        put(&group, attr, v, true)
+                    }
                 });
                 // A group removed meanwhile (the adopter re-creates it) has
                 // nothing attached: the new one at its path is attached next.
@@ -364,6 +370,86 @@ fn ctrl_c_in_init_mode_stops_a_serve_whose_peer_is_not_attached() {
         "the stream set-up was left behind: {}",
         text()
     );
+    k.stop.store(true, Ordering::SeqCst);
+    h.join().unwrap();
+}
+
+/// serve's further streams (issue 15): `backup1`, `backup2`, ... beside
+/// `backup`, as many as get HopIDs; the first that gets ENOSPC is removed and
+/// ends the list, and tear-down (also on a signal) removes exactly what was
+/// made.
+#[test]
+fn publisher_sets_up_the_streams_that_get_hopids() {
+    let d = tempfile::tempdir().unwrap();
+    let root = fake_tree(d.path(), "a-uuid", "b-uuid");
+    let (k, h) = Kernel::start(root.clone());
+    // Two groups get HopIDs: the third finds none free.
+    *k.hopid_groups.lock().unwrap() = Some(2);
+    let mut link = Link::up(&root, &opts(HopIds::Publish)).unwrap();
+    let t = std::time::Instant::now();
+    assert_eq!(link.publish_more(&root, 4), 2);
+    assert!(t.elapsed() < Duration::from_secs(3), "waited on ENOSPC");
+    let conn = root.path(STREAM_ROOT).join("0-1.0");
+    assert!(conn.join("backup").is_dir() && conn.join("backup1").is_dir());
+    assert!(!conn.join("backup2").exists(), "the failed group was left");
+    assert_eq!(link.extra_devs(), vec![root.path("/dev/tbstream1")]);
+    // A signal's tear-down removes the further streams and the connection.
+    assert!(rescue::fabric::link::teardown_all());
+    assert!(!conn.exists(), "tear-down left groups");
+    drop(link);
+    k.stop.store(true, Ordering::SeqCst);
+    h.join().unwrap();
+}
+
+/// A group of a further stream's name that someone else made is neither used
+/// nor removed: serve offers the streams before it.
+#[test]
+fn publisher_stops_at_a_group_it_did_not_make() {
+    let d = tempfile::tempdir().unwrap();
+    let root = fake_tree(d.path(), "a-uuid", "b-uuid");
+    let conn = root.path(STREAM_ROOT).join("0-1.0");
+    fs::create_dir_all(conn.join("backup2")).unwrap();
+    let (k, h) = Kernel::start(root.clone());
+    let mut link = Link::up(&root, &opts(HopIds::Publish)).unwrap();
+    assert_eq!(link.publish_more(&root, 4), 2);
+    drop(link);
+    assert!(
+        conn.join("backup2").is_dir(),
+        "someone else's group was removed"
+    );
+    assert!(!conn.join("backup").exists() && !conn.join("backup1").exists());
+    k.stop.store(true, Ordering::SeqCst);
+    h.join().unwrap();
+}
+
+/// The client adopts the further streams the peer published, reversed; one
+/// the peer offered but never published (a hostile or broken peer) fails
+/// within the bound given instead of waiting for ever, and is removed.
+#[test]
+fn adopter_takes_published_streams_and_gives_up_on_missing_ones() {
+    let d = tempfile::tempdir().unwrap();
+    let root = fake_tree(d.path(), "a-uuid", "b-uuid");
+    let (k, h) = Kernel::start(root.clone());
+    for (name, hop) in [("backup", (10, 11)), ("backup1", (12, 13))] {
+        k.published.lock().unwrap().insert(name.into(), hop);
+    }
+    let mut link = Link::up(&root, &opts(HopIds::Adopt)).unwrap();
+    let dev = link.adopt_more(&root, Duration::from_secs(5)).unwrap();
+    assert_eq!(dev, root.path("/dev/tbstream1"));
+    let t = std::time::Instant::now();
+    let e = link.adopt_more(&root, Duration::from_secs(1)).unwrap_err();
+    assert!(t.elapsed() < Duration::from_secs(5), "waited too long");
+    assert!(format!("{e:#}").contains("backup2"), "{e:#}");
+    let conn = root.path(STREAM_ROOT).join("0-1.0");
+    assert!(
+        !conn.join("backup2").exists(),
+        "the unpublished group was left"
+    );
+    assert_eq!(link.streams(), 2);
+    link.truncate(1);
+    assert!(!conn.join("backup1").exists());
+    drop(link);
+    assert!(!conn.exists());
     k.stop.store(true, Ordering::SeqCst);
     h.join().unwrap();
 }

@@ -25,6 +25,9 @@ use crate::fabric::bus;
 pub const STREAM_ROOT: &str = "/sys/kernel/config/thunderbolt/stream";
 /// The driver publishes stream names as XDomain property keys (8 characters).
 pub(crate) const MAX_NAME: usize = 8;
+/// How long serve waits for the HopIDs of a further stream it publishes (the
+/// driver allocates them at once; this only bounds a driver that does not).
+const PUBLISH_WAIT: Duration = Duration::from_secs(3);
 
 /// ConfigFS directories this process created, for tear-down on a signal.
 static CREATED: Mutex<Vec<PathBuf>> = Mutex::new(Vec::new());
@@ -33,11 +36,10 @@ static CREATED: Mutex<Vec<PathBuf>> = Mutex::new(Vec::new());
 /// Returns whether there was anything to remove.
 pub fn teardown_all() -> bool {
     let mut any = false;
-    if let Ok(mut v) = CREATED.lock() {
-        while let Some(p) = v.pop() {
-            let _ = fs::remove_dir(&p);
-            any = true;
-        }
+    // The lock is not held while removing: `remove_group` takes nothing else.
+    while let Some(p) = CREATED.lock().ok().and_then(|mut v| v.pop()) {
+        remove_group(&p);
+        any = true;
     }
     any
 }
@@ -76,7 +78,8 @@ pub struct LinkOpts {
     pub teardown: bool,
 }
 
-/// A configured stream. Dropping it removes the groups it created.
+/// A configured stream (and, for a session over several, the further ones in
+/// `extra`, on the same connection). Dropping it removes the groups it created.
 #[derive(Debug)]
 pub struct Link {
     pub service: String,
@@ -90,6 +93,8 @@ pub struct Link {
     created_conn: bool,
     created_stream: bool,
     teardown: bool,
+    /// Streams 1.. of a session over several (`publish_more`, `adopt_more`).
+    extra: Vec<Link>,
 }
 
 /// Checks a connection group name the way the driver does ("%u-%llx.%u").
@@ -108,6 +113,21 @@ pub(crate) fn valid_service_name(s: &str) -> bool {
         && idx.chars().all(|c| c.is_ascii_digit())
 }
 
+/// The ConfigFS name of stream `i` of a session whose first stream is named
+/// `base` (`--name`): `base` itself for stream 0, so an older peer and a
+/// hand-made group still meet it, else `base` cut to 7 characters with the
+/// digit `i` appended (backup, backup1, backup2, ...). None when that would be
+/// `base` again (an 8-character name ending in that digit) or `i` > 9.
+pub(crate) fn stream_name(base: &str, i: usize) -> Option<String> {
+    if i == 0 {
+        return Some(base.to_string());
+    }
+    let digit = char::from_digit(u32::try_from(i).ok()?, 10)?;
+    let cut: String = base.chars().take(MAX_NAME - 1).collect();
+    let name = format!("{cut}{digit}");
+    (name != base).then_some(name)
+}
+
 pub(crate) fn valid_stream_name(s: &str) -> bool {
     !s.is_empty()
         && s.len() <= MAX_NAME
@@ -115,12 +135,28 @@ pub(crate) fn valid_stream_name(s: &str) -> bool {
             .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
 }
 
+/// Reads a numeric attribute; at most 64 bytes, so a path that is not one
+/// (a device, a link gone wrong) cannot make us read for ever.
 fn read_int(p: &Path) -> Option<i64> {
-    fs::read_to_string(p).ok()?.trim().parse().ok()
+    use std::io::Read;
+    let mut s = String::new();
+    fs::File::open(p)
+        .ok()?
+        .take(64)
+        .read_to_string(&mut s)
+        .ok()?;
+    s.trim().parse().ok()
 }
 
+/// Writes an attribute of a group; never creates one: ConfigFS makes them
+/// at mkdir, and one that is missing is not (yet) the driver's.
 fn write_attr(p: &Path, v: &str) -> io::Result<()> {
-    fs::write(p, v)
+    use std::io::Write;
+    fs::OpenOptions::new()
+        .write(true)
+        .truncate(true)
+        .open(p)?
+        .write_all(v.as_bytes())
 }
 
 /// Explains why USB4STREAM cannot be used here, or None when it can.
@@ -230,21 +266,26 @@ fn mkdir(p: &Path, what: &str) -> Result<bool> {
 /// files in one rmdir; a fake tree (tests) is a plain directory whose files must
 /// go first, which is harmless to try afterwards.
 fn rmdir(p: &Path) -> bool {
-    if fs::remove_dir(p).is_err()
-        && let Ok(entries) = fs::read_dir(p)
-    {
-        for e in entries.flatten() {
-            if e.file_type().is_ok_and(|t| t.is_file()) {
-                let _ = fs::remove_file(e.path());
-            }
-        }
-        let _ = fs::remove_dir(p);
-    }
+    remove_group(p);
     let gone = !p.exists();
     if gone {
         unregister(p);
     }
     gone
+}
+
+/// The removal itself, for `rmdir` and `teardown_all`.
+fn remove_group(p: &Path) {
+    if fs::remove_dir(p).is_err()
+        && let Ok(entries) = fs::read_dir(p)
+    {
+        for e in entries.flatten() {
+            if e.file_type().is_ok_and(|t| t.is_file() || t.is_symlink()) {
+                let _ = fs::remove_file(e.path());
+            }
+        }
+        let _ = fs::remove_dir(p);
+    }
 }
 
 impl Link {
@@ -262,20 +303,8 @@ impl Link {
         let service = pick_service(root, opts)?;
         let conn_dir = root.path(STREAM_ROOT).join(&service);
         let created_conn = mkdir(&conn_dir, "connection")?;
-        let stream_dir = conn_dir.join(&opts.name);
-        let mut link = Link {
-            service: service.clone(),
-            name: opts.name.clone(),
-            dev: PathBuf::new(),
-            in_hopid: 0,
-            out_hopid: 0,
-            role: opts.role,
-            conn_dir,
-            created_conn,
-            created_stream: false,
-            stream_dir,
-            teardown: opts.teardown,
-        };
+        let mut link = Link::group(&service, &conn_dir, &opts.name, opts.role, opts.teardown);
+        link.created_conn = created_conn;
         link.created_stream = mkdir(&link.stream_dir, "stream")?;
         if link.role == HopIds::Auto {
             link.role = decide_role(root, &service);
@@ -284,11 +313,97 @@ impl Link {
         Ok(link)
     }
 
+    /// A stream group `name` of the connection `conn_dir`, not yet made.
+    fn group(service: &str, conn_dir: &Path, name: &str, role: HopIds, teardown: bool) -> Link {
+        Link {
+            service: service.to_string(),
+            name: name.to_string(),
+            dev: PathBuf::new(),
+            in_hopid: 0,
+            out_hopid: 0,
+            role,
+            conn_dir: conn_dir.to_path_buf(),
+            created_conn: false,
+            created_stream: false,
+            stream_dir: conn_dir.join(name),
+            teardown,
+            extra: Vec::new(),
+        }
+    }
+
+    /// Sets up stream `1 + extra.len()` beside this one, as this one was
+    /// (publishing or adopting), waiting at most `wait` for its HopIDs. Only a
+    /// group made here is used: one that exists already belongs to someone else.
+    fn add_group(&mut self, root: &Root, wait: Duration) -> Result<&Link> {
+        let i = 1 + self.extra.len();
+        let Some(name) = stream_name(&self.name, i) else {
+            bail!(
+                "the name {:?} leaves no name for stream {} (use a --name of at most 7 characters)",
+                self.name,
+                i + 1
+            );
+        };
+        let mut g = Link::group(&self.service, &self.conn_dir, &name, self.role, true);
+        if !mkdir(&g.stream_dir, "stream")? {
+            bail!(
+                "{} exists already (another program's stream? `rescue link down --name {name}` removes it)",
+                g.stream_dir.display()
+            );
+        }
+        g.created_stream = true;
+        g.negotiate(root, Some(wait))?;
+        self.extra.push(g);
+        Ok(&self.extra[i - 1])
+    }
+
+    /// serve: publishes streams 1..`want` beside this one, stopping at the
+    /// first that cannot be set up (no free HopID, a failed mkdir, a name
+    /// clash) with one line saying why. Returns how many streams there are.
+    pub fn publish_more(&mut self, root: &Root, want: u32) -> u32 {
+        while self.streams() < want {
+            if let Err(e) = self.add_group(root, PUBLISH_WAIT) {
+                eprintln!(
+                    "using {} stream(s) of the {want} asked for: {e:#}",
+                    self.streams()
+                );
+                break;
+            }
+        }
+        self.streams()
+    }
+
+    /// Client: adopts the next stream the peer published (after its HELLO
+    /// offered it), waiting at most `wait`; returns its device.
+    pub fn adopt_more(&mut self, root: &Root, wait: Duration) -> Result<PathBuf> {
+        Ok(self.add_group(root, wait)?.dev.clone())
+    }
+
+    /// How many streams this link holds.
+    pub fn streams(&self) -> u32 {
+        1 + self.extra.len() as u32
+    }
+
+    /// The devices of streams 1.., in order.
+    pub fn extra_devs(&self) -> Vec<PathBuf> {
+        self.extra.iter().map(|g| g.dev.clone()).collect()
+    }
+
+    /// Removes the streams from `n` on (serve could not open one, or the
+    /// client did not get them into the session).
+    pub fn truncate(&mut self, n: u32) {
+        self.extra.truncate(n.saturating_sub(1) as usize);
+    }
+
     fn hopids(&self) -> (i64, i64) {
         (
             read_int(&self.stream_dir.join("in_hopid")).unwrap_or(0),
             read_int(&self.stream_dir.join("out_hopid")).unwrap_or(0),
         )
+    }
+
+    /// Whether the driver made the group's attributes (at mkdir in ConfigFS).
+    fn attached(&self) -> bool {
+        self.stream_dir.join("out_hopid").exists() && self.stream_dir.join("in_hopid").exists()
     }
 
     fn negotiate(&mut self, root: &Root, wait: Option<Duration>) -> Result<()> {
@@ -309,7 +424,7 @@ impl Link {
                 if start.elapsed() > Duration::from_millis(200) && rmdir(&self.stream_dir) {
                     self.created_stream = mkdir(&self.stream_dir, "stream")?;
                 }
-            } else if !published || (i == 0 && o == 0) {
+            } else if (!published || (i == 0 && o == 0)) && self.attached() {
                 for attr in ["in_hopid", "out_hopid"] {
                     write_attr(&self.stream_dir.join(attr), "-1").map_err(|e| {
                         let why = match e.raw_os_error() {
@@ -373,14 +488,22 @@ impl Link {
 
     /// Tells the user which device the stream is and with which HopIDs.
     pub(crate) fn announce(&self) {
-        eprintln!(
-            "stream {}/{} is {} (HopIDs in {} out {})",
-            self.service,
-            self.name,
-            self.dev.display(),
-            self.in_hopid,
-            self.out_hopid
-        );
+        self.announce_from(0);
+    }
+
+    /// Tells the user about streams `first`.. (the client joins its further
+    /// streams after the first is announced).
+    pub(crate) fn announce_from(&self, first: usize) {
+        for g in std::iter::once(self).chain(&self.extra).skip(first) {
+            eprintln!(
+                "stream {}/{} is {} (HopIDs in {} out {})",
+                g.service,
+                g.name,
+                g.dev.display(),
+                g.in_hopid,
+                g.out_hopid
+            );
+        }
     }
 
     /// Re-creates an adopted stream so it picks up HopIDs the peer published
@@ -397,6 +520,8 @@ impl Link {
 
     /// Removes what we created. Directories made by someone else stay.
     pub(crate) fn down(&mut self) {
+        // The further streams first: the connection goes only once it is empty.
+        self.extra.clear();
         if self.created_stream {
             rmdir(&self.stream_dir);
             self.created_stream = false;
@@ -413,6 +538,9 @@ impl Link {
     /// Keeps the groups after this process ends (`rescue link up`).
     pub(crate) fn keep(&mut self) {
         self.teardown = false;
+        for g in &mut self.extra {
+            g.keep();
+        }
         unregister(&self.stream_dir);
         unregister(&self.conn_dir);
     }
@@ -492,6 +620,21 @@ pub(crate) fn configured(root: &Root) -> Vec<(String, String)> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn further_streams_are_named_after_the_first() {
+        assert_eq!(stream_name("backup", 0).as_deref(), Some("backup"));
+        assert_eq!(stream_name("backup", 1).as_deref(), Some("backup1"));
+        assert_eq!(stream_name("backup", 3).as_deref(), Some("backup3"));
+        assert_eq!(stream_name("b", 2).as_deref(), Some("b2"));
+        // At most 8 characters: the name is cut to make room for the digit.
+        assert_eq!(stream_name("abcdefgh", 2).as_deref(), Some("abcdefg2"));
+        assert!(stream_name("abcdefgh", 7).is_some_and(|n| valid_stream_name(&n)));
+        // Never the first stream's name again, never two digits.
+        assert_eq!(stream_name("abcdefg2", 2), None);
+        assert_eq!(stream_name("abcdefg2", 1).as_deref(), Some("abcdefg1"));
+        assert_eq!(stream_name("backup", 10), None);
+    }
 
     #[test]
     fn names() {

@@ -25,8 +25,10 @@ pub struct ConnectArgs {
     pub name: String,
 
     /// Streams to spread the data over (1 to 8; serve: at most this many per
-    /// session). Default: as many as the peer accepts, at most 4; one over a
-    /// single stream device (--device /dev/tbstreamN).
+    /// session). Default: as many as both sides and the free HopIDs and DMA
+    /// rings allow, at most 4. Set up automatically, stream i is NAME cut to 7
+    /// characters with i appended (backup, backup1, ...); always one over
+    /// --device /dev/tbstreamN.
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..=8))]
     pub streams: Option<u32>,
 

@@ -164,12 +164,17 @@ fn connect_to(root: &Root, args: &ConnectArgs, role: Role) -> Result<Session> {
         None => {
             let mut link = Link::up(root, &args.link_opts(link::HopIds::Adopt, wait))?;
             link.announce();
+            let offer = Offer {
+                streams: args.streams.unwrap_or(streams::AUTO),
+                session: String::new(),
+            };
             let start = Instant::now();
             loop {
                 let mut conn = Conn::new(Stream::open_device(&link.dev, None)?)?;
                 let within = Some(Duration::from_secs(10));
-                match introduce(&mut conn, role, &me, within, &Offer::default()) {
+                match introduce(&mut conn, role, &me, within, &offer) {
                     Ok(peer) => {
+                        join_devices(root, &mut conn, &mut link, &offer, &peer)?;
                         return Ok(Session {
                             conn,
                             peer,
@@ -193,6 +198,26 @@ fn connect_to(root: &Root, args: &ConnectArgs, role: Role) -> Result<Session> {
             }
         }
     }
+}
+
+/// Client over ConfigFS: adopts the further streams serve's HELLO offered
+/// (each published by serve under the name `link::stream_name` gives), opens
+/// them and joins them to the session; those that do not join are removed.
+fn join_devices(
+    root: &Root,
+    conn: &mut Conn,
+    link: &mut Link,
+    offer: &Offer,
+    peer: &Hello,
+) -> Result<()> {
+    let n = streams::agreed(offer.streams, peer.streams);
+    streams::join_all(conn, n, &peer.session, || {
+        let dev = link.adopt_more(root, streams::JOIN_WAIT)?;
+        Stream::open_device(&dev, Some(Instant::now() + streams::JOIN_WAIT))
+    })?;
+    link.truncate(conn.streams() as u32);
+    link.announce_from(1);
+    Ok(())
 }
 
 /// How long serve still waits for the next peer (`--wait`; unbounded without).
@@ -255,13 +280,15 @@ pub fn serve(
     };
     match transport::endpoint(root, args.device.as_deref())? {
         Some(Endpoint::Unix(p)) => sv.on_unix(&p),
-        Some(Endpoint::Device(p)) => sv.on_device(root, &p, true),
+        Some(Endpoint::Device(p)) => sv.on_device(root, &p, None),
         None => {
             let opts = args.link_opts(link::HopIds::Publish, sv.patience.wait);
-            let link = Link::up(root, &opts)?;
+            let mut link = Link::up(root, &opts)?;
+            link.publish_more(root, sv.streams);
             link.announce();
-            // `link` lives until serve ends: its groups go after the device closes.
-            sv.on_device(root, &link.dev, false)
+            // `link` lives until serve ends: its groups go after the devices close.
+            let dev = link.dev.clone();
+            sv.on_device(root, &dev, Some(&mut link))
         }
     }
 }
@@ -269,7 +296,7 @@ pub fn serve(
 /// What serve keeps from one peer to the next.
 struct Serving<F> {
     me: Identity,
-    /// The streams a session on a UNIX socket may use.
+    /// The streams a session may use (one on a device given with --device).
     streams: u32,
     once: bool,
     /// Sessions run so far.
@@ -350,12 +377,13 @@ impl<F: FnMut(Session) -> Result<bool>> Serving<F> {
         }
     }
 
-    /// Serves on the stream device `dev` (`named`: given with --device), opened
-    /// again for every peer.
-    fn on_device(&mut self, root: &Root, dev: &Path, named: bool) -> Result<()> {
+    /// Serves on the stream device `dev`, opened again for every peer: named
+    /// with --device (one stream, checked to be one), or the first of `link`'s
+    /// streams, whose further streams are opened beside it and offered.
+    fn on_device(&mut self, root: &Root, dev: &Path, mut link: Option<&mut Link>) -> Result<()> {
         loop {
             eprintln!("waiting for a peer on {} (Ctrl-C to stop)", dev.display());
-            let opened = if named {
+            let opened = if link.is_none() {
                 Stream::open_named_device(root, dev, self.patience.until)
             } else {
                 Stream::open_device(dev, self.patience.until)
@@ -373,9 +401,20 @@ impl<F: FnMut(Session) -> Result<bool>> Serving<F> {
                     continue;
                 }
             };
+            let extra = match link.as_deref_mut() {
+                Some(l) => open_extra(l),
+                None => Vec::new(),
+            };
+            let offer = Offer {
+                streams: 1 + extra.len() as u32,
+                session: if extra.is_empty() {
+                    String::new()
+                } else {
+                    auth::new_key()?
+                },
+            };
             let within = self.patience.left();
-            let peer = match introduce(&mut conn, Role::Serve, &self.me, within, &Offer::default())
-            {
+            let peer = match introduce(&mut conn, Role::Serve, &self.me, within, &offer) {
                 Ok(p) => p,
                 Err(e) if cancel::is_interrupted(&e) => return Err(e),
                 Err(_) if self.patience.over() => return self.patience.give_up(self.served),
@@ -389,12 +428,42 @@ impl<F: FnMut(Session) -> Result<bool>> Serving<F> {
                     continue;
                 }
             };
+            let n = streams::agreed(offer.streams, peer.streams);
+            // Streams the client did not join stay open until the session
+            // ends: a close would write to a peer that never opened them.
+            let _idle = streams::accept_on_devices(&mut conn, extra, n, &offer.session);
             conn.require_progress(conn::peer_progress());
             if !self.run(conn, peer)? {
                 return Ok(());
             }
         }
     }
+}
+
+/// How long serve waits for a further stream's device to open once the first
+/// is open (they attach to the peer together).
+const EXTRA_OPEN_WAIT: Duration = Duration::from_secs(5);
+
+/// serve: opens `link`'s further streams for a session. The first that does
+/// not open (its DMA rings are allocated then: none may be left) ends the
+/// list, and it and those after it are removed, with one line saying why.
+fn open_extra(link: &mut Link) -> Vec<Stream> {
+    let mut open = Vec::new();
+    for dev in link.extra_devs() {
+        match Stream::open_device(&dev, Some(Instant::now() + EXTRA_OPEN_WAIT)) {
+            Ok(s) => open.push(s),
+            Err(e) => {
+                let n = 1 + open.len() as u32;
+                eprintln!(
+                    "using {n} stream(s): opening {} failed: {e:#}",
+                    dev.display()
+                );
+                link.truncate(n);
+                break;
+            }
+        }
+    }
+    open
 }
 
 /// How long a peer that connects during a session waits before it is told the

@@ -23,7 +23,7 @@ use crate::wire::transport::{self, Stream};
 pub(crate) const AUTO: u32 = 4;
 
 /// How long a further stream may take to join the session.
-const JOIN_WAIT: Duration = Duration::from_secs(10);
+pub(crate) const JOIN_WAIT: Duration = Duration::from_secs(10);
 
 /// How many streams a session uses, from each side's HELLO (0: one).
 pub(crate) fn agreed(ours: u32, theirs: u32) -> u32 {
@@ -132,6 +132,73 @@ pub(crate) fn accept_joins(
     Ok(())
 }
 
+/// serve on stream devices (ConfigFS): `extra` are streams 1.. of the
+/// session, already open; takes those of the first `n` whose first message
+/// is the client's JOIN for this `session` and that stream, in order, until
+/// the client's first request says it joined all it could (a client that
+/// could not adopt one, or an older one that joins none) or `JOIN_WAIT`
+/// passes. Returns the streams left out, for the caller to hold open.
+pub(crate) fn accept_on_devices(
+    conn: &mut Conn,
+    extra: Vec<Stream>,
+    n: u32,
+    session: &str,
+) -> Vec<Stream> {
+    let until = Instant::now() + JOIN_WAIT;
+    let mut idle = Vec::new();
+    let mut moved_on = false;
+    for (i, s) in (1..).zip(extra) {
+        while i < n && !moved_on && Instant::now() < until && !readable(&s) {
+            moved_on = client_moved_on(conn);
+        }
+        if i >= n || moved_on || Instant::now() >= until {
+            idle.push(s);
+            continue;
+        }
+        match first_frame(&s, until).and_then(|f| match f.header.kind {
+            kind::JOIN => Ok(msg::from_json::<Join>(&f)?),
+            k => bail!("it sent {} instead of JOIN", kind::name(k)),
+        }) {
+            Ok(j) if j.session == session && j.stream == i => match send_join(&s, &j) {
+                Ok(()) => match conn.add_stream(s) {
+                    Ok(()) => continue,
+                    Err(e) => eprintln!("stream {} could not join: {e:#}", i + 1),
+                },
+                Err(e) => {
+                    eprintln!("stream {} could not join: {e:#}", i + 1);
+                    idle.push(s);
+                }
+            },
+            Ok(_) => {
+                eprintln!(
+                    "stream {} presented a JOIN for another session or stream",
+                    i + 1
+                );
+                idle.push(s);
+            }
+            Err(e) => {
+                eprintln!("stream {} did not join: {e:#}", i + 1);
+                idle.push(s);
+            }
+        }
+    }
+    tell(conn, n);
+    idle
+}
+
+/// Whether a stream has something to read (or has ended) within 200 ms.
+fn readable(s: &Stream) -> bool {
+    use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
+    use std::os::fd::AsFd;
+    let fd = match s {
+        Stream::Device { file, .. } => file.as_fd(),
+        Stream::Unix(u) => u.as_fd(),
+    };
+    let mut fds = [PollFd::new(fd, PollFlags::POLLIN)];
+    // An error (EINTR) counts as "look again", as a timeout does.
+    poll(&mut fds, PollTimeout::from(200u16)).is_ok_and(|k| k > 0)
+}
+
 /// Whether the client sent something other than its HELLO on the first
 /// stream (its first request: it joined every stream it could). That frame
 /// stays for the session.
@@ -152,6 +219,63 @@ fn client_moved_on(conn: &mut Conn) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::os::unix::net::UnixStream;
+
+    fn write(s: &mut UnixStream, kind: u8, body: &[u8]) {
+        frame::write_frame(s, Header::new(kind, 0, 0), body).unwrap();
+    }
+
+    /// serve on devices: stream 2 joins; stream 3 never does (its client
+    /// could not adopt it, or the peer published fewer than it offered), and
+    /// serve stops waiting for it as soon as the client's first request
+    /// arrives, which stays for the session.
+    #[test]
+    fn serve_takes_the_joins_that_come_and_goes_on_at_the_first_request() {
+        let (first, mut client) = UnixStream::pair().unwrap();
+        let mut conn = Conn::new(Stream::Unix(first)).unwrap();
+        let (s1, mut c1) = UnixStream::pair().unwrap();
+        let (s2, _c2) = UnixStream::pair().unwrap();
+        let join = Join {
+            session: "token".into(),
+            stream: 1,
+        };
+        write(&mut c1, kind::JOIN, &msg::to_json(&join));
+        write(&mut client, kind::LIST, b"{}");
+        let t = Instant::now();
+        let extra = vec![Stream::Unix(s1), Stream::Unix(s2)];
+        let idle = accept_on_devices(&mut conn, extra, 3, "token");
+        assert!(
+            t.elapsed() < JOIN_WAIT / 2,
+            "waited for a stream that never joins"
+        );
+        assert_eq!((conn.streams(), idle.len()), (2, 1));
+        let answer = first_frame(&Stream::Unix(c1), Instant::now() + JOIN_WAIT).unwrap();
+        assert_eq!(msg::from_json::<Join>(&answer).unwrap(), join);
+        match conn.next_event(Duration::from_secs(5)) {
+            Some(Event::Frame(f)) => assert_eq!(f.header.kind, kind::LIST),
+            _ => panic!("the first request was lost"),
+        }
+    }
+
+    /// A JOIN with another session's token, or for another stream, is not
+    /// taken.
+    #[test]
+    fn serve_refuses_a_join_of_another_session() {
+        let (first, _client) = UnixStream::pair().unwrap();
+        let mut conn = Conn::new(Stream::Unix(first)).unwrap();
+        let (s1, mut c1) = UnixStream::pair().unwrap();
+        let (s2, mut c2) = UnixStream::pair().unwrap();
+        for (c, session, stream) in [(&mut c1, "other", 1), (&mut c2, "token", 1)] {
+            let join = Join {
+                session: session.into(),
+                stream,
+            };
+            write(c, kind::JOIN, &msg::to_json(&join));
+        }
+        let extra = vec![Stream::Unix(s1), Stream::Unix(s2)];
+        let idle = accept_on_devices(&mut conn, extra, 3, "token");
+        assert_eq!((conn.streams(), idle.len()), (1, 2));
+    }
 
     #[test]
     fn the_smaller_count_wins_and_absent_is_one() {
