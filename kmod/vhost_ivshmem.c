@@ -372,6 +372,7 @@ err_put:
 static void vh_remove(struct pci_dev *pdev)
 {
 	struct vh_host *h = pci_get_drvdata(pdev);
+	int index = h->index;
 
 	if (h->poller)
 		kthread_stop(h->poller);
@@ -388,10 +389,14 @@ static void vh_remove(struct pci_dev *pdev)
 		h->nhi.going_away = true;
 	destroy_workqueue(h->wq);
 	h->tb.wq = NULL;
-	ida_free(&vh_domains, h->index);
 	/* The poller is gone and no side is held: nothing maps the cable now */
 	vh_unmap(h);
 	vh_domain_remove(h);	/* may free h */
+	/*
+	 * Only once "domainN" and "N-0" are unregistered: a host probing meanwhile
+	 * would otherwise get the same index and fail on the names still taken.
+	 */
+	ida_free(&vh_domains, index);
 }
 
 static const struct pci_device_id vh_pci_ids[] = {
