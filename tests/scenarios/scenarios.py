@@ -433,12 +433,14 @@ def fmt_rate(nbytes, secs):
 # ------------------------------------------------------------------ scenarios
 
 def s1_backup(s: Suite):
-    """A backs up two disks (ext4 with files, GPT with 2 partitions) unattended to B."""
+    """A backs up two disks (ext4 with files, GPT with 2 partitions) unattended to B,
+    over two streams (rescue.streams=2; B offers as many as it set up, at most 4)."""
     disks = s.a_disks()
-    r = s.backup_from_a("rescue.poweroff=1")
+    r = s.backup_from_a("rescue.poweroff=1 rescue.streams=2")
     vm = r["vm"]
     check(r["rc"] == 0, f"backup exited rc={r['rc']}:\n{vm.tail(30)}")
     check(re.search("RESCUE: backup finished: OK", r["log"]), "no 'RESCUE: backup finished: OK'")
+    check_two_streams(s, r)
     s.stop(vm)
     d = s.dump_backup("hosta", r["id"])
     s.check_backup_dir(d, disks)
@@ -455,6 +457,20 @@ def s1_backup(s: Suite):
     for l in summary:
         log("A: " + l.strip())
     log(f"backup {r['id']}: images equal A's disks; sha256sum -c OK; {s.figures['backup']}")
+
+
+def check_two_streams(s: Suite, r: dict):
+    """The backup ran over two /dev/tbstream devices of the kernel's driver on each side:
+    A adopted backup and backup1 (two devices), both sides say they used 2 streams, and
+    B's published properties on the cable list both names."""
+    devs = set(re.findall(r"stream \S+/backup1? is (/dev/tbstream\d+)", r["log"]))
+    check(len(devs) == 2, f"A did not set up two stream devices: {sorted(devs)}\n{r['vm'].tail(30)}")
+    check("using 2 stream(s) of the 2 agreed" in r["log"], f"A did not use 2 streams:\n{r['vm'].tail(30)}")
+    b_log = s.b.log_text()[r["bstart"]:]
+    check("using 2 stream(s) of the 2 agreed" in b_log, f"B did not take 2 streams:\n{s.b.tail(30)}")
+    names = {p["name"] for p in s.cable_status()["b"]["streams"]}
+    check({"backup", "backup1"} <= names, f"B's published streams: {sorted(names)}")
+    log(f"backup over 2 streams: A's devices {', '.join(sorted(devs))}; B publishes {sorted(names)}")
 
 
 # The file A's owner changes between two backups (incremental): a text file on A's ext4.
@@ -1165,6 +1181,82 @@ def bench_cable(s: Suite, rounds: int, mib: int):
     return ratio
 
 
+def bench_streams(s: Suite, rounds: int, mib: int, ring_rate: int):
+    """Issue 15 5(c): a backup over 2 streams against 1 in the same run, each ring capped.
+
+    Two busybox guests share one cable whose every ring (HopIDs 8..15, both ways) is
+    capped at `ring_rate` bytes/s by cable-ctl, low enough that the ring and not TCG's CPU
+    is the limit. B runs `rescue serve --once` on an ext4 store with the stream set up in
+    ConfigFS (no --device: it publishes backup, backup1, ...), A `rescue backup --streams
+    N` of the same random disk, N = 1 and 2 alternating, page caches dropped first; the
+    time runs from the backup's start until the receiver's process ended and synced;
+    the stored image is hashed in the receiving guest against the source.
+    Prints the medians and their ratio (goal >= 1.7x)."""
+    if not s.args.shell_initrd:
+        raise Fail("no --shell-initrd given")
+    size = mib * MiB
+    src, store = s.w / "bench-src.img", s.w / "bench-store.img"
+    make_random_disk(src, size, seed=8)
+    make_store(store, max(3 * size, 256 * MiB))
+    cab = s.rig.cable("bench")
+    cab.create()
+    for hop in range(8, 16):
+        cab.ctl("rate", "--hopid", str(hop), "--bytes-per-sec", str(ring_rate))
+    rx = s.rig.vm("benchrx", smp=s.args.smp)
+    tx = s.rig.vm("benchtx", smp=s.args.smp)
+    opts = "vm.noload=thunderbolt,thunderbolt_stream"
+    rx.start(s.kernel, s.args.shell_initrd, f"{kopts('b')} {opts}", [Disk(str(store))],
+             [(cab, "b")], timeout=VM_LIFETIME)
+    tx.start(s.kernel, s.args.shell_initrd, f"{kopts('a')} {opts}", [Disk(str(src), readonly=True)],
+             [(cab, "a")], timeout=VM_LIFETIME)
+    times: dict[int, list[float]] = {1: [], 2: []}
+    want = sha256(src)
+    try:
+        for v in (rx, tx):
+            v.wait_ready(BOOT_TIMEOUT)
+            shell_vm_stream(v)
+        for v in (rx, tx):
+            v.run("linkwait 60", timeout=90, check=True)
+        rx.run("mkdir -p /st && mount -t ext4 /dev/vda /st", check=True)
+        for rnd in range(rounds):
+            for n in ((1, 2) if rnd % 2 == 0 else (2, 1)):
+                rx.run(f"sync; echo 3 > /proc/sys/vm/drop_caches; "
+                       f"bg rx rescue serve --store /st --once --wait 120; "
+                       f"waitfor 30 sh -c 'ls -d {CFS}/*/backup1'", check=True)
+                tx.run("sync; echo 3 > /proc/sys/vm/drop_caches", check=True)
+                t0 = time.monotonic()
+                out = tx.run(f"RESCUE_PLAIN=1 rescue backup --streams {n} /dev/vda 2>&1", timeout=900)
+                r = rx.run("bgwait rx 600; rc=$?; sync; exit $rc", timeout=660)
+                dt = time.monotonic() - t0
+                check(out.rc == 0 and r.rc == 0,
+                      f"{n} stream(s): sender rc={out.rc}, receiver rc={r.rc}:\n{out.out[-800:]}\n{r.out[-800:]}")
+                got = rx.run("sha256sum /st/*/*/vda.img", check=True).out.split()[0]
+                check(got == want, f"{n} stream(s): the stored image differs from the disk")
+                if n > 1:
+                    check(f"using {n} stream(s) of the {n} agreed" in out.out,
+                          f"the backup did not run over {n} streams:\n{out.out[-800:]}")
+                times[n].append(dt)
+                log(f"round {rnd + 1}: {n} stream(s) {dt:6.2f}s {fmt_rate(size, dt)}")
+                rx.run("rm -rf /st/*", check=True)
+                left = rx.run(f"ls {CFS}/*/ 2>/dev/null; ls {CFS}", check=False).out.strip()
+                check(not left, f"serve left ConfigFS groups behind: {left}")
+    finally:
+        for v in (rx, tx):
+            v.kill()
+            s.kernel_check(v)
+        cab.remove()
+    med = {k: statistics.median(v) for k, v in times.items()}
+    ratio = med[1] / med[2]
+    print(f"\nstreams bench (issue 15 5c): {mib} MiB of random data, {rounds} round(s), every ring "
+          f"capped at {ring_rate / 1e6:.1f} MB/s, {s.args.smp} vCPU(s) per VM")
+    for k in (1, 2):
+        print(f"  {k} stream(s): median {med[k]:6.2f}s ({fmt_rate(size, med[k])}), "
+              f"range {min(times[k]):.2f}-{max(times[k]):.2f}s")
+    print(f"  2 streams / 1 stream throughput: {ratio:.2f}x (goal >= 1.7x: "
+          f"{'met' if ratio >= 1.7 else 'NOT met'})")
+    return ratio
+
+
 SCENARIOS = [
     ("debian-driver", s0_debian_driver),
     ("backup", s1_backup),
@@ -1215,6 +1307,10 @@ def main():
     ap.add_argument("--demo", action="store_true")
     ap.add_argument("--bench", type=int, metavar="ROUNDS",
                     help="instead of the scenarios: rescue vs raw dd over the cable, ROUNDS rounds")
+    ap.add_argument("--bench-streams", type=int, metavar="ROUNDS",
+                    help="instead of the scenarios: a backup over 2 streams against 1, each ring capped")
+    ap.add_argument("--ring-rate", type=int, default=5_000_000,
+                    help="bench-streams: bytes/s per ring (default %(default)s)")
     ap.add_argument("--bench-mib", type=int, default=64, help="bench: MiB of random data (default %(default)s)")
     ap.add_argument("--smp", type=int, default=1, help="bench: vCPUs per VM (default %(default)s)")
     ap.add_argument("--keep", action="store_true", help="keep the work directory")
@@ -1227,9 +1323,12 @@ def main():
     t_all = time.monotonic()
     results = []
     try:
-        if a.bench:
+        if a.bench or a.bench_streams:
             try:
-                bench_cable(s, a.bench, a.bench_mib)
+                if a.bench_streams:
+                    bench_streams(s, a.bench_streams, a.bench_mib, a.ring_rate)
+                else:
+                    bench_cable(s, a.bench, a.bench_mib)
                 passed = 1
             except Exception as e:
                 failed = 1
