@@ -508,6 +508,11 @@ impl Sink for ImageSink {
         Ok(())
     }
 
+    /// The image, read back where the whole-image hasher fell behind.
+    fn read_back(&self) -> Option<File> {
+        self.img.try_clone().ok()
+    }
+
     fn checkpoint(&mut self) -> Result<()> {
         if !self.pending.is_empty() {
             // The map must know about unreadable ranges before the journal
