@@ -6,7 +6,7 @@
 use std::io::{self, Read, Write};
 
 pub(crate) const MAGIC: [u8; 4] = *b"U4RS";
-pub(crate) const VERSION: u8 = 6;
+pub(crate) const VERSION: u8 = 7;
 pub const HEADER_LEN: usize = 32;
 /// Largest payload a peer may announce: the largest chunk (8 MiB) plus its header.
 pub const MAX_PAYLOAD: u32 = 8 * 1024 * 1024 + 64 * 1024;

@@ -22,8 +22,23 @@ use sha2::{Digest, Sha256};
 
 use crate::proto::msg::ChunkRanges;
 
-/// Chunks in flight (sent, not yet acknowledged). Bounds memory on both sides.
+/// Chunks in flight (sent, not yet acknowledged) per stream. Bounds memory on
+/// both sides.
 pub const WINDOW: usize = 12;
+
+/// The bytes in flight over several streams at most (chunks of 1 MiB: 12 over
+/// one stream, 24 over two, 32 over three or more). One stream's `WINDOW`
+/// stays allowed whatever the chunk size, as it always was.
+const WINDOW_BYTES: u64 = 32 << 20;
+
+/// Chunks in flight over `streams` streams of chunks of `chunk` bytes: a
+/// `WINDOW` per stream (a single window shared by all left each stream a
+/// few chunks, too few to keep it busy), bounded by `WINDOW_BYTES`. Sender
+/// and receiver compute it from the same agreed stream count and chunk size.
+pub(crate) fn window(streams: usize, chunk: u32) -> usize {
+    let by_bytes = (WINDOW_BYTES / u64::from(chunk.max(1))) as usize;
+    (WINDOW * streams.max(1)).min(by_bytes.max(WINDOW))
+}
 
 /// The largest disk a peer may describe (2^56 bytes, 64 PiB).
 pub(crate) const MAX_DISK_SIZE: u64 = 1 << 56;
@@ -156,6 +171,17 @@ mod tests {
         assert_eq!(h.next_missing(4), 4);
         assert_eq!(h.next_missing(5), 7);
         assert_eq!(h.held(), 5);
+    }
+
+    #[test]
+    fn the_window_grows_with_the_streams_within_its_bound() {
+        let mib = 1 << 20;
+        let got: Vec<usize> = (1..=5).map(|n| window(n, mib)).collect();
+        assert_eq!(got, [12, 24, 32, 32, 32]);
+        // Small chunks: a window per stream; large ones: one stream's window.
+        assert_eq!(window(4, 64 << 10), 48);
+        assert_eq!((window(1, 8 << 20), window(4, 8 << 20)), (12, 12));
+        assert_eq!(window(0, mib), 12);
     }
 
     #[test]

@@ -12,7 +12,7 @@ use anyhow::{Result, bail};
 
 use super::checks::{self, Checks};
 use super::send::{MAX_ASKS, refused_too_often};
-use super::{Geometry, Sink, SinkPipeline, Verified, WINDOW, have_bytes, peer_left};
+use super::{Geometry, Sink, SinkPipeline, Verified, have_bytes, peer_left, window};
 use crate::proto::frame::{Frame, Header};
 use crate::proto::msg::{
     ChunkBody, ChunkRanges, FLAG_DAMAGED, FLAG_FREE, FLAG_UNCHANGED, FLAG_ZERO, NAK_DATA, kind,
@@ -143,6 +143,7 @@ pub(crate) fn receive_disk<S: Sink + 'static>(
             on_damaged,
             bad_headers: conn.stats.bad_headers.load(Ordering::Relaxed),
             reordering: conn.streams() > 1,
+            window: window(conn.streams(), geo.chunk),
             refusals: HashMap::new(),
             checks: Checks::start(s, checks::workers(), &check),
         };
@@ -174,6 +175,8 @@ struct Receiving<'a> {
     /// A missing chunk is then asked for when nothing arrives (the streams
     /// lose nothing but what damage shows: those are asked for at once).
     reordering: bool,
+    /// The sender's window (chunks in flight): as many are kept after a gap.
+    window: usize,
     /// How often each chunk not yet written was refused (damaged, failing its
     /// check, or marked unchanged without a base copy): bounded by `MAX_ASKS`.
     refusals: HashMap<u64, u32>,
@@ -394,8 +397,9 @@ impl Receiving<'_> {
                 Ok(v) => v,
                 Err(why) => return self.rejected(conn, bar, h.offset, why),
             };
-            let window_end = next_off.saturating_add(WINDOW as u64 * u64::from(self.geo.chunk));
-            if h.offset < window_end && self.early.len() < WINDOW {
+            let window_end =
+                next_off.saturating_add(self.window as u64 * u64::from(self.geo.chunk));
+            if h.offset < window_end && self.early.len() < self.window {
                 self.early.entry(h.offset).or_insert(v);
             }
             if !self.reordering {

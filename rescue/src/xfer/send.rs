@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Result, bail};
 
-use super::{Geometry, Known, RawChunk, WINDOW, have_bytes, is_zero, peer_left, sha256};
+use super::{Geometry, Known, RawChunk, have_bytes, is_zero, peer_left, sha256, window};
 use crate::cancel::Token;
 use crate::proto::frame::Header;
 use crate::proto::msg::{
@@ -123,8 +123,9 @@ where
     let cancel = Token::new();
     // One credit per chunk the window has room for: the reader stays at most a
     // window ahead of the acknowledgements.
-    let (credit_tx, credit_rx) = mpsc::sync_channel::<()>(WINDOW);
-    for _ in 0..WINDOW {
+    let window = window(conn.streams(), geo.chunk);
+    let (credit_tx, credit_rx) = mpsc::sync_channel::<()>(window);
+    for _ in 0..window {
         let _ = credit_tx.send(());
     }
     let events = conn.event_sender();
