@@ -237,12 +237,15 @@ struct ToHasher {
     tx: SyncSender<Piece>,
     /// Not handed over yet: a `Zeros` or `Written` range.
     pending: Option<Piece>,
-    back: bool,
+    /// The sink's read-back handle, when the hasher has one: a chunk left to
+    /// be read back is asked into the page cache at once (the store writes
+    /// with O_DIRECT), so the hasher does not wait for the disk later.
+    back: Option<File>,
 }
 
 impl ToHasher {
     fn push(&mut self, c: Verified) {
-        if !c.zero && !self.back {
+        if !c.zero && self.back.is_none() {
             self.flush();
             let _ = self.tx.send(Piece::Data(c));
             return;
@@ -253,8 +256,12 @@ impl ToHasher {
             // Dropping a chunk that found no room recycles its buffer.
             if let Err(TrySendError::Full(_)) = self.tx.try_send(Piece::Data(c)) {
                 self.pending = Some(Piece::Written(o, len));
+                self.prefetch(o, len);
             }
             return;
+        }
+        if !c.zero {
+            self.prefetch(o, len);
         }
         match (&mut self.pending, c.zero) {
             (Some(Piece::Zeros(po, pl) | Piece::Written(po, pl)), true)
@@ -279,6 +286,16 @@ impl ToHasher {
         self.try_flush();
     }
 
+    /// Starts reading `len` bytes at `offset` into the page cache (a hint:
+    /// the hasher reads them either way).
+    fn prefetch(&self, offset: u64, len: u64) {
+        use nix::fcntl::{PosixFadviseAdvice, posix_fadvise};
+        if let Some(f) = &self.back {
+            let advice = PosixFadviseAdvice::POSIX_FADV_WILLNEED;
+            let _ = posix_fadvise(f, offset as i64, len as i64, advice);
+        }
+    }
+
     /// Hands over the pending range if there is room.
     fn try_flush(&mut self) {
         if let Some(p) = self.pending.take()
@@ -301,7 +318,7 @@ impl<S: Sink + 'static> SinkPipeline<S> {
         let (tx, rx) = mpsc::sync_channel::<Verified>(4);
         let (htx, hrx) = mpsc::sync_channel::<Piece>(8);
         let back = sink.read_back();
-        let to_back = back.is_some();
+        let ahead = back.as_ref().and_then(|f| f.try_clone().ok());
         let hasher = WholeDigest::start(hrx, size, back);
         let error = Arc::new(Mutex::new(None));
         let err2 = error.clone();
@@ -314,7 +331,7 @@ impl<S: Sink + 'static> SinkPipeline<S> {
             let mut to_hasher = ToHasher {
                 tx: htx,
                 pending: None,
-                back: to_back,
+                back: ahead,
             };
             let mut last = Instant::now();
             let mut since = 0u64;
@@ -508,7 +525,7 @@ pub(super) mod tests {
         let mut to = ToHasher {
             tx,
             pending: None,
-            back: false,
+            back: None,
         };
         for i in 0..1000u64 {
             to.push(zero_chunk(i * 4096, 4096));
@@ -550,11 +567,12 @@ pub(super) mod tests {
         let (tx, rx) = mpsc::sync_channel::<Piece>(1);
         let (done_tx, done_rx) = mpsc::channel();
         let writer_img = img.try_clone().unwrap();
+        let back = img.try_clone().unwrap();
         std::thread::spawn(move || {
             let mut to = ToHasher {
                 tx,
                 pending: None,
-                back: true,
+                back: Some(back),
             };
             // One chunk in ten holds data, as in the benchmark's image.
             for i in 0..N {
