@@ -1068,6 +1068,14 @@ def qemu_cpu_secs(v) -> float:
     return (int(f[11]) + int(f[12])) / os.sysconf("SC_CLK_TCK")
 
 
+def end_bench_pair(s: Suite, cab, *vms):
+    """Stops a bench's VMs, checks their kernels logged nothing bad, removes the cable."""
+    for v in vms:
+        v.kill()
+        s.kernel_check(v)
+    cab.remove()
+
+
 def bench_cable(s: Suite, rounds: int, mib: int):
     """Throughput bench: rescue backup against raw dd over the same virtual cable.
 
@@ -1152,10 +1160,7 @@ def bench_cable(s: Suite, rounds: int, mib: int):
                 rx.run(f"rmdir {CFS}/{svc[rx.name]}/{name}", check=True)
                 tx.run(f"rmdir {CFS}/{svc[tx.name]}/{name}", check=True)
     finally:
-        for v in (rx, tx):
-            v.kill()
-            s.kernel_check(v)
-        cab.remove()
+        end_bench_pair(s, cab, rx, tx)
     med = {k: statistics.median(v) for k, v in times.items()}
     ratio = med["dd"] / med["rescue"]
     cpu = {k: (statistics.median(c[0] for c in v), statistics.median(c[1] for c in v))
@@ -1241,10 +1246,7 @@ def bench_streams(s: Suite, rounds: int, mib: int, ring_rate: int):
                 left = rx.run(f"ls {CFS}/*/ 2>/dev/null; ls {CFS}", check=False).out.strip()
                 check(not left, f"serve left ConfigFS groups behind: {left}")
     finally:
-        for v in (rx, tx):
-            v.kill()
-            s.kernel_check(v)
-        cab.remove()
+        end_bench_pair(s, cab, rx, tx)
     med = {k: statistics.median(v) for k, v in times.items()}
     ratio = med[1] / med[2]
     print(f"\nstreams bench (issue 15 5c): {mib} MiB of random data, {rounds} round(s), every ring "
