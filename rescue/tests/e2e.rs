@@ -620,8 +620,12 @@ fn flipped_bits_are_detected_and_resent() {
     assert_eq!(sha256_file(&bd.join("disk.img")), sha256_file(&a));
     let log = srv.log_text();
     assert!(log.contains("asking for it again"), "server log:\n{log}");
-    // Selective repeat: about one re-send per damaged chunk (8 flips in data),
-    // not a window's worth each.
+    // Selective repeat: a re-send or two per damaged frame (8 chunks, 4 of the
+    // server's answers; a damaged header can cost the frame after it while the
+    // reader resynchronises, and a lost ACK a repeat), not a window's worth
+    // each (go-back-N re-sends the rest of the window after every damaged
+    // chunk: several times this). Measured: 8-11, and 15 once in 12 runs,
+    // which the old bound of 12 failed on.
     let out = text(&o);
     let resent: u64 = out
         .split(" chunk(s) re-sent")
@@ -629,7 +633,7 @@ fn flipped_bits_are_detected_and_resent() {
         .and_then(|h| h.split_whitespace().last())
         .and_then(|n| n.parse().ok())
         .unwrap_or_else(|| panic!("no re-send count: {out}"));
-    assert!((1..=12).contains(&resent), "{resent} chunks re-sent: {out}");
+    assert!((1..=24).contains(&resent), "{resent} chunks re-sent: {out}");
 }
 
 #[test]
