@@ -379,16 +379,6 @@ fn fatal_screen(msg: &str) {
     }
 }
 
-fn panic_text(p: &(dyn std::any::Any + Send)) -> String {
-    if let Some(s) = p.downcast_ref::<&str>() {
-        format!("panic: {s}")
-    } else if let Some(s) = p.downcast_ref::<String>() {
-        format!("panic: {s}")
-    } else {
-        "panic".into()
-    }
-}
-
 /// The entry point when running as PID 1 (main.rs calls this). Never returns.
 /// Called by a process that is not PID 1, it runs `command` instead (no mounts,
 /// no module loading, no reboot) and exits with its code.
@@ -428,7 +418,7 @@ pub fn main() -> ! {
         let msg = match catch_unwind(AssertUnwindSafe(|| pid1_pass(&root))) {
             Ok(Ok(())) => continue,
             Ok(Err(e)) => format!("{e:#}"),
-            Err(p) => panic_text(p.as_ref()),
+            Err(p) => format!("panic: {}", crate::util::panic_message(p.as_ref())),
         };
         // A panic inside the error screen must not end PID 1 either.
         let _ = catch_unwind(AssertUnwindSafe(|| fatal_screen(&msg)));

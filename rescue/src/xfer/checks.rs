@@ -62,8 +62,9 @@ impl<T: Send> Checks<T> {
                     // A panic is a bug, but the others wait for this result in
                     // order: it goes back as an error, and the worker ends (what
                     // it shared with the others may be half updated).
-                    let r = panic::catch_unwind(AssertUnwindSafe(|| check(f)))
-                        .map_err(|p| panic_message(&*p));
+                    let r = panic::catch_unwind(AssertUnwindSafe(|| check(f))).map_err(|p| {
+                        format!("the check panicked ({})", crate::util::panic_message(&*p))
+                    });
                     let panicked = r.is_err();
                     if done_tx.send((seq, h, r)).is_err() || panicked {
                         return;
@@ -137,16 +138,6 @@ impl<T: Send> Checks<T> {
         }
         Ok(None)
     }
-}
-
-/// What a panic said, for the error that names it.
-fn panic_message(p: &(dyn std::any::Any + Send)) -> String {
-    let m = p
-        .downcast_ref::<&str>()
-        .map(|s| s.to_string())
-        .or_else(|| p.downcast_ref::<String>().cloned())
-        .unwrap_or_else(|| "no message".to_string());
-    format!("the check panicked ({m})")
 }
 
 #[cfg(test)]
