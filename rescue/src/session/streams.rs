@@ -148,7 +148,11 @@ pub(crate) fn accept_on_devices(
     let mut idle = Vec::new();
     let mut moved_on = false;
     for (i, s) in (1..).zip(extra) {
-        while i < n && !moved_on && Instant::now() < until && !readable(&s) {
+        while i < n
+            && !moved_on
+            && Instant::now() < until
+            && !s.readable_within(Duration::from_millis(200))
+        {
             moved_on = client_moved_on(conn);
         }
         if i >= n || moved_on || Instant::now() >= until {
@@ -184,19 +188,6 @@ pub(crate) fn accept_on_devices(
     }
     tell(conn, n);
     idle
-}
-
-/// Whether a stream has something to read (or has ended) within 200 ms.
-fn readable(s: &Stream) -> bool {
-    use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
-    use std::os::fd::AsFd;
-    let fd = match s {
-        Stream::Device { file, .. } => file.as_fd(),
-        Stream::Unix(u) => u.as_fd(),
-    };
-    let mut fds = [PollFd::new(fd, PollFlags::POLLIN)];
-    // An error (EINTR) counts as "look again", as a timeout does.
-    poll(&mut fds, PollTimeout::from(200u16)).is_ok_and(|k| k > 0)
 }
 
 /// Whether the client sent something other than its HELLO on the first

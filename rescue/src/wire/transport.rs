@@ -59,6 +59,18 @@ impl Endpoint {
 }
 
 impl Stream {
+    /// Whether there is something to read (or the stream ended) within `t`;
+    /// an interrupted poll counts as "not yet", as a timeout does.
+    pub(crate) fn readable_within(&self, t: Duration) -> bool {
+        let fd = match self {
+            Stream::Device { file, .. } => file.as_fd(),
+            Stream::Unix(u) => u.as_fd(),
+        };
+        let ms = u16::try_from(t.as_millis()).unwrap_or(u16::MAX);
+        let mut fds = [PollFd::new(fd, PollFlags::POLLIN)];
+        poll(&mut fds, PollTimeout::from(ms)).is_ok_and(|k| k > 0)
+    }
+
     /// Opens a stream device read-write once the stream is attached to a live
     /// peer, waiting until `until` (None: until the peer comes or the user stops).
     /// For devices rescue set up itself; a path from the command line goes
