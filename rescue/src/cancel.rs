@@ -6,8 +6,9 @@
 
 use std::fmt;
 use std::io;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Condvar, Mutex};
+use std::time::{Duration, Instant};
 
 /// Set once the user asked the running flow to stop (Ctrl-C, SIGINT/SIGTERM).
 static USER: AtomicBool = AtomicBool::new(false);
@@ -45,8 +46,16 @@ pub(crate) fn check(doing: &str) -> Result<(), Interrupted> {
 /// saves what it received).
 #[derive(Debug, Clone, Default)]
 pub(crate) struct Token {
-    own: Arc<AtomicBool>,
+    own: Arc<Flag>,
     user: bool,
+}
+
+/// A token's own stop, with a way to wake a thread that sleeps on it.
+#[derive(Debug, Default)]
+struct Flag {
+    set: AtomicBool,
+    lock: Mutex<()>,
+    woken: Condvar,
 }
 
 impl Token {
@@ -63,11 +72,34 @@ impl Token {
     }
 
     pub(crate) fn stop(&self) {
-        self.own.store(true, Ordering::SeqCst);
+        let _g = self.own.lock.lock();
+        self.own.set.store(true, Ordering::SeqCst);
+        self.own.woken.notify_all();
     }
 
     pub(crate) fn stopped(&self) -> bool {
-        self.own.load(Ordering::SeqCst) || (self.user && interrupted())
+        self.own.set.load(Ordering::SeqCst) || (self.user && interrupted())
+    }
+
+    /// Sleeps for `d`, or until the token is stopped by its owner (the
+    /// user's interruption is seen at the end of `d`: a signal handler may
+    /// not wake anyone). Returns whether it is stopped. A thread that sleeps
+    /// this way ends as soon as it is told to, so whoever joins it (a
+    /// connection's shutdown) does not wait out the sleep.
+    pub(crate) fn sleep(&self, d: Duration) -> bool {
+        let until = Instant::now() + d;
+        let mut g = self.own.lock.lock().unwrap_or_else(|p| p.into_inner());
+        while !self.own.set.load(Ordering::SeqCst) {
+            let left = until.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                break;
+            }
+            g = match self.own.woken.wait_timeout(g, left) {
+                Ok((g, _)) => g,
+                Err(p) => p.into_inner().0,
+            };
+        }
+        self.stopped()
     }
 }
 
@@ -134,6 +166,25 @@ mod tests {
         assert!(is_interrupted(&e));
         assert_eq!(format!("{e:#}"), "serving: interrupted while waiting");
         assert!(!is_interrupted(&anyhow::anyhow!("interrupted")));
+    }
+
+    #[test]
+    fn a_stop_wakes_a_sleeping_thread_at_once() {
+        let t = Token::new();
+        let t2 = t.clone();
+        let started = Instant::now();
+        let h = std::thread::spawn(move || t2.sleep(Duration::from_secs(30)));
+        std::thread::sleep(Duration::from_millis(50));
+        t.stop();
+        assert!(h.join().unwrap());
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "the sleep was not cut short"
+        );
+        // Not stopped: the whole sleep, and false.
+        let started = Instant::now();
+        assert!(!Token::new().sleep(Duration::from_millis(30)));
+        assert!(started.elapsed() >= Duration::from_millis(30));
     }
 
     #[test]

@@ -746,8 +746,10 @@ fn read_loop(
 
 fn keepalive_loop(writer: Arc<Mutex<Box<dyn Write + Send>>>, stop: Token) {
     let mut next = Instant::now() + KEEPALIVE;
-    while !stop.stopped() {
-        thread::sleep(Duration::from_millis(100));
+    loop {
+        if stop.sleep(next.saturating_duration_since(Instant::now())) {
+            return;
+        }
         if Instant::now() < next {
             continue;
         }
