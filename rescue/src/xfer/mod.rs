@@ -12,10 +12,12 @@ mod receive;
 mod send;
 pub(crate) mod sha256x2;
 mod sink;
+mod whole;
 
 pub(crate) use receive::{OnDamaged, Received, StoreDamaged, receive_disk};
 pub(crate) use send::{SendStats, against_base, digest_fresh, finish_disk, send_disk};
-pub(crate) use sink::{BaseChunks, Sink, SinkPipeline, Verified, WholeDigest};
+pub(crate) use sink::{BaseChunks, Sink, SinkPipeline, Verified};
+pub(crate) use whole::WholeDigest;
 
 use anyhow::{Result, bail};
 use sha2::{Digest, Sha256};
