@@ -121,6 +121,8 @@ fn world() -> &'static World {
         frame(&mut v, kind::SESSION_END, 0, 0, 0, br#"{"ok":true}"#);
         frame(&mut v, kind::BYE, 0, 0, 0, &[]);
         run(w, true, Role::Backup, &w.none, v);
+        // The image SHA-256 completes the backup after the session, as in serve.
+        w.store.wait_sealed();
         let mut made = w.store.list(Some(HOST));
         let b = made.pop().expect("the seed backup was stored");
         assert!(

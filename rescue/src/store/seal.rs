@@ -137,8 +137,9 @@ impl Store {
         join_all(&self.sealers.after_session);
     }
 
-    /// Waits until every backup being sealed is complete.
-    pub(crate) fn wait_sealed(&self) {
+    /// Waits until every backup being sealed is complete (public for the
+    /// session fuzzer, which runs sessions without serve's loop).
+    pub fn wait_sealed(&self) {
         join_all(&self.sealers.after_session);
         join_all(&self.sealers.after_restart);
     }
