@@ -27,7 +27,13 @@ plog "creating $PKGROOT from $BUILDROOT (+ $PACKAGES)"
 TMP=$CACHE/pkgroot.tmp
 rm -rf --one-file-system "$TMP"
 trap 'rm -rf --one-file-system "$TMP"' EXIT
-cp -a --reflink=auto "$BUILDROOT" "$TMP"
+# Under build-kmod.sh's lock, and not across mounts: a kmod build in the other
+# test lane mounts /proc in the build root, and copying that (kcore and all)
+# filled the disk of a fresh machine.
+(
+    flock 9
+    cp -ax --reflink=auto "$BUILDROOT" "$TMP"
+) 9> "$CACHE/build-kmod.lock"
 cp /etc/resolv.conf "$TMP/etc/resolv.conf" 2> /dev/null || true
 chroot "$TMP" apt-get update -q >&2 || pdie "apt-get update in the packaging root failed (network?)"
 # shellcheck disable=SC2086
