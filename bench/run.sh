@@ -23,7 +23,7 @@ command -v bmaptool >/dev/null || need+=(bmap-tools)
 [ -x /usr/bin/time ] || need+=(time)
 command -v rsync >/dev/null || need+=(rsync)
 if [ ${#need[@]} -gt 0 ]; then
-    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}" >/dev/null \
+    apt-get -o DPkg::Lock::Timeout=600 update -qq && DEBIAN_FRONTEND=noninteractive apt-get -o DPkg::Lock::Timeout=600 install -y -qq "${need[@]}" >/dev/null \
         || { echo "bench: could not install ${need[*]} (apt-get failed)" >&2; exit 1; }
 fi
 cargo build --release -q -p rescue

@@ -34,9 +34,9 @@ ensure_host_tools() {
 		missing+=(debian-archive-keyring)
 	if [ ${#missing[@]} -gt 0 ]; then
 		log "installing host packages: ${missing[*]}"
-		if ! apt-get install -y --no-install-recommends "${missing[@]}" >&2; then
+		if ! apt-get -o DPkg::Lock::Timeout=600 install -y --no-install-recommends "${missing[@]}" >&2; then
 			apt-get update >&2 || die "apt-get update failed"
-			apt-get install -y --no-install-recommends "${missing[@]}" >&2 ||
+			apt-get -o DPkg::Lock::Timeout=600 install -y --no-install-recommends "${missing[@]}" >&2 ||
 				die "could not install ${missing[*]} with apt-get"
 		fi
 	fi

@@ -35,8 +35,8 @@ for p in build-essential curl git python3 qemu-system-x86 e2fsprogs fdisk musl-t
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || pkgs+=("$p")
 done
 if [ ${#pkgs[@]} -gt 0 ]; then
-    apt-get update -q >&2
-    DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends "${pkgs[@]}" >&2
+    apt-get -o DPkg::Lock::Timeout=600 update -q >&2
+    DEBIAN_FRONTEND=noninteractive apt-get -o DPkg::Lock::Timeout=600 install -y -q --no-install-recommends "${pkgs[@]}" >&2
 fi
 
 say "Rust toolchain (rustup, musl target)"

@@ -15,6 +15,7 @@ DEBIAN_PACKAGES=(
     xz-utils
     e2fsprogs           # ext4 disks for the scenarios
     fdisk               # sfdisk for GPT and MBR test disks
+    kmod                # depmod for the fetched kernels' modules (scripts/fetch-kernel.sh)
     gdisk               # sgdisk -v checks restored GPTs (rescue/tests/e2e.rs)
     dosfstools          # mkfs.vfat, and below the other mkfs tools that
     xfsprogs            #   rescue/tests/fixtures/mkfixtures.sh makes the
@@ -41,7 +42,9 @@ ensure_deps() {
             return 1
         fi
         echo "installing: ${missing[*]}"
-        { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}"; } >/dev/null ||
+        # The lock timeout: the test lanes may install at the same time (apt
+        # fails at once on a held lock by default).
+        { apt-get -o DPkg::Lock::Timeout=600 update -qq && DEBIAN_FRONTEND=noninteractive apt-get -o DPkg::Lock::Timeout=600 install -y -qq "${missing[@]}"; } >/dev/null ||
             { echo "apt-get could not install: ${missing[*]}" >&2; return 1; }
     fi
     if ! command -v cargo >/dev/null; then

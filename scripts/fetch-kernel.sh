@@ -53,7 +53,7 @@ die() { printf 'fetch-kernel: ERROR: %s\n' "$*" >&2; exit 1; }
 need() { # need COMMAND PACKAGE
     command -v "$1" >/dev/null 2>&1 && return 0
     log "installing $2 (for $1)"
-    DEBIAN_FRONTEND=noninteractive apt-get install -y -q "$2" >&2 ||
+    DEBIAN_FRONTEND=noninteractive apt-get -o DPkg::Lock::Timeout=600 install -y -q "$2" >&2 ||
         die "'$1' is missing and 'apt-get install $2' failed: install it and re-run"
 }
 need apt-get apt
@@ -112,7 +112,7 @@ find_keyrings() {
 }
 if ! find_keyrings; then
     log "installing debian-archive-keyring (Debian's archive signing keys)"
-    DEBIAN_FRONTEND=noninteractive apt-get install -y -q debian-archive-keyring >&2
+    DEBIAN_FRONTEND=noninteractive apt-get -o DPkg::Lock::Timeout=600 install -y -q debian-archive-keyring >&2
     find_keyrings || die "no Debian archive keyring in /usr/share/keyrings: apt-get install debian-archive-keyring"
 fi
 signed_by=$(IFS=,; printf '%s' "${keyrings[*]}")

@@ -24,8 +24,8 @@ command -v make > /dev/null || pkgs+=(make)
 command -v unshare > /dev/null || pkgs+=(util-linux)
 if [ ${#pkgs[@]} -gt 0 ]; then
     plog "installing ${pkgs[*]}"
-    DEBIAN_FRONTEND=noninteractive apt-get install -y -q "${pkgs[@]}" >&2 ||
-        { apt-get update -q >&2 && DEBIAN_FRONTEND=noninteractive apt-get install -y -q "${pkgs[@]}" >&2; } ||
+    DEBIAN_FRONTEND=noninteractive apt-get -o DPkg::Lock::Timeout=600 install -y -q "${pkgs[@]}" >&2 ||
+        { apt-get -o DPkg::Lock::Timeout=600 update -q >&2 && DEBIAN_FRONTEND=noninteractive apt-get -o DPkg::Lock::Timeout=600 install -y -q "${pkgs[@]}" >&2; } ||
         pdie "cannot install ${pkgs[*]}"
 fi
 
