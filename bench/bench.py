@@ -39,31 +39,45 @@ def warm(path):
 def gnu_time(cmd, out, **kw):
     """Runs cmd under /usr/bin/time; returns (wall seconds, peak RSS KiB)."""
     t0 = time.monotonic()
-    run(["/usr/bin/time", "-f", "%M", "-o", out] + cmd, **kw)
+    run(["/usr/bin/time", "-f", TIME_FMT, "-o", out] + cmd, **kw)
     wall = time.monotonic() - t0
-    return wall, int(open(out).read().split()[-1])
+    return wall, time_file(out)[0]
+
+# GNU time's report: peak RSS (KiB), then user and system CPU seconds.
+TIME_FMT = "%M %U %S"
+
+def time_file(path):
+    """(peak RSS KiB, CPU seconds) from a TIME_FMT report (its last line)."""
+    rss, user, system = open(path).read().split("\n")[-2].split()
+    return int(rss), float(user) + float(system)
 
 def rescue_backup(rescue, img, work):
     store = os.path.join(work, "store")
     shutil.rmtree(store, ignore_errors=True)
     sock = os.path.join(work, "s.sock")
     srss = os.path.join(work, "serve.rss")
-    serve = subprocess.Popen(["/usr/bin/time", "-f", "%M", "-o", srss, rescue, "serve",
+    serve = subprocess.Popen(["/usr/bin/time", "-f", TIME_FMT, "-o", srss, rescue, "serve",
                               "--store", store, "--create", "--device", "unix:" + sock, "--once"],
                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     while not os.path.exists(sock):
         time.sleep(0.01)
     warm(img)
     t0 = time.monotonic()
-    wall, crss = gnu_time([rescue, "backup", "--device", "unix:" + sock, img],
-                          os.path.join(work, "backup.rss"),
+    crep = os.path.join(work, "backup.rss")
+    wall, crss = gnu_time([rescue, "backup", "--device", "unix:" + sock, img], crep,
                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                           env=dict(os.environ, RESCUE_PLAIN="1"))
     # serve --once exits once the backup is complete (image SHA-256 recorded),
     # which may be after the client was released.
     serve.wait(timeout=120)
     complete = time.monotonic() - t0
-    return wall, crss, int(open(srss).read().split()[-1]), store, complete
+    srss_kib, scpu = time_file(srss)
+    global last_cpu
+    last_cpu = (time_file(crep)[1], scpu)
+    return wall, crss, srss_kib, store, complete
+
+# CPU seconds (client, serve) of the last rescue_backup.
+last_cpu = (0.0, 0.0)
 
 def dd_pipe(img, work):
     out = os.path.join(work, "dd.out")
@@ -127,11 +141,12 @@ def main():
     print(f"{'image':<12} {'rescue s':>9} {'dd|dd s':>8} {'bmap s':>7} {'r/dd':>6} {'r/bmap':>7} {'RSS send':>9} {'RSS recv':>9}")
     ok = True
     for name, img, target in (("random", rand, ("bmap", 1.0)), ("90%-zeros", sparse, ("dd", 0.5))):
-        rs, dds, bms, cs, crss, srss = [], [], [], [], 0, 0
+        rs, dds, bms, cs, cpus, crss, srss = [], [], [], [], [], 0, 0
         for _ in range(a.rounds):
             r, c, sv, store, complete = rescue_backup(rescue, img, work)
             rs.append(r)
             cs.append(complete)
+            cpus.append(last_cpu)
             crss, srss = max(crss, c), max(srss, sv)
             dds.append(dd_pipe(img, work))
             bms.append(bmap_copy(img, work))
@@ -152,6 +167,10 @@ def main():
             done = statistics.median(cs)
             print(f"  floor: one SHA-256 pass over the image takes {floor:.2f}s here (SHA256SUMS needs it, "
                   f"zeros included), so rescue <= 0.5x needs dd|dd >= {2 * floor:.2f}s")
+            ccpu, scpu = (statistics.median(x) for x in zip(*cpus))
+            cores = os.cpu_count() or 1
+            print(f"  CPU: client {ccpu:.2f}s, serve {scpu:.2f}s (image SHA-256 included) on {cores} cores: "
+                  f"both processes at once need >= {(ccpu + scpu) / cores:.2f}s of wall time")
             met = r / bm <= 1.0 and done / floor <= 1.1
             ok &= met
             print(f"  client exits (source released) {r:.2f}s = {r / bm:.2f}x bmaptool (target <= 1.0x); "

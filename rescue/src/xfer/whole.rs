@@ -250,6 +250,9 @@ impl WholeDigest {
 
 impl Drop for WholeDigest {
     fn drop(&mut self) {
+        // Under the lock, so the hasher cannot miss it between its check of
+        // `stop` and its wait.
+        let _q = self.shared.lock();
         self.stop.store(true, Ordering::Relaxed);
         self.shared.changed.notify_all();
     }
