@@ -159,6 +159,10 @@ def main():
         met = ratio <= target[1] and crss <= 65536 and srss <= 65536
         ok &= met
         print(f"  target: rescue <= {target[1]}x {target[0]}, RSS <= 64 MiB: {'met' if met else 'NOT met'}")
+        ccpu, scpu = (statistics.median(x) for x in zip(*cpus))
+        cores = os.cpu_count() or 1
+        print(f"  CPU: client {ccpu:.2f}s, serve {scpu:.2f}s (image SHA-256 included) on {cores} cores: "
+              f"both processes at once need >= {(ccpu + scpu) / cores:.2f}s of wall time")
         if name == "random":
             v = hash_rate(rescue, store)
             print(f"  rescue verify (read + SHA-256 of the stored image): {a.mib / 1024 / v:.2f} GiB/s")
@@ -167,10 +171,6 @@ def main():
             done = statistics.median(cs)
             print(f"  floor: one SHA-256 pass over the image takes {floor:.2f}s here (SHA256SUMS needs it, "
                   f"zeros included), so rescue <= 0.5x needs dd|dd >= {2 * floor:.2f}s")
-            ccpu, scpu = (statistics.median(x) for x in zip(*cpus))
-            cores = os.cpu_count() or 1
-            print(f"  CPU: client {ccpu:.2f}s, serve {scpu:.2f}s (image SHA-256 included) on {cores} cores: "
-                  f"both processes at once need >= {(ccpu + scpu) / cores:.2f}s of wall time")
             met = r / bm <= 1.0 and done / floor <= 1.1
             ok &= met
             print(f"  client exits (source released) {r:.2f}s = {r / bm:.2f}x bmaptool (target <= 1.0x); "
