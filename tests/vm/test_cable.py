@@ -322,7 +322,10 @@ echo "@@R dt=$(echo "$t0 $t1" | awk '{{print $2 - $1}}')"
         dt1 = timed(n1, "free")
         rate1 = n1 / dt1
         cap = max(256 << 10, int(rate1 / 4))
-        n2 = max(1 * MiB, (int(cap * 2) // (256 << 10)) * (256 << 10))
+        # About 2 s at the cap, and never more than the uncapped run: the writer's
+        # dd can return before the data is across (TCG under load), which
+        # overstates rate1 and made n2 hundreds of MiB that outlasted bgwait's 120 s.
+        n2 = max(1 * MiB, min(n1, (int(cap * 2) // (256 << 10)) * (256 << 10)))
         c.ctl("rate", "--bytes-per-sec", str(cap))
         dt2 = timed(n2, "capped")
         c.ctl("rate", "--bytes-per-sec", "0")
