@@ -53,6 +53,8 @@ struct Shared {
     q: Mutex<Queue>,
     /// Signalled on every push, pop and close.
     changed: Condvar,
+    /// Set when the `WholeDigest` is dropped: the hasher stops, mid-piece too.
+    stop: AtomicBool,
 }
 
 impl Shared {
@@ -201,7 +203,6 @@ impl Whole {
 /// the image back); dropping it stops the thread without waiting.
 pub(crate) struct WholeDigest {
     handle: Option<thread::JoinHandle<Option<Whole>>>,
-    stop: Arc<AtomicBool>,
     shared: Arc<Shared>,
     size: u64,
 }
@@ -210,7 +211,6 @@ impl WholeDigest {
     /// Starts the hasher for an image of `size` bytes; `back` reads back what
     /// the writer wrote (None: the writer waits for the hasher instead).
     pub(crate) fn start(size: u64, back: Option<File>) -> (WholeDigest, ToHasher) {
-        let stop = Arc::new(AtomicBool::new(false));
         let shared = Arc::new(Shared::default());
         let ahead = back.as_ref().and_then(|f| f.try_clone().ok());
         let to = ToHasher {
@@ -219,22 +219,21 @@ impl WholeDigest {
             back: ahead,
         };
         let back = if to.back.is_some() { back } else { None };
-        let (stop2, shared2) = (stop.clone(), shared.clone());
+        let shared2 = shared.clone();
         let handle = thread::spawn(move || {
             if back.is_some() {
                 yield_to_transfer();
             }
-            let w = hash_queue(&shared2, back.as_ref(), &stop2);
+            let w = hash_queue(&shared2, back.as_ref());
             let mut q = shared2.lock();
             q.gone = true;
             shared2.changed.notify_all();
             drop(q);
-            hold_for_tests(&stop2);
+            hold_for_tests(&shared2.stop);
             w
         });
         let digest = WholeDigest {
             handle: Some(handle),
-            stop,
             shared,
             size,
         };
@@ -253,7 +252,7 @@ impl Drop for WholeDigest {
         // Under the lock, so the hasher cannot miss it between its check of
         // `stop` and its wait.
         let _q = self.shared.lock();
-        self.stop.store(true, Ordering::Relaxed);
+        self.shared.stop.store(true, Ordering::Relaxed);
         self.shared.changed.notify_all();
     }
 }
@@ -273,7 +272,8 @@ fn yield_to_transfer() {
 
 /// The hasher thread: every piece in order until the writer closes the queue
 /// (None: the digest cannot be had this way).
-fn hash_queue(shared: &Shared, back: Option<&File>, stop: &AtomicBool) -> Option<Whole> {
+fn hash_queue(shared: &Shared, back: Option<&File>) -> Option<Whole> {
+    let stop = &shared.stop;
     let mut w = Whole::default();
     let mut buf = Vec::new();
     loop {
@@ -385,10 +385,15 @@ mod tests {
         shared
     }
 
-    fn digest_of(img: &mut File) -> [u8; 32] {
+    /// The hasher, run on what is queued, gives the SHA-256 of all of `img`
+    /// (`size` bytes).
+    fn assert_hashes_to_the_image(shared: &Shared, img: &mut File, size: u64) {
+        let w = hash_queue(shared, Some(img)).expect("no digest");
+        assert_eq!(w.pos, size);
         let mut all = Vec::new();
         img.read_to_end(&mut all).unwrap();
-        sha256(&all)
+        assert_eq!(all.len() as u64, size);
+        assert_eq!(w.stream.finish(), sha256(&all));
     }
 
     /// A hasher that can read the image back never holds up the writer, data
@@ -409,10 +414,7 @@ mod tests {
         );
         // Zeros stay zeros: every range read back is one data chunk.
         assert!(k.iter().all(|p| p.0 != 'w' || p.1 == 4096), "{k:?}");
-        let stop = AtomicBool::new(false);
-        let w = hash_queue(&shared, Some(&img), &stop).expect("no digest");
-        assert_eq!(w.pos, N * 4096);
-        assert_eq!(w.stream.finish(), digest_of(&mut img));
+        assert_hashes_to_the_image(&shared, &mut img, N * 4096);
     }
 
     /// However far behind the hasher is, the queue stays within its bound:
@@ -433,10 +435,7 @@ mod tests {
             k.iter().any(|p| p.0 == 'w' && p.1 > 4096),
             "nothing was merged"
         );
-        let stop = AtomicBool::new(false);
-        let w = hash_queue(&shared, Some(&img), &stop).expect("no digest");
-        assert_eq!(w.pos, n * 4096);
-        assert_eq!(w.stream.finish(), digest_of(&mut img));
+        assert_hashes_to_the_image(&shared, &mut img, n * 4096);
     }
 
     /// A chunk that does not continue the image voids the digest at once and
@@ -449,7 +448,7 @@ mod tests {
         to.push(zero_chunk(12288, 4096));
         drop(to);
         assert!(kinds(&shared).is_empty());
-        assert!(hash_queue(&shared, None, &AtomicBool::new(false)).is_none());
+        assert!(hash_queue(&shared, None).is_none());
     }
 
     /// Without read-back the writer waits for room for its data chunks (their
