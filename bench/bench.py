@@ -52,6 +52,8 @@ def time_file(path):
     return int(rss), float(user) + float(system)
 
 def rescue_backup(rescue, img, work):
+    """One backup of img over a UNIX socket: (client wall s, client RSS KiB, serve RSS KiB,
+    store dir, s until the store is complete, (client CPU s, serve CPU s))."""
     store = os.path.join(work, "store")
     shutil.rmtree(store, ignore_errors=True)
     sock = os.path.join(work, "s.sock")
@@ -72,12 +74,7 @@ def rescue_backup(rescue, img, work):
     serve.wait(timeout=120)
     complete = time.monotonic() - t0
     srss_kib, scpu = time_file(srss)
-    global last_cpu
-    last_cpu = (time_file(crep)[1], scpu)
-    return wall, crss, srss_kib, store, complete
-
-# CPU seconds (client, serve) of the last rescue_backup.
-last_cpu = (0.0, 0.0)
+    return wall, crss, srss_kib, store, complete, (time_file(crep)[1], scpu)
 
 def dd_pipe(img, work):
     out = os.path.join(work, "dd.out")
@@ -143,10 +140,10 @@ def main():
     for name, img, target in (("random", rand, ("bmap", 1.0)), ("90%-zeros", sparse, ("dd", 0.5))):
         rs, dds, bms, cs, cpus, crss, srss = [], [], [], [], [], 0, 0
         for _ in range(a.rounds):
-            r, c, sv, store, complete = rescue_backup(rescue, img, work)
+            r, c, sv, store, complete, cpu = rescue_backup(rescue, img, work)
             rs.append(r)
             cs.append(complete)
-            cpus.append(last_cpu)
+            cpus.append(cpu)
             crss, srss = max(crss, c), max(srss, sv)
             dds.append(dd_pipe(img, work))
             bms.append(bmap_copy(img, work))
@@ -179,7 +176,7 @@ def main():
         shutil.rmtree(store, ignore_errors=True)
     if a.big:
         _, big = make_images(d, 4096, sparse_only=True)
-        r, crss, srss, store, _ = rescue_backup(rescue, big, work)
+        r, crss, srss, store, _, _ = rescue_backup(rescue, big, work)
         print(f"4 GiB 90%-zeros: rescue {r:.2f}s, RSS send {crss/1024:.1f} MiB, recv {srss/1024:.1f} MiB")
         ok &= crss <= 65536 and srss <= 65536
         shutil.rmtree(store, ignore_errors=True)
