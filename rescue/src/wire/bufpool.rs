@@ -10,8 +10,17 @@ const KEEP: usize = 48;
 
 static POOL: Mutex<Vec<Vec<u8>>> = Mutex::new(Vec::new());
 
-/// A zeroed buffer of `len` bytes, recycled when one is available.
+/// Buffers smaller than this come from the heap and are not kept.
+const SMALL: usize = 64 * 1024;
+
+/// A zeroed buffer of `len` bytes, recycled when one is available. A small
+/// one (a control message, a zero chunk's frame) never takes a megabyte
+/// buffer: it may be held long (the writer's queue keeps runs of zero chunks),
+/// and the next data chunk would then pay for a fresh one.
 pub(crate) fn take(len: usize) -> Vec<u8> {
+    if len < SMALL {
+        return vec![0u8; len];
+    }
     let reused = POOL.lock().ok().and_then(|mut p| {
         let i = p.iter().position(|b| b.capacity() >= len)?;
         Some(p.swap_remove(i))
@@ -28,7 +37,7 @@ pub(crate) fn take(len: usize) -> Vec<u8> {
 
 /// Hands a buffer back for reuse (small ones are simply dropped).
 pub(crate) fn give(b: Vec<u8>) {
-    if b.capacity() < 64 * 1024 {
+    if b.capacity() < SMALL {
         return;
     }
     if let Ok(mut p) = POOL.lock()
@@ -52,5 +61,13 @@ mod tests {
         assert!(b.capacity() >= 90_000);
         assert!(b.iter().all(|&x| x == 0));
         assert!(cap >= 90_000);
+    }
+
+    #[test]
+    fn small_frames_never_hold_a_big_buffer() {
+        give(vec![0u8; 1 << 20]);
+        let b = take(72);
+        assert_eq!(b.len(), 72);
+        assert!(b.capacity() < SMALL);
     }
 }

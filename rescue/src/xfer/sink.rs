@@ -78,6 +78,8 @@ pub(crate) trait Sink: Send {
 /// hasher time but the transfer nothing: zeros are queued as ranges).
 pub(crate) struct SinkPipeline<S: Sink + 'static> {
     tx: Option<SyncSender<Verified>>,
+    /// One token per queued chunk that carries bytes (see `QUEUED_DATA`).
+    data_slots: SyncSender<()>,
     writer: Option<thread::JoinHandle<Result<S>>>,
     /// The thread computing the image digest, until `finish` hands it out.
     hasher: Option<WholeDigest>,
@@ -89,9 +91,21 @@ pub(crate) struct SinkPipeline<S: Sink + 'static> {
     free: Option<crate::proto::msg::FreeMap>,
 }
 
+/// Chunks with bytes the writer holds at most, the one it is writing
+/// included: they bound the memory the queue holds, and the ones queued keep
+/// the disk busy while the next one arrives.
+const QUEUED_DATA: usize = 4;
+
+/// Chunks queued for the writer at most. Zero chunks cost the queue nothing
+/// but a slot, and a run of them must not stop the receiver (and so its
+/// acknowledgements) while the writer waits for the disk with one data chunk:
+/// the chunks behind them would then arrive only after it.
+const QUEUED: usize = 256;
+
 impl<S: Sink + 'static> SinkPipeline<S> {
     pub(crate) fn start(mut sink: S, size: u64) -> Self {
-        let (tx, rx) = mpsc::sync_channel::<Verified>(4);
+        let (tx, rx) = mpsc::sync_channel::<Verified>(QUEUED);
+        let (data_slots, slots) = mpsc::sync_channel::<()>(QUEUED_DATA);
         let (hasher, mut to_hasher) = WholeDigest::start(size, sink.read_back());
         let error = Arc::new(Mutex::new(None));
         let err2 = error.clone();
@@ -105,6 +119,10 @@ impl<S: Sink + 'static> SinkPipeline<S> {
             let mut since = 0u64;
             for c in rx {
                 sink.write(&c).inspect_err(&note)?;
+                if !c.bytes().is_empty() {
+                    // Its token was queued before it; the receiver may queue the next.
+                    let _ = slots.try_recv();
+                }
                 since += u64::from(c.len);
                 // The image hasher gets the chunk once it is written (in order).
                 to_hasher.push(c);
@@ -121,6 +139,7 @@ impl<S: Sink + 'static> SinkPipeline<S> {
         });
         SinkPipeline {
             tx: Some(tx),
+            data_slots,
             writer: Some(writer),
             hasher: Some(hasher),
             error,
@@ -166,12 +185,14 @@ impl<S: Sink + 'static> SinkPipeline<S> {
     /// Queues a verified chunk (blocks while the writer is behind).
     pub(crate) fn submit(&self, c: Verified) -> Result<()> {
         self.failed()?;
-        match &self.tx {
-            Some(tx) => tx
-                .send(c)
-                .map_err(|_| anyhow!("{}", self.error_text().unwrap_or("writer stopped".into()))),
-            None => bail!("writer already finished"),
+        let stopped = || anyhow!("{}", self.error_text().unwrap_or("writer stopped".into()));
+        let Some(tx) = &self.tx else {
+            bail!("writer already finished");
+        };
+        if !c.bytes().is_empty() {
+            self.data_slots.send(()).map_err(|_| stopped())?;
         }
+        tx.send(c).map_err(|_| stopped())
     }
 
     fn error_text(&self) -> Option<String> {
@@ -287,6 +308,76 @@ pub(super) mod tests {
         all.extend(vec![0u8; 4096]);
         all.extend(&b);
         assert_eq!(whole.wait(), Some(sha256(&all)));
+    }
+
+    /// A sink whose data writes wait for the test to let them through.
+    struct GatedSink {
+        entered: mpsc::Sender<u64>,
+        go: mpsc::Receiver<()>,
+    }
+
+    impl Sink for GatedSink {
+        fn write(&mut self, c: &Verified) -> Result<()> {
+            if !c.zero {
+                let _ = self.entered.send(c.offset);
+                let _ = self.go.recv();
+            }
+            Ok(())
+        }
+        fn checkpoint(&mut self) -> Result<()> {
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn zero_runs_queue_behind_a_slow_write_but_data_is_bounded() {
+        let (entered, writing) = mpsc::channel();
+        let (go, gate) = mpsc::channel();
+        let n = 4096u64;
+        let data = vec![7u8; n as usize];
+        // Longer than any window of chunks in flight (four streams' worth).
+        const RUN: u64 = 200;
+        let chunks = 1 + RUN + QUEUED_DATA as u64;
+        let pipe = Arc::new(SinkPipeline::start(
+            GatedSink { entered, go: gate },
+            chunks * n,
+        ));
+        pipe.submit(data_chunk(0, &data)).unwrap();
+        // The writer now waits inside the disk write of chunk 0.
+        assert_eq!(writing.recv_timeout(Duration::from_secs(30)), Ok(0));
+        // A long run of zeros is taken without the writer moving, and so are
+        // data chunks up to QUEUED_DATA with the one being written, not one more.
+        let (done_tx, done) = mpsc::channel();
+        let p2 = pipe.clone();
+        let data2 = data.clone();
+        let submitter = thread::spawn(move || {
+            let mut off = n;
+            for _ in 0..RUN {
+                p2.submit(zero_chunk(off, n as u32)).unwrap();
+                off += n;
+            }
+            for _ in 0..QUEUED_DATA {
+                p2.submit(data_chunk(off, &data2)).unwrap();
+                let _ = done_tx.send(off);
+                off += n;
+            }
+        });
+        let first_data = n * (1 + RUN);
+        for k in 0..QUEUED_DATA as u64 - 1 {
+            let got = done.recv_timeout(Duration::from_secs(30));
+            assert_eq!(got, Ok(first_data + k * n), "data chunk {k} was not queued");
+        }
+        // The next one waits for a data slot (it would have arrived by now).
+        assert!(done.recv_timeout(Duration::from_millis(300)).is_err());
+        // Each data write the writer finishes lets one more in.
+        for _ in 0..=QUEUED_DATA {
+            go.send(()).unwrap();
+        }
+        assert!(done.recv_timeout(Duration::from_secs(30)).is_ok());
+        submitter.join().unwrap();
+        let pipe = Arc::try_unwrap(pipe).ok().expect("the submitter is done");
+        let (_, whole) = pipe.finish().unwrap();
+        assert!(whole.wait().is_some());
     }
 
     #[test]
