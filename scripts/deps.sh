@@ -42,6 +42,13 @@ ensure_deps() {
             return 1
         fi
         echo "installing: ${missing[*]}"
+        # An install cut short earlier (a killed run, a lost power) leaves dpkg
+        # half-done, and apt refuses everything until it is finished: finish it.
+        if [ -n "$(dpkg --audit 2>/dev/null)" ]; then
+            echo "dpkg has unfinished installs (an earlier install was interrupted): running dpkg --configure -a"
+            DEBIAN_FRONTEND=noninteractive dpkg --configure -a >/dev/null ||
+                { echo "dpkg --configure -a failed: finish the interrupted install by hand, then run this again" >&2; return 1; }
+        fi
         # The lock timeout: the test lanes may install at the same time (apt
         # fails at once on a held lock by default).
         { apt-get -o DPkg::Lock::Timeout=600 update -qq && DEBIAN_FRONTEND=noninteractive apt-get -o DPkg::Lock::Timeout=600 install -y -qq "${missing[@]}"; } >/dev/null ||
