@@ -219,13 +219,7 @@ class Suite:
 
     # ---- VMs
     def boot(self, name: str, append: str, disks: list[Disk], side="a", initrd=None,
-             wait_ready=True, streams: str | None = "1"):
-        """`streams`: a client's rescue.streams= unless `append` sets it (None: rescue's
-        default, as many as B offers). One stream unless a scenario is about streams: under
-        TCG every extra stream costs each session seconds, and the host e2e tests
-        (rescue/tests/streams.rs) cover several streams with faults on them."""
-        if side == "a" and streams and "rescue.streams=" not in append:
-            append = f"{append} rescue.streams={streams}"
+             wait_ready=True):
         self.vm_serial += 1
         vm = self.rig.vm(f"{name}{self.vm_serial}")
         t0 = time.monotonic()
@@ -545,14 +539,13 @@ def needs_backup(s: Suite):
         s1_backup(s)
 
 
-def boot_restore_vm(s: Suite, prefix: str, name: str, append: str, streams: str | None = "1"):
+def boot_restore_vm(s: Suite, prefix: str, name: str, append: str):
     """A VM with blank disks carrying A's serials; returns (vm, disks, B's log mark)."""
     needs_backup(s)
     tgt = restore_vm_disks(s, prefix)
     bstart = s.b_mark()
     vm = s.boot(name, append,
-                [Disk(str(tgt["vda"]), serial=SER_SYS), Disk(str(tgt["vdb"]), serial=SER_DATA)],
-                streams=streams)
+                [Disk(str(tgt["vda"]), serial=SER_SYS), Disk(str(tgt["vdb"]), serial=SER_DATA)])
     return vm, tgt, bstart
 
 
@@ -569,7 +562,7 @@ def s2_restore(s: Suite):
     """C with blank disks (same serials) restores A's newest backup unattended, with rescue's
     default stream count (as many as B offers: more than one)."""
     vm, tgt, bstart = boot_restore_vm(s, "c", "c", "rescue.mode=restore rescue.yes=1 rescue.verify=1 "
-                                      "rescue.hostname=hosta rescue.poweroff=1", streams=None)
+                                      "rescue.hostname=hosta rescue.poweroff=1")
     m = vm.wait_for(r"restore backup (\S+) of (\S+)", 180)
     t0 = time.monotonic()
     check(m.group(1) == s.backup1, f"restored {m.group(1)}, expected the newest backup {s.backup1}")
