@@ -50,6 +50,12 @@ impl Verified {
     pub(crate) fn bytes(&self) -> &[u8] {
         &self.payload[self.start..]
     }
+
+    /// Whether it holds bytes to write, and so one of the writer queue's
+    /// `QUEUED_DATA` slots (taken by `submit`, given back by the writer).
+    fn holds_data(&self) -> bool {
+        !self.bytes().is_empty()
+    }
 }
 
 /// The base backup of an incremental backup, as the receiver reads it: the
@@ -119,7 +125,7 @@ impl<S: Sink + 'static> SinkPipeline<S> {
             let mut since = 0u64;
             for c in rx {
                 sink.write(&c).inspect_err(&note)?;
-                if !c.bytes().is_empty() {
+                if c.holds_data() {
                     // Its token was queued before it; the receiver may queue the next.
                     let _ = slots.try_recv();
                 }
@@ -189,7 +195,7 @@ impl<S: Sink + 'static> SinkPipeline<S> {
         let Some(tx) = &self.tx else {
             bail!("writer already finished");
         };
-        if !c.bytes().is_empty() {
+        if c.holds_data() {
             self.data_slots.send(()).map_err(|_| stopped())?;
         }
         tx.send(c).map_err(|_| stopped())
