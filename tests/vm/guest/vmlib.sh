@@ -24,12 +24,17 @@ bgwait() {
     return "$(cat "/tmp/bg.$_n.rc")"
 }
 
-# bgkill NAME: stop a bg job (and the command it runs).
+# bgkill NAME: stop a bg job and every process under it. All descendants, not only
+# children: in `sh -c '{ dd ...; sleep 120; } > /dev/tbstream0'` the sleep holds the
+# stream open, and outliving its sh it kept thunderbolt_stream busy past the reset's wait.
 bgkill() {
     [ -f "/tmp/bg.$1.pid" ] || return 0
     _p=$(cat "/tmp/bg.$1.pid")
-    for _c in $(cat /proc/*/stat 2>/dev/null | awk -v p="$_p" '$4 == p {print $1}'); do kill "$_c" 2>/dev/null; done
-    kill "$_p" 2>/dev/null
+    # Listed before any dies (an orphan's parent becomes 1); fields 1 and 4 are the pid and
+    # the parent's (our commands' names have no spaces).
+    _d=$(cat /proc/[0-9]*/stat 2>/dev/null | awk -v p="$_p" '{ up[$1] = $4 }
+        END { q[n = 1] = p; for (i = 1; i <= n; i++) for (c in up) if (up[c] == q[i]) { q[++n] = c; print c } }')
+    kill "$_p" $_d 2>/dev/null
     return 0
 }
 
