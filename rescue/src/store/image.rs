@@ -17,7 +17,7 @@ use anyhow::{Context, Result, bail};
 use super::mapfile::{BlockStatus, Map};
 use super::{Access, BackupDir, Dir, ManifestDisk};
 use crate::proto::msg::ChunkRanges;
-use crate::system::direct::DirectWriter;
+use crate::system::writebehind::WriteBehind;
 use crate::util::{self, hex};
 use crate::wire::conn::OutChunk;
 use crate::xfer::sha256x2::Sha256Stream;
@@ -189,8 +189,8 @@ pub(crate) struct ImageSink {
     disk: ManifestDisk,
     geo: Geometry,
     img: File,
-    /// Chunk data goes to the image through this (O_DIRECT when possible).
-    direct: DirectWriter,
+    /// Starts the writeback of what is written, within a window.
+    behind: WriteBehind,
     journal: File,
     map: Map,
     /// (chunk index, digest) written but not yet synced.
@@ -279,15 +279,13 @@ impl ImageSink {
             img.set_len(d.size)
                 .with_context(|| format!("sizing {} to {} bytes", d.image, d.size))?;
         }
-        let direct =
-            DirectWriter::open(&b.path.join(&d.image), &img, b.manifest.chunk_size as usize);
         let journal = b.dir.open_file(&d.chunks, Access::Create)?;
         let map = read_map(&b.dir, &d).unwrap_or_else(|| Map::new(d.size));
         Ok(ImageSink {
             dir: b.dir.clone(),
             geo,
             img,
-            direct,
+            behind: WriteBehind::default(),
             journal,
             map,
             pending: Vec::new(),
@@ -429,45 +427,28 @@ impl ImageSink {
     /// Writes a data chunk. Into a fresh (all-hole) image only the non-zero 4 KiB
     /// blocks are written, so the image stays as sparse as the disk's content.
     fn write_data(&mut self, offset: u64, data: &[u8]) -> std::io::Result<()> {
-        self.write_data_inner(offset, data)?;
-        if !self.direct.is_direct() {
-            // Start writeback of this chunk now, without waiting for it: the
-            // disk works while we receive, and the periodic and final syncs
-            // find little left to flush.
-            use std::os::fd::AsRawFd;
-            // SAFETY: sync_file_range on our own descriptor; no memory is passed.
-            unsafe {
-                libc::sync_file_range(
-                    self.img.as_raw_fd(),
-                    offset as libc::off64_t,
-                    data.len() as libc::off64_t,
-                    libc::SYNC_FILE_RANGE_WRITE,
-                );
-            }
-        }
-        Ok(())
-    }
-
-    fn write_data_inner(&mut self, offset: u64, data: &[u8]) -> std::io::Result<()> {
         if !self.fresh {
-            return self.direct.write_at(&self.img, data, offset);
+            self.img.write_all_at(data, offset)?;
+        } else {
+            const BLK: usize = 4096;
+            let mut i = 0;
+            while i < data.len() {
+                while i < data.len() && xfer::is_zero(&data[i..(i + BLK).min(data.len())]) {
+                    i += BLK;
+                }
+                let start = i;
+                while i < data.len() && !xfer::is_zero(&data[i..(i + BLK).min(data.len())]) {
+                    i += BLK;
+                }
+                let end = i.min(data.len());
+                if end > start {
+                    self.img
+                        .write_all_at(&data[start..end], offset + start as u64)?;
+                }
+            }
         }
-        const BLK: usize = 4096;
-        let mut i = 0;
-        while i < data.len() {
-            while i < data.len() && xfer::is_zero(&data[i..(i + BLK).min(data.len())]) {
-                i += BLK;
-            }
-            let start = i;
-            while i < data.len() && !xfer::is_zero(&data[i..(i + BLK).min(data.len())]) {
-                i += BLK;
-            }
-            let end = i.min(data.len());
-            if end > start {
-                self.direct
-                    .write_at(&self.img, &data[start..end], offset + start as u64)?;
-            }
-        }
+        // The disk works while we receive, and the syncs find little to flush.
+        self.behind.written(&self.img, offset, data.len() as u64);
         Ok(())
     }
 }

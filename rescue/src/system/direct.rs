@@ -84,6 +84,7 @@ impl DirectWriter {
         }
     }
 
+    #[cfg(test)]
     pub(crate) fn is_direct(&self) -> bool {
         self.file.is_some()
     }

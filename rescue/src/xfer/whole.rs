@@ -74,8 +74,9 @@ impl Shared {
 pub(crate) struct ToHasher {
     shared: Arc<Shared>,
     /// The sink's read-back handle, when the hasher has one: a chunk left to
-    /// be read back is asked into the page cache at once (the store writes
-    /// with O_DIRECT), so the hasher does not wait for the disk later.
+    /// be read back is asked into the page cache at once (a restore writes
+    /// with O_DIRECT, and the store's pages may be gone by then), so the
+    /// hasher does not wait for the disk later.
     back: Option<File>,
 }
 
