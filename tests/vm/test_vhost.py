@@ -291,7 +291,8 @@ echo "@@R fast=$(cat /tmp/rf)"
         to arrive (the bucket starts empty, burst 10 KiB), while 4 MiB sent at the same time
         on another ring arrive first; both intact. The writers keep their ends open until
         the readers have everything: the kernel's driver drops what is still in its TX ring
-        500 ms after the last close (kmod/README.md), and a capped ring holds 1 MiB."""
+        500 ms after the last close (kmod/README.md), and a capped ring holds 1 MiB. Each
+        send ends with the EOF of the writers' close read, so the next starts clean."""
         cap, n_capd, n_free = 512 << 10, 2 * MiB, 4 * MiB
         c = self.cable[("alpha", "bravo")]
         st = self.ring_streams("capd", "free")
@@ -311,7 +312,14 @@ echo "@@R fast=$(cat /tmp/rf)"
             for job, _, _, _ in rings:
                 self.sh("bravo", f"bgwait r{job} 60 >/dev/null", timeout=90)
                 took.append(time.monotonic() - t0)
+            # The writers' close ends this open/close cycle with an EOF that `head` left
+            # unread: a reader drains it, or the next send's reader on this ring would
+            # get it at once (and nothing else).
+            for job, idx_b, _, _ in rings:
+                self.sh("bravo", f"bg e{job} cat /dev/tbstream{idx_b}; waitopen /dev/tbstream{idx_b} 10")
             self.sh("alpha", "; ".join(f"bgkill t{job}" for job, _, _, _ in rings))
+            for job, _, _, _ in rings:
+                self.sh("bravo", f"bgwait e{job} 20 >/dev/null", timeout=40)
             return took
 
         (t_base,) = send(("base", free_b, free_a, n_free))
