@@ -131,6 +131,7 @@ impl<S: ModuleSys> Backend for System<S> {
 pub(crate) fn power(p: Power) -> Result<()> {
     use nix::sys::reboot::{RebootMode, reboot};
     nix::unistd::sync();
+    drain_console();
     let mode = match p {
         Power::Reboot => RebootMode::RB_AUTOBOOT,
         Power::PowerOff => RebootMode::RB_POWER_OFF,
@@ -141,4 +142,23 @@ pub(crate) fn power(p: Power) -> Result<()> {
         e.map(|e| e.desc()).unwrap_or("?")
     ))
     .context("power")
+}
+
+/// Waits, 2 s at most, until what was written to the console has left it. A
+/// serial console sends at its own pace and reboot(2) drops what it still
+/// holds: the last lines, which say how the run ended (a scenario VM once
+/// powered off in the middle of "RESCUE: backup failed: ..." and never
+/// printed "RESCUE: done"). Bounded, as a console that never drains must not
+/// keep the machine from powering off.
+fn drain_console() {
+    let (tx, rx) = std::sync::mpsc::channel();
+    let spawned = std::thread::Builder::new()
+        .name("drain".into())
+        .spawn(move || {
+            let _ = nix::sys::termios::tcdrain(std::io::stdout());
+            let _ = tx.send(());
+        });
+    if spawned.is_ok() {
+        let _ = rx.recv_timeout(std::time::Duration::from_secs(2));
+    }
 }
