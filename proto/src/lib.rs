@@ -1,9 +1,10 @@
-//! Wire protocol v3 between two `rescue` processes (see docs/protocol.md), as a
-//! crate of its own so every decoder can be fuzzed and nothing of the tool leaks
-//! into it: `frame` is the framing with integrity checks, `msg` the messages,
-//! `state` a backup's state as it travels, `digests` the DIGESTS body and
-//! `ranges` the chunk index ranges, normalised when decoded. The connection
-//! (threads, liveness, the byte stream) is the tool's: rescue's `proto::conn`.
+//! The wire protocol between two `rescue` processes (docs/protocol.md; its
+//! version is `frame::VERSION`), as a crate of its own so every decoder can be
+//! fuzzed and nothing of the tool leaks into it: `frame` is the framing with
+//! integrity checks, `msg` the messages, `state` a backup's state as it
+//! travels, `digests` the DIGESTS body and `ranges` the chunk index ranges,
+//! normalised when decoded. The connection (threads, liveness, the byte stream)
+//! is the tool's: rescue's `wire::conn`.
 
 pub mod digests;
 pub mod frame;
