@@ -14,4 +14,3 @@ pub(crate) mod readahead;
 pub(crate) mod resize;
 pub mod source;
 pub(crate) mod used;
-pub(crate) mod writebehind;
