@@ -42,11 +42,37 @@ export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$USB4RESCUE_CACHE/target}
 passed=0
 failed=0
 failures=()
+# Every group's output also goes to a log of its own, so that the summary at the end can
+# repeat what failed: a CI log is often read from its tail, and the first lane's
+# failures are printed long before the second lane's output.
+logs=$(mktemp -d)
+log_of() { printf '%s/%s.log' "$logs" "$(printf '%s' "$1" | tr -c 'A-Za-z0-9' _)"; }
+logged() { # logged LOG COMMAND...: COMMAND's output to stdout and to LOG; COMMAND's status
+    local log=$1 rc
+    shift
+    "$@" > >(tee "$log") 2>&1
+    rc=$?
+    # tee ends once COMMAND's output is all copied: wait for it (5 s at most, in case
+    # something COMMAND left behind still holds the pipe) so the group's last lines
+    # come before its "=== ... ok" line.
+    local tee_pid=$! i
+    for i in $(seq 50); do kill -0 "$tee_pid" 2>/dev/null || break; sleep 0.1; done
+    return $rc
+}
+# what_failed NAME: the lines of NAME's log that say what failed (40 at most).
+what_failed() {
+    local log
+    log=$(log_of "$1")
+    echo "--- $1: what failed (the whole output is above, after '=== $1')"
+    [ -f "$log" ] || { echo "    (no log)"; return; }
+    grep -aE '^(FAIL|ERROR)[: ]|AssertionError|^[A-Za-z]+Error: |panicked at|^error(\[|:)|^test .* FAILED$|FAILED: |^failures:$|^    [a-z_:0-9]+$' "$log" |
+        grep -av '^=== ' | head -n 40 | sed 's/^/    /'
+}
 group() { # group NAME COMMAND...
     local name=$1 t0=$SECONDS
     shift
     echo "=== $name"
-    if "$@"; then
+    if logged "$(log_of "$name")" "$@"; then
         passed=$((passed + 1))
         echo "=== $name: ok ($((SECONDS - t0))s)"
     else
@@ -125,7 +151,7 @@ if [ "${USB4RESCUE_SKIP_VM:-0}" != 1 ]; then
                 local name=$1 t0=$SECONDS
                 shift
                 echo "=== $name"
-                if "$@"; then r=ok; else r=FAILED; fi
+                if logged "$(log_of "$name")" "$@"; then r=ok; else r=FAILED; fi
                 echo "=== $name: $r ($((SECONDS - t0))s)"
                 echo "$r $name" >>"$lane2/results"
             }
@@ -160,6 +186,8 @@ if [ "${USB4RESCUE_SKIP_VM:-0}" != 1 ]; then
 fi
 echo
 echo "test.sh: $((SECONDS - t_start))s in all"
+for f in "${failures[@]}"; do what_failed "$f"; done
+rm -rf "$logs"
 for f in "${failures[@]}"; do echo "FAILED: $f"; done
 echo "$passed passed, $failed failed"
 [ "$failed" -eq 0 ]

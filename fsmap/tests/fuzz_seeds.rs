@@ -4,7 +4,7 @@
 #![allow(clippy::unwrap_used)]
 
 use std::fs;
-use std::path::Path;
+use std::path::PathBuf;
 
 use fsmap::sparse::Sparse;
 use fsmap::{Error, ReadAt, Usage, Verdict};
@@ -12,9 +12,11 @@ use fsmap::{Error, ReadAt, Usage, Verdict};
 type Probe = fn(&dyn ReadAt) -> Option<Result<Usage, Error>>;
 
 fn seeds(target: &str) -> Vec<(String, Sparse)> {
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../rescue/fuzz/seeds")
-        .join(target);
+    // Cargo's run-time value: the built-in one may name another checkout that shared
+    // the target directory (cargo does not rebuild a test for a moved checkout).
+    let manifest = std::env::var_os("CARGO_MANIFEST_DIR")
+        .map_or_else(|| env!("CARGO_MANIFEST_DIR").into(), PathBuf::from);
+    let dir = manifest.join("../rescue/fuzz/seeds").join(target);
     let mut out: Vec<_> = fs::read_dir(&dir)
         .unwrap_or_else(|e| panic!("{}: {e}", dir.display()))
         .map(|e| {

@@ -20,7 +20,14 @@ fn rescue_version() -> String {
 /// HEAD of the checkout these tests run in, or None outside git.
 fn head() -> Option<String> {
     let out = Command::new("git")
-        .args(["-C", env!("CARGO_MANIFEST_DIR"), "rev-parse", "HEAD"])
+        // Cargo's run-time value: the built-in one may name another checkout that
+        // shared the target directory (cargo does not rebuild for a moved checkout).
+        .arg("-C")
+        .arg(
+            std::env::var_os("CARGO_MANIFEST_DIR")
+                .unwrap_or_else(|| env!("CARGO_MANIFEST_DIR").into()),
+        )
+        .args(["rev-parse", "HEAD"])
         .output()
         .ok()?;
     out.status

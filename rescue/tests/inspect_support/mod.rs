@@ -10,8 +10,17 @@ use std::io::{Seek, SeekFrom, Write};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 
+/// The package's directory as cargo names it when it runs the tests. The value
+/// built in is a fallback only: cargo does not rebuild a test binary for a checkout
+/// at another path that shares its target directory, and the built-in one then
+/// names the other checkout.
+pub fn manifest_dir() -> PathBuf {
+    std::env::var_os("CARGO_MANIFEST_DIR")
+        .map_or_else(|| env!("CARGO_MANIFEST_DIR").into(), PathBuf::from)
+}
+
 pub fn fixtures() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures")
+    manifest_dir().join("tests/fixtures")
 }
 
 /// Copies fixture `case` into a fresh temporary directory, keeping symlinks as they
