@@ -70,8 +70,19 @@ pub fn sparse_image(path: &Path, mib: u64, seed: u64) {
     }
 }
 
-/// `sha256sum -c SHA256SUMS` in backup directory `bd` passes.
+/// `sha256sum -c SHA256SUMS` in backup directory `bd` passes, once the server
+/// has sealed it: the client is released before SHA256SUMS is written, and a
+/// check right after it raced the server (it failed now and then under load).
 pub fn sums_check(bd: &Path) {
+    let t = Instant::now();
+    while status_of(bd) == "sealing" {
+        assert!(
+            t.elapsed() < Duration::from_secs(60),
+            "{} stays sealing",
+            bd.display()
+        );
+        thread::sleep(Duration::from_millis(20));
+    }
     let check = Command::new("sha256sum")
         .args(["-c", "SHA256SUMS"])
         .current_dir(bd)
