@@ -95,7 +95,8 @@ pub enum FrameError {
     TooLong(u32),
 }
 
-/// Gives a zeroed buffer of the length asked for: where payloads are read into
+/// Gives a buffer of the length asked for, where a payload is read into: the
+/// reader overwrites all of it (or drops it), so its bytes need not be zeros
 /// (the tool recycles its megabyte buffers, see [`FrameReader::with_buffers`]).
 pub type TakeBuffer = fn(usize) -> Vec<u8>;
 

@@ -278,7 +278,7 @@ impl ImageSink {
         }
         let journal = b.dir.open_file(&d.chunks, Access::Create)?;
         let map = read_map(&b.dir, &d).unwrap_or_else(|| Map::new(d.size));
-        Ok(ImageSink {
+        let mut sink = ImageSink {
             dir: b.dir.clone(),
             geo,
             img,
@@ -293,7 +293,14 @@ impl ImageSink {
             base: None,
             tally: Tally::default(),
             disk: d,
-        })
+        };
+        // The map is on disk before the journal claims a chunk (a journal
+        // without a readable map is dropped at a resume). Written now, before
+        // any chunk: at the first checkpoint its fsync waited for the image's
+        // writeback, with the writer (and so the acknowledgements) stalled
+        // meanwhile (23 ms per backup on a 2-core VM).
+        sink.write_map()?;
+        Ok(sink)
     }
 
     /// Fills chunks marked unchanged from `img`, the base backup's image.

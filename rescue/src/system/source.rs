@@ -181,8 +181,13 @@ impl DiskReader {
                 zeros: Some(len),
             });
         }
-        // bufpool hands out zeroed buffers: what is skipped is zeros already.
-        let mut data = crate::wire::bufpool::take(len as usize);
+        // What is skipped stays as `take` zeroed it; a chunk read whole is
+        // overwritten byte for byte (unreadable sectors are filled with zeros).
+        let mut data = if skip.is_empty() {
+            crate::wire::bufpool::take_to_overwrite(len as usize)
+        } else {
+            crate::wire::bufpool::take(len as usize)
+        };
         let mut bad = Vec::new();
         for (s, e) in parts {
             let piece = &mut data[s as usize..e as usize];

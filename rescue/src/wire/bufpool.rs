@@ -18,14 +18,7 @@ const SMALL: usize = 64 * 1024;
 /// buffer: it may be held long (the writer's queue keeps runs of zero chunks),
 /// and the next data chunk would then pay for a fresh one.
 pub(crate) fn take(len: usize) -> Vec<u8> {
-    if len < SMALL {
-        return vec![0u8; len];
-    }
-    let reused = POOL.lock().ok().and_then(|mut p| {
-        let i = p.iter().position(|b| b.capacity() >= len)?;
-        Some(p.swap_remove(i))
-    });
-    match reused {
+    match reuse(len) {
         Some(mut b) => {
             b.clear();
             b.resize(len, 0);
@@ -33,6 +26,35 @@ pub(crate) fn take(len: usize) -> Vec<u8> {
         }
         None => vec![0u8; len],
     }
+}
+
+/// A buffer of `len` bytes for a caller that overwrites every one of them
+/// (a read that fills it whole, or fails and drops it): a recycled buffer keeps
+/// its old bytes instead of being zeroed first, which was a megabyte memset per
+/// data chunk on each side. Anything that leaves bytes unwritten must use
+/// `take`.
+pub(crate) fn take_to_overwrite(len: usize) -> Vec<u8> {
+    match reuse(len) {
+        Some(mut b) => {
+            if b.len() >= len {
+                b.truncate(len);
+            } else {
+                b.resize(len, 0);
+            }
+            b
+        }
+        None => vec![0u8; len],
+    }
+}
+
+/// A kept buffer that holds `len` bytes, for a buffer of at least `SMALL`.
+fn reuse(len: usize) -> Option<Vec<u8>> {
+    if len < SMALL {
+        return None;
+    }
+    let mut p = POOL.lock().ok()?;
+    let i = p.iter().position(|b| b.capacity() >= len)?;
+    Some(p.swap_remove(i))
 }
 
 /// Hands a buffer back for reuse (small ones are simply dropped).
@@ -61,6 +83,23 @@ mod tests {
         assert!(b.capacity() >= 90_000);
         assert!(b.iter().all(|&x| x == 0));
         assert!(cap >= 90_000);
+    }
+
+    #[test]
+    fn a_buffer_to_overwrite_has_the_length_asked_for() {
+        let mut b = take(200_000);
+        b.fill(7);
+        give(b);
+        for len in [150_000, 210_000, 100] {
+            let b = take_to_overwrite(len);
+            assert_eq!(b.len(), len);
+            give(b);
+        }
+        // What `take` hands out after it is zeroed whatever the last user left.
+        let mut b = take_to_overwrite(200_000);
+        b.fill(9);
+        give(b);
+        assert!(take(200_000).iter().all(|&x| x == 0));
     }
 
     #[test]

@@ -665,7 +665,7 @@ fn read_loop(
     first: bool,
 ) {
     let now_ms = || started.elapsed().as_millis() as u64;
-    let mut fr = FrameReader::new(reader).with_buffers(crate::wire::bufpool::take);
+    let mut fr = FrameReader::new(reader).with_buffers(crate::wire::bufpool::take_to_overwrite);
     // The work counter of the peer's last keepalive.
     let mut work = 0u64;
     // The last frame queued and how many were queued in all, to drop a repeat
