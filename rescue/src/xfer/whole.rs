@@ -258,15 +258,8 @@ impl Drop for WholeDigest {
     }
 }
 
-/// Lowers the calling thread's priority (nice 5). The image hasher runs so
-/// when nothing waits for it (the sink can read back): the transfer, which
-/// holds the source until every chunk is durable, gets the CPU first, yet the
-/// hasher keeps a share of it (CFS weight 335 against 1024) rather than only
-/// the cycles the transfer leaves idle. Measured on 2 cores, 1 GiB 90 % zeros,
-/// 7 alternating rounds: nice 19 released the client in 0.85x bmaptool's time
-/// and completed the store in 1.05x one SHA-256 pass (the hasher starved
-/// until the transfer ended, then did 0.7 s of work alone); nice 5 0.85x and
-/// 1.03x; nice 0 0.98x and 0.95x (the client slowed by 15 %).
+/// Lowers the calling thread's priority to `HASHER_NICE`. The image hasher
+/// runs so when nothing waits for it (the sink can read back).
 fn yield_to_transfer() {
     // SAFETY: plain syscalls on the calling thread; on Linux PRIO_PROCESS
     // with a thread id sets that thread's nice value alone.
@@ -276,7 +269,14 @@ fn yield_to_transfer() {
     }
 }
 
-/// The hasher's nice value (see `yield_to_transfer`).
+/// The image hasher's nice value: the transfer, which holds the source until
+/// every chunk is durable, gets the CPU first, yet the hasher keeps a share
+/// of it (CFS weight 335 against 1024) rather than only the cycles the
+/// transfer leaves idle. Measured on 2 cores, 1 GiB 90 % zeros, 7 alternating
+/// rounds: nice 19 released the client in 0.85x bmaptool's time and completed
+/// the store in 1.05x one SHA-256 pass (the hasher starved until the transfer
+/// ended, then did 0.7 s of work alone); nice 5 0.85x and 1.03x; nice 0 0.98x
+/// and 0.95x (the client slowed by 15 %).
 const HASHER_NICE: libc::c_int = 5;
 
 /// The hasher thread: every piece in order until the writer closes the queue
